@@ -1,0 +1,109 @@
+"""The one place that prints: rich on stderr for people, JSON lines on stdout for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..pipeline import BatchResult, ItemResult
+
+STATUS_STYLE = {"ok": "green", "skipped": "yellow", "error": "bold red", "planned": "cyan"}
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    """A setup or usage error, on stderr."""
+    console = stderr_console()
+    for i, line in enumerate(message.splitlines() or [""]):
+        console.print(f"[bold red]error:[/] {line}" if i == 0 else f"       {line}", markup=True, soft_wrap=True)
+
+
+def item_json(item: ItemResult) -> dict:
+    data = asdict(item)
+    data["in_size"] = list(item.in_size) if item.in_size else None
+    data["out_size"] = list(item.out_size) if item.out_size else None
+    return {"type": "item", **data}
+
+
+def summary_json(batch: BatchResult) -> dict:
+    summary = {"type": "summary", "ok": batch.count("ok"), "skipped": batch.count("skipped"),
+               "errors": batch.count("error"), "seconds": batch.seconds}
+    if batch.count("planned"):
+        summary["planned"] = batch.count("planned")
+    return summary
+
+
+class BatchRenderer:
+    """Progress bar and per-item lines while a batch runs, summary at the end."""
+
+    def __init__(self, as_json: bool, stdout: TextIO | None = None, results_to_stdout: bool = True):
+        self.as_json = as_json
+        self.stdout = stdout or sys.stdout
+        self.results_to_stdout = results_to_stdout
+        self.console = stderr_console()
+        self.progress = Progress(
+            TextColumn("[bold]restoring"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[current]}"),
+            console=self.console,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> "BatchRenderer":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: str, payload: object) -> None:
+        if event == "start":
+            self.task = self.progress.add_task("restore", total=payload, current="")
+        elif event == "item" and self.task is not None:
+            self.progress.update(self.task, current=str(payload))
+        elif event == "done" and self.task is not None:
+            assert isinstance(payload, ItemResult)
+            self.progress.advance(self.task)
+            self._item(payload)
+
+    def _item(self, item: ItemResult) -> None:
+        if item.status == "error":
+            self.progress.console.print(f"[bold red]failed:[/] {item.error}", soft_wrap=True)
+        if self.as_json:
+            self.stdout.write(json.dumps(item_json(item)) + "\n")
+            self.stdout.flush()
+        elif self.results_to_stdout and item.status in ("ok", "planned") and item.output:
+            self.stdout.write(item.output + "\n")
+            self.stdout.flush()
+
+    def summary(self, batch: BatchResult) -> None:
+        if self.as_json:
+            self.stdout.write(json.dumps(summary_json(batch)) + "\n")
+            self.stdout.flush()
+        table = Table(title="restorecli restore", title_justify="left")
+        for column in ("ok", "skipped", "errors", "seconds"):
+            table.add_column(column, justify="right")
+        if batch.count("planned"):
+            table.add_column("planned (dry run)", justify="right")
+        row = [str(batch.count("ok")), str(batch.count("skipped")), str(batch.count("error")), f"{batch.seconds:.1f}"]
+        if batch.count("planned"):
+            row.append(str(batch.count("planned")))
+        table.add_row(*row, style="red" if batch.count("error") else None)
+        self.console.print(table)
+        for item in batch.items:
+            if item.status == "error":
+                self.console.print(f"  [red]x[/] {item.error}", soft_wrap=True)

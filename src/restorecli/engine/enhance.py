@@ -1,0 +1,95 @@
+"""One image through a loaded model: channel adaptation, alpha, and the final resize to the requested scale.
+
+Arrays in, arrays out (uint8, uint16 or float32 in [0, 1]); no files, no printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from ..models.loading import LoadedModel
+from .tiling import upscale
+
+AlphaMode = Literal["model", "resize"]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    tile: int | None = None  # None: auto
+    tile_pad: int = 24
+    batch: int | None = None
+    alpha: AlphaMode = "model"
+
+
+@dataclass(frozen=True)
+class Enhanced:
+    color: np.ndarray
+    alpha: np.ndarray | None
+    tile: int  # tile size used for the colour pass
+
+
+def output_size(width: int, height: int, outscale: float) -> tuple[int, int]:
+    return max(1, round(width * outscale)), max(1, round(height * outscale))
+
+
+def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize H x W (x C) to ``size`` (w, h): area filter when shrinking, Lanczos when enlarging."""
+    if (array.shape[1], array.shape[0]) == size:
+        return array
+    shrinking = size[0] < array.shape[1]
+    out = cv2.resize(array, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
+    return out[:, :, None] if array.ndim == 3 and out.ndim == 2 else out
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+
+
+def _run(model: LoadedModel, planes: np.ndarray, options: EngineOptions) -> tuple[np.ndarray, int]:
+    """Run planes with 1 or 3 channels through the model, adapting to its channel count."""
+    wanted = model.spec.input_channels
+    kwargs = dict(device=options.device, dtype=options.dtype, tile=options.tile, pad=options.tile_pad,
+                  batch=options.batch)
+    channels = planes.shape[2]
+    if channels == wanted:
+        result = upscale(model, planes, **kwargs)
+        return result.image, result.tile
+    if channels == 1 and wanted == 3:
+        result = upscale(model, np.repeat(planes, 3, axis=2), **kwargs)
+        return _to_gray(result.image), result.tile
+    if channels == 3 and wanted == 1:
+        outs = [upscale(model, planes[:, :, c : c + 1], **kwargs) for c in range(3)]
+        return np.concatenate([o.image for o in outs], axis=2), outs[0].tile
+    raise ValueError(f"cannot feed a {channels}-channel image to a {wanted}-channel model")
+
+
+def enhance(
+    model: LoadedModel,
+    color: np.ndarray,
+    alpha: np.ndarray | None,
+    options: EngineOptions,
+    outscale: float | None = None,
+) -> Enhanced:
+    """Upscale ``color`` (H x W x 1 or 3) and ``alpha`` (H x W or None) to ``outscale`` (default: the
+    model's published scale). Grey stays grey; the dtype is kept."""
+    height, width = color.shape[:2]
+    scale = outscale if outscale is not None else model.spec.default_outscale
+    target = output_size(width, height, scale)
+    out, tile = _run(model, color, options)
+    out_alpha = None
+    if alpha is not None:
+        if options.alpha == "model":
+            out_alpha = _run(model, alpha[:, :, None], options)[0][:, :, 0]
+        else:
+            out_alpha = resize(alpha, (out.shape[1], out.shape[0]))
+    out = resize(out, target)
+    if out_alpha is not None:
+        out_alpha = resize(out_alpha, target)
+    return Enhanced(color=out, alpha=out_alpha, tile=tile)

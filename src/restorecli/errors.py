@@ -1,0 +1,54 @@
+"""Typed errors. Each carries the exit code the CLI maps it to; the library raises, only the CLI exits."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SETUP = 3
+
+
+class RestoreCliError(Exception):
+    """Base of every error restorecli raises on purpose."""
+
+    exit_code: int = EXIT_SOME_FAILED
+
+
+class UsageError(RestoreCliError):
+    """The command line asks for something impossible (bad value, no input matched)."""
+
+    exit_code = EXIT_USAGE
+
+
+class SetupError(RestoreCliError):
+    """The environment cannot run the job: weights, device or precision unavailable."""
+
+    exit_code = EXIT_SETUP
+
+
+class WeightsNotFound(SetupError):
+    """A model name or path could not be resolved to a weights file."""
+
+
+class UnsupportedModel(SetupError):
+    """A file exists but is not a model restorecli can run (unknown architecture, refused pickle, ...)."""
+
+
+class DeviceUnavailable(SetupError):
+    """The requested device or precision is not available on this machine."""
+
+
+class ImageError(RestoreCliError):
+    """One input image cannot be processed; in a batch this is an item's error, not a stop."""
+
+
+class ImageDecodeError(ImageError):
+    """The file is missing, empty, truncated or not an image."""
+
+
+class ImageTooLarge(ImageError):
+    """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class TileOutOfMemory(ImageError):
+    """A fixed tile size does not fit in device memory."""

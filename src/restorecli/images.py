@@ -1,0 +1,272 @@
+"""Decoding and encoding image files: bit depth, colour modes, alpha, EXIF orientation, metadata, atomic writes.
+
+This is the only module that touches image files. Pixels leave it as ``color`` (H x W x 1 for grey,
+H x W x 3 RGB) plus an optional ``alpha`` (H x W), both uint8 or uint16.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageDecodeError, ImageTooLarge
+
+OutputFormat = Literal["png", "jpg", "webp", "tiff"]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+_EXIF_ORIENTATION = 0x0112
+_SUFFIX_FORMAT: dict[str, OutputFormat] = {
+    ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff",
+}
+_PIL_FORMAT: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpg"}
+FORMAT_SUFFIX: dict[OutputFormat, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    color: np.ndarray  # H x W x 1 (grey) or H x W x 3 (RGB); uint8 or uint16
+    alpha: np.ndarray | None  # H x W, same dtype as color
+    format: OutputFormat | None  # the file's own format where restorecli can write it back
+    exif: bytes | None  # with the orientation reset to 1, since the pixels are already upright
+    icc_profile: bytes | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.color.shape[1], self.color.shape[0]
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.color.dtype == np.uint16 else 8
+
+
+def format_for_suffix(suffix: str) -> OutputFormat | None:
+    return _SUFFIX_FORMAT.get(suffix.lower())
+
+
+def probe(data: bytes, name: str) -> tuple[tuple[int, int], OutputFormat | None]:
+    """(width, height) and the writable format, from the header only."""
+    image = _open(data, name)
+    return image.size, _PIL_FORMAT.get(image.format or "")
+
+
+def _open(data: bytes, name: str) -> Image.Image:
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"{name}: cannot read image header ({exc})") from None
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an H x W (x C) array, as a viewer would show it."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: a.swapaxes(0, 1)[::-1],
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(array)) if op else array
+
+
+def _pil_pixels(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(image).astype(np.uint16)[:, :, None], None
+    if mode == "I":
+        return np.clip(np.asarray(image), 0, 65535).astype(np.uint16)[:, :, None], None
+    if mode == "1":
+        image = image.convert("L")
+    elif mode == "P" or mode == "PA":
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        image = image.convert("RGB")
+    elif mode == "RGBa":
+        image = image.convert("RGBA")
+    elif mode == "La":
+        image = image.convert("LA")
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ImageDecodeError(f"{name}: unsupported pixel mode {mode}")
+    array = np.asarray(image)
+    if image.mode == "L":
+        return array[:, :, None], None
+    if image.mode == "LA":
+        return array[:, :, :1].copy(), array[:, :, 1].copy()
+    if image.mode == "RGB":
+        return array, None
+    return array[:, :, :3].copy(), array[:, :, 3].copy()
+
+
+def _cv2_pixels_16(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ImageDecodeError(f"{name}: corrupt 16-bit image data")
+    array = array.astype(np.uint16, copy=False)
+    if array.ndim == 2:
+        return array[:, :, None], None
+    if array.shape[2] == 4:
+        rgba = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+        return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3])
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB), None
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode file bytes into upright pixels and metadata; ``name`` is used in error messages.
+
+    Raises ``ImageDecodeError`` for empty, truncated or non-image data and ``ImageTooLarge``
+    before decoding anything larger than ``max_pixels``.
+    """
+    image = _open(data, name)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(raise it with --max-pixels)"
+        )
+    rawmode = str(image.tile[0].args) if image.tile else ""
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # our own limit applies, checked above
+        image.load()  # full decode: detects truncation
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{name}: truncated or corrupt image data ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
+    sixteen_bit_colour = "16" in rawmode and image.mode in ("RGB", "RGBA", "LA")
+    color, alpha = _cv2_pixels_16(data, name) if sixteen_bit_colour else _pil_pixels(image, name)
+    if alpha is not None and alpha.dtype != color.dtype:
+        alpha = alpha.astype(color.dtype)
+    exif = image.getexif()
+    orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+    color = _orient(color, orientation)
+    alpha = _orient(alpha, orientation) if alpha is not None else None
+    exif_bytes = None
+    if len(exif):
+        if orientation != 1:
+            exif[_EXIF_ORIENTATION] = 1
+        exif_bytes = exif.tobytes()
+    return DecodedImage(
+        color=color,
+        alpha=alpha,
+        format=_PIL_FORMAT.get(image.format or ""),
+        exif=exif_bytes,
+        icc_profile=image.info.get("icc_profile"),
+    )
+
+
+def _to_8bit(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _flatten_alpha(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite onto white, for formats without alpha."""
+    maxval = 255 if color.dtype == np.uint8 else 65535
+    a = alpha.astype(np.float32)[:, :, None] / maxval
+    flat = color.astype(np.float32) * a + maxval * (1 - a)
+    return np.clip(np.rint(flat), 0, maxval).astype(color.dtype)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_add_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    """Insert iCCP and eXIf chunks right after IHDR (cv2 cannot write them)."""
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    if not extra:
+        return png
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
+def encode_image(
+    color: np.ndarray,
+    alpha: np.ndarray | None,
+    fmt: OutputFormat,
+    *,
+    quality: int = 95,
+    exif: bytes | None = None,
+    icc_profile: bytes | None = None,
+) -> bytes:
+    """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
+    and JPEG has no alpha, so transparent pixels are composited onto white there."""
+    if fmt == "jpg" and alpha is not None:
+        color, alpha = _flatten_alpha(color, alpha), None
+    if color.dtype == np.uint16 and fmt in ("png", "tiff"):
+        planes = color if color.shape[2] == 3 else color[:, :, 0]
+        if planes.ndim == 3:
+            planes = cv2.cvtColor(planes, cv2.COLOR_RGB2BGR)
+        if alpha is not None:
+            planes = np.dstack([planes, alpha]) if planes.ndim == 3 else np.dstack([planes, planes, planes, alpha])
+        ok, buffer = cv2.imencode(".png" if fmt == "png" else ".tif", planes)
+        if not ok:
+            raise OSError(f"encoding 16-bit {fmt} failed")
+        data = buffer.tobytes()
+        return _png_add_metadata(data, exif, icc_profile) if fmt == "png" else data
+    color8 = _to_8bit(color)
+    alpha8 = _to_8bit(alpha) if alpha is not None else None
+    if color8.shape[2] == 1:
+        pil = Image.fromarray(color8[:, :, 0], "L")
+        if alpha8 is not None:
+            pil = Image.merge("LA", (pil, Image.fromarray(alpha8, "L")))
+    else:
+        pil = Image.fromarray(color8, "RGB")
+        if alpha8 is not None:
+            pil = Image.merge("RGBA", (*pil.split(), Image.fromarray(alpha8, "L")))
+    if fmt == "webp" and pil.mode in ("L", "LA"):
+        pil = pil.convert("RGBA" if pil.mode == "LA" else "RGB")
+    kwargs: dict[str, object] = {}
+    if exif:
+        kwargs["exif"] = exif
+    if icc_profile:
+        kwargs["icc_profile"] = icc_profile
+    if fmt in ("jpg", "webp"):
+        kwargs["quality"] = quality
+    if fmt == "tiff":
+        kwargs["compression"] = "tiff_deflate"
+    out = io.BytesIO()
+    pil.save(out, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kwargs)
+    return out.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename,
+    so ``path`` holds either nothing, its old content, or all of ``data``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

