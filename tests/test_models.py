@@ -1,0 +1,217 @@
+"""Model loading: formats, scales, channels, safe unpickling, names, the embedded source, ncnn import."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+
+import ncnn
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from conftest import tiny_compact_state
+from restorecli.errors import UnsupportedModel, WeightsNotFound
+from restorecli.models.loading import install_embedded, load_model, resolve_model_path, weights_dir
+from restorecli.models.ncnn import convert_ncnn
+from restorecli.models.registry import REGISTRY
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize("kind", ["compact", "rrdb"])
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_any_scale_and_format_loads(make_model, tmp_path, scale, kind, fmt):
+    model = load_model(str(make_model(scale, kind, fmt)), tmp_path)
+    assert model.spec.scale == scale and model.spec.default_outscale == scale
+    assert model.spec.input_channels == 3
+    out = model.descriptor(torch.rand(1, 3, 12, 10))
+    assert out.shape == (1, 3, 12 * scale, 10 * scale)
+
+
+def test_single_channel_model_and_params_ema_layout(make_model, tmp_path):
+    model = load_model(str(make_model(2, "compact", "pth", channels=1, wrap="params_ema")), tmp_path)
+    assert model.spec.input_channels == model.spec.output_channels == 1
+
+
+def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as handle:
+        pickle.dump({"params_ema": Payload()}, handle)
+    with pytest.raises(UnsupportedModel, match="refused to load"):
+        load_model(str(evil), tmp_path)
+    assert not marker.exists()
+
+
+def test_unrecognised_architecture_and_junk_files(tmp_path):
+    junk = tmp_path / "weird.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, junk)
+    with pytest.raises(UnsupportedModel, match="not a model architecture spandrel recognises"):
+        load_model(str(junk), tmp_path)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not tensors")
+    with pytest.raises(UnsupportedModel, match="not a readable safetensors file"):
+        load_model(str(text), tmp_path)
+
+
+def test_unknown_name_says_what_exists(tmp_path):
+    with pytest.raises(WeightsNotFound, match="neither a file nor a known model name"):
+        resolve_model_path("no-such-model", tmp_path)
+
+
+def test_missing_published_weights_say_what_to_do(tmp_path):
+    with pytest.raises(WeightsNotFound) as info:
+        resolve_model_path("realesr-general-x4v3", tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "realesr-general-x4v3.pth") in message
+    assert "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-general-x4v3.pth" in message
+
+
+def test_weights_dir_order(tmp_path, monkeypatch):
+    assert weights_dir().name == "weights" and ".cache" in str(weights_dir())  # user cache without ./weights
+    (tmp_path / "weights").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert weights_dir() == tmp_path.joinpath("weights").relative_to(tmp_path)
+    monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", "/env/dir")
+    assert str(weights_dir()) == "/env/dir"
+    assert str(weights_dir("/explicit")) == "/explicit"
+
+
+def test_embedded_name_converts_once_then_is_found(tmp_path, embedded_dir):
+    name, path = resolve_model_path("realesr-animevideov3-x2", tmp_path)
+    assert path == tmp_path / "realesr-animevideov3-x2.safetensors" and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    assert resolve_model_path("realesr-animevideov3-x2", tmp_path)[1] == path
+    assert path.stat().st_mtime_ns == stamp
+    model = load_model(name, tmp_path)
+    # the published x2 graph is the 4x network with a final 0.5 resize: the default output scale says so
+    assert model.spec.scale == 4 and model.spec.default_outscale == 2.0
+    assert [p.name for p in tmp_path.iterdir()] == ["realesr-animevideov3-x2.safetensors"]  # no temp files
+
+
+def _ncnn_reference(param, image_chw: np.ndarray) -> np.ndarray:
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.opt.use_bf16_storage = False
+    net.opt.num_threads = 2
+    net.load_param(str(param))
+    net.load_model(str(param.with_suffix(".bin")))
+    extractor = net.create_extractor()
+    array = np.ascontiguousarray(image_chw, dtype=np.float32)
+    mat = ncnn.Mat(array)  # keep `array` alive: the Mat shares its memory
+    extractor.input("data", mat)
+    _, out = extractor.extract("output")
+    return np.array(out)
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize(
+    "ncnn_name,blocks_or_convs",
+    [("realesrgan-x4plus", "23 blocks"), ("realesrgan-x4plus-anime", "6 blocks"), ("realesr-animevideov3-x4", "16")],
+)
+def test_converted_weights_reproduce_ncnn_cpu_output(embedded_dir, ncnn_name, blocks_or_convs):
+    converted = convert_ncnn(embedded_dir / f"{ncnn_name}.param")
+    assert blocks_or_convs in converted.description
+    import spandrel
+
+    model = spandrel.ModelLoader().load_from_state_dict(converted.state_dict).eval()
+    photo = skimage.data.astronaut()[170:218, 190:238].astype(np.float32) / 255  # her eye and cheek
+    chw = photo.transpose(2, 0, 1)
+    with torch.inference_mode():
+        ours = model.model(torch.from_numpy(chw.copy())[None])[0].numpy()
+    reference = _ncnn_reference(embedded_dir / f"{ncnn_name}.param", chw)
+    assert ours.shape == reference.shape == (3, 192, 192)
+    assert np.abs(ours - reference).max() <= 1e-4
+
+
+def _write_param(path, lines):
+    path.write_text("7767517\n%d %d\n%s\n" % (len(lines), len(lines) + 1, "\n".join(lines)))
+
+
+def test_other_graphs_are_refused_naming_what_was_found(tmp_path):
+    param = tmp_path / "odd.param"
+    _write_param(param, [
+        "Input data 0 1 data",
+        "Convolution conv0 1 1 data c0 0=4 1=3 4=1 5=1 6=108",
+        "InnerProduct fc 1 1 c0 output 0=10 1=1 2=40",
+    ])
+    bin_data = struct.pack("<I", 0) + np.zeros(108, "<f4").tobytes() + np.zeros(4, "<f4").tobytes()
+    param.with_suffix(".bin").write_bytes(bin_data)
+    with pytest.raises(UnsupportedModel, match="layer type InnerProduct"):
+        convert_ncnn(param)
+
+    _write_param(param, [
+        "Input data 0 1 data",
+        "Convolution conv0 1 1 data c0 0=4 1=3 4=1 5=1 6=108",
+        "ReLU relu 1 1 c0 output",
+    ])
+    param.with_suffix(".bin").write_bytes(bin_data)
+    with pytest.raises(UnsupportedModel, match="layer type ReLU"):
+        convert_ncnn(param)
+
+
+def test_truncated_ncnn_weights_are_refused(tmp_path, embedded_dir):
+    param = tmp_path / "cut.param"
+    param.write_text((embedded_dir / "realesr-animevideov3-x4.param").read_text())
+    data = (embedded_dir / "realesr-animevideov3-x4.bin").read_bytes()
+    param.with_suffix(".bin").write_bytes(data[:-1000])
+    with pytest.raises(UnsupportedModel, match="ends early"):
+        convert_ncnn(param)
+
+
+def test_not_a_param_file(tmp_path):
+    param = tmp_path / "x.param"
+    param.write_text("hello\n")
+    with pytest.raises(UnsupportedModel, match="not an ncnn text param file"):
+        convert_ncnn(param)
+
+
+def _ncnn_graph_for_compact(state, scale, tmp_path):
+    """Write a Compact state dict as an ncnn graph the way the published files are laid out."""
+    lines = ["Input data 0 1 data", "Split split 1 2 data d0 d1"]
+    blob, index, weights = "d1", 0, b""
+    convs = sorted({int(k.split(".")[1]) for k in state if k.endswith(".bias")})
+    for n, conv in enumerate(convs):
+        w, b = state[f"body.{conv}.weight"].numpy(), state[f"body.{conv}.bias"].numpy()
+        lines.append(f"Convolution conv{n} 1 1 {blob} c{n} 0={w.shape[0]} 1=3 4=1 5=1 6={w.size}")
+        weights += struct.pack("<I", 0x01306B47) + w.astype("<f2").tobytes()
+        weights += b"\0" * (-(w.size * 2) % 4) + b.astype("<f4").tobytes()
+        blob = f"c{n}"
+        if f"body.{conv + 1}.weight" in state:
+            slope = state[f"body.{conv + 1}.weight"].numpy()
+            lines.append(f"PReLU prelu{n} 1 1 {blob} p{n} 0={slope.size}")
+            weights += slope.astype("<f4").tobytes()
+            blob = f"p{n}"
+    lines.append(f"PixelShuffle ps 1 1 {blob} shuffled 0={scale}")
+    lines.append(f"Interp up 1 1 d0 base 0=1 1={scale}.0 2={scale}.0")
+    lines.append("BinaryOp add 2 1 shuffled base output")
+    param = tmp_path / "compact.param"
+    _write_param(param, lines)
+    param.with_suffix(".bin").write_bytes(weights)
+    return param
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_compact_graphs_of_any_scale_round_trip_through_ncnn(tmp_path, scale):
+    state = tiny_compact_state(scale, num_conv=2)
+    # fp16 storage: compare with the weights as ncnn will hold them
+    state = {k: v.half().float() if v.ndim == 4 else v for k, v in state.items()}
+    param = _ncnn_graph_for_compact(state, scale, tmp_path)
+    converted = convert_ncnn(param)
+    assert converted.scale == scale and converted.architecture == "SRVGGNetCompact"
+    for key, value in state.items():
+        torch.testing.assert_close(converted.state_dict[key], value)
+    model = load_model(str(param), tmp_path)
+    photo = skimage.data.astronaut()[200:216, 200:220].astype(np.float32) / 255
+    chw = photo.transpose(2, 0, 1)
+    with torch.inference_mode():
+        ours = model.module(torch.from_numpy(chw.copy())[None])[0].numpy()
+    np.testing.assert_allclose(ours, _ncnn_reference(param, chw), atol=1e-4)
