@@ -161,3 +161,15 @@ def test_wrong_channel_count_is_refused(tmp_path):
     model = _load_state(tmp_path, tiny_compact_state(2))
     with pytest.raises(ValueError, match="expected H x W x 3"):
         upscale(model, np.zeros((8, 8, 1), np.uint8), device=CPU)
+
+
+@pytest.mark.real_weights
+def test_bf16_fast_path_matches_fp32_above_45_db_on_real_weights(real_weights):
+    """bf16 is what --precision auto picks on CPUs with native bf16; it must give the fp32 pixels within 45 dB."""
+    crop = ASTRONAUT[140:204, 170:250]
+    fp32 = upscale(place_model(load_model("realesrgan-x4plus", real_weights), CPU, torch.float32), crop,
+                   device=CPU, tile=0).image
+    bf16_model = place_model(load_model("realesrgan-x4plus", real_weights), CPU, torch.bfloat16)
+    bf16 = upscale(bf16_model, crop, device=CPU, dtype=torch.bfloat16, tile=40, pad=24).image
+    value = psnr(bf16, fp32)
+    assert value >= 45, f"bf16 tiled vs fp32 untiled: {value:.2f} dB"

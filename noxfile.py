@@ -1,0 +1,23 @@
+"""nox sessions: `nox -s tests` runs the suite, `nox -s bench` measures restorecli against its peers."""
+
+import nox
+
+TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the builds on these machines' disk; others download GBs
+nox.options.sessions = ["tests"]
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    session.install(*TORCH)
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Throughput and peak memory against RealESRGANer (realesrgan package) and ncnn; writes README figures."""
+    session.install(*TORCH, "setuptools", "wheel")
+    # basicsr's setup.py imports torch: build it against the torch above, not an isolated download.
+    session.install("--no-build-isolation", "basicsr", "realesrgan")
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

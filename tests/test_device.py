@@ -1,0 +1,90 @@
+"""Device and precision choice, proven on the CPU with CUDA/MPS availability simulated."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from restorecli.engine.device import available_memory, choose_device, choose_dtype, is_out_of_memory
+from restorecli.errors import DeviceUnavailable
+from restorecli.models.loading import ModelSpec
+
+SPEC = ModelSpec(name="m", path=Path("m"), architecture="ESRGAN", scale=4, default_outscale=4.0, input_channels=3,
+                 output_channels=3, supports_half=True, supports_bfloat16=True, multiple_of=1, minimum_size=0,
+                 square=False, tileable=True, max_features=64)
+
+
+def _simulate(monkeypatch, cuda: int, mps: bool):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(2, True, "cuda"), (0, True, "mps"), (0, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    _simulate(monkeypatch, cuda, mps)
+    assert choose_device("auto").type == expected
+
+
+def test_explicit_devices_must_exist(monkeypatch):
+    _simulate(monkeypatch, 2, False)
+    assert choose_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(DeviceUnavailable, match="only 2 CUDA device"):
+        choose_device("cuda:2")
+    with pytest.raises(DeviceUnavailable, match="MPS is not available"):
+        choose_device("mps")
+    with pytest.raises(DeviceUnavailable, match="not a device"):
+        choose_device("gpu0")
+    _simulate(monkeypatch, 0, False)
+    with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+        choose_device("cuda")
+
+
+def test_auto_precision_is_fp16_on_cuda_only_where_supported(monkeypatch):
+    assert choose_dtype("auto", torch.device("cuda"), SPEC) == torch.float16
+    assert choose_dtype("auto", torch.device("cuda"), replace(SPEC, supports_half=False)) == torch.float32
+    assert choose_dtype("auto", torch.device("mps"), SPEC) == torch.float32
+    monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: False)
+    assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.float32
+
+
+def test_auto_precision_on_a_cpu_with_native_bf16(monkeypatch):
+    monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)
+    assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.bfloat16
+    assert choose_dtype("auto", torch.device("cpu"), replace(SPEC, supports_bfloat16=False)) == torch.float32
+    assert choose_dtype("fp32", torch.device("cpu"), SPEC) == torch.float32
+    assert choose_dtype("bf16", torch.device("cpu"), SPEC) == torch.bfloat16
+    with pytest.raises(DeviceUnavailable, match="does not support fp16"):
+        choose_dtype("fp16", torch.device("cuda"), replace(SPEC, supports_half=False))
+
+
+def test_cpu_memory_budget_is_bounded():
+    budget = available_memory(torch.device("cpu"))
+    assert 0 < budget <= 2 * 1024**3
+
+
+def test_out_of_memory_errors_are_recognised():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_bf16_runs_on_the_cpu_close_to_fp32(make_model, tmp_path):
+    import skimage.data
+
+    from conftest import psnr
+    from restorecli.engine.device import place_model
+    from restorecli.engine.tiling import upscale
+    from restorecli.models.loading import load_model
+
+    path = make_model(2)
+    crop = skimage.data.astronaut()[100:140, 100:150]
+    fp32 = upscale(place_model(load_model(str(path), tmp_path), torch.device("cpu"), torch.float32), crop,
+                   device=torch.device("cpu"), tile=0).image
+    bf16_model = place_model(load_model(str(path), tmp_path), torch.device("cpu"), torch.bfloat16)
+    bf16 = upscale(bf16_model, crop, device=torch.device("cpu"), dtype=torch.bfloat16, tile=16, pad=8).image
+    assert psnr(bf16, fp32) > 30
