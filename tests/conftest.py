@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import cv2
+import hypothesis  # noqa: F401  imported here, not lazily by its plugin at session end, where CPython 3.11.7
+# fails to compile it ("AST constructor recursion depth mismatch", a CPython bug fixed in 3.11.8)
 import numpy as np
 import pytest
 import torch

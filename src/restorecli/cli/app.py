@@ -45,7 +45,7 @@ def exit_on_error() -> Iterator[None]:
 
 
 def _register() -> None:
-    from . import restore  # noqa: F401  (registers its command on ``app``)
+    from . import restore, weights  # noqa: F401  (each registers its commands on ``app``)
 
 
 _register()

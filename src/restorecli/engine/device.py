@@ -82,9 +82,10 @@ def available_memory(device: torch.device) -> int:
     if device.type == "mps":
         recommended = torch.mps.recommended_max_memory()
         return int(max(recommended - torch.mps.current_allocated_memory(), 0) * 0.6)
-    # CPU: a share of the available RAM, capped, so a batch job leaves room for everything else.
+    # CPU: a share of the available RAM, capped: larger tiles do not run faster on a CPU, and a batch job
+    # should leave room for everything else on the machine.
     available = _host_available_memory()
-    return int(min(available * 0.25, 2 * 1024**3))
+    return int(min(available * 0.25, 1024**3))
 
 
 def _host_available_memory() -> int:

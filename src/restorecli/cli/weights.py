@@ -1,0 +1,106 @@
+"""``restorecli models`` and ``restorecli download-weights``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from ..errors import UsageError
+from ..models.download import DownloadOptions, default_names, fetch, import_local, model_status
+from ..models.loading import weights_dir as resolve_weights_dir
+from ..models.registry import REGISTRY
+from .app import app, exit_on_error
+from .render import stderr_console
+
+WeightsDir = Annotated[Optional[str], typer.Option(help="Where model weights live.", show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
+
+
+@app.command()
+def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
+    """List every known model with its status: installed, missing, embedded or corrupt."""
+    with exit_on_error():
+        directory = resolve_weights_dir(weights_dir)
+        rows = []
+        for entry in REGISTRY.values():
+            status, path = model_status(entry, directory)
+            rows.append({"name": entry.name, "kind": entry.kind, "architecture": entry.architecture,
+                         "scale": entry.scale, "status": status, "path": path, "file": entry.filename,
+                         "sha256": entry.sha256, "licence": entry.licence, "description": entry.description})
+        if json_output:
+            typer.echo(json.dumps({"weights_dir": str(directory), "models": rows}, indent=2))
+            return
+        table = Table(title=f"models ({directory})", title_justify="left")
+        for column in ("name", "kind", "status", "description"):
+            table.add_column(column)
+        style = {"installed": "green", "embedded": "cyan", "missing": "yellow", "corrupt": "bold red"}
+        for row in rows:
+            table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["description"])
+        stderr_console().print(table)
+        for row in rows:
+            typer.echo(f"{row['name']}\t{row['status']}\t{row['path']}")
+
+
+@app.command("download-weights")
+def download_weights(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch [default: what restore needs].",
+                                                         show_default=False)] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Fetch every known model.")] = False,
+    weights_dir: WeightsDir = None,
+    mirror: Annotated[Optional[str], typer.Option(help="Base URL replacing the origin (or RESTORECLI_WEIGHTS_MIRROR).",
+                                                  show_default=False)] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+    from_path: Annotated[Optional[Path], typer.Option("--from", help="Import a local .pth, .safetensors or ncnn "
+                                                                      ".param instead of downloading.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Registry name for --from.")] = None,
+    timeout: Annotated[float, typer.Option(help="Connect/read timeout in seconds.", min=0.1)] = 30.0,
+    retries: Annotated[int, typer.Option(help="Retries per URL, with exponential backoff.", min=0)] = 3,
+    json_output: JsonFlag = False,
+) -> None:
+    """Fetch model weights, verified by sha256 and resumable; offline, install embedded ones."""
+    console = stderr_console()
+    with exit_on_error():
+        directory = resolve_weights_dir(weights_dir)
+        if from_path is not None:
+            if names or all_models:
+                raise UsageError("--from imports one file; do not also list names or --all")
+            results = [import_local(from_path, name, directory)]
+        else:
+            wanted = list(REGISTRY) if all_models else (names or default_names())
+            unknown = [n for n in wanted if n not in REGISTRY]
+            if unknown:
+                raise UsageError(f"unknown model(s): {', '.join(unknown)} (see: restorecli models)")
+            options = DownloadOptions(mirror=mirror, force=force, timeout=timeout, retries=retries)
+            results = []
+            with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                          TimeRemainingColumn(), console=console, transient=True) as progress:
+                tasks: dict[str, int] = {}
+
+                def on_progress(model: str, done: int, total: int | None) -> None:
+                    if model not in tasks:
+                        tasks[model] = progress.add_task(model, total=total)
+                    progress.update(tasks[model], completed=done, total=total)
+
+                for model in wanted:
+                    results.append(fetch(model, directory, options, on_progress))
+        for result in results:
+            colour = "red" if result.status == "failed" else "green"
+            console.print(f"[{colour}]{result.status}[/] {result.name}: {result.message or result.path}",
+                          soft_wrap=True)
+            if result.pinned_locally and result.status != "failed":
+                console.print(f"  note: {result.name} has no published sha256; its hash {result.sha256} was pinned "
+                              f"locally in {directory} and later files must match it", soft_wrap=True)
+            if json_output:
+                typer.echo(json.dumps({"type": "item", **asdict(result)}))
+            elif result.path and result.status != "failed":
+                typer.echo(result.path)
+        failed = sum(r.status == "failed" for r in results)
+        if json_output:
+            typer.echo(json.dumps({"type": "summary", "installed": len(results) - failed, "failed": failed}))
+    raise typer.Exit(code=1 if failed else 0)
