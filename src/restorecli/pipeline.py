@@ -191,16 +191,21 @@ def restore_batch(
     restorer: Restorer | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    items: list[InputItem] | None = None,
 ) -> BatchResult:
-    """Restore every input; returns one result per input. Setup errors (weights, device) raise before
-    any image is touched; image errors become items with ``status="error"``."""
+    """Restore every input; returns one result per input processed. Setup errors (weights, device) raise
+    before any image is touched; image errors become items with ``status="error"``. ``should_stop`` is
+    asked before each image: when it says yes, the batch ends there (the rest is left for a later run).
+    ``items``, when given, replaces the expansion of ``inputs`` (callers that already know each output's place)."""
     started = time.perf_counter()
     notify = on_progress or (lambda event, payload: None)
     to_stdout = options.output_dir == STDIO
     if to_stdout and stdout is None:
         raise UsageError("-o - needs an output stream")
     out_root = None if to_stdout else Path(options.output_dir)
-    items = collect_inputs(inputs, options.recursive, exclude=out_root)
+    if items is None:
+        items = collect_inputs(inputs, options.recursive, exclude=out_root)
     if to_stdout and len(items) != 1:
         raise UsageError(f"-o - writes one image to stdout, but {len(items)} inputs were given")
     if sum(item.source == STDIO for item in items) > 1:
@@ -211,6 +216,8 @@ def restore_batch(
     results: list[ItemResult] = []
     claimed: dict[Path, str] = {}
     for item in items:
+        if should_stop is not None and should_stop():
+            break
         notify("item", item.source)
         t0 = time.perf_counter()
         output: Path | None = None

@@ -16,10 +16,9 @@ from ..models.download import DownloadOptions, default_names, fetch, import_loca
 from ..models.loading import weights_dir as resolve_weights_dir
 from ..models.registry import REGISTRY
 from .app import app, exit_on_error
+from .options import Json as JsonFlag
+from .options import WeightsDir
 from .render import stderr_console
-
-WeightsDir = Annotated[Optional[str], typer.Option(help="Where model weights live.", show_default=False)]
-JsonFlag = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
 
 
 @app.command()

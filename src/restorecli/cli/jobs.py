@@ -1,0 +1,163 @@
+"""The job-folder commands: ``submit``, ``worker``, ``status``, ``prune``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..jobs.prune import parse_age, prune as prune_target
+from ..jobs.status import job_status, queue_overview
+from ..jobs.store import queue_dir
+from ..jobs.submit import submit_job
+from ..jobs.worker import WorkerOptions, run_worker
+from . import options as o
+from .app import app, exit_on_error
+from .render import stderr_console
+
+D = o.DEFAULTS
+
+
+@app.command()
+def submit(
+    inputs: o.Inputs,
+    queue: o.Queue = None,
+    model: o.Model = D["model"],
+    outscale: o.Outscale = None,
+    tile: o.Tile = D["tile"],
+    tile_pad: o.TilePad = D["tile_pad"],
+    device: o.Device = D["device"],
+    precision: o.PrecisionOpt = D["precision"],
+    format: o.FormatOpt = D["format"],
+    quality: o.Quality = D["quality"],
+    suffix: o.Suffix = D["suffix"],
+    recursive: o.Recursive = D["recursive"],
+    weights_dir: o.WeightsDir = None,
+    alpha: o.AlphaOpt = D["alpha"],
+    max_pixels: o.MaxPixels = D["max_pixels"],
+    json_output: o.Json = False,
+) -> None:
+    """Queue one job: the inputs are copied into the job folder; a worker restores them later."""
+    with exit_on_error():
+        options = o.restore_options(
+            model=model, outscale=outscale, tile=tile, tile_pad=tile_pad, device=device, precision=precision,
+            format=format, quality=quality, suffix=suffix, recursive=recursive, weights_dir=weights_dir, alpha=alpha,
+            max_pixels=max_pixels,
+        )
+        root = queue_dir(queue)
+        job, position = submit_job(root, inputs, options, stdin=sys.stdin.buffer)
+    if json_output:
+        typer.echo(json.dumps({"job_id": job.id, "status": "queued", "queue_position": position}))
+    else:
+        typer.echo(job.id)
+        stderr_console().print(f"queued {len(job.inputs)} image(s) in {root} at position {position}")
+
+
+@app.command()
+def worker(
+    queue: o.Queue = None,
+    once: Annotated[bool, typer.Option(help="Drain the queue and exit (for cron).")] = False,
+    max_jobs: Annotated[Optional[int], typer.Option(help="Stop after this many jobs.", min=1)] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop claiming (and release the job in hand between "
+                                                                "images) after this long.", min=0)] = None,
+    lease: Annotated[float, typer.Option(help="Lease in seconds; renewed while alive, taken over when expired.",
+                                         min=1)] = 60.0,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at an empty queue.", min=0.1)] = 2.0,
+    device: Annotated[Optional[str], typer.Option(help="Run every job on this device (one worker per GPU).",
+                                                  show_default=False)] = None,
+    max_attempts: Annotated[int, typer.Option(help="Give a job up after this many attempts that crashed a worker.",
+                                              min=1)] = 3,
+    json_output: o.Json = False,
+) -> None:
+    """Process queued jobs oldest first; SIGINT/SIGTERM finish the image in hand and leave the job resumable."""
+    console = stderr_console()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def emit(event: str, data: dict) -> None:
+        if json_output:
+            typer.echo(json.dumps({"type": event, **data}))
+        elif event == "claimed":
+            console.print(f"job {data['job_id']}: started (attempt {data['attempt']})")
+        elif event == "image":
+            console.print(f"  {data['input']}")
+        elif event == "finished":
+            console.print(f"job {data['job_id']}: {data['outcome']}")
+
+    with exit_on_error():
+        report = run_worker(queue_dir(queue), WorkerOptions(once=once, max_jobs=max_jobs, max_seconds=max_seconds,
+                                                            lease=lease, poll=poll, device=device,
+                                                            max_attempts=max_attempts), stop, emit)
+    if report.stopped:
+        console.print("stopped by signal; unfinished work is left resumable")
+
+
+@app.command()
+def status(
+    job_id: Annotated[Optional[str], typer.Argument(help="A job id [default: the whole queue].", show_default=False)]
+    = None,
+    queue: o.Queue = None,
+    json_output: o.Json = False,
+) -> None:
+    """Show the queue (counts and running workers) or one job with its results."""
+    with exit_on_error():
+        root = queue_dir(queue)
+        data = job_status(root, job_id) if job_id else queue_overview(root)
+    if json_output:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = stderr_console()
+    if job_id:
+        position = f", position {data['queue_position']}" if data["queue_position"] else ""
+        console.print(f"job {data['job_id']}: {data['status']}{position}")
+        if data.get("error"):
+            console.print(f"  error: {data['error']}", soft_wrap=True)
+        for r in data["results"]:
+            typer.echo(f"{r['status']}\t{r['original_filename']}\t{r['output'] or ''}\t{r['error'] or ''}")
+        return
+    counts = data["counts"]
+    table = Table(title=f"queue {data['queue']}", title_justify="left")
+    for column in ("queued", "processing", "completed", "failed"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(counts[c]) for c in ("queued", "processing", "completed", "failed")))
+    console.print(table)
+    for run in data["running"]:
+        state = "lease expired" if run["stale"] else f"lease {run['lease_expires_in']:.0f}s"
+        typer.echo(f"{run['job_id']}\t{run['worker']}\t{run['current'] or '-'}\t{state}")
+
+
+@app.command()
+def prune(
+    path: Annotated[Optional[Path], typer.Argument(help="A queue folder or a plain output folder.",
+                                                   show_default=False)] = None,
+    queue: o.Queue = None,
+    older_than: Annotated[str, typer.Option(help="Age like 30m, 1h or 7d.", show_default=False)] = ...,
+    dry_run: Annotated[bool, typer.Option(help="Show what would go; delete nothing.")] = False,
+    json_output: o.Json = False,
+) -> None:
+    """Delete finished jobs (or files) older than an age; never queued or running jobs, never outside the root."""
+    with exit_on_error():
+        if path is not None and queue is not None:
+            from ..errors import UsageError
+
+            raise UsageError("give either --queue DIR or PATH, not both")
+        target = path if path is not None else queue_dir(queue)
+        report = prune_target(Path(target), parse_age(older_than), dry_run, queue_mode=True if queue else None)
+    verb = "would remove" if dry_run else "removed"
+    if json_output:
+        typer.echo(json.dumps({"dry_run": dry_run, "removed": report.removed, "bytes_freed": report.bytes_freed}))
+    else:
+        for item in report.removed:
+            typer.echo(item["path"])
+    stderr_console().print(f"{verb} {len(report.removed)} item(s), {report.bytes_freed:,} bytes")

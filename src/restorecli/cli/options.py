@@ -1,0 +1,81 @@
+"""Option declarations shared by the commands that restore images (restore, submit) and by the others."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from ..images import DEFAULT_MAX_PIXELS
+from ..models.registry import DEFAULT_MODEL
+from ..pipeline import RestoreOptions
+
+
+class Format(str, Enum):
+    same = "same"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Alpha(str, Enum):
+    model = "model"
+    resize = "resize"
+
+
+Inputs = Annotated[list[str], typer.Argument(help="Image files, directories, or - for stdin.", show_default=False)]
+Model = Annotated[str, typer.Option(help="Registry name or checkpoint path (.pth, .safetensors, ncnn .param).")]
+Outscale = Annotated[Optional[float], typer.Option(help="Final scale, e.g. 2 or 3.5 [default: the model's].",
+                                                   min=0.01, show_default=False)]
+Tile = Annotated[str, typer.Option(help="auto (from free memory), 0 (whole image) or N (N x N tiles).")]
+TilePad = Annotated[int, typer.Option(help="Context overlap around each tile, in input pixels.", min=0)]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[Precision, typer.Option(help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="Output format; same follows the input.")]
+Quality = Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)]
+Suffix = Annotated[str, typer.Option(help="Appended to the output file stem.")]
+Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into directories.")]
+WeightsDir = Annotated[Optional[str], typer.Option(help="Where model weights live.", show_default=False)]
+AlphaOpt = Annotated[Alpha, typer.Option(help="Alpha channel: run through the model, or resize.")]
+MaxPixels = Annotated[int, typer.Option(help="Refuse larger inputs (decompression-bomb guard).", min=1)]
+Json = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
+Queue = Annotated[Optional[str], typer.Option(help="Job folder [default: $RESTORECLI_QUEUE, then ./restorecli-queue].",
+                                              show_default=False)]
+
+DEFAULTS = dict(model=DEFAULT_MODEL, tile="auto", tile_pad=24, device="auto", precision=Precision.auto,
+                format=Format.same, quality=95, suffix="", recursive=False, alpha=Alpha.model,
+                max_pixels=DEFAULT_MAX_PIXELS)
+
+
+def parse_tile(value: str) -> int | None:
+    """``auto`` -> None, ``0`` -> whole image, ``N`` -> N x N tiles."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        tile = int(value)
+    except ValueError:
+        raise UsageError(f"--tile '{value}' is not auto, 0 or a positive number of pixels") from None
+    if tile < 0 or 0 < tile < 8:
+        raise UsageError(f"--tile {tile}: use 0 (whole image) or at least 8 pixels")
+    return tile
+
+
+def restore_options(*, model: str, outscale: float | None, tile: str, tile_pad: int, device: str,
+                    precision: Precision, format: Format, quality: int, suffix: str, recursive: bool,
+                    weights_dir: str | None, alpha: Alpha, max_pixels: int, **extra) -> RestoreOptions:
+    """RestoreOptions from the shared CLI values; ``extra`` holds command-specific fields."""
+    return RestoreOptions(
+        model=model, outscale=outscale, tile=parse_tile(tile), tile_pad=tile_pad, device=device,
+        precision=precision.value, format=format.value, quality=quality, suffix=suffix, recursive=recursive,
+        weights_dir=weights_dir, alpha=alpha.value, max_pixels=max_pixels, **extra,
+    )

@@ -1,0 +1,1 @@
+"""The job-folder queue: submit jobs, run workers (by hand or from cron), read status, prune old results."""

@@ -1,0 +1,139 @@
+"""The janitor: delete finished jobs (or plain files) older than an age, never following symlinks,
+never touching queued or running jobs, never leaving the given root."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from .store import DB_NAME, JobStore
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> float:
+    """``30m``, ``1h``, ``7d``, ``45s``, ``2w`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
+    if not match:
+        raise UsageError(f"--older-than '{text}': write an age like 30m, 1h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass
+class PruneReport:
+    removed: list[dict] = field(default_factory=list)  # {"path", "bytes", "job_id"?}
+    dry_run: bool = False
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(r["bytes"] for r in self.removed)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True if ``path``'s parent resolves inside ``root`` (the path itself may be a symlink: it is never followed)."""
+    try:
+        return Path(os.path.realpath(path.parent)).is_relative_to(root) or path == root
+    except OSError:
+        return False
+
+
+def _tree_size(path: Path) -> int:
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size
+    return sum(_tree_size(Path(entry.path)) for entry in os.scandir(path))
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Delete ``path`` without following symlinks: a link is removed as a link, its target survives."""
+    if not _inside(path, root):
+        raise UsageError(f"refusing to delete {path}: outside {root}")
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode):
+        for entry in os.scandir(path):
+            remove_tree(Path(entry.path), root)
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
+def prune_queue(root: Path, age: float, dry_run: bool = False) -> PruneReport:
+    """Delete completed and failed jobs whose completion is older than ``age`` seconds, and abandoned submissions."""
+    report = PruneReport(dry_run=dry_run)
+    real_root = Path(os.path.realpath(root))
+    cutoff = time.time() - age
+    store = JobStore(root)
+    try:
+        known = set()
+        for job in store.jobs():
+            known.add(job.id)
+            if job.status not in ("completed", "failed") or (job.finished or 0) >= cutoff:
+                continue
+            job_dir = store.job_dir(job.id)
+            size = _tree_size(job_dir) if os.path.lexists(job_dir) else 0
+            report.removed.append({"path": str(job_dir), "bytes": size, "job_id": job.id})
+            if not dry_run:
+                if os.path.lexists(job_dir):
+                    remove_tree(job_dir, real_root)
+                store.forget(job.id)
+        # folders no record points to: submissions that died before their record was written
+        for folder in ("incoming", "jobs"):
+            parent = root / folder
+            for entry in sorted(parent.iterdir()) if parent.is_dir() else []:
+                if folder == "jobs" and entry.name in known:
+                    continue
+                if os.lstat(entry).st_mtime >= cutoff:
+                    continue
+                if folder == "jobs" and store.get(entry.name) is not None:  # submitted meanwhile
+                    continue
+                report.removed.append({"path": str(entry), "bytes": _tree_size(entry), "job_id": None})
+                if not dry_run:
+                    remove_tree(entry, real_root)
+    finally:
+        store.close()
+    return report
+
+
+def prune_folder(root: Path, age: float, dry_run: bool = False) -> PruneReport:
+    """Delete files (and symlinks, as links) under ``root`` last modified more than ``age`` seconds ago,
+    then the folders that this leaves empty. Symlinked folders are never entered."""
+    report = PruneReport(dry_run=dry_run)
+    real_root = Path(os.path.realpath(root))
+    cutoff = time.time() - age
+
+    def walk(folder: Path) -> bool:
+        """Prune inside ``folder``; True if it is empty afterwards."""
+        empty = True
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            path = Path(entry.path)
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                if walk(path) and path != root:
+                    if not dry_run:
+                        os.rmdir(path)
+                    continue
+                empty = False
+            elif info.st_mtime < cutoff:
+                report.removed.append({"path": str(path), "bytes": info.st_size})
+                if not dry_run:
+                    remove_tree(path, real_root)
+            else:
+                empty = False
+        return empty
+
+    walk(root)
+    return report
+
+
+def prune(target: Path, age: float, dry_run: bool = False, queue_mode: bool | None = None) -> PruneReport:
+    """Prune a queue folder (it holds queue.db) or a plain output folder."""
+    if not target.is_dir():
+        raise UsageError(f"{target}: no such folder")
+    if queue_mode is None:
+        queue_mode = (target / DB_NAME).is_file()
+    return prune_queue(target, age, dry_run) if queue_mode else prune_folder(target, age, dry_run)

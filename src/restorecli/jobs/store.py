@@ -1,0 +1,320 @@
+"""The job folder's state: a SQLite database (WAL) beside one directory per job.
+
+Layout of a queue folder::
+
+    queue.db                  job records: status, options, lease owner and expiry, attempts, errors
+    incoming/<id>/            a job being submitted (invisible to workers)
+    jobs/<id>/inputs/         the job's copied inputs
+    jobs/<id>/work/<token>/   outputs being written by the lease owner ``token`` (private)
+    jobs/<id>/work/resume/    outputs of a worker that stopped politely, adopted by the next owner
+    jobs/<id>/outputs/        published outputs (appear by one directory rename)
+    jobs/<id>/result.json     per-input results, written when the job completes or fails
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction, so two workers never claim the same job. A
+worker holds a lease (owner token + expiry) that it renews; publishing checks the token inside the same
+exclusive transaction, so a worker that lost its lease cannot publish over the new owner. SQLite's locking
+needs a local filesystem: do not put a queue on NFS or SMB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+from ..errors import SetupError, UsageError
+
+QUEUE_ENV = "RESTORECLI_QUEUE"
+DEFAULT_QUEUE = "restorecli-queue"
+DB_NAME = "queue.db"
+JobStatus = Literal["queued", "processing", "completed", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'processing', 'completed', 'failed')),
+    options TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    worker TEXT,
+    current TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+"""
+
+
+def queue_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, then $RESTORECLI_QUEUE, then ./restorecli-queue."""
+    return Path(explicit or os.environ.get(QUEUE_ENV) or DEFAULT_QUEUE)
+
+
+@dataclass(frozen=True)
+class Job:
+    seq: int
+    id: str
+    status: JobStatus
+    options: dict
+    inputs: list[dict]  # [{"original_filename", "stored"}], stored relative to the job's inputs/ folder
+    created: float
+    started: float | None
+    finished: float | None
+    attempts: int
+    owner: str | None
+    lease_until: float | None
+    worker: str | None
+    current: str | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    job: Job
+    token: str
+
+
+class JobStore:
+    """Opens the queue database; every method is one short transaction. Safe across processes."""
+
+    def __init__(self, root: Path, create: bool = False):
+        self.root = Path(root)
+        if not (self.root / DB_NAME).is_file():
+            if not create:
+                raise UsageError(f"{self.root}: not a restorecli queue (no {DB_NAME}); submit a job first")
+            try:
+                (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+                (self.root / "incoming").mkdir(exist_ok=True)
+            except OSError as exc:
+                raise SetupError(f"cannot create queue folder {self.root}: {exc.strerror}") from None
+        self._db = sqlite3.connect(self.root / DB_NAME, timeout=60, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An exclusive write transaction: no other process changes the queue until it ends."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ paths
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        data = dict(row)
+        data["options"] = json.loads(data["options"])
+        data["inputs"] = json.loads(data["inputs"])
+        return Job(**data)
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def jobs(self, status: JobStatus | None = None) -> list[Job]:
+        if status:
+            rows = self._db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY seq", (status,))
+        else:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq")
+        return [self._job(r) for r in rows]
+
+    def position(self, job: Job) -> int | None:
+        """1-based place among queued jobs, or None if the job is not queued."""
+        if job.status != "queued":
+            return None
+        (ahead,) = self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", (job.seq,)
+        ).fetchone()
+        return ahead + 1
+
+    def counts(self) -> dict[str, int]:
+        counts = {status: 0 for status in ("queued", "processing", "completed", "failed")}
+        for status, n in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            counts[status] = n
+        return counts
+
+    # ------------------------------------------------------------------ submitting
+
+    def add(self, job_id: str, options: dict, inputs: list[dict]) -> Job:
+        """Make a job whose files are already in place under jobs/<id> visible to workers."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, status, options, inputs, created) VALUES (?, 'queued', ?, ?, ?)",
+                (job_id, json.dumps(options), json.dumps(inputs), time.time()),
+            )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    # ------------------------------------------------------------------ leases
+
+    def claim(self, lease_seconds: float, max_attempts: int, worker: str) -> Lease | None:
+        """Take the oldest runnable job: queued, or processing with an expired lease (its worker died or
+        stalled). A job whose lease expired ``max_attempts`` times is marked failed instead."""
+        token = secrets.token_hex(8)
+        now = time.time()
+        with self.transaction() as db:
+            while True:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE status = 'queued' OR (status = 'processing' AND lease_until < ?) "
+                    "ORDER BY seq LIMIT 1",
+                    (now,),
+                ).fetchone()
+                if row is None:
+                    return None
+                job = self._job(row)
+                if job.status == "processing" and job.attempts >= max_attempts:
+                    error = (f"gave up after {job.attempts} attempts: the worker stopped responding"
+                             f"{f' while processing {job.current}' if job.current else ''}"
+                             f"{f' (last error: {job.last_error})' if job.last_error else ''}")
+                    db.execute(
+                        "UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, "
+                        "last_error = ? WHERE id = ?",
+                        (now, error, job.id),
+                    )
+                    self._write_failure(job, error)
+                    continue
+                db.execute(
+                    "UPDATE jobs SET status = 'processing', owner = ?, lease_until = ?, attempts = attempts + 1, "
+                    "started = ?, worker = ?, current = NULL WHERE id = ?",
+                    (token, now + lease_seconds, now, worker, job.id),
+                )
+                claimed = self.get(job.id)
+                assert claimed is not None
+                return Lease(claimed, token)
+
+    def renew(self, lease: Lease, lease_seconds: float, current: str | None = None) -> bool:
+        """Extend the lease; False if another worker owns the job now."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_until = ?, current = COALESCE(?, current) "
+                "WHERE id = ? AND owner = ? AND status = 'processing'",
+                (time.time() + lease_seconds, current, lease.job.id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+    def release(self, lease: Lease, work: Path) -> bool:
+        """Give a job back (the worker is stopping): queued again, its finished images kept for the next owner."""
+        with self.transaction() as db:
+            if not self._owns(db, lease):
+                return False
+            resume = self.job_dir(lease.job.id) / "work" / "resume"
+            if work.is_dir() and not resume.exists():
+                os.rename(work, resume)
+            db.execute(
+                "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
+                "current = NULL, attempts = attempts - 1 WHERE id = ?",
+                (lease.job.id,),
+            )
+            return True
+
+    def _owns(self, db: sqlite3.Connection, lease: Lease) -> bool:
+        row = db.execute("SELECT owner, status FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
+        return row is not None and row["owner"] == lease.token and row["status"] == "processing"
+
+    def publish(self, lease: Lease, work: Path, results: list[dict], status: JobStatus,
+                error: str | None = None) -> bool:
+        """Publish ``work`` as the job's outputs and record its results, if this lease still owns the job.
+
+        The ownership check, the directory rename and the status change happen inside one exclusive
+        transaction: a worker that lost its lease gets False and changes nothing.
+        """
+        job_dir = self.job_dir(lease.job.id)
+        with self.transaction() as db:
+            if not self._owns(db, lease):
+                return False
+            outputs = job_dir / "outputs"
+            if outputs.exists():  # left by a publisher that crashed before its commit: ours replaces it
+                shutil.rmtree(outputs)
+            work.mkdir(parents=True, exist_ok=True)
+            os.rename(work, outputs)
+            _write_json(job_dir / "result.json", {"job_id": lease.job.id, "status": status, "error": error,
+                                                  "results": results})
+            db.execute(
+                "UPDATE jobs SET status = ?, finished = ?, owner = NULL, lease_until = NULL, current = NULL, "
+                "last_error = ? WHERE id = ?",
+                (status, time.time(), error, lease.job.id),
+            )
+            return True
+
+    def fail(self, lease: Lease, error: str) -> bool:
+        """Mark the job failed without outputs (a setup error no retry can fix)."""
+        with self.transaction() as db:
+            if not self._owns(db, lease):
+                return False
+            db.execute(
+                "UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, last_error = ? "
+                "WHERE id = ?",
+                (time.time(), error, lease.job.id),
+            )
+            self._write_failure(lease.job, error)
+            return True
+
+    def _write_failure(self, job: Job, error: str) -> None:
+        results = [{"original_filename": i["original_filename"], "output": None, "status": "error", "error": error}
+                   for i in job.inputs]
+        job_dir = self.job_dir(job.id)
+        if job_dir.is_dir():
+            _write_json(job_dir / "result.json", {"job_id": job.id, "status": "failed", "error": error,
+                                                  "results": results})
+
+    def forget(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE id = ? AND status IN ('completed', 'failed')", (job_id,))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def new_job_id() -> str:
+    """Sortable by creation time, unique across processes."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def retry_later(store: JobStore, lease: Lease, error: str, max_attempts: int) -> bool:
+    """After an unexpected failure: queue the job again, or fail it once it has used ``max_attempts``."""
+    with store.transaction() as db:
+        if not store._owns(db, lease):
+            return False
+        row = db.execute("SELECT attempts FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
+        if row["attempts"] >= max_attempts:
+            final = f"failed {row['attempts']} times; last error: {error}"
+            db.execute("UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, "
+                       "last_error = ? WHERE id = ?", (time.time(), final, lease.job.id))
+            store._write_failure(lease.job, final)
+        else:
+            db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
+                       "last_error = ? WHERE id = ?", (error, lease.job.id))
+        return True

@@ -1,0 +1,80 @@
+"""Creating a job: inputs copied into the queue, then made visible to workers in one step."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import SetupError, UsageError, WeightsNotFound
+from ..images import FORMAT_SUFFIX, probe
+from ..pipeline import STDIO, RestoreOptions, collect_inputs
+from ..models.registry import REGISTRY
+from .store import Job, JobStore, new_job_id
+
+# Fields of RestoreOptions that belong to the worker, not to the job.
+_NOT_STORED = ("output_dir", "overwrite", "dry_run")
+
+
+def job_options(options: RestoreOptions) -> dict:
+    """The job's restore options, with paths made absolute: workers run from other directories (cron)."""
+    stored = {k: v for k, v in asdict(options).items() if k not in _NOT_STORED}
+    if stored["model"] not in REGISTRY:
+        model = Path(stored["model"])
+        if not model.is_file():
+            raise WeightsNotFound(f"--model '{stored['model']}' is neither a file nor a known model name")
+        stored["model"] = str(model.resolve())
+    if stored["weights_dir"]:
+        stored["weights_dir"] = str(Path(stored["weights_dir"]).resolve())
+    return stored
+
+
+def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: BinaryIO | None = None) -> tuple[Job, int]:
+    """Copy ``inputs`` into a new job and queue it; returns the job and its queue position.
+
+    Files are copied into ``incoming/<id>`` first and the folder is renamed into ``jobs/`` before the job's
+    record is written, so a worker sees all of a job or none of it. Missing inputs refuse the whole job.
+    """
+    stored_options = job_options(options)
+    items = collect_inputs(inputs, options.recursive)
+    missing = [i.source for i in items if i.source != STDIO and not Path(i.source).is_file()]
+    if missing:
+        raise UsageError(f"cannot submit: no such file: {', '.join(missing)}")
+    seen: dict[Path, str] = {}
+    for item in items:
+        if item.relative in seen:
+            raise UsageError(f"cannot submit: {item.source} and {seen[item.relative]} have the same name in one job")
+        seen[item.relative] = item.source
+    store = JobStore(queue, create=True)
+    try:
+        job_id = new_job_id()
+        staging = queue / "incoming" / job_id
+        stored: list[dict] = []
+        try:
+            for item in items:
+                if item.source == STDIO:
+                    assert stdin is not None
+                    data = stdin.read()
+                    _size, fmt = probe(data, "stdin")
+                    relative = Path("stdin" + FORMAT_SUFFIX[fmt or "png"])
+                    (staging / "inputs").mkdir(parents=True, exist_ok=True)
+                    (staging / "inputs" / relative).write_bytes(data)
+                    original = STDIO
+                else:
+                    relative = item.relative
+                    target = staging / "inputs" / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(item.source, target)
+                    original = item.source
+                stored.append({"original_filename": original, "stored": relative.as_posix()})
+            os.rename(staging, store.job_dir(job_id))
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SetupError(f"cannot copy inputs into {queue}: {exc}") from None
+        job = store.add(job_id, stored_options, stored)
+        position = store.position(job) or 0
+        return job, position
+    finally:
+        store.close()

@@ -1,0 +1,180 @@
+"""The worker loop: claim the oldest job, restore its images into a private folder, publish, repeat."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SetupError
+from ..pipeline import InputItem, ItemResult, RestoreOptions, Restorer, restore_batch
+from .store import JobStore, Lease, retry_later
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    once: bool = False  # drain the queue and exit (for cron)
+    max_jobs: int | None = None
+    max_seconds: float | None = None
+    lease: float = 60.0  # seconds; renewed every lease/3 while the worker is alive
+    poll: float = 2.0
+    device: str | None = None  # overrides the jobs' device (one worker per GPU)
+    max_attempts: int = 3
+
+
+@dataclass
+class WorkerReport:
+    jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, outcome)
+    stopped: bool = False
+
+
+Event = Callable[[str, dict], None]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Renewer(threading.Thread):
+    """Keeps a lease alive from its own database connection; sets ``lost`` when another worker took the job."""
+
+    def __init__(self, root: Path, lease: Lease, seconds: float):
+        super().__init__(daemon=True)
+        self.root, self.lease, self.seconds = root, lease, seconds
+        self.lost = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        store = JobStore(self.root)
+        try:
+            while not self.done.wait(self.seconds / 3):
+                if not store.renew(self.lease, self.seconds):
+                    self.lost.set()
+                    return
+        finally:
+            store.close()
+
+
+def _result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, root: Path) -> dict:
+    output = None
+    if item.output and item.status in ("ok", "skipped"):
+        output = (job_dir / "outputs" / Path(item.output).relative_to(work)).relative_to(root).as_posix()
+    return {"original_filename": original, "output": output, "status": "ok" if item.status == "skipped" else item.status,
+            "error": item.error, "in_size": list(item.in_size) if item.in_size else None,
+            "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds}
+
+
+def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: dict[tuple, Restorer],
+            stop: "_Either", emit: Event) -> str:
+    """Process one claimed job; returns its outcome: completed, failed, released, lost or retry."""
+    job = lease.job
+    job_dir = store.job_dir(job.id)
+    work = job_dir / "work" / lease.token
+    resume = job_dir / "work" / "resume"
+    if resume.is_dir():
+        os.rename(resume, work)  # images finished by a worker that stopped politely
+    for other in (job_dir / "work").glob("*") if (job_dir / "work").is_dir() else []:
+        if other != work:
+            shutil.rmtree(other, ignore_errors=True)  # left by owners whose lease expired
+    stored = {str(job_dir / "inputs" / i["stored"]): i["original_filename"] for i in job.inputs}
+    restore = RestoreOptions(**{**job.options, "output_dir": str(work)})
+    if options.device:
+        restore = replace(restore, device=options.device)
+    key = (restore.model, restore.weights_dir, restore.device, restore.precision, restore.tile, restore.tile_pad,
+           restore.alpha)
+    renewer = _Renewer(store.root, lease, options.lease)
+    renewer.start()
+    try:
+        try:
+            if key not in restorers:
+                restorers[key] = Restorer.from_options(restore)
+        except SetupError as exc:
+            store.fail(lease, str(exc))
+            return "failed"
+
+        def on_progress(event: str, payload: object) -> None:
+            if event == "item":
+                store.renew(lease, options.lease, current=stored.get(str(payload), str(payload)))
+                emit("image", {"job_id": job.id, "input": stored.get(str(payload), str(payload))})
+
+        try:
+            items = [InputItem(path, Path(i["stored"])) for path, i in zip(stored, job.inputs)]
+            batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
+                                  should_stop=lambda: stop.is_set() or renewer.lost.is_set())
+        except Exception as exc:  # an unexpected failure: count the attempt, let another try
+            retry_later(store, lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
+            return "retry"
+    finally:
+        renewer.done.set()
+        renewer.join()
+    if renewer.lost.is_set():
+        shutil.rmtree(work, ignore_errors=True)
+        return "lost"
+    if len(batch.items) < len(stored):  # stopped between images
+        return "released" if store.release(lease, work) else "lost"
+    results = [_result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root)
+               for item in batch.items]
+    errors = [r for r in results if r["status"] == "error"]
+    status = "failed" if errors and len(errors) == len(results) else "completed"
+    error = "; ".join(r["error"] for r in errors) if errors else None
+    if not store.publish(lease, work, results, status, error):
+        shutil.rmtree(work, ignore_errors=True)
+        return "lost"
+    return status
+
+
+def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: Event | None = None) -> WorkerReport:
+    """Claim and process jobs until the queue is empty (``once``), a limit is reached, or ``stop`` is set."""
+    emit = emit or (lambda event, data: None)
+    report = WorkerReport()
+    store = JobStore(root)
+    restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
+    started = time.monotonic()
+    deadline = started + options.max_seconds if options.max_seconds else None
+    deadline_reached = threading.Event()
+
+    def watch_deadline() -> None:
+        if deadline is not None and not stop.wait(max(deadline - time.monotonic(), 0)):
+            deadline_reached.set()
+
+    threading.Thread(target=watch_deadline, daemon=True).start()
+    halt = _Either(stop, deadline_reached)
+    try:
+        while not halt.is_set():
+            if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
+                break
+            lease = store.claim(options.lease, options.max_attempts, worker_name())
+            if lease is None:
+                if options.once:
+                    break
+                halt.wait(options.poll)
+                continue
+            emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
+            outcome = run_job(store, lease, options, restorers, halt, emit)
+            report.jobs.append((lease.job.id, outcome))
+            emit("finished", {"job_id": lease.job.id, "outcome": outcome})
+        report.stopped = stop.is_set()
+        return report
+    finally:
+        store.close()
+
+
+class _Either:
+    """Looks like a threading.Event that is set when either of two events is."""
+
+    def __init__(self, a: threading.Event, b: threading.Event):
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < end:
+            self.a.wait(min(0.2, max(end - time.monotonic(), 0)))
+        return self.is_set()

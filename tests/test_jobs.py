@@ -1,0 +1,345 @@
+"""The job folder: submit/worker/status/prune through the CLI, and the queue's guarantees under real
+processes: concurrency, SIGKILL, poison inputs, a stale worker resumed after SIGSTOP, overlapping cron runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TEST_INPUTS
+from restorecli.cli.app import app
+from restorecli.jobs.prune import parse_age
+from restorecli.jobs.store import JobStore
+
+HARNESS = Path(__file__).with_name("worker_harness.py")
+runner = CliRunner()
+
+
+def cli(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def model(make_model):
+    return make_model(2, "compact", "safetensors")
+
+
+@pytest.fixture
+def queue(tmp_path):
+    return tmp_path / "queue"
+
+
+def submit(queue, model, *files):
+    result = cli("submit", *files, "--queue", queue, "--model", model, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def photos(tmp_path, names):
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy(TEST_INPUTS / "rocket.jpg", folder / name)
+    return [folder / n for n in names]
+
+
+def job(queue, job_id):
+    store = JobStore(queue)
+    try:
+        return store.get(job_id)
+    finally:
+        store.close()
+
+
+def spawn_worker(queue, *args, slow=0.0, crash_on=None):
+    env = {**os.environ, "HARNESS_SLOW": str(slow), "HARNESS_CRASH_ON": crash_on or ""}
+    return subprocess.Popen([sys.executable, str(HARNESS), "worker", "--queue", str(queue), *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def outputs_digest(queue, job_id):
+    folder = queue / "jobs" / job_id / "outputs"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def test_submit_work_status_round_trip(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg", "b.jpg"])
+    first = submit(queue, model, *files)
+    second = submit(queue, model, files[0])
+    assert first["status"] == "queued" and first["queue_position"] == 1 and second["queue_position"] == 2
+    for f in files:
+        f.unlink()  # the job holds its own copies
+    status = json.loads(cli("status", first["job_id"], "--queue", queue, "--json").stdout)
+    assert status["status"] == "queued" and status["queue_position"] == 1
+    assert [r["status"] for r in status["results"]] == ["pending", "pending"]
+
+    worked = cli("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(cli("status", first["job_id"], "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed" and status["queue_position"] is None
+    for result in status["results"]:
+        assert result["status"] == "ok" and result["error"] is None
+        image = cv2.imread(str(queue / result["output"]))
+        assert image.shape == (128, 192, 3)
+    assert [r["original_filename"] for r in status["results"]] == [str(f) for f in files]
+    overview = json.loads(cli("status", "--queue", queue, "--json").stdout)
+    assert overview["counts"] == {"queued": 0, "processing": 0, "completed": 2, "failed": 0}
+    result_file = json.loads((queue / "jobs" / first["job_id"] / "result.json").read_text())
+    assert set(result_file["results"][0]) >= {"original_filename", "output", "status", "error", "in_size", "out_size",
+                                               "seconds"}
+
+
+def test_queue_defaults_to_the_environment_then_the_working_directory(tmp_path, model, monkeypatch):
+    files = photos(tmp_path, ["a.jpg"])
+    assert cli("submit", files[0], "--model", model).exit_code == 0
+    assert (Path.cwd() / "restorecli-queue" / "queue.db").is_file()
+    monkeypatch.setenv("RESTORECLI_QUEUE", str(tmp_path / "envq"))
+    assert cli("submit", files[0], "--model", model).exit_code == 0
+    assert (tmp_path / "envq" / "queue.db").is_file()
+
+
+def test_submit_refuses_missing_inputs_and_queues_nothing(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg"])
+    submit(queue, model, files[0])
+    result = cli("submit", files[0], tmp_path / "missing.jpg", "--queue", queue, "--model", model)
+    assert result.exit_code == 2 and "missing.jpg" in result.stderr
+    assert len(list((queue / "jobs").iterdir())) == 1 and not list((queue / "incoming").iterdir())
+
+
+def test_unknown_job_id_exits_2(queue, model, tmp_path):
+    submit(queue, model, *photos(tmp_path, ["a.jpg"]))
+    result = cli("status", "no-such-job", "--queue", queue)
+    assert result.exit_code == 2 and "no job 'no-such-job'" in result.stderr
+
+
+def test_a_job_with_broken_images_reports_them(tmp_path, queue, model):
+    files = photos(tmp_path, ["good.jpg"])
+    bad = tmp_path / "in" / "bad.jpg"
+    bad.write_text("not an image")
+    job_id = submit(queue, model, files[0], bad)["job_id"]
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed"
+    assert [r["status"] for r in status["results"]] == ["ok", "error"]
+    assert "not an image" in status["results"][1]["error"]
+
+
+def test_missing_weights_fail_the_job_without_retrying(tmp_path, queue, model):
+    job_id = submit(queue, model, *photos(tmp_path, ["a.jpg"]))["job_id"]
+    model.unlink()
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "failed" and "neither a file nor a known model" in status["error"]
+    assert status["attempts"] == 1
+
+
+# ----------------------------------------------------------------------------- guarantees
+
+
+def test_four_workers_forty_jobs_each_done_exactly_once(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg"])
+    ids = [submit(queue, model, files[0])["job_id"] for _ in range(40)]
+    workers = [spawn_worker(queue, "--once", "--lease", 30) for _ in range(4)]
+    for w in workers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    claims = {}
+    for job_id in ids:
+        record = job(queue, job_id)
+        assert record.status == "completed" and record.attempts == 1, (job_id, record)
+        claims[job_id] = record.worker
+        image = cv2.imread(str(queue / "jobs" / job_id / "outputs" / "a.jpg"))
+        assert image is not None and image.shape == (128, 192, 3)
+    assert len(set(claims.values())) > 1  # the work really was shared
+
+
+def test_a_killed_worker_s_job_is_taken_over_after_its_lease(tmp_path, queue, model):
+    job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
+    victim = spawn_worker(queue, "--once", "--lease", 3, slow=1.0)
+    wait_for(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
+    time.sleep(1.5)  # mid-job: one image written into the private folder
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (queue / "jobs" / job_id / "outputs").exists()  # nothing visible under a final name
+    early = cli("worker", "--queue", queue, "--once")  # lease still valid: hands off
+    assert early.exit_code == 0 and job(queue, job_id).status == "processing"
+    wait_for(lambda: job(queue, job_id).lease_until < time.time(), what="lease expiry")
+    late = cli("worker", "--queue", queue, "--once")
+    assert late.exit_code == 0
+    record = job(queue, job_id)
+    assert record.status == "completed" and record.attempts == 2
+    assert sorted(outputs_digest(queue, job_id)) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_poison_job_is_retried_at_most_max_attempts_then_failed(tmp_path, queue, model):
+    poison = submit(queue, model, *photos(tmp_path, ["poison.jpg"]))["job_id"]
+    good = [submit(queue, model, f)["job_id"] for f in photos(tmp_path, ["x.jpg", "y.jpg"])]
+    crashes = 0
+    for _ in range(8):
+        w = spawn_worker(queue, "--once", "--lease", 1, "--max-attempts", 3, crash_on="poison.jpg")
+        w.communicate(timeout=120)
+        if w.returncode != 0:
+            crashes += 1
+            assert w.returncode == -signal.SIGSEGV
+            time.sleep(1.1)  # let the dead worker's lease expire
+            continue
+        break
+    assert crashes == 3
+    record = job(queue, poison)
+    assert record.status == "failed" and record.attempts == 3
+    assert "poison.jpg" in record.last_error and "gave up after 3 attempts" in record.last_error
+    assert all(job(queue, g).status == "completed" for g in good)
+    status = json.loads(cli("status", poison, "--queue", queue, "--json").stdout)
+    assert status["results"][0]["status"] == "error"
+
+
+def test_a_stale_worker_cannot_publish_over_the_new_owner(tmp_path, queue, model):
+    job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
+    stale = spawn_worker(queue, "--once", "--lease", 2, slow=1.0)
+    wait_for(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
+    stale.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: job(queue, job_id).lease_until < time.time(), what="lease expiry")
+        new_owner = cli("worker", "--queue", queue, "--once")
+        assert new_owner.exit_code == 0
+        record = job(queue, job_id)
+        assert record.status == "completed" and record.attempts == 2
+        published = outputs_digest(queue, job_id)
+        result_file = (queue / "jobs" / job_id / "result.json").read_bytes()
+    finally:
+        stale.send_signal(signal.SIGCONT)
+    out, err = stale.communicate(timeout=60)
+    assert stale.returncode == 0
+    assert f"job {job_id}: lost" in err
+    assert outputs_digest(queue, job_id) == published
+    assert (queue / "jobs" / job_id / "result.json").read_bytes() == result_file
+    assert job(queue, job_id).status == "completed"
+
+
+def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, model):
+    slow_job = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
+    quick_job = submit(queue, model, tmp_path / "in" / "a.jpg")["job_id"]
+    first = spawn_worker(queue, "--once", "--lease", 30, slow=1.0)
+    wait_for(lambda: job(queue, slow_job).status == "processing", what="first cron run to claim")
+    second = spawn_worker(queue, "--once", "--lease", 30)
+    out2, err2 = second.communicate(timeout=120)
+    assert second.returncode == 0
+    assert quick_job in err2 and slow_job not in err2
+    out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0
+    assert job(queue, slow_job).attempts == 1 and job(queue, quick_job).attempts == 1
+    assert job(queue, slow_job).status == job(queue, quick_job).status == "completed"
+
+
+def test_sigterm_finishes_the_image_in_hand_and_leaves_the_job_resumable(tmp_path, queue, model):
+    job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
+    w = spawn_worker(queue, "--lease", 30, "--poll", 0.2, slow=1.0)
+    wait_for(lambda: (job(queue, job_id).current or "").endswith("b.jpg"), what="second image")
+    w.send_signal(signal.SIGTERM)
+    out, err = w.communicate(timeout=60)
+    assert w.returncode == 0, err
+    record = job(queue, job_id)
+    assert record.status == "queued" and record.attempts == 0
+    resume = queue / "jobs" / job_id / "work" / "resume"
+    assert sorted(p.name for p in resume.iterdir()) == ["a.jpg", "b.jpg"]
+    kept = (resume / "a.jpg").stat().st_mtime_ns
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    assert job(queue, job_id).status == "completed"
+    outputs = queue / "jobs" / job_id / "outputs"
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert (outputs / "a.jpg").stat().st_mtime_ns == kept  # finished work was kept, not redone
+
+
+# ----------------------------------------------------------------------------- prune
+
+
+def test_parse_age():
+    assert parse_age("30m") == 1800 and parse_age("1h") == 3600 and parse_age("7d") == 7 * 86400
+    with pytest.raises(Exception, match="write an age like"):
+        parse_age("soon")
+
+
+def test_prune_queue_removes_old_finished_jobs_only(tmp_path, queue, model):
+    done = submit(queue, model, *photos(tmp_path, ["a.jpg"]))["job_id"]
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    waiting = submit(queue, model, tmp_path / "in" / "a.jpg")["job_id"]
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("do not delete")
+    os.symlink(outside, queue / "jobs" / done / "outputs" / "link-to-outside")
+
+    young = cli("prune", "--queue", queue, "--older-than", "1h", "--json")
+    assert young.exit_code == 0 and json.loads(young.stdout)["removed"] == []
+    time.sleep(1.1)
+    dry = cli("prune", "--queue", queue, "--older-than", "1s", "--dry-run", "--json")
+    report = json.loads(dry.stdout)
+    assert [r["job_id"] for r in report["removed"]] == [done] and report["bytes_freed"] > 0
+    assert (queue / "jobs" / done).is_dir()
+
+    real = cli("prune", "--queue", queue, "--older-than", "1s", "--json")
+    assert real.exit_code == 0
+    assert json.loads(real.stdout)["bytes_freed"] == report["bytes_freed"]
+    assert not (queue / "jobs" / done).exists()
+    assert (outside / "keep.txt").read_text() == "do not delete"  # the link went, its target stayed
+    assert (queue / "jobs" / waiting).is_dir() and job(queue, waiting).status == "queued"
+    assert cli("status", done, "--queue", queue).exit_code == 2
+
+
+def test_prune_never_touches_a_running_job(tmp_path, queue, model):
+    job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg"]))["job_id"]
+    w = spawn_worker(queue, "--once", "--lease", 30, slow=1.0)
+    wait_for(lambda: job(queue, job_id).status == "processing", what="claim")
+    result = cli("prune", "--queue", queue, "--older-than", "0s", "--json")
+    assert json.loads(result.stdout)["removed"] == []
+    w.communicate(timeout=60)
+    assert job(queue, job_id).status == "completed"
+
+
+def test_prune_plain_folder(tmp_path):
+    folder = tmp_path / "results"
+    (folder / "sub").mkdir(parents=True)
+    old, young = folder / "sub" / "old.png", folder / "young.png"
+    old.write_bytes(b"x" * 100)
+    young.write_bytes(b"y" * 10)
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "file.png").write_bytes(b"z")
+    os.utime(outside / "file.png", (past, past))
+    os.symlink(outside, folder / "linked-dir")
+    link = folder / "old-link"
+    os.symlink(outside / "file.png", link)
+    os.utime(link, (past, past), follow_symlinks=False)
+
+    dry = cli("prune", folder, "--older-than", "1h", "--dry-run", "--json")
+    assert sorted(Path(r["path"]).name for r in json.loads(dry.stdout)["removed"]) == ["old-link", "old.png"]
+    assert old.exists()
+    result = cli("prune", folder, "--older-than", "1h")
+    assert result.exit_code == 0 and "removed 2 item(s), " in result.stderr
+    assert not old.exists() and not (folder / "sub").exists() and young.exists()
+    assert not os.path.lexists(link) and (outside / "file.png").exists()  # never followed
+    assert (folder / "linked-dir").is_symlink()  # a young link to a folder: kept, and not entered

@@ -1,0 +1,32 @@
+"""Runs the restorecli CLI with faults injected through environment variables, for the queue tests.
+
+HARNESS_SLOW=S       sleep S seconds before decoding each image (keeps a worker mid-job long enough to act)
+HARNESS_CRASH_ON=X   kill the process with SIGSEGV when decoding a file whose name contains X: a crash
+                     no Python code can catch, as a broken decoder would cause
+"""
+
+import os
+import signal
+import time
+
+import restorecli.pipeline as pipeline
+
+_decode = pipeline.decode_image
+_slow = float(os.environ.get("HARNESS_SLOW", "0") or 0)
+_crash_on = os.environ.get("HARNESS_CRASH_ON")
+
+
+def _faulty_decode(data, name, max_pixels):
+    if _crash_on and _crash_on in name:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if _slow:
+        time.sleep(_slow)
+    return _decode(data, name, max_pixels)
+
+
+pipeline.decode_image = _faulty_decode
+
+if __name__ == "__main__":
+    from restorecli.cli.app import main
+
+    main()
