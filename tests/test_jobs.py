@@ -152,7 +152,7 @@ def test_missing_weights_fail_the_job_without_retrying(tmp_path, queue, model):
     model.unlink()
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
-    assert status["status"] == "failed" and "neither a file nor a known model" in status["error"]
+    assert status["status"] == "failed" and "neither a file nor a known sr model" in status["error"]
     assert status["attempts"] == 1
 
 

@@ -62,7 +62,7 @@ def test_unrecognised_architecture_and_junk_files(tmp_path):
 
 
 def test_unknown_name_says_what_exists(tmp_path):
-    with pytest.raises(WeightsNotFound, match="neither a file nor a known model name"):
+    with pytest.raises(WeightsNotFound, match="neither a file nor a known sr model name"):
         resolve_model_path("no-such-model", tmp_path)
 
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
+import numpy as np
 import torch
 
 from .engine.device import choose_device, choose_dtype, place_model
 from .engine.enhance import AlphaMode, EngineOptions, enhance, output_size
+from .engine.faces.enhance import FaceOptions, FaceReport, FaceStack, enhance_faces
 from .errors import ImageError, RestoreCliError, UsageError
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -51,6 +53,15 @@ class RestoreOptions:
     weights_dir: str | None = None
     alpha: AlphaMode = "model"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    face_enhance: bool = False
+    face_model: str = "gfpgan-1.4"
+    face_detector: str = "retinaface-resnet50"
+    face_weight: float = 1.0
+    only_center_face: bool = False
+    max_faces: int | None = None
+    min_face_size: float = 0.0
+    face_threshold: float = 0.9
+    save_faces: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class ItemResult:
     in_size: tuple[int, int] | None = None
     out_size: tuple[int, int] | None = None
     seconds: float = 0.0
+    faces: int | None = None  # faces restored (None: face enhancement off)
 
 
 @dataclass(frozen=True)
@@ -133,12 +145,21 @@ def output_path_for(item: InputItem, options: RestoreOptions, input_format: Outp
     return target
 
 
-class Restorer:
-    """A model loaded on its device, ready to restore many images. Reused across a batch or a queue."""
+@dataclass(frozen=True)
+class Restored:
+    data: bytes  # the encoded output file
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    faces: int | None
 
-    def __init__(self, model: LoadedModel, engine: EngineOptions):
+
+class Restorer:
+    """Models loaded on their device, ready to restore many images. Reused across a batch or a queue."""
+
+    def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStack | None = None):
         self.model = model
         self.engine = engine
+        self.faces = faces
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
@@ -148,17 +169,38 @@ class Restorer:
         place_model(model, device, dtype)
         engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
                                alpha=options.alpha)
-        return cls(model, engine)
+        faces = None
+        if options.face_enhance:
+            faces = FaceStack.load(options.face_model, options.face_detector, weights_dir(options.weights_dir),
+                                   device)
+        return cls(model, engine, faces)
 
-    def restore_bytes(
-        self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat
-    ) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
-        """Decode, enhance and encode one image as ``fmt``; returns (file bytes, in size, out size)."""
+    def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
+                      faces_stem: str | None = None) -> Restored:
+        """Decode, enhance (and restore faces) and encode one image as ``fmt``. With ``--save-faces``,
+        the aligned and restored crops are written under ``faces_stem``."""
         decoded = decode_image(data, name, options.max_pixels)
         result = enhance(self.model, decoded.color, decoded.alpha, self.engine, options.outscale)
+        count = None
+        if self.faces is not None:
+            face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
+                                       max_faces=options.max_faces, min_size=options.min_face_size,
+                                       threshold=options.face_threshold)
+            report = enhance_faces(result.color, decoded.color, self.faces.detector, self.faces.restorer,
+                                   face_options)
+            count = len(report.faces)
+            if options.save_faces and report.aligned:
+                _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
         encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, exif=decoded.exif,
                                icc_profile=decoded.icc_profile)
-        return encoded, decoded.size, (result.color.shape[1], result.color.shape[0])
+        return Restored(encoded, decoded.size, (result.color.shape[1], result.color.shape[0]), count)
+
+
+def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:
+    for index, (aligned, restored) in enumerate(zip(report.aligned, report.restored)):
+        for kind, crop in (("aligned", aligned), ("restored", restored)):
+            pixels = np.clip(np.rint(crop * 255), 0, 255).astype(np.uint8)
+            write_atomic(folder / f"{stem}_face{index}_{kind}.png", encode_image(pixels, None, "png"))
 
 
 def _read_source(item: InputItem, stdin: BinaryIO | None) -> bytes:
@@ -248,16 +290,17 @@ def restore_batch(
                 notify("done", results[-1])
                 continue
             assert restorer is not None
-            encoded, in_size, out_size = restorer.restore_bytes(data, item.source, options, fmt)
+            done = restorer.restore_bytes(data, item.source, options, fmt,
+                                          faces_stem=output.stem if output else "stdin")
             if to_stdout:
                 assert stdout is not None
-                stdout.write(encoded)
+                stdout.write(done.data)
                 stdout.flush()
             else:
                 assert output is not None
-                write_atomic(output, encoded)
-            results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, in_size, out_size,
-                                      round(time.perf_counter() - t0, 3)))
+                write_atomic(output, done.data)
+            results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, done.in_size,
+                                      done.out_size, round(time.perf_counter() - t0, 3), done.faces))
         except ImageError as exc:
             results.append(_error(item, output, str(exc), in_size, t0))
         except RestoreCliError:

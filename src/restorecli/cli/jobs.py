@@ -41,6 +41,15 @@ def submit(
     weights_dir: o.WeightsDir = None,
     alpha: o.AlphaOpt = D["alpha"],
     max_pixels: o.MaxPixels = D["max_pixels"],
+    face_enhance: o.FaceEnhance = D["face_enhance"],
+    face_model: o.FaceModel = D["face_model"],
+    face_detector: o.FaceDetector = D["face_detector"],
+    face_weight: o.FaceWeight = D["face_weight"],
+    only_center_face: o.OnlyCenterFace = D["only_center_face"],
+    max_faces: o.MaxFaces = None,
+    min_face_size: o.MinFaceSize = D["min_face_size"],
+    face_threshold: o.FaceThreshold = D["face_threshold"],
+    save_faces: o.SaveFaces = None,
     json_output: o.Json = False,
 ) -> None:
     """Queue one job: the inputs are copied into the job folder; a worker restores them later."""
@@ -49,6 +58,9 @@ def submit(
             model=model, outscale=outscale, tile=tile, tile_pad=tile_pad, device=device, precision=precision,
             format=format, quality=quality, suffix=suffix, recursive=recursive, weights_dir=weights_dir, alpha=alpha,
             max_pixels=max_pixels,
+            face_enhance=face_enhance, face_model=face_model, face_detector=face_detector, face_weight=face_weight,
+            only_center_face=only_center_face, max_faces=max_faces, min_face_size=min_face_size,
+            face_threshold=face_threshold, save_faces=save_faces,
         )
         root = queue_dir(queue)
         job, position = submit_job(root, inputs, options, stdin=sys.stdin.buffer)

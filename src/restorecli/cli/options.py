@@ -52,9 +52,30 @@ Json = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
 Queue = Annotated[Optional[str], typer.Option(help="Job folder [default: $RESTORECLI_QUEUE, then ./restorecli-queue].",
                                               show_default=False)]
 
+FaceEnhance = Annotated[bool, typer.Option(help="Restore faces (detect, align, restore, paste back).",
+                                           rich_help_panel="Faces")]
+FaceModel = Annotated[str, typer.Option(help="gfpgan-1.4, gfpgan-1.3, or a face model path (e.g. RestoreFormer++).",
+                                        rich_help_panel="Faces")]
+FaceDetector = Annotated[str, typer.Option(help="retinaface-resnet50, retinaface-mobilenet0.25 (faster), or a path.",
+                                           rich_help_panel="Faces")]
+FaceWeight = Annotated[float, typer.Option(help="Share of the face restorer's change to apply: 0 none, 1 all.",
+                                           min=0.0, max=1.0, rich_help_panel="Faces")]
+OnlyCenterFace = Annotated[bool, typer.Option(help="Restore only the face nearest the image centre.",
+                                              rich_help_panel="Faces")]
+MaxFaces = Annotated[Optional[int], typer.Option(help="Restore at most N faces (highest scores first).", min=0,
+                                                 show_default=False, rich_help_panel="Faces")]
+MinFaceSize = Annotated[float, typer.Option(help="Ignore faces smaller than this many input pixels.", min=0,
+                                            rich_help_panel="Faces")]
+FaceThreshold = Annotated[float, typer.Option(help="Detection score needed to count as a face.", min=0.0, max=1.0,
+                                              rich_help_panel="Faces")]
+SaveFaces = Annotated[Optional[str], typer.Option(help="Also write the aligned and restored face crops here.",
+                                                  show_default=False, rich_help_panel="Faces")]
+
 DEFAULTS = dict(model=DEFAULT_MODEL, tile="auto", tile_pad=24, device="auto", precision=Precision.auto,
                 format=Format.same, quality=95, suffix="", recursive=False, alpha=Alpha.model,
-                max_pixels=DEFAULT_MAX_PIXELS)
+                max_pixels=DEFAULT_MAX_PIXELS, face_enhance=False, face_model="gfpgan-1.4",
+                face_detector="retinaface-resnet50", face_weight=1.0, only_center_face=False, min_face_size=0.0,
+                face_threshold=0.9)
 
 
 def parse_tile(value: str) -> int | None:
@@ -70,12 +91,7 @@ def parse_tile(value: str) -> int | None:
     return tile
 
 
-def restore_options(*, model: str, outscale: float | None, tile: str, tile_pad: int, device: str,
-                    precision: Precision, format: Format, quality: int, suffix: str, recursive: bool,
-                    weights_dir: str | None, alpha: Alpha, max_pixels: int, **extra) -> RestoreOptions:
-    """RestoreOptions from the shared CLI values; ``extra`` holds command-specific fields."""
-    return RestoreOptions(
-        model=model, outscale=outscale, tile=parse_tile(tile), tile_pad=tile_pad, device=device,
-        precision=precision.value, format=format.value, quality=quality, suffix=suffix, recursive=recursive,
-        weights_dir=weights_dir, alpha=alpha.value, max_pixels=max_pixels, **extra,
-    )
+def restore_options(*, tile: str, precision: Precision, format: Format, alpha: Alpha, **values) -> RestoreOptions:
+    """RestoreOptions from the shared CLI values (enums and ``--tile`` parsed; the rest as given)."""
+    return RestoreOptions(tile=parse_tile(tile), precision=precision.value, format=format.value, alpha=alpha.value,
+                          **values)

@@ -39,6 +39,8 @@ def summary_json(batch: BatchResult) -> dict:
                "errors": batch.count("error"), "seconds": batch.seconds}
     if batch.count("planned"):
         summary["planned"] = batch.count("planned")
+    if any(item.faces is not None for item in batch.items):
+        summary["faces"] = sum(item.faces or 0 for item in batch.items)
     return summary
 
 

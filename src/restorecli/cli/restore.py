@@ -36,6 +36,15 @@ def restore(
     weights_dir: o.WeightsDir = None,
     alpha: o.AlphaOpt = D["alpha"],
     max_pixels: o.MaxPixels = D["max_pixels"],
+    face_enhance: o.FaceEnhance = D["face_enhance"],
+    face_model: o.FaceModel = D["face_model"],
+    face_detector: o.FaceDetector = D["face_detector"],
+    face_weight: o.FaceWeight = D["face_weight"],
+    only_center_face: o.OnlyCenterFace = D["only_center_face"],
+    max_faces: o.MaxFaces = None,
+    min_face_size: o.MinFaceSize = D["min_face_size"],
+    face_threshold: o.FaceThreshold = D["face_threshold"],
+    save_faces: o.SaveFaces = None,
 ) -> None:
     """Upscale images with a Real-ESRGAN-family model."""
     with exit_on_error():
@@ -44,7 +53,11 @@ def restore(
         options = o.restore_options(
             model=model, outscale=outscale, tile=tile, tile_pad=tile_pad, device=device, precision=precision,
             format=format, quality=quality, suffix=suffix, recursive=recursive, weights_dir=weights_dir, alpha=alpha,
-            max_pixels=max_pixels, output_dir=output, overwrite=overwrite, dry_run=dry_run,
+            max_pixels=max_pixels,
+            face_enhance=face_enhance, face_model=face_model, face_detector=face_detector, face_weight=face_weight,
+            only_center_face=only_center_face, max_faces=max_faces, min_face_size=min_face_size,
+            face_threshold=face_threshold, save_faces=save_faces,
+            output_dir=output, overwrite=overwrite, dry_run=dry_run,
         )
         with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
             batch = restore_batch(inputs, options, on_progress=renderer, stdin=sys.stdin.buffer,

@@ -26,8 +26,12 @@ def job_options(options: RestoreOptions) -> dict:
         if not model.is_file():
             raise WeightsNotFound(f"--model '{stored['model']}' is neither a file nor a known model name")
         stored["model"] = str(model.resolve())
-    if stored["weights_dir"]:
-        stored["weights_dir"] = str(Path(stored["weights_dir"]).resolve())
+    for key in ("weights_dir", "save_faces"):
+        if stored[key]:
+            stored[key] = str(Path(stored[key]).resolve())
+    for key in ("face_model", "face_detector"):
+        if stored[key] not in REGISTRY and Path(stored[key]).is_file():
+            stored[key] = str(Path(stored[key]).resolve())
     return stored
 
 

@@ -90,7 +90,7 @@ def _missing_message(entry: ModelEntry, directory: Path) -> str:
     return "\n".join(lines)
 
 
-def resolve_model_path(model: str, directory: Path) -> tuple[str, Path]:
+def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[str, Path]:
     """Turn ``--model`` (a registry name or a path) into (display name, file path).
 
     Registry names look in ``directory`` for the published file, then for a converted
@@ -102,10 +102,10 @@ def resolve_model_path(model: str, directory: Path) -> tuple[str, Path]:
         path = Path(model)
         if path.exists():
             return path.stem, path
-        known = ", ".join(name for name, e in REGISTRY.items() if e.kind == "sr")
-        raise WeightsNotFound(f"--model '{model}' is neither a file nor a known model name (known: {known})")
-    if entry.kind != "sr":
-        raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not an upscaling model")
+        known = ", ".join(name for name, e in REGISTRY.items() if e.kind == kind)
+        raise WeightsNotFound(f"'{model}' is neither a file nor a known {kind} model name (known: {known})")
+    if entry.kind != kind:
+        raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not a {kind} model")
     for candidate in (directory / entry.filename, directory / converted_filename(entry.name)):
         if candidate.is_file():
             check_file(entry, candidate, directory)  # never load a file that fails its published or pinned hash
