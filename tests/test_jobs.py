@@ -343,3 +343,15 @@ def test_prune_plain_folder(tmp_path):
     assert not old.exists() and not (folder / "sub").exists() and young.exists()
     assert not os.path.lexists(link) and (outside / "file.png").exists()  # never followed
     assert (folder / "linked-dir").is_symlink()  # a young link to a folder: kept, and not entered
+
+
+def test_submit_carries_face_options_to_the_worker(tmp_path, queue, model):
+    job_id = json.loads(cli("submit", *photos(tmp_path, ["a.jpg"]), "--queue", queue, "--model", model,
+                            "--face-enhance", "--only-center-face", "--weights-dir", tmp_path / "nofaces",
+                            "--json").stdout)["job_id"]
+    options = job(queue, job_id).options
+    assert options["face_enhance"] and options["only_center_face"]
+    assert options["weights_dir"] == str((tmp_path / "nofaces").resolve())
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "failed" and "download-weights gfpgan-1.4 retinaface-resnet50" in status["error"]
