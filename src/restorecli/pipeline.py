@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .engine.device import choose_device, choose_dtype, place_model
-from .engine.enhance import AlphaMode, EngineOptions, enhance, output_size
+from .engine.enhance import AlphaMode, Enhanced, EngineOptions, enhance, output_size
 from .engine.faces.enhance import FaceOptions, FaceReport, FaceStack, enhance_faces
 from .errors import ImageError, RestoreCliError, UsageError
 from .images import (
@@ -156,10 +156,12 @@ class Restored:
 class Restorer:
     """Models loaded on their device, ready to restore many images. Reused across a batch or a queue."""
 
-    def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStack | None = None):
+    def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStack | None = None,
+                 options: RestoreOptions | None = None):
         self.model = model
         self.engine = engine
         self.faces = faces
+        self.options = options or RestoreOptions()  # defaults for restore_array
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
@@ -173,27 +175,37 @@ class Restorer:
         if options.face_enhance:
             faces = FaceStack.load(options.face_model, options.face_detector, weights_dir(options.weights_dir),
                                    device)
-        return cls(model, engine, faces)
+        return cls(model, engine, faces, options)
+
+    def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
+                      options: RestoreOptions | None = None) -> np.ndarray:
+        """Upscale (and restore faces in) an H x W x C array; returns the colour planes. For callers that
+        measure rather than write files."""
+        return self._restore(color, alpha, options or self.options)[0].color
+
+    def _restore(self, color: np.ndarray, alpha: np.ndarray | None,
+                 options: RestoreOptions) -> tuple[Enhanced, FaceReport | None]:
+        result = enhance(self.model, color, alpha, self.engine, options.outscale)
+        report = None
+        if self.faces is not None:
+            face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
+                                       max_faces=options.max_faces, min_size=options.min_face_size,
+                                       threshold=options.face_threshold)
+            report = enhance_faces(result.color, color, self.faces.detector, self.faces.restorer, face_options)
+        return result, report
 
     def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
                       faces_stem: str | None = None) -> Restored:
         """Decode, enhance (and restore faces) and encode one image as ``fmt``. With ``--save-faces``,
         the aligned and restored crops are written under ``faces_stem``."""
         decoded = decode_image(data, name, options.max_pixels)
-        result = enhance(self.model, decoded.color, decoded.alpha, self.engine, options.outscale)
-        count = None
-        if self.faces is not None:
-            face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
-                                       max_faces=options.max_faces, min_size=options.min_face_size,
-                                       threshold=options.face_threshold)
-            report = enhance_faces(result.color, decoded.color, self.faces.detector, self.faces.restorer,
-                                   face_options)
-            count = len(report.faces)
-            if options.save_faces and report.aligned:
-                _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
+        result, report = self._restore(decoded.color, decoded.alpha, options)
+        if report is not None and options.save_faces and report.aligned:
+            _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
         encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, exif=decoded.exif,
                                icc_profile=decoded.icc_profile)
-        return Restored(encoded, decoded.size, (result.color.shape[1], result.color.shape[0]), count)
+        return Restored(encoded, decoded.size, (result.color.shape[1], result.color.shape[0]),
+                        len(report.faces) if report is not None else None)
 
 
 def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:

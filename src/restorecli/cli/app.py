@@ -45,7 +45,7 @@ def exit_on_error() -> Iterator[None]:
 
 
 def _register() -> None:
-    from . import jobs, restore, weights  # noqa: F401  (each registers its commands on ``app``)
+    from . import evaluate, jobs, restore, weights  # noqa: F401  (each registers its commands on ``app``)
 
 
 _register()

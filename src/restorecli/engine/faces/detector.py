@@ -240,14 +240,15 @@ class FaceDetector:
 
     @torch.inference_mode()
     def detect(self, rgb: np.ndarray, threshold: float = 0.9, nms: float = 0.4) -> list[Face]:
-        """Faces in an H x W x 3 RGB image (uint8 or uint16), best first. Large images are searched on a
+        """Faces in an H x W x 3 RGB image (uint8, uint16 or float in [0, 1]), best first. Large images are searched on a
         downscaled copy; boxes and landmarks come back in the image's own pixels."""
         import cv2
         from torchvision.ops import nms as box_nms
 
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
-        image = rgb.astype(np.float32) * (255.0 / 65535.0 if rgb.dtype == np.uint16 else 1.0)
+        to_8bit = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}.get(rgb.dtype, 255.0)  # float: [0, 1]
+        image = rgb.astype(np.float32) * to_8bit
         if scale < 1.0:
             image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         h, w = image.shape[:2]

@@ -1,0 +1,154 @@
+"""``restorecli evaluate``: quality reports against references, with numbers and pictures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..errors import UsageError
+from ..evaluate.metrics import METRIC_NAMES
+from ..evaluate.run import EvalOptions, Evaluation, ImageResult, evaluate as run_evaluation
+from ..images import write_atomic
+from . import options as o
+from .app import app, exit_on_error
+from .render import stderr_console
+
+D = o.DEFAULTS
+LABELS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y", "ssim_y": "SSIM Y"}
+
+
+class Degrade(str, Enum):
+    bicubic = "bicubic"
+    blur_noise_jpeg = "blur-noise-jpeg"
+
+
+def _number(value: float) -> float | str:
+    """JSON has no infinity: identical images report the string "inf"."""
+    return "inf" if math.isinf(value) else round(value, 6)
+
+
+def _rows(evaluation: Evaluation) -> list[dict]:
+    rows = []
+    for image in evaluation.images:
+        if image.error:
+            rows.append({"type": "error", "image": image.name, "error": image.error})
+            continue
+        for row in image.rows:
+            rows.append({"type": "row", "image": row.image, "method": row.method, "kind": row.kind,
+                         **{m: _number(getattr(row.metrics, m)) for m in METRIC_NAMES}, "seconds": row.seconds})
+    return rows
+
+
+def _summary(evaluation: Evaluation) -> dict:
+    means = {method: {k: _number(v) for k, v in values.items()} for method, values in evaluation.means().items()}
+    return {"type": "summary", "images": len(evaluation.succeeded), "failed": len(evaluation.failed),
+            "means": means, "seconds": evaluation.seconds}
+
+
+def _csv(evaluation: Evaluation) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "method", "kind", *METRIC_NAMES, "seconds", "error"])
+    for row in _rows(evaluation):
+        if row["type"] == "error":
+            writer.writerow([row["image"], "", "", *[""] * len(METRIC_NAMES), "", row["error"]])
+        else:
+            writer.writerow([row["image"], row["method"], row["kind"], *[row[m] for m in METRIC_NAMES],
+                             row["seconds"], ""])
+    return buffer.getvalue().encode("utf-8")
+
+
+def _table(evaluation: Evaluation) -> Table:
+    means = evaluation.means()
+    table = Table(title=f"restorecli evaluate: {len(evaluation.succeeded)} image(s), {len(evaluation.failed)} failed",
+                  title_justify="left")
+    table.add_column("method")
+    for metric in METRIC_NAMES:
+        table.add_column(LABELS[metric], justify="right")
+    table.add_column("s/image", justify="right")
+    best = {m: max(v[m] for v in means.values()) for m in METRIC_NAMES} if means else {}
+    for method, values in means.items():
+        cells = []
+        for metric in METRIC_NAMES:
+            value = values[metric]
+            text = "inf" if math.isinf(value) else (f"{value:.2f}" if metric.startswith("psnr") else f"{value:.4f}")
+            cells.append(f"[bold green]{text}[/]" if value == best[metric] else text)
+        table.add_row(method, *cells, f"{values['seconds']:.3f}")
+    return table
+
+
+@app.command()
+def evaluate(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Reference images or folders [default: test_inputs/].",
+                                                          show_default=False)] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated model names or paths.")] = D["model"],
+    degrade: Annotated[Degrade, typer.Option(help="How references become low-resolution inputs.")]
+    = Degrade.bicubic,
+    scale: Annotated[int, typer.Option(help="Downscale factor (and border cropped before measuring).", min=1)] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the random degradations.")] = 0,
+    lr: Annotated[Optional[Path], typer.Option("--lr", help="Folder of real low-resolution inputs (with --hr).",
+                                               show_default=False)] = None,
+    hr: Annotated[Optional[Path], typer.Option("--hr", help="Folder of their references, matched by file stem.",
+                                               show_default=False)] = None,
+    face_enhance: o.FaceEnhance = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report into this folder.",
+                                                   show_default=False)] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one CSV row per image and method.",
+                                                     show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON lines on stdout.")] = False,
+    tile: o.Tile = D["tile"],
+    tile_pad: o.TilePad = D["tile_pad"],
+    device: o.Device = D["device"],
+    precision: o.PrecisionOpt = D["precision"],
+    weights_dir: o.WeightsDir = None,
+) -> None:
+    """Measure models against bicubic and Lanczos: PSNR/SSIM on RGB and Y, per image and as means."""
+    console = stderr_console()
+    with exit_on_error():
+        names = tuple(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+        if not names:
+            raise UsageError("--models names no model")
+        options = EvalOptions(models=names, degrade=degrade.value, scale=scale, seed=seed,
+                              lr_dir=str(lr) if lr else None, hr_dir=str(hr) if hr else None,
+                              face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
+                              precision=precision.value, weights_dir=weights_dir, keep_pictures=report is not None)
+        with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.fields[current]}"), console=console, transient=True) as progress:
+            task = progress.add_task("evaluate", total=None, current="")
+
+            def on_progress(event: str, payload: object) -> None:
+                if event == "start":
+                    progress.update(task, total=payload)
+                elif event == "image":
+                    progress.update(task, current=str(payload))
+                elif event == "done":
+                    assert isinstance(payload, ImageResult)
+                    progress.advance(task)
+                    if payload.error:
+                        progress.console.print(f"[bold red]failed:[/] {payload.error}", soft_wrap=True)
+
+            evaluation = run_evaluation(inputs or ["test_inputs"], options, on_progress)
+        console.print(_table(evaluation))
+        if json_output:
+            for row in _rows(evaluation):
+                typer.echo(json.dumps(row))
+            typer.echo(json.dumps(_summary(evaluation)))
+        if csv_path is not None:
+            write_atomic(csv_path, _csv(evaluation))
+        if report is not None:
+            from ..evaluate.report import write_report
+
+            page = write_report(evaluation, report)
+            console.print(f"report: {page}")
+            if not json_output:
+                typer.echo(str(page))
+    raise typer.Exit(code=evaluation.exit_code)

@@ -1,0 +1,1 @@
+"""`restorecli evaluate`: degrade references (or read LR/HR pairs), restore, measure, report."""

@@ -1,0 +1,150 @@
+"""The HTML report: one self-contained page (images inlined, no CDN), readable offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..images import write_atomic
+from .metrics import METRIC_NAMES, bt601_y
+from .run import Evaluation, ImageResult
+
+CROP = 128  # reference pixels shown per crop
+DISPLAY = 256  # CSS pixels per crop, the same zoom for every method
+SLIDER_WIDTH = 640
+LABELS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y", "ssim_y": "SSIM Y"}
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 32px; }
+table.summary { border-collapse: collapse; margin: 12px 0; }
+table.summary th, table.summary td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+table.summary th:first-child, table.summary td:first-child { text-align: left; }
+td.best { font-weight: bold; background: #e3f4e1; }
+.crops { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; width: %(d)dpx; }
+figure img { width: %(d)dpx; height: %(d)dpx; image-rendering: pixelated; display: block; border: 1px solid #ccc; }
+figcaption { font-size: 12px; } figcaption b { display: block; font-size: 13px; }
+.slider { position: relative; display: inline-block; margin: 8px 0; }
+.slider img { display: block; }
+.slider img.after { position: absolute; top: 0; left: 0; clip-path: inset(0 50%% 0 0); }
+.slider input { width: 100%%; }
+.failed { color: #b00; }
+""" % {"d": DISPLAY}
+
+_SCRIPT = """
+function slide(input) {
+  var after = input.parentNode.querySelector('img.after');
+  after.style.clipPath = 'inset(0 ' + (100 - input.value) + '% 0 0)';
+}
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.dataset.imagesLoaded = ok + '/' + images.length;
+  document.body.dataset.imagesOk = String(ok === images.length && images.length > 0);
+});
+"""
+
+
+def _png_uri(image: np.ndarray) -> str:
+    pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fmt(value: float, metric: str) -> str:
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if metric.startswith("psnr") else f"{value:.4f}"
+
+
+def detail_window(reference: np.ndarray, scale: int, size: int = CROP) -> tuple[int, int, int]:
+    """(y, x, side) of the most detailed square of the reference, aligned to the scale."""
+    side = min(size, reference.shape[0], reference.shape[1])
+    side -= side % scale
+    y_plane = bt601_y(reference)
+    energy = np.abs(np.diff(y_plane, axis=0))[:, :-1] + np.abs(np.diff(y_plane, axis=1))[:-1, :]
+    integral = np.pad(energy, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    h, w = energy.shape
+    best, where = -1.0, (0, 0)
+    step = max(scale, side // 4)
+    for y in range(0, max(h - side, 0) + 1, step):
+        for x in range(0, max(w - side, 0) + 1, step):
+            y1, x1 = min(y + side, h), min(x + side, w)
+            total = integral[y1, x1] - integral[y, x1] - integral[y1, x] + integral[y, x]
+            if total > best:
+                best, where = total, (y, x)
+    y, x = where
+    return y - y % scale, x - x % scale, side
+
+
+def _summary_table(evaluation: Evaluation) -> str:
+    means = evaluation.means()
+    best = {m: max(means.values(), key=lambda row: row[m])[m] for m in METRIC_NAMES} if means else {}
+    rows = []
+    for method, values in means.items():
+        cells = "".join(
+            f'<td class="{"best" if values[m] == best[m] else ""}">{_fmt(values[m], m)}</td>' for m in METRIC_NAMES
+        )
+        rows.append(f"<tr><td>{html.escape(method)}</td>{cells}<td>{values['seconds']:.3f}</td></tr>")
+    head = "".join(f"<th>{LABELS[m]}</th>" for m in METRIC_NAMES)
+    return (f'<table class="summary"><tr><th>method</th>{head}<th>seconds</th></tr>{"".join(rows)}</table>'
+            f"<p>Means over {len(evaluation.succeeded)} image(s); {len(evaluation.failed)} failed.</p>")
+
+
+def _image_section(result: ImageResult, index: int) -> str:
+    if result.error:
+        return f'<h2 class="failed">{html.escape(result.name)}</h2><p class="failed">{html.escape(result.error)}</p>'
+    pictures, scale = result.pictures, result.scale
+    y, x, side = detail_window(pictures["reference"], scale)
+    figures = []
+    low = pictures["input"][y // scale : (y + side) // scale, x // scale : (x + side) // scale]
+    figures.append(("reference", pictures["reference"][y : y + side, x : x + side], ""))
+    figures.append((f"input (1/{scale})", low, ""))
+    for row in result.rows:
+        caption = " ".join(f"{LABELS[m]} {_fmt(getattr(row.metrics, m), m)}" for m in METRIC_NAMES)
+        figures.append((row.method, pictures[row.method][y : y + side, x : x + side], caption))
+    crops = "".join(
+        f'<figure><img alt="{html.escape(label)}" src="{_png_uri(img)}"><figcaption><b>{html.escape(label)}</b>'
+        f"{html.escape(caption)}</figcaption></figure>"
+        for label, img, caption in figures
+    )
+    models = [r for r in result.rows if r.kind == "model"]
+    best = max(models or result.rows, key=lambda r: r.metrics.ssim_y)
+    shrink = min(1.0, SLIDER_WIDTH / pictures["reference"].shape[1])
+    size = (max(1, round(pictures["reference"].shape[1] * shrink)), max(1, round(pictures["reference"].shape[0] * shrink)))
+
+    def whole(name: str) -> str:
+        image = Image.fromarray(np.clip(np.rint(pictures[name] * 255), 0, 255).astype(np.uint8))
+        return _png_uri(np.asarray(image.resize(size, Image.LANCZOS)).astype(np.float32) / 255)
+
+    shown = max(size[0], 384)  # small images are shown enlarged, pixels kept sharp
+    style = f'style="width:{shown}px;image-rendering:pixelated"'
+    slider = (
+        f'<div class="slider" style="width:{shown}px"><img alt="bicubic" {style} src="{whole("bicubic")}">'
+        f'<img class="after" alt="{html.escape(best.method)}" {style} src="{whole(best.method)}">'
+        f'<input type="range" min="0" max="100" value="50" oninput="slide(this)" aria-label="compare"></div>'
+        f"<p>Left of the handle: {html.escape(best.method)}; right: bicubic.</p>"
+    )
+    return (f'<h2 id="image-{index}">{html.escape(result.name)}</h2>'
+            f'<div class="crops">{crops}</div>{slider}')
+
+
+def write_report(evaluation: Evaluation, folder: Path, title: str = "restorecli evaluate") -> Path:
+    """Write ``folder/index.html`` (atomically) and return its path."""
+    sections = "".join(_image_section(r, i) for i, r in enumerate(evaluation.images))
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
+        f"<h1>{html.escape(title)}</h1>{_summary_table(evaluation)}{sections}</body></html>"
+    )
+    target = folder / "index.html"
+    write_atomic(target, page.encode("utf-8"))
+    return target
