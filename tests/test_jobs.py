@@ -355,3 +355,14 @@ def test_submit_carries_face_options_to_the_worker(tmp_path, queue, model):
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
     assert status["status"] == "failed" and "download-weights gfpgan-1.4 retinaface-resnet50" in status["error"]
+
+
+def test_max_jobs_and_max_seconds_bound_a_worker_run(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg"])
+    ids = [submit(queue, model, files[0])["job_id"] for _ in range(3)]
+    assert cli("worker", "--queue", queue, "--once", "--max-jobs", 2).exit_code == 0
+    assert [job(queue, i).status for i in ids] == ["completed", "completed", "queued"]
+    started = time.monotonic()
+    result = cli("worker", "--queue", queue, "--max-seconds", 1, "--poll", 0.2)  # no --once: polls, then stops
+    assert result.exit_code == 0 and time.monotonic() - started < 30
+    assert job(queue, ids[2]).status == "completed"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import skimage.data
@@ -173,3 +177,37 @@ def test_bf16_fast_path_matches_fp32_above_45_db_on_real_weights(real_weights):
     bf16 = upscale(bf16_model, crop, device=CPU, dtype=torch.bfloat16, tile=40, pad=24).image
     value = psnr(bf16, fp32)
     assert value >= 45, f"bf16 tiled vs fp32 untiled: {value:.2f} dB"
+
+
+_MEMORY_PROBE = """
+import sys, numpy as np, torch
+from pathlib import Path
+from restorecli.engine.device import place_model
+from restorecli.engine.tiling import upscale
+from restorecli.models.loading import load_model
+
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+
+torch.set_num_threads(1)
+model = place_model(load_model(sys.argv[1], Path(sys.argv[1]).parent), torch.device('cpu'), torch.float32)
+image = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+upscale(model, image[:64, :64], device=torch.device('cpu'), tile=64, pad=8)  # warm-up allocations
+before = hwm()
+out = upscale(model, image, device=torch.device('cpu'), tile=int(sys.argv[2]), pad=8, batch=2).image
+print(hwm() - before, out.nbytes)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak memory is read from /proc (Linux only)")
+def test_output_is_assembled_in_its_final_dtype_without_a_float_canvas(make_model):
+    """1000x1000 -> 4000x4000: the uint8 output is 48 MB; a float32 canvas of it would be 192 MB more.
+    What else the run holds is a batch of two 128 px tiles in flight (about 30 MB for this network)."""
+    path = make_model(4)
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), "128"], capture_output=True, text=True,
+                           check=True)
+    grown, output_bytes = map(int, probe.stdout.split())
+    assert output_bytes == 4000 * 4000 * 3
+    assert grown < output_bytes + 80 * 1024**2, f"peak grew by {grown / 2**20:.0f} MiB"
