@@ -13,6 +13,7 @@ import skimage.data
 import torch
 
 from conftest import tiny_compact_state
+from ncnn_writer import rrdb_state, write_compact, write_rrdb
 from restorecli.errors import UnsupportedModel, WeightsNotFound
 from restorecli.models.loading import install_embedded, load_model, resolve_model_path, weights_dir
 from restorecli.models.ncnn import convert_ncnn
@@ -175,42 +176,36 @@ def test_not_a_param_file(tmp_path):
         convert_ncnn(param)
 
 
-def _ncnn_graph_for_compact(state, scale, tmp_path):
-    """Write a Compact state dict as an ncnn graph the way the published files are laid out."""
-    lines = ["Input data 0 1 data", "Split split 1 2 data d0 d1"]
-    blob, index, weights = "d1", 0, b""
-    convs = sorted({int(k.split(".")[1]) for k in state if k.endswith(".bias")})
-    for n, conv in enumerate(convs):
-        w, b = state[f"body.{conv}.weight"].numpy(), state[f"body.{conv}.bias"].numpy()
-        lines.append(f"Convolution conv{n} 1 1 {blob} c{n} 0={w.shape[0]} 1=3 4=1 5=1 6={w.size}")
-        weights += struct.pack("<I", 0x01306B47) + w.astype("<f2").tobytes()
-        weights += b"\0" * (-(w.size * 2) % 4) + b.astype("<f4").tobytes()
-        blob = f"c{n}"
-        if f"body.{conv + 1}.weight" in state:
-            slope = state[f"body.{conv + 1}.weight"].numpy()
-            lines.append(f"PReLU prelu{n} 1 1 {blob} p{n} 0={slope.size}")
-            weights += slope.astype("<f4").tobytes()
-            blob = f"p{n}"
-    lines.append(f"PixelShuffle ps 1 1 {blob} shuffled 0={scale}")
-    lines.append(f"Interp up 1 1 d0 base 0=1 1={scale}.0 2={scale}.0")
-    lines.append("BinaryOp add 2 1 shuffled base output")
-    param = tmp_path / "compact.param"
-    _write_param(param, lines)
-    param.with_suffix(".bin").write_bytes(weights)
-    return param
-
-
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_compact_graphs_of_any_scale_round_trip_through_ncnn(tmp_path, scale):
     state = tiny_compact_state(scale, num_conv=2)
     # fp16 storage: compare with the weights as ncnn will hold them
     state = {k: v.half().float() if v.ndim == 4 else v for k, v in state.items()}
-    param = _ncnn_graph_for_compact(state, scale, tmp_path)
+    param = write_compact(state, scale, tmp_path / "compact.param")
     converted = convert_ncnn(param)
     assert converted.scale == scale and converted.architecture == "SRVGGNetCompact"
     for key, value in state.items():
         torch.testing.assert_close(converted.state_dict[key], value)
     model = load_model(str(param), tmp_path)
+    photo = skimage.data.astronaut()[200:216, 200:220].astype(np.float32) / 255
+    chw = photo.transpose(2, 0, 1)
+    with torch.inference_mode():
+        ours = model.module(torch.from_numpy(chw.copy())[None])[0].numpy()
+    np.testing.assert_allclose(ours, _ncnn_reference(param, chw), atol=1e-4)
+
+
+# 4x with one or two blocks, and 8x (a third upsampling); the real x4plus (23) and anime (6) graphs are tested above
+@pytest.mark.parametrize("num_block,num_up", [(1, 2), (2, 2), (1, 3)])
+def test_rrdb_graphs_of_any_depth_and_scale_round_trip_through_ncnn(tmp_path, num_block, num_up):
+    state = rrdb_state(num_block, num_up)
+    param = write_rrdb(state, num_block, num_up, tmp_path / "rrdb.param")
+    converted = convert_ncnn(param)
+    assert converted.architecture == "RRDBNet" and converted.scale == 2**num_up
+    assert f"{num_block} blocks" in converted.description
+    for key, value in state.items():
+        torch.testing.assert_close(converted.state_dict[key], value)
+    model = load_model(str(param), tmp_path)
+    assert model.spec.scale == 2**num_up
     photo = skimage.data.astronaut()[200:216, 200:220].astype(np.float32) / 255
     chw = photo.transpose(2, 0, 1)
     with torch.inference_mode():
