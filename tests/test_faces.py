@@ -307,3 +307,45 @@ def test_resnet50_retinaface_checkpoints_load_with_a_module_prefix(tmp_path):
     assert all(f.landmarks.shape == (5, 2) and f.box.shape == (4,) for f in faces)
     with pytest.raises(Exception, match="not a RetinaFace checkpoint"):
         FaceDetector.from_state_dict({"conv.weight": torch.zeros(1)}, AnchorConfig(), torch.device("cpu"))
+
+
+def test_parsenet_layout_and_masks():
+    """ParseNet in the layout of facexlib's parsing_parsenet.pth (random weights): soft masks with no edge."""
+    from restorecli.engine.faces.parsing import FaceParser, ParseNet
+
+    torch.manual_seed(0)
+    state = ParseNet().state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    assert shapes["encoder.0.conv2d.weight"] == (64, 3, 3, 3)
+    assert shapes["encoder.1.shortcut_func.conv2d.weight"] == (128, 64, 3, 3)
+    assert shapes["encoder.4.conv1.conv2d.weight"] == (256, 256, 3, 3)
+    assert shapes["encoder.1.conv1.norm.norm.running_mean"] == (128,)
+    assert shapes["body.9.conv2.conv2d.weight"] == (256, 256, 3, 3)
+    assert shapes["decoder.2.shortcut_func.conv2d.weight"] == (128, 256, 3, 3)
+    assert shapes["out_mask_conv.conv2d.weight"] == (19, 64, 3, 3) and "out_img_conv.conv2d.bias" in shapes
+    parser = FaceParser.from_state_dict({f"module.{k}": v for k, v in state.items()}, torch.device("cpu"))
+    faces = np.random.default_rng(0).random((2, 512, 512, 3), dtype=np.float32)
+    masks = parser.masks(faces)
+    assert masks.shape == (2, 512, 512) and masks.min() >= 0 and masks.max() <= 1
+    assert masks[:, 0, :].max() == 0 and masks[:, :, -1].max() == 0  # zero at the square's edge: no seam
+    with pytest.raises(Exception, match="not a ParseNet checkpoint"):
+        FaceParser.from_state_dict({"x": torch.zeros(1)}, torch.device("cpu"))
+
+
+def test_parsenet_mask_is_used_when_installed(tmp_path, make_model, face_files):
+    from restorecli.engine.faces.parsing import ParseNet
+
+    weights, detector_path = face_files
+    model = make_model(2)
+    args = ["--model", model, "--weights-dir", weights, "--face-model", "gfpgan-1.3", "--face-detector",
+            detector_path, "--face-enhance", "--json"]
+    photo = TEST_INPUTS / "astronaut_face.jpg"
+    plain = _restore(photo, "-o", tmp_path / "square", *args)
+    torch.manual_seed(1)
+    torch.save(ParseNet().state_dict(), weights / "parsing_parsenet.pth")
+    parsed = _restore(photo, "-o", tmp_path / "parsed", *args)
+    assert plain.exit_code == parsed.exit_code == 0, parsed.stderr
+    assert _items(parsed)[0]["faces"] == 1
+    a = read_rgb(tmp_path / "square" / "astronaut_face.jpg").astype(int)
+    b = read_rgb(tmp_path / "parsed" / "astronaut_face.jpg").astype(int)
+    assert np.abs(a - b).mean() > 0.5  # a different mask, so a different paste

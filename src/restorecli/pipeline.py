@@ -191,7 +191,8 @@ class Restorer:
             face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
                                        max_faces=options.max_faces, min_size=options.min_face_size,
                                        threshold=options.face_threshold)
-            report = enhance_faces(result.color, color, self.faces.detector, self.faces.restorer, face_options)
+            report = enhance_faces(result.color, color, self.faces.detector, self.faces.restorer, face_options,
+                                   self.faces.parser)
         return result, report
 
     def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,

@@ -12,6 +12,7 @@ import torch
 
 from .align import FACE_SIZE, alignment, crop_face
 from .detector import Face, FaceDetector
+from .parsing import FaceParser
 from .paste import paste_face
 
 
@@ -63,9 +64,10 @@ def select_faces(faces: list[Face], width: int, height: int, options: FaceOption
 
 
 def enhance_faces(canvas: np.ndarray, source: np.ndarray, detector: FaceDetector, restorer,
-                  options: FaceOptions) -> FaceReport:
+                  options: FaceOptions, parser: FaceParser | None = None) -> FaceReport:
     """Restore the faces of ``source`` (the input, H x W x 1 or 3) inside ``canvas`` (its upscaled version,
-    changed in place). ``restorer`` maps N x 512 x 512 x 3 crops to restored crops."""
+    changed in place). ``restorer`` maps N x 512 x 512 x 3 crops to restored crops; with a ``parser`` the
+    paste-back mask follows the parsed face instead of the feathered square."""
     report = FaceReport()
     t0 = time.perf_counter()
     rgb = source if source.shape[2] == 3 else np.repeat(source, 3, axis=2)
@@ -82,8 +84,9 @@ def enhance_faces(canvas: np.ndarray, source: np.ndarray, detector: FaceDetector
     t2 = time.perf_counter()
     restored = restorer(crops)
     t3 = time.perf_counter()
-    for matrix, crop, face in zip(matrices, crops, restored):
-        paste_face(canvas, face, crop, matrix, weight=options.weight)
+    masks = parser.masks(restored) if parser is not None else [None] * len(restored)
+    for matrix, crop, face, mask in zip(matrices, crops, restored, masks):
+        paste_face(canvas, face, crop, matrix, weight=options.weight, mask=mask)
     t4 = time.perf_counter()
     report.aligned, report.restored = list(crops), list(restored)
     report.seconds.update(alignment=t2 - t1, restoration=t3 - t2, paste=t4 - t3)
@@ -96,6 +99,7 @@ class FaceStack:
 
     detector: FaceDetector
     restorer: FaceRestorer
+    parser: FaceParser | None = None  # ParseNet, when its weights are installed
 
     @classmethod
     def load(cls, face_model: str, face_detector: str, directory, device: torch.device) -> "FaceStack":
@@ -131,5 +135,13 @@ class FaceStack:
         anchors = AnchorConfig.from_file(sidecar) if sidecar.is_file() else AnchorConfig()
         state, _ = read_state_dict(paths["detector"])
         detector = FaceDetector.from_state_dict(state, anchors, device, source=str(paths["detector"]))
-        return cls(detector, FaceRestorer(descriptor, device))
+        parser = None
+        try:
+            parser_path = resolve_model_path("parsenet", directory, "parser")[1]
+        except WeightsNotFound:
+            parser_path = None  # optional: the feathered mask is used instead
+        if parser_path is not None:
+            state, _ = read_state_dict(parser_path)
+            parser = FaceParser.from_state_dict(state, device, source=str(parser_path))
+        return cls(detector, FaceRestorer(descriptor, device), parser)
 
