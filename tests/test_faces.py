@@ -349,3 +349,22 @@ def test_parsenet_mask_is_used_when_installed(tmp_path, make_model, face_files):
     a = read_rgb(tmp_path / "square" / "astronaut_face.jpg").astype(int)
     b = read_rgb(tmp_path / "parsed" / "astronaut_face.jpg").astype(int)
     assert np.abs(a - b).mean() > 0.5  # a different mask, so a different paste
+
+
+def test_restoreformer_plus_plus_checkpoints_work_as_face_models(tmp_path, make_model, face_files):
+    """Any face model spandrel loads is accepted by path; RestoreFormer++ here, with random weights."""
+    from spandrel.architectures.RestoreFormer import RestoreFormer
+
+    weights, detector_path = face_files
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "RestoreFormerPlusPlus.pth"
+    torch.save({"params_ema": RestoreFormer().state_dict()}, checkpoint)
+    result = _restore(TEST_INPUTS / "astronaut_face.jpg", "-o", tmp_path / "o", "--model", make_model(2),
+                      "--weights-dir", weights, "--face-model", checkpoint, "--face-detector", detector_path,
+                      "--face-enhance", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert _items(result)[0]["faces"] == 1
+    wrong = _restore(TEST_INPUTS / "astronaut_face.jpg", "-o", tmp_path / "x", "--model", make_model(2),
+                     "--weights-dir", weights, "--face-model", make_model(2), "--face-detector", detector_path,
+                     "--face-enhance")
+    assert wrong.exit_code == 3 and "not a face restorer" in wrong.stderr
