@@ -135,10 +135,10 @@ def throughput(folder: Path, sizes: list[int], repeats: int, threads: int) -> li
     for size in sizes:
         rgb = _photo(size, size)
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        t_auto, out_auto = _best(lambda: upscale(ours_auto, rgb, device=cpu, dtype=auto).image, repeats)
-        t_fp32, out_fp32 = _best(lambda: upscale(ours_fp32, rgb, device=cpu).image, repeats)
-        t_peer, out_peer = _best(lambda: peer.enhance(bgr, outscale=4)[0], repeats)
-        t_ncnn, out_ncnn = _best(lambda: ncnn_run(rgb), repeats)
+        t_auto, out_auto = _best(lambda rgb=rgb: upscale(ours_auto, rgb, device=cpu, dtype=auto).image, repeats)
+        t_fp32, out_fp32 = _best(lambda rgb=rgb: upscale(ours_fp32, rgb, device=cpu).image, repeats)
+        t_peer, out_peer = _best(lambda bgr=bgr: peer.enhance(bgr, outscale=4)[0], repeats)
+        t_ncnn, out_ncnn = _best(lambda rgb=rgb: ncnn_run(rgb), repeats)
         out_peer = cv2.cvtColor(out_peer, cv2.COLOR_BGR2RGB)
         rows.append({
             "size": size, "precision_auto": str(auto).replace("torch.", ""),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 
 FP16_TAG = 0x01306B47
@@ -47,9 +46,9 @@ class Graph:
                 uses[blob] = uses.get(blob, 0) + 1
         taken: dict[str, int] = {}
         lines = ["Input input 0 1 data"]
-        for blob, n in [("data", uses.get("data", 0))]:
-            if n > 1:
-                lines.append(f"Split split_data 1 {n} data " + " ".join(f"data_{i}" for i in range(n)))
+        if uses.get("data", 0) > 1:
+            n = uses["data"]
+            lines.append(f"Split split_data 1 {n} data " + " ".join(f"data_{i}" for i in range(n)))
         for index, (kind, inputs, outputs, params) in enumerate(self.layers):
             renamed = []
             for blob in inputs:

@@ -237,6 +237,7 @@ def test_face_enhance_end_to_end_with_gfpgan_in_the_official_layout(tmp_path, ma
     assert none.exit_code == 0
     assert np.abs(read_rgb(tmp_path / "w0" / "astronaut_face.png").astype(int) - before).max() <= 1
     half = _restore(photo, "-o", tmp_path / "w5", "--face-enhance", "--face-weight", "0.5", *common)
+    assert half.exit_code == 0
     middle = read_rgb(tmp_path / "w5" / "astronaut_face.png").astype(int)
     assert np.abs(middle - before).mean() == pytest.approx(np.abs(after - before).mean() / 2, rel=0.1)
 

@@ -15,9 +15,8 @@ import torch
 from conftest import tiny_compact_state
 from ncnn_writer import rrdb_state, write_compact, write_rrdb
 from restorecli.errors import UnsupportedModel, WeightsNotFound
-from restorecli.models.loading import install_embedded, load_model, resolve_model_path, weights_dir
+from restorecli.models.loading import load_model, resolve_model_path, weights_dir
 from restorecli.models.ncnn import convert_ncnn
-from restorecli.models.registry import REGISTRY
 
 
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])

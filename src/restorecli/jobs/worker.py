@@ -85,8 +85,9 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
     restore = RestoreOptions(**{**job.options, "output_dir": str(work)})
     if options.device:
         restore = replace(restore, device=options.device)
+    # what a loaded Restorer depends on; jobs that agree on it share one set of loaded networks
     key = (restore.model, restore.weights_dir, restore.device, restore.precision, restore.tile, restore.tile_pad,
-           restore.alpha)
+           restore.alpha, restore.face_enhance, restore.face_model, restore.face_detector)
     renewer = _Renewer(store.root, lease, options.lease)
     renewer.start()
     try:

@@ -187,7 +187,10 @@ def _finish(entry: ModelEntry, part: Path, target: Path, directory: Path, source
 def _verify_part(part: Path, entry: ModelEntry) -> None:
     """Verify a ``.part`` file: give it the final suffix through a link, since loaders go by suffix."""
     probe = part.with_name(part.name[: -len(".part")] + ".verify" + Path(entry.filename).suffix)
-    os.link(part, probe)
+    try:
+        os.link(part, probe)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(part, probe)
     try:
         verify_kind(probe, entry)
     finally:
