@@ -370,9 +370,9 @@ def test_max_jobs_and_max_seconds_bound_a_worker_run(tmp_path, queue, model):
 
 def test_one_worker_keeps_separate_models_for_jobs_that_need_them(tmp_path, queue, model):
     files = photos(tmp_path, ["a.jpg"])
-    plain = submit(queue, model, files[0])["job_id"]
-    faces = json.loads(cli("submit", files[0], "--queue", queue, "--model", model, "--face-enhance",
-                           "--weights-dir", tmp_path / "nofaces", "--json").stdout)["job_id"]
+    common = ["--queue", queue, "--model", model, "--weights-dir", tmp_path / "nofaces", "--json"]
+    plain = json.loads(cli("submit", files[0], *common).stdout)["job_id"]
+    faces = json.loads(cli("submit", files[0], "--face-enhance", *common).stdout)["job_id"]
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     assert job(queue, plain).status == "completed"
     assert job(queue, faces).status == "failed"  # it did not run on the first job's face-less models
