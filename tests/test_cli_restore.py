@@ -255,3 +255,12 @@ def test_default_model_restores_offline_from_embedded_weights(photos, real_weigh
 
     back = cv2.resize(out, (96, 64), interpolation=cv2.INTER_AREA)
     assert np.abs(back.astype(int) - src.astype(int)).mean() < 12
+
+
+def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
+    data = (TEST_INPUTS / "cameraman_gray.png").read_bytes()
+    result = runner.invoke(app, ["restore", "-", "-o", str(tmp_path / "o"), "--model", str(model2), "--json"],
+                           input=data)
+    assert result.exit_code == 0, result.stderr
+    assert json_lines(result)[0]["output"] == str(tmp_path / "o" / "stdin.png")
+    assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)

@@ -376,3 +376,14 @@ def test_one_worker_keeps_separate_models_for_jobs_that_need_them(tmp_path, queu
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     assert job(queue, plain).status == "completed"
     assert job(queue, faces).status == "failed"  # it did not run on the first job's face-less models
+
+
+def test_submit_from_stdin(queue, model):
+    data = (TEST_INPUTS / "rocket.jpg").read_bytes()
+    result = cli("submit", "-", "--queue", queue, "--model", model, "--json", input=data)
+    assert result.exit_code == 0, result.stderr
+    job_id = json.loads(result.stdout)["job_id"]
+    assert (queue / "jobs" / job_id / "inputs" / "stdin.jpg").read_bytes() == data
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["results"][0]["original_filename"] == "-" and status["results"][0]["status"] == "ok"
