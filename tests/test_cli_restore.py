@@ -264,3 +264,21 @@ def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert json_lines(result)[0]["output"] == str(tmp_path / "o" / "stdin.png")
     assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)
+
+
+def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_path, monkeypatch):
+    import restorecli.pipeline as pipeline
+
+    real = pipeline.enhance
+
+    def flaky(model, color, *args, **kwargs):
+        if color.shape[:2] == (64, 96):  # rocket.jpg
+            raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(model, color, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "enhance", flaky)
+    result = invoke("restore", photos / "rocket.jpg", photos / "cameraman_gray.png", "-o", tmp_path / "o",
+                    "--model", model2, "--json")
+    assert result.exit_code == 1
+    rocket, camera = json_lines(result)[:2]
+    assert rocket["status"] == "error" and "out of memory" in rocket["error"] and camera["status"] == "ok"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
 import numpy as np
-import torch
 
 from .engine.device import choose_device, choose_dtype, place_model
 from .engine.enhance import AlphaMode, Enhanced, EngineOptions, enhance, output_size
@@ -320,9 +319,7 @@ def restore_batch(
             raise
         except OSError as exc:
             results.append(_error(item, output, f"{item.source}: {exc.strerror or exc}", in_size, t0))
-        except (ValueError, RuntimeError) as exc:  # a model or codec failure on this image only
-            if isinstance(exc, torch.OutOfMemoryError):
-                raise
+        except (ValueError, RuntimeError, MemoryError) as exc:  # a model, codec or memory failure on this image
             results.append(_error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0))
         notify("done", results[-1])
     return BatchResult(results, round(time.perf_counter() - started, 3))
