@@ -53,15 +53,9 @@ def submit(
     json_output: o.Json = False,
 ) -> None:
     """Queue one job: the inputs are copied into the job folder; a worker restores them later."""
+    values = locals()
     with exit_on_error():
-        options = o.restore_options(
-            model=model, outscale=outscale, tile=tile, tile_pad=tile_pad, device=device, precision=precision,
-            format=format, quality=quality, suffix=suffix, recursive=recursive, weights_dir=weights_dir, alpha=alpha,
-            max_pixels=max_pixels,
-            face_enhance=face_enhance, face_model=face_model, face_detector=face_detector, face_weight=face_weight,
-            only_center_face=only_center_face, max_faces=max_faces, min_face_size=min_face_size,
-            face_threshold=face_threshold, save_faces=save_faces,
-        )
+        options = o.restore_options(values)
         root = queue_dir(queue)
         job, position = submit_job(root, inputs, options, stdin=sys.stdin.buffer)
     if json_output:

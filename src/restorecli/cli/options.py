@@ -91,7 +91,17 @@ def parse_tile(value: str) -> int | None:
     return tile
 
 
-def restore_options(*, tile: str, precision: Precision, format: Format, alpha: Alpha, **values) -> RestoreOptions:
-    """RestoreOptions from the shared CLI values (enums and ``--tile`` parsed; the rest as given)."""
-    return RestoreOptions(tile=parse_tile(tile), precision=precision.value, format=format.value, alpha=alpha.value,
-                          **values)
+# The options every command that restores images shares (restore, submit), by parameter name.
+SHARED = ("model", "outscale", "tile", "tile_pad", "device", "precision", "format", "quality", "suffix", "recursive",
+          "weights_dir", "alpha", "max_pixels", "face_enhance", "face_model", "face_detector", "face_weight",
+          "only_center_face", "max_faces", "min_face_size", "face_threshold", "save_faces")
+
+
+def restore_options(values: dict, **extra) -> RestoreOptions:
+    """RestoreOptions from a command's parameters (its ``locals()``): the shared ones are picked by name,
+    enums and ``--tile`` parsed; ``extra`` holds the command's own fields."""
+    shared = {name: values[name] for name in SHARED}
+    for name in ("precision", "format", "alpha"):
+        shared[name] = shared[name].value
+    shared["tile"] = parse_tile(shared["tile"])
+    return RestoreOptions(**shared, **extra)

@@ -47,18 +47,11 @@ def restore(
     save_faces: o.SaveFaces = None,
 ) -> None:
     """Upscale images with a Real-ESRGAN-family model."""
+    values = locals()
     with exit_on_error():
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
-        options = o.restore_options(
-            model=model, outscale=outscale, tile=tile, tile_pad=tile_pad, device=device, precision=precision,
-            format=format, quality=quality, suffix=suffix, recursive=recursive, weights_dir=weights_dir, alpha=alpha,
-            max_pixels=max_pixels,
-            face_enhance=face_enhance, face_model=face_model, face_detector=face_detector, face_weight=face_weight,
-            only_center_face=only_center_face, max_faces=max_faces, min_face_size=min_face_size,
-            face_threshold=face_threshold, save_faces=save_faces,
-            output_dir=output, overwrite=overwrite, dry_run=dry_run,
-        )
+        options = o.restore_options(values, output_dir=output, overwrite=overwrite, dry_run=dry_run)
         with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
             batch = restore_batch(inputs, options, on_progress=renderer, stdin=sys.stdin.buffer,
                                   stdout=sys.stdout.buffer if output == STDIO else None)
