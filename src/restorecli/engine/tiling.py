@@ -163,9 +163,9 @@ class _Assembler:
 
 
 def _to_tensor(window: np.ndarray, maxval: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    tensor = torch.from_numpy(np.array(window)).to(device)  # a copy: inputs may be read-only views
-    if tensor.dtype == torch.uint16:  # few ops exist for uint16; widen before arithmetic
-        tensor = tensor.to(torch.int32)
+    # A copy (inputs may be read-only views); uint16 is widened on the host, since devices support few uint16 ops.
+    array = window.astype(np.int32) if window.dtype == np.uint16 else np.array(window)
+    tensor = torch.from_numpy(array).to(device)
     return tensor.permute(2, 0, 1).to(torch.float32).div_(maxval).to(dtype)
 
 
