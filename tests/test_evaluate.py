@@ -181,3 +181,9 @@ def test_real_model_beats_bicubic_on_y_ssim(real_weights, tmp_path):
     assert result.exit_code == 0, result.stderr
     rows = {r["method"]: r for r in lines(result) if r["type"] == "row"}
     assert rows["realesrgan-x4plus"]["ssim_y"] > rows["bicubic"]["ssim_y"] + 0.01
+
+
+def test_face_enhance_is_passed_to_the_models(make_model, tmp_path):
+    result = cli(TEST_INPUTS / "rocket.jpg", "--models", make_model(4), "--face-enhance", "--weights-dir",
+                 tmp_path / "empty")
+    assert result.exit_code == 3 and "download-weights gfpgan-1.4 retinaface-resnet50" in result.stderr

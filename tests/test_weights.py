@@ -241,3 +241,11 @@ def test_models_lists_embedded_and_missing(tmp_path, embedded_dir):
 def test_unknown_name_is_a_usage_error(tmp_path):
     result = run("download-weights", "no-such-model", "--weights-dir", tmp_path)
     assert result.exit_code == 2 and "unknown model" in result.stderr
+
+
+def test_no_names_fetches_what_restore_needs(tmp_path, embedded_dir):
+    result = run("download-weights", "--weights-dir", tmp_path, "--mirror", "http://127.0.0.1:9", "--retries", "0",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [i["name"] for i in items(result)] == ["realesrgan-x4plus"]
+    assert (tmp_path / "realesrgan-x4plus.safetensors").is_file()
