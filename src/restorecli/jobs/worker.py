@@ -7,7 +7,7 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +82,8 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
         if other != work:
             shutil.rmtree(other, ignore_errors=True)  # left by owners whose lease expired
     stored = {str(job_dir / "inputs" / i["stored"]): i["original_filename"] for i in job.inputs}
-    restore = RestoreOptions(**{**job.options, "output_dir": str(work)})
+    known = {f.name for f in fields(RestoreOptions)}  # a job queued by another version may carry other fields
+    restore = RestoreOptions(**{k: v for k, v in job.options.items() if k in known}, output_dir=str(work))
     if options.device:
         restore = replace(restore, device=options.device)
     # what a loaded Restorer depends on; jobs that agree on it share one set of loaded networks
