@@ -70,8 +70,9 @@ def _result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, ro
 
 
 def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: dict[tuple, Restorer],
-            stop: "_Either", emit: Event) -> str:
-    """Process one claimed job; returns its outcome: completed, failed, released, lost or retry."""
+            halted: Callable[[], bool], emit: Event) -> str:
+    """Process one claimed job; returns its outcome: completed, failed, released, lost or retry.
+    ``halted`` is asked between images; when it says yes the job is given back, resumable."""
     job = lease.job
     job_dir = store.job_dir(job.id)
     work = job_dir / "work" / lease.token
@@ -107,7 +108,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
         try:
             items = [InputItem(path, Path(i["stored"])) for path, i in zip(stored, job.inputs)]
             batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
-                                  should_stop=lambda: stop.is_set() or renewer.lost.is_set())
+                                  should_stop=lambda: halted() or renewer.lost.is_set())
         except Exception as exc:  # an unexpected failure: count the attempt, let another try
             retry_later(store, lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
             return "retry"
@@ -136,28 +137,24 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     report = WorkerReport()
     store = JobStore(root)
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
-    started = time.monotonic()
-    deadline = started + options.max_seconds if options.max_seconds else None
-    deadline_reached = threading.Event()
+    deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
 
-    def watch_deadline() -> None:
-        if deadline is not None and not stop.wait(max(deadline - time.monotonic(), 0)):
-            deadline_reached.set()
+    def halted() -> bool:
+        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
 
-    threading.Thread(target=watch_deadline, daemon=True).start()
-    halt = _Either(stop, deadline_reached)
     try:
-        while not halt.is_set():
+        while not halted():
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
             lease = store.claim(options.lease, options.max_attempts, worker_name())
             if lease is None:
                 if options.once:
                     break
-                halt.wait(options.poll)
+                left = options.poll if deadline is None else max(min(options.poll, deadline - time.monotonic()), 0)
+                stop.wait(left)
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-            outcome = run_job(store, lease, options, restorers, halt, emit)
+            outcome = run_job(store, lease, options, restorers, halted, emit)
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
         report.stopped = stop.is_set()
@@ -165,18 +162,3 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     finally:
         store.close()
 
-
-class _Either:
-    """Looks like a threading.Event that is set when either of two events is."""
-
-    def __init__(self, a: threading.Event, b: threading.Event):
-        self.a, self.b = a, b
-
-    def is_set(self) -> bool:
-        return self.a.is_set() or self.b.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while not self.is_set() and time.monotonic() < end:
-            self.a.wait(min(0.2, max(end - time.monotonic(), 0)))
-        return self.is_set()
