@@ -242,7 +242,8 @@ def test_a_stale_worker_cannot_publish_over_the_new_owner(tmp_path, queue, model
 def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, model):
     slow_job = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     quick_job = submit(queue, model, tmp_path / "in" / "a.jpg")["job_id"]
-    first = spawn_worker(queue, "--once", "--lease", 30, slow=1.0)
+    # the first run takes one job and is slow with it (3 s per image); the second starts while it works
+    first = spawn_worker(queue, "--once", "--max-jobs", 1, "--lease", 30, slow=3.0)
     wait_for(lambda: job(queue, slow_job).status == "processing", what="first cron run to claim")
     second = spawn_worker(queue, "--once", "--lease", 30)
     out2, err2 = second.communicate(timeout=120)
@@ -252,6 +253,7 @@ def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, mode
     assert first.returncode == 0
     assert job(queue, slow_job).attempts == 1 and job(queue, quick_job).attempts == 1
     assert job(queue, slow_job).status == job(queue, quick_job).status == "completed"
+    assert job(queue, quick_job).finished < job(queue, slow_job).finished  # the runs really overlapped
 
 
 def test_sigterm_finishes_the_image_in_hand_and_leaves_the_job_resumable(tmp_path, queue, model):
