@@ -389,3 +389,22 @@ def test_submit_from_stdin(queue, model):
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
     assert status["results"][0]["original_filename"] == "-" and status["results"][0]["status"] == "ok"
+
+
+def test_human_output_of_the_queue_commands(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg"])
+    submitted = cli("submit", files[0], "--queue", queue, "--model", model)
+    job_id = submitted.stdout.strip()
+    assert submitted.exit_code == 0 and job(queue, job_id) is not None  # stdout is just the id
+    assert "position 1" in submitted.stderr
+    queued = cli("status", job_id, "--queue", queue)
+    assert f"job {job_id}: queued, position 1" in queued.stderr and queued.stdout.startswith("pending\t")
+    worked = cli("worker", "--queue", queue, "--once")
+    assert f"job {job_id}: started (attempt 1)" in worked.stderr and f"job {job_id}: completed" in worked.stderr
+    overview = cli("status", "--queue", queue)
+    assert "completed" in overview.stderr and overview.stdout == ""  # nothing running
+    done = cli("status", job_id, "--queue", queue)
+    assert done.stdout.startswith(f"ok\t{files[0]}\tjobs/{job_id}/outputs/a.jpg")
+    time.sleep(1.1)
+    pruned = cli("prune", "--queue", queue, "--older-than", "1s")
+    assert pruned.stdout.strip() == str(queue / "jobs" / job_id) and "removed 1 item(s)" in pruned.stderr

@@ -249,3 +249,11 @@ def test_no_names_fetches_what_restore_needs(tmp_path, embedded_dir):
     assert result.exit_code == 0, result.stderr
     assert [i["name"] for i in items(result)] == ["realesrgan-x4plus"]
     assert (tmp_path / "realesrgan-x4plus.safetensors").is_file()
+
+
+def test_models_human_output(tmp_path, embedded_dir):
+    result = run("models", "--weights-dir", tmp_path)
+    assert result.exit_code == 0
+    lines = dict(line.split("\t")[:2] for line in result.stdout.splitlines())
+    assert lines["realesrgan-x4plus"] == "embedded" and lines["gfpgan-1.4"] == "missing"
+    assert "models (" in result.stderr  # the table goes to stderr

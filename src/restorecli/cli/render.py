@@ -17,7 +17,7 @@ STATUS_STYLE = {"ok": "green", "skipped": "yellow", "error": "bold red", "planne
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # log lines stay whole in cron logs
 
 
 def error(message: str) -> None:
