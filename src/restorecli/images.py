@@ -50,6 +50,16 @@ class DecodedImage:
         return 16 if self.color.dtype == np.uint16 else 8
 
 
+def full_scale(dtype: np.dtype | type) -> float:
+    """The value of full white for a pixel type: 255 (uint8), 65535 (uint16), 1.0 (float in [0, 1])."""
+    return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
+
+
+def float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] to uint8, rounded and clipped."""
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
 def format_for_suffix(suffix: str) -> OutputFormat | None:
     return _SUFFIX_FORMAT.get(suffix.lower())
 
@@ -179,7 +189,7 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
 
 def _flatten_alpha(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Composite onto white, for formats without alpha."""
-    maxval = 255 if color.dtype == np.uint8 else 65535
+    maxval = full_scale(color.dtype)
     a = alpha.astype(np.float32)[:, :, None] / maxval
     flat = color.astype(np.float32) * a + maxval * (1 - a)
     return np.clip(np.rint(flat), 0, maxval).astype(color.dtype)

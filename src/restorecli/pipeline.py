@@ -23,6 +23,7 @@ from .images import (
     OutputFormat,
     decode_image,
     encode_image,
+    float_to_uint8,
     format_for_suffix,
     probe,
     write_atomic,
@@ -211,8 +212,7 @@ class Restorer:
 def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:
     for index, (aligned, restored) in enumerate(zip(report.aligned, report.restored)):
         for kind, crop in (("aligned", aligned), ("restored", restored)):
-            pixels = np.clip(np.rint(crop * 255), 0, 255).astype(np.uint8)
-            write_atomic(folder / f"{stem}_face{index}_{kind}.png", encode_image(pixels, None, "png"))
+            write_atomic(folder / f"{stem}_face{index}_{kind}.png", encode_image(float_to_uint8(crop), None, "png"))
 
 
 def _read_source(item: InputItem, stdin: BinaryIO | None) -> bytes:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import TileOutOfMemory
+from ..images import full_scale
 from ..models.loading import LoadedModel
 from .device import available_memory, is_out_of_memory
 
@@ -98,7 +99,7 @@ class _Assembler:
         self.plan, self.s, self.device = plan, scale, device
         self.hb = plan.band * scale
         self.out = np.empty((plan.height * scale, plan.width * scale, channels), dtype=out_dtype)
-        self.maxval = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(np.dtype(out_dtype))
+        self.maxval = full_scale(out_dtype) if np.dtype(out_dtype).kind == "u" else None  # float: no quantising
         self.ramp = _ramp(2 * self.hb, device) if self.hb else None
         width = plan.width * scale
         self.channels = channels
@@ -114,7 +115,7 @@ class _Assembler:
             return
         if self.maxval is not None:
             quant = values.clamp(0, 1).mul_(self.maxval).round_()
-            values = quant.to(torch.uint8 if self.maxval == 255 else torch.int32)
+            values = quant.to(torch.uint8 if self.out.dtype == np.uint8 else torch.int32)
         h, w = values.shape[1:]
         self.out[y0 : y0 + h, x0 : x0 + w] = values.permute(1, 2, 0).cpu().numpy()
 
@@ -173,7 +174,7 @@ def _run_plan(
     model: LoadedModel, image: np.ndarray, plan: TilePlan, batch: int, device: torch.device, dtype: torch.dtype
 ) -> np.ndarray:
     scale = model.spec.scale
-    maxval = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    maxval = full_scale(image.dtype)
     assembler = _Assembler(plan, scale, model.spec.output_channels, image.dtype, device)
     tiles = plan.tiles
     for start in range(0, len(tiles), batch):

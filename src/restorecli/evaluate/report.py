@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import write_atomic
+from ..images import float_to_uint8, write_atomic
 from .metrics import METRIC_NAMES, bt601_y
 from .run import Evaluation, ImageResult
 
@@ -53,9 +53,8 @@ window.addEventListener('load', function () {
 
 
 def _png_uri(image: np.ndarray) -> str:
-    pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(float_to_uint8(image)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -122,7 +121,7 @@ def _image_section(result: ImageResult, index: int) -> str:
     size = (max(1, round(pictures["reference"].shape[1] * shrink)), max(1, round(pictures["reference"].shape[0] * shrink)))
 
     def whole(name: str) -> str:
-        image = Image.fromarray(np.clip(np.rint(pictures[name] * 255), 0, 255).astype(np.uint8))
+        image = Image.fromarray(float_to_uint8(pictures[name]))
         return _png_uri(np.asarray(image.resize(size, Image.LANCZOS)).astype(np.float32) / 255)
 
     shown = max(size[0], 384)  # small images are shown enlarged, pixels kept sharp

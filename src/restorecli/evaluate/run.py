@@ -11,7 +11,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from ..errors import ImageError, RestoreCliError, UsageError
-from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_image
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_image, full_scale
 from ..models.registry import DEFAULT_MODEL, REGISTRY
 from ..pipeline import RestoreOptions, Restorer, collect_inputs
 from .degrade import Degradation, baseline, crop_to_multiple, degrade
@@ -91,9 +91,8 @@ Progress = Callable[[str, object], None]
 
 
 def as_rgb_float(color: np.ndarray) -> np.ndarray:
-    maxval = 65535.0 if color.dtype == np.uint16 else 255.0
     rgb = color if color.shape[2] == 3 else np.repeat(color, 3, axis=2)
-    return rgb.astype(np.float32) / maxval
+    return rgb.astype(np.float32) / full_scale(color.dtype)
 
 
 def _read(path: Path, max_pixels: int) -> np.ndarray:

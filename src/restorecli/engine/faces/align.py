@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ...images import full_scale
+
 FACE_SIZE = 512
 
 # Where the five landmarks sit in a 512 x 512 FFHQ-aligned face (left eye, right eye, nose,
@@ -53,7 +55,7 @@ def alignment(landmarks: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
 def crop_face(image: np.ndarray, matrix: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """The aligned ``size`` x ``size`` face (float32, 3 channels, [0, 1]) from an H x W x C image.
     Cost is proportional to the crop, not the image: only ``size``^2 pixels are sampled."""
-    maxval = 65535.0 if image.dtype == np.uint16 else 255.0 if image.dtype == np.uint8 else 1.0
+    maxval = full_scale(image.dtype)
     crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
     crop = crop.astype(np.float32) / maxval
     if crop.ndim == 2:

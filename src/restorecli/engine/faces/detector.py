@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedModel
+from ...images import full_scale
 
 # Input convention of the released detectors: BGR, mean subtracted, no scaling.
 BGR_MEAN = (104.0, 117.0, 123.0)
@@ -247,8 +248,7 @@ class FaceDetector:
 
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
-        to_8bit = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}.get(rgb.dtype, 255.0)  # float: [0, 1]
-        image = rgb.astype(np.float32) * to_8bit
+        image = rgb.astype(np.float32) * (255.0 / full_scale(rgb.dtype))  # the detector works on 0..255
         if scale < 1.0:
             image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         h, w = image.shape[:2]

@@ -17,6 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from ...images import full_scale
 from .align import FACE_SIZE, footprint, invert
 
 
@@ -53,7 +54,7 @@ def paste_face(canvas: np.ndarray, restored: np.ndarray, original: np.ndarray, m
     warped = cv2.warpAffine(change, back, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0)
     roi = canvas[y0:y1, x0:x1]
-    maxval = 65535.0 if canvas.dtype == np.uint16 else 255.0 if canvas.dtype == np.uint8 else 1.0
+    maxval = full_scale(canvas.dtype)
     if roi.shape[2] == 1:
         warped = _luma(warped)
     blended = roi.astype(np.float32) + warped * maxval
