@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from ..errors import SetupError, UsageError
+from ..images import write_atomic
 
 QUEUE_ENV = "RESTORECLI_QUEUE"
 DEFAULT_QUEUE = "restorecli-queue"
@@ -290,12 +291,7 @@ class JobStore:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def new_job_id() -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import SetupError, UnsupportedModel
+from ..images import write_atomic
 from .registry import ModelEntry
 
 LOCK_NAME = "restorecli-lock.json"
@@ -39,10 +38,7 @@ def pin(directory: Path, filename: str, digest: str, source: str) -> None:
     lock = read_lock(directory)
     lock[filename] = {"sha256": digest, "source": source,
                       "pinned": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{LOCK_NAME}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(lock, handle, indent=2, sort_keys=True)
-    os.replace(tmp, directory / LOCK_NAME)
+    write_atomic(directory / LOCK_NAME, json.dumps(lock, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def expected_hash(entry: ModelEntry, filename: str, directory: Path) -> tuple[str | None, bool]:
