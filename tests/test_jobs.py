@@ -408,3 +408,20 @@ def test_human_output_of_the_queue_commands(tmp_path, queue, model):
     time.sleep(1.1)
     pruned = cli("prune", "--queue", queue, "--older-than", "1s")
     assert pruned.stdout.strip() == str(queue / "jobs" / job_id) and "removed 1 item(s)" in pruned.stderr
+
+
+def test_an_unexpected_failure_is_retried_then_fails_the_job(tmp_path, queue, model, monkeypatch):
+    import restorecli.jobs.worker as worker_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("an unforeseen bug")
+
+    monkeypatch.setattr(worker_module, "restore_batch", broken)
+    job_id = submit(queue, model, *photos(tmp_path, ["a.jpg"]))["job_id"]
+    assert cli("worker", "--queue", queue, "--max-jobs", 1, "--max-attempts", 2).exit_code == 0
+    record = job(queue, job_id)
+    assert record.status == "queued" and "an unforeseen bug" in record.last_error and record.attempts == 1
+    assert cli("worker", "--queue", queue, "--max-jobs", 1, "--max-attempts", 2).exit_code == 0
+    status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "failed" and status["error"].startswith("failed 2 times; last error: KeyError")
+    assert status["results"][0]["status"] == "error"

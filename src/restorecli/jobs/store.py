@@ -194,12 +194,7 @@ class JobStore:
                     error = (f"gave up after {job.attempts} attempts: the worker stopped responding"
                              f"{f' while processing {job.current}' if job.current else ''}"
                              f"{f' (last error: {job.last_error})' if job.last_error else ''}")
-                    db.execute(
-                        "UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, "
-                        "last_error = ? WHERE id = ?",
-                        (now, error, job.id),
-                    )
-                    self._write_failure(job, error)
+                    self._mark_failed(db, job, error)
                     continue
                 db.execute(
                     "UPDATE jobs SET status = 'processing', owner = ?, lease_until = ?, attempts = attempts + 1, "
@@ -269,15 +264,29 @@ class JobStore:
         with self.transaction() as db:
             if not self._owns(db, lease):
                 return False
-            db.execute(
-                "UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, last_error = ? "
-                "WHERE id = ?",
-                (time.time(), error, lease.job.id),
-            )
-            self._write_failure(lease.job, error)
+            self._mark_failed(db, lease.job, error)
             return True
 
-    def _write_failure(self, job: Job, error: str) -> None:
+    def retry_later(self, lease: Lease, error: str, max_attempts: int) -> bool:
+        """After an unexpected failure: queue the job again, or fail it once it has used ``max_attempts``."""
+        with self.transaction() as db:
+            if not self._owns(db, lease):
+                return False
+            (attempts,) = db.execute("SELECT attempts FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
+            if attempts >= max_attempts:
+                self._mark_failed(db, lease.job, f"failed {attempts} times; last error: {error}")
+            else:
+                db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
+                           "last_error = ? WHERE id = ?", (error, lease.job.id))
+            return True
+
+    def _mark_failed(self, db: sqlite3.Connection, job: Job, error: str) -> None:
+        """Inside a transaction: the job is failed for good, and its result file says why for each input."""
+        db.execute(
+            "UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, last_error = ? "
+            "WHERE id = ?",
+            (time.time(), error, job.id),
+        )
         results = [{"original_filename": i["original_filename"], "output": None, "status": "error", "error": error}
                    for i in job.inputs]
         job_dir = self.job_dir(job.id)
@@ -298,19 +307,3 @@ def new_job_id() -> str:
     """Sortable by creation time, unique across processes."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
-
-def retry_later(store: JobStore, lease: Lease, error: str, max_attempts: int) -> bool:
-    """After an unexpected failure: queue the job again, or fail it once it has used ``max_attempts``."""
-    with store.transaction() as db:
-        if not store._owns(db, lease):
-            return False
-        row = db.execute("SELECT attempts FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
-        if row["attempts"] >= max_attempts:
-            final = f"failed {row['attempts']} times; last error: {error}"
-            db.execute("UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, "
-                       "last_error = ? WHERE id = ?", (time.time(), final, lease.job.id))
-            store._write_failure(lease.job, final)
-        else:
-            db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
-                       "last_error = ? WHERE id = ?", (error, lease.job.id))
-        return True

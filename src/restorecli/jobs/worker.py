@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import SetupError
 from ..pipeline import InputItem, ItemResult, RestoreOptions, Restorer, restore_batch
-from .store import JobStore, Lease, retry_later
+from .store import JobStore, Lease
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
                                   should_stop=lambda: halted() or renewer.lost.is_set())
         except Exception as exc:  # an unexpected failure: count the attempt, let another try
-            retry_later(store, lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
+            store.retry_later(lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
             return "retry"
     finally:
         renewer.done.set()
