@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import UsageError
-from ..evaluate.metrics import METRIC_NAMES
+from ..evaluate.metrics import METRIC_LABELS, METRIC_NAMES, format_metric
 from ..evaluate.run import EvalOptions, Evaluation, ImageResult, evaluate as run_evaluation
 from ..images import write_atomic
 from . import options as o
@@ -23,7 +23,6 @@ from .app import app, exit_on_error
 from .render import stderr_console
 
 D = o.DEFAULTS
-LABELS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y", "ssim_y": "SSIM Y"}
 
 
 class Degrade(str, Enum):
@@ -73,15 +72,14 @@ def _table(evaluation: Evaluation) -> Table:
                   title_justify="left")
     table.add_column("method")
     for metric in METRIC_NAMES:
-        table.add_column(LABELS[metric], justify="right")
+        table.add_column(METRIC_LABELS[metric], justify="right")
     table.add_column("s/image", justify="right")
-    best = {m: max(v[m] for v in means.values()) for m in METRIC_NAMES} if means else {}
+    best = evaluation.best()
     for method, values in means.items():
         cells = []
         for metric in METRIC_NAMES:
-            value = values[metric]
-            text = "inf" if math.isinf(value) else (f"{value:.2f}" if metric.startswith("psnr") else f"{value:.4f}")
-            cells.append(f"[bold green]{text}[/]" if value == best[metric] else text)
+            text = format_metric(values[metric], metric)
+            cells.append(f"[bold green]{text}[/]" if values[metric] == best[metric] else text)
         table.add_row(method, *cells, f"{values['seconds']:.3f}")
     return table
 

@@ -10,12 +10,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 METRIC_NAMES = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
+METRIC_LABELS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y", "ssim_y": "SSIM Y"}
+
+
+def format_metric(value: float, metric: str) -> str:
+    """PSNR with 2 decimals, SSIM with 4; identical images show ``inf``."""
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if metric.startswith("psnr") else f"{value:.4f}"
 
 
 @dataclass(frozen=True)

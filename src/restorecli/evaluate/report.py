@@ -5,20 +5,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..images import float_to_uint8, write_atomic
-from .metrics import METRIC_NAMES, bt601_y
+from .metrics import METRIC_LABELS, METRIC_NAMES, bt601_y, format_metric
 from .run import Evaluation, ImageResult
 
 CROP = 128  # reference pixels shown per crop
 DISPLAY = 256  # CSS pixels per crop, the same zoom for every method
 SLIDER_WIDTH = 640
-LABELS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y", "ssim_y": "SSIM Y"}
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
@@ -58,12 +56,6 @@ def _png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _fmt(value: float, metric: str) -> str:
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.2f}" if metric.startswith("psnr") else f"{value:.4f}"
-
-
 def detail_window(reference: np.ndarray, scale: int, size: int = CROP) -> tuple[int, int, int]:
     """(y, x, side) of the most detailed square of the reference, aligned to the scale."""
     side = min(size, reference.shape[0], reference.shape[1])
@@ -85,15 +77,14 @@ def detail_window(reference: np.ndarray, scale: int, size: int = CROP) -> tuple[
 
 
 def _summary_table(evaluation: Evaluation) -> str:
-    means = evaluation.means()
-    best = {m: max(means.values(), key=lambda row: row[m])[m] for m in METRIC_NAMES} if means else {}
+    means, best = evaluation.means(), evaluation.best()
     rows = []
     for method, values in means.items():
         cells = "".join(
-            f'<td class="{"best" if values[m] == best[m] else ""}">{_fmt(values[m], m)}</td>' for m in METRIC_NAMES
+            f'<td class="{"best" if values[m] == best[m] else ""}">{format_metric(values[m], m)}</td>' for m in METRIC_NAMES
         )
         rows.append(f"<tr><td>{html.escape(method)}</td>{cells}<td>{values['seconds']:.3f}</td></tr>")
-    head = "".join(f"<th>{LABELS[m]}</th>" for m in METRIC_NAMES)
+    head = "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in METRIC_NAMES)
     return (f'<table class="summary"><tr><th>method</th>{head}<th>seconds</th></tr>{"".join(rows)}</table>'
             f"<p>Means over {len(evaluation.succeeded)} image(s); {len(evaluation.failed)} failed.</p>")
 
@@ -108,7 +99,7 @@ def _image_section(result: ImageResult, index: int) -> str:
     figures.append(("reference", pictures["reference"][y : y + side, x : x + side], ""))
     figures.append((f"input (1/{scale})", low, ""))
     for row in result.rows:
-        caption = " ".join(f"{LABELS[m]} {_fmt(getattr(row.metrics, m), m)}" for m in METRIC_NAMES)
+        caption = " ".join(f"{METRIC_LABELS[m]} {format_metric(getattr(row.metrics, m), m)}" for m in METRIC_NAMES)
         figures.append((row.method, pictures[row.method][y : y + side, x : x + side], caption))
     crops = "".join(
         f'<figure><img alt="{html.escape(label)}" src="{_png_uri(img)}"><figcaption><b>{html.escape(label)}</b>'

@@ -82,6 +82,11 @@ class Evaluation:
             table[method] = means
         return table
 
+    def best(self) -> dict[str, float]:
+        """The best mean of each metric over the methods (higher is better for all four)."""
+        means = self.means()
+        return {name: max(values[name] for values in means.values()) for name in METRIC_NAMES} if means else {}
+
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
