@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageOps
 
 from conftest import TEST_INPUTS
 from restorecli.errors import ImageDecodeError, ImageTooLarge
 from restorecli.images import decode_image, encode_image, write_atomic
+from restorecli.images.png import PngWriter
 
 
 def _png(image: Image.Image, **kwargs) -> bytes:
@@ -37,6 +41,8 @@ def test_sixteen_bit_grey_with_alpha_in_tiff_and_png():
         decoded = decode_image(encode_image(grey, alpha, fmt), f"x.{fmt}")
         assert decoded.color.dtype == np.uint16 and decoded.alpha is not None
         np.testing.assert_array_equal(decoded.alpha, alpha)
+    png = decode_image(encode_image(grey, alpha, "png"), "x.png")
+    np.testing.assert_array_equal(png.color, grey)  # PNG keeps grey+alpha as grey+alpha
 
 
 def test_grey_png_decodes_as_one_channel():
@@ -140,3 +146,65 @@ def test_write_atomic_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
         write_atomic(target, b"new content")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    channels=st.sampled_from([1, 2, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    cuts=st.lists(st.integers(0, 40), max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, seed):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
+    out = io.BytesIO()
+    writer = PngWriter(out, width, height, channels, dtype)
+    bounds = sorted({0, height, *(c for c in cuts if c < height)})
+    for y0, y1 in zip(bounds, bounds[1:]):
+        writer.write(pixels[y0:y1])
+    writer.close()
+    decoded = cv2.imdecode(np.frombuffer(out.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if channels in (3, 4):
+        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGBA)
+    elif channels == 2:  # OpenCV expands grey+alpha to BGRA
+        decoded = decoded[:, :, [0, 3]]
+    np.testing.assert_array_equal(decoded.reshape(pixels.shape), pixels)
+    data = out.getvalue()
+    depth, colour_type = data[24], data[25]  # from IHDR: the file says what it holds
+    assert depth == 8 * np.dtype(dtype).itemsize and colour_type == {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    with Image.open(io.BytesIO(data)) as image:  # a second, independent decoder reads it whole
+        assert image.size == (width, height)
+        image.load()
+
+
+def test_png_writer_writes_icc_and_exif_before_the_pixels():
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "restorecli test camera"
+    out = io.BytesIO()
+    writer = PngWriter(out, 4, 3, 3, np.uint8, exif=exif.tobytes(), icc_profile=icc)
+    writer.write(np.zeros((3, 4, 3), np.uint8))
+    writer.close()
+    data = out.getvalue()
+    assert data.index(b"iCCP") < data.index(b"IDAT") and data.index(b"eXIf") < data.index(b"IDAT")
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.info["icc_profile"] == icc
+        assert image.getexif()[0x010F] == "restorecli test camera"
+
+
+def test_png_writer_refuses_rows_that_do_not_fit_and_a_short_image():
+    writer = PngWriter(io.BytesIO(), 5, 2, 3, np.uint8)
+    with pytest.raises(ValueError, match="do not fit"):
+        writer.write(np.zeros((1, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="do not fit"):
+        writer.write(np.zeros((1, 5, 3), np.uint16))
+    writer.write(np.zeros((1, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="after 1 of 2 rows"):
+        writer.close()
+    with pytest.raises(ValueError, match="more than the 2 rows"):
+        writer.write(np.zeros((2, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="8- or 16-bit"):
+        PngWriter(io.BytesIO(), 5, 2, 3, np.float32)

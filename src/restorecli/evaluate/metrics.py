@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 METRIC_NAMES = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 METRIC_LABELS = {"psnr_rgb": "PSNR RGB", "ssim_rgb": "SSIM RGB", "psnr_y": "PSNR Y", "ssim_y": "SSIM Y"}
@@ -48,10 +47,14 @@ def shave(image: np.ndarray, border: int) -> np.ndarray:
 def psnr(reference: np.ndarray, image: np.ndarray) -> float:
     if np.array_equal(reference, image):
         return float("inf")
+    from skimage.metrics import peak_signal_noise_ratio  # imported here: scikit-image and SciPy cost every command ~70 MiB
+
     return float(peak_signal_noise_ratio(reference, image, data_range=1.0))
 
 
 def ssim(reference: np.ndarray, image: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
     kwargs = dict(data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     if reference.ndim == 3:
         return float(structural_similarity(reference, image, channel_axis=2, **kwargs))

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageDecodeError, ImageTooLarge
+from ..errors import ImageDecodeError, ImageTooLarge
+from .png import PngWriter
 
 OutputFormat = Literal["png", "jpg", "webp", "tiff"]
 
@@ -124,7 +123,7 @@ def _pil_pixels(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray |
     return array[:, :, :3].copy(), array[:, :, 3].copy()
 
 
-def _cv2_pixels_16(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _cv2_pixels_16(data: bytes, name: str, grey: bool) -> tuple[np.ndarray, np.ndarray | None]:
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise ImageDecodeError(f"{name}: corrupt 16-bit image data")
@@ -133,7 +132,8 @@ def _cv2_pixels_16(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | Non
         return array[:, :, None], None
     if array.shape[2] == 4:
         rgba = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
-        return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3])
+        planes = rgba[:, :, :1] if grey else rgba[:, :, :3]  # OpenCV reads grey+alpha as BGRA
+        return np.ascontiguousarray(planes), np.ascontiguousarray(rgba[:, :, 3])
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB), None
 
 
@@ -160,7 +160,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
     sixteen_bit_colour = "16" in rawmode and image.mode in ("RGB", "RGBA", "LA")
-    color, alpha = _cv2_pixels_16(data, name) if sixteen_bit_colour else _pil_pixels(image, name)
+    color, alpha = _cv2_pixels_16(data, name, "LA;16" in rawmode) if sixteen_bit_colour else _pil_pixels(image, name)
     if alpha is not None and alpha.dtype != color.dtype:
         alpha = alpha.astype(color.dtype)
     exif = image.getexif()
@@ -195,23 +195,6 @@ def _flatten_alpha(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(flat), 0, maxval).astype(color.dtype)
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _png_add_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
-    """Insert iCCP and eXIf chunks right after IHDR (cv2 cannot write them)."""
-    extra = b""
-    if icc:
-        extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
-    if exif:
-        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-    if not extra:
-        return png
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
-    return png[:ihdr_end] + extra + png[ihdr_end:]
-
-
 def encode_image(
     color: np.ndarray,
     alpha: np.ndarray | None,
@@ -222,20 +205,28 @@ def encode_image(
     icc_profile: bytes | None = None,
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
-    and JPEG has no alpha, so transparent pixels are composited onto white there."""
+    and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
+    a PNG strip by strip, see ``PngWriter``.)"""
+    if fmt == "png":
+        planes = color if alpha is None else np.dstack([color, alpha])
+        out = io.BytesIO()
+        writer = PngWriter(out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype, exif=exif,
+                           icc_profile=icc_profile)
+        writer.write(planes)
+        writer.close()
+        return out.getvalue()
     if fmt == "jpg" and alpha is not None:
         color, alpha = _flatten_alpha(color, alpha), None
-    if color.dtype == np.uint16 and fmt in ("png", "tiff"):
+    if color.dtype == np.uint16 and fmt == "tiff":
         planes = color if color.shape[2] == 3 else color[:, :, 0]
         if planes.ndim == 3:
             planes = cv2.cvtColor(planes, cv2.COLOR_RGB2BGR)
         if alpha is not None:
             planes = np.dstack([planes, alpha]) if planes.ndim == 3 else np.dstack([planes, planes, planes, alpha])
-        ok, buffer = cv2.imencode(".png" if fmt == "png" else ".tif", planes)
+        ok, buffer = cv2.imencode(".tif", planes)
         if not ok:
-            raise OSError(f"encoding 16-bit {fmt} failed")
-        data = buffer.tobytes()
-        return _png_add_metadata(data, exif, icc_profile) if fmt == "png" else data
+            raise OSError("encoding 16-bit tiff failed")
+        return buffer.tobytes()
     color8 = _to_8bit(color)
     alpha8 = _to_8bit(alpha) if alpha is not None else None
     if color8.shape[2] == 1:

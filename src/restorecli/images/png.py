@@ -1,0 +1,82 @@
+"""A PNG encoder fed a strip of rows at a time, so an output never has to be whole in memory.
+
+It writes what OpenCV writes by default (the Sub filter on every row, zlib level 1 with the RLE
+strategy: fast, and within a few per cent of the smallest size on photographs), plus what OpenCV
+cannot write: the ICC profile (iCCP) and EXIF (eXIf) chunks, placed before the image data.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import BinaryIO
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
+_SUB_FILTER = 1
+_IDAT_BYTES = 1 << 20  # compressed bytes gathered into one IDAT chunk
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+class PngWriter:
+    """Encode a ``width`` x ``height`` image of 1-4 channels (grey, grey+alpha, RGB, RGBA; uint8 or uint16)
+    to ``handle``, top to bottom, as strips arrive through ``write``. ``close`` ends the file and
+    checks that every row came."""
+
+    def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
+                 *, exif: bytes | None = None, icc_profile: bytes | None = None):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+            raise ValueError(f"PNG holds 8- or 16-bit samples, not {dtype}")
+        if channels not in _COLOUR_TYPE:
+            raise ValueError(f"PNG holds 1 to 4 channels, not {channels}")
+        if width < 1 or height < 1:
+            raise ValueError(f"cannot write an empty {width}x{height} PNG")
+        self.handle, self.width, self.height, self.channels, self.dtype = handle, width, height, channels, dtype
+        self.rows_written = 0
+        self._bpp = channels * dtype.itemsize  # bytes per pixel, the Sub filter's stride
+        self._compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        self._pending = bytearray()
+        header = struct.pack(">IIBBBBB", width, height, dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
+        handle.write(PNG_SIGNATURE + png_chunk(b"IHDR", header))
+        if icc_profile:
+            handle.write(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
+        if exif:
+            handle.write(png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append rows: an n x width x channels array (n x width for one channel) of the writer's dtype."""
+        if rows.ndim == 2:
+            rows = rows[:, :, None]
+        if rows.shape[1:] != (self.width, self.channels) or rows.dtype != self.dtype:
+            raise ValueError(f"rows of shape {rows.shape} and type {rows.dtype} do not fit a "
+                             f"{self.width}-wide {self.channels}-channel {self.dtype} PNG")
+        if self.rows_written + len(rows) > self.height:
+            raise ValueError(f"more than the {self.height} rows of this PNG")
+        if not len(rows):
+            return
+        samples = rows.astype(">u2", copy=False) if self.dtype.itemsize == 2 else rows
+        flat = np.ascontiguousarray(samples).view(np.uint8).reshape(len(rows), -1)
+        filtered = np.empty((len(rows), flat.shape[1] + 1), dtype=np.uint8)
+        filtered[:, 0] = _SUB_FILTER
+        filtered[:, 1 : 1 + self._bpp] = flat[:, : self._bpp]
+        np.subtract(flat[:, self._bpp :], flat[:, : -self._bpp], out=filtered[:, 1 + self._bpp :])
+        self._emit(self._compressor.compress(filtered))
+        self.rows_written += len(rows)
+
+    def _emit(self, data: bytes, final: bool = False) -> None:
+        self._pending += data
+        if len(self._pending) >= _IDAT_BYTES or (final and self._pending):
+            self.handle.write(png_chunk(b"IDAT", bytes(self._pending)))
+            self._pending.clear()
+
+    def close(self) -> None:
+        if self.rows_written != self.height:
+            raise ValueError(f"PNG ended after {self.rows_written} of {self.height} rows")
+        self._emit(self._compressor.flush(), final=True)
+        self.handle.write(png_chunk(b"IEND", b""))
