@@ -100,6 +100,59 @@ def test_real_x4plus_tiled_matches_untiled_above_45_db(real_weights, size, tile)
     assert value >= 45, f"tiled vs untiled PSNR {value:.2f} dB"
 
 
+class _StripRecorder:
+    """A row sink that keeps copies of what it receives (the engine reuses its strip buffer)."""
+
+    def __init__(self):
+        self.strips: list[np.ndarray] = []
+        self.restarts = 0
+
+    def write(self, rows):
+        self.strips.append(rows.copy())
+
+    def restart(self):
+        self.strips.clear()
+        self.restarts += 1
+
+    def image(self):
+        return np.concatenate(self.strips)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    scale=st.sampled_from([1, 2, 4]),
+    height=st.integers(8, 80),
+    width=st.integers(8, 80),
+    tile=st.integers(0, 48),
+    pad=st.integers(0, 16),
+    sixteen=st.booleans(),
+)
+def test_rows_streamed_to_a_sink_are_the_whole_array_bit_for_bit(tmp_path, scale, height, width, tile, pad, sixteen):
+    model = _load_state(tmp_path, tiny_compact_state(scale), f"c{scale}")
+    crop = ASTRONAUT[:height, :width]
+    if sixteen:
+        crop = crop.astype(np.uint16) * 257 + 100
+    whole = upscale(model, crop, device=CPU, tile=tile, pad=pad)
+    sink = _StripRecorder()
+    streamed = upscale(model, crop, device=CPU, tile=tile, pad=pad, sink=sink)
+    assert streamed.image is None and streamed.tiles == whole.tiles
+    assert len(sink.strips) == (1 if tile == 0 else -(-height // tile))  # one strip per tile row
+    np.testing.assert_array_equal(sink.image(), whole.image)
+
+
+def test_a_sink_is_restarted_when_out_of_memory_shrinks_the_tiles(tmp_path, monkeypatch):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    crop = ASTRONAUT[100:228, 100:228]
+    reference = upscale(model, crop, device=CPU, tile=0).image
+    _with_recorder(model, limit=48 * 48)
+    monkeypatch.setattr("restorecli.engine.tiling.auto_tile_size", lambda *a, **k: 100)
+    sink = _StripRecorder()
+    result = upscale(model, crop, device=CPU, tile=None, pad=4, sink=sink)
+    assert sink.restarts >= 1 and result.tile < 100
+    assert sink.image().shape == reference.shape
+    assert psnr(sink.image(), reference) >= 45
+
+
 def test_sixteen_bit_and_float_inputs_keep_their_type(tmp_path):
     model = _load_state(tmp_path, tiny_compact_state(2))
     rgb16 = (ASTRONAUT[:40, :50].astype(np.uint16) * 257)
@@ -196,8 +249,17 @@ model = place_model(load_model(sys.argv[1], Path(sys.argv[1]).parent), torch.dev
 image = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
 upscale(model, image[:64, :64], device=torch.device('cpu'), tile=64, pad=8)  # warm-up allocations
 before = hwm()
-out = upscale(model, image, device=torch.device('cpu'), tile=int(sys.argv[2]), pad=8, batch=2).image
-print(hwm() - before, out.nbytes)
+if sys.argv[3] == "sink":
+    class Discard:
+        rows = 0
+        def write(self, rows): self.rows += len(rows)
+        def restart(self): self.rows = 0
+    sink = Discard()
+    upscale(model, image, device=torch.device('cpu'), tile=int(sys.argv[2]), pad=8, batch=1, sink=sink)
+    print(hwm() - before, sink.rows * 4000 * 3)
+else:
+    out = upscale(model, image, device=torch.device('cpu'), tile=int(sys.argv[2]), pad=8, batch=2).image
+    print(hwm() - before, out.nbytes)
 """
 
 
@@ -206,8 +268,20 @@ def test_output_is_assembled_in_its_final_dtype_without_a_float_canvas(make_mode
     """1000x1000 -> 4000x4000: the uint8 output is 48 MB; a float32 canvas of it would be 192 MB more.
     What else the run holds is a batch of two 128 px tiles in flight (about 30 MB for this network)."""
     path = make_model(4)
-    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), "128"], capture_output=True, text=True,
-                           check=True)
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), "128", "array"], capture_output=True,
+                           text=True, check=True)
     grown, output_bytes = map(int, probe.stdout.split())
     assert output_bytes == 4000 * 4000 * 3
     assert grown < output_bytes + 80 * 1024**2, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak memory is read from /proc (Linux only)")
+def test_output_streamed_to_a_sink_is_never_whole_in_memory(make_model):
+    """The same output through a sink: memory follows the tile in flight (one 64 px tile, whose 4x float32
+    output stage is most of it) and one strip of rows, not the output."""
+    path = make_model(4)
+    probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), "64", "sink"], capture_output=True,
+                           text=True, check=True)
+    grown, streamed_bytes = map(int, probe.stdout.split())
+    assert streamed_bytes == 4000 * 4000 * 3  # every row reached the sink
+    assert grown < streamed_bytes / 2, f"peak grew by {grown / 2**20:.0f} MiB for a {streamed_bytes / 2**20:.0f} MiB output"

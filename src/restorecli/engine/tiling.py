@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,9 +54,18 @@ class TilePlan:
 
 @dataclass(frozen=True)
 class UpscaleResult:
-    image: np.ndarray  # H*scale x W*scale x C, same dtype as the input
+    image: np.ndarray | None  # H*scale x W*scale x C, same dtype as the input; None when rows went to a sink
     tile: int  # tile size finally used (0: whole image)
     tiles: int  # number of tiles run
+
+
+class RowSink(Protocol):
+    """Receives the output top to bottom, a strip of finished rows at a time, instead of one whole array."""
+
+    def write(self, rows: np.ndarray) -> None: ...
+
+    def restart(self) -> None:
+        """Forget every row received: the image starts again from the top (after an out-of-memory retry)."""
 
 
 def _edges(length: int, count: int) -> tuple[int, ...]:
@@ -92,35 +102,65 @@ def _ramp(length: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(length, device=device, dtype=torch.float32) + 0.5) / length
 
 
-class _Assembler:
-    """Blends tile outputs into the final array; holds only the open cross-fade bands in float32."""
+_QUANTISE_ELEMENTS = 1 << 20  # pixels are quantised in chunks of about this many values, to bound temporaries
 
-    def __init__(self, plan: TilePlan, scale: int, channels: int, out_dtype: np.dtype, device: torch.device):
-        self.plan, self.s, self.device = plan, scale, device
+
+class _Assembler:
+    """Blends tile outputs into output rows; holds only the open cross-fade bands in float32.
+
+    Output rows are finished one *strip* per tile row: strip ``r`` runs from the middle of the
+    cross-fade above tile row ``r`` to the middle of the one below it. Strips are views of the whole
+    output array, or, with a sink, one reused buffer handed to the sink when its tile row ends.
+    """
+
+    def __init__(self, plan: TilePlan, scale: int, channels: int, out_dtype: np.dtype, device: torch.device,
+                 sink: RowSink | None = None):
+        self.plan, self.s, self.device, self.sink = plan, scale, device, sink
         self.hb = plan.band * scale
-        self.out = np.empty((plan.height * scale, plan.width * scale, channels), dtype=out_dtype)
+        self.channels = channels
+        width = plan.width * scale
         self.maxval = full_scale(out_dtype) if np.dtype(out_dtype).kind == "u" else None  # float: no quantising
         self.ramp = _ramp(2 * self.hb, device) if self.hb else None
-        width = plan.width * scale
-        self.channels = channels
+        # Strip r covers output rows [bounds[r], bounds[r + 1]).
+        inner = [edge * scale - self.hb for edge in plan.row_edges[1:-1]]
+        self.bounds = (0, *inner, plan.height * scale)
+        self.out: np.ndarray | None = None
+        self._buffer: np.ndarray | None = None
+        if sink is None:
+            self.out = np.empty((plan.height * scale, width, channels), dtype=out_dtype)
+        else:
+            tallest = max(b - a for a, b in zip(self.bounds, self.bounds[1:]))
+            self._buffer = np.empty((tallest, width, channels), dtype=out_dtype)
+        self.strip = self._strip(0)
         self.band_above: torch.Tensor | None = None  # cross-fade over the grid line above the current tile row
         self.band_below = self._zeros(2 * self.hb, width) if plan.rows > 1 else None
         self.col_band: torch.Tensor | None = None
 
+    def _strip(self, row: int) -> np.ndarray:
+        y0, y1 = self.bounds[row], self.bounds[row + 1]
+        return self.out[y0:y1] if self.out is not None else self._buffer[: y1 - y0]  # type: ignore[index]
+
     def _zeros(self, h: int, w: int) -> torch.Tensor:
         return torch.zeros((self.channels, h, w), dtype=torch.float32, device=self.device)
 
-    def _write(self, values: torch.Tensor, y0: int, x0: int) -> None:
+    def _write(self, values: torch.Tensor, y0: int, x0: int, row: int) -> None:
+        """Quantise C x h x w ``values`` (any float type) into output rows from ``y0`` (strip ``row``)."""
         if values.numel() == 0:
             return
-        if self.maxval is not None:
-            quant = values.clamp(0, 1).mul_(self.maxval).round_()
-            values = quant.to(torch.uint8 if self.out.dtype == np.uint8 else torch.int32)
         h, w = values.shape[1:]
-        self.out[y0 : y0 + h, x0 : x0 + w] = values.permute(1, 2, 0).cpu().numpy()
+        y0 -= self.bounds[row]
+        step = max(1, _QUANTISE_ELEMENTS // max(1, w * self.channels))
+        for top in range(0, h, step):
+            chunk = values[:, top : top + step].float()
+            if self.maxval is not None:
+                chunk = chunk.clamp_(0, 1).mul_(self.maxval).round_()
+                chunk = chunk.to(torch.uint8 if self.maxval == 255 else torch.int32)
+            self.strip[y0 + top : y0 + top + chunk.shape[1], x0 : x0 + w] = chunk.permute(1, 2, 0).cpu().numpy()
 
     def add(self, tile: Tile, result: torch.Tensor) -> None:
-        """Take one tile's network output (C x window*scale) and place its share."""
+        """Take one tile's network output (C x window*scale) and place its share.
+
+        Only the cross-fade bands are weighted (in float32); the rest is quantised as it is."""
         s, hb, plan = self.s, self.hb, self.plan
         top, bottom = tile.row > 0 and hb, tile.row < plan.rows - 1 and hb
         left, right = tile.col > 0 and hb, tile.col < plan.cols - 1 and hb
@@ -128,39 +168,37 @@ class _Assembler:
         wy0, wx0 = tile.window[0] * s, tile.window[2] * s
         ry0, ry1 = cy0 - (hb if top else 0), cy1 + (hb if bottom else 0)
         rx0, rx1 = cx0 - (hb if left else 0), cx1 + (hb if right else 0)
-        region = result[:, ry0 - wy0 : ry1 - wy0, rx0 - wx0 : rx1 - wx0].float()
-        if hb:
-            wy = torch.ones(ry1 - ry0, device=self.device)
-            wx = torch.ones(rx1 - rx0, device=self.device)
-            if top:
-                wy[: 2 * hb] = self.ramp
-            if bottom:
-                wy[-2 * hb :] = 1 - self.ramp
-            if left:
-                wx[: 2 * hb] = self.ramp
-            if right:
-                wx[-2 * hb :] = 1 - self.ramp
-            region = region * wy[:, None] * wx[None, :]
-        if top:
-            self.band_above[:, :, rx0:rx1] += region[:, : 2 * hb]  # type: ignore[index]
+        region = result[:, ry0 - wy0 : ry1 - wy0, rx0 - wx0 : rx1 - wx0]
+        wx = torch.ones(rx1 - rx0, device=self.device)
+        if left:
+            wx[: 2 * hb] = self.ramp
+        if right:
+            wx[-2 * hb :] = 1 - self.ramp
+        if top:  # the band across the grid line above: weighted in both directions
+            self.band_above[:, :, rx0:rx1] += region[:, : 2 * hb].float() * self.ramp[:, None] * wx  # type: ignore[index]
         if bottom:
-            self.band_below[:, :, rx0:rx1] += region[:, -2 * hb :]  # type: ignore[index]
+            self.band_below[:, :, rx0:rx1] += (region[:, -2 * hb :].float() * (1 - self.ramp)[:, None]  # type: ignore[index]
+                                               * wx)
         my0 = cy0 + (hb if top else 0)
         middle = region[:, (2 * hb if top else 0) : region.shape[1] - (2 * hb if bottom else 0)]
         inner_x0 = cx0 + (hb if left else 0)
         inner = middle[:, :, (2 * hb if left else 0) : middle.shape[2] - (2 * hb if right else 0)]
-        self._write(inner, my0, inner_x0)
+        self._write(inner, my0, inner_x0, tile.row)
         if left:
             assert self.col_band is not None
-            self._write(self.col_band + middle[:, :, : 2 * hb], my0, cx0 - hb)
-        self.col_band = middle[:, :, -2 * hb :].clone() if right else None
+            self._write(self.col_band + middle[:, :, : 2 * hb].float() * self.ramp, my0, cx0 - hb, tile.row)
+        self.col_band = middle[:, :, -2 * hb :].float() * (1 - self.ramp) if right else None
 
     def end_row(self, row: int) -> None:
         if row > 0 and self.hb:
-            self._write(self.band_above, self.plan.row_edges[row] * self.s - self.hb, 0)  # type: ignore[arg-type]
+            self._write(self.band_above, self.plan.row_edges[row] * self.s - self.hb, 0, row)  # type: ignore[arg-type]
         self.band_above = self.band_below
         more = row + 1 < self.plan.rows - 1
         self.band_below = self._zeros(2 * self.hb, self.plan.width * self.s) if more else None
+        if self.sink is not None:
+            self.sink.write(self.strip)
+        if row + 1 < self.plan.rows:
+            self.strip = self._strip(row + 1)
 
 
 def _to_tensor(window: np.ndarray, maxval: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -171,11 +209,12 @@ def _to_tensor(window: np.ndarray, maxval: float, device: torch.device, dtype: t
 
 
 def _run_plan(
-    model: LoadedModel, image: np.ndarray, plan: TilePlan, batch: int, device: torch.device, dtype: torch.dtype
-) -> np.ndarray:
+    model: LoadedModel, image: np.ndarray, plan: TilePlan, batch: int, device: torch.device, dtype: torch.dtype,
+    sink: RowSink | None,
+) -> np.ndarray | None:
     scale = model.spec.scale
     maxval = full_scale(image.dtype)
-    assembler = _Assembler(plan, scale, model.spec.output_channels, image.dtype, device)
+    assembler = _Assembler(plan, scale, model.spec.output_channels, image.dtype, device, sink)
     tiles = plan.tiles
     for start in range(0, len(tiles), batch):
         group = tiles[start : start + batch]
@@ -216,12 +255,15 @@ def upscale(
     tile: int | None = None,
     pad: int = 16,
     batch: int | None = None,
+    sink: RowSink | None = None,
 ) -> UpscaleResult:
     """Run ``model`` over an H x W x C image (uint8, uint16, or float32 in [0, 1]); return the same dtype.
 
     ``tile=None`` sizes tiles from free memory and halves them on out-of-memory errors;
     ``tile=0`` runs the whole image at once; ``tile=N`` uses N x N cores and raises
     ``TileOutOfMemory`` if they do not fit. ``model`` must already be on ``device`` in ``dtype``.
+    With a ``sink``, the output goes to it a strip of rows at a time and is never whole in memory
+    (``image`` is then None); the sink is restarted before an out-of-memory retry.
     """
     if image.ndim != 3 or image.shape[2] != model.spec.input_channels:
         raise ValueError(f"expected H x W x {model.spec.input_channels} image, got shape {image.shape}")
@@ -238,13 +280,15 @@ def upscale(
         group = batch or int(min(8, max(1, available_memory(device) // max(window_pixels * per_pixel, 1))))
         try:
             with torch.inference_mode():
-                out = _run_plan(model, image, plan, group, device, dtype)
+                out = _run_plan(model, image, plan, group, device, dtype, sink)
             return UpscaleResult(out, size, len(plan.tiles))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if sink is not None:
+                sink.restart()
             if not auto:
                 raise TileOutOfMemory(
                     f"tile size {size or 'whole image'} does not fit in {device} memory; "
