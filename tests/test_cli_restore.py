@@ -282,3 +282,95 @@ def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_
     assert result.exit_code == 1
     rocket, camera = json_lines(result)[:2]
     assert rocket["status"] == "error" and "out of memory" in rocket["error"] and camera["status"] == "ok"
+
+
+def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, model2, tmp_path, monkeypatch):
+    """A PNG that needs no faces, alpha or resize is written strip by strip as tiles finish; the file is
+    byte for byte what encoding the whole result gives (grey, 16-bit, and with EXIF and an ICC profile)."""
+    import restorecli.pipeline as pipeline
+    from PIL import ImageCms
+
+    from restorecli.pipeline import RestoreOptions, Restorer
+
+    tagged = tmp_path / "tagged.png"
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(photos / "rocket.jpg").save(tagged, exif=exif.tobytes(), icc_profile=icc)
+    inputs = [photos / "cameraman_gray.png", photos / "chelsea_16bit.png", tagged]
+    streamed = []
+    real = pipeline.enhance_rows
+    monkeypatch.setattr(pipeline, "enhance_rows", lambda *a, **k: streamed.append(a[1].shape) or real(*a, **k))
+    out = tmp_path / "o"
+    result = invoke("restore", *inputs, "-o", out, "--model", model2, "--tile", "24", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(streamed) == 3
+    options = RestoreOptions(model=str(model2), tile=24)
+    restorer = Restorer.from_options(options)
+    for path in inputs:
+        whole = restorer.restore_bytes(path.read_bytes(), path.name, options, "png").data
+        assert (out / path.name).read_bytes() == whole, path.name
+    written = Image.open(out / "tagged.png")
+    assert written.info["icc_profile"] == icc and written.getexif()[0x010F] == "TestCam"
+    assert read_rgb(out / "chelsea_16bit.png").dtype == np.uint16
+
+
+def test_a_failure_in_the_middle_of_a_streamed_png_leaves_nothing(photos, model2, tmp_path, monkeypatch):
+    import restorecli.pipeline as pipeline
+
+    def fail_after_some_rows(model, color, options, sink):
+        sink.write(np.zeros((4, color.shape[1] * 2, color.shape[2]), color.dtype))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(pipeline, "enhance_rows", fail_after_some_rows)
+    out = tmp_path / "o"
+    result = invoke("restore", photos / "cameraman_gray.png", photos / "rocket.jpg", "-o", out, "--model", model2,
+                    "--json")
+    assert result.exit_code == 1
+    camera, rocket = json_lines(result)[:2]
+    assert camera["status"] == "error" and "illegal memory access" in camera["error"]
+    assert "cameraman_gray.png" in camera["error"] and rocket["status"] == "ok"
+    assert sorted(p.name for p in out.iterdir()) == ["rocket.jpg"]  # no partial PNG, no temporary file
+
+
+_PEAK_PROBE = """
+import sys
+from restorecli.cli.app import main
+try:
+    main()
+finally:  # the high-water mark of this process image (ru_maxrss would include the parent's, from before exec)
+    peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))
+    sys.stderr.write('peak-kib ' + peak.split()[1] + chr(10))
+"""
+
+
+def _peak_rss_of_restore(*args) -> int:
+    """Run the real CLI in a fresh process; return its peak resident memory in bytes."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "restore", *map(str, args)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    return int(done.stderr.rsplit("peak-kib ", 1)[1].split()[0]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux only)")
+def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path):
+    """1000x1000 -> 4000x4000 (a 48 MB uint8 output): the process peaks less than half of that above
+    the same command on a 256x256 image (which runs the same batches of 64 px tiles)."""
+    import cv2
+
+    model = make_model(4)
+    rng = np.random.default_rng(0)
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    large_rgb = cv2.resize(read_rgb(TEST_INPUTS / "rocket.jpg"), (1000, 1000), interpolation=cv2.INTER_CUBIC)
+    large_rgb = np.clip(large_rgb + rng.normal(0, 3, large_rgb.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(large), large_rgb)
+    cv2.imwrite(str(small), large_rgb[:256, :256])
+    common = ("--model", model, "--tile", "64", "--device", "cpu")
+    baseline = _peak_rss_of_restore(small, "-o", tmp_path / "o1", *common)
+    peak = _peak_rss_of_restore(large, "-o", tmp_path / "o2", *common)
+    assert read_rgb(tmp_path / "o2" / "large.png").shape == (4000, 4000, 3)
+    output_bytes = 4000 * 4000 * 3
+    assert peak - baseline < output_bytes / 2, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"

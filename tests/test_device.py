@@ -51,7 +51,17 @@ def test_auto_precision_is_fp16_on_cuda_only_where_supported(monkeypatch):
     assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.float32
 
 
-def test_auto_precision_on_a_cpu_with_native_bf16(monkeypatch):
+def test_fast_bf16_means_amx_not_avx512_bf16_alone(monkeypatch):
+    from restorecli.engine.device import cpu_has_fast_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not cpu_has_fast_bf16()  # measured slower than fp32 there
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_has_fast_bf16()
+
+
+def test_auto_precision_on_a_cpu_with_amx(monkeypatch):
     monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)
     assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.bfloat16
     assert choose_dtype("auto", torch.device("cpu"), replace(SPEC, supports_bfloat16=False)) == torch.float32

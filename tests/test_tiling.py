@@ -214,6 +214,16 @@ def test_tiles_run_in_batches(tmp_path):
     assert [shape[0] for shape in recorder.batches] == [4, 4, 4, 4]
 
 
+def test_auto_batch_is_one_tile_on_the_cpu_and_what_fits_on_accelerators(monkeypatch):
+    from restorecli.engine import tiling
+
+    assert tiling._auto_batch(CPU, 10**6) == 1
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 5 * 10**6)
+    assert tiling._auto_batch(torch.device("cuda"), 10**6) == 5
+    assert tiling._auto_batch(torch.device("mps"), 10**5) == 8  # capped
+    assert tiling._auto_batch(torch.device("cuda:1"), 10**8) == 1
+
+
 def test_wrong_channel_count_is_refused(tmp_path):
     model = _load_state(tmp_path, tiny_compact_state(2))
     with pytest.raises(ValueError, match="expected H x W x 3"):

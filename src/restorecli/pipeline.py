@@ -13,11 +13,12 @@ from typing import BinaryIO, Callable, Literal
 import numpy as np
 
 from .engine.device import choose_device, choose_dtype, place_model
-from .engine.enhance import AlphaMode, Enhanced, EngineOptions, enhance, output_size
+from .engine.enhance import AlphaMode, Enhanced, EngineOptions, enhance, enhance_rows, output_size, streamable
 from .engine.faces.enhance import FaceOptions, FaceReport, FaceStack, enhance_faces
 from .errors import ImageError, RestoreCliError, UsageError
 from .images import (
     DEFAULT_MAX_PIXELS,
+    DecodedImage,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
     OutputFormat,
@@ -25,9 +26,11 @@ from .images import (
     encode_image,
     float_to_uint8,
     format_for_suffix,
+    atomic_writer,
     probe,
     write_atomic,
 )
+from .images.png import PngWriter
 from .models.loading import LoadedModel, load_model, weights_dir
 from .models.registry import DEFAULT_MODEL, REGISTRY
 
@@ -147,7 +150,7 @@ def output_path_for(item: InputItem, options: RestoreOptions, input_format: Outp
 
 @dataclass(frozen=True)
 class Restored:
-    data: bytes  # the encoded output file
+    data: bytes | None  # the encoded output file (None: it went straight to a file)
     in_size: tuple[int, int]
     out_size: tuple[int, int]
     faces: int | None
@@ -200,6 +203,31 @@ class Restorer:
         """Decode, enhance (and restore faces) and encode one image as ``fmt``. With ``--save-faces``,
         the aligned and restored crops are written under ``faces_stem``."""
         decoded = decode_image(data, name, options.max_pixels)
+        return self._restore_encoded(decoded, name, options, fmt, faces_stem)
+
+    def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path) -> Restored:
+        """``restore_bytes`` written atomically to ``output``. A PNG that needs no faces, alpha or resize
+        is encoded a strip of rows at a time as the tiles finish, so the output is never whole in memory."""
+        decoded = decode_image(data, name, options.max_pixels)
+        if not self._streams(decoded, options, fmt):
+            restored = self._restore_encoded(decoded, name, options, fmt, output.stem)
+            write_atomic(output, restored.data)  # type: ignore[arg-type]
+            return restored
+        height, width, channels = decoded.color.shape
+        scale = self.model.spec.scale
+        with atomic_writer(output) as handle:
+            writer = PngWriter(handle, width * scale, height * scale, channels, decoded.color.dtype,
+                               exif=decoded.exif, icc_profile=decoded.icc_profile)
+            enhance_rows(self.model, decoded.color, self.engine, writer)
+            writer.close()
+        return Restored(None, decoded.size, (width * scale, height * scale), None)
+
+    def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:
+        return (fmt == "png" and self.faces is None
+                and streamable(self.model, decoded.color, decoded.alpha, options.outscale))
+
+    def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
+                         faces_stem: str | None) -> Restored:
         result, report = self._restore(decoded.color, decoded.alpha, options)
         if report is not None and options.save_faces and report.aligned:
             _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
@@ -302,15 +330,14 @@ def restore_batch(
                 notify("done", results[-1])
                 continue
             assert restorer is not None
-            done = restorer.restore_bytes(data, item.source, options, fmt,
-                                          faces_stem=output.stem if output else "stdin")
             if to_stdout:
                 assert stdout is not None
-                stdout.write(done.data)
+                done = restorer.restore_bytes(data, item.source, options, fmt, faces_stem="stdin")
+                stdout.write(done.data)  # type: ignore[arg-type]
                 stdout.flush()
             else:
                 assert output is not None
-                write_atomic(output, done.data)
+                done = restorer.restore_file(data, item.source, options, fmt, output)
             results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, done.in_size,
                                       done.out_size, round(time.perf_counter() - t0, 3), done.faces))
         except ImageError as exc:

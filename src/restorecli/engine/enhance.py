@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..models.loading import LoadedModel
-from .tiling import upscale
+from .tiling import RowSink, upscale
 
 AlphaMode = Literal["model", "resize"]
 
@@ -93,3 +93,36 @@ def enhance(
     if out_alpha is not None:
         out_alpha = resize(out_alpha, target)
     return Enhanced(color=out, alpha=out_alpha, tile=tile)
+
+
+def streamable(model: LoadedModel, color: np.ndarray, alpha: np.ndarray | None, outscale: float | None) -> bool:
+    """Whether ``enhance_rows`` can produce this result: no alpha, the model's native scale, and planes the
+    model takes directly (or grey into an RGB model). Otherwise use ``enhance``."""
+    native = (outscale is None and model.spec.default_outscale == model.spec.scale) or outscale == model.spec.scale
+    channels, wanted = color.shape[2], model.spec.input_channels
+    return alpha is None and native and (channels == wanted or (channels == 1 and wanted == 3))
+
+
+class _GreyRows:
+    """Passes RGB strips on to a sink as grey, the way ``enhance`` turns an RGB result back to grey."""
+
+    def __init__(self, sink: RowSink):
+        self.sink = sink
+
+    def write(self, rows: np.ndarray) -> None:
+        self.sink.write(_to_gray(rows))
+
+    def restart(self) -> None:
+        self.sink.restart()
+
+
+def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink) -> int:
+    """What ``enhance`` returns as ``color``, sent to ``sink`` a strip of rows at a time, so the output is
+    never whole in memory. Only for what ``streamable`` accepts. Returns the tile size used."""
+    if not streamable(model, color, None, None):
+        raise ValueError("this image needs the whole-array path (alpha, a resize or a channel split)")
+    grey_into_rgb = color.shape[2] == 1 and model.spec.input_channels == 3
+    planes = np.repeat(color, 3, axis=2) if grey_into_rgb else color
+    result = upscale(model, planes, device=options.device, dtype=options.dtype, tile=options.tile,
+                     pad=options.tile_pad, batch=options.batch, sink=_GreyRows(sink) if grey_into_rgb else sink)
+    return result.tile

@@ -38,16 +38,29 @@ class PngWriter:
         if width < 1 or height < 1:
             raise ValueError(f"cannot write an empty {width}x{height} PNG")
         self.handle, self.width, self.height, self.channels, self.dtype = handle, width, height, channels, dtype
-        self.rows_written = 0
         self._bpp = channels * dtype.itemsize  # bytes per pixel, the Sub filter's stride
+        header = struct.pack(">IIBBBBB", width, height, dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
+        self._head = PNG_SIGNATURE + png_chunk(b"IHDR", header)
+        if icc_profile:
+            self._head += png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile))
+        if exif:
+            self._head += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+        self._start = handle.tell() if handle.seekable() else None
+        self._begin()
+
+    def _begin(self) -> None:
+        self.rows_written = 0
         self._compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
         self._pending = bytearray()
-        header = struct.pack(">IIBBBBB", width, height, dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
-        handle.write(PNG_SIGNATURE + png_chunk(b"IHDR", header))
-        if icc_profile:
-            handle.write(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
-        if exif:
-            handle.write(png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+        self.handle.write(self._head)
+
+    def restart(self) -> None:
+        """Start the file again from its first byte (a seekable handle only): the rows come again."""
+        if self._start is None:
+            raise OSError("cannot restart a PNG written to an unseekable stream")
+        self.handle.seek(self._start)
+        self.handle.truncate()
+        self._begin()
 
     def write(self, rows: np.ndarray) -> None:
         """Append rows: an n x width x channels array (n x width for one channel) of the writer's dtype."""
