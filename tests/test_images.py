@@ -156,15 +156,23 @@ def test_write_atomic_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
     width=st.integers(1, 40),
     cuts=st.lists(st.integers(0, 40), max_size=4),
     seed=st.integers(0, 2**16),
+    filter_bytes=st.sampled_from([1, 100, 1 << 20]),  # rows filtered per step: one, a few, all
 )
-def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, seed):
+def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, seed,
+                                                             filter_bytes):
+    from restorecli.images import png
+
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
     out = io.BytesIO()
     writer = PngWriter(out, width, height, channels, dtype)
     bounds = sorted({0, height, *(c for c in cuts if c < height)})
-    for y0, y1 in zip(bounds, bounds[1:]):
-        writer.write(pixels[y0:y1])
+    saved, png._FILTER_BYTES = png._FILTER_BYTES, filter_bytes
+    try:
+        for y0, y1 in zip(bounds, bounds[1:]):
+            writer.write(pixels[y0:y1])
+    finally:
+        png._FILTER_BYTES = saved
     writer.close()
     decoded = cv2.imdecode(np.frombuffer(out.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
     if channels in (3, 4):

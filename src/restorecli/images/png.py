@@ -17,6 +17,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
 _SUB_FILTER = 1
 _IDAT_BYTES = 1 << 20  # compressed bytes gathered into one IDAT chunk
+_FILTER_BYTES = 1 << 20  # raw bytes filtered per step
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -73,6 +74,12 @@ class PngWriter:
             raise ValueError(f"more than the {self.height} rows of this PNG")
         if not len(rows):
             return
+        step = max(1, _FILTER_BYTES // (self.width * self._bpp))  # filter a few rows at a time: bounded copies
+        for top in range(0, len(rows), step):
+            self._write_chunk(rows[top : top + step])
+        self.rows_written += len(rows)
+
+    def _write_chunk(self, rows: np.ndarray) -> None:
         samples = rows.astype(">u2", copy=False) if self.dtype.itemsize == 2 else rows
         flat = np.ascontiguousarray(samples).view(np.uint8).reshape(len(rows), -1)
         filtered = np.empty((len(rows), flat.shape[1] + 1), dtype=np.uint8)
@@ -80,7 +87,6 @@ class PngWriter:
         filtered[:, 1 : 1 + self._bpp] = flat[:, : self._bpp]
         np.subtract(flat[:, self._bpp :], flat[:, : -self._bpp], out=filtered[:, 1 + self._bpp :])
         self._emit(self._compressor.compress(filtered))
-        self.rows_written += len(rows)
 
     def _emit(self, data: bytes, final: bool = False) -> None:
         self._pending += data
