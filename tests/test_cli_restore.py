@@ -318,7 +318,7 @@ def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, mod
 def test_a_failure_in_the_middle_of_a_streamed_png_leaves_nothing(photos, model2, tmp_path, monkeypatch):
     import restorecli.pipeline as pipeline
 
-    def fail_after_some_rows(model, color, options, sink):
+    def fail_after_some_rows(model, color, options, sink, on_tile=None):
         sink.write(np.zeros((4, color.shape[1] * 2, color.shape[2]), color.dtype))
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -374,3 +374,25 @@ def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path
     assert read_rgb(tmp_path / "o2" / "large.png").shape == (4000, 4000, 3)
     output_bytes = 4000 * 4000 * 3
     assert peak - baseline < output_bytes / 2, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"
+
+
+def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
+    """Big images take minutes on a CPU: the progress line shows the tile count of the one in hand."""
+    from restorecli.cli.render import BatchRenderer
+    from restorecli.pipeline import RestoreOptions, restore_batch
+
+    events = []
+    options = RestoreOptions(model=str(model2), tile=32, dry_run=False, output_dir=str(photos.parent / "o"))
+    restore_batch([str(photos / "cameraman_gray.png"), str(photos / "rocket.jpg")], options,
+                  on_progress=lambda event, payload: events.append((event, payload)))
+    names = [e for e, _ in events]
+    assert names[0] == "start" and names.count("done") == 2
+    camera_tiles = [p for e, p in events[: names.index("done")] if e == "tiles"]
+    assert camera_tiles[-1] == (16, 16)  # 128x128 in 32 px tiles, streamed to PNG
+    rocket_tiles = [p for e, p in events[names.index("done"):] if e == "tiles"]
+    assert rocket_tiles[-1] == (6, 6)  # 96x64, through the whole-image path (JPEG)
+    renderer = BatchRenderer(as_json=True, stdout=io.StringIO())
+    renderer("start", 2)
+    renderer("item", "photos/cameraman_gray.png")
+    renderer("tiles", (5, 16))
+    assert renderer.progress.tasks[0].fields["current"] == "photos/cameraman_gray.png [dim](tile 5/16)[/]"

@@ -214,6 +214,22 @@ def test_tiles_run_in_batches(tmp_path):
     assert [shape[0] for shape in recorder.batches] == [4, 4, 4, 4]
 
 
+def test_tile_progress_counts_every_tile_once_per_attempt(tmp_path, monkeypatch):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    calls = []
+    result = upscale(model, ASTRONAUT[:64, :80], device=CPU, tile=16, pad=4, batch=3,
+                     on_tile=lambda done, total: calls.append((done, total)))
+    assert result.tiles == 20 and calls[-1] == (20, 20)
+    assert [done for done, _ in calls] == [3, 6, 9, 12, 15, 18, 20]
+    _with_recorder(model, limit=48 * 48)  # now the first plan fails: counting starts again for the smaller tiles
+    monkeypatch.setattr("restorecli.engine.tiling.auto_tile_size", lambda *a, **k: 100)
+    calls.clear()
+    result = upscale(model, ASTRONAUT[:128, :128], device=CPU, tile=None, pad=4,
+                     on_tile=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (result.tiles, result.tiles)
+    assert all(done <= total for done, total in calls)
+
+
 def test_auto_batch_is_one_tile_on_the_cpu_and_what_fits_on_accelerators(monkeypatch):
     from restorecli.engine import tiling
 

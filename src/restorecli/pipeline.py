@@ -13,20 +13,29 @@ from typing import BinaryIO, Callable, Literal
 import numpy as np
 
 from .engine.device import choose_device, choose_dtype, place_model
-from .engine.enhance import AlphaMode, Enhanced, EngineOptions, enhance, enhance_rows, output_size, streamable
+from .engine.enhance import (
+    AlphaMode,
+    EngineOptions,
+    Enhanced,
+    enhance,
+    enhance_rows,
+    output_size,
+    streamable,
+)
 from .engine.faces.enhance import FaceOptions, FaceReport, FaceStack, enhance_faces
+from .engine.tiling import TileProgress
 from .errors import ImageError, RestoreCliError, UsageError
 from .images import (
     DEFAULT_MAX_PIXELS,
-    DecodedImage,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
+    DecodedImage,
     OutputFormat,
+    atomic_writer,
     decode_image,
     encode_image,
     float_to_uint8,
     format_for_suffix,
-    atomic_writer,
     probe,
     write_atomic,
 )
@@ -99,7 +108,8 @@ class BatchResult:
 
 
 ProgressCallback = Callable[[str, object], None]
-"""Called as ``(event, payload)``: ("start", total), ("item", input name), ("done", ItemResult)."""
+"""Called as ``(event, payload)``: ("start", total), ("item", input name), ("tiles", (done, total)) while
+an image runs through the model, ("done", ItemResult)."""
 
 
 def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = None) -> list[InputItem]:
@@ -186,9 +196,9 @@ class Restorer:
         measure rather than write files."""
         return self._restore(color, alpha, options or self.options)[0].color
 
-    def _restore(self, color: np.ndarray, alpha: np.ndarray | None,
-                 options: RestoreOptions) -> tuple[Enhanced, FaceReport | None]:
-        result = enhance(self.model, color, alpha, self.engine, options.outscale)
+    def _restore(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
+                 on_tile: TileProgress | None = None) -> tuple[Enhanced, FaceReport | None]:
+        result = enhance(self.model, color, alpha, self.engine, options.outscale, on_tile)
         report = None
         if self.faces is not None:
             face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
@@ -199,18 +209,20 @@ class Restorer:
         return result, report
 
     def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
-                      faces_stem: str | None = None) -> Restored:
+                      faces_stem: str | None = None, on_tile: TileProgress | None = None) -> Restored:
         """Decode, enhance (and restore faces) and encode one image as ``fmt``. With ``--save-faces``,
-        the aligned and restored crops are written under ``faces_stem``."""
+        the aligned and restored crops are written under ``faces_stem``. ``on_tile(done, total)`` follows
+        the tiles of each pass through the model."""
         decoded = decode_image(data, name, options.max_pixels)
-        return self._restore_encoded(decoded, name, options, fmt, faces_stem)
+        return self._restore_encoded(decoded, name, options, fmt, faces_stem, on_tile)
 
-    def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path) -> Restored:
+    def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
+                     on_tile: TileProgress | None = None) -> Restored:
         """``restore_bytes`` written atomically to ``output``. A PNG that needs no faces, alpha or resize
         is encoded a strip of rows at a time as the tiles finish, so the output is never whole in memory."""
         decoded = decode_image(data, name, options.max_pixels)
         if not self._streams(decoded, options, fmt):
-            restored = self._restore_encoded(decoded, name, options, fmt, output.stem)
+            restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
             write_atomic(output, restored.data)  # type: ignore[arg-type]
             return restored
         height, width, channels = decoded.color.shape
@@ -218,7 +230,7 @@ class Restorer:
         with atomic_writer(output) as handle:
             writer = PngWriter(handle, width * scale, height * scale, channels, decoded.color.dtype,
                                exif=decoded.exif, icc_profile=decoded.icc_profile)
-            enhance_rows(self.model, decoded.color, self.engine, writer)
+            enhance_rows(self.model, decoded.color, self.engine, writer, on_tile)
             writer.close()
         return Restored(None, decoded.size, (width * scale, height * scale), None)
 
@@ -227,8 +239,8 @@ class Restorer:
                 and streamable(self.model, decoded.color, decoded.alpha, options.outscale))
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
-                         faces_stem: str | None) -> Restored:
-        result, report = self._restore(decoded.color, decoded.alpha, options)
+                         faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:
+        result, report = self._restore(decoded.color, decoded.alpha, options, on_tile)
         if report is not None and options.save_faces and report.aligned:
             _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
         encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, exif=decoded.exif,
@@ -295,6 +307,10 @@ def restore_batch(
     if restorer is None and not options.dry_run:
         restorer = Restorer.from_options(options)
     notify("start", len(items))
+
+    def on_tile(done: int, total: int) -> None:
+        notify("tiles", (done, total))
+
     results: list[ItemResult] = []
     claimed: dict[Path, str] = {}
     for item in items:
@@ -332,12 +348,12 @@ def restore_batch(
             assert restorer is not None
             if to_stdout:
                 assert stdout is not None
-                done = restorer.restore_bytes(data, item.source, options, fmt, faces_stem="stdin")
+                done = restorer.restore_bytes(data, item.source, options, fmt, faces_stem="stdin", on_tile=on_tile)
                 stdout.write(done.data)  # type: ignore[arg-type]
                 stdout.flush()
             else:
                 assert output is not None
-                done = restorer.restore_file(data, item.source, options, fmt, output)
+                done = restorer.restore_file(data, item.source, options, fmt, output, on_tile)
             results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, done.in_size,
                                       done.out_size, round(time.perf_counter() - t0, 3), done.faces))
         except ImageError as exc:

@@ -8,7 +8,14 @@ from dataclasses import asdict
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ..pipeline import BatchResult, ItemResult
@@ -64,6 +71,7 @@ class BatchRenderer:
             transient=True,
         )
         self.task = None
+        self.current = ""
 
     def __enter__(self) -> "BatchRenderer":
         self.progress.start()
@@ -76,7 +84,12 @@ class BatchRenderer:
         if event == "start":
             self.task = self.progress.add_task("restore", total=payload, current="")
         elif event == "item" and self.task is not None:
-            self.progress.update(self.task, current=str(payload))
+            self.current = str(payload)
+            self.progress.update(self.task, current=self.current)
+        elif event == "tiles" and self.task is not None:
+            done, total = payload  # type: ignore[misc]
+            if total > 1:
+                self.progress.update(self.task, current=f"{self.current} [dim](tile {done}/{total})[/]")
         elif event == "done" and self.task is not None:
             assert isinstance(payload, ItemResult)
             self.progress.advance(self.task)

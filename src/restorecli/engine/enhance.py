@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..models.loading import LoadedModel
-from .tiling import RowSink, upscale
+from .tiling import RowSink, TileProgress, upscale
 
 AlphaMode = Literal["model", "resize"]
 
@@ -52,11 +52,12 @@ def _to_gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
 
 
-def _run(model: LoadedModel, planes: np.ndarray, options: EngineOptions) -> tuple[np.ndarray, int]:
+def _run(model: LoadedModel, planes: np.ndarray, options: EngineOptions,
+         on_tile: TileProgress | None = None) -> tuple[np.ndarray, int]:
     """Run planes with 1 or 3 channels through the model, adapting to its channel count."""
     wanted = model.spec.input_channels
     kwargs = dict(device=options.device, dtype=options.dtype, tile=options.tile, pad=options.tile_pad,
-                  batch=options.batch)
+                  batch=options.batch, on_tile=on_tile)
     channels = planes.shape[2]
     if channels == wanted:
         result = upscale(model, planes, **kwargs)
@@ -76,17 +77,18 @@ def enhance(
     alpha: np.ndarray | None,
     options: EngineOptions,
     outscale: float | None = None,
+    on_tile: TileProgress | None = None,
 ) -> Enhanced:
     """Upscale ``color`` (H x W x 1 or 3) and ``alpha`` (H x W or None) to ``outscale`` (default: the
-    model's published scale). Grey stays grey; the dtype is kept."""
+    model's published scale). Grey stays grey; the dtype is kept. ``on_tile`` follows each pass's tiles."""
     height, width = color.shape[:2]
     scale = outscale if outscale is not None else model.spec.default_outscale
     target = output_size(width, height, scale)
-    out, tile = _run(model, color, options)
+    out, tile = _run(model, color, options, on_tile)
     out_alpha = None
     if alpha is not None:
         if options.alpha == "model":
-            out_alpha = _run(model, alpha[:, :, None], options)[0][:, :, 0]
+            out_alpha = _run(model, alpha[:, :, None], options, on_tile)[0][:, :, 0]
         else:
             out_alpha = resize(alpha, (out.shape[1], out.shape[0]))
     out = resize(out, target)
@@ -116,7 +118,8 @@ class _GreyRows:
         self.sink.restart()
 
 
-def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink) -> int:
+def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink,
+                 on_tile: TileProgress | None = None) -> int:
     """What ``enhance`` returns as ``color``, sent to ``sink`` a strip of rows at a time, so the output is
     never whole in memory. Only for what ``streamable`` accepts. Returns the tile size used."""
     if not streamable(model, color, None, None):
@@ -124,5 +127,6 @@ def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, 
     grey_into_rgb = color.shape[2] == 1 and model.spec.input_channels == 3
     planes = np.repeat(color, 3, axis=2) if grey_into_rgb else color
     result = upscale(model, planes, device=options.device, dtype=options.dtype, tile=options.tile,
-                     pad=options.tile_pad, batch=options.batch, sink=_GreyRows(sink) if grey_into_rgb else sink)
+                     pad=options.tile_pad, batch=options.batch, sink=_GreyRows(sink) if grey_into_rgb else sink,
+                     on_tile=on_tile)
     return result.tile

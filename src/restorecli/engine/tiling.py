@@ -12,6 +12,7 @@ written straight into the uint8/uint16 output.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +67,10 @@ class RowSink(Protocol):
 
     def restart(self) -> None:
         """Forget every row received: the image starts again from the top (after an out-of-memory retry)."""
+
+
+TileProgress = Callable[[int, int], None]
+"""Called as ``(tiles done, tiles in the plan)`` while an image runs."""
 
 
 def _edges(length: int, count: int) -> tuple[int, ...]:
@@ -210,7 +215,7 @@ def _to_tensor(window: np.ndarray, maxval: float, device: torch.device, dtype: t
 
 def _run_plan(
     model: LoadedModel, image: np.ndarray, plan: TilePlan, batch: int, device: torch.device, dtype: torch.dtype,
-    sink: RowSink | None,
+    sink: RowSink | None, on_tile: TileProgress | None,
 ) -> np.ndarray | None:
     scale = model.spec.scale
     maxval = full_scale(image.dtype)
@@ -226,6 +231,8 @@ def _run_plan(
             assembler.add(tile, result)
             if tile.col == plan.cols - 1:
                 assembler.end_row(tile.row)
+        if on_tile is not None:
+            on_tile(start + len(group), len(tiles))
     return assembler.out
 
 
@@ -265,6 +272,7 @@ def upscale(
     pad: int = 16,
     batch: int | None = None,
     sink: RowSink | None = None,
+    on_tile: TileProgress | None = None,
 ) -> UpscaleResult:
     """Run ``model`` over an H x W x C image (uint8, uint16, or float32 in [0, 1]); return the same dtype.
 
@@ -272,7 +280,8 @@ def upscale(
     ``tile=0`` runs the whole image at once; ``tile=N`` uses N x N cores and raises
     ``TileOutOfMemory`` if they do not fit. ``model`` must already be on ``device`` in ``dtype``.
     With a ``sink``, the output goes to it a strip of rows at a time and is never whole in memory
-    (``image`` is then None); the sink is restarted before an out-of-memory retry.
+    (``image`` is then None); the sink is restarted before an out-of-memory retry. ``on_tile(done, total)``
+    is called after each batch of tiles (a retry starts counting again, with its own total).
     """
     if image.ndim != 3 or image.shape[2] != model.spec.input_channels:
         raise ValueError(f"expected H x W x {model.spec.input_channels} image, got shape {image.shape}")
@@ -289,7 +298,7 @@ def upscale(
         group = batch or _auto_batch(device, window_pixels * per_pixel)
         try:
             with torch.inference_mode():
-                out = _run_plan(model, image, plan, group, device, dtype, sink)
+                out = _run_plan(model, image, plan, group, device, dtype, sink, on_tile)
             return UpscaleResult(out, size, len(plan.tiles))
         except Exception as exc:
             if not is_out_of_memory(exc):
