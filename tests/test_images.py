@@ -203,6 +203,28 @@ def test_png_writer_writes_icc_and_exif_before_the_pixels():
         assert image.getexif()[0x010F] == "restorecli test camera"
 
 
+def test_png_writer_restarts_from_its_first_byte(tmp_path):
+    """What an out-of-memory retry does: the rows come again from the top, into the same file."""
+    pixels = np.random.default_rng(1).integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    fresh = io.BytesIO()
+    writer = PngWriter(fresh, 20, 30, 3, np.uint8)
+    writer.write(pixels)
+    writer.close()
+    with open(tmp_path / "x.png", "w+b") as handle:
+        handle.write(b"kept before the PNG")
+        writer = PngWriter(handle, 20, 30, 3, np.uint8)
+        writer.write(pixels[:12] // 2)
+        writer.restart()
+        writer.write(pixels[:7])
+        writer.write(pixels[7:])
+        writer.close()
+    assert (tmp_path / "x.png").read_bytes() == b"kept before the PNG" + fresh.getvalue()
+    with pytest.raises(OSError, match="unseekable"):
+        unseekable = io.BytesIO()
+        unseekable.seekable = lambda: False  # type: ignore[method-assign]
+        PngWriter(unseekable, 2, 2, 1, np.uint8).restart()
+
+
 def test_png_writer_refuses_rows_that_do_not_fit_and_a_short_image():
     writer = PngWriter(io.BytesIO(), 5, 2, 3, np.uint8)
     with pytest.raises(ValueError, match="do not fit"):

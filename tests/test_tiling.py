@@ -311,3 +311,22 @@ def test_output_streamed_to_a_sink_is_never_whole_in_memory(make_model):
     grown, streamed_bytes = map(int, probe.stdout.split())
     assert streamed_bytes == 4000 * 4000 * 3  # every row reached the sink
     assert grown < streamed_bytes / 2, f"peak grew by {grown / 2**20:.0f} MiB for a {streamed_bytes / 2**20:.0f} MiB output"
+
+
+def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(tmp_path):
+    from restorecli.engine.enhance import EngineOptions, enhance, enhance_rows, streamable
+
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    grey = ASTRONAUT[:40, :56, :1].copy()
+    rgb = ASTRONAUT[:40, :56]
+    assert streamable(model, grey, None, None) and streamable(model, rgb, None, 2.0)
+    assert not streamable(model, rgb, np.zeros((40, 56), np.uint8), None)  # alpha needs a second pass
+    assert not streamable(model, rgb, None, 1.5)  # a final resize needs the whole result
+    assert not streamable(model, np.zeros((40, 56, 2), np.uint8), None, None)
+    options = EngineOptions(device=CPU, tile=16, tile_pad=8)
+    for planes in (grey, rgb):
+        sink = _StripRecorder()
+        enhance_rows(model, planes, options, sink)
+        np.testing.assert_array_equal(sink.image(), enhance(model, planes, None, options).color)
+    with pytest.raises(ValueError, match="whole-array path"):
+        enhance_rows(model, np.zeros((40, 56, 2), np.uint8), options, _StripRecorder())

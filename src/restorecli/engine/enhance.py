@@ -102,7 +102,8 @@ def streamable(model: LoadedModel, color: np.ndarray, alpha: np.ndarray | None, 
     model takes directly (or grey into an RGB model). Otherwise use ``enhance``."""
     native = (outscale is None and model.spec.default_outscale == model.spec.scale) or outscale == model.spec.scale
     channels, wanted = color.shape[2], model.spec.input_channels
-    return alpha is None and native and (channels == wanted or (channels == 1 and wanted == 3))
+    same_planes = model.spec.output_channels == wanted
+    return alpha is None and native and same_planes and (channels == wanted or (channels == 1 and wanted == 3))
 
 
 class _GreyRows:
