@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import cv2
-import hypothesis  # noqa: F401  imported here, not lazily by its plugin at session end, where CPython 3.11.7
-# fails to compile it ("AST constructor recursion depth mismatch", a CPython bug fixed in 3.11.8)
+import hypothesis  # imported here, not lazily by its plugin at session end, where CPython 3.11.7 fails to
+# compile it ("AST constructor recursion depth mismatch", a CPython bug fixed in 3.11.8)
 import numpy as np
 import pytest
 import torch
@@ -18,6 +18,11 @@ TEST_INPUTS = ROOT / "test_inputs"
 SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# No test may fail on wall-clock time: hypothesis's per-example deadline is off for every property test
+# (a plan of 57,000 one-pixel tiles once took 240 ms on a busy CI machine).
+hypothesis.settings.register_profile("restorecli", deadline=None)
+hypothesis.settings.load_profile("restorecli")
 
 
 @pytest.fixture(autouse=True)

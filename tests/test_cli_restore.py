@@ -396,3 +396,31 @@ def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
     renderer("item", "photos/cameraman_gray.png")
     renderer("tiles", (5, 16))
     assert renderer.progress.tasks[0].fields["current"] == "photos/cameraman_gray.png [dim](tile 5/16)[/]"
+
+
+def test_tiff_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_path, monkeypatch):
+    import restorecli.pipeline as pipeline
+    from PIL import ImageCms
+
+    from restorecli.pipeline import RestoreOptions, Restorer
+
+    tagged = tmp_path / "tagged.tif"
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(photos / "rocket.jpg").save(tagged, exif=exif.tobytes(), icc_profile=icc)
+    streamed = []
+    real = pipeline.enhance_rows
+    monkeypatch.setattr(pipeline, "enhance_rows", lambda *a, **k: streamed.append(a[1].shape) or real(*a, **k))
+    out = tmp_path / "o"
+    result = invoke("restore", tagged, photos / "chelsea_16bit.png", "-o", out, "--model", model2, "--tile", "24",
+                    "--format", "tiff")
+    assert result.exit_code == 0, result.stderr
+    assert len(streamed) == 2
+    options = RestoreOptions(model=str(model2), tile=24, format="tiff")
+    restorer = Restorer.from_options(options)
+    for path, name in ((tagged, "tagged.tif"), (photos / "chelsea_16bit.png", "chelsea_16bit.tif")):
+        assert (out / name).read_bytes() == restorer.restore_bytes(path.read_bytes(), path.name, options, "tiff").data
+    written = Image.open(out / "tagged.tif")
+    assert written.info["icc_profile"] == icc and written.getexif()[0x010F] == "TestCam"
+    assert read_rgb(out / "chelsea_16bit.tif").dtype == np.uint16

@@ -15,6 +15,7 @@ from conftest import TEST_INPUTS
 from restorecli.errors import ImageDecodeError, ImageTooLarge
 from restorecli.images import decode_image, encode_image, write_atomic
 from restorecli.images.png import PngWriter
+from restorecli.images.tiff import TiffWriter
 
 
 def _png(image: Image.Image, **kwargs) -> bytes:
@@ -238,3 +239,75 @@ def test_png_writer_refuses_rows_that_do_not_fit_and_a_short_image():
         writer.write(np.zeros((2, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="8- or 16-bit"):
         PngWriter(io.BytesIO(), 5, 2, 3, np.float32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    channels=st.sampled_from([1, 2, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    cuts=st.lists(st.integers(0, 40), max_size=4),
+    strip_bytes=st.sampled_from([1, 200, 1 << 19]),  # rows per TIFF strip: one, a few, all
+    seed=st.integers(0, 2**16),
+)
+def test_tiff_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, strip_bytes,
+                                                              seed):
+    import tifffile
+
+    from restorecli.images import tiff
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
+    out = io.BytesIO()
+    saved, tiff._STRIP_BYTES = tiff._STRIP_BYTES, strip_bytes
+    try:
+        writer = TiffWriter(out, width, height, channels, dtype)
+    finally:
+        tiff._STRIP_BYTES = saved
+    bounds = sorted({0, height, *(c for c in cuts if c < height)})
+    buffer = np.empty_like(pixels)  # one reused buffer, as the engine hands rows over
+    for y0, y1 in zip(bounds, bounds[1:]):
+        buffer[: y1 - y0] = pixels[y0:y1]
+        writer.write(buffer[: y1 - y0])
+        buffer[:] = 0
+    writer.close()
+    with tifffile.TiffFile(io.BytesIO(out.getvalue())) as decoded:
+        page = decoded.pages[0]
+        assert page.compression == 8 and page.predictor == 2  # Adobe Deflate, horizontal differencing
+        np.testing.assert_array_equal(page.asarray().reshape(pixels.shape), pixels)
+    if channels != 2 or dtype == np.uint8:  # Pillow reads all of these (not 16-bit grey+alpha)
+        decoded = decode_image(out.getvalue(), "x.tif")
+        np.testing.assert_array_equal(decoded.color, pixels[:, :, : 3 if channels >= 3 else 1])
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_tiff_writer_carries_exif_and_icc_in_either_byte_order(endian):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif.endian = endian
+    exif[0x010F] = "TestCam"
+    exif[0x0112] = 1
+    exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"
+    pixels = np.random.default_rng(2).integers(0, 65535, (24, 18, 3), dtype=np.uint16)
+    data = encode_image(pixels, None, "tiff", exif=exif.tobytes(), icc_profile=icc)
+    assert data[:2] == (b"II" if endian == "<" else b"MM")
+    decoded = decode_image(data, "x.tif")
+    np.testing.assert_array_equal(decoded.color, pixels)
+    assert decoded.icc_profile == icc
+    again = Image.Exif()
+    again.load(decoded.exif)
+    assert again[0x010F] == "TestCam" and again.get_ifd(0x8769)[0x9003] == "2020:01:02 03:04:05"
+
+
+def test_tiff_writer_restarts_from_its_first_byte():
+    pixels = np.random.default_rng(3).integers(0, 255, (30, 20, 1), dtype=np.uint8)
+    fresh, reused = io.BytesIO(), io.BytesIO()
+    for handle, restart in ((fresh, False), (reused, True)):
+        writer = TiffWriter(handle, 20, 30, 1, np.uint8)
+        if restart:
+            writer.write(pixels[:17] // 3)
+            writer.restart()
+        writer.write(pixels)
+        writer.close()
+    assert reused.getvalue() == fresh.getvalue()

@@ -29,6 +29,7 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
+    STRIP_WRITERS,
     DecodedImage,
     OutputFormat,
     atomic_writer,
@@ -39,7 +40,6 @@ from .images import (
     probe,
     write_atomic,
 )
-from .images.png import PngWriter
 from .models.loading import LoadedModel, load_model, weights_dir
 from .models.registry import DEFAULT_MODEL, REGISTRY
 
@@ -218,8 +218,8 @@ class Restorer:
 
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
-        """``restore_bytes`` written atomically to ``output``. A PNG that needs no faces, alpha or resize
-        is encoded a strip of rows at a time as the tiles finish, so the output is never whole in memory."""
+        """``restore_bytes`` written atomically to ``output``. A PNG or TIFF that needs no faces, alpha or
+        resize is encoded a strip of rows at a time as the tiles finish, so the output is never whole in memory."""
         decoded = decode_image(data, name, options.max_pixels)
         if not self._streams(decoded, options, fmt):
             restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
@@ -228,14 +228,14 @@ class Restorer:
         height, width, channels = decoded.color.shape
         scale = self.model.spec.scale
         with atomic_writer(output) as handle:
-            writer = PngWriter(handle, width * scale, height * scale, channels, decoded.color.dtype,
-                               exif=decoded.exif, icc_profile=decoded.icc_profile)
+            writer = STRIP_WRITERS[fmt](handle, width * scale, height * scale, channels, decoded.color.dtype,
+                                        exif=decoded.exif, icc_profile=decoded.icc_profile)
             enhance_rows(self.model, decoded.color, self.engine, writer, on_tile)
             writer.close()
         return Restored(None, decoded.size, (width * scale, height * scale), None)
 
     def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:
-        return (fmt == "png" and self.faces is None
+        return (fmt in STRIP_WRITERS and self.faces is None
                 and streamable(self.model, decoded.color, decoded.alpha, options.outscale))
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,

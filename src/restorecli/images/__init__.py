@@ -21,6 +21,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, ImageTooLarge
 from .png import PngWriter
+from .tiff import TiffWriter
+
+STRIP_WRITERS = {"png": PngWriter, "tiff": TiffWriter}  # formats that can be written a strip of rows at a time
 
 OutputFormat = Literal["png", "jpg", "webp", "tiff"]
 
@@ -208,27 +211,19 @@ def encode_image(
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
     and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
-    a PNG strip by strip, see ``PngWriter``.)"""
-    if fmt == "png":
+    PNG or TIFF strip by strip, see ``STRIP_WRITERS``.)"""
+    if fmt in ("png", "tiff"):
+        if fmt == "tiff" and alpha is not None and color.shape[2] == 1 and color.dtype == np.uint16:
+            color = np.repeat(color, 3, axis=2)  # Pillow (so restorecli too) cannot open 16-bit grey+alpha TIFFs
         planes = color if alpha is None else np.dstack([color, alpha])
         out = io.BytesIO()
-        writer = PngWriter(out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype, exif=exif,
-                           icc_profile=icc_profile)
+        writer = STRIP_WRITERS[fmt](out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype, exif=exif,
+                                    icc_profile=icc_profile)
         writer.write(planes)
         writer.close()
         return out.getvalue()
     if fmt == "jpg" and alpha is not None:
         color, alpha = _flatten_alpha(color, alpha), None
-    if color.dtype == np.uint16 and fmt == "tiff":
-        planes = color if color.shape[2] == 3 else color[:, :, 0]
-        if planes.ndim == 3:
-            planes = cv2.cvtColor(planes, cv2.COLOR_RGB2BGR)
-        if alpha is not None:
-            planes = np.dstack([planes, alpha]) if planes.ndim == 3 else np.dstack([planes, planes, planes, alpha])
-        ok, buffer = cv2.imencode(".tif", planes)
-        if not ok:
-            raise OSError("encoding 16-bit tiff failed")
-        return buffer.tobytes()
     color8 = _to_8bit(color)
     alpha8 = _to_8bit(alpha) if alpha is not None else None
     if color8.shape[2] == 1:
@@ -246,12 +241,8 @@ def encode_image(
         kwargs["exif"] = exif
     if icc_profile:
         kwargs["icc_profile"] = icc_profile
-    if fmt in ("jpg", "webp"):
-        kwargs["quality"] = quality
-    if fmt == "tiff":
-        kwargs["compression"] = "tiff_deflate"
     out = io.BytesIO()
-    pil.save(out, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kwargs)
+    pil.save(out, format={"jpg": "JPEG", "webp": "WEBP"}[fmt], quality=quality, **kwargs)
     return out.getvalue()
 
 
