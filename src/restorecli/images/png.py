@@ -13,6 +13,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .strips import StripWriter
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
 _SUB_FILTER = 1
@@ -24,60 +26,34 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-class PngWriter:
+class PngWriter(StripWriter):
     """Encode a ``width`` x ``height`` image of 1-4 channels (grey, grey+alpha, RGB, RGBA; uint8 or uint16)
     to ``handle``, top to bottom, as strips arrive through ``write``. ``close`` ends the file and
     checks that every row came."""
 
+    FORMAT = "PNG"
+
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
                  *, exif: bytes | None = None, icc_profile: bytes | None = None):
-        dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
-            raise ValueError(f"PNG holds 8- or 16-bit samples, not {dtype}")
-        if channels not in _COLOUR_TYPE:
-            raise ValueError(f"PNG holds 1 to 4 channels, not {channels}")
-        if width < 1 or height < 1:
-            raise ValueError(f"cannot write an empty {width}x{height} PNG")
-        self.handle, self.width, self.height, self.channels, self.dtype = handle, width, height, channels, dtype
-        self._bpp = channels * dtype.itemsize  # bytes per pixel, the Sub filter's stride
-        header = struct.pack(">IIBBBBB", width, height, dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
+        super().__init__(handle, width, height, channels, dtype)
+        self._bpp = channels * self.dtype.itemsize  # bytes per pixel, the Sub filter's stride
+        header = struct.pack(">IIBBBBB", width, height, self.dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
         self._head = PNG_SIGNATURE + png_chunk(b"IHDR", header)
         if icc_profile:
             self._head += png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile))
         if exif:
             self._head += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-        self._start = handle.tell() if handle.seekable() else None
         self._begin()
 
     def _begin(self) -> None:
-        self.rows_written = 0
         self._compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
         self._pending = bytearray()
         self.handle.write(self._head)
 
-    def restart(self) -> None:
-        """Start the file again from its first byte (a seekable handle only): the rows come again."""
-        if self._start is None:
-            raise OSError("cannot restart a PNG written to an unseekable stream")
-        self.handle.seek(self._start)
-        self.handle.truncate()
-        self._begin()
-
-    def write(self, rows: np.ndarray) -> None:
-        """Append rows: an n x width x channels array (n x width for one channel) of the writer's dtype."""
-        if rows.ndim == 2:
-            rows = rows[:, :, None]
-        if rows.shape[1:] != (self.width, self.channels) or rows.dtype != self.dtype:
-            raise ValueError(f"rows of shape {rows.shape} and type {rows.dtype} do not fit a "
-                             f"{self.width}-wide {self.channels}-channel {self.dtype} PNG")
-        if self.rows_written + len(rows) > self.height:
-            raise ValueError(f"more than the {self.height} rows of this PNG")
-        if not len(rows):
-            return
+    def _append(self, rows: np.ndarray) -> None:
         step = max(1, _FILTER_BYTES // (self.width * self._bpp))  # filter a few rows at a time: bounded copies
         for top in range(0, len(rows), step):
             self._write_chunk(rows[top : top + step])
-        self.rows_written += len(rows)
 
     def _write_chunk(self, rows: np.ndarray) -> None:
         samples = rows.astype(">u2", copy=False) if self.dtype.itemsize == 2 else rows
@@ -94,8 +70,6 @@ class PngWriter:
             self.handle.write(png_chunk(b"IDAT", bytes(self._pending)))
             self._pending.clear()
 
-    def close(self) -> None:
-        if self.rows_written != self.height:
-            raise ValueError(f"PNG ended after {self.rows_written} of {self.height} rows")
+    def _finish(self) -> None:
         self._emit(self._compressor.flush(), final=True)
         self.handle.write(png_chunk(b"IEND", b""))

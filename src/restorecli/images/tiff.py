@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .strips import StripWriter
+
 _STRIP_BYTES = 1 << 19  # uncompressed bytes per strip
 _DEFLATE, _HORIZONTAL_PREDICTOR = 8, 2
 _SHORT, _LONG, _UNDEFINED = 3, 4, 7
@@ -25,21 +27,18 @@ _IMAGE_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 
                325, 338, 339, 340, 341, 513, 514, 530, 531, 532, 34675}
 
 
-class TiffWriter:
+class TiffWriter(StripWriter):
     """Encode a ``width`` x ``height`` image of 1-4 channels (grey, grey+alpha, RGB, RGBA; uint8 or uint16)
     to ``handle`` (seekable: the directory goes at the end and the header points to it), top to bottom,
     as strips arrive through ``write``. ``close`` ends the file and checks that every row came."""
 
+    FORMAT = "TIFF"
+
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
                  *, exif: bytes | None = None, icc_profile: bytes | None = None):
-        dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
-            raise ValueError(f"TIFF output holds 8- or 16-bit samples, not {dtype}")
-        if not 1 <= channels <= 4:
-            raise ValueError(f"TIFF output holds 1 to 4 channels, not {channels}")
-        if width < 1 or height < 1:
-            raise ValueError(f"cannot write an empty {width}x{height} TIFF")
-        self.handle, self.width, self.height, self.channels, self.dtype = handle, width, height, channels, dtype
+        super().__init__(handle, width, height, channels, dtype)
+        if self._start is None:
+            raise OSError("a TIFF needs a seekable stream: its header points to a directory written last")
         self.icc_profile = icc_profile
         self._exif = exif[6:] if exif and exif.startswith(b"Exif\x00\x00") else exif
         self._order = "<"
@@ -47,22 +46,17 @@ class TiffWriter:
             self._exif = None  # not a TIFF-structured EXIF block: leave it out rather than write a broken file
         if self._exif and self._exif[:2] == b"MM":
             self._order = ">"  # the file takes the byte order of the EXIF block it starts with
-        self._row_bytes = width * channels * dtype.itemsize
-        self.rows_per_strip = max(1, min(height, _STRIP_BYTES // self._row_bytes))
-        self._start = handle.tell()
+        self.rows_per_strip = max(1, min(height, _STRIP_BYTES // (width * channels * self.dtype.itemsize)))
         self._begin()
 
     def _pack(self, fmt: str, *values: int) -> bytes:
         return struct.pack(self._order + fmt, *values)
 
     def _begin(self) -> None:
-        self.rows_written = 0
         self._offsets: list[int] = []
         self._counts: list[int] = []
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
-        self.handle.seek(self._start)
-        self.handle.truncate()
         # The header's directory offset is patched on close. With EXIF, its block *is* the header.
         self.handle.write(self._exif if self._exif else self._pack("2sHI", self._order_mark(), 42, 0))
         self._align()
@@ -71,26 +65,13 @@ class TiffWriter:
         return b"II" if self._order == "<" else b"MM"
 
     def _tell(self) -> int:
-        return self.handle.tell() - self._start
+        return self.handle.tell() - self._start  # type: ignore[operator]
 
     def _align(self) -> None:
         if self._tell() % 2:
             self.handle.write(b"\x00")
 
-    def restart(self) -> None:
-        """Start the file again from its first byte: the rows come again."""
-        self._begin()
-
-    def write(self, rows: np.ndarray) -> None:
-        """Append rows: an n x width x channels array (n x width for one channel) of the writer's dtype."""
-        if rows.ndim == 2:
-            rows = rows[:, :, None]
-        if rows.shape[1:] != (self.width, self.channels) or rows.dtype != self.dtype:
-            raise ValueError(f"rows of shape {rows.shape} and type {rows.dtype} do not fit a "
-                             f"{self.width}-wide {self.channels}-channel {self.dtype} TIFF")
-        if self.rows_written + len(rows) > self.height:
-            raise ValueError(f"more than the {self.height} rows of this TIFF")
-        self.rows_written += len(rows)
+    def _append(self, rows: np.ndarray) -> None:
         while len(rows):
             take = min(len(rows), self.rows_per_strip - self._pending_rows)
             self._pending.append(rows[:take].copy())  # the caller may reuse its buffer for the next rows
@@ -136,9 +117,7 @@ class TiffWriter:
         except struct.error:
             return {}  # a damaged EXIF block: the image is still worth writing
 
-    def close(self) -> None:
-        if self.rows_written != self.height:
-            raise ValueError(f"TIFF ended after {self.rows_written} of {self.height} rows")
+    def _finish(self) -> None:
         self._flush_strip()
         bits = 8 * self.dtype.itemsize
         tags: dict[int, tuple[int, int, bytes]] = {
@@ -176,6 +155,6 @@ class TiffWriter:
             self.handle.write(entries[tag])
         self.handle.write(self._pack("I", 0))
         end = self.handle.tell()
-        self.handle.seek(self._start + 4)
+        self.handle.seek(self._start + 4)  # type: ignore[operator]
         self.handle.write(self._pack("I", directory))
         self.handle.seek(end)
