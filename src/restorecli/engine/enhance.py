@@ -52,23 +52,38 @@ def _to_gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
 
 
-def _run(model: LoadedModel, planes: np.ndarray, options: EngineOptions,
-         on_tile: TileProgress | None = None) -> tuple[np.ndarray, int]:
-    """Run planes with 1 or 3 channels through the model, adapting to its channel count."""
+class _GreyRows:
+    """Passes RGB strips on to a sink as grey, the way ``enhance`` turns an RGB result back to grey."""
+
+    def __init__(self, sink: RowSink):
+        self.sink = sink
+
+    def write(self, rows: np.ndarray) -> None:
+        self.sink.write(_to_gray(rows))
+
+    def restart(self) -> None:
+        self.sink.restart()
+
+
+def _run(model: LoadedModel, planes: np.ndarray, options: EngineOptions, on_tile: TileProgress | None = None,
+         sink: RowSink | None = None) -> tuple[np.ndarray | None, int]:
+    """Run planes with 1 or 3 channels through the model, adapting to its channel count. With a ``sink``
+    the result goes there a strip at a time (and None is returned in its place)."""
     wanted = model.spec.input_channels
     kwargs = dict(device=options.device, dtype=options.dtype, tile=options.tile, pad=options.tile_pad,
                   batch=options.batch, on_tile=on_tile)
     channels = planes.shape[2]
     if channels == wanted:
-        result = upscale(model, planes, **kwargs)
+        result = upscale(model, planes, sink=sink, **kwargs)
         return result.image, result.tile
     if channels == 1 and wanted == 3:
-        result = upscale(model, np.repeat(planes, 3, axis=2), **kwargs)
-        return _to_gray(result.image), result.tile
-    if channels == 3 and wanted == 1:
+        result = upscale(model, np.repeat(planes, 3, axis=2), sink=_GreyRows(sink) if sink else None, **kwargs)
+        return (None if sink else _to_gray(result.image)), result.tile  # type: ignore[arg-type]
+    if channels == 3 and wanted == 1 and sink is None:
         outs = [upscale(model, planes[:, :, c : c + 1], **kwargs) for c in range(3)]
-        return np.concatenate([o.image for o in outs], axis=2), outs[0].tile
-    raise ValueError(f"cannot feed a {channels}-channel image to a {wanted}-channel model")
+        return np.concatenate([o.image for o in outs], axis=2), outs[0].tile  # type: ignore[misc]
+    raise ValueError(f"cannot feed a {channels}-channel image to a {wanted}-channel model"
+                     + (" a strip at a time" if sink else ""))
 
 
 def enhance(
@@ -106,28 +121,10 @@ def streamable(model: LoadedModel, color: np.ndarray, alpha: np.ndarray | None, 
     return alpha is None and native and same_planes and (channels == wanted or (channels == 1 and wanted == 3))
 
 
-class _GreyRows:
-    """Passes RGB strips on to a sink as grey, the way ``enhance`` turns an RGB result back to grey."""
-
-    def __init__(self, sink: RowSink):
-        self.sink = sink
-
-    def write(self, rows: np.ndarray) -> None:
-        self.sink.write(_to_gray(rows))
-
-    def restart(self) -> None:
-        self.sink.restart()
-
-
 def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink,
                  on_tile: TileProgress | None = None) -> int:
     """What ``enhance`` returns as ``color``, sent to ``sink`` a strip of rows at a time, so the output is
     never whole in memory. Only for what ``streamable`` accepts. Returns the tile size used."""
     if not streamable(model, color, None, None):
         raise ValueError("this image needs the whole-array path (alpha, a resize or a channel split)")
-    grey_into_rgb = color.shape[2] == 1 and model.spec.input_channels == 3
-    planes = np.repeat(color, 3, axis=2) if grey_into_rgb else color
-    result = upscale(model, planes, device=options.device, dtype=options.dtype, tile=options.tile,
-                     pad=options.tile_pad, batch=options.batch, sink=_GreyRows(sink) if grey_into_rgb else sink,
-                     on_tile=on_tile)
-    return result.tile
+    return _run(model, color, options, on_tile, sink)[1]
