@@ -300,6 +300,13 @@ def test_tiff_writer_carries_exif_and_icc_in_either_byte_order(endian):
     assert again[0x010F] == "TestCam" and again.get_ifd(0x8769)[0x9003] == "2020:01:02 03:04:05"
 
 
+@pytest.mark.parametrize("exif", [b"Exif\x00\x00II*\x00", b"II*\x00\xff\xff\x00\x00garbage", b"not exif at all"])
+def test_a_damaged_exif_block_never_breaks_the_tiff(exif):
+    pixels = np.random.default_rng(4).integers(0, 255, (12, 9, 3), dtype=np.uint8)
+    decoded = decode_image(encode_image(pixels, None, "tiff", exif=exif), "x.tif")
+    np.testing.assert_array_equal(decoded.color, pixels)
+
+
 def test_tiff_writer_restarts_from_its_first_byte():
     pixels = np.random.default_rng(3).integers(0, 255, (30, 20, 1), dtype=np.uint8)
     fresh, reused = io.BytesIO(), io.BytesIO()

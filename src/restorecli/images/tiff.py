@@ -42,7 +42,7 @@ class TiffWriter(StripWriter):
         self.icc_profile = icc_profile
         self._exif = exif[6:] if exif and exif.startswith(b"Exif\x00\x00") else exif
         self._order = "<"
-        if self._exif and self._exif[:4] not in (b"II*\x00", b"MM\x00*"):
+        if self._exif and (len(self._exif) < 8 or self._exif[:4] not in (b"II*\x00", b"MM\x00*")):
             self._exif = None  # not a TIFF-structured EXIF block: leave it out rather than write a broken file
         if self._exif and self._exif[:2] == b"MM":
             self._order = ">"  # the file takes the byte order of the EXIF block it starts with
