@@ -307,6 +307,25 @@ def test_a_damaged_exif_block_never_breaks_the_tiff(exif):
     np.testing.assert_array_equal(decoded.color, pixels)
 
 
+def test_an_8_bit_tiff_whose_decoder_arguments_mention_16_stays_8_bit():
+    """Found by hypothesis: libtiff's arguments for this file are ('RGBA', False, 116); reading '16' in them as
+    a bit depth sent it down the 16-bit path, which returned premultiplied colours."""
+    from restorecli.images import tiff
+
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 1, 4), dtype=np.uint8, endpoint=True)
+    out = io.BytesIO()
+    saved, tiff._STRIP_BYTES = tiff._STRIP_BYTES, 1
+    try:
+        writer = TiffWriter(out, 1, 5, 4, np.uint8)
+    finally:
+        tiff._STRIP_BYTES = saved
+    writer.write(pixels)
+    writer.close()
+    decoded = decode_image(out.getvalue(), "x.tif")
+    np.testing.assert_array_equal(decoded.color, pixels[:, :, :3])
+    np.testing.assert_array_equal(decoded.alpha, pixels[:, :, 3])
+
+
 def test_tiff_writer_restarts_from_its_first_byte():
     pixels = np.random.default_rng(3).integers(0, 255, (30, 20, 1), dtype=np.uint8)
     fresh, reused = io.BytesIO(), io.BytesIO()

@@ -142,6 +142,16 @@ def _cv2_pixels_16(data: bytes, name: str, grey: bool) -> tuple[np.ndarray, np.n
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB), None
 
 
+def _raw_mode(image: Image.Image) -> str:
+    """How the file stores its samples, e.g. 'RGB;16B' (16-bit RGB) or 'RGBA'. Pillow gives it as the decoder's
+    argument: a string for PNG, the first item of a tuple for libtiff, whose other items (such as an offset
+    of 116) must not be read as a bit depth."""
+    args = image.tile[0].args if image.tile else None
+    if isinstance(args, tuple):
+        args = args[0] if args else None
+    return args if isinstance(args, str) else ""
+
+
 def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode file bytes into upright pixels and metadata; ``name`` is used in error messages.
 
@@ -155,7 +165,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
             "(raise it with --max-pixels)"
         )
-    rawmode = str(image.tile[0].args) if image.tile else ""
+    rawmode = _raw_mode(image)
     saved_limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # our own limit applies, checked above
@@ -164,7 +174,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageDecodeError(f"{name}: truncated or corrupt image data ({exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
-    sixteen_bit_colour = "16" in rawmode and image.mode in ("RGB", "RGBA", "LA")
+    sixteen_bit_colour = ";16" in rawmode and image.mode in ("RGB", "RGBA", "LA")
     color, alpha = _cv2_pixels_16(data, name, "LA;16" in rawmode) if sixteen_bit_colour else _pil_pixels(image, name)
     if alpha is not None and alpha.dtype != color.dtype:
         alpha = alpha.astype(color.dtype)
