@@ -149,28 +149,39 @@ def test_write_atomic_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
 
 
-@settings(max_examples=25, deadline=None)
-@given(
+# Images for the strip writers: any layout they take, random pixels, cut into strips at random rows.
+STRIP_IMAGES = dict(
     channels=st.sampled_from([1, 2, 3, 4]),
     dtype=st.sampled_from([np.uint8, np.uint16]),
     height=st.integers(1, 40),
     width=st.integers(1, 40),
     cuts=st.lists(st.integers(0, 40), max_size=4),
     seed=st.integers(0, 2**16),
-    filter_bytes=st.sampled_from([1, 100, 1 << 20]),  # rows filtered per step: one, a few, all
 )
+
+
+def _random_image(channels, dtype, height, width, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
+
+
+def _strip_bounds(height, cuts):
+    bounds = sorted({0, height, *(c for c in cuts if c < height)})
+    return list(zip(bounds, bounds[1:]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(**STRIP_IMAGES, filter_bytes=st.sampled_from([1, 100, 1 << 20]))  # rows filtered per step: one, a few, all
 def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, seed,
                                                              filter_bytes):
     from restorecli.images import png
 
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
+    pixels = _random_image(channels, dtype, height, width, seed)
     out = io.BytesIO()
     writer = PngWriter(out, width, height, channels, dtype)
-    bounds = sorted({0, height, *(c for c in cuts if c < height)})
     saved, png._FILTER_BYTES = png._FILTER_BYTES, filter_bytes
     try:
-        for y0, y1 in zip(bounds, bounds[1:]):
+        for y0, y1 in _strip_bounds(height, cuts):
             writer.write(pixels[y0:y1])
     finally:
         png._FILTER_BYTES = saved
@@ -242,32 +253,22 @@ def test_png_writer_refuses_rows_that_do_not_fit_and_a_short_image():
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    channels=st.sampled_from([1, 2, 3, 4]),
-    dtype=st.sampled_from([np.uint8, np.uint16]),
-    height=st.integers(1, 40),
-    width=st.integers(1, 40),
-    cuts=st.lists(st.integers(0, 40), max_size=4),
-    strip_bytes=st.sampled_from([1, 200, 1 << 19]),  # rows per TIFF strip: one, a few, all
-    seed=st.integers(0, 2**16),
-)
+@given(**STRIP_IMAGES, strip_bytes=st.sampled_from([1, 200, 1 << 19]))  # rows per TIFF strip: one, a few, all
 def test_tiff_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, strip_bytes,
                                                               seed):
     import tifffile
 
     from restorecli.images import tiff
 
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
+    pixels = _random_image(channels, dtype, height, width, seed)
     out = io.BytesIO()
     saved, tiff._STRIP_BYTES = tiff._STRIP_BYTES, strip_bytes
     try:
         writer = TiffWriter(out, width, height, channels, dtype)
     finally:
         tiff._STRIP_BYTES = saved
-    bounds = sorted({0, height, *(c for c in cuts if c < height)})
     buffer = np.empty_like(pixels)  # one reused buffer, as the engine hands rows over
-    for y0, y1 in zip(bounds, bounds[1:]):
+    for y0, y1 in _strip_bounds(height, cuts):
         buffer[: y1 - y0] = pixels[y0:y1]
         writer.write(buffer[: y1 - y0])
         buffer[:] = 0
