@@ -21,7 +21,7 @@ from .strips import StripWriter
 _STRIP_BYTES = 1 << 19  # uncompressed bytes per strip
 _DEFLATE, _HORIZONTAL_PREDICTOR = 8, 2
 _SHORT, _LONG, _UNDEFINED = 3, 4, 7
-_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+_FIELD_TYPES = range(1, 13)  # BYTE .. DOUBLE: an entry of any other type is not copied
 # Tags that describe the pixels: ours, never copied from the EXIF's first directory.
 _IMAGE_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320, 322, 323, 324,
                325, 338, 339, 340, 341, 513, 514, 530, 531, 532, 34675}
@@ -111,7 +111,7 @@ class TiffWriter(StripWriter):
             for index in range(count):
                 raw = self._exif[first + 2 + 12 * index : first + 14 + 12 * index]
                 tag, kind = struct.unpack_from(self._order + "HH", raw)
-                if len(raw) == 12 and tag not in _IMAGE_TAGS and kind in _TYPE_SIZE:
+                if len(raw) == 12 and tag not in _IMAGE_TAGS and kind in _FIELD_TYPES:
                     entries[tag] = raw
             return entries
         except struct.error:
