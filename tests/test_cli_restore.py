@@ -46,7 +46,9 @@ def test_restore_a_folder_keeps_depth_grey_and_alpha(photos, model2, tmp_path):
     lines = json_lines(result)
     items = [line for line in lines if line["type"] == "item"]
     assert len(items) == 5 and all(i["status"] == "ok" for i in items)
-    assert lines[-1] == {"type": "summary", "ok": 5, "skipped": 0, "errors": 0, "seconds": lines[-1]["seconds"]}
+    assert lines[-1] == {"type": "summary", "ok": 5, "skipped": 0, "errors": 0, "seconds": lines[-1]["seconds"],
+                         "model": Path(model2).stem, "device": "cpu", "precision": lines[-1]["precision"]}
+    assert lines[-1]["precision"] in ("fp32", "bf16")  # auto: bf16 only where this CPU runs it faster
     for item in items:
         w, h = item["in_size"]
         assert item["out_size"] == [2 * w, 2 * h]
@@ -65,6 +67,17 @@ def test_plain_stdout_lists_only_written_files(photos, model2, tmp_path):
     result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "o", "--model", model2)
     assert result.exit_code == 0
     assert result.stdout.strip() == str(tmp_path / "o" / "rocket.jpg")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_summary_says_what_ran(photos, model2, tmp_path, precision):
+    result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "o", "--model", model2, "--json",
+                    "--precision", precision)
+    assert result.exit_code == 0, result.stderr
+    summary = json_lines(result)[-1]
+    assert (summary["model"], summary["device"], summary["precision"]) == (Path(model2).stem, "cpu", precision)
+    plain = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "p", "--model", model2, "--precision", precision)
+    assert f"{Path(model2).stem} on cpu, {precision}" in plain.stderr
 
 
 def test_rerun_skips_existing_outputs_and_overwrite_redoes_them(photos, model2, tmp_path):

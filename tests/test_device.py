@@ -51,17 +51,32 @@ def test_auto_precision_is_fp16_on_cuda_only_where_supported(monkeypatch):
     assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.float32
 
 
-def test_fast_bf16_means_amx_not_avx512_bf16_alone(monkeypatch):
-    from restorecli.engine.device import cpu_has_fast_bf16
+def test_fast_bf16_is_measured_not_read_off_cpu_flags(monkeypatch):
+    from restorecli.engine import device
 
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not cpu_has_fast_bf16()  # measured slower than fp32 there
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert cpu_has_fast_bf16()
+    speedup = device.cpu_bf16_speedup()
+    assert speedup > 0 and speedup == device.cpu_bf16_speedup()  # measured once, then remembered
+    assert device.cpu_has_fast_bf16() == (speedup >= device.BF16_MIN_SPEEDUP)
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.7)  # Xeon with AVX512-BF16, no AMX
+    assert not device.cpu_has_fast_bf16()
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 2.0)  # AMD Zen 4
+    assert device.cpu_has_fast_bf16()
+    assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.bfloat16
 
 
-def test_auto_precision_on_a_cpu_with_amx(monkeypatch):
+def test_no_bf16_probe_without_onednn(monkeypatch):
+    from restorecli.engine import device
+
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    device.cpu_bf16_speedup.cache_clear()
+    try:
+        assert device.cpu_bf16_speedup() == 0.0
+        assert not device.cpu_has_fast_bf16()
+    finally:
+        device.cpu_bf16_speedup.cache_clear()
+
+
+def test_auto_precision_on_a_cpu_with_fast_bf16(monkeypatch):
     monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)
     assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.bfloat16
     assert choose_dtype("auto", torch.device("cpu"), replace(SPEC, supports_bfloat16=False)) == torch.float32

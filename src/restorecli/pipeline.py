@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable, Literal
 
 import numpy as np
 
-from .engine.device import choose_device, choose_dtype, place_model
+from .engine.device import choose_device, choose_dtype, place_model, precision_name
 from .engine.enhance import (
     AlphaMode,
     EngineOptions,
@@ -98,6 +98,7 @@ class ItemResult:
 class BatchResult:
     items: list[ItemResult] = field(default_factory=list)
     seconds: float = 0.0
+    setup: dict[str, str] | None = None  # model, device and precision that ran (None: a dry run)
 
     def count(self, status: Status) -> int:
         return sum(1 for item in self.items if item.status == status)
@@ -189,6 +190,12 @@ class Restorer:
             faces = FaceStack.load(options.face_model, options.face_detector, weights_dir(options.weights_dir),
                                    device)
         return cls(model, engine, faces, options)
+
+    @property
+    def setup(self) -> dict[str, str]:
+        """What runs: the model's name, the device and the precision ``auto`` resolved to."""
+        return {"model": self.model.spec.name, "device": str(self.engine.device),
+                "precision": precision_name(self.engine.dtype)}
 
     def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
                       options: RestoreOptions | None = None) -> np.ndarray:
@@ -365,7 +372,7 @@ def restore_batch(
         except (ValueError, RuntimeError, MemoryError) as exc:  # a model, codec or memory failure on this image
             results.append(_error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0))
         notify("done", results[-1])
-    return BatchResult(results, round(time.perf_counter() - started, 3))
+    return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None)
 
 
 def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:

@@ -48,6 +48,8 @@ def summary_json(batch: BatchResult) -> dict:
         summary["planned"] = batch.count("planned")
     if any(item.faces is not None for item in batch.items):
         summary["faces"] = sum(item.faces or 0 for item in batch.items)
+    if batch.setup:
+        summary.update(batch.setup)
     return summary
 
 
@@ -110,6 +112,9 @@ class BatchRenderer:
             self.stdout.write(json.dumps(summary_json(batch)) + "\n")
             self.stdout.flush()
         table = Table(title="restorecli restore", title_justify="left")
+        if batch.setup:
+            table.caption = "{model} on {device}, {precision}".format(**batch.setup)
+            table.caption_justify = "left"
         for column in ("ok", "skipped", "errors", "seconds"):
             table.add_column(column, justify="right")
         if batch.count("planned"):

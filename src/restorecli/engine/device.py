@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
+import time
 from typing import Literal
 
 import torch
@@ -13,6 +16,11 @@ from ..models.loading import LoadedModel, ModelSpec
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The ``--precision`` value that means ``dtype`` (fp32, fp16 or bf16)."""
+    return next(name for name, value in _DTYPES.items() if value == dtype)
 
 
 def _mps_available() -> bool:
@@ -49,17 +57,55 @@ def choose_device(spec: str = "auto") -> torch.device:
     raise DeviceUnavailable(f"--device '{spec}' is not supported (use auto, cpu, cuda, cuda:N or mps)")
 
 
+# bf16 must run at least this much faster than fp32 before ``auto`` trades fp32's pixels for it.
+BF16_MIN_SPEEDUP = 1.3
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU runs a small dense block in bf16 than in fp32, measured once per
+    process (about 70 ms on 2 cores). The block is shaped like the models' own: 3x3 convolutions on
+    64 channels, channels_last, a leaky ReLU, a concatenation and a residual add, so the elementwise work
+    that bf16 can slow down counts too. CPU flags do not predict it: on realesrgan-x4plus, AMX measured
+    4-6x, AVX512-BF16 on an AMD EPYC (Zen 4) about 2x, and AVX512-BF16 on an Intel Xeon without AMX
+    0.6-0.75x."""
+    if not torch.backends.mkldnn.is_available():
+        return 0.0  # no oneDNN: bf16 convolutions fall back to slow reference kernels
+    generator = torch.Generator().manual_seed(0)
+    grow = torch.nn.Conv2d(64, 32, 3, padding=1)
+    fuse = torch.nn.Conv2d(96, 64, 3, padding=1)
+    sample = torch.rand(1, 64, 64, 64, generator=generator)
+
+    def best_seconds(dtype: torch.dtype) -> float:
+        convs = [copy.deepcopy(c).to(dtype=dtype, memory_format=torch.channels_last) for c in (grow, fuse)]
+        x = sample.to(dtype).contiguous(memory_format=torch.channels_last)
+
+        def block() -> torch.Tensor:
+            y = torch.nn.functional.leaky_relu(convs[0](x), 0.2)
+            return convs[1](torch.cat((x, y), 1)) * 0.2 + x
+
+        block()  # first call: kernel selection and weight reordering
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            block()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has AMX tiles, the only place bf16 convolutions measured faster than fp32
-    (4-6x on realesrgan-x4plus, 2 cores). AVX512-BF16 alone is not enough: there bf16 measured
-    0.6-0.75x fp32's speed on the same model."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    """Whether ``auto`` precision runs bf16 on this CPU: where ``cpu_bf16_speedup`` is at least
+    ``BF16_MIN_SPEEDUP``."""
+    return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def choose_dtype(precision: Precision, device: torch.device, model: ModelSpec) -> torch.dtype:
-    """``auto`` is fp16 on CUDA where the model supports half precision; on a CPU with AMX it is bf16
-    where the model supports it, which measured 4-6x faster than fp32 there and within 53 dB of its
-    pixels (the tests hold it to 45 dB); fp32 elsewhere."""
+    """``auto`` is fp16 on CUDA where the model supports half precision; on a CPU where bf16 measures
+    clearly faster (``cpu_has_fast_bf16``) it is bf16 where the model supports it, which came within
+    53 dB of fp32's pixels on realesrgan-x4plus (the tests hold it to 45 dB); fp32 elsewhere."""
     if precision == "auto":
         if device.type == "cuda" and model.supports_half:
             return torch.float16
