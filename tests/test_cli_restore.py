@@ -76,7 +76,8 @@ def test_the_summary_says_what_ran(photos, model2, tmp_path, precision):
     assert result.exit_code == 0, result.stderr
     summary = json_lines(result)[-1]
     assert (summary["model"], summary["device"], summary["precision"]) == (Path(model2).stem, "cpu", precision)
-    plain = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "p", "--model", model2, "--precision", precision)
+    plain = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "p", "--model", model2,
+                   "--precision", precision)
     assert f"{Path(model2).stem} on cpu, {precision}" in plain.stderr
 
 

@@ -54,8 +54,10 @@ def test_auto_precision_is_fp16_on_cuda_only_where_supported(monkeypatch):
 def test_fast_bf16_is_measured_not_read_off_cpu_flags(monkeypatch):
     from restorecli.engine import device
 
+    seed = torch.random.get_rng_state()
     speedup = device.cpu_bf16_speedup()
     assert speedup > 0 and speedup == device.cpu_bf16_speedup()  # measured once, then remembered
+    assert torch.equal(torch.random.get_rng_state(), seed)  # the probe leaves torch's random state alone
     assert device.cpu_has_fast_bf16() == (speedup >= device.BF16_MIN_SPEEDUP)
     monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.7)  # Xeon with AVX512-BF16, no AMX
     assert not device.cpu_has_fast_bf16()

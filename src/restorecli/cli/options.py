@@ -40,7 +40,8 @@ Outscale = Annotated[Optional[float], typer.Option(help="Final scale, e.g. 2 or 
 Tile = Annotated[str, typer.Option(help="auto (from free memory), 0 (whole image) or N (N x N tiles).")]
 TilePad = Annotated[int, typer.Option(help="Context overlap around each tile, in input pixels.", min=0)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="auto: fp16 on CUDA, bf16 on CPUs where it measures faster, else fp32.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    help="auto: fp16 on CUDA, bf16 on CPUs where it measures faster, else fp32.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format; same follows the input.")]
 Quality = Annotated[int, typer.Option(help="JPEG/WebP quality.", min=1, max=100)]
 Suffix = Annotated[str, typer.Option(help="Appended to the output file stem.")]
