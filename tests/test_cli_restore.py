@@ -46,9 +46,12 @@ def test_restore_a_folder_keeps_depth_grey_and_alpha(photos, model2, tmp_path):
     lines = json_lines(result)
     items = [line for line in lines if line["type"] == "item"]
     assert len(items) == 5 and all(i["status"] == "ok" for i in items)
-    assert lines[-1] == {"type": "summary", "ok": 5, "skipped": 0, "errors": 0, "seconds": lines[-1]["seconds"],
-                         "model": Path(model2).stem, "device": "cpu", "precision": lines[-1]["precision"]}
+    summary = {"type": "summary", "ok": 5, "skipped": 0, "errors": 0, "seconds": lines[-1]["seconds"],
+               "model": Path(model2).stem, "device": "cpu", "precision": lines[-1]["precision"]}
     assert lines[-1]["precision"] in ("fp32", "bf16")  # auto: bf16 only where this CPU runs it faster
+    if lines[-1]["precision"] == "bf16":
+        summary["precision_16bit"] = "fp32"  # chelsea_16bit.png
+    assert lines[-1] == summary
     for item in items:
         w, h = item["in_size"]
         assert item["out_size"] == [2 * w, 2 * h]
@@ -79,6 +82,25 @@ def test_the_summary_says_what_ran(photos, model2, tmp_path, precision):
     plain = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "p", "--model", model2,
                    "--precision", precision)
     assert f"{Path(model2).stem} on cpu, {precision}" in plain.stderr
+
+
+def test_auto_bf16_leaves_16_bit_images_in_fp32(photos, model2, tmp_path, monkeypatch):
+    monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)  # a CPU where bf16 is faster
+    images = [photos / "chelsea_16bit.png", photos / "rocket.jpg"]
+    result = invoke("restore", *images, "-o", tmp_path / "auto", "--model", model2, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json_lines(result)[-1]
+    assert (summary["precision"], summary["precision_16bit"]) == ("bf16", "fp32")
+    for precision in ("fp32", "bf16"):
+        pinned = invoke("restore", *images, "-o", tmp_path / precision, "--model", model2, "--precision", precision)
+        assert pinned.exit_code == 0, pinned.stderr
+    sixteen = read_rgb(tmp_path / "auto" / "chelsea_16bit.png")
+    assert sixteen.dtype == np.uint16
+    assert np.array_equal(sixteen, read_rgb(tmp_path / "fp32" / "chelsea_16bit.png"))
+    assert not np.array_equal(sixteen, read_rgb(tmp_path / "bf16" / "chelsea_16bit.png"))
+    assert np.array_equal(read_rgb(tmp_path / "auto" / "rocket.jpg"), read_rgb(tmp_path / "bf16" / "rocket.jpg"))
+    plain = invoke("restore", photos / "chelsea_16bit.png", "-o", tmp_path / "plain", "--model", model2)
+    assert "bf16 (16-bit images: fp32)" in plain.stderr
 
 
 def test_rerun_skips_existing_outputs_and_overwrite_redoes_them(photos, model2, tmp_path):

@@ -84,6 +84,10 @@ def test_auto_precision_on_a_cpu_with_fast_bf16(monkeypatch):
     assert choose_dtype("auto", torch.device("cpu"), replace(SPEC, supports_bfloat16=False)) == torch.float32
     assert choose_dtype("fp32", torch.device("cpu"), SPEC) == torch.float32
     assert choose_dtype("bf16", torch.device("cpu"), SPEC) == torch.bfloat16
+    # 16-bit images keep fp32 under auto (bf16's 8-bit mantissa is coarser than their steps); asked for, bf16 runs
+    assert choose_dtype("auto", torch.device("cpu"), SPEC, depth=16) == torch.float32
+    assert choose_dtype("bf16", torch.device("cpu"), SPEC, depth=16) == torch.bfloat16
+    assert choose_dtype("auto", torch.device("cuda"), SPEC, depth=16) == torch.float16
     with pytest.raises(DeviceUnavailable, match="does not support fp16"):
         choose_dtype("fp16", torch.device("cuda"), replace(SPEC, supports_half=False))
 

@@ -6,11 +6,12 @@ A failed item is data (``status="error"`` with its reason); the batch goes on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
 import numpy as np
+import torch
 
 from .engine.device import choose_device, choose_dtype, place_model, precision_name
 from .engine.enhance import (
@@ -171,31 +172,54 @@ class Restorer:
     """Models loaded on their device, ready to restore many images. Reused across a batch or a queue."""
 
     def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStack | None = None,
-                 options: RestoreOptions | None = None):
+                 options: RestoreOptions | None = None,
+                 deep: tuple[Callable[[], LoadedModel], torch.dtype] | None = None):
         self.model = model
         self.engine = engine
         self.faces = faces
         self.options = options or RestoreOptions()  # defaults for restore_array
+        # 16-bit images run at a higher precision than ``engine`` (auto chose bf16 for 8-bit ones): a loader
+        # for that second copy of the model, called on the first 16-bit image, and its dtype.
+        self._deep = deep
+        self._deep_runner: tuple[LoadedModel, EngineOptions] | None = None
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
         device = choose_device(options.device)
-        model = load_model(options.model, weights_dir(options.weights_dir))
+        folder = weights_dir(options.weights_dir)
+        model = load_model(options.model, folder)
         dtype = choose_dtype(options.precision, device, model.spec)
+        deep_dtype = choose_dtype(options.precision, device, model.spec, depth=16)
         place_model(model, device, dtype)
         engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
                                alpha=options.alpha)
         faces = None
         if options.face_enhance:
-            faces = FaceStack.load(options.face_model, options.face_detector, weights_dir(options.weights_dir),
-                                   device)
-        return cls(model, engine, faces, options)
+            faces = FaceStack.load(options.face_model, options.face_detector, folder, device)
+        deep = None
+        if deep_dtype != dtype:
+            deep = (lambda: place_model(load_model(options.model, folder), device, deep_dtype), deep_dtype)
+        return cls(model, engine, faces, options, deep)
+
+    def _runner(self, color: np.ndarray) -> tuple[LoadedModel, EngineOptions]:
+        """The model and engine options for this image: the 16-bit copy for uint16 planes where there is one."""
+        model, engine = self.model, self.engine
+        if color.dtype == np.uint16 and self._deep is not None:
+            if self._deep_runner is None:
+                load, dtype = self._deep
+                self._deep_runner = (load(), replace(self.engine, dtype=dtype))
+            model, engine = self._deep_runner
+        return model, engine
 
     @property
     def setup(self) -> dict[str, str]:
-        """What runs: the model's name, the device and the precision ``auto`` resolved to."""
-        return {"model": self.model.spec.name, "device": str(self.engine.device),
-                "precision": precision_name(self.engine.dtype)}
+        """What runs: the model's name, the device and the precision ``auto`` resolved to; where 16-bit
+        images ran at another precision, that one too (``precision_16bit``, once one has)."""
+        setup = {"model": self.model.spec.name, "device": str(self.engine.device),
+                 "precision": precision_name(self.engine.dtype)}
+        if self._deep_runner is not None:
+            setup["precision_16bit"] = precision_name(self._deep_runner[1].dtype)
+        return setup
 
     def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
                       options: RestoreOptions | None = None) -> np.ndarray:
@@ -205,7 +229,8 @@ class Restorer:
 
     def _restore(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
                  on_tile: TileProgress | None = None) -> tuple[Enhanced, FaceReport | None]:
-        result = enhance(self.model, color, alpha, self.engine, options.outscale, on_tile)
+        model, engine = self._runner(color)
+        result = enhance(model, color, alpha, engine, options.outscale, on_tile)
         report = None
         if self.faces is not None:
             face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
@@ -237,7 +262,8 @@ class Restorer:
         with atomic_writer(output) as handle:
             writer = STRIP_WRITERS[fmt](handle, width * scale, height * scale, channels, decoded.color.dtype,
                                         exif=decoded.exif, icc_profile=decoded.icc_profile)
-            enhance_rows(self.model, decoded.color, self.engine, writer, on_tile)
+            model, engine = self._runner(decoded.color)
+            enhance_rows(model, decoded.color, engine, writer, on_tile)
             writer.close()
         return Restored(None, decoded.size, (width * scale, height * scale), None)
 

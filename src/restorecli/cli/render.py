@@ -113,7 +113,8 @@ class BatchRenderer:
             self.stdout.flush()
         table = Table(title="restorecli restore", title_justify="left")
         if batch.setup:
-            table.caption = "{model} on {device}, {precision}".format(**batch.setup)
+            table.caption = "{model} on {device}, {precision}".format(**batch.setup) + (
+                f" (16-bit images: {batch.setup['precision_16bit']})" if "precision_16bit" in batch.setup else "")
             table.caption_justify = "left"
         for column in ("ok", "skipped", "errors", "seconds"):
             table.add_column(column, justify="right")

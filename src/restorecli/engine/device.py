@@ -101,14 +101,17 @@ def cpu_has_fast_bf16() -> bool:
     return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
-def choose_dtype(precision: Precision, device: torch.device, model: ModelSpec) -> torch.dtype:
+def choose_dtype(precision: Precision, device: torch.device, model: ModelSpec, depth: int = 8) -> torch.dtype:
     """``auto`` is fp16 on CUDA where the model supports half precision; on a CPU where bf16 measures
     clearly faster (``cpu_has_fast_bf16``) it is bf16 where the model supports it, which came within
-    53 dB of fp32's pixels on realesrgan-x4plus (the tests hold it to 45 dB); fp32 elsewhere."""
+    53 dB of fp32's pixels on realesrgan-x4plus (the tests hold it to 45 dB); fp32 elsewhere.
+
+    16-bit images (``depth=16``) never get bf16 from ``auto``: its 8-bit mantissa moved x4plus's 16-bit
+    output by up to 2168 of 65535 (49 dB), coarser than the 8-bit steps such images are kept from."""
     if precision == "auto":
         if device.type == "cuda" and model.supports_half:
             return torch.float16
-        if device.type == "cpu" and model.supports_bfloat16 and cpu_has_fast_bf16():
+        if device.type == "cpu" and depth <= 8 and model.supports_bfloat16 and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
     if precision not in _DTYPES:
