@@ -173,15 +173,15 @@ class Restorer:
 
     def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStack | None = None,
                  options: RestoreOptions | None = None,
-                 deep: tuple[Callable[[], LoadedModel], torch.dtype] | None = None):
+                 load_16bit: tuple[Callable[[], LoadedModel], torch.dtype] | None = None):
         self.model = model
         self.engine = engine
         self.faces = faces
         self.options = options or RestoreOptions()  # defaults for restore_array
         # 16-bit images run at a higher precision than ``engine`` (auto chose bf16 for 8-bit ones): a loader
         # for that second copy of the model, called on the first 16-bit image, and its dtype.
-        self._deep = deep
-        self._deep_runner: tuple[LoadedModel, EngineOptions] | None = None
+        self._load_16bit = load_16bit
+        self._runner_16bit: tuple[LoadedModel, EngineOptions] | None = None
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
@@ -189,26 +189,26 @@ class Restorer:
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder)
         dtype = choose_dtype(options.precision, device, model.spec)
-        deep_dtype = choose_dtype(options.precision, device, model.spec, depth=16)
+        dtype_16bit = choose_dtype(options.precision, device, model.spec, depth=16)
         place_model(model, device, dtype)
         engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
                                alpha=options.alpha)
         faces = None
         if options.face_enhance:
             faces = FaceStack.load(options.face_model, options.face_detector, folder, device)
-        deep = None
-        if deep_dtype != dtype:
-            deep = (lambda: place_model(load_model(options.model, folder), device, deep_dtype), deep_dtype)
-        return cls(model, engine, faces, options, deep)
+        load_16bit = None
+        if dtype_16bit != dtype:
+            load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
+        return cls(model, engine, faces, options, load_16bit)
 
     def _runner(self, color: np.ndarray) -> tuple[LoadedModel, EngineOptions]:
         """The model and engine options for this image: the 16-bit copy for uint16 planes where there is one."""
         model, engine = self.model, self.engine
-        if color.dtype == np.uint16 and self._deep is not None:
-            if self._deep_runner is None:
-                load, dtype = self._deep
-                self._deep_runner = (load(), replace(self.engine, dtype=dtype))
-            model, engine = self._deep_runner
+        if color.dtype == np.uint16 and self._load_16bit is not None:
+            if self._runner_16bit is None:
+                load, dtype = self._load_16bit
+                self._runner_16bit = (load(), replace(self.engine, dtype=dtype))
+            model, engine = self._runner_16bit
         return model, engine
 
     @property
@@ -217,8 +217,8 @@ class Restorer:
         images ran at another precision, that one too (``precision_16bit``, once one has)."""
         setup = {"model": self.model.spec.name, "device": str(self.engine.device),
                  "precision": precision_name(self.engine.dtype)}
-        if self._deep_runner is not None:
-            setup["precision_16bit"] = precision_name(self._deep_runner[1].dtype)
+        if self._runner_16bit is not None:
+            setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)
         return setup
 
     def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
