@@ -103,6 +103,23 @@ def test_auto_bf16_leaves_16_bit_images_in_fp32(photos, model2, tmp_path, monkey
     assert "bf16 (16-bit images: fp32)" in plain.stderr
 
 
+def test_restorer_runs_16_bit_arrays_on_an_fp32_copy_loaded_when_first_needed(model2, monkeypatch):
+    from restorecli.pipeline import RestoreOptions, Restorer
+
+    monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)
+    auto = Restorer.from_options(RestoreOptions(model=str(model2)))
+    fp32 = Restorer.from_options(RestoreOptions(model=str(model2), precision="fp32"))
+    bf16 = Restorer.from_options(RestoreOptions(model=str(model2), precision="bf16"))
+    eight = read_rgb(TEST_INPUTS / "rocket.jpg")[:48, :64]
+    assert np.array_equal(auto.restore_array(eight), bf16.restore_array(eight))
+    assert "precision_16bit" not in auto.setup  # no 16-bit image yet: no second copy loaded
+    sixteen = read_rgb(TEST_INPUTS / "chelsea_16bit.png")[:48, :64]
+    assert np.array_equal(auto.restore_array(sixteen), fp32.restore_array(sixteen))
+    assert auto.setup["precision_16bit"] == "fp32" and auto.setup["precision"] == "bf16"
+    assert "precision_16bit" not in bf16.setup and not np.array_equal(bf16.restore_array(sixteen),
+                                                                       fp32.restore_array(sixteen))
+
+
 def test_rerun_skips_existing_outputs_and_overwrite_redoes_them(photos, model2, tmp_path):
     args = ["restore", photos / "rocket.jpg", photos / "cameraman_gray.png", "-o", tmp_path / "o", "--model", model2,
             "--json"]
