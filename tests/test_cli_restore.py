@@ -368,10 +368,38 @@ def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, mod
     assert read_rgb(out / "chelsea_16bit.png").dtype == np.uint16
 
 
+def test_an_outscale_that_shrinks_the_model_s_output_a_whole_number_of_times_is_streamed_too(
+        photos, make_model, tmp_path, monkeypatch):
+    """``--outscale 2`` on a 4x model: the strips are shrunk two rows at a time on their way to the PNG, and
+    the file is byte for byte the whole result resized and encoded. ``--outscale 3`` needs the whole result."""
+    import restorecli.pipeline as pipeline
+
+    from restorecli.pipeline import RestoreOptions, Restorer
+
+    model4 = make_model(4)
+    inputs = [photos / "cameraman_gray.png", photos / "chelsea_16bit.png"]
+    streamed = []
+    real = pipeline.enhance_rows
+    monkeypatch.setattr(pipeline, "enhance_rows", lambda *a, **k: streamed.append(a[1].shape) or real(*a, **k))
+    out = tmp_path / "o"
+    result = invoke("restore", *inputs, "-o", out, "--model", model4, "--outscale", "2", "--tile", "32", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(streamed) == 2
+    items = [line for line in json_lines(result) if line["type"] == "item"]
+    assert all(item["out_size"] == [2 * item["in_size"][0], 2 * item["in_size"][1]] for item in items)
+    options = RestoreOptions(model=str(model4), tile=32, outscale=2.0)
+    restorer = Restorer.from_options(options)
+    for path in inputs:
+        whole = restorer.restore_bytes(path.read_bytes(), path.name, options, "png").data
+        assert (out / path.name).read_bytes() == whole, path.name
+    again = invoke("restore", inputs[0], "-o", tmp_path / "three", "--model", model4, "--outscale", "3")
+    assert again.exit_code == 0 and len(streamed) == 2
+
+
 def test_a_failure_in_the_middle_of_a_streamed_png_leaves_nothing(photos, model2, tmp_path, monkeypatch):
     import restorecli.pipeline as pipeline
 
-    def fail_after_some_rows(model, color, options, sink, on_tile=None):
+    def fail_after_some_rows(model, color, options, sink, on_tile=None, outscale=None):
         sink.write(np.zeros((4, color.shape[1] * 2, color.shape[2]), color.dtype))
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -409,9 +437,11 @@ def _peak_rss_of_restore(*args) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux only)")
-def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path):
-    """1000x1000 -> 4000x4000 (a 48 MB uint8 output): the process peaks less than half of that above
-    the same command on a 256x256 image (which runs the same batches of 64 px tiles)."""
+@pytest.mark.parametrize("outscale", [None, "2"])
+def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path, outscale):
+    """1000x1000 -> 4000x4000 (a 48 MB uint8 output), or shrunk to 2000x2000 on the way: the process peaks
+    less than half of the 4x result's size above the same command on a 256x256 image (which runs the same
+    batches of 64 px tiles)."""
     import cv2
 
     model = make_model(4)
@@ -421,12 +451,13 @@ def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path
     large_rgb = np.clip(large_rgb + rng.normal(0, 3, large_rgb.shape), 0, 255).astype(np.uint8)
     cv2.imwrite(str(large), large_rgb)
     cv2.imwrite(str(small), large_rgb[:256, :256])
-    common = ("--model", model, "--tile", "64", "--device", "cpu")
+    common = ("--model", model, "--tile", "64", "--device", "cpu", *(("--outscale", outscale) if outscale else ()))
     baseline = _peak_rss_of_restore(small, "-o", tmp_path / "o1", *common)
     peak = _peak_rss_of_restore(large, "-o", tmp_path / "o2", *common)
-    assert read_rgb(tmp_path / "o2" / "large.png").shape == (4000, 4000, 3)
-    output_bytes = 4000 * 4000 * 3
-    assert peak - baseline < output_bytes / 2, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"
+    side = 4000 if outscale is None else 2000
+    assert read_rgb(tmp_path / "o2" / "large.png").shape == (side, side, 3)
+    native_bytes = 4000 * 4000 * 3
+    assert peak - baseline < native_bytes / 2, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"
 
 
 def test_progress_follows_the_tiles_of_the_current_image(photos, model2):

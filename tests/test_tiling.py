@@ -321,8 +321,10 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
     grey = ASTRONAUT[:40, :56, :1].copy()
     rgb = ASTRONAUT[:40, :56]
     assert streamable(model, grey, None, None) and streamable(model, rgb, None, 2.0)
+    assert streamable(model, rgb, None, 1.0)  # the 2x output shrunk exactly twice: two rows at a time
     assert not streamable(model, rgb, np.zeros((40, 56), np.uint8), None)  # alpha needs a second pass
     assert not streamable(model, rgb, None, 1.5)  # a final resize needs the whole result
+    assert not streamable(model, rgb, None, 3.0)  # so does enlarging
     assert not streamable(model, np.zeros((40, 56, 2), np.uint8), None, None)
     options = EngineOptions(device=CPU, tile=16, tile_pad=8)
     for planes in (grey, rgb):
@@ -331,3 +333,54 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
         np.testing.assert_array_equal(sink.image(), enhance(model, planes, None, options).color)
     with pytest.raises(ValueError, match="whole-array path"):
         enhance_rows(model, np.zeros((40, 56, 2), np.uint8), options, _StripRecorder())
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    scales=st.sampled_from([(2, 1.0), (3, 1.0), (4, 2.0), (4, 1.0)]),  # (model scale, --outscale)
+    height=st.integers(8, 64),
+    width=st.integers(8, 64),
+    tile=st.integers(0, 40),
+    sixteen=st.booleans(),
+    grey=st.booleans(),
+)
+def test_a_whole_number_shrink_is_streamed_with_the_pixels_of_the_whole_resize(tmp_path, scales, height, width,
+                                                                               tile, sixteen, grey):
+    from restorecli.engine.enhance import EngineOptions, enhance, enhance_rows, shrink_factor
+
+    scale, outscale = scales
+    model = _load_state(tmp_path, tiny_compact_state(scale), f"c{scale}")
+    crop = np.ascontiguousarray(ASTRONAUT[:height, :width, :1] if grey else ASTRONAUT[:height, :width])
+    if sixteen:
+        crop = crop.astype(np.uint16) * 257 + 100
+    assert shrink_factor(model, crop, outscale) == round(scale / outscale)
+    options = EngineOptions(device=CPU, tile=tile, tile_pad=8)
+    sink = _StripRecorder()
+    enhance_rows(model, crop, options, sink, outscale=outscale)
+    np.testing.assert_array_equal(sink.image(), enhance(model, crop, None, options, outscale).color)
+
+
+def test_shrinking_strips_holds_back_part_bands_and_forgets_them_on_restart():
+    from restorecli.engine.enhance import _ShrinkRows, resize
+
+    image = ASTRONAUT[:30, :40]
+    sink = _StripRecorder()
+    shrink = _ShrinkRows(sink, 4)
+    shrink.write(image[:6])  # one band of 4 rows goes on; 2 rows wait for the next strip
+    assert [len(strip) for strip in sink.strips] == [1]
+    shrink.restart()
+    assert sink.restarts == 1 and not sink.strips
+    for top, bottom in ((0, 3), (3, 13), (13, 28)):
+        shrink.write(image[top:bottom])
+    np.testing.assert_array_equal(sink.image(), resize(image[:28], (10, 7)))
+
+
+def test_shrink_factor_is_a_whole_number_or_none(tmp_path):
+    from restorecli.engine.enhance import shrink_factor
+
+    model = _load_state(tmp_path, tiny_compact_state(4))
+    even, odd = ASTRONAUT[:40, :56], ASTRONAUT[:41, :57]
+    assert [shrink_factor(model, even, s) for s in (None, 4.0, 2.0, 1.0, 0.5)] == [1, 1, 2, 4, 8]
+    assert shrink_factor(model, odd, 0.5) is None  # 57 / 2 px: not a whole output pixel
+    assert shrink_factor(model, odd, 1.0) == 4
+    assert [shrink_factor(model, even, s) for s in (3.0, 1.5, 8.0)] == [None, None, None]

@@ -22,6 +22,7 @@ from .engine.enhance import (
     enhance_rows,
     output_size,
     streamable,
+    target_size,
 )
 from .engine.faces.enhance import FaceOptions, FaceReport, FaceStack, enhance_faces
 from .engine.tiling import TileProgress
@@ -251,21 +252,22 @@ class Restorer:
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
         """``restore_bytes`` written atomically to ``output``. A PNG or TIFF that needs no faces, alpha or
-        resize is encoded a strip of rows at a time as the tiles finish, so the output is never whole in memory."""
+        resize other than a whole-number shrink (``--outscale 2`` on a 4x model) is encoded a strip of rows at
+        a time as the tiles finish, so the output is never whole in memory."""
         decoded = decode_image(data, name, options.max_pixels)
         if not self._streams(decoded, options, fmt):
             restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
             write_atomic(output, restored.data)  # type: ignore[arg-type]
             return restored
         height, width, channels = decoded.color.shape
-        scale = self.model.spec.scale
+        size = target_size(self.model, width, height, options.outscale)
         with atomic_writer(output) as handle:
-            writer = STRIP_WRITERS[fmt](handle, width * scale, height * scale, channels, decoded.color.dtype,
+            writer = STRIP_WRITERS[fmt](handle, *size, channels, decoded.color.dtype,
                                         exif=decoded.exif, icc_profile=decoded.icc_profile)
             model, engine = self._runner(decoded.color)
-            enhance_rows(model, decoded.color, engine, writer, on_tile)
+            enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale)
             writer.close()
-        return Restored(None, decoded.size, (width * scale, height * scale), None)
+        return Restored(None, decoded.size, size, None)
 
     def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:
         return (fmt in STRIP_WRITERS and self.faces is None

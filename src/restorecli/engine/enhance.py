@@ -39,6 +39,11 @@ def output_size(width: int, height: int, outscale: float) -> tuple[int, int]:
     return max(1, round(width * outscale)), max(1, round(height * outscale))
 
 
+def target_size(model: LoadedModel, width: int, height: int, outscale: float | None) -> tuple[int, int]:
+    """The result's (w, h) for a ``width`` x ``height`` input at ``outscale`` (default: the model's published scale)."""
+    return output_size(width, height, outscale if outscale is not None else model.spec.default_outscale)
+
+
 def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize H x W (x C) to ``size`` (w, h): area filter when shrinking, Lanczos when enlarging."""
     if (array.shape[1], array.shape[0]) == size:
@@ -50,6 +55,30 @@ def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _to_gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+
+
+class _ShrinkRows:
+    """Shrinks strips ``factor`` times with ``resize`` (the area filter: the mean of each factor x factor
+    block) before passing them on, holding rows back until a whole band of ``factor`` has come, so the
+    pixels are those of shrinking the whole result at once."""
+
+    def __init__(self, sink: RowSink, factor: int):
+        self.sink = sink
+        self.factor = factor
+        self.pending: np.ndarray | None = None
+
+    def write(self, rows: np.ndarray) -> None:
+        if self.pending is not None:
+            rows = np.concatenate((self.pending, rows))
+        usable = rows.shape[0] // self.factor * self.factor
+        self.pending = rows[usable:].copy() if usable < rows.shape[0] else None
+        if usable:
+            size = (rows.shape[1] // self.factor, usable // self.factor)
+            self.sink.write(resize(rows[:usable], size))
+
+    def restart(self) -> None:
+        self.pending = None
+        self.sink.restart()
 
 
 class _GreyRows:
@@ -97,8 +126,7 @@ def enhance(
     """Upscale ``color`` (H x W x 1 or 3) and ``alpha`` (H x W or None) to ``outscale`` (default: the
     model's published scale). Grey stays grey; the dtype is kept. ``on_tile`` follows each pass's tiles."""
     height, width = color.shape[:2]
-    scale = outscale if outscale is not None else model.spec.default_outscale
-    target = output_size(width, height, scale)
+    target = target_size(model, width, height, outscale)
     out, tile = _run(model, color, options, on_tile)
     out_alpha = None
     if alpha is not None:
@@ -112,19 +140,35 @@ def enhance(
     return Enhanced(color=out, alpha=out_alpha, tile=tile)
 
 
+def shrink_factor(model: LoadedModel, color: np.ndarray, outscale: float | None) -> int | None:
+    """1 where the result is the model's own output; k where it is that output shrunk exactly k times
+    (``--outscale 2`` on a 4x model, say), which a strip of rows can be shrunk k rows at a time;
+    None for any other scale, whose resize needs the whole output."""
+    height, width = color.shape[:2]
+    native = (width * model.spec.scale, height * model.spec.scale)
+    target = target_size(model, width, height, outscale)
+    factor = native[0] // target[0]
+    if factor >= 1 and native == (target[0] * factor, target[1] * factor):
+        return factor
+    return None
+
+
 def streamable(model: LoadedModel, color: np.ndarray, alpha: np.ndarray | None, outscale: float | None) -> bool:
-    """Whether ``enhance_rows`` can produce this result: no alpha, the model's native scale, and planes the
-    model takes directly (or grey into an RGB model). Otherwise use ``enhance``."""
-    native = (outscale is None and model.spec.default_outscale == model.spec.scale) or outscale == model.spec.scale
+    """Whether ``enhance_rows`` can produce this result: no alpha, the model's native scale or an exact
+    whole-number shrink of it (``shrink_factor``), and planes the model takes directly (or grey into an RGB
+    model). Otherwise use ``enhance``."""
     channels, wanted = color.shape[2], model.spec.input_channels
     same_planes = model.spec.output_channels == wanted
-    return alpha is None and native and same_planes and (channels == wanted or (channels == 1 and wanted == 3))
+    return (alpha is None and shrink_factor(model, color, outscale) is not None and same_planes
+            and (channels == wanted or (channels == 1 and wanted == 3)))
 
 
 def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink,
-                 on_tile: TileProgress | None = None) -> int:
+                 on_tile: TileProgress | None = None, outscale: float | None = None) -> int:
     """What ``enhance`` returns as ``color``, sent to ``sink`` a strip of rows at a time, so the output is
     never whole in memory. Only for what ``streamable`` accepts. Returns the tile size used."""
-    if not streamable(model, color, None, None):
-        raise ValueError("this image needs the whole-array path (alpha, a resize or a channel split)")
-    return _run(model, color, options, on_tile, sink)[1]
+    if not streamable(model, color, None, outscale):
+        raise ValueError("this image needs the whole-array path (alpha, an enlarging or fractional resize, "
+                         "or a channel split)")
+    factor = shrink_factor(model, color, outscale)
+    return _run(model, color, options, on_tile, _ShrinkRows(sink, factor) if factor and factor > 1 else sink)[1]
