@@ -338,11 +338,13 @@ def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_
 
 
 def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, model2, tmp_path, monkeypatch):
-    """A PNG that needs no faces, alpha or resize is written strip by strip as tiles finish; the file is
-    byte for byte what encoding the whole result gives (grey, 16-bit, and with EXIF and an ICC profile)."""
+    """A PNG that needs no faces or resize is written strip by strip as tiles finish; the file is byte for
+    byte what encoding the whole result gives (grey, 16-bit, alpha through the model or resized, 16-bit grey
+    with alpha, and with EXIF and an ICC profile)."""
     import restorecli.pipeline as pipeline
     from PIL import ImageCms
 
+    from restorecli.images import encode_image
     from restorecli.pipeline import RestoreOptions, Restorer
 
     tagged = tmp_path / "tagged.png"
@@ -350,19 +352,28 @@ def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, mod
     exif[0x010F] = "TestCam"
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     Image.open(photos / "rocket.jpg").save(tagged, exif=exif.tobytes(), icc_profile=icc)
-    inputs = [photos / "cameraman_gray.png", photos / "chelsea_16bit.png", tagged]
+    grey_alpha = tmp_path / "grey_alpha16.png"  # 16-bit grey with a ramp of alpha
+    grey = np.ascontiguousarray(read_rgb(photos / "chelsea_16bit.png")[:, :, 1:2])
+    ramp = np.linspace(0, 65535, grey.size).reshape(grey.shape[:2]).astype(np.uint16)
+    grey_alpha.write_bytes(encode_image(grey, ramp, "png"))
+    inputs = [photos / "cameraman_gray.png", photos / "chelsea_16bit.png", tagged, photos / "coffee_alpha.png",
+              grey_alpha]
     streamed = []
     real = pipeline.enhance_rows
     monkeypatch.setattr(pipeline, "enhance_rows", lambda *a, **k: streamed.append(a[1].shape) or real(*a, **k))
-    out = tmp_path / "o"
-    result = invoke("restore", *inputs, "-o", out, "--model", model2, "--tile", "24", "--json")
-    assert result.exit_code == 0, result.stderr
-    assert len(streamed) == 3
-    options = RestoreOptions(model=str(model2), tile=24)
-    restorer = Restorer.from_options(options)
-    for path in inputs:
-        whole = restorer.restore_bytes(path.read_bytes(), path.name, options, "png").data
-        assert (out / path.name).read_bytes() == whole, path.name
+    for mode in ("model", "resize"):
+        out = tmp_path / mode
+        result = invoke("restore", *inputs, "-o", out, "--model", model2, "--tile", "24", "--alpha", mode)
+        assert result.exit_code == 0, result.stderr
+        options = RestoreOptions(model=str(model2), tile=24, alpha=mode)
+        restorer = Restorer.from_options(options)
+        for path in inputs:
+            whole = restorer.restore_bytes(path.read_bytes(), path.name, options, "png").data
+            assert (out / path.name).read_bytes() == whole, (mode, path.name)
+    assert len(streamed) == 2 * len(inputs)
+    assert read_rgb(tmp_path / "model" / "coffee_alpha.png").shape[2] == 4
+    assert read_rgb(tmp_path / "model" / "grey_alpha16.png").dtype == np.uint16
+    out = tmp_path / "model"
     written = Image.open(out / "tagged.png")
     assert written.info["icc_profile"] == icc and written.getexif()[0x010F] == "TestCam"
     assert read_rgb(out / "chelsea_16bit.png").dtype == np.uint16
@@ -399,7 +410,7 @@ def test_an_outscale_that_shrinks_the_model_s_output_a_whole_number_of_times_is_
 def test_a_failure_in_the_middle_of_a_streamed_png_leaves_nothing(photos, model2, tmp_path, monkeypatch):
     import restorecli.pipeline as pipeline
 
-    def fail_after_some_rows(model, color, options, sink, on_tile=None, outscale=None):
+    def fail_after_some_rows(model, color, options, sink, on_tile=None, outscale=None, alpha=None):
         sink.write(np.zeros((4, color.shape[1] * 2, color.shape[2]), color.dtype))
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -486,6 +497,7 @@ def test_tiff_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_p
     import restorecli.pipeline as pipeline
     from PIL import ImageCms
 
+    from restorecli.images import encode_image
     from restorecli.pipeline import RestoreOptions, Restorer
 
     tagged = tmp_path / "tagged.tif"
@@ -496,15 +508,20 @@ def test_tiff_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_p
     streamed = []
     real = pipeline.enhance_rows
     monkeypatch.setattr(pipeline, "enhance_rows", lambda *a, **k: streamed.append(a[1].shape) or real(*a, **k))
+    grey_alpha = tmp_path / "grey_alpha16.png"  # written to TIFF as RGB+alpha, so not a strip at a time
+    grey = np.ascontiguousarray(read_rgb(photos / "chelsea_16bit.png")[:, :, 1:2])
+    grey_alpha.write_bytes(encode_image(grey, np.full(grey.shape[:2], 40000, np.uint16), "png"))
     out = tmp_path / "o"
-    result = invoke("restore", tagged, photos / "chelsea_16bit.png", "-o", out, "--model", model2, "--tile", "24",
-                    "--format", "tiff")
+    result = invoke("restore", tagged, photos / "chelsea_16bit.png", grey_alpha, "-o", out, "--model", model2,
+                    "--tile", "24", "--format", "tiff")
     assert result.exit_code == 0, result.stderr
     assert len(streamed) == 2
     options = RestoreOptions(model=str(model2), tile=24, format="tiff")
     restorer = Restorer.from_options(options)
-    for path, name in ((tagged, "tagged.tif"), (photos / "chelsea_16bit.png", "chelsea_16bit.tif")):
-        assert (out / name).read_bytes() == restorer.restore_bytes(path.read_bytes(), path.name, options, "tiff").data
+    for path in (tagged, photos / "chelsea_16bit.png", grey_alpha):
+        whole = restorer.restore_bytes(path.read_bytes(), path.name, options, "tiff").data
+        assert (out / f"{path.stem}.tif").read_bytes() == whole, path.name
+    assert read_rgb(out / "grey_alpha16.tif").shape[2] == 4
     written = Image.open(out / "tagged.tif")
     assert written.info["icc_profile"] == icc and written.getexif()[0x010F] == "TestCam"
     assert read_rgb(out / "chelsea_16bit.tif").dtype == np.uint16

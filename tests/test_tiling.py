@@ -322,7 +322,7 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
     rgb = ASTRONAUT[:40, :56]
     assert streamable(model, grey, None, None) and streamable(model, rgb, None, 2.0)
     assert streamable(model, rgb, None, 1.0)  # the 2x output shrunk exactly twice: two rows at a time
-    assert not streamable(model, rgb, np.zeros((40, 56), np.uint8), None)  # alpha needs a second pass
+    assert streamable(model, rgb, np.zeros((40, 56), np.uint8), None)  # alpha made whole first, joined to strips
     assert not streamable(model, rgb, None, 1.5)  # a final resize needs the whole result
     assert not streamable(model, rgb, None, 3.0)  # so does enlarging
     assert not streamable(model, np.zeros((40, 56, 2), np.uint8), None, None)
@@ -333,31 +333,40 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
         np.testing.assert_array_equal(sink.image(), enhance(model, planes, None, options).color)
     with pytest.raises(ValueError, match="whole-array path"):
         enhance_rows(model, np.zeros((40, 56, 2), np.uint8), options, _StripRecorder())
+    with pytest.raises(ValueError, match="whole-array path"):
+        enhance_rows(model, rgb, options, _StripRecorder(), outscale=1.5)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    scales=st.sampled_from([(2, 1.0), (3, 1.0), (4, 2.0), (4, 1.0)]),  # (model scale, --outscale)
+    scales=st.sampled_from([(2, 2.0), (2, 1.0), (3, 1.0), (4, 2.0), (4, 1.0)]),  # (model scale, --outscale)
     height=st.integers(8, 64),
     width=st.integers(8, 64),
     tile=st.integers(0, 40),
     sixteen=st.booleans(),
     grey=st.booleans(),
+    alpha=st.sampled_from([None, "model", "resize"]),
 )
 def test_a_whole_number_shrink_is_streamed_with_the_pixels_of_the_whole_resize(tmp_path, scales, height, width,
-                                                                               tile, sixteen, grey):
+                                                                               tile, sixteen, grey, alpha):
+    """Native scale (outscale = scale) and whole-number shrinks, with and without an alpha plane: the strips
+    put together are what ``enhance`` returns, colour and alpha planes side by side."""
     from restorecli.engine.enhance import EngineOptions, enhance, enhance_rows, shrink_factor
 
     scale, outscale = scales
     model = _load_state(tmp_path, tiny_compact_state(scale), f"c{scale}")
     crop = np.ascontiguousarray(ASTRONAUT[:height, :width, :1] if grey else ASTRONAUT[:height, :width])
+    plane = np.ascontiguousarray(ASTRONAUT[-height:, -width:, 1]) if alpha else None
     if sixteen:
         crop = crop.astype(np.uint16) * 257 + 100
+        plane = plane.astype(np.uint16) * 257 if plane is not None else None
     assert shrink_factor(model, crop, outscale) == round(scale / outscale)
-    options = EngineOptions(device=CPU, tile=tile, tile_pad=8)
+    options = EngineOptions(device=CPU, tile=tile, tile_pad=8, alpha=alpha or "model")
     sink = _StripRecorder()
-    enhance_rows(model, crop, options, sink, outscale=outscale)
-    np.testing.assert_array_equal(sink.image(), enhance(model, crop, None, options, outscale).color)
+    enhance_rows(model, crop, options, sink, outscale=outscale, alpha=plane)
+    whole = enhance(model, crop, plane, options, outscale)
+    expected = whole.color if plane is None else np.dstack([whole.color, whole.alpha])
+    np.testing.assert_array_equal(sink.image(), expected)
 
 
 def test_shrinking_strips_holds_back_part_bands_and_forgets_them_on_restart():
@@ -373,6 +382,19 @@ def test_shrinking_strips_holds_back_part_bands_and_forgets_them_on_restart():
     for top, bottom in ((0, 3), (3, 13), (13, 28)):
         shrink.write(image[top:bottom])
     np.testing.assert_array_equal(sink.image(), resize(image[:28], (10, 7)))
+
+
+def test_alpha_rows_follow_the_colour_strips_and_start_again_on_restart():
+    from restorecli.engine.enhance import _WithAlpha
+
+    colour, alpha = ASTRONAUT[:20, :30], ASTRONAUT[:20, :30, 2].copy()
+    sink = _StripRecorder()
+    joined = _WithAlpha(sink, alpha)
+    joined.write(colour[:7])
+    joined.restart()
+    for top, bottom in ((0, 5), (5, 20)):
+        joined.write(colour[top:bottom])
+    np.testing.assert_array_equal(sink.image(), np.dstack([colour, alpha]))
 
 
 def test_shrink_factor_is_a_whole_number_or_none(tmp_path):

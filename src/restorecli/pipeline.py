@@ -251,9 +251,9 @@ class Restorer:
 
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
-        """``restore_bytes`` written atomically to ``output``. A PNG or TIFF that needs no faces, alpha or
-        resize other than a whole-number shrink (``--outscale 2`` on a 4x model) is encoded a strip of rows at
-        a time as the tiles finish, so the output is never whole in memory."""
+        """``restore_bytes`` written atomically to ``output``. A PNG or TIFF that needs no faces and no resize
+        other than a whole-number shrink (``--outscale 2`` on a 4x model) is encoded a strip of rows at a time
+        as the tiles finish, so its colour planes are never whole in memory (an alpha plane is)."""
         decoded = decode_image(data, name, options.max_pixels)
         if not self._streams(decoded, options, fmt):
             restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
@@ -261,16 +261,20 @@ class Restorer:
             return restored
         height, width, channels = decoded.color.shape
         size = target_size(self.model, width, height, options.outscale)
+        planes = channels + (decoded.alpha is not None)
         with atomic_writer(output) as handle:
-            writer = STRIP_WRITERS[fmt](handle, *size, channels, decoded.color.dtype,
+            writer = STRIP_WRITERS[fmt](handle, *size, planes, decoded.color.dtype,
                                         exif=decoded.exif, icc_profile=decoded.icc_profile)
             model, engine = self._runner(decoded.color)
-            enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale)
+            enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale, decoded.alpha)
             writer.close()
         return Restored(None, decoded.size, size, None)
 
     def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:
-        return (fmt in STRIP_WRITERS and self.faces is None
+        # 16-bit grey+alpha TIFFs are written as RGB+alpha (see encode_image), which the strips are not
+        grey16_alpha_tiff = (fmt == "tiff" and decoded.alpha is not None and decoded.color.shape[2] == 1
+                             and decoded.color.dtype == np.uint16)
+        return (fmt in STRIP_WRITERS and self.faces is None and not grey16_alpha_tiff
                 and streamable(self.model, decoded.color, decoded.alpha, options.outscale))
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,

@@ -81,6 +81,25 @@ class _ShrinkRows:
         self.sink.restart()
 
 
+class _WithAlpha:
+    """Appends the matching rows of a finished alpha plane (H x W, at the output size) to each strip of
+    colour rows, so the sink receives colour and alpha planes together."""
+
+    def __init__(self, sink: RowSink, alpha: np.ndarray):
+        self.sink = sink
+        self.alpha = alpha
+        self.row = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        alpha = self.alpha[self.row : self.row + rows.shape[0], :, None]
+        self.sink.write(np.concatenate((rows, alpha), axis=2))
+        self.row += rows.shape[0]
+
+    def restart(self) -> None:
+        self.row = 0
+        self.sink.restart()
+
+
 class _GreyRows:
     """Passes RGB strips on to a sink as grey, the way ``enhance`` turns an RGB result back to grey."""
 
@@ -128,16 +147,19 @@ def enhance(
     height, width = color.shape[:2]
     target = target_size(model, width, height, outscale)
     out, tile = _run(model, color, options, on_tile)
-    out_alpha = None
-    if alpha is not None:
-        if options.alpha == "model":
-            out_alpha = _run(model, alpha[:, :, None], options, on_tile)[0][:, :, 0]
-        else:
-            out_alpha = resize(alpha, (out.shape[1], out.shape[0]))
-    out = resize(out, target)
-    if out_alpha is not None:
-        out_alpha = resize(out_alpha, target)
-    return Enhanced(color=out, alpha=out_alpha, tile=tile)
+    out_alpha = _upscale_alpha(model, alpha, options, target, on_tile) if alpha is not None else None
+    return Enhanced(color=resize(out, target), alpha=out_alpha, tile=tile)
+
+
+def _upscale_alpha(model: LoadedModel, alpha: np.ndarray, options: EngineOptions, target: tuple[int, int],
+                   on_tile: TileProgress | None) -> np.ndarray:
+    """The alpha plane at ``target`` size: run through the model (``--alpha model``) or resized to the
+    model's scale (``--alpha resize``), then resized like the colour planes."""
+    if options.alpha == "model":
+        native = _run(model, alpha[:, :, None], options, on_tile)[0][:, :, 0]  # type: ignore[index]
+    else:
+        native = resize(alpha, (alpha.shape[1] * model.spec.scale, alpha.shape[0] * model.spec.scale))
+    return resize(native, target)
 
 
 def shrink_factor(model: LoadedModel, color: np.ndarray, outscale: float | None) -> int | None:
@@ -154,21 +176,28 @@ def shrink_factor(model: LoadedModel, color: np.ndarray, outscale: float | None)
 
 
 def streamable(model: LoadedModel, color: np.ndarray, alpha: np.ndarray | None, outscale: float | None) -> bool:
-    """Whether ``enhance_rows`` can produce this result: no alpha, the model's native scale or an exact
-    whole-number shrink of it (``shrink_factor``), and planes the model takes directly (or grey into an RGB
-    model). Otherwise use ``enhance``."""
+    """Whether ``enhance_rows`` can produce this result: the model's native scale or an exact whole-number
+    shrink of it (``shrink_factor``), and planes the model takes directly (or grey into an RGB model).
+    Otherwise use ``enhance``. Alpha is allowed: its plane is made whole first (a quarter of an RGBA result,
+    or half of a grey one) and joined to the colour strips."""
     channels, wanted = color.shape[2], model.spec.input_channels
     same_planes = model.spec.output_channels == wanted
-    return (alpha is None and shrink_factor(model, color, outscale) is not None and same_planes
+    return (shrink_factor(model, color, outscale) is not None and same_planes
             and (channels == wanted or (channels == 1 and wanted == 3)))
 
 
 def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink,
-                 on_tile: TileProgress | None = None, outscale: float | None = None) -> int:
-    """What ``enhance`` returns as ``color``, sent to ``sink`` a strip of rows at a time, so the output is
-    never whole in memory. Only for what ``streamable`` accepts. Returns the tile size used."""
-    if not streamable(model, color, None, outscale):
-        raise ValueError("this image needs the whole-array path (alpha, an enlarging or fractional resize, "
-                         "or a channel split)")
+                 on_tile: TileProgress | None = None, outscale: float | None = None,
+                 alpha: np.ndarray | None = None) -> int:
+    """What ``enhance`` returns, sent to ``sink`` a strip of rows at a time (colour planes, then alpha when
+    there is one), so the colour result is never whole in memory. Only for what ``streamable`` accepts.
+    Returns the tile size used."""
     factor = shrink_factor(model, color, outscale)
-    return _run(model, color, options, on_tile, _ShrinkRows(sink, factor) if factor and factor > 1 else sink)[1]
+    if factor is None or not streamable(model, color, alpha, outscale):
+        raise ValueError("this image needs the whole-array path (an enlarging or fractional resize, "
+                         "or a channel split)")
+    if alpha is not None:
+        height, width = color.shape[:2]
+        target = target_size(model, width, height, outscale)
+        sink = _WithAlpha(sink, _upscale_alpha(model, alpha, options, target, on_tile))
+    return _run(model, color, options, on_tile, _ShrinkRows(sink, factor) if factor > 1 else sink)[1]
