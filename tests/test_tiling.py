@@ -320,12 +320,11 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
     model = _load_state(tmp_path, tiny_compact_state(2))
     grey = ASTRONAUT[:40, :56, :1].copy()
     rgb = ASTRONAUT[:40, :56]
-    assert streamable(model, grey, None, None) and streamable(model, rgb, None, 2.0)
-    assert streamable(model, rgb, None, 1.0)  # the 2x output shrunk exactly twice: two rows at a time
-    assert streamable(model, rgb, np.zeros((40, 56), np.uint8), None)  # alpha made whole first, joined to strips
-    assert not streamable(model, rgb, None, 1.5)  # a final resize needs the whole result
-    assert not streamable(model, rgb, None, 3.0)  # so does enlarging
-    assert not streamable(model, np.zeros((40, 56, 2), np.uint8), None, None)
+    assert streamable(model, grey, None) and streamable(model, rgb, 2.0)
+    assert streamable(model, rgb, 1.0)  # the 2x output shrunk exactly twice: two rows at a time
+    assert not streamable(model, rgb, 1.5)  # a final resize needs the whole result
+    assert not streamable(model, rgb, 3.0)  # so does enlarging
+    assert not streamable(model, np.zeros((40, 56, 2), np.uint8), None)
     options = EngineOptions(device=CPU, tile=16, tile_pad=8)
     for planes in (grey, rgb):
         sink = _StripRecorder()
@@ -395,6 +394,26 @@ def test_alpha_rows_follow_the_colour_strips_and_start_again_on_restart():
     for top, bottom in ((0, 5), (5, 20)):
         joined.write(colour[top:bottom])
     np.testing.assert_array_equal(sink.image(), np.dstack([colour, alpha]))
+
+
+@pytest.mark.parametrize("sixteen", [False, True])
+def test_alpha_through_an_rgb_model_is_the_grey_of_its_rgb_result(tmp_path, sixteen):
+    """The alpha pass runs a strip at a time into one plane; it must equal running the plane as RGB and
+    taking the grey of the whole result, the way the originals do."""
+    import cv2
+
+    from restorecli.engine.enhance import EngineOptions, _upscale_alpha
+
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    alpha = np.ascontiguousarray(ASTRONAUT[:50, :70, 2])
+    if sixteen:
+        alpha = alpha.astype(np.uint16) * 257
+    options = EngineOptions(device=CPU, tile=16, tile_pad=4)
+    rgb = upscale(model, np.repeat(alpha[:, :, None], 3, axis=2), device=CPU, tile=16, pad=4).image
+    expected = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    got = _upscale_alpha(model, alpha, options, (140, 100), None)
+    assert got.dtype == alpha.dtype
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_shrink_factor_is_a_whole_number_or_none(tmp_path):

@@ -275,7 +275,7 @@ class Restorer:
         grey16_alpha_tiff = (fmt == "tiff" and decoded.alpha is not None and decoded.color.shape[2] == 1
                              and decoded.color.dtype == np.uint16)
         return (fmt in STRIP_WRITERS and self.faces is None and not grey16_alpha_tiff
-                and streamable(self.model, decoded.color, decoded.alpha, options.outscale))
+                and streamable(self.model, decoded.color, options.outscale))
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
                          faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:

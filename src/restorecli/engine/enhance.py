@@ -100,6 +100,21 @@ class _WithAlpha:
         self.sink.restart()
 
 
+class _Plane:
+    """A sink that gathers the strips of a one-plane result into one H x W array."""
+
+    def __init__(self, height: int, width: int, dtype: np.dtype):
+        self.array = np.empty((height, width), dtype)
+        self.row = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        self.array[self.row : self.row + rows.shape[0]] = rows[:, :, 0]
+        self.row += rows.shape[0]
+
+    def restart(self) -> None:
+        self.row = 0
+
+
 class _GreyRows:
     """Passes RGB strips on to a sink as grey, the way ``enhance`` turns an RGB result back to grey."""
 
@@ -155,11 +170,13 @@ def _upscale_alpha(model: LoadedModel, alpha: np.ndarray, options: EngineOptions
                    on_tile: TileProgress | None) -> np.ndarray:
     """The alpha plane at ``target`` size: run through the model (``--alpha model``) or resized to the
     model's scale (``--alpha resize``), then resized like the colour planes."""
-    if options.alpha == "model":
-        native = _run(model, alpha[:, :, None], options, on_tile)[0][:, :, 0]  # type: ignore[index]
-    else:
-        native = resize(alpha, (alpha.shape[1] * model.spec.scale, alpha.shape[0] * model.spec.scale))
-    return resize(native, target)
+    size = (alpha.shape[1] * model.spec.scale, alpha.shape[0] * model.spec.scale)
+    if options.alpha == "resize":
+        return resize(resize(alpha, size), target)
+    # Through the model a strip at a time (as grey, for an RGB model), so only one plane is ever whole
+    plane = _Plane(size[1], size[0], alpha.dtype)
+    _run(model, alpha[:, :, None], options, on_tile, plane)
+    return resize(plane.array, target)
 
 
 def shrink_factor(model: LoadedModel, color: np.ndarray, outscale: float | None) -> int | None:
@@ -175,11 +192,11 @@ def shrink_factor(model: LoadedModel, color: np.ndarray, outscale: float | None)
     return None
 
 
-def streamable(model: LoadedModel, color: np.ndarray, alpha: np.ndarray | None, outscale: float | None) -> bool:
+def streamable(model: LoadedModel, color: np.ndarray, outscale: float | None) -> bool:
     """Whether ``enhance_rows`` can produce this result: the model's native scale or an exact whole-number
     shrink of it (``shrink_factor``), and planes the model takes directly (or grey into an RGB model).
-    Otherwise use ``enhance``. Alpha is allowed: its plane is made whole first (a quarter of an RGBA result,
-    or half of a grey one) and joined to the colour strips."""
+    Otherwise use ``enhance``. Alpha does not matter: ``enhance_rows`` upscales its plane whole first (a
+    quarter of an RGBA result, half of a grey one) and joins it to the colour strips."""
     channels, wanted = color.shape[2], model.spec.input_channels
     same_planes = model.spec.output_channels == wanted
     return (shrink_factor(model, color, outscale) is not None and same_planes
@@ -193,7 +210,7 @@ def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, 
     there is one), so the colour result is never whole in memory. Only for what ``streamable`` accepts.
     Returns the tile size used."""
     factor = shrink_factor(model, color, outscale)
-    if factor is None or not streamable(model, color, alpha, outscale):
+    if factor is None or not streamable(model, color, outscale):
         raise ValueError("this image needs the whole-array path (an enlarging or fractional resize, "
                          "or a channel split)")
     if alpha is not None:
