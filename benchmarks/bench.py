@@ -151,20 +151,24 @@ def throughput(folder: Path, sizes: list[int], repeats: int, threads: int) -> li
     return rows
 
 
+def _status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (``VmHWM``, ``RssAnon``) in MiB; None where there is none."""
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else ():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def _peak_rss_mib() -> float:
     """High-water resident memory of this process image (VmHWM). Unlike ru_maxrss it restarts at exec,
     so it does not inherit the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _anon_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mib("RssAnon") or 0.0
 
 
 class _AnonPeak(threading.Thread):

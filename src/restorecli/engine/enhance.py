@@ -197,10 +197,13 @@ def streamable(model: LoadedModel, color: np.ndarray, outscale: float | None) ->
     shrink of it (``shrink_factor``), and planes the model takes directly (or grey into an RGB model).
     Otherwise use ``enhance``. Alpha does not matter: ``enhance_rows`` upscales its plane whole first (a
     quarter of an RGBA result, half of a grey one) and joins it to the colour strips."""
+    return shrink_factor(model, color, outscale) is not None and _takes_planes(model, color)
+
+
+def _takes_planes(model: LoadedModel, color: np.ndarray) -> bool:
+    """The model takes these planes as they are (or grey into an RGB model) and gives back as many."""
     channels, wanted = color.shape[2], model.spec.input_channels
-    same_planes = model.spec.output_channels == wanted
-    return (shrink_factor(model, color, outscale) is not None and same_planes
-            and (channels == wanted or (channels == 1 and wanted == 3)))
+    return model.spec.output_channels == wanted and (channels == wanted or (channels == 1 and wanted == 3))
 
 
 def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, sink: RowSink,
@@ -209,8 +212,8 @@ def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, 
     """What ``enhance`` returns, sent to ``sink`` a strip of rows at a time (colour planes, then alpha when
     there is one), so the colour result is never whole in memory. Only for what ``streamable`` accepts.
     Returns the tile size used."""
-    factor = shrink_factor(model, color, outscale)
-    if factor is None or not streamable(model, color, outscale):
+    factor = shrink_factor(model, color, outscale)  # what streamable() checks, kept for the shrink below
+    if factor is None or not _takes_planes(model, color):
         raise ValueError("this image needs the whole-array path (an enlarging or fractional resize, "
                          "or a channel split)")
     if alpha is not None:
