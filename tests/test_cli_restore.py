@@ -242,6 +242,32 @@ def test_format_suffix_quality_and_outscale(photos, model2, tmp_path):
     assert read_rgb(out / "chelsea_16bit.tif").dtype == np.uint16
 
 
+def test_an_output_too_large_for_its_format_fails_before_the_model_runs(model2, tmp_path, monkeypatch):
+    """JPEG holds 65500 pixels a side and WebP 16383: the image fails at once, naming the file, the size and
+    what to use instead, rather than after hours of upscaling; the batch goes on."""
+    import cv2
+
+    import restorecli.pipeline as pipeline
+
+    ran = []
+    for name in ("enhance", "enhance_rows"):
+        real = getattr(pipeline, name)
+        monkeypatch.setattr(pipeline, name, lambda *a, _real=real, **k: ran.append(a[1].shape) or _real(*a, **k))
+    wide, small = tmp_path / "wide.png", tmp_path / "small.png"
+    cv2.imwrite(str(wide), np.full((2, 8192, 3), 128, np.uint8))  # 2x: 16384 wide
+    cv2.imwrite(str(small), np.full((8, 8, 3), 128, np.uint8))
+    for fmt, extra, limit in (("webp", (), 16383), ("jpg", ("--outscale", "16"), 65500)):  # 131072 wide
+        out = tmp_path / fmt
+        result = invoke("restore", wide, small, "-o", out, "--model", model2, "--format", fmt, "--json", *extra)
+        assert result.exit_code == 1, result.stderr
+        failed, done = json_lines(result)[:2]
+        assert failed["status"] == "error" and done["status"] == "ok"
+        assert str(wide) in failed["error"] and f"at most {limit} pixels a side" in failed["error"]
+        assert "--format png" in failed["error"]
+        assert sorted(p.name for p in out.iterdir()) == [f"small.{fmt}"]
+    assert ran == [(8, 8, 3), (8, 8, 3)]  # only the small image reached the model
+
+
 def test_unsafe_suffix_is_refused(photos, model2, tmp_path):
     result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "o", "--model", model2, "--suffix", "/../../x")
     assert result.exit_code == 2 and "unsafe file name" in result.stderr
@@ -259,16 +285,16 @@ def test_dry_run_writes_nothing(photos, model2, tmp_path):
     assert not out.exists()
 
 
-def test_failure_while_writing_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch):
-    import restorecli.pipeline as pipeline
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])  # written a strip at a time, and whole
+def test_failure_while_writing_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch, fmt):
+    import restorecli.images as images
 
-    def failing_write(path, data):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "write_atomic", failing_write)
+    monkeypatch.setattr(images.os, "fsync", full_disk)  # the atomic writer's last step before the rename
     out = tmp_path / "o"
-    result = invoke("restore", photos / "rocket.jpg", "-o", out, "--model", model2, "--json")
+    result = invoke("restore", photos / "rocket.jpg", "-o", out, "--model", model2, "--json", "--format", fmt)
     assert result.exit_code == 1
     assert "No space left on device" in json_lines(result)[0]["error"]
     assert list(out.iterdir()) == []
@@ -322,14 +348,15 @@ def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
 def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_path, monkeypatch):
     import restorecli.pipeline as pipeline
 
-    real = pipeline.enhance
+    def flaky(real):
+        def run(model, color, *args, **kwargs):
+            if color.shape[:2] == (64, 96):  # rocket.jpg
+                raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            return real(model, color, *args, **kwargs)
+        return run
 
-    def flaky(model, color, *args, **kwargs):
-        if color.shape[:2] == (64, 96):  # rocket.jpg
-            raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(model, color, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "enhance", flaky)
+    for name in ("enhance", "enhance_rows"):  # outputs encoded whole, and a strip at a time
+        monkeypatch.setattr(pipeline, name, flaky(getattr(pipeline, name)))
     result = invoke("restore", photos / "rocket.jpg", photos / "cameraman_gray.png", "-o", tmp_path / "o",
                     "--model", model2, "--json")
     assert result.exit_code == 1
@@ -410,7 +437,12 @@ def test_an_outscale_that_shrinks_the_model_s_output_a_whole_number_of_times_is_
 def test_a_failure_in_the_middle_of_a_streamed_png_leaves_nothing(photos, model2, tmp_path, monkeypatch):
     import restorecli.pipeline as pipeline
 
+    real, calls = pipeline.enhance_rows, []
+
     def fail_after_some_rows(model, color, options, sink, on_tile=None, outscale=None, alpha=None):
+        calls.append(color.shape)
+        if len(calls) > 1:  # the first image only
+            return real(model, color, options, sink, on_tile, outscale, alpha)
         sink.write(np.zeros((4, color.shape[1] * 2, color.shape[2]), color.dtype))
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -448,11 +480,11 @@ def _peak_rss_of_restore(*args) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux only)")
-@pytest.mark.parametrize("outscale", [None, "2"])
-def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path, outscale):
-    """1000x1000 -> 4000x4000 (a 48 MB uint8 output), or shrunk to 2000x2000 on the way: the process peaks
-    less than half of the 4x result's size above the same command on a 256x256 image (which runs the same
-    batches of 64 px tiles)."""
+@pytest.mark.parametrize("fmt, outscale", [("png", None), ("png", "2"), ("jpg", None)])
+def test_a_large_image_is_restored_without_holding_its_output(make_model, tmp_path, fmt, outscale):
+    """1000x1000 -> 4000x4000 (a 48 MB uint8 output) as PNG or JPEG, or shrunk to 2000x2000 on the way: the
+    process peaks less than half of the 4x result's size above the same command on a 256x256 image (which
+    runs the same batches of 64 px tiles)."""
     import cv2
 
     model = make_model(4)
@@ -462,11 +494,12 @@ def test_a_large_png_is_restored_without_holding_its_output(make_model, tmp_path
     large_rgb = np.clip(large_rgb + rng.normal(0, 3, large_rgb.shape), 0, 255).astype(np.uint8)
     cv2.imwrite(str(large), large_rgb)
     cv2.imwrite(str(small), large_rgb[:256, :256])
-    common = ("--model", model, "--tile", "64", "--device", "cpu", *(("--outscale", outscale) if outscale else ()))
+    common = ("--model", model, "--tile", "64", "--device", "cpu", "--format", fmt,
+              *(("--outscale", outscale) if outscale else ()))
     baseline = _peak_rss_of_restore(small, "-o", tmp_path / "o1", *common)
     peak = _peak_rss_of_restore(large, "-o", tmp_path / "o2", *common)
     side = 4000 if outscale is None else 2000
-    assert read_rgb(tmp_path / "o2" / "large.png").shape == (side, side, 3)
+    assert read_rgb(tmp_path / "o2" / f"large.{fmt}").shape == (side, side, 3)
     native_bytes = 4000 * 4000 * 3
     assert peak - baseline < native_bytes / 2, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"
 
@@ -493,7 +526,9 @@ def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
     assert renderer.progress.tasks[0].fields["current"] == "photos/cameraman_gray.png [dim](tile 5/16)[/]"
 
 
-def test_tiff_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("jpg", ".jpg")])
+def test_tiff_and_jpeg_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_path, monkeypatch, fmt,
+                                                                     suffix):
     import restorecli.pipeline as pipeline
     from PIL import ImageCms
 
@@ -511,17 +546,22 @@ def test_tiff_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_p
     grey_alpha = tmp_path / "grey_alpha16.png"  # written to TIFF as RGB+alpha, so not a strip at a time
     grey = np.ascontiguousarray(read_rgb(photos / "chelsea_16bit.png")[:, :, 1:2])
     grey_alpha.write_bytes(encode_image(grey, np.full(grey.shape[:2], 40000, np.uint16), "png"))
+    inputs = (tagged, photos / "chelsea_16bit.png", grey_alpha, photos / "rocket.jpg")
     out = tmp_path / "o"
-    result = invoke("restore", tagged, photos / "chelsea_16bit.png", grey_alpha, "-o", out, "--model", model2,
-                    "--tile", "24", "--format", "tiff")
+    result = invoke("restore", *inputs, "-o", out, "--model", model2, "--tile", "24", "--format", fmt,
+                    "--quality", "90")
     assert result.exit_code == 0, result.stderr
-    assert len(streamed) == 2
-    options = RestoreOptions(model=str(model2), tile=24, format="tiff")
+    assert len(streamed) == (3 if fmt == "tiff" else 4)
+    options = RestoreOptions(model=str(model2), tile=24, format=fmt, quality=90)
     restorer = Restorer.from_options(options)
-    for path in (tagged, photos / "chelsea_16bit.png", grey_alpha):
-        whole = restorer.restore_bytes(path.read_bytes(), path.name, options, "tiff").data
-        assert (out / f"{path.stem}.tif").read_bytes() == whole, path.name
-    assert read_rgb(out / "grey_alpha16.tif").shape[2] == 4
-    written = Image.open(out / "tagged.tif")
+    for path in inputs:
+        whole = restorer.restore_bytes(path.read_bytes(), path.name, options, fmt).data
+        assert (out / f"{path.stem}{suffix}").read_bytes() == whole, path.name
+    written = Image.open(out / f"tagged{suffix}")
     assert written.info["icc_profile"] == icc and written.getexif()[0x010F] == "TestCam"
-    assert read_rgb(out / "chelsea_16bit.tif").dtype == np.uint16
+    if fmt == "tiff":
+        assert read_rgb(out / "grey_alpha16.tif").shape[2] == 4
+        assert read_rgb(out / "chelsea_16bit.tif").dtype == np.uint16
+    else:  # 8-bit, grey stays grey with its alpha composited away
+        assert read_rgb(out / "chelsea_16bit.jpg").dtype == np.uint8
+        assert Image.open(out / "grey_alpha16.jpg").mode == "L"

@@ -14,6 +14,7 @@ from PIL import Image, ImageCms, ImageOps
 from conftest import TEST_INPUTS
 from restorecli.errors import ImageDecodeError, ImageTooLarge
 from restorecli.images import decode_image, encode_image, write_atomic
+from restorecli.images.jpeg import JpegWriter
 from restorecli.images.png import PngWriter
 from restorecli.images.tiff import TiffWriter
 
@@ -165,9 +166,16 @@ def _random_image(channels, dtype, height, width, seed):
     return rng.integers(0, np.iinfo(dtype).max, (height, width, channels), dtype=dtype, endpoint=True)
 
 
-def _strip_bounds(height, cuts):
-    bounds = sorted({0, height, *(c for c in cuts if c < height)})
-    return list(zip(bounds, bounds[1:]))
+def _write_in_strips(writer, pixels, cuts):
+    """Feed ``pixels`` to ``writer`` cut at the rows ``cuts``, through one reused buffer as the engine hands rows
+    over (a writer that keeps a view of a strip sees it overwritten), then close it."""
+    bounds = sorted({0, len(pixels), *(c for c in cuts if c < len(pixels))})
+    buffer = np.empty_like(pixels)
+    for y0, y1 in zip(bounds, bounds[1:]):
+        buffer[: y1 - y0] = pixels[y0:y1]
+        writer.write(buffer[: y1 - y0])
+        buffer[:] = 0
+    writer.close()
 
 
 @settings(max_examples=25, deadline=None)
@@ -181,11 +189,9 @@ def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, he
     writer = PngWriter(out, width, height, channels, dtype)
     saved, png._FILTER_BYTES = png._FILTER_BYTES, filter_bytes
     try:
-        for y0, y1 in _strip_bounds(height, cuts):
-            writer.write(pixels[y0:y1])
+        _write_in_strips(writer, pixels, cuts)
     finally:
         png._FILTER_BYTES = saved
-    writer.close()
     decoded = cv2.imdecode(np.frombuffer(out.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
     if channels in (3, 4):
         decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGBA)
@@ -267,12 +273,7 @@ def test_tiff_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, h
         writer = TiffWriter(out, width, height, channels, dtype)
     finally:
         tiff._STRIP_BYTES = saved
-    buffer = np.empty_like(pixels)  # one reused buffer, as the engine hands rows over
-    for y0, y1 in _strip_bounds(height, cuts):
-        buffer[: y1 - y0] = pixels[y0:y1]
-        writer.write(buffer[: y1 - y0])
-        buffer[:] = 0
-    writer.close()
+    _write_in_strips(writer, pixels, cuts)
     with tifffile.TiffFile(io.BytesIO(out.getvalue())) as decoded:
         page = decoded.pages[0]
         assert page.compression == 8 and page.predictor == 2  # Adobe Deflate, horizontal differencing
@@ -280,6 +281,86 @@ def test_tiff_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, h
     if channels != 2 or dtype == np.uint8:  # Pillow reads all of these (not 16-bit grey+alpha)
         decoded = decode_image(out.getvalue(), "x.tif")
         np.testing.assert_array_equal(decoded.color, pixels[:, :, : 3 if channels >= 3 else 1])
+
+
+def _pillow_jpeg(pixels, **options) -> bytes:
+    """What Pillow writes for the whole image, with a restart marker after every row of MCUs."""
+    from restorecli.images.pixels import flatten_alpha, to_8bit
+
+    if pixels.shape[2] in (2, 4):
+        pixels = flatten_alpha(pixels[:, :, :-1], pixels[:, :, -1])
+    pixels = to_8bit(pixels)
+    out = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(out, "JPEG", restart_marker_rows=1,
+                                                                               **options)
+    return out.getvalue()
+
+
+@settings(max_examples=30, deadline=None)
+@given(channels=st.sampled_from([1, 2, 3, 4]), dtype=st.sampled_from([np.uint8, np.uint16]),
+       height=st.integers(1, 700), width=st.integers(1, 40), cuts=st.lists(st.integers(0, 700), max_size=5),
+       seed=st.integers(0, 2**16), quality=st.sampled_from([50, 95, 100]),
+       band_bytes=st.sampled_from([1, 1 << 22]))  # rows per encoder call: 128, or all that have come
+def test_jpeg_writer_fed_in_strips_writes_what_pillow_writes_for_the_whole_image(
+        channels, dtype, height, width, cuts, seed, quality, band_bytes):
+    """Bands of 128 rows encoded one at a time and joined at restart markers are byte for byte the whole
+    image's encoding, wherever the strips are cut (alpha composited onto white, 16-bit rounded to 8)."""
+    from restorecli.images import jpeg
+
+    pixels = _random_image(channels, dtype, height, width, seed)
+    out = io.BytesIO()
+    saved, jpeg._BAND_BYTES = jpeg._BAND_BYTES, band_bytes
+    try:
+        writer = JpegWriter(out, width, height, channels, dtype, quality=quality)
+    finally:
+        jpeg._BAND_BYTES = saved
+    _write_in_strips(writer, pixels, cuts)
+    assert out.getvalue() == _pillow_jpeg(pixels, quality=quality)
+    decoded = cv2.imdecode(np.frombuffer(out.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)  # a second decoder
+    assert decoded.shape[:2] == (height, width)
+
+
+def test_jpeg_writer_carries_exif_and_icc_once_and_restarts_from_its_first_byte():
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "restorecli test camera"
+    pixels = np.asarray(Image.open(TEST_INPUTS / "rocket.jpg").convert("RGB"))
+    height, width = pixels.shape[:2]
+    out = io.BytesIO()
+    writer = JpegWriter(out, width, height, 3, np.uint8, quality=90, exif=exif.tobytes(), icc_profile=icc)
+    writer.write(pixels[:200] // 2)  # an out-of-memory retry: the rows come again from the top
+    writer.restart()
+    for top in range(0, height, 100):
+        writer.write(pixels[top : top + 100])
+    writer.close()
+    data = out.getvalue()
+    assert data == _pillow_jpeg(pixels, quality=90, exif=exif.tobytes(), icc_profile=icc)
+    assert data.count(b"ICC_PROFILE") == 1 and data.count(b"Exif\x00\x00") == 1
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (width, height) and image.info["icc_profile"] == icc
+        assert image.getexif()[0x010F] == "restorecli test camera"
+
+
+def test_jpeg_writer_needs_no_seekable_stream_and_refuses_what_jpeg_cannot_hold():
+    class Pipe(io.RawIOBase):  # what stdout is: writable, not seekable
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, chunk):
+            self.data += chunk
+            return len(chunk)
+
+    pipe = Pipe()
+    pixels = np.random.default_rng(4).integers(0, 255, (300, 20, 1), dtype=np.uint8)
+    writer = JpegWriter(pipe, 20, 300, 1, np.uint8)
+    writer.write(pixels)
+    writer.close()
+    assert bytes(pipe.data) == _pillow_jpeg(pixels, quality=95)
+    with pytest.raises(ValueError, match="at most 65500 pixels a side, not 70000x10; write PNG or TIFF"):
+        JpegWriter(io.BytesIO(), 70000, 10, 3, np.uint8)
 
 
 @pytest.mark.parametrize("endian", ["<", ">"])

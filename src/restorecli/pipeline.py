@@ -35,11 +35,13 @@ from .images import (
     DecodedImage,
     OutputFormat,
     atomic_writer,
+    check_output_size,
     decode_image,
     encode_image,
     float_to_uint8,
     format_for_suffix,
     probe,
+    strip_writer,
     write_atomic,
 )
 from .models.loading import LoadedModel, load_model, weights_dir
@@ -247,24 +249,25 @@ class Restorer:
         the aligned and restored crops are written under ``faces_stem``. ``on_tile(done, total)`` follows
         the tiles of each pass through the model."""
         decoded = decode_image(data, name, options.max_pixels)
+        check_output_size(name, fmt, target_size(self.model, *decoded.size, options.outscale))
         return self._restore_encoded(decoded, name, options, fmt, faces_stem, on_tile)
 
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
-        """``restore_bytes`` written atomically to ``output``. A PNG or TIFF that needs no faces and no resize
-        other than a whole-number shrink (``--outscale 2`` on a 4x model) is encoded a strip of rows at a time
-        as the tiles finish, so its colour planes are never whole in memory (an alpha plane is)."""
+        """``restore_bytes`` written atomically to ``output``. A PNG, TIFF or JPEG that needs no faces and no
+        resize other than a whole-number shrink (``--outscale 2`` on a 4x model) is encoded a strip of rows at a
+        time as the tiles finish, so its colour planes are never whole in memory (an alpha plane is)."""
         decoded = decode_image(data, name, options.max_pixels)
+        size = target_size(self.model, *decoded.size, options.outscale)
+        check_output_size(name, fmt, size)
         if not self._streams(decoded, options, fmt):
             restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
             write_atomic(output, restored.data)  # type: ignore[arg-type]
             return restored
-        height, width, channels = decoded.color.shape
-        size = target_size(self.model, width, height, options.outscale)
-        planes = channels + (decoded.alpha is not None)
+        planes = decoded.color.shape[2] + (decoded.alpha is not None)
         with atomic_writer(output) as handle:
-            writer = STRIP_WRITERS[fmt](handle, *size, planes, decoded.color.dtype,
-                                        exif=decoded.exif, icc_profile=decoded.icc_profile)
+            writer = strip_writer(fmt, handle, *size, planes, decoded.color.dtype, quality=options.quality,
+                                  exif=decoded.exif, icc_profile=decoded.icc_profile)
             model, engine = self._runner(decoded.color)
             enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale, decoded.alpha)
             writer.close()

@@ -19,11 +19,16 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ImageDecodeError, ImageTooLarge
+from ..errors import ImageDecodeError, ImageError, ImageTooLarge
+from .jpeg import JPEG_MAX_SIDE, JpegWriter
+from .pixels import full_scale as full_scale  # re-exported: the engine's conversions use it
+from .pixels import to_8bit
 from .png import PngWriter
+from .strips import StripWriter
 from .tiff import TiffWriter
 
-STRIP_WRITERS = {"png": PngWriter, "tiff": TiffWriter}  # formats that can be written a strip of rows at a time
+# formats that can be written a strip of rows at a time (WebP cannot: libwebp encodes whole images)
+STRIP_WRITERS: dict[str, type[StripWriter]] = {"png": PngWriter, "tiff": TiffWriter, "jpg": JpegWriter}
 
 OutputFormat = Literal["png", "jpg", "webp", "tiff"]
 
@@ -34,6 +39,7 @@ _SUFFIX_FORMAT: dict[str, OutputFormat] = {
     ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff",
 }
 _PIL_FORMAT: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpg"}
+MAX_SIDE: dict[OutputFormat, int] = {"jpg": JPEG_MAX_SIDE, "webp": 16383}  # PNG and TIFF hold far more
 FORMAT_SUFFIX: dict[OutputFormat, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 
 
@@ -52,11 +58,6 @@ class DecodedImage:
     @property
     def bit_depth(self) -> int:
         return 16 if self.color.dtype == np.uint16 else 8
-
-
-def full_scale(dtype: np.dtype | type) -> float:
-    """The value of full white for a pixel type: 255 (uint8), 65535 (uint16), 1.0 (float in [0, 1])."""
-    return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
 def float_to_uint8(image: np.ndarray) -> np.ndarray:
@@ -196,18 +197,19 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     )
 
 
-def _to_8bit(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+def check_output_size(name: str, fmt: OutputFormat, size: tuple[int, int]) -> None:
+    """Raise ``ImageError`` when ``fmt`` cannot hold an image of ``size`` (w, h): before the work, not after."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(size) > limit:
+        raise ImageError(f"{name}: a {fmt.upper()} holds at most {limit} pixels a side, not {size[0]}x{size[1]}; "
+                         "write PNG or TIFF (--format png)")
 
 
-def _flatten_alpha(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite onto white, for formats without alpha."""
-    maxval = full_scale(color.dtype)
-    a = alpha.astype(np.float32)[:, :, None] / maxval
-    flat = color.astype(np.float32) * a + maxval * (1 - a)
-    return np.clip(np.rint(flat), 0, maxval).astype(color.dtype)
+def strip_writer(fmt: OutputFormat, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype,
+                 *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None) -> StripWriter:
+    """A writer of ``fmt`` (one of ``STRIP_WRITERS``) that takes the image a strip of rows at a time."""
+    settings = {"quality": quality} if fmt == "jpg" else {}
+    return STRIP_WRITERS[fmt](handle, width, height, channels, dtype, exif=exif, icc_profile=icc_profile, **settings)
 
 
 def encode_image(
@@ -221,38 +223,29 @@ def encode_image(
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
     and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
-    PNG or TIFF strip by strip, see ``STRIP_WRITERS``.)"""
-    if fmt in ("png", "tiff"):
+    PNG, TIFF or JPEG strip by strip, see ``strip_writer``.)"""
+    if fmt in STRIP_WRITERS:
         if fmt == "tiff" and alpha is not None and color.shape[2] == 1 and color.dtype == np.uint16:
             color = np.repeat(color, 3, axis=2)  # Pillow (so restorecli too) cannot open 16-bit grey+alpha TIFFs
         planes = color if alpha is None else np.dstack([color, alpha])
         out = io.BytesIO()
-        writer = STRIP_WRITERS[fmt](out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype, exif=exif,
-                                    icc_profile=icc_profile)
+        writer = strip_writer(fmt, out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype,
+                              quality=quality, exif=exif, icc_profile=icc_profile)
         writer.write(planes)
         writer.close()
         return out.getvalue()
-    if fmt == "jpg" and alpha is not None:
-        color, alpha = _flatten_alpha(color, alpha), None
-    color8 = _to_8bit(color)
-    alpha8 = _to_8bit(alpha) if alpha is not None else None
+    # WebP, which Pillow encodes whole, as RGB or RGBA
+    color8 = to_8bit(color)
     if color8.shape[2] == 1:
-        pil = Image.fromarray(color8[:, :, 0], "L")
-        if alpha8 is not None:
-            pil = Image.merge("LA", (pil, Image.fromarray(alpha8, "L")))
-    else:
-        pil = Image.fromarray(color8, "RGB")
-        if alpha8 is not None:
-            pil = Image.merge("RGBA", (*pil.split(), Image.fromarray(alpha8, "L")))
-    if fmt == "webp" and pil.mode in ("L", "LA"):
-        pil = pil.convert("RGBA" if pil.mode == "LA" else "RGB")
+        color8 = np.repeat(color8, 3, axis=2)
+    pil = Image.fromarray(color8 if alpha is None else np.dstack([color8, to_8bit(alpha)]))
     kwargs: dict[str, object] = {}
     if exif:
         kwargs["exif"] = exif
     if icc_profile:
         kwargs["icc_profile"] = icc_profile
     out = io.BytesIO()
-    pil.save(out, format={"jpg": "JPEG", "webp": "WEBP"}[fmt], quality=quality, **kwargs)
+    pil.save(out, format="WEBP", quality=quality, **kwargs)
     return out.getvalue()
 
 
