@@ -314,6 +314,24 @@ def test_exif_orientation_and_metadata_survive(tmp_path, model2):
     assert written.getexif()[0x010F] == "TestCam" and written.getexif().get(0x0112, 1) == 1
 
 
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_a_cmyk_scan_is_restored_in_its_profile_s_colours_and_tagged_srgb(model2, tmp_path, fmt):
+    from icc_profiles import cmyk_jpeg, ink_rgb
+
+    from restorecli.images import srgb_profile
+
+    scan = tmp_path / "scan.jpg"
+    scan.write_bytes(cmyk_jpeg([(255, 0, 0, 0), (0, 0, 0, 0)], size=32))
+    out = tmp_path / "o"
+    result = invoke("restore", scan, "-o", out, "--model", model2, "--format", fmt)
+    assert result.exit_code == 0, result.stderr
+    written = Image.open(out / f"scan.{fmt}")
+    assert written.mode == "RGB" and written.info["icc_profile"] == srgb_profile()
+    cyan = np.asarray(written)[32, 32].astype(int)  # the middle of the first patch, 2x
+    assert np.abs(cyan - ink_rgb(1, 0, 0, 0)).max() <= 30, cyan  # the tiny random model moves colours a little
+    assert cyan[1] < 200  # the plain formula's cyan would be (0, 255, 255)
+
+
 def test_alpha_resize_mode(photos, model2, tmp_path):
     result = invoke("restore", photos / "coffee_alpha.png", "-o", tmp_path / "o", "--model", model2,
                     "--alpha", "resize")

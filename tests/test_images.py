@@ -67,6 +67,58 @@ def test_palette_and_cmyk_are_converted_to_rgb():
     assert np.abs(cmyk.color.astype(int) - np.asarray(rgb).astype(int)).mean() < 12
 
 
+CYAN, WHITE, BLACK_INK, HALF_CYAN = (255, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 255), (128, 0, 0, 0)
+
+
+def _patch(color, index, size=16):
+    return color[size // 2, index * size + size // 2].astype(int)
+
+
+def test_cmyk_with_its_profile_is_converted_through_it_and_tagged_srgb():
+    """Scans from print workflows come as CMYK with a CMYK profile: the pixels are converted through it (as a
+    colour-managed viewer shows them), and the output is tagged sRGB, not with the CMYK profile, which would
+    misdescribe RGB pixels. EXIF and its orientation survive the conversion."""
+    from icc_profiles import cmyk_jpeg, ink_rgb
+
+    from restorecli.images import srgb_profile
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "PressScanner", 3  # upside down
+    data = cmyk_jpeg([CYAN, WHITE, BLACK_INK, HALF_CYAN], exif=exif.tobytes())
+    decoded = decode_image(data, "scan.jpg")
+    assert decoded.icc_profile == srgb_profile() and decoded.icc_profile[16:20] == b"RGB "
+    assert decoded.format == "jpg" and decoded.color.shape == (16, 64, 3)
+    upright = decoded.color[::-1, ::-1]  # orientation 3 applied: turn it back to compare patches
+    assert np.abs(_patch(upright, 0) - ink_rgb(1, 0, 0, 0)).max() <= 12  # the profile's cyan, not (0, 255, 255)
+    assert np.abs(_patch(upright, 1) - 255).max() <= 3
+    assert np.abs(_patch(upright, 2) - ink_rgb(0, 0, 0, 1)).max() <= 12
+    assert _patch(upright, 3)[1] < 230  # half cyan is the profile's blend, far from the formula's 255 green
+    reread = Image.Exif()
+    reread.load(decoded.exif)
+    assert reread[0x010F] == "PressScanner" and reread[0x0112] == 1
+
+
+def test_cmyk_without_a_usable_profile_uses_the_plain_formula_and_carries_no_profile():
+    from icc_profiles import cmyk_jpeg, cmyk_profile
+
+    plain = decode_image(cmyk_jpeg([CYAN, WHITE], profile=None), "plain.jpg")
+    broken_profile = cmyk_profile()[:128] + b"not a tag table"  # a CMYK header LittleCMS cannot read further
+    broken = decode_image(cmyk_jpeg([CYAN, WHITE], profile=broken_profile), "broken.jpg")
+    for decoded in (plain, broken):
+        assert decoded.icc_profile is None
+        assert np.abs(_patch(decoded.color, 0) - (0, 255, 255)).max() <= 3
+
+
+def test_a_profile_for_another_colour_space_is_not_copied():
+    """An sRGB profile on a greyscale PNG (which libpng rejects) would be copied onto grey output: dropped."""
+    rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    grey = Image.fromarray(np.full((4, 4), 90, np.uint8))
+    decoded = decode_image(_png(grey, icc_profile=rgb_profile), "grey.png")
+    assert decoded.color.shape[2] == 1 and decoded.icc_profile is None
+    rgb = decode_image(_png(grey.convert("RGB"), icc_profile=rgb_profile), "rgb.png")
+    assert rgb.icc_profile == rgb_profile
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied_like_a_viewer(orientation):
     base = Image.open(TEST_INPUTS / "rocket.jpg").convert("RGB")

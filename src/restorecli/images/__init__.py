@@ -6,6 +6,7 @@ H x W x 3 RGB) plus an optional ``alpha`` (H x W), both uint8 or uint16.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -111,7 +112,7 @@ def _pil_pixels(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray |
         image = image.convert("L")
     elif mode == "P" or mode == "PA":
         image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+    elif mode in ("YCbCr", "LAB", "HSV", "RGBX"):  # (CMYK is converted before, see _cmyk_to_srgb)
         image = image.convert("RGB")
     elif mode == "RGBa":
         image = image.convert("RGBA")
@@ -127,6 +128,37 @@ def _pil_pixels(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray |
     if image.mode == "RGB":
         return array, None
     return array[:, :, :3].copy(), array[:, :, 3].copy()
+
+
+def _icc_space(profile: bytes | None) -> bytes | None:
+    """The colour space an ICC profile describes (b"RGB ", b"GRAY", b"CMYK", ...), read off its header."""
+    return profile[16:20] if profile and len(profile) >= 128 else None
+
+
+@functools.cache
+def srgb_profile() -> bytes:
+    """An sRGB ICC profile (LittleCMS's), for pixels converted to sRGB."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _cmyk_to_srgb(image: Image.Image, profile: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """CMYK pixels as sRGB, and the profile that now describes them. Through the file's own CMYK profile where it
+    has one, as a colour-managed viewer shows them (relative colorimetric with black point compensation, what
+    image editors use by default); otherwise by Pillow's plain formula, which is all that is known then."""
+    if _icc_space(profile) == b"CMYK":
+        from PIL import ImageCms
+
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))  # type: ignore[arg-type]
+            converted = ImageCms.profileToProfile(
+                image, source, ImageCms.createProfile("sRGB"), renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                outputMode="RGB", flags=ImageCms.Flags.BLACKPOINTCOMPENSATION)
+            return converted, srgb_profile()  # type: ignore[return-value]
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a profile LittleCMS cannot use: as if there were none
+    return image.convert("RGB"), None
 
 
 def _cv2_pixels_16(data: bytes, name: str, grey: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -175,11 +207,16 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageDecodeError(f"{name}: truncated or corrupt image data ({exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
+    exif, file_format = image.getexif(), image.format  # read before any conversion: it makes a new image
+    icc_profile = image.info.get("icc_profile")
+    if image.mode == "CMYK":
+        image, icc_profile = _cmyk_to_srgb(image, icc_profile)
     sixteen_bit_colour = ";16" in rawmode and image.mode in ("RGB", "RGBA", "LA")
     color, alpha = _cv2_pixels_16(data, name, "LA;16" in rawmode) if sixteen_bit_colour else _pil_pixels(image, name)
+    if _icc_space(icc_profile) != (b"GRAY" if color.shape[2] == 1 else b"RGB "):
+        icc_profile = None  # a profile of another colour space (CMYK, Lab) would misdescribe these pixels
     if alpha is not None and alpha.dtype != color.dtype:
         alpha = alpha.astype(color.dtype)
-    exif = image.getexif()
     orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
     color = _orient(color, orientation)
     alpha = _orient(alpha, orientation) if alpha is not None else None
@@ -191,9 +228,9 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return DecodedImage(
         color=color,
         alpha=alpha,
-        format=_PIL_FORMAT.get(image.format or ""),
+        format=_PIL_FORMAT.get(file_format or ""),
         exif=exif_bytes,
-        icc_profile=image.info.get("icc_profile"),
+        icc_profile=icc_profile,
     )
 
 
