@@ -583,3 +583,84 @@ def test_tiff_and_jpeg_outputs_are_streamed_too_with_their_metadata(photos, mode
     else:  # 8-bit, grey stays grey with its alpha composited away
         assert read_rgb(out / "chelsea_16bit.jpg").dtype == np.uint8
         assert Image.open(out / "grey_alpha16.jpg").mode == "L"
+
+
+def test_ctrl_c_ends_the_batch_with_a_summary_and_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of an image: that image's temporary file goes, the images before it stay, the
+    summary says how far the batch got, and the exit code is the shell's for SIGINT (130)."""
+    import restorecli.pipeline as pipeline
+
+    real, seen = pipeline.enhance_rows, []
+
+    def interrupted_in_the_second(model, color, options, sink, *args):
+        seen.append(color.shape)
+        if len(seen) == 2:
+            sink.write(np.zeros((4, color.shape[1] * 2, color.shape[2]), color.dtype))  # part of it is on disk
+            raise KeyboardInterrupt
+        return real(model, color, options, sink, *args)
+
+    monkeypatch.setattr(pipeline, "enhance_rows", interrupted_in_the_second)
+    inputs = [photos / "cameraman_gray.png", photos / "chelsea_16bit.png", photos / "coffee_alpha.png"]
+    out = tmp_path / "o"
+    result = invoke("restore", *inputs, "-o", out, "--model", model2, "--json")
+    assert result.exit_code == 130
+    *items, summary = json_lines(result)
+    assert [item["status"] for item in items] == ["ok"]
+    assert summary["type"] == "summary" and summary["interrupted"] == "SIGINT" and summary["ok"] == 1
+    assert "interrupted by SIGINT after 1 of 3 images" in result.stderr and "run the same command" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cameraman_gray.png"]  # no partial or temporary file
+    assert len(seen) == 2  # the third image was not started
+
+
+def test_sigterm_stops_a_real_process_cleanly_and_a_rerun_resumes(make_model, tmp_path):
+    """``kill``, ``timeout`` and service managers send SIGTERM, which would otherwise end the process at once
+    and leave the image in hand's temporary file behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+
+    model = make_model(4)
+    photo = cv2.resize(read_rgb(TEST_INPUTS / "rocket.jpg"), (1000, 1000), interpolation=cv2.INTER_CUBIC)
+    inputs = [tmp_path / "a_small.png", tmp_path / "b_large.png", tmp_path / "c_last.png"]
+    for path, side in zip(inputs, (32, 1000, 32)):
+        cv2.imwrite(str(path), photo[:side, :side])
+    out = tmp_path / "o"
+    args = ["restore", *map(str, inputs), "-o", str(out), "--model", str(model), "--tile", "64", "--json"]
+    process = subprocess.Popen([sys.executable, "-c", "from restorecli.cli.app import main; main()", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".b_large.png.*.part")):  # the large image is being written
+        assert process.poll() is None and time.monotonic() < deadline, "the large image never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by SIGTERM after 1 of 3 images" in stderr
+    assert json.loads(stdout.splitlines()[-1])["interrupted"] == "SIGTERM"
+    assert sorted(p.name for p in out.iterdir()) == ["a_small.png"]
+    again = invoke(*args)
+    assert again.exit_code == 0, again.stderr
+    assert [item["status"] for item in json_lines(again)[:3]] == ["skipped", "ok", "ok"]
+
+
+def test_stop_signals_leave_an_ignored_signal_ignored_and_restore_the_handlers():
+    """Under ``nohup`` SIGHUP is ignored, and must stay so; after the block the old handlers are back."""
+    import signal
+
+    from restorecli.cli.app import Interrupted, stop_signals
+
+    before_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    before_term = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            with stop_signals():
+                assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+                assert signal.getsignal(signal.SIGTERM) is not before_term
+                raise KeyboardInterrupt
+        assert stopped.value.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGTERM) is before_term
+    finally:
+        signal.signal(signal.SIGHUP, before_hup)

@@ -103,12 +103,15 @@ class BatchResult:
     items: list[ItemResult] = field(default_factory=list)
     seconds: float = 0.0
     setup: dict[str, str] | None = None  # model, device and precision that ran (None: a dry run)
+    interrupted: int | None = None  # the signal that stopped the batch before its end, if one did
 
     def count(self, status: Status) -> int:
         return sum(1 for item in self.items if item.status == status)
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return 128 + self.interrupted  # as a shell reports a process its signal ended
         return 1 if self.count("error") else 0
 
 

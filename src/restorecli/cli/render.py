@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
 from dataclasses import asdict
 from typing import TextIO
 
@@ -50,6 +52,8 @@ def summary_json(batch: BatchResult) -> dict:
         summary["faces"] = sum(item.faces or 0 for item in batch.items)
     if batch.setup:
         summary.update(batch.setup)
+    if batch.interrupted is not None:
+        summary["interrupted"] = signal.Signals(batch.interrupted).name
     return summary
 
 
@@ -74,6 +78,9 @@ class BatchRenderer:
         )
         self.task = None
         self.current = ""
+        self.total: int | None = None
+        self.items: list[ItemResult] = []  # every finished item, for a summary of a batch that was cut short
+        self.started = time.perf_counter()
 
     def __enter__(self) -> "BatchRenderer":
         self.progress.start()
@@ -84,6 +91,7 @@ class BatchRenderer:
 
     def __call__(self, event: str, payload: object) -> None:
         if event == "start":
+            self.total = payload  # type: ignore[assignment]
             self.task = self.progress.add_task("restore", total=payload, current="")
         elif event == "item" and self.task is not None:
             self.current = str(payload)
@@ -94,6 +102,7 @@ class BatchRenderer:
                 self.progress.update(self.task, current=f"{self.current} [dim](tile {done}/{total})[/]")
         elif event == "done" and self.task is not None:
             assert isinstance(payload, ItemResult)
+            self.items.append(payload)
             self.progress.advance(self.task)
             self._item(payload)
 
@@ -106,6 +115,10 @@ class BatchRenderer:
         elif self.results_to_stdout and item.status in ("ok", "planned") and item.output:
             self.stdout.write(item.output + "\n")
             self.stdout.flush()
+
+    def so_far(self, interrupted: int) -> BatchResult:
+        """The batch as far as it got, for when a signal stopped it."""
+        return BatchResult(list(self.items), round(time.perf_counter() - self.started, 3), interrupted=interrupted)
 
     def summary(self, batch: BatchResult) -> None:
         if self.as_json:
@@ -128,3 +141,8 @@ class BatchRenderer:
         for item in batch.items:
             if item.status == "error":
                 self.console.print(f"  [red]x[/] {item.error}", soft_wrap=True)
+        if batch.interrupted is not None:
+            of = f" of {self.total}" if self.total is not None else ""
+            self.console.print(f"[yellow]interrupted by {signal.Signals(batch.interrupted).name} after "
+                               f"{len(batch.items)}{of} images[/]: the image in hand was not written; run the same "
+                               "command again to resume (finished outputs are skipped)", soft_wrap=True)

@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from ..pipeline import STDIO, restore_batch
 from . import options as o
-from .app import app, exit_on_error
+from .app import Interrupted, app, exit_on_error, stop_signals
 from .render import BatchRenderer
 
 D = o.DEFAULTS
@@ -53,7 +53,11 @@ def restore(
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
         options = o.restore_options(values, output_dir=output, overwrite=overwrite, dry_run=dry_run)
         with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
-            batch = restore_batch(inputs, options, on_progress=renderer, stdin=sys.stdin.buffer,
-                                  stdout=sys.stdout.buffer if output == STDIO else None)
+            try:
+                with stop_signals():
+                    batch = restore_batch(inputs, options, on_progress=renderer, stdin=sys.stdin.buffer,
+                                          stdout=sys.stdout.buffer if output == STDIO else None)
+            except Interrupted as stop:  # the image in hand is dropped (nothing under its name); the rest waits
+                batch = renderer.so_far(interrupted=stop.signum)
         renderer.summary(batch)
     raise typer.Exit(code=batch.exit_code)
