@@ -182,6 +182,40 @@ def test_truncated_files_are_refused(name):
         decode_image(data[: len(data) // 2], name)
 
 
+def _saved_all(fmt: str, frames: list[Image.Image]) -> bytes:
+    out = io.BytesIO()
+    frames[0].save(out, fmt, save_all=True, append_images=frames[1:], **({"duration": 100} if fmt != "MPO" else {}))
+    return out.getvalue()
+
+
+def test_animations_and_multi_page_files_are_refused_rather_than_cut_to_their_first_picture():
+    import tifffile
+
+    frames = [Image.new("RGB", (24, 16), (40 * i, 90, 20)) for i in range(3)]
+    pages = io.BytesIO()
+    tifffile.imwrite(pages, np.stack([np.asarray(f) for f in frames]), photometric="rgb")  # 3 pages
+    for name, data in (("anim.gif", _saved_all("GIF", frames)), ("anim.png", _saved_all("PNG", frames)),
+                       ("anim.webp", _saved_all("WEBP", frames)), ("scan.tif", pages.getvalue())):
+        with pytest.raises(ImageDecodeError, match=f"{name}: holds 3 pictures .*extract the frames or pages first"):
+            decode_image(data, name)
+
+
+def test_a_camera_s_mpo_and_a_tiff_with_a_thumbnail_page_are_one_picture():
+    """Phones write MPO JPEGs whose second image is a preview or depth map; TIFFs may carry a reduced-resolution
+    copy of the image as a second page. Both are one photograph: its first picture."""
+    import tifffile
+
+    photo = np.asarray(Image.open(TEST_INPUTS / "rocket.jpg").convert("RGB"))
+    mpo = decode_image(_saved_all("MPO", [Image.fromarray(photo), Image.new("RGB", (8, 8))]), "phone.jpg")
+    assert mpo.color.shape == photo.shape and mpo.format == "jpg"
+    with_thumbnail = io.BytesIO()
+    with tifffile.TiffWriter(with_thumbnail) as tiff:
+        tiff.write(photo, photometric="rgb")
+        tiff.write(photo[::4, ::4], photometric="rgb", subfiletype=1)  # reduced-resolution copy
+    decoded = decode_image(with_thumbnail.getvalue(), "scan.tif")
+    np.testing.assert_array_equal(decoded.color, photo)
+
+
 def test_pixel_limit_refuses_before_decoding():
     data = (TEST_INPUTS / "rocket.jpg").read_bytes()
     with pytest.raises(ImageTooLarge, match="exceeds the limit of 1,000"):

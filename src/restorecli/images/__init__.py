@@ -175,6 +175,23 @@ def _cv2_pixels_16(data: bytes, name: str, grey: bool) -> tuple[np.ndarray, np.n
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB), None
 
 
+def _pictures(image: Image.Image) -> int:
+    """How many full pictures the file holds: frames of an animation, pages of a TIFF. Not counted: the
+    secondary images of a camera's MPO JPEG (previews, depth maps), whose first image is the photo, and TIFF
+    pages marked as reduced-resolution copies (thumbnails) of another."""
+    frames = getattr(image, "n_frames", 1)
+    if frames == 1 or image.format == "MPO":
+        return 1
+    if image.format == "TIFF":
+        full = 0
+        for index in range(frames):
+            image.seek(index)
+            full += not int(image.tag_v2.get(254, 0)) & 1  # NewSubfileType bit 0: a reduced-resolution copy
+        image.seek(0)
+        return full
+    return frames
+
+
 def _raw_mode(image: Image.Image) -> str:
     """How the file stores its samples, e.g. 'RGB;16B' (16-bit RGB) or 'RGBA'. Pillow gives it as the decoder's
     argument: a string for PNG, the first item of a tuple for libtiff, whose other items (such as an offset
@@ -198,6 +215,10 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
             "(raise it with --max-pixels)"
         )
+    pictures = _pictures(image)
+    if pictures > 1:
+        raise ImageDecodeError(f"{name}: holds {pictures} pictures (an animation or a multi-page file), and restorecli "
+                               "restores one picture a file; extract the frames or pages first")
     rawmode = _raw_mode(image)
     saved_limit = Image.MAX_IMAGE_PIXELS
     try:
