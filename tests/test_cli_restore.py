@@ -311,18 +311,41 @@ def test_failure_while_writing_leaves_no_partial_output(photos, model2, tmp_path
     assert list(out.iterdir()) == []
 
 
-def test_exif_orientation_and_metadata_survive(tmp_path, model2):
+XMP = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+       b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+       b'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6">'
+       b'<dc:subject><rdf:Bag><rdf:li>grandmother</rdf:li><rdf:li>1962</rdf:li></rdf:Bag></dc:subject>'
+       b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+
+
+def with_xmp(jpeg: bytes, packet: bytes) -> bytes:
+    """A JPEG with an XMP APP1 segment after its SOI (as cameras and Lightroom write; any Pillow version)."""
+    payload = b"http://ns.adobe.com/xap/1.0/\x00" + packet
+    return jpeg[:2] + b"\xff\xe1" + (2 + len(payload)).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "tiff", "webp"])
+def test_exif_orientation_and_metadata_survive(tmp_path, model2, fmt):
+    """The EXIF and the XMP packet (an archive's keywords, captions, ratings) reach every output format, both with
+    their orientation reset, since the pixels are stored upright."""
+    from restorecli.images import decode_image
+
     source = Image.open(TEST_INPUTS / "rocket.jpg")
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: a viewer rotates it 90 degrees clockwise
     exif[0x010F] = "TestCam"
     path = tmp_path / "sideways.jpg"
-    source.save(path, exif=exif.tobytes(), quality=95)
-    result = invoke("restore", path, "-o", tmp_path / "o", "--model", model2)
+    encoded = io.BytesIO()
+    source.save(encoded, "JPEG", exif=exif.tobytes(), quality=95)
+    path.write_bytes(with_xmp(encoded.getvalue(), XMP))
+    result = invoke("restore", path, "-o", tmp_path / "o", "--model", model2, "--format", fmt)
     assert result.exit_code == 0, result.stderr
-    written = Image.open(tmp_path / "o" / "sideways.jpg")
+    output = tmp_path / "o" / f"sideways.{'tif' if fmt == 'tiff' else fmt}"
+    written = Image.open(output)
     assert written.size == (128, 192)  # upright: 64x96 -> 2x
     assert written.getexif()[0x010F] == "TestCam" and written.getexif().get(0x0112, 1) == 1
+    xmp = decode_image(output.read_bytes(), output.name).xmp
+    assert xmp == XMP.replace(b'tiff:Orientation="6"', b'tiff:Orientation="1"')
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "png"])

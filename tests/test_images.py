@@ -144,6 +144,43 @@ def test_exif_and_icc_profile_are_written(fmt):
     assert written.getexif().get(0x010F) == "restorecli-test-camera"
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tiff"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_xmp_is_written_where_each_format_keeps_it(fmt, dtype):
+    """Read back by Pillow, which finds it in PNG's iTXt chunk, a JPEG APP1 segment, WebP's XMP chunk and TIFF
+    tag 700."""
+    from test_cli_restore import XMP
+
+    packet = XMP.replace(b' tiff:Orientation="6"', b"")  # an orientation would turn the pixels on reading
+    color = np.full((20, 30, 3), 3000 if dtype == np.uint16 else 90, dtype)
+    assert decode_image(encode_image(color, None, fmt, xmp=packet), f"x.{fmt}").xmp == packet
+
+
+@pytest.mark.parametrize("form", [b'tiff:Orientation="8"', b"<tiff:Orientation>8</tiff:Orientation>"])
+@pytest.mark.parametrize("in_exif", [True, False])
+def test_xmp_orientation_is_applied_and_reset_like_the_exif_s(form, in_exif):
+    """Pillow (so restorecli) turns the pixels by the XMP's orientation where the EXIF has none, as Lightroom
+    does; either way the pixels end upright and the XMP says so."""
+    from test_cli_restore import XMP, with_xmp
+
+    exif = Image.Exif()
+    if in_exif:
+        exif[0x0112] = 8
+    jpeg = _png(Image.new("RGB", (6, 4)), format="JPEG", exif=exif.tobytes())
+    decoded = decode_image(with_xmp(jpeg, XMP.replace(b'tiff:Orientation="6"', form)), "x.jpg")
+    assert decoded.color.shape[:2] == (6, 4)  # turned a quarter
+    assert decoded.xmp == XMP.replace(b'tiff:Orientation="6"', form.replace(b"8", b"1"))
+
+
+def test_an_xmp_packet_too_large_for_one_jpeg_segment_is_left_out_of_jpeg_only():
+    from restorecli.images.jpeg import XMP_MAX_BYTES
+
+    huge = b"<x:xmpmeta>" + b" " * XMP_MAX_BYTES + b"</x:xmpmeta>"
+    color = np.zeros((8, 8, 3), np.uint8)
+    assert decode_image(encode_image(color, None, "jpg", xmp=huge), "x.jpg").xmp is None
+    assert decode_image(encode_image(color, None, "png", xmp=huge), "x.png").xmp == huge
+
+
 def test_sixteen_bit_png_carries_exif_and_icc():
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,12 @@ class DecodedImage:
     format: OutputFormat | None  # the file's own format where restorecli can write it back
     exif: bytes | None  # with the orientation reset to 1, since the pixels are already upright
     icc_profile: bytes | None
+    xmp: bytes | None = None  # the XMP packet (keywords, captions, ratings), its orientation reset too
+
+    @property
+    def metadata(self) -> dict[str, bytes | None]:
+        """What the writers take to carry the metadata over: ``exif``, ``icc_profile``, ``xmp``."""
+        return {"exif": self.exif, "icc_profile": self.icc_profile, "xmp": self.xmp}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -192,6 +199,32 @@ def _pictures(image: Image.Image) -> int:
     return frames
 
 
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # how a JPEG's APP1 segment says it holds XMP
+_XMP_ORIENTATION = (re.compile(rb"(tiff:Orientation\s*=\s*[\"'])[1-8]([\"'])"),
+                    re.compile(rb"(<tiff:Orientation>\s*)[1-8](\s*</tiff:Orientation>)"))
+
+
+def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
+    """The file's XMP packet, wherever its format keeps it; with ``upright``, its tiff:Orientation set to 1,
+    like the EXIF's, since the pixels have been turned."""
+    packet: bytes | str | None = None
+    if image.format in ("JPEG", "MPO"):
+        packet = next((content[len(_XMP_APP1):] for marker, content in getattr(image, "applist", [])
+                       if marker == "APP1" and content.startswith(_XMP_APP1)), None)
+    else:
+        packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")  # WebP, PNG (iTXt)
+        if packet is None and image.format == "TIFF":
+            packet = image.tag_v2.get(700)  # XMLPacket
+    if isinstance(packet, str):
+        packet = packet.encode("utf-8")
+    if not isinstance(packet, bytes) or not packet:
+        return None
+    if upright:
+        for pattern in _XMP_ORIENTATION:
+            packet = pattern.sub(rb"\g<1>1\g<2>", packet)
+    return packet
+
+
 def _raw_mode(image: Image.Image) -> str:
     """How the file stores its samples, e.g. 'RGB;16B' (16-bit RGB) or 'RGBA'. Pillow gives it as the decoder's
     argument: a string for PNG, the first item of a tuple for libtiff, whose other items (such as an offset
@@ -229,6 +262,8 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
     exif, file_format = image.getexif(), image.format  # read before any conversion: it makes a new image
+    orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+    xmp = _xmp_packet(image, upright=orientation != 1)
     icc_profile = image.info.get("icc_profile")
     if image.mode == "CMYK":
         image, icc_profile = _cmyk_to_srgb(image, icc_profile)
@@ -238,7 +273,6 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         icc_profile = None  # a profile of another colour space (CMYK, Lab) would misdescribe these pixels
     if alpha is not None and alpha.dtype != color.dtype:
         alpha = alpha.astype(color.dtype)
-    orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
     color = _orient(color, orientation)
     alpha = _orient(alpha, orientation) if alpha is not None else None
     exif_bytes = None
@@ -252,6 +286,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         format=_PIL_FORMAT.get(file_format or ""),
         exif=exif_bytes,
         icc_profile=icc_profile,
+        xmp=xmp,
     )
 
 
@@ -264,10 +299,12 @@ def check_output_size(name: str, fmt: OutputFormat, size: tuple[int, int]) -> No
 
 
 def strip_writer(fmt: OutputFormat, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype,
-                 *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None) -> StripWriter:
+                 *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
+                 xmp: bytes | None = None) -> StripWriter:
     """A writer of ``fmt`` (one of ``STRIP_WRITERS``) that takes the image a strip of rows at a time."""
     settings = {"quality": quality} if fmt == "jpg" else {}
-    return STRIP_WRITERS[fmt](handle, width, height, channels, dtype, exif=exif, icc_profile=icc_profile, **settings)
+    return STRIP_WRITERS[fmt](handle, width, height, channels, dtype, exif=exif, icc_profile=icc_profile, xmp=xmp,
+                              **settings)
 
 
 def encode_image(
@@ -278,6 +315,7 @@ def encode_image(
     quality: int = 95,
     exif: bytes | None = None,
     icc_profile: bytes | None = None,
+    xmp: bytes | None = None,
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
     and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
@@ -288,7 +326,7 @@ def encode_image(
         planes = color if alpha is None else np.dstack([color, alpha])
         out = io.BytesIO()
         writer = strip_writer(fmt, out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype,
-                              quality=quality, exif=exif, icc_profile=icc_profile)
+                              quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp)
         writer.write(planes)
         writer.close()
         return out.getvalue()
@@ -302,6 +340,8 @@ def encode_image(
         kwargs["exif"] = exif
     if icc_profile:
         kwargs["icc_profile"] = icc_profile
+    if xmp:
+        kwargs["xmp"] = xmp
     out = io.BytesIO()
     pil.save(out, format="WEBP", quality=quality, **kwargs)
     return out.getvalue()

@@ -10,7 +10,9 @@ ones the whole image has there, the marker before the next band is always RST7, 
 straddles two bands. The file is byte for byte what Pillow writes for the whole image with
 ``restart_marker_rows=1`` (about 2 bytes more per 16 rows than without markers).
 
-Alpha is composited onto white and 16-bit samples are rounded to 8 bits, as JPEG holds neither.
+Alpha is composited onto white and 16-bit samples are rounded to 8 bits, as JPEG holds neither. An XMP packet
+goes in an APP1 segment of its own after Pillow's EXIF, as Adobe's XMP specification places it (up to the 65502
+bytes one segment holds; a larger one is left out rather than split into "extended XMP").
 """
 
 from __future__ import annotations
@@ -27,22 +29,27 @@ from .strips import StripWriter
 JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side
 _BAND_ROWS = 128  # the unit bands are made of (see above)
 _BAND_BYTES = 1 << 22  # Pillow holds 4 bytes a pixel: bounds its copy of each band
-_SOF0, _SOS = 0xC0, 0xDA
+_SOF0, _SOS, _APP0, _APP15 = 0xC0, 0xDA, 0xE0, 0xEF
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
+XMP_MAX_BYTES = 65535 - 2 - len(_XMP_APP1)  # a segment's length field counts itself
 _RST7, _EOI = b"\xff\xd7", b"\xff\xd9"
 
 
-def _segments(data: bytes) -> tuple[int, int]:
-    """Where the baseline frame header (SOF0) starts and where the scan's entropy-coded data starts."""
-    frame, at = -1, 2  # after SOI
+def _segments(data: bytes) -> tuple[int, int, int]:
+    """Where the application segments (APPn) end, where the baseline frame header (SOF0) starts and where the
+    scan's entropy-coded data starts."""
+    apps_end, frame, at = -1, -1, 2  # after SOI
     while at + 4 <= len(data) and data[at] == 0xFF:
         marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        if apps_end < 0 and not _APP0 <= marker <= _APP15:
+            apps_end = at
         if marker == _SOF0:
             frame = at
         at += 2 + length
         if marker == _SOS:
             if frame < 0:
                 break
-            return frame, at
+            return apps_end, frame, at
     raise ValueError("the JPEG encoder wrote no baseline frame and scan")  # not expected from Pillow's settings
 
 
@@ -54,13 +61,17 @@ class JpegWriter(StripWriter):
     FORMAT = "JPEG"
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
-                 *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None):
+                 *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
+                 xmp: bytes | None = None):
         super().__init__(handle, width, height, channels, dtype)
         if width > JPEG_MAX_SIDE or height > JPEG_MAX_SIDE:
             raise ValueError(f"a JPEG holds at most {JPEG_MAX_SIDE} pixels a side, not {width}x{height}; "
                              "write PNG or TIFF (--format png)")
         self._settings: dict[str, object] = {"quality": quality, "restart_marker_rows": 1}
         self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile)) if value}
+        self._xmp = b""
+        if xmp and len(xmp) <= XMP_MAX_BYTES:
+            self._xmp = b"\xff\xe1" + (2 + len(_XMP_APP1) + len(xmp)).to_bytes(2, "big") + _XMP_APP1 + xmp
         self._band = max(1, _BAND_BYTES // (width * 4 * _BAND_ROWS)) * _BAND_ROWS
         self._begin()
 
@@ -99,10 +110,12 @@ class JpegWriter(StripWriter):
         data = out.getvalue()
         if not data.endswith(_EOI):
             raise ValueError("the JPEG encoder's output does not end its image")
-        frame, scan = _segments(data)
+        apps_end, frame, scan = _segments(data)
         if self._started:
             self.handle.write(_RST7)
-        else:  # the headers, with the frame's height (2 bytes, 3 after its length) set to the whole image's
-            self.handle.write(data[: frame + 5] + self.height.to_bytes(2, "big") + data[frame + 7 : scan])
+        else:  # the headers, with XMP after the APPn segments and the frame's height (2 bytes, 3 after the
+            # frame header's length) set to the whole image's
+            self.handle.write(data[:apps_end] + self._xmp + data[apps_end : frame + 5] + self.height.to_bytes(2, "big")
+                              + data[frame + 7 : scan])
             self._started = True
         self.handle.write(data[scan:-2])

@@ -2,7 +2,8 @@
 
 It writes what OpenCV writes by default (the Sub filter on every row, zlib level 1 with the RLE
 strategy: fast, and within a few per cent of the smallest size on photographs), plus what OpenCV
-cannot write: the ICC profile (iCCP) and EXIF (eXIf) chunks, placed before the image data.
+cannot write: the ICC profile (iCCP), EXIF (eXIf) and XMP (an iTXt chunk, as Adobe's XMP specification
+places it) chunks, before the image data.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class PngWriter(StripWriter):
     FORMAT = "PNG"
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
-                 *, exif: bytes | None = None, icc_profile: bytes | None = None):
+                 *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None):
         super().__init__(handle, width, height, channels, dtype)
         self._bpp = channels * self.dtype.itemsize  # bytes per pixel, the Sub filter's stride
         header = struct.pack(">IIBBBBB", width, height, self.dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
@@ -43,6 +44,8 @@ class PngWriter(StripWriter):
             self._head += png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile))
         if exif:
             self._head += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+        if xmp:  # keyword, then no compression, no language tag, no translated keyword
+            self._head += png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
         self._begin()
 
     def _begin(self) -> None:

@@ -1,8 +1,8 @@
 """A TIFF encoder fed a strip of rows at a time, so an output never has to be whole in memory.
 
 Baseline strip TIFF: Adobe Deflate (zlib level 1, RLE strategy) after the horizontal predictor, which
-libtiff and every TIFF reader decode, 8 or 16 bits, grey, grey+alpha, RGB or RGBA. It also carries the ICC profile
-and the EXIF of the source. The EXIF comes as a small TIFF of its own (what Pillow's ``Exif.tobytes``
+libtiff and every TIFF reader decode, 8 or 16 bits, grey, grey+alpha, RGB or RGBA. It also carries the ICC profile,
+the XMP packet and the EXIF of the source. The EXIF comes as a small TIFF of its own (what Pillow's ``Exif.tobytes``
 makes); it is written first, as the start of this file, so every offset inside it stays valid: the
 camera's tags of its first directory are copied into the image's directory, which points at its
 EXIF and GPS sub-directories where they already are.
@@ -20,7 +20,7 @@ from .strips import StripWriter
 
 _STRIP_BYTES = 1 << 19  # uncompressed bytes per strip
 _DEFLATE, _HORIZONTAL_PREDICTOR = 8, 2
-_SHORT, _LONG, _UNDEFINED = 3, 4, 7
+_BYTE, _SHORT, _LONG, _UNDEFINED = 1, 3, 4, 7
 _FIELD_TYPES = range(1, 13)  # BYTE .. DOUBLE: an entry of any other type is not copied
 # Tags that describe the pixels: ours, never copied from the EXIF's first directory.
 _IMAGE_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320, 322, 323, 324,
@@ -35,11 +35,11 @@ class TiffWriter(StripWriter):
     FORMAT = "TIFF"
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
-                 *, exif: bytes | None = None, icc_profile: bytes | None = None):
+                 *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None):
         super().__init__(handle, width, height, channels, dtype)
         if self._start is None:
             raise OSError("a TIFF needs a seekable stream: its header points to a directory written last")
-        self.icc_profile = icc_profile
+        self.icc_profile, self.xmp = icc_profile, xmp
         self._exif = exif[6:] if exif and exif.startswith(b"Exif\x00\x00") else exif
         self._order = "<"
         if self._exif and (len(self._exif) < 8 or self._exif[:4] not in (b"II*\x00", b"MM\x00*")):
@@ -137,6 +137,8 @@ class TiffWriter(StripWriter):
             tags[338] = self._array(_SHORT, [2])  # the extra sample is unassociated alpha
         if self.icc_profile:
             tags[34675] = (_UNDEFINED, len(self.icc_profile), self.icc_profile)
+        if self.xmp:
+            tags[700] = (_BYTE, len(self.xmp), self.xmp)  # XMLPacket
         copied = self._exif_entries()
         entries: dict[int, bytes] = {}
         for tag, (kind, count, value) in tags.items():  # values over 4 bytes go before the directory
