@@ -185,6 +185,14 @@ def test_usage_errors_exit_2(photos, model2, args, message):
     assert message in result.stderr
 
 
+def test_help_shows_defaults_written_in_brackets():
+    """Help text is shown as written: rich markup used to swallow "[default: ...]" as a tag."""
+    for command, default in (("restore", "[default: the"), ("submit", "[default: $RESTORECLI_QUEUE"),
+                             ("status", "[default: the whole queue]"), ("download-weights", "[default: what")):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and default in " ".join(result.stdout.split()), (command, result.stdout)
+
+
 def test_no_input_matched_exits_2(tmp_path, model2):
     result = invoke("restore", tmp_path / "nothing-*.jpg", "--model", model2)
     assert result.exit_code == 2
