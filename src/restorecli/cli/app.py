@@ -65,7 +65,8 @@ def stop_signals() -> Iterator[None]:
         raise Interrupted(signum)
 
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]  # Windows: no SIGHUP
+    for signum in stops:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, interrupt)
     try:
