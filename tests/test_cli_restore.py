@@ -321,8 +321,9 @@ def test_failure_while_writing_leaves_no_partial_output(photos, model2, tmp_path
 
 XMP = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
        b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
-       b'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6">'
-       b'<dc:subject><rdf:Bag><rdf:li>grandmother</rdf:li><rdf:li>1962</rdf:li></rdf:Bag></dc:subject>'
+       b'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6" '
+       b'xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:PixelXDimension="96"><exif:PixelYDimension>64'
+       b'</exif:PixelYDimension><dc:subject><rdf:Bag><rdf:li>grandmother</rdf:li><rdf:li>1962</rdf:li></rdf:Bag></dc:subject>'
        b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
 
 
@@ -335,13 +336,14 @@ def with_xmp(jpeg: bytes, packet: bytes) -> bytes:
 @pytest.mark.parametrize("fmt", ["jpg", "png", "tiff", "webp"])
 def test_exif_orientation_and_metadata_survive(tmp_path, model2, fmt):
     """The EXIF and the XMP packet (an archive's keywords, captions, ratings) reach every output format, both with
-    their orientation reset, since the pixels are stored upright."""
+    their orientation reset, since the pixels are stored upright, and the image size they record updated."""
     from restorecli.images import decode_image
 
     source = Image.open(TEST_INPUTS / "rocket.jpg")
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: a viewer rotates it 90 degrees clockwise
     exif[0x010F] = "TestCam"
+    exif[0x8769] = {0xA002: 96, 0xA003: 64, 0x9003: "1962:07:01 12:00:00"}  # the Exif directory: size, date taken
     path = tmp_path / "sideways.jpg"
     encoded = io.BytesIO()
     source.save(encoded, "JPEG", exif=exif.tobytes(), quality=95)
@@ -352,8 +354,10 @@ def test_exif_orientation_and_metadata_survive(tmp_path, model2, fmt):
     written = Image.open(output)
     assert written.size == (128, 192)  # upright: 64x96 -> 2x
     assert written.getexif()[0x010F] == "TestCam" and written.getexif().get(0x0112, 1) == 1
+    assert written.getexif().get_ifd(0x8769) == {0xA002: 128, 0xA003: 192, 0x9003: "1962:07:01 12:00:00"}
     xmp = decode_image(output.read_bytes(), output.name).xmp
-    assert xmp == XMP.replace(b'tiff:Orientation="6"', b'tiff:Orientation="1"')
+    assert xmp == (XMP.replace(b'tiff:Orientation="6"', b'tiff:Orientation="1"')
+                   .replace(b'PixelXDimension="96"', b'PixelXDimension="128"').replace(b">64<", b">192<"))
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "png"])

@@ -270,7 +270,7 @@ class Restorer:
         planes = decoded.color.shape[2] + (decoded.alpha is not None)
         with atomic_writer(output) as handle:
             writer = strip_writer(fmt, handle, *size, planes, decoded.color.dtype, quality=options.quality,
-                                  **decoded.metadata)
+                                  **decoded.metadata_for(size))
             model, engine = self._runner(decoded.color)
             enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale, decoded.alpha)
             writer.close()
@@ -288,8 +288,9 @@ class Restorer:
         result, report = self._restore(decoded.color, decoded.alpha, options, on_tile)
         if report is not None and options.save_faces and report.aligned:
             _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
-        encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, **decoded.metadata)
-        return Restored(encoded, decoded.size, (result.color.shape[1], result.color.shape[0]),
+        size = (result.color.shape[1], result.color.shape[0])
+        encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, **decoded.metadata_for(size))
+        return Restored(encoded, decoded.size, size,
                         len(report.faces) if report is not None else None)
 
 

@@ -54,10 +54,11 @@ class DecodedImage:
     icc_profile: bytes | None
     xmp: bytes | None = None  # the XMP packet (keywords, captions, ratings), its orientation reset too
 
-    @property
-    def metadata(self) -> dict[str, bytes | None]:
-        """What the writers take to carry the metadata over: ``exif``, ``icc_profile``, ``xmp``."""
-        return {"exif": self.exif, "icc_profile": self.icc_profile, "xmp": self.xmp}
+    def metadata_for(self, size: tuple[int, int]) -> dict[str, bytes | None]:
+        """What the writers take to carry the metadata over to an output of ``size`` (w, h): ``exif``,
+        ``icc_profile`` and ``xmp``, with the pixel dimensions the EXIF and XMP record set to ``size``."""
+        return {"exif": _exif_with_size(self.exif, size) if self.exif else None, "icc_profile": self.icc_profile,
+                "xmp": _xmp_with_size(self.xmp, size) if self.xmp else None}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -200,8 +201,33 @@ def _pictures(image: Image.Image) -> int:
 
 
 _XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # how a JPEG's APP1 segment says it holds XMP
-_XMP_ORIENTATION = (re.compile(rb"(tiff:Orientation\s*=\s*[\"'])[1-8]([\"'])"),
-                    re.compile(rb"(<tiff:Orientation>\s*)[1-8](\s*</tiff:Orientation>)"))
+_EXIF_IFD, _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0x8769, 0xA002, 0xA003
+
+
+def _set_xmp_field(packet: bytes, name: bytes, value: int) -> bytes:
+    """``packet`` with the number in field ``name`` (as an attribute or as an element) set to ``value``."""
+    for pattern in (rb"(%s\s*=\s*[\"'])\d+([\"'])", rb"(<%s>\s*)\d+(\s*</%s>)"):
+        packet = re.sub(pattern.replace(b"%s", re.escape(name)), rb"\g<1>%d\g<2>" % value, packet)
+    return packet
+
+
+def _xmp_with_size(packet: bytes, size: tuple[int, int]) -> bytes:
+    for name, value in ((b"exif:PixelXDimension", size[0]), (b"exif:PixelYDimension", size[1]),
+                        (b"tiff:ImageWidth", size[0]), (b"tiff:ImageLength", size[1])):
+        packet = _set_xmp_field(packet, name, value)
+    return packet
+
+
+def _exif_with_size(exif: bytes, size: tuple[int, int]) -> bytes:
+    """``exif`` with the image size its Exif directory records (PixelX/YDimension) set to ``size``, where it
+    records one: a viewer showing the camera's size for a 4x result would mislead."""
+    data = Image.Exif()
+    data.load(exif)
+    directory = data.get_ifd(_EXIF_IFD)
+    if _PIXEL_X_DIMENSION not in directory and _PIXEL_Y_DIMENSION not in directory:
+        return exif
+    directory[_PIXEL_X_DIMENSION], directory[_PIXEL_Y_DIMENSION] = size
+    return data.tobytes()
 
 
 def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
@@ -220,8 +246,7 @@ def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
     if not isinstance(packet, bytes) or not packet:
         return None
     if upright:
-        for pattern in _XMP_ORIENTATION:
-            packet = pattern.sub(rb"\g<1>1\g<2>", packet)
+        packet = _set_xmp_field(packet, b"tiff:Orientation", 1)
     return packet
 
 
