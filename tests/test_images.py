@@ -329,6 +329,21 @@ def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, he
         image.load()
 
 
+def test_png_bytes_do_not_depend_on_how_the_rows_were_split(monkeypatch):
+    """IDAT chunks have a fixed size, so a file written strip by strip is the file written whole, byte for byte,
+    however zlib happened to hand its output back."""
+    from restorecli.images import png
+
+    monkeypatch.setattr(png, "_IDAT_BYTES", 100)
+    pixels = np.random.default_rng(5).integers(0, 65535, (50, 30, 3), dtype=np.uint16)
+    files = []
+    for cuts in ([], [1, 2, 17, 40], list(range(50))):
+        out = io.BytesIO()
+        _write_in_strips(PngWriter(out, 30, 50, 3, np.uint16), pixels, cuts)
+        files.append(out.getvalue())
+    assert files[0] == files[1] == files[2] and files[0].count(b"IDAT") > 10
+
+
 def test_png_writer_writes_icc_and_exif_before_the_pixels():
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()

@@ -320,11 +320,8 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
     model = _load_state(tmp_path, tiny_compact_state(2))
     grey = ASTRONAUT[:40, :56, :1].copy()
     rgb = ASTRONAUT[:40, :56]
-    assert streamable(model, grey, None) and streamable(model, rgb, 2.0)
-    assert streamable(model, rgb, 1.0)  # the 2x output shrunk exactly twice: two rows at a time
-    assert not streamable(model, rgb, 1.5)  # a final resize needs the whole result
-    assert not streamable(model, rgb, 3.0)  # so does enlarging
-    assert not streamable(model, np.zeros((40, 56, 2), np.uint8), None)
+    assert streamable(model, grey) and streamable(model, rgb)
+    assert not streamable(model, np.zeros((40, 56, 2), np.uint8))  # no 2-plane colour: split, run, join
     options = EngineOptions(device=CPU, tile=16, tile_pad=8)
     for planes in (grey, rgb):
         sink = _StripRecorder()
@@ -332,13 +329,12 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
         np.testing.assert_array_equal(sink.image(), enhance(model, planes, None, options).color)
     with pytest.raises(ValueError, match="whole-array path"):
         enhance_rows(model, np.zeros((40, 56, 2), np.uint8), options, _StripRecorder())
-    with pytest.raises(ValueError, match="whole-array path"):
-        enhance_rows(model, rgb, options, _StripRecorder(), outscale=1.5)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    scales=st.sampled_from([(2, 2.0), (2, 1.0), (3, 1.0), (4, 2.0), (4, 1.0)]),  # (model scale, --outscale)
+    # (model scale, --outscale): native, whole-number shrinks, fractional shrinks, enlarging
+    scales=st.sampled_from([(2, 2.0), (2, 1.0), (3, 1.0), (4, 2.0), (4, 1.0), (4, 3.0), (2, 1.3), (3, 4.5), (2, 3.7)]),
     height=st.integers(8, 64),
     width=st.integers(8, 64),
     tile=st.integers(0, 40),
@@ -346,11 +342,11 @@ def test_streamed_enhance_equals_the_whole_array_and_says_what_it_cannot_stream(
     grey=st.booleans(),
     alpha=st.sampled_from([None, "model", "resize"]),
 )
-def test_a_whole_number_shrink_is_streamed_with_the_pixels_of_the_whole_resize(tmp_path, scales, height, width,
-                                                                               tile, sixteen, grey, alpha):
-    """Native scale (outscale = scale) and whole-number shrinks, with and without an alpha plane: the strips
-    put together are what ``enhance`` returns, colour and alpha planes side by side."""
-    from restorecli.engine.enhance import EngineOptions, enhance, enhance_rows, shrink_factor
+def test_any_outscale_is_streamed_with_the_pixels_of_the_whole_resize(tmp_path, scales, height, width, tile,
+                                                                      sixteen, grey, alpha):
+    """Native scale, whole-number and fractional shrinks and enlarging, with and without an alpha plane: the
+    strips put together are what ``enhance`` returns, colour and alpha planes side by side."""
+    from restorecli.engine.enhance import EngineOptions, enhance, enhance_rows
 
     scale, outscale = scales
     model = _load_state(tmp_path, tiny_compact_state(scale), f"c{scale}")
@@ -359,7 +355,6 @@ def test_a_whole_number_shrink_is_streamed_with_the_pixels_of_the_whole_resize(t
     if sixteen:
         crop = crop.astype(np.uint16) * 257 + 100
         plane = plane.astype(np.uint16) * 257 if plane is not None else None
-    assert shrink_factor(model, crop, outscale) == round(scale / outscale)
     options = EngineOptions(device=CPU, tile=tile, tile_pad=8, alpha=alpha or "model")
     sink = _StripRecorder()
     enhance_rows(model, crop, options, sink, outscale=outscale, alpha=plane)
@@ -416,12 +411,39 @@ def test_alpha_through_an_rgb_model_is_the_grey_of_its_rgb_result(tmp_path, sixt
     np.testing.assert_array_equal(got, expected)
 
 
-def test_shrink_factor_is_a_whole_number_or_none(tmp_path):
-    from restorecli.engine.enhance import shrink_factor
+def test_the_final_resize_is_block_means_for_a_whole_number_shrink_and_opencv_s_filters_otherwise():
+    """``resample`` (what the strips go through) against OpenCV resizing the whole result: the same bytes for
+    whole-number shrinks (k x k block means), within one level elsewhere (area when shrinking, Lanczos-4 when
+    enlarging, summed in float32 in another order)."""
+    import cv2
 
-    model = _load_state(tmp_path, tiny_compact_state(4))
-    even, odd = ASTRONAUT[:40, :56], ASTRONAUT[:41, :57]
-    assert [shrink_factor(model, even, s) for s in (None, 4.0, 2.0, 1.0, 0.5)] == [1, 1, 2, 4, 8]
-    assert shrink_factor(model, odd, 0.5) is None  # 57 / 2 px: not a whole output pixel
-    assert shrink_factor(model, odd, 1.0) == 4
-    assert [shrink_factor(model, even, s) for s in (3.0, 1.5, 8.0)] == [None, None, None]
+    from restorecli.engine.enhance import resample
+
+    image = np.ascontiguousarray(ASTRONAUT[:120, :160])
+    for size in ((80, 60), (40, 30), (20, 15)):
+        np.testing.assert_array_equal(resample(image, size), cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    for size, flag in (((120, 90), cv2.INTER_AREA), ((53, 41), cv2.INTER_AREA), ((240, 180), cv2.INTER_LANCZOS4),
+                       ((333, 250), cv2.INTER_LANCZOS4)):
+        ours, theirs = resample(image, size).astype(int), cv2.resize(image, size, interpolation=flag).astype(int)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1, size
+    sixteen = image.astype(np.uint16) * 257
+    assert np.abs(resample(sixteen, (333, 250)).astype(int)
+                  - cv2.resize(sixteen, (333, 250), interpolation=cv2.INTER_LANCZOS4).astype(int)).max() <= 2
+    assert resample(image[:, :, 0], (53, 41)).shape == (41, 53)
+
+
+def test_resized_strips_hold_only_the_rows_still_needed_and_start_again_on_restart():
+    from restorecli.engine.resample import ResizeRows
+
+    image = np.ascontiguousarray(ASTRONAUT[:90, :60])
+    sink = _StripRecorder()
+    rows = ResizeRows(sink, (60, 90), (150, 225))  # 2.5x, Lanczos-4
+    rows.write(image[:40])
+    assert rows.held is not None and len(rows.held) <= 8  # the 4 rows either side of the next output row
+    rows.restart()
+    assert sink.restarts == 1 and not sink.strips and rows.held is None
+    for top, bottom in ((0, 1), (1, 37), (37, 90)):
+        rows.write(image[top:bottom])
+    from restorecli.engine.enhance import resample
+
+    np.testing.assert_array_equal(sink.image(), resample(image, (150, 225)))

@@ -257,9 +257,9 @@ class Restorer:
 
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
-        """``restore_bytes`` written atomically to ``output``. A PNG, TIFF or JPEG that needs no faces and no
-        resize other than a whole-number shrink (``--outscale 2`` on a 4x model) is encoded a strip of rows at a
-        time as the tiles finish, so its colour planes are never whole in memory (an alpha plane is)."""
+        """``restore_bytes`` written atomically to ``output``. A PNG, TIFF or JPEG that needs no faces is encoded
+        a strip of rows at a time as the tiles finish, resized to ``--outscale`` on the way, so its colour planes
+        are never whole in memory (an alpha plane is)."""
         decoded = decode_image(data, name, options.max_pixels)
         size = target_size(self.model, *decoded.size, options.outscale)
         check_output_size(name, fmt, size)
@@ -281,7 +281,7 @@ class Restorer:
         grey16_alpha_tiff = (fmt == "tiff" and decoded.alpha is not None and decoded.color.shape[2] == 1
                              and decoded.color.dtype == np.uint16)
         return (fmt in STRIP_WRITERS and self.faces is None and not grey16_alpha_tiff
-                and streamable(self.model, decoded.color, options.outscale))
+                and streamable(self.model, decoded.color))
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
                          faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:

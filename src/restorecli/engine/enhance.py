@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..models.loading import LoadedModel
+from .resample import ResizeRows
 from .tiling import RowSink, TileProgress, upscale
 
 AlphaMode = Literal["model", "resize"]
@@ -79,6 +80,43 @@ class _ShrinkRows:
     def restart(self) -> None:
         self.pending = None
         self.sink.restart()
+
+
+def _resizer(sink: RowSink, native: tuple[int, int], target: tuple[int, int]) -> RowSink:
+    """``sink`` behind what turns strips of the model's ``native`` (w, h) output into rows of the ``target``
+    size: nothing at the native size; k-row block means for a whole-number shrink (``--outscale 2`` on a 4x
+    model: exactly ``resize``); otherwise the separable area/Lanczos-4 filter of ``ResizeRows``."""
+    if native == target:
+        return sink
+    factor = native[0] // target[0]
+    if factor >= 1 and native == (target[0] * factor, target[1] * factor):
+        return _ShrinkRows(sink, factor)
+    return ResizeRows(sink, native, target)
+
+
+class _Strips:
+    """A sink that keeps every strip, for the whole-array path."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+
+    def write(self, rows: np.ndarray) -> None:
+        self.parts.append(rows)
+
+    def restart(self) -> None:
+        self.parts.clear()
+
+
+def resample(array: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """The final resize of a model's result (H x W or H x W x C) to the ``target`` (w, h) size: what
+    ``enhance_rows`` does a strip at a time, done to the whole array."""
+    native = (array.shape[1], array.shape[0])
+    if native == target:
+        return array
+    strips = _Strips()
+    _resizer(strips, native, target).write(array if array.ndim == 3 else array[:, :, None])
+    out = np.concatenate(strips.parts)
+    return out if array.ndim == 3 else out[:, :, 0]
 
 
 class _WithAlpha:
@@ -163,7 +201,7 @@ def enhance(
     target = target_size(model, width, height, outscale)
     out, tile = _run(model, color, options, on_tile)
     out_alpha = _upscale_alpha(model, alpha, options, target, on_tile) if alpha is not None else None
-    return Enhanced(color=resize(out, target), alpha=out_alpha, tile=tile)
+    return Enhanced(color=resample(out, target), alpha=out_alpha, tile=tile)
 
 
 def _upscale_alpha(model: LoadedModel, alpha: np.ndarray, options: EngineOptions, target: tuple[int, int],
@@ -172,32 +210,18 @@ def _upscale_alpha(model: LoadedModel, alpha: np.ndarray, options: EngineOptions
     model's scale (``--alpha resize``), then resized like the colour planes."""
     size = (alpha.shape[1] * model.spec.scale, alpha.shape[0] * model.spec.scale)
     if options.alpha == "resize":
-        return resize(resize(alpha, size), target)
+        return resample(resize(alpha, size), target)
     # Through the model a strip at a time (as grey, for an RGB model), so only one plane is ever whole
     plane = _Plane(size[1], size[0], alpha.dtype)
     _run(model, alpha[:, :, None], options, on_tile, plane)
-    return resize(plane.array, target)
+    return resample(plane.array, target)
 
 
-def shrink_factor(model: LoadedModel, color: np.ndarray, outscale: float | None) -> int | None:
-    """1 where the result is the model's own output; k where it is that output shrunk exactly k times
-    (``--outscale 2`` on a 4x model, say), which a strip of rows can be shrunk k rows at a time;
-    None for any other scale, whose resize needs the whole output."""
-    height, width = color.shape[:2]
-    native = (width * model.spec.scale, height * model.spec.scale)
-    target = target_size(model, width, height, outscale)
-    factor = native[0] // target[0]
-    if factor >= 1 and native == (target[0] * factor, target[1] * factor):
-        return factor
-    return None
-
-
-def streamable(model: LoadedModel, color: np.ndarray, outscale: float | None) -> bool:
-    """Whether ``enhance_rows`` can produce this result: the model's native scale or an exact whole-number
-    shrink of it (``shrink_factor``), and planes the model takes directly (or grey into an RGB model).
-    Otherwise use ``enhance``. Alpha does not matter: ``enhance_rows`` upscales its plane whole first (a
-    quarter of an RGBA result, half of a grey one) and joins it to the colour strips."""
-    return shrink_factor(model, color, outscale) is not None and _takes_planes(model, color)
+def streamable(model: LoadedModel, color: np.ndarray) -> bool:
+    """Whether ``enhance_rows`` can produce this result: planes the model takes directly (or grey into an RGB
+    model). Any scale and any alpha can: the final resize is done a band of rows at a time, and the alpha plane
+    is upscaled whole first (a quarter of an RGBA result, half of a grey one) and joined to the colour strips."""
+    return _takes_planes(model, color)
 
 
 def _takes_planes(model: LoadedModel, color: np.ndarray) -> bool:
@@ -212,12 +236,11 @@ def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, 
     """What ``enhance`` returns, sent to ``sink`` a strip of rows at a time (colour planes, then alpha when
     there is one), so the colour result is never whole in memory. Only for what ``streamable`` accepts.
     Returns the tile size used."""
-    factor = shrink_factor(model, color, outscale)  # what streamable() checks, kept for the shrink below
-    if factor is None or not _takes_planes(model, color):
-        raise ValueError("this image needs the whole-array path (an enlarging or fractional resize, "
-                         "or a channel split)")
+    if not _takes_planes(model, color):
+        raise ValueError("this image needs the whole-array path (a channel split)")
+    height, width = color.shape[:2]
+    target = target_size(model, width, height, outscale)
     if alpha is not None:
-        height, width = color.shape[:2]
-        target = target_size(model, width, height, outscale)
         sink = _WithAlpha(sink, _upscale_alpha(model, alpha, options, target, on_tile))
-    return _run(model, color, options, on_tile, _ShrinkRows(sink, factor) if factor > 1 else sink)[1]
+    native = (width * model.spec.scale, height * model.spec.scale)
+    return _run(model, color, options, on_tile, _resizer(sink, native, target))[1]

@@ -19,7 +19,7 @@ from .strips import StripWriter
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
 _SUB_FILTER = 1
-_IDAT_BYTES = 1 << 20  # compressed bytes gathered into one IDAT chunk
+_IDAT_BYTES = 1 << 20  # compressed bytes in each IDAT chunk
 _FILTER_BYTES = 1 << 20  # raw bytes filtered per step
 
 
@@ -68,8 +68,13 @@ class PngWriter(StripWriter):
         self._emit(self._compressor.compress(filtered))
 
     def _emit(self, data: bytes, final: bool = False) -> None:
+        """IDAT chunks of exactly ``_IDAT_BYTES`` (the last one shorter), so the file's bytes do not depend on
+        how the rows were split into strips, only on the compressed stream."""
         self._pending += data
-        if len(self._pending) >= _IDAT_BYTES or (final and self._pending):
+        while len(self._pending) >= _IDAT_BYTES:
+            self.handle.write(png_chunk(b"IDAT", bytes(self._pending[:_IDAT_BYTES])))
+            del self._pending[:_IDAT_BYTES]
+        if final and self._pending:
             self.handle.write(png_chunk(b"IDAT", bytes(self._pending)))
             self._pending.clear()
 
