@@ -218,14 +218,10 @@ def _upscale_alpha(model: LoadedModel, alpha: np.ndarray, options: EngineOptions
 
 
 def streamable(model: LoadedModel, color: np.ndarray) -> bool:
-    """Whether ``enhance_rows`` can produce this result: planes the model takes directly (or grey into an RGB
-    model). Any scale and any alpha can: the final resize is done a band of rows at a time, and the alpha plane
-    is upscaled whole first (a quarter of an RGBA result, half of a grey one) and joined to the colour strips."""
-    return _takes_planes(model, color)
-
-
-def _takes_planes(model: LoadedModel, color: np.ndarray) -> bool:
-    """The model takes these planes as they are (or grey into an RGB model) and gives back as many."""
+    """Whether ``enhance_rows`` can produce this result: the model takes these planes as they are (or grey into
+    an RGB model) and gives back as many. Any scale and any alpha can: the final resize is done a band of rows
+    at a time, and the alpha plane is upscaled whole first (a quarter of an RGBA result, half of a grey one)
+    and joined to the colour strips."""
     channels, wanted = color.shape[2], model.spec.input_channels
     return model.spec.output_channels == wanted and (channels == wanted or (channels == 1 and wanted == 3))
 
@@ -236,7 +232,7 @@ def enhance_rows(model: LoadedModel, color: np.ndarray, options: EngineOptions, 
     """What ``enhance`` returns, sent to ``sink`` a strip of rows at a time (colour planes, then alpha when
     there is one), so the colour result is never whole in memory. Only for what ``streamable`` accepts.
     Returns the tile size used."""
-    if not _takes_planes(model, color):
+    if not streamable(model, color):
         raise ValueError("this image needs the whole-array path (a channel split)")
     height, width = color.shape[:2]
     target = target_size(model, width, height, outscale)

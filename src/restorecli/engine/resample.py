@@ -5,8 +5,7 @@ Lanczos-4 when enlarging, in float32; rows stay independent when only the width 
 weighted sums of the rows held so far: exact area coverage when shrinking, the 8-tap Lanczos-4 kernel centred as
 OpenCV centres it (edge rows repeated) when enlarging. The weights of an output row depend on its index only, so
 any split into strips gives the same sums, and the whole-array path (``enhance.resample``) runs the same code
-on one strip. Rows no
-output row still needs are let go, so memory follows the strip, not the image.
+on one strip. Rows no output row still needs are let go, so memory follows the strip, not the image.
 """
 
 from __future__ import annotations
@@ -56,15 +55,15 @@ class ResizeRows:
         self.sink, self.source, self.target = sink, source, target
         self.rows, self.weights = vertical_taps(source[1], target[1])
         self.last_needed = self.rows.max(axis=1)  # an output row can be made once this source row is in
-        self.restart_state()
+        self._reset()
 
-    def restart_state(self) -> None:
+    def _reset(self) -> None:
         self.held: np.ndarray | None = None  # resized-across source rows from self.first on, float32
         self.first = 0  # source index of held[0]
         self.done = 0  # output rows passed on
 
     def restart(self) -> None:
-        self.restart_state()
+        self._reset()
         self.sink.restart()
 
     def _across(self, rows: np.ndarray) -> np.ndarray:
