@@ -101,6 +101,13 @@ def test_auto_bf16_leaves_16_bit_images_in_fp32(photos, model2, tmp_path, monkey
     assert np.array_equal(read_rgb(tmp_path / "auto" / "rocket.jpg"), read_rgb(tmp_path / "bf16" / "rocket.jpg"))
     plain = invoke("restore", photos / "chelsea_16bit.png", "-o", tmp_path / "plain", "--model", model2)
     assert "bf16 (16-bit images: fp32)" in plain.stderr
+    # written as 8-bit JPEG, a 16-bit input gains nothing from fp32: it runs in bf16, with no second model
+    for precision in ("auto", "bf16"):
+        jpeg = invoke("restore", photos / "chelsea_16bit.png", "-o", tmp_path / f"jpg-{precision}", "--model", model2,
+                      "--format", "jpg", "--precision", precision, "--json")
+        assert jpeg.exit_code == 0 and "precision_16bit" not in json_lines(jpeg)[-1], jpeg.stderr
+    assert ((tmp_path / "jpg-auto" / "chelsea_16bit.jpg").read_bytes()
+            == (tmp_path / "jpg-bf16" / "chelsea_16bit.jpg").read_bytes())
 
 
 def test_restorer_runs_16_bit_arrays_on_an_fp32_copy_loaded_when_first_needed(model2, monkeypatch):

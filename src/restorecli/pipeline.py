@@ -31,6 +31,7 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
+    SIXTEEN_BIT_FORMATS,
     STRIP_WRITERS,
     DecodedImage,
     OutputFormat,
@@ -207,10 +208,12 @@ class Restorer:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
         return cls(model, engine, faces, options, load_16bit)
 
-    def _runner(self, color: np.ndarray) -> tuple[LoadedModel, EngineOptions]:
-        """The model and engine options for this image: the 16-bit copy for uint16 planes where there is one."""
+    def _runner(self, color: np.ndarray, fmt: OutputFormat | None = None) -> tuple[LoadedModel, EngineOptions]:
+        """The model and engine options for this image: the 16-bit copy for uint16 planes where there is one,
+        unless the output is ``fmt`` that holds 8 bits only (JPEG, WebP), which bf16's steps never reach."""
         model, engine = self.model, self.engine
-        if color.dtype == np.uint16 and self._load_16bit is not None:
+        keeps_16bit = fmt is None or fmt in SIXTEEN_BIT_FORMATS
+        if color.dtype == np.uint16 and keeps_16bit and self._load_16bit is not None:
             if self._runner_16bit is None:
                 load, dtype = self._load_16bit
                 self._runner_16bit = (load(), replace(self.engine, dtype=dtype))
@@ -234,8 +237,9 @@ class Restorer:
         return self._restore(color, alpha, options or self.options)[0].color
 
     def _restore(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
-                 on_tile: TileProgress | None = None) -> tuple[Enhanced, FaceReport | None]:
-        model, engine = self._runner(color)
+                 on_tile: TileProgress | None = None, fmt: OutputFormat | None = None,
+                 ) -> tuple[Enhanced, FaceReport | None]:
+        model, engine = self._runner(color, fmt)
         result = enhance(model, color, alpha, engine, options.outscale, on_tile)
         report = None
         if self.faces is not None:
@@ -271,7 +275,7 @@ class Restorer:
         with atomic_writer(output) as handle:
             writer = strip_writer(fmt, handle, *size, planes, decoded.color.dtype, quality=options.quality,
                                   **decoded.metadata_for(size))
-            model, engine = self._runner(decoded.color)
+            model, engine = self._runner(decoded.color, fmt)
             enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale, decoded.alpha)
             writer.close()
         return Restored(None, decoded.size, size, None)
@@ -285,7 +289,7 @@ class Restorer:
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
                          faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:
-        result, report = self._restore(decoded.color, decoded.alpha, options, on_tile)
+        result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt)
         if report is not None and options.save_faces and report.aligned:
             _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
         size = (result.color.shape[1], result.color.shape[0])

@@ -41,6 +41,7 @@ _SUFFIX_FORMAT: dict[str, OutputFormat] = {
     ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff",
 }
 _PIL_FORMAT: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpg"}
+SIXTEEN_BIT_FORMATS: frozenset[OutputFormat] = frozenset({"png", "tiff"})  # JPEG and WebP hold 8 bits a sample
 MAX_SIDE: dict[OutputFormat, int] = {"jpg": JPEG_MAX_SIDE, "webp": 16383}  # PNG and TIFF hold far more
 FORMAT_SUFFIX: dict[OutputFormat, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 
