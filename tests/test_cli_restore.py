@@ -340,6 +340,29 @@ def with_xmp(jpeg: bytes, packet: bytes) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + (2 + len(payload)).to_bytes(2, "big") + payload + jpeg[2:]
 
 
+IPTC = b"\x1c\x02\x78\x00\x11Grandmother, 1962\x1c\x02\x19\x00\x06family"  # 2:120 caption, 2:25 keyword
+
+
+def with_iptc(jpeg: bytes, records: bytes) -> bytes:
+    """A JPEG with IPTC-IIM records in Photoshop's APP13 resource 0x0404, as press and archive software writes."""
+    payload = (b"Photoshop 3.0\x00" + b"8BIM\x04\x04\x00\x00" + len(records).to_bytes(4, "big") + records
+               + bytes(len(records) % 2))
+    return jpeg[:2] + b"\xff\xed" + (2 + len(payload)).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "tiff"])
+def test_iptc_captions_and_keywords_survive_into_jpeg_and_tiff(tmp_path, model2, fmt):
+    from PIL import IptcImagePlugin
+
+    path = tmp_path / "captioned.jpg"
+    path.write_bytes(with_iptc((TEST_INPUTS / "rocket.jpg").read_bytes(), IPTC))
+    result = invoke("restore", path, "-o", tmp_path / "o", "--model", model2, "--format", fmt)
+    assert result.exit_code == 0, result.stderr
+    with Image.open(tmp_path / "o" / f"captioned.{'tif' if fmt == 'tiff' else fmt}") as written:
+        info = IptcImagePlugin.getiptcinfo(written)  # Pillow's own reader, for both formats
+    assert info[(2, 120)] == b"Grandmother, 1962" and info[(2, 25)] == b"family"
+
+
 @pytest.mark.parametrize("fmt", ["jpg", "png", "tiff", "webp"])
 def test_exif_orientation_and_metadata_survive(tmp_path, model2, fmt):
     """The EXIF and the XMP packet (an archive's keywords, captions, ratings) reach every output format, both with

@@ -172,6 +172,19 @@ def test_xmp_orientation_is_applied_and_reset_like_the_exif_s(form, in_exif):
     assert decoded.xmp == XMP.replace(b'tiff:Orientation="6"', form.replace(b"8", b"1"))
 
 
+@pytest.mark.parametrize("fmt, kept", [("jpg", True), ("tiff", True), ("png", False), ("webp", False)])
+def test_iptc_records_go_where_the_format_has_a_place_for_them(fmt, kept):
+    """JPEG (Photoshop's APP13 resource) and TIFF (tag 33723) carry IPTC-IIM; PNG and WebP have no standard
+    place, so their outputs carry the XMP only."""
+    from test_cli_restore import IPTC
+
+    color = np.full((12, 10, 3), 80, np.uint8)
+    odd = IPTC + b"\x1c\x02\x19\x00\x01x"  # an odd length: the resource is padded to an even one
+    for records in (IPTC, odd):
+        decoded = decode_image(encode_image(color, None, fmt, iptc=records), f"x.{fmt}")
+        assert decoded.iptc == (records if kept else None)
+
+
 def test_an_xmp_packet_too_large_for_one_jpeg_segment_is_left_out_of_jpeg_only():
     from restorecli.images.jpeg import XMP_MAX_BYTES
 

@@ -54,12 +54,13 @@ class DecodedImage:
     exif: bytes | None  # with the orientation reset to 1, since the pixels are already upright
     icc_profile: bytes | None
     xmp: bytes | None = None  # the XMP packet (keywords, captions, ratings), its orientation reset too
+    iptc: bytes | None = None  # IPTC-IIM records (captions, keywords, credits of press and archive software)
 
     def metadata_for(self, size: tuple[int, int]) -> dict[str, bytes | None]:
         """What the writers take to carry the metadata over to an output of ``size`` (w, h): ``exif``,
-        ``icc_profile`` and ``xmp``, with the pixel dimensions the EXIF and XMP record set to ``size``."""
+        ``icc_profile``, ``xmp`` and ``iptc``, with the pixel dimensions the EXIF and XMP record set to ``size``."""
         return {"exif": _exif_with_size(self.exif, size) if self.exif else None, "icc_profile": self.icc_profile,
-                "xmp": _xmp_with_size(self.xmp, size) if self.xmp else None}
+                "xmp": _xmp_with_size(self.xmp, size) if self.xmp else None, "iptc": self.iptc}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -251,6 +252,21 @@ def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
     return packet
 
 
+_IPTC_RESOURCE, _IPTC_TAG = 0x0404, 33723
+
+
+def _iptc_records(image: Image.Image) -> bytes | None:
+    """The file's IPTC-IIM records: a JPEG keeps them in Photoshop's APP13 resources (resource 0x0404), a TIFF
+    in tag 33723."""
+    if image.format in ("JPEG", "MPO"):
+        records = (image.info.get("photoshop") or {}).get(_IPTC_RESOURCE)
+    elif image.format == "TIFF":
+        records = image.tag_v2.get(_IPTC_TAG)
+    else:
+        return None
+    return records if isinstance(records, bytes) and records else None
+
+
 def _raw_mode(image: Image.Image) -> str:
     """How the file stores its samples, e.g. 'RGB;16B' (16-bit RGB) or 'RGBA'. Pillow gives it as the decoder's
     argument: a string for PNG, the first item of a tuple for libtiff, whose other items (such as an offset
@@ -289,7 +305,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         Image.MAX_IMAGE_PIXELS = saved_limit
     exif, file_format = image.getexif(), image.format  # read before any conversion: it makes a new image
     orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
-    xmp = _xmp_packet(image, upright=orientation != 1)
+    xmp, iptc = _xmp_packet(image, upright=orientation != 1), _iptc_records(image)
     icc_profile = image.info.get("icc_profile")
     if image.mode == "CMYK":
         image, icc_profile = _cmyk_to_srgb(image, icc_profile)
@@ -313,6 +329,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         exif=exif_bytes,
         icc_profile=icc_profile,
         xmp=xmp,
+        iptc=iptc,
     )
 
 
@@ -326,9 +343,12 @@ def check_output_size(name: str, fmt: OutputFormat, size: tuple[int, int]) -> No
 
 def strip_writer(fmt: OutputFormat, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype,
                  *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
-                 xmp: bytes | None = None) -> StripWriter:
-    """A writer of ``fmt`` (one of ``STRIP_WRITERS``) that takes the image a strip of rows at a time."""
-    settings = {"quality": quality} if fmt == "jpg" else {}
+                 xmp: bytes | None = None, iptc: bytes | None = None) -> StripWriter:
+    """A writer of ``fmt`` (one of ``STRIP_WRITERS``) that takes the image a strip of rows at a time. IPTC-IIM
+    records go to JPEG and TIFF, the formats with a place for them."""
+    settings: dict[str, object] = {"iptc": iptc} if fmt in ("jpg", "tiff") else {}
+    if fmt == "jpg":
+        settings["quality"] = quality
     return STRIP_WRITERS[fmt](handle, width, height, channels, dtype, exif=exif, icc_profile=icc_profile, xmp=xmp,
                               **settings)
 
@@ -342,6 +362,7 @@ def encode_image(
     exif: bytes | None = None,
     icc_profile: bytes | None = None,
     xmp: bytes | None = None,
+    iptc: bytes | None = None,
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
     and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
@@ -352,7 +373,7 @@ def encode_image(
         planes = color if alpha is None else np.dstack([color, alpha])
         out = io.BytesIO()
         writer = strip_writer(fmt, out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype,
-                              quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp)
+                              quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp, iptc=iptc)
         writer.write(planes)
         writer.close()
         return out.getvalue()

@@ -12,7 +12,8 @@ straddles two bands. The file is byte for byte what Pillow writes for the whole 
 
 Alpha is composited onto white and 16-bit samples are rounded to 8 bits, as JPEG holds neither. An XMP packet
 goes in an APP1 segment of its own after Pillow's EXIF, as Adobe's XMP specification places it (up to the 65502
-bytes one segment holds; a larger one is left out rather than split into "extended XMP").
+bytes one segment holds; a larger one is left out rather than split into "extended XMP"), and IPTC-IIM records in
+an APP13 segment as Photoshop's image resource 0x0404.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ _BAND_ROWS = 128  # the unit bands are made of (see above)
 _BAND_BYTES = 1 << 22  # Pillow holds 4 bytes a pixel: bounds its copy of each band
 _SOF0, _SOS, _APP0, _APP15 = 0xC0, 0xDA, 0xE0, 0xEF
 _XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
-XMP_MAX_BYTES = 65535 - 2 - len(_XMP_APP1)  # a segment's length field counts itself
+_PHOTOSHOP_APP13 = b"Photoshop 3.0\x00"
+_SEGMENT_MAX_BYTES = 65535 - 2  # a segment's payload: its length field counts itself
+XMP_MAX_BYTES = _SEGMENT_MAX_BYTES - len(_XMP_APP1)
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (2 + len(payload)).to_bytes(2, "big") + payload
 _RST7, _EOI = b"\xff\xd7", b"\xff\xd9"
 
 
@@ -62,16 +69,20 @@ class JpegWriter(StripWriter):
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
                  *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
-                 xmp: bytes | None = None):
+                 xmp: bytes | None = None, iptc: bytes | None = None):
         super().__init__(handle, width, height, channels, dtype)
         if width > JPEG_MAX_SIDE or height > JPEG_MAX_SIDE:
             raise ValueError(f"a JPEG holds at most {JPEG_MAX_SIDE} pixels a side, not {width}x{height}; "
                              "write PNG or TIFF (--format png)")
         self._settings: dict[str, object] = {"quality": quality, "restart_marker_rows": 1}
         self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile)) if value}
-        self._xmp = b""
+        self._extra = b""  # segments of our own, after Pillow's APPn
         if xmp and len(xmp) <= XMP_MAX_BYTES:
-            self._xmp = b"\xff\xe1" + (2 + len(_XMP_APP1) + len(xmp)).to_bytes(2, "big") + _XMP_APP1 + xmp
+            self._extra += _segment(0xE1, _XMP_APP1 + xmp)
+        if iptc:  # as Photoshop keeps them: image resource 0x0404 in an APP13 segment
+            resource = b"8BIM\x04\x04\x00\x00" + len(iptc).to_bytes(4, "big") + iptc + bytes(len(iptc) % 2)
+            if len(_PHOTOSHOP_APP13) + len(resource) <= _SEGMENT_MAX_BYTES:
+                self._extra += _segment(0xED, _PHOTOSHOP_APP13 + resource)
         self._band = max(1, _BAND_BYTES // (width * 4 * _BAND_ROWS)) * _BAND_ROWS
         self._begin()
 
@@ -115,7 +126,7 @@ class JpegWriter(StripWriter):
             self.handle.write(_RST7)
         else:  # the headers, with XMP after the APPn segments and the frame's height (2 bytes, 3 after the
             # frame header's length) set to the whole image's
-            self.handle.write(data[:apps_end] + self._xmp + data[apps_end : frame + 5] + self.height.to_bytes(2, "big")
+            self.handle.write(data[:apps_end] + self._extra + data[apps_end : frame + 5] + self.height.to_bytes(2, "big")
                               + data[frame + 7 : scan])
             self._started = True
         self.handle.write(data[scan:-2])

@@ -2,7 +2,7 @@
 
 Baseline strip TIFF: Adobe Deflate (zlib level 1, RLE strategy) after the horizontal predictor, which
 libtiff and every TIFF reader decode, 8 or 16 bits, grey, grey+alpha, RGB or RGBA. It also carries the ICC profile,
-the XMP packet and the EXIF of the source. The EXIF comes as a small TIFF of its own (what Pillow's ``Exif.tobytes``
+the XMP packet, the IPTC-IIM records and the EXIF of the source. The EXIF comes as a small TIFF of its own (what Pillow's ``Exif.tobytes``
 makes); it is written first, as the start of this file, so every offset inside it stays valid: the
 camera's tags of its first directory are copied into the image's directory, which points at its
 EXIF and GPS sub-directories where they already are.
@@ -35,11 +35,12 @@ class TiffWriter(StripWriter):
     FORMAT = "TIFF"
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
-                 *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None):
+                 *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None,
+                 iptc: bytes | None = None):
         super().__init__(handle, width, height, channels, dtype)
         if self._start is None:
             raise OSError("a TIFF needs a seekable stream: its header points to a directory written last")
-        self.icc_profile, self.xmp = icc_profile, xmp
+        self.icc_profile, self.xmp, self.iptc = icc_profile, xmp, iptc
         self._exif = exif[6:] if exif and exif.startswith(b"Exif\x00\x00") else exif
         self._order = "<"
         if self._exif and (len(self._exif) < 8 or self._exif[:4] not in (b"II*\x00", b"MM\x00*")):
@@ -139,6 +140,8 @@ class TiffWriter(StripWriter):
             tags[34675] = (_UNDEFINED, len(self.icc_profile), self.icc_profile)
         if self.xmp:
             tags[700] = (_BYTE, len(self.xmp), self.xmp)  # XMLPacket
+        if self.iptc:
+            tags[33723] = (_UNDEFINED, len(self.iptc), self.iptc)  # IPTC-NAA records
         copied = self._exif_entries()
         entries: dict[int, bytes] = {}
         for tag, (kind, count, value) in tags.items():  # values over 4 bytes go before the directory
