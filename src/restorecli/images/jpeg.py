@@ -124,8 +124,8 @@ class JpegWriter(StripWriter):
         apps_end, frame, scan = _segments(data)
         if self._started:
             self.handle.write(_RST7)
-        else:  # the headers, with XMP after the APPn segments and the frame's height (2 bytes, 3 after the
-            # frame header's length) set to the whole image's
+        else:  # the headers, with our XMP and IPTC segments after Pillow's APPn ones and the frame's height
+            # (2 bytes, 3 after the frame header's length) set to the whole image's
             self.handle.write(data[:apps_end] + self._extra + data[apps_end : frame + 5] + self.height.to_bytes(2, "big")
                               + data[frame + 7 : scan])
             self._started = True
