@@ -726,6 +726,24 @@ def test_sigterm_stops_a_real_process_cleanly_and_a_rerun_resumes(make_model, tm
     assert [item["status"] for item in json_lines(again)[:3]] == ["skipped", "ok", "ok"]
 
 
+def test_a_rerun_removes_what_a_killed_run_left_and_nothing_else(photos, model2, tmp_path):
+    """A run killed with SIGKILL leaves the image in hand's temporary file; the next run into the folder
+    removes it. A dry run, which writes nothing, removes nothing."""
+    from test_images import _dead_pid
+
+    from restorecli.images import _host
+
+    out = tmp_path / "o"
+    out.mkdir()
+    left = out / f".rocket.jpg.restorecli-{_dead_pid()}@{_host()}.q1w2e3r4.part"
+    left.write_bytes(b"half an image")
+    assert invoke("restore", photos / "rocket.jpg", "-o", out, "--model", model2, "--dry-run").exit_code == 0
+    assert left.exists()
+    result = invoke("restore", photos / "rocket.jpg", "-o", out, "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["rocket.jpg"]
+
+
 def test_stop_signals_leave_an_ignored_signal_ignored_and_restore_the_handlers():
     """Under ``nohup`` SIGHUP is ignored, and must stay so; after the block the old handlers are back."""
     import signal

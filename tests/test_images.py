@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import cv2
 import numpy as np
@@ -284,6 +285,37 @@ def test_write_atomic_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
         write_atomic(target, b"new content")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped), for a temporary file whose writer is gone."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_temporary_file_names_its_writer_and_only_abandoned_ones_are_removed(tmp_path):
+    """SIGKILL (the out-of-memory killer) leaves the temporary file of the image in hand; the next run removes
+    it, and only it: not a live process's file, not one from another host, not a file restorecli did not name."""
+    from restorecli.images import _host, atomic_writer, remove_abandoned_temporaries
+
+    with atomic_writer(tmp_path / "photo.png") as handle:
+        (ours,) = tmp_path.glob(".photo.png.*.part")
+        assert ours.name.startswith(f".photo.png.restorecli-{os.getpid()}@{_host()}.")
+        handle.write(b"x")
+    host, dead = _host(), _dead_pid()
+    abandoned = tmp_path / f".a.png.restorecli-{dead}@{host}.k2j3h4g5.part"
+    kept = [tmp_path / f".b.png.restorecli-{os.getpid()}@{host}.abcdefgh.part",  # a live writer
+            tmp_path / f".c.png.restorecli-{dead}@another_host.abcdefgh.part",  # another machine's
+            tmp_path / ".d.png.abcdefgh.part",  # not named by restorecli's writer
+            tmp_path / "photo.png"]
+    for path in (abandoned, *kept[:3]):
+        path.write_bytes(b"partial")
+    assert remove_abandoned_temporaries(tmp_path) == [abandoned]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+    assert remove_abandoned_temporaries(tmp_path / "missing") == []
 
 
 # Images for the strip writers: any layout they take, random pixels, cut into strips at random rows.

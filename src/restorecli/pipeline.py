@@ -42,6 +42,7 @@ from .images import (
     float_to_uint8,
     format_for_suffix,
     probe,
+    remove_abandoned_temporaries,
     strip_writer,
     write_atomic,
 )
@@ -362,6 +363,7 @@ def restore_batch(
 
     results: list[ItemResult] = []
     claimed: dict[Path, str] = {}
+    swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
     for item in items:
         if should_stop is not None and should_stop():
             break
@@ -402,6 +404,9 @@ def restore_batch(
                 stdout.flush()
             else:
                 assert output is not None
+                if output.parent not in swept:
+                    remove_abandoned_temporaries(output.parent)
+                    swept.add(output.parent)
                 done = restorer.restore_file(data, item.source, options, fmt, output, on_tile)
             results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, done.in_size,
                                       done.out_size, round(time.perf_counter() - t0, 3), done.faces))

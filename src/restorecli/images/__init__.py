@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -394,13 +395,47 @@ def encode_image(
     return out.getvalue()
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "localhost"
+
+
+# .NAME.restorecli-PID@HOST.RANDOM.part: who wrote a temporary file, so a later run can tell it is abandoned
+_TEMPORARY = re.compile(r"^\..+\.restorecli-(?P<pid>\d+)@(?P<host>[^.]+)\.[^.]+\.part$")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_abandoned_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` that an ``atomic_writer`` of a process that no longer exists
+    left behind (only SIGKILL, the out-of-memory killer's signal, leaves one). A file written on another host,
+    by a live process, or not named by ``atomic_writer``, is kept. Returns what was deleted."""
+    removed = []
+    host = _host()
+    for entry in folder.glob(".*.part") if folder.is_dir() else ():
+        match = _TEMPORARY.match(entry.name)
+        if match and match["host"] == host and not _process_exists(int(match["pid"])):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary handle on a temporary file beside ``path``, renamed to ``path`` when the block ends
     without an error and removed when it raises: ``path`` holds nothing new, its old content, or
-    everything written."""
+    everything written. The temporary file's name says which process on which host writes it (see
+    ``remove_abandoned_temporaries``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.restorecli-{os.getpid()}@{_host()}.",
+                               suffix=".part")
     try:
         with os.fdopen(fd, "w+b") as handle:
             yield handle
