@@ -395,8 +395,16 @@ def encode_image(
     return out.getvalue()
 
 
+@functools.cache
 def _host() -> str:
-    return socket.gethostname().replace(".", "_") or "localhost"
+    """Where a process id means something: the host name and, on Linux, the pid namespace (containers that
+    share a host name and a volume have different ones)."""
+    name = socket.gethostname().replace(".", "_") or "localhost"
+    try:
+        name += f"_pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        pass
+    return name
 
 
 # .NAME.restorecli-PID@HOST.RANDOM.part: who wrote a temporary file, so a later run can tell it is abandoned
