@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, ImageError, ImageTooLarge
-from .jpeg import JPEG_MAX_SIDE, JpegWriter
+from .jpeg import JPEG_MAX_SIDE, XMP_APP1, JpegWriter
 from .pixels import full_scale as full_scale  # re-exported: the engine's conversions use it
 from .pixels import to_8bit
 from .png import PngWriter
@@ -203,7 +203,6 @@ def _pictures(image: Image.Image) -> int:
     return frames
 
 
-_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # how a JPEG's APP1 segment says it holds XMP
 _EXIF_IFD, _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0x8769, 0xA002, 0xA003
 
 
@@ -238,8 +237,8 @@ def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
     like the EXIF's, since the pixels have been turned."""
     packet: bytes | str | None = None
     if image.format in ("JPEG", "MPO"):
-        packet = next((content[len(_XMP_APP1):] for marker, content in getattr(image, "applist", [])
-                       if marker == "APP1" and content.startswith(_XMP_APP1)), None)
+        packet = next((content[len(XMP_APP1):] for marker, content in getattr(image, "applist", [])
+                       if marker == "APP1" and content.startswith(XMP_APP1)), None)
     else:
         packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")  # WebP, PNG (iTXt)
         if packet is None and image.format == "TIFF":

@@ -31,10 +31,10 @@ JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side
 _BAND_ROWS = 128  # the unit bands are made of (see above)
 _BAND_BYTES = 1 << 22  # Pillow holds 4 bytes a pixel: bounds its copy of each band
 _SOF0, _SOS, _APP0, _APP15 = 0xC0, 0xDA, 0xE0, 0xEF
-_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
+XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # how an APP1 segment says it holds XMP
 _PHOTOSHOP_APP13 = b"Photoshop 3.0\x00"
 _SEGMENT_MAX_BYTES = 65535 - 2  # a segment's payload: its length field counts itself
-XMP_MAX_BYTES = _SEGMENT_MAX_BYTES - len(_XMP_APP1)
+XMP_MAX_BYTES = _SEGMENT_MAX_BYTES - len(XMP_APP1)
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -78,7 +78,7 @@ class JpegWriter(StripWriter):
         self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile)) if value}
         self._extra = b""  # segments of our own, after Pillow's APPn
         if xmp and len(xmp) <= XMP_MAX_BYTES:
-            self._extra += _segment(0xE1, _XMP_APP1 + xmp)
+            self._extra += _segment(0xE1, XMP_APP1 + xmp)
         if iptc:  # as Photoshop keeps them: image resource 0x0404 in an APP13 segment
             resource = b"8BIM\x04\x04\x00\x00" + len(iptc).to_bytes(4, "big") + iptc + bytes(len(iptc) % 2)
             if len(_PHOTOSHOP_APP13) + len(resource) <= _SEGMENT_MAX_BYTES:

@@ -1,10 +1,10 @@
 """A TIFF encoder fed a strip of rows at a time, so an output never has to be whole in memory.
 
-Baseline strip TIFF: Adobe Deflate (zlib level 1, RLE strategy) after the horizontal predictor, which
-libtiff and every TIFF reader decode, 8 or 16 bits, grey, grey+alpha, RGB or RGBA. It also carries the ICC profile,
-the XMP packet, the IPTC-IIM records and the EXIF of the source. The EXIF comes as a small TIFF of its own (what Pillow's ``Exif.tobytes``
-makes); it is written first, as the start of this file, so every offset inside it stays valid: the
-camera's tags of its first directory are copied into the image's directory, which points at its
+Baseline strip TIFF: Adobe Deflate (zlib level 1, RLE strategy) after the horizontal predictor, which libtiff
+and every TIFF reader decode, 8 or 16 bits, grey, grey+alpha, RGB or RGBA. It also carries the ICC profile, the
+XMP packet, the IPTC-IIM records and the EXIF of the source. The EXIF comes as a small TIFF of its own (what
+Pillow's ``Exif.tobytes`` makes); it is written first, as the start of this file, so every offset inside it
+stays valid: the camera's tags of its first directory are copied into the image's directory, which points at its
 EXIF and GPS sub-directories where they already are.
 """
 
