@@ -242,6 +242,45 @@ def test_flat_inputs_with_the_same_name_do_not_clobber(tmp_path, model2):
     assert items[0]["status"] == "ok" and "collides" in items[1]["error"]
 
 
+@pytest.mark.parametrize("flags", [(), ("--overwrite",), ("--dry-run", "--overwrite")])
+def test_an_output_that_is_its_own_input_is_an_error_and_the_input_is_kept(photos, model2, flags):
+    """Writing into the input's own folder with no --suffix names the input itself: with --overwrite that
+    replaced the photo, and without it the image was reported as done ("output exists"). The same file under
+    another spelling counts too: on macOS's and Windows' file systems a.JPG and the a.jpg written for it are
+    one file, played here by a second (hard) link."""
+    shutil.copy(photos / "rocket.jpg", photos / "b.JPG")
+    (photos / "b.jpg").hardlink_to(photos / "b.JPG")
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    result = invoke("restore", photos / "rocket.jpg", photos / "b.JPG", "-o", photos, "--model", model2, "--json",
+                    *flags)
+    assert result.exit_code == 1, result.stderr
+    items = [i for i in json_lines(result) if i["type"] == "item"]
+    assert [i["status"] for i in items] == ["error", "error"]
+    assert f"output {photos / 'rocket.jpg'} is the input itself, which is never overwritten" in items[0]["error"]
+    assert f"output {photos / 'b.jpg'} is the input itself" in items[1]["error"]
+    assert "--suffix" in result.stderr
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_an_output_that_is_another_input_of_the_batch_is_an_error(photos, model2):
+    shutil.copy(photos / "rocket.jpg", photos / "rocket_x.jpg")  # say, a result of an earlier run
+    kept = (photos / "rocket_x.jpg").read_bytes()
+    result = invoke("restore", photos / "rocket.jpg", photos / "rocket_x.jpg", "-o", photos, "--suffix", "_x",
+                    "--overwrite", "--model", model2, "--json")
+    assert result.exit_code == 1, result.stderr
+    first, second = [i for i in json_lines(result) if i["type"] == "item"]
+    assert first["status"] == "error" and f"is the input {photos / 'rocket_x.jpg'}" in first["error"]
+    assert second["status"] == "ok" and second["output"] == str(photos / "rocket_x_x.jpg")
+    assert (photos / "rocket_x.jpg").read_bytes() == kept
+
+
+def test_a_folder_that_is_its_own_output_says_why_nothing_matched(photos, model2):
+    result = invoke("restore", photos, "-o", photos, "--model", model2)
+    assert result.exit_code == 2
+    assert "no input matched" in result.stderr and "lie in the output folder" in result.stderr
+    assert "another folder" in result.stderr
+
+
 def test_stdin_to_stdout(model2):
     data = (TEST_INPUTS / "rocket.jpg").read_bytes()
     result = runner.invoke(app, ["restore", "-", "-o", "-", "--model", str(model2), "--format", "png"], input=data)

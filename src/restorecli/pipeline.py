@@ -129,6 +129,7 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
     """
     items: list[InputItem] = []
     excluded = exclude.resolve() if exclude is not None else None
+    left_as_outputs = 0  # image files skipped because they lie in the output folder
     for raw in inputs:
         if raw == STDIO:
             items.append(InputItem(STDIO, Path("stdin")))
@@ -142,14 +143,40 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
             relative = found.relative_to(path)
             if any(part.startswith(".") for part in relative.parts):
                 continue
+            is_image = found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES
             if excluded is not None and (found.resolve() == excluded or excluded in found.resolve().parents):
+                left_as_outputs += is_image
                 continue
-            if found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image:
                 items.append(InputItem(str(found), relative))
     if not any(item.source == STDIO or Path(item.source).exists() for item in items):
         shown = " ".join(inputs) if inputs else "(none)"
+        if left_as_outputs:
+            raise UsageError(
+                f"no input matched: {shown}: the images found there ({left_as_outputs}) lie in the output folder "
+                f"{exclude}, whose files are taken as earlier results, not inputs; write to another folder with -o"
+            )
         raise UsageError(f"no input matched: {shown}")
     return items
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) naming a file, so that two paths to one file match whatever their spelling
+    (symbolic and hard links, and case on case-insensitive file systems); None if it does not exist."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _files_of(items: list[InputItem]) -> dict[tuple[int, int], str]:
+    files: dict[tuple[int, int], str] = {}
+    for item in items:
+        key = None if item.source == STDIO else _file_id(Path(item.source))
+        if key is not None:
+            files.setdefault(key, item.source)
+    return files
 
 
 def output_path_for(item: InputItem, options: RestoreOptions, input_format: OutputFormat | None) -> Path:
@@ -363,6 +390,7 @@ def restore_batch(
 
     results: list[ItemResult] = []
     claimed: dict[Path, str] = {}
+    inputs_by_file = _files_of(items)  # an output that is one of these would overwrite an input
     swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
     for item in items:
         if should_stop is not None and should_stop():
@@ -384,6 +412,12 @@ def restore_batch(
                 if key in claimed:
                     raise ImageError(f"{item.source}: output {output} collides with that of {claimed[key]}")
                 claimed[key] = item.source
+                target = _file_id(output)
+                if target is not None and target in inputs_by_file:
+                    same = target == _file_id(Path(item.source))
+                    what = "the input itself" if same else f"the input {inputs_by_file[target]}"
+                    raise ImageError(f"{item.source}: output {output} is {what}, which is never overwritten; "
+                                     "write to another folder (-o) or add a --suffix")
                 if output.exists() and not options.overwrite:
                     results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
                     notify("done", results[-1])
