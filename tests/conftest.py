@@ -105,3 +105,28 @@ def read_rgb(path: Path) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+@pytest.fixture
+def disk_fills(monkeypatch):
+    """``disk_fills(n)``: the n-th output flushed to disk from now on fails as on a full disk (ENOSPC, raised by
+    ``fsync`` as by a real file system whose blocks ran out); ``disk_fills(None)`` makes room again."""
+    import errno
+
+    real_fsync = os.fsync
+    state = {"left": None}
+
+    def fsync(fd):
+        if state["left"] is not None:
+            state["left"] -= 1
+            if state["left"] <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    def fills(after: int | None) -> None:
+        state["left"] = after
+
+    return fills
+

@@ -281,6 +281,63 @@ def test_a_folder_that_is_its_own_output_says_why_nothing_matched(photos, model2
     assert "another folder" in result.stderr
 
 
+def test_a_full_disk_ends_the_batch_and_a_rerun_resumes(photos, model2, tmp_path, disk_fills):
+    """Out of space (or quota, or a read-only file system) every later image would fail the same way after
+    its model time: the batch stops at the first, says why and how far it got, and leaves no temporary file."""
+    out = tmp_path / "out"
+    disk_fills(2)
+    result = invoke("restore", photos, "-o", out, "--model", model2, "--json")
+    assert result.exit_code == 1
+    lines = json_lines(result)
+    items = [i for i in lines if i["type"] == "item"]
+    assert [i["status"] for i in items] == ["ok", "error"]
+    assert "No space left on device" in items[1]["error"]
+    assert lines[-1]["halted"].startswith("No space left on device")
+    assert "stopped after 2 of 5 images" in result.stderr and "run the same command again" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [Path(items[0]["output"]).name]  # no temporary file
+    disk_fills(None)
+    again = invoke("restore", photos, "-o", out, "--model", model2, "--json")
+    assert again.exit_code == 0
+    assert [i["status"] for i in json_lines(again) if i["type"] == "item"] == ["skipped"] + ["ok"] * 4
+
+
+def test_file_names_with_brackets_are_shown_as_they_are(model2, tmp_path):
+    """rich reads "[old]" as a style tag: error lines named "bad .jpg" for "bad [old].jpg"."""
+    folder = tmp_path / "scans [1998]"
+    folder.mkdir()
+    (folder / "bad [old].jpg").write_bytes(b"not an image")
+    shutil.copy(TEST_INPUTS / "rocket.jpg", folder / "IMG [edit].jpg")
+    result = invoke("restore", folder, "-o", tmp_path / "out [x]", "--model", model2)
+    assert result.exit_code == 1
+    assert f"{folder / 'bad [old].jpg'}: not an image" in result.stderr
+    assert result.stdout.strip() == str(tmp_path / "out [x]" / "IMG [edit].jpg")
+    missing = invoke("restore", tmp_path / "[none]*.jpg", "--model", model2)
+    assert missing.exit_code == 2 and "[none]*.jpg" in missing.stderr
+
+
+def test_formats_pillow_cannot_read_are_named_and_other_spellings_are_found(model2, tmp_path):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    (folder / "photo.jxl").write_bytes(b"\xff\x0a" + bytes(64))
+    Image.open(TEST_INPUTS / "rocket.jpg").save(folder / "scan.jfif", "JPEG")
+    Image.open(TEST_INPUTS / "rocket.jpg").save(folder / "web.avif")
+    result = invoke("restore", folder, "-o", tmp_path / "out", "--model", model2, "--json")
+    assert result.exit_code == 1
+    items = {Path(i["input"]).name: i for i in json_lines(result) if i["type"] == "item"}
+    assert set(items) == {"IMG_0001.HEIC", "photo.jxl", "scan.jfif", "web.avif"}  # none left out without a word
+    assert "HEIC/HEIF images cannot be read; convert it to JPEG, PNG or TIFF first" in items["IMG_0001.HEIC"]["error"]
+    assert "JPEG XL images cannot be read" in items["photo.jxl"]["error"]
+    assert items["scan.jfif"]["status"] == "ok" and Image.open(items["scan.jfif"]["output"]).format == "JPEG"
+    assert items["web.avif"]["status"] == "ok" and items["web.avif"]["output"].endswith("web.png")
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(photos, model2):
+    result = invoke("restore", photos / "rocket.jpg", "-o", photos / "rocket.jpg" / "out", "--model", model2)
+    assert result.exit_code == 1
+    assert f"Not a directory: {photos / 'rocket.jpg' / 'out'}" in result.stderr
+
+
 def test_stdin_to_stdout(model2):
     data = (TEST_INPUTS / "rocket.jpg").read_bytes()
     result = runner.invoke(app, ["restore", "-", "-o", "-", "--model", str(model2), "--format", "png"], input=data)

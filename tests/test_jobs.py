@@ -425,3 +425,32 @@ def test_an_unexpected_failure_is_retried_then_fails_the_job(tmp_path, queue, mo
     status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
     assert status["status"] == "failed" and status["error"].startswith("failed 2 times; last error: KeyError")
     assert status["results"][0]["status"] == "error"
+
+
+def test_a_full_disk_stops_the_worker_and_gives_the_job_back_resumable(tmp_path, queue, model, monkeypatch,
+                                                                          disk_fills):
+    """No space left: the job is queued again with the image it finished (the failed one is not an error of
+    the job, and no attempt is counted), the worker takes no further job, and says why; with room again,
+    the next worker finishes the job without redoing the finished image."""
+    first = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
+    second = submit(queue, model, *photos(tmp_path, ["d.jpg"]))["job_id"]
+    disk_fills(2)
+    worked = cli("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 1
+    assert "No space left on device" in worked.stderr and "queued again" in worked.stderr
+    record = job(queue, first)
+    assert record.status == "queued" and record.attempts == 0
+    assert job(queue, second).status == "queued"  # not taken: it would have failed the same way
+    disk_fills(None)
+    import restorecli.pipeline as pipeline
+
+    real_restore, done = pipeline.Restorer.restore_file, []
+
+    def counting(self, data, source, *args, **kwargs):
+        done.append(source)
+        return real_restore(self, data, source, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.Restorer, "restore_file", counting)
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    assert job(queue, first).status == "completed" and job(queue, second).status == "completed"
+    assert len(done) == 3  # b and c of the first job, and the second job's image: a was kept

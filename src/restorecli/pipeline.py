@@ -5,6 +5,7 @@ A failed item is data (``status="error"`` with its reason); the batch goes on.
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -106,6 +107,7 @@ class BatchResult:
     seconds: float = 0.0
     setup: dict[str, str] | None = None  # model, device and precision that ran (None: a dry run)
     interrupted: int | None = None  # the signal that stopped the batch before its end, if one did
+    halted: str | None = None  # why the batch ended early on its own: the output's disk is full or read-only
 
     def count(self, status: Status) -> int:
         return sum(1 for item in self.items if item.status == status)
@@ -389,6 +391,7 @@ def restore_batch(
         notify("tiles", (done, total))
 
     results: list[ItemResult] = []
+    halted: str | None = None
     claimed: dict[Path, str] = {}
     inputs_by_file = _files_of(items)  # an output that is one of these would overwrite an input
     swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
@@ -449,11 +452,22 @@ def restore_batch(
         except RestoreCliError:
             raise
         except OSError as exc:
-            results.append(_error(item, output, f"{item.source}: {exc.strerror or exc}", in_size, t0))
+            where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
+            results.append(_error(item, output, f"{item.source}: {exc.strerror or exc}{where}", in_size, t0))
+            if exc.errno in _STORAGE_FULL and output is not None:
+                # every later image would fail the same way, after spending its model time: stop here
+                halted = f"{exc.strerror}: {exc.filename or output.parent}"
         except (ValueError, RuntimeError, MemoryError) as exc:  # a model, codec or memory failure on this image
             results.append(_error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0))
         notify("done", results[-1])
-    return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None)
+        if halted:
+            break
+    return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
+                       halted=halted)
+
+
+# Write errors that end a batch rather than one image: no space, over quota, a read-only file system
+_STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
 
 
 def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:

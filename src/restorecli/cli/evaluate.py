@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -80,7 +81,7 @@ def _table(evaluation: Evaluation) -> Table:
         for metric in METRIC_NAMES:
             text = format_metric(values[metric], metric)
             cells.append(f"[bold green]{text}[/]" if values[metric] == best[metric] else text)
-        table.add_row(method, *cells, f"{values['seconds']:.3f}")
+        table.add_row(escape(method), *cells, f"{values['seconds']:.3f}")
     return table
 
 
@@ -127,12 +128,12 @@ def evaluate(
                 if event == "start":
                     progress.update(task, total=payload)
                 elif event == "image":
-                    progress.update(task, current=str(payload))
+                    progress.update(task, current=escape(str(payload)))
                 elif event == "done":
                     assert isinstance(payload, ImageResult)
                     progress.advance(task)
                     if payload.error:
-                        progress.console.print(f"[bold red]failed:[/] {payload.error}", soft_wrap=True)
+                        progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
 
             evaluation = run_evaluation(inputs or ["test_inputs"], options, on_progress)
         console.print(_table(evaluation))
@@ -146,7 +147,7 @@ def evaluate(
             from ..evaluate.report import write_report
 
             page = write_report(evaluation, report)
-            console.print(f"report: {page}")
+            console.print(f"report: {escape(str(page))}")
             if not json_output:
                 typer.echo(str(page))
     raise typer.Exit(code=evaluation.exit_code)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..jobs.prune import parse_age, prune as prune_target
@@ -62,7 +63,7 @@ def submit(
         typer.echo(json.dumps({"job_id": job.id, "status": "queued", "queue_position": position}))
     else:
         typer.echo(job.id)
-        stderr_console().print(f"queued {len(job.inputs)} image(s) in {root} at position {position}")
+        stderr_console().print(f"queued {len(job.inputs)} image(s) in {escape(str(root))} at position {position}")
 
 
 @app.command()
@@ -97,9 +98,11 @@ def worker(
         elif event == "claimed":
             console.print(f"job {data['job_id']}: started (attempt {data['attempt']})")
         elif event == "image":
-            console.print(f"  {data['input']}")
+            console.print(f"  {escape(str(data['input']))}")
         elif event == "finished":
             console.print(f"job {data['job_id']}: {data['outcome']}")
+        elif event == "storage_error":
+            console.print(f"job {data['job_id']}: [red]{escape(data['error'])}[/]", soft_wrap=True)
 
     with exit_on_error():
         report = run_worker(queue_dir(queue), WorkerOptions(once=once, max_jobs=max_jobs, max_seconds=max_seconds,
@@ -107,6 +110,10 @@ def worker(
                                                             max_attempts=max_attempts), stop, emit)
     if report.stopped:
         console.print("stopped by signal; unfinished work is left resumable")
+    if report.storage_error:
+        console.print(f"[red]stopped[/]: {escape(report.storage_error)}; the job is queued again with the images it "
+                      "finished; make room and start the worker again", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -128,7 +135,7 @@ def status(
         position = f", position {data['queue_position']}" if data["queue_position"] else ""
         console.print(f"job {data['job_id']}: {data['status']}{position}")
         if data.get("error"):
-            console.print(f"  error: {data['error']}", soft_wrap=True)
+            console.print(f"  error: {escape(str(data['error']))}", soft_wrap=True)
         for r in data["results"]:
             typer.echo(f"{r['status']}\t{r['original_filename']}\t{r['output'] or ''}\t{r['error'] or ''}")
         return

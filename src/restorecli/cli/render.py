@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,7 +34,7 @@ def error(message: str) -> None:
     """A setup or usage error, on stderr."""
     console = stderr_console()
     for i, line in enumerate(message.splitlines() or [""]):
-        console.print(f"[bold red]error:[/] {line}" if i == 0 else f"       {line}", markup=True, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(line)}" if i == 0 else f"       {escape(line)}", soft_wrap=True)
 
 
 def item_json(item: ItemResult) -> dict:
@@ -54,6 +55,8 @@ def summary_json(batch: BatchResult) -> dict:
         summary.update(batch.setup)
     if batch.interrupted is not None:
         summary["interrupted"] = signal.Signals(batch.interrupted).name
+    if batch.halted:
+        summary["halted"] = batch.halted
     return summary
 
 
@@ -94,7 +97,7 @@ class BatchRenderer:
             self.total = payload  # type: ignore[assignment]
             self.task = self.progress.add_task("restore", total=payload, current="")
         elif event == "item" and self.task is not None:
-            self.current = str(payload)
+            self.current = escape(str(payload))  # a file name is shown as it is, brackets and all
             self.progress.update(self.task, current=self.current)
         elif event == "tiles" and self.task is not None:
             done, total = payload  # type: ignore[misc]
@@ -108,7 +111,7 @@ class BatchRenderer:
 
     def _item(self, item: ItemResult) -> None:
         if item.status == "error":
-            self.progress.console.print(f"[bold red]failed:[/] {item.error}", soft_wrap=True)
+            self.progress.console.print(f"[bold red]failed:[/] {escape(str(item.error))}", soft_wrap=True)
         if self.as_json:
             self.stdout.write(json.dumps(item_json(item)) + "\n")
             self.stdout.flush()
@@ -140,9 +143,12 @@ class BatchRenderer:
         self.console.print(table)
         for item in batch.items:
             if item.status == "error":
-                self.console.print(f"  [red]x[/] {item.error}", soft_wrap=True)
+                self.console.print(f"  [red]x[/] {escape(str(item.error))}", soft_wrap=True)
+        of = f" of {self.total}" if self.total is not None else ""
         if batch.interrupted is not None:
-            of = f" of {self.total}" if self.total is not None else ""
             self.console.print(f"[yellow]interrupted by {signal.Signals(batch.interrupted).name} after "
                                f"{len(batch.items)}{of} images[/]: the image in hand was not written; run the same "
                                "command again to resume (finished outputs are skipped)", soft_wrap=True)
+        if batch.halted:
+            self.console.print(f"[red]stopped after {len(batch.items)}{of} images[/]: {escape(batch.halted)}; make room (or "
+                               "choose another -o) and run the same command again to resume", soft_wrap=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -90,11 +91,11 @@ def download_weights(
                     results.append(fetch(model, directory, options, on_progress))
         for result in results:
             colour = "red" if result.status == "failed" else "green"
-            console.print(f"[{colour}]{result.status}[/] {result.name}: {result.message or result.path}",
+            console.print(f"[{colour}]{result.status}[/] {escape(result.name)}: {escape(str(result.message or result.path))}",
                           soft_wrap=True)
             if result.pinned_locally and result.status != "failed":
                 console.print(f"  note: {result.name} has no published sha256; its hash {result.sha256} was pinned "
-                              f"locally in {directory} and later files must match it", soft_wrap=True)
+                              f"locally in {escape(str(directory))} and later files must match it", soft_wrap=True)
             if json_output:
                 typer.echo(json.dumps({"type": "item", **asdict(result)}))
             elif result.path and result.status != "failed":

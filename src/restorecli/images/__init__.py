@@ -36,11 +36,18 @@ STRIP_WRITERS: dict[str, type[StripWriter]] = {"png": PngWriter, "tiff": TiffWri
 OutputFormat = Literal["png", "jpg", "webp", "tiff"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+# What a folder scan takes. HEIC and JPEG XL cannot be read, but are taken so that each is named with the reason
+# (a phone's folder would otherwise lose its photos without a word)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif",
+                  ".heic", ".heif", ".jxl"}
 _EXIF_ORIENTATION = 0x0112
 _SUFFIX_FORMAT: dict[str, OutputFormat] = {
-    ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff",
+    ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg", ".webp": "webp", ".tif": "tiff",
+    ".tiff": "tiff",
 }
+# Formats Pillow cannot read that photo archives hold, told apart by their first bytes, for a clearer error
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+_JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 _PIL_FORMAT: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpg"}
 SIXTEEN_BIT_FORMATS: frozenset[OutputFormat] = frozenset({"png", "tiff"})  # JPEG and WebP hold 8 bits a sample
 MAX_SIDE: dict[OutputFormat, int] = {"jpg": JPEG_MAX_SIDE, "webp": 16383}  # PNG and TIFF hold far more
@@ -93,9 +100,21 @@ def _open(data: bytes, name: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        kind = _unsupported_kind(data)
+        if kind:
+            raise ImageDecodeError(f"{name}: {kind} images cannot be read; convert it to JPEG, PNG or TIFF first")
         raise ImageDecodeError(f"{name}: not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"{name}: cannot read image header ({exc})") from None
+
+
+def _unsupported_kind(data: bytes) -> str | None:
+    """The name of a known image format Pillow does not read (HEIC from phones, JPEG XL), or None."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIC/HEIF"
+    if data.startswith(_JPEG_XL_SIGNATURES):
+        return "JPEG XL"
+    return None
 
 
 def _orient(array: np.ndarray, orientation: int) -> np.ndarray:

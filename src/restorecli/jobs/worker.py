@@ -31,6 +31,7 @@ class WorkerOptions:
 class WorkerReport:
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, outcome)
     stopped: bool = False
+    storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only
 
 
 Event = Callable[[str, dict], None]
@@ -118,6 +119,9 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
     if renewer.lost.is_set():
         shutil.rmtree(work, ignore_errors=True)
         return "lost"
+    if batch.halted:  # the disk is full or read-only: give the job back with what it finished, resumable
+        emit("storage_error", {"job_id": job.id, "error": batch.halted})
+        return "released" if store.release(lease, work) else "lost"
     if len(batch.items) < len(stored):  # stopped between images
         return "released" if store.release(lease, work) else "lost"
     results = [_result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root)
@@ -139,6 +143,11 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
     deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
 
+    def note(event: str, data: dict) -> None:
+        if event == "storage_error":
+            report.storage_error = data["error"]
+        emit(event, data)
+
     def halted() -> bool:
         return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
 
@@ -154,9 +163,11 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
                 stop.wait(left)
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-            outcome = run_job(store, lease, options, restorers, halted, emit)
+            outcome = run_job(store, lease, options, restorers, halted, note)
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
+            if report.storage_error:  # every later job would fail the same way
+                break
         report.stopped = stop.is_set()
         return report
     finally:
