@@ -822,6 +822,39 @@ def test_sigterm_stops_a_real_process_cleanly_and_a_rerun_resumes(make_model, tm
     assert [item["status"] for item in json_lines(again)[:3]] == ["skipped", "ok", "ok"]
 
 
+def test_two_runs_over_one_folder_share_the_images(make_model, tmp_path):
+    """Overlapping cron runs: an image another live run on this machine is writing is skipped, not done twice;
+    the other run finishes it."""
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+
+    model = make_model(4)
+    photo = cv2.resize(read_rgb(TEST_INPUTS / "rocket.jpg"), (1000, 1000), interpolation=cv2.INTER_CUBIC)
+    inputs = [tmp_path / "a_large.png", tmp_path / "b_small.png"]
+    for path, side in zip(inputs, (1000, 32)):
+        cv2.imwrite(str(path), photo[:side, :side])
+    out = tmp_path / "o"
+    args = ["restore", str(inputs[0]), "-o", str(out), "--model", str(model), "--tile", "64", "--json"]
+    first = subprocess.Popen([sys.executable, "-c", "from restorecli.cli.app import main; main()", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".a_large.png.*.part")):  # the first run is writing the large image
+        assert first.poll() is None and time.monotonic() < deadline, "the large image never started"
+        time.sleep(0.02)
+    second = invoke("restore", *inputs, "-o", out, "--model", model, "--tile", "64", "--json", "--overwrite")
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert second.exit_code == 0, second.stderr
+    large, small = [i for i in json_lines(second) if i["type"] == "item"]
+    assert large["status"] == "skipped" and large["error"] == f"being written by another run (process {first.pid})"
+    assert small["status"] == "ok"
+    assert json.loads(stdout.splitlines()[0])["status"] == "ok"
+    assert sorted(p.name for p in out.iterdir()) == ["a_large.png", "b_small.png"]
+
+
 def test_a_rerun_removes_what_a_killed_run_left_and_nothing_else(photos, model2, tmp_path):
     """A run killed with SIGKILL leaves the image in hand's temporary file; the next run into the folder
     removes it. A dry run, which writes nothing, removes nothing."""

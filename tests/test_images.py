@@ -318,6 +318,29 @@ def test_a_temporary_file_names_its_writer_and_only_abandoned_ones_are_removed(t
     assert remove_abandoned_temporaries(tmp_path / "missing") == []
 
 
+def test_a_live_writer_of_an_output_is_found_and_only_a_live_one(tmp_path):
+    import subprocess
+
+    from restorecli.images import _host, atomic_writer, live_writer
+
+    target = tmp_path / "photo [1].png"  # glob characters in the name are taken literally
+    assert live_writer(target) is None
+    with atomic_writer(target):
+        assert live_writer(target) is None  # this process's own file is not another run's
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid, host, found in ((_dead_pid(), _host(), None), (sleeper.pid, "another_host", None),
+                                 (sleeper.pid, _host(), sleeper.pid)):
+            temporary = tmp_path / f".photo [1].png.restorecli-{pid}@{host}.abcdefgh.part"
+            temporary.write_bytes(b"half")
+            assert live_writer(target) == found
+            assert live_writer(tmp_path / "photo [2].png") is None
+            temporary.unlink()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 # Images for the strip writers: any layout they take, random pixels, cut into strips at random rows.
 STRIP_IMAGES = dict(
     channels=st.sampled_from([1, 2, 3, 4]),

@@ -42,6 +42,7 @@ from .images import (
     encode_image,
     float_to_uint8,
     format_for_suffix,
+    live_writer,
     probe,
     remove_abandoned_temporaries,
     strip_writer,
@@ -423,6 +424,12 @@ def restore_batch(
                                      "write to another folder (-o) or add a --suffix")
                 if output.exists() and not options.overwrite:
                     results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
+                    notify("done", results[-1])
+                    continue
+                writer = live_writer(output)
+                if writer is not None:  # another run over this folder has it in hand: leave it to that one
+                    results.append(ItemResult(item.source, str(output), "skipped",
+                                              f"being written by another run (process {writer})"))
                     notify("done", results[-1])
                     continue
             if options.dry_run:

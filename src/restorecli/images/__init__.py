@@ -7,6 +7,7 @@ H x W x 3 RGB) plus an optional ``alpha`` (H x W), both uint8 or uint16.
 from __future__ import annotations
 
 import functools
+import glob
 import io
 import os
 import re
@@ -451,6 +452,18 @@ def remove_abandoned_temporaries(folder: Path) -> list[Path]:
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def live_writer(path: Path) -> int | None:
+    """The id of another live process on this host that is writing ``path`` through an ``atomic_writer``, if one
+    is: two runs over one folder (overlapping cron runs) then share the images instead of both doing each. Files
+    of other hosts are not counted, since whether their writer lives cannot be told from here."""
+    host, own = _host(), os.getpid()
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.restorecli-*.part") if path.parent.is_dir() else ():
+        match = _TEMPORARY.match(entry.name)
+        if match and match["host"] == host and int(match["pid"]) != own and _process_exists(int(match["pid"])):
+            return int(match["pid"])
+    return None
 
 
 @contextmanager
