@@ -486,6 +486,32 @@ def test_exif_orientation_and_metadata_survive(tmp_path, model2, fmt):
                    .replace(b'PixelXDimension="96"', b'PixelXDimension="128"').replace(b">64<", b">192<"))
 
 
+def test_a_tiff_too_large_for_classic_offsets_is_a_bigtiff_and_reads_back(photos, model2, tmp_path, monkeypatch):
+    """Past 4 GiB of samples a TIFF is written as BigTIFF (here the limit is lowered to 64 KiB, as writing 4 GiB
+    would take a test too long), and restorecli reads it back, EXIF included, to restore it again as a JPEG."""
+    import tifffile
+
+    from restorecli.images import tiff
+
+    monkeypatch.setattr(tiff, "_CLASSIC_LIMIT", 1 << 16)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x8769] = {0x9003: "1962:07:01 12:00:00"}
+    source = tmp_path / "scan.jpg"
+    Image.open(TEST_INPUTS / "rocket.jpg").save(source, "JPEG", exif=exif.tobytes(), quality=95)
+    result = invoke("restore", source, "-o", tmp_path / "big", "--model", model2, "--format", "tiff")
+    assert result.exit_code == 0, result.stderr
+    with tifffile.TiffFile(tmp_path / "big" / "scan.tif") as written:
+        assert written.is_bigtiff and written.pages[0].shape == (128, 192, 3)
+    again = invoke("restore", tmp_path / "big" / "scan.tif", "-o", tmp_path / "jpg", "--model", model2,
+                   "--format", "jpg")
+    assert again.exit_code == 0, again.stderr
+    written = Image.open(tmp_path / "jpg" / "scan.jpg")
+    assert written.size == (384, 256)
+    assert written.getexif()[0x010F] == "TestCam"
+    assert written.getexif().get_ifd(0x8769)[0x9003] == "1962:07:01 12:00:00"
+
+
 @pytest.mark.parametrize("fmt", ["jpg", "png"])
 def test_a_cmyk_scan_is_restored_in_its_profile_s_colours_and_tagged_srgb(model2, tmp_path, fmt):
     from icc_profiles import cmyk_jpeg, ink_rgb

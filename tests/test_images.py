@@ -465,9 +465,10 @@ def test_png_writer_refuses_rows_that_do_not_fit_and_a_short_image():
 
 
 @settings(max_examples=25, deadline=None)
-@given(**STRIP_IMAGES, strip_bytes=st.sampled_from([1, 200, 1 << 19]))  # rows per TIFF strip: one, a few, all
+@given(**STRIP_IMAGES, strip_bytes=st.sampled_from([1, 200, 1 << 19]),  # rows per TIFF strip: one, a few, all
+       big=st.booleans())
 def test_tiff_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, strip_bytes,
-                                                              seed):
+                                                              seed, big):
     import tifffile
 
     from restorecli.images import tiff
@@ -476,11 +477,12 @@ def test_tiff_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, h
     out = io.BytesIO()
     saved, tiff._STRIP_BYTES = tiff._STRIP_BYTES, strip_bytes
     try:
-        writer = TiffWriter(out, width, height, channels, dtype)
+        writer = TiffWriter(out, width, height, channels, dtype, big=big)
     finally:
         tiff._STRIP_BYTES = saved
     _write_in_strips(writer, pixels, cuts)
     with tifffile.TiffFile(io.BytesIO(out.getvalue())) as decoded:
+        assert decoded.is_bigtiff == big
         page = decoded.pages[0]
         assert page.compression == 8 and page.predictor == 2  # Adobe Deflate, horizontal differencing
         np.testing.assert_array_equal(page.asarray().reshape(pixels.shape), pixels)
@@ -569,23 +571,56 @@ def test_jpeg_writer_needs_no_seekable_stream_and_refuses_what_jpeg_cannot_hold(
         JpegWriter(io.BytesIO(), 70000, 10, 3, np.uint8)
 
 
+@pytest.mark.parametrize("big", [False, True])
 @pytest.mark.parametrize("endian", ["<", ">"])
-def test_tiff_writer_carries_exif_and_icc_in_either_byte_order(endian):
+def test_tiff_writer_carries_exif_icc_and_xmp_in_either_byte_order(endian, big):
+    """A classic TIFF takes the EXIF's byte order and starts with its block; a BigTIFF (64-bit offsets, needed
+    past 4 GiB) is little-endian and rewrites the EXIF directories in its own form."""
+    import tifffile
+    from PIL.TiffImagePlugin import IFDRational
+
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()
     exif.endian = endian
     exif[0x010F] = "TestCam"
+    exif[0x0110] = "Model with a name longer than eight bytes"
     exif[0x0112] = 1
     exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"
-    pixels = np.random.default_rng(2).integers(0, 65535, (24, 18, 3), dtype=np.uint16)
-    data = encode_image(pixels, None, "tiff", exif=exif.tobytes(), icc_profile=icc)
-    assert data[:2] == (b"II" if endian == "<" else b"MM")
+    exif.get_ifd(0x8769)[0x829A] = IFDRational(1, 250)  # exposure time, a RATIONAL
+    exif.get_ifd(0x8825)[0x0002] = (IFDRational(52), IFDRational(31), IFDRational(1234, 100))  # GPS latitude
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    pixels = np.random.default_rng(5).integers(0, 65535, (37, 23, 4), dtype=np.uint16)
+    out = io.BytesIO()
+    writer = TiffWriter(out, 23, 37, 4, np.uint16, exif=exif.tobytes(), icc_profile=icc, xmp=xmp, big=big)
+    writer.write(pixels)
+    writer.close()
+    data = out.getvalue()
+    # Pillow opens no big-endian BigTIFF
+    assert data[:4] == (b"II+\x00" if big else b"II*\x00" if endian == "<" else b"MM\x00*")
+    with tifffile.TiffFile(io.BytesIO(data)) as decoded:
+        assert decoded.is_bigtiff == big
+        np.testing.assert_array_equal(decoded.pages[0].asarray(), pixels)
     decoded = decode_image(data, "x.tif")
-    np.testing.assert_array_equal(decoded.color, pixels)
-    assert decoded.icc_profile == icc
+    np.testing.assert_array_equal(decoded.color, pixels[:, :, :3])
+    np.testing.assert_array_equal(decoded.alpha, pixels[:, :, 3])
+    assert decoded.icc_profile == icc and decoded.xmp == xmp
     again = Image.Exif()
     again.load(decoded.exif)
-    assert again[0x010F] == "TestCam" and again.get_ifd(0x8769)[0x9003] == "2020:01:02 03:04:05"
+    assert again[0x010F] == "TestCam" and again[0x0110] == "Model with a name longer than eight bytes"
+    assert again.get_ifd(0x8769)[0x9003] == "2020:01:02 03:04:05"
+    assert again.get_ifd(0x8769)[0x829A] == 1 / 250
+    assert again.get_ifd(0x8825)[0x0002] == (52, 31, 12.34)
+
+
+def test_a_tiff_is_big_when_its_samples_could_pass_4_gib():
+    """As GDAL's BIGTIFF=IF_NEEDED: the samples before compression decide, since the compressed size is known
+    only at the end. Only the header is written here."""
+    for width, height, channels, dtype, big in ((37800, 37800, 3, np.uint8, True),  # 4.0 GiB of samples
+                                                (37000, 37000, 3, np.uint8, False),  # 3.8 GiB
+                                                (26800, 26800, 3, np.uint16, True), (100, 100, 4, np.uint16, False)):
+        out = io.BytesIO()
+        writer = TiffWriter(out, width, height, channels, dtype)
+        assert writer.big == big and out.getvalue()[2] == (43 if big else 42), (width, dtype)
 
 
 @pytest.mark.parametrize("exif", [b"Exif\x00\x00II*\x00", b"II*\x00\xff\xff\x00\x00garbage", b"not exif at all"])

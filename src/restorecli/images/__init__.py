@@ -341,6 +341,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     if len(exif):
         if orientation != 1:
             exif[_EXIF_ORIENTATION] = 1
+        exif.bigtiff = False  # a BigTIFF's EXIF is read in BigTIFF's form; EXIF blocks are classic TIFF everywhere
         exif_bytes = exif.tobytes()
     return DecodedImage(
         color=color,
