@@ -561,13 +561,17 @@ def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
     assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)
 
 
-def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure, shown", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB"), "out of memory"),
+    (KeyError("a failure nobody foresaw"), "KeyError: 'a failure nobody foresaw'"),  # never stops the batch either
+])
+def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_path, monkeypatch, failure, shown):
     import restorecli.pipeline as pipeline
 
     def flaky(real):
         def run(model, color, *args, **kwargs):
             if color.shape[:2] == (64, 96):  # rocket.jpg
-                raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+                raise failure
             return real(model, color, *args, **kwargs)
         return run
 
@@ -577,7 +581,7 @@ def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_
                     "--model", model2, "--json")
     assert result.exit_code == 1
     rocket, camera = json_lines(result)[:2]
-    assert rocket["status"] == "error" and "out of memory" in rocket["error"] and camera["status"] == "ok"
+    assert rocket["status"] == "error" and shown in rocket["error"] and camera["status"] == "ok"
 
 
 def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, model2, tmp_path, monkeypatch):

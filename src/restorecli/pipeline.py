@@ -464,7 +464,7 @@ def restore_batch(
             if exc.errno in _STORAGE_FULL and output is not None:
                 # every later image would fail the same way, after spending its model time: stop here
                 halted = f"{exc.strerror}: {exc.filename or output.parent}"
-        except (ValueError, RuntimeError, MemoryError) as exc:  # a model, codec or memory failure on this image
+        except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
             results.append(_error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0))
         notify("done", results[-1])
         if halted:
