@@ -315,6 +315,15 @@ def test_file_names_with_brackets_are_shown_as_they_are(model2, tmp_path):
     assert missing.exit_code == 2 and "[none]*.jpg" in missing.stderr
 
 
+def test_a_file_name_near_the_length_limit_is_restored(model2, tmp_path):
+    """Its temporary file's name, which adds the writer's process and host, used to pass 255 bytes and fail."""
+    source = tmp_path / ("a" * 240 + ".jpg")
+    shutil.copy(TEST_INPUTS / "rocket.jpg", source)
+    result = invoke("restore", source, "-o", tmp_path / "out", "--model", model2, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [source.name]
+
+
 def test_formats_pillow_cannot_read_are_named_and_other_spellings_are_found(model2, tmp_path):
     folder = tmp_path / "phone"
     folder.mkdir()

@@ -318,6 +318,31 @@ def test_a_temporary_file_names_its_writer_and_only_abandoned_ones_are_removed(t
     assert remove_abandoned_temporaries(tmp_path / "missing") == []
 
 
+def test_a_name_near_the_file_system_s_limit_gets_a_temporary_file_that_fits(tmp_path):
+    """A temporary file's name adds about 50 bytes to the output's; a name near 255 bytes is cut for it and
+    carries a hash of the whole, so two long names that share their start never share a temporary name."""
+    import subprocess
+
+    from restorecli.images import _TEMPORARY, _host, _temporary_name, atomic_writer, live_writer
+
+    long_name = "ü" * 120 + "_001.png"  # 248 bytes in UTF-8
+    target, sibling = tmp_path / long_name, tmp_path / long_name.replace("_001", "_002")
+    with atomic_writer(target) as handle:
+        (temporary,) = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+        assert len(temporary.name.encode()) <= 255 and _TEMPORARY.match(temporary.name)
+        handle.write(b"done")
+    assert target.read_bytes() == b"done" and sorted(tmp_path.iterdir()) == [target]
+    assert _temporary_name(long_name) != _temporary_name(sibling.name)
+    assert _temporary_name("short.png") == "short.png"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / f".{_temporary_name(long_name)}.restorecli-{sleeper.pid}@{_host()}.abcdefgh.part").touch()
+        assert live_writer(target) == sleeper.pid and live_writer(sibling) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_a_live_writer_of_an_output_is_found_and_only_a_live_one(tmp_path):
     import subprocess
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import io
 import os
 import re
@@ -429,6 +430,17 @@ def _host() -> str:
 
 # .NAME.restorecli-PID@HOST.RANDOM.part: who wrote a temporary file, so a later run can tell it is abandoned
 _TEMPORARY = re.compile(r"^\..+\.restorecli-(?P<pid>\d+)@(?P<host>[^.]+)\.[^.]+\.part$")
+_NAME_MAX = 255  # bytes in a file name, on every common file system
+
+
+def _temporary_name(name: str) -> str:
+    """NAME as temporary file names carry it: whole, or when the rest would push the name past 255 bytes, its
+    start and a hash of the whole (the same for every process of this host, so another run finds it)."""
+    room = _NAME_MAX - len(f"..restorecli-{'9' * 7}@{_host()}.XXXXXXXX.part".encode())  # pids have 7 digits at most
+    raw = name.encode()
+    if len(raw) <= room:
+        return name
+    return raw[: room - 11].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:10]
 
 
 def _process_exists(pid: int) -> bool:
@@ -460,7 +472,8 @@ def live_writer(path: Path) -> int | None:
     is: two runs over one folder (overlapping cron runs) then share the images instead of both doing each. Files
     of other hosts are not counted, since whether their writer lives cannot be told from here."""
     host, own = _host(), os.getpid()
-    for entry in path.parent.glob(f".{glob.escape(path.name)}.restorecli-*.part") if path.parent.is_dir() else ():
+    pattern = f".{glob.escape(_temporary_name(path.name))}.restorecli-*.part"
+    for entry in path.parent.glob(pattern) if path.parent.is_dir() else ():
         match = _TEMPORARY.match(entry.name)
         if match and match["host"] == host and int(match["pid"]) != own and _process_exists(int(match["pid"])):
             return int(match["pid"])
@@ -474,8 +487,8 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     everything written. The temporary file's name says which process on which host writes it (see
     ``remove_abandoned_temporaries``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.restorecli-{os.getpid()}@{_host()}.",
-                               suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_temporary_name(path.name)}.restorecli-{os.getpid()}@"
+                               f"{_host()}.", suffix=".part")
     try:
         with os.fdopen(fd, "w+b") as handle:
             yield handle
