@@ -416,7 +416,7 @@ def test_dry_run_writes_nothing(photos, model2, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("fmt", ["jpg", "webp"])  # written a strip at a time, and whole
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])  # written as the rows come, and all at the end
 def test_failure_while_writing_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch, fmt):
     import restorecli.images as images
 
@@ -759,9 +759,9 @@ def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
     assert renderer.progress.tasks[0].fields["current"] == "photos/cameraman_gray.png [dim](tile 5/16)[/]"
 
 
-@pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("jpg", ".jpg")])
-def test_tiff_and_jpeg_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_path, monkeypatch, fmt,
-                                                                     suffix):
+@pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("jpg", ".jpg"), ("webp", ".webp")])
+def test_tiff_jpeg_and_webp_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_path, monkeypatch, fmt,
+                                                                          suffix):
     import restorecli.pipeline as pipeline
     from PIL import ImageCms
 
@@ -795,9 +795,11 @@ def test_tiff_and_jpeg_outputs_are_streamed_too_with_their_metadata(photos, mode
     if fmt == "tiff":
         assert read_rgb(out / "grey_alpha16.tif").shape[2] == 4
         assert read_rgb(out / "chelsea_16bit.tif").dtype == np.uint16
-    else:  # 8-bit, grey stays grey with its alpha composited away
+    elif fmt == "jpg":  # 8-bit, grey stays grey with its alpha composited away
         assert read_rgb(out / "chelsea_16bit.jpg").dtype == np.uint8
         assert Image.open(out / "grey_alpha16.jpg").mode == "L"
+    else:  # 8-bit; WebP has no grey form, but keeps the alpha
+        assert Image.open(out / "grey_alpha16.webp").mode == "RGBA"
 
 
 def test_ctrl_c_ends_the_batch_with_a_summary_and_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch):

@@ -574,19 +574,22 @@ def test_jpeg_writer_carries_exif_and_icc_once_and_restarts_from_its_first_byte(
         assert image.getexif()[0x010F] == "restorecli test camera"
 
 
+class _Pipe(io.RawIOBase):
+    """What stdout is: writable, not seekable."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, chunk):
+        self.data += chunk
+        return len(chunk)
+
+
 def test_jpeg_writer_needs_no_seekable_stream_and_refuses_what_jpeg_cannot_hold():
-    class Pipe(io.RawIOBase):  # what stdout is: writable, not seekable
-        def __init__(self):
-            self.data = bytearray()
-
-        def writable(self):
-            return True
-
-        def write(self, chunk):
-            self.data += chunk
-            return len(chunk)
-
-    pipe = Pipe()
+    pipe = _Pipe()
     pixels = np.random.default_rng(4).integers(0, 255, (300, 20, 1), dtype=np.uint8)
     writer = JpegWriter(pipe, 20, 300, 1, np.uint8)
     writer.write(pixels)
@@ -594,6 +597,44 @@ def test_jpeg_writer_needs_no_seekable_stream_and_refuses_what_jpeg_cannot_hold(
     assert bytes(pipe.data) == _pillow_jpeg(pixels, quality=95)
     with pytest.raises(ValueError, match="at most 65500 pixels a side, not 70000x10; write PNG or TIFF"):
         JpegWriter(io.BytesIO(), 70000, 10, 3, np.uint8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(**STRIP_IMAGES, quality=st.sampled_from([50, 95]))
+def test_webp_writer_fed_in_strips_writes_what_pillow_writes_for_the_whole_image(channels, dtype, height, width,
+                                                                                 cuts, seed, quality):
+    """The rows go straight into the picture libwebp encodes (the result held once, not twice), so the file is
+    what Pillow writes for the whole image: RGB or RGBA, 8 bits."""
+    from restorecli.images.pixels import to_8bit
+    from restorecli.images.webp import WebpWriter
+
+    pixels = _random_image(channels, dtype, height, width, seed)
+    pipe = io.BytesIO()
+    writer = WebpWriter(pipe, width, height, channels, dtype, quality=quality, xmp=b"<x/>")
+    _write_in_strips(writer, pixels, cuts)
+    eight = to_8bit(pixels)
+    whole = np.concatenate([np.repeat(eight[:, :, :1], 3, axis=2), eight[:, :, 1:]], axis=2) if channels <= 2 \
+        else eight
+    expected = io.BytesIO()
+    Image.fromarray(whole).save(expected, "WEBP", quality=quality, xmp=b"<x/>")
+    assert pipe.getvalue() == expected.getvalue()
+
+
+def test_webp_writer_restarts_even_on_an_unseekable_stream():
+    from restorecli.images.webp import WebpWriter
+
+    pixels = np.random.default_rng(3).integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    pipe = _Pipe()
+    writer = WebpWriter(pipe, 20, 30, 3, np.uint8)
+    writer.write(pixels[:17] // 3)
+    writer.restart()  # nothing was written yet: the rows are gathered until close
+    writer.write(pixels)
+    writer.close()
+    expected = io.BytesIO()
+    Image.fromarray(pixels).save(expected, "WEBP", quality=95)
+    assert bytes(pipe.data) == expected.getvalue()
+    with pytest.raises(ValueError, match="at most 16383 pixels a side, not 16384x10; write PNG or TIFF"):
+        WebpWriter(io.BytesIO(), 16384, 10, 3, np.uint8)
 
 
 @pytest.mark.parametrize("big", [False, True])

@@ -27,13 +27,14 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import ImageDecodeError, ImageError, ImageTooLarge
 from .jpeg import JPEG_MAX_SIDE, XMP_APP1, JpegWriter
 from .pixels import full_scale as full_scale  # re-exported: the engine's conversions use it
-from .pixels import to_8bit
 from .png import PngWriter
 from .strips import StripWriter
 from .tiff import TiffWriter
+from .webp import WEBP_MAX_SIDE, WebpWriter
 
-# formats that can be written a strip of rows at a time (WebP cannot: libwebp encodes whole images)
-STRIP_WRITERS: dict[str, type[StripWriter]] = {"png": PngWriter, "tiff": TiffWriter, "jpg": JpegWriter}
+# Writers that take an image a strip of rows at a time (WebP's gathers them for libwebp, which encodes whole images)
+STRIP_WRITERS: dict[str, type[StripWriter]] = {"png": PngWriter, "tiff": TiffWriter, "jpg": JpegWriter,
+                                               "webp": WebpWriter}
 
 OutputFormat = Literal["png", "jpg", "webp", "tiff"]
 
@@ -52,7 +53,7 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b
 _JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 _PIL_FORMAT: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpg"}
 SIXTEEN_BIT_FORMATS: frozenset[OutputFormat] = frozenset({"png", "tiff"})  # JPEG and WebP hold 8 bits a sample
-MAX_SIDE: dict[OutputFormat, int] = {"jpg": JPEG_MAX_SIDE, "webp": 16383}  # PNG and TIFF hold far more
+MAX_SIDE: dict[OutputFormat, int] = {"jpg": JPEG_MAX_SIDE, "webp": WEBP_MAX_SIDE}  # PNG and TIFF hold far more
 FORMAT_SUFFIX: dict[OutputFormat, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 
 
@@ -369,7 +370,7 @@ def strip_writer(fmt: OutputFormat, handle: BinaryIO, width: int, height: int, c
     """A writer of ``fmt`` (one of ``STRIP_WRITERS``) that takes the image a strip of rows at a time. IPTC-IIM
     records go to JPEG and TIFF, the formats with a place for them."""
     settings: dict[str, object] = {"iptc": iptc} if fmt in ("jpg", "tiff") else {}
-    if fmt == "jpg":
+    if fmt in ("jpg", "webp"):
         settings["quality"] = quality
     return STRIP_WRITERS[fmt](handle, width, height, channels, dtype, exif=exif, icc_profile=icc_profile, xmp=xmp,
                               **settings)
@@ -388,31 +389,15 @@ def encode_image(
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
     and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
-    PNG, TIFF or JPEG strip by strip, see ``strip_writer``.)"""
-    if fmt in STRIP_WRITERS:
-        if fmt == "tiff" and alpha is not None and color.shape[2] == 1 and color.dtype == np.uint16:
-            color = np.repeat(color, 3, axis=2)  # Pillow (so restorecli too) cannot open 16-bit grey+alpha TIFFs
-        planes = color if alpha is None else np.dstack([color, alpha])
-        out = io.BytesIO()
-        writer = strip_writer(fmt, out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype,
-                              quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp, iptc=iptc)
-        writer.write(planes)
-        writer.close()
-        return out.getvalue()
-    # WebP, which Pillow encodes whole, as RGB or RGBA
-    color8 = to_8bit(color)
-    if color8.shape[2] == 1:
-        color8 = np.repeat(color8, 3, axis=2)
-    pil = Image.fromarray(color8 if alpha is None else np.dstack([color8, to_8bit(alpha)]))
-    kwargs: dict[str, object] = {}
-    if exif:
-        kwargs["exif"] = exif
-    if icc_profile:
-        kwargs["icc_profile"] = icc_profile
-    if xmp:
-        kwargs["xmp"] = xmp
+    an image strip by strip, see ``strip_writer``.)"""
+    if fmt == "tiff" and alpha is not None and color.shape[2] == 1 and color.dtype == np.uint16:
+        color = np.repeat(color, 3, axis=2)  # Pillow (so restorecli too) cannot open 16-bit grey+alpha TIFFs
+    planes = color if alpha is None else np.dstack([color, alpha])
     out = io.BytesIO()
-    pil.save(out, format="WEBP", quality=quality, **kwargs)
+    writer = strip_writer(fmt, out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype,
+                          quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp, iptc=iptc)
+    writer.write(planes)
+    writer.close()
     return out.getvalue()
 
 
