@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from typer.testing import CliRunner
 
@@ -17,7 +19,9 @@ from conftest import SHARED_TESTDATA, TEST_INPUTS, read_rgb
 from restorecli.cli.app import app
 from restorecli.engine.faces.align import FFHQ_TEMPLATE_512, alignment, crop_face, footprint, invert
 from restorecli.engine.faces.detector import AnchorConfig, FaceDetector
-from restorecli.engine.faces.enhance import FaceOptions, enhance_faces, select_faces
+from restorecli.engine.faces.detector import Face
+from restorecli.engine.faces.enhance import (FaceOptions, FaceRows, enhance_faces, plan_faces, restore_planned_faces,
+                                             select_faces)
 from restorecli.engine.faces.paste import paste_face
 
 DETECTOR = SHARED_TESTDATA / "retinaface_mobilenet0.25.pth"
@@ -195,6 +199,105 @@ def test_grey_canvas_gets_a_grey_change_and_sixteen_bit_is_kept():
 
 
 # ----------------------------------------------------------------------------- through the CLI
+
+
+class _Found:
+    """A detector that finds the faces it is given."""
+
+    def __init__(self, faces):
+        self.faces = faces
+
+    def detect(self, rgb, threshold):
+        return self.faces
+
+
+def _face_at(x: float, y: float, size: float, turn: float) -> Face:
+    """A face whose five landmarks sit as in the FFHQ template, ``size`` px wide, centred at (x, y), turned."""
+    c, s = np.cos(turn), np.sin(turn)
+    points = (FFHQ_TEMPLATE_512 / 512 - 0.5) * size @ np.array([[c, s], [-s, c]]) + (x, y)
+    return Face(np.array([x - size / 2, y - size / 2, x + size / 2, y + size / 2]), 0.99, points)
+
+
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(24, 160), width=st.integers(24, 160), channels=st.sampled_from([1, 3, 4]),
+       dtype=st.sampled_from([np.uint8, np.uint16]), seed=st.integers(0, 2**16),
+       faces=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(4, 60), st.floats(-0.6, 0.6)),
+                      min_size=1, max_size=3),
+       cuts=st.lists(st.integers(0, 640), max_size=6))
+def test_faces_restored_strip_by_strip_equal_the_whole_array(height, width, channels, dtype, seed, faces, cuts):
+    """An output written a strip at a time holds only the rows its faces span: the rows each face's crop reads
+    (its aligned square, the sampler's reach, and what the mirrored border brings in near an edge) are all in
+    the band, so the crops equal those taken from the whole output, and the file equals the whole-array path's."""
+    rng = np.random.default_rng(seed)
+    source = rng.integers(0, 255, (height, width, min(channels, 3)), dtype=np.uint8)
+    out_w, out_h = 4 * width, 4 * height
+    maxval = np.iinfo(dtype).max
+    canvas = rng.integers(0, maxval, (out_h, out_w, channels), dtype=dtype, endpoint=True)
+    colour = min(channels, 3)
+    found = [_face_at(fx * width, fy * height, size, turn) for fx, fy, size, turn in faces]
+    plan = plan_faces(source, out_w, out_h, _Found(found), FaceOptions())
+
+    def restorer(crops):  # not symmetric, so a crop taken from the wrong place would show
+        return np.clip(0.6 * crops + 0.3 * crops[:, ::-1, :, ::-1], 0.0, 1.0)
+
+    colour_planes = np.ascontiguousarray(canvas[:, :, :colour])
+    outside_spoiled = colour_planes.copy()  # every row the faces do not span, overwritten
+    outside_spoiled[: plan.top] = maxval - outside_spoiled[: plan.top]
+    outside_spoiled[plan.bottom :] = maxval - outside_spoiled[plan.bottom :]
+    for matrix in plan.matrices:  # the band is enough: no crop reads a row outside it
+        np.testing.assert_array_equal(crop_face(outside_spoiled, matrix), crop_face(colour_planes, matrix))
+    whole = canvas.copy()
+    restore_planned_faces(whole[plan.top : plan.bottom, :, :colour], plan, restorer, FaceOptions())
+    assert not np.array_equal(whole, canvas)  # the faces did change something
+
+    class Rows:
+        def __init__(self):
+            self.rows = []
+
+        def write(self, rows):
+            self.rows.append(rows.copy())
+
+        def restart(self):
+            self.rows = []
+
+    sink = Rows()
+    streamed = FaceRows(sink, plan, colour, lambda band: restore_planned_faces(band, plan, restorer, FaceOptions()))
+    bounds = sorted({0, out_h, *(c for c in cuts if c < out_h)})
+    buffer = np.empty_like(canvas)
+    for y0, y1 in zip(bounds, bounds[1:]):  # through one reused buffer, as the engine hands rows over
+        buffer[: y1 - y0] = canvas[y0:y1]
+        streamed.write(buffer[: y1 - y0])
+        buffer[:] = 0
+    np.testing.assert_array_equal(np.concatenate(sink.rows), whole)
+    assert max(len(r) for r in sink.rows) <= max(plan.bottom - plan.top, *(b - a for a, b in zip(bounds, bounds[1:])))
+
+
+def test_an_output_with_faces_is_written_a_strip_at_a_time(tmp_path, make_model, face_files, monkeypatch):
+    """With --face-enhance the output still goes to its file as the tiles finish (holding only the rows the
+    faces span until they are restored), with the bytes of the whole-array path."""
+    import restorecli.pipeline as pipeline
+    from restorecli.pipeline import RestoreOptions, Restorer
+
+    weights, detector_path = face_files
+    model = make_model(2)
+    photo = tmp_path / "framed.png"  # the face in the middle of a taller frame: rows above and below pass through
+    framed = np.full((320, 160, 3), 128, np.uint8)
+    framed[96:224, 16:144] = read_rgb(TEST_INPUTS / "astronaut_face.jpg")
+    cv2.imwrite(str(photo), cv2.cvtColor(framed, cv2.COLOR_RGB2BGR))
+    streamed = []
+    real = pipeline.enhance_rows
+    monkeypatch.setattr(pipeline, "enhance_rows", lambda *a, **k: streamed.append(a[3]) or real(*a, **k))
+    args = ["--model", model, "--weights-dir", weights, "--face-model", "gfpgan-1.3", "--face-detector",
+            detector_path, "--face-enhance", "--tile", "32", "--json"]
+    result = _restore(photo, "-o", tmp_path / "o", *args)
+    assert result.exit_code == 0, result.stderr
+    assert _items(result)[0]["faces"] == 1
+    (sink,) = streamed
+    assert isinstance(sink, FaceRows) and 0 < sink.plan.top < sink.plan.bottom < 640
+    options = RestoreOptions(model=str(model), weights_dir=str(weights), face_enhance=True, face_model="gfpgan-1.3",
+                             face_detector=str(detector_path), tile=32, format="png")
+    whole = Restorer.from_options(options).restore_bytes(photo.read_bytes(), photo.name, options, "png")
+    assert (tmp_path / "o" / "framed.png").read_bytes() == whole.data and whole.faces == 1
 
 
 def _restore(*args):

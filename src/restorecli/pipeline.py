@@ -25,7 +25,7 @@ from .engine.enhance import (
     streamable,
     target_size,
 )
-from .engine.faces.enhance import FaceOptions, FaceReport, FaceStack, enhance_faces
+from .engine.faces.enhance import FaceOptions, FaceReport, FaceRows, FaceStack, plan_faces, restore_planned_faces
 from .engine.tiling import TileProgress
 from .errors import ImageError, RestoreCliError, UsageError
 from .images import (
@@ -274,12 +274,17 @@ class Restorer:
         result = enhance(model, color, alpha, engine, options.outscale, on_tile)
         report = None
         if self.faces is not None:
-            face_options = FaceOptions(weight=options.face_weight, only_center=options.only_center_face,
-                                       max_faces=options.max_faces, min_size=options.min_face_size,
-                                       threshold=options.face_threshold)
-            report = enhance_faces(result.color, color, self.faces.detector, self.faces.restorer, face_options,
-                                   self.faces.parser)
+            plan = self._plan_faces(color, (result.color.shape[1], result.color.shape[0]), options)
+            report = self._restore_faces(result.color[plan.top : plan.bottom], plan, options)
         return result, report
+
+    def _plan_faces(self, color: np.ndarray, size: tuple[int, int], options: RestoreOptions):
+        assert self.faces is not None
+        return plan_faces(color, *size, self.faces.detector, _face_options(options))
+
+    def _restore_faces(self, band: np.ndarray, plan, options: RestoreOptions) -> FaceReport:
+        assert self.faces is not None
+        return restore_planned_faces(band, plan, self.faces.restorer, _face_options(options), self.faces.parser)
 
     def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
                       faces_stem: str | None = None, on_tile: TileProgress | None = None) -> Restored:
@@ -292,9 +297,10 @@ class Restorer:
 
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
-        """``restore_bytes`` written atomically to ``output``. A PNG, TIFF or JPEG that needs no faces is encoded
-        a strip of rows at a time as the tiles finish, resized to ``--outscale`` on the way, so its colour planes
-        are never whole in memory (an alpha plane is)."""
+        """``restore_bytes`` written atomically to ``output``. The output is encoded a strip of rows at a time as
+        the tiles finish, resized to ``--outscale`` on the way, so its colour planes are never whole in memory (an
+        alpha plane is; with faces, the rows from the first face's top to the last face's bottom are held until
+        the faces are restored; WebP's writer gathers the rows for its encoder)."""
         decoded = decode_image(data, name, options.max_pixels)
         size = target_size(self.model, *decoded.size, options.outscale)
         check_output_size(name, fmt, size)
@@ -303,20 +309,27 @@ class Restorer:
             write_atomic(output, restored.data)  # type: ignore[arg-type]
             return restored
         planes = decoded.color.shape[2] + (decoded.alpha is not None)
+        plan = self._plan_faces(decoded.color, size, options) if self.faces is not None else None
+        reports: list[FaceReport] = []  # one per pass over the image (an out-of-memory retry makes another)
         with atomic_writer(output) as handle:
             writer = strip_writer(fmt, handle, *size, planes, decoded.color.dtype, quality=options.quality,
                                   **decoded.metadata_for(size))
+            sink = writer
+            if plan is not None and plan.faces:
+                sink = FaceRows(writer, plan, decoded.color.shape[2],
+                                lambda band: reports.append(self._restore_faces(band, plan, options)))
             model, engine = self._runner(decoded.color, fmt)
-            enhance_rows(model, decoded.color, engine, writer, on_tile, options.outscale, decoded.alpha)
+            enhance_rows(model, decoded.color, engine, sink, on_tile, options.outscale, decoded.alpha)
             writer.close()
-        return Restored(None, decoded.size, size, None)
+        if reports and options.save_faces:
+            _save_faces(Path(options.save_faces), output.stem, reports[-1])
+        return Restored(None, decoded.size, size, len(plan.faces) if plan is not None else None)
 
     def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:
         # 16-bit grey+alpha TIFFs are written as RGB+alpha (see encode_image), which the strips are not
         grey16_alpha_tiff = (fmt == "tiff" and decoded.alpha is not None and decoded.color.shape[2] == 1
                              and decoded.color.dtype == np.uint16)
-        return (fmt in STRIP_WRITERS and self.faces is None and not grey16_alpha_tiff
-                and streamable(self.model, decoded.color))
+        return fmt in STRIP_WRITERS and not grey16_alpha_tiff and streamable(self.model, decoded.color)
 
     def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
                          faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:
@@ -327,6 +340,11 @@ class Restorer:
         encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, **decoded.metadata_for(size))
         return Restored(encoded, decoded.size, size,
                         len(report.faces) if report is not None else None)
+
+
+def _face_options(options: RestoreOptions) -> FaceOptions:
+    return FaceOptions(weight=options.face_weight, only_center=options.only_center_face, max_faces=options.max_faces,
+                       min_size=options.min_face_size, threshold=options.face_threshold)
 
 
 def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:

@@ -1,16 +1,21 @@
 """Face restoration on an upscaled image: detect on the input, align from the output, restore in one batched
-network call, paste the change back. Arrays in, arrays out; timings per stage for the benchmark."""
+network call, paste the change back. Arrays in, arrays out; timings per stage for the benchmark.
+
+The faces are found on the input, before the output exists, so the output rows they read and change are known in
+advance (``FacePlan``): an output written a strip of rows at a time (``FaceRows``) holds only those rows, from the
+first face's top to the last face's bottom, and the whole-array path works on the same rows the same way."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .align import FACE_SIZE, alignment, crop_face
+from .align import FACE_SIZE, alignment, crop_face, invert
 from .detector import Face, FaceDetector
 from .parsing import FaceParser
 from .paste import paste_face
@@ -63,34 +68,126 @@ def select_faces(faces: list[Face], width: int, height: int, options: FaceOption
     return kept
 
 
+@dataclass(frozen=True)
+class FacePlan:
+    """The faces of an input placed on its ``width`` x ``height`` output: their alignment matrices (output ->
+    aligned face) and the output rows ``top`` to ``bottom`` that restoring them reads and changes."""
+
+    faces: list[Face]
+    matrices: list[np.ndarray]
+    width: int
+    height: int
+    top: int = 0
+    bottom: int = 0
+    detection_seconds: float = 0.0
+
+
+def _rows_read(matrix: np.ndarray, height: int) -> tuple[int, int]:
+    """Output rows that cropping and pasting the face ``matrix`` aligns touch: the aligned square's, with the
+    bicubic sampler's reach, and the rows the crop's mirrored border brings in where the square leaves the image."""
+    corners = np.array([[0, 0], [FACE_SIZE, 0], [0, FACE_SIZE], [FACE_SIZE, FACE_SIZE]], dtype=np.float64)
+    back = invert(matrix)
+    ys = corners @ back[1, :2] + back[1, 2]
+    top, bottom = int(np.floor(ys.min())) - 4, int(np.ceil(ys.max())) + 4
+    if top < 0:
+        bottom = max(bottom, -top + 1)  # row -y reads row y
+    if bottom > height:
+        top = min(top, 2 * (height - 1) - bottom)  # row h - 1 + d reads row h - 1 - d
+    return max(top, 0), min(bottom, height)
+
+
+def plan_faces(source: np.ndarray, width: int, height: int, detector: FaceDetector,
+               options: FaceOptions) -> FacePlan:
+    """Find the faces of ``source`` (the input, H x W x 1 or 3) and place them on its ``width`` x ``height``
+    output."""
+    t0 = time.perf_counter()
+    rgb = source if source.shape[2] == 3 else np.repeat(source, 3, axis=2)
+    rows, cols = source.shape[:2]
+    faces = select_faces(detector.detect(rgb, threshold=options.threshold), cols, rows, options)
+    scale = np.array([width / cols, height / rows])
+    matrices = [alignment(face.landmarks * scale, FACE_SIZE) for face in faces]
+    spans = [_rows_read(matrix, height) for matrix in matrices]
+    top = min((a for a, _ in spans), default=0)
+    bottom = max((b for _, b in spans), default=0)
+    return FacePlan(faces, matrices, width, height, top, bottom, time.perf_counter() - t0)
+
+
+def restore_planned_faces(band: np.ndarray, plan: FacePlan, restorer, options: FaceOptions,
+                          parser: FaceParser | None = None) -> FaceReport:
+    """Restore the faces of ``plan`` in ``band``, the output's rows ``plan.top`` to ``plan.bottom`` (colour planes,
+    changed in place). ``restorer`` maps N x 512 x 512 x 3 crops to restored crops, in one call; with a ``parser``
+    the paste-back mask follows the parsed face instead of the feathered square."""
+    report = FaceReport(faces=list(plan.faces), seconds={"detection": plan.detection_seconds})
+    if not plan.faces:
+        return report
+    t1 = time.perf_counter()
+    pixels = np.ascontiguousarray(band)  # the sampler needs whole rows of these planes
+    crops = []
+    for matrix in plan.matrices:
+        shifted = matrix.copy()
+        shifted[:, 2] += matrix[:, 1] * plan.top  # band row r is output row top + r
+        crops.append(crop_face(pixels, shifted, FACE_SIZE))
+    del pixels
+    t2 = time.perf_counter()
+    restored = restorer(np.stack(crops))
+    t3 = time.perf_counter()
+    masks = parser.masks(restored) if parser is not None else [None] * len(restored)
+    for matrix, crop, face, mask in zip(plan.matrices, crops, restored, masks):
+        paste_face(band, face, crop, matrix, weight=options.weight, mask=mask, top=plan.top, height=plan.height)
+    t4 = time.perf_counter()
+    report.aligned, report.restored = crops, list(restored)
+    report.seconds.update(alignment=t2 - t1, restoration=t3 - t2, paste=t4 - t3)
+    return report
+
+
 def enhance_faces(canvas: np.ndarray, source: np.ndarray, detector: FaceDetector, restorer,
                   options: FaceOptions, parser: FaceParser | None = None) -> FaceReport:
     """Restore the faces of ``source`` (the input, H x W x 1 or 3) inside ``canvas`` (its upscaled version,
-    changed in place). ``restorer`` maps N x 512 x 512 x 3 crops to restored crops; with a ``parser`` the
-    paste-back mask follows the parsed face instead of the feathered square."""
-    report = FaceReport()
-    t0 = time.perf_counter()
-    rgb = source if source.shape[2] == 3 else np.repeat(source, 3, axis=2)
-    height, width = source.shape[:2]
-    faces = select_faces(detector.detect(rgb, threshold=options.threshold), width, height, options)
-    report.faces = faces
-    t1 = time.perf_counter()
-    report.seconds["detection"] = t1 - t0
-    if not faces:
-        return report
-    scale = np.array([canvas.shape[1] / width, canvas.shape[0] / height])
-    matrices = [alignment(face.landmarks * scale, FACE_SIZE) for face in faces]
-    crops = np.stack([crop_face(canvas, m, FACE_SIZE) for m in matrices])
-    t2 = time.perf_counter()
-    restored = restorer(crops)
-    t3 = time.perf_counter()
-    masks = parser.masks(restored) if parser is not None else [None] * len(restored)
-    for matrix, crop, face, mask in zip(matrices, crops, restored, masks):
-        paste_face(canvas, face, crop, matrix, weight=options.weight, mask=mask)
-    t4 = time.perf_counter()
-    report.aligned, report.restored = list(crops), list(restored)
-    report.seconds.update(alignment=t2 - t1, restoration=t3 - t2, paste=t4 - t3)
-    return report
+    changed in place)."""
+    plan = plan_faces(source, canvas.shape[1], canvas.shape[0], detector, options)
+    return restore_planned_faces(canvas[plan.top : plan.bottom], plan, restorer, options, parser)
+
+
+class FaceRows:
+    """A row sink (see ``engine.tiling.RowSink``) that restores the faces of ``plan`` on the way to ``sink``:
+    rows above and below the faces pass straight through; the rows between the first face's top and the last
+    face's bottom are held until the last of them has come, then ``restore(band)`` changes them in place (one
+    network call for every face) and they go on. Only the first ``color_planes`` planes are handed to
+    ``restore``; an alpha plane after them passes unchanged."""
+
+    def __init__(self, sink, plan: FacePlan, color_planes: int, restore: Callable[[np.ndarray], object]):
+        self.sink, self.plan, self.color_planes, self.restore = sink, plan, color_planes, restore
+        self._received = 0
+        self._band: np.ndarray | None = None
+
+    def write(self, rows: np.ndarray) -> None:
+        if rows.ndim == 2:
+            rows = rows[:, :, None]
+        start, end = self._received, self._received + len(rows)
+        self._received = end
+        top, bottom = self.plan.top, self.plan.bottom
+        if start < top:
+            self._pass(rows[: min(end, top) - start])
+        first, last = max(start, top), min(end, bottom)  # the rows of this strip that the faces span
+        if first < last:
+            if self._band is None:
+                self._band = np.empty((bottom - top, *rows.shape[1:]), rows.dtype)
+            self._band[first - top : last - top] = rows[first - start : last - start]
+            if end >= bottom:
+                self.restore(self._band[:, :, : self.color_planes])
+                self._pass(self._band)
+                self._band = None
+        if end > max(start, bottom):
+            self._pass(rows[max(start, bottom) - start :])
+
+    def _pass(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self.sink.write(rows)
+
+    def restart(self) -> None:
+        self._received = 0
+        self._band = None
+        self.sink.restart()
 
 
 @dataclass

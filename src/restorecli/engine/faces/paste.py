@@ -36,13 +36,15 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def paste_face(canvas: np.ndarray, restored: np.ndarray, original: np.ndarray, matrix: np.ndarray,
-               weight: float = 1.0, mask: np.ndarray | None = None) -> bool:
+               weight: float = 1.0, mask: np.ndarray | None = None, top: int = 0, height: int | None = None) -> bool:
     """Add ``weight`` times the restorer's change (``restored - original``, both 512 x 512 x 3 float in [0, 1],
-    aligned by ``matrix``: canvas -> face) to ``canvas`` (H x W x C, uint8/uint16/float32, changed in place)
-    under a soft mask. Grey canvases get a grey change. Returns False if the face lies outside the canvas."""
+    aligned by ``matrix``: image -> face) to ``canvas`` (H x W x C, uint8/uint16/float32, changed in place)
+    under a soft mask. Grey canvases get a grey change. ``canvas`` may be a band of an image ``height`` rows
+    tall that starts at its row ``top``; the band must hold every row the face covers. Returns False if the face
+    lies outside the image."""
     size = restored.shape[0]
-    height, width = canvas.shape[:2]
-    box = footprint(matrix, width, height, size)
+    width = canvas.shape[1]
+    box = footprint(matrix, width, canvas.shape[0] if height is None else height, size)
     if box is None:
         return False
     x0, y0, x1, y1 = box
@@ -53,7 +55,7 @@ def paste_face(canvas: np.ndarray, restored: np.ndarray, original: np.ndarray, m
     change = (restored.astype(np.float32) - original.astype(np.float32)) * (weight * soft[:, :, None])
     warped = cv2.warpAffine(change, back, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0)
-    roi = canvas[y0:y1, x0:x1]
+    roi = canvas[y0 - top : y1 - top, x0:x1]
     maxval = full_scale(canvas.dtype)
     if roi.shape[2] == 1:
         warped = _luma(warped)
