@@ -25,7 +25,16 @@ from .engine.enhance import (
     streamable,
     target_size,
 )
-from .engine.faces.enhance import FaceOptions, FaceReport, FaceRows, FaceStack, plan_faces, restore_planned_faces
+from .engine.faces.enhance import (
+    FaceOptions,
+    FacePlan,
+    FaceReport,
+    FaceRows,
+    FaceStack,
+    enhance_faces,
+    plan_faces,
+    restore_planned_faces,
+)
 from .engine.tiling import TileProgress
 from .errors import ImageError, RestoreCliError, UsageError
 from .images import (
@@ -274,15 +283,15 @@ class Restorer:
         result = enhance(model, color, alpha, engine, options.outscale, on_tile)
         report = None
         if self.faces is not None:
-            plan = self._plan_faces(color, (result.color.shape[1], result.color.shape[0]), options)
-            report = self._restore_faces(result.color[plan.top : plan.bottom], plan, options)
+            report = enhance_faces(result.color, color, self.faces.detector, self.faces.restorer,
+                                   _face_options(options), self.faces.parser)
         return result, report
 
-    def _plan_faces(self, color: np.ndarray, size: tuple[int, int], options: RestoreOptions):
+    def _plan_faces(self, color: np.ndarray, size: tuple[int, int], options: RestoreOptions) -> FacePlan:
         assert self.faces is not None
         return plan_faces(color, *size, self.faces.detector, _face_options(options))
 
-    def _restore_faces(self, band: np.ndarray, plan, options: RestoreOptions) -> FaceReport:
+    def _restore_faces(self, band: np.ndarray, plan: FacePlan, options: RestoreOptions) -> FaceReport:
         assert self.faces is not None
         return restore_planned_faces(band, plan, self.faces.restorer, _face_options(options), self.faces.parser)
 
@@ -374,6 +383,10 @@ def _planned_scale(options: RestoreOptions) -> float | None:
         return options.outscale
     entry = REGISTRY.get(options.model)
     return float(entry.scale) if entry else None
+
+
+# Write errors that end a batch rather than one image: no space, over quota, a read-only file system
+_STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
 
 
 def restore_batch(
@@ -490,9 +503,6 @@ def restore_batch(
     return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
                        halted=halted)
 
-
-# Write errors that end a batch rather than one image: no space, over quota, a read-only file system
-_STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
 
 
 def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:
