@@ -84,6 +84,25 @@ def test_the_summary_says_what_ran(photos, model2, tmp_path, precision):
     assert f"{Path(model2).stem} on cpu, {precision}" in plain.stderr
 
 
+def test_auto_precision_makes_the_same_choice_in_every_run_on_a_machine(photos, model2, tmp_path, monkeypatch):
+    """The first run's probe is recorded: a later run whose own timing would read otherwise (a loaded machine)
+    still runs what the first did."""
+    from restorecli.engine import device
+
+    readings = iter([2.0, 1.0])  # bf16 twice as fast, then (under load, say) no faster
+    monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: next(readings))
+    chosen = []
+    try:
+        for out in ("first", "second"):
+            device.cpu_bf16_speedup.cache_clear()  # each run is a new process
+            result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / out, "--model", model2, "--json")
+            assert result.exit_code == 0, result.stderr
+            chosen.append(json_lines(result)[-1]["precision"])
+    finally:
+        device.cpu_bf16_speedup.cache_clear()
+    assert chosen == ["bf16", "bf16"]
+
+
 def test_auto_bf16_leaves_16_bit_images_in_fp32(photos, model2, tmp_path, monkeypatch):
     monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)  # a CPU where bf16 is faster
     images = [photos / "chelsea_16bit.png", photos / "rocket.jpg"]

@@ -66,6 +66,36 @@ def test_fast_bf16_is_measured_not_read_off_cpu_flags(monkeypatch):
     assert choose_dtype("auto", torch.device("cpu"), SPEC) == torch.bfloat16
 
 
+def test_the_bf16_probe_runs_once_per_machine_and_is_recorded(monkeypatch):
+    """Timed beside other work the probe can read either side of the threshold; recorded per machine, every
+    later process makes the first one's choice. Another CPU, thread count or torch version measures again, as
+    does a damaged record."""
+    import json
+
+    from restorecli.engine import device
+
+    readings = iter([1.7, 1.1, 0.8, 2.5])
+    calls = []
+    monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: calls.append(1) or next(readings))
+    device.cpu_bf16_speedup.cache_clear()
+    try:
+        assert device.cpu_bf16_speedup() == 1.7
+        device.cpu_bf16_speedup.cache_clear()  # as a later process starts
+        assert device.cpu_bf16_speedup() == 1.7 and len(calls) == 1
+        (key,) = json.loads(device._probe_record().read_text())
+        assert device.cpu_model() in key and torch.__version__ in key
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+        device.cpu_bf16_speedup.cache_clear()
+        assert device.cpu_bf16_speedup() == 1.1 and len(json.loads(device._probe_record().read_text())) == 2
+        device._probe_record().write_text("{not json")
+        device.cpu_bf16_speedup.cache_clear()
+        assert device.cpu_bf16_speedup() == 0.8 and len(calls) == 3
+        ((rewritten, value),) = json.loads(device._probe_record().read_text()).items()
+        assert "| 64 threads |" in rewritten and value == 0.8
+    finally:
+        device.cpu_bf16_speedup.cache_clear()
+
+
 def test_no_bf16_probe_without_onednn(monkeypatch):
     from restorecli.engine import device
 
