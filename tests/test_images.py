@@ -343,6 +343,44 @@ def test_a_name_near_the_file_system_s_limit_gets_a_temporary_file_that_fits(tmp
         sleeper.wait()
 
 
+def test_on_windows_a_writer_s_liveness_is_asked_without_signalling_it(monkeypatch):
+    """On Windows os.kill(pid, 0) does not probe a process, it ends it (TerminateProcess): the liveness check
+    there opens a query-only handle and reads the exit code instead, with these answers from Windows."""
+    from restorecli import images
+
+    class Kernel32:
+        def __init__(self, handle, exit_code):
+            self.handle, self.exit_code, self.closed = handle, exit_code, []
+
+        def OpenProcess(self, access, inherit, pid):
+            assert access == 0x1000 and not inherit  # PROCESS_QUERY_LIMITED_INFORMATION: it can only look
+            return self.handle
+
+        def GetExitCodeProcess(self, handle, code):
+            code._obj.value = self.exit_code
+            return 1
+
+        def CloseHandle(self, handle):
+            self.closed.append(handle)
+
+    running, ended = Kernel32(7, 259), Kernel32(7, 0)
+    assert images._windows_process_exists(42, running, lambda: 0) and running.closed == [7]
+    assert not images._windows_process_exists(42, ended, lambda: 0) and ended.closed == [7]
+    assert not images._windows_process_exists(42, Kernel32(0, 0), lambda: 87)  # ERROR_INVALID_PARAMETER: no such
+    assert images._windows_process_exists(42, Kernel32(0, 0), lambda: 5)  # ERROR_ACCESS_DENIED: someone else's
+
+    def kill(pid, signal):
+        raise AssertionError("os.kill would end the process on Windows")
+
+    asked = []
+    monkeypatch.setattr(images.os, "kill", kill)
+    monkeypatch.setattr(images, "_windows_process_exists", lambda pid: asked.append(pid) or True)
+    monkeypatch.setattr(images.os, "name", "nt")
+    assert images._process_exists(4242)
+    monkeypatch.undo()
+    assert asked == [4242]
+
+
 def test_a_live_writer_of_an_output_is_found_and_only_a_live_one(tmp_path):
     import subprocess
 

@@ -429,6 +429,8 @@ def _temporary_name(name: str) -> str:
 
 
 def _process_exists(pid: int) -> bool:
+    if os.name == "nt":
+        return _windows_process_exists(pid)  # there os.kill(pid, 0) would end the process, not probe it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -436,6 +438,23 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+def _windows_process_exists(pid: int, kernel32=None, last_error=None) -> bool:
+    """Whether process ``pid`` runs, asked of Windows without touching it: a handle that may only read its
+    state, and its exit code, which reads STILL_ACTIVE (259) while it runs."""
+    import ctypes
+
+    kernel32 = kernel32 or ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    last_error = last_error or ctypes.get_last_error  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return last_error() == 5  # ERROR_ACCESS_DENIED: it runs, as someone else
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def remove_abandoned_temporaries(folder: Path) -> list[Path]:
