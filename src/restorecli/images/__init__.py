@@ -457,15 +457,23 @@ def _windows_process_exists(pid: int, kernel32=None, last_error=None) -> bool:
         kernel32.CloseHandle(handle)
 
 
+def _own_host_temporaries(folder: Path, pattern: str = ".*.part") -> Iterator[tuple[Path, int, bool]]:
+    """The temporary files in ``folder`` that an ``atomic_writer`` of this host named: each with its writer's
+    process id and whether that process still runs."""
+    host = _host()
+    for entry in folder.glob(pattern) if folder.is_dir() else ():
+        match = _TEMPORARY.match(entry.name)
+        if match and match["host"] == host:
+            yield entry, int(match["pid"]), _process_exists(int(match["pid"]))
+
+
 def remove_abandoned_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files in ``folder`` that an ``atomic_writer`` of a process that no longer exists
     left behind (only SIGKILL, the out-of-memory killer's signal, leaves one). A file written on another host,
     by a live process, or not named by ``atomic_writer``, is kept. Returns what was deleted."""
     removed = []
-    host = _host()
-    for entry in folder.glob(".*.part") if folder.is_dir() else ():
-        match = _TEMPORARY.match(entry.name)
-        if match and match["host"] == host and not _process_exists(int(match["pid"])):
+    for entry, _, running in _own_host_temporaries(folder):
+        if not running:
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -475,13 +483,9 @@ def live_writer(path: Path) -> int | None:
     """The id of another live process on this host that is writing ``path`` through an ``atomic_writer``, if one
     is: two runs over one folder (overlapping cron runs) then share the images instead of both doing each. Files
     of other hosts are not counted, since whether their writer lives cannot be told from here."""
-    host, own = _host(), os.getpid()
     pattern = f".{glob.escape(_temporary_name(path.name))}.restorecli-*.part"
-    for entry in path.parent.glob(pattern) if path.parent.is_dir() else ():
-        match = _TEMPORARY.match(entry.name)
-        if match and match["host"] == host and int(match["pid"]) != own and _process_exists(int(match["pid"])):
-            return int(match["pid"])
-    return None
+    return next((pid for _, pid, running in _own_host_temporaries(path.parent, pattern)
+                 if running and pid != os.getpid()), None)
 
 
 @contextmanager
