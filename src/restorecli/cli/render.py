@@ -150,5 +150,6 @@ class BatchRenderer:
                                f"{len(batch.items)}{of} images[/]: the image in hand was not written; run the same "
                                "command again to resume (finished outputs are skipped)", soft_wrap=True)
         if batch.halted:
-            self.console.print(f"[red]stopped after {len(batch.items)}{of} images[/]: {escape(batch.halted)}; make room (or "
-                               "choose another -o) and run the same command again to resume", soft_wrap=True)
+            self.console.print(f"[red]stopped after {len(batch.items)}{of} images[/]: {escape(batch.halted)}; "
+                               "make room (or choose another -o) and run the same command again to resume",
+                               soft_wrap=True)

@@ -91,7 +91,8 @@ def download_weights(
                     results.append(fetch(model, directory, options, on_progress))
         for result in results:
             colour = "red" if result.status == "failed" else "green"
-            console.print(f"[{colour}]{result.status}[/] {escape(result.name)}: {escape(str(result.message or result.path))}",
+            console.print(f"[{colour}]{result.status}[/] {escape(result.name)}: "
+                          f"{escape(str(result.message or result.path))}",
                           soft_wrap=True)
             if result.pinned_locally and result.status != "failed":
                 console.print(f"  note: {result.name} has no published sha256; its hash {result.sha256} was pinned "

@@ -65,11 +65,16 @@ def crop_face(image: np.ndarray, matrix: np.ndarray, size: int = FACE_SIZE) -> n
     return np.clip(crop, 0.0, 1.0)
 
 
-def footprint(matrix: np.ndarray, width: int, height: int, size: int = FACE_SIZE, margin: int = 2):
-    """Bounding box (x0, y0, x1, y1) in the image of the aligned square, clipped; None if it misses the image."""
+def square_corners(matrix: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """Where the corners of the aligned ``size`` x ``size`` square fall in the image (4 x 2: x, y)."""
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64)
     back = invert(matrix)
-    points = corners @ back[:, :2].T + back[:, 2]
+    return corners @ back[:, :2].T + back[:, 2]
+
+
+def footprint(matrix: np.ndarray, width: int, height: int, size: int = FACE_SIZE, margin: int = 2):
+    """Bounding box (x0, y0, x1, y1) in the image of the aligned square, clipped; None if it misses the image."""
+    points = square_corners(matrix, size)
     x0, y0 = np.floor(points.min(0)).astype(int) - margin
     x1, y1 = np.ceil(points.max(0)).astype(int) + margin
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)

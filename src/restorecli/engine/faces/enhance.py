@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .align import FACE_SIZE, alignment, crop_face, invert
+from .align import FACE_SIZE, alignment, crop_face, square_corners
 from .detector import Face, FaceDetector
 from .parsing import FaceParser
 from .paste import paste_face
@@ -85,9 +85,7 @@ class FacePlan:
 def _rows_read(matrix: np.ndarray, height: int) -> tuple[int, int]:
     """Output rows that cropping and pasting the face ``matrix`` aligns touch: the aligned square's, with the
     bicubic sampler's reach, and the rows the crop's mirrored border brings in where the square leaves the image."""
-    corners = np.array([[0, 0], [FACE_SIZE, 0], [0, FACE_SIZE], [FACE_SIZE, FACE_SIZE]], dtype=np.float64)
-    back = invert(matrix)
-    ys = corners @ back[1, :2] + back[1, 2]
+    ys = square_corners(matrix, FACE_SIZE)[:, 1]
     top, bottom = int(np.floor(ys.min())) - 4, int(np.ceil(ys.max())) + 4
     if top < 0:
         bottom = max(bottom, -top + 1)  # row -y reads row y
