@@ -323,7 +323,7 @@ def test_a_name_near_the_file_system_s_limit_gets_a_temporary_file_that_fits(tmp
     carries a hash of the whole, so two long names that share their start never share a temporary name."""
     import subprocess
 
-    from restorecli.images import _TEMPORARY, _host, _temporary_name, atomic_writer, live_writer
+    from restorecli.images import _TEMPORARY, LiveWriters, _host, _temporary_name, atomic_writer
 
     long_name = "ü" * 120 + "_001.png"  # 248 bytes in UTF-8
     target, sibling = tmp_path / long_name, tmp_path / long_name.replace("_001", "_002")
@@ -337,7 +337,7 @@ def test_a_name_near_the_file_system_s_limit_gets_a_temporary_file_that_fits(tmp
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (tmp_path / f".{_temporary_name(long_name)}.restorecli-{sleeper.pid}@{_host()}.abcdefgh.part").touch()
-        assert live_writer(target) == sleeper.pid and live_writer(sibling) is None
+        assert LiveWriters().of(target) == sleeper.pid and LiveWriters().of(sibling) is None
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -384,21 +384,55 @@ def test_on_windows_a_writer_s_liveness_is_asked_without_signalling_it(monkeypat
 def test_a_live_writer_of_an_output_is_found_and_only_a_live_one(tmp_path):
     import subprocess
 
-    from restorecli.images import _host, atomic_writer, live_writer
+    from restorecli.images import LiveWriters, _host, atomic_writer
 
     target = tmp_path / "photo [1].png"  # glob characters in the name are taken literally
-    assert live_writer(target) is None
+    assert LiveWriters().of(target) is None
     with atomic_writer(target):
-        assert live_writer(target) is None  # this process's own file is not another run's
+        assert LiveWriters().of(target) is None  # this process's own file is not another run's
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         for pid, host, found in ((_dead_pid(), _host(), None), (sleeper.pid, "another_host", None),
                                  (sleeper.pid, _host(), sleeper.pid)):
             temporary = tmp_path / f".photo [1].png.restorecli-{pid}@{host}.abcdefgh.part"
             temporary.write_bytes(b"half")
-            assert live_writer(target) == found
-            assert live_writer(tmp_path / "photo [2].png") is None
+            assert LiveWriters().of(target) == found
+            assert LiveWriters().of(tmp_path / "photo [2].png") is None
             temporary.unlink()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_folder_is_listed_again_only_after_twenty_times_its_listing_took(tmp_path, monkeypatch):
+    """A folder of 100,000 outputs takes about 50 ms to list: listing it at every image of a fast batch would
+    cost more than the images. A writer found in a listing is asked again whether it still runs."""
+    import subprocess
+
+    from restorecli import images
+
+    listings = []
+    real = images._own_host_temporaries
+    monkeypatch.setattr(images, "_own_host_temporaries", lambda folder: listings.append(folder) or real(folder))
+    now = [100.0]
+
+    def clock():
+        now[0] += 0.5  # each reading half a second on: a listing "takes" 0.5 s, so it lasts 10 s
+        return now[0]
+
+    writers = images.LiveWriters(clock)
+    target = tmp_path / "a.png"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    temporary = tmp_path / f".a.png.restorecli-{sleeper.pid}@{images._host()}.abcdefgh.part"
+    try:
+        assert writers.of(target) is None and len(listings) == 1
+        temporary.write_bytes(b"half")
+        assert writers.of(target) is None and len(listings) == 1  # not seen yet: the listing is reused
+        now[0] += 10
+        assert writers.of(target) == sleeper.pid and len(listings) == 2
+        sleeper.kill()
+        sleeper.wait()
+        assert writers.of(target) is None and len(listings) == 2  # listed before, but no longer running
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -44,6 +44,7 @@ from .images import (
     SIXTEEN_BIT_FORMATS,
     STRIP_WRITERS,
     DecodedImage,
+    LiveWriters,
     OutputFormat,
     atomic_writer,
     check_output_size,
@@ -51,7 +52,6 @@ from .images import (
     encode_image,
     float_to_uint8,
     format_for_suffix,
-    live_writer,
     probe,
     remove_abandoned_temporaries,
     strip_writer,
@@ -426,6 +426,7 @@ def restore_batch(
     halted: str | None = None
     claimed: dict[Path, str] = {}
     inputs_by_file = _files_of(items)  # an output that is one of these would overwrite an input
+    live_writers = LiveWriters()  # outputs other runs over the same folders have in hand
     swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
     for item in items:
         if should_stop is not None and should_stop():
@@ -457,7 +458,7 @@ def restore_batch(
                     results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
                     notify("done", results[-1])
                     continue
-                writer = live_writer(output)
+                writer = live_writers.of(output)
                 if writer is not None:  # another run over this folder has it in hand: leave it to that one
                     results.append(ItemResult(item.source, str(output), "skipped",
                                               f"being written by another run (process {writer})"))

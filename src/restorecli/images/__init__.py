@@ -7,14 +7,14 @@ H x W x 3 RGB) plus an optional ``alpha`` (H x W), both uint8 or uint16.
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import io
 import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -457,14 +457,19 @@ def _windows_process_exists(pid: int, kernel32=None, last_error=None) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def _own_host_temporaries(folder: Path, pattern: str = ".*.part") -> Iterator[tuple[Path, int, bool]]:
-    """The temporary files in ``folder`` that an ``atomic_writer`` of this host named: each with its writer's
+def _own_host_temporaries(folder: Path) -> Iterator[tuple[str, int, bool]]:
+    """The temporary files in ``folder`` that an ``atomic_writer`` of this host named: each name with its writer's
     process id and whether that process still runs."""
     host = _host()
-    for entry in folder.glob(pattern) if folder.is_dir() else ():
-        match = _TEMPORARY.match(entry.name)
+    try:
+        names = [entry.name for entry in os.scandir(folder)
+                 if entry.name.startswith(".") and entry.name.endswith(".part")]
+    except OSError:  # no such folder yet
+        return
+    for name in names:
+        match = _TEMPORARY.match(name)
         if match and match["host"] == host:
-            yield entry, int(match["pid"]), _process_exists(int(match["pid"]))
+            yield name, int(match["pid"]), _process_exists(int(match["pid"]))
 
 
 def remove_abandoned_temporaries(folder: Path) -> list[Path]:
@@ -472,20 +477,39 @@ def remove_abandoned_temporaries(folder: Path) -> list[Path]:
     left behind (only SIGKILL, the out-of-memory killer's signal, leaves one). A file written on another host,
     by a live process, or not named by ``atomic_writer``, is kept. Returns what was deleted."""
     removed = []
-    for entry, _, running in _own_host_temporaries(folder):
+    for name, _, running in _own_host_temporaries(folder):
         if not running:
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
+            (folder / name).unlink(missing_ok=True)
+            removed.append(folder / name)
     return removed
 
 
-def live_writer(path: Path) -> int | None:
-    """The id of another live process on this host that is writing ``path`` through an ``atomic_writer``, if one
-    is: two runs over one folder (overlapping cron runs) then share the images instead of both doing each. Files
-    of other hosts are not counted, since whether their writer lives cannot be told from here."""
-    pattern = f".{glob.escape(_temporary_name(path.name))}.restorecli-*.part"
-    return next((pid for _, pid, running in _own_host_temporaries(path.parent, pattern)
-                 if running and pid != os.getpid()), None)
+class LiveWriters:
+    """Finds outputs that another live process on this host is writing through an ``atomic_writer``, so that two
+    runs over one folder (overlapping cron runs) share the images instead of both doing each. Files of other hosts
+    are not counted, since whether their writer lives cannot be told from here.
+
+    Listing a folder costs in proportion to its files (about 50 ms for 100,000), so a folder's listing is reused
+    until 20 times as long as it took has passed: at most a twentieth more time for a batch, and a listing at
+    every image where folders are small. A writer found is asked again whether it still runs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._seen: dict[Path, tuple[float, float, dict[str, int]]] = {}  # folder: (listed at, took, writers)
+
+    def of(self, path: Path) -> int | None:
+        """The process id of a live other writer of ``path``, or None."""
+        folder = path.parent
+        now = self.clock()
+        listed = self._seen.get(folder)
+        if listed is None or now - listed[0] > 20 * listed[1]:
+            writers = {name: pid for name, pid, running in _own_host_temporaries(folder)
+                       if running and pid != os.getpid()}
+            listed = (now, self.clock() - now, writers)
+            self._seen[folder] = listed
+        prefix = f".{_temporary_name(path.name)}.restorecli-"
+        return next((pid for name, pid in listed[2].items() if name.startswith(prefix) and _process_exists(pid)),
+                    None)
 
 
 @contextmanager
