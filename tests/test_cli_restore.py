@@ -250,15 +250,17 @@ def test_recursive_keeps_the_tree_and_ignores_its_own_output(photos, model2):
     assert len(items) == 6 and all(i["status"] == "skipped" for i in items)
 
 
-def test_flat_inputs_with_the_same_name_do_not_clobber(tmp_path, model2):
-    for folder in ("a", "b"):
+@pytest.mark.parametrize("second", ["x.jpg", "X.JPG"])  # one file on macOS's and Windows' file systems too
+def test_flat_inputs_with_the_same_name_do_not_clobber(tmp_path, model2, second):
+    for folder, name in (("a", "x.jpg"), ("b", second)):
         (tmp_path / folder).mkdir()
-        shutil.copy(TEST_INPUTS / "rocket.jpg", tmp_path / folder / "x.jpg")
-    result = invoke("restore", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", "-o", tmp_path / "o",
+        shutil.copy(TEST_INPUTS / "rocket.jpg", tmp_path / folder / name)
+    result = invoke("restore", tmp_path / "a" / "x.jpg", tmp_path / "b" / second, "-o", tmp_path / "o",
                     "--model", model2, "--json")
     assert result.exit_code == 1
     items = [i for i in json_lines(result) if i["type"] == "item"]
-    assert items[0]["status"] == "ok" and "collides" in items[1]["error"]
+    assert items[0]["status"] == "ok" and "collides with that of" in items[1]["error"]
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["x.jpg"]
 
 
 @pytest.mark.parametrize("flags", [(), ("--overwrite",), ("--dry-run", "--overwrite")])

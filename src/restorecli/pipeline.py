@@ -424,7 +424,7 @@ def restore_batch(
 
     results: list[ItemResult] = []
     halted: str | None = None
-    claimed: dict[Path, str] = {}
+    claimed: dict[str, str] = {}
     inputs_by_file = _files_of(items)  # an output that is one of these would overwrite an input
     live_writers = LiveWriters()  # outputs other runs over the same folders have in hand
     swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
@@ -444,7 +444,9 @@ def restore_batch(
             fmt: OutputFormat = options.format if options.format != "same" else source_format or "png"
             if not to_stdout:
                 output = output_path_for(item, options, source_format)
-                key = output.resolve()
+                # names that differ in case only are one file on macOS's and Windows' file systems (and would
+                # clash when the results are copied there): they count as one output everywhere
+                key = str(output.resolve()).casefold()
                 if key in claimed:
                     raise ImageError(f"{item.source}: output {output} collides with that of {claimed[key]}")
                 claimed[key] = item.source
