@@ -425,7 +425,8 @@ def restore_batch(
     results: list[ItemResult] = []
     halted: str | None = None
     claimed: dict[str, str] = {}
-    inputs_by_file = _files_of(items)  # an output that is one of these would overwrite an input
+    inputs_by_file: dict[tuple[int, int], str] | None = None  # the inputs' files, listed at the first output that
+    # exists (an output that does not exist overwrites nothing), so a batch into a new folder stats no input twice
     live_writers = LiveWriters()  # outputs other runs over the same folders have in hand
     swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
     for item in items:
@@ -451,11 +452,14 @@ def restore_batch(
                     raise ImageError(f"{item.source}: output {output} collides with that of {claimed[key]}")
                 claimed[key] = item.source
                 target = _file_id(output)
-                if target is not None and target in inputs_by_file:
-                    same = target == _file_id(Path(item.source))
-                    what = "the input itself" if same else f"the input {inputs_by_file[target]}"
-                    raise ImageError(f"{item.source}: output {output} is {what}, which is never overwritten; "
-                                     "write to another folder (-o) or add a --suffix")
+                if target is not None:
+                    inputs_by_file = inputs_by_file if inputs_by_file is not None else _files_of(items)
+                    replaced = inputs_by_file.get(target)
+                    if replaced is not None:
+                        same = target == _file_id(Path(item.source))
+                        what = "the input itself" if same else f"the input {replaced}"
+                        raise ImageError(f"{item.source}: output {output} is {what}, which is never overwritten; "
+                                         "write to another folder (-o) or add a --suffix")
                 if output.exists() and not options.overwrite:
                     results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
                     notify("done", results[-1])
