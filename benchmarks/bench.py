@@ -326,13 +326,10 @@ def faces(threads: int, repeats: int) -> dict:
 
 def _cpu_features() -> str:
     """The CPU's model name and the flags that decide bf16's speed, e.g. 'AMD EPYC: AMX no, AVX512-BF16 yes'."""
-    fields = {}
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    return f"{fields.get('model name', 'unknown CPU')}: " + ", ".join(
+    from restorecli.engine.device import cpu_info, cpu_model
+
+    flags = set(cpu_info().get("flags", "").split())
+    return f"{cpu_model()}: " + ", ".join(
         f"{name} {'yes' if flag in flags else 'no'}" for name, flag in (("AMX", "amx_tile"), ("AVX512-BF16", "avx512_bf16")))
 
 

@@ -64,15 +64,20 @@ def choose_device(spec: str = "auto") -> torch.device:
 BF16_MIN_SPEEDUP = 1.3
 
 
-def cpu_model() -> str:
-    """The CPU's model name ('AMD EPYC 9B14'), or the processor architecture where the system does not say."""
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ('model name', 'flags', ...); empty where there is none."""
+    fields: dict[str, str] = {}
     info = Path("/proc/cpuinfo")
     if info.is_file():
         for line in info.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC 9B14'), or the processor architecture where the system does not say."""
+    return cpu_info().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _probe_record() -> Path:
