@@ -136,7 +136,7 @@ def _measure_bf16_speedup() -> float:
     ratios = []
     with torch.inference_mode():
         blocks = {dtype: block_for(dtype) for dtype in (torch.float32, torch.bfloat16)}
-        for dtype, block in blocks.items():
+        for block in blocks.values():
             block()  # the first call selects kernels
         for _ in range(3):  # the median of three readings, each the best of five alternating rounds, so that
             best = {}       # neither side gets the cold caches or clocks, nor a burst of other work

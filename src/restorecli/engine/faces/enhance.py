@@ -70,12 +70,11 @@ def select_faces(faces: list[Face], width: int, height: int, options: FaceOption
 
 @dataclass(frozen=True)
 class FacePlan:
-    """The faces of an input placed on its ``width`` x ``height`` output: their alignment matrices (output ->
+    """The faces of an input placed on its output, ``height`` rows tall: their alignment matrices (output ->
     aligned face) and the output rows ``top`` to ``bottom`` that restoring them reads and changes."""
 
     faces: list[Face]
     matrices: list[np.ndarray]
-    width: int
     height: int
     top: int = 0
     bottom: int = 0
@@ -107,7 +106,7 @@ def plan_faces(source: np.ndarray, width: int, height: int, detector: FaceDetect
     spans = [_rows_read(matrix, height) for matrix in matrices]
     top = min((a for a, _ in spans), default=0)
     bottom = max((b for _, b in spans), default=0)
-    return FacePlan(faces, matrices, width, height, top, bottom, time.perf_counter() - t0)
+    return FacePlan(faces, matrices, height, top, bottom, time.perf_counter() - t0)
 
 
 def restore_planned_faces(band: np.ndarray, plan: FacePlan, restorer, options: FaceOptions,
