@@ -130,3 +130,19 @@ def disk_fills(monkeypatch):
 
     return fills
 
+
+
+@pytest.fixture
+def named_pipe(tmp_path):
+    """A named pipe ``pipe.png`` with a writer waiting on it: code that wrongly opens it to read gets an empty
+    file at once instead of blocking the suite. The writer is released when the test ends."""
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)
+    writer.start()
+    yield fifo
+    if writer.is_alive():  # nothing opened it: open the read end without blocking, so the writer's open returns
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    writer.join(5)

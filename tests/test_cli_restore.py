@@ -953,3 +953,21 @@ def test_stop_signals_leave_an_ignored_signal_ignored_and_restore_the_handlers()
         assert signal.getsignal(signal.SIGTERM) is before_term
     finally:
         signal.signal(signal.SIGHUP, before_hup)
+
+
+def test_devices_pipes_and_oversized_files_are_errors_and_the_batch_goes_on(photos, model2, tmp_path, named_pipe):
+    huge = photos / "huge.tif"
+    with huge.open("wb") as handle:  # sparse: a 100 MB file that uses no disk
+        handle.truncate(100 << 20)
+    out = tmp_path / "o"
+    result = invoke("restore", photos / "rocket.jpg", named_pipe, "/dev/zero", huge, "-o", out, "--model", model2,
+                    "--max-pixels", 1_000_000, "--json")
+    assert result.exit_code == 1, result.stderr
+    items = {Path(i["input"]).name: i for i in json_lines(result) if i["type"] == "item"}
+    assert items["rocket.jpg"]["status"] == "ok"
+    assert items["pipe.png"]["error"].endswith("pipe.png: is a named pipe, not an image file")
+    assert items["zero"]["error"] == "/dev/zero: is a character device, not an image file"
+    assert "huge.tif: 104,857,600 bytes is more than any image within the limit of 1,000,000 pixels" in \
+        items["huge.tif"]["error"]
+    assert "raise --max-pixels" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["rocket.jpg"]

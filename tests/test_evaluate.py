@@ -187,3 +187,10 @@ def test_face_enhance_is_passed_to_the_models(make_model, tmp_path):
     result = cli(TEST_INPUTS / "rocket.jpg", "--models", make_model(4), "--face-enhance", "--weights-dir",
                  tmp_path / "empty")
     assert result.exit_code == 3 and "download-weights gfpgan-1.4 retinaface-resnet50" in result.stderr
+
+
+def test_a_pipe_given_as_an_image_is_reported_not_read(make_model, named_pipe):
+    result = cli(TEST_INPUTS / "rocket.jpg", named_pipe, "--models", make_model(4), "--json")
+    assert result.exit_code == 1
+    assert lines(result)[-1]["images"] == 1 and lines(result)[-1]["failed"] == 1
+    assert "pipe.png: is a named pipe, not an image file" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageOps
 
 from conftest import TEST_INPUTS
-from restorecli.errors import ImageDecodeError, ImageTooLarge
-from restorecli.images import decode_image, encode_image, write_atomic
+from restorecli.errors import ImageDecodeError, ImageError, ImageTooLarge
+from restorecli.images import (decode_image, encode_image, max_file_bytes, read_input_file, read_input_stream,
+                               write_atomic)
 from restorecli.images.jpeg import JpegWriter
 from restorecli.images.png import PngWriter
 from restorecli.images.tiff import TiffWriter
@@ -798,3 +800,47 @@ def test_tiff_writer_restarts_from_its_first_byte():
         writer.write(pixels)
         writer.close()
     assert reused.getvalue() == fresh.getvalue()
+
+
+class _Endless(io.RawIOBase):
+    """A pipe that never ends (``cat /dev/zero |``)."""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        buffer[:] = bytes(len(buffer))
+        return len(buffer)
+
+
+class _Terminal(io.BytesIO):
+    def isatty(self):
+        return True
+
+
+def test_input_files_that_cannot_be_images_are_refused_before_reading(tmp_path, named_pipe):
+    with pytest.raises(ImageError, match=r"pipe.png: is a named pipe, not an image file"):
+        read_input_file(named_pipe)
+    with pytest.raises(ImageError, match=r"/dev/null: is a character device, not an image file"):
+        read_input_file(Path("/dev/null"))
+    with pytest.raises(ImageError, match=r"is a directory"):
+        read_input_file(tmp_path)
+    with pytest.raises(ImageDecodeError, match=r"absent.png: no such file"):
+        read_input_file(tmp_path / "absent.png")
+    huge = tmp_path / "huge.tif"
+    with huge.open("wb") as handle:  # sparse: no disk used
+        handle.truncate(max_file_bytes(1000) + 1)
+    limit = max_file_bytes(1000)
+    with pytest.raises(ImageTooLarge, match=rf"huge.tif: {limit + 1:,} bytes is more than any image within the limit "
+                                            rf"of 1,000 pixels can take \({limit:,} bytes\); raise --max-pixels"):
+        read_input_file(huge, max_pixels=1000)
+    photo = TEST_INPUTS / "rocket.jpg"
+    assert read_input_file(photo, max_pixels=1000) == photo.read_bytes()  # the limit is on bytes, pixels come later
+
+
+def test_an_endless_stream_is_refused_once_it_passes_what_an_image_can_take():
+    with pytest.raises(ImageTooLarge, match=r"stdin: .* bytes is more than any image"):
+        read_input_stream(io.BufferedReader(_Endless()), "stdin", max_pixels=1)
+    with pytest.raises(ImageError, match=r"stdin: is a terminal; pipe an image in"):
+        read_input_stream(_Terminal(b""), "stdin")
+    assert read_input_stream(io.BytesIO(b"abc"), "stdin") == b"abc"

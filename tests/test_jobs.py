@@ -454,3 +454,12 @@ def test_a_full_disk_stops_the_worker_and_gives_the_job_back_resumable(tmp_path,
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     assert job(queue, first).status == "completed" and job(queue, second).status == "completed"
     assert len(done) == 3  # b and c of the first job, and the second job's image: a was kept
+
+
+def test_submit_refuses_what_cannot_be_an_image_file(tmp_path, queue, model, named_pipe):
+    files = photos(tmp_path, ["a.jpg"])
+    result = cli("submit", files[0], named_pipe, "/dev/zero", "--queue", queue, "--model", model)
+    assert result.exit_code == 2
+    assert "pipe.png: is a named pipe, not an image file" in result.stderr
+    assert "/dev/zero: is a character device" in result.stderr
+    assert not (queue / "jobs").exists() or not list((queue / "jobs").iterdir())

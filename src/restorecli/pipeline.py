@@ -53,6 +53,8 @@ from .images import (
     float_to_uint8,
     format_for_suffix,
     probe,
+    read_input_file,
+    read_input_stream,
     remove_abandoned_temporaries,
     strip_writer,
     write_atomic,
@@ -362,20 +364,12 @@ def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:
             write_atomic(folder / f"{stem}_face{index}_{kind}.png", encode_image(float_to_uint8(crop), None, "png"))
 
 
-def _read_source(item: InputItem, stdin: BinaryIO | None) -> bytes:
+def _read_source(item: InputItem, stdin: BinaryIO | None, max_pixels: int) -> bytes:
     if item.source == STDIO:
         if stdin is None:
             raise ImageError("stdin: no input stream")
-        return stdin.read()
-    path = Path(item.source)
-    if not path.exists():
-        raise ImageError(f"{item.source}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{item.source}: is a directory (use --recursive or list its files)")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{item.source}: cannot read ({exc.strerror or exc})") from None
+        return read_input_stream(stdin, "stdin", max_pixels)
+    return read_input_file(Path(item.source), max_pixels)
 
 
 def _planned_scale(options: RestoreOptions) -> float | None:
@@ -437,7 +431,7 @@ def restore_batch(
         output: Path | None = None
         in_size = None
         try:
-            data = _read_source(item, stdin)
+            data = _read_source(item, stdin, options.max_pixels)
             if item.source == STDIO:
                 in_size, source_format = probe(data, "stdin")
             else:

@@ -11,7 +11,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from ..errors import ImageError, RestoreCliError, UsageError
-from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_image, full_scale
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_image, full_scale, read_input_file
 from ..models.registry import DEFAULT_MODEL, REGISTRY
 from ..pipeline import RestoreOptions, Restorer, collect_inputs
 from .degrade import Degradation, baseline, crop_to_multiple, degrade
@@ -101,11 +101,7 @@ def as_rgb_float(color: np.ndarray) -> np.ndarray:
 
 
 def _read(path: Path, max_pixels: int) -> np.ndarray:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return as_rgb_float(decode_image(data, str(path), max_pixels).color)
+    return as_rgb_float(decode_image(read_input_file(path, max_pixels), str(path), max_pixels).color)
 
 
 def _images_in(folder: Path) -> dict[str, Path]:

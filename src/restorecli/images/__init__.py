@@ -12,6 +12,7 @@ import io
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -85,6 +86,67 @@ class DecodedImage:
 def float_to_uint8(image: np.ndarray) -> np.ndarray:
     """Float pixels in [0, 1] to uint8, rounded and clipped."""
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+# The most bytes a file may hold per pixel of --max-pixels (uncompressed 32-bit float RGBA), plus room for metadata
+# and embedded previews: anything larger cannot be an image within the limit, and reading it would only fill memory
+_MAX_BYTES_PER_PIXEL = 16
+_METADATA_ALLOWANCE = 64 << 20
+# What a path that is not a regular file is, for the error: reading one would block (a named pipe) or never end
+# (a character device such as /dev/zero)
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest input file taken under ``max_pixels``."""
+    return max_pixels * _MAX_BYTES_PER_PIXEL + _METADATA_ALLOWANCE
+
+
+def _too_big(name: str, size: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"{name}: {size:,} bytes is more than any image within the limit of {max_pixels:,} pixels can take "
+        f"({max_file_bytes(max_pixels):,} bytes); raise --max-pixels if it is one")
+
+
+def check_input_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse, without opening it, what cannot be an image file within ``max_pixels``: a missing path, a folder,
+    a device, pipe or socket, or a file larger than such an image can be."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(found.st_mode):
+        raise ImageError(f"{path}: is a directory (use --recursive or list its files)")
+    kind = next((label for test, label in _FILE_KINDS if test(found.st_mode)), None)
+    if kind is not None or not stat.S_ISREG(found.st_mode):
+        raise ImageError(f"{path}: is {kind or 'not a regular file'}, not an image file")
+    if found.st_size > max_file_bytes(max_pixels):
+        raise _too_big(str(path), found.st_size, max_pixels)
+
+
+def read_input_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes of an input image file, after ``check_input_file``'s checks; errors name the file."""
+    check_input_file(path, max_pixels)
+    try:
+        with path.open("rb") as handle:
+            return read_input_stream(handle, str(path), max_pixels)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_input_stream(stream: BinaryIO, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """Read a whole image from ``stream`` (a file or a pipe), refusing it once it passes what an image within
+    ``max_pixels`` can take, rather than holding an endless stream in memory."""
+    if stream.isatty():
+        raise ImageError(f"{name}: is a terminal; pipe an image in (restorecli restore - < photo.jpg)")
+    limit = max_file_bytes(max_pixels)
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise _too_big(name, len(data), max_pixels)
+    return data
 
 
 def format_for_suffix(suffix: str) -> OutputFormat | None:

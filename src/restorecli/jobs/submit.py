@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import SetupError, UsageError, WeightsNotFound
-from ..images import FORMAT_SUFFIX, probe
+from ..errors import ImageError, SetupError, UsageError, WeightsNotFound
+from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
 from ..pipeline import STDIO, RestoreOptions, collect_inputs
 from ..models.registry import REGISTRY
 from .store import Job, JobStore, new_job_id
@@ -43,9 +43,15 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
     """
     stored_options = job_options(options)
     items = collect_inputs(inputs, options.recursive)
-    missing = [i.source for i in items if i.source != STDIO and not Path(i.source).is_file()]
-    if missing:
-        raise UsageError(f"cannot submit: no such file: {', '.join(missing)}")
+    refused = []
+    for item in items:
+        try:
+            if item.source != STDIO:
+                check_input_file(Path(item.source), options.max_pixels)
+        except ImageError as exc:
+            refused.append(str(exc))
+    if refused:
+        raise UsageError(f"cannot submit: {'; '.join(refused)}")
     seen: dict[Path, str] = {}
     for item in items:
         if item.relative in seen:
@@ -60,7 +66,7 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
             for item in items:
                 if item.source == STDIO:
                     assert stdin is not None
-                    data = stdin.read()
+                    data = read_input_stream(stdin, "stdin", options.max_pixels)
                     _size, fmt = probe(data, "stdin")
                     relative = Path("stdin" + FORMAT_SUFFIX[fmt or "png"])
                     (staging / "inputs").mkdir(parents=True, exist_ok=True)
