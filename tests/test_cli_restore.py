@@ -971,3 +971,16 @@ def test_devices_pipes_and_oversized_files_are_errors_and_the_batch_goes_on(phot
         items["huge.tif"]["error"]
     assert "raise --max-pixels" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["rocket.jpg"]
+
+
+def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_image(photos, model2, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    for out, said in ((taken, f"-o {taken}: is a file, not a folder"),
+                      (taken / "sub", f"-o {taken / 'sub'}: lies under {taken}, which is a file, not a folder")):
+        result = invoke("restore", photos / "rocket.jpg", "-o", out, "--model", model2)
+        assert result.exit_code == 2 and said in result.stderr
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "gone", "--model", model2)
+    assert result.exit_code == 2 and "is a broken link, not a folder" in result.stderr
+    assert taken.read_text() == "keep me"

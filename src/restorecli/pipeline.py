@@ -409,6 +409,8 @@ def restore_batch(
         raise UsageError(f"-o - writes one image to stdout, but {len(items)} inputs were given")
     if sum(item.source == STDIO for item in items) > 1:
         raise UsageError("stdin ('-') can be given only once")
+    if out_root is not None:
+        _check_output_folder(out_root)
     if restorer is None and not options.dry_run:
         restorer = Restorer.from_options(options)
     notify("start", len(items))
@@ -504,6 +506,16 @@ def restore_batch(
     return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
                        halted=halted)
 
+
+
+def _check_output_folder(folder: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one, before any model time is spent (every image
+    would fail to be written)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        what = "a file" if existing.is_file() else "a broken link" if not existing.exists() else "no folder"
+        where = "is" if existing == folder else f"lies under {existing}, which is"
+        raise UsageError(f"-o {folder}: {where} {what}, not a folder")
 
 
 def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:
