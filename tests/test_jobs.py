@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from conftest import TEST_INPUTS
 from restorecli.cli.app import app
 from restorecli.jobs.prune import parse_age
+from restorecli.errors import QueueUnavailable
 from restorecli.jobs.store import JobStore
 
 HARNESS = Path(__file__).with_name("worker_harness.py")
@@ -463,3 +464,20 @@ def test_submit_refuses_what_cannot_be_an_image_file(tmp_path, queue, model, nam
     assert "pipe.png: is a named pipe, not an image file" in result.stderr
     assert "/dev/zero: is a character device" in result.stderr
     assert not (queue / "jobs").exists() or not list((queue / "jobs").iterdir())
+
+
+def test_a_damaged_queue_database_is_a_setup_error_naming_it(tmp_path, queue, model):
+    submit(queue, model, *photos(tmp_path, ["a.jpg"]))
+    database = queue / "queue.db"
+    for leftover in queue.glob("queue.db-*"):  # the WAL's files: a copy taken without them
+        leftover.unlink()
+    database.write_bytes(b"not a database, as after a half-finished copy" * 100)
+    damaged = database.read_bytes()
+    for command in (["status"], ["worker", "--once"], ["submit", photos(tmp_path, ["b.jpg"])[0], "--model", model],
+                    ["prune", "--older-than", "1s"]):
+        result = cli(*command, "--queue", queue)
+        assert result.exit_code == 3, (command, result.stderr, result.exception)
+        assert f"{database}: file is not a database; restore it from a backup, or move it aside" in result.stderr
+    assert database.read_bytes() == damaged  # left as it was, for whoever repairs it
+    with pytest.raises(QueueUnavailable, match="file is not a database"):
+        JobStore(queue)

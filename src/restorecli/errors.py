@@ -38,6 +38,10 @@ class DeviceUnavailable(SetupError):
     """The requested device or precision is not available on this machine."""
 
 
+class QueueUnavailable(SetupError):
+    """The job folder's database cannot be read or written (damaged, locked too long, disk full)."""
+
+
 class ImageError(RestoreCliError):
     """One input image cannot be processed; in a batch this is an item's error, not a stop."""
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from ..errors import SetupError, UsageError
+from ..errors import QueueUnavailable, SetupError, UsageError
 from ..images import write_atomic
 
 QUEUE_ENV = "RESTORECLI_QUEUE"
@@ -87,6 +87,36 @@ class Lease:
     token: str
 
 
+class _Database:
+    """The queue's SQLite connection, whose failures (a damaged file, a lock held past the timeout, a full disk)
+    become ``QueueUnavailable`` naming the database file, instead of a bare ``sqlite3`` error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._connection = self._call(sqlite3.connect, path, timeout=60, isolation_level=None)
+        self._connection.row_factory = sqlite3.Row
+
+    def _call(self, action, *args, **kwargs):
+        try:
+            return action(*args, **kwargs)
+        except sqlite3.Error as exc:
+            if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+                raise  # restorecli's own mistake, not the database's state
+            damaged = type(exc) is sqlite3.DatabaseError  # "file is not a database", "disk image is malformed"
+            hint = ("; restore it from a backup, or move it aside to start an empty queue (the job folders under "
+                    "jobs/ keep each job's inputs)") if damaged else ""
+            raise QueueUnavailable(f"{self.path}: {exc}{hint}") from None
+
+    def execute(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
+        return self._call(self._connection.execute, sql, parameters)
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        return self._call(self._connection.executescript, script)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class JobStore:
     """Opens the queue database; every method is one short transaction. Safe across processes."""
 
@@ -100,8 +130,7 @@ class JobStore:
                 (self.root / "incoming").mkdir(exist_ok=True)
             except OSError as exc:
                 raise SetupError(f"cannot create queue folder {self.root}: {exc.strerror}") from None
-        self._db = sqlite3.connect(self.root / DB_NAME, timeout=60, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._db = _Database(self.root / DB_NAME)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -110,7 +139,7 @@ class JobStore:
         self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[_Database]:
         """An exclusive write transaction: no other process changes the queue until it ends."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -230,7 +259,7 @@ class JobStore:
             )
             return True
 
-    def _owns(self, db: sqlite3.Connection, lease: Lease) -> bool:
+    def _owns(self, db: _Database, lease: Lease) -> bool:
         row = db.execute("SELECT owner, status FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
         return row is not None and row["owner"] == lease.token and row["status"] == "processing"
 
@@ -280,7 +309,7 @@ class JobStore:
                            "last_error = ? WHERE id = ?", (error, lease.job.id))
             return True
 
-    def _mark_failed(self, db: sqlite3.Connection, job: Job, error: str) -> None:
+    def _mark_failed(self, db: _Database, job: Job, error: str) -> None:
         """Inside a transaction: the job is failed for good, and its result file says why for each input."""
         db.execute(
             "UPDATE jobs SET status = 'failed', finished = ?, owner = NULL, lease_until = NULL, last_error = ? "
