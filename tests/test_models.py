@@ -45,9 +45,28 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as handle:
         pickle.dump({"params_ema": Payload()}, handle)
-    with pytest.raises(UnsupportedModel, match="refused to load"):
+    with pytest.raises(UnsupportedModel, match=r"evil.pth: cannot be read safely \(Unsupported operand 149\): it is "
+                                               r"damaged, not a PyTorch checkpoint, or pickled in a form only"):
+        load_model(str(evil), tmp_path)  # pickle protocol 4 frames its data (opcode 149), which torch's reader refuses
+    assert not marker.exists()
+    torch.save({"params_ema": Payload()}, evil)  # as torch writes checkpoints: the reader reaches the call and names it
+    with pytest.raises(UnsupportedModel, match=r"evil.pth: refused to load: the checkpoint holds a Python object "
+                                               r"\((posix|os).system\) beyond tensors"):
         load_model(str(evil), tmp_path)
     assert not marker.exists()
+
+
+def test_damaged_checkpoints_are_told_from_refused_ones(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"params": tiny_compact_state(2)}, good)
+    data = good.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.pth").write_bytes(bytes(range(197, 256)) * 20)
+    with pytest.raises(UnsupportedModel, match=r"cut.pth: not a readable PyTorch checkpoint \(damaged or cut short, "
+                                               r"or not a checkpoint: .+\)"):
+        load_model(str(tmp_path / "cut.pth"), tmp_path)
+    with pytest.raises(UnsupportedModel, match=r"noise.pth: cannot be read safely \(Unsupported operand 197\)"):
+        load_model(str(tmp_path / "noise.pth"), tmp_path)
 
 
 def test_unrecognised_architecture_and_junk_files(tmp_path):

@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,9 @@ def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str)
     return target
 
 
+_DAMAGED = "damaged or cut short, or not a checkpoint"
+
+
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
     """Read a checkpoint's tensors without running code; also return a stored output scale, if any.
 
@@ -199,13 +203,25 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "forbidden content"
+            # torch's message wraps the unpickler's own reason in advice; only that reason tells a refused
+            # object (a class or function that loading would call) from bytes that are no pickle at all
+            text = str(exc)
+            found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+            lines = [line.strip() for line in text.splitlines()
+                     if line.strip() and not line.strip().startswith("Check the documentation")]
+            reason = found.group(1).strip() if found else lines[-1] if lines else "unreadable pickle"
+            refused = re.search(r"GLOBAL (\S+)", text)  # a class or function loading would call
+            if refused is None:
+                raise UnsupportedModel(
+                    f"{path}: cannot be read safely ({reason}): it is damaged, not a PyTorch checkpoint, or pickled in a "
+                    "form only the unrestricted loader reads, which could run code. Convert it to .safetensors from a "
+                    "trusted environment.") from None
             raise UnsupportedModel(
-                f"{path}: refused to load: the checkpoint holds Python objects beyond tensors, which could run code "
-                f"({first}). Convert it to .safetensors from a trusted environment."
+                f"{path}: refused to load: the checkpoint holds a Python object ({refused.group(1)}) beyond tensors, "
+                "which loading would have to run. Convert it to .safetensors from a trusted environment."
             ) from None
         except Exception as exc:
-            raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+            raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint ({_DAMAGED}: {exc})") from None
         if not isinstance(state, dict):
             raise UnsupportedModel(f"{path}: checkpoint holds a {type(state).__name__}, not a state dict")
         return state, None
