@@ -194,3 +194,25 @@ def test_a_pipe_given_as_an_image_is_reported_not_read(make_model, named_pipe):
     assert result.exit_code == 1
     assert lines(result)[-1]["images"] == 1 and lines(result)[-1]["failed"] == 1
     assert "pipe.png: is a named pipe, not an image file" in result.stderr
+
+
+def test_report_and_csv_places_are_checked_before_the_evaluation(make_model, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    model = make_model(4)
+    result = cli(TEST_INPUTS / "rocket.jpg", "--models", model, "--report", taken)
+    assert result.exit_code == 2 and f"--report {taken}: is a file, not a folder" in result.stderr
+    assert "evaluating" not in result.stderr and "PSNR" not in result.stderr  # nothing ran
+    result = cli(TEST_INPUTS / "rocket.jpg", "--models", model, "--csv", taken / "metrics.csv")
+    assert result.exit_code == 2 and f"--csv {taken}: is a file, not a folder" in result.stderr
+    result = cli(TEST_INPUTS / "rocket.jpg", "--models", model, "--csv", tmp_path)
+    assert result.exit_code == 2 and "is a folder; name the CSV file to write" in result.stderr
+    assert taken.read_text() == "keep me"
+
+
+def test_a_report_that_cannot_be_written_is_an_error_not_a_traceback(make_model, tmp_path, disk_fills):
+    disk_fills(1)
+    result = cli(TEST_INPUTS / "rocket.jpg", "--models", make_model(4), "--csv", tmp_path / "m.csv")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # an exit, not an exception
+    assert "cannot write" in result.stderr and "No space left on device" in result.stderr
+    assert not list(tmp_path.glob("*m.csv*"))  # no partial file under any name

@@ -410,7 +410,7 @@ def restore_batch(
     if sum(item.source == STDIO for item in items) > 1:
         raise UsageError("stdin ('-') can be given only once")
     if out_root is not None:
-        _check_output_folder(out_root)
+        check_output_folder(out_root)
     if restorer is None and not options.dry_run:
         restorer = Restorer.from_options(options)
     notify("start", len(items))
@@ -508,14 +508,14 @@ def restore_batch(
 
 
 
-def _check_output_folder(folder: Path) -> None:
-    """Refuse an output folder that is a file, or lies under one, before any model time is spent (every image
-    would fail to be written)."""
+def check_output_folder(folder: Path, option: str = "-o") -> None:
+    """Refuse an output folder that is a file, or lies under one, before any model time is spent (every write
+    into it would fail). ``option`` names the command-line option that gave it, for the message."""
     existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
     if existing is not None and not existing.is_dir():
         what = "a file" if existing.is_file() else "a broken link" if not existing.exists() else "no folder"
         where = "is" if existing == folder else f"lies under {existing}, which is"
-        raise UsageError(f"-o {folder}: {where} {what}, not a folder")
+        raise UsageError(f"{option} {folder}: {where} {what}, not a folder")
 
 
 def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:
@@ -524,6 +524,6 @@ def _error(item: InputItem, output: Path | None, message: str, in_size, t0: floa
 
 
 __all__ = [
-    "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "collect_inputs",
+    "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "check_output_folder", "collect_inputs",
     "output_path_for", "restore_batch",
 ]

@@ -15,10 +15,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import UsageError
+from ..errors import RestoreCliError, UsageError
 from ..evaluate.metrics import METRIC_LABELS, METRIC_NAMES, format_metric
 from ..evaluate.run import EvalOptions, Evaluation, ImageResult, evaluate as run_evaluation
 from ..images import write_atomic
+from ..pipeline import check_output_folder
 from . import options as o
 from .app import app, exit_on_error
 from .render import stderr_console
@@ -116,6 +117,12 @@ def evaluate(
         names = tuple(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
         if not names:
             raise UsageError("--models names no model")
+        if report is not None:  # refused before the evaluation's model time, not after it
+            check_output_folder(report, "--report")
+        if csv_path is not None:
+            if csv_path.is_dir():
+                raise UsageError(f"--csv {csv_path}: is a folder; name the CSV file to write")
+            check_output_folder(csv_path.parent, "--csv")
         options = EvalOptions(models=names, degrade=degrade.value, scale=scale, seed=seed,
                               lr_dir=str(lr) if lr else None, hr_dir=str(hr) if hr else None,
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
@@ -141,12 +148,16 @@ def evaluate(
             for row in _rows(evaluation):
                 typer.echo(json.dumps(row))
             typer.echo(json.dumps(_summary(evaluation)))
-        if csv_path is not None:
-            write_atomic(csv_path, _csv(evaluation))
-        if report is not None:
-            from ..evaluate.report import write_report
+        try:
+            if csv_path is not None:
+                write_atomic(csv_path, _csv(evaluation))
+            if report is not None:
+                from ..evaluate.report import write_report
 
-            page = write_report(evaluation, report)
+                page = write_report(evaluation, report)
+        except OSError as exc:
+            raise RestoreCliError(f"cannot write {exc.filename or csv_path or report}: {exc.strerror or exc}") from None
+        if report is not None:
             console.print(f"report: {escape(str(page))}")
             if not json_output:
                 typer.echo(str(page))
