@@ -472,3 +472,14 @@ def test_restoreformer_plus_plus_checkpoints_work_as_face_models(tmp_path, make_
                      "--weights-dir", weights, "--face-model", make_model(2), "--face-detector", detector_path,
                      "--face-enhance")
     assert wrong.exit_code == 3 and "not a face restorer" in wrong.stderr
+
+
+def test_save_faces_into_a_file_is_a_usage_error_before_any_image(tmp_path, make_model, face_files):
+    weights, detector_path = face_files
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    result = _restore(TEST_INPUTS / "astronaut_face.jpg", "-o", tmp_path / "o", "--model", make_model(2),
+                      "--weights-dir", weights, "--face-model", "gfpgan-1.3", "--face-detector", detector_path,
+                      "--face-enhance", "--save-faces", taken)
+    assert result.exit_code == 2 and f"--save-faces {taken}: is a file, not a folder" in result.stderr
+    assert not (tmp_path / "o").exists() and taken.read_text() == "keep me"

@@ -481,3 +481,13 @@ def test_a_damaged_queue_database_is_a_setup_error_naming_it(tmp_path, queue, mo
     assert database.read_bytes() == damaged  # left as it was, for whoever repairs it
     with pytest.raises(QueueUnavailable, match="file is not a database"):
         JobStore(queue)
+
+
+def test_prune_of_a_file_says_so(tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    result = cli("prune", taken, "--older-than", "1s")
+    assert result.exit_code == 2 and f"{taken}: is a file, not a folder" in result.stderr
+    result = cli("prune", tmp_path / "absent", "--older-than", "1s")
+    assert result.exit_code == 2 and "absent: no such folder" in result.stderr
+    assert taken.read_text() == "keep me"

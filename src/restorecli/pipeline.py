@@ -411,6 +411,8 @@ def restore_batch(
         raise UsageError("stdin ('-') can be given only once")
     if out_root is not None:
         check_output_folder(out_root)
+    if options.save_faces:
+        check_output_folder(Path(options.save_faces), "--save-faces")
     if restorer is None and not options.dry_run:
         restorer = Restorer.from_options(options)
     notify("start", len(items))

@@ -133,7 +133,7 @@ def prune_folder(root: Path, age: float, dry_run: bool = False) -> PruneReport:
 def prune(target: Path, age: float, dry_run: bool = False, queue_mode: bool | None = None) -> PruneReport:
     """Prune a queue folder (it holds queue.db) or a plain output folder."""
     if not target.is_dir():
-        raise UsageError(f"{target}: no such folder")
+        raise UsageError(f"{target}: {'is a file, not a folder' if target.exists() else 'no such folder'}")
     if queue_mode is None:
         queue_mode = (target / DB_NAME).is_file()
     return prune_queue(target, age, dry_run) if queue_mode else prune_folder(target, age, dry_run)
