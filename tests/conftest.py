@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 TEST_INPUTS = ROOT / "test_inputs"
 SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
+DETECTOR = SHARED_TESTDATA / "retinaface_mobilenet0.25.pth"  # a small real RetinaFace, with non-default anchors
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -146,3 +149,32 @@ def named_pipe(tmp_path):
     if writer.is_alive():  # nothing opened it: open the read end without blocking, so the writer's open returns
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
     writer.join(5)
+
+
+@pytest.fixture(scope="session")
+def gfpgan_checkpoint(tmp_path_factory):
+    """GFPGAN v1.3/v1.4 (same architecture, GFPGANv1Clean) with random weights, in the official layout."""
+    from spandrel.architectures.GFPGAN import GFPGAN
+
+    torch.manual_seed(0)
+    net = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+                 num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
+    path = tmp_path_factory.mktemp("gfpgan") / "GFPGANv1.3.pth"
+    torch.save({"params_ema": net.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def face_files(tmp_path, gfpgan_checkpoint):
+    """A weights directory with the random GFPGAN v1.3, and the test detector with its anchor sidecar."""
+    if not DETECTOR.is_file():
+        pytest.skip(f"{DETECTOR} is absent (the ../shared test data is not beside the clone)")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "GFPGANv1.3.pth").symlink_to(gfpgan_checkpoint)
+    detector = tmp_path / "detector" / "retinaface-test.pth"
+    detector.parent.mkdir()
+    shutil.copy(DETECTOR, detector)
+    detector.with_name("retinaface-test.anchors.json").write_text(
+        json.dumps({"min_sizes": [[10, 20], [32, 64], [128, 256]], "steps": [8, 16, 32]}))
+    return weights, detector

@@ -4,7 +4,6 @@ through the CLI with GFPGAN checkpoints of random weights saved in the official 
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import torch
 from typer.testing import CliRunner
 
-from conftest import SHARED_TESTDATA, TEST_INPUTS, read_rgb
+from conftest import DETECTOR, TEST_INPUTS, read_rgb
 from restorecli.cli.app import app
 from restorecli.engine.faces.align import FFHQ_TEMPLATE_512, alignment, crop_face, footprint, invert
 from restorecli.engine.faces.detector import AnchorConfig, FaceDetector
@@ -24,7 +23,6 @@ from restorecli.engine.faces.enhance import (FaceOptions, FaceRows, enhance_face
                                              select_faces)
 from restorecli.engine.faces.paste import paste_face
 
-DETECTOR = SHARED_TESTDATA / "retinaface_mobilenet0.25.pth"
 TEST_ANCHORS = AnchorConfig(min_sizes=((10, 20), (32, 64), (128, 256)))  # what this detector was trained with
 runner = CliRunner()
 
@@ -38,35 +36,6 @@ def detector():
         pytest.skip(f"{DETECTOR} is absent (the ../shared test data is not beside the clone)")
     state = torch.load(DETECTOR, map_location="cpu", weights_only=True)
     return FaceDetector.from_state_dict(state, TEST_ANCHORS, torch.device("cpu"))
-
-
-@pytest.fixture(scope="session")
-def gfpgan_checkpoint(tmp_path_factory):
-    """GFPGAN v1.3/v1.4 (same architecture, GFPGANv1Clean) with random weights, in the official layout."""
-    from spandrel.architectures.GFPGAN import GFPGAN
-
-    torch.manual_seed(0)
-    net = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
-                 num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
-    path = tmp_path_factory.mktemp("gfpgan") / "GFPGANv1.3.pth"
-    torch.save({"params_ema": net.state_dict()}, path)
-    return path
-
-
-@pytest.fixture
-def face_files(tmp_path, gfpgan_checkpoint):
-    """A weights directory with the random GFPGAN v1.3, and the test detector with its anchor sidecar."""
-    if not DETECTOR.is_file():
-        pytest.skip(f"{DETECTOR} is absent (the ../shared test data is not beside the clone)")
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    (weights / "GFPGANv1.3.pth").symlink_to(gfpgan_checkpoint)
-    detector = tmp_path / "detector" / "retinaface-test.pth"
-    detector.parent.mkdir()
-    shutil.copy(DETECTOR, detector)
-    detector.with_name("retinaface-test.anchors.json").write_text(
-        json.dumps({"min_sizes": [[10, 20], [32, 64], [128, 256]], "steps": [8, 16, 32]}))
-    return weights, detector
 
 
 # ----------------------------------------------------------------------------- detection

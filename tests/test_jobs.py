@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS
@@ -355,9 +356,46 @@ def test_submit_carries_face_options_to_the_worker(tmp_path, queue, model):
     options = job(queue, job_id).options
     assert options["face_enhance"] and options["only_center_face"]
     assert options["weights_dir"] == str((tmp_path / "nofaces").resolve())
-    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    assert cli("worker", "--queue", queue, "--once").exit_code == 3  # this machine lacks the face weights
     status = json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)
-    assert status["status"] == "failed" and "download-weights gfpgan-1.4 retinaface-resnet50" in status["error"]
+    assert status["status"] == "queued" and "download-weights gfpgan-1.4 retinaface-resnet50" in status["error"]
+
+
+def test_a_worker_that_lacks_weights_gives_the_jobs_back_and_stops(tmp_path, queue, model, face_files):
+    """Weights missing on the worker's machine fail no job: the job is queued again untouched (no attempt
+    counted), the worker exits 3 saying what to install, and once they are installed the next run does it."""
+    weights, detector = face_files
+    empty = tmp_path / "empty-weights"
+    files = photos(tmp_path, ["a.jpg", "b.jpg"])
+    common = ["--queue", queue, "--model", model, "--face-enhance", "--face-model", "gfpgan-1.3", "--face-detector",
+              detector, "--weights-dir", empty, "--json"]
+    ids = [json.loads(cli("submit", f, *common).stdout)["job_id"] for f in files]
+    result = cli("worker", "--queue", queue, "--once")
+    assert result.exit_code == 3
+    assert f"download-weights gfpgan-1.3 --weights-dir {empty}" in result.stderr
+    assert "queued again, untouched" in result.stderr
+    assert [job(queue, i).status for i in ids] == ["queued", "queued"] and [job(queue, i).attempts for i in ids] == [0, 0]
+    shown = cli("status", ids[0], "--queue", queue)
+    assert "queued, position 1" in shown.stderr and "last try: --face-enhance needs gfpgan-1.3" in shown.stderr
+    events = [json.loads(line) for line in cli("worker", "--queue", queue, "--once", "--json").stdout.splitlines()]
+    assert [e["type"] for e in events] == ["claimed", "setup_error", "finished"]  # the second job is not tried
+    empty.mkdir()
+    shutil.copy(weights / "GFPGANv1.3.pth", empty / "GFPGANv1.3.pth")  # the machine gets its weights
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    assert [job(queue, i).status for i in ids] == ["completed", "completed"]
+    assert json.loads(cli("status", ids[0], "--queue", queue, "--json").stdout)["error"] is None
+
+
+def test_a_job_whose_own_model_cannot_load_fails_and_the_queue_goes_on(tmp_path, queue, model):
+    broken = tmp_path / "broken.safetensors"
+    shutil.copy(model, broken)
+    files = photos(tmp_path, ["a.jpg"])
+    first = json.loads(cli("submit", files[0], "--queue", queue, "--model", broken, "--json").stdout)["job_id"]
+    second = submit(queue, model, files[0])["job_id"]
+    broken.write_bytes(b"damaged after submission")
+    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    assert job(queue, first).status == "failed" and "not a readable safetensors file" in job(queue, first).last_error
+    assert job(queue, second).status == "completed"
 
 
 def test_max_jobs_and_max_seconds_bound_a_worker_run(tmp_path, queue, model):
@@ -376,9 +414,9 @@ def test_one_worker_keeps_separate_models_for_jobs_that_need_them(tmp_path, queu
     common = ["--queue", queue, "--model", model, "--weights-dir", tmp_path / "nofaces", "--json"]
     plain = json.loads(cli("submit", files[0], *common).stdout)["job_id"]
     faces = json.loads(cli("submit", files[0], "--face-enhance", *common).stdout)["job_id"]
-    assert cli("worker", "--queue", queue, "--once").exit_code == 0
+    assert cli("worker", "--queue", queue, "--once").exit_code == 3  # no face weights on this machine
     assert job(queue, plain).status == "completed"
-    assert job(queue, faces).status == "failed"  # it did not run on the first job's face-less models
+    assert job(queue, faces).status == "queued"  # it did not run on the first job's face-less models
 
 
 def test_submit_from_stdin(queue, model):
@@ -491,3 +529,15 @@ def test_prune_of_a_file_says_so(tmp_path):
     result = cli("prune", tmp_path / "absent", "--older-than", "1s")
     assert result.exit_code == 2 and "absent: no such folder" in result.stderr
     assert taken.read_text() == "keep me"
+
+
+def test_a_job_for_a_device_this_machine_lacks_waits_for_a_worker_that_has_it(tmp_path, queue, model):
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last CUDA device: absent on every machine
+    job_id = json.loads(cli("submit", *photos(tmp_path, ["a.jpg"]), "--queue", queue, "--model", model, "--device",
+                            missing, "--json").stdout)["job_id"]
+    result = cli("worker", "--queue", queue, "--once")
+    assert result.exit_code == 3 and f"--device {missing}: " in result.stderr
+    assert "queued again, untouched" in result.stderr
+    assert job(queue, job_id).status == "queued" and job(queue, job_id).attempts == 0
+    assert cli("worker", "--queue", queue, "--once", "--device", "cpu").exit_code == 0  # a worker that has it
+    assert job(queue, job_id).status == "completed"

@@ -24,10 +24,19 @@ class SetupError(RestoreCliError):
     """The environment cannot run the job: weights, device or precision unavailable."""
 
     exit_code = EXIT_SETUP
+    # What is missing can be provided on this machine (weights installed, a device attached): a queue worker
+    # gives the job back and stops, instead of failing the job (and every job after it) for its own lack
+    of_this_machine = False
 
 
 class WeightsNotFound(SetupError):
     """A model name or path could not be resolved to a weights file."""
+
+
+class WeightsNotInstalled(WeightsNotFound):
+    """A known model's weights are not in the weights directory, and cannot be installed there without help."""
+
+    of_this_machine = True
 
 
 class UnsupportedModel(SetupError):
@@ -36,6 +45,12 @@ class UnsupportedModel(SetupError):
 
 class DeviceUnavailable(SetupError):
     """The requested device or precision is not available on this machine."""
+
+
+class DeviceMissing(DeviceUnavailable):
+    """The requested device (CUDA, a CUDA index, MPS) is not present on this machine."""
+
+    of_this_machine = True
 
 
 class QueueUnavailable(SetupError):

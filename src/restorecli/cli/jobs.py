@@ -101,7 +101,7 @@ def worker(
             console.print(f"  {escape(str(data['input']))}")
         elif event == "finished":
             console.print(f"job {data['job_id']}: {data['outcome']}")
-        elif event == "storage_error":
+        elif event in ("storage_error", "setup_error"):
             console.print(f"job {data['job_id']}: [red]{escape(data['error'])}[/]", soft_wrap=True)
 
     with exit_on_error():
@@ -114,6 +114,10 @@ def worker(
         console.print(f"[red]stopped[/]: {escape(report.storage_error)}; the job is queued again with the images it "
                       "finished; make room and start the worker again", soft_wrap=True)
         raise typer.Exit(1)
+    if report.setup_error:
+        console.print("[red]stopped[/]: this machine cannot run the job (see above); it is queued again, untouched; "
+                      "fix this and start the worker again", soft_wrap=True)
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -135,7 +139,8 @@ def status(
         position = f", position {data['queue_position']}" if data["queue_position"] else ""
         console.print(f"job {data['job_id']}: {data['status']}{position}")
         if data.get("error"):
-            console.print(f"  error: {escape(str(data['error']))}", soft_wrap=True)
+            label = "last try" if data["status"] == "queued" else "error"
+            console.print(f"  {label}: {escape(str(data['error']))}", soft_wrap=True)
         for r in data["results"]:
             typer.echo(f"{r['status']}\t{r['original_filename']}\t{r['output'] or ''}\t{r['error'] or ''}")
         return

@@ -12,7 +12,7 @@ from typing import Callable, Literal
 
 import torch
 
-from ..errors import DeviceUnavailable
+from ..errors import DeviceMissing, DeviceUnavailable
 from ..images import write_atomic
 from ..models.loading import LoadedModel, ModelSpec
 
@@ -48,14 +48,14 @@ def choose_device(spec: str = "auto") -> torch.device:
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceUnavailable(f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__})")
+            raise DeviceMissing(f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__})")
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise DeviceUnavailable(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise DeviceMissing(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return device
     if device.type == "mps":
         if not _mps_available():
-            raise DeviceUnavailable(f"--device {spec}: Apple MPS is not available on this machine")
+            raise DeviceMissing(f"--device {spec}: Apple MPS is not available on this machine")
         return device
     raise DeviceUnavailable(f"--device '{spec}' is not supported (use auto, cpu, cuda, cuda:N or mps)")
 

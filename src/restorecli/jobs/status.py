@@ -42,6 +42,8 @@ def job_status(root: Path, job_id: str) -> dict:
             results = [{"original_filename": i["original_filename"], "output": None, "status": "pending",
                         "error": None} for i in job.inputs]
         return {"job_id": job.id, "status": status, "queue_position": store.position(job), "attempts": job.attempts,
-                "error": job.last_error if status == "failed" else None, "results": results}
+                # a queued job's error says why its last try did not finish it (a crash, a machine that lacked
+                # its weights or device)
+                "error": job.last_error if status in ("failed", "queued") else None, "results": results}
     finally:
         store.close()

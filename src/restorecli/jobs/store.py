@@ -244,8 +244,9 @@ class JobStore:
             )
             return cursor.rowcount == 1
 
-    def release(self, lease: Lease, work: Path) -> bool:
-        """Give a job back (the worker is stopping): queued again, its finished images kept for the next owner."""
+    def release(self, lease: Lease, work: Path, error: str | None = None) -> bool:
+        """Give a job back (the worker is stopping): queued again, its finished images kept for the next owner.
+        ``error`` says why this worker could not run it, for ``status``; no attempt is counted."""
         with self.transaction() as db:
             if not self._owns(db, lease):
                 return False
@@ -254,8 +255,8 @@ class JobStore:
                 os.rename(work, resume)
             db.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
-                "current = NULL, attempts = attempts - 1 WHERE id = ?",
-                (lease.job.id,),
+                "current = NULL, attempts = attempts - 1, last_error = COALESCE(?, last_error) WHERE id = ?",
+                (error, lease.job.id),
             )
             return True
 

@@ -31,7 +31,8 @@ class WorkerOptions:
 class WorkerReport:
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, outcome)
     stopped: bool = False
-    storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only
+    storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only,
+    setup_error: str | None = None  # or this machine lacks what a job needs (weights, a device)
 
 
 Event = Callable[[str, dict], None]
@@ -98,8 +99,13 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             if key not in restorers:
                 restorers[key] = Restorer.from_options(restore)
         except SetupError as exc:
-            store.fail(lease, str(exc))
-            return "failed"
+            if not exc.of_this_machine:  # the job's own options cannot run anywhere
+                store.fail(lease, str(exc))
+                return "failed"
+            # this machine lacks it (weights not installed, no such device): every job needing it would fail
+            # here the same way, so give the job back untouched and stop, rather than fail the queue
+            emit("setup_error", {"job_id": job.id, "error": str(exc)})
+            return "released" if store.release(lease, work, error=str(exc)) else "lost"
 
         def on_progress(event: str, payload: object) -> None:
             if event == "item":
@@ -146,6 +152,8 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     def note(event: str, data: dict) -> None:
         if event == "storage_error":
             report.storage_error = data["error"]
+        elif event == "setup_error":
+            report.setup_error = data["error"]
         emit(event, data)
 
     def halted() -> bool:
@@ -166,7 +174,7 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
             outcome = run_job(store, lease, options, restorers, halted, note)
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
-            if report.storage_error:  # every later job would fail the same way
+            if report.storage_error or report.setup_error:  # every later job would fail the same way
                 break
         report.stopped = stop.is_set()
         return report

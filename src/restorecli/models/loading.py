@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UnsupportedModel, WeightsNotFound
+from ..errors import UnsupportedModel, WeightsNotFound, WeightsNotInstalled
 from .integrity import check_file, pin, sha256_of
 from .ncnn import convert_ncnn
 from .registry import REGISTRY, ModelEntry, converted_filename
@@ -131,7 +131,7 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
     param = embedded_param(entry)
     if param is not None:
         return entry.name, install_embedded(entry, param.parent, directory)
-    raise WeightsNotFound(_missing_message(entry, directory))
+    raise WeightsNotInstalled(_missing_message(entry, directory))
 
 
 def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
@@ -171,7 +171,7 @@ def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str)
                 os.unlink(tmp)
         pin(directory, target.name, sha256_of(target), origin)
     except OSError as exc:
-        raise WeightsNotFound(f"cannot write converted weights to {target}: {exc}") from None
+        raise WeightsNotInstalled(f"cannot write converted weights to {target}: {exc}") from None
     return target
 
 

@@ -200,7 +200,7 @@ class FaceStack:
         """Load both networks, or raise ``WeightsNotFound``/``UnsupportedModel`` saying what to fetch."""
         import spandrel
 
-        from ...errors import UnsupportedModel, WeightsNotFound
+        from ...errors import UnsupportedModel, WeightsNotFound, WeightsNotInstalled
         from ...models.loading import read_state_dict, resolve_model_path
         from ...models.registry import REGISTRY
         from .detector import AnchorConfig
@@ -215,7 +215,7 @@ class FaceStack:
                     raise
                 missing.append(name)
         if missing:
-            raise WeightsNotFound(f"--face-enhance needs {' and '.join(missing)}, not installed in {directory}.\n"
+            raise WeightsNotInstalled(f"--face-enhance needs {' and '.join(missing)}, not installed in {directory}.\n"
                                   f"Run: restorecli download-weights {' '.join(missing)} --weights-dir {directory}")
         state, _ = read_state_dict(paths["face"])
         try:
