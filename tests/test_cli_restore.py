@@ -263,6 +263,22 @@ def test_flat_inputs_with_the_same_name_do_not_clobber(tmp_path, model2, second)
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["x.jpg"]
 
 
+def test_the_same_file_named_twice_is_restored_once(photos, model2, tmp_path):
+    """Overlapping globs or a folder beside a file in it name one file twice: it is restored once and the
+    repeat is skipped, saying so; the batch succeeds. A hard link under another name has an output of its own."""
+    (photos / "link.jpg").hardlink_to(photos / "rocket.jpg")
+    out = tmp_path / "o"
+    result = invoke("restore", photos / "rocket.jpg", photos / ".." / "photos" / "rocket.jpg", photos, "-o", out,
+                    "--model", model2, "--json")
+    assert result.exit_code == 0, result.stderr
+    items = [i for i in json_lines(result) if i["type"] == "item"]
+    rocket = [i for i in items if Path(i["input"]).name == "rocket.jpg"]
+    assert [i["status"] for i in rocket] == ["ok", "skipped", "skipped"]
+    assert all(i["error"] == f"the same file as the earlier input {photos / 'rocket.jpg'}" for i in rocket[1:])
+    assert {Path(i["input"]).name: i["status"] for i in items}["link.jpg"] == "ok"  # its own output name
+    assert json_lines(result)[-1]["ok"] == 6 and json_lines(result)[-1]["skipped"] == 2
+
+
 @pytest.mark.parametrize("flags", [(), ("--overwrite",), ("--dry-run", "--overwrite")])
 def test_an_output_that_is_its_own_input_is_an_error_and_the_input_is_kept(photos, model2, flags):
     """Writing into the input's own folder with no --suffix names the input itself: with --overwrite that

@@ -447,7 +447,15 @@ def restore_batch(
                 # clash when the results are copied there): they count as one output everywhere
                 key = str(output.resolve()).casefold()
                 if key in claimed:
-                    raise ImageError(f"{item.source}: output {output} collides with that of {claimed[key]}")
+                    earlier = claimed[key]
+                    this = _file_id(Path(item.source))
+                    if earlier != STDIO and this is not None and _file_id(Path(earlier)) == this:
+                        # the same file named twice (overlapping globs, a folder and a file in it): done once
+                        results.append(ItemResult(item.source, str(output), "skipped",
+                                                  f"the same file as the earlier input {earlier}"))
+                        notify("done", results[-1])
+                        continue
+                    raise ImageError(f"{item.source}: output {output} collides with that of {earlier}")
                 claimed[key] = item.source
                 target = _file_id(output)
                 if target is not None:
