@@ -541,3 +541,15 @@ def test_a_job_for_a_device_this_machine_lacks_waits_for_a_worker_that_has_it(tm
     assert job(queue, job_id).status == "queued" and job(queue, job_id).attempts == 0
     assert cli("worker", "--queue", queue, "--once", "--device", "cpu").exit_code == 0  # a worker that has it
     assert job(queue, job_id).status == "completed"
+
+
+def test_submit_copies_a_file_named_twice_once_and_refuses_names_that_clash(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg"])
+    job_id = json.loads(cli("submit", files[0], files[0].parent, "--queue", queue, "--model", model,
+                            "--json").stdout)["job_id"]
+    assert [i["stored"] for i in job(queue, job_id).inputs] == ["a.jpg"]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(files[0], other / "A.JPG")  # one name on macOS's and Windows' file systems
+    result = cli("submit", files[0], other / "A.JPG", "--queue", queue, "--model", model)
+    assert result.exit_code == 2 and "have the same name in one job" in result.stderr

@@ -174,7 +174,7 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
     return items
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
+def file_id(path: Path) -> tuple[int, int] | None:
     """The (device, inode) naming a file, so that two paths to one file match whatever their spelling
     (symbolic and hard links, and case on case-insensitive file systems); None if it does not exist."""
     try:
@@ -187,7 +187,7 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 def _files_of(items: list[InputItem]) -> dict[tuple[int, int], str]:
     files: dict[tuple[int, int], str] = {}
     for item in items:
-        key = None if item.source == STDIO else _file_id(Path(item.source))
+        key = None if item.source == STDIO else file_id(Path(item.source))
         if key is not None:
             files.setdefault(key, item.source)
     return files
@@ -448,8 +448,8 @@ def restore_batch(
                 key = str(output.resolve()).casefold()
                 if key in claimed:
                     earlier = claimed[key]
-                    this = _file_id(Path(item.source))
-                    if earlier != STDIO and this is not None and _file_id(Path(earlier)) == this:
+                    this = file_id(Path(item.source))
+                    if earlier != STDIO and this is not None and file_id(Path(earlier)) == this:
                         # the same file named twice (overlapping globs, a folder and a file in it): done once
                         results.append(ItemResult(item.source, str(output), "skipped",
                                                   f"the same file as the earlier input {earlier}"))
@@ -457,12 +457,12 @@ def restore_batch(
                         continue
                     raise ImageError(f"{item.source}: output {output} collides with that of {earlier}")
                 claimed[key] = item.source
-                target = _file_id(output)
+                target = file_id(output)
                 if target is not None:
                     inputs_by_file = inputs_by_file if inputs_by_file is not None else _files_of(items)
                     replaced = inputs_by_file.get(target)
                     if replaced is not None:
-                        same = target == _file_id(Path(item.source))
+                        same = target == file_id(Path(item.source))
                         what = "the input itself" if same else f"the input {replaced}"
                         raise ImageError(f"{item.source}: output {output} is {what}, which is never overwritten; "
                                          "write to another folder (-o) or add a --suffix")
@@ -535,5 +535,5 @@ def _error(item: InputItem, output: Path | None, message: str, in_size, t0: floa
 
 __all__ = [
     "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "check_output_folder", "collect_inputs",
-    "output_path_for", "restore_batch",
+    "file_id", "output_path_for", "restore_batch",
 ]

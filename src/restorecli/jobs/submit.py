@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError, SetupError, UsageError, WeightsNotFound
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
-from ..pipeline import STDIO, RestoreOptions, collect_inputs
+from ..pipeline import STDIO, InputItem, RestoreOptions, collect_inputs, file_id
 from ..models.registry import REGISTRY
 from .store import Job, JobStore, new_job_id
 
@@ -52,11 +52,19 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
             refused.append(str(exc))
     if refused:
         raise UsageError(f"cannot submit: {'; '.join(refused)}")
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}  # stored name, casefolded (one file on macOS's and Windows' file systems) -> input
+    unique: list[InputItem] = []
     for item in items:
-        if item.relative in seen:
-            raise UsageError(f"cannot submit: {item.source} and {seen[item.relative]} have the same name in one job")
-        seen[item.relative] = item.source
+        name = item.relative.as_posix().casefold()
+        if name in seen:
+            earlier = seen[name]
+            this = file_id(Path(item.source)) if item.source != STDIO else None
+            if this is not None and earlier != STDIO and file_id(Path(earlier)) == this:
+                continue  # one file named twice (overlapping globs, a folder beside a file in it): copied once
+            raise UsageError(f"cannot submit: {item.source} and {earlier} have the same name in one job")
+        seen[name] = item.source
+        unique.append(item)
+    items = unique
     store = JobStore(queue, create=True)
     try:
         job_id = new_job_id()
