@@ -120,9 +120,9 @@ def check_input_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(found.st_mode):
         raise ImageError(f"{path}: is a directory (use --recursive or list its files)")
-    kind = next((label for test, label in _FILE_KINDS if test(found.st_mode)), None)
-    if kind is not None or not stat.S_ISREG(found.st_mode):
-        raise ImageError(f"{path}: is {kind or 'not a regular file'}, not an image file")
+    if not stat.S_ISREG(found.st_mode):
+        kind = next((label for test, label in _FILE_KINDS if test(found.st_mode)), "not a regular file")
+        raise ImageError(f"{path}: is {kind}, not an image file")
     if found.st_size > max_file_bytes(max_pixels):
         raise _too_big(str(path), found.st_size, max_pixels)
 
