@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_compact_state
+from conftest import TEST_INPUTS, tiny_compact_state
 from restorecli.cli.app import app
 from restorecli.models.registry import REGISTRY
 
@@ -257,3 +259,23 @@ def test_models_human_output(tmp_path, embedded_dir):
     lines = dict(line.split("\t")[:2] for line in result.stdout.splitlines())
     assert lines["realesrgan-x4plus"] == "embedded" and lines["gfpgan-1.4"] == "missing"
     assert "models (" in result.stderr  # the table goes to stderr
+
+
+def test_installed_weights_are_readable_as_the_umask_allows(tmp_path, make_model, embedded_dir):
+    """A weights folder may be shared (one folder for a cron user and the people who submit): converted and
+    imported files get the umask's permissions, like downloads, not a temporary file's owner-only ones."""
+    weights = tmp_path / "w"
+    previous = os.umask(0o022)
+    try:
+        imported = run("download-weights", "--from", make_model(4, "compact", "pth"), "--name",
+                       "realesr-animevideov3", "--weights-dir", weights)
+        converted = run("download-weights", "--from", embedded_dir / "realesr-animevideov3-x2.param", "--name",
+                        "realesr-animevideov3-x2", "--weights-dir", weights)
+        restored = run("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "o", "--model", "realesr-animevideov3-x3",
+                       "--weights-dir", weights)  # converted from the embedded package at first use
+    finally:
+        os.umask(previous)
+    assert imported.exit_code == converted.exit_code == restored.exit_code == 0, restored.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in weights.iterdir()}
+    assert modes == {"realesr-animevideov3.pth": 0o644, "realesr-animevideov3-x2.safetensors": 0o644,
+                     "realesr-animevideov3-x3.safetensors": 0o644, "restorecli-lock.json": 0o644}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..errors import SetupError, UnsupportedModel, UsageError
+from ..images import atomic_writer
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
 from .loading import EMBEDDED_INSTALL, embedded_param, install_embedded, installed_file, read_state_dict, save_converted
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename
@@ -267,10 +267,8 @@ def import_local(source: Path, name: str | None, directory: Path) -> FetchResult
     wanted, _ = expected_hash(entry, target.name, directory)
     if wanted and digest != wanted:
         raise UnsupportedModel(f"--from {source}: sha256 {digest} does not match the expected {wanted}")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_writer(target) as handle, source.open("rb") as original:
+        shutil.copyfileobj(original, handle, 1 << 20)
     if not wanted:
         pin(directory, target.name, digest, f"imported from {source}")
     return FetchResult(name, "imported", str(target), digest, not wanted,

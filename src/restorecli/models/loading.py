@@ -7,13 +7,13 @@ import importlib.util
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UnsupportedModel, WeightsNotFound, WeightsNotInstalled
+from ..images import write_atomic
 from .integrity import check_file, pin, sha256_of
 from .ncnn import convert_ncnn
 from .registry import REGISTRY, ModelEntry, converted_filename
@@ -147,28 +147,15 @@ def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
 
 def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str) -> Path:
     """Convert an ncnn model to ``directory/<name>.safetensors`` (temporary file, then rename) and pin its hash."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     converted = convert_ncnn(param)
     target = directory / converted_filename(entry.name)
+    data = save(converted.state_dict, metadata={_META_OUTPUT_SCALE: repr(converted.output_scale),
+                                                "restorecli.source": origin,
+                                                "restorecli.architecture": converted.description})
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(
-                converted.state_dict,
-                tmp,
-                metadata={
-                    _META_OUTPUT_SCALE: repr(converted.output_scale),
-                    "restorecli.source": origin,
-                    "restorecli.architecture": converted.description,
-                },
-            )
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(target, data)  # readable as the umask allows, like a download: a weights folder may be shared
         pin(directory, target.name, sha256_of(target), origin)
     except OSError as exc:
         raise WeightsNotInstalled(f"cannot write converted weights to {target}: {exc}") from None
