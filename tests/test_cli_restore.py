@@ -451,6 +451,11 @@ def test_dry_run_writes_nothing(photos, model2, tmp_path):
     rocket = next(i for i in items if i["input"].endswith("rocket.jpg"))
     assert rocket["out_size"] == [384, 256]
     assert not out.exists()
+    plain = invoke("restore", photos / "rocket.jpg", "-o", out, "--model", "realesrgan-x4plus", "--dry-run",
+                   "--outscale", "3")
+    assert plain.exit_code == 0 and plain.stdout == f"{out / 'rocket.jpg'}\n"  # stdout: only the paths
+    assert f"would write {out / 'rocket.jpg'} (96x64 -> 288x192)" in plain.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])  # written as the rows come, and all at the end

@@ -112,6 +112,10 @@ class BatchRenderer:
     def _item(self, item: ItemResult) -> None:
         if item.status == "error":
             self.progress.console.print(f"[bold red]failed:[/] {escape(str(item.error))}", soft_wrap=True)
+        elif item.status == "planned" and not self.as_json:  # a dry run: what each image would become
+            sizes = " -> ".join(f"{size[0]}x{size[1]}" for size in (item.in_size, item.out_size) if size)
+            self.progress.console.print(f"[cyan]would write[/] {escape(str(item.output))}"
+                                        f"{f' ({sizes})' if sizes else ''}", soft_wrap=True)
         if self.as_json:
             self.stdout.write(json.dumps(item_json(item)) + "\n")
             self.stdout.flush()
