@@ -1005,3 +1005,17 @@ def test_an_output_folder_that_is_a_file_is_a_usage_error_before_any_image(photo
     result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "gone", "--model", model2)
     assert result.exit_code == 2 and "is a broken link, not a folder" in result.stderr
     assert taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "tiff"])
+def test_a_scan_keeps_its_print_size(photos, model2, tmp_path, fmt):
+    """A 300 dpi scan restored 2x is written at 600 dpi, so it prints at the scan's size; with --outscale 3,
+    at 900 dpi."""
+    scan = tmp_path / "scan.png"
+    Image.open(photos / "rocket.jpg").save(scan, dpi=(300, 300))
+    for options, expected in (((), 600), (("--outscale", 3), 900)):
+        out = tmp_path / f"o{expected}"
+        result = invoke("restore", scan, "-o", out, "--model", model2, "--format", fmt, *options)
+        assert result.exit_code == 0, result.stderr
+        written = Image.open(next(out.iterdir()))
+        assert written.info["dpi"] == pytest.approx((expected, expected), rel=1e-4)

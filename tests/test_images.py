@@ -844,3 +844,54 @@ def test_an_endless_stream_is_refused_once_it_passes_what_an_image_can_take():
     with pytest.raises(ImageError, match=r"stdin: is a terminal; pipe an image in"):
         read_input_stream(_Terminal(b""), "stdin")
     assert read_input_stream(io.BytesIO(b"abc"), "stdin") == b"abc"
+
+
+def _with_density(fmt: str, dpi, orientation: int = 1) -> bytes:
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    extra = {}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        extra["exif"] = exif.tobytes()
+    out = io.BytesIO()
+    image.save(out, fmt, dpi=dpi, **extra)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("source", ["PNG", "JPEG", "TIFF"])
+@pytest.mark.parametrize("target", ["png", "jpg", "tiff"])
+def test_pixel_density_is_carried_and_scaled_with_the_pixels(source, target):
+    """A 300 x 150 dpi scan restored 2x wide and 3x high prints at the same size: 600 x 450 dpi, in the output
+    format's own density field (PNG pHYs, JPEG JFIF, TIFF X/YResolution)."""
+    decoded = decode_image(_with_density(source, (300, 150)), "scan")
+    assert decoded.dpi == pytest.approx((300, 150), rel=1e-4)
+    size = (80, 90)  # 2x the 40 px width, 3x the 30 px height
+    color = np.zeros((90, 80, 3), np.uint8)
+    written = Image.open(io.BytesIO(encode_image(color, None, target, **decoded.metadata_for(size))))
+    assert written.info["dpi"] == pytest.approx((600, 450), rel=1e-4)
+
+
+def test_density_follows_the_orientation_and_the_exif_resolution_is_scaled():
+    decoded = decode_image(_with_density("JPEG", (300, 150), orientation=6), "turned")
+    assert decoded.size == (30, 40) and decoded.dpi == pytest.approx((150, 300))  # a quarter turn swaps them
+    exif = Image.Exif()
+    exif[282], exif[283], exif[296] = 72, 96, 2
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(out, "JPEG", exif=exif.tobytes())  # density in the EXIF only
+    decoded = decode_image(out.getvalue(), "camera")
+    metadata = decoded.metadata_for((160, 120))
+    carried = Image.Exif()
+    carried.load(metadata["exif"])
+    assert (float(carried[282]), float(carried[283])) == (288, 384) and metadata["dpi"] == pytest.approx((288, 384))
+
+
+def test_no_density_is_invented():
+    plain = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(plain, "PNG")
+    decoded = decode_image(plain.getvalue(), "plain")
+    assert decoded.dpi is None
+    png, tiff = (encode_image(np.zeros((60, 80, 3), np.uint8), None, fmt, **decoded.metadata_for((80, 60)))
+                 for fmt in ("png", "tiff"))
+    assert b"pHYs" not in png and "dpi" not in Image.open(io.BytesIO(png)).info
+    assert not {282, 283, 296} & set(Image.open(io.BytesIO(tiff)).tag_v2)  # (Pillow reports 1 dpi for such a TIFF)
+    assert decode_image(tiff, "no density").dpi is None  # and restorecli does not take that for a density

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import re
 import socket
@@ -67,12 +68,17 @@ class DecodedImage:
     icc_profile: bytes | None
     xmp: bytes | None = None  # the XMP packet (keywords, captions, ratings), its orientation reset too
     iptc: bytes | None = None  # IPTC-IIM records (captions, keywords, credits of press and archive software)
+    dpi: tuple[float, float] | None = None  # pixel density (x, y) in pixels per inch, of the upright pixels
 
-    def metadata_for(self, size: tuple[int, int]) -> dict[str, bytes | None]:
+    def metadata_for(self, size: tuple[int, int]) -> dict[str, object]:
         """What the writers take to carry the metadata over to an output of ``size`` (w, h): ``exif``,
-        ``icc_profile``, ``xmp`` and ``iptc``, with the pixel dimensions the EXIF and XMP record set to ``size``."""
-        return {"exif": _exif_with_size(self.exif, size) if self.exif else None, "icc_profile": self.icc_profile,
-                "xmp": _xmp_with_size(self.xmp, size) if self.xmp else None, "iptc": self.iptc}
+        ``icc_profile``, ``xmp``, ``iptc`` and ``dpi``, with the pixel dimensions the EXIF and XMP record set to
+        ``size``, and the pixel density (the file's own, and the EXIF's) scaled with the pixels, so the output
+        prints at the input's size: a 300 dpi scan restored 4x is 1200 dpi."""
+        scale = (size[0] / self.size[0], size[1] / self.size[1])
+        return {"exif": _exif_for_output(self.exif, size, scale) if self.exif else None,
+                "icc_profile": self.icc_profile, "xmp": _xmp_with_size(self.xmp, size) if self.xmp else None,
+                "iptc": self.iptc, "dpi": (self.dpi[0] * scale[0], self.dpi[1] * scale[1]) if self.dpi else None}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -288,6 +294,7 @@ def _pictures(image: Image.Image) -> int:
 
 
 _EXIF_IFD, _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0x8769, 0xA002, 0xA003
+_X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 282, 283, 296  # first directory; unit 2 inch (default), 3 cm
 
 
 def _set_xmp_field(packet: bytes, name: bytes, value: int) -> bytes:
@@ -304,16 +311,54 @@ def _xmp_with_size(packet: bytes, size: tuple[int, int]) -> bytes:
     return packet
 
 
-def _exif_with_size(exif: bytes, size: tuple[int, int]) -> bytes:
-    """``exif`` with the image size its Exif directory records (PixelX/YDimension) set to ``size``, where it
-    records one: a viewer showing the camera's size for a 4x result would mislead."""
+def _exif_for_output(exif: bytes, size: tuple[int, int], scale: tuple[float, float]) -> bytes:
+    """``exif`` with the image size its Exif directory records (PixelX/YDimension) set to ``size``, and its
+    X/YResolution multiplied by ``scale`` (x, y), where it records them: a viewer showing the camera's size for
+    a 4x result, or printing it four times as large, would mislead. Unchanged where it records neither."""
     data = Image.Exif()
     data.load(exif)
+    changed = False
     directory = data.get_ifd(_EXIF_IFD)
-    if _PIXEL_X_DIMENSION not in directory and _PIXEL_Y_DIMENSION not in directory:
-        return exif
-    directory[_PIXEL_X_DIMENSION], directory[_PIXEL_Y_DIMENSION] = size
-    return data.tobytes()
+    if _PIXEL_X_DIMENSION in directory or _PIXEL_Y_DIMENSION in directory:
+        directory[_PIXEL_X_DIMENSION], directory[_PIXEL_Y_DIMENSION] = size
+        changed = True
+    for tag, factor in ((_X_RESOLUTION, scale[0]), (_Y_RESOLUTION, scale[1])):
+        density = _positive(data.get(tag))
+        if density is not None:
+            data[tag] = density * factor
+            changed = True
+    return data.tobytes() if changed else exif
+
+
+def _positive(value: object) -> float | None:
+    """``value`` as a positive finite number, else None (a missing or damaged density)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _density(image: Image.Image, exif: Image.Exif, orientation: int) -> tuple[float, float] | None:
+    """The file's pixel density (x, y) in pixels per inch, for the upright pixels (orientations 5-8 turn the
+    image a quarter, swapping x and y); None where the file gives none in absolute units.
+
+    The format's own field where it has one (PNG pHYs, a JPEG's JFIF header when it gives units, BMP's), else
+    X/YResolution of the EXIF (a TIFF's first directory): read here, since Pillow reads a JPEG's EXIF density
+    as XResolution twice and reports 1 dpi for a TIFF that gives none."""
+    dpi = image.info.get("dpi")
+    own = image.format not in ("TIFF", "JPEG", "MPO") or image.info.get("jfif_unit") in (1, 2)
+    if own and isinstance(dpi, tuple) and len(dpi) == 2:
+        x, y = _positive(dpi[0]), _positive(dpi[1])
+    else:
+        per_inch = {2: 1.0, 3: 2.54}.get(int(_positive(exif.get(_RESOLUTION_UNIT, 2)) or 0))  # 1: no unit
+        x, y = _positive(exif.get(_X_RESOLUTION)), _positive(exif.get(_Y_RESOLUTION))
+        if per_inch is None or x is None or y is None:
+            return None
+        x, y = x * per_inch, y * per_inch
+    if x is None or y is None:
+        return None
+    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
 
 
 def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
@@ -390,6 +435,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     exif, file_format = image.getexif(), image.format  # read before any conversion: it makes a new image
     orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
     xmp, iptc = _xmp_packet(image, upright=orientation != 1), _iptc_records(image)
+    density = _density(image, exif, orientation)  # read before a CMYK conversion makes a new image
     icc_profile = image.info.get("icc_profile")
     if image.mode == "CMYK":
         image, icc_profile = _cmyk_to_srgb(image, icc_profile)
@@ -415,6 +461,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         icc_profile=icc_profile,
         xmp=xmp,
         iptc=iptc,
+        dpi=density,
     )
 
 
@@ -428,10 +475,14 @@ def check_output_size(name: str, fmt: OutputFormat, size: tuple[int, int]) -> No
 
 def strip_writer(fmt: OutputFormat, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype,
                  *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
-                 xmp: bytes | None = None, iptc: bytes | None = None) -> StripWriter:
+                 xmp: bytes | None = None, iptc: bytes | None = None,
+                 dpi: tuple[float, float] | None = None) -> StripWriter:
     """A writer of ``fmt`` (one of ``STRIP_WRITERS``) that takes the image a strip of rows at a time. IPTC-IIM
-    records go to JPEG and TIFF, the formats with a place for them."""
+    records go to JPEG and TIFF, the formats with a place for them; the pixel density ``dpi`` to PNG, JPEG and
+    TIFF, which have fields of their own for it (WebP keeps only the EXIF's)."""
     settings: dict[str, object] = {"iptc": iptc} if fmt in ("jpg", "tiff") else {}
+    if fmt != "webp":
+        settings["dpi"] = dpi
     if fmt in ("jpg", "webp"):
         settings["quality"] = quality
     return STRIP_WRITERS[fmt](handle, width, height, channels, dtype, exif=exif, icc_profile=icc_profile, xmp=xmp,
@@ -448,6 +499,7 @@ def encode_image(
     icc_profile: bytes | None = None,
     xmp: bytes | None = None,
     iptc: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
 ) -> bytes:
     """Encode pixels to file bytes. 16-bit survives in PNG and TIFF; JPEG and WebP are 8-bit,
     and JPEG has no alpha, so transparent pixels are composited onto white there. (For writing
@@ -457,7 +509,7 @@ def encode_image(
     planes = color if alpha is None else np.dstack([color, alpha])
     out = io.BytesIO()
     writer = strip_writer(fmt, out, planes.shape[1], planes.shape[0], planes.shape[2], planes.dtype,
-                          quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp, iptc=iptc)
+                          quality=quality, exif=exif, icc_profile=icc_profile, xmp=xmp, iptc=iptc, dpi=dpi)
     writer.write(planes)
     writer.close()
     return out.getvalue()

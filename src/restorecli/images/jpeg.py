@@ -69,13 +69,14 @@ class JpegWriter(StripWriter):
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
                  *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
-                 xmp: bytes | None = None, iptc: bytes | None = None):
+                 xmp: bytes | None = None, iptc: bytes | None = None, dpi: tuple[float, float] | None = None):
         super().__init__(handle, width, height, channels, dtype)
         if width > JPEG_MAX_SIDE or height > JPEG_MAX_SIDE:
             raise ValueError(f"a JPEG holds at most {JPEG_MAX_SIDE} pixels a side, not {width}x{height}; "
                              "write PNG or TIFF (--format png)")
         self._settings: dict[str, object] = {"quality": quality, "restart_marker_rows": 1}
-        self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile)) if value}
+        self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile), ("dpi", dpi))
+                          if value}  # the density goes to the JFIF header, in whole dots per inch
         self._extra = b""  # segments of our own, after Pillow's APPn
         if xmp and len(xmp) <= XMP_MAX_BYTES:
             self._extra += _segment(0xE1, XMP_APP1 + xmp)

@@ -35,13 +35,16 @@ class PngWriter(StripWriter):
     FORMAT = "PNG"
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
-                 *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None):
+                 *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None,
+                 dpi: tuple[float, float] | None = None):
         super().__init__(handle, width, height, channels, dtype)
         self._bpp = channels * self.dtype.itemsize  # bytes per pixel, the Sub filter's stride
         header = struct.pack(">IIBBBBB", width, height, self.dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
         self._head = PNG_SIGNATURE + png_chunk(b"IHDR", header)
         if icc_profile:
             self._head += png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile))
+        if dpi:  # pixels per metre, x then y, unit 1 (the metre)
+            self._head += png_chunk(b"pHYs", struct.pack(">IIB", *(round(d / 0.0254) for d in dpi), 1))
         if exif:
             self._head += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
         if xmp:  # keyword, then no compression, no language tag, no translated keyword

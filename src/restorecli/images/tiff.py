@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from fractions import Fraction
 from typing import BinaryIO
 
 import numpy as np
@@ -25,7 +26,7 @@ from .strips import StripWriter
 
 _STRIP_BYTES = 1 << 19  # uncompressed bytes per strip
 _DEFLATE, _HORIZONTAL_PREDICTOR = 8, 2
-_BYTE, _SHORT, _LONG, _UNDEFINED, _LONG8 = 1, 3, 4, 7, 16
+_BYTE, _SHORT, _LONG, _RATIONAL, _UNDEFINED, _LONG8 = 1, 3, 4, 5, 7, 16
 _FIELD_TYPES = range(1, 13)  # BYTE .. DOUBLE: an entry of any other type is not copied
 # Bytes per value of each classic field type, BYTE .. DOUBLE and IFD
 _TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
@@ -47,12 +48,12 @@ class TiffWriter(StripWriter):
 
     def __init__(self, handle: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype | type,
                  *, exif: bytes | None = None, icc_profile: bytes | None = None, xmp: bytes | None = None,
-                 iptc: bytes | None = None, big: bool | None = None):
+                 iptc: bytes | None = None, big: bool | None = None, dpi: tuple[float, float] | None = None):
         """``big``: BigTIFF (True), classic TIFF (False), or whichever the image's size needs (None)."""
         super().__init__(handle, width, height, channels, dtype)
         if self._start is None:
             raise OSError("a TIFF needs a seekable stream: its header points to a directory written last")
-        self.icc_profile, self.xmp, self.iptc = icc_profile, xmp, iptc
+        self.icc_profile, self.xmp, self.iptc, self.dpi = icc_profile, xmp, iptc, dpi
         self._exif = exif[6:] if exif and exif.startswith(b"Exif\x00\x00") else exif
         if self._exif and (len(self._exif) < 8 or self._exif[:4] not in (b"II*\x00", b"MM\x00*")):
             self._exif = None  # not a TIFF-structured EXIF block: leave it out rather than write a broken file
@@ -229,6 +230,11 @@ class TiffWriter(StripWriter):
             tags[700] = (_BYTE, len(self.xmp), self.xmp)  # XMLPacket
         if self.iptc:
             tags[33723] = (_UNDEFINED, len(self.iptc), self.iptc)  # IPTC-NAA records
+        if self.dpi:  # X/YResolution, per inch (ResolutionUnit 2): over what the EXIF's first directory says
+            for tag, density in zip((282, 283), self.dpi):
+                ratio = Fraction(density).limit_denominator(10_000)
+                tags[tag] = (_RATIONAL, 1, self._pack("II", ratio.numerator, ratio.denominator))
+            tags[296] = self._array(_SHORT, [2])
         if self.big:
             tags[273] = (_LONG8, len(self._offsets), self._pack(f"{len(self._offsets)}Q", *self._offsets))
             tags[279] = (_LONG8, len(self._counts), self._pack(f"{len(self._counts)}Q", *self._counts))
