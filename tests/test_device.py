@@ -127,8 +127,22 @@ def test_cpu_memory_budget_is_bounded():
     assert 0 < budget <= 1024**3
 
 
+def test_mps_memory_budget_with_and_without_metal_s_recommendation(monkeypatch):
+    """torch 2.5 and later report Metal's recommended working set; before that the budget comes from the host's
+    free memory, which Apple silicon shares with the GPU."""
+    import restorecli.engine.device as device
+
+    monkeypatch.setattr(device, "_host_available_memory", lambda: 10 * 1024**3)
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 8 * 1024**3, raising=False)
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 3 * 1024**3)
+    assert available_memory(torch.device("mps")) == int(5 * 1024**3 * 0.6)
+    monkeypatch.delattr(torch.mps, "recommended_max_memory")
+    assert available_memory(torch.device("mps")) == int(10 * 1024**3 * 0.6)
+
+
 def test_out_of_memory_errors_are_recognised():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))  # the one torch before 2.5 raises
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("shape mismatch"))

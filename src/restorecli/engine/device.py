@@ -183,8 +183,12 @@ def available_memory(device: torch.device) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * 0.7)
     if device.type == "mps":
-        recommended = torch.mps.recommended_max_memory()
-        return int(max(recommended - torch.mps.current_allocated_memory(), 0) * 0.6)
+        # Metal's recommended working set; torch before 2.5 does not report it, and the memory is unified:
+        # plan with what the host has free then
+        recommended = getattr(torch.mps, "recommended_max_memory", None)
+        if recommended is None:
+            return int(_host_available_memory() * 0.6)
+        return int(max(recommended() - torch.mps.current_allocated_memory(), 0) * 0.6)
     # CPU: a share of the available RAM, capped: larger tiles do not run faster on a CPU, and a batch job
     # should leave room for everything else on the machine.
     available = _host_available_memory()
@@ -205,9 +209,14 @@ def _host_available_memory() -> int:
         return 4 * 1024**3
 
 
+# torch.OutOfMemoryError (any device) came with torch 2.5; torch.cuda.OutOfMemoryError is older
+_OUT_OF_MEMORY = tuple({error for error in (getattr(torch, "OutOfMemoryError", None),
+                                            getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(error, type)})
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for the out-of-memory errors of CUDA, MPS and the CPU allocator."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, _OUT_OF_MEMORY):
         return True
     text = str(exc).lower()
     return isinstance(exc, (RuntimeError, MemoryError)) and (
