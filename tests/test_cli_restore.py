@@ -610,6 +610,16 @@ def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert json_lines(result)[0]["output"] == str(tmp_path / "o" / "stdin.png")
     assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)
+    # another piped image is new, whatever the folder holds: not "skipped" as a resumed file would be
+    other = (TEST_INPUTS / "coffee_alpha.png").read_bytes()
+    again = runner.invoke(app, ["restore", "-", "-o", str(tmp_path / "o"), "--model", str(model2), "--json"],
+                          input=other)
+    assert again.exit_code == 1 and json_lines(again)[0]["status"] == "error"
+    assert "stdin.png exists (from an earlier image); add --overwrite" in json_lines(again)[0]["error"]
+    assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)  # the earlier result is kept
+    replaced = runner.invoke(app, ["restore", "-", "-o", str(tmp_path / "o"), "--model", str(model2),
+                                   "--overwrite"], input=other)
+    assert replaced.exit_code == 0 and read_rgb(tmp_path / "o" / "stdin.png").shape == (170, 256, 4)
 
 
 @pytest.mark.parametrize("failure, shown", [

@@ -467,6 +467,9 @@ def restore_batch(
                         raise ImageError(f"{item.source}: output {output} is {what}, which is never overwritten; "
                                          "write to another folder (-o) or add a --suffix")
                 if output.exists() and not options.overwrite:
+                    if item.source == STDIO:  # a piped image has no name to resume by: this one is new
+                        raise ImageError(f"stdin: {output} exists (from an earlier image); add --overwrite to "
+                                         "replace it, or write to stdout with -o -")
                     results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
                     notify("done", results[-1])
                     continue
