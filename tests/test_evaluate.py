@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -158,6 +159,9 @@ def test_html_report_renders_in_a_real_browser(make_model, tmp_path):
     page = report / "index.html"
     text = page.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained, works offline
+    captions = re.findall(r"<figcaption><b>bicubic</b>(.*?)</figcaption>", text)
+    assert len(captions) == 2 and all(re.fullmatch(r"PSNR RGB [\d.]+<br>SSIM RGB [\d.]+<br>PSNR Y [\d.]+<br>"
+                                                   r"SSIM Y [\d.]+", c) for c in captions)  # one metric a line
     dom = _chromium(f"--user-data-dir={tmp_path / 'profile1'}", "--virtual-time-budget=3000", "--dump-dom",
                     page.as_uri()).stdout
     assert 'data-images-ok="true"' in dom  # every <img> decoded with a real size

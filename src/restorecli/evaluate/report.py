@@ -96,14 +96,14 @@ def _image_section(result: ImageResult, index: int) -> str:
     y, x, side = detail_window(pictures["reference"], scale)
     figures = []
     low = pictures["input"][y // scale : (y + side) // scale, x // scale : (x + side) // scale]
-    figures.append(("reference", pictures["reference"][y : y + side, x : x + side], ""))
-    figures.append((f"input (1/{scale})", low, ""))
+    figures.append(("reference", pictures["reference"][y : y + side, x : x + side], []))
+    figures.append((f"input (1/{scale})", low, []))
     for row in result.rows:
-        caption = " ".join(f"{METRIC_LABELS[m]} {format_metric(getattr(row.metrics, m), m)}" for m in METRIC_NAMES)
+        caption = [f"{METRIC_LABELS[m]} {format_metric(getattr(row.metrics, m), m)}" for m in METRIC_NAMES]
         figures.append((row.method, pictures[row.method][y : y + side, x : x + side], caption))
-    crops = "".join(
+    crops = "".join(  # one metric a line: run together, the numbers were hard to tell apart
         f'<figure><img alt="{html.escape(label)}" src="{_png_uri(img)}"><figcaption><b>{html.escape(label)}</b>'
-        f"{html.escape(caption)}</figcaption></figure>"
+        f"{'<br>'.join(html.escape(line) for line in caption)}</figcaption></figure>"
         for label, img, caption in figures
     )
     models = [r for r in result.rows if r.kind == "model"]
