@@ -122,6 +122,15 @@ def test_auto_precision_on_a_cpu_with_fast_bf16(monkeypatch):
         choose_dtype("fp16", torch.device("cuda"), replace(SPEC, supports_half=False))
 
 
+def test_bf16_on_a_gpu_without_it_is_refused_up_front(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a T4 or V100
+    with pytest.raises(DeviceUnavailable, match=r"--precision bf16: cuda:0 has no bfloat16 support .* use fp16"):
+        choose_dtype("bf16", torch.device("cuda:0"), SPEC)
+    assert choose_dtype("auto", torch.device("cuda:0"), SPEC) == torch.float16  # auto never asks for it there
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert choose_dtype("bf16", torch.device("cuda:0"), SPEC) == torch.bfloat16
+
+
 def test_cpu_memory_budget_is_bounded():
     budget = available_memory(torch.device("cpu"))
     assert 0 < budget <= 1024**3

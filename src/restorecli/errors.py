@@ -48,7 +48,8 @@ class DeviceUnavailable(SetupError):
 
 
 class DeviceMissing(DeviceUnavailable):
-    """The requested device (CUDA, a CUDA index, MPS) is not present on this machine."""
+    """This machine lacks the requested device (CUDA, a CUDA index, MPS) or what the job asks of it (bf16 on an
+    older GPU); another machine's worker may have it."""
 
     of_this_machine = True
 

@@ -174,6 +174,9 @@ def choose_dtype(precision: Precision, device: torch.device, model: ModelSpec, d
         raise DeviceUnavailable(f"model '{model.name}' ({model.architecture}) does not support fp16")
     if precision == "bf16" and not model.supports_bfloat16:
         raise DeviceUnavailable(f"model '{model.name}' ({model.architecture}) does not support bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceMissing(f"--precision bf16: {device} has no bfloat16 support (it needs compute capability "
+                            "8.0, Ampere, or newer); use fp16 or fp32")
     return _DTYPES[precision]
 
 
