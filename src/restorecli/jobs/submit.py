@@ -43,18 +43,16 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
     """
     stored_options = job_options(options)
     items = collect_inputs(inputs, options.recursive)
-    refused = []
-    for item in items:
-        try:
-            if item.source != STDIO:
-                check_input_file(Path(item.source), options.max_pixels)
-        except ImageError as exc:
-            refused.append(str(exc))
-    if refused:
-        raise UsageError(f"cannot submit: {'; '.join(refused)}")
+    refused: list[str] = []  # every input that cannot be an image file, named at once
     seen: dict[str, str] = {}  # stored name, casefolded (one file on macOS's and Windows' file systems) -> input
     unique: list[InputItem] = []
     for item in items:
+        if item.source != STDIO:
+            try:
+                check_input_file(Path(item.source), options.max_pixels)
+            except ImageError as exc:
+                refused.append(str(exc))
+                continue
         name = item.relative.as_posix().casefold()
         if name in seen:
             earlier = seen[name]
@@ -64,6 +62,8 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
             raise UsageError(f"cannot submit: {item.source} and {earlier} have the same name in one job")
         seen[name] = item.source
         unique.append(item)
+    if refused:
+        raise UsageError(f"cannot submit: {'; '.join(refused)}")
     items = unique
     store = JobStore(queue, create=True)
     try:

@@ -162,9 +162,6 @@ def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str)
     return target
 
 
-_DAMAGED = "damaged or cut short, or not a checkpoint"
-
-
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
     """Read a checkpoint's tensors without running code; also return a stored output scale, if any.
 
@@ -208,7 +205,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
                 "which loading would have to run. Convert it to .safetensors from a trusted environment."
             ) from None
         except Exception as exc:
-            raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint ({_DAMAGED}: {exc})") from None
+            raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint (damaged or cut short, or not a "
+                                   f"checkpoint: {exc})") from None
         if not isinstance(state, dict):
             raise UnsupportedModel(f"{path}: checkpoint holds a {type(state).__name__}, not a state dict")
         return state, None
