@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +173,39 @@ def test_bf16_runs_on_the_cpu_close_to_fp32(make_model, tmp_path):
     bf16_model = place_model(load_model(str(path), tmp_path), torch.device("cpu"), torch.bfloat16)
     bf16 = upscale(bf16_model, crop, device=torch.device("cpu"), dtype=torch.bfloat16, tile=16, pad=8).image
     assert psnr(bf16, fp32) > 30
+
+
+def test_run_in_batches_fits_memory_and_halves_on_out_of_memory(monkeypatch):
+    import restorecli.engine.device as device
+
+    monkeypatch.setattr(device, "available_memory", lambda dev: 2500)
+    items = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    calls = []
+
+    def double(part):
+        calls.append(len(part))
+        return part * 2
+
+    np.testing.assert_array_equal(device.run_in_batches(double, items, 1000, torch.device("cpu")), items * 2)
+    assert calls == [2, 2, 1]  # two items' worth of memory a call, in order
+
+    calls.clear()
+    monkeypatch.setattr(device, "available_memory", lambda dev: 10**9)
+
+    def small_memory(part):
+        calls.append(len(part))
+        if len(part) > 1:
+            raise torch.OutOfMemoryError("out of memory")
+        return part * 2
+
+    np.testing.assert_array_equal(device.run_in_batches(small_memory, items, 1000, torch.device("cpu")), items * 2)
+    assert calls == [5, 2, 1, 1, 1, 1, 1]  # all five fail, half of that fails, then one at a time
+
+    def never_fits(part):
+        raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):  # even one item: the image fails, with the error
+        device.run_in_batches(never_fits, items, 1000, torch.device("cpu"))
+    with pytest.raises(ValueError, match="shape"):  # any other error is not retried
+        device.run_in_batches(lambda part: (_ for _ in ()).throw(ValueError("shape")), items, 1000,
+                              torch.device("cpu"))

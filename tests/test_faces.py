@@ -452,3 +452,48 @@ def test_save_faces_into_a_file_is_a_usage_error_before_any_image(tmp_path, make
                       "--face-enhance", "--save-faces", taken)
     assert result.exit_code == 2 and f"--save-faces {taken}: is a file, not a folder" in result.stderr
     assert not (tmp_path / "o").exists() and taken.read_text() == "keep me"
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in network that returns its input and notes each call's batch size."""
+
+    def __init__(self, dtype=torch.float32, classes: int | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1, dtype=dtype))
+        self.classes, self.calls = classes, []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        if self.classes:  # a parser: class scores, the face class (1) winning
+            return torch.nn.functional.one_hot(torch.ones_like(x[:, 0], dtype=torch.long), self.classes)\
+                .permute(0, 3, 1, 2).float()
+        return x * self.weight, None
+
+
+def test_many_faces_are_restored_in_calls_that_fit_memory(monkeypatch):
+    """A crowd photo's faces at about 0.7 GB each in fp32 would need many GB in one call: they go in as many a call
+    as the memory budget holds, in order, with the same result."""
+    import restorecli.engine.device as device
+    from restorecli.engine.faces.enhance import FaceRestorer
+    from restorecli.engine.faces.parsing import FaceParser
+
+    class Descriptor:
+        def __init__(self, model):
+            self.model = model
+
+        def to(self, _device):
+            return self
+
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(device, "available_memory", lambda _device: 3 * (768 << 20))  # three fp32 faces
+    crops = np.random.default_rng(0).random((7, 16, 16, 3)).astype(np.float32)
+    for dtype, calls in ((torch.float32, [3, 3, 1]), (torch.float16, [6, 1])):  # half precision: twice as many
+        model = _Recorder(dtype)
+        restored = FaceRestorer(Descriptor(model), torch.device("cpu"))(crops)
+        assert model.calls == calls
+        np.testing.assert_allclose(restored, crops, atol=2e-3)
+    parser_net = _Recorder(classes=19)
+    masks = FaceParser(parser_net, torch.device("cpu")).masks(crops)
+    assert parser_net.calls == [3, 3, 1] and masks.shape == (7, 16, 16)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 
 from ..errors import DeviceMissing, DeviceUnavailable
@@ -215,6 +216,30 @@ def _host_available_memory() -> int:
 # torch.OutOfMemoryError (any device) came with torch 2.5; torch.cuda.OutOfMemoryError is older
 _OUT_OF_MEMORY = tuple({error for error in (getattr(torch, "OutOfMemoryError", None),
                                             getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(error, type)})
+
+
+def run_in_batches(run: Callable[[np.ndarray], np.ndarray], items: np.ndarray, bytes_each: int,
+                   device: torch.device) -> np.ndarray:
+    """``run`` over ``items`` (at least one, stacked on the first axis), results joined in order, in as few calls
+    as memory allows: as many items a call as ``available_memory(device)`` holds at ``bytes_each``, at least one,
+    and half as many after an out-of-memory error (a crowd photo's faces, at hundreds of MB each, would otherwise
+    need many GB in one call: on a GPU an error, on the CPU the kernel's out-of-memory killer, ending the batch)."""
+    per_call = int(max(1, available_memory(device) // max(bytes_each, 1)))
+    done: list[np.ndarray] = []
+    start = 0
+    while start < len(items):
+        part = items[start : start + per_call]
+        try:
+            done.append(run(part))
+        except Exception as exc:
+            if not is_out_of_memory(exc) or len(part) == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            per_call = len(part) // 2  # half of what failed, not of the budget (which may exceed what is left)
+            continue
+        start += len(part)
+    return np.concatenate(done)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

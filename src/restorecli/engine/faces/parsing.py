@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedModel
+from ..device import run_in_batches
 from .paste import template_mask
 
 # Class indices of the 19-class face-parsing label set that belong to the face.
@@ -80,6 +81,10 @@ class ParseNet(nn.Module):
         return self.out_mask_conv(self.decoder(feat + self.body(feat)))
 
 
+# What parsing one 512 x 512 face takes (fp32): measured 580 MiB above the weights on the CPU
+_PARSE_BYTES = 640 << 20
+
+
 class FaceParser:
     """Soft face masks for aligned faces."""
 
@@ -97,11 +102,10 @@ class FaceParser:
             raise UnsupportedModel(f"{source}: not a ParseNet checkpoint ({str(exc).splitlines()[0]})") from None
         return cls(net, device)
 
-    @torch.inference_mode()
     def masks(self, faces: np.ndarray) -> np.ndarray:
-        """N x 512 x 512 x 3 faces in [0, 1] -> N x 512 x 512 soft masks in [0, 1], in one network call."""
-        x = torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2))).to(self.device) * 2 - 1
-        labels = self.net(x).argmax(1).cpu().numpy()
+        """N x 512 x 512 x 3 faces in [0, 1] -> N x 512 x 512 soft masks in [0, 1], in as few network calls as
+        memory allows (``run_in_batches``)."""
+        labels = run_in_batches(self._labels, faces, _PARSE_BYTES, self.device)
         size = faces.shape[1]
         border = template_mask(size)
         out = []
@@ -110,3 +114,9 @@ class FaceParser:
             soft = cv2.GaussianBlur(hard, (0, 0), sigmaX=size / 48)  # about 11 px at 512
             out.append(np.clip(soft, 0.0, 1.0) * border)
         return np.stack(out)
+
+    @torch.inference_mode()
+    def _labels(self, faces: np.ndarray) -> np.ndarray:
+        """One network call: each pixel's class."""
+        x = torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2))).to(self.device) * 2 - 1
+        return self.net(x).argmax(1).cpu().numpy()
