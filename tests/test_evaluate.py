@@ -220,3 +220,22 @@ def test_a_report_that_cannot_be_written_is_an_error_not_a_traceback(make_model,
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # an exit, not an exception
     assert "cannot write" in result.stderr and "No space left on device" in result.stderr
     assert not list(tmp_path.glob("*m.csv*"))  # no partial file under any name
+
+
+def test_a_report_keeps_small_pictures_of_each_image_not_every_result(make_model, tmp_path):
+    """An evaluation of many large images holds, per image, the crops and slider pictures the page shows, taken
+    when the image is measured, instead of every full-size result until the page is written."""
+    from restorecli.evaluate.report import CROP, SLIDER_WIDTH
+    from restorecli.evaluate.run import EvalOptions, evaluate
+
+    photo = tmp_path / "large.png"
+    cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(TEST_INPUTS / "rocket.jpg")), (1600, 1200)))
+    model = make_model(4)
+    evaluation = evaluate([str(photo)], EvalOptions(models=(str(model),), keep_pictures=True))
+    pictures = evaluation.images[0].pictures
+    assert set(pictures.crops) == {"reference", "input", "bicubic", "lanczos", Path(model).stem}
+    assert all(crop.dtype == np.uint8 and crop.shape[0] <= CROP for crop in pictures.crops.values())
+    assert set(pictures.slider) == {"bicubic", pictures.best} and pictures.best == Path(model).stem
+    assert all(image.shape == (480, SLIDER_WIDTH, 3) and image.dtype == np.uint8 for image in pictures.slider.values())
+    held = sum(a.nbytes for a in [*pictures.crops.values(), *pictures.slider.values()])
+    assert held < 2 << 20  # against 5 full-size float pictures, 1600 x 1200 x 3 x 4 bytes each: 115 MB

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..images import float_to_uint8, write_atomic
 from .metrics import METRIC_LABELS, METRIC_NAMES, bt601_y, format_metric
-from .run import Evaluation, ImageResult
+from .run import Evaluation, ImageResult, ReportPictures, Row
 
 CROP = 128  # reference pixels shown per crop
 DISPLAY = 256  # CSS pixels per crop, the same zoom for every method
@@ -52,7 +52,7 @@ window.addEventListener('load', function () {
 
 def _png_uri(image: np.ndarray) -> str:
     buffer = io.BytesIO()
-    Image.fromarray(float_to_uint8(image)).save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -89,39 +89,47 @@ def _summary_table(evaluation: Evaluation) -> str:
             f"<p>Means over {len(evaluation.succeeded)} image(s); {len(evaluation.failed)} failed.</p>")
 
 
+def pictures_for_report(reference: np.ndarray, low: np.ndarray, outputs: dict[str, np.ndarray], rows: list[Row],
+                        scale: int) -> ReportPictures:
+    """What the report shows of one image (float pictures in [0, 1]), taken as soon as it is measured: an
+    evaluation of a hundred 2K photos kept every full-size picture for the page at the end, about 135 MB an image."""
+    y, x, side = detail_window(reference, scale)
+    crops = {"reference": reference[y : y + side, x : x + side],
+             "input": low[y // scale : (y + side) // scale, x // scale : (x + side) // scale]}
+    crops.update((method, image[y : y + side, x : x + side]) for method, image in outputs.items())
+    models = [r for r in rows if r.kind == "model"]
+    best = max(models or rows, key=lambda r: r.metrics.ssim_y).method
+    shrink = min(1.0, SLIDER_WIDTH / reference.shape[1])
+    size = (max(1, round(reference.shape[1] * shrink)), max(1, round(reference.shape[0] * shrink)))
+    slider = {name: np.asarray(Image.fromarray(float_to_uint8(outputs[name])).resize(size, Image.LANCZOS))
+              for name in ("bicubic", best)}
+    return ReportPictures({name: float_to_uint8(crop) for name, crop in crops.items()}, slider, best)
+
+
 def _image_section(result: ImageResult, index: int) -> str:
     if result.error:
         return f'<h2 class="failed">{html.escape(result.name)}</h2><p class="failed">{html.escape(result.error)}</p>'
-    pictures, scale = result.pictures, result.scale
-    y, x, side = detail_window(pictures["reference"], scale)
+    assert result.pictures is not None, "evaluate with keep_pictures=True for a report"
+    pictures, captions = result.pictures, {row.method: row for row in result.rows}
     figures = []
-    low = pictures["input"][y // scale : (y + side) // scale, x // scale : (x + side) // scale]
-    figures.append(("reference", pictures["reference"][y : y + side, x : x + side], []))
-    figures.append((f"input (1/{scale})", low, []))
-    for row in result.rows:
-        caption = [f"{METRIC_LABELS[m]} {format_metric(getattr(row.metrics, m), m)}" for m in METRIC_NAMES]
-        figures.append((row.method, pictures[row.method][y : y + side, x : x + side], caption))
+    for name, crop in pictures.crops.items():
+        label = f"input (1/{result.scale})" if name == "input" else name
+        row = captions.get(name)
+        caption = [f"{METRIC_LABELS[m]} {format_metric(getattr(row.metrics, m), m)}" for m in METRIC_NAMES] if row else []
+        figures.append((label, crop, caption))
     crops = "".join(  # one metric a line: run together, the numbers were hard to tell apart
         f'<figure><img alt="{html.escape(label)}" src="{_png_uri(img)}"><figcaption><b>{html.escape(label)}</b>'
         f"{'<br>'.join(html.escape(line) for line in caption)}</figcaption></figure>"
         for label, img, caption in figures
     )
-    models = [r for r in result.rows if r.kind == "model"]
-    best = max(models or result.rows, key=lambda r: r.metrics.ssim_y)
-    shrink = min(1.0, SLIDER_WIDTH / pictures["reference"].shape[1])
-    size = (max(1, round(pictures["reference"].shape[1] * shrink)), max(1, round(pictures["reference"].shape[0] * shrink)))
-
-    def whole(name: str) -> str:
-        image = Image.fromarray(float_to_uint8(pictures[name]))
-        return _png_uri(np.asarray(image.resize(size, Image.LANCZOS)).astype(np.float32) / 255)
-
-    shown = max(size[0], 384)  # small images are shown enlarged, pixels kept sharp
+    shown = max(pictures.slider["bicubic"].shape[1], 384)  # small images are shown enlarged, pixels kept sharp
     style = f'style="width:{shown}px;image-rendering:pixelated"'
     slider = (
-        f'<div class="slider" style="width:{shown}px"><img alt="bicubic" {style} src="{whole("bicubic")}">'
-        f'<img class="after" alt="{html.escape(best.method)}" {style} src="{whole(best.method)}">'
+        f'<div class="slider" style="width:{shown}px"><img alt="bicubic" {style} '
+        f'src="{_png_uri(pictures.slider["bicubic"])}">'
+        f'<img class="after" alt="{html.escape(pictures.best)}" {style} src="{_png_uri(pictures.slider[pictures.best])}">'
         f'<input type="range" min="0" max="100" value="50" oninput="slide(this)" aria-label="compare"></div>'
-        f"<p>Left of the handle: {html.escape(best.method)}; right: bicubic.</p>"
+        f"<p>Left of the handle: {html.escape(pictures.best)}; right: bicubic.</p>"
     )
     return (f'<h2 id="image-{index}">{html.escape(result.name)}</h2>'
             f'<div class="crops">{crops}</div>{slider}')

@@ -47,13 +47,23 @@ class Row:
     seconds: float
 
 
+@dataclass(frozen=True)
+class ReportPictures:
+    """What the HTML report shows of one image (uint8): each picture's crop of the same detailed window, and
+    bicubic and the best model shrunk for the before/after slider."""
+
+    crops: dict[str, np.ndarray]  # "reference", "input", then each method
+    slider: dict[str, np.ndarray]  # "bicubic" and ``best``
+    best: str  # the model (or, without one, the method) with the best Y-SSIM
+
+
 @dataclass
 class ImageResult:
     name: str
     rows: list[Row] = field(default_factory=list)
     error: str | None = None
     scale: int = 0
-    pictures: dict[str, np.ndarray] = field(default_factory=dict)  # "reference", "input", then each method
+    pictures: ReportPictures | None = None  # with keep_pictures
 
 
 @dataclass
@@ -147,8 +157,7 @@ def evaluate_one(name: str, reference: np.ndarray, low: np.ndarray, scale: int, 
     """Measure every baseline and model on one (reference, low-resolution input) pair."""
     result = ImageResult(name, scale=scale)
     size = (reference.shape[1], reference.shape[0])
-    if keep:
-        result.pictures["reference"], result.pictures["input"] = reference, low
+    kept: dict[str, np.ndarray] = {}  # each method's full-size result, until the report has taken its part
     outputs: list[tuple[str, Literal["baseline", "model"], Callable[[], np.ndarray]]] = [
         (method, "baseline", lambda m=method: baseline(low, size, m)) for method in BASELINES  # type: ignore[misc]
     ]
@@ -161,7 +170,11 @@ def evaluate_one(name: str, reference: np.ndarray, low: np.ndarray, scale: int, 
             raise ImageError(f"{name}: {method} returned {image.shape[1]}x{image.shape[0]}, expected {size[0]}x{size[1]}")
         result.rows.append(Row(name, method, kind, measure(reference, image, scale), round(seconds, 4)))
         if keep:
-            result.pictures[method] = image
+            kept[method] = image
+    if keep:
+        from .report import pictures_for_report  # (the report module builds on this one)
+
+        result.pictures = pictures_for_report(reference, low, kept, result.rows, scale)
     return result
 
 
