@@ -1029,3 +1029,24 @@ def test_a_scan_keeps_its_print_size(photos, model2, tmp_path, fmt):
         assert result.exit_code == 0, result.stderr
         written = Image.open(next(out.iterdir()))
         assert written.info["dpi"] == pytest.approx((expected, expected), rel=1e-4)
+
+
+def test_a_large_xmp_packet_survives_jpeg_both_ways(photos, model2, tmp_path):
+    """A 300 KB XMP packet (past one JPEG segment) goes PNG -> JPEG -> PNG through restore with every property."""
+    from PIL.PngImagePlugin import PngInfo
+
+    items = b"".join(b"<rdf:li>xmp.did:%032x</rdf:li>" % i for i in range(5000))
+    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
+              b'<photoshop:DocumentAncestors><rdf:Bag>' + items + b'</rdf:Bag></photoshop:DocumentAncestors>'
+              b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    info = PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", packet.decode())
+    source = tmp_path / "edited.png"
+    Image.open(photos / "rocket.jpg").save(source, pnginfo=info)
+    first = invoke("restore", source, "-o", tmp_path / "jpg", "--model", model2, "--format", "jpg")
+    second = invoke("restore", tmp_path / "jpg" / "edited.jpg", "-o", tmp_path / "png", "--model", model2,
+                    "--format", "png")
+    assert first.exit_code == second.exit_code == 0, second.stderr
+    carried = Image.open(tmp_path / "png" / "edited.png").info["XML:com.adobe.xmp"].encode()
+    assert carried.count(b"<rdf:li>xmp.did:") == 5000 and b"HasExtendedXMP" not in carried

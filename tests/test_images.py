@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -188,13 +189,77 @@ def test_iptc_records_go_where_the_format_has_a_place_for_them(fmt, kept):
         assert decoded.iptc == (records if kept else None)
 
 
-def test_an_xmp_packet_too_large_for_one_jpeg_segment_is_left_out_of_jpeg_only():
-    from restorecli.images.jpeg import XMP_MAX_BYTES
+def _large_xmp(items: int = 6000) -> bytes:
+    """A packet of Photoshop's kind that outgrows one JPEG segment: a long list of document ancestors, and a
+    namespace declared on rdf:RDF rather than on the description that uses it."""
+    ancestors = b"".join(b"<rdf:li>xmp.did:%032x</rdf:li>" % i for i in range(items))
+    return (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+            b'xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
+            b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" photoshop:Credit="archive">'
+            b'<dc:title><rdf:Alt><rdf:li xml:lang="x-default">Wedding, 1962</rdf:li></rdf:Alt></dc:title>'
+            b'<photoshop:DocumentAncestors><rdf:Bag>' + ancestors + b'</rdf:Bag></photoshop:DocumentAncestors>'
+            b'</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>')
 
-    huge = b"<x:xmpmeta>" + b" " * XMP_MAX_BYTES + b"</x:xmpmeta>"
+
+def _app1_payloads(jpeg: bytes) -> list[bytes]:
+    found, at = [], 2
+    while jpeg[at] == 0xFF and jpeg[at + 1] != 0xDA:
+        length = int.from_bytes(jpeg[at + 2 : at + 4], "big")
+        if jpeg[at + 1] == 0xE1:
+            found.append(jpeg[at + 4 : at + 2 + length])
+        at += 2 + length
+    return found
+
+
+def test_an_xmp_packet_too_large_for_one_jpeg_segment_goes_as_extended_xmp():
+    """Adobe's XMP specification, part 3: a main packet whose xmpNote:HasExtendedXMP is the MD5 digest of the rest,
+    and the rest in chunks, each segment within JPEG's 65535 bytes. Read back (and through any format) the
+    properties are all there, in one packet again."""
+    import hashlib
+    import xml.etree.ElementTree as ElementTree
+
+    from restorecli.images.jpeg import XMP_APP1, XMP_MAX_BYTES
+    from restorecli.images.xmp import EXTENSION_APP1
+
+    packet = _large_xmp()
+    assert len(packet) > 3 * XMP_MAX_BYTES
     color = np.zeros((8, 8, 3), np.uint8)
-    assert decode_image(encode_image(color, None, "jpg", xmp=huge), "x.jpg").xmp is None
-    assert decode_image(encode_image(color, None, "png", xmp=huge), "x.png").xmp == huge
+    jpeg = encode_image(color, None, "jpg", xmp=packet)
+    payloads = _app1_payloads(jpeg)
+    main = next(p[len(XMP_APP1):] for p in payloads if p.startswith(XMP_APP1))
+    chunks = [p for p in payloads if p.startswith(EXTENSION_APP1)]
+    assert len(main) < 1000 and len(chunks) > 1 and all(len(p) + 2 <= 65535 for p in payloads)
+    digest = re.search(rb'HasExtendedXMP="([0-9A-F]{32})"', main).group(1)
+    rest = b"".join(c[len(EXTENSION_APP1) + 40 :] for c in chunks)
+    assert hashlib.md5(rest).hexdigest().upper().encode() == digest and rest.startswith(b"<x:xmpmeta")
+    head = len(EXTENSION_APP1)
+    assert all(c[head : head + 32] == digest for c in chunks)
+    assert {int.from_bytes(c[head + 32 : head + 36], "big") for c in chunks} == {len(rest)}  # the full length
+    offsets = [int.from_bytes(c[head + 36 : head + 40], "big") for c in chunks]
+    assert offsets == [sum(len(c) - head - 40 for c in chunks[:i]) for i in range(len(chunks))]
+
+    merged = decode_image(jpeg, "x.jpg").xmp
+    assert b"HasExtendedXMP" not in merged and merged.count(b"<rdf:li>xmp.did:") == 6000
+    root = ElementTree.fromstring(re.sub(rb"<\?xpacket[^>]*\?>", b"", merged))  # well-formed, prefixes bound
+    rdf = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+    described = root.find(f"{rdf}RDF").findall(f"{rdf}Description")
+    assert any(d.get("{http://ns.adobe.com/photoshop/1.0/}Credit") == "archive" for d in described)
+    assert decode_image(encode_image(color, None, "png", xmp=merged), "x.png").xmp == merged  # one packet
+    again = decode_image(encode_image(color, None, "jpg", xmp=merged), "y.jpg").xmp  # JPEG to JPEG keeps it all
+    assert again.count(b"<rdf:li>xmp.did:") == 6000 and b"Wedding, 1962" in again
+
+
+def test_extended_xmp_that_does_not_add_up_is_left_out():
+    from restorecli.images.jpeg import XMP_APP1
+    from restorecli.images.xmp import merge, split
+
+    main, chunks = split(_large_xmp())
+    assert merge(main, chunks[:-1]) == main  # a chunk missing: the main packet alone
+    spoiled = chunks[0][:-1] + b"?"
+    assert merge(main, [spoiled, *chunks[1:]]) == main  # the digest does not match
+    assert merge(b"<x:xmpmeta/>", chunks) == b"<x:xmpmeta/>"  # no pointer
+    assert XMP_APP1 not in main
 
 
 def test_sixteen_bit_png_carries_exif_and_icc():

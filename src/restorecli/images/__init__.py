@@ -33,6 +33,7 @@ from .png import PngWriter
 from .strips import StripWriter
 from .tiff import TiffWriter
 from .webp import WEBP_MAX_SIDE, WebpWriter
+from . import xmp as extended_xmp
 
 # Writers that take an image a strip of rows at a time (WebP's gathers them for libwebp, which encodes whole images)
 STRIP_WRITERS: dict[str, type[StripWriter]] = {"png": PngWriter, "tiff": TiffWriter, "jpg": JpegWriter,
@@ -366,8 +367,11 @@ def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
     like the EXIF's, since the pixels have been turned."""
     packet: bytes | str | None = None
     if image.format in ("JPEG", "MPO"):
-        packet = next((content[len(XMP_APP1):] for marker, content in getattr(image, "applist", [])
-                       if marker == "APP1" and content.startswith(XMP_APP1)), None)
+        segments = [content for marker, content in getattr(image, "applist", []) if marker == "APP1"]
+        packet = next((content[len(XMP_APP1):] for content in segments if content.startswith(XMP_APP1)), None)
+        extended = [content for content in segments if content.startswith(extended_xmp.EXTENSION_APP1)]
+        if packet and extended:  # a packet too large for one segment: its rest merged back in
+            packet = extended_xmp.merge(packet, extended)
     else:
         packet = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")  # WebP, PNG (iTXt)
         if packet is None and image.format == "TIFF":

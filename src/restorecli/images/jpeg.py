@@ -11,9 +11,9 @@ straddles two bands. The file is byte for byte what Pillow writes for the whole 
 ``restart_marker_rows=1`` (about 2 bytes more per 16 rows than without markers).
 
 Alpha is composited onto white and 16-bit samples are rounded to 8 bits, as JPEG holds neither. An XMP packet
-goes in an APP1 segment of its own after Pillow's EXIF, as Adobe's XMP specification places it (up to the 65502
-bytes one segment holds; a larger one is left out rather than split into "extended XMP"), and IPTC-IIM records in
-an APP13 segment as Photoshop's image resource 0x0404.
+goes in an APP1 segment of its own after Pillow's EXIF, as Adobe's XMP specification places it (a packet over the
+65502 bytes one segment holds as "extended XMP", see ``xmp``), and IPTC-IIM records in an APP13 segment as
+Photoshop's image resource 0x0404.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from . import xmp as extended_xmp
 from .pixels import flatten_alpha, to_8bit
 from .strips import StripWriter
 
@@ -80,6 +81,9 @@ class JpegWriter(StripWriter):
         self._extra = b""  # segments of our own, after Pillow's APPn
         if xmp and len(xmp) <= XMP_MAX_BYTES:
             self._extra += _segment(0xE1, XMP_APP1 + xmp)
+        elif xmp:  # too large for one segment: extended XMP, a main packet pointing to chunks of the rest
+            main, chunks = extended_xmp.split(xmp)
+            self._extra += _segment(0xE1, XMP_APP1 + main) + b"".join(_segment(0xE1, chunk) for chunk in chunks)
         if iptc:  # as Photoshop keeps them: image resource 0x0404 in an APP13 segment
             resource = b"8BIM\x04\x04\x00\x00" + len(iptc).to_bytes(4, "big") + iptc + bytes(len(iptc) % 2)
             if len(_PHOTOSHOP_APP13) + len(resource) <= _SEGMENT_MAX_BYTES:

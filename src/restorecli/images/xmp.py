@@ -1,0 +1,71 @@
+"""Extended XMP: an XMP packet larger than one JPEG segment, as Adobe's XMP specification (part 3) stores it.
+
+A JPEG APP1 segment holds at most 65502 bytes of XMP, and packets grow past that (Photoshop's document ancestors
+and edit history, a catalogue's keywords). The specification splits such a packet in two: a small main packet in
+the usual APP1 segment, whose ``xmpNote:HasExtendedXMP`` names the rest by the MD5 digest of its bytes (32
+uppercase hex digits), and that rest, an ``x:xmpmeta`` element without the packet wrapper, cut into chunks of
+APP1 segments of their own, each headed by the digest, the full length and the chunk's offset.
+
+Here the rest is the whole packet (every property, in one place; the main packet holds only the pointer), and on
+reading, the rest's descriptions are merged back into the main packet, so other formats get one packet again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+EXTENSION_APP1 = b"http://ns.adobe.com/xmp/extension/\x00"  # how an APP1 segment says it holds a chunk of it
+_HEADER = len(EXTENSION_APP1) + 32 + 4 + 4  # namespace, digest, full length, offset
+_CHUNK_BYTES = 65400  # the chunk size Adobe's own writers use (a segment would take 65458)
+_WRAPPER = re.compile(rb"<\?xpacket[^>]*\?>\s*")
+_POINTER = re.compile(rb"""\s*xmpNote:HasExtendedXMP\s*=\s*["'][0-9A-Fa-f]{32}["']|"""
+                      rb"""<xmpNote:HasExtendedXMP>\s*[0-9A-Fa-f]{32}\s*</xmpNote:HasExtendedXMP>""")
+_DIGEST = re.compile(rb"""HasExtendedXMP(?:\s*=\s*["']|>\s*)([0-9A-Fa-f]{32})""")
+_RDF_BODY = re.compile(rb"<rdf:RDF\b([^>]*)>(.*)</rdf:RDF>", re.S)
+_XMPMETA = re.compile(rb"<x:xmpmeta\b([^>]*)>")
+_NAMESPACE = re.compile(rb"""\sxmlns:([\w.-]+)\s*=\s*(["'][^"']*["'])""")
+
+
+def split(packet: bytes) -> tuple[bytes, list[bytes]]:
+    """(main packet, extension APP1 payloads) that together carry ``packet``."""
+    rest = _WRAPPER.sub(b"", packet).strip()
+    digest = hashlib.md5(rest).hexdigest().upper().encode("ascii")
+    main = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/" xmpNote:HasExtendedXMP="'
+            + digest + b'"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+    header = EXTENSION_APP1 + digest + len(rest).to_bytes(4, "big")
+    chunks = [header + offset.to_bytes(4, "big") + rest[offset : offset + _CHUNK_BYTES]
+              for offset in range(0, len(rest), _CHUNK_BYTES)]
+    return main, chunks
+
+
+def merge(main: bytes, payloads: list[bytes]) -> bytes:
+    """``main`` with the extended XMP it points to merged in: the rest's descriptions go inside the main packet's
+    ``rdf:RDF``, and the pointer is dropped. ``main`` as it is where it points to none, or where the chunks are
+    missing, do not add up to their digest, or hold no ``rdf:RDF``."""
+    found = _DIGEST.search(main)
+    main_body = _RDF_BODY.search(main)
+    if found is None or main_body is None:
+        return main
+    digest = found.group(1).upper()
+    pieces: dict[int, bytes] = {}
+    length = None
+    for payload in payloads:
+        if payload.startswith(EXTENSION_APP1) and payload[len(EXTENSION_APP1) : len(EXTENSION_APP1) + 32].upper() == digest:
+            at = len(EXTENSION_APP1) + 32
+            length = int.from_bytes(payload[at : at + 4], "big")
+            pieces[int.from_bytes(payload[at + 4 : at + 8], "big")] = payload[_HEADER:]
+    rest = b"".join(pieces[offset] for offset in sorted(pieces))
+    rest_body = _RDF_BODY.search(rest)
+    if length != len(rest) or hashlib.md5(rest).hexdigest().upper().encode("ascii") != digest or rest_body is None:
+        return main
+    # namespaces the rest declares above its descriptions, which the main packet does not, go on its rdf:RDF
+    declared = {prefix for prefix, _ in _NAMESPACE.findall(main[: main_body.start(2)])}
+    above = b"".join(m.group(1) for m in (_XMPMETA.search(rest), rest_body) if m is not None)
+    missing = b"".join(b" xmlns:%s=%s" % (prefix, uri) for prefix, uri in dict(_NAMESPACE.findall(above)).items()
+                       if prefix not in declared)
+    start, end = main_body.start(2), main_body.end(2)
+    head = main[: start - 1] + missing + main[start - 1 : start]  # before the start tag's closing ">"
+    return _POINTER.sub(b"", head + main[start:end]) + rest_body.group(2) + main[end:]
