@@ -1050,3 +1050,20 @@ def test_a_large_xmp_packet_survives_jpeg_both_ways(photos, model2, tmp_path):
     assert first.exit_code == second.exit_code == 0, second.stderr
     carried = Image.open(tmp_path / "png" / "edited.png").info["XML:com.adobe.xmp"].encode()
     assert carried.count(b"<rdf:li>xmp.did:") == 5000 and b"HasExtendedXMP" not in carried
+
+
+def test_a_photoshop_tiff_restores_to_jpeg_and_tiff_without_its_old_layers(model2, tmp_path):
+    from PIL import TiffImagePlugin
+
+    directory = TiffImagePlugin.ImageFileDirectory_v2()
+    directory[34377], directory[37724] = b"8BIM" + bytes(100_000), b"Adobe Photoshop Document Data Block\x00"
+    directory.tagtype[34377] = directory.tagtype[37724] = 7
+    directory[271] = "ScanCo"
+    scan = tmp_path / "scan.tif"
+    Image.open(TEST_INPUTS / "rocket.jpg").save(scan, tiffinfo=directory)
+    for fmt in ("jpg", "tiff"):
+        result = invoke("restore", scan, "-o", tmp_path / fmt, "--model", model2, "--format", fmt)
+        assert result.exit_code == 0, result.stderr  # JPEG failed: "EXIF data is too long"
+        written = Image.open(next((tmp_path / fmt).iterdir()))
+        tags = written.tag_v2 if fmt == "tiff" else written.getexif()
+        assert tags.get(271) == "ScanCo" and not {34377, 37724} & set(tags)

@@ -960,3 +960,42 @@ def test_no_density_is_invented():
     assert b"pHYs" not in png and "dpi" not in Image.open(io.BytesIO(png)).info
     assert not {282, 283, 296} & set(Image.open(io.BytesIO(tiff)).tag_v2)  # (Pillow reports 1 dpi for such a TIFF)
     assert decode_image(tiff, "no density").dpi is None  # and restorecli does not take that for a density
+
+
+def _photoshop_tiff(description: str = "scan of a 1962 print") -> bytes:
+    """A TIFF as Photoshop saves one: image resources (34377) and layer data (37724) beside the picture."""
+    from PIL import TiffImagePlugin
+
+    directory = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, value in ((34377, b"8BIM\x04\x0c" + bytes(100_000)), (37724, b"Adobe Photoshop Document Data Block\x00")):
+        directory[tag] = value
+        directory.tagtype[tag] = 7  # UNDEFINED
+    directory[270], directory[271] = description, "ScanCo"
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
+        out, "TIFF", tiffinfo=directory)
+    return out.getvalue()
+
+
+def test_a_tiff_s_own_tags_are_not_carried_as_exif():
+    """A TIFF's first directory also says how that file is stored and holds Photoshop's resources and layers
+    (the unrestored picture again: Photoshop would open an output carrying them with the old layers). Only the
+    descriptive tags go on, in every format."""
+    decoded = decode_image(_photoshop_tiff(), "scan.tif")
+    carried = Image.Exif()
+    carried.load(decoded.exif)
+    assert dict(carried) == {270: "scan of a 1962 print", 271: "ScanCo"}
+    color = np.zeros((60, 80, 3), np.uint8)
+    for fmt in ("tiff", "jpg", "png"):
+        written = Image.open(io.BytesIO(encode_image(color, None, fmt, **decoded.metadata_for((80, 60)))))
+        tags = written.tag_v2 if fmt == "tiff" else written.getexif()
+        assert tags.get(271) == "ScanCo" and not {34377, 37724} & set(tags)
+
+
+def test_exif_larger_than_a_jpeg_segment_loses_its_largest_values_not_the_image():
+    decoded = decode_image(_photoshop_tiff("x" * 100_000), "long.tif")  # a 100 KB description
+    assert len(decoded.exif) > 65533
+    written = Image.open(io.BytesIO(encode_image(np.zeros((60, 80, 3), np.uint8), None, "jpg",
+                                                 **decoded.metadata_for((80, 60)))))
+    exif = written.getexif()
+    assert exif.get(271) == "ScanCo" and 270 not in exif  # Pillow alone refused it: "EXIF data is too long"

@@ -31,7 +31,7 @@ from .jpeg import JPEG_MAX_SIDE, XMP_APP1, JpegWriter
 from .pixels import full_scale as full_scale  # re-exported: the engine's conversions use it
 from .png import PngWriter
 from .strips import StripWriter
-from .tiff import TiffWriter
+from .tiff import IMAGE_TAGS, TiffWriter
 from .webp import WEBP_MAX_SIDE, WebpWriter
 from . import xmp as extended_xmp
 
@@ -295,6 +295,11 @@ def _pictures(image: Image.Image) -> int:
 
 
 _EXIF_IFD, _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0x8769, 0xA002, 0xA003
+# Tags of a TIFF's first directory that describe that file, not the photo: how its pixels are stored (offsets into
+# it, sizes, compression), what restorecli carries separately (XMP 700, IPTC 33723, ICC 34675), sub-images (330),
+# and Photoshop's image resources (34377) and layers (37724), which hold the unrestored picture again: Photoshop
+# would open a TIFF carrying them with the old layers. They never go into an output's EXIF.
+_TIFF_ONLY_TAGS = IMAGE_TAGS | {330, 700, 33723, 34377, 37724}
 _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 282, 283, 296  # first directory; unit 2 inch (default), 3 cm
 
 
@@ -452,6 +457,9 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     color = _orient(color, orientation)
     alpha = _orient(alpha, orientation) if alpha is not None else None
     exif_bytes = None
+    if file_format == "TIFF":  # its first directory is the file's own: keep the camera's and scanner's tags only
+        for tag in [tag for tag in exif if tag in _TIFF_ONLY_TAGS]:
+            del exif[tag]
     if len(exif):
         if orientation != 1:
             exif[_EXIF_ORIENTATION] = 1

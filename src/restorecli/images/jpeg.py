@@ -35,7 +35,26 @@ _SOF0, _SOS, _APP0, _APP15 = 0xC0, 0xDA, 0xE0, 0xEF
 XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # how an APP1 segment says it holds XMP
 _PHOTOSHOP_APP13 = b"Photoshop 3.0\x00"
 _SEGMENT_MAX_BYTES = 65535 - 2  # a segment's payload: its length field counts itself
+_EXIF_IFD = 0x8769
 XMP_MAX_BYTES = _SEGMENT_MAX_BYTES - len(XMP_APP1)
+
+
+def fitting_exif(exif: bytes) -> bytes | None:
+    """``exif`` (as Pillow writes it, "Exif" header first) within one APP1 segment: where it is larger (a
+    scanner's long description, a big maker note from a TIFF), its largest values are left out, one at a time,
+    until it fits; None where nothing that fits is left. Pillow refuses a larger block, failing the image."""
+    data = Image.Exif()
+    data.load(exif)
+    directories = [data, data.get_ifd(_EXIF_IFD)]
+    while len(exif) > _SEGMENT_MAX_BYTES:
+        sizes = [(len(value) if isinstance(value, (bytes, str, tuple)) else 0, directory, tag)
+                 for directory in directories for tag, value in directory.items() if tag != _EXIF_IFD]
+        largest = max(sizes, key=lambda entry: entry[0], default=None)
+        if largest is None or largest[0] == 0:
+            return None
+        del largest[1][largest[2]]
+        exif = data.tobytes()
+    return exif
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -76,6 +95,7 @@ class JpegWriter(StripWriter):
             raise ValueError(f"a JPEG holds at most {JPEG_MAX_SIDE} pixels a side, not {width}x{height}; "
                              "write PNG or TIFF (--format png)")
         self._settings: dict[str, object] = {"quality": quality, "restart_marker_rows": 1}
+        exif = fitting_exif(exif) if exif and len(exif) > _SEGMENT_MAX_BYTES else exif
         self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile), ("dpi", dpi))
                           if value}  # the density goes to the JFIF header, in whole dots per inch
         self._extra = b""  # segments of our own, after Pillow's APPn

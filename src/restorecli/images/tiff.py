@@ -35,7 +35,7 @@ _NUMBER_SIZE = {3: 2, 4: 4, 5: 4, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8, 13: 4}
 _SUB_DIRECTORIES = {34665, 34853, 40965}  # EXIF, GPS and (inside EXIF) interoperability directories
 _CLASSIC_LIMIT = 1 << 32
 # Tags that describe the pixels: ours, never copied from the EXIF's first directory.
-_IMAGE_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320, 322, 323, 324,
+IMAGE_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320, 322, 323, 324,
                325, 338, 339, 340, 341, 513, 514, 530, 531, 532, 34675}
 
 
@@ -136,7 +136,7 @@ class TiffWriter(StripWriter):
             for index in range(count):
                 raw = self._exif[first + 2 + 12 * index : first + 14 + 12 * index]
                 tag, kind = struct.unpack_from(self._order + "HH", raw)
-                if len(raw) == 12 and tag not in _IMAGE_TAGS and kind in _FIELD_TYPES:
+                if len(raw) == 12 and tag not in IMAGE_TAGS and kind in _FIELD_TYPES:
                     entries[tag] = raw
             return entries
         except struct.error:
@@ -238,7 +238,7 @@ class TiffWriter(StripWriter):
         if self.big:
             tags[273] = (_LONG8, len(self._offsets), self._pack(f"{len(self._offsets)}Q", *self._offsets))
             tags[279] = (_LONG8, len(self._counts), self._pack(f"{len(self._counts)}Q", *self._counts))
-            camera = {tag: value for tag, value in self._exif_directory().items() if tag not in _IMAGE_TAGS}
+            camera = {tag: value for tag, value in self._exif_directory().items() if tag not in IMAGE_TAGS}
             directory = self._write_directory({**camera, **tags})
         else:
             directory = self._write_directory(tags, self._exif_entries())
