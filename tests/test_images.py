@@ -229,10 +229,13 @@ def test_an_xmp_packet_too_large_for_one_jpeg_segment_goes_as_extended_xmp():
     payloads = _app1_payloads(jpeg)
     main = next(p[len(XMP_APP1):] for p in payloads if p.startswith(XMP_APP1))
     chunks = [p for p in payloads if p.startswith(EXTENSION_APP1)]
-    assert len(main) < 1000 and len(chunks) > 1 and all(len(p) + 2 <= 65535 for p in payloads)
+    assert len(main) <= XMP_MAX_BYTES and len(chunks) > 1 and all(len(p) + 2 <= 65535 for p in payloads)
+    # a reader that knows no extended XMP still finds the small properties in the main packet
+    assert b"Wedding, 1962" in main and b'photoshop:Credit="archive"' in main and b"DocumentAncestors" not in main
     digest = re.search(rb'HasExtendedXMP="([0-9A-F]{32})"', main).group(1)
     rest = b"".join(c[len(EXTENSION_APP1) + 40 :] for c in chunks)
     assert hashlib.md5(rest).hexdigest().upper().encode() == digest and rest.startswith(b"<x:xmpmeta")
+    assert b"DocumentAncestors" in rest and b"Wedding, 1962" not in rest  # each property in one part
     head = len(EXTENSION_APP1)
     assert all(c[head : head + 32] == digest for c in chunks)
     assert {int.from_bytes(c[head + 32 : head + 36], "big") for c in chunks} == {len(rest)}  # the full length
@@ -254,12 +257,15 @@ def test_extended_xmp_that_does_not_add_up_is_left_out():
     from restorecli.images.jpeg import XMP_APP1
     from restorecli.images.xmp import merge, split
 
-    main, chunks = split(_large_xmp())
+    main, chunks = split(_large_xmp(), 65502)
     assert merge(main, chunks[:-1]) == main  # a chunk missing: the main packet alone
     spoiled = chunks[0][:-1] + b"?"
     assert merge(main, [spoiled, *chunks[1:]]) == main  # the digest does not match
     assert merge(b"<x:xmpmeta/>", chunks) == b"<x:xmpmeta/>"  # no pointer
     assert XMP_APP1 not in main
+    garbled = b"<x:xmpmeta>" + b"&" * 70_000  # not XML: it goes whole to the rest, behind a bare pointer
+    main, chunks = split(garbled, 65502)
+    assert b"HasExtendedXMP" in main and b"".join(c[75:] for c in chunks) == garbled
 
 
 def test_sixteen_bit_png_carries_exif_and_icc():

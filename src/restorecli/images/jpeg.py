@@ -102,7 +102,7 @@ class JpegWriter(StripWriter):
         if xmp and len(xmp) <= XMP_MAX_BYTES:
             self._extra += _segment(0xE1, XMP_APP1 + xmp)
         elif xmp:  # too large for one segment: extended XMP, a main packet pointing to chunks of the rest
-            main, chunks = extended_xmp.split(xmp)
+            main, chunks = extended_xmp.split(xmp, XMP_MAX_BYTES)
             self._extra += _segment(0xE1, XMP_APP1 + main) + b"".join(_segment(0xE1, chunk) for chunk in chunks)
         if iptc:  # as Photoshop keeps them: image resource 0x0404 in an APP13 segment
             resource = b"8BIM\x04\x04\x00\x00" + len(iptc).to_bytes(4, "big") + iptc + bytes(len(iptc) % 2)

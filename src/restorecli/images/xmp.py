@@ -6,39 +6,81 @@ the usual APP1 segment, whose ``xmpNote:HasExtendedXMP`` names the rest by the M
 uppercase hex digits), and that rest, an ``x:xmpmeta`` element without the packet wrapper, cut into chunks of
 APP1 segments of their own, each headed by the digest, the full length and the chunk's offset.
 
-Here the rest is the whole packet (every property, in one place; the main packet holds only the pointer), and on
-reading, the rest's descriptions are merged back into the main packet, so other formats get one packet again.
+Here the largest properties go to the rest until the main packet fits, so a reader that knows no extended XMP
+still finds the small ones there (title, keywords, ratings); a packet that does not parse as XML goes whole to
+the rest. On reading, the rest's descriptions are merged back into the main packet, so other formats get one
+packet again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import xml.etree.ElementTree as ElementTree
 
 EXTENSION_APP1 = b"http://ns.adobe.com/xmp/extension/\x00"  # how an APP1 segment says it holds a chunk of it
 _HEADER = len(EXTENSION_APP1) + 32 + 4 + 4  # namespace, digest, full length, offset
 _CHUNK_BYTES = 65400  # the chunk size Adobe's own writers use (a segment would take 65458)
 _WRAPPER = re.compile(rb"<\?xpacket[^>]*\?>\s*")
-_POINTER = re.compile(rb"""\s*xmpNote:HasExtendedXMP\s*=\s*["'][0-9A-Fa-f]{32}["']|"""
-                      rb"""<xmpNote:HasExtendedXMP>\s*[0-9A-Fa-f]{32}\s*</xmpNote:HasExtendedXMP>""")
+_POINTER = re.compile(rb"""\s*[\w.-]+:HasExtendedXMP\s*=\s*["'][0-9A-Fa-f]{32}["']|"""
+                      rb"""<([\w.-]+):HasExtendedXMP>\s*[0-9A-Fa-f]{32}\s*</\1:HasExtendedXMP>""")
 _DIGEST = re.compile(rb"""HasExtendedXMP(?:\s*=\s*["']|>\s*)([0-9A-Fa-f]{32})""")
 _RDF_BODY = re.compile(rb"<rdf:RDF\b([^>]*)>(.*)</rdf:RDF>", re.S)
 _XMPMETA = re.compile(rb"<x:xmpmeta\b([^>]*)>")
 _NAMESPACE = re.compile(rb"""\sxmlns:([\w.-]+)\s*=\s*(["'][^"']*["'])""")
 
 
-def split(packet: bytes) -> tuple[bytes, list[bytes]]:
-    """(main packet, extension APP1 payloads) that together carry ``packet``."""
-    rest = _WRAPPER.sub(b"", packet).strip()
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_XMP_NOTE = "http://ns.adobe.com/xmp/note/"
+_BEGIN, _END = b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>', b'<?xpacket end="w"?>'
+
+
+def split(packet: bytes, limit: int) -> tuple[bytes, list[bytes]]:
+    """(main packet of at most ``limit`` bytes, extension APP1 payloads) that together carry ``packet``."""
+    try:
+        main_tree, rest = _partition(_WRAPPER.sub(b"", packet).strip(), limit - 200)  # room for the pointer
+    except (ElementTree.ParseError, ValueError):
+        main_tree, rest = None, _WRAPPER.sub(b"", packet).strip()
     digest = hashlib.md5(rest).hexdigest().upper().encode("ascii")
-    main = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            b'<rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/" xmpNote:HasExtendedXMP="'
-            + digest + b'"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+    if main_tree is None:
+        main = (_BEGIN + b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-'
+                b'rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/" '
+                b'xmpNote:HasExtendedXMP="' + digest + b'"/></rdf:RDF></x:xmpmeta>' + _END)
+    else:
+        ElementTree.register_namespace("xmpNote", _XMP_NOTE)
+        main_tree.find(f"{_RDF}RDF/{_RDF}Description").set(f"{{{_XMP_NOTE}}}HasExtendedXMP", digest.decode())
+        main = _BEGIN + ElementTree.tostring(main_tree) + _END
     header = EXTENSION_APP1 + digest + len(rest).to_bytes(4, "big")
     chunks = [header + offset.to_bytes(4, "big") + rest[offset : offset + _CHUNK_BYTES]
               for offset in range(0, len(rest), _CHUNK_BYTES)]
     return main, chunks
+
+
+def _partition(body: bytes, limit: int) -> tuple[ElementTree.Element, bytes]:
+    """Move the largest properties of ``body`` (an ``x:xmpmeta`` element) into a description of their own in a
+    second one, until the first serialises within ``limit`` bytes; returns (first, second serialised)."""
+    for _event, (prefix, uri) in ElementTree.iterparse(io.BytesIO(body), events=("start-ns",)):
+        if prefix and not re.fullmatch(r"ns\d+", prefix):
+            ElementTree.register_namespace(prefix, uri)  # keep the packet's own prefixes when serialising
+    root = ElementTree.fromstring(body)
+    rdf = root.find(f"{_RDF}RDF")
+    descriptions = rdf.findall(f"{_RDF}Description") if rdf is not None else []
+    if not descriptions:
+        raise ValueError("no rdf:Description")
+    properties = sorted(((len(ElementTree.tostring(p)), d, p) for d in descriptions for p in d),
+                        key=lambda entry: entry[0], reverse=True)
+    moved = ElementTree.Element(f"{_RDF}Description", {f"{_RDF}about": ""})
+    for _size, description, prop in properties:
+        if len(ElementTree.tostring(root)) <= limit:
+            break
+        description.remove(prop)
+        moved.append(prop)
+    if len(ElementTree.tostring(root)) > limit or not len(moved):
+        raise ValueError("the properties left do not fit")  # large attributes: everything goes to the rest
+    rest = ElementTree.Element(root.tag, dict(root.attrib))
+    ElementTree.SubElement(rest, f"{_RDF}RDF").append(moved)
+    return root, ElementTree.tostring(rest)
 
 
 def merge(main: bytes, payloads: list[bytes]) -> bytes:
