@@ -956,6 +956,14 @@ def test_density_follows_the_orientation_and_the_exif_resolution_is_scaled():
     assert (float(carried[282]), float(carried[283])) == (288, 384) and metadata["dpi"] == pytest.approx((288, 384))
 
 
+def test_a_damaged_density_is_not_carried():
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(out, "TIFF", dpi=(5e8, 5e8))  # no scanner; scaled 4x it would not fit pHYs
+    decoded = decode_image(out.getvalue(), "odd.tif")
+    assert decoded.dpi is None
+    assert b"pHYs" not in encode_image(np.zeros((120, 160, 3), np.uint8), None, "png", **decoded.metadata_for((160, 120)))
+
+
 def test_no_density_is_invented():
     plain = io.BytesIO()
     Image.new("RGB", (40, 30)).save(plain, "PNG")

@@ -301,6 +301,7 @@ _EXIF_IFD, _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0x8769, 0xA002, 0xA003
 # would open a TIFF carrying them with the old layers. They never go into an output's EXIF.
 _TIFF_ONLY_TAGS = IMAGE_TAGS | {330, 700, 33723, 34377, 37724}
 _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 282, 283, 296  # first directory; unit 2 inch (default), 3 cm
+_MAX_DPI = 100_000  # past any scanner: a damaged field, not a density (scaled up, it would not fit PNG's or TIFF's)
 
 
 def _set_xmp_field(packet: bytes, name: bytes, value: int) -> bytes:
@@ -362,7 +363,7 @@ def _density(image: Image.Image, exif: Image.Exif, orientation: int) -> tuple[fl
         if per_inch is None or x is None or y is None:
             return None
         x, y = x * per_inch, y * per_inch
-    if x is None or y is None:
+    if x is None or y is None or max(x, y) > _MAX_DPI:
         return None
     return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
 

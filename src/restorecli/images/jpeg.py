@@ -39,7 +39,7 @@ _EXIF_IFD = 0x8769
 XMP_MAX_BYTES = _SEGMENT_MAX_BYTES - len(XMP_APP1)
 
 
-def fitting_exif(exif: bytes) -> bytes | None:
+def _fitting_exif(exif: bytes) -> bytes | None:
     """``exif`` (as Pillow writes it, "Exif" header first) within one APP1 segment: where it is larger (a
     scanner's long description, a big maker note from a TIFF), its largest values are left out, one at a time,
     until it fits; None where nothing that fits is left. Pillow refuses a larger block, failing the image."""
@@ -95,7 +95,7 @@ class JpegWriter(StripWriter):
             raise ValueError(f"a JPEG holds at most {JPEG_MAX_SIDE} pixels a side, not {width}x{height}; "
                              "write PNG or TIFF (--format png)")
         self._settings: dict[str, object] = {"quality": quality, "restart_marker_rows": 1}
-        exif = fitting_exif(exif) if exif and len(exif) > _SEGMENT_MAX_BYTES else exif
+        exif = _fitting_exif(exif) if exif and len(exif) > _SEGMENT_MAX_BYTES else exif
         self._metadata = {key: value for key, value in (("exif", exif), ("icc_profile", icc_profile), ("dpi", dpi))
                           if value}  # the density goes to the JFIF header, in whole dots per inch
         self._extra = b""  # segments of our own, after Pillow's APPn
