@@ -159,8 +159,8 @@ def enhance_faces(canvas: np.ndarray, source: np.ndarray, detector: FaceDetector
 class FaceRows:
     """A row sink (see ``engine.tiling.RowSink``) that restores the faces of ``plan`` on the way to ``sink``:
     rows above and below the faces pass straight through; the rows between the first face's top and the last
-    face's bottom are held until the last of them has come, then ``restore(band)`` changes them in place (one
-    network call for every face) and they go on. Only the first ``color_planes`` planes are handed to
+    face's bottom are held until the last of them has come, then ``restore(band)`` changes them in place (every face
+    restored at once, memory allowing) and they go on. Only the first ``color_planes`` planes are handed to
     ``restore``; an alpha plane after them passes unchanged."""
 
     def __init__(self, sink, plan: FacePlan, color_planes: int, restore: Callable[[np.ndarray], object]):
