@@ -12,7 +12,8 @@ import pytest
 import skimage.data
 import torch
 
-from conftest import tiny_compact_state
+from conftest import TEST_INPUTS, tiny_compact_state
+from PIL import Image
 from ncnn_writer import rrdb_state, write_compact, write_rrdb
 from restorecli.errors import UnsupportedModel, WeightsNotFound
 from restorecli.models.loading import load_model, resolve_model_path, weights_dir
@@ -238,3 +239,19 @@ def test_rrdb_graphs_of_any_depth_and_scale_round_trip_through_ncnn(tmp_path, nu
     with torch.inference_mode():
         ours = model.module(torch.from_numpy(chw.copy())[None])[0].numpy()
     np.testing.assert_allclose(ours, _ncnn_reference(param, chw), atol=1e-4)
+
+
+def test_embedded_models_run_where_the_weights_folder_cannot_be_written(tmp_path, embedded_dir):
+    """A read-only weights folder (a container's, a shared install's) cannot keep the converted file: the model
+    is converted from the package's files in memory instead, in every run, rather than refused."""
+    from typer.testing import CliRunner
+
+    from restorecli.cli.app import app
+
+    taken = tmp_path / "file"
+    taken.write_text("not a folder")
+    result = CliRunner().invoke(app, ["restore", str(TEST_INPUTS / "rocket.jpg"), "-o", str(tmp_path / "o"),
+                                      "--model", "realesr-animevideov3", "--weights-dir", str(taken / "weights")])
+    assert result.exit_code == 0, result.stderr
+    assert Image.open(tmp_path / "o" / "rocket.jpg").size == (384, 256)
+    assert taken.read_text() == "not a folder"

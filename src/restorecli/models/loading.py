@@ -130,7 +130,10 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
         return entry.name, found
     param = embedded_param(entry)
     if param is not None:
-        return entry.name, install_embedded(entry, param.parent, directory)
+        try:
+            return entry.name, install_embedded(entry, param.parent, directory)
+        except WeightsNotInstalled:  # a weights folder that cannot be written (read-only): convert in memory,
+            return entry.name, param  # in every run, from the package's own files
     raise WeightsNotInstalled(_missing_message(entry, directory))
 
 
