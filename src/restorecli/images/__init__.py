@@ -24,7 +24,7 @@ from typing import BinaryIO, Literal
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, ImageError, ImageTooLarge
 from .jpeg import JPEG_MAX_SIDE, XMP_APP1, JpegWriter
@@ -294,7 +294,7 @@ def _pictures(image: Image.Image) -> int:
     return frames
 
 
-_EXIF_IFD, _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0x8769, 0xA002, 0xA003
+_PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003
 # Tags of a TIFF's first directory that describe that file, not the photo: how its pixels are stored (offsets into
 # it, sizes, compression), what restorecli carries separately (XMP 700, IPTC 33723, ICC 34675), sub-images (330),
 # and Photoshop's image resources (34377) and layers (37724), which hold the unrestored picture again: Photoshop
@@ -325,7 +325,7 @@ def _exif_for_output(exif: bytes, size: tuple[int, int], scale: tuple[float, flo
     data = Image.Exif()
     data.load(exif)
     changed = False
-    directory = data.get_ifd(_EXIF_IFD)
+    directory = data.get_ifd(ExifTags.IFD.Exif)
     if _PIXEL_X_DIMENSION in directory or _PIXEL_Y_DIMENSION in directory:
         directory[_PIXEL_X_DIMENSION], directory[_PIXEL_Y_DIMENSION] = size
         changed = True

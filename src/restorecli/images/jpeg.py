@@ -22,7 +22,7 @@ import io
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from . import xmp as extended_xmp
 from .pixels import flatten_alpha, to_8bit
@@ -35,7 +35,6 @@ _SOF0, _SOS, _APP0, _APP15 = 0xC0, 0xDA, 0xE0, 0xEF
 XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # how an APP1 segment says it holds XMP
 _PHOTOSHOP_APP13 = b"Photoshop 3.0\x00"
 _SEGMENT_MAX_BYTES = 65535 - 2  # a segment's payload: its length field counts itself
-_EXIF_IFD = 0x8769
 XMP_MAX_BYTES = _SEGMENT_MAX_BYTES - len(XMP_APP1)
 
 
@@ -45,10 +44,10 @@ def _fitting_exif(exif: bytes) -> bytes | None:
     until it fits; None where nothing that fits is left. Pillow refuses a larger block, failing the image."""
     data = Image.Exif()
     data.load(exif)
-    directories = [data, data.get_ifd(_EXIF_IFD)]
+    directories = [data, data.get_ifd(ExifTags.IFD.Exif)]
     while len(exif) > _SEGMENT_MAX_BYTES:
         sizes = [(len(value) if isinstance(value, (bytes, str, tuple)) else 0, directory, tag)
-                 for directory in directories for tag, value in directory.items() if tag != _EXIF_IFD]
+                 for directory in directories for tag, value in directory.items() if tag != ExifTags.IFD.Exif]
         largest = max(sizes, key=lambda entry: entry[0], default=None)
         if largest is None or largest[0] == 0:
             return None

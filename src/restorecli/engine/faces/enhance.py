@@ -1,5 +1,6 @@
 """Face restoration on an upscaled image: detect on the input, align from the output, restore in batched network
-calls (every face of an image in one, where memory holds them), paste the change back. Arrays in, arrays out; timings per stage for the benchmark.
+calls (every face of an image in one, where memory holds them), paste the change back. Arrays in, arrays out;
+timings per stage for the benchmark.
 
 The faces are found on the input, before the output exists, so the output rows they read and change are known in
 advance (``FacePlan``): an output written a strip of rows at a time (``FaceRows``) holds only those rows, from the
