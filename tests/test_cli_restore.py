@@ -460,12 +460,12 @@ def test_dry_run_writes_nothing(photos, model2, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])  # written as the rows come, and all at the end
 def test_failure_while_writing_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch, fmt):
-    import restorecli.images as images
+    import restorecli.files as files
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(images.os, "fsync", full_disk)  # the atomic writer's last step before the rename
+    monkeypatch.setattr(files.os, "fsync", full_disk)  # the atomic writer's last step before the rename
     out = tmp_path / "o"
     result = invoke("restore", photos / "rocket.jpg", "-o", out, "--model", model2, "--json", "--format", fmt)
     assert result.exit_code == 1
@@ -951,9 +951,9 @@ def test_two_runs_over_one_folder_share_the_images(make_model, tmp_path):
 def test_a_rerun_removes_what_a_killed_run_left_and_nothing_else(photos, model2, tmp_path):
     """A run killed with SIGKILL leaves the image in hand's temporary file; the next run into the folder
     removes it. A dry run, which writes nothing, removes nothing."""
-    from test_images import _dead_pid
+    from test_files import _dead_pid
 
-    from restorecli.images import _host
+    from restorecli.files import _host
 
     out = tmp_path / "o"
     out.mkdir()
@@ -970,7 +970,7 @@ def test_stop_signals_leave_an_ignored_signal_ignored_and_restore_the_handlers()
     """Under ``nohup`` SIGHUP is ignored, and must stay so; after the block the old handlers are back."""
     import signal
 
-    from restorecli.cli.app import Interrupted, stop_signals
+    from restorecli.cli.exits import Interrupted, stop_signals
 
     before_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     before_term = signal.getsignal(signal.SIGTERM)

@@ -37,6 +37,7 @@ from .engine.faces.enhance import (
 )
 from .engine.tiling import TileProgress
 from .errors import ImageError, RestoreCliError, UsageError
+from .files import STDIO, LiveWriters, atomic_writer, check_output_folder, file_id, remove_abandoned_temporaries, write_atomic
 from .images import (
     DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
@@ -44,9 +45,7 @@ from .images import (
     SIXTEEN_BIT_FORMATS,
     STRIP_WRITERS,
     DecodedImage,
-    LiveWriters,
     OutputFormat,
-    atomic_writer,
     check_output_size,
     decode_image,
     encode_image,
@@ -55,14 +54,11 @@ from .images import (
     probe,
     read_input_file,
     read_input_stream,
-    remove_abandoned_temporaries,
     strip_writer,
-    write_atomic,
 )
 from .models.loading import LoadedModel, load_model, weights_dir
 from .models.registry import DEFAULT_MODEL, REGISTRY
 
-STDIO = "-"
 Status = Literal["ok", "skipped", "error", "planned"]
 
 
@@ -172,16 +168,6 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
             )
         raise UsageError(f"no input matched: {shown}")
     return items
-
-
-def file_id(path: Path) -> tuple[int, int] | None:
-    """The (device, inode) naming a file, so that two paths to one file match whatever their spelling
-    (symbolic and hard links, and case on case-insensitive file systems); None if it does not exist."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
 
 
 def _files_of(items: list[InputItem]) -> dict[tuple[int, int], str]:
@@ -521,22 +507,11 @@ def restore_batch(
 
 
 
-def check_output_folder(folder: Path, option: str = "-o") -> None:
-    """Refuse an output folder that is a file, or lies under one, before any model time is spent (every write
-    into it would fail). ``option`` names the command-line option that gave it, for the message."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
-    if existing is not None and not existing.is_dir():
-        what = "a file" if existing.is_file() else "a broken link" if not existing.exists() else "no folder"
-        where = "is" if existing == folder else f"lies under {existing}, which is"
-        raise UsageError(f"{option} {folder}: {where} {what}, not a folder")
-
-
 def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:
     return ItemResult(item.source, str(output) if output else None, "error", message, in_size, None,
                       round(time.perf_counter() - t0, 3))
 
 
 __all__ = [
-    "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "check_output_folder", "collect_inputs",
-    "file_id", "output_path_for", "restore_batch",
+    "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "collect_inputs", "output_path_for", "restore_batch",
 ]

@@ -1,21 +1,20 @@
-"""The ``restorecli`` command: one Typer app, one place that maps library errors to exit codes."""
+"""The ``restorecli`` command: one Typer app, its commands registered from one module per command group.
+
+Nothing heavy is imported here or by the command modules at import time: torch, spandrel, OpenCV and the image
+codecs are imported inside the commands that run a model or decode pixels, so ``--help``, ``--version``, shell
+completion, ``status``, ``prune`` and ``models`` start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
-from typing import Iterator
-
 import typer
 
-from ..errors import RestoreCliError
-from . import render
+from . import evaluate, jobs, restore, weights
 
 app = typer.Typer(
     name="restorecli",
     help="Batch image restoration: tiled Real-ESRGAN upscaling on CUDA, MPS or the CPU.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is shown as written: rich markup would swallow its "[default: ...]"
 )
@@ -36,55 +35,15 @@ def _root(
     """Batch image restoration: tiled Real-ESRGAN upscaling on CUDA, MPS or the CPU."""
 
 
-@contextmanager
-def exit_on_error() -> Iterator[None]:
-    """Turn a restorecli error into its message on stderr and its exit code."""
-    try:
-        yield
-    except RestoreCliError as exc:
-        render.error(str(exc))
-        raise typer.Exit(code=exc.exit_code) from None
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived. A ``KeyboardInterrupt``, so every cleanup that runs on
-    Ctrl-C (the atomic writer removes its temporary file) runs for ``kill`` and ``timeout`` too."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def stop_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise ``Interrupted`` as Ctrl-C does (whose ``KeyboardInterrupt``
-    becomes ``Interrupted(SIGINT)``), instead of killing the process mid-write. A signal the process was told
-    to ignore (``nohup``) stays ignored."""
-
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {}
-    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]  # Windows: no SIGHUP
-    for signum in stops:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, interrupt)
-    try:
-        yield
-    except Interrupted:
-        raise
-    except KeyboardInterrupt:
-        raise Interrupted(signal.SIGINT) from None
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _register() -> None:
-    from . import evaluate, jobs, restore, weights  # noqa: F401  (each registers its commands on ``app``)
-
-
-_register()
+# In the order a user needs them: restore first, then the queue, then weights and measurement.
+app.command()(restore.restore)
+app.command()(jobs.submit)
+app.command()(jobs.worker)
+app.command()(jobs.status)
+app.command()(jobs.prune)
+app.command()(weights.models)
+app.command("download-weights")(weights.download_weights)
+app.command()(evaluate.evaluate)
 
 
 def main() -> None:

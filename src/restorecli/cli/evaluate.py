@@ -8,7 +8,7 @@ import json
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -16,13 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import RestoreCliError, UsageError
-from ..evaluate.metrics import METRIC_LABELS, METRIC_NAMES, format_metric
-from ..evaluate.run import EvalOptions, Evaluation, ImageResult, evaluate as run_evaluation
-from ..images import write_atomic
-from ..pipeline import check_output_folder
+from ..files import check_output_folder, write_atomic
 from . import options as o
-from .app import app, exit_on_error
+from .exits import exit_on_error
 from .render import stderr_console
+
+if TYPE_CHECKING:  # the evaluation runs models: it is imported when the command runs, not for --help
+    from ..evaluate.run import Evaluation
 
 D = o.DEFAULTS
 
@@ -38,6 +38,8 @@ def _number(value: float) -> float | str:
 
 
 def _rows(evaluation: Evaluation) -> list[dict]:
+    from ..evaluate.metrics import METRIC_NAMES  # numpy: only when shown
+
     rows = []
     for image in evaluation.images:
         if image.error:
@@ -56,6 +58,8 @@ def _summary(evaluation: Evaluation) -> dict:
 
 
 def _csv(evaluation: Evaluation) -> bytes:
+    from ..evaluate.metrics import METRIC_NAMES  # numpy: only when shown
+
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["image", "method", "kind", *METRIC_NAMES, "seconds", "error"])
@@ -69,6 +73,8 @@ def _csv(evaluation: Evaluation) -> bytes:
 
 
 def _table(evaluation: Evaluation) -> Table:
+    from ..evaluate.metrics import METRIC_LABELS, METRIC_NAMES, format_metric  # numpy: only when shown
+
     means = evaluation.means()
     table = Table(title=f"restorecli evaluate: {len(evaluation.succeeded)} image(s), {len(evaluation.failed)} failed",
                   title_justify="left")
@@ -86,7 +92,6 @@ def _table(evaluation: Evaluation) -> Table:
     return table
 
 
-@app.command()
 def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Reference images or folders [default: test_inputs/].",
                                                           show_default=False)] = None,
@@ -112,6 +117,8 @@ def evaluate(
     weights_dir: o.WeightsDir = None,
 ) -> None:
     """Measure models against bicubic and Lanczos: PSNR/SSIM on RGB and Y, per image and as means."""
+    from ..evaluate.run import EvalOptions, evaluate as run_evaluation
+
     console = stderr_console()
     with exit_on_error():
         names = tuple(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
@@ -137,7 +144,6 @@ def evaluate(
                 elif event == "image":
                     progress.update(task, current=escape(str(payload)))
                 elif event == "done":
-                    assert isinstance(payload, ImageResult)
                     progress.advance(task)
                     if payload.error:
                         progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)

@@ -16,16 +16,13 @@ from rich.table import Table
 from ..jobs.prune import parse_age, prune as prune_target
 from ..jobs.status import job_status, queue_overview
 from ..jobs.store import queue_dir
-from ..jobs.submit import submit_job
-from ..jobs.worker import WorkerOptions, run_worker
 from . import options as o
-from .app import app, exit_on_error
+from .exits import exit_on_error
 from .render import stderr_console
 
 D = o.DEFAULTS
 
 
-@app.command()
 def submit(
     inputs: o.Inputs,
     queue: o.Queue = None,
@@ -55,6 +52,8 @@ def submit(
 ) -> None:
     """Queue one job: the inputs are copied into the job folder; a worker restores them later."""
     values = locals()
+    from ..jobs.submit import submit_job
+
     with exit_on_error():
         options = o.restore_options(values)
         root = queue_dir(queue)
@@ -66,7 +65,6 @@ def submit(
         stderr_console().print(f"queued {len(job.inputs)} image(s) in {escape(str(root))} at position {position}")
 
 
-@app.command()
 def worker(
     queue: o.Queue = None,
     once: Annotated[bool, typer.Option(help="Drain the queue and exit (for cron).")] = False,
@@ -83,6 +81,8 @@ def worker(
     json_output: o.Json = False,
 ) -> None:
     """Process queued jobs oldest first; SIGINT/SIGTERM finish the image in hand and leave the job resumable."""
+    from ..jobs.worker import WorkerOptions, run_worker
+
     console = stderr_console()
     stop = threading.Event()
 
@@ -120,7 +120,6 @@ def worker(
         raise typer.Exit(3)
 
 
-@app.command()
 def status(
     job_id: Annotated[Optional[str], typer.Argument(help="A job id [default: the whole queue].", show_default=False)]
     = None,
@@ -155,7 +154,6 @@ def status(
         typer.echo(f"{run['job_id']}\t{run['worker']}\t{run['current'] or '-'}\t{state}")
 
 
-@app.command()
 def prune(
     path: Annotated[Optional[Path], typer.Argument(help="A queue folder or a plain output folder.",
                                                    show_default=False)] = None,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..errors import UsageError
-from ..images import DEFAULT_MAX_PIXELS
+from ..images.formats import DEFAULT_MAX_PIXELS
 from ..models.registry import DEFAULT_MODEL
-from ..pipeline import RestoreOptions
+
+if TYPE_CHECKING:
+    from ..pipeline import RestoreOptions
 
 
 class Format(str, Enum):
@@ -101,6 +103,8 @@ SHARED = ("model", "outscale", "tile", "tile_pad", "device", "precision", "forma
 def restore_options(values: dict, **extra) -> RestoreOptions:
     """RestoreOptions from a command's parameters (its ``locals()``): the shared ones are picked by name,
     enums and ``--tile`` parsed; ``extra`` holds the command's own fields."""
+    from ..pipeline import RestoreOptions
+
     shared = {name: values[name] for name in SHARED}
     for name in ("precision", "format", "alpha"):
         shared[name] = shared[name].value

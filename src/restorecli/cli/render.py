@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,7 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..pipeline import BatchResult, ItemResult
+if TYPE_CHECKING:  # the pipeline loads torch; the commands that render no batch do not need it
+    from ..pipeline import BatchResult, ItemResult
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "error": "bold red", "planned": "cyan"}
 
@@ -104,7 +105,6 @@ class BatchRenderer:
             if total > 1:
                 self.progress.update(self.task, current=f"{self.current} [dim](tile {done}/{total})[/]")
         elif event == "done" and self.task is not None:
-            assert isinstance(payload, ItemResult)
             self.items.append(payload)
             self.progress.advance(self.task)
             self._item(payload)
@@ -125,6 +125,8 @@ class BatchRenderer:
 
     def so_far(self, interrupted: int) -> BatchResult:
         """The batch as far as it got, for when a signal stopped it."""
+        from ..pipeline import BatchResult
+
         return BatchResult(list(self.items), round(time.perf_counter() - self.started, 3), interrupted=interrupted)
 
     def summary(self, batch: BatchResult) -> None:

@@ -8,15 +8,14 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from ..pipeline import STDIO, restore_batch
+from ..files import STDIO
 from . import options as o
-from .app import Interrupted, app, exit_on_error, stop_signals
+from .exits import Interrupted, exit_on_error, stop_signals
 from .render import BatchRenderer
 
 D = o.DEFAULTS
 
 
-@app.command()
 def restore(
     inputs: o.Inputs,
     output: Annotated[str, typer.Option("-o", "--output", help="Output directory, or - for stdout.")] = "results",
@@ -48,6 +47,8 @@ def restore(
 ) -> None:
     """Upscale images with a Real-ESRGAN-family model."""
     values = locals()
+    from ..pipeline import restore_batch
+
     with exit_on_error():
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")

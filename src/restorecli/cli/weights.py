@@ -16,13 +16,12 @@ from ..errors import UsageError
 from ..models.download import DownloadOptions, default_names, fetch, import_local, model_status
 from ..models.loading import weights_dir as resolve_weights_dir
 from ..models.registry import REGISTRY
-from .app import app, exit_on_error
+from .exits import exit_on_error
 from .options import Json as JsonFlag
 from .options import WeightsDir
 from .render import stderr_console
 
 
-@app.command()
 def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
     """List every known model with its status: installed, missing, embedded or corrupt."""
     with exit_on_error():
@@ -47,7 +46,6 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
             typer.echo(f"{row['name']}\t{row['status']}\t{row['path']}")
 
 
-@app.command("download-weights")
 def download_weights(
     names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch [default: what restore needs].",
                                                          show_default=False)] = None,

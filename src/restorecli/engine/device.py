@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DeviceMissing, DeviceUnavailable
-from ..images import write_atomic
+from ..files import write_atomic
 from ..models.loading import LoadedModel, ModelSpec
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import float_to_uint8, write_atomic
+from ..files import write_atomic
+from ..images import float_to_uint8
 from .metrics import METRIC_LABELS, METRIC_NAMES, bt601_y, format_metric
 from .run import Evaluation, ImageResult, ReportPictures, Row
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from ..errors import QueueUnavailable, SetupError, UsageError
-from ..images import write_atomic
+from ..files import write_atomic
 
 QUEUE_ENV = "RESTORECLI_QUEUE"
 DEFAULT_QUEUE = "restorecli-queue"

@@ -10,7 +10,8 @@ from typing import BinaryIO
 
 from ..errors import ImageError, SetupError, UsageError, WeightsNotFound
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
-from ..pipeline import STDIO, InputItem, RestoreOptions, collect_inputs, file_id
+from ..files import file_id
+from ..pipeline import STDIO, InputItem, RestoreOptions, collect_inputs
 from ..models.registry import REGISTRY
 from .store import Job, JobStore, new_job_id
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..errors import SetupError, UnsupportedModel, UsageError
-from ..images import atomic_writer
+from ..files import atomic_writer
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
 from .loading import EMBEDDED_INSTALL, embedded_param, install_embedded, installed_file, read_state_dict, save_converted
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename

