@@ -450,12 +450,11 @@ def test_human_output_of_the_queue_commands(tmp_path, queue, model):
 
 
 def test_an_unexpected_failure_is_retried_then_fails_the_job(tmp_path, queue, model, monkeypatch):
-    import restorecli.jobs.worker as worker_module
 
     def broken(*args, **kwargs):
         raise KeyError("an unforeseen bug")
 
-    monkeypatch.setattr(worker_module, "restore_batch", broken)
+    monkeypatch.setattr("restorecli.pipeline.restore_batch", broken)  # the worker imports it with its first job
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg"]))["job_id"]
     assert cli("worker", "--queue", queue, "--max-jobs", 1, "--max-attempts", 2).exit_code == 0
     record = job(queue, job_id)

@@ -399,9 +399,9 @@ def restore_batch(
         check_output_folder(out_root)
     if options.save_faces:
         check_output_folder(Path(options.save_faces), "--save-faces")
+    notify("start", len(items))  # before the model loads, so a stop while it loads counts the batch too
     if restorer is None and not options.dry_run:
         restorer = Restorer.from_options(options)
-    notify("start", len(items))
 
     def on_tile(done: int, total: int) -> None:
         notify("tiles", (done, total))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from . import evaluate, jobs, restore, weights
+from .help import Command
 
 app = typer.Typer(
     name="restorecli",
@@ -36,14 +37,14 @@ def _root(
 
 
 # In the order a user needs them: restore first, then the queue, then weights and measurement.
-app.command()(restore.restore)
-app.command()(jobs.submit)
-app.command()(jobs.worker)
-app.command()(jobs.status)
-app.command()(jobs.prune)
-app.command()(weights.models)
-app.command("download-weights")(weights.download_weights)
-app.command()(evaluate.evaluate)
+app.command(cls=Command)(restore.restore)
+app.command(cls=Command)(jobs.submit)
+app.command(cls=Command)(jobs.worker)
+app.command(cls=Command)(jobs.status)
+app.command(cls=Command)(jobs.prune)
+app.command(cls=Command)(weights.models)
+app.command("download-weights", cls=Command)(weights.download_weights)
+app.command(cls=Command)(evaluate.evaluate)
 
 
 def main() -> None:

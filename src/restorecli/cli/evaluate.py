@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -27,9 +26,7 @@ if TYPE_CHECKING:  # the evaluation runs models: it is imported when the command
 D = o.DEFAULTS
 
 
-class Degrade(str, Enum):
-    bicubic = "bicubic"
-    blur_noise_jpeg = "blur-noise-jpeg"
+DEGRADATIONS = ("bicubic", "blur-noise-jpeg")
 
 
 def _number(value: float) -> float | str:
@@ -93,21 +90,21 @@ def _table(evaluation: Evaluation) -> Table:
 
 
 def evaluate(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Reference images or folders [default: test_inputs/].",
+    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="REFERENCE...", help="Reference images or folders [default: test_inputs/].",
                                                           show_default=False)] = None,
-    models: Annotated[str, typer.Option(help="Comma-separated model names or paths.")] = D["model"],
-    degrade: Annotated[Degrade, typer.Option(help="How references become low-resolution inputs.")]
-    = Degrade.bicubic,
-    scale: Annotated[int, typer.Option(help="Downscale factor (and border cropped before measuring).", min=1)] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the random degradations.")] = 0,
-    lr: Annotated[Optional[Path], typer.Option("--lr", help="Folder of real low-resolution inputs (with --hr).",
+    models: Annotated[str, typer.Option(metavar="NAME|PATH,...", help="Comma-separated model names or paths.")] = D["model"],
+    degrade: Annotated[str, typer.Option(metavar="|".join(DEGRADATIONS),
+                                         help="How references become low-resolution inputs.")] = "bicubic",
+    scale: Annotated[int, typer.Option(metavar="N", help="Downscale factor (and border cropped before measuring).", min=1)] = 4,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the random degradations.")] = 0,
+    lr: Annotated[Optional[Path], typer.Option("--lr", metavar="DIR", help="Folder of real low-resolution inputs (with --hr).",
                                                show_default=False)] = None,
-    hr: Annotated[Optional[Path], typer.Option("--hr", help="Folder of their references, matched by file stem.",
+    hr: Annotated[Optional[Path], typer.Option("--hr", metavar="DIR", help="Folder of their references, matched by file stem.",
                                                show_default=False)] = None,
     face_enhance: o.FaceEnhance = False,
-    report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report into this folder.",
+    report: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Write a self-contained HTML report into this folder.",
                                                    show_default=False)] = None,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one CSV row per image and method.",
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE", help="Write one CSV row per image and method.",
                                                      show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="JSON lines on stdout.")] = False,
     tile: o.Tile = D["tile"],
@@ -130,10 +127,10 @@ def evaluate(
             if csv_path.is_dir():
                 raise UsageError(f"--csv {csv_path}: is a folder; name the CSV file to write")
             check_output_folder(csv_path.parent, "--csv")
-        options = EvalOptions(models=names, degrade=degrade.value, scale=scale, seed=seed,
+        options = EvalOptions(models=names, degrade=o.check_choice("--degrade", degrade, DEGRADATIONS), scale=scale, seed=seed,
                               lr_dir=str(lr) if lr else None, hr_dir=str(hr) if hr else None,
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
-                              precision=precision.value, weights_dir=weights_dir, keep_pictures=report is not None)
+                              precision=o.check_choice("--precision", precision, o.PRECISIONS), weights_dir=weights_dir, keep_pictures=report is not None)
         with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       TextColumn("{task.fields[current]}"), console=console, transient=True) as progress:
             task = progress.add_task("evaluate", total=None, current="")

@@ -68,15 +68,15 @@ def submit(
 def worker(
     queue: o.Queue = None,
     once: Annotated[bool, typer.Option(help="Drain the queue and exit (for cron).")] = False,
-    max_jobs: Annotated[Optional[int], typer.Option(help="Stop after this many jobs.", min=1)] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Stop claiming (and release the job in hand between "
+    max_jobs: Annotated[Optional[int], typer.Option(metavar="N", help="Stop after this many jobs.", min=1)] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="Stop claiming (and release the job in hand between "
                                                                 "images) after this long.", min=0)] = None,
-    lease: Annotated[float, typer.Option(help="Lease in seconds; renewed while alive, taken over when expired.",
+    lease: Annotated[float, typer.Option(metavar="SECONDS", help="Lease in seconds; renewed while alive, taken over when expired.",
                                          min=1)] = 60.0,
-    poll: Annotated[float, typer.Option(help="Seconds between looks at an empty queue.", min=0.1)] = 2.0,
-    device: Annotated[Optional[str], typer.Option(help="Run every job on this device (one worker per GPU).",
+    poll: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between looks at an empty queue.", min=0.1)] = 2.0,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="Run every job on this device (one worker per GPU).",
                                                   show_default=False)] = None,
-    max_attempts: Annotated[int, typer.Option(help="Give a job up after this many attempts that crashed a worker.",
+    max_attempts: Annotated[int, typer.Option(metavar="N", help="Give a job up after this many attempts that crashed a worker.",
                                               min=1)] = 3,
     json_output: o.Json = False,
 ) -> None:
@@ -121,7 +121,7 @@ def worker(
 
 
 def status(
-    job_id: Annotated[Optional[str], typer.Argument(help="A job id [default: the whole queue].", show_default=False)]
+    job_id: Annotated[Optional[str], typer.Argument(metavar="JOB_ID", help="A job id [default: the whole queue].", show_default=False)]
     = None,
     queue: o.Queue = None,
     json_output: o.Json = False,
@@ -155,10 +155,10 @@ def status(
 
 
 def prune(
-    path: Annotated[Optional[Path], typer.Argument(help="A queue folder or a plain output folder.",
+    path: Annotated[Optional[Path], typer.Argument(metavar="PATH", help="A queue folder or a plain output folder.",
                                                    show_default=False)] = None,
     queue: o.Queue = None,
-    older_than: Annotated[str, typer.Option(help="Age like 30m, 1h or 7d.", show_default=False)] = ...,
+    older_than: Annotated[str, typer.Option(metavar="AGE", help="Age like 30m, 1h or 7d.", show_default=False)] = ...,
     dry_run: Annotated[bool, typer.Option(help="Show what would go; delete nothing.")] = False,
     json_output: o.Json = False,
 ) -> None:
@@ -169,7 +169,7 @@ def prune(
 
             raise UsageError("give either --queue DIR or PATH, not both")
         target = path if path is not None else queue_dir(queue)
-        report = prune_target(Path(target), parse_age(older_than), dry_run, queue_mode=True if queue else None)
+        report = prune_target(Path(target), parse_age(older_than), dry_run, queue_mode=True if path is None else None)
     verb = "would remove" if dry_run else "removed"
     if json_output:
         typer.echo(json.dumps({"dry_run": dry_run, "removed": report.removed, "bytes_freed": report.bytes_freed}))

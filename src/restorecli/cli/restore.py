@@ -18,7 +18,7 @@ D = o.DEFAULTS
 
 def restore(
     inputs: o.Inputs,
-    output: Annotated[str, typer.Option("-o", "--output", help="Output directory, or - for stdout.")] = "results",
+    output: Annotated[str, typer.Option("-o", "--output", metavar="DIR|-", help="Output directory, or - for stdout.")] = "results",
     model: o.Model = D["model"],
     outscale: o.Outscale = None,
     tile: o.Tile = D["tile"],

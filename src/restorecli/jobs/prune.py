@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from .store import DB_NAME, JobStore
+from .store import DB_NAME, JobStore, queue_exists
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -131,7 +131,10 @@ def prune_folder(root: Path, age: float, dry_run: bool = False) -> PruneReport:
 
 
 def prune(target: Path, age: float, dry_run: bool = False, queue_mode: bool | None = None) -> PruneReport:
-    """Prune a queue folder (it holds queue.db) or a plain output folder."""
+    """Prune a queue folder (it holds queue.db) or a plain output folder. A queue (``queue_mode``) that does not
+    exist yet has nothing to prune."""
+    if queue_mode and not queue_exists(target):
+        return PruneReport(dry_run=dry_run)
     if not target.is_dir():
         raise UsageError(f"{target}: {'is a file, not a folder' if target.exists() else 'no such folder'}")
     if queue_mode is None:

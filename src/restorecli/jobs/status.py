@@ -7,11 +7,15 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
-from .store import JobStore
+from .store import JOB_STATUSES, JobStore, queue_exists
 
 
 def queue_overview(root: Path) -> dict:
-    """Counts per status and, for each job in progress, which worker has it and what it is doing."""
+    """Counts per status and, for each job in progress, which worker has it and what it is doing. A queue that
+    does not exist yet is an empty one."""
+    if not queue_exists(root):
+        return {"queue": str(root), "counts": dict.fromkeys(JOB_STATUSES, 0),
+                "running": []}
     store = JobStore(root)
     try:
         now = time.time()
@@ -28,6 +32,8 @@ def queue_overview(root: Path) -> dict:
 
 def job_status(root: Path, job_id: str) -> dict:
     """``{"job_id", "status", "queue_position", "results"}``; output paths are relative to the queue."""
+    if not queue_exists(root):
+        raise UsageError(f"no job '{job_id}' in {root}: no job has been submitted there yet")
     store = JobStore(root)
     try:
         job = store.get(job_id)

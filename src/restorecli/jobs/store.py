@@ -36,6 +36,7 @@ QUEUE_ENV = "RESTORECLI_QUEUE"
 DEFAULT_QUEUE = "restorecli-queue"
 DB_NAME = "queue.db"
 JobStatus = Literal["queued", "processing", "completed", "failed"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "completed", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -61,6 +62,25 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 def queue_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``explicit``, then $RESTORECLI_QUEUE, then ./restorecli-queue."""
     return Path(explicit or os.environ.get(QUEUE_ENV) or DEFAULT_QUEUE)
+
+
+def queue_exists(root: Path) -> bool:
+    """Whether ``root`` holds a queue. A folder that does not exist yet, or is empty, is a queue nobody has
+    submitted to: False, so that a worker or ``status`` run by cron before the first job has nothing to do. A
+    folder that holds something else is not a queue, and an error."""
+    if (root / DB_NAME).is_file():
+        return True
+    if root.is_dir():
+        try:
+            empty = next(root.iterdir(), None) is None
+        except OSError as exc:
+            raise SetupError(f"cannot read queue folder {root}: {exc.strerror}") from None
+        if not empty:
+            raise UsageError(f"{root}: not a restorecli queue (no {DB_NAME}); submit a job first")
+        return False
+    if root.exists() or root.is_symlink():
+        raise UsageError(f"{root}: not a restorecli queue (a file, not a folder)")
+    return False
 
 
 @dataclass(frozen=True)
@@ -184,7 +204,7 @@ class JobStore:
         return ahead + 1
 
     def counts(self) -> dict[str, int]:
-        counts = {status: 0 for status in ("queued", "processing", "completed", "failed")}
+        counts = dict.fromkeys(JOB_STATUSES, 0)
         for status, n in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
             counts[status] = n
         return counts

@@ -9,11 +9,13 @@ import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import SetupError
-from ..pipeline import InputItem, ItemResult, RestoreOptions, Restorer, restore_batch
-from .store import JobStore, Lease
+from .store import JobStore, Lease, queue_exists
+
+if TYPE_CHECKING:  # the pipeline (torch) is imported with the first job: a worker on an empty queue needs none
+    from ..pipeline import ItemResult, Restorer
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             halted: Callable[[], bool], emit: Event) -> str:
     """Process one claimed job; returns its outcome: completed, failed, released, lost or retry.
     ``halted`` is asked between images; when it says yes the job is given back, resumable."""
+    from ..pipeline import InputItem, RestoreOptions, Restorer, restore_batch
+
     job = lease.job
     job_dir = store.job_dir(job.id)
     work = job_dir / "work" / lease.token
@@ -145,9 +149,21 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     """Claim and process jobs until the queue is empty (``once``), a limit is reached, or ``stop`` is set."""
     emit = emit or (lambda event, data: None)
     report = WorkerReport()
+    deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
+
+    def halted() -> bool:
+        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
+
+    def pause() -> None:  # a poll's wait, cut short by the deadline or a stop signal
+        stop.wait(options.poll if deadline is None else max(min(options.poll, deadline - time.monotonic()), 0))
+
+    while not queue_exists(root):  # an absent queue is an empty one: wait for the first job, or leave (--once)
+        if options.once or halted():
+            report.stopped = stop.is_set()
+            return report
+        pause()
     store = JobStore(root)
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
-    deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
 
     def note(event: str, data: dict) -> None:
         if event == "storage_error":
@@ -155,9 +171,6 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
         elif event == "setup_error":
             report.setup_error = data["error"]
         emit(event, data)
-
-    def halted() -> bool:
-        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
 
     try:
         while not halted():
@@ -167,8 +180,7 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
             if lease is None:
                 if options.once:
                     break
-                left = options.poll if deadline is None else max(min(options.poll, deadline - time.monotonic()), 0)
-                stop.wait(left)
+                pause()
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
             outcome = run_job(store, lease, options, restorers, halted, note)
