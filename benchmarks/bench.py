@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import startup  # noqa: E402  (its README block is its own)
+from startup import write_readme  # noqa: E402
+
 
 def _threads(n: int) -> None:
     import torch
@@ -400,14 +404,6 @@ def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(content):
-        sys.exit(f"README.md has no {START} ... {END} section")
-    README.write_text(pattern.sub(lambda _m: f"{START}\n{text}\n{END}", content))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -417,6 +413,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-faces", action="store_true")
+    parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--memory-child")
     parser.add_argument("--folder")
     parser.add_argument("--image")
@@ -434,7 +431,12 @@ def main() -> None:
     text = render(speed, mem, args.threads, args.repeats, face)
     print(text)
     if not args.no_readme:
-        write_readme(text)
+        write_readme(text, START, END)
+    if not args.skip_startup:
+        started = startup.render(startup.measure(7), 7)
+        print(started)
+        if not args.no_readme:
+            write_readme(started)
 
 
 if __name__ == "__main__":

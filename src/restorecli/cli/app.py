@@ -48,4 +48,4 @@ app.command(cls=Command)(evaluate.evaluate)
 
 
 def main() -> None:
-    app()
+    app(prog_name="restorecli")  # the name in usage lines and completion's variable, however it was started
