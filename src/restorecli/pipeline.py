@@ -16,7 +16,6 @@ import torch
 
 from .engine.device import choose_device, choose_dtype, place_model, precision_name
 from .engine.enhance import (
-    AlphaMode,
     EngineOptions,
     Enhanced,
     enhance,
@@ -39,7 +38,6 @@ from .engine.tiling import TileProgress
 from .errors import ImageError, RestoreCliError, UsageError
 from .files import STDIO, LiveWriters, atomic_writer, check_output_folder, file_id, remove_abandoned_temporaries, write_atomic
 from .images import (
-    DEFAULT_MAX_PIXELS,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
     SIXTEEN_BIT_FORMATS,
@@ -57,38 +55,10 @@ from .images import (
     strip_writer,
 )
 from .models.loading import LoadedModel, load_model, weights_dir
-from .models.registry import DEFAULT_MODEL, REGISTRY
+from .models.registry import REGISTRY
+from .options import RestoreOptions
 
 Status = Literal["ok", "skipped", "error", "planned"]
-
-
-@dataclass(frozen=True)
-class RestoreOptions:
-    output_dir: str = "results"  # "-": write the single result to stdout
-    model: str = DEFAULT_MODEL
-    outscale: float | None = None
-    tile: int | None = None  # None: auto, 0: whole image
-    tile_pad: int = 24
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    format: OutputFormat | Literal["same"] = "same"
-    quality: int = 95
-    suffix: str = ""
-    recursive: bool = False
-    overwrite: bool = False
-    dry_run: bool = False
-    weights_dir: str | None = None
-    alpha: AlphaMode = "model"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    face_enhance: bool = False
-    face_model: str = "gfpgan-1.4"
-    face_detector: str = "retinaface-resnet50"
-    face_weight: float = 1.0
-    only_center_face: bool = False
-    max_faces: int | None = None
-    min_face_size: float = 0.0
-    face_threshold: float = 0.9
-    save_faces: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,42 +20,19 @@ from . import options as o
 from .exits import exit_on_error
 from .render import stderr_console
 
-D = o.DEFAULTS
-
-
+@o.with_restore_options
 def submit(
     inputs: o.Inputs,
     queue: o.Queue = None,
-    model: o.Model = D["model"],
-    outscale: o.Outscale = None,
-    tile: o.Tile = D["tile"],
-    tile_pad: o.TilePad = D["tile_pad"],
-    device: o.Device = D["device"],
-    precision: o.PrecisionOpt = D["precision"],
-    format: o.FormatOpt = D["format"],
-    quality: o.Quality = D["quality"],
-    suffix: o.Suffix = D["suffix"],
-    recursive: o.Recursive = D["recursive"],
-    weights_dir: o.WeightsDir = None,
-    alpha: o.AlphaOpt = D["alpha"],
-    max_pixels: o.MaxPixels = D["max_pixels"],
-    face_enhance: o.FaceEnhance = D["face_enhance"],
-    face_model: o.FaceModel = D["face_model"],
-    face_detector: o.FaceDetector = D["face_detector"],
-    face_weight: o.FaceWeight = D["face_weight"],
-    only_center_face: o.OnlyCenterFace = D["only_center_face"],
-    max_faces: o.MaxFaces = None,
-    min_face_size: o.MinFaceSize = D["min_face_size"],
-    face_threshold: o.FaceThreshold = D["face_threshold"],
-    save_faces: o.SaveFaces = None,
     json_output: o.Json = False,
+    *,
+    restore: dict,
 ) -> None:
     """Queue one job: the inputs are copied into the job folder; a worker restores them later."""
-    values = locals()
     from ..jobs.submit import submit_job
 
     with exit_on_error():
-        options = o.restore_options(values)
+        options = o.restore_options(restore)
         root = queue_dir(queue)
         job, position = submit_job(root, inputs, options, stdin=sys.stdin.buffer)
     if json_output:

@@ -1,105 +1,73 @@
-"""Option declarations shared by the commands that restore images (restore, submit) and by the others."""
+"""The command line's options. The restore options are derived from their one declaration in
+``restorecli.options`` (``with_restore_options`` adds them all to a command); the few others are declared here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+import functools
+import inspect
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..errors import UsageError
-from ..images.formats import DEFAULT_MAX_PIXELS
-from ..models.registry import DEFAULT_MODEL
+from ..options import PRECISIONS, RestoreOptions, check_choice, declared, from_given, parse_tile
 
-if TYPE_CHECKING:
-    from ..pipeline import RestoreOptions
+__all__ = ["PRECISIONS", "check_choice", "parse_tile", "restore_options", "with_restore_options"]
 
 
-# The choices of the options that take one of a few words. They are plain strings checked in ``restore_options``
-# (not Enums), so that a wrong one reads like restorecli's other usage errors and lists what may be given.
-FORMATS = ("same", "png", "jpg", "webp", "tiff")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-ALPHAS = ("model", "resize")
+def _typer_type(name: str, default: Any, spec) -> Any:
+    """``Annotated[type, typer.Option(...)]`` for one declared restore option."""
+    settings: dict[str, Any] = {"help": spec.help, "show_default": spec.show_default}
+    metavar = spec.metavar or ("|".join(spec.choices) if spec.choices else None)
+    if metavar:
+        settings["metavar"] = metavar
+    if spec.minimum is not None:
+        settings["min"] = spec.minimum
+    if spec.maximum is not None:
+        settings["max"] = spec.maximum
+    if spec.panel:
+        settings["rich_help_panel"] = spec.panel
+    given = Optional[spec.given_as] if default is None else spec.given_as
+    return Annotated[given, typer.Option(*spec.flags, **settings)]
 
 
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``choices``, else a usage error naming the option and listing them."""
-    if value not in choices:
-        raise UsageError(f"{option} {value!r} is not one of {', '.join(choices)}")
-    return value
+RESTORE_OPTIONS: dict[str, tuple[Any, Any]] = {name: (_typer_type(name, default, spec), default)
+                                               for name, default, spec in declared()}
+DEFAULTS = {name: default for name, (_, default) in RESTORE_OPTIONS.items()}
 
+# The declared options that other commands (evaluate) take one by one, by the names they use.
+Model, Tile, TilePad, Device, PrecisionOpt, WeightsDir, FaceEnhance = (
+    RESTORE_OPTIONS[name][0] for name in ("model", "tile", "tile_pad", "device", "precision", "weights_dir",
+                                          "face_enhance"))
 
-Inputs = Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, directories, or - for stdin.", show_default=False)]
-Model = Annotated[str, typer.Option(metavar="NAME|PATH", help="Registry name or checkpoint path (.pth, .safetensors, ncnn .param).")]
-Outscale = Annotated[Optional[float], typer.Option(metavar="SCALE", help="Final scale, e.g. 2 or 3.5 [default: the model's].",
-                                                   min=0.01, show_default=False)]
-Tile = Annotated[str, typer.Option(metavar="auto|0|N", help="auto (from free memory), 0 (whole image) or N (N x N tiles).")]
-TilePad = Annotated[int, typer.Option(metavar="PIXELS", help="Context overlap around each tile, in input pixels.", min=0)]
-Device = Annotated[str, typer.Option(metavar="auto|cpu|cuda[:N]|mps", help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option(
-    metavar="|".join(PRECISIONS), help="auto: fp16 on CUDA, bf16 on CPUs where it measures faster, else fp32.")]
-FormatOpt = Annotated[str, typer.Option("--format", metavar="|".join(FORMATS), help="Output format; same follows the input.")]
-Quality = Annotated[int, typer.Option(metavar="1-100", help="JPEG/WebP quality.", min=1, max=100)]
-Suffix = Annotated[str, typer.Option(metavar="TEXT", help="Appended to the output file stem.")]
-Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into directories.")]
-WeightsDir = Annotated[Optional[str], typer.Option(metavar="DIR", help="Where model weights live.", show_default=False)]
-AlphaOpt = Annotated[str, typer.Option(metavar="|".join(ALPHAS), help="Alpha channel: run through the model, or resize.")]
-MaxPixels = Annotated[int, typer.Option(metavar="N", help="Refuse larger inputs (decompression-bomb guard).", min=1)]
+Inputs = Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, directories, or - for stdin.",
+                                             show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
-Queue = Annotated[Optional[str], typer.Option(metavar="DIR", help="Job folder [default: $RESTORECLI_QUEUE, then ./restorecli-queue].",
-                                              show_default=False)]
-
-FaceEnhance = Annotated[bool, typer.Option(help="Restore faces (detect, align, restore, paste back).",
-                                           rich_help_panel="Faces")]
-FaceModel = Annotated[str, typer.Option(metavar="NAME|PATH", help="gfpgan-1.4, gfpgan-1.3, or a face model path (e.g. RestoreFormer++).",
-                                        rich_help_panel="Faces")]
-FaceDetector = Annotated[str, typer.Option(metavar="NAME|PATH", help="retinaface-resnet50, retinaface-mobilenet0.25 (faster), or a path.",
-                                           rich_help_panel="Faces")]
-FaceWeight = Annotated[float, typer.Option(metavar="0-1", help="Share of the face restorer's change to apply: 0 none, 1 all.",
-                                           min=0.0, max=1.0, rich_help_panel="Faces")]
-OnlyCenterFace = Annotated[bool, typer.Option(help="Restore only the face nearest the image centre.",
-                                              rich_help_panel="Faces")]
-MaxFaces = Annotated[Optional[int], typer.Option(metavar="N", help="Restore at most N faces (highest scores first).", min=0,
-                                                 show_default=False, rich_help_panel="Faces")]
-MinFaceSize = Annotated[float, typer.Option(metavar="PIXELS", help="Ignore faces smaller than this many input pixels.", min=0,
-                                            rich_help_panel="Faces")]
-FaceThreshold = Annotated[float, typer.Option(metavar="0-1", help="Detection score needed to count as a face.", min=0.0, max=1.0,
-                                              rich_help_panel="Faces")]
-SaveFaces = Annotated[Optional[str], typer.Option(metavar="DIR", help="Also write the aligned and restored face crops here.",
-                                                  show_default=False, rich_help_panel="Faces")]
-
-DEFAULTS = dict(model=DEFAULT_MODEL, tile="auto", tile_pad=24, device="auto", precision="auto",
-                format="same", quality=95, suffix="", recursive=False, alpha="model",
-                max_pixels=DEFAULT_MAX_PIXELS, face_enhance=False, face_model="gfpgan-1.4",
-                face_detector="retinaface-resnet50", face_weight=1.0, only_center_face=False, min_face_size=0.0,
-                face_threshold=0.9)
+Queue = Annotated[Optional[str], typer.Option(
+    metavar="DIR", help="Job folder [default: $RESTORECLI_QUEUE, then ./restorecli-queue].", show_default=False)]
 
 
-def parse_tile(value: str) -> int | None:
-    """``auto`` -> None, ``0`` -> whole image, ``N`` -> N x N tiles."""
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        tile = int(value)
-    except ValueError:
-        raise UsageError(f"--tile '{value}' is not auto, 0 or a positive number of pixels") from None
-    if tile < 0 or 0 < tile < 8:
-        raise UsageError(f"--tile {tile}: use 0 (whole image) or at least 8 pixels")
-    return tile
+def with_restore_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with every declared restore option added to its parameters (after its own), for Typer; the
+    command receives their values as one dict, its ``restore`` parameter."""
+    own = inspect.signature(command, eval_str=True)
+    parameters = [p for p in own.parameters.values() if p.name != "restore"]
+    names = list(RESTORE_OPTIONS)
+    for name, (annotation, default) in RESTORE_OPTIONS.items():
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
 
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        return command(**{k: v for k, v in values.items() if k not in names},
+                       restore={name: values[name] for name in names})
 
-# The options every command that restores images shares (restore, submit), by parameter name.
-SHARED = ("model", "outscale", "tile", "tile_pad", "device", "precision", "format", "quality", "suffix", "recursive",
-          "weights_dir", "alpha", "max_pixels", "face_enhance", "face_model", "face_detector", "face_weight",
-          "only_center_face", "max_faces", "min_face_size", "face_threshold", "save_faces")
+    run.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    del run.__wrapped__  # Typer reads the signature above, not the command's own
+    return run
 
 
 def restore_options(values: dict, **extra) -> RestoreOptions:
-    """RestoreOptions from a command's parameters (its ``locals()``): the shared ones are picked by name,
-    enums and ``--tile`` parsed; ``extra`` holds the command's own fields."""
-    from ..pipeline import RestoreOptions
-
-    shared = {name: values[name] for name in SHARED}
-    for name, choices in (("precision", PRECISIONS), ("format", FORMATS), ("alpha", ALPHAS)):
-        check_choice(f"--{name}", shared[name], choices)
-    shared["tile"] = parse_tile(shared["tile"])
-    return RestoreOptions(**shared, **extra)
+    """RestoreOptions from the restore options' values as the command line gave them (a usage error for a wrong
+    one); ``extra`` holds the command's own fields."""
+    return from_given(values, **extra)

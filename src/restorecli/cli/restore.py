@@ -13,46 +13,24 @@ from . import options as o
 from .exits import Interrupted, exit_on_error, stop_signals
 from .render import BatchRenderer
 
-D = o.DEFAULTS
-
-
+@o.with_restore_options
 def restore(
     inputs: o.Inputs,
-    output: Annotated[str, typer.Option("-o", "--output", metavar="DIR|-", help="Output directory, or - for stdout.")] = "results",
-    model: o.Model = D["model"],
-    outscale: o.Outscale = None,
-    tile: o.Tile = D["tile"],
-    tile_pad: o.TilePad = D["tile_pad"],
-    device: o.Device = D["device"],
-    precision: o.PrecisionOpt = D["precision"],
-    format: o.FormatOpt = D["format"],
-    quality: o.Quality = D["quality"],
-    suffix: o.Suffix = D["suffix"],
-    recursive: o.Recursive = D["recursive"],
+    output: Annotated[str, typer.Option("-o", "--output", metavar="DIR|-", help="Output directory, or - for stdout.")
+                      ] = "results",
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Show what would be written; write nothing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
-    weights_dir: o.WeightsDir = None,
-    alpha: o.AlphaOpt = D["alpha"],
-    max_pixels: o.MaxPixels = D["max_pixels"],
-    face_enhance: o.FaceEnhance = D["face_enhance"],
-    face_model: o.FaceModel = D["face_model"],
-    face_detector: o.FaceDetector = D["face_detector"],
-    face_weight: o.FaceWeight = D["face_weight"],
-    only_center_face: o.OnlyCenterFace = D["only_center_face"],
-    max_faces: o.MaxFaces = None,
-    min_face_size: o.MinFaceSize = D["min_face_size"],
-    face_threshold: o.FaceThreshold = D["face_threshold"],
-    save_faces: o.SaveFaces = None,
+    *,
+    restore: dict,
 ) -> None:
     """Upscale images with a Real-ESRGAN-family model."""
-    values = locals()
     from ..pipeline import restore_batch
 
     with exit_on_error():
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
-        options = o.restore_options(values, output_dir=output, overwrite=overwrite, dry_run=dry_run)
+        options = o.restore_options(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
         with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
             try:
                 with stop_signals():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import SetupError
+from ..options import RestoreOptions, model_key
 from .store import JobStore, Lease, queue_exists
 
 if TYPE_CHECKING:  # the pipeline (torch) is imported with the first job: a worker on an empty queue needs none
@@ -77,7 +78,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             halted: Callable[[], bool], emit: Event) -> str:
     """Process one claimed job; returns its outcome: completed, failed, released, lost or retry.
     ``halted`` is asked between images; when it says yes the job is given back, resumable."""
-    from ..pipeline import InputItem, RestoreOptions, Restorer, restore_batch
+    from ..pipeline import InputItem, Restorer, restore_batch
 
     job = lease.job
     job_dir = store.job_dir(job.id)
@@ -94,8 +95,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
     if options.device:
         restore = replace(restore, device=options.device)
     # what a loaded Restorer depends on; jobs that agree on it share one set of loaded networks
-    key = (restore.model, restore.weights_dir, restore.device, restore.precision, restore.tile, restore.tile_pad,
-           restore.alpha, restore.face_enhance, restore.face_model, restore.face_detector)
+    key = model_key(restore)
     renewer = _Renewer(store.root, lease, options.lease)
     renewer.start()
     try:

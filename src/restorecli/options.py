@@ -1,0 +1,151 @@
+"""Every restore option, declared once: its name, type, default, help text, how the command line spells it, and
+whether it changes the loaded models.
+
+The command line (``restore``, ``submit``), the queue worker's model cache and the server's form fields are all
+derived from ``RestoreOptions`` below: adding an option means one field here plus the engine code that reads it.
+Imports nothing heavy, so commands that run no model can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Literal
+
+from .errors import UsageError
+from .images.formats import DEFAULT_MAX_PIXELS
+from .models.registry import DEFAULT_MODEL
+
+# The choices of the options that take one of a few words, checked by ``check_choice`` so that a wrong one reads
+# like restorecli's other usage errors and lists what may be given.
+FORMATS = ("same", "png", "jpg", "webp", "tiff")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+ALPHAS = ("model", "resize")
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a usage error naming the option and listing them."""
+    if value not in choices:
+        raise UsageError(f"{option} {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_tile(value: str | int | None) -> int | None:
+    """``auto`` -> None, ``0`` -> whole image, ``N`` -> N x N tiles (an int or None is taken as it is)."""
+    if value is None or isinstance(value, int):
+        tile = value
+    elif value.strip().lower() == "auto":
+        return None
+    else:
+        try:
+            tile = int(value)
+        except ValueError:
+            raise UsageError(f"--tile '{value}' is not auto, 0 or a positive number of pixels") from None
+    if tile is not None and (tile < 0 or 0 < tile < 8):
+        raise UsageError(f"--tile {tile}: use 0 (whole image) or at least 8 pixels")
+    return tile
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How an option is given from outside: the command line's spelling and help, the form a value arrives in."""
+
+    help: str
+    metavar: str | None = None
+    given_as: type = str  # the type a command line or a form gives (str for --tile's auto|0|N, a choice's word)
+    parse: Callable[[Any], Any] | None = None  # from the given value to the field's (and its check)
+    choices: tuple[str, ...] | None = None
+    loads_models: bool = False  # a worker loads models again when this differs between jobs
+    flags: tuple[str, ...] = ()  # the command line's names, where not just --NAME-WITH-DASHES
+    minimum: float | None = None
+    maximum: float | None = None
+    panel: str | None = None  # the group --help shows it in
+    show_default: bool = True
+    given_default: Any = None  # the default as it is given, where it differs from the field's (--tile auto)
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A ``RestoreOptions`` field with the way it is given from outside."""
+    return field(default=default, metadata={"option": OptionSpec(help=help, **spec)})
+
+
+_FACES = "Faces"
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What a restore is asked to do. Fields without an ``option`` spec belong to one command (``restore``'s
+    output folder and overwrite and dry-run flags) and are given by it."""
+
+    output_dir: str = "results"  # "-": write the single result to stdout
+    model: str = option(DEFAULT_MODEL, "Registry name or checkpoint path (.pth, .safetensors, ncnn .param).",
+                        metavar="NAME|PATH", loads_models=True)
+    outscale: float | None = option(None, "Final scale, e.g. 2 or 3.5 [default: the model's].", metavar="SCALE",
+                                    given_as=float, minimum=0.01, show_default=False)
+    tile: int | None = option(None, "auto (from free memory), 0 (whole image) or N (N x N tiles).",  # None: auto
+                              metavar="auto|0|N", parse=parse_tile, given_default="auto", loads_models=True)
+    tile_pad: int = option(24, "Context overlap around each tile, in input pixels.", metavar="PIXELS", given_as=int,
+                           minimum=0, loads_models=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", metavar="auto|cpu|cuda[:N]|mps",
+                         loads_models=True)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = option(
+        "auto", "auto: fp16 on CUDA, bf16 on CPUs where it measures faster, else fp32.", choices=PRECISIONS,
+        loads_models=True)
+    format: Literal["same", "png", "jpg", "webp", "tiff"] = option(
+        "same", "Output format; same follows the input.", choices=FORMATS)
+    quality: int = option(95, "JPEG/WebP quality.", metavar="1-100", given_as=int, minimum=1, maximum=100)
+    suffix: str = option("", "Appended to the output file stem.", metavar="TEXT")
+    recursive: bool = option(False, "Descend into directories.", given_as=bool, flags=("--recursive", "-r"))
+    overwrite: bool = False
+    dry_run: bool = False
+    weights_dir: str | None = option(None, "Where model weights live.", metavar="DIR", loads_models=True,
+                                     show_default=False)
+    alpha: Literal["model", "resize"] = option("model", "Alpha channel: run through the model, or resize.",
+                                               choices=ALPHAS, loads_models=True)
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Refuse larger inputs (decompression-bomb guard).", metavar="N",
+                             given_as=int, minimum=1)
+    face_enhance: bool = option(False, "Restore faces (detect, align, restore, paste back).", given_as=bool,
+                                loads_models=True, panel=_FACES)
+    face_model: str = option("gfpgan-1.4", "gfpgan-1.4, gfpgan-1.3, or a face model path (e.g. RestoreFormer++).",
+                             metavar="NAME|PATH", loads_models=True, panel=_FACES)
+    face_detector: str = option("retinaface-resnet50",
+                                "retinaface-resnet50, retinaface-mobilenet0.25 (faster), or a path.",
+                                metavar="NAME|PATH", loads_models=True, panel=_FACES)
+    face_weight: float = option(1.0, "Share of the face restorer's change to apply: 0 none, 1 all.", metavar="0-1",
+                                given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
+    only_center_face: bool = option(False, "Restore only the face nearest the image centre.", given_as=bool,
+                                    panel=_FACES)
+    max_faces: int | None = option(None, "Restore at most N faces (highest scores first).", metavar="N",
+                                   given_as=int, minimum=0, show_default=False, panel=_FACES)
+    min_face_size: float = option(0.0, "Ignore faces smaller than this many input pixels.", metavar="PIXELS",
+                                  given_as=float, minimum=0, panel=_FACES)
+    face_threshold: float = option(0.9, "Detection score needed to count as a face.", metavar="0-1",
+                                   given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
+    save_faces: str | None = option(None, "Also write the aligned and restored face crops here.", metavar="DIR",
+                                    show_default=False, panel=_FACES)
+
+
+def declared() -> list[tuple[str, Any, OptionSpec]]:
+    """Each declared option as (name, default as given, spec), in declaration order."""
+    return [(f.name, f.metadata["option"].given_default if f.metadata["option"].given_default is not None
+             else f.default, f.metadata["option"]) for f in fields(RestoreOptions) if "option" in f.metadata]
+
+
+def from_given(values: dict[str, Any], **extra: Any) -> RestoreOptions:
+    """RestoreOptions from the values a command line or form gave for the declared options (missing ones take
+    their defaults), each parsed and checked; ``extra`` holds the caller's own fields. Raises ``UsageError``."""
+    parsed = {}
+    for name, _default, spec in declared():
+        if name not in values:
+            continue
+        value = values[name]
+        if spec.choices is not None and value is not None:
+            value = check_choice(f"--{name.replace('_', '-')}", value, spec.choices)
+        if spec.parse is not None:
+            value = spec.parse(value)
+        parsed[name] = value
+    return RestoreOptions(**parsed, **extra)
+
+
+def model_key(options: RestoreOptions) -> tuple:
+    """What the loaded models depend on: jobs that agree on it share one set of loaded networks."""
+    return tuple(getattr(options, name) for name, _default, spec in declared() if spec.loads_models)
