@@ -225,7 +225,7 @@ def test_a_report_that_cannot_be_written_is_an_error_not_a_traceback(make_model,
 def test_a_report_keeps_small_pictures_of_each_image_not_every_result(make_model, tmp_path):
     """An evaluation of many large images holds, per image, the crops and slider pictures the page shows, taken
     when the image is measured, instead of every full-size result until the page is written."""
-    from restorecli.evaluate.report import CROP, SLIDER_WIDTH
+    from restorecli.evaluate.pictures import CROP, SLIDER_WIDTH
     from restorecli.evaluate.run import EvalOptions, evaluate
 
     photo = tmp_path / "large.png"

@@ -21,7 +21,7 @@ from .exits import exit_on_error
 from .render import stderr_console
 
 if TYPE_CHECKING:  # the evaluation runs models: it is imported when the command runs, not for --help
-    from ..evaluate.run import Evaluation
+    from ..evaluate.results import Evaluation
 
 D = o.DEFAULTS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -15,7 +15,9 @@ from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_image, full_scal
 from ..models.registry import DEFAULT_MODEL, REGISTRY
 from ..pipeline import RestoreOptions, Restorer, collect_inputs
 from .degrade import Degradation, baseline, crop_to_multiple, degrade
-from .metrics import METRIC_NAMES, Metrics, measure
+from .metrics import measure
+from .pictures import pictures_for_report
+from .results import Evaluation, ImageResult, Row
 
 BASELINES = ("bicubic", "lanczos")
 
@@ -36,70 +38,6 @@ class EvalOptions:
     weights_dir: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     keep_pictures: bool = False  # keep the images for an HTML report
-
-
-@dataclass(frozen=True)
-class Row:
-    image: str
-    method: str
-    kind: Literal["baseline", "model"]
-    metrics: Metrics
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ReportPictures:
-    """What the HTML report shows of one image (uint8): each picture's crop of the same detailed window, and
-    bicubic and the best model shrunk for the before/after slider."""
-
-    crops: dict[str, np.ndarray]  # "reference", "input", then each method
-    slider: dict[str, np.ndarray]  # "bicubic" and ``best``
-    best: str  # the model (or, without one, the method) with the best Y-SSIM
-
-
-@dataclass
-class ImageResult:
-    name: str
-    rows: list[Row] = field(default_factory=list)
-    error: str | None = None
-    scale: int = 0
-    pictures: ReportPictures | None = None  # with keep_pictures
-
-
-@dataclass
-class Evaluation:
-    images: list[ImageResult]
-    methods: list[str]
-    seconds: float
-
-    @property
-    def succeeded(self) -> list[ImageResult]:
-        return [i for i in self.images if i.error is None]
-
-    @property
-    def failed(self) -> list[ImageResult]:
-        return [i for i in self.images if i.error is not None]
-
-    def means(self) -> dict[str, dict[str, float]]:
-        """Per method: the mean of each metric (``inf`` if any image was identical) and of seconds."""
-        table: dict[str, dict[str, float]] = {}
-        for method in self.methods:
-            rows = [r for i in self.succeeded for r in i.rows if r.method == method]
-            if not rows:
-                continue
-            means = {name: float(np.mean([getattr(r.metrics, name) for r in rows])) for name in METRIC_NAMES}
-            means["seconds"] = float(np.mean([r.seconds for r in rows]))
-            table[method] = means
-        return table
-
-    def best(self) -> dict[str, float]:
-        """The best mean of each metric over the methods (higher is better for all four)."""
-        means = self.means()
-        return {name: max(values[name] for values in means.values()) for name in METRIC_NAMES} if means else {}
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
 
 
 Progress = Callable[[str, object], None]
@@ -172,7 +110,6 @@ def evaluate_one(name: str, reference: np.ndarray, low: np.ndarray, scale: int, 
         if keep:
             kept[method] = image
     if keep:
-        from .report import pictures_for_report  # (the report module builds on this one)
 
         result.pictures = pictures_for_report(reference, low, kept, result.rows, scale)
     return result
