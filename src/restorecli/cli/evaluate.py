@@ -89,6 +89,31 @@ def _table(evaluation: Evaluation) -> Table:
     return table
 
 
+def _check_places(report: Path | None, csv_path: Path | None) -> None:
+    """Refuse a report or CSV place that cannot be written before the evaluation's model time, not after it."""
+    if report is not None:
+        check_output_folder(report, "--report")
+    if csv_path is not None:
+        if csv_path.is_dir():
+            raise UsageError(f"--csv {csv_path}: is a folder; name the CSV file to write")
+        check_output_folder(csv_path.parent, "--csv")
+
+
+def _write_files(evaluation: Evaluation, csv_path: Path | None, report: Path | None) -> Path | None:
+    """Write the CSV and the HTML report where asked; returns the report's page."""
+    page = None
+    try:
+        if csv_path is not None:
+            write_atomic(csv_path, _csv(evaluation))
+        if report is not None:
+            from ..evaluate.report import write_report
+
+            page = write_report(evaluation, report)
+    except OSError as exc:
+        raise RestoreCliError(f"cannot write {exc.filename or csv_path or report}: {exc.strerror or exc}") from None
+    return page
+
+
 def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(metavar="REFERENCE...", help="Reference images or folders [default: test_inputs/].",
                                                           show_default=False)] = None,
@@ -121,16 +146,12 @@ def evaluate(
         names = tuple(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
         if not names:
             raise UsageError("--models names no model")
-        if report is not None:  # refused before the evaluation's model time, not after it
-            check_output_folder(report, "--report")
-        if csv_path is not None:
-            if csv_path.is_dir():
-                raise UsageError(f"--csv {csv_path}: is a folder; name the CSV file to write")
-            check_output_folder(csv_path.parent, "--csv")
-        options = EvalOptions(models=names, degrade=o.check_choice("--degrade", degrade, DEGRADATIONS), scale=scale, seed=seed,
-                              lr_dir=str(lr) if lr else None, hr_dir=str(hr) if hr else None,
+        _check_places(report, csv_path)
+        options = EvalOptions(models=names, degrade=o.check_choice("--degrade", degrade, DEGRADATIONS), scale=scale,
+                              seed=seed, lr_dir=str(lr) if lr else None, hr_dir=str(hr) if hr else None,
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
-                              precision=o.check_choice("--precision", precision, o.PRECISIONS), weights_dir=weights_dir, keep_pictures=report is not None)
+                              precision=o.check_choice("--precision", precision, o.PRECISIONS),
+                              weights_dir=weights_dir, keep_pictures=report is not None)
         with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       TextColumn("{task.fields[current]}"), console=console, transient=True) as progress:
             task = progress.add_task("evaluate", total=None, current="")
@@ -151,16 +172,8 @@ def evaluate(
             for row in _rows(evaluation):
                 typer.echo(json.dumps(row))
             typer.echo(json.dumps(_summary(evaluation)))
-        try:
-            if csv_path is not None:
-                write_atomic(csv_path, _csv(evaluation))
-            if report is not None:
-                from ..evaluate.report import write_report
-
-                page = write_report(evaluation, report)
-        except OSError as exc:
-            raise RestoreCliError(f"cannot write {exc.filename or csv_path or report}: {exc.strerror or exc}") from None
-        if report is not None:
+        page = _write_files(evaluation, csv_path, report)
+        if page is not None:
             console.print(f"report: {escape(str(page))}")
             if not json_output:
                 typer.echo(str(page))

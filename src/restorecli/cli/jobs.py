@@ -16,6 +16,7 @@ from rich.table import Table
 from ..jobs.prune import parse_age, prune as prune_target
 from ..jobs.status import job_status, queue_overview
 from ..jobs.store import queue_dir
+from ..errors import EXIT_SETUP, EXIT_SOME_FAILED, UsageError
 from . import options as o
 from .exits import exit_on_error
 from .render import stderr_console
@@ -90,11 +91,11 @@ def worker(
     if report.storage_error:
         console.print(f"[red]stopped[/]: {escape(report.storage_error)}; the job is queued again with the images it "
                       "finished; make room and start the worker again", soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_SOME_FAILED)
     if report.setup_error:
         console.print("[red]stopped[/]: this machine cannot run the job (see above); it is queued again, untouched; "
                       "fix this and start the worker again", soft_wrap=True)
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_SETUP)
 
 
 def status(
@@ -142,8 +143,6 @@ def prune(
     """Delete finished jobs (or files) older than an age; never queued or running jobs, never outside the root."""
     with exit_on_error():
         if path is not None and queue is not None:
-            from ..errors import UsageError
-
             raise UsageError("give either --queue DIR or PATH, not both")
         target = path if path is not None else queue_dir(queue)
         report = prune_target(Path(target), parse_age(older_than), dry_run, queue_mode=True if path is None else None)
