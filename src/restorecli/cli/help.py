@@ -1,8 +1,8 @@
 """Help written the way the README writes commands: ``INPUT...``, ``NAME|PATH``, ``auto|0|N``.
 
 Typer's own help shows an argument's Python type (``inputs... <list[str]>``) and a required argument in braces
-(``{inputs}...``), and recent Typer versions carry their own copy of click, so this works on Typer's classes only; every restorecli command is built with ``Command`` so that its arguments read as their
-metavars do."""
+(``{inputs}...``). Every restorecli command is built with ``Command``, so that its arguments read as their
+metavars do. Recent Typer versions carry a private copy of click, so this builds on Typer's classes only."""
 
 from __future__ import annotations
 

@@ -47,14 +47,19 @@ def worker(
     queue: o.Queue = None,
     once: Annotated[bool, typer.Option(help="Drain the queue and exit (for cron).")] = False,
     max_jobs: Annotated[Optional[int], typer.Option(metavar="N", help="Stop after this many jobs.", min=1)] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="Stop claiming (and release the job in hand between "
+    max_seconds: Annotated[Optional[float], typer.Option(metavar="SECONDS",
+                                                         help="Stop claiming (and release the job in hand between "
                                                                 "images) after this long.", min=0)] = None,
-    lease: Annotated[float, typer.Option(metavar="SECONDS", help="Lease in seconds; renewed while alive, taken over when expired.",
+    lease: Annotated[float, typer.Option(metavar="SECONDS",
+                                         help="Lease in seconds; renewed while alive, taken over when expired.",
                                          min=1)] = 60.0,
-    poll: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between looks at an empty queue.", min=0.1)] = 2.0,
-    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="Run every job on this device (one worker per GPU).",
+    poll: Annotated[float, typer.Option(metavar="SECONDS",
+                                        help="Seconds between looks at an empty queue.", min=0.1)] = 2.0,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE",
+                                                  help="Run every job on this device (one worker per GPU).",
                                                   show_default=False)] = None,
-    max_attempts: Annotated[int, typer.Option(metavar="N", help="Give a job up after this many attempts that crashed a worker.",
+    max_attempts: Annotated[int, typer.Option(metavar="N",
+                                              help="Give a job up after this many attempts that crashed a worker.",
                                               min=1)] = 3,
     json_output: o.Json = False,
 ) -> None:
@@ -99,7 +104,8 @@ def worker(
 
 
 def status(
-    job_id: Annotated[Optional[str], typer.Argument(metavar="JOB_ID", help="A job id [default: the whole queue].", show_default=False)]
+    job_id: Annotated[Optional[str], typer.Argument(metavar="JOB_ID",
+                                                    help="A job id [default: the whole queue].", show_default=False)]
     = None,
     queue: o.Queue = None,
     json_output: o.Json = False,

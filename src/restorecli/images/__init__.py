@@ -38,5 +38,6 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from .decode import (DecodedImage, check_input_file, decode_image, float_to_uint8, max_file_bytes, probe,
                          read_input_file, read_input_stream, srgb_profile)
     from .encode import MAX_SIDE, STRIP_WRITERS, check_output_size, encode_image, strip_writer
-    from .formats import DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, IMAGE_SUFFIXES, SIXTEEN_BIT_FORMATS, OutputFormat, format_for_suffix
+    from .formats import (DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, IMAGE_SUFFIXES, SIXTEEN_BIT_FORMATS, OutputFormat,
+                          format_for_suffix)
     from .pixels import full_scale
