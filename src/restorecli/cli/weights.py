@@ -13,8 +13,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ..errors import UsageError
-from ..models.download import DownloadOptions, default_names, fetch, import_local, model_status
-from ..models.loading import weights_dir as resolve_weights_dir
+from ..models.download import (DownloadOptions, default_names, fetch, import_local, model_status,
+                               unknown_model_message)
+from ..models.loading import choose_weights_dir, weights_dir as resolve_weights_dir
 from ..models.registry import REGISTRY
 from .exits import exit_on_error
 from .options import Json as JsonFlag
@@ -25,7 +26,8 @@ from .render import stderr_console
 def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
     """List every known model with its status: installed, missing, embedded or corrupt."""
     with exit_on_error():
-        directory = resolve_weights_dir(weights_dir)
+        choice = choose_weights_dir(weights_dir)
+        directory = choice.path
         rows = []
         for entry in REGISTRY.values():
             status, path = model_status(entry, directory)
@@ -33,15 +35,19 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
                          "scale": entry.scale, "status": status, "path": path, "file": entry.filename,
                          "sha256": entry.sha256, "licence": entry.licence, "description": entry.description})
         if json_output:
-            typer.echo(json.dumps({"weights_dir": str(directory), "models": rows}, indent=2))
+            typer.echo(json.dumps({"weights_dir": str(directory), "weights_dir_reason": choice.reason,
+                                   "weights_dir_explanation": choice.explanation, "models": rows}, indent=2))
             return
+        console = stderr_console()
+        console.print(f"weights folder: {escape(str(directory.absolute()))} ({escape(choice.explanation)})",
+                      soft_wrap=True)
         table = Table(title=f"models ({directory})", title_justify="left")
         for column in ("name", "kind", "status", "description"):
             table.add_column(column)
         style = {"installed": "green", "embedded": "cyan", "missing": "yellow", "corrupt": "bold red"}
         for row in rows:
             table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["description"])
-        stderr_console().print(table)
+        console.print(table)
         for row in rows:
             typer.echo(f"{row['name']}\t{row['status']}\t{row['path']}")
 
@@ -53,7 +59,7 @@ def download_weights(
     weights_dir: WeightsDir = None,
     mirror: Annotated[Optional[str], typer.Option(help="Base URL replacing the origin (or RESTORECLI_WEIGHTS_MIRROR).",
                                                   show_default=False)] = None,
-    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+    force: Annotated[bool, typer.Option(help="Install again even if installed and passing its hash.")] = False,
     from_path: Annotated[Optional[Path], typer.Option("--from", help="Import a local .pth, .safetensors or ncnn "
                                                                       ".param instead of downloading.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Registry name for --from.")] = None,
@@ -73,7 +79,7 @@ def download_weights(
             wanted = list(REGISTRY) if all_models else (names or default_names())
             unknown = [n for n in wanted if n not in REGISTRY]
             if unknown:
-                raise UsageError(f"unknown model(s): {', '.join(unknown)} (see: restorecli models)")
+                raise UsageError(unknown_model_message(unknown))
             options = DownloadOptions(mirror=mirror, force=force, timeout=timeout, retries=retries)
             results = []
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),

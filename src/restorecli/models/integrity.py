@@ -54,7 +54,7 @@ def check_file(entry: ModelEntry, path: Path, directory: Path) -> str:
     digest = sha256_of(path)
     wanted, local = expected_hash(entry, path.name, directory)
     if wanted and digest != wanted:
-        origin = f"pinned in {directory / LOCK_NAME}" if local else "published"
+        origin = f"one pinned in {directory / LOCK_NAME}" if local else "published"
         raise UnsupportedModel(
             f"{path}: sha256 {digest} does not match the {origin} {wanted}; refusing to load it. "
             f"Re-download with: restorecli download-weights {entry.name} --force"

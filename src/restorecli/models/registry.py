@@ -120,3 +120,21 @@ REGISTRY: dict[str, ModelEntry] = {
 def converted_filename(name: str) -> str:
     """File name under which a model converted from the embedded ncnn source is stored."""
     return f"{name}.safetensors"
+
+
+def close_names(name: str, kind: ModelKind | None = None) -> list[str]:
+    """Registry names (of ``kind``, if given) that ``name`` most looks like a misspelling of: the closest, and
+    any as close (``gfpgan-1`` is as near 1.3 as 1.4); empty when none is close enough."""
+    import difflib
+
+    names = [entry.name for entry in REGISTRY.values() if kind is None or entry.kind == kind]
+    scored = [(difflib.SequenceMatcher(None, name, known).ratio(), known) for known in names]
+    close = [(score, known) for score, known in scored if score >= 0.6]
+    best = max((score for score, _ in close), default=None)
+    return [known for score, known in close if score == best]
+
+
+def did_you_mean(name: str, kind: ModelKind | None = None) -> str | None:
+    """``"did you mean X?"`` (or ``"X or Y"``) for a misspelt model name, else None."""
+    matches = close_names(name, kind)
+    return f"did you mean {' or '.join(matches)}?" if matches else None
