@@ -26,17 +26,13 @@ from .engine.enhance import (
 )
 from .engine.faces.enhance import (
     FaceOptions,
-    FacePlan,
     FaceReport,
-    FaceRows,
-    FaceStack,
-    enhance_faces,
-    plan_faces,
-    restore_planned_faces,
+    FaceStage,
 )
 from .engine.tiling import TileProgress
 from .errors import ImageError, RestoreCliError, UsageError
-from .files import STDIO, LiveWriters, atomic_writer, check_output_folder, file_id, remove_abandoned_temporaries, write_atomic
+from .files import (STDIO, LiveWriters, atomic_writer, check_output_folder, file_id, remove_abandoned_temporaries,
+                    write_atomic)
 from .images import (
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
@@ -176,7 +172,7 @@ class Restored:
 class Restorer:
     """Models loaded on their device, ready to restore many images. Reused across a batch or a queue."""
 
-    def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStack | None = None,
+    def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStage | None = None,
                  options: RestoreOptions | None = None,
                  load_16bit: tuple[Callable[[], LoadedModel], torch.dtype] | None = None):
         self.model = model
@@ -200,7 +196,7 @@ class Restorer:
                                alpha=options.alpha)
         faces = None
         if options.face_enhance:
-            faces = FaceStack.load(options.face_model, options.face_detector, folder, device)
+            faces = FaceStage.load(options.face_model, options.face_detector, folder, device)
         load_16bit = None
         if dtype_16bit != dtype:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
@@ -239,19 +235,8 @@ class Restorer:
                  ) -> tuple[Enhanced, FaceReport | None]:
         model, engine = self._runner(color, fmt)
         result = enhance(model, color, alpha, engine, options.outscale, on_tile)
-        report = None
-        if self.faces is not None:
-            report = enhance_faces(result.color, color, self.faces.detector, self.faces.restorer,
-                                   _face_options(options), self.faces.parser)
+        report = self.faces.enhance(result.color, color, _face_options(options)) if self.faces is not None else None
         return result, report
-
-    def _plan_faces(self, color: np.ndarray, size: tuple[int, int], options: RestoreOptions) -> FacePlan:
-        assert self.faces is not None
-        return plan_faces(color, *size, self.faces.detector, _face_options(options))
-
-    def _restore_faces(self, band: np.ndarray, plan: FacePlan, options: RestoreOptions) -> FaceReport:
-        assert self.faces is not None
-        return restore_planned_faces(band, plan, self.faces.restorer, _face_options(options), self.faces.parser)
 
     def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
                       faces_stem: str | None = None, on_tile: TileProgress | None = None) -> Restored:
@@ -276,20 +261,18 @@ class Restorer:
             write_atomic(output, restored.data)  # type: ignore[arg-type]
             return restored
         planes = decoded.color.shape[2] + (decoded.alpha is not None)
-        plan = self._plan_faces(decoded.color, size, options) if self.faces is not None else None
-        reports: list[FaceReport] = []  # one per pass over the image (an out-of-memory retry makes another)
+        plan = self.faces.plan(decoded.color, size, _face_options(options)) if self.faces is not None else None
         with atomic_writer(output) as handle:
             writer = strip_writer(fmt, handle, *size, planes, decoded.color.dtype, quality=options.quality,
                                   **decoded.metadata_for(size))
             sink = writer
             if plan is not None and plan.faces:
-                sink = FaceRows(writer, plan, decoded.color.shape[2],
-                                lambda band: reports.append(self._restore_faces(band, plan, options)))
+                sink = self.faces.rows(writer, plan, decoded.color.shape[2])
             model, engine = self._runner(decoded.color, fmt)
             enhance_rows(model, decoded.color, engine, sink, on_tile, options.outscale, decoded.alpha)
             writer.close()
-        if reports and options.save_faces:
-            _save_faces(Path(options.save_faces), output.stem, reports[-1])
+        if sink is not writer and sink.reports and options.save_faces:  # the last pass's crops
+            _save_faces(Path(options.save_faces), output.stem, sink.reports[-1])
         return Restored(None, decoded.size, size, len(plan.faces) if plan is not None else None)
 
     def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:

@@ -91,6 +91,7 @@ class FacePlan:
     top: int = 0
     bottom: int = 0
     detection_seconds: float = 0.0
+    options: FaceOptions = field(default_factory=lambda: FaceOptions())  # how its faces are chosen and pasted
 
 
 def _rows_read(matrix: np.ndarray, height: int) -> tuple[int, int]:
@@ -118,7 +119,7 @@ def plan_faces(source: np.ndarray, width: int, height: int, detector: FaceDetect
     spans = [_rows_read(matrix, height) for matrix in matrices]
     top = min((a for a, _ in spans), default=0)
     bottom = max((b for _, b in spans), default=0)
-    return FacePlan(faces, matrices, height, top, bottom, time.perf_counter() - t0)
+    return FacePlan(faces, matrices, height, top, bottom, time.perf_counter() - t0, options)
 
 
 def restore_planned_faces(band: np.ndarray, plan: FacePlan, restorer, options: FaceOptions,
@@ -162,10 +163,12 @@ class FaceRows:
     rows above and below the faces pass straight through; the rows between the first face's top and the last
     face's bottom are held until the last of them has come, then ``restore(band)`` changes them in place (every face
     restored at once, memory allowing) and they go on. Only the first ``color_planes`` planes are handed to
-    ``restore``; an alpha plane after them passes unchanged."""
+    ``restore``; an alpha plane after them passes unchanged. What ``restore`` returns is kept in ``reports``, one
+    for each pass over the image (an out-of-memory retry of the tiles makes another)."""
 
     def __init__(self, sink, plan: FacePlan, color_planes: int, restore: Callable[[np.ndarray], object]):
         self.sink, self.plan, self.color_planes, self.restore = sink, plan, color_planes, restore
+        self.reports: list = []
         self._received = 0
         self._band: np.ndarray | None = None
 
@@ -183,7 +186,7 @@ class FaceRows:
                 self._band = np.empty((bottom - top, *rows.shape[1:]), rows.dtype)
             self._band[first - top : last - top] = rows[first - start : last - start]
             if end >= bottom:
-                self.restore(self._band[:, :, : self.color_planes])
+                self.reports.append(self.restore(self._band[:, :, : self.color_planes]))
                 self._pass(self._band)
                 self._band = None
         if end > max(start, bottom):
@@ -250,4 +253,34 @@ class FaceStack:
             state, _ = read_state_dict(parser_path)
             parser = FaceParser.from_state_dict(state, device, source=str(parser_path))
         return cls(detector, FaceRestorer(descriptor, device), parser)
+
+
+class FaceStage:
+    """The face stage of a restore, built once with its loaded networks: asked once per image for a plan (the
+    faces found on the input, placed on the output), then handed the output rows that plan's faces span
+    (``rows``), or the whole output (``enhance``). It restores, pastes and reports the crops itself."""
+
+    def __init__(self, networks: FaceStack):
+        self.networks = networks
+
+    @classmethod
+    def load(cls, face_model: str, face_detector: str, directory, device: torch.device) -> "FaceStage":
+        return cls(FaceStack.load(face_model, face_detector, directory, device))
+
+    def plan(self, source: np.ndarray, size: tuple[int, int], options: FaceOptions) -> FacePlan:
+        """The faces of ``source`` (the input) placed on its output of ``size`` (w, h)."""
+        return plan_faces(source, *size, self.networks.detector, options)
+
+    def restore(self, band: np.ndarray, plan: FacePlan) -> FaceReport:
+        """Restore and paste ``plan``'s faces into ``band``, the output's rows ``plan.top`` to ``plan.bottom``."""
+        return restore_planned_faces(band, plan, self.networks.restorer, plan.options, self.networks.parser)
+
+    def rows(self, sink, plan: FacePlan, color_planes: int) -> FaceRows:
+        """A row sink that restores ``plan``'s faces on the way to ``sink``; its ``reports`` say what it did."""
+        return FaceRows(sink, plan, color_planes, lambda band: self.restore(band, plan))
+
+    def enhance(self, canvas: np.ndarray, source: np.ndarray, options: FaceOptions) -> FaceReport:
+        """Restore the faces of ``source`` inside ``canvas``, its whole upscaled output (changed in place)."""
+        plan = self.plan(source, (canvas.shape[1], canvas.shape[0]), options)
+        return self.restore(canvas[plan.top : plan.bottom], plan)
 
