@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
+import sqlite3
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -192,3 +191,45 @@ def test_a_waiting_worker_takes_the_first_job_once_the_queue_appears(tmp_path, m
     job_id = json.loads(submitted.stdout)["job_id"]
     status = json.loads(runner.invoke(app, ["status", job_id, "--queue", str(queue), "--json"]).stdout)
     assert status["status"] == "completed"
+
+
+def test_a_misspelt_model_is_refused_by_submit_with_a_suggestion(tmp_path):
+    """As ``restore`` does: exit 2 naming what was probably meant, and nothing queued."""
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"never read: the name is refused first")
+    result = runner.invoke(app, ["submit", str(photo), "--queue", str(tmp_path / "q"), "--model", "realesrgan-x4"])
+    assert result.exit_code == 2
+    assert "unknown model 'realesrgan-x4'" in result.stderr and "did you mean realesrgan-x4plus" in result.stderr
+    assert not (tmp_path / "q").exists()
+    gone = runner.invoke(app, ["submit", str(photo), "--queue", str(tmp_path / "q"), "--model", "gone/x.pth"])
+    assert gone.exit_code == 3  # a checkpoint path that is not there: a set-up that lacks it
+
+
+def test_a_job_whose_model_name_this_version_does_not_know_fails_alone(tmp_path, make_model):
+    """A job queued by another version may name a model this registry lacks: that job fails with the reason,
+    the worker goes on (it used to end with a traceback)."""
+    import cv2
+    import numpy as np
+
+    from restorecli.jobs.store import JobStore
+
+    queue = tmp_path / "queue"
+    photo = tmp_path / "a.png"
+    cv2.imwrite(str(photo), np.full((16, 16, 3), 128, np.uint8))
+    model = make_model(2, "compact", "safetensors")
+    ids = []
+    for _ in range(2):
+        submitted = runner.invoke(app, ["submit", str(photo), "--queue", str(queue), "--model", str(model), "--json"])
+        assert submitted.exit_code == 0, submitted.stderr
+        ids.append(json.loads(submitted.stdout)["job_id"])
+    store = JobStore(queue)
+    options = store.get(ids[0]).options
+    store.close()
+    with sqlite3.connect(queue / "queue.db") as db:  # as a newer version would have queued it
+        db.execute("UPDATE jobs SET options = ? WHERE id = ?", (json.dumps({**options, "model": "realesrgan-x5plus"}),
+                                                                ids[0]))
+    result = runner.invoke(app, ["worker", "--once", "--queue", str(queue)])
+    assert result.exit_code == 0, result.stderr
+    statuses = [json.loads(runner.invoke(app, ["status", i, "--queue", str(queue), "--json"]).stdout) for i in ids]
+    assert statuses[0]["status"] == "failed" and "unknown model 'realesrgan-x5plus'" in statuses[0]["error"]
+    assert statuses[1]["status"] == "completed"

@@ -8,10 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ImageError, SetupError, UsageError, WeightsNotFound
+from ..errors import ImageError, SetupError, UsageError
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
 from ..files import file_id
 from ..pipeline import STDIO, InputItem, RestoreOptions, collect_inputs
+from ..models.loading import unknown_model
 from ..models.registry import REGISTRY
 from .store import Job, JobStore, new_job_id
 
@@ -25,7 +26,7 @@ def job_options(options: RestoreOptions) -> dict:
     if stored["model"] not in REGISTRY:
         model = Path(stored["model"])
         if not model.is_file():
-            raise WeightsNotFound(f"--model '{stored['model']}' is neither a file nor a known model name")
+            raise unknown_model(stored["model"])
         stored["model"] = str(model.resolve())
     for key in ("weights_dir", "save_faces"):
         if stored[key]:

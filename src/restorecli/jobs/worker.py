@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import SetupError
+from ..errors import SetupError, UsageError
 from ..options import RestoreOptions, model_key
 from .store import JobStore, Lease, queue_exists
 
@@ -102,8 +102,8 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
         try:
             if key not in restorers:
                 restorers[key] = Restorer.from_options(restore)
-        except SetupError as exc:
-            if not exc.of_this_machine:  # the job's own options cannot run anywhere
+        except (SetupError, UsageError) as exc:
+            if isinstance(exc, UsageError) or not exc.of_this_machine:  # the job's own options cannot run anywhere
                 store.fail(lease, str(exc))
                 return "failed"
             # this machine lacks it (weights not installed, no such device): every job needing it would fail

@@ -137,6 +137,17 @@ def _missing_message(entry: ModelEntry, directory: Path) -> str:
     return "\n".join(lines)
 
 
+def unknown_model(model: str, kind: str = "sr") -> WeightsNotFound | UsageError:
+    """The error for ``--model`` naming neither a registry entry nor an existing file: a path to a checkpoint that
+    is not there (moved, not yet copied) is a set-up that lacks it; a bare name is a misspelling on the command
+    line, a usage error with the names it may have meant."""
+    known = ", ".join(name for name, e in REGISTRY.items() if e.kind == kind)
+    if _names_a_file(model):
+        return WeightsNotFound(f"'{model}' is neither a file nor a known {kind} model name (known: {known})")
+    hint = did_you_mean(model, kind) or f"known: {known}"
+    return UsageError(f"unknown model '{model}': not a registry name nor an existing file; {hint}")
+
+
 def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[str, Path]:
     """Turn ``--model`` (a registry name or a path) into (display name, file path).
 
@@ -150,12 +161,7 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
         path = Path(model)
         if path.exists():
             return path.stem, path
-        known = ", ".join(name for name, e in REGISTRY.items() if e.kind == kind)
-        if _names_a_file(model):  # a checkpoint that is not there (moved, not yet copied): the set-up lacks it
-            raise WeightsNotFound(f"'{model}' is neither a file nor a known {kind} model name (known: {known})")
-        # a bare name that is no registry name is a misspelling on the command line, not a missing file
-        hint = did_you_mean(model, kind) or f"known: {known}"
-        raise UsageError(f"unknown model '{model}': not a registry name nor an existing file; {hint}")
+        raise unknown_model(model, kind)
     if entry.kind != kind:
         raise WeightsNotFound(f"'{model}' is a {entry.kind} model, not a {kind} model")
     found = installed_file(entry, directory)
