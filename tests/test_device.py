@@ -11,7 +11,7 @@ import torch
 
 from restorecli.engine.device import available_memory, choose_device, choose_dtype, is_out_of_memory
 from restorecli.errors import DeviceUnavailable
-from restorecli.models.loading import ModelSpec
+from restorecli.engine.model import ModelSpec
 
 SPEC = ModelSpec(name="m", path=Path("m"), architecture="ESRGAN", scale=4, default_outscale=4.0, input_channels=3,
                  output_channels=3, supports_half=True, supports_bfloat16=True, multiple_of=1, minimum_size=0,

@@ -50,7 +50,7 @@ from .images import (
     read_input_stream,
     strip_writer,
 )
-from .models.loading import LoadedModel, load_model, weights_dir
+from .models.loading import LoadedModel, load_face_weights, load_model, weights_dir
 from .models.registry import REGISTRY
 from .options import RestoreOptions
 
@@ -196,7 +196,8 @@ class Restorer:
                                alpha=options.alpha)
         faces = None
         if options.face_enhance:
-            faces = FaceStage.load(options.face_model, options.face_detector, folder, device)
+            faces = FaceStage.from_weights(load_face_weights(options.face_model, options.face_detector, folder),
+                                           device)
         load_16bit = None
         if dtype_16bit != dtype:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)

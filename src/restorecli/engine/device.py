@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DeviceMissing, DeviceUnavailable
 from ..files import write_atomic
-from ..models.loading import LoadedModel, ModelSpec
+from .model import LoadedModel, ModelSpec
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 

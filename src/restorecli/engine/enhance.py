@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..models.loading import LoadedModel
+from .model import LoadedModel
 from .resample import ResizeRows
 from .tiling import RowSink, TileProgress, upscale
 

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import TileOutOfMemory
 from ..images import full_scale
-from ..models.loading import LoadedModel
+from .model import LoadedModel
 from .device import available_memory, is_out_of_memory
 
 MIN_AUTO_TILE = 32

@@ -21,7 +21,8 @@ from typing import Callable, Literal
 from ..errors import SetupError, UnsupportedModel, UsageError
 from ..files import atomic_writer
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
-from .loading import EMBEDDED_INSTALL, embedded_param, install_embedded, installed_file, read_state_dict, save_converted
+from .loading import (EMBEDDED_INSTALL, describe, embedded_param, install_embedded, installed_file, read_state_dict,
+                      save_converted)
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename, did_you_mean
 
 MIRROR_ENV = "RESTORECLI_WEIGHTS_MIRROR"
@@ -68,13 +69,11 @@ class _Permanent(DownloadError):
 
 def verify_kind(path: Path, entry: ModelEntry) -> None:
     """Raise ``UnsupportedModel`` unless ``path`` loads as the kind of model ``entry`` describes."""
-    import spandrel
-
     state, output_scale = read_state_dict(path)
     if entry.kind in ("sr", "face"):
         try:
-            descriptor = spandrel.ModelLoader().load_from_state_dict(spandrel.canonicalize_state_dict(state))
-        except Exception as exc:
+            descriptor = describe(state, path)
+        except UnsupportedModel as exc:
             raise UnsupportedModel(f"{path}: does not load as {entry.architecture} ({exc})") from None
         is_face = getattr(descriptor, "purpose", None) == "FaceSR"
         if is_face != (entry.kind == "face"):

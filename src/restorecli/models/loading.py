@@ -8,11 +8,12 @@ import json
 import os
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
+from ..engine.model import LoadedModel, ModelSpec
 from ..files import write_atomic
 from .integrity import check_file, pin, sha256_of
 from .registry import REGISTRY, ModelEntry, converted_filename, did_you_mean
@@ -67,38 +68,6 @@ def choose_weights_dir(explicit: str | os.PathLike[str] | None = None) -> Weight
 def weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The weights directory (see ``choose_weights_dir``, which also says why). Nothing is created here."""
     return choose_weights_dir(explicit).path
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the engine needs to know about a loaded image-to-image model, asked instead of its name."""
-
-    name: str
-    path: Path
-    architecture: str
-    scale: int  # the network's own scale
-    default_outscale: float  # the scale of the published model (differs when its graph resizes the result)
-    input_channels: int
-    output_channels: int
-    supports_half: bool
-    supports_bfloat16: bool
-    multiple_of: int
-    minimum_size: int
-    square: bool
-    tileable: bool
-    max_features: int  # widest layer, used to estimate activation memory per pixel
-
-
-@dataclass
-class LoadedModel:
-    """A loaded network and its contract. Holds no per-call state."""
-
-    spec: ModelSpec
-    descriptor: object  # spandrel.ImageModelDescriptor
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.descriptor.model  # type: ignore[attr-defined]
 
 
 def embedded_models_dir() -> Path | None:
@@ -308,18 +277,71 @@ def _max_features(module: torch.nn.Module) -> int:
     return max(widths, default=64)
 
 
+def describe(state: dict, path: Path):
+    """The spandrel model (a descriptor holding the network, on the CPU) that the tensors ``state`` of ``path`` are
+    the weights of: the one place spandrel's loader (which canonicalises the keys itself) is called. Raises
+    ``UnsupportedModel``."""
+    import spandrel
+
+    try:
+        return spandrel.ModelLoader().load_from_state_dict(state)
+    except spandrel.UnsupportedModelError:
+        raise UnsupportedModel(f"{path}: not a model architecture spandrel recognises") from None
+    except Exception as exc:  # shape mismatches inside a recognised architecture
+        raise UnsupportedModel(f"{path}: the weights do not fit the detected architecture ({exc})") from None
+
+
+@dataclass(frozen=True)
+class FaceWeights:
+    """What ``--face-enhance`` loads, for the engine to run: the face restorer (a spandrel model), the detector's
+    and the optional parser's tensors with the files they came from, and the detector's anchor settings."""
+
+    restorer: object  # spandrel ImageModelDescriptor whose purpose is FaceSR
+    detector: dict
+    detector_source: str
+    anchors: dict | None  # NAME.anchors.json beside the detector checkpoint, read; None: the published settings
+    parser: dict | None = None  # ParseNet, when its weights are installed
+    parser_source: str | None = None
+
+
+def load_face_weights(face_model: str, face_detector: str, directory: Path) -> FaceWeights:
+    """Resolve and read the face restorer, the detector and (if installed) ParseNet. Raises ``WeightsNotInstalled``
+    naming what to fetch, ``UnsupportedModel`` for files that are not what they should be."""
+    paths: dict[str, Path] = {}
+    missing = []
+    for name, kind in ((face_model, "face"), (face_detector, "detector")):
+        try:
+            paths[kind] = resolve_model_path(name, directory, kind)[1]
+        except WeightsNotFound:
+            if name not in REGISTRY:
+                raise
+            missing.append(name)
+    if missing:
+        raise WeightsNotInstalled(f"--face-enhance needs {' and '.join(missing)}, not installed in {directory}.\n"
+                                  f"Run: restorecli download-weights {' '.join(missing)} --weights-dir {directory}")
+    restorer = describe(read_state_dict(paths["face"])[0], paths["face"])
+    if getattr(restorer, "purpose", None) != "FaceSR":
+        raise UnsupportedModel(f"{paths['face']}: is a {restorer.architecture.name} model, not a face restorer")
+    sidecar = paths["detector"].with_name(paths["detector"].stem + ".anchors.json")
+    try:
+        anchors = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModel(f"{sidecar}: unreadable anchor configuration ({exc})") from None
+    weights = FaceWeights(restorer, read_state_dict(paths["detector"])[0], str(paths["detector"]), anchors)
+    try:
+        parser_path = resolve_model_path("parsenet", directory, "parser")[1]
+    except WeightsNotFound:
+        return weights  # optional: the feathered mask is used instead
+    return replace(weights, parser=read_state_dict(parser_path)[0], parser_source=str(parser_path))
+
+
 def load_model(model: str, directory: Path) -> LoadedModel:
     """Load an upscaling model from a registry name or a path; the network is on the CPU in fp32, eval mode."""
     import spandrel
 
     name, path = resolve_model_path(model, directory)
     state, output_scale = read_state_dict(path)
-    try:
-        descriptor = spandrel.ModelLoader().load_from_state_dict(spandrel.canonicalize_state_dict(state))
-    except spandrel.UnsupportedModelError:
-        raise UnsupportedModel(f"{path}: not a model architecture spandrel recognises") from None
-    except Exception as exc:  # shape mismatches inside a recognised architecture
-        raise UnsupportedModel(f"{path}: the weights do not fit the detected architecture ({exc})") from None
+    descriptor = describe(state, path)
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose == "FaceSR":
         raise UnsupportedModel(
             f"{path}: {descriptor.architecture.name} is a {descriptor.purpose} model, not a single-image upscaler"

@@ -8,10 +8,8 @@ Anchors are configuration, not code: a detector trained with other anchor sizes 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,16 +30,18 @@ class AnchorConfig:
     variance: tuple[float, float] = (0.1, 0.2)
 
     @classmethod
-    def from_file(cls, path: Path) -> "AnchorConfig":
+    def from_mapping(cls, data: dict | None, source: str = "anchors") -> "AnchorConfig":
+        """From a checkpoint's ``NAME.anchors.json`` (read by models/); None gives the published settings."""
+        if data is None:
+            return cls()
         try:
-            data = json.loads(path.read_text())
             return cls(
                 min_sizes=tuple(tuple(int(v) for v in level) for level in data["min_sizes"]),
                 steps=tuple(int(v) for v in data.get("steps", cls.steps)),
                 variance=tuple(float(v) for v in data.get("variance", cls.variance)),  # type: ignore[arg-type]
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UnsupportedModel(f"{path}: unreadable anchor configuration ({exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UnsupportedModel(f"{source}: unreadable anchor configuration ({exc})") from None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 
 from ..device import run_in_batches
 from .align import FACE_SIZE, alignment, crop_face, square_corners
-from .detector import Face, FaceDetector
+from .detector import AnchorConfig, Face, FaceDetector
 from .parsing import FaceParser
 from .paste import paste_face
 
@@ -211,48 +210,14 @@ class FaceStack:
     parser: FaceParser | None = None  # ParseNet, when its weights are installed
 
     @classmethod
-    def load(cls, face_model: str, face_detector: str, directory, device: torch.device) -> "FaceStack":
-        """Load both networks, or raise ``WeightsNotFound``/``UnsupportedModel`` saying what to fetch."""
-        import spandrel
-
-        from ...errors import UnsupportedModel, WeightsNotFound, WeightsNotInstalled
-        from ...models.loading import read_state_dict, resolve_model_path
-        from ...models.registry import REGISTRY
-        from .detector import AnchorConfig
-
-        paths: dict[str, Path] = {}
-        missing = []
-        for name, kind in ((face_model, "face"), (face_detector, "detector")):
-            try:
-                paths[kind] = resolve_model_path(name, directory, kind)[1]
-            except WeightsNotFound:
-                if name not in REGISTRY:
-                    raise
-                missing.append(name)
-        if missing:
-            raise WeightsNotInstalled(f"--face-enhance needs {' and '.join(missing)}, not installed in {directory}.\n"
-                                  f"Run: restorecli download-weights {' '.join(missing)} --weights-dir {directory}")
-        state, _ = read_state_dict(paths["face"])
-        try:
-            descriptor = spandrel.ModelLoader().load_from_state_dict(spandrel.canonicalize_state_dict(state))
-        except Exception as exc:
-            raise UnsupportedModel(f"{paths['face']}: not a face restoration model spandrel recognises ({exc})") \
-                from None
-        if getattr(descriptor, "purpose", None) != "FaceSR":
-            raise UnsupportedModel(f"{paths['face']}: is a {descriptor.architecture.name} model, not a face restorer")
-        sidecar = paths["detector"].with_name(paths["detector"].stem + ".anchors.json")
-        anchors = AnchorConfig.from_file(sidecar) if sidecar.is_file() else AnchorConfig()
-        state, _ = read_state_dict(paths["detector"])
-        detector = FaceDetector.from_state_dict(state, anchors, device, source=str(paths["detector"]))
+    def from_weights(cls, weights, device: torch.device) -> "FaceStack":
+        """The networks on ``device`` from ``weights`` (``models.loading.FaceWeights``: read and checked there)."""
+        anchors = AnchorConfig.from_mapping(weights.anchors, f"{weights.detector_source} anchors")
+        detector = FaceDetector.from_state_dict(weights.detector, anchors, device, source=weights.detector_source)
         parser = None
-        try:
-            parser_path = resolve_model_path("parsenet", directory, "parser")[1]
-        except WeightsNotFound:
-            parser_path = None  # optional: the feathered mask is used instead
-        if parser_path is not None:
-            state, _ = read_state_dict(parser_path)
-            parser = FaceParser.from_state_dict(state, device, source=str(parser_path))
-        return cls(detector, FaceRestorer(descriptor, device), parser)
+        if weights.parser is not None:
+            parser = FaceParser.from_state_dict(weights.parser, device, source=weights.parser_source)
+        return cls(detector, FaceRestorer(weights.restorer, device), parser)
 
 
 class FaceStage:
@@ -264,8 +229,8 @@ class FaceStage:
         self.networks = networks
 
     @classmethod
-    def load(cls, face_model: str, face_detector: str, directory, device: torch.device) -> "FaceStage":
-        return cls(FaceStack.load(face_model, face_detector, directory, device))
+    def from_weights(cls, weights, device: torch.device) -> "FaceStage":
+        return cls(FaceStack.from_weights(weights, device))
 
     def plan(self, source: np.ndarray, size: tuple[int, int], options: FaceOptions) -> FacePlan:
         """The faces of ``source`` (the input) placed on its output of ``size`` (w, h)."""
