@@ -82,20 +82,10 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
 
     job = lease.job
     job_dir = store.job_dir(job.id)
-    work = job_dir / "work" / lease.token
-    resume = job_dir / "work" / "resume"
-    if resume.is_dir():
-        os.rename(resume, work)  # images finished by a worker that stopped politely
-    for other in (job_dir / "work").glob("*") if (job_dir / "work").is_dir() else []:
-        if other != work:
-            shutil.rmtree(other, ignore_errors=True)  # left by owners whose lease expired
+    work = _work_folder(job_dir, lease.token)
     stored = {str(job_dir / "inputs" / i["stored"]): i["original_filename"] for i in job.inputs}
-    known = {f.name for f in fields(RestoreOptions)}  # a job queued by another version may carry other fields
-    restore = RestoreOptions(**{k: v for k, v in job.options.items() if k in known}, output_dir=str(work))
-    if options.device:
-        restore = replace(restore, device=options.device)
-    # what a loaded Restorer depends on; jobs that agree on it share one set of loaded networks
-    key = model_key(restore)
+    restore = _job_options(job.options, work, options.device)
+    key = model_key(restore)  # jobs that agree on it share one set of loaded networks
     renewer = _Renewer(store.root, lease, options.lease)
     renewer.start()
     try:
@@ -134,8 +124,32 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
         return "released" if store.release(lease, work) else "lost"
     if len(batch.items) < len(stored):  # stopped between images
         return "released" if store.release(lease, work) else "lost"
-    results = [_result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root)
-               for item in batch.items]
+    return _publish(store, lease, work, [_result_entry(item, stored.get(item.input, item.input), job_dir, work,
+                                                       store.root) for item in batch.items])
+
+
+def _work_folder(job_dir: Path, token: str) -> Path:
+    """This lease's private folder for the job's outputs: the images a worker that stopped politely finished are
+    taken over; folders of owners whose lease expired are removed."""
+    work = job_dir / "work" / token
+    resume = job_dir / "work" / "resume"
+    if resume.is_dir():
+        os.rename(resume, work)
+    for other in (job_dir / "work").glob("*") if (job_dir / "work").is_dir() else []:
+        if other != work:
+            shutil.rmtree(other, ignore_errors=True)
+    return work
+
+
+def _job_options(stored: dict, work: Path, device: str | None) -> RestoreOptions:
+    """The job's restore options, writing into ``work``, on this worker's ``device`` where it has one."""
+    known = {f.name for f in fields(RestoreOptions)}  # a job queued by another version may carry other fields
+    restore = RestoreOptions(**{k: v for k, v in stored.items() if k in known}, output_dir=str(work))
+    return replace(restore, device=device) if device else restore
+
+
+def _publish(store: JobStore, lease: Lease, work: Path, results: list[dict]) -> str:
+    """Move the job's outputs into place and record its results; returns its outcome."""
     errors = [r for r in results if r["status"] == "error"]
     status = "failed" if errors and len(errors) == len(results) else "completed"
     error = "; ".join(r["error"] for r in errors) if errors else None
