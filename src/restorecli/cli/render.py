@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -13,13 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:  # the pipeline loads torch; the commands that render no batch do not need it
     from ..pipeline import BatchResult, ItemResult
@@ -29,6 +33,19 @@ STATUS_STYLE = {"ok": "green", "skipped": "yellow", "error": "bold red", "planne
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)  # log lines stay whole in cron logs
+
+
+def same_terminal(a: TextIO, b: TextIO) -> bool:
+    """Whether two streams write to one terminal (stdout and stderr of a shell or a tmux pane): both are ttys
+    and the same device. Streams without a file descriptor (tests' buffers) are never a terminal."""
+    try:
+        fds = a.fileno(), b.fileno()
+        if not all(os.isatty(fd) for fd in fds):
+            return False
+        first, second = (os.fstat(fd) for fd in fds)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return False
+    return (first.st_dev, first.st_ino, first.st_rdev) == (second.st_dev, second.st_ino, second.st_rdev)
 
 
 def error(message: str) -> None:
@@ -61,18 +78,34 @@ def summary_json(batch: BatchResult) -> dict:
     return summary
 
 
+class ImagesColumn(ProgressColumn):
+    """Whole images done of all, e.g. ' 2/10'. The task's own count also holds the finished part of the image in
+    hand (so the bar, the percentage and the estimate move while a large image runs); this column leaves it out."""
+
+    def render(self, task: Task) -> Text:
+        total = str(int(task.total)) if task.total is not None else "?"
+        return Text(f"{task.fields['images']:{len(total)}d}/{total}", style="progress.download")
+
+
 class BatchRenderer:
-    """Progress bar and per-item lines while a batch runs, summary at the end."""
+    """Progress bar and per-item lines while a batch runs, summary at the end.
+
+    Result lines (paths, or JSON with ``as_json``) go to ``stdout``. Where stdout is the very terminal the live
+    bar is drawn on, a raw write would land inside the bar's line; there they are printed above the bar instead."""
 
     def __init__(self, as_json: bool, stdout: TextIO | None = None, results_to_stdout: bool = True):
         self.as_json = as_json
         self.stdout = stdout or sys.stdout
         self.results_to_stdout = results_to_stdout
         self.console = stderr_console()
+        # is_interactive: a terminal that is not dumb, where the live bar is drawn and redrawn in place
+        self.results_above_bar = self.console.is_interactive and same_terminal(self.stdout, self.console.file)
+        self.images_column = ImagesColumn()
         self.progress = Progress(
             TextColumn("[bold]restoring"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            self.images_column,
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -83,6 +116,8 @@ class BatchRenderer:
         self.task = None
         self.current = ""
         self.total: int | None = None
+        self.images_done = 0
+        self.image_part = 0.0  # of the image in hand, from its tiles: never goes back within one image
         self.items: list[ItemResult] = []  # every finished item, for a summary of a batch that was cut short
         self.started = time.perf_counter()
 
@@ -96,17 +131,22 @@ class BatchRenderer:
     def __call__(self, event: str, payload: object) -> None:
         if event == "start":
             self.total = payload  # type: ignore[assignment]
-            self.task = self.progress.add_task("restore", total=payload, current="")
+            self.task = self.progress.add_task("restore", total=payload, current="", images=0)
         elif event == "item" and self.task is not None:
             self.current = escape(str(payload))  # a file name is shown as it is, brackets and all
+            self.image_part = 0.0
             self.progress.update(self.task, current=self.current)
         elif event == "tiles" and self.task is not None:
             done, total = payload  # type: ignore[misc]
-            if total > 1:
-                self.progress.update(self.task, current=f"{self.current} [dim](tile {done}/{total})[/]")
+            # an alpha plane's pass, or a retry in smaller tiles after running out of memory, counts from 0 again
+            self.image_part = max(self.image_part, min(done / total, 1.0) if total else 0.0)
+            current = f"{self.current} [dim](tile {done}/{total})[/]" if total > 1 else self.current
+            self.progress.update(self.task, completed=self.images_done + self.image_part, current=current)
         elif event == "done" and self.task is not None:
             self.items.append(payload)
-            self.progress.advance(self.task)
+            self.images_done += 1
+            self.image_part = 0.0
+            self.progress.update(self.task, completed=self.images_done, images=self.images_done)
             self._item(payload)
 
     def _item(self, item: ItemResult) -> None:
@@ -117,10 +157,15 @@ class BatchRenderer:
             self.progress.console.print(f"[cyan]would write[/] {escape(str(item.output))}"
                                         f"{f' ({sizes})' if sizes else ''}", soft_wrap=True)
         if self.as_json:
-            self.stdout.write(json.dumps(item_json(item)) + "\n")
-            self.stdout.flush()
+            self._result(json.dumps(item_json(item)))
         elif self.results_to_stdout and item.status in ("ok", "planned") and item.output:
-            self.stdout.write(item.output + "\n")
+            self._result(item.output)
+
+    def _result(self, line: str) -> None:
+        if self.results_above_bar:  # the live display clears its bar, prints the line whole and redraws the bar
+            self.progress.console.out(line, highlight=False)
+        else:
+            self.stdout.write(line + "\n")
             self.stdout.flush()
 
     def so_far(self, interrupted: int) -> BatchResult:
