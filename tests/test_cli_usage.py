@@ -233,3 +233,18 @@ def test_a_job_whose_model_name_this_version_does_not_know_fails_alone(tmp_path,
     statuses = [json.loads(runner.invoke(app, ["status", i, "--queue", str(queue), "--json"]).stdout) for i in ids]
     assert statuses[0]["status"] == "failed" and "unknown model 'realesrgan-x5plus'" in statuses[0]["error"]
     assert statuses[1]["status"] == "completed"
+
+
+@pytest.mark.parametrize("args", [
+    ["restore", "a.png", "--model", "realesrgan-x4"],
+    ["evaluate", "--models", "realesrgan-x4"],
+    ["download-weights", "realesrgan-x4"],
+])
+def test_a_stderr_that_is_no_terminal_gets_messages_and_no_progress_bar_leftovers(tmp_path, args):
+    """A cron log got an empty line from every run (the stopped bar's), before the error it was looking for."""
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"never read: the model name is refused first")
+    args = [str(photo) if a == "a.png" else a for a in args]
+    result = runner.invoke(app, [*args, "--weights-dir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: unknown model 'realesrgan-x4'"), repr(result.stderr)

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import RestoreCliError, UsageError
 from ..files import check_output_folder, write_atomic
 from . import options as o
 from .exits import exit_on_error
-from .render import stderr_console
+from .render import live_progress, stderr_console
 
 if TYPE_CHECKING:  # the evaluation runs models: it is imported when the command runs, not for --help
     from ..evaluate.results import Evaluation
@@ -159,8 +159,8 @@ def evaluate(
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
                               precision=o.check_choice("--precision", precision, o.PRECISIONS),
                               weights_dir=weights_dir, keep_pictures=report is not None)
-        with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[current]}"), console=console, transient=True) as progress:
+        with live_progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           TextColumn("{task.fields[current]}"), console=console) as progress:
             task = progress.add_task("evaluate", total=None, current="")
 
             def on_progress(event: str, payload: object) -> None:

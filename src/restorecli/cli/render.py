@@ -48,6 +48,14 @@ def same_terminal(a: TextIO, b: TextIO) -> bool:
     return (first.st_dev, first.st_ino, first.st_rdev) == (second.st_dev, second.st_ino, second.st_rdev)
 
 
+def live_progress(*columns: ProgressColumn | str, console: Console | None = None) -> Progress:
+    """The one progress display of every command: on stderr, cleared when done, and drawn only where stderr is a
+    terminal that redraws in place (a cron log or a pipe gets the messages printed through it, and no bar, not
+    even the empty line a stopped bar leaves)."""
+    console = console or stderr_console()
+    return Progress(*columns, console=console, transient=True, disable=not console.is_interactive)
+
+
 def error(message: str) -> None:
     """A setup or usage error, on stderr."""
     console = stderr_console()
@@ -101,7 +109,7 @@ class BatchRenderer:
         # is_interactive: a terminal that is not dumb, where the live bar is drawn and redrawn in place
         self.results_above_bar = self.console.is_interactive and same_terminal(self.stdout, self.console.file)
         self.images_column = ImagesColumn()
-        self.progress = Progress(
+        self.progress = live_progress(
             TextColumn("[bold]restoring"),
             BarColumn(),
             TaskProgressColumn(),
@@ -111,7 +119,6 @@ class BatchRenderer:
             TimeRemainingColumn(),
             TextColumn("{task.fields[current]}"),
             console=self.console,
-            transient=True,
         )
         self.task = None
         self.current = ""

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from ..errors import UsageError
@@ -20,7 +20,7 @@ from ..models.registry import REGISTRY
 from .exits import exit_on_error
 from .options import Json as JsonFlag
 from .options import WeightsDir
-from .render import stderr_console
+from .render import live_progress, stderr_console
 
 
 def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
@@ -53,18 +53,22 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
 
 
 def download_weights(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch [default: what restore needs].",
-                                                         show_default=False)] = None,
+    names: Annotated[Optional[list[str]], typer.Argument(
+        metavar="NAME...", help="Models to fetch [default: what restore needs].", show_default=False)] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Fetch every known model.")] = False,
     weights_dir: WeightsDir = None,
-    mirror: Annotated[Optional[str], typer.Option(help="Base URL replacing the origin (or RESTORECLI_WEIGHTS_MIRROR).",
-                                                  show_default=False)] = None,
+    mirror: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Base URL replacing the origin (or RESTORECLI_WEIGHTS_MIRROR).", show_default=False)
+    ] = None,
     force: Annotated[bool, typer.Option(help="Install again even if installed and passing its hash.")] = False,
-    from_path: Annotated[Optional[Path], typer.Option("--from", help="Import a local .pth, .safetensors or ncnn "
-                                                                      ".param instead of downloading.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Registry name for --from.")] = None,
-    timeout: Annotated[float, typer.Option(help="Connect/read timeout in seconds.", min=0.1)] = 30.0,
-    retries: Annotated[int, typer.Option(help="Retries per URL, with exponential backoff.", min=0)] = 3,
+    from_path: Annotated[Optional[Path], typer.Option(
+        "--from", metavar="FILE", help="Import a local .pth, .safetensors or ncnn .param instead of downloading.")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option(metavar="NAME", help="Registry name for --from.")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Connect/read timeout in seconds.",
+                                           min=0.1)] = 30.0,
+    retries: Annotated[int, typer.Option(metavar="N", help="Retries per URL, with exponential backoff.",
+                                         min=0)] = 3,
     json_output: JsonFlag = False,
 ) -> None:
     """Fetch model weights, verified by sha256 and resumable; offline, install embedded ones."""
@@ -82,8 +86,8 @@ def download_weights(
                 raise UsageError(unknown_model_message(unknown))
             options = DownloadOptions(mirror=mirror, force=force, timeout=timeout, retries=retries)
             results = []
-            with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeRemainingColumn(), console=console, transient=True) as progress:
+            with live_progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                               TimeRemainingColumn(), console=console) as progress:
                 tasks: dict[str, int] = {}
 
                 def on_progress(model: str, done: int, total: int | None) -> None:
