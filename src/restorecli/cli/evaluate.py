@@ -114,6 +114,27 @@ def _write_files(evaluation: Evaluation, csv_path: Path | None, report: Path | N
     return page
 
 
+def _run_with_progress(inputs: list[str], options, console) -> Evaluation:
+    """Run the evaluation under the progress display; a failed image is named as it fails."""
+    from ..evaluate.run import evaluate as run_evaluation
+
+    with live_progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[current]}"), console=console) as progress:
+        task = progress.add_task("evaluate", total=None, current="")
+
+        def on_progress(event: str, payload) -> None:
+            if event == "start":
+                progress.update(task, total=payload)
+            elif event == "image":
+                progress.update(task, current=escape(str(payload)))
+            elif event == "done":
+                progress.advance(task)
+                if payload.error:
+                    progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
+
+        return run_evaluation(inputs, options, on_progress)
+
+
 def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(metavar="REFERENCE...",
                                                           help="Reference images or folders [default: test_inputs/].",
@@ -146,7 +167,7 @@ def evaluate(
     weights_dir: o.WeightsDir = None,
 ) -> None:
     """Measure models against bicubic and Lanczos: PSNR/SSIM on RGB and Y, per image and as means."""
-    from ..evaluate.run import EvalOptions, evaluate as run_evaluation
+    from ..evaluate.run import EvalOptions
 
     console = stderr_console()
     with exit_on_error():
@@ -159,21 +180,7 @@ def evaluate(
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
                               precision=o.check_choice("--precision", precision, o.PRECISIONS),
                               weights_dir=weights_dir, keep_pictures=report is not None)
-        with live_progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           TextColumn("{task.fields[current]}"), console=console) as progress:
-            task = progress.add_task("evaluate", total=None, current="")
-
-            def on_progress(event: str, payload: object) -> None:
-                if event == "start":
-                    progress.update(task, total=payload)
-                elif event == "image":
-                    progress.update(task, current=escape(str(payload)))
-                elif event == "done":
-                    progress.advance(task)
-                    if payload.error:
-                        progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
-
-            evaluation = run_evaluation(inputs or ["test_inputs"], options, on_progress)
+        evaluation = _run_with_progress(inputs or ["test_inputs"], options, console)
         console.print(_table(evaluation))
         if json_output:
             for row in _rows(evaluation):
