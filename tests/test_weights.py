@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import threading
 import time
@@ -446,3 +447,24 @@ def test_download_weights_suggests_the_name_meant(tmp_path):
     assert imported.exit_code == 2
     assert "unknown model 'gfpgan-1' (did you mean gfpgan-1.3 or gfpgan-1.4?)" in imported.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("lock", [
+    "[]", '"a string"', "null", '{"realesr-animevideov3.safetensors": 7}', '{"realesr-animevideov3.safetensors": {}}',
+    '{"realesr-animevideov3.safetensors": {"sha256": null}}', '{"realesr-animevideov3.safetensors": {"sha256": ""}}',
+])
+def test_a_lock_file_of_the_wrong_shape_is_a_setup_error_naming_it(tmp_path, lock):
+    """Valid JSON of the wrong shape crashed models, restore and download-weights with a traceback; an entry with
+    a null or empty hash read as "not pinned", and its file then loaded unverified."""
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "restorecli-lock.json").write_text(lock)
+    photo = tmp_path / "a.png"
+    shutil.copy(TEST_INPUTS / "rocket.jpg", photo)
+    for args in (["download-weights", "realesr-animevideov3"],
+                 ["restore", str(photo), "-o", str(tmp_path / "o"), "--model", "realesr-animevideov3"]):
+        result = CliRunner().invoke(app, [*args, "--weights-dir", str(weights)])
+        assert result.exit_code == 3, (args, result.stderr, result.exception)
+        assert "restorecli-lock.json" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "o").exists()
+    assert (weights / "restorecli-lock.json").read_text() == lock  # restorecli never rewrites it

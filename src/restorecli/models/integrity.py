@@ -28,9 +28,26 @@ def read_lock(directory: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        lock = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SetupError(f"{path}: unreadable lock file ({exc}); fix or delete it") from None
+    _check_lock_shape(lock, path)
+    return lock
+
+
+def _check_lock_shape(lock: object, path: Path) -> None:
+    """A lock file is an object of ``{file name: {"sha256": 64 hex digits, ...}}``. Any other shape is a setup
+    error naming the first bad entry: an entry without a usable hash must never read as "not pinned", which would
+    let its file load unverified."""
+    if not isinstance(lock, dict):
+        raise SetupError(f"{path}: not a restorecli lock file (holds a JSON {type(lock).__name__}, not an object "
+                         "of file names); fix or delete it")
+    for name, entry in lock.items():
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise SetupError(f"{path}: the entry for {name!r} holds no sha256 (64 hex digits) but "
+                             f"{repr(entry)[:80]}; fix or delete the lock file (its files are then pinned again on "
+                             "their next use)")
 
 
 def pin(directory: Path, filename: str, digest: str, source: str) -> None:
