@@ -468,3 +468,17 @@ def test_a_lock_file_of_the_wrong_shape_is_a_setup_error_naming_it(tmp_path, loc
         assert "restorecli-lock.json" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "o").exists()
     assert (weights / "restorecli-lock.json").read_text() == lock  # restorecli never rewrites it
+
+
+def test_from_a_pipe_or_a_device_says_what_it_is(tmp_path):
+    """It said "no such file" (and reading a pipe would have blocked the command)."""
+    fifo = tmp_path / "model.pth"
+    os.mkfifo(fifo)
+    for source, kind in ((fifo, "a named pipe"), (Path("/dev/null"), "a character device"), (tmp_path, "a directory")):
+        result = CliRunner().invoke(app, ["download-weights", "--from", str(source), "--name", "realesrgan-x2plus",
+                                          "--weights-dir", str(tmp_path / "w")])
+        assert result.exit_code == 2
+        assert f"--from {source}: is {kind}, not a model file" in result.stderr
+    missing = CliRunner().invoke(app, ["download-weights", "--from", str(tmp_path / "gone.pth"), "--name",
+                                       "realesrgan-x2plus", "--weights-dir", str(tmp_path / "w")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr

@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,16 @@ from typing import BinaryIO
 from .errors import UsageError
 
 STDIO = "-"  # an input or output of "-" is standard input or output
+
+# What a path that is not a regular file is, for the error: reading one would block (a named pipe) or never end
+# (a character device such as /dev/zero)
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def special_file_kind(mode: int) -> str:
+    """What a file of ``mode`` (``st_mode``) that is not a regular file is, in words: "a named pipe"."""
+    return next((label for test, label in _FILE_KINDS if test(mode)), "not a regular file")
 
 
 def file_id(path: Path) -> tuple[int, int] | None:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, ImageError, ImageTooLarge
+from ..files import special_file_kind
 from . import xmp as extended_xmp
 from .formats import DEFAULT_MAX_PIXELS, OutputFormat
 from .jpeg import XMP_APP1
@@ -69,12 +70,6 @@ def float_to_uint8(image: np.ndarray) -> np.ndarray:
 # and embedded previews: anything larger cannot be an image within the limit, and reading it would only fill memory
 _MAX_BYTES_PER_PIXEL = 16
 _METADATA_ALLOWANCE = 64 << 20
-# What a path that is not a regular file is, for the error: reading one would block (a named pipe) or never end
-# (a character device such as /dev/zero)
-_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
-
-
 def max_file_bytes(max_pixels: int) -> int:
     """The largest input file taken under ``max_pixels``."""
     return max_pixels * _MAX_BYTES_PER_PIXEL + _METADATA_ALLOWANCE
@@ -98,8 +93,7 @@ def check_input_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     if stat.S_ISDIR(found.st_mode):
         raise ImageError(f"{path}: is a directory (use --recursive or list its files)")
     if not stat.S_ISREG(found.st_mode):
-        kind = next((label for test, label in _FILE_KINDS if test(found.st_mode)), "not a regular file")
-        raise ImageError(f"{path}: is {kind}, not an image file")
+        raise ImageError(f"{path}: is {special_file_kind(found.st_mode)}, not an image file")
     if found.st_size > max_file_bytes(max_pixels):
         raise _too_big(str(path), found.st_size, max_pixels)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..errors import SetupError, UnsupportedModel, UsageError
-from ..files import atomic_writer
+from ..files import atomic_writer, special_file_kind
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
 from .loading import (EMBEDDED_INSTALL, describe, embedded_param, install_embedded, installed_file, read_state_dict,
                       save_converted)
@@ -257,8 +258,12 @@ def _unreachable_message(entry: ModelEntry, hosts: list[str], errors: list[str],
 
 def import_local(source: Path, name: str | None, directory: Path) -> FetchResult:
     """Import a local ``.pth``, ``.safetensors`` or ncnn ``.param``/``.bin`` as registry model ``name``."""
-    if not source.is_file():
-        raise UsageError(f"--from {source}: no such file")
+    try:
+        mode = source.stat().st_mode
+    except OSError:
+        raise UsageError(f"--from {source}: no such file") from None
+    if not stat.S_ISREG(mode):  # reading a pipe would block, a device never end
+        raise UsageError(f"--from {source}: is {special_file_kind(mode)}, not a model file")
     if name is None:
         matches = [e.name for e in REGISTRY.values() if e.filename == source.name]
         if not matches:
