@@ -136,18 +136,31 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
     return items
 
 
-def _files_of(items: list[InputItem]) -> dict[tuple[int, int], str]:
+FileIdentity = Callable[[Path], tuple[int, int] | None]  # a path's file (device, inode), None: no such file
+
+
+def _files_of(items: list[InputItem], identity: FileIdentity = file_id) -> dict[tuple[int, int], str]:
     files: dict[tuple[int, int], str] = {}
     for item in items:
-        key = None if item.source == STDIO else file_id(Path(item.source))
+        key = None if item.source == STDIO else identity(Path(item.source))
         if key is not None:
             files.setdefault(key, item.source)
     return files
 
 
+def _named_format(item: InputItem) -> OutputFormat | None:
+    """The writable format an input file's name says (None: stdin, whose content says, or one not written)."""
+    return None if item.source == STDIO else format_for_suffix(Path(item.source).suffix)
+
+
+def _output_format(options: RestoreOptions, input_format: OutputFormat | None) -> OutputFormat:
+    """The format an image read as ``input_format`` (None: one restorecli does not write) is written in."""
+    return options.format if options.format != "same" else input_format or "png"
+
+
 def output_path_for(item: InputItem, options: RestoreOptions, input_format: OutputFormat | None) -> Path:
     """Output file for ``item``: STEM[SUFFIX].EXT under the output directory, never outside it."""
-    fmt = options.format if options.format != "same" else input_format or "png"
+    fmt = _output_format(options, input_format)
     suffix = Path(item.source).suffix if item.source != STDIO else ""
     keep_spelling = options.format == "same" and format_for_suffix(suffix) == fmt
     ext = suffix.lower() if keep_spelling else FORMAT_SUFFIX[fmt]
@@ -159,6 +172,126 @@ def output_path_for(item: InputItem, options: RestoreOptions, input_format: Outp
     if not target.resolve().is_relative_to(root.resolve()):
         raise ImageError(f"{item.source}: output {target} would land outside {root}")
     return target
+
+
+def claim_name(claimed: dict[str, str], name: str, source: str,
+               identity: FileIdentity = file_id) -> tuple[str, bool] | None:
+    """Claim ``name`` for the input ``source`` in ``claimed`` (casefolded name -> the input holding it).
+
+    Returns None when the name was free (it is ``source``'s now); otherwise the earlier input holding it and
+    whether that is the same file as ``source`` (overlapping globs, a folder beside a file in it: one file named
+    twice, to be done once). Names that differ in case only are one: they are one file on macOS's and Windows'
+    file systems, and would clash when the results are copied there."""
+    key = name.casefold()
+    if key not in claimed:
+        claimed[key] = source
+        return None
+    earlier = claimed[key]
+    this = identity(Path(source)) if source != STDIO else None
+    return earlier, this is not None and earlier != STDIO and identity(Path(earlier)) == this
+
+
+PlanAction = Literal["write", "skip", "error"]
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """What a batch does with one input: ``write`` it to ``output`` (None: to stdout), ``skip`` it, or count it an
+    ``error``; a skip and an error say why in ``reason``. ``output`` is set wherever the path was worked out."""
+
+    item: InputItem
+    action: PlanAction
+    output: Path | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What planning reads of the file system, none of it writing anything: a path's file identity (None: no such
+    file), whether a path exists, and the process id of another live run writing a path (None: no other run is).
+    Tests hand in their own."""
+
+    identity: FileIdentity = file_id
+    exists: Callable[[Path], bool] = Path.exists
+    writer_of: Callable[[Path], int | None] = field(default_factory=lambda: LiveWriters().of)
+
+
+class OutputPlanner:
+    """Plans one batch's outputs an input at a time, in the batch's order, remembering the outputs claimed so far
+    (where two inputs would write one output, the first has it). ``restore_batch`` asks as it reaches each image,
+    so that an output another run finished or began in the meantime counts; ``plan_outputs`` asks for all at once.
+
+    Raises ``UsageError`` for a batch that cannot be planned: more than one image for stdout (``-o -``), stdin
+    given twice."""
+
+    def __init__(self, items: list[InputItem], options: RestoreOptions, facts: FileFacts | None = None):
+        if options.output_dir == STDIO and len(items) != 1:
+            raise UsageError(f"-o - writes one image to stdout, but {len(items)} inputs were given")
+        if sum(item.source == STDIO for item in items) > 1:
+            raise UsageError("stdin ('-') can be given only once")
+        self.items = items
+        self.options = options
+        self.facts = facts or FileFacts()
+        self._claimed: dict[str, str] = {}  # resolved output path, casefolded -> the input that claimed it
+        # the inputs' files, listed at the first output that exists (an output that does not exist overwrites
+        # nothing), so a batch into a new folder stats no input twice
+        self._inputs_by_file: dict[tuple[int, int], str] | None = None
+
+    def plan(self, item: InputItem, input_format: OutputFormat | None) -> PlannedOutput:
+        """The plan for ``item``, read as ``input_format`` (from its name, or stdin's content). Plan only inputs
+        that could be read: one that could not claims no output. Raises ``UsageError`` where ``--suffix`` makes
+        an unsafe file name."""
+        if self.options.output_dir == STDIO:
+            return PlannedOutput(item, "write")
+        try:
+            output = output_path_for(item, self.options, input_format)
+        except ImageError as exc:
+            return PlannedOutput(item, "error", None, str(exc))
+        return self._taken(item, output) or self._existing(item, output) or PlannedOutput(item, "write", output)
+
+    def _taken(self, item: InputItem, output: Path) -> PlannedOutput | None:
+        """The plan for an output an earlier input of the batch claimed; None for one still free."""
+        earlier = claim_name(self._claimed, str(output.resolve()), item.source, self.facts.identity)
+        if earlier is None:
+            return None
+        source, same_file = earlier
+        if same_file:
+            return PlannedOutput(item, "skip", output, f"the same file as the earlier input {source}")
+        return PlannedOutput(item, "error", output, f"{item.source}: output {output} collides with that of {source}")
+
+    def _existing(self, item: InputItem, output: Path) -> PlannedOutput | None:
+        """The plan for an output that is already there or that another run is writing; None for one to write."""
+        identity = self.facts.identity
+        target = identity(output)
+        if target is not None:
+            if self._inputs_by_file is None:
+                self._inputs_by_file = _files_of(self.items, identity)
+            replaced = self._inputs_by_file.get(target)
+            if replaced is not None:
+                what = "the input itself" if target == identity(Path(item.source)) else f"the input {replaced}"
+                return PlannedOutput(item, "error", output, f"{item.source}: output {output} is {what}, which is "
+                                     "never overwritten; write to another folder (-o) or add a --suffix")
+        if self.facts.exists(output) and not self.options.overwrite:
+            if item.source == STDIO:  # a piped image has no name to resume by: this one is new
+                return PlannedOutput(item, "error", output, f"stdin: {output} exists (from an earlier image); add "
+                                     "--overwrite to replace it, or write to stdout with -o -")
+            return PlannedOutput(item, "skip", output, "output exists")
+        writer = self.facts.writer_of(output)
+        if writer is not None:  # another run over this folder has it in hand: leave it to that one
+            return PlannedOutput(item, "skip", output, f"being written by another run (process {writer})")
+        return None
+
+
+def plan_outputs(items: list[InputItem], options: RestoreOptions, facts: FileFacts | None = None,
+                 stdin_format: OutputFormat | None = None) -> list[PlannedOutput]:
+    """One planned output per item, in order: write (to its path; None: stdout), skip or error, with the reason.
+
+    Decided from ``items``, ``options`` and what ``facts`` reads of the file system (file identities, outputs
+    that exist, other runs' writers); writes nothing. An input file's format is its name's; stdin's is
+    ``stdin_format`` (None: PNG, unless ``--format`` says). Leave out the items that cannot be read: they claim
+    no output. Raises ``UsageError`` as ``OutputPlanner`` does."""
+    planner = OutputPlanner(items, options, facts)
+    return [planner.plan(item, stdin_format if item.source == STDIO else _named_format(item)) for item in items]
 
 
 @dataclass(frozen=True)
@@ -304,12 +437,16 @@ def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:
             write_atomic(folder / f"{stem}_face{index}_{kind}.png", encode_image(float_to_uint8(crop), None, "png"))
 
 
-def _read_source(item: InputItem, stdin: BinaryIO | None, max_pixels: int) -> bytes:
-    if item.source == STDIO:
-        if stdin is None:
-            raise ImageError("stdin: no input stream")
-        return read_input_stream(stdin, "stdin", max_pixels)
-    return read_input_file(Path(item.source), max_pixels)
+def _read_source(item: InputItem, stdin: BinaryIO | None,
+                 max_pixels: int) -> tuple[bytes, tuple[int, int] | None, OutputFormat | None]:
+    """The input's bytes, its size where its header was read for its format (stdin's) and that format."""
+    if item.source != STDIO:
+        return read_input_file(Path(item.source), max_pixels), None, _named_format(item)
+    if stdin is None:
+        raise ImageError("stdin: no input stream")
+    data = read_input_stream(stdin, "stdin", max_pixels)
+    size, fmt = probe(data, "stdin")
+    return data, size, fmt
 
 
 def _planned_scale(options: RestoreOptions) -> float | None:
@@ -321,6 +458,19 @@ def _planned_scale(options: RestoreOptions) -> float | None:
 
 # Write errors that end a batch rather than one image: no space, over quota, a read-only file system
 _STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What the images of one batch share: its options, its output plan, the models and the streams."""
+
+    options: RestoreOptions
+    planner: OutputPlanner
+    restorer: Restorer | None  # None: a dry run
+    stdin: BinaryIO | None
+    stdout: BinaryIO | None
+    on_tile: TileProgress
+    swept: set[Path] = field(default_factory=set)  # output folders already rid of temporary files killed runs left
 
 
 def restore_batch(
@@ -336,21 +486,15 @@ def restore_batch(
     """Restore every input; returns one result per input processed. Setup errors (weights, device) raise
     before any image is touched; image errors become items with ``status="error"``. ``should_stop`` is
     asked before each image: when it says yes, the batch ends there (the rest is left for a later run).
-    ``items``, when given, replaces the expansion of ``inputs`` (callers that already know each output's place)."""
+    ``items``, when given, replaces the expansion of ``inputs`` (callers that already know each output's place).
+    Each output is planned (``OutputPlanner``) as the batch reaches its image, then written, described (a dry
+    run: ``status="planned"``), skipped or counted an error as planned."""
     started = time.perf_counter()
     notify = on_progress or (lambda event, payload: None)
-    to_stdout = options.output_dir == STDIO
-    if to_stdout and stdout is None:
-        raise UsageError("-o - needs an output stream")
-    out_root = None if to_stdout else Path(options.output_dir)
-    if items is None:
-        items = collect_inputs(inputs, options.recursive, exclude=out_root)
-    if to_stdout and len(items) != 1:
-        raise UsageError(f"-o - writes one image to stdout, but {len(items)} inputs were given")
-    if sum(item.source == STDIO for item in items) > 1:
-        raise UsageError("stdin ('-') can be given only once")
-    if out_root is not None:
-        check_output_folder(out_root)
+    items = _batch_items(inputs, options, stdout, items)
+    planner = OutputPlanner(items, options)
+    if options.output_dir != STDIO:
+        check_output_folder(Path(options.output_dir))
     if options.save_faces:
         check_output_folder(Path(options.save_faces), "--save-faces")
     notify("start", len(items))  # before the model loads, so a stop while it loads counts the batch too
@@ -360,112 +504,106 @@ def restore_batch(
     def on_tile(done: int, total: int) -> None:
         notify("tiles", (done, total))
 
+    batch = _Batch(options, planner, restorer, stdin, stdout, on_tile)
     results: list[ItemResult] = []
-    halted: str | None = None
-    claimed: dict[str, str] = {}
-    inputs_by_file: dict[tuple[int, int], str] | None = None  # the inputs' files, listed at the first output that
-    # exists (an output that does not exist overwrites nothing), so a batch into a new folder stats no input twice
-    live_writers = LiveWriters()  # outputs other runs over the same folders have in hand
-    swept: set[Path] = set()  # output folders already rid of temporary files that killed runs left
+    halted: str | None = None  # why the batch ended early on its own
     for item in items:
         if should_stop is not None and should_stop():
             break
         notify("item", item.source)
-        t0 = time.perf_counter()
-        output: Path | None = None
-        in_size = None
-        try:
-            data = _read_source(item, stdin, options.max_pixels)
-            if item.source == STDIO:
-                in_size, source_format = probe(data, "stdin")
-            else:
-                source_format = format_for_suffix(Path(item.source).suffix)
-            fmt: OutputFormat = options.format if options.format != "same" else source_format or "png"
-            if not to_stdout:
-                output = output_path_for(item, options, source_format)
-                # names that differ in case only are one file on macOS's and Windows' file systems (and would
-                # clash when the results are copied there): they count as one output everywhere
-                key = str(output.resolve()).casefold()
-                if key in claimed:
-                    earlier = claimed[key]
-                    this = file_id(Path(item.source))
-                    if earlier != STDIO and this is not None and file_id(Path(earlier)) == this:
-                        # the same file named twice (overlapping globs, a folder and a file in it): done once
-                        results.append(ItemResult(item.source, str(output), "skipped",
-                                                  f"the same file as the earlier input {earlier}"))
-                        notify("done", results[-1])
-                        continue
-                    raise ImageError(f"{item.source}: output {output} collides with that of {earlier}")
-                claimed[key] = item.source
-                target = file_id(output)
-                if target is not None:
-                    inputs_by_file = inputs_by_file if inputs_by_file is not None else _files_of(items)
-                    replaced = inputs_by_file.get(target)
-                    if replaced is not None:
-                        same = target == file_id(Path(item.source))
-                        what = "the input itself" if same else f"the input {replaced}"
-                        raise ImageError(f"{item.source}: output {output} is {what}, which is never overwritten; "
-                                         "write to another folder (-o) or add a --suffix")
-                if output.exists() and not options.overwrite:
-                    if item.source == STDIO:  # a piped image has no name to resume by: this one is new
-                        raise ImageError(f"stdin: {output} exists (from an earlier image); add --overwrite to "
-                                         "replace it, or write to stdout with -o -")
-                    results.append(ItemResult(item.source, str(output), "skipped", "output exists"))
-                    notify("done", results[-1])
-                    continue
-                writer = live_writers.of(output)
-                if writer is not None:  # another run over this folder has it in hand: leave it to that one
-                    results.append(ItemResult(item.source, str(output), "skipped",
-                                              f"being written by another run (process {writer})"))
-                    notify("done", results[-1])
-                    continue
-            if options.dry_run:
-                in_size, _ = probe(data, item.source)
-                scale = _planned_scale(options)
-                out_size = output_size(*in_size, scale) if scale else None
-                results.append(ItemResult(item.source, str(output) if output else STDIO, "planned", None,
-                                          in_size, out_size))
-                notify("done", results[-1])
-                continue
-            assert restorer is not None
-            if to_stdout:
-                assert stdout is not None
-                done = restorer.restore_bytes(data, item.source, options, fmt, faces_stem="stdin", on_tile=on_tile)
-                stdout.write(done.data)  # type: ignore[arg-type]
-                stdout.flush()
-            else:
-                assert output is not None
-                if output.parent not in swept:
-                    remove_abandoned_temporaries(output.parent)
-                    swept.add(output.parent)
-                done = restorer.restore_file(data, item.source, options, fmt, output, on_tile)
-            results.append(ItemResult(item.source, str(output) if output else STDIO, "ok", None, done.in_size,
-                                      done.out_size, round(time.perf_counter() - t0, 3), done.faces))
-        except ImageError as exc:
-            results.append(_error(item, output, str(exc), in_size, t0))
-        except RestoreCliError:
-            raise
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
-            results.append(_error(item, output, f"{item.source}: {exc.strerror or exc}{where}", in_size, t0))
-            if exc.errno in _STORAGE_FULL and output is not None:
-                # every later image would fail the same way, after spending its model time: stop here
-                halted = f"{exc.strerror}: {exc.filename or output.parent}"
-        except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
-            results.append(_error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0))
-        notify("done", results[-1])
+        result, halted = _restore_item(batch, item)
+        results.append(result)
+        notify("done", result)
         if halted:
             break
     return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
                        halted=halted)
 
 
+def _batch_items(inputs: list[str], options: RestoreOptions, stdout: BinaryIO | None,
+                 items: list[InputItem] | None) -> list[InputItem]:
+    """The batch's items: ``items`` where given, else ``inputs`` expanded, leaving out the output folder's files."""
+    to_stdout = options.output_dir == STDIO
+    if to_stdout and stdout is None:
+        raise UsageError("-o - needs an output stream")
+    if items is not None:
+        return items
+    return collect_inputs(inputs, options.recursive, exclude=None if to_stdout else Path(options.output_dir))
 
-def _error(item: InputItem, output: Path | None, message: str, in_size, t0: float) -> ItemResult:
+
+def _restore_item(batch: _Batch, item: InputItem) -> tuple[ItemResult, str | None]:
+    """Read one image, plan its output, then act on the plan. Returns the image's result and, where its failure
+    ends the batch (the output's disk is full or read-only), why."""
+    t0 = time.perf_counter()
+    planned: PlannedOutput | None = None
+    in_size = None
+    try:
+        data, in_size, input_format = _read_source(item, batch.stdin, batch.options.max_pixels)
+        planned = batch.planner.plan(item, input_format)
+        if planned.action == "skip":
+            return ItemResult(item.source, str(planned.output), "skipped", planned.reason), None
+        if planned.action == "error":
+            return _error(item, planned.output, planned.reason or "", in_size, t0), None
+        if batch.options.dry_run:
+            return _dry_run_result(planned, data, batch.options), None
+        done = _write(batch, planned, data, _output_format(batch.options, input_format))
+        return ItemResult(item.source, str(planned.output) if planned.output else STDIO, "ok", None, done.in_size,
+                          done.out_size, round(time.perf_counter() - t0, 3), done.faces), None
+    except ImageError as exc:
+        return _failure(item, planned.output if planned else None, exc, in_size, t0)
+    except RestoreCliError:
+        raise
+    except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
+        return _failure(item, planned.output if planned else None, exc, in_size, t0)
+
+
+def _dry_run_result(planned: PlannedOutput, data: bytes, options: RestoreOptions) -> ItemResult:
+    in_size, _ = probe(data, planned.item.source)
+    scale = _planned_scale(options)
+    out_size = output_size(*in_size, scale) if scale else None
+    return ItemResult(planned.item.source, str(planned.output) if planned.output else STDIO, "planned", None,
+                      in_size, out_size)
+
+
+def _write(batch: _Batch, planned: PlannedOutput, data: bytes, fmt: OutputFormat) -> Restored:
+    """Restore one image as planned: into its output file, or onto stdout where it has none (``-o -``)."""
+    restorer, item, output = batch.restorer, planned.item, planned.output
+    assert restorer is not None
+    if output is None:
+        assert batch.stdout is not None
+        done = restorer.restore_bytes(data, item.source, batch.options, fmt, faces_stem="stdin",
+                                      on_tile=batch.on_tile)
+        batch.stdout.write(done.data)  # type: ignore[arg-type]
+        batch.stdout.flush()
+        return done
+    if output.parent not in batch.swept:
+        remove_abandoned_temporaries(output.parent)
+        batch.swept.add(output.parent)
+    return restorer.restore_file(data, item.source, batch.options, fmt, output, batch.on_tile)
+
+
+def _failure(item: InputItem, output: Path | None, exc: Exception, in_size: tuple[int, int] | None,
+             t0: float) -> tuple[ItemResult, str | None]:
+    """An image's failure as its result, and why the batch halts where no later image could be written."""
+    if isinstance(exc, ImageError):
+        return _error(item, output, str(exc), in_size, t0), None
+    if not isinstance(exc, OSError):
+        return _error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0), None
+    where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
+    halted = None
+    if exc.errno in _STORAGE_FULL and output is not None:
+        # every later image would fail the same way, after spending its model time: stop here
+        halted = f"{exc.strerror}: {exc.filename or output.parent}"
+    return _error(item, output, f"{item.source}: {exc.strerror or exc}{where}", in_size, t0), halted
+
+
+def _error(item: InputItem, output: Path | None, message: str, in_size: tuple[int, int] | None,
+           t0: float) -> ItemResult:
     return ItemResult(item.source, str(output) if output else None, "error", message, in_size, None,
                       round(time.perf_counter() - t0, 3))
 
 
 __all__ = [
-    "BatchResult", "InputItem", "ItemResult", "RestoreOptions", "Restorer", "collect_inputs", "output_path_for", "restore_batch",
+    "BatchResult", "FileFacts", "InputItem", "ItemResult", "OutputPlanner", "PlannedOutput", "RestoreOptions", "Restorer",
+    "claim_name", "collect_inputs", "output_path_for", "plan_outputs", "restore_batch",
 ]

@@ -10,8 +10,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError, SetupError, UsageError
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
-from ..files import file_id
-from ..pipeline import STDIO, InputItem, RestoreOptions, collect_inputs
+from ..pipeline import STDIO, InputItem, RestoreOptions, claim_name, collect_inputs
 from ..models.loading import unknown_model
 from ..models.registry import REGISTRY
 from .store import Job, JobStore, new_job_id
@@ -46,7 +45,7 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
     stored_options = job_options(options)
     items = collect_inputs(inputs, options.recursive)
     refused: list[str] = []  # every input that cannot be an image file, named at once
-    seen: dict[str, str] = {}  # stored name, casefolded (one file on macOS's and Windows' file systems) -> input
+    seen: dict[str, str] = {}  # stored name, casefolded (see claim_name) -> the input stored under it
     unique: list[InputItem] = []
     for item in items:
         if item.source != STDIO:
@@ -55,14 +54,12 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
             except ImageError as exc:
                 refused.append(str(exc))
                 continue
-        name = item.relative.as_posix().casefold()
-        if name in seen:
-            earlier = seen[name]
-            this = file_id(Path(item.source)) if item.source != STDIO else None
-            if this is not None and earlier != STDIO and file_id(Path(earlier)) == this:
+        taken = claim_name(seen, item.relative.as_posix(), item.source)
+        if taken is not None:
+            earlier, same_file = taken
+            if same_file:
                 continue  # one file named twice (overlapping globs, a folder beside a file in it): copied once
             raise UsageError(f"cannot submit: {item.source} and {earlier} have the same name in one job")
-        seen[name] = item.source
         unique.append(item)
     if refused:
         raise UsageError(f"cannot submit: {'; '.join(refused)}")
