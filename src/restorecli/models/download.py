@@ -12,9 +12,7 @@ import shutil
 import socket
 import stat
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -102,6 +100,9 @@ def source_urls(entry: ModelEntry, mirror: str | None) -> list[str]:
 
 
 def _download_once(url: str, part: Path, timeout: float, progress: Progress, name: str) -> None:
+    import urllib.error  # with urllib.request, imported when a download starts: `models` needs neither
+    import urllib.request
+
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "restorecli"})
     if have:
