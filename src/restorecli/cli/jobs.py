@@ -33,7 +33,7 @@ def submit(
     from ..jobs.submit import submit_job
 
     with exit_on_error():
-        options = o.restore_options(restore)
+        options = o.from_given(restore)
         root = queue_dir(queue)
         job, position = submit_job(root, inputs, options, stdin=sys.stdin.buffer)
     if json_output:

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..options import PRECISIONS, RestoreOptions, check_choice, declared, from_given, parse_tile
+from ..options import PRECISIONS, check_choice, declared, from_given, parse_tile
 
-__all__ = ["PRECISIONS", "check_choice", "parse_tile", "restore_options", "with_restore_options"]
+__all__ = ["PRECISIONS", "check_choice", "from_given", "parse_tile", "with_restore_options"]
 
 
-def _typer_type(name: str, default: Any, spec) -> Any:
+def _typer_type(default: Any, spec) -> Any:
     """``Annotated[type, typer.Option(...)]`` for one declared restore option."""
     settings: dict[str, Any] = {"help": spec.help, "show_default": spec.show_default}
     metavar = spec.metavar or ("|".join(spec.choices) if spec.choices else None)
@@ -30,7 +30,7 @@ def _typer_type(name: str, default: Any, spec) -> Any:
     return Annotated[given, typer.Option(*spec.flags, **settings)]
 
 
-RESTORE_OPTIONS: dict[str, tuple[Any, Any]] = {name: (_typer_type(name, default, spec), default)
+RESTORE_OPTIONS: dict[str, tuple[Any, Any]] = {name: (_typer_type(default, spec), default)
                                                for name, default, spec in declared()}
 DEFAULTS = {name: default for name, (_, default) in RESTORE_OPTIONS.items()}
 
@@ -65,9 +65,3 @@ def with_restore_options(command: Callable[..., None]) -> Callable[..., None]:
     run.__annotations__ = {p.name: p.annotation for p in parameters}
     del run.__wrapped__  # Typer reads the signature above, not the command's own
     return run
-
-
-def restore_options(values: dict, **extra) -> RestoreOptions:
-    """RestoreOptions from the restore options' values as the command line gave them (a usage error for a wrong
-    one); ``extra`` holds the command's own fields."""
-    return from_given(values, **extra)

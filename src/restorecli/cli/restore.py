@@ -30,7 +30,7 @@ def restore(
     with exit_on_error():
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
-        options = o.restore_options(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
+        options = o.from_given(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
         with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
             try:
                 with stop_signals():

@@ -202,15 +202,18 @@ class FaceRows:
 
 
 @dataclass
-class FaceStack:
-    """The loaded detector and restorer for ``--face-enhance``."""
+class FaceStage:
+    """The face stage of a restore, built once with its loaded networks (the detector, the restorer and, when its
+    weights are installed, ParseNet): asked once per image for a plan (the faces found on the input, placed on the
+    output), then handed the output rows that plan's faces span (``rows``), or the whole output (``enhance``). It
+    restores, pastes and reports the crops itself."""
 
     detector: FaceDetector
     restorer: FaceRestorer
-    parser: FaceParser | None = None  # ParseNet, when its weights are installed
+    parser: FaceParser | None = None
 
     @classmethod
-    def from_weights(cls, weights, device: torch.device) -> "FaceStack":
+    def from_weights(cls, weights, device: torch.device) -> "FaceStage":
         """The networks on ``device`` from ``weights`` (``models.loading.FaceWeights``: read and checked there)."""
         anchors = AnchorConfig.from_mapping(weights.anchors, f"{weights.detector_source} anchors")
         detector = FaceDetector.from_state_dict(weights.detector, anchors, device, source=weights.detector_source)
@@ -219,26 +222,13 @@ class FaceStack:
             parser = FaceParser.from_state_dict(weights.parser, device, source=weights.parser_source)
         return cls(detector, FaceRestorer(weights.restorer, device), parser)
 
-
-class FaceStage:
-    """The face stage of a restore, built once with its loaded networks: asked once per image for a plan (the
-    faces found on the input, placed on the output), then handed the output rows that plan's faces span
-    (``rows``), or the whole output (``enhance``). It restores, pastes and reports the crops itself."""
-
-    def __init__(self, networks: FaceStack):
-        self.networks = networks
-
-    @classmethod
-    def from_weights(cls, weights, device: torch.device) -> "FaceStage":
-        return cls(FaceStack.from_weights(weights, device))
-
     def plan(self, source: np.ndarray, size: tuple[int, int], options: FaceOptions) -> FacePlan:
         """The faces of ``source`` (the input) placed on its output of ``size`` (w, h)."""
-        return plan_faces(source, *size, self.networks.detector, options)
+        return plan_faces(source, *size, self.detector, options)
 
     def restore(self, band: np.ndarray, plan: FacePlan) -> FaceReport:
         """Restore and paste ``plan``'s faces into ``band``, the output's rows ``plan.top`` to ``plan.bottom``."""
-        return restore_planned_faces(band, plan, self.networks.restorer, plan.options, self.networks.parser)
+        return restore_planned_faces(band, plan, self.restorer, plan.options, self.parser)
 
     def rows(self, sink, plan: FacePlan, color_planes: int) -> FaceRows:
         """A row sink that restores ``plan``'s faces on the way to ``sink``; its ``reports`` say what it did."""
