@@ -146,6 +146,41 @@ def from_given(values: dict[str, Any], **extra: Any) -> RestoreOptions:
     return RestoreOptions(**parsed, **extra)
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def value_from_text(name: str, text: str) -> Any:
+    """A declared option's value as the command line would give it, from text (a form field): converted to the
+    type it is given as and checked against its range, as the command line checks it. Raises ``UsageError``
+    naming the option; ``from_given`` then parses and checks the rest (choices, --tile's words)."""
+    spec = _specs()[name]
+    text = text.strip()
+    if spec.choices is not None:
+        return check_choice(name, text, spec.choices)
+    if spec.given_as is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise UsageError(f"{name} {text!r} is not true or false")
+        return text.lower() in _TRUE
+    if spec.given_as in (int, float):
+        try:
+            value = spec.given_as(text)
+        except ValueError:
+            kind = "a whole number" if spec.given_as is int else "a number"
+            raise UsageError(f"{name} {text!r} is not {kind}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UsageError(f"{name} {text!r} is not a finite number")
+        if spec.minimum is not None and value < spec.minimum:
+            raise UsageError(f"{name} {text}: must be at least {spec.minimum:g}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise UsageError(f"{name} {text}: must be at most {spec.maximum:g}")
+        return value
+    return text
+
+
+def _specs() -> dict[str, OptionSpec]:
+    return {name: spec for name, _default, spec in declared()}
+
+
 def model_key(options: RestoreOptions) -> tuple:
     """What the loaded models depend on: jobs that agree on it share one set of loaded networks."""
     return tuple(getattr(options, name) for name, _default, spec in declared() if spec.loads_models)

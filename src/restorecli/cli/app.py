@@ -2,14 +2,14 @@
 
 Nothing heavy is imported here or by the command modules at import time: torch, spandrel, OpenCV and the image
 codecs are imported inside the commands that run a model or decode pixels, so ``--help``, ``--version``, shell
-completion, ``status``, ``prune`` and ``models`` start in a fraction of a second.
+completion, ``status``, ``prune``, ``models`` and ``serve`` start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import evaluate, jobs, restore, weights
+from . import evaluate, jobs, restore, serve, weights
 from .help import Command
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.command(cls=Command)(jobs.submit)
 app.command(cls=Command)(jobs.worker)
 app.command(cls=Command)(jobs.status)
 app.command(cls=Command)(jobs.prune)
+app.command(cls=Command)(serve.serve)
 app.command(cls=Command)(weights.models)
 app.command("download-weights", cls=Command)(weights.download_weights)
 app.command(cls=Command)(evaluate.evaluate)

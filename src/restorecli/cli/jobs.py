@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -62,6 +63,8 @@ def worker(
                                               help="Give a job up after this many attempts that crashed a worker.",
                                               min=1)] = 3,
     json_output: o.Json = False,
+    parent: Annotated[Optional[int], typer.Option(hidden=True, help="Stop as SIGTERM does when this process (the "
+                                                  "server that started the worker) is gone.")] = None,
 ) -> None:
     """Process queued jobs oldest first; SIGINT/SIGTERM finish the image in hand and leave the job resumable."""
     from ..jobs.worker import WorkerOptions, run_worker
@@ -74,6 +77,8 @@ def worker(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if parent is not None:
+        _stop_with_parent(parent, stop)
 
     def emit(event: str, data: dict) -> None:
         if json_output:
@@ -101,6 +106,19 @@ def worker(
         console.print("[red]stopped[/]: this machine cannot run the job (see above); it is queued again, untouched; "
                       "fix this and start the worker again", soft_wrap=True)
         raise typer.Exit(EXIT_SETUP)
+
+
+def _stop_with_parent(parent: int, stop: threading.Event) -> None:
+    """Set ``stop`` once ``parent`` is no longer this process's parent: a server killed outright (SIGKILL) leaves
+    its workers to finish the image in hand, give their jobs back resumable and exit, for its restart to pick up."""
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stderr_console().print(f"the server (process {parent}) is gone: stopping")
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def status(

@@ -21,3 +21,19 @@ FORMAT_SUFFIX: dict[OutputFormat, str] = {"png": ".png", "jpg": ".jpg", "webp": 
 
 def format_for_suffix(suffix: str) -> OutputFormat | None:
     return _SUFFIX_FORMAT.get(suffix.lower())
+
+
+# The first bytes of each format restorecli reads, and the suffix such a file is named with
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", ".png"), (0, b"\xff\xd8\xff", ".jpg"), (8, b"WEBP", ".webp"),
+    (0, b"II*\x00", ".tif"), (0, b"MM\x00*", ".tif"), (0, b"BM", ".bmp"), (0, b"GIF8", ".gif"),
+)
+
+
+def suffix_for_content(head: bytes) -> str | None:
+    """The suffix a file starting with ``head`` (its first 16 bytes or more) should carry, from its signature;
+    None where it has none restorecli knows."""
+    for offset, signature, suffix in _SIGNATURES:
+        if head[offset:offset + len(signature)] == signature and (suffix != ".webp" or head[:4] == b"RIFF"):
+            return suffix
+    return None

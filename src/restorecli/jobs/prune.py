@@ -16,12 +16,20 @@ from .store import DB_NAME, JobStore, queue_exists
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_age(text: str) -> float:
+def parse_age(text: str, option: str = "--older-than") -> float:
     """``30m``, ``1h``, ``7d``, ``45s``, ``2w`` -> seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
     if not match:
-        raise UsageError(f"--older-than '{text}': write an age like 30m, 1h or 7d")
+        raise UsageError(f"{option} '{text}': write an age like 30m, 1h or 7d")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def describe_age(seconds: float) -> str:
+    """Seconds in the largest unit that divides them: 1800 -> ``30m``, 3600 -> ``1h``, 90 -> ``90s``."""
+    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclass

@@ -10,6 +10,9 @@ Layout of a queue folder::
     jobs/<id>/outputs/        published outputs (appear by one directory rename)
     jobs/<id>/result.json     per-input results, written when the job completes or fails
 
+The database also holds each job's per-image progress while it runs, and a heartbeat per live worker (so that
+``restorecli serve`` can say whether anything is working the queue).
+
 Every state change is one ``BEGIN IMMEDIATE`` transaction, so two workers never claim the same job. A
 worker holds a lease (owner token + expiry) that it renews; publishing checks the token inside the same
 exclusive transaction, so a worker that lost its lease cannot publish over the new owner. SQLite's locking
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -53,10 +57,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL,
     worker TEXT,
     current TEXT,
-    last_error TEXT
+    last_error TEXT,
+    progress TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    job TEXT,
+    seen REAL NOT NULL,
+    expires REAL NOT NULL
+);
 """
+# Columns added after the first release, added to an older queue's table when it is opened
+_ADDED_COLUMNS = {"progress": "TEXT"}
 
 
 def queue_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -99,6 +112,11 @@ class Job:
     worker: str | None
     current: str | None
     last_error: str | None
+    progress: list[dict] | None = None  # while it runs: one entry per finished input, in order
+
+    @property
+    def done(self) -> int:
+        return len(self.progress or [])
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,20 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Bring a queue made by an older version up to this schema (under the write lock: two processes opening
+        it at once add each column once)."""
+        if set(_ADDED_COLUMNS) <= self._columns():
+            return
+        with self.transaction() as db:
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in self._columns():
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+
+    def _columns(self) -> set[str]:
+        return {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
 
     def close(self) -> None:
         self._db.close()
@@ -181,6 +213,7 @@ class JobStore:
         data = dict(row)
         data["options"] = json.loads(data["options"])
         data["inputs"] = json.loads(data["inputs"])
+        data["progress"] = json.loads(data["progress"]) if data.get("progress") else None
         return Job(**data)
 
     def get(self, job_id: str) -> Job | None:
@@ -247,7 +280,7 @@ class JobStore:
                     continue
                 db.execute(
                     "UPDATE jobs SET status = 'processing', owner = ?, lease_until = ?, attempts = attempts + 1, "
-                    "started = ?, worker = ?, current = NULL WHERE id = ?",
+                    "started = ?, worker = ?, current = NULL, progress = NULL WHERE id = ?",
                     (token, now + lease_seconds, now, worker, job.id),
                 )
                 claimed = self.get(job.id)
@@ -264,6 +297,14 @@ class JobStore:
             )
             return cursor.rowcount == 1
 
+    def record(self, lease: Lease, progress: list[dict]) -> bool:
+        """Record the results of the inputs finished so far (for status while the job runs); False if another
+        worker owns the job now."""
+        with self.transaction() as db:
+            cursor = db.execute("UPDATE jobs SET progress = ? WHERE id = ? AND owner = ? AND status = 'processing'",
+                                (json.dumps(progress), lease.job.id, lease.token))
+            return cursor.rowcount == 1
+
     def release(self, lease: Lease, work: Path, error: str | None = None) -> bool:
         """Give a job back (the worker is stopping): queued again, its finished images kept for the next owner.
         ``error`` says why this worker could not run it, for ``status``; no attempt is counted."""
@@ -275,7 +316,7 @@ class JobStore:
                 os.rename(work, resume)
             db.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
-                "current = NULL, attempts = attempts - 1, last_error = COALESCE(?, last_error) WHERE id = ?",
+                "current = NULL, progress = NULL, attempts = attempts - 1, last_error = COALESCE(?, last_error) WHERE id = ?",
                 (error, lease.job.id),
             )
             return True
@@ -327,7 +368,7 @@ class JobStore:
                 self._mark_failed(db, lease.job, f"failed {attempts} times; last error: {error}")
             else:
                 db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
-                           "last_error = ? WHERE id = ?", (error, lease.job.id))
+                           "progress = NULL, last_error = ? WHERE id = ?", (error, lease.job.id))
             return True
 
     def _mark_failed(self, db: _Database, job: Job, error: str) -> None:
@@ -348,12 +389,53 @@ class JobStore:
         with self.transaction() as db:
             db.execute("DELETE FROM jobs WHERE id = ? AND status IN ('completed', 'failed')", (job_id,))
 
+    def withdraw(self, job_id: str) -> JobStatus | None:
+        """Take a queued or finished job out of the queue, in one transaction with the check of its status, so no
+        worker claims it meanwhile; its folder is the caller's to delete. Returns the status it had (a job being
+        processed is left alone and ``processing`` returned), or None for no such job."""
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] != "processing":
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return row["status"]
+
+    # ------------------------------------------------------------------ workers
+
+    def beat(self, worker: str, job: str | None, interval: float) -> None:
+        """A worker says it is alive (and which job it holds); it counts as alive for three of its intervals."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO workers (name, job, seen, expires) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO "
+                       "UPDATE SET job = excluded.job, seen = excluded.seen, expires = excluded.expires",
+                       (worker, job, now, now + 3 * interval))
+
+    def retire(self, worker: str) -> None:
+        """A worker that stops says so; one that dies just stops beating."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM workers WHERE name = ? OR expires < ?", (worker, time.time() - 86400))
+
+    def live_workers(self) -> list[dict]:
+        rows = self._db.execute("SELECT name, job, seen FROM workers WHERE expires >= ? ORDER BY name",
+                                (time.time(),))
+        return [dict(row) for row in rows]
+
 
 def _write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def new_job_id() -> str:
-    """Sortable by creation time, unique across processes."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+    """Sortable by creation time, unique across processes, and not guessable: 128 random bits, since knowing an id
+    is what lets someone read a job's results through ``restorecli serve``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(16)
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a job id (a folder name under jobs/, never a path)."""
+    return _JOB_ID.fullmatch(text) is not None
+
+
+_JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8,32}")
 

@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ImageError, SetupError, UsageError
+from ..errors import ImageError, UsageError
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
 from ..pipeline import STDIO, InputItem, RestoreOptions, claim_name, collect_inputs
-from ..models.loading import unknown_model
-from ..models.registry import REGISTRY
-from .store import Job, JobStore, new_job_id
-
-# Fields of RestoreOptions that belong to the worker, not to the job.
-_NOT_STORED = ("output_dir", "overwrite", "dry_run")
-
-
-def job_options(options: RestoreOptions) -> dict:
-    """The job's restore options, with paths made absolute: workers run from other directories (cron)."""
-    stored = {k: v for k, v in asdict(options).items() if k not in _NOT_STORED}
-    if stored["model"] not in REGISTRY:
-        model = Path(stored["model"])
-        if not model.is_file():
-            raise unknown_model(stored["model"])
-        stored["model"] = str(model.resolve())
-    for key in ("weights_dir", "save_faces"):
-        if stored[key]:
-            stored[key] = str(Path(stored[key]).resolve())
-    for key in ("face_model", "face_detector"):
-        if stored[key] not in REGISTRY and Path(stored[key]).is_file():
-            stored[key] = str(Path(stored[key]).resolve())
-    return stored
-
+from .enqueue import job_options, staging
+from .store import Job, JobStore
 
 def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: BinaryIO | None = None) -> tuple[Job, int]:
     """Copy ``inputs`` into a new job and queue it; returns the job and its queue position.
@@ -66,31 +42,25 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
     items = unique
     store = JobStore(queue, create=True)
     try:
-        job_id = new_job_id()
-        staging = queue / "incoming" / job_id
-        stored: list[dict] = []
-        try:
+        with staging(queue) as staged:
+            stored: list[dict] = []
             for item in items:
                 if item.source == STDIO:
                     assert stdin is not None
                     data = read_input_stream(stdin, "stdin", options.max_pixels)
                     _size, fmt = probe(data, "stdin")
                     relative = Path("stdin" + FORMAT_SUFFIX[fmt or "png"])
-                    (staging / "inputs").mkdir(parents=True, exist_ok=True)
-                    (staging / "inputs" / relative).write_bytes(data)
+                    staged.inputs.mkdir(parents=True, exist_ok=True)
+                    (staged.inputs / relative).write_bytes(data)
                     original = STDIO
                 else:
                     relative = item.relative
-                    target = staging / "inputs" / relative
+                    target = staged.inputs / relative
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(item.source, target)
                     original = item.source
                 stored.append({"original_filename": original, "stored": relative.as_posix()})
-            os.rename(staging, store.job_dir(job_id))
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise SetupError(f"cannot copy inputs into {queue}: {exc}") from None
-        job = store.add(job_id, stored_options, stored)
+            job = staged.enqueue(store, stored_options, stored)
         position = store.position(job) or 0
         return job, position
     finally:

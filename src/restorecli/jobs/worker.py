@@ -61,6 +61,7 @@ class _Renewer(threading.Thread):
                 if not store.renew(self.lease, self.seconds):
                     self.lost.set()
                     return
+                store.beat(worker_name(), self.lease.job.id, self.seconds / 3)
         finally:
             store.close()
 
@@ -69,8 +70,10 @@ def _result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, ro
     output = None
     if item.output and item.status in ("ok", "skipped"):
         output = (job_dir / "outputs" / Path(item.output).relative_to(work)).relative_to(root).as_posix()
+    # an error names the input by the name it was submitted under, not the queue's copy of it
+    error = item.error.replace(item.input, original) if item.error else None
     return {"original_filename": original, "output": output, "status": "ok" if item.status == "skipped" else item.status,
-            "error": item.error, "in_size": list(item.in_size) if item.in_size else None,
+            "error": error, "in_size": list(item.in_size) if item.in_size else None,
             "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds}
 
 
@@ -101,10 +104,16 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             emit("setup_error", {"job_id": job.id, "error": str(exc)})
             return "released" if store.release(lease, work, error=str(exc)) else "lost"
 
+        finished: list[dict] = []
+
         def on_progress(event: str, payload: object) -> None:
             if event == "item":
                 store.renew(lease, options.lease, current=stored.get(str(payload), str(payload)))
                 emit("image", {"job_id": job.id, "input": stored.get(str(payload), str(payload))})
+            elif event == "done":
+                item: ItemResult = payload  # type: ignore[assignment]
+                finished.append(_result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root))
+                store.record(lease, finished)
 
         try:
             items = [InputItem(path, Path(i["stored"])) for path, i in zip(stored, job.inputs)]
@@ -124,8 +133,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
         return "released" if store.release(lease, work) else "lost"
     if len(batch.items) < len(stored):  # stopped between images
         return "released" if store.release(lease, work) else "lost"
-    return _publish(store, lease, work, [_result_entry(item, stored.get(item.input, item.input), job_dir, work,
-                                                       store.root) for item in batch.items])
+    return _publish(store, lease, work, finished)
 
 
 def _work_folder(job_dir: Path, token: str) -> Path:
@@ -178,6 +186,7 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
         pause()
     store = JobStore(root)
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
+    name = worker_name()
 
     def note(event: str, data: dict) -> None:
         if event == "storage_error":
@@ -190,7 +199,8 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
         while not halted():
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
-            lease = store.claim(options.lease, options.max_attempts, worker_name())
+            store.beat(name, None, max(options.poll, options.lease / 3))
+            lease = store.claim(options.lease, options.max_attempts, name)
             if lease is None:
                 if options.once:
                     break
@@ -205,5 +215,6 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
         report.stopped = stop.is_set()
         return report
     finally:
+        store.retire(name)
         store.close()
 

@@ -1,0 +1,157 @@
+"""``restorecli serve``: the REST API and dashboard over a job folder, with its workers and janitor."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from ..errors import SetupError, UsageError
+from ..jobs.prune import describe_age, parse_age
+from ..jobs.store import QUEUE_ENV, queue_dir
+from . import options as o
+from .exits import exit_on_error
+from .render import stderr_console
+
+
+@o.with_restore_options
+def serve(
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0: any free one).", min=0,
+                                      max=65535)] = 8001,
+    queue: o.Queue = None,
+    workers: Annotated[int, typer.Option(metavar="N", help="Worker processes to run on the queue (0: leave the jobs "
+                                         "to restorecli worker processes started elsewhere).", min=0)] = 1,
+    retention: Annotated[str, typer.Option(metavar="AGE", help="Keep finished jobs this long.")] = "1h",
+    prune_every: Annotated[str, typer.Option(metavar="AGE", help="How often the janitor runs.")] = "30m",
+    max_file_mb: Annotated[Optional[float], typer.Option(
+        metavar="MB", help="Largest upload a file [default: $MAX_FILE_SIZE_MB, then 10].", show_default=False)] = None,
+    max_files: Annotated[int, typer.Option(metavar="N", help="Most files in one request.", min=1)] = 20,
+    allow_model: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", help="A model requests may ask for besides --model (repeat for more).",
+        show_default=False)] = None,
+    cors_origin: Annotated[Optional[str], typer.Option(
+        metavar="ORIGIN", help="Let pages from this origin call the API (e.g. https://app.example.com).",
+        show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback address without an API key.")
+                       ] = False,
+    *,
+    restore: dict,
+) -> None:
+    """Serve the REST API and the dashboard over the job folder. The restore options are the jobs' defaults."""
+    console = stderr_console()
+    with exit_on_error():
+        config = _config(host, port, queue, workers, retention, prune_every, max_file_mb, max_files, allow_model,
+                         cors_origin, restore)
+        from ..server.config import check_exposure
+
+        check_exposure(config, no_auth)
+        try:
+            import uvicorn
+
+            from ..server.app import create_app
+        except ImportError as exc:
+            raise SetupError(f"restorecli serve needs the serve extra ({exc.name} is not installed): "
+                             "pip install 'restorecli[serve]'") from None
+        sock = _listen(config.host, config.port)
+    from ..server.supervise import Janitor, WorkerPool
+
+    pool = WorkerPool(config.queue, config.workers, lambda line: console.print(escape(line), soft_wrap=True))
+    app = create_app(config, pool if config.workers else None)  # creates the queue, before any worker looks
+    _announce(console, config, sock, no_auth)
+    janitor = Janitor(config.queue, config.retention, config.prune_every,
+                      lambda line: console.print(escape(line), soft_wrap=True))
+    if config.workers:
+        pool.start()
+    janitor.start()
+    try:
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+        server.run(sockets=[sock])
+    finally:
+        janitor.stop()
+        pool.stop()
+        console.print("restorecli serve: stopped")
+
+
+def _config(host, port, queue, workers, retention, prune_every, max_file_mb, max_files, allow_model, cors_origin,
+            restore):
+    """The server's configuration: flags, then the environment, then ./.env."""
+    from ..jobs.enqueue import job_options
+    from ..models.loading import unknown_model
+    from ..models.registry import REGISTRY
+    from ..server.config import (API_KEY_ENV, MAX_FILE_ENV, ServeConfig, parse_megabytes, read_dotenv, setting)
+
+    dotenv = read_dotenv(Path(".env"))
+    if max_file_mb is not None:
+        max_bytes = parse_megabytes(str(max_file_mb), "--max-file-mb")
+    else:
+        text = setting(MAX_FILE_ENV, dotenv)
+        max_bytes = parse_megabytes(text, MAX_FILE_ENV) if text else 10 * 1024 * 1024
+    options = o.from_given(restore)
+    defaults = {**restore, **{k: v for k, v in job_options(options).items() if k in restore}}
+    allowed = [options.model]
+    for name in allow_model or []:
+        if name not in REGISTRY and not Path(name).is_file():
+            raise unknown_model(name)
+        if name not in allowed:
+            allowed.append(name)
+    root = Path(queue or os.environ.get(QUEUE_ENV) or dotenv.get(QUEUE_ENV) or queue_dir())
+    return ServeConfig(host=host, port=port, queue=root.absolute(), workers=workers,
+                       retention=parse_age(retention, "--retention"),
+                       prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=max_bytes,
+                       max_files=max_files, api_key=setting(API_KEY_ENV, dotenv), cors_origin=cors_origin,
+                       defaults=defaults, allowed_models=tuple(allowed))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound before anything starts, so a port in use is a clear error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(512)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _announce(console, config, sock: socket.socket, no_auth: bool) -> None:
+    """What the server will do, on stderr, before it takes its first request."""
+    from ..server.views import models_document
+
+    bound = sock.getsockname()
+    shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    url = f"http://{shown_host}:{bound[1]}"
+    models = models_document(config.allowed_models, config.defaults)
+    default = models["models"][0]
+    device = config.defaults.get("device", "auto")
+    faces = models["faces"]
+    lines = [
+        f"restorecli serve: listening on {url} (dashboard {url}/, API docs {url}/docs)",
+        f"  queue:    {config.queue}",
+        f"  model:    {default['name']} ({default['status']})"
+        + (f"; requests may also ask for {', '.join(config.allowed_models[1:])}" if len(config.allowed_models) > 1
+           else ""),
+        f"  device:   {device}" + (" (each worker picks CUDA, then MPS, then the CPU)" if device == "auto" else ""),
+        f"  faces:    {'available' if faces['available'] else 'not available'} ({faces['model']}, "
+        f"{faces['detector']})" + ("" if faces["available"] else
+                                   f"; jobs asking for them fail until: restorecli download-weights "
+                                   f"{faces['model']} {faces['detector']}"),
+        f"  workers:  {config.workers} (restarted if one dies)" if config.workers else
+        f"  workers:  none here; jobs wait for: restorecli worker --queue {config.queue}",
+        f"  janitor:  every {describe_age(config.prune_every)}, removes jobs finished more than "
+        f"{describe_age(config.retention)} ago",
+        f"  uploads:  at most {config.max_files} files of {config.max_file_mb:g} MB each",
+        "  API key:  required (X-API-Key header)" if config.api_key else
+        "  API key:  none: anyone who can reach the address can use it" + (" (--no-auth)" if no_auth else ""),
+    ]
+    if default["status"] == "missing":
+        lines.append(f"  warning:  {default['name']} is not installed; jobs fail until: restorecli download-weights "
+                     f"{default['name']}")
+    for line in lines:
+        console.print(escape(line), soft_wrap=True)

@@ -1,0 +1,73 @@
+"""How a job enters the queue, for ``submit`` and the server alike: its inputs are written into a folder under
+``incoming/`` (invisible to workers), which is renamed into ``jobs/`` before the job's record is written, so a
+worker sees all of a job or none of it. Imports nothing heavy: the server's process never loads a model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import SetupError
+from ..models.loading import unknown_model
+from ..models.registry import REGISTRY
+from ..options import RestoreOptions
+from .store import Job, JobStore, new_job_id
+
+# Fields of RestoreOptions that belong to the worker, not to the job.
+_NOT_STORED = ("output_dir", "overwrite", "dry_run")
+
+
+def job_options(options: RestoreOptions) -> dict:
+    """The job's restore options, with paths made absolute: workers run from other directories (cron)."""
+    stored = {k: v for k, v in asdict(options).items() if k not in _NOT_STORED}
+    if stored["model"] not in REGISTRY:
+        model = Path(stored["model"])
+        if not model.is_file():
+            raise unknown_model(stored["model"])
+        stored["model"] = str(model.resolve())
+    for key in ("weights_dir", "save_faces"):
+        if stored[key]:
+            stored[key] = str(Path(stored[key]).resolve())
+    for key in ("face_model", "face_detector"):
+        if stored[key] not in REGISTRY and Path(stored[key]).is_file():
+            stored[key] = str(Path(stored[key]).resolve())
+    return stored
+
+
+class Staging:
+    """A new job's folder under the queue's ``incoming/``: write its inputs under ``inputs``, then ``enqueue`` it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.job_id = new_job_id()
+        self.folder = root / "incoming" / self.job_id
+        self.inputs = self.folder / "inputs"
+
+    def enqueue(self, store: JobStore, options: dict, inputs: list[dict]) -> Job:
+        """Make the job visible to workers: its folder moves into ``jobs/``, then its record is written.
+        ``inputs``: ``[{"original_filename", "stored"}]``, stored relative to the job's inputs folder."""
+        self.inputs.mkdir(parents=True, exist_ok=True)  # a job of stdin alone has made no folder yet
+        os.rename(self.folder, store.job_dir(self.job_id))
+        return store.add(self.job_id, options, inputs)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def staging(root: Path) -> Iterator[Staging]:
+    """A staging folder that is removed when the block fails (the job was never queued) and reported as a setup
+    error where the queue's disk refused it."""
+    staged = Staging(root)
+    try:
+        yield staged
+    except OSError as exc:
+        staged.discard()
+        raise SetupError(f"cannot write the job's inputs into {root}: {exc.strerror or exc}") from None
+    except BaseException:
+        staged.discard()
+        raise

@@ -1,0 +1,372 @@
+"""The FastAPI application: the REST API and the dashboard's files, over the job folder.
+
+The process serving it never runs a model: uploads become queued jobs, and everything a client reads comes from
+the job folder, which is the only state. Blocking work (SQLite, files) runs in the thread pool, so the event loop
+answers ``GET /status`` promptly whatever the workers are doing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from ..errors import RestoreCliError, UsageError
+from ..jobs.enqueue import Staging, job_options
+from ..jobs.store import Job, JobStore
+from ..options import declared, from_given, value_from_text
+from . import schema
+from .config import API_KEY_ENV, API_KEY_HEADER, ServeConfig
+from .uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused
+from .views import (SERVED_ID, Served, input_file, job_document, models_document, result_file, result_files)
+from .zipstream import zip_chunks
+
+log = logging.getLogger("restorecli.serve")
+
+# The restore options a request may set; the rest are the server's (its device, tiles, weights).
+FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight")
+_FINISHED = ("completed", "failed")
+EVENT_POLL = 0.5  # seconds between looks at a job for /events
+EVENT_KEEPALIVE = 15.0
+
+
+class Api:
+    """The server's configuration and the queue, opened once per thread (a SQLite connection stays in the
+    thread that made it)."""
+
+    def __init__(self, config: ServeConfig, pool=None):
+        self.config = config
+        self.pool = pool  # the worker processes this server started (None: in-process tests, --workers 0)
+        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS)
+        self._local = threading.local()
+        JobStore(config.queue, create=True).close()
+
+    def store(self) -> JobStore:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = JobStore(self.config.queue)
+        return store
+
+    def job(self, job_id: str) -> Job:
+        """The job, or 404. Only full-length ids are looked up: a short one names no job this server serves."""
+        job = self.store().get(job_id) if SERVED_ID.fullmatch(job_id) else None
+        if job is None:
+            raise HTTPException(404, f"no job '{job_id[:80]}'")
+        return job
+
+    def options_for(self, fields: dict[str, str]) -> dict:
+        """A job's stored options: the server's defaults, with the request's fields parsed and checked as the
+        command line checks them. Raises ``UsageError``."""
+        given = dict(self.config.defaults)
+        for name, text in fields.items():
+            if not text.strip():
+                continue  # a form's empty field: the server's default
+            if name == "model" and text.strip() not in self.config.allowed_models:
+                raise UsageError(f"model '{text.strip()}' is not offered by this server; it offers: "
+                                 f"{', '.join(self.config.allowed_models)}")
+            given[name] = value_from_text(name, text)
+        return job_options(from_given(given))
+
+    def enqueue(self, staged: Staging, upload: MultipartUpload) -> Job:
+        options = self.options_for(upload.fields)
+        inputs = [{"original_filename": f.original_filename, "stored": f.stored} for f in upload.files]
+        return staged.enqueue(self.store(), options, inputs)
+
+
+def create_app(config: ServeConfig, pool=None) -> FastAPI:
+    api = Api(config, pool)
+    app = FastAPI(
+        title="restorecli",
+        version=_version(),
+        summary="Image restoration (Real-ESRGAN-family upscaling, GFPGAN faces) over a durable job queue.",
+        description=f"Upload images to `POST /enhance`, follow `GET /status/{{job_id}}` or `GET /events/{{job_id}}`, "
+                    f"and download from `/processed/` or `/jobs/{{job_id}}/download`. When the server has an "
+                    f"API key ({API_KEY_ENV}), send it in the `{API_KEY_HEADER}` header.",
+    )
+    app.state.api = api
+    if config.cors_origin:
+        app.add_middleware(CORSMiddleware, allow_origins=[config.cors_origin], allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=[API_KEY_HEADER, "Content-Type"])
+    _errors(app)
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey",
+                              description=f"The server's {API_KEY_ENV}, where it has one.")
+
+    def require_key(given: str | None = Security(key_header)) -> None:
+        if config.api_key is None:
+            return
+        if not given:
+            raise HTTPException(401, f"this server needs an API key: send it in the {API_KEY_HEADER} header",
+                                headers={"WWW-Authenticate": "ApiKey"})
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), config.api_key.encode("utf-8")):
+            raise HTTPException(401, "wrong API key", headers={"WWW-Authenticate": "ApiKey"})
+
+    guarded = [Security(require_key)]
+    _api_routes(app, api, guarded)
+    _file_routes(app, api, guarded)
+    _dashboard_routes(app)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("restorecli")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _errors(app: FastAPI) -> None:
+    """Every error is ``{"detail": "<one sentence>"}`` with its status code."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RestoreCliError)
+    async def restorecli_error(request: Request, exc: RestoreCliError) -> JSONResponse:
+        status = 422 if isinstance(exc, UsageError) else 503  # the queue's disk or database cannot take it now
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def _form_schema(limits: Limits) -> dict:
+    """The multipart body's OpenAPI schema, from the declared restore options."""
+    properties: dict[str, dict] = {FILE_FIELD: {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": f"One to {limits.max_files} images, each at most {limits.max_file_bytes / 1048576:g} MB."}}
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    for name, _default, spec in declared():
+        if name in FORM_FIELDS:
+            prop: dict = {"type": kinds[spec.given_as], "description": spec.help + " Default: the server's."}
+            if spec.choices:
+                prop["enum"] = list(spec.choices)
+            if spec.minimum is not None:
+                prop["minimum"] = spec.minimum
+            if spec.maximum is not None:
+                prop["maximum"] = spec.maximum
+            properties[name] = prop
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [FILE_FIELD], "properties": properties}}}}}
+
+
+def _api_routes(app: FastAPI, api: Api, guarded: list) -> None:
+    @app.post("/enhance", status_code=202, dependencies=guarded, response_model=schema.Accepted,
+              openapi_extra=_form_schema(api.limits), responses=schema.errors(400, 401, 413, 415, 422))
+    async def enhance(request: Request) -> dict:
+        """Queue the uploaded images as one job. A file that is not a readable image does not fail the request:
+        the job records its error and restores the others."""
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > api.limits.body_bytes:
+            raise HTTPException(413, f"request of {int(length):,} bytes is over the most {api.limits.max_files} "
+                                     f"files of {api.limits.max_file_bytes / 1048576:g} MB can take")
+        staged = Staging(api.config.queue)
+        upload: MultipartUpload | None = None
+        chunks = request.stream()
+        try:
+            upload = MultipartUpload(request.headers.get("content-type"), staged.inputs, api.limits)
+            async for chunk in chunks:
+                await run_in_threadpool(upload.feed, chunk)
+            await run_in_threadpool(upload.finish)
+            job = await run_in_threadpool(api.enqueue, staged, upload)
+        except UploadRefused as exc:
+            await run_in_threadpool(_abandon, staged, upload)
+            if exc.status == 413:
+                await _drain(chunks, api.limits.body_bytes)
+            raise HTTPException(exc.status, exc.detail) from None
+        except ClientDisconnect:
+            await run_in_threadpool(_abandon, staged, upload)
+            raise HTTPException(400, "the client closed the connection before the upload ended") from None
+        except BaseException:
+            await run_in_threadpool(_abandon, staged, upload)
+            raise
+        position = await run_in_threadpool(lambda: api.store().position(job))
+        return {"job_id": job.id, "status": "queued", "queue_position": position}
+
+    @app.get("/status/{job_id}", dependencies=guarded, response_model=schema.JobStatus,
+             responses=schema.errors(401, 404))
+    def status(job_id: str) -> dict:
+        """A job's state, progress and per-file results."""
+        return job_document(api.store(), api.job(job_id))
+
+    @app.get("/events/{job_id}", dependencies=guarded, responses={
+        **schema.errors(401, 404), 200: {"content": {"text/event-stream": {}},
+                                         "description": "Events named queued, processing, completed or failed; "
+                                                        "each one's data is the job's status document."}})
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        """The job's progress as Server-Sent Events, until it completes or fails."""
+        first = await run_in_threadpool(lambda: job_document(api.store(), api.job(job_id)))
+        return StreamingResponse(_event_stream(api, request, first), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.delete("/jobs/{job_id}", dependencies=guarded, response_model=schema.Deleted,
+                responses=schema.errors(401, 404, 409))
+    def delete(job_id: str) -> dict:
+        """Cancel a queued job, or delete a finished job and its files. A job being processed is refused."""
+        from ..jobs.prune import remove_tree
+
+        job = api.job(job_id)
+        was = api.store().withdraw(job.id)
+        if was is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        if was == "processing":
+            raise HTTPException(409, f"job {job_id} is being processed; delete it once it has finished")
+        folder = api.store().job_dir(job.id)
+        if os.path.lexists(folder):
+            remove_tree(folder, Path(os.path.realpath(api.config.queue)))
+        return {"job_id": job.id, "deleted": True, "was": was}
+
+    @app.get("/health", response_model=schema.Health)
+    def health() -> dict:
+        """Liveness, with the queue's counts and whether any worker is alive (no API key needed)."""
+        store = api.store()
+        seen = store.live_workers()
+        managed = api.pool.alive() if api.pool is not None else 0
+        return {"status": "ok", "queue": store.counts(), "auth_required": api.config.api_key is not None,
+                "workers": {"started": api.config.workers, "alive": managed, "seen": len(seen),
+                            "restarts": api.pool.restarts if api.pool is not None else 0},
+                "worker_alive": bool(managed or seen),
+                "limits": {"max_file_mb": api.config.max_file_mb, "max_files": api.config.max_files}}
+
+    @app.get("/models", dependencies=guarded, response_model=schema.Models, responses=schema.errors(401))
+    def models() -> dict:
+        """The models a job may ask for (the first is the default), whether faces can be restored, and the
+        defaults of the fields a request may leave out."""
+        return models_document(api.config.allowed_models, api.config.defaults)
+
+
+def _abandon(staged: Staging, upload: MultipartUpload | None) -> None:
+    if upload is not None:
+        upload.close()
+    staged.discard()
+
+
+async def _drain(chunks: AsyncIterator[bytes], limit: int) -> None:
+    """Read (and drop) the rest of a refused body, up to ``limit`` bytes, so the client sending it reads the
+    refusal instead of a connection reset."""
+    read = 0
+    try:
+        async for chunk in chunks:
+            read += len(chunk)
+            if read > limit:
+                return
+    except ClientDisconnect:
+        return
+
+
+async def _event_stream(api: Api, request: Request, document: dict) -> AsyncIterator[str]:
+    """One event a change (status, progress or queue position), named by the status; a comment now and then
+    keeps proxies from closing a quiet stream. Ends when the job finishes or is deleted."""
+    last = None
+    quiet = 0.0
+    while True:
+        key = (document["status"], document["progress"]["done"], document["queue_position"])
+        if key != last:
+            yield f"event: {document['status']}\ndata: {json.dumps(document)}\n\n"
+            last, quiet = key, 0.0
+        elif quiet >= EVENT_KEEPALIVE:
+            yield ": waiting\n\n"
+            quiet = 0.0
+        if document["status"] in _FINISHED or await request.is_disconnected():
+            return
+        await anyio.sleep(EVENT_POLL)
+        quiet += EVENT_POLL
+
+        def read() -> dict | None:
+            job = api.store().get(document["job_id"])
+            return job_document(api.store(), job) if job else None
+
+        latest = await run_in_threadpool(read)
+        if latest is None:
+            yield f"event: deleted\ndata: {json.dumps({'job_id': document['job_id']})}\n\n"
+            return
+        document = latest
+
+
+def _file_response(request: Request, served: Served) -> Response:
+    """The file with its type, length and an ETag; a client holding that version gets 304."""
+    info = served.path.stat()
+    etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return FileResponse(served.path, media_type=served.media_type, filename=served.download_name,
+                        content_disposition_type="inline", headers={"ETag": etag, "Cache-Control": "private"})
+
+
+def _file_routes(app: FastAPI, api: Api, guarded: list) -> None:
+    @app.get("/processed/{job_id}/{name:path}", dependencies=guarded, response_class=FileResponse,
+             responses=schema.errors(401, 404))
+    def processed(job_id: str, name: str, request: Request) -> Response:
+        """A result file of a finished job, as its status lists it."""
+        served = result_file(api.store(), api.job(job_id), name)
+        if served is None:
+            raise HTTPException(404, f"job {job_id} has no result '{name[:200]}'")
+        return _file_response(request, served)
+
+    @app.get("/jobs/{job_id}/inputs/{index}", dependencies=guarded, response_class=FileResponse,
+             responses=schema.errors(401, 404))
+    def job_input(job_id: str, index: int, request: Request) -> Response:
+        """The ``index``-th uploaded file of a job, as it was sent (the dashboard's "before" picture)."""
+        served = input_file(api.store(), api.job(job_id), index)
+        if served is None:
+            raise HTTPException(404, f"job {job_id} has no input {index}")
+        return _file_response(request, served)
+
+    @app.get("/jobs/{job_id}/download", dependencies=guarded, responses={
+        **schema.errors(401, 404, 409), 200: {"content": {"application/zip": {}}}})
+    def download(job_id: str) -> StreamingResponse:
+        """All of a finished job's results as one ZIP archive, streamed."""
+        job = api.job(job_id)
+        if job.status not in _FINISHED:
+            raise HTTPException(409, f"job {job_id} is {job.status}; its results can be downloaded once it finishes")
+        files = result_files(api.store(), job)
+        if not files:
+            raise HTTPException(404, f"job {job_id} has no results to download")
+        return StreamingResponse(zip_chunks(files), media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="restorecli-{job.id}.zip"'})
+
+
+def _dashboard_routes(app: FastAPI) -> None:
+    folder = resources.files("restorecli.server") / "dashboard"
+    types = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+
+    def asset(name: str) -> Response:
+        item = folder / name
+        if "/" in name or name.startswith(".") or not item.is_file():
+            raise HTTPException(404, f"no dashboard file '{name[:80]}'")
+        return Response(item.read_bytes(), media_type=types.get(Path(name).suffix, "application/octet-stream"),
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        return asset("index.html")
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    def dashboard_file(name: str) -> Response:
+        return asset(name)
+

@@ -1,0 +1,101 @@
+"""What the server is told: flags, then the environment, then a ``.env`` file in the working directory."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+API_KEY_ENV = "API_KEY"
+MAX_FILE_ENV = "MAX_FILE_SIZE_MB"
+API_KEY_HEADER = "X-API-Key"
+# The environment variables the server reads, from the process's environment or from .env
+KNOWN_ENV = (API_KEY_ENV, MAX_FILE_ENV, "RESTORECLI_QUEUE")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    queue: Path = Path("restorecli-queue")
+    workers: int = 1
+    retention: float = 3600.0  # seconds a finished job is kept
+    prune_every: float = 1800.0
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_files: int = 20
+    api_key: str | None = None
+    cors_origin: str | None = None
+    defaults: dict = field(default_factory=dict)  # the declared restore options' values for jobs (as given)
+    allowed_models: tuple[str, ...] = ()  # the default model first
+    worker_device: str | None = None
+
+    @property
+    def max_file_mb(self) -> float:
+        return self.max_file_bytes / (1024 * 1024)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a ``.env`` file: ``#`` comments, blank lines, an ``export`` prefix and single or
+    double quotes around a value are allowed, as docker compose and python-dotenv read them. A missing file is
+    empty. A line of another shape is an error naming the file and the line."""
+    if not path.is_file():
+        return {}
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("export "):
+            text = text[len("export "):].lstrip()
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise UsageError(f"{path}, line {number}: not a KEY=VALUE line")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def setting(name: str, dotenv: dict[str, str]) -> str | None:
+    """The environment's value for ``name``, else the ``.env`` file's (an empty value counts as unset)."""
+    return os.environ.get(name) or dotenv.get(name) or None
+
+
+def parse_megabytes(text: str, source: str) -> int:
+    try:
+        megabytes = float(text)
+    except ValueError:
+        raise UsageError(f"{source} '{text}' is not a number of megabytes") from None
+    if not 0 < megabytes < float("inf"):
+        raise UsageError(f"{source} {text}: must be more than 0")
+    return int(megabytes * 1024 * 1024)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1; ``localhost``)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        raise UsageError(f"--host {host}: not an address this machine can resolve") from None
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_exposure(config: ServeConfig, no_auth: bool) -> None:
+    """Refuse to serve beyond this machine with no API key, unless ``--no-auth`` says that is meant."""
+    if config.api_key or no_auth or is_loopback(config.host):
+        return
+    raise UsageError(
+        f"--host {config.host} is reachable from other machines, and no API key is set: anyone who can reach it "
+        f"could queue work on this machine and read every job's results. Set {API_KEY_ENV} (in the environment or "
+        f"in .env), or give --no-auth if the network in front of it is trusted")

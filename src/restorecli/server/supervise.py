@@ -1,0 +1,142 @@
+"""The server's work outside the request path: worker processes running ``restorecli worker`` on the queue
+(restarted when one dies), and the janitor pruning finished jobs on a timer. Both only act on the job folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..jobs.prune import prune_queue
+
+Log = Callable[[str], None]
+_RESTART_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a worker that died soon after it started, wait longer each time
+_STABLE_SECONDS = 60.0  # a worker that ran this long before it died is restarted at once
+
+
+def self_command() -> list[str]:
+    """How to start restorecli the way this process was started: its console script, ``python -m restorecli``,
+    or a script that wraps the command (the tests' harness)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if (spec is not None and spec.name.startswith("restorecli")) or not path:
+        return [sys.executable, "-m", "restorecli"]
+    return [sys.executable, path]
+
+
+class _Slot:
+    def __init__(self, number: int):
+        self.number = number
+        self.process: subprocess.Popen | None = None
+        self.started = 0.0
+        self.failures = 0  # deaths in a row, each soon after its start
+        self.restart_at = 0.0
+
+
+class WorkerPool:
+    """``count`` worker processes on ``queue``. Each runs the same worker loop as ``restorecli worker``, and stops
+    by itself when this process is gone (``--parent``), so a server killed outright leaves no worker behind."""
+
+    def __init__(self, queue: Path, count: int, log: Log, extra_args: tuple[str, ...] = ()):
+        self.queue, self.log, self.extra_args = queue, log, extra_args
+        self.slots = [_Slot(n) for n in range(1, count + 1)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
+        self.restarts = 0
+
+    def command(self) -> list[str]:
+        return [*self_command(), "worker", "--queue", str(self.queue), "--parent", str(os.getpid()),
+                *self.extra_args]
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+        self._thread.start()
+
+    def alive(self) -> int:
+        return sum(1 for slot in self.slots if slot.process is not None and slot.process.poll() is None)
+
+    def pids(self) -> list[int]:
+        return [slot.process.pid for slot in self.slots if slot.process is not None and slot.process.poll() is None]
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
+        slot.started = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for slot in self.slots:
+                self._check(slot)
+
+    def _check(self, slot: _Slot) -> None:
+        process = slot.process
+        now = time.monotonic()
+        if process is not None:
+            code = process.poll()
+            if code is None:
+                return
+            ran = now - slot.started
+            slot.failures = 0 if ran >= _STABLE_SECONDS else slot.failures + 1
+            delay = _RESTART_DELAYS[min(slot.failures, len(_RESTART_DELAYS)) - 1] if slot.failures else 0.0
+            self.log(f"worker {slot.number} (process {process.pid}) exited with code {code} after {ran:.0f}s; "
+                     f"restarting it{f' in {delay:.0f}s' if delay else ''}")
+            slot.process, slot.restart_at = None, now + delay
+        if now >= slot.restart_at and not self._stop.is_set():
+            self.restarts += 1
+            self._spawn(slot)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM every worker (each finishes its image in hand and gives its job back), then SIGKILL those still
+        running after ``grace`` seconds."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        running = [slot.process for slot in self.slots if slot.process is not None and slot.process.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.log(f"worker process {process.pid} did not stop within {grace:.0f}s: killing it")
+                process.kill()
+                process.wait()
+
+
+class Janitor:
+    """Every ``every`` seconds, prunes the queue's finished jobs older than ``retention`` (``prune``'s rules)."""
+
+    def __init__(self, queue: Path, retention: float, every: float, log: Log):
+        self.queue, self.retention, self.every, self.log = queue, retention, every, log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
+        self.runs = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.sweep()
+            if self._stop.wait(self.every):
+                return
+
+    def sweep(self) -> None:
+        try:
+            report = prune_queue(self.queue, self.retention)
+        except Exception as exc:  # a busy or damaged queue: said, and tried again next time
+            self.log(f"janitor: could not prune {self.queue}: {exc}")
+            return
+        finally:
+            self.runs += 1
+        if report.removed:
+            self.log(f"janitor: removed {len(report.removed)} item(s), {report.bytes_freed:,} bytes")
+
+    def stop(self) -> None:
+        self._stop.set()
