@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import cv2
@@ -103,6 +104,19 @@ def read_rgb(path: Path) -> np.ndarray:
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return image
+
+
+def grey_tiff(width: int, height: int, pixels: bytes = b"", extra: tuple[tuple[int, int, int, int], ...] = ()) -> bytes:
+    """A little-endian baseline 8-bit grey TIFF as a hostile file may write it: its header claims ``width`` x
+    ``height`` whatever ``pixels`` holds (one strip), and ``extra`` adds entries (tag, type, count, value or
+    offset), which may point past the file's end."""
+    entries = sorted([(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+                      (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(pixels)), *extra])
+    out = b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value_field = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)  # a SHORT fills half
+        out += struct.pack("<HHI", tag, kind, count) + value_field
+    return out + struct.pack("<I", 0)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:

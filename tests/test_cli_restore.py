@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TEST_INPUTS, read_rgb
+from conftest import TEST_INPUTS, grey_tiff, read_rgb
 from restorecli.cli.app import app
 
 runner = CliRunner()
@@ -194,6 +194,20 @@ def test_pixel_limit_is_configurable(photos, model2, tmp_path):
     result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "o", "--model", model2, "--max-pixels", 100)
     assert result.exit_code == 1
     assert "exceeds the limit of 100" in result.stderr
+
+
+def test_a_tiff_claiming_2_31_pixels_gets_the_max_pixels_error_in_a_run_and_a_dry_run(photos, model2, tmp_path):
+    huge = tmp_path / "huge.tif"
+    huge.write_bytes(grey_tiff(65536, 32768, b"\x80" * 16))
+    expected = f"{huge}: 65536x32768 = 2,147,483,648 pixels exceeds the limit of 100,000,000 (raise it with --max-pixels)"
+    for dry_run in ([], ["--dry-run"]):
+        result = invoke("restore", huge, photos / "rocket.jpg", "-o", tmp_path / f"o{len(dry_run)}", "--model",
+                        model2, "--json", *dry_run)
+        assert result.exit_code == 1
+        failed, done = json_lines(result)[:2]
+        assert (failed["status"], failed["error"]) == ("error", expected)
+        assert done["status"] == ("planned" if dry_run else "ok")
+        assert "Decompression" not in result.stderr and expected in result.stderr
 
 
 @pytest.mark.parametrize(

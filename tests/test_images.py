@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageOps
 
-from conftest import TEST_INPUTS
+from conftest import TEST_INPUTS, grey_tiff
 from restorecli.errors import ImageDecodeError, ImageError, ImageTooLarge
-from restorecli.images import decode_image, encode_image, max_file_bytes, read_input_file, read_input_stream
+from restorecli.images import (decode_image, encode_image, max_file_bytes, probe, read_input_file,
+                               read_input_stream)
 from restorecli.images.jpeg import JpegWriter
 from restorecli.images.png import PngWriter
 from restorecli.images.tiff import TiffWriter
@@ -342,6 +343,27 @@ def test_pixel_limit_refuses_before_decoding():
     data = (TEST_INPUTS / "rocket.jpg").read_bytes()
     with pytest.raises(ImageTooLarge, match="exceeds the limit of 1,000"):
         decode_image(data, "rocket.jpg", max_pixels=1000)
+
+
+def test_a_header_claiming_2_31_pixels_gets_restorecli_s_limit_not_pillow_s():
+    """Pillow refuses such a header with its own DecompressionBombError (at twice its own, smaller limit); the
+    --max-pixels check comes first, and a raised --max-pixels is not overruled by Pillow's."""
+    claims, pillow_limit = grey_tiff(65536, 32768, b"\x80" * 16), Image.MAX_IMAGE_PIXELS
+    message = r"huge.tif: 65536x32768 = 2,147,483,648 pixels exceeds the limit of 100,000,000 \(raise it with --max-pix"
+    with pytest.raises(ImageTooLarge, match=message):
+        decode_image(claims, "huge.tif")
+    with pytest.raises(ImageTooLarge, match=message):
+        probe(claims, "huge.tif", max_pixels=100_000_000)
+    assert probe(grey_tiff(20000, 12000), "big.tif", max_pixels=300_000_000)[0] == (20000, 12000)  # past Pillow's 178,956,970
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's own, for everything else, as it was
+
+
+@pytest.mark.parametrize("width,why", [(2**31 - 1, "out of memory"), (2**31, "too large for the decoder")])
+def test_pixels_a_raised_limit_lets_through_but_nothing_can_hold_are_too_large(width, why):
+    """One row of 2^31 pixels: Pillow cannot allocate it (MemoryError) or address it (OverflowError)."""
+    with pytest.raises(ImageTooLarge, match=rf"wide.tif: {width}x1 = {width:,} pixels cannot be decoded here "
+                                            rf"\({why}\); lower --max-pixels"):
+        decode_image(grey_tiff(width, 1, b"\x80" * 16), "wide.tif", max_pixels=2**32)
 
 
 STRIP_IMAGES = dict(

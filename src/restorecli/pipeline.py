@@ -445,7 +445,7 @@ def _read_source(item: InputItem, stdin: BinaryIO | None,
     if stdin is None:
         raise ImageError("stdin: no input stream")
     data = read_input_stream(stdin, "stdin", max_pixels)
-    size, fmt = probe(data, "stdin")
+    size, fmt = probe(data, "stdin", max_pixels)
     return data, size, fmt
 
 
@@ -558,7 +558,7 @@ def _restore_item(batch: _Batch, item: InputItem) -> tuple[ItemResult, str | Non
 
 
 def _dry_run_result(planned: PlannedOutput, data: bytes, options: RestoreOptions) -> ItemResult:
-    in_size, _ = probe(data, planned.item.source)
+    in_size, _ = probe(data, planned.item.source, options.max_pixels)  # refused as the run would
     scale = _planned_scale(options)
     out_size = output_size(*in_size, scale) if scale else None
     return ItemResult(planned.item.source, str(planned.output) if planned.output else STDIO, "planned", None,

@@ -4,11 +4,14 @@ ICC profiles and pixel density. Pixels leave as ``color`` (H x W x 1 for grey, H
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import re
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -120,10 +123,39 @@ def read_input_stream(stream: BinaryIO, name: str, max_pixels: int = DEFAULT_MAX
     return data
 
 
-def probe(data: bytes, name: str) -> tuple[tuple[int, int], OutputFormat | None]:
-    """(width, height) and the writable format, from the header only."""
-    image = _open(data, name)
+def probe(data: bytes, name: str, max_pixels: int | None = None) -> tuple[tuple[int, int], OutputFormat | None]:
+    """(width, height) and the writable format, from the header only; with ``max_pixels``, ``ImageTooLarge``
+    for a larger image, as ``decode_image`` would refuse it."""
+    with _pillow_reading():
+        image = _open(data, name)
+    if max_pixels is not None:
+        _check_pixels(name, image.size, max_pixels)
     return image.size, _PIL_FORMAT.get(image.format or "")
+
+
+_PILLOW_STATE = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_reading() -> Iterator[None]:
+    """Pillow's own pixel limit lifted while a file is read: restorecli checks ``--max-pixels`` itself, from the
+    header, before any pixel is decoded, so Pillow's smaller limit neither refuses images within it nor speaks
+    (with its own error) for those beyond it. The limit is a global of Pillow's: a lock keeps threads reading
+    files at once from setting it back under each other."""
+    with _PILLOW_STATE:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                            f"{max_pixels:,} (raise it with --max-pixels)")
 
 
 def _open(data: bytes, name: str) -> Image.Image:
@@ -380,28 +412,35 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     """Decode file bytes into upright pixels and metadata; ``name`` is used in error messages.
 
     Raises ``ImageDecodeError`` for empty, truncated or non-image data and ``ImageTooLarge``
-    before decoding anything larger than ``max_pixels``.
+    before decoding anything larger than ``max_pixels``, or where the pixels it claims cannot be held.
     """
-    image = _open(data, name)
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-            "(raise it with --max-pixels)"
-        )
+    with _pillow_reading():
+        image = _open(data, name)
+        _check_pixels(name, image.size, max_pixels)
+        try:
+            return _decoded(image, data, name)
+        except MemoryError:  # within a raised --max-pixels, but past this machine's memory
+            raise _cannot_hold(name, image.size, "out of memory") from None
+
+
+def _cannot_hold(name: str, size: tuple[int, int], why: str) -> ImageTooLarge:
+    return ImageTooLarge(f"{name}: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels cannot be decoded here ({why}); "
+                         "lower --max-pixels to refuse such images unread")
+
+
+def _decoded(image: Image.Image, data: bytes, name: str) -> DecodedImage:
+    """The pixels and metadata of ``image``, opened from ``data``, whose size has been checked."""
     pictures = _pictures(image)
     if pictures > 1:
         raise ImageDecodeError(f"{name}: holds {pictures} pictures (an animation or a multi-page file), and restorecli "
                                "restores one picture a file; extract the frames or pages first")
     rawmode = _raw_mode(image)
-    saved_limit = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None  # our own limit applies, checked above
         image.load()  # full decode: detects truncation
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"{name}: truncated or corrupt image data ({exc})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved_limit
+    except OverflowError:  # a row longer than Pillow's decoders address
+        raise _cannot_hold(name, image.size, "too large for the decoder") from None
     exif, file_format = image.getexif(), image.format  # read before any conversion: it makes a new image
     orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
     xmp, iptc = _xmp_packet(image, upright=orientation != 1), _iptc_records(image)
