@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
 from ..errors import SetupError, UsageError
-from ..jobs.prune import describe_age, parse_age
-from ..jobs.store import QUEUE_ENV, queue_dir
+from ..jobs.prune import describe_age
 from . import options as o
 from .exits import exit_on_error
 from .render import stderr_console
@@ -45,9 +42,11 @@ def serve(
     """Serve the REST API and the dashboard over the job folder. The restore options are the jobs' defaults."""
     console = stderr_console()
     with exit_on_error():
-        config = _config(host, port, queue, workers, retention, prune_every, max_file_mb, max_files, allow_model,
-                         cors_origin, restore)
-        from ..server.config import check_exposure
+        from ..server.config import check_exposure, load_config
+
+        config = load_config(restore, host=host, port=port, queue=queue, workers=workers, retention=retention,
+                             prune_every=prune_every, max_file_mb=max_file_mb, max_files=max_files,
+                             allow_model=allow_model or [], cors_origin=cors_origin)
 
         check_exposure(config, no_auth)
         try:
@@ -75,36 +74,6 @@ def serve(
         janitor.stop()
         pool.stop()
         console.print("restorecli serve: stopped")
-
-
-def _config(host, port, queue, workers, retention, prune_every, max_file_mb, max_files, allow_model, cors_origin,
-            restore):
-    """The server's configuration: flags, then the environment, then ./.env."""
-    from ..jobs.enqueue import job_options
-    from ..models.loading import unknown_model
-    from ..models.registry import REGISTRY
-    from ..server.config import (API_KEY_ENV, MAX_FILE_ENV, ServeConfig, parse_megabytes, read_dotenv, setting)
-
-    dotenv = read_dotenv(Path(".env"))
-    if max_file_mb is not None:
-        max_bytes = parse_megabytes(str(max_file_mb), "--max-file-mb")
-    else:
-        text = setting(MAX_FILE_ENV, dotenv)
-        max_bytes = parse_megabytes(text, MAX_FILE_ENV) if text else 10 * 1024 * 1024
-    options = o.from_given(restore)
-    defaults = {**restore, **{k: v for k, v in job_options(options).items() if k in restore}}
-    allowed = [options.model]
-    for name in allow_model or []:
-        if name not in REGISTRY and not Path(name).is_file():
-            raise unknown_model(name)
-        if name not in allowed:
-            allowed.append(name)
-    root = Path(queue or os.environ.get(QUEUE_ENV) or dotenv.get(QUEUE_ENV) or queue_dir())
-    return ServeConfig(host=host, port=port, queue=root.absolute(), workers=workers,
-                       retention=parse_age(retention, "--retention"),
-                       prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=max_bytes,
-                       max_files=max_files, api_key=setting(API_KEY_ENV, dotenv), cors_origin=cors_origin,
-                       defaults=defaults, allowed_models=tuple(allowed))
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -31,7 +31,6 @@ class ServeConfig:
     cors_origin: str | None = None
     defaults: dict = field(default_factory=dict)  # the declared restore options' values for jobs (as given)
     allowed_models: tuple[str, ...] = ()  # the default model first
-    worker_device: str | None = None
 
     @property
     def max_file_mb(self) -> float:
@@ -89,6 +88,41 @@ def is_loopback(host: str) -> bool:
     except OSError:
         raise UsageError(f"--host {host}: not an address this machine can resolve") from None
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, queue: str | None = None,
+                workers: int = 1, retention: str = "1h", prune_every: str = "30m", max_file_mb: float | None = None,
+                max_files: int = 20, allow_model: list[str] = (), cors_origin: str | None = None,
+                dotenv: Path = Path(".env")) -> ServeConfig:
+    """The server's configuration from its flags (``restore``: the declared restore options' values, the jobs'
+    defaults), then the environment, then ``dotenv``. Raises ``UsageError`` for a value that cannot be used."""
+    from ..jobs.enqueue import job_options
+    from ..jobs.prune import parse_age
+    from ..jobs.store import QUEUE_ENV, DEFAULT_QUEUE
+    from ..models.loading import unknown_model
+    from ..models.registry import REGISTRY
+    from ..options import from_given
+
+    values = read_dotenv(dotenv)
+    if max_file_mb is not None:
+        max_bytes = parse_megabytes(str(max_file_mb), "--max-file-mb")
+    else:
+        text = setting(MAX_FILE_ENV, values)
+        max_bytes = parse_megabytes(text, MAX_FILE_ENV) if text else 10 * 1024 * 1024
+    options = from_given(restore)
+    defaults = {**restore, **{k: v for k, v in job_options(options).items() if k in restore}}  # paths absolute
+    allowed = [options.model]
+    for name in allow_model:
+        if name not in REGISTRY and not Path(name).is_file():
+            raise unknown_model(name)
+        if name not in allowed:
+            allowed.append(name)
+    root = Path(queue or setting(QUEUE_ENV, values) or DEFAULT_QUEUE)
+    return ServeConfig(host=host, port=port, queue=root.absolute(), workers=workers,
+                       retention=parse_age(retention, "--retention"),
+                       prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=max_bytes,
+                       max_files=max_files, api_key=setting(API_KEY_ENV, values), cors_origin=cors_origin,
+                       defaults=defaults, allowed_models=tuple(allowed))
 
 
 def check_exposure(config: ServeConfig, no_auth: bool) -> None:
