@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ImageError, UsageError
+from ..files import STDIO
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
-from ..pipeline import STDIO, InputItem, RestoreOptions, claim_name, collect_inputs
+from ..options import RestoreOptions
+from ..plan import InputItem, claim_name, collect_inputs
 from .enqueue import job_options, staging
 from .store import Job, JobStore
 
