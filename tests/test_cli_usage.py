@@ -15,7 +15,7 @@ from restorecli.cli.app import app
 
 runner = CliRunner()
 HEAVY = ("torch", "torchvision", "spandrel", "cv2", "numpy", "PIL", "skimage")
-COMMANDS = ["restore", "submit", "worker", "status", "prune", "models", "download-weights", "evaluate"]
+COMMANDS = ["restore", "submit", "worker", "status", "prune", "serve", "models", "download-weights", "evaluate"]
 
 # Run in a fresh interpreter (this test process has torch loaded already), in-process through typer's runner:
 # prints the exit code and which heavy modules the command left in sys.modules.
@@ -39,6 +39,7 @@ def _probe(args: list[str], env: dict[str, str] | None = None) -> dict:
 @pytest.mark.parametrize("args", [
     ["--help"], ["--version"], ["restore", "--help"], ["status"], ["status", "--json"],
     ["prune", "--older-than", "1d", "--dry-run"], ["models"], ["models", "--json"], ["worker", "--once"],
+    ["serve", "--help"],
 ], ids=" ".join)
 def test_commands_that_run_no_model_import_no_torch_opencv_or_numpy(tmp_path, args):
     """``--help``, ``--version``, ``status``, ``prune``, ``models`` and a worker on an empty queue load none of

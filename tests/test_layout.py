@@ -75,13 +75,20 @@ def test_imports_point_one_way(module):
     layer = _layer(module)
     for imported in GRAPH[module]:
         to = _layer(imported)
-        assert to != "cli" or layer == "cli", f"{module} imports {imported}"
+        assert to != "cli" or layer in ("cli", "__main__"), f"{module} imports {imported}"
+        assert to != "server" or layer in ("cli", "server"), f"{module} imports {imported}"
         if layer in ("errors", "files"):
             assert to == "errors", f"the file layer {module} imports {imported}"
         if layer in ("engine", "models", "images"):
-            assert to not in ("pipeline", "jobs", "evaluate", "serve", "distributed"), f"{module} imports {imported}"
+            assert to not in ("pipeline", "jobs", "evaluate", "server", "distributed"), f"{module} imports {imported}"
         if layer == "engine":  # it receives loaded networks; models/ reads the files
             assert to != "models", f"{module} imports {imported}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _layer(m) == "server"))
+def test_the_server_never_imports_the_model_code(module):
+    """The API process never runs a model: nothing of the server imports the pipeline or the engine."""
+    assert not any(_layer(imported) in ("pipeline", "engine", "evaluate") for imported in GRAPH[module]), GRAPH[module]
 
 
 @pytest.mark.parametrize("module", ["restorecli.jobs.store", "restorecli.models.integrity", "restorecli.models.loading",

@@ -493,6 +493,27 @@ def test_the_janitor_removes_finished_jobs_past_their_retention(server):
     assert client.get(f"/status/{waiting}").json()["status"] == "queued"  # never a job still to run
 
 
+def test_the_api_process_loads_no_model_code(tmp_path, model):
+    """Serving uploads, status and files imports none of PyTorch, OpenCV or numpy: the server never runs a model."""
+    probe = f"""
+import sys, warnings
+warnings.simplefilter("ignore")
+from fastapi.testclient import TestClient
+from restorecli.cli.options import DEFAULTS
+from restorecli.server.app import create_app
+from restorecli.server.config import load_config
+config = load_config({{**DEFAULTS, "model": {model!r}}}, queue={str(tmp_path / "q")!r}, dotenv={str(tmp_path)!r})
+client = TestClient(create_app(config))
+job = client.post("/enhance", files=[("files", ("a.jpg", b"not really"))]).json()["job_id"]
+assert client.get("/status/" + job).status_code == 200 and client.get("/models").status_code == 200
+print(sorted(m for m in ("torch", "cv2", "numpy", "PIL", "spandrel") if m in sys.modules))
+"""
+    done = __import__("subprocess").run([__import__("sys").executable, "-c", probe], capture_output=True, text=True,
+                                        timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 # ----------------------------------------------------------------------------- real server processes
 
 

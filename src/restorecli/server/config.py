@@ -103,7 +103,7 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
     from ..models.registry import REGISTRY
     from ..options import from_given
 
-    values = read_dotenv(dotenv)
+    values = read_dotenv(Path(dotenv))
     if max_file_mb is not None:
         max_bytes = parse_megabytes(str(max_file_mb), "--max-file-mb")
     else:
