@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,21 @@ def test_a_tiff_claiming_2_31_pixels_gets_the_max_pixels_error_in_a_run_and_a_dr
         assert (failed["status"], failed["error"]) == ("error", expected)
         assert done["status"] == ("planned" if dry_run else "ok")
         assert "Decompression" not in result.stderr and expected in result.stderr
+
+
+def test_an_input_s_warnings_are_one_line_each_naming_it(model2, tmp_path):
+    """Python would print Pillow's warning once, with Pillow's source path and line."""
+    tagged = grey_tiff(16, 12, bytes(range(192)), extra=((305, 2, 10**6, 8),))  # a tag past the file's end
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / name).write_bytes(tagged)
+    with warnings.catch_warnings(record=True) as left_to_python:
+        warnings.simplefilter("always")
+        result = invoke("restore", tmp_path / "a.tif", tmp_path / "b.tif", "-o", tmp_path / "o", "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "Tag data" in line] == [
+        f"warning: {tmp_path / name}: Tag data larger than file. Skipping tag 305" for name in ("a.tif", "b.tif")]
+    assert "site-packages" not in result.stderr and "UserWarning" not in result.stderr and left_to_python == []
+    assert result.stdout.splitlines() == [str(tmp_path / "o" / name) for name in ("a.tif", "b.tif")]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageOps
 
 from conftest import TEST_INPUTS, grey_tiff
-from restorecli.errors import ImageDecodeError, ImageError, ImageTooLarge
+from restorecli.errors import ImageDecodeError, ImageError, ImageTooLarge, ImageWarning
 from restorecli.images import (decode_image, encode_image, max_file_bytes, probe, read_input_file,
                                read_input_stream)
 from restorecli.images.jpeg import JpegWriter
@@ -364,6 +365,23 @@ def test_pixels_a_raised_limit_lets_through_but_nothing_can_hold_are_too_large(w
     with pytest.raises(ImageTooLarge, match=rf"wide.tif: {width}x1 = {width:,} pixels cannot be decoded here "
                                             rf"\({why}\); lower --max-pixels"):
         decode_image(grey_tiff(width, 1, b"\x80" * 16), "wide.tif", max_pixels=2**32)
+
+
+def test_what_pillow_warns_about_a_file_is_one_warning_of_restorecli_s_naming_it():
+    """Pillow warns twice, from its own source line, of a tag that points past the file's end (and under Python's
+    default filter only for the first file of a process); restorecli warns once a file, naming it. A file it
+    refuses goes with its error alone, and Pillow's DecompressionBombWarning (below --max-pixels) is not given."""
+    pixels = bytes(range(192))
+    tagged = grey_tiff(16, 12, pixels, extra=((305, 2, 10**6, 8),))  # Software: a million bytes, past the end
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoded = [decode_image(tagged, name) for name in ("a.tif", "b.tif")]
+        with pytest.raises(ImageTooLarge):
+            decode_image(tagged, "small limit.tif", max_pixels=100)
+        probe(grey_tiff(10000, 9500), "large.tif", max_pixels=100_000_000)  # past Pillow's 89,478,485
+    assert [(found.category, str(found.message)) for found in caught] == [
+        (ImageWarning, f"{name}: Tag data larger than file. Skipping tag 305") for name in ("a.tif", "b.tif")]
+    np.testing.assert_array_equal(decoded[1].color[:, :, 0], np.frombuffer(pixels, np.uint8).reshape(12, 16))
 
 
 STRIP_IMAGES = dict(

@@ -72,3 +72,8 @@ class ImageTooLarge(ImageError):
 
 class TileOutOfMemory(ImageError):
     """A fixed tile size does not fit in device memory."""
+
+
+class ImageWarning(UserWarning):
+    """An input file's reader skipped or mended something in it (a tag pointing past the file's end, damaged
+    EXIF) and read the image anyway; the message names the file. A warning, not an error: the image is restored."""

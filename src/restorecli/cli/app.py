@@ -7,9 +7,11 @@ completion, ``status``, ``prune``, ``models`` and ``serve`` start in a fraction 
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
-from . import evaluate, jobs, restore, serve, weights
+from . import evaluate, jobs, render, restore, serve, weights
 from .help import Command
 
 app = typer.Typer(
@@ -34,6 +36,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Batch image restoration: tiled Real-ESRGAN upscaling on CUDA, MPS or the CPU."""
+    warnings.showwarning = render.show_warning  # every command's warnings as one line each, no source paths
 
 
 # In the order a user needs them: restore first, then the queue, then weights and measurement.

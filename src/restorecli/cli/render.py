@@ -25,6 +25,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import ImageWarning
+
 if TYPE_CHECKING:  # the pipeline loads torch; the commands that render no batch do not need it
     from ..pipeline import BatchResult, ItemResult
 
@@ -61,6 +63,17 @@ def error(message: str) -> None:
     console = stderr_console()
     for i, line in enumerate(message.splitlines() or [""]):
         console.print(f"[bold red]error:[/] {escape(line)}" if i == 0 else f"       {escape(line)}", soft_wrap=True)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """Python's warnings as restorecli's other messages: one line on stderr, ``warning: ...``, without the source
+    file and line Python prints (a site-packages path says nothing to the user). restorecli's own (an image
+    file's, naming it) as they are; another library's with its category. For ``warnings.showwarning``."""
+    text = " ".join(str(message).split())
+    if not issubclass(category, ImageWarning):
+        text = f"{category.__name__}: {text}"
+    stderr_console().print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
 
 
 def item_json(item: ItemResult) -> dict:

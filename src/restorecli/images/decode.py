@@ -11,6 +11,7 @@ import math
 import re
 import stat
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from ..errors import ImageDecodeError, ImageError, ImageTooLarge
+from ..errors import ImageDecodeError, ImageError, ImageTooLarge, ImageWarning
 from ..files import special_file_kind
 from . import xmp as extended_xmp
 from .formats import DEFAULT_MAX_PIXELS, OutputFormat
@@ -125,7 +126,8 @@ def read_input_stream(stream: BinaryIO, name: str, max_pixels: int = DEFAULT_MAX
 
 def probe(data: bytes, name: str, max_pixels: int | None = None) -> tuple[tuple[int, int], OutputFormat | None]:
     """(width, height) and the writable format, from the header only; with ``max_pixels``, ``ImageTooLarge``
-    for a larger image, as ``decode_image`` would refuse it."""
+    for a larger image, as ``decode_image`` would refuse it. Quiet: what the header's reader warns about, the
+    decoding tells."""
     with _pillow_reading():
         image = _open(data, name)
     if max_pixels is not None:
@@ -137,18 +139,27 @@ _PILLOW_STATE = threading.Lock()
 
 
 @contextlib.contextmanager
-def _pillow_reading() -> Iterator[None]:
-    """Pillow's own pixel limit lifted while a file is read: restorecli checks ``--max-pixels`` itself, from the
-    header, before any pixel is decoded, so Pillow's smaller limit neither refuses images within it nor speaks
-    (with its own error) for those beyond it. The limit is a global of Pillow's: a lock keeps threads reading
-    files at once from setting it back under each other."""
-    with _PILLOW_STATE:
+def _pillow_reading() -> Iterator[list[warnings.WarningMessage]]:
+    """Pillow's own pixel limit lifted, and its warnings caught, while a file is read. restorecli checks
+    ``--max-pixels`` itself, from the header, before any pixel is decoded, so Pillow's smaller limit neither
+    refuses images within it nor speaks (with its own error or warning) for those beyond it. The warnings caught
+    (a tag pointing past the file's end, damaged EXIF) are the caller's to tell as the file's, not Python's to
+    print with Pillow's source line. The limit and the warning filters are process-wide: a lock keeps threads
+    reading files at once from setting them back under each other."""
+    with _PILLOW_STATE, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every file's own, not only the first file's
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            yield
+            yield caught
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+def _warn_about(name: str, caught: list[warnings.WarningMessage]) -> None:
+    """Each distinct warning the reader gave, again as restorecli's ``ImageWarning``: one line naming the file."""
+    for text in dict.fromkeys(" ".join(str(found.message).split()) for found in caught):
+        warnings.warn(ImageWarning(f"{name}: {text}"), stacklevel=3)
 
 
 def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:
@@ -413,14 +424,17 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
     Raises ``ImageDecodeError`` for empty, truncated or non-image data and ``ImageTooLarge``
     before decoding anything larger than ``max_pixels``, or where the pixels it claims cannot be held.
+    Warns (``ImageWarning``) once for each thing the codec skipped or mended in a file it read.
     """
-    with _pillow_reading():
+    with _pillow_reading() as caught:
         image = _open(data, name)
         _check_pixels(name, image.size, max_pixels)
         try:
-            return _decoded(image, data, name)
+            decoded = _decoded(image, data, name)
         except MemoryError:  # within a raised --max-pixels, but past this machine's memory
             raise _cannot_hold(name, image.size, "out of memory") from None
+    _warn_about(name, caught)  # for a file read: a refused one's error says what is wrong with it
+    return decoded
 
 
 def _cannot_hold(name: str, size: tuple[int, int], why: str) -> ImageTooLarge:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -237,7 +238,11 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
         import torch
 
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch's own (a pickle protocol its reader may not take, a TorchScript archive): the refusal, if
+                # one follows, says what is wrong, and a file that loads needs no warning
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             # torch's message wraps the unpickler's own reason in advice; only that reason tells a refused
             # object (a class or function that loading would call) from bytes that are no pickle at all
