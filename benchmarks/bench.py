@@ -26,6 +26,7 @@ README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve  # noqa: E402  (its README block is its own)
 import startup  # noqa: E402  (its README block is its own)
 from startup import write_readme  # noqa: E402
 
@@ -414,6 +415,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-faces", action="store_true")
     parser.add_argument("--skip-startup", action="store_true")
+    parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--memory-child")
     parser.add_argument("--folder")
     parser.add_argument("--image")
@@ -437,6 +439,11 @@ def main() -> None:
         print(started)
         if not args.no_readme:
             write_readme(started)
+    if not args.skip_serve:
+        served = serve.table(serve.measure(400, 4), 400, 4)
+        print(served)
+        if not args.no_readme:
+            write_readme(served, serve.START, serve.END)
 
 
 if __name__ == "__main__":

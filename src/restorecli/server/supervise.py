@@ -16,6 +16,10 @@ from ..jobs.prune import prune_queue
 Log = Callable[[str], None]
 _RESTART_DELAYS = (1.0, 2.0, 5.0, 15.0, 60.0)  # after a worker that died soon after it started, wait longer each time
 _STABLE_SECONDS = 60.0  # a worker that ran this long before it died is restarted at once
+# Workers run at a lower CPU priority than the API: model work is batch work, a request is someone waiting, and
+# on a machine where the model's threads fill every core the API would otherwise answer late. A worker that has
+# the CPU to itself runs as fast as at normal priority.
+WORKER_NICENESS = 10
 
 
 def self_command() -> list[str]:
@@ -36,6 +40,11 @@ class _Slot:
         self.started = 0.0
         self.failures = 0  # deaths in a row, each soon after its start
         self.restart_at = 0.0
+
+
+def _lower_priority() -> None:
+    """In the worker's process, before it runs: its threads (PyTorch's) inherit the priority."""
+    os.nice(WORKER_NICENESS)
 
 
 class WorkerPool:
@@ -65,7 +74,8 @@ class WorkerPool:
         return [slot.process.pid for slot in self.slots if slot.process is not None and slot.process.poll() is None]
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
+        slot.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                        preexec_fn=_lower_priority if hasattr(os, "nice") else None)
         slot.started = time.monotonic()
 
     def _watch(self) -> None:
