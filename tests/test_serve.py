@@ -273,6 +273,32 @@ def test_malformed_bodies_get_their_error_and_the_server_stays_up(server, body, 
 # ----------------------------------------------------------------------------- what can be read
 
 
+def test_an_upload_the_disk_refuses_is_507_and_queues_nothing(server, disk_fills):
+    client, config = server
+    disk_fills(1)
+    response = upload(client, ("rocket.jpg", ROCKET))
+    assert response.status_code == 507 and "cannot store the upload" in response.json()["detail"]
+    assert leftovers(config) == [] and client.get("/health").json()["queue"]["queued"] == 0
+
+
+def test_an_upload_whose_staging_folder_is_pruned_meanwhile_is_not_queued_partial(server, monkeypatch):
+    client, config = server
+    from restorecli.server import uploads
+
+    real_end = uploads.MultipartUpload._part_end
+
+    def pruned_after_first(self):  # as `prune --older-than 0s` run by hand would, between two files
+        real_end(self)
+        if len(self.files) == 1:
+            import shutil
+            shutil.rmtree(self.inputs)
+
+    monkeypatch.setattr(uploads.MultipartUpload, "_part_end", pruned_after_first)
+    response = upload(client, ("a.jpg", ROCKET), ("b.jpg", FACE))
+    assert response.status_code == 503 and "vanished" in response.json()["detail"]
+    assert leftovers(config) == [] and client.get("/health").json()["queue"]["queued"] == 0
+
+
 def test_processed_serves_only_the_results_of_existing_jobs(server):
     client, config = server
     job_id = upload(client, ("rocket.jpg", ROCKET)).json()["job_id"]
@@ -557,6 +583,17 @@ def test_a_live_server_says_what_it_will_do_and_runs_a_job(tmp_path, model, monk
             assert client.get(status["results"][0]["url"]).status_code == 200
             health = client.get("/health").json()
             assert health["worker_alive"] and health["workers"]["alive"] == 1
+            models = client.get("/models").json()
+            assert models["default"] == model and models["models"][0]["status"] == "installed"
+            assert client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["security"] == [{"ApiKey": []}]
+            before = client.get(status["results"][0]["input_url"])
+            assert before.status_code == 200 and before.content == ROCKET
+            with zipfile.ZipFile(io.BytesIO(client.get(status["download_url"]).content)) as z:
+                assert z.namelist() == ["rocket.jpg"]
+            page = client.get("/")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            assert client.delete(f"/jobs/{job_id}").json()["was"] == "completed"
+            assert client.get(f"/status/{job_id}").status_code == 404
 
 
 def test_events_stream_progress_until_the_job_completes(tmp_path, model):
@@ -632,6 +669,8 @@ def test_sixteen_clients_at_once_each_get_their_results_exactly_once(tmp_path, m
                 assert size_of(client.get(result["url"]).content) == (2 * (16 + i), 24)
             health = client.get("/health").json()
     assert health["queue"]["completed"] == 16
+    store = JobStore(live.queue)
+    assert [store.get(job_id).attempts for job_id in jobs.values()] == [1] * 16  # each run once, by one worker
     written = [p for job_id in jobs.values() for p in (live.queue / "jobs" / job_id / "outputs").iterdir()]
     assert len(written) == 16
 

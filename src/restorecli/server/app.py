@@ -7,6 +7,7 @@ answers ``GET /status`` promptly whatever the workers are doing.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -83,7 +84,14 @@ class Api:
         return job_options(from_given(given))
 
     def enqueue(self, staged: Staging, upload: MultipartUpload) -> Job:
+        """Queue the stored upload, once each of its files is checked to be whole on disk (a ``prune`` run by
+        hand could have removed the staging folder meanwhile): a partial job is never queued."""
         options = self.options_for(upload.fields)
+        for stored in upload.files:
+            path = staged.inputs / stored.stored
+            if not path.is_file() or path.stat().st_size != stored.size:
+                raise OSError(errno.ENOENT, "an uploaded file vanished from the staging folder before the job was "
+                                            "queued", str(path))
         inputs = [{"original_filename": f.original_filename, "stored": f.stored} for f in upload.files]
         return staged.enqueue(self.store(), options, inputs)
 
@@ -176,7 +184,7 @@ def _form_schema(limits: Limits) -> dict:
 
 def _api_routes(app: FastAPI, api: Api, guarded: list) -> None:
     @app.post("/enhance", status_code=202, dependencies=guarded, response_model=schema.Accepted,
-              openapi_extra=_form_schema(api.limits), responses=schema.errors(400, 401, 413, 415, 422))
+              openapi_extra=_form_schema(api.limits), responses=schema.errors(400, 401, 413, 415, 422, 503, 507))
     async def enhance(request: Request) -> dict:
         """Queue the uploaded images as one job. A file that is not a readable image does not fail the request:
         the job records its error and restores the others."""
@@ -201,6 +209,11 @@ def _api_routes(app: FastAPI, api: Api, guarded: list) -> None:
         except ClientDisconnect:
             await run_in_threadpool(_abandon, staged, upload)
             raise HTTPException(400, "the client closed the connection before the upload ended") from None
+        except OSError as exc:  # the queue's disk: full, read-only, or its folder removed under the upload
+            await run_in_threadpool(_abandon, staged, upload)
+            full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+            raise HTTPException(507 if full else 503, f"the server cannot store the upload now: "
+                                                      f"{exc.strerror or exc}") from None
         except BaseException:
             await run_in_threadpool(_abandon, staged, upload)
             raise

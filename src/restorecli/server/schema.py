@@ -17,7 +17,8 @@ def errors(*codes: int) -> dict:
     """The ``responses`` entry for error codes a route can answer."""
     described = {400: "Malformed request", 401: "Missing or wrong API key", 404: "No such job or file",
                  409: "The job is not in a state that allows this", 413: "Upload over the server's limits",
-                 415: "Not multipart/form-data", 422: "A field's value cannot be used"}
+                 415: "Not multipart/form-data", 422: "A field's value cannot be used",
+                 503: "The queue cannot take the upload now", 507: "The queue's disk is full"}
     return {code: {"model": Error, "description": described[code]} for code in codes}
 
 

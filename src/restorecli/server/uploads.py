@@ -178,6 +178,9 @@ class MultipartUpload:
 
     def _part_end(self) -> None:
         if self._part is not None:
+            assert self._file is not None
+            self._file.flush()
+            os.fsync(self._file.fileno())  # on disk before the job that names it is queued
             self.close()
             suffix = suffix_for_content(self._head) or _client_suffix(self._part.original_filename)
             if suffix:  # the name the content says: a JPEG sent as photo.png is read, and kept, as a JPEG
