@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -260,6 +261,17 @@ def test_unknown_model_exits_3_and_says_what_to_do(photos):
     assert result.exit_code == 3
     assert "realesr-general-x4v3.pth" in result.stderr and "download" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_torchscript_model_is_refused_without_torch_s_advice_to_load_it_unsafely(photos, tmp_path):
+    script = tmp_path / "compiled.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated, not gone
+        torch.jit.script(torch.nn.Conv2d(3, 3, 3)).save(str(script))
+    result = invoke("restore", photos / "rocket.jpg", "-o", tmp_path / "o", "--model", script)
+    assert result.exit_code == 3 and result.stdout == ""
+    assert f"error: {script}: is a TorchScript archive (a compiled program with its weights)" in result.stderr
+    assert "weights_only" not in result.stderr and "warning" not in result.stderr
 
 
 def test_unavailable_device_exits_3(photos, model2):

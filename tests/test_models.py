@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
 
 import ncnn
@@ -68,6 +69,49 @@ def test_damaged_checkpoints_are_told_from_refused_ones(tmp_path):
         load_model(str(tmp_path / "cut.pth"), tmp_path)
     with pytest.raises(UnsupportedModel, match=r"noise.pth: cannot be read safely \(Unsupported operand 197\)"):
         load_model(str(tmp_path / "noise.pth"), tmp_path)
+
+
+def _refused_checkpoints(folder):
+    """Checkpoints torch's safe reader refuses, one of each way it words a refusal, each with torch's advice to
+    load it with weights_only=False: objects it does not allow-list, a pickle it cannot read, a TorchScript program."""
+    import argparse
+    import warnings
+
+    state = tiny_compact_state(2)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"params": state, "args": argparse.Namespace(scale=2)}, folder / "namespace.pth")  # training scripts
+    torch.save({"params": state, "mean": np.zeros(3)}, folder / "numpy.pth")
+    torch.save({"params": Payload()}, folder / "system.pth")
+    with open(folder / "protocol4.pth", "wb") as handle:
+        pickle.dump({"params": Payload()}, handle, protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated, not gone
+        torch.jit.script(torch.nn.Conv2d(3, 3, 3)).save(str(folder / "torchscript.pth"))
+    return sorted(folder.glob("*.pth"))
+
+
+def test_a_refused_checkpoint_is_never_told_to_retry_with_weights_only_false(tmp_path):
+    """torch advises loading a refused file with weights_only=False, which runs its pickle's code, or allow-listing
+    its objects; restorecli does neither, so its errors say what the file holds and how to convert it."""
+    import warnings
+
+    reasons = {}
+    for path in _refused_checkpoints(tmp_path):
+        with warnings.catch_warnings(record=True) as caught, pytest.raises(UnsupportedModel) as info:
+            warnings.simplefilter("always")
+            load_model(str(path), tmp_path)
+        message = str(info.value)
+        assert not re.search(r"weights.only|safe_globals|trust(?!ed environment)|\x1b", message, re.I), message
+        assert message.startswith(f"{path}: ") and message.endswith("from a trusted environment.") and not caught
+        reasons[path.stem] = message
+    assert "a Python object (argparse.Namespace) beyond tensors" in reasons["namespace"]
+    assert "cannot be read safely (Unsupported operand 149)" in reasons["protocol4"]
+    assert "is a TorchScript archive (a compiled program with its weights), which restorecli does not run" in (
+        reasons["torchscript"])
 
 
 def test_unrecognised_architecture_and_junk_files(tmp_path):

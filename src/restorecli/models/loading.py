@@ -213,10 +213,75 @@ def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) 
     return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
+def _read_pickled(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.pth`` checkpoint's state dict, through torch's allow-list unpickler. Its refusals are told in
+    restorecli's words: torch's own advise loading with ``weights_only=False``, which runs the pickle's code,
+    and restorecli never does that."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # torch's own (a pickle protocol its reader may not take, a TorchScript archive): the refusal, if
+            # one follows, says what is wrong, and a file that loads needs no warning
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message wraps the unpickler's own reason in advice; only that reason tells a refused
+        # object (a class or function that loading would call) from bytes that are no pickle at all
+        text = str(exc)
+        refused = re.search(r"GLOBAL (\S+)", text)  # a class or function loading would call
+        if refused is not None:
+            raise UnsupportedModel(
+                f"{path}: refused to load: the checkpoint holds a Python object ({refused.group(1)}) beyond tensors, "
+                "which loading would have to run. Convert it to .safetensors from a trusted environment."
+            ) from None
+        found = re.search(r"WeightsUnpickler error:(.*)", text, re.DOTALL)
+        reason = _without_torch_advice(found.group(1) if found else text) or "unreadable pickle"
+        raise UnsupportedModel(
+            f"{path}: cannot be read safely ({reason}): it is damaged, not a PyTorch checkpoint, or pickled in a "
+            "form only the unrestricted loader reads, which could run code. Convert it to .safetensors from a "
+            "trusted environment.") from None
+    except Exception as exc:
+        if _is_torchscript(path):
+            raise UnsupportedModel(
+                f"{path}: is a TorchScript archive (a compiled program with its weights), which restorecli does not "
+                "run: it reads weights alone. Save the model's state_dict as .safetensors from a trusted "
+                "environment.") from None
+        reason = _without_torch_advice(str(exc)) or type(exc).__name__
+        raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint (damaged or cut short, or not a "
+                               f"checkpoint: {reason})") from None
+    if not isinstance(state, dict):
+        raise UnsupportedModel(f"{path}: checkpoint holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+# Sentences of torch's load errors that advise, not explain: load with weights_only=False (which runs the pickle's
+# code), allow-list the object if you trust it, file an issue, read the documentation
+_TORCH_ADVICE = re.compile(r"weights.only|trust|file an issue|documentation|can still be loaded", re.IGNORECASE)
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _without_torch_advice(text: str) -> str:
+    """torch's error text, its sentences of advice left out; what is left, on one line."""
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", _ANSI_STYLE.sub("", text))
+    return " ".join(part.strip() for part in sentences if part.strip() and not _TORCH_ADVICE.search(part))
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive, told as torch tells one: a zip file holding constants.pkl."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
     """Read a checkpoint's tensors without running code; also return a stored output scale, if any.
 
-    ``.safetensors`` holds only tensors; ``.pth``/``.pt``/``.ckpt`` go through torch's allow-list
+    ``.safetensors`` holds only tensors; ``.pth``/``.pt``/``.ckpt``/``.bin`` go through torch's allow-list
     unpickler (``weights_only=True``); ``.param`` is an ncnn model converted on the fly.
     """
     suffix = path.suffix.lower()
@@ -235,38 +300,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], float | None]:
         scale = metadata.get(_META_OUTPUT_SCALE)
         return state, float(scale) if scale else None
     if suffix in (".pth", ".pt", ".ckpt", ".bin"):
-        import torch
-
-        try:
-            with warnings.catch_warnings():
-                # torch's own (a pickle protocol its reader may not take, a TorchScript archive): the refusal, if
-                # one follows, says what is wrong, and a file that loads needs no warning
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # torch's message wraps the unpickler's own reason in advice; only that reason tells a refused
-            # object (a class or function that loading would call) from bytes that are no pickle at all
-            text = str(exc)
-            found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-            lines = [line.strip() for line in text.splitlines()
-                     if line.strip() and not line.strip().startswith("Check the documentation")]
-            reason = found.group(1).strip() if found else lines[-1] if lines else "unreadable pickle"
-            refused = re.search(r"GLOBAL (\S+)", text)  # a class or function loading would call
-            if refused is None:
-                raise UnsupportedModel(
-                    f"{path}: cannot be read safely ({reason}): it is damaged, not a PyTorch checkpoint, or pickled in a "
-                    "form only the unrestricted loader reads, which could run code. Convert it to .safetensors from a "
-                    "trusted environment.") from None
-            raise UnsupportedModel(
-                f"{path}: refused to load: the checkpoint holds a Python object ({refused.group(1)}) beyond tensors, "
-                "which loading would have to run. Convert it to .safetensors from a trusted environment."
-            ) from None
-        except Exception as exc:
-            raise UnsupportedModel(f"{path}: not a readable PyTorch checkpoint (damaged or cut short, or not a "
-                                   f"checkpoint: {exc})") from None
-        if not isinstance(state, dict):
-            raise UnsupportedModel(f"{path}: checkpoint holds a {type(state).__name__}, not a state dict")
-        return state, None
+        return _read_pickled(path), None
     if suffix == ".param":
         from .ncnn import convert_ncnn
 
