@@ -394,6 +394,44 @@ def test_file_names_with_brackets_are_shown_as_they_are(model2, tmp_path):
     assert missing.exit_code == 2 and "[none]*.jpg" in missing.stderr
 
 
+@pytest.mark.parametrize("name,shown", [  # as GNU ls --quoting-style=shell-escape shows them (coreutils 9.1)
+    (b"a\nb.png", "'a'$'\\n''b.png'"), (b"\nb", "''$'\\n''b'"), (b"b\n", "'b'$'\\n'"),
+    (b"a\tb\x01c", "'a'$'\\t''b'$'\\001''c'"), (b"it's\nx", "'it'\\''s'$'\\n''x'"), (b"x\x7fy", "'x'$'\\177''y'"),
+    ("caf\u00e9\n.png".encode(), "'caf\u00e9'$'\\n''.png'"), (b"bad\xff\n", "'bad'$'\\377\\n'"),
+    (b"\x1b[31m", "''$'\\033''[31m'"), (b"a b [x] it's.png", "a b [x] it's.png")])
+def test_names_with_control_characters_are_quoted_as_ls_quotes_them_and_read_back_by_a_shell(name, shown):
+    import os
+    import subprocess
+
+    from restorecli.cli.render import shell_quoted
+
+    assert shell_quoted(os.fsdecode(name)) == shown
+    if shown != os.fsdecode(name):  # quoted: a shell reads it back as the very name
+        echoed = subprocess.run(["bash", "-c", f"printf %s {shown}"], capture_output=True, check=True)
+        assert echoed.stdout == name
+
+
+def test_an_output_name_with_a_newline_is_one_quoted_line_on_plain_stdout_and_raw_in_json(model2, tmp_path):
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("two\nlines.jpg", "plain name.jpg"):
+        shutil.copy(TEST_INPUTS / "rocket.jpg", folder / name)
+    out = tmp_path / "out"
+    plain = invoke("restore", folder, "-o", out, "--model", model2, "--dry-run")
+    assert plain.exit_code == 0, plain.stderr
+    quoted = f"'{out}/two'$'\\n''lines.jpg'"
+    assert plain.stdout.splitlines() == [f"{out / 'plain name.jpg'}", quoted]
+    assert f"would write {quoted} (96x64)\n" in plain.stderr
+    done = invoke("restore", folder, "-o", out, "--model", model2)
+    assert done.exit_code == 0 and done.stdout == plain.stdout
+    assert os.path.isfile(out / "two\nlines.jpg")
+    as_json = invoke("restore", folder, "-o", out, "--model", model2, "--json", "--overwrite")
+    assert [item["output"] for item in json_lines(as_json) if item["type"] == "item"] == [
+        str(out / "plain name.jpg"), str(out / "two\nlines.jpg")]
+
+
 def test_a_file_name_near_the_length_limit_is_restored(model2, tmp_path):
     """Its temporary file's name, which adds the writer's process and host, used to pass 255 bytes and fail."""
     source = tmp_path / ("a" * 240 + ".jpg")

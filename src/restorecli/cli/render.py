@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import sys
 import time
+import unicodedata
 from dataclasses import asdict
 from typing import TYPE_CHECKING, TextIO
 
@@ -63,6 +65,34 @@ def error(message: str) -> None:
     console = stderr_console()
     for i, line in enumerate(message.splitlines() or [""]):
         console.print(f"[bold red]error:[/] {escape(line)}" if i == 0 else f"       {escape(line)}", soft_wrap=True)
+
+
+_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
+
+
+def _unprintable(char: str) -> bool:
+    """A control character, a line or paragraph separator, or an undecodable byte (a surrogate escape)."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs")
+
+
+def _escaped(char: str) -> str:
+    if char in _C_ESCAPES:
+        return _C_ESCAPES[char]
+    raw = bytes([ord(char) - 0xDC00]) if 0xDC80 <= ord(char) <= 0xDCFF else char.encode("utf-8", "surrogatepass")
+    return "".join(f"\\{byte:03o}" for byte in raw)
+
+
+def shell_quoted(name: str) -> str:
+    """``name`` as it is, unless it holds control characters (a newline, an escape, an undecodable byte): then
+    quoted as GNU ls's shell-escape style quotes it, in single quotes with each run of those characters as a
+    $'...' part, as 'a'$'\\n''b.png'. One name stays one line, and a shell reads it back as the same name."""
+    if not any(map(_unprintable, name)):
+        return name
+    parts = ["''"] if _unprintable(name[0]) else []  # as ls writes it
+    for unprintable, run in itertools.groupby(name, _unprintable):
+        text = "".join(run)
+        parts.append(f"$'{''.join(map(_escaped, text))}'" if unprintable else "'" + text.replace("'", "'\\''") + "'")
+    return "".join(parts)
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -153,7 +183,7 @@ class BatchRenderer:
             self.total = payload  # type: ignore[assignment]
             self.task = self.progress.add_task("restore", total=payload, current="", images=0)
         elif event == "item" and self.task is not None:
-            self.current = escape(str(payload))  # a file name is shown as it is, brackets and all
+            self.current = escape(shell_quoted(str(payload)))  # a file name as it is, brackets and all
             self.image_part = 0.0
             self.progress.update(self.task, current=self.current)
         elif event == "tiles" and self.task is not None:
@@ -174,12 +204,12 @@ class BatchRenderer:
             self.progress.console.print(f"[bold red]failed:[/] {escape(str(item.error))}", soft_wrap=True)
         elif item.status == "planned" and not self.as_json:  # a dry run: what each image would become
             sizes = " -> ".join(f"{size[0]}x{size[1]}" for size in (item.in_size, item.out_size) if size)
-            self.progress.console.print(f"[cyan]would write[/] {escape(str(item.output))}"
+            self.progress.console.print(f"[cyan]would write[/] {escape(shell_quoted(str(item.output)))}"
                                         f"{f' ({sizes})' if sizes else ''}", soft_wrap=True)
         if self.as_json:
             self._result(json.dumps(item_json(item)))
         elif self.results_to_stdout and item.status in ("ok", "planned") and item.output:
-            self._result(item.output)
+            self._result(shell_quoted(item.output))  # one line a file, whatever its name holds
 
     def _result(self, line: str) -> None:
         if self.results_above_bar:  # the live display clears its bar, prints the line whole and redraws the bar
