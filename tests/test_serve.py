@@ -200,8 +200,9 @@ def test_fields_are_checked_as_the_command_line_checks_them(server, fields, frag
 def test_fields_set_the_job_s_options_and_empty_ones_keep_the_server_s(server):
     client, config = server
     job_id = upload(client, ("rocket.jpg", ROCKET), outscale="3", format="webp", face_weight="0.5",
-                    face_enhance="true", model=config.allowed_models[0]).json()["job_id"]
+                    face_enhance="true", model=Path(config.allowed_models[0]).name).json()["job_id"]
     options = JobStore(config.queue).get(job_id).options
+    assert options["model"] == config.allowed_models[0]  # the name a client sends, the file the server holds
     assert (options["outscale"], options["format"], options["face_weight"], options["face_enhance"]) == (
         3.0, "webp", 0.5, True)
     default = upload(client, ("rocket.jpg", ROCKET), outscale="", format="").json()["job_id"]
@@ -340,6 +341,15 @@ def test_unknown_jobs_are_404_everywhere(server):
         assert response.status_code == 404 and "no job" in response.json()["detail"], path
 
 
+def test_responses_carry_safety_headers_and_the_page_its_policy(server):
+    client, _ = server
+    for path in ("/", "/health", "/status/nope"):
+        response = client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    assert "default-src 'self'" in client.get("/").headers["content-security-policy"]
+
+
 def test_every_error_is_json_with_a_sentence(server):
     client, _ = server
     for response, code in ((client.get("/no/such/route"), 404), (client.put("/enhance"), 405),
@@ -438,9 +448,11 @@ def test_health_and_models_say_what_the_server_can_do(server, model):
     health = client.get("/health").json()
     assert health["worker_alive"] is True and health["workers"]["seen"] == 1
     models = client.get("/models").json()
-    assert models["default"] == model and models["models"][0]["status"] == "installed"
+    name = Path(model).name  # a checkpoint is offered by its file name, not the server's path to it
+    assert models["default"] == name and models["models"][0]["status"] == "installed"
+    assert model not in json.dumps(models)
     assert models["faces"]["available"] is False  # no face weights on this machine
-    assert models["defaults"] == {"model": model, "outscale": None, "format": "same", "face_enhance": False,
+    assert models["defaults"] == {"model": name, "outscale": None, "format": "same", "face_enhance": False,
                                   "face_weight": 1.0}
 
 
@@ -584,7 +596,7 @@ def test_a_live_server_says_what_it_will_do_and_runs_a_job(tmp_path, model, monk
             health = client.get("/health").json()
             assert health["worker_alive"] and health["workers"]["alive"] == 1
             models = client.get("/models").json()
-            assert models["default"] == model and models["models"][0]["status"] == "installed"
+            assert models["default"] == Path(model).name and models["models"][0]["status"] == "installed"
             assert client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["security"] == [{"ApiKey": []}]
             before = client.get(status["results"][0]["input_url"])
             assert before.status_code == 200 and before.content == ROCKET

@@ -103,7 +103,7 @@ def _announce(console, config, sock: socket.socket, no_auth: bool) -> None:
     lines = [
         f"restorecli serve: listening on {url} (dashboard {url}/, API docs {url}/docs)",
         f"  queue:    {config.queue}",
-        f"  model:    {default['name']} ({default['status']})"
+        f"  model:    {config.allowed_models[0]} ({default['status']})"
         + (f"; requests may also ask for {', '.join(config.allowed_models[1:])}" if len(config.allowed_models) > 1
            else ""),
         f"  device:   {device}" + (" (each worker picks CUDA, then MPS, then the CPU)" if device == "auto" else ""),

@@ -34,7 +34,8 @@ from ..options import declared, from_given, value_from_text
 from . import schema
 from .config import API_KEY_ENV, API_KEY_HEADER, ServeConfig
 from .uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused
-from .views import (SERVED_ID, Served, input_file, job_document, models_document, result_file, result_files)
+from .views import (SERVED_ID, Served, input_file, job_document, models_document, public_model_name, result_file,
+                    result_files)
 from .zipstream import zip_chunks
 
 log = logging.getLogger("restorecli.serve")
@@ -77,9 +78,13 @@ class Api:
         for name, text in fields.items():
             if not text.strip():
                 continue  # a form's empty field: the server's default
-            if name == "model" and text.strip() not in self.config.allowed_models:
-                raise UsageError(f"model '{text.strip()}' is not offered by this server; it offers: "
-                                 f"{', '.join(self.config.allowed_models)}")
+            if name == "model":
+                offered = {public_model_name(model): model for model in self.config.allowed_models}
+                if text.strip() not in offered:
+                    raise UsageError(f"model '{text.strip()}' is not offered by this server; it offers: "
+                                     f"{', '.join(offered)}")
+                given[name] = offered[text.strip()]
+                continue
             given[name] = value_from_text(name, text)
         return job_options(from_given(given))
 
@@ -111,6 +116,14 @@ def create_app(config: ServeConfig, pool=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=[config.cors_origin], allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=[API_KEY_HEADER, "Content-Type"])
     _errors(app)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")  # an upload is never run as a page
+        response.headers.setdefault("Referrer-Policy", "no-referrer")  # job ids in URLs stay on this server
+        return response
+
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey",
                               description=f"The server's {API_KEY_ENV}, where it has one.")
 
@@ -377,7 +390,11 @@ def _dashboard_routes(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     def index() -> Response:
-        return asset("index.html")
+        page = asset("index.html")
+        page.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' blob: data:; "
+                                                   "connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                                                   "frame-ancestors 'none'")
+        return page
 
     @app.get("/dashboard/{name}", include_in_schema=False)
     def dashboard_file(name: str) -> Response:

@@ -117,6 +117,10 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
             raise unknown_model(name)
         if name not in allowed:
             allowed.append(name)
+    names = [model if model in REGISTRY else Path(model).name for model in allowed]
+    if len(set(names)) < len(names):
+        raise UsageError(f"the offered models {', '.join(allowed)} share a file name, by which clients name them: "
+                         "rename one")
     root = Path(queue or setting(QUEUE_ENV, values) or DEFAULT_QUEUE)
     return ServeConfig(host=host, port=port, queue=root.absolute(), workers=workers,
                        retention=parse_age(retention, "--retention"),

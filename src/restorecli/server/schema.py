@@ -69,13 +69,18 @@ class Workers(BaseModel):
     restarts: int
 
 
+class Limits(BaseModel):
+    max_file_mb: float
+    max_files: int
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     queue: dict[str, int]
     auth_required: bool
     workers: Workers
     worker_alive: bool
-    limits: dict[str, float]
+    limits: Limits
 
 
 class ModelInfo(BaseModel):

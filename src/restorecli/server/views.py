@@ -167,6 +167,12 @@ def model_availability(name: str, directory: Path) -> str:
     return "embedded" if embedded_param(entry) is not None else "missing"
 
 
+def public_model_name(model: str) -> str:
+    """The name a client sees and sends for a model the server offers: a registry name as it is, a checkpoint
+    file by its file name (its folder on the server is none of a client's business)."""
+    return model if model in REGISTRY else Path(model).name
+
+
 def models_document(allowed: tuple[str, ...], defaults: dict) -> dict:
     """``GET /models``: the models a job may ask for (the first is the default), whether faces can be restored,
     and the server's defaults for the fields a request may leave out."""
@@ -174,12 +180,13 @@ def models_document(allowed: tuple[str, ...], defaults: dict) -> dict:
     models = []
     for name in allowed:
         entry = REGISTRY.get(name)
-        models.append({"name": name, "scale": entry.scale if entry else None,
+        models.append({"name": public_model_name(name), "scale": entry.scale if entry else None,
                        "description": entry.description if entry else "a checkpoint file on the server",
                        "status": model_availability(name, directory)})
     faces = {key: model_availability(defaults[key], directory) for key in ("face_model", "face_detector")}
-    return {"default": allowed[0], "models": models,
+    shown = {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance", "face_weight")}
+    shown["model"] = public_model_name(shown["model"])
+    return {"default": public_model_name(allowed[0]), "models": models,
             "faces": {"available": all(s != "missing" for s in faces.values()), "model": defaults["face_model"],
                       "detector": defaults["face_detector"]},
-            "defaults": {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance",
-                                                        "face_weight")}}
+            "defaults": shown}
