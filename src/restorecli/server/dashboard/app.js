@@ -389,17 +389,22 @@ async function follow(view) {
       return;
     }
   } catch (error) {
-    if (signal.aborted) return;
-    if (error instanceof ApiError && error.status === 404) {
-      jobGone(view);
-      return;
-    }
-    if (error instanceof ApiError && error.status === 401) {
-      showAlert(explain(error, "Following the job"));
-      return;
-    }
+    if (signal.aborted || stopsFollowing(view, error)) return;
   }
   await poll(view);
+}
+
+// A job that is gone (404) or a key that is refused (401) ends the following; other failures are retried.
+function stopsFollowing(view, error) {
+  if (error instanceof ApiError && error.status === 404) {
+    jobGone(view);
+    return true;
+  }
+  if (error instanceof ApiError && error.status === 401) {
+    showAlert(explain(error, "Following the job"));
+    return true;
+  }
+  return false;
 }
 
 function onEvent(view, name, doc) {
@@ -422,15 +427,7 @@ async function poll(view) {
       render(view, doc);
       if (FINAL.has(doc.status)) return;
     } catch (error) {
-      if (signal.aborted) return;
-      if (error instanceof ApiError && error.status === 404) {
-        jobGone(view);
-        return;
-      }
-      if (error instanceof ApiError && error.status === 401) {
-        showAlert(explain(error, "Following the job"));
-        return;
-      }
+      if (signal.aborted || stopsFollowing(view, error)) return;
       showAlert("Lost contact with the server; trying again every second.", true);
     }
     await sleep(POLL_MS, signal);
