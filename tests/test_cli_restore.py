@@ -1132,6 +1132,35 @@ def test_a_large_xmp_packet_survives_jpeg_both_ways(photos, model2, tmp_path):
     assert carried.count(b"<rdf:li>xmp.did:") == 5000 and b"HasExtendedXMP" not in carried
 
 
+def test_extended_xmp_pointed_to_by_an_element_declaring_its_namespace_survives_restore(photos, model2, tmp_path):
+    """Other writers put xmpNote:HasExtendedXMP in a JPEG's main packet as an element with its own xmlns."""
+    import re
+
+    from restorecli.images import encode_image
+    from restorecli.images.jpeg import XMP_APP1
+
+    items = b"".join(b"<rdf:li>xmp.did:%032x</rdf:li>" % i for i in range(5000))
+    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
+              b'<photoshop:DocumentAncestors><rdf:Bag>' + items + b'</rdf:Bag></photoshop:DocumentAncestors>'
+              b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    jpeg = encode_image(np.asarray(Image.open(photos / "rocket.jpg").convert("RGB")), None, "jpg", xmp=packet)
+    at = jpeg.index(XMP_APP1) - 4  # the main packet's APP1 segment: marker, length, payload
+    end = at + 2 + int.from_bytes(jpeg[at + 2 : at + 4], "big")
+    main = jpeg[at + 4 : end]
+    note = b' xmlns:xmpNote="http://ns.adobe.com/xmp/note/"'
+    digest = re.search(rb'xmpNote:HasExtendedXMP="([0-9A-F]{32})"', main).group(1)
+    element = re.sub(rb' xmpNote:HasExtendedXMP="[0-9A-F]{32}"(.*?>)', rb"\1<xmpNote:HasExtendedXMP%s>%s"
+                     rb"</xmpNote:HasExtendedXMP>" % (note, digest), main.replace(note, b""), count=1)
+    assert b"HasExtendedXMP=" not in element and note in element
+    source = tmp_path / "other writer.jpg"
+    source.write_bytes(jpeg[:at] + b"\xff\xe1" + (len(element) + 2).to_bytes(2, "big") + element + jpeg[end:])
+    result = invoke("restore", source, "-o", tmp_path / "png", "--model", model2, "--format", "png")
+    assert result.exit_code == 0, result.stderr
+    carried = Image.open(tmp_path / "png" / "other writer.png").info["XML:com.adobe.xmp"].encode()
+    assert carried.count(b"<rdf:li>xmp.did:") == 5000 and b"HasExtendedXMP" not in carried
+
+
 def test_a_photoshop_tiff_restores_to_jpeg_and_tiff_without_its_old_layers(model2, tmp_path):
     from PIL import TiffImagePlugin
 

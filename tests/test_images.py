@@ -268,6 +268,48 @@ def test_extended_xmp_that_does_not_add_up_is_left_out():
     assert b"HasExtendedXMP" in main and b"".join(c[75:] for c in chunks) == garbled
 
 
+_NOTE = b'"http://ns.adobe.com/xmp/note/"'
+
+
+def pointing_by(main: bytes, form: bytes) -> bytes:
+    """``main`` (``xmp.split``'s, whose pointer is the xmpNote:HasExtendedXMP attribute of its description) with
+    the pointer written as ``form`` instead, where %s is the digest: an attribute or a first child element."""
+    digest = re.search(rb'xmpNote:HasExtendedXMP="([0-9A-F]{32})"', main).group(1)
+    bare = main.replace(b" xmlns:xmpNote=" + _NOTE, b"").replace(b' xmpNote:HasExtendedXMP="%s"' % digest, b"")
+    start = re.search(rb"<rdf:Description[^>]*", bare).end()
+    if form.startswith(b"<"):
+        start += 1  # after the start tag's ">"
+    return bare[:start] + form % digest + bare[start:]
+
+
+@pytest.mark.parametrize("form", [
+    b"<xmpNote:HasExtendedXMP xmlns:xmpNote=" + _NOTE + b">%s</xmpNote:HasExtendedXMP>",
+    b"<note:HasExtendedXMP xmlns:note=" + _NOTE + b">\n  %s\n</note:HasExtendedXMP >",
+    b"<HasExtendedXMP xmlns=" + _NOTE + b">%s</HasExtendedXMP>",  # the default namespace
+    b" xmlns:n=" + _NOTE + b" n:HasExtendedXMP='%s'",
+])
+def test_extended_xmp_is_found_under_any_prefix_bound_to_xmp_note_as_element_or_attribute(form):
+    import xml.etree.ElementTree as ElementTree
+
+    from restorecli.images.xmp import merge, split
+
+    main, chunks = split(_large_xmp(), 65502)
+    merged = merge(pointing_by(main, form), chunks)
+    assert merged.count(b"<rdf:li>xmp.did:") == 6000 and b"HasExtendedXMP" not in merged
+    root = ElementTree.fromstring(re.sub(rb"<\?xpacket[^>]*\?>", b"", merged))  # well-formed, prefixes bound
+    assert b"Wedding, 1962" in merged and root.find(".//{http://ns.adobe.com/photoshop/1.0/}DocumentAncestors")
+
+
+def test_a_has_extended_xmp_of_another_namespace_points_to_nothing():
+    from restorecli.images.xmp import merge, split
+
+    main, chunks = split(_large_xmp(), 65502)
+    for form in (b'<other:HasExtendedXMP xmlns:other="http://example.com/ns/">%s</other:HasExtendedXMP>',
+                 b' xmlns:other="http://example.com/ns/" other:HasExtendedXMP="%s"'):
+        elsewhere = pointing_by(main, form)
+        assert merge(elsewhere, chunks) == elsewhere
+
+
 def test_sixteen_bit_png_carries_exif_and_icc():
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()

@@ -23,9 +23,8 @@ EXTENSION_APP1 = b"http://ns.adobe.com/xmp/extension/\x00"  # how an APP1 segmen
 _HEADER = len(EXTENSION_APP1) + 32 + 4 + 4  # namespace, digest, full length, offset
 _CHUNK_BYTES = 65400  # the chunk size Adobe's own writers use (a segment would take 65458)
 _WRAPPER = re.compile(rb"<\?xpacket[^>]*\?>\s*")
-_POINTER = re.compile(rb"""\s*[\w.-]+:HasExtendedXMP\s*=\s*["'][0-9A-Fa-f]{32}["']|"""
-                      rb"""<([\w.-]+):HasExtendedXMP>\s*[0-9A-Fa-f]{32}\s*</\1:HasExtendedXMP>""")
-_DIGEST = re.compile(rb"""HasExtendedXMP(?:\s*=\s*["']|>\s*)([0-9A-Fa-f]{32})""")
+# A prefix bound to the xmpNote namespace, where the pointer to the rest lives (none: the default namespace)
+_XMP_NOTE_BINDING = re.compile(rb"""\sxmlns(?::([\w.-]+))?\s*=\s*["']http://ns\.adobe\.com/xmp/note/["']""")
 _RDF_BODY = re.compile(rb"<rdf:RDF\b([^>]*)>(.*)</rdf:RDF>", re.S)
 _XMPMETA = re.compile(rb"<x:xmpmeta\b([^>]*)>")
 _NAMESPACE = re.compile(rb"""\sxmlns:([\w.-]+)\s*=\s*(["'][^"']*["'])""")
@@ -83,11 +82,26 @@ def _partition(body: bytes, limit: int) -> tuple[ElementTree.Element, bytes]:
     return root, ElementTree.tostring(rest)
 
 
+def _pointers(main: bytes) -> list[re.Pattern[bytes]]:
+    """The forms the pointer to the rest (xmpNote:HasExtendedXMP) can take in ``main``, the digest their group
+    1: an attribute or an element, under each prefix the packet binds to the xmpNote namespace, wherever it binds
+    it (an element may declare its own). An element in the default namespace, bound to xmpNote, counts too; an
+    attribute without a prefix is in no namespace."""
+    patterns = []
+    for prefix in dict.fromkeys(found.group(1) for found in _XMP_NOTE_BINDING.finditer(main)):
+        name = (re.escape(prefix) + b":" if prefix else b"") + b"HasExtendedXMP"
+        patterns.append(re.compile(rb"<%s(?=[\s>])[^>]*>\s*([0-9A-Fa-f]{32})\s*</%s\s*>" % (name, name)))
+        if prefix:
+            patterns.append(re.compile(rb"""\s+%s\s*=\s*["']([0-9A-Fa-f]{32})["']""" % name))
+    return patterns
+
+
 def merge(main: bytes, payloads: list[bytes]) -> bytes:
     """``main`` with the extended XMP it points to merged in: the rest's descriptions go inside the main packet's
     ``rdf:RDF``, and the pointer is dropped. ``main`` as it is where it points to none, or where the chunks are
     missing, do not add up to their digest, or hold no ``rdf:RDF``."""
-    found = _DIGEST.search(main)
+    pointers = _pointers(main)
+    found = next((match for match in (pointer.search(main) for pointer in pointers) if match), None)
     main_body = _RDF_BODY.search(main)
     if found is None or main_body is None:
         return main
@@ -110,4 +124,7 @@ def merge(main: bytes, payloads: list[bytes]) -> bytes:
                        if prefix not in declared)
     start, end = main_body.start(2), main_body.end(2)
     head = main[: start - 1] + missing + main[start - 1 : start]  # before the start tag's closing ">"
-    return _POINTER.sub(b"", head + main[start:end]) + rest_body.group(2) + main[end:]
+    kept = head + main[start:end]
+    for pointer in pointers:
+        kept = pointer.sub(b"", kept)
+    return kept + rest_body.group(2) + main[end:]
