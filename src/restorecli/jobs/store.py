@@ -127,23 +127,42 @@ class Lease:
 
 class _Database:
     """The queue's SQLite connection, whose failures (a damaged file, a lock held past the timeout, a full disk)
-    become ``QueueUnavailable`` naming the database file, instead of a bare ``sqlite3`` error."""
+    become ``QueueUnavailable`` naming the database file, instead of a bare ``sqlite3`` error.
+
+    A statement that finds the database locked by another process's transaction is retried here every few
+    milliseconds, for up to ``LOCK_WAIT`` seconds: SQLite's own busy handler backs off to 100 ms sleeps (whole
+    seconds where it was built without usleep), which made a short write wait far longer than the lock was held."""
+
+    LOCK_WAIT = 60.0
 
     def __init__(self, path: Path):
         self.path = path
-        self._connection = self._call(sqlite3.connect, path, timeout=60, isolation_level=None)
+        self._connection = self._call(sqlite3.connect, path, timeout=0, isolation_level=None)
         self._connection.row_factory = sqlite3.Row
 
     def _call(self, action, *args, **kwargs):
-        try:
-            return action(*args, **kwargs)
-        except sqlite3.Error as exc:
-            if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
-                raise  # restorecli's own mistake, not the database's state
-            damaged = type(exc) is sqlite3.DatabaseError  # "file is not a database", "disk image is malformed"
-            hint = ("; restore it from a backup, or move it aside to start an empty queue (the job folders under "
-                    "jobs/ keep each job's inputs)") if damaged else ""
-            raise QueueUnavailable(f"{self.path}: {exc}{hint}") from None
+        deadline = None
+        pause = 0.001
+        while True:
+            try:
+                return action(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if _busy(exc) and (deadline is None or time.monotonic() < deadline):
+                    deadline = deadline or time.monotonic() + self.LOCK_WAIT
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.01)
+                    continue
+                self._raise(exc)
+            except sqlite3.Error as exc:
+                self._raise(exc)
+
+    def _raise(self, exc: sqlite3.Error):
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+            raise exc  # restorecli's own mistake, not the database's state
+        damaged = type(exc) is sqlite3.DatabaseError  # "file is not a database", "disk image is malformed"
+        hint = ("; restore it from a backup, or move it aside to start an empty queue (the job folders under "
+                "jobs/ keep each job's inputs)") if damaged else ""
+        raise QueueUnavailable(f"{self.path}: {exc}{hint}") from None
 
     def execute(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
         return self._call(self._connection.execute, sql, parameters)
@@ -420,6 +439,14 @@ class JobStore:
         rows = self._db.execute("SELECT name, job, seen FROM workers WHERE expires >= ? ORDER BY name",
                                 (time.time(),))
         return [dict(row) for row in rows]
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds the lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -56,6 +56,9 @@ class Api:
         self.pool = pool  # the worker processes this server started (None: in-process tests, --workers 0)
         self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS)
         self._local = threading.local()
+        # The API's own writes take turns here rather than in SQLite's busy handler, whose back-off sleeps can
+        # add up to seconds when a few uploads end at once
+        self._writing = threading.Lock()
         JobStore(config.queue, create=True).close()
 
     def store(self) -> JobStore:
@@ -98,7 +101,8 @@ class Api:
                 raise OSError(errno.ENOENT, "an uploaded file vanished from the staging folder before the job was "
                                             "queued", str(path))
         inputs = [{"original_filename": f.original_filename, "stored": f.stored} for f in upload.files]
-        return staged.enqueue(self.store(), options, inputs)
+        with self._writing:
+            return staged.enqueue(self.store(), options, inputs)
 
 
 def create_app(config: ServeConfig, pool=None) -> FastAPI:
