@@ -220,7 +220,7 @@ class BatchRenderer:
 
     def so_far(self, interrupted: int) -> BatchResult:
         """The batch as far as it got, for when a signal stopped it."""
-        from ..pipeline import BatchResult
+        from ..plan import BatchResult
 
         return BatchResult(list(self.items), round(time.perf_counter() - self.started, 3), interrupted=interrupted)
 

@@ -1,42 +1,111 @@
-"""``restorecli restore``: declares options, builds RestoreOptions, calls the pipeline, renders the result."""
+"""``restorecli restore``: declares options, builds RestoreOptions, calls the pipeline (or, with ``--server``, a
+running server), renders the result."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
+from rich.markup import escape
+from typer._click.core import ParameterSource
 
 from ..errors import UsageError
 from ..files import STDIO
 from . import options as o
 from .exits import Interrupted, exit_on_error, stop_signals
-from .render import BatchRenderer
+from .render import BatchRenderer, stderr_console
+
+if TYPE_CHECKING:
+    from ..plan import BatchResult, ProgressCallback
+
+_SERVER = "Server"
+API_KEY_ENV = "API_KEY"  # server.config's, spelt here so that --help imports nothing of the server
+
 
 @o.with_restore_options
 def restore(
+    ctx: typer.Context,
     inputs: o.Inputs,
     output: Annotated[str, typer.Option("-o", "--output", metavar="DIR|-", help="Output directory, or - for stdout.")
                       ] = "results",
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Show what would be written; write nothing.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
+    server: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="Restore on a running restorecli serve: upload, follow, download into -o.",
+        show_default=False, rich_help_panel=_SERVER)] = None,
+    api_key_env: Annotated[str, typer.Option(
+        metavar="NAME", help="Environment variable holding the server's API key.", rich_help_panel=_SERVER)
+                           ] = API_KEY_ENV,
     *,
     restore: dict,
 ) -> None:
     """Upscale images with a Real-ESRGAN-family model."""
-    from ..pipeline import restore_batch
-
     with exit_on_error():
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
-        options = o.from_given(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
-        with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
-            try:
-                with stop_signals():
-                    batch = restore_batch(inputs, options, on_progress=renderer, stdin=sys.stdin.buffer,
-                                          stdout=sys.stdout.buffer if output == STDIO else None)
-            except Interrupted as stop:  # the image in hand is dropped (nothing under its name); the rest waits
-                batch = renderer.so_far(interrupted=stop.signum)
-        renderer.summary(batch)
+        if server is None:
+            if _given(ctx, ["api_key_env"]):
+                raise UsageError("--api-key-env names the API key of a server: give --server URL too")
+            batch = _local(inputs, restore, output, overwrite, dry_run, json_output)
+        else:
+            batch = _remote(server, api_key_env, _given(ctx, restore), inputs, restore, output, overwrite, dry_run,
+                            json_output)
     raise typer.Exit(code=batch.exit_code)
+
+
+def _given(ctx: typer.Context, names) -> set[str]:
+    """Which of the parameters ``names`` the command line set (not left at their defaults)."""
+    return {name for name in names
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def _local(inputs: list[str], restore: dict, output: str, overwrite: bool, dry_run: bool,
+           json_output: bool) -> BatchResult:
+    from ..pipeline import restore_batch
+
+    options = o.from_given(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
+    return _rendered(json_output, output, lambda progress: restore_batch(
+        inputs, options, on_progress=progress, stdin=sys.stdin.buffer,
+        stdout=sys.stdout.buffer if output == STDIO else None))
+
+
+def _remote(url: str, api_key_env: str, given: set[str], inputs: list[str], restore: dict, output: str,
+            overwrite: bool, dry_run: bool, json_output: bool) -> BatchResult:
+    from ..server.client import Server, check_server_options, remote_options, restore_remote
+
+    check_server_options(given)
+    server = Server(url, api_key_env)
+    jobs: list[str] = []
+
+    def run(progress: ProgressCallback) -> BatchResult:
+        options, fields = remote_options(server, restore, given, output_dir=output, overwrite=overwrite,
+                                         dry_run=dry_run)
+
+        def noted(event: str, payload: object) -> None:
+            if event == "submitted":
+                jobs.append(str(payload))
+            progress(event, payload)
+
+        return restore_remote(inputs, options, fields, server, on_progress=noted, stdin=sys.stdin.buffer,
+                              stdout=sys.stdout.buffer if output == STDIO else None)
+
+    batch = _rendered(json_output, output, run)
+    if batch.interrupted is not None and jobs:  # nothing is cancelled: the server finishes what it was sent
+        stderr_console().print(f"[yellow]left to the server[/] {escape(server.url)}: job{'s' if len(jobs) > 1 else ''} "
+                               f"{escape(', '.join(jobs))} (GET /status/ID); a new run uploads what is not "
+                               "downloaded yet again", soft_wrap=True)
+    return batch
+
+
+def _rendered(json_output: bool, output: str, run: Callable[[ProgressCallback], BatchResult]) -> BatchResult:
+    """``run``'s batch, with its progress and results rendered; a stop signal ends it with what it finished."""
+    with BatchRenderer(json_output, results_to_stdout=output != STDIO) as renderer:
+        try:
+            with stop_signals():
+                batch = run(renderer)
+        except Interrupted as stop:  # the image in hand is dropped (nothing under its name); the rest waits
+            batch = renderer.so_far(interrupted=stop.signum)
+    renderer.summary(batch)
+    return batch
