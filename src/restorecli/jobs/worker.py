@@ -1,4 +1,8 @@
-"""The worker loop: claim the oldest job, restore its images into a private folder, publish, repeat."""
+"""The worker loop: claim the oldest job, restore its images into a private folder, publish, repeat.
+
+The pieces of a job's run (its lease renewer, its work folder, its options, its items, one image's result entry,
+settling a setup error, publishing) are functions of their own, shared with the Ray pool's driver
+(``restorecli.distributed``), which runs several jobs at once over remote actors."""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import SetupError, UsageError
 from ..options import RestoreOptions, model_key
+from ..plan import InputItem
 from .store import JobStore, Lease, queue_exists
 
 if TYPE_CHECKING:  # the pipeline (torch) is imported with the first job: a worker on an empty queue needs none
     from ..pipeline import ItemResult, Restorer
+    from .store import Job
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,23 @@ class WorkerReport:
     storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only,
     setup_error: str | None = None  # or this machine lacks what a job needs (weights, a device)
 
+    def noting(self, emit: Event) -> Event:
+        """``emit``, also keeping in this report why the worker must stop (a storage or setup error)."""
+
+        def note(event: str, data: dict) -> None:
+            if event == "storage_error":
+                self.storage_error = data["error"]
+            elif event == "setup_error":
+                self.setup_error = data["error"]
+            emit(event, data)
+
+        return note
+
+    @property
+    def must_stop(self) -> bool:
+        """Every later job would fail the same way."""
+        return bool(self.storage_error or self.setup_error)
+
 
 Event = Callable[[str, dict], None]
 
@@ -45,8 +68,37 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Renewer(threading.Thread):
-    """Keeps a lease alive from its own database connection; sets ``lost`` when another worker took the job."""
+class Schedule:
+    """When a worker stops claiming: a stop signal (``stop``) or the ``--max-seconds`` deadline; and its wait
+    between looks at an empty queue, cut short by either."""
+
+    def __init__(self, options: WorkerOptions, stop: threading.Event):
+        self.stop, self.poll = stop, options.poll
+        self.deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
+
+    def halted(self) -> bool:
+        return self.stop.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def pause(self, seconds: float | None = None) -> None:
+        wait = self.poll if seconds is None else seconds
+        if self.deadline is not None:
+            wait = max(min(wait, self.deadline - time.monotonic()), 0)
+        self.stop.wait(wait)
+
+
+def wait_for_queue(root: Path, options: WorkerOptions, schedule: Schedule) -> bool:
+    """Whether ``root`` holds a queue to work: an absent one is an empty one, waited for (False once ``once`` or
+    the schedule says to leave)."""
+    while not queue_exists(root):
+        if options.once or schedule.halted():
+            return False
+        schedule.pause()
+    return True
+
+
+class LeaseRenewer(threading.Thread):
+    """Keeps a lease alive from its own database connection; sets ``lost`` when another worker took the job.
+    Stop it with ``finish()``."""
 
     def __init__(self, root: Path, lease: Lease, seconds: float):
         super().__init__(daemon=True)
@@ -65,8 +117,21 @@ class _Renewer(threading.Thread):
         finally:
             store.close()
 
+    def finish(self) -> None:
+        self.done.set()
+        self.join()
 
-def _result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, root: Path) -> dict:
+
+def job_items(job: Job, job_dir: Path) -> tuple[list[InputItem], dict[str, str]]:
+    """The job's inputs as batch items (outputs named as submitted), and each stored copy's path -> the name it
+    was submitted under."""
+    stored = {str(job_dir / "inputs" / i["stored"]): i["original_filename"] for i in job.inputs}
+    return [InputItem(path, Path(i["stored"])) for path, i in zip(stored, job.inputs)], stored
+
+
+def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, root: Path) -> dict:
+    """One input's entry in the job's results (``result.json``, progress): its output relative to the queue, as
+    it will be once published, and errors naming the input as it was submitted."""
     output = None
     if item.output and item.status in ("ok", "skipped"):
         output = (job_dir / "outputs" / Path(item.output).relative_to(work)).relative_to(root).as_posix()
@@ -77,32 +142,44 @@ def _result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, ro
             "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds}
 
 
+def settle_setup_error(store: JobStore, lease: Lease, work: Path, exc: SetupError | UsageError,
+                       emit: Event) -> str:
+    """A job whose models cannot be loaded: failed where its own options cannot run anywhere; given back
+    untouched (and ``setup_error`` emitted) where this machine lacks what it needs. Returns the outcome."""
+    if isinstance(exc, UsageError) or not exc.of_this_machine:  # the job's own options cannot run anywhere
+        store.fail(lease, str(exc))
+        return "failed"
+    # this machine lacks it (weights not installed, no such device): every job needing it would fail here the same
+    # way, so give the job back untouched and stop, rather than fail the queue
+    emit("setup_error", {"job_id": lease.job.id, "error": str(exc)})
+    return give_back(store, lease, work, error=str(exc))
+
+
+def give_back(store: JobStore, lease: Lease, work: Path, error: str | None = None) -> str:
+    """Release the job, resumable with what ``work`` holds: ``released``, or ``lost`` if another worker has it."""
+    return "released" if store.release(lease, work, error=error) else "lost"
+
+
 def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: dict[tuple, Restorer],
             halted: Callable[[], bool], emit: Event) -> str:
     """Process one claimed job; returns its outcome: completed, failed, released, lost or retry.
     ``halted`` is asked between images; when it says yes the job is given back, resumable."""
-    from ..pipeline import InputItem, Restorer, restore_batch
+    from ..pipeline import Restorer, restore_batch
 
     job = lease.job
     job_dir = store.job_dir(job.id)
-    work = _work_folder(job_dir, lease.token)
-    stored = {str(job_dir / "inputs" / i["stored"]): i["original_filename"] for i in job.inputs}
-    restore = _job_options(job.options, work, options.device)
+    work = work_folder(job_dir, lease.token)
+    items, stored = job_items(job, job_dir)
+    restore = job_restore_options(job.options, work, options.device)
     key = model_key(restore)  # jobs that agree on it share one set of loaded networks
-    renewer = _Renewer(store.root, lease, options.lease)
+    renewer = LeaseRenewer(store.root, lease, options.lease)
     renewer.start()
     try:
         try:
             if key not in restorers:
                 restorers[key] = Restorer.from_options(restore)
         except (SetupError, UsageError) as exc:
-            if isinstance(exc, UsageError) or not exc.of_this_machine:  # the job's own options cannot run anywhere
-                store.fail(lease, str(exc))
-                return "failed"
-            # this machine lacks it (weights not installed, no such device): every job needing it would fail
-            # here the same way, so give the job back untouched and stop, rather than fail the queue
-            emit("setup_error", {"job_id": job.id, "error": str(exc)})
-            return "released" if store.release(lease, work, error=str(exc)) else "lost"
+            return settle_setup_error(store, lease, work, exc, emit)
 
         finished: list[dict] = []
 
@@ -112,31 +189,29 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
                 emit("image", {"job_id": job.id, "input": stored.get(str(payload), str(payload))})
             elif event == "done":
                 item: ItemResult = payload  # type: ignore[assignment]
-                finished.append(_result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root))
+                finished.append(result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root))
                 store.record(lease, finished)
 
         try:
-            items = [InputItem(path, Path(i["stored"])) for path, i in zip(stored, job.inputs)]
             batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
                                   should_stop=lambda: halted() or renewer.lost.is_set())
         except Exception as exc:  # an unexpected failure: count the attempt, let another try
             store.retry_later(lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
             return "retry"
     finally:
-        renewer.done.set()
-        renewer.join()
+        renewer.finish()
     if renewer.lost.is_set():
         shutil.rmtree(work, ignore_errors=True)
         return "lost"
     if batch.halted:  # the disk is full or read-only: give the job back with what it finished, resumable
         emit("storage_error", {"job_id": job.id, "error": batch.halted})
-        return "released" if store.release(lease, work) else "lost"
+        return give_back(store, lease, work)
     if len(batch.items) < len(stored):  # stopped between images
-        return "released" if store.release(lease, work) else "lost"
-    return _publish(store, lease, work, finished)
+        return give_back(store, lease, work)
+    return publish_results(store, lease, work, finished)
 
 
-def _work_folder(job_dir: Path, token: str) -> Path:
+def work_folder(job_dir: Path, token: str) -> Path:
     """This lease's private folder for the job's outputs: the images a worker that stopped politely finished are
     taken over; folders of owners whose lease expired are removed."""
     work = job_dir / "work" / token
@@ -149,15 +224,16 @@ def _work_folder(job_dir: Path, token: str) -> Path:
     return work
 
 
-def _job_options(stored: dict, work: Path, device: str | None) -> RestoreOptions:
+def job_restore_options(stored: dict, work: Path, device: str | None) -> RestoreOptions:
     """The job's restore options, writing into ``work``, on this worker's ``device`` where it has one."""
     known = {f.name for f in fields(RestoreOptions)}  # a job queued by another version may carry other fields
     restore = RestoreOptions(**{k: v for k, v in stored.items() if k in known}, output_dir=str(work))
     return replace(restore, device=device) if device else restore
 
 
-def _publish(store: JobStore, lease: Lease, work: Path, results: list[dict]) -> str:
-    """Move the job's outputs into place and record its results; returns its outcome."""
+def publish_results(store: JobStore, lease: Lease, work: Path, results: list[dict]) -> str:
+    """Move the job's outputs into place and record its results (one entry per input, in order); returns its
+    outcome: completed, failed (every input failed), or lost (another worker owns the job now)."""
     errors = [r for r in results if r["status"] == "error"]
     status = "failed" if errors and len(errors) == len(results) else "completed"
     error = "; ".join(r["error"] for r in errors) if errors else None
@@ -171,32 +247,16 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     """Claim and process jobs until the queue is empty (``once``), a limit is reached, or ``stop`` is set."""
     emit = emit or (lambda event, data: None)
     report = WorkerReport()
-    deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
-
-    def halted() -> bool:
-        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
-
-    def pause() -> None:  # a poll's wait, cut short by the deadline or a stop signal
-        stop.wait(options.poll if deadline is None else max(min(options.poll, deadline - time.monotonic()), 0))
-
-    while not queue_exists(root):  # an absent queue is an empty one: wait for the first job, or leave (--once)
-        if options.once or halted():
-            report.stopped = stop.is_set()
-            return report
-        pause()
+    schedule = Schedule(options, stop)
+    if not wait_for_queue(root, options, schedule):
+        report.stopped = stop.is_set()
+        return report
     store = JobStore(root)
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
     name = worker_name()
-
-    def note(event: str, data: dict) -> None:
-        if event == "storage_error":
-            report.storage_error = data["error"]
-        elif event == "setup_error":
-            report.setup_error = data["error"]
-        emit(event, data)
-
+    note = report.noting(emit)
     try:
-        while not halted():
+        while not schedule.halted():
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
             store.beat(name, None, max(options.poll, options.lease / 3))
@@ -204,17 +264,16 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
             if lease is None:
                 if options.once:
                     break
-                pause()
+                schedule.pause()
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-            outcome = run_job(store, lease, options, restorers, halted, note)
+            outcome = run_job(store, lease, options, restorers, schedule.halted, note)
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
-            if report.storage_error or report.setup_error:  # every later job would fail the same way
+            if report.must_stop:
                 break
         report.stopped = stop.is_set()
         return report
     finally:
         store.retire(name)
         store.close()
-
