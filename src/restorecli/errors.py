@@ -77,3 +77,8 @@ class TileOutOfMemory(ImageError):
 class ImageWarning(UserWarning):
     """An input file's reader skipped or mended something in it (a tag pointing past the file's end, damaged
     EXIF) and read the image anyway; the message names the file. A warning, not an error: the image is restored."""
+
+
+class PrecisionFallback(UserWarning):
+    """``--precision auto`` picked a reduced precision (bf16, fp16) that the model cannot run, or runs into wrong
+    pixels, so it runs in fp32 instead; the message says which model and why."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -29,8 +30,9 @@ from .engine.faces.enhance import (
     FaceReport,
     FaceStage,
 )
+from .engine.precision import checked, is_precision_error
 from .engine.tiling import TileProgress
-from .errors import ImageError, RestoreCliError, UsageError
+from .errors import ImageError, PrecisionFallback, RestoreCliError, UsageError
 from .files import STDIO, atomic_writer, check_output_folder, remove_abandoned_temporaries, write_atomic
 from .images import (
     SIXTEEN_BIT_FORMATS,
@@ -46,6 +48,7 @@ from .images import (
     read_input_stream,
     strip_writer,
 )
+from .models.integrity import sha256_of
 from .models.loading import LoadedModel, load_face_weights, load_model, weights_dir
 from .models.registry import REGISTRY
 from .options import RestoreOptions
@@ -88,6 +91,8 @@ class Restorer:
         # for that second copy of the model, called on the first 16-bit image, and its dtype.
         self._load_16bit = load_16bit
         self._runner_16bit: tuple[LoadedModel, EngineOptions] | None = None
+        self.fallback: str | None = None  # why ``auto`` runs the model in fp32 after all
+        self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
@@ -96,6 +101,13 @@ class Restorer:
         model = load_model(options.model, folder)
         dtype = choose_dtype(options.precision, device, model.spec)
         dtype_16bit = choose_dtype(options.precision, device, model.spec, depth=16)
+        fallback = None
+        if options.precision == "auto" and dtype != torch.float32:  # is the reduced precision really usable?
+            verdict = checked(model, device, dtype, sha256_of(model.spec.path))
+            if not verdict.ok:
+                fallback = verdict.reason(dtype)
+                dtype_16bit = torch.float32 if dtype_16bit == dtype else dtype_16bit
+                dtype = torch.float32
         place_model(model, device, dtype)
         engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
                                alpha=options.alpha)
@@ -106,7 +118,37 @@ class Restorer:
         load_16bit = None
         if dtype_16bit != dtype:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
-        return cls(model, engine, faces, options, load_16bit)
+        restorer = cls(model, engine, faces, options, load_16bit)
+        restorer._reload = lambda dtype: place_model(load_model(options.model, folder), device, dtype)
+        if fallback:
+            restorer._note_fallback(fallback)
+        return restorer
+
+    def _note_fallback(self, reason: str) -> None:
+        """Say once that the model runs in fp32, and why; the setup (JSON summary, queue results) records it."""
+        self.fallback = reason
+        warnings.warn(PrecisionFallback(f"{self.model.spec.name} ({self.model.spec.architecture}) runs in fp32: "
+                                        f"{reason}"), stacklevel=2)
+
+    def _guarded(self, name: str, run: Callable[[], Restored]) -> Restored:
+        """``run()``, the restoring of one image. Where it fails for its reduced precision: under ``auto`` the
+        model moves to fp32 for this image and the rest (the probe at load missed the case); an explicit
+        ``--precision`` stays what was asked, and the failure is this image's error, saying what to do."""
+        try:
+            return run()
+        except Exception as exc:
+            if self.engine.dtype == torch.float32 or not is_precision_error(exc):
+                raise
+            asked, spec = precision_name(self.engine.dtype), self.model.spec
+            if self.options.precision != "auto":
+                raise ImageError(f"{name}: {spec.architecture} cannot run in {asked} here ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200]}); run it with --precision fp32") from None
+            # fp32 weights from the file: rounded to bf16/fp16 and back they are not fp32's
+            self.model = (self._reload(torch.float32) if self._reload is not None
+                          else place_model(self.model, self.engine.device, torch.float32))
+            self.engine = replace(self.engine, dtype=torch.float32)
+            self._note_fallback(f"it failed in {asked} on {name}")
+            return run()
 
     def _runner(self, color: np.ndarray, fmt: OutputFormat | None = None) -> tuple[LoadedModel, EngineOptions]:
         """The model and engine options for this image: the 16-bit copy for uint16 planes where there is one,
@@ -128,6 +170,8 @@ class Restorer:
                  "precision": precision_name(self.engine.dtype)}
         if self._runner_16bit is not None:
             setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)
+        if self.fallback:
+            setup["precision_fallback"] = self.fallback
         return setup
 
     def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
@@ -151,7 +195,7 @@ class Restorer:
         the tiles of each pass through the model."""
         decoded = decode_image(data, name, options.max_pixels)
         check_output_size(name, fmt, target_size(self.model, *decoded.size, options.outscale))
-        return self._restore_encoded(decoded, name, options, fmt, faces_stem, on_tile)
+        return self._guarded(name, lambda: self._restore_encoded(decoded, name, options, fmt, faces_stem, on_tile))
 
     def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                      on_tile: TileProgress | None = None) -> Restored:
@@ -162,6 +206,10 @@ class Restorer:
         decoded = decode_image(data, name, options.max_pixels)
         size = target_size(self.model, *decoded.size, options.outscale)
         check_output_size(name, fmt, size)
+        return self._guarded(name, lambda: self._restore_to_file(decoded, name, options, fmt, output, size, on_tile))
+
+    def _restore_to_file(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
+                         output: Path, size: tuple[int, int], on_tile: TileProgress | None) -> Restored:
         if not self._streams(decoded, options, fmt):
             restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
             write_atomic(output, restored.data)  # type: ignore[arg-type]
