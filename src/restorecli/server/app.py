@@ -32,7 +32,7 @@ from ..jobs.enqueue import Staging, job_options
 from ..jobs.store import Job, JobStore
 from ..options import declared, from_given, value_from_text
 from . import schema
-from .config import API_KEY_ENV, API_KEY_HEADER, ServeConfig
+from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS, ServeConfig
 from .uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused
 from .views import (SERVED_ID, Served, input_file, job_document, models_document, public_model_name, result_file,
                     result_files)
@@ -40,8 +40,6 @@ from .zipstream import zip_chunks
 
 log = logging.getLogger("restorecli.serve")
 
-# The restore options a request may set; the rest are the server's (its device, tiles, weights).
-FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight")
 _FINISHED = ("completed", "failed")
 EVENT_POLL = 0.5  # seconds between looks at a job for /events
 EVENT_KEEPALIVE = 15.0

@@ -27,11 +27,11 @@ from ..models.registry import REGISTRY
 from ..options import RestoreOptions, from_given
 from ..plan import (BatchResult, InputItem, ItemResult, OutputPlanner, PlannedOutput, ProgressCallback,
                     collect_inputs, named_format, output_format)
-from .config import API_KEY_ENV, API_KEY_HEADER
+from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS
 
 # The restore options a request may set (the server's form fields); the server decides every other one, except
 # the few that only name or find this side's files.
-SENT_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight")
+SENT_FIELDS = FORM_FIELDS  # what a job may ask the server for
 PLANNED_HERE = ("suffix", "recursive")
 POLL = 0.5  # seconds between looks at a job
 RECONNECT = 30.0  # seconds a job is followed through a server that does not answer (a restart, a network blip)

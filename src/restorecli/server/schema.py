@@ -42,6 +42,8 @@ class Result(BaseModel):
     error: Optional[str]
     in_size: Optional[list[int]] = Field(description="[width, height] of the input.")
     out_size: Optional[list[int]] = Field(description="[width, height] of the result.")
+    seconds: Optional[float] = Field(None, description="How long the worker took over this file.")
+    faces: Optional[int] = Field(None, description="Faces restored (null: face enhancement off).")
 
 
 class JobStatus(BaseModel):

@@ -77,6 +77,7 @@ def job_document(store: JobStore, job: Job) -> dict:
             "input_url": f"/jobs/{job.id}/inputs/{index}", "status": status,
             "error": (entry or {}).get("error") or (job.last_error if status == "error" else None),
             "in_size": (entry or {}).get("in_size"), "out_size": (entry or {}).get("out_size"),
+            "seconds": (entry or {}).get("seconds"), "faces": (entry or {}).get("faces"),
         })
     done = len(job.inputs) if job.status in ("completed", "failed") else len(progress)
     return {"job_id": job.id, "status": job.status, "queue_position": store.position(job),
