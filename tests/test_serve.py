@@ -118,6 +118,7 @@ def test_a_finished_job_serves_its_results_files_and_zip(server):
     work(config)
     status = client.get(f"/status/{job_id}").json()
     assert status["status"] == "completed" and status["progress"] == {"done": 3, "total": 3}
+    assert status["setup"]["device"] == "cpu" and status["setup"]["precision"] in ("fp32", "bf16")
     rocket, notes, face = status["results"]
     assert notes["status"] == "error" and notes["url"] is None
     assert notes["error"].startswith("notes.png: ") and "not an image" in notes["error"]  # the client's name

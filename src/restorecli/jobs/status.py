@@ -41,15 +41,19 @@ def job_status(root: Path, job_id: str) -> dict:
             raise UsageError(f"no job '{job_id}' in {root}")
         status = job.status
         result_file = store.job_dir(job.id) / "result.json"
+        setup = None
         if status in ("completed", "failed") and result_file.is_file():
+            recorded = json.loads(result_file.read_text())
+            setup = recorded.get("setup")  # the model, device and precision that ran
             results = [{k: r.get(k) for k in ("original_filename", "output", "status", "error")}
-                       for r in json.loads(result_file.read_text())["results"]]
+                       for r in recorded["results"]]
         else:
             results = [{"original_filename": i["original_filename"], "output": None, "status": "pending",
                         "error": None} for i in job.inputs]
         return {"job_id": job.id, "status": status, "queue_position": store.position(job), "attempts": job.attempts,
                 # a queued job's error says why its last try did not finish it (a crash, a machine that lacked
                 # its weights or device)
-                "error": job.last_error if status in ("failed", "queued") else None, "results": results}
+                "error": job.last_error if status in ("failed", "queued") else None, "setup": setup,
+                "results": results}
     finally:
         store.close()

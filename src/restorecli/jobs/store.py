@@ -345,7 +345,7 @@ class JobStore:
         return row is not None and row["owner"] == lease.token and row["status"] == "processing"
 
     def publish(self, lease: Lease, work: Path, results: list[dict], status: JobStatus,
-                error: str | None = None) -> bool:
+                error: str | None = None, setup: dict | None = None) -> bool:
         """Publish ``work`` as the job's outputs and record its results, if this lease still owns the job.
 
         The ownership check, the directory rename and the status change happen inside one exclusive
@@ -361,7 +361,7 @@ class JobStore:
             work.mkdir(parents=True, exist_ok=True)
             os.rename(work, outputs)
             _write_json(job_dir / "result.json", {"job_id": lease.job.id, "status": status, "error": error,
-                                                  "results": results})
+                                                  "setup": setup, "results": results})
             db.execute(
                 "UPDATE jobs SET status = ?, finished = ?, owner = NULL, lease_until = NULL, current = NULL, "
                 "last_error = ? WHERE id = ?",

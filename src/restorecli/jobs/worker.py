@@ -139,7 +139,7 @@ def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, roo
     error = item.error.replace(item.input, original) if item.error else None
     return {"original_filename": original, "output": output, "status": "ok" if item.status == "skipped" else item.status,
             "error": error, "in_size": list(item.in_size) if item.in_size else None,
-            "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds}
+            "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds, "faces": item.faces}
 
 
 def settle_setup_error(store: JobStore, lease: Lease, work: Path, exc: SetupError | UsageError,
@@ -208,7 +208,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
         return give_back(store, lease, work)
     if len(batch.items) < len(stored):  # stopped between images
         return give_back(store, lease, work)
-    return publish_results(store, lease, work, finished)
+    return publish_results(store, lease, work, finished, batch.setup)
 
 
 def work_folder(job_dir: Path, token: str) -> Path:
@@ -231,13 +231,14 @@ def job_restore_options(stored: dict, work: Path, device: str | None) -> Restore
     return replace(restore, device=device) if device else restore
 
 
-def publish_results(store: JobStore, lease: Lease, work: Path, results: list[dict]) -> str:
-    """Move the job's outputs into place and record its results (one entry per input, in order); returns its
-    outcome: completed, failed (every input failed), or lost (another worker owns the job now)."""
+def publish_results(store: JobStore, lease: Lease, work: Path, results: list[dict], setup: dict | None = None) -> str:
+    """Move the job's outputs into place and record its results (one entry per input, in order) and ``setup``
+    (the model, device and precision that ran); returns its outcome: completed, failed (every input failed), or
+    lost (another worker owns the job now)."""
     errors = [r for r in results if r["status"] == "error"]
     status = "failed" if errors and len(errors) == len(results) else "completed"
     error = "; ".join(r["error"] for r in errors) if errors else None
-    if not store.publish(lease, work, results, status, error):
+    if not store.publish(lease, work, results, status, error, setup):
         shutil.rmtree(work, ignore_errors=True)
         return "lost"
     return status

@@ -56,6 +56,7 @@ class JobStatus(BaseModel):
     finished: Optional[float]
     results: list[Result]
     download_url: Optional[str] = Field(description="All results as one ZIP, once the job has finished.")
+    setup: Optional[dict] = Field(None, description="The model, device and precision that ran, once finished.")
 
 
 class Deleted(BaseModel):

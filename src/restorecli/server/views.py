@@ -34,14 +34,21 @@ class Served:
         return MEDIA_TYPES.get(self.path.suffix.lower(), "application/octet-stream")
 
 
-def _recorded(store: JobStore, job: Job) -> list[dict] | None:
-    """The job's result file's entries, where it finished and the file is there."""
+def _result_file(store: JobStore, job: Job) -> dict | None:
+    """The job's result file, where it finished and the file is there."""
     if job.status not in ("completed", "failed"):
         return None
     try:
-        return json.loads((store.job_dir(job.id) / "result.json").read_text())["results"]
-    except (OSError, ValueError, KeyError):
+        recorded = json.loads((store.job_dir(job.id) / "result.json").read_text())
+    except (OSError, ValueError):
         return None
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("results"), list) else None
+
+
+def _recorded(store: JobStore, job: Job) -> list[dict] | None:
+    """The job's result file's entries, where it finished and the file is there."""
+    recorded = _result_file(store, job)
+    return recorded["results"] if recorded is not None else None
 
 
 def output_name(job: Job, entry: dict) -> str | None:
@@ -55,7 +62,8 @@ def output_name(job: Job, entry: dict) -> str | None:
 
 def job_document(store: JobStore, job: Job) -> dict:
     """``GET /status/{id}``: the job's state, its progress, and one result per input, in the order submitted."""
-    recorded = _recorded(store, job)
+    finished = _result_file(store, job)
+    recorded = finished["results"] if finished is not None else None
     progress = job.progress or []
     results = []
     for index, given in enumerate(job.inputs):
@@ -84,6 +92,7 @@ def job_document(store: JobStore, job: Job) -> dict:
             "progress": {"done": done, "total": len(job.inputs)},
             "error": job.last_error if job.status in ("failed", "queued") else None,
             "created": job.created, "finished": job.finished, "results": results,
+            "setup": (finished or {}).get("setup"),
             "download_url": f"/jobs/{job.id}/download" if recorded else None}
 
 
