@@ -102,6 +102,7 @@ def test_submit_work_status_round_trip(tmp_path, queue, model):
     assert worked.exit_code == 0, worked.stderr
     status = json.loads(cli("status", first["job_id"], "--queue", queue, "--json").stdout)
     assert status["status"] == "completed" and status["queue_position"] is None
+    assert status["setup"]["device"] == "cpu" and status["setup"]["model"] == Path(model).stem  # what ran
     for result in status["results"]:
         assert result["status"] == "ok" and result["error"] is None
         image = cv2.imread(str(queue / result["output"]))
@@ -111,7 +112,7 @@ def test_submit_work_status_round_trip(tmp_path, queue, model):
     assert overview["counts"] == {"queued": 0, "processing": 0, "completed": 2, "failed": 0}
     result_file = json.loads((queue / "jobs" / first["job_id"] / "result.json").read_text())
     assert set(result_file["results"][0]) >= {"original_filename", "output", "status", "error", "in_size", "out_size",
-                                               "seconds"}
+                                               "seconds", "faces"}
 
 
 def test_queue_defaults_to_the_environment_then_the_working_directory(tmp_path, model, monkeypatch):
