@@ -44,6 +44,9 @@ def submit(
         stderr_console().print(f"queued {len(job.inputs)} image(s) in {escape(str(root))} at position {position}")
 
 
+_RAY = "Ray pool"
+
+
 def worker(
     queue: o.Queue = None,
     once: Annotated[bool, typer.Option(help="Drain the queue and exit (for cron).")] = False,
@@ -65,6 +68,20 @@ def worker(
     json_output: o.Json = False,
     parent: Annotated[Optional[int], typer.Option(hidden=True, help="Stop as SIGTERM does when this process (the "
                                                   "server that started the worker) is gone.")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="auto|local|ADDRESS", rich_help_panel=_RAY, show_default=False,
+        help="Restore on a pool of Ray actors: local starts a private Ray on this machine; auto or an address joins "
+             "a cluster. Needs pip install 'restorecli[ray]'.")] = None,
+    actors: Annotated[Optional[int], typer.Option(
+        metavar="N", min=1, rich_help_panel=_RAY, show_default=False,
+        help="Actors in the pool [default: one per GPU in the cluster, or one without GPUs].")] = None,
+    actor_gpus: Annotated[Optional[float], typer.Option(
+        metavar="G", min=0, rich_help_panel=_RAY, show_default=False,
+        help="GPUs per actor, fractions allowed [default: 1 on a cluster with GPUs, else 0].")] = None,
+    actor_cpus: Annotated[Optional[float], typer.Option(
+        metavar="C", min=0.01, rich_help_panel=_RAY, show_default=False,
+        help="CPUs per actor, fractions allowed; its threads are C rounded up [default: 0.9 of an even share of "
+             "the cluster's CPUs].")] = None,
 ) -> None:
     """Process queued jobs oldest first; SIGINT/SIGTERM finish the image in hand and leave the job resumable."""
     from ..jobs.worker import WorkerOptions, run_worker
@@ -91,11 +108,31 @@ def worker(
             console.print(f"job {data['job_id']}: {data['outcome']}")
         elif event in ("storage_error", "setup_error"):
             console.print(f"job {data['job_id']}: [red]{escape(data['error'])}[/]", soft_wrap=True)
+        elif event == "pool":
+            console.print(f"ray ({escape(data['address'])}): {data['actors']} actor(s), {data['cpus']:g} CPU(s) and "
+                          f"{data['gpus']:g} GPU(s) each")
+        elif event == "summary" and data["images"]:
+            rate = f" ({data['images'] / data['driver_seconds']:.0f} images/s)" if data["driver_seconds"] else ""
+            console.print(f"ray: {data['images']} image(s) restored, {data['retried']} retried after their actor died; "
+                          f"the driver's own work took {data['driver_seconds']:.2f} s{rate}")
+        elif event == "retry":
+            console.print(f"  {escape(str(data['input']))}: its actor died ({escape(data['error'])}); try "
+                          f"{data['try']}", soft_wrap=True)
 
     with exit_on_error():
-        report = run_worker(queue_dir(queue), WorkerOptions(once=once, max_jobs=max_jobs, max_seconds=max_seconds,
-                                                            lease=lease, poll=poll, device=device,
-                                                            max_attempts=max_attempts), stop, emit)
+        options = WorkerOptions(once=once, max_jobs=max_jobs, max_seconds=max_seconds, lease=lease, poll=poll,
+                                device=device, max_attempts=max_attempts)
+        if ray is None:
+            given = [flag for flag, value in (("--actors", actors), ("--actor-gpus", actor_gpus),
+                                              ("--actor-cpus", actor_cpus)) if value is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)} shape the Ray pool: give --ray too")
+            report = run_worker(queue_dir(queue), options, stop, emit)
+        else:
+            from ..distributed.driver import PoolOptions, run_pool
+
+            report = run_pool(queue_dir(queue), options, PoolOptions(ray, actors, actor_gpus, actor_cpus), stop,
+                              emit)
     if report.stopped:
         console.print("stopped by signal; unfinished work is left resumable")
     if report.storage_error:

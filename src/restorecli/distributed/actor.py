@@ -1,0 +1,126 @@
+"""The pool's Ray actor: a process that holds loaded models and restores one image a call, bytes in, bytes out.
+
+It writes no file the driver could see: what it restores goes back to the driver as bytes (the output, and the
+face crops ``--save-faces`` asks for), and the driver writes them. Neither Ray nor torch is imported here at import
+time: the driver applies ``ray.remote`` to ``RestoreActor`` when it builds the pool, and the actor imports the
+pipeline when it starts, so the driver can import the task and outcome types alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ImageError, RestoreCliError, SetupError, UsageError
+from ..images.formats import OutputFormat
+from ..options import RestoreOptions, model_key
+
+if TYPE_CHECKING:
+    from ..pipeline import Restorer
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to restore: its bytes, read by the driver, and what to make of them."""
+
+    source: str  # the input's path in the queue, as the local worker names it: errors name it so
+    data: bytes
+    options: RestoreOptions  # the job's options; their output folder is the driver's, unused here
+    fmt: OutputFormat  # the format its output is written in
+    faces_stem: str  # the output's stem, which --save-faces' crops are named after
+
+
+@dataclass(frozen=True)
+class SetupFailure:
+    """The job's models could not be loaded: what ``Restorer.from_options`` raised, as data."""
+
+    message: str
+    usage: bool  # a UsageError: the job's own options are wrong
+    of_this_machine: bool  # what is missing can be provided where the actor runs (weights, a device)
+
+    def error(self) -> SetupError | UsageError:
+        if self.usage:
+            return UsageError(self.message)
+        error = SetupError(self.message)
+        error.of_this_machine = self.of_this_machine
+        return error
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What an actor made of an ``ImageTask``: the output's bytes and sizes, or the image's error; or, where the
+    job cannot run at all, ``setup`` (its models) or ``failure`` (a restorecli error that is no image's)."""
+
+    data: bytes | None = None
+    in_size: tuple[int, int] | None = None
+    out_size: tuple[int, int] | None = None
+    faces: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    crops: tuple[tuple[str, bytes], ...] = ()  # --save-faces' files: (name, PNG bytes)
+    setup: SetupFailure | None = None
+    failure: str | None = None
+    pid: int = 0  # the actor's process, which the driver names when it dies
+
+
+class RestoreActor:
+    """Loads the models once per option set (``options.model_key``, the local worker's cache key) and keeps
+    them for every later image that agrees on it."""
+
+    def __init__(self, threads: int | None = None):
+        import torch
+
+        if threads:  # Ray sets OMP_NUM_THREADS to the CPUs reserved, rounded down (1 below one)
+            torch.set_num_threads(threads)
+        self._restorers: dict[tuple, Restorer] = {}
+
+    def pid(self) -> int:
+        """The actor's process id; answering at all says it is up (the driver's readiness probe)."""
+        return os.getpid()
+
+    def restore(self, task: ImageTask) -> ImageOutcome:
+        """Decode, restore and encode ``task``'s image; its failures come back as data, never raised."""
+        started = time.perf_counter()
+        try:
+            restorer = self._restorer(task.options)
+        except (SetupError, UsageError) as exc:
+            return ImageOutcome(setup=SetupFailure(str(exc), isinstance(exc, UsageError),
+                                                   getattr(exc, "of_this_machine", False)), pid=os.getpid())
+        crops = tempfile.mkdtemp(prefix="restorecli-faces-") if task.options.save_faces else None
+        options = replace(task.options, save_faces=crops) if crops else task.options
+        try:
+            done = restorer.restore_bytes(task.data, task.source, options, task.fmt, faces_stem=task.faces_stem)
+            return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
+                                round(time.perf_counter() - started, 3), crops=_read_crops(crops), pid=os.getpid())
+        except ImageError as exc:
+            error = str(exc)
+        except RestoreCliError as exc:  # not the image's: the local worker retries the job for it too
+            return ImageOutcome(failure=f"{type(exc).__name__}: {exc}", pid=os.getpid())
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            error = f"{task.source}: {exc.strerror or exc}{where}"
+        except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
+            error = f"{task.source}: {type(exc).__name__}: {exc}"
+        finally:
+            if crops:
+                shutil.rmtree(crops, ignore_errors=True)
+        return ImageOutcome(error=error, seconds=round(time.perf_counter() - started, 3), pid=os.getpid())
+
+    def _restorer(self, options: RestoreOptions) -> Restorer:
+        from ..pipeline import Restorer
+
+        key = model_key(options)
+        if key not in self._restorers:
+            self._restorers[key] = Restorer.from_options(options)
+        return self._restorers[key]
+
+
+def _read_crops(folder: str | None) -> tuple[tuple[str, bytes], ...]:
+    if folder is None:
+        return ()
+    return tuple((path.name, path.read_bytes()) for path in sorted(Path(folder).iterdir()) if path.is_file())

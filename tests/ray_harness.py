@@ -1,0 +1,76 @@
+"""Faults inside the Ray pool's actors, for tests/test_ray.py, steered through a folder ($RAY_HARNESS_DIR):
+
+- ``install`` (Ray's ``worker_process_setup_hook``, run in every worker process the driver's job starts) wraps the
+  pipeline's decoding so that, while an actor decodes an image, the file ``busy-NODEID-PID`` exists in the folder
+  (a test knows which process to SIGKILL, and that it has an image in hand); each decode first sleeps the seconds
+  the folder's ``slow`` file holds; an input whose name holds ``poison`` kills its process with SIGKILL, as an
+  out-of-memory kill or a broken decoder would, on every try.
+- Run as a script, it is ``restorecli`` whose ``--ray`` connection carries that hook: it connects to Ray itself
+  (``local``: a private 2-CPU instance) and the driver keeps the connection it finds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def runtime_env(folder: Path) -> dict:
+    """The runtime environment that installs the faults in every worker process of a Ray job."""
+    return {"worker_process_setup_hook": "ray_harness.install",
+            "env_vars": {"RAY_HARNESS_DIR": str(folder),
+                         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}}
+
+
+def install() -> None:
+    import ray
+
+    import restorecli.pipeline as pipeline
+
+    folder = Path(os.environ["RAY_HARNESS_DIR"])
+    decode = pipeline.decode_image
+    node = ray.get_runtime_context().get_node_id()
+
+    def faulty_decode(data, name, max_pixels):
+        if "poison" in name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        busy = folder / f"busy-{node}-{os.getpid()}"
+        busy.touch()
+        try:
+            slow = folder / "slow"
+            if slow.is_file():
+                time.sleep(float(slow.read_text() or 0))
+            return decode(data, name, max_pixels)
+        finally:
+            busy.unlink(missing_ok=True)
+
+    pipeline.decode_image = faulty_decode
+
+
+def busy(folder: Path) -> list[tuple[str, int]]:
+    """(node id, pid) of each actor decoding an image now."""
+    found = []
+    for path in folder.glob("busy-*-*"):
+        _, node, pid = path.name.split("-")
+        found.append((node, int(pid)))
+    return found
+
+
+if __name__ == "__main__":
+    import ray
+
+    argv = sys.argv[1:]
+    address = argv[argv.index("--ray") + 1]
+    folder = Path(os.environ["RAY_HARNESS_DIR"])
+    if address == "local":
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env(folder))
+    else:
+        ray.init(address=address, runtime_env=runtime_env(folder))
+    from restorecli.cli.app import main
+
+    main()

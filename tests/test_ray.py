@@ -1,0 +1,346 @@
+"""The Ray worker pool (``restorecli worker --ray``): jobs spread over actors on a local Ray instance and on a
+simulated two-node cluster, with an actor SIGKILLed mid-image, a node removed mid-image, an image that kills every
+actor taking it, and the driver itself SIGKILLed; outputs byte for byte those of the local worker.
+
+One local Ray instance serves the module (2 CPUs, actors of half a CPU each); the cluster test stops it while it
+runs its own. Faults come from tests/ray_harness.py, installed in every actor process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'restorecli[ray]'")
+
+from typer.testing import CliRunner  # noqa: E402
+
+import ray_harness  # noqa: E402
+from conftest import TEST_INPUTS  # noqa: E402
+from restorecli.cli.app import app  # noqa: E402
+from restorecli.distributed.driver import PoolOptions, PoolShape, pool_shape, run_pool  # noqa: E402
+from restorecli.errors import UsageError  # noqa: E402
+from restorecli.jobs.store import JobStore  # noqa: E402
+from restorecli.jobs.worker import WorkerOptions  # noqa: E402
+
+runner = CliRunner()
+HARNESS = Path(__file__).with_name("ray_harness.py")
+PAIRS = [("rocket.jpg", "cameraman_gray.png"), ("coffee_alpha.png", "chelsea_16bit.png"),
+         ("astronaut_face.jpg", "rocket.jpg"), ("cameraman_gray.png", "coffee_alpha.png")]
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+class RayInstances:
+    """The module's local Ray instance, started once and again only after a test ran another (the cluster)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder  # the harness's folder, and the home the instance's token is written under
+        self.harness = folder / "harness"
+        self.harness.mkdir()
+
+    def local(self) -> Path:
+        if not ray.is_initialized():
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("HOME", str(self.folder))  # Ray's token goes to ~/.ray/auth_token
+                ray.init(address="local", num_cpus=2, include_dashboard=False,
+                         runtime_env=ray_harness.runtime_env(self.harness))
+        return self.harness
+
+    def slow(self, seconds: float) -> None:
+        (self.harness / "slow").write_text(str(seconds))
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory):
+    found = RayInstances(tmp_path_factory.mktemp("ray"))
+    yield found
+    ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(instances):
+    instances.local()
+    instances.slow(0)
+    yield instances
+    instances.slow(0)
+
+
+@pytest.fixture
+def model(make_model):
+    return make_model(2, "compact", "safetensors")
+
+
+def photos(folder: Path, names) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = TEST_INPUTS / ("rocket.jpg" if "poison" in name else name)
+        shutil.copy(source, folder / name)
+    return [folder / name for name in names]
+
+
+def submit_jobs(queue: Path, model: Path, inputs: Path, pairs) -> list[str]:
+    ids = []
+    for index, pair in enumerate(pairs):
+        files = photos(inputs / f"job{index}", pair)
+        result = cli("submit", *files, "--queue", queue, "--model", model, "--precision", "fp32", "--device", "cpu",
+                     "--json")
+        assert result.exit_code == 0, result.stderr
+        ids.append(json.loads(result.stdout)["job_id"])
+    return ids
+
+
+def outputs(queue: Path, job_id: str) -> dict[str, bytes]:
+    """The job's published outputs, by the name each input was submitted under."""
+    result = json.loads((queue / "jobs" / job_id / "result.json").read_text())
+    return {Path(r["original_filename"]).name: (queue / r["output"]).read_bytes() for r in result["results"]}
+
+
+def assert_clean(queue: Path) -> None:
+    """No temporary file anywhere in the queue, and no work folder left with anything in it."""
+    assert list(queue.rglob("*.part")) == []
+    assert [p for p in queue.glob("jobs/*/work/*")] == []
+
+
+def start_pool(queue: Path, stop: threading.Event, **pool) -> tuple[threading.Thread, dict]:
+    """``run_pool`` in a thread (the test process is the driver); its report lands in the returned dict."""
+    done: dict = {}
+    options = WorkerOptions(once=True, poll=0.2, max_attempts=pool.pop("max_attempts", 3))
+
+    def work():
+        try:
+            done["report"] = run_pool(queue, options, PoolOptions("local", **pool), stop)
+        except BaseException as exc:  # noqa: BLE001  (raised again in the test's thread)
+            done["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def joined(thread: threading.Thread, done: dict, stop: threading.Event, timeout: float = 240):
+    thread.join(timeout)
+    if thread.is_alive():
+        stop.set()
+        thread.join(60)
+        raise AssertionError("the pool did not drain the queue")
+    if "error" in done:
+        raise done["error"]
+    return done["report"]
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def completed(queue: Path) -> int:
+    store = JobStore(queue)
+    try:
+        return store.counts()["completed"]
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- a local instance
+
+
+def test_an_actor_killed_mid_image_is_restarted_and_every_job_completes_once_as_a_local_worker_does(
+        tmp_path, local_ray, model):
+    pairs = PAIRS * 2  # eight jobs of two images each
+    local_queue, ray_queue = tmp_path / "local", tmp_path / "ray"
+    local_ids = submit_jobs(local_queue, model, tmp_path / "in-local", pairs)
+    ray_ids = submit_jobs(ray_queue, model, tmp_path / "in-ray", pairs)
+    worked = cli("worker", "--queue", local_queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+
+    local_ray.slow(0.4)  # every image stays in an actor long enough to be killed there
+    stop = threading.Event()
+    thread, done = start_pool(ray_queue, stop, actors=2, actor_cpus=0.5)
+    wait_for(lambda: completed(ray_queue) >= 1, what="a first job")
+    _node, victim = wait_for(lambda: next(iter(ray_harness.busy(local_ray.harness)), None), what="a busy actor")
+    os.kill(victim, signal.SIGKILL)
+    report = joined(thread, done, stop)
+
+    assert report.retried >= 1  # the killed actor's image went round again
+    assert sorted(report.jobs) == sorted((job_id, "completed") for job_id in ray_ids)  # each once
+    assert report.images == 16 and report.shape == PoolShape(actors=2, cpus=0.5, gpus=0.0, threads=1)
+    store = JobStore(ray_queue)
+    try:
+        assert store.counts() == {"queued": 0, "processing": 0, "completed": 8, "failed": 0}
+        assert all(job.attempts == 1 and job.owner is None for job in store.jobs())
+    finally:
+        store.close()
+    for local_id, ray_id, pair in zip(local_ids, ray_ids, pairs):
+        result = json.loads((ray_queue / "jobs" / ray_id / "result.json").read_text())
+        assert [r["status"] for r in result["results"]] == ["ok", "ok"]
+        assert [Path(r["original_filename"]).name for r in result["results"]] == list(pair)  # in input order
+        assert outputs(ray_queue, ray_id) == outputs(local_queue, local_id)
+    assert_clean(ray_queue)
+
+
+def test_an_image_that_kills_every_actor_taking_it_fails_alone_after_max_attempts(tmp_path, local_ray, model):
+    queue = tmp_path / "queue"
+    poisoned, healthy = submit_jobs(queue, model, tmp_path / "in", [("poison.jpg", "rocket.jpg"),
+                                                                    ("cameraman_gray.png",)])
+    stop = threading.Event()
+    thread, done = start_pool(queue, stop, actors=2, actor_cpus=0.5, max_attempts=2)
+    report = joined(thread, done, stop)
+
+    assert sorted(report.jobs) == sorted([(poisoned, "completed"), (healthy, "completed")])
+    result = json.loads((queue / "jobs" / poisoned / "result.json").read_text())
+    poison, good = result["results"]
+    assert poison["status"] == "error" and poison["output"] is None
+    assert poison["error"].startswith(f"{poison['original_filename']}: the Ray actor restoring it died on each of "
+                                      "2 tries")
+    assert good["status"] == "ok" and (queue / good["output"]).is_file()
+    assert result["status"] == "completed" and "poison.jpg" in result["error"]
+    assert json.loads((queue / "jobs" / healthy / "result.json").read_text())["results"][0]["status"] == "ok"
+    assert report.retried == 1  # one death retried, the second one final
+    assert_clean(queue)
+
+
+def test_a_killed_driver_leaves_its_jobs_to_a_later_local_worker(tmp_path, local_ray, model):
+    """``worker --ray local`` SIGKILLed mid-run: its leases expire and a plain ``worker`` finishes the jobs."""
+    queue = tmp_path / "queue"
+    ids = submit_jobs(queue, model, tmp_path / "in", PAIRS * 2)
+    local_ray.slow(0.3)
+    env = {**os.environ, "RAY_HARNESS_DIR": str(local_ray.harness)}
+    driver = subprocess.Popen([sys.executable, str(HARNESS), "worker", "--queue", str(queue), "--ray", "local",
+                               "--actors", "2", "--actor-cpus", "0.5", "--lease", "3", "--once", "--json"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    try:
+        events = (json.loads(line) for line in iter(driver.stdout.readline, "") if line.startswith("{"))
+        finished = next(event for event in events if event["type"] == "finished")
+        assert finished["outcome"] == "completed"
+        driver.kill()  # SIGKILL: no release, no clean-up
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.stdout.close()
+        try:  # the private Ray instance it started dies with it; anything of its session left is ended here
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    store = JobStore(queue)
+    try:
+        held = store.jobs("processing")
+        assert held, "the driver was killed after the queue drained"
+        wait_for(lambda: all(job.lease_until < time.time() for job in store.jobs("processing")), timeout=30,
+                 what="the killed driver's leases to expire")
+    finally:
+        store.close()
+
+    worked = cli("worker", "--queue", queue, "--once", "--lease", "3")
+    assert worked.exit_code == 0, worked.stderr
+    store = JobStore(queue)
+    try:
+        assert store.counts() == {"queued": 0, "processing": 0, "completed": 8, "failed": 0}
+        taken_over = {job.id for job in held}
+        assert all(store.get(job_id).attempts == 2 for job_id in taken_over)
+    finally:
+        store.close()
+    for job_id in ids:
+        result = json.loads((queue / "jobs" / job_id / "result.json").read_text())
+        assert [r["status"] for r in result["results"]] == ["ok", "ok"]
+        assert all(len(data) > 0 for data in outputs(queue, job_id).values())
+    assert_clean(queue)
+
+
+# ----------------------------------------------------------------------------- a two-node cluster
+
+
+def test_jobs_complete_when_a_node_is_lost_mid_image(tmp_path, instances, model, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    queue = tmp_path / "queue"
+    ids = submit_jobs(queue, model, tmp_path / "in", PAIRS)
+    ray.shutdown()  # the module's instance; the next test that needs it starts it again
+    # the token this process generated for the module's instance (Ray keeps it for the process's life)
+    monkeypatch.setenv("HOME", str(instances.folder))
+    # a lost node is noticed within about 2 s (Ray's default health checks take about 30 s)
+    quick = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 2}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": quick})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, runtime_env=ray_harness.runtime_env(instances.harness))
+        instances.slow(0.5)
+        stop = threading.Event()
+        thread, done = start_pool(queue, stop, actors=2, actor_cpus=0.5)
+        wait_for(lambda: any(node == worker.node_id for node, _ in ray_harness.busy(instances.harness)),
+                 what="an actor busy on the second node")
+        cluster.remove_node(worker)
+        report = joined(thread, done, stop)
+    finally:
+        instances.slow(0)
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert report.retried >= 1
+    assert sorted(report.jobs) == sorted((job_id, "completed") for job_id in ids)
+    for job_id in ids:
+        result = json.loads((queue / "jobs" / job_id / "result.json").read_text())
+        assert [r["status"] for r in result["results"]] == ["ok", "ok"]
+    assert_clean(queue)
+
+
+# ----------------------------------------------------------------------------- without a Ray instance
+
+
+_PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from restorecli.cli.app import app
+result = CliRunner().invoke(app, json.loads(sys.argv[1]))
+print(json.dumps({"exit_code": result.exit_code, "ray": "ray" in sys.modules, "output": result.output}))
+"""
+
+
+@pytest.mark.parametrize("args", [["worker", "--help"], ["worker", "--once"], ["worker", "--once", "--ray", "local"]],
+                         ids=" ".join)
+def test_a_worker_with_nothing_to_do_imports_no_ray(tmp_path, args):
+    """``--help`` and an empty queue (``--ray`` too: Ray starts with the first job claimed) import no Ray."""
+    extra = [] if "--help" in args else ["--queue", str(tmp_path / "queue")]
+    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args + extra)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["exit_code"] == 0, found
+    assert found["ray"] is False
+    if "--help" in args:
+        assert "--ray" in found["output"] and "--actor-cpus" in found["output"]
+
+
+def test_pool_options_without_ray_are_a_usage_error(tmp_path):
+    result = cli("worker", "--queue", tmp_path / "queue", "--once", "--actors", "2")
+    assert result.exit_code == 2
+    assert "--actors shape the Ray pool: give --ray too" in result.stderr
+
+
+def test_the_pool_takes_one_actor_per_gpu_and_a_share_of_the_cpus():
+    gpu_nodes = [{"CPU": 16.0, "GPU": 2.0}, {"CPU": 16.0, "GPU": 2.0}]
+    assert pool_shape({"CPU": 32.0, "GPU": 4.0}, gpu_nodes, PoolOptions()) == PoolShape(4, 7.2, 1.0, 8)
+    assert pool_shape({"CPU": 32.0, "GPU": 4.0}, gpu_nodes, PoolOptions(actor_gpus=0.5)).actors == 8
+    # without GPUs: one actor, which may not hold every CPU of its node
+    assert pool_shape({"CPU": 2.0}, [{"CPU": 2.0}], PoolOptions()) == PoolShape(1, 1.8, 0.0, 2)
+    assert pool_shape({"CPU": 2.0}, [{"CPU": 2.0}], PoolOptions(actors=2)) == PoolShape(2, 0.9, 0.0, 1)
+    assert pool_shape({"CPU": 8.0}, [{"CPU": 4.0}, {"CPU": 4.0}], PoolOptions()).cpus == 3.6  # one node's share
+    with pytest.raises(UsageError, match="no node of the Ray cluster has 1 CPU"):
+        pool_shape({"CPU": 2.0}, [{"CPU": 2.0}], PoolOptions(actor_gpus=1, actor_cpus=1))
