@@ -1,4 +1,5 @@
-"""nox sessions: `nox -s tests` runs the suite, `nox -s bench` measures restorecli against its peers."""
+"""nox sessions: `nox -s tests` runs the suite, `nox -s bench` measures restorecli against its peers, `nox -s container`
+builds the image and smoke-tests it with podman."""
 
 import nox
 
@@ -24,3 +25,13 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.install(*EMBEDDED)
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def container(session: nox.Session) -> None:
+    """The container smoke test (tests/container/): podman builds the Dockerfile on a local Debian base, runs
+    it and restores a photo through its API; podman-compose loads compose.yaml. Needs root, podman, buildah,
+    debootstrap and runc (apt). The host side needs no torch: tests/conftest.py is left out (--confcutdir)."""
+    session.install("pytest>=8", "pillow>=10.2", "podman-compose>=1.0")
+    session.run("pytest", "-m", "container", "--confcutdir", "tests/container", "-p", "no:cacheprovider", "-s",
+                "tests/container", *session.posargs)
