@@ -26,6 +26,7 @@ README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ray_pool  # noqa: E402  (its README block is its own)
 import serve  # noqa: E402  (its README block is its own)
 import startup  # noqa: E402  (its README block is its own)
 from startup import write_readme  # noqa: E402
@@ -416,6 +417,7 @@ def main() -> None:
     parser.add_argument("--skip-faces", action="store_true")
     parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--memory-child")
     parser.add_argument("--folder")
     parser.add_argument("--image")
@@ -444,6 +446,11 @@ def main() -> None:
         print(served)
         if not args.no_readme:
             write_readme(served, serve.START, serve.END)
+    if not args.skip_ray:
+        pooled = ray_pool.render(ray_pool.measure(4, 3, 2))
+        print(pooled)
+        if not args.no_readme:
+            write_readme(pooled, ray_pool.START, ray_pool.END)
 
 
 if __name__ == "__main__":
