@@ -553,3 +553,101 @@ def test_submit_copies_a_file_named_twice_once_and_refuses_names_that_clash(tmp_
     shutil.copy(files[0], other / "A.JPG")  # one name on macOS's and Windows' file systems
     result = cli("submit", files[0], other / "A.JPG", "--queue", queue, "--model", model)
     assert result.exit_code == 2 and "have the same name in one job" in result.stderr
+
+
+# ----------------------------------------------------------------------------- hostile folders (issue 20, point 2)
+
+
+def _plant(queue, job_id, where: str, target: Path) -> None:
+    """Replace (or add) ``where`` inside the job's folder with a symbolic link to ``target``."""
+    path = queue / "jobs" / job_id / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    path.symlink_to(target)
+
+
+@pytest.mark.parametrize(("where", "reason"), [
+    ("outputs", "outputs is a symbolic link"),
+    ("work/resume", "work/resume is a symbolic link"),
+    ("work", "work is a symbolic link"),
+    ("inputs/a.jpg", "inputs/a.jpg is a symbolic link"),
+])
+def test_a_job_folder_with_a_planted_link_fails_alone_and_nothing_goes_through_it(tmp_path, queue, model, where,
+                                                                                  reason):
+    files = photos(tmp_path, ["a.jpg"])
+    hostile = submit(queue, model, *files)["job_id"]
+    sound = submit(queue, model, *files)["job_id"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    target = elsewhere / "keep.txt" if where.startswith("inputs/") else elsewhere
+    _plant(queue, hostile, where, target)
+    worked = cli("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    assert "Traceback" not in worked.stderr
+    status = json.loads(cli("status", hostile, "--queue", queue, "--json").stdout)
+    assert status["status"] == "failed" and reason in status["error"] and "not what restorecli made" in status["error"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]  # nothing written through the link
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+    assert json.loads(cli("status", sound, "--queue", queue, "--json").stdout)["status"] == "completed"  # went on
+
+
+def test_a_link_planted_as_outputs_during_a_run_is_replaced_not_followed(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg", "b.jpg"])
+    job_id = submit(queue, model, *files)["job_id"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    worker = spawn_worker(queue, "--once", slow=1.5)
+    wait_for(lambda: job(queue, job_id).status == "processing", what="the job to start")
+    (queue / "jobs" / job_id / "outputs").symlink_to(elsewhere)  # after the worker checked the folder
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0 and "Traceback" not in err, err
+    assert job(queue, job_id).status == "completed"
+    outputs = queue / "jobs" / job_id / "outputs"
+    assert not outputs.is_symlink() and sorted(p.name for p in outputs.iterdir()) == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+
+
+def test_prune_leaves_a_live_submission_s_staging_folder_alone(tmp_path, queue, model):
+    files = photos(tmp_path, ["a.jpg"])
+    submit(queue, model, *files)
+    from restorecli.files import writer_tag
+
+    live = queue / "incoming" / f"20260101-000000-{'a' * 32}.{writer_tag()}"  # this process: alive
+    dead = queue / "incoming" / f"20260101-000000-{'b' * 32}.999999999@{writer_tag().split('@')[1]}"
+    for folder in (live, dead):
+        (folder / "inputs").mkdir(parents=True)
+        (folder / "inputs" / "big.jpg").write_bytes(b"x" * 100)
+        os.utime(folder, (0, 0))  # however old
+    pruned = cli("prune", "--queue", queue, "--older-than", "0s", "--json")
+    assert pruned.exit_code == 0, pruned.stderr
+    removed = [r["path"] for r in json.loads(pruned.stdout)["removed"]]
+    assert str(dead) in removed and str(live) not in removed
+    assert live.is_dir() and not dead.exists()
+
+
+def test_submit_whose_staging_folder_is_pruned_meanwhile_fails_loudly_and_queues_nothing(tmp_path, queue, model,
+                                                                                      monkeypatch):
+    files = photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    import restorecli.jobs.submit as submitting
+
+    copies = []
+    real_copy = shutil.copyfile
+
+    def copy_then_prune(source, target):  # as a concurrent `prune --older-than 0s` did before the third copy
+        copies.append(target)
+        if len(copies) == 3:
+            shutil.rmtree(Path(target).parent.parent)  # the staging folder, with the two files copied so far
+            Path(target).parent.mkdir(parents=True)  # made again as submit's next copy makes its folder
+        return real_copy(source, target)
+
+    monkeypatch.setattr(submitting.shutil, "copyfile", copy_then_prune)
+    result = cli("submit", *files, "--queue", queue, "--model", model)
+    assert result.exit_code == 3 and "vanished" in result.stderr and "nothing was queued" in result.stderr
+    overview = json.loads(cli("status", "--queue", queue, "--json").stdout)
+    assert overview["counts"]["queued"] == 0
+    assert list((queue / "incoming").iterdir()) == [] and list((queue / "jobs").iterdir()) == []

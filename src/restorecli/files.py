@@ -78,6 +78,20 @@ def _temporary_name(name: str) -> str:
     return raw[: room - 11].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:10]
 
 
+def writer_tag() -> str:
+    """``PID@HOST`` of this process, for names that say who is writing something (a staged job's folder)."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def live_writer(tag: str) -> int | None:
+    """The process id in a ``writer_tag`` if that process runs on this host; None for a tag of a process that
+    ended, or of another host (whose processes this one cannot see), or text that is not a tag."""
+    pid, _, host = tag.partition("@")
+    if not pid.isdigit() or host != _host():
+        return None
+    return int(pid) if _process_exists(int(pid)) else None
+
+
 def _process_exists(pid: int) -> bool:
     if os.name == "nt":
         return _windows_process_exists(pid)  # there os.kill(pid, 0) would end the process, not probe it
@@ -163,11 +177,12 @@ class LiveWriters:
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
     """A binary handle on a temporary file beside ``path``, renamed to ``path`` when the block ends
     without an error and removed when it raises: ``path`` holds nothing new, its old content, or
     everything written. The temporary file's name says which process on which host writes it (see
-    ``remove_abandoned_temporaries``)."""
+    ``remove_abandoned_temporaries``). ``durable``: on disk (fsync) before the rename; a cache, which a crash may
+    lose at no cost but the work of filling it again, passes False."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_temporary_name(path.name)}.restorecli-{os.getpid()}@"
                                f"{_host()}.", suffix=".part")
@@ -175,7 +190,8 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "w+b") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -186,8 +202,8 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename,
-    so ``path`` holds either nothing, its old content, or all of ``data``."""
-    with atomic_writer(path) as handle:
+    so ``path`` holds either nothing, its old content, or all of ``data`` (see ``atomic_writer``)."""
+    with atomic_writer(path, durable) as handle:
         handle.write(data)

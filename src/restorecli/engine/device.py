@@ -109,7 +109,8 @@ def cpu_bf16_speedup() -> float:
     speedup = _measure_bf16_speedup()
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps({**known, key: round(speedup, 3)}, indent=2, sort_keys=True).encode())
+        write_atomic(record, json.dumps({**known, key: round(speedup, 3)}, indent=2, sort_keys=True).encode(),
+                     durable=False)
     except OSError:
         pass  # a read-only cache: measure in every process, as before
     return speedup

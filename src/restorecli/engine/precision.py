@@ -134,7 +134,8 @@ def checked(model: LoadedModel, device: torch.device, dtype: torch.dtype, model_
     verdict = probe(model, device, dtype)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps({**known, key: asdict(verdict)}, indent=2, sort_keys=True).encode())
+        write_atomic(record, json.dumps({**known, key: asdict(verdict)}, indent=2, sort_keys=True).encode(),
+                     durable=False)
     except OSError:
         pass  # a read-only cache: probe in every process
     return verdict

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import SetupError
+from ..files import writer_tag
 from ..models.loading import unknown_model
 from ..models.registry import REGISTRY
 from ..options import RestoreOptions
@@ -39,17 +40,26 @@ def job_options(options: RestoreOptions) -> dict:
 
 
 class Staging:
-    """A new job's folder under the queue's ``incoming/``: write its inputs under ``inputs``, then ``enqueue`` it."""
+    """A new job's folder under the queue's ``incoming/``: write its inputs under ``inputs``, then ``enqueue`` it.
+
+    The folder is named ``JOB_ID.PID@HOST``, so that ``prune`` leaves it alone while this process lives."""
 
     def __init__(self, root: Path):
         self.root = root
         self.job_id = new_job_id()
-        self.folder = root / "incoming" / self.job_id
+        self.folder = root / "incoming" / f"{self.job_id}.{writer_tag()}"
         self.inputs = self.folder / "inputs"
 
-    def enqueue(self, store: JobStore, options: dict, inputs: list[dict]) -> Job:
+    def enqueue(self, store: JobStore, options: dict, inputs: list[dict], sizes: dict[str, int]) -> Job:
         """Make the job visible to workers: its folder moves into ``jobs/``, then its record is written.
-        ``inputs``: ``[{"original_filename", "stored"}]``, stored relative to the job's inputs folder."""
+        ``inputs``: ``[{"original_filename", "stored"}]``, stored relative to the job's inputs folder; ``sizes``:
+        each stored file's size as written. A file that is not there at its size refuses the job (something removed
+        the staging folder meanwhile): a job is never queued with fewer inputs than its record lists."""
+        for stored in inputs:
+            path = self.inputs / stored["stored"]
+            if not path.is_file() or path.stat().st_size != sizes[stored["stored"]]:
+                raise SetupError(f"cannot queue the job: its input {stored['original_filename']} vanished from "
+                                 f"{self.folder} before it was queued (a prune run meanwhile?); nothing was queued")
         self.inputs.mkdir(parents=True, exist_ok=True)  # a job of stdin alone has made no folder yet
         os.rename(self.folder, store.job_dir(self.job_id))
         return store.add(self.job_id, options, inputs)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..files import live_writer
 from .store import DB_NAME, JobStore, queue_exists
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -99,6 +100,8 @@ def prune_queue(root: Path, age: float, dry_run: bool = False) -> PruneReport:
                     continue
                 if folder == "jobs" and store.get(entry.name) is not None:  # submitted meanwhile
                     continue
+                if folder == "incoming" and live_writer(entry.name.partition(".")[2]) is not None:
+                    continue  # a submit or an upload still writing it, however long it takes
                 report.removed.append({"path": str(entry), "bytes": _tree_size(entry), "job_id": None})
                 if not dry_run:
                     remove_tree(entry, real_root)

@@ -3,7 +3,7 @@
 Layout of a queue folder::
 
     queue.db                  job records: status, options, lease owner and expiry, attempts, errors
-    incoming/<id>/            a job being submitted (invisible to workers)
+    incoming/<id>.<pid>@<host>/  a job being submitted or uploaded (invisible to workers), by that process
     jobs/<id>/inputs/         the job's copied inputs
     jobs/<id>/work/<token>/   outputs being written by the lease owner ``token`` (private)
     jobs/<id>/work/resume/    outputs of a worker that stopped politely, adopted by the next owner
@@ -225,6 +225,26 @@ class JobStore:
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 
+    def folder_problem(self, job_id: str) -> str | None:
+        """What is wrong with a job's folder, where it is not what restorecli made: a symbolic link (to anywhere)
+        or a file where a folder belongs, at any level a worker reads or writes. None for a sound folder. Checked
+        with lstat, never by resolving: a worker never reads, writes or publishes through a link in the queue."""
+        job_dir = self.job_dir(job_id)
+        relative = f"jobs/{job_id}"
+        if job_dir.is_symlink() or not job_dir.is_dir():
+            return f"{relative} is {'a symbolic link' if job_dir.is_symlink() else 'missing or not a folder'}"
+        for name in ("inputs", "work", "outputs"):
+            folder = job_dir / name
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                return f"{relative}/{name} is {'a symbolic link' if folder.is_symlink() else 'not a folder'}"
+        for name in ("inputs", "work"):
+            for parent, folders, files in os.walk(job_dir / name):  # never follows a link
+                for entry in (*folders, *files):
+                    if os.path.islink(os.path.join(parent, entry)):
+                        inner = Path(parent, entry).relative_to(job_dir).as_posix()
+                        return f"{relative}/{inner} is a symbolic link"
+        return None
+
     # ------------------------------------------------------------------ reading
 
     @staticmethod
@@ -356,7 +376,9 @@ class JobStore:
             if not self._owns(db, lease):
                 return False
             outputs = job_dir / "outputs"
-            if outputs.exists():  # left by a publisher that crashed before its commit: ours replaces it
+            if outputs.is_symlink():  # planted: the link goes, whatever it points to stays
+                os.unlink(outputs)
+            elif outputs.exists():  # left by a publisher that crashed before its commit: ours replaces it
                 shutil.rmtree(outputs)
             work.mkdir(parents=True, exist_ok=True)
             os.rename(work, outputs)
@@ -400,7 +422,7 @@ class JobStore:
         results = [{"original_filename": i["original_filename"], "output": None, "status": "error", "error": error}
                    for i in job.inputs]
         job_dir = self.job_dir(job.id)
-        if job_dir.is_dir():
+        if job_dir.is_dir() and not job_dir.is_symlink():  # never written through a planted link
             _write_json(job_dir / "result.json", {"job_id": job.id, "status": "failed", "error": error,
                                                   "results": results})
 

@@ -46,6 +46,7 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
     try:
         with staging(queue) as staged:
             stored: list[dict] = []
+            sizes: dict[str, int] = {}
             for item in items:
                 if item.source == STDIO:
                     assert stdin is not None
@@ -62,7 +63,8 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
                     shutil.copyfile(item.source, target)
                     original = item.source
                 stored.append({"original_filename": original, "stored": relative.as_posix()})
-            job = staged.enqueue(store, stored_options, stored)
+                sizes[relative.as_posix()] = (staged.inputs / relative).stat().st_size
+            job = staged.enqueue(store, stored_options, stored, sizes)
         position = store.position(job) or 0
         return job, position
     finally:

@@ -168,6 +168,10 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
 
     job = lease.job
     job_dir = store.job_dir(job.id)
+    problem = store.folder_problem(job.id)
+    if problem is not None:  # not what restorecli made: this job fails alone, with what was wrong
+        store.fail(lease, f"the job's folder is not what restorecli made: {problem}")
+        return "failed"
     work = work_folder(job_dir, lease.token)
     items, stored = job_items(job, job_dir)
     restore = job_restore_options(job.options, work, options.device)
@@ -216,7 +220,7 @@ def work_folder(job_dir: Path, token: str) -> Path:
     taken over; folders of owners whose lease expired are removed."""
     work = job_dir / "work" / token
     resume = job_dir / "work" / "resume"
-    if resume.is_dir():
+    if resume.is_dir() and not resume.is_symlink():
         os.rename(resume, work)
     for other in (job_dir / "work").glob("*") if (job_dir / "work").is_dir() else []:
         if other != work:

@@ -93,14 +93,9 @@ class Api:
         """Queue the stored upload, once each of its files is checked to be whole on disk (a ``prune`` run by
         hand could have removed the staging folder meanwhile): a partial job is never queued."""
         options = self.options_for(upload.fields)
-        for stored in upload.files:
-            path = staged.inputs / stored.stored
-            if not path.is_file() or path.stat().st_size != stored.size:
-                raise OSError(errno.ENOENT, "an uploaded file vanished from the staging folder before the job was "
-                                            "queued", str(path))
         inputs = [{"original_filename": f.original_filename, "stored": f.stored} for f in upload.files]
         with self._writing:
-            return staged.enqueue(self.store(), options, inputs)
+            return staged.enqueue(self.store(), options, inputs, {f.stored: f.size for f in upload.files})
 
 
 def create_app(config: ServeConfig, pool=None) -> FastAPI:
@@ -167,7 +162,7 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RestoreCliError)
-    async def restorecli_error(request: Request, exc: RestoreCliError) -> JSONResponse:
+    async def restorecli_error(request: Request, exc: RestoreCliError) -> JSONResponse:  # e.g. a vanished upload
         status = 422 if isinstance(exc, UsageError) else 503  # the queue's disk or database cannot take it now
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
