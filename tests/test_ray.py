@@ -215,6 +215,20 @@ def test_an_image_that_kills_every_actor_taking_it_fails_alone_after_max_attempt
     assert_clean(queue)
 
 
+def test_a_job_folder_with_a_planted_link_fails_alone_in_the_pool_too(tmp_path, local_ray, model):
+    queue = tmp_path / "queue"
+    hostile, sound = submit_jobs(queue, model, tmp_path / "in", [("rocket.jpg",), ("astronaut_face.jpg",)])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (queue / "jobs" / hostile / "outputs").symlink_to(elsewhere)
+    stop = threading.Event()
+    thread, done = start_pool(queue, stop, actors=1, actor_cpus=0.5)
+    report = joined(thread, done, stop)
+    assert sorted(report.jobs) == sorted([(hostile, "failed"), (sound, "completed")])
+    status = json.loads(cli("status", hostile, "--queue", queue, "--json").stdout)
+    assert "outputs is a symbolic link" in status["error"] and list(elsewhere.iterdir()) == []
+
+
 def test_a_killed_driver_leaves_its_jobs_to_a_later_local_worker(tmp_path, local_ray, model):
     """``worker --ray local`` SIGKILLed mid-run: its leases expire and a plain ``worker`` finishes the jobs."""
     queue = tmp_path / "queue"

@@ -45,6 +45,7 @@ from ..jobs.worker import (
     job_items,
     job_restore_options,
     publish_results,
+    refuse_unsound_folder,
     result_entry,
     settle_setup_error,
     wait_for_queue,
@@ -258,6 +259,10 @@ class _Driver:
             return False
         self.claimed += 1
         self.emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
+        if refuse_unsound_folder(self.store, lease):
+            self.report.jobs.append((lease.job.id, "failed"))
+            self.emit("finished", {"job_id": lease.job.id, "outcome": "failed"})
+            return True
         job_dir = self.store.job_dir(lease.job.id)
         work = work_folder(job_dir, lease.token)
         items, stored = job_items(lease.job, job_dir)

@@ -168,9 +168,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
 
     job = lease.job
     job_dir = store.job_dir(job.id)
-    problem = store.folder_problem(job.id)
-    if problem is not None:  # not what restorecli made: this job fails alone, with what was wrong
-        store.fail(lease, f"the job's folder is not what restorecli made: {problem}")
+    if refuse_unsound_folder(store, lease):
         return "failed"
     work = work_folder(job_dir, lease.token)
     items, stored = job_items(job, job_dir)
@@ -213,6 +211,16 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
     if len(batch.items) < len(stored):  # stopped between images
         return give_back(store, lease, work)
     return publish_results(store, lease, work, finished, batch.setup)
+
+
+def refuse_unsound_folder(store: JobStore, lease: Lease) -> bool:
+    """Fail the claimed job, alone and saying what was wrong, where its folder is not what restorecli made (a
+    symbolic link planted in it): True if it was failed. Nothing is read, written or published through a link."""
+    problem = store.folder_problem(lease.job.id)
+    if problem is None:
+        return False
+    store.fail(lease, f"the job's folder is not what restorecli made: {problem}")
+    return True
 
 
 def work_folder(job_dir: Path, token: str) -> Path:
