@@ -65,6 +65,7 @@ class ImageOutcome:
     crops: tuple[tuple[str, bytes], ...] = ()  # --save-faces' files: (name, PNG bytes)
     setup: SetupFailure | None = None
     failure: str | None = None
+    ran: dict[str, str] | None = None  # the model, device and precision that ran (``Restorer.setup``)
     pid: int = 0  # the actor's process, which the driver names when it dies
 
 
@@ -96,7 +97,8 @@ class RestoreActor:
         try:
             done = restorer.restore_bytes(task.data, task.source, options, task.fmt, faces_stem=task.faces_stem)
             return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
-                                round(time.perf_counter() - started, 3), crops=_read_crops(crops), pid=os.getpid())
+                                round(time.perf_counter() - started, 3), crops=_read_crops(crops),
+                                ran=restorer.setup, pid=os.getpid())
         except ImageError as exc:
             error = str(exc)
         except RestoreCliError as exc:  # not the image's: the local worker retries the job for it too
@@ -109,7 +111,8 @@ class RestoreActor:
         finally:
             if crops:
                 shutil.rmtree(crops, ignore_errors=True)
-        return ImageOutcome(error=error, seconds=round(time.perf_counter() - started, 3), pid=os.getpid())
+        return ImageOutcome(error=error, seconds=round(time.perf_counter() - started, 3), ran=restorer.setup,
+                            pid=os.getpid())
 
     def _restorer(self, options: RestoreOptions) -> Restorer:
         from ..pipeline import Restorer

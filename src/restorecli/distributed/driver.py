@@ -24,8 +24,10 @@ import collections
 import errno
 import logging
 import math
+import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -85,6 +87,10 @@ class PoolReport(WorkerReport):
     images: int = 0  # images the actors restored and the driver wrote
     retried: int = 0  # images sent again because their actor died with them in hand
     driver_seconds: float = 0.0  # the driver's own work: reading inputs, writing outputs, the queue's transactions
+    # over the images written: the actors' restoring (decode, model, encode), and the whole way from the driver's
+    # reading each input to its output written; the difference is what the pool adds (transport, queueing, writing)
+    actor_seconds: float = 0.0
+    image_seconds: float = 0.0
 
 
 def pool_shape(cluster: dict[str, float], nodes: list[dict[str, float]], options: PoolOptions) -> PoolShape:
@@ -123,6 +129,8 @@ def connect(address: str) -> Callable[[], None]:
     settings: dict[str, Any] = {"logging_level": logging.WARNING}
     if address == "local":
         settings["include_dashboard"] = False
+    else:
+        _check_reachable(address)
     try:
         ray.init(address=address, **settings)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -131,6 +139,31 @@ def connect(address: str) -> Callable[[], None]:
         for signum, handler in handlers.items():  # ray.init makes SIGTERM exit at once: keep the polite stop
             signal.signal(signum, handler)
     return ray.shutdown
+
+
+def check_address(address: str) -> None:
+    """Raise ``UsageError`` for a ``--ray`` that is none of local, auto, HOST:PORT and ray://HOST:PORT."""
+    if address in ("local", "auto") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT")
+
+
+def _check_reachable(address: str) -> None:
+    """Raise ``SetupError`` where the cluster's head (its GCS port) refuses a connection or does not answer: Ray's
+    own connect goes on retrying for minutes. An address Ray resolves itself (``auto`` without ``$RAY_ADDRESS``:
+    the cluster ``ray start`` left on this machine) or reaches through Ray Client is left to Ray."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    if not address or "://" in address:
+        return
+    check_address(address)
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise SetupError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -162,6 +195,7 @@ class _Run:
     in_flight: int = 0
     swept: set = field(default_factory=set)  # output folders rid of temporaries killed writers left
     outcome: str | None = None  # set once the job is settled; results of its images still in flight are dropped
+    ran: dict[str, str] | None = None  # the model, device and precision its images ran with
 
     @property
     def job_id(self) -> str:
@@ -227,6 +261,14 @@ class _Pool:
     @property
     def alive(self) -> int:
         return len(self.actors) - len(self.gone)
+
+    def close(self) -> None:
+        """End the actors now (a caller's own Ray connection outlives the pool; Ray would end them only once their
+        handles are collected)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
 
 
 def _short(exc: BaseException) -> str:
@@ -385,6 +427,8 @@ class _Driver:
             self.store.retry_later(run.lease, outcome.failure, self.options.max_attempts)
             self.settle(run, "retry")
             return
+        if outcome.ran is not None:  # 16-bit images add the precision they ran at: the fullest one is kept
+            run.ran = outcome.ran if run.ran is None or len(outcome.ran) >= len(run.ran) else run.ran
         self.finish(run, image.index, self.write(run, image, outcome))
 
     def died(self, run: _Run, image: _Image, exc: BaseException) -> None:
@@ -420,9 +464,12 @@ class _Driver:
                 self.note("storage_error", {"job_id": run.job_id,
                                             "error": f"{exc.strerror}: {exc.filename or output.parent}"})
             return _error(item, output, f"{item.source}: {exc.strerror or exc}{where}", image.started)
+        seconds = time.perf_counter() - image.started
         self.report.images += 1
-        return ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size,
-                          round(time.perf_counter() - image.started, 3), outcome.faces)
+        self.report.actor_seconds += outcome.seconds
+        self.report.image_seconds += seconds
+        return ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size, round(seconds, 3),
+                          outcome.faces)
 
     def finish(self, run: _Run, index: int, item: ItemResult) -> None:
         original = run.stored.get(item.input, item.input)
@@ -452,7 +499,7 @@ class _Driver:
                 self.settle(run, "lost")
             elif run.complete and not self.report.storage_error:
                 run.renewer.finish()  # no renewal past the publish, whose owner check fences a lease lost by now
-                self.settle(run, publish_results(self.store, run.lease, run.work, run.progress()))
+                self.settle(run, publish_results(self.store, run.lease, run.work, run.progress(), run.ran))
             elif self.stopping and run.in_flight == 0:
                 self.settle(run, give_back(self.store, run.lease, run.work))
         self.runs = [run for run in self.runs if run.outcome is None]  # images still in flight keep theirs
@@ -499,12 +546,12 @@ class _Driver:
         if self.pool.alive == 0 and not self.report.setup_error:
             self.report.setup_error = "every Ray actor is gone: " + "; ".join(sorted(set(self.pool.gone.values())))
 
-    def give_all_back(self) -> None:
-        """After a failure of the driver itself: every job in hand queued again, resumable."""
+    def give_all_back(self, error: str | None = None) -> None:
+        """After a failure of the driver itself: every job in hand queued again, resumable (``error`` says why)."""
         for run in self.runs:
             if run.outcome is None:
                 run.renewer.finish()
-                give_back(self.store, run.lease, run.work)
+                give_back(self.store, run.lease, run.work, error=error)
 
 
 def _error(item: InputItem, output: Path | None, message: str, started: float) -> ItemResult:
@@ -520,6 +567,7 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
     from ..jobs.worker import worker_name
 
     emit = emit or (lambda event, data: None)
+    check_address(pool.address)
     report = PoolReport()
     schedule = Schedule(options, stop)
     if not wait_for_queue(root, options, schedule):
@@ -543,8 +591,8 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
             nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
             report.shape = pool_shape(ray.cluster_resources(), nodes, pool)
             driver.pool = _Pool(report.shape)
-        except BaseException:
-            driver.give_all_back()
+        except BaseException as exc:
+            driver.give_all_back(str(exc) if isinstance(exc, RestoreCliError) else None)  # status says why
             raise
         emit("pool", {"address": pool.address, "actors": report.shape.actors, "cpus": report.shape.cpus,
                       "gpus": report.shape.gpus})
@@ -554,11 +602,15 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
             driver.give_all_back()
             raise
         emit("summary", {"images": report.images, "retried": report.retried,
-                         "driver_seconds": round(report.driver_seconds, 3)})
+                         "driver_seconds": round(report.driver_seconds, 3),
+                         "actor_seconds": round(report.actor_seconds, 3),
+                         "image_seconds": round(report.image_seconds, 3)})
         report.stopped = stop.is_set()
         return report
     finally:
         try:
+            if driver.pool is not None:
+                driver.pool.close()
             disconnect()
         finally:
             store.retire(name)
