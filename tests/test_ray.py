@@ -381,6 +381,24 @@ def test_a_worker_with_nothing_to_do_imports_no_ray(tmp_path, args):
         assert "--ray" in found["output"] and "--actor-cpus" in found["output"]
 
 
+def test_without_ray_installed_the_job_is_given_back_and_the_worker_exits_3(tmp_path, model):
+    queue = tmp_path / "queue"
+    (job_id,) = submit_jobs(queue, model, tmp_path / "in", [("rocket.jpg",)])
+    hidden = "import sys; sys.modules['ray'] = None; exec(sys.argv.pop(1))"  # import ray raises ImportError
+    done = subprocess.run([sys.executable, "-c", hidden, _PROBE,
+                           json.dumps(["worker", "--queue", str(queue), "--once", "--ray", "local"])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["exit_code"] == 3 and "--ray needs Ray: pip install 'restorecli[ray]'" in found["output"]
+    store = JobStore(queue)
+    try:
+        job = store.get(job_id)
+        assert job.status == "queued" and job.attempts == 0 and "restorecli[ray]" in job.last_error
+    finally:
+        store.close()
+
+
 def test_pool_options_without_ray_are_a_usage_error(tmp_path):
     result = cli("worker", "--queue", tmp_path / "queue", "--once", "--actors", "2")
     assert result.exit_code == 2
