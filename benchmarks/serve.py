@@ -129,7 +129,9 @@ def table(results: dict, requests: int, concurrency: int) -> str:
         lines.append(f"| `{kind}` | {r['rps']:.0f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms |")
     lines += ["", f"`GET /status` p99 is {status_p99:.1f} ms, {verdict} the {STATUS_P99_AIM_MS:.0f} ms aim: the "
                   f"event loop does no model work (the worker is another process) and reads the queue in its thread "
-                  f"pool. `POST /enhance` here sends one 16x16 PNG a request."
+                  f"pool. `POST /enhance` here sends one 16x16 PNG a request, and answers once the file and the job's "
+                  f"record are flushed to disk (fsync), so its tail follows this shared machine's disk and moved "
+                  f"from run to run."
               + ("" if results["busy"]["all"] else " (The worker's job was not processing during the whole run.)")]
     return "\n".join(lines)
 
