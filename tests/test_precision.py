@@ -152,6 +152,7 @@ def test_auto_falls_back_to_fp32_says_so_once_and_records_it(model_file, tmp_pat
     assert found["precision"] == "fp32" and "fails in bf16" in found["precision_fallback"]
     assert auto.stderr.count("warning:") == 1 and "runs in fp32" in auto.stderr
     fp32 = restore(*photos, "--model", model, "-o", tmp_path / "fp32", "--precision", "fp32")
+    assert fp32.exit_code == 0, fp32.stderr
     for photo in photos:  # the very pixels fp32 gives
         name = photo.with_suffix(".jpg").name
         assert (tmp_path / "auto" / name).read_bytes() == (tmp_path / "fp32" / name).read_bytes()
