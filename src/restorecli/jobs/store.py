@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import sqlite3
@@ -480,11 +479,4 @@ def new_job_id() -> str:
     is what lets someone read a job's results through ``restorecli serve``."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(16)
 
-
-def is_job_id(text: str) -> bool:
-    """Whether ``text`` has the shape of a job id (a folder name under jobs/, never a path)."""
-    return _JOB_ID.fullmatch(text) is not None
-
-
-_JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8,32}")
 

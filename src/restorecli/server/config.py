@@ -15,8 +15,6 @@ MAX_FILE_ENV = "MAX_FILE_SIZE_MB"
 API_KEY_HEADER = "X-API-Key"
 # The restore options a request may set (the rest are the server's: its device, tiles, weights)
 FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight")
-# The environment variables the server reads, from the process's environment or from .env
-KNOWN_ENV = (API_KEY_ENV, MAX_FILE_ENV, "RESTORECLI_QUEUE")
 
 
 @dataclass(frozen=True)

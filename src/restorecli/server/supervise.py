@@ -70,9 +70,6 @@ class WorkerPool:
     def alive(self) -> int:
         return sum(1 for slot in self.slots if slot.process is not None and slot.process.poll() is None)
 
-    def pids(self) -> list[int]:
-        return [slot.process.pid for slot in self.slots if slot.process is not None and slot.process.poll() is None]
-
     def _spawn(self, slot: _Slot) -> None:
         slot.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                         preexec_fn=_lower_priority if hasattr(os, "nice") else None)
@@ -126,7 +123,6 @@ class Janitor:
         self.queue, self.retention, self.every, self.log = queue, retention, every, log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
-        self.runs = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -143,8 +139,6 @@ class Janitor:
         except Exception as exc:  # a busy or damaged queue: said, and tried again next time
             self.log(f"janitor: could not prune {self.queue}: {exc}")
             return
-        finally:
-            self.runs += 1
         if report.removed:
             self.log(f"janitor: removed {len(report.removed)} item(s), {report.bytes_freed:,} bytes")
 
