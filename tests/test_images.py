@@ -454,19 +454,19 @@ def _write_in_strips(writer, pixels, cuts):
 
 
 @settings(max_examples=25, deadline=None)
-@given(**STRIP_IMAGES, filter_bytes=st.sampled_from([1, 100, 1 << 20]))  # rows filtered per step: one, a few, all
+@given(**STRIP_IMAGES, segment_bytes=st.sampled_from([1, 100, 1 << 20]),  # rows deflated apart: one, a few, all
+       workers=st.sampled_from([1, 3]))
 def test_png_writer_fed_in_strips_decodes_to_the_same_pixels(channels, dtype, height, width, cuts, seed,
-                                                             filter_bytes):
+                                                             segment_bytes, workers):
     from restorecli.images import png
 
     pixels = _random_image(channels, dtype, height, width, seed)
     out = io.BytesIO()
-    writer = PngWriter(out, width, height, channels, dtype)
-    saved, png._FILTER_BYTES = png._FILTER_BYTES, filter_bytes
+    saved, png._SEGMENT_BYTES = png._SEGMENT_BYTES, segment_bytes
     try:
-        _write_in_strips(writer, pixels, cuts)
+        _write_in_strips(PngWriter(out, width, height, channels, dtype, workers=workers), pixels, cuts)
     finally:
-        png._FILTER_BYTES = saved
+        png._SEGMENT_BYTES = saved
     decoded = cv2.imdecode(np.frombuffer(out.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
     if channels in (3, 4):
         decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGBA)
