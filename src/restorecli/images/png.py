@@ -69,41 +69,74 @@ def _deflate_segment(filtered: np.ndarray, final: bool) -> tuple[bytes, int, int
 
 
 class _Segment:
-    """A segment being deflated: on a thread of its own, which ends when the segment is done (so a writer
-    abandoned mid-image leaves no pool of threads behind), at most ``gate``'s count of them at once; or at
-    once on the calling thread when there is no gate."""
+    """One segment's filtered rows, and once deflated, its result (or the error deflating it raised)."""
 
-    def __init__(self, filtered: np.ndarray, final: bool, gate: threading.Semaphore | None):
+    def __init__(self, filtered: np.ndarray, final: bool):
+        self.filtered, self._final = filtered, final
         self._result: tuple[bytes, int, int] | None = None
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if gate is None:
-            self._result = _deflate_segment(filtered, final)
-        else:
-            self._thread = threading.Thread(target=self._run, args=(filtered, final, gate), name="png-deflate",
-                                            daemon=True)
-            self._thread.start()
+        self._done = threading.Event()
 
-    def _run(self, filtered: np.ndarray, final: bool, gate: threading.Semaphore) -> None:
+    def run(self) -> None:
         try:
-            with gate:
-                self._result = _deflate_segment(filtered, final)
+            self._result = _deflate_segment(self.filtered, self._final)
         except BaseException as error:  # handed to the writing thread by result()
             self._error = error
+        finally:
+            self._done.set()
 
     def done(self) -> bool:
-        return self._thread is None or not self._thread.is_alive()
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        return self._done.is_set()
 
     def result(self) -> tuple[bytes, int, int]:
-        self.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+class _DeflateThreads:
+    """Up to ``workers`` threads deflating segments in the order they were queued. A thread ends as soon as it
+    finds the queue empty, so none waits idle behind a writer, not even one abandoned mid-image (an exception in
+    the model: the rows stop and ``close`` never comes); while rows keep coming the same threads carry on,
+    without a start for each segment."""
+
+    def __init__(self, workers: int):
+        self._workers = workers
+        self._lock = threading.Lock()
+        self._queue: deque[_Segment] = deque()
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+
+    def submit(self, segment: _Segment) -> None:
+        thread = None
+        with self._lock:
+            self._queue.append(segment)
+            if self._running < self._workers:
+                self._running += 1
+                self._threads = [alive for alive in self._threads if alive.is_alive()]
+                thread = threading.Thread(target=self._work, name="png-deflate", daemon=True)
+                self._threads.append(thread)
+        if thread is not None:  # started outside the lock, which its first step takes
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running -= 1
+                    return
+                segment = self._queue.popleft()
+            segment.run()
+
+    def stop(self) -> None:
+        """Drop the segments not yet started and wait for the threads to end."""
+        with self._lock:
+            self._queue.clear()
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join()
 
 
 class PngWriter(StripWriter):
@@ -124,7 +157,7 @@ class PngWriter(StripWriter):
         self._workers = deflate_workers() if workers is None else workers
         if self._workers < 1:
             raise ValueError(f"a PNG is deflated by at least one worker, not {self._workers}")
-        self._gate = threading.Semaphore(self._workers) if self._workers > 1 else None
+        self._threads = _DeflateThreads(self._workers) if self._workers > 1 else None
         self._in_flight: deque[_Segment] = deque()
         header = struct.pack(">IIBBBBB", width, height, self.dtype.itemsize * 8, _COLOUR_TYPE[channels], 0, 0, 0)
         self._head = PNG_SIGNATURE + png_chunk(b"IHDR", header)
@@ -145,6 +178,7 @@ class PngWriter(StripWriter):
         self._top = 0  # the first row of the segment being filled
         self._segment: np.ndarray | None = None  # its filtered rows, a filter byte and the row's bytes each
         self._filled = 0
+        self._spare: np.ndarray | None = None
         self.handle.write(self._head)
         self._emit(_ZLIB_HEADER)
 
@@ -153,7 +187,10 @@ class PngWriter(StripWriter):
             while len(rows):
                 if self._segment is None:
                     rows_here = min(self._segment_rows, self.height - self._top)
-                    self._segment = np.empty((rows_here, self.width * self._bpp + 1), dtype=np.uint8)
+                    if self._spare is not None and len(self._spare) == rows_here:
+                        self._segment, self._spare = self._spare, None
+                    else:
+                        self._segment = np.empty((rows_here, self.width * self._bpp + 1), dtype=np.uint8)
                 take = min(len(rows), len(self._segment) - self._filled)
                 self._filter(rows[:take], self._segment[self._filled : self._filled + take])
                 rows, self._filled = rows[take:], self._filled + take
@@ -175,7 +212,12 @@ class PngWriter(StripWriter):
     def _start_segment(self) -> None:
         assert self._segment is not None
         self._top += len(self._segment)
-        self._in_flight.append(_Segment(self._segment, self._top == self.height, self._gate))
+        segment = _Segment(self._segment, self._top == self.height)
+        self._in_flight.append(segment)
+        if self._threads is None:
+            segment.run()
+        else:
+            self._threads.submit(segment)
         self._segment, self._filled = None, 0
         self._write_done(keep=2 * self._workers - 1)
 
@@ -183,14 +225,17 @@ class PngWriter(StripWriter):
         """Write the segments that are done, in order, waiting for the oldest while more than ``keep`` are in
         flight (memory stays bounded however fast the rows come)."""
         while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0].done()):
-            data, adler, length = self._in_flight.popleft().result()
+            segment = self._in_flight.popleft()
+            data, adler, length = segment.result()
+            self._spare = segment.filtered  # reused: fresh memory for each segment costs page faults
             self._adler = adler32_combine(self._adler, adler, length)
             self._emit(data)
 
     def _abandon(self) -> None:
-        """Wait for the segments in flight and drop them: no thread outlives an error, a restart or the end."""
-        while self._in_flight:
-            self._in_flight.popleft().join()
+        """Drop the segments in flight and wait for the threads: none outlives an error, a restart or the end."""
+        if self._threads is not None:
+            self._threads.stop()
+        self._in_flight.clear()
 
     def _emit(self, data: bytes, final: bool = False) -> None:
         """IDAT chunks of exactly ``_IDAT_BYTES`` (the last one shorter), so the file's bytes do not depend on
@@ -206,8 +251,7 @@ class PngWriter(StripWriter):
     def _finish(self) -> None:
         try:
             self._write_done(keep=0)
-        except BaseException:
-            self._abandon()
-            raise
+        finally:
+            self._abandon()  # nothing is left in flight by now: this waits for the threads to end
         self._emit(struct.pack(">I", self._adler), final=True)
         self.handle.write(png_chunk(b"IEND", b""))
