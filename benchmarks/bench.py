@@ -25,6 +25,7 @@ README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu  # noqa: E402  (its README block is its own)
 import ray_pool  # noqa: E402  (its README block is its own)
 import serve  # noqa: E402  (its README block is its own)
 import startup  # noqa: E402  (its README block is its own)
@@ -66,7 +67,7 @@ def _weights(folder: Path, name: str) -> tuple[Path, Path]:
     return safetensors, pth
 
 
-def _realesrganer(pth: Path, arch: str, tile: int = 0):
+def _realesrganer(pth: Path, arch: str, tile: int = 0, device: str = "cpu", half: bool = False):
     import torchvision.transforms.functional
 
     # realesrgan 0.3.0 imports a module that torchvision removed; alias it (bench environment only).
@@ -79,8 +80,8 @@ def _realesrganer(pth: Path, arch: str, tile: int = 0):
         net = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
     else:
         net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
-    return RealESRGANer(scale=4, model_path=str(pth), model=net, tile=tile, tile_pad=10, pre_pad=10, half=False,
-                        device="cpu")
+    return RealESRGANer(scale=4, model_path=str(pth), model=net, tile=tile, tile_pad=10, pre_pad=10, half=half,
+                        device=device)
 
 
 def _ncnn_runner(param: Path, threads: int):
@@ -417,6 +418,7 @@ def main() -> None:
     parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory-child")
     parser.add_argument("--folder")
     parser.add_argument("--image")
@@ -450,6 +452,12 @@ def main() -> None:
         print(pooled)
         if not args.no_readme:
             write_readme(pooled, ray_pool.START, ray_pool.END)
+    if not args.skip_throughput:  # benchmarks/gpu.py's CPU form: issue 19's host-overhead ratio
+        measured = gpu.measure(gpu.plan_for("cpu", threads=args.threads))
+        throughput_text = gpu.render(measured)
+        print(throughput_text)
+        if not args.no_readme:
+            write_readme(throughput_text, gpu.START, gpu.END)
 
 
 if __name__ == "__main__":
