@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import psnr, tiny_compact_state, tiny_rrdb_state
 from restorecli.engine.device import place_model
-from restorecli.engine.tiling import plan_tiles, upscale
+from restorecli.engine.tiling import plan_grid, plan_tiles, upscale
 from restorecli.errors import TileOutOfMemory
 from restorecli.models.loading import load_model
 
@@ -145,7 +145,7 @@ def test_a_sink_is_restarted_when_out_of_memory_shrinks_the_tiles(tmp_path, monk
     crop = ASTRONAUT[100:228, 100:228]
     reference = upscale(model, crop, device=CPU, tile=0).image
     _with_recorder(model, limit=48 * 48)
-    monkeypatch.setattr("restorecli.engine.tiling.auto_tile_size", lambda *a, **k: 100)
+    monkeypatch.setattr("restorecli.engine.tiling.auto_plan", _plan_of_100)
     sink = _StripRecorder()
     result = upscale(model, crop, device=CPU, tile=None, pad=4, sink=sink)
     assert sink.restarts >= 1 and result.tile < 100
@@ -164,6 +164,11 @@ def test_sixteen_bit_and_float_inputs_keep_their_type(tmp_path):
     assert outf.dtype == np.float32
     # the same computation, quantised to 16 bits or not (inputs differ by 8-bit vs float rounding only)
     assert np.abs(outf * 65535 - out16.astype(np.float32)).max() <= 1.0
+
+
+def _plan_of_100(model, height, width, **kwargs):
+    """An automatic plan of 100 px tiles, whatever the memory (for the out-of-memory retries)."""
+    return plan_tiles(height, width, 100, kwargs["pad"])
 
 
 class _Recorder(torch.nn.Module):
@@ -193,7 +198,7 @@ def test_auto_tile_halves_on_out_of_memory_and_never_pastes_stale_tiles(tmp_path
     crop = ASTRONAUT[100:228, 100:228]
     reference = upscale(model, crop, device=CPU, tile=0).image
     recorder = _with_recorder(model, limit=48 * 48)
-    monkeypatch.setattr("restorecli.engine.tiling.auto_tile_size", lambda *a, **k: 100)
+    monkeypatch.setattr("restorecli.engine.tiling.auto_plan", _plan_of_100)
     result = upscale(model, crop, device=CPU, tile=None, pad=4)
     assert result.tile < 100 and result.tile >= 16
     assert psnr(result.image, reference) >= 45
@@ -222,7 +227,7 @@ def test_tile_progress_counts_every_tile_once_per_attempt(tmp_path, monkeypatch)
     assert result.tiles == 20 and calls[-1] == (20, 20)
     assert [done for done, _ in calls] == [3, 6, 9, 12, 15, 18, 20]
     _with_recorder(model, limit=48 * 48)  # now the first plan fails: counting starts again for the smaller tiles
-    monkeypatch.setattr("restorecli.engine.tiling.auto_tile_size", lambda *a, **k: 100)
+    monkeypatch.setattr("restorecli.engine.tiling.auto_plan", _plan_of_100)
     calls.clear()
     result = upscale(model, ASTRONAUT[:128, :128], device=CPU, tile=None, pad=4,
                      on_tile=lambda done, total: calls.append((done, total)))
@@ -447,3 +452,204 @@ def test_resized_strips_hold_only_the_rows_still_needed_and_start_again_on_resta
     from restorecli.engine.enhance import resample
 
     np.testing.assert_array_equal(sink.image(), resample(image, (150, 225)))
+
+
+# --- automatic tiles from the measured table ---------------------------------------------------------------------
+
+
+def _grid_cost(height, width, rows, cols, pad, spec=None):
+    from restorecli.engine.tiling import network_window
+
+    plan = plan_grid(height, width, rows, cols, pad)
+    y0, y1, x0, x1 = plan.tiles[0].window
+    h, w = (y1 - y0, x1 - x0) if spec is None else network_window(spec, y1 - y0, x1 - x0)
+    return h * w, len(plan.tiles) * h * w, plan
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 400), width=st.integers(1, 400), pad=st.integers(0, 32),
+       per_pixel=st.sampled_from([600, 5000, 9000]), window=st.integers(16, 600))
+def test_the_grid_chosen_fits_the_budget_and_computes_the_fewest_pixels(height, width, pad, per_pixel, window):
+    """Against every grid, by brute force: the choice fits, no fitting grid computes fewer pixels, and so the
+    computed pixels are within 1.10x of the output's wherever some grid that fits allows it."""
+    from restorecli.engine.tiling import MIN_AUTO_TILE, choose_grid
+
+    budget = per_pixel * window * window
+    rows, cols = choose_grid(height, width, pad, per_pixel, budget)
+    one, total, plan = _grid_cost(height, width, rows, cols, pad)
+    max_rows, max_cols = max(1, height // MIN_AUTO_TILE), max(1, width // MIN_AUTO_TILE)
+    fitting = [(r, c) for r in range(1, max_rows + 1) for c in range(1, max_cols + 1)
+               if _grid_cost(height, width, r, c, pad)[0] * per_pixel <= budget]
+    if not fitting:
+        assert (rows, cols) == (max_rows, max_cols)  # the finest grid; out-of-memory retries go on from there
+        return
+    assert one * per_pixel <= budget
+    cheapest = min(_grid_cost(height, width, r, c, pad)[1] for r, c in fitting)
+    assert total == cheapest
+    if height * width * per_pixel <= budget:
+        assert (rows, cols) == (1, 1) and plan.computed_ratio == 1.0
+    if any(_grid_cost(height, width, r, c, pad)[2].computed_ratio <= 1.10 for r, c in fitting):
+        assert plan.computed_ratio <= 1.10
+
+
+def test_a_large_image_with_room_for_big_windows_computes_at_most_1_10x_its_pixels():
+    from restorecli.engine.tiling import choose_grid
+
+    per_pixel = 5471  # about x4plus in bf16
+    for height, width in ((2000, 3000), (1080, 1920), (4000, 6000)):
+        rows, cols = choose_grid(height, width, 24, per_pixel, per_pixel * 1100 * 1100)
+        plan = plan_grid(height, width, rows, cols, 24)
+        assert plan.computed_ratio <= 1.10, (height, width, rows, cols, plan.computed_ratio)
+
+
+def test_grids_account_for_the_padding_spandrel_adds():
+    """A model that wants multiples of 16 is padded up to them: those pixels cost memory and time too."""
+    from dataclasses import replace
+
+    from restorecli.engine.tiling import choose_grid, network_window
+
+    spec = replace(_spec(), multiple_of=16, minimum_size=32)
+    assert network_window(spec, 20, 33) == (32, 48)
+    assert network_window(replace(spec, square=True), 20, 33) == (48, 48)
+    rows, cols = choose_grid(300, 500, 16, 1000, 1000 * 200 * 200, spec)
+    one, _, _ = _grid_cost(300, 500, rows, cols, 16, spec)
+    assert one * 1000 <= 1000 * 200 * 200
+
+
+def _spec():
+    from pathlib import Path
+
+    from restorecli.engine.model import ModelSpec
+
+    return ModelSpec(name="m", path=Path("m"), architecture="Compact", scale=2, default_outscale=2.0, input_channels=3,
+                     output_channels=3, supports_half=True, supports_bfloat16=True, multiple_of=1, minimum_size=0,
+                     square=False, tileable=True, max_features=64)
+
+
+def test_a_512_input_that_fits_the_budget_runs_as_one_tile(tmp_path, monkeypatch):
+    from restorecli.engine import tiling
+
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    per_pixel = tiling.estimate_bytes_per_pixel(model, torch.float32)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: per_pixel * 512 * 512)
+    recorder = _with_recorder(model)
+    result = upscale(model, ASTRONAUT, device=CPU, tile=None, pad=24)
+    assert (result.tiles, result.tile, result.computed_ratio) == (1, 0, 1.0)
+    assert recorder.batches == [(1, 3, 512, 512)]
+
+
+def test_with_less_memory_the_tiles_fit_the_budget_by_the_table(tmp_path, monkeypatch):
+    from restorecli.engine import tiling
+
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    per_pixel = tiling.estimate_bytes_per_pixel(model, torch.float32)
+    budget = per_pixel * 310 * 310  # windows of 304 x 304 (2 x 2 tiles) and 512 x 176 (1 x 4) fit, 304 x 512 not
+    monkeypatch.setattr(tiling, "available_memory", lambda device: budget)
+    recorder = _with_recorder(model)
+    result = upscale(model, ASTRONAUT, device=CPU, tile=None, pad=24)
+    assert result.tiles > 1 and result.computed_ratio > 1.0
+    assert all(n * h * w * per_pixel <= budget for n, _, h, w in recorder.batches)
+    plan = tiling.auto_plan(model, 512, 512, device=CPU, dtype=torch.float32, pad=24)
+    assert (plan.rows * plan.cols, plan.computed_ratio) == (result.tiles, result.computed_ratio)
+    # four columns, with no overlap between rows, compute fewer pixels than 2 x 2 tiles would
+    assert (plan.rows, plan.cols, plan.computed_ratio) == (1, 4, pytest.approx(4 * 512 * 176 / 512**2))
+    assert psnr(result.image, upscale(model, ASTRONAUT, device=CPU, tile=0).image) >= 45  # the seam bar
+
+
+def test_an_untileable_model_runs_whole_whatever_the_budget(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from restorecli.engine import tiling
+
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    model.spec = replace(model.spec, tileable=False)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 1000)
+    assert len(tiling.auto_plan(model, 512, 512, device=CPU, dtype=torch.float32, pad=24).tiles) == 1
+
+
+def test_the_plan_reports_its_tile_and_computed_ratio():
+    plan = plan_grid(100, 300, 1, 3, 10)
+    assert plan.tile == 100 and plan.computed_ratio == pytest.approx(3 * 100 * 120 / (100 * 300))
+    assert plan_tiles(100, 300, 0, 10).tile == 0 and plan_tiles(100, 300, 0, 10).computed_ratio == 1.0
+
+
+# --- quantising --------------------------------------------------------------------------------------------------
+
+
+def _reference(values: torch.Tensor, maxval: float) -> np.ndarray:
+    """What the output pixels are: the float result clamped, scaled, rounded (half to even), as numpy does it."""
+    as_float = values.float().permute(1, 2, 0).numpy()
+    return np.round(np.clip(as_float, 0, 1) * np.float32(maxval)).astype(np.uint16 if maxval > 255 else np.uint8)
+
+
+def _awkward_values(dtype):
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(3, 37, 53, generator=generator) * 1.2 - 0.1  # out of range both ways, too
+    # exact halves after scaling (127.5, 32767.5, ...) and the ends
+    values[0, 0, :6] = torch.tensor([0.5, 0.0, 1.0, 1.5 / 255, 2.5 / 255, 32767.5 / 65535])
+    return values.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("depth", [np.uint8, np.uint16])
+def test_quantising_gives_the_reference_pixels(dtype, depth, monkeypatch):
+    from restorecli.engine import tiling
+
+    monkeypatch.setattr(tiling, "_QUANTISE_ELEMENTS", 500)  # several chunks, a partial last one
+    values = _awkward_values(dtype)
+    maxval = 255.0 if depth == np.uint8 else 65535.0
+    expected = _reference(values, maxval)
+    out = np.zeros((37, 53, 3), depth)
+    tiling.quantise(values.clone(), tiling._tensor_of(out), maxval)  # float32 values are scaled in place
+    np.testing.assert_array_equal(out, expected)
+    # a strided view of channels_last memory, as tiles' outputs are, into a strided view of rows
+    wide = torch.zeros(1, 3, 40, 60, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    wide[0, :, 2:39, 4:57] = values
+    rows = np.zeros((50, 70, 3), depth)
+    tiling.quantise(wide[0, :, 2:39, 4:57], tiling._tensor_of(rows)[5:42, 9:62], maxval)
+    np.testing.assert_array_equal(rows[5:42, 9:62], expected)
+    assert not rows[:5].any() and not rows[:, :9].any()
+
+
+def test_sixteen_bit_pixels_on_a_torch_without_uint16_go_through_int16_bits(monkeypatch):
+    from restorecli.engine import tiling
+
+    monkeypatch.setattr(tiling, "_UINT16", None)
+    values = _awkward_values(torch.float32)
+    expected = _reference(values, 65535.0)
+    out = np.zeros((37, 53, 3), np.uint16)
+    view = tiling._tensor_of(out)
+    assert view.dtype == torch.int16
+    tiling.quantise(values, view, 65535.0)
+    np.testing.assert_array_equal(out, expected)
+    assert out.max() > 32767
+
+
+def test_float_outputs_are_the_values_as_they_are():
+    from restorecli.engine import tiling
+
+    values = _awkward_values(torch.bfloat16)
+    out = np.zeros((37, 53, 3), np.float32)
+    tiling.quantise(values, tiling._tensor_of(out), None)
+    np.testing.assert_array_equal(out, values.float().permute(1, 2, 0).numpy())
+
+
+def test_only_cuda_is_staged_and_the_cpu_path_never_touches_cuda(tmp_path, monkeypatch):
+    """Pinned buffers and side streams are for CUDA alone; on the CPU the output rows are written in place."""
+    from restorecli.engine import tiling
+
+    assert tiling.staged(torch.device("cuda")) and tiling.staged(torch.device("cuda:1"))
+    assert not tiling.staged(CPU) and not tiling.staged(torch.device("mps"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CPU path used CUDA")
+
+    for name in ("Stream", "Event", "current_stream", "stream"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: refuse() if k.get("pin_memory") else real_empty(*a, **k))
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    sink = _StripRecorder()
+    upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4, sink=sink)
+    assert len(sink.strips) == 3
+    assert upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4).image.shape == (80, 100, 3)
