@@ -847,7 +847,7 @@ def _peak_rss_of_restore(*args) -> int:
 @pytest.mark.parametrize("fmt, outscale", [("png", None), ("png", "2"), ("png", "3"), ("png", "6"), ("jpg", None)])
 def test_a_large_image_is_restored_without_holding_its_output(make_model, tmp_path, fmt, outscale):
     """1000x1000 -> 4000x4000 (a 48 MB uint8 output) as PNG or JPEG, or resized on the way to 2000x2000,
-    3000x3000 or 6000x6000 (108 MB): the process peaks less than half of the model's result or of the output,
+    3000x3000 or 6000x6000 (108 MB): the process peaks less than 3/4 of the model's result or of the output,
     whichever is larger, above the same command on a 256x256 image (which runs the same batches of 64 px
     tiles). Holding either whole would take all of it."""
     import cv2
@@ -866,7 +866,9 @@ def test_a_large_image_is_restored_without_holding_its_output(make_model, tmp_pa
     side = 1000 * int(outscale or 4)
     assert read_rgb(tmp_path / "o2" / f"large.{fmt}").shape == (side, side, 3)
     whole_bytes = max(4000, side) ** 2 * 3
-    assert peak - baseline < whole_bytes / 2, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"
+    # what is held beside the strips: the writer thread's queue (4 MiB), the PNG deflate threads' segments (2 MiB
+    # each, 2 a thread) and the allocator's arenas for those threads, measured at 25-33 MiB on 2 cores
+    assert peak - baseline < whole_bytes * 0.75, f"{(peak - baseline) / 2**20:.0f} MiB above the small run"
 
 
 def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
@@ -880,10 +882,12 @@ def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
                   on_progress=lambda event, payload: events.append((event, payload)))
     names = [e for e, _ in events]
     assert names[0] == "start" and names.count("done") == 2
-    camera_tiles = [p for e, p in events[: names.index("done")] if e == "tiles"]
+    second = names.index("item", names.index("item") + 1)  # the camera's file is written while the rocket runs
+    camera_tiles = [p for e, p in events[:second] if e == "tiles"]
     assert camera_tiles[-1] == (16, 16)  # 128x128 in 32 px tiles, streamed to PNG
-    rocket_tiles = [p for e, p in events[names.index("done"):] if e == "tiles"]
+    rocket_tiles = [p for e, p in events[second:] if e == "tiles"]
     assert rocket_tiles[-1] == (6, 6)  # 96x64, through the whole-image path (JPEG)
+    assert [p.input for e, p in events if e == "done"] == [str(photos / "cameraman_gray.png"), str(photos / "rocket.jpg")]
     renderer = BatchRenderer(as_json=True, stdout=io.StringIO())
     renderer("start", 2)
     renderer("item", "photos/cameraman_gray.png")

@@ -269,6 +269,44 @@ def test_an_output_with_faces_is_written_a_strip_at_a_time(tmp_path, make_model,
     assert (tmp_path / "o" / "framed.png").read_bytes() == whole.data and whole.faces == 1
 
 
+def test_the_next_images_faces_are_found_while_the_model_runs(tmp_path, make_model, face_files, monkeypatch):
+    """Face detection is part of reading ahead: image 2's faces are looked for on the reader thread while image 1
+    is in the model (which waits for it here: without the overlap it would wait in vain)."""
+    import threading
+
+    import restorecli.pipeline as pipeline
+    from restorecli.engine.faces.enhance import FaceStage
+    from restorecli.pipeline import RestoreOptions, restore_batch
+
+    weights, detector_path = face_files
+    photos = []
+    for name in ("a", "b"):
+        framed = np.full((192, 160, 3), 128, np.uint8)
+        framed[32:160, 16:144] = read_rgb(TEST_INPUTS / "astronaut_face.jpg")
+        photos.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(photos[-1]), cv2.cvtColor(framed, cv2.COLOR_RGB2BGR))
+    detecting, threads = threading.Event(), []
+    real_plan, real_rows = FaceStage.plan, pipeline.enhance_rows
+
+    def plan(self, source, size, options):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            detecting.set()
+        return real_plan(self, source, size, options)
+
+    def model(*args):
+        assert detecting.is_set() or detecting.wait(60), "image 2's faces were not looked for during image 1"
+        return real_rows(*args)
+
+    monkeypatch.setattr(FaceStage, "plan", plan)
+    monkeypatch.setattr(pipeline, "enhance_rows", model)
+    options = RestoreOptions(model=str(make_model(2)), weights_dir=str(weights), face_enhance=True,
+                             face_model="gfpgan-1.3", face_detector=str(detector_path), output_dir=str(tmp_path / "o"))
+    batch = restore_batch([str(p) for p in photos], options)
+    assert [(i.status, i.faces) for i in batch.items] == [("ok", 1), ("ok", 1)]
+    assert len(threads) == 2 and all(name.startswith("restorecli-read") for name in threads)
+
+
 def _restore(*args):
     return runner.invoke(app, ["restore", *map(str, args)])
 

@@ -262,7 +262,8 @@ def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, mode
 def test_sigterm_finishes_the_image_in_hand_and_leaves_the_job_resumable(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     w = spawn_worker(queue, "--lease", 30, "--poll", 0.2, slow=1.0)
-    wait_for(lambda: (job(queue, job_id).current or "").endswith("b.jpg"), what="second image")
+    # "b.jpg (reading c.jpg ahead)": the model has the second image, the third is read meanwhile
+    wait_for(lambda: (job(queue, job_id).current or "").split(" (reading")[0].endswith("b.jpg"), what="second image")
     w.send_signal(signal.SIGTERM)
     out, err = w.communicate(timeout=60)
     assert w.returncode == 0, err
@@ -483,13 +484,13 @@ def test_a_full_disk_stops_the_worker_and_gives_the_job_back_resumable(tmp_path,
     disk_fills(None)
     import restorecli.pipeline as pipeline
 
-    real_restore, done = pipeline.Restorer.restore_file, []
+    real_restore, done = pipeline.Restorer.restore_behind, []
 
-    def counting(self, data, source, *args, **kwargs):
+    def counting(self, prepared, source, *args, **kwargs):
         done.append(source)
-        return real_restore(self, data, source, *args, **kwargs)
+        return real_restore(self, prepared, source, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.Restorer, "restore_file", counting)
+    monkeypatch.setattr(pipeline.Restorer, "restore_behind", counting)
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     assert job(queue, first).status == "completed" and job(queue, second).status == "completed"
     assert len(done) == 3  # b and c of the first job, and the second job's image: a was kept

@@ -8,9 +8,11 @@ from __future__ import annotations
 import errno
 import time
 import warnings
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -27,13 +29,14 @@ from .engine.enhance import (
 )
 from .engine.faces.enhance import (
     FaceOptions,
+    FacePlan,
     FaceReport,
     FaceStage,
 )
 from .engine.precision import checked, is_precision_error
 from .engine.tiling import TileProgress
 from .errors import ImageError, PrecisionFallback, RestoreCliError, UsageError
-from .files import STDIO, atomic_writer, check_output_folder, remove_abandoned_temporaries, write_atomic
+from .files import STDIO, check_output_folder, remove_abandoned_temporaries, write_atomic
 from .images import (
     SIXTEEN_BIT_FORMATS,
     STRIP_WRITERS,
@@ -52,6 +55,7 @@ from .models.integrity import sha256_of
 from .models.loading import LoadedModel, load_face_weights, load_model, weights_dir
 from .models.registry import REGISTRY
 from .options import RestoreOptions
+from .overlap import Halted, ReadAhead, WriteBehind
 from .plan import (
     BatchResult,
     FileFacts,
@@ -67,6 +71,9 @@ from .plan import (
     output_path_for,
     plan_outputs,
 )
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ class Restorer:
         warnings.warn(PrecisionFallback(f"{self.model.spec.name} ({self.model.spec.architecture}) runs in fp32: "
                                         f"{reason}"), stacklevel=2)
 
-    def _guarded(self, name: str, run: Callable[[], Restored]) -> Restored:
+    def _guarded(self, name: str, run: Callable[[], T]) -> T:
         """``run()``, the restoring of one image. Where it fails for its reduced precision: under ``auto`` the
         model moves to fp32 for this image and the rest (the probe at load missed the case); an explicit
         ``--precision`` stays what was asked, and the failure is this image's error, saying what to do."""
@@ -182,52 +189,77 @@ class Restorer:
 
     def _restore(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
                  on_tile: TileProgress | None = None, fmt: OutputFormat | None = None,
-                 ) -> tuple[Enhanced, FaceReport | None]:
+                 faces: FacePlan | None = None) -> tuple[Enhanced, FaceReport | None]:
+        """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead)."""
         model, engine = self._runner(color, fmt)
         result = enhance(model, color, alpha, engine, options.outscale, on_tile)
-        report = self.faces.enhance(result.color, color, _face_options(options)) if self.faces is not None else None
+        report = None
+        if self.faces is not None:
+            if faces is None:
+                report = self.faces.enhance(result.color, color, _face_options(options))
+            else:
+                report = self.faces.restore(result.color[faces.top : faces.bottom], faces)
         return result, report
+
+    def prepare(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat) -> Prepared:
+        """What comes before the model, for an image of ``data`` to be restored as ``fmt``: decoded, its output's
+        size checked, its faces found (with ``--face-enhance``). Reads no model state that restoring changes,
+        so a batch runs it for the next image on another thread."""
+        decoded = decode_image(data, name, options.max_pixels)
+        size = target_size(self.model, *decoded.size, options.outscale)
+        check_output_size(name, fmt, size)
+        faces = self.faces.plan(decoded.color, size, _face_options(options)) if self.faces is not None else None
+        return Prepared(decoded, size, self._streams(decoded, options, fmt), faces)
 
     def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
                       faces_stem: str | None = None, on_tile: TileProgress | None = None) -> Restored:
         """Decode, enhance (and restore faces) and encode one image as ``fmt``. With ``--save-faces``,
         the aligned and restored crops are written under ``faces_stem``. ``on_tile(done, total)`` follows
         the tiles of each pass through the model."""
-        decoded = decode_image(data, name, options.max_pixels)
-        check_output_size(name, fmt, target_size(self.model, *decoded.size, options.outscale))
-        return self._guarded(name, lambda: self._restore_encoded(decoded, name, options, fmt, faces_stem, on_tile))
+        return self.encode_prepared(self.prepare(data, name, options, fmt), name, options, fmt, faces_stem, on_tile)
 
-    def restore_file(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
-                     on_tile: TileProgress | None = None) -> Restored:
-        """``restore_bytes`` written atomically to ``output``. The output is encoded a strip of rows at a time as
-        the tiles finish, resized to ``--outscale`` on the way, so its colour planes are never whole in memory (an
-        alpha plane is; with faces, the rows from the first face's top to the last face's bottom are held until
-        the faces are restored; WebP's writer gathers the rows for its encoder)."""
-        decoded = decode_image(data, name, options.max_pixels)
-        size = target_size(self.model, *decoded.size, options.outscale)
-        check_output_size(name, fmt, size)
-        return self._guarded(name, lambda: self._restore_to_file(decoded, name, options, fmt, output, size, on_tile))
+    def encode_prepared(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
+                        faces_stem: str | None = None, on_tile: TileProgress | None = None) -> Restored:
+        """``restore_bytes`` of an image ``prepare`` made ready."""
+        return self._guarded(name, lambda: self._restore_encoded(prepared, name, options, fmt, faces_stem, on_tile))
 
-    def _restore_to_file(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
-                         output: Path, size: tuple[int, int], on_tile: TileProgress | None) -> Restored:
-        if not self._streams(decoded, options, fmt):
-            restored = self._restore_encoded(decoded, name, options, fmt, output.stem, on_tile)
-            write_atomic(output, restored.data)  # type: ignore[arg-type]
-            return restored
+    def restore_behind(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
+                       behind: WriteBehind, on_tile: TileProgress | None = None) -> tuple[Restored, Future[float]]:
+        """Run the model on an image ``prepare`` made ready, the output handed to ``behind`` to encode and write
+        while the caller goes on; returns what was restored and the future of the file being complete (or of the
+        error that lost it). The output is encoded a strip of rows at a time as the tiles finish, resized to
+        ``--outscale`` on the way, so its colour planes are never whole in memory (an alpha plane is; with faces,
+        the rows from the first face's top to the last face's bottom are held until the faces are restored;
+        WebP's writer gathers the rows for its encoder). ``--save-faces`` crops are written after the output."""
+        return self._guarded(name, lambda: self._restore_to_file(prepared, name, options, fmt, output, behind,
+                                                                 on_tile))
+
+    def _restore_to_file(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
+                         output: Path, behind: WriteBehind,
+                         on_tile: TileProgress | None) -> tuple[Restored, Future[float]]:
+        decoded, size, plan = prepared.decoded, prepared.size, prepared.faces
+        faces = len(plan.faces) if plan is not None else None
+        if not prepared.streams:
+            result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt, plan)
+            out_size = (result.color.shape[1], result.color.shape[0])
+            written = behind.file(output, lambda: encode_image(result.color, result.alpha, fmt, quality=options.quality,
+                                                               **decoded.metadata_for(out_size)),
+                                  result.color.nbytes + (result.alpha.nbytes if result.alpha is not None else 0),
+                                  then=_faces_saver(options, output.stem, report))
+            return Restored(None, decoded.size, out_size, faces), written
         planes = decoded.color.shape[2] + (decoded.alpha is not None)
-        plan = self.faces.plan(decoded.color, size, _face_options(options)) if self.faces is not None else None
-        with atomic_writer(output) as handle:
-            writer = strip_writer(fmt, handle, *size, planes, decoded.color.dtype, quality=options.quality,
-                                  **decoded.metadata_for(size))
-            sink = writer
-            if plan is not None and plan.faces:
-                sink = self.faces.rows(writer, plan, decoded.color.shape[2])
+        strips = behind.strips(output, lambda handle: strip_writer(fmt, handle, *size, planes, decoded.color.dtype,
+                                                                   quality=options.quality,
+                                                                   **decoded.metadata_for(size)))
+        try:
+            sink = self.faces.rows(strips, plan, decoded.color.shape[2]) if plan is not None and plan.faces else strips
             model, engine = self._runner(decoded.color, fmt)
             enhance_rows(model, decoded.color, engine, sink, on_tile, options.outscale, decoded.alpha)
-            writer.close()
-        if sink is not writer and sink.reports and options.save_faces:  # the last pass's crops
-            _save_faces(Path(options.save_faces), output.stem, sink.reports[-1])
-        return Restored(None, decoded.size, size, len(plan.faces) if plan is not None else None)
+        except BaseException:
+            strips.abort()
+            raise
+        report = sink.reports[-1] if sink is not strips and sink.reports else None  # the last pass's crops
+        return Restored(None, decoded.size, size, faces), strips.finish(then=_faces_saver(options, output.stem, report))
 
     def _streams(self, decoded: DecodedImage, options: RestoreOptions, fmt: OutputFormat) -> bool:
         # 16-bit grey+alpha TIFFs are written as RGB+alpha (see encode_image), which the strips are not
@@ -235,9 +267,10 @@ class Restorer:
                              and decoded.color.dtype == np.uint16)
         return fmt in STRIP_WRITERS and not grey16_alpha_tiff and streamable(self.model, decoded.color)
 
-    def _restore_encoded(self, decoded: DecodedImage, name: str, options: RestoreOptions, fmt: OutputFormat,
+    def _restore_encoded(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
                          faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:
-        result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt)
+        decoded = prepared.decoded
+        result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces)
         if report is not None and options.save_faces and report.aligned:
             _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
         size = (result.color.shape[1], result.color.shape[0])
@@ -246,9 +279,27 @@ class Restorer:
                         len(report.faces) if report is not None else None)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An image ready for the model (``Restorer.prepare``): decoded, its output's (w, h), whether the output can
+    be written a strip at a time, and its faces' plan (with ``--face-enhance``)."""
+
+    decoded: DecodedImage
+    size: tuple[int, int]
+    streams: bool
+    faces: FacePlan | None
+
+
 def _face_options(options: RestoreOptions) -> FaceOptions:
     return FaceOptions(weight=options.face_weight, only_center=options.only_center_face, max_faces=options.max_faces,
                        min_size=options.min_face_size, threshold=options.face_threshold)
+
+
+def _faces_saver(options: RestoreOptions, stem: str, report: FaceReport | None) -> Callable[[], None] | None:
+    """What writes ``--save-faces`` crops of ``report`` once the output is in place (None: nothing to write)."""
+    if report is None or not options.save_faces or not report.aligned:
+        return None
+    return lambda: _save_faces(Path(options.save_faces), stem, report)  # type: ignore[arg-type]
 
 
 def _save_faces(folder: Path, stem: str, report: FaceReport) -> None:
@@ -280,6 +331,11 @@ def _planned_scale(options: RestoreOptions) -> float | None:
 _STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
 
 
+def storage_full(exc: BaseException) -> bool:
+    """Whether every later output would fail as this write did (no space, over quota, read-only)."""
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_FULL
+
+
 @dataclass(frozen=True)
 class _Batch:
     """What the images of one batch share: its options, its output plan, the models and the streams."""
@@ -289,8 +345,58 @@ class _Batch:
     restorer: Restorer | None  # None: a dry run
     stdin: BinaryIO | None
     stdout: BinaryIO | None
-    on_tile: TileProgress
     swept: set[Path] = field(default_factory=set)  # output folders already rid of temporary files killed runs left
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """One input as the reader thread left it: decided already (``result``: skipped, planned, failed), or
+    ``prepared`` for the model with its plan."""
+
+    item: InputItem
+    t0: float
+    result: ItemResult | None = None
+    halted: str | None = None
+    planned: PlannedOutput | None = None
+    fmt: OutputFormat | None = None
+    prepared: Prepared | None = None
+
+
+class _InOrder:
+    """The batch's results, reported (``done``) in the batch's order as they finish: an image being written
+    behind holds back the results after it. The first result that halts the batch (a full disk) is the last."""
+
+    def __init__(self, notify: ProgressCallback):
+        self.notify = notify
+        self.results: list[ItemResult] = []
+        self.halted: str | None = None
+        self._waiting: deque[tuple[Future[float] | None, Callable[[Future[float] | None], tuple[ItemResult,
+                                                                                               str | None]]]] = deque()
+
+    def add(self, result: ItemResult, halted: str | None = None) -> None:
+        self._waiting.append((None, lambda _: (result, halted)))
+
+    def add_written(self, written: Future[float], settle: Callable[[Future[float]], tuple[ItemResult, str | None]],
+                    ) -> None:
+        self._waiting.append((written, settle))  # type: ignore[arg-type]
+
+    def report(self, wait: bool = False) -> None:
+        """Report each result at the front that is settled (with ``wait``: every one, waiting for their files)."""
+        while self._waiting and self.halted is None:
+            written, settle = self._waiting[0]
+            if written is not None and not written.done():
+                if not wait:
+                    return
+                try:
+                    written.exception()  # waits; timed out never
+                except BaseException:  # cancelled: settled below
+                    pass
+            self._waiting.popleft()
+            result, self.halted = settle(written)
+            self.results.append(result)
+            self.notify("done", result)
+        if self.halted is not None:
+            self._waiting.clear()  # begun after the batch's end: left for the next run, as if never started
 
 
 def restore_batch(
@@ -308,7 +414,13 @@ def restore_batch(
     asked before each image: when it says yes, the batch ends there (the rest is left for a later run).
     ``items``, when given, replaces the expansion of ``inputs`` (callers that already know each output's place).
     Each output is planned (``OutputPlanner``) as the batch reaches its image, then written, described (a dry
-    run: ``status="planned"``), skipped or counted an error as planned."""
+    run: ``status="planned"``), skipped or counted an error as planned.
+
+    The model never waits for the host: while it runs on image i, image i+1 is read, decoded and its faces found
+    on a reader thread (``ReadAhead``), and image i-1 is encoded and written on a writer thread (``WriteBehind``).
+    Results are still reported in the batch's order, each once its file is in place (so an image's ``done`` may
+    come after the next one's ``item``); ``("reading", source)`` says an input is being read ahead. A stop, a
+    signal or a full disk leaves no partial file, and what was reported done is on disk."""
     started = time.perf_counter()
     notify = on_progress or (lambda event, payload: None)
     items = _batch_items(inputs, options, stdout, items)
@@ -320,24 +432,35 @@ def restore_batch(
     notify("start", len(items))  # before the model loads, so a stop while it loads counts the batch too
     if restorer is None and not options.dry_run:
         restorer = Restorer.from_options(options)
+    batch = _Batch(options, planner, restorer, stdin, stdout)
+    order = _InOrder(notify)
+    reading = ReadAhead(items, lambda item: _prepare(batch, item), lambda item: notify("reading", item.source))
+    with WriteBehind(stops=storage_full) as behind, reading as ahead:
 
-    def on_tile(done: int, total: int) -> None:
-        notify("tiles", (done, total))
+        def on_tile(done: int, total: int) -> None:
+            notify("tiles", (done, total))
+            order.report()  # the image before, written meanwhile
+            if order.halted is not None:
+                raise Halted(order.halted)
 
-    batch = _Batch(options, planner, restorer, stdin, stdout, on_tile)
-    results: list[ItemResult] = []
-    halted: str | None = None  # why the batch ended early on its own
-    for item in items:
-        if should_stop is not None and should_stop():
-            break
-        notify("item", item.source)
-        result, halted = _restore_item(batch, item)
-        results.append(result)
-        notify("done", result)
-        if halted:
-            break
-    return BatchResult(results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
-                       halted=halted)
+        try:
+            for _ in items:
+                if should_stop is not None and should_stop():
+                    break
+                ready = ahead.take()
+                if should_stop is not None and should_stop():  # asked while it was read: before its model time
+                    break
+                notify("item", ready.item.source)
+                _restore_item(batch, ready, behind, order, on_tile)
+                order.report()
+                if order.halted is not None:
+                    break
+        except Halted:
+            pass  # an earlier output's disk is full: its result, reported below, says so
+        finally:  # on a signal too: what was finished is written and reported; the image in hand was dropped
+            order.report(wait=True)
+    return BatchResult(order.results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
+                       halted=order.halted)
 
 
 def _batch_items(inputs: list[str], options: RestoreOptions, stdout: BinaryIO | None,
@@ -351,9 +474,9 @@ def _batch_items(inputs: list[str], options: RestoreOptions, stdout: BinaryIO | 
     return collect_inputs(inputs, options.recursive, exclude=None if to_stdout else Path(options.output_dir))
 
 
-def _restore_item(batch: _Batch, item: InputItem) -> tuple[ItemResult, str | None]:
-    """Read one image, plan its output, then act on the plan. Returns the image's result and, where its failure
-    ends the batch (the output's disk is full or read-only), why."""
+def _prepare(batch: _Batch, item: InputItem) -> _Ready:
+    """Read one image and plan its output; where it is to be restored, decode it and find its faces (the reader
+    thread's work, an image ahead of the model)."""
     t0 = time.perf_counter()
     planned: PlannedOutput | None = None
     in_size = None
@@ -361,20 +484,67 @@ def _restore_item(batch: _Batch, item: InputItem) -> tuple[ItemResult, str | Non
         data, in_size, input_format = _read_source(item, batch.stdin, batch.options.max_pixels)
         planned = batch.planner.plan(item, input_format)
         if planned.action == "skip":
-            return ItemResult(item.source, str(planned.output), "skipped", planned.reason), None
+            return _Ready(item, t0, ItemResult(item.source, str(planned.output), "skipped", planned.reason))
         if planned.action == "error":
-            return _error(item, planned.output, planned.reason or "", in_size, t0), None
+            return _Ready(item, t0, _error(item, planned.output, planned.reason or "", in_size, t0))
         if batch.options.dry_run:
-            return _dry_run_result(planned, data, batch.options), None
-        done = _write(batch, planned, data, output_format(batch.options, input_format))
-        return ItemResult(item.source, str(planned.output) if planned.output else STDIO, "ok", None, done.in_size,
-                          done.out_size, round(time.perf_counter() - t0, 3), done.faces), None
+            return _Ready(item, t0, _dry_run_result(planned, data, batch.options), planned=planned)
+        fmt = output_format(batch.options, input_format)
+        assert batch.restorer is not None
+        return _Ready(item, t0, planned=planned, fmt=fmt,
+                      prepared=batch.restorer.prepare(data, item.source, batch.options, fmt))
     except ImageError as exc:
-        return _failure(item, planned.output if planned else None, exc, in_size, t0)
+        return _Ready(item, t0, *_failure(item, planned.output if planned else None, exc, in_size, t0))
+    except RestoreCliError:
+        raise
+    except Exception as exc:  # a codec or memory failure on this image, or one nobody foresaw
+        return _Ready(item, t0, *_failure(item, planned.output if planned else None, exc, in_size, t0))
+
+
+def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InOrder, on_tile: TileProgress) -> None:
+    """Act on one input's plan at its turn: its result goes to ``order`` now, or once its file is written."""
+    planned, prepared, item, t0 = ready.planned, ready.prepared, ready.item, ready.t0
+    in_size = prepared.decoded.size if prepared is not None else None
+    if planned is not None and planned.output is not None:  # a write (or a dry run's) planned an image ago
+        planned = batch.planner.recheck(planned)  # another run may have finished or begun it meanwhile
+        if planned.action == "skip":
+            return order.add(ItemResult(item.source, str(planned.output), "skipped", planned.reason))
+        if planned.action == "error":
+            return order.add(_error(item, planned.output, planned.reason or "", in_size, t0))
+    if ready.result is not None:
+        return order.add(ready.result, ready.halted)
+    assert planned is not None and prepared is not None and ready.fmt is not None and batch.restorer is not None
+    output = planned.output
+    try:
+        if output is None:  # -o -: onto stdout
+            assert batch.stdout is not None
+            done = batch.restorer.encode_prepared(prepared, item.source, batch.options, ready.fmt, "stdin", on_tile)
+            batch.stdout.write(done.data)  # type: ignore[arg-type]
+            batch.stdout.flush()
+            return order.add(_ok(item, STDIO, done, t0, time.perf_counter()))
+        if output.parent not in batch.swept:
+            remove_abandoned_temporaries(output.parent)
+            batch.swept.add(output.parent)
+        done, written = batch.restorer.restore_behind(prepared, item.source, batch.options, ready.fmt, output, behind,
+                                                      on_tile)
+    except ImageError as exc:
+        return order.add(*_failure(item, output, exc, in_size, t0))
     except RestoreCliError:
         raise
     except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
-        return _failure(item, planned.output if planned else None, exc, in_size, t0)
+        return order.add(*_failure(item, output, exc, in_size, t0))
+
+    def settle(future: Future[float]) -> tuple[ItemResult, str | None]:
+        exc = future.exception()
+        if exc is None:
+            return _ok(item, str(output), done, t0, future.result()), None
+        return _failure(item, output, exc if isinstance(exc, Exception) else RuntimeError(str(exc)), in_size, t0)
+
+    order.add_written(written, settle)
+
+
+def _ok(item: InputItem, output: str, done: Restored, t0: float, finished: float) -> ItemResult:
+    return ItemResult(item.source, output, "ok", None, done.in_size, done.out_size, round(finished - t0, 3), done.faces)
 
 
 def _dry_run_result(planned: PlannedOutput, data: bytes, options: RestoreOptions) -> ItemResult:
@@ -383,23 +553,6 @@ def _dry_run_result(planned: PlannedOutput, data: bytes, options: RestoreOptions
     out_size = output_size(*in_size, scale) if scale else None
     return ItemResult(planned.item.source, str(planned.output) if planned.output else STDIO, "planned", None,
                       in_size, out_size)
-
-
-def _write(batch: _Batch, planned: PlannedOutput, data: bytes, fmt: OutputFormat) -> Restored:
-    """Restore one image as planned: into its output file, or onto stdout where it has none (``-o -``)."""
-    restorer, item, output = batch.restorer, planned.item, planned.output
-    assert restorer is not None
-    if output is None:
-        assert batch.stdout is not None
-        done = restorer.restore_bytes(data, item.source, batch.options, fmt, faces_stem="stdin",
-                                      on_tile=batch.on_tile)
-        batch.stdout.write(done.data)  # type: ignore[arg-type]
-        batch.stdout.flush()
-        return done
-    if output.parent not in batch.swept:
-        remove_abandoned_temporaries(output.parent)
-        batch.swept.add(output.parent)
-    return restorer.restore_file(data, item.source, batch.options, fmt, output, batch.on_tile)
 
 
 def _failure(item: InputItem, output: Path | None, exc: Exception, in_size: tuple[int, int] | None,
@@ -411,7 +564,7 @@ def _failure(item: InputItem, output: Path | None, exc: Exception, in_size: tupl
         return _error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0), None
     where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
     halted = None
-    if exc.errno in _STORAGE_FULL and output is not None:
+    if storage_full(exc) and output is not None:
         # every later image would fail the same way, after spending its model time: stop here
         halted = f"{exc.strerror}: {exc.filename or output.parent}"
     return _error(item, output, f"{item.source}: {exc.strerror or exc}{where}", in_size, t0), halted

@@ -213,6 +213,13 @@ class OutputPlanner:
             return PlannedOutput(item, "error", None, str(exc))
         return self._taken(item, output) or self._existing(item, output) or PlannedOutput(item, "write", output)
 
+    def recheck(self, planned: PlannedOutput) -> PlannedOutput:
+        """``planned`` again as its writing begins (a batch plans an image ahead of the model): an output that
+        another run finished or began since then is skipped. Only a write to a file is looked at again."""
+        if planned.action != "write" or planned.output is None:
+            return planned
+        return self._existing(planned.item, planned.output) or planned
+
     def _taken(self, item: InputItem, output: Path) -> PlannedOutput | None:
         """The plan for an output an earlier input of the batch claimed; None for one still free."""
         earlier = claim_name(self._claimed, str(output.resolve()), item.source, self.facts.identity)

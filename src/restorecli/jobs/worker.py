@@ -184,10 +184,16 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             return settle_setup_error(store, lease, work, exc, emit)
 
         finished: list[dict] = []
+        in_hand: dict[str, str | None] = {"model": None, "reading": None}  # the image the model runs, the next
 
         def on_progress(event: str, payload: object) -> None:
+            if event in ("item", "reading"):  # recorded first, so a crash in its decoder or model names it
+                name = stored.get(str(payload), str(payload))
+                in_hand["model" if event == "item" else "reading"] = name
+                model, ahead = in_hand["model"], in_hand["reading"]
+                current = model if ahead in (None, model) else f"{model} (reading {ahead} ahead)" if model else ahead
+                store.renew(lease, options.lease, current=current)
             if event == "item":
-                store.renew(lease, options.lease, current=stored.get(str(payload), str(payload)))
                 emit("image", {"job_id": job.id, "input": stored.get(str(payload), str(payload))})
             elif event == "done":
                 item: ItemResult = payload  # type: ignore[assignment]
