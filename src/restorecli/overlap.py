@@ -25,7 +25,7 @@ from .files import atomic_writer, write_atomic
 T = TypeVar("T")
 R = TypeVar("R")
 
-DEFAULT_BUDGET = 1  # bytes of finished rows waiting for the writer before the model waits for it: a few
+DEFAULT_BUDGET = 4 << 20  # bytes of finished rows waiting for the writer before the model waits for it: a few
 # strips, enough to smooth the two threads' pace; more would not help a writer slower than the model
 
 
