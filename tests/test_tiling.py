@@ -530,7 +530,7 @@ def test_a_512_input_that_fits_the_budget_runs_as_one_tile(tmp_path, monkeypatch
     from restorecli.engine import tiling
 
     model = _load_state(tmp_path, tiny_compact_state(2))
-    per_pixel = tiling.estimate_bytes_per_pixel(model, torch.float32)
+    per_pixel = tiling.bytes_per_pixel(model, torch.float32)
     monkeypatch.setattr(tiling, "available_memory", lambda device: per_pixel * 512 * 512)
     recorder = _with_recorder(model)
     result = upscale(model, ASTRONAUT, device=CPU, tile=None, pad=24)
@@ -542,7 +542,7 @@ def test_with_less_memory_the_tiles_fit_the_budget_by_the_table(tmp_path, monkey
     from restorecli.engine import tiling
 
     model = _load_state(tmp_path, tiny_compact_state(2))
-    per_pixel = tiling.estimate_bytes_per_pixel(model, torch.float32)
+    per_pixel = tiling.bytes_per_pixel(model, torch.float32)
     budget = per_pixel * 310 * 310  # windows of 304 x 304 (2 x 2 tiles) and 512 x 176 (1 x 4) fit, 304 x 512 not
     monkeypatch.setattr(tiling, "available_memory", lambda device: budget)
     recorder = _with_recorder(model)

@@ -9,6 +9,7 @@ import errno
 import time
 import warnings
 from collections import deque
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -241,12 +242,10 @@ class Restorer:
         faces = len(plan.faces) if plan is not None else None
         if not prepared.streams:
             result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt, plan)
-            out_size = (result.color.shape[1], result.color.shape[0])
-            written = behind.file(output, lambda: encode_image(result.color, result.alpha, fmt, quality=options.quality,
-                                                               **decoded.metadata_for(out_size)),
+            written = behind.file(output, _encoder(result, decoded, fmt, options),
                                   result.color.nbytes + (result.alpha.nbytes if result.alpha is not None else 0),
                                   then=_faces_saver(options, output.stem, report))
-            return Restored(None, decoded.size, out_size, faces), written
+            return Restored(None, decoded.size, _size_of(result), faces), written
         planes = decoded.color.shape[2] + (decoded.alpha is not None)
         strips = behind.strips(output, lambda handle: strip_writer(fmt, handle, *size, planes, decoded.color.dtype,
                                                                    quality=options.quality,
@@ -271,12 +270,22 @@ class Restorer:
                          faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:
         decoded = prepared.decoded
         result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces)
-        if report is not None and options.save_faces and report.aligned:
-            _save_faces(Path(options.save_faces), faces_stem or Path(name).stem, report)
-        size = (result.color.shape[1], result.color.shape[0])
-        encoded = encode_image(result.color, result.alpha, fmt, quality=options.quality, **decoded.metadata_for(size))
-        return Restored(encoded, decoded.size, size,
+        save = _faces_saver(options, faces_stem or Path(name).stem, report)
+        if save is not None:
+            save()
+        return Restored(_encoder(result, decoded, fmt, options)(), decoded.size, _size_of(result),
                         len(report.faces) if report is not None else None)
+
+
+def _size_of(result: Enhanced) -> tuple[int, int]:
+    return result.color.shape[1], result.color.shape[0]
+
+
+def _encoder(result: Enhanced, decoded: DecodedImage, fmt: OutputFormat, options: RestoreOptions,
+             ) -> Callable[[], bytes]:
+    """What encodes a whole ``result`` as ``fmt`` with the metadata of ``decoded``, the input (scaled to it)."""
+    return lambda: encode_image(result.color, result.alpha, fmt, quality=options.quality,
+                                **decoded.metadata_for(_size_of(result)))
 
 
 @dataclass(frozen=True)
@@ -387,10 +396,7 @@ class _InOrder:
             if written is not None and not written.done():
                 if not wait:
                     return
-                try:
-                    written.exception()  # waits; timed out never
-                except BaseException:  # cancelled: settled below
-                    pass
+                futures.wait((written,))
             self._waiting.popleft()
             result, self.halted = settle(written)
             self.results.append(result)
@@ -483,10 +489,9 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
     try:
         data, in_size, input_format = _read_source(item, batch.stdin, batch.options.max_pixels)
         planned = batch.planner.plan(item, input_format)
-        if planned.action == "skip":
-            return _Ready(item, t0, ItemResult(item.source, str(planned.output), "skipped", planned.reason))
-        if planned.action == "error":
-            return _Ready(item, t0, _error(item, planned.output, planned.reason or "", in_size, t0))
+        decided = _decided(planned, in_size, t0)
+        if decided is not None:
+            return _Ready(item, t0, decided)
         if batch.options.dry_run:
             return _Ready(item, t0, _dry_run_result(planned, data, batch.options), planned=planned)
         fmt = output_format(batch.options, input_format)
@@ -507,10 +512,9 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
     in_size = prepared.decoded.size if prepared is not None else None
     if planned is not None and planned.output is not None:  # a write (or a dry run's) planned an image ago
         planned = batch.planner.recheck(planned)  # another run may have finished or begun it meanwhile
-        if planned.action == "skip":
-            return order.add(ItemResult(item.source, str(planned.output), "skipped", planned.reason))
-        if planned.action == "error":
-            return order.add(_error(item, planned.output, planned.reason or "", in_size, t0))
+        decided = _decided(planned, in_size, t0)
+        if decided is not None:
+            return order.add(decided)
     if ready.result is not None:
         return order.add(ready.result, ready.halted)
     assert planned is not None and prepared is not None and ready.fmt is not None and batch.restorer is not None
@@ -541,6 +545,15 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
         return _failure(item, output, exc if isinstance(exc, Exception) else RuntimeError(str(exc)), in_size, t0)
 
     order.add_written(written, settle)
+
+
+def _decided(planned: PlannedOutput, in_size: tuple[int, int] | None, t0: float) -> ItemResult | None:
+    """The result of a plan that leaves the image alone (a skip or an error, with its reason); None for a write."""
+    if planned.action == "skip":
+        return ItemResult(planned.item.source, str(planned.output), "skipped", planned.reason)
+    if planned.action == "error":
+        return _error(planned.item, planned.output, planned.reason or "", in_size, t0)
+    return None
 
 
 def _ok(item: InputItem, output: str, done: Restored, t0: float, finished: float) -> ItemResult:

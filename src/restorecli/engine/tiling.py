@@ -140,11 +140,6 @@ def plan_tiles(height: int, width: int, tile: int, pad: int) -> TilePlan:
 # --- choosing tiles ---------------------------------------------------------------------------------------------
 
 
-def estimate_bytes_per_pixel(model: LoadedModel, dtype: torch.dtype) -> int:
-    """Activation bytes per input pixel of a window, for choosing tiles: ``activation.bytes_per_pixel``."""
-    return bytes_per_pixel(model, dtype)
-
-
 def network_window(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
     """The (height, width) the network runs for an ``height`` x ``width`` window: spandrel pads it up to the
     model's minimum, to a multiple of its ``multiple_of``, and to a square where the model needs one."""
@@ -195,10 +190,10 @@ def choose_grid(height: int, width: int, pad: int, per_pixel: float, budget: flo
 def auto_plan(model: LoadedModel, height: int, width: int, *, device: torch.device, dtype: torch.dtype,
               pad: int) -> TilePlan:
     """The plan ``upscale`` runs with automatic tiles: one tile for models that cannot be tiled or images that fit
-    ``available_memory(device)`` at ``estimate_bytes_per_pixel``; else ``choose_grid``'s grid."""
+    ``available_memory(device)`` at ``bytes_per_pixel``; else ``choose_grid``'s grid."""
     if not model.spec.tileable:
         return plan_grid(height, width, 1, 1, pad)
-    per_pixel = estimate_bytes_per_pixel(model, dtype)
+    per_pixel = bytes_per_pixel(model, dtype)
     rows, cols = choose_grid(height, width, pad, per_pixel, available_memory(device), model.spec)
     return plan_grid(height, width, rows, cols, pad)
 
@@ -567,7 +562,7 @@ def upscale(
     else:
         size = int(tile)  # type: ignore[arg-type]
         plan = plan_tiles(height, width, size, pad)
-    per_pixel = estimate_bytes_per_pixel(model, dtype)
+    per_pixel = bytes_per_pixel(model, dtype)
     while True:
         y0, y1, x0, x1 = plan.tiles[0].window
         window_h, window_w = network_window(model.spec, y1 - y0, x1 - x0)

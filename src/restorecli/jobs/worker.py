@@ -193,8 +193,8 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
                 model, ahead = in_hand["model"], in_hand["reading"]
                 current = model if ahead in (None, model) else f"{model} (reading {ahead} ahead)" if model else ahead
                 store.renew(lease, options.lease, current=current)
-            if event == "item":
-                emit("image", {"job_id": job.id, "input": stored.get(str(payload), str(payload))})
+                if event == "item":
+                    emit("image", {"job_id": job.id, "input": name})
             elif event == "done":
                 item: ItemResult = payload  # type: ignore[assignment]
                 finished.append(result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root))
