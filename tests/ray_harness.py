@@ -3,8 +3,9 @@
 - ``install`` (Ray's ``worker_process_setup_hook``, run in every worker process the driver's job starts) wraps the
   pipeline's decoding so that, while an actor decodes an image, the file ``busy-NODEID-PID`` exists in the folder
   (a test knows which process to SIGKILL, and that it has an image in hand); each decode first sleeps the seconds
-  the folder's ``slow`` file holds; an input whose name holds ``poison`` kills its process with SIGKILL, as an
-  out-of-memory kill or a broken decoder would, on every try.
+  the folder's ``slow`` file holds, and leaves ``decoded-NAME`` once done; an input whose name holds ``poison`` kills
+  its process with SIGKILL, as an out-of-memory kill or a broken decoder would, on every try. It wraps the model's
+  run too: while the folder's ``hold`` file exists, the model waits, leaving ``held-PID-THREAD`` meanwhile.
 - Run as a script, it is ``restorecli`` whose ``--ray`` connection carries that hook: it connects to Ray itself
   (``local``: a private 2-CPU instance) and the driver keeps the connection it finds.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def install() -> None:
     import restorecli.pipeline as pipeline
 
     folder = Path(os.environ["RAY_HARNESS_DIR"])
-    decode = pipeline.decode_image
+    decode, enhance = pipeline.decode_image, pipeline.enhance
     node = ray.get_runtime_context().get_node_id()
 
     def faulty_decode(data, name, max_pixels):
@@ -45,11 +47,36 @@ def install() -> None:
             slow = folder / "slow"
             if slow.is_file():
                 time.sleep(float(slow.read_text() or 0))
-            return decode(data, name, max_pixels)
+            decoded = decode(data, name, max_pixels)
+            (folder / f"decoded-{Path(name).name}").touch()
+            return decoded
         finally:
             busy.unlink(missing_ok=True)
 
+    def held_enhance(*args, **kwargs):
+        if (folder / "hold").exists():
+            held = folder / f"held-{os.getpid()}-{threading.get_ident()}"
+            held.touch()
+            try:
+                end = time.monotonic() + 120
+                while (folder / "hold").exists() and time.monotonic() < end:
+                    time.sleep(0.05)
+            finally:
+                held.unlink(missing_ok=True)
+        return enhance(*args, **kwargs)
+
     pipeline.decode_image = faulty_decode
+    pipeline.enhance = held_enhance
+
+
+def decoded(folder: Path) -> list[str]:
+    """The names of the images decoded so far (since the test cleared them)."""
+    return sorted(path.name.removeprefix("decoded-") for path in folder.glob("decoded-*"))
+
+
+def held(folder: Path) -> list[Path]:
+    """A file for each model run waiting on ``hold`` now."""
+    return list(folder.glob("held-*"))
 
 
 def busy(folder: Path) -> list[tuple[str, int]]:

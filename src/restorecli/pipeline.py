@@ -222,7 +222,16 @@ class Restorer:
     def encode_prepared(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
                         faces_stem: str | None = None, on_tile: TileProgress | None = None) -> Restored:
         """``restore_bytes`` of an image ``prepare`` made ready."""
-        return self._guarded(name, lambda: self._restore_encoded(prepared, name, options, fmt, faces_stem, on_tile))
+        restored, encode = self.enhance_prepared(prepared, name, options, fmt, faces_stem, on_tile)
+        return replace(restored, data=encode())
+
+    def enhance_prepared(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
+                         faces_stem: str | None = None, on_tile: TileProgress | None = None,
+                         ) -> tuple[Restored, Callable[[], bytes]]:
+        """The model's part of ``encode_prepared``: what was restored (its ``data`` not yet made) and what encodes
+        it (and writes ``--save-faces``' crops), which touches no model state, so a caller may run it on another
+        thread while the model takes the next image."""
+        return self._guarded(name, lambda: self._restore_enhanced(prepared, name, options, fmt, faces_stem, on_tile))
 
     def restore_behind(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat, output: Path,
                        behind: WriteBehind, on_tile: TileProgress | None = None) -> tuple[Restored, Future[float]]:
@@ -266,15 +275,20 @@ class Restorer:
                              and decoded.color.dtype == np.uint16)
         return fmt in STRIP_WRITERS and not grey16_alpha_tiff and streamable(self.model, decoded.color)
 
-    def _restore_encoded(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
-                         faces_stem: str | None, on_tile: TileProgress | None = None) -> Restored:
+    def _restore_enhanced(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
+                          faces_stem: str | None, on_tile: TileProgress | None = None,
+                          ) -> tuple[Restored, Callable[[], bytes]]:
         decoded = prepared.decoded
         result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces)
-        save = _faces_saver(options, faces_stem or Path(name).stem, report)
-        if save is not None:
-            save()
-        return Restored(_encoder(result, decoded, fmt, options)(), decoded.size, _size_of(result),
-                        len(report.faces) if report is not None else None)
+        save, encode = _faces_saver(options, faces_stem or Path(name).stem, report), _encoder(result, decoded, fmt,
+                                                                                               options)
+
+        def finish() -> bytes:
+            if save is not None:
+                save()
+            return encode()
+
+        return Restored(None, decoded.size, _size_of(result), len(report.faces) if report is not None else None), finish
 
 
 def _size_of(result: Enhanced) -> tuple[int, int]:

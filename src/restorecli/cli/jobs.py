@@ -82,6 +82,10 @@ def worker(
         metavar="C", min=0.01, rich_help_panel=_RAY, show_default=False,
         help="CPUs per actor, fractions allowed; its threads are C rounded up [default: 0.9 of an even share of "
              "the cluster's CPUs].")] = None,
+    actor_images: Annotated[Optional[int], typer.Option(
+        metavar="N", min=1, rich_help_panel=_RAY, show_default=False,
+        help="Images each actor holds at once, so its model never waits for decoding or encoding: one is decoded "
+             "and one encoded while the model runs another; 1 restores one at a time [default: 3].")] = None,
 ) -> None:
     """Process queued jobs oldest first; SIGINT/SIGTERM finish the image in hand and leave the job resumable."""
     from ..jobs.worker import WorkerOptions, run_worker
@@ -110,7 +114,7 @@ def worker(
             console.print(f"job {data['job_id']}: [red]{escape(data['error'])}[/]", soft_wrap=True)
         elif event == "pool":
             console.print(f"ray ({escape(data['address'])}): {data['actors']} actor(s), {data['cpus']:g} CPU(s) and "
-                          f"{data['gpus']:g} GPU(s) each")
+                          f"{data['gpus']:g} GPU(s) each, up to {data['images']} image(s) in hand each")
         elif event == "summary" and data["images"]:
             rate = f" ({data['images'] / data['driver_seconds']:.0f} images/s)" if data["driver_seconds"] else ""
             console.print(f"ray: {data['images']} image(s) restored, {data['retried']} retried after their actor died; "
@@ -124,15 +128,16 @@ def worker(
                                 device=device, max_attempts=max_attempts)
         if ray is None:
             given = [flag for flag, value in (("--actors", actors), ("--actor-gpus", actor_gpus),
-                                              ("--actor-cpus", actor_cpus)) if value is not None]
+                                              ("--actor-cpus", actor_cpus), ("--actor-images", actor_images))
+                     if value is not None]
             if given:
                 raise UsageError(f"{', '.join(given)} shape the Ray pool: give --ray too")
             report = run_worker(queue_dir(queue), options, stop, emit)
         else:
             from ..distributed.driver import PoolOptions, run_pool
 
-            report = run_pool(queue_dir(queue), options, PoolOptions(ray, actors, actor_gpus, actor_cpus), stop,
-                              emit)
+            shape = PoolOptions(ray, actors, actor_gpus, actor_cpus, actor_images or PoolOptions.actor_images)
+            report = run_pool(queue_dir(queue), options, shape, stop, emit)
     if report.stopped:
         console.print("stopped by signal; unfinished work is left resumable")
     if report.storage_error:

@@ -1,5 +1,10 @@
 """The pool's Ray actor: a process that holds loaded models and restores one image a call, bytes in, bytes out.
 
+Its calls run on as many threads as the driver gives it images at once (``--actor-images``, Ray's
+``max_concurrency``), in three stages as a local batch's images go: decoding (and finding faces) one image at a
+time, the model one image at a time, and encoding beside them. So while the model runs one image, the next is
+decoded and the last encoded, and the model never waits for the host where there is an image to run.
+
 It writes no file the driver could see: what it restores goes back to the driver as bytes (the output, and the
 face crops ``--save-faces`` asks for), and the driver writes them. Neither Ray nor torch is imported here at import
 time: the driver applies ``ray.remote`` to ``RestoreActor`` when it builds the pool, and the actor imports the
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,6 +85,8 @@ class RestoreActor:
         if threads:  # Ray sets OMP_NUM_THREADS to the CPUs reserved, rounded down (1 below one)
             torch.set_num_threads(threads)
         self._restorers: dict[tuple, Restorer] = {}
+        self._reading = threading.Lock()  # decoding and finding faces: one image at a time, beside the model
+        self._model = threading.Lock()  # loading models and running them: one image at a time
 
     def pid(self) -> int:
         """The actor's process id; answering at all says it is up (the driver's readiness probe)."""
@@ -95,7 +103,12 @@ class RestoreActor:
         crops = tempfile.mkdtemp(prefix="restorecli-faces-") if task.options.save_faces else None
         options = replace(task.options, save_faces=crops) if crops else task.options
         try:
-            done = restorer.restore_bytes(task.data, task.source, options, task.fmt, faces_stem=task.faces_stem)
+            with self._reading:
+                prepared = restorer.prepare(task.data, task.source, options, task.fmt)
+            with self._model:
+                done, encode = restorer.enhance_prepared(prepared, task.source, options, task.fmt,
+                                                         faces_stem=task.faces_stem)
+            done = replace(done, data=encode())
             return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
                                 round(time.perf_counter() - started, 3), crops=_read_crops(crops),
                                 ran=restorer.setup, pid=os.getpid())
@@ -118,9 +131,13 @@ class RestoreActor:
         from ..pipeline import Restorer
 
         key = model_key(options)
-        if key not in self._restorers:
-            self._restorers[key] = Restorer.from_options(options)
-        return self._restorers[key]
+        found = self._restorers.get(key)  # models loaded already: taken without waiting for the one running
+        if found is None:
+            with self._model:  # loading: beside no model run, and once for images that arrive together
+                if key not in self._restorers:
+                    self._restorers[key] = Restorer.from_options(options)
+                found = self._restorers[key]
+        return found
 
 
 def _read_crops(folder: str | None) -> tuple[tuple[str, bytes], ...]:

@@ -3,16 +3,19 @@ and renews their leases as the local worker does, and keeps a pool of Ray actors
 the jobs' images, anywhere in the cluster.
 
 A job's images are spread over the actors, and further jobs are claimed while an actor would otherwise be idle.
-Each actor takes one image at a time (so a death is the image's in hand): the driver reads the input's bytes and
+Each actor holds up to ``--actor-images`` images at once (default 3: one decoding, one in its model, one encoding,
+as a local batch pipelines them), so its model never waits for the host: the driver reads the input's bytes and
 plans its output (``plan.OutputPlanner``, as a local batch does), the actor returns the output's bytes, and the
 driver writes them atomically into the lease's private work folder. A job is published (``JobStore.publish``, with
 its owner-token fencing) once every image has its result: no output appears twice or half-written, whatever the
 cluster does.
 
 Faults:
-- an actor that dies (SIGKILL, out of memory, its node lost) is restarted by Ray (``max_restarts``); the image it
-  had in hand goes to the next idle actor, and the restarted actor takes work again once it answers a probe;
-- an image in hand at ``--max-attempts`` of its actor's deaths fails alone (an error in the job's results);
+- an actor that dies (SIGKILL, out of memory, its node lost) is restarted by Ray (``max_restarts``); the images it
+  had in hand go round again, and the restarted actor takes work again once it answers a probe;
+- an image sent again after a death is restored alone, on an actor holding nothing else, so an image that kills
+  its actor takes no neighbour with it twice; one in hand at ``--max-attempts`` of its actor's deaths fails alone
+  (an error in the job's results);
 - a driver that dies stops renewing its leases, and any worker, local or Ray, takes the jobs over once they expire.
 
 Ray is imported only when the first job is claimed: a worker on an empty queue starts no Ray instance.
@@ -71,6 +74,7 @@ class PoolOptions:
     actors: int | None = None  # default: as many as the cluster's GPUs hold (one per GPU), or one without GPUs
     actor_gpus: float | None = None  # GPUs per actor; default 1 on a cluster with GPUs, else 0
     actor_cpus: float | None = None  # CPUs per actor (fractions allowed); default 0.9 of an even share
+    actor_images: int = 3  # images each actor holds at once: decoding, in the model, encoding; 1: one at a time
 
 
 @dataclass(frozen=True)
@@ -209,19 +213,64 @@ class _Run:
         return [r for r in self.results if r is not None]
 
 
+class Slots:
+    """How many more images each actor can take (its free slots of ``depth``), and in which of its lives.
+
+    An actor has none until it answers a probe (``up``); each image sent takes one (``take``) and gives it back with
+    its result (``back``). A death (``down``) takes all of them and begins the actor's next life: the images it had
+    in hand come back as failures one by one, and only the first starts a probe; any result of an earlier life gives
+    no slot back to the new one. An image taken ``alone`` takes every slot of an actor holding nothing."""
+
+    def __init__(self, actors: int, depth: int):
+        self.depth = depth
+        self.free = [0] * actors
+        self.life = [0] * actors
+
+    def up(self, actor: int) -> None:
+        self.free[actor] = self.depth
+
+    def down(self, actor: int, life: int) -> bool:
+        """An image sent in ``life`` found its actor dead: True where that is news (the actor is to be probed)."""
+        if life != self.life[actor]:
+            return False
+        self.life[actor] += 1
+        self.free[actor] = 0
+        return True
+
+    def take(self, alone: bool = False) -> tuple[int, int, int] | None:
+        """(actor, its life, slots taken) for the next image: the actor with the most free slots, so images spread
+        over the pool; None where none can take it now."""
+        wanted = self.depth if alone else 1
+        ready = [actor for actor, free in enumerate(self.free) if free >= wanted]
+        if not ready:
+            return None
+        actor = max(ready, key=lambda index: self.free[index])
+        self.free[actor] -= wanted
+        return actor, self.life[actor], wanted
+
+    def back(self, actor: int, life: int, slots: int) -> None:
+        if life == self.life[actor]:
+            self.free[actor] += slots
+
+    @property
+    def any(self) -> bool:
+        return any(self.free)
+
+
 class _Pool:
-    """The actors, and which of them are idle. An actor is idle once it has answered a probe (at start, and after
+    """The actors and their ``Slots``. An actor takes images once it has answered a probe (at start, and after
     each death while Ray restarts it); one whose probe finds it dead for good (its creation failed) is dropped."""
 
     PROBE_TRIES = 3  # answers of "died" before an actor counts as gone, not restarting
 
-    def __init__(self, shape: PoolShape):
+    def __init__(self, shape: PoolShape, depth: int):
         import ray
 
         remote = ray.remote(RestoreActor).options(num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=-1,
-                                                  max_task_retries=0, scheduling_strategy="SPREAD")
+                                                  max_task_retries=0, max_concurrency=depth,
+                                                  scheduling_strategy="SPREAD")
         self.actors = [remote.remote(shape.threads) for _ in range(shape.actors)]
-        self.idle: list[int] = []
+        self.slots = Slots(len(self.actors), depth)
         self.probes: dict[Any, int] = {}  # probe ref -> actor index
         self.later: list[tuple[float, int]] = []  # (when, actor) probes to send again
         self.failed_probes = collections.Counter()
@@ -233,7 +282,7 @@ class _Pool:
         self.probes[self.actors[index].pid.remote()] = index
 
     def answered(self, ref: Any) -> None:
-        """A probe came back: the actor is idle, or probed again later, or gone."""
+        """A probe came back: the actor takes images, or is probed again later, or is gone."""
         import ray
 
         index = self.probes.pop(ref)
@@ -249,7 +298,7 @@ class _Pool:
             self.later.append((time.monotonic() + 1.0, index))
         else:
             self.failed_probes[index] = 0
-            self.idle.append(index)
+            self.slots.up(index)
 
     def probe_due(self) -> None:
         now = time.monotonic()
@@ -283,7 +332,7 @@ class _Driver:
         self.store, self.options, self.schedule, self.report = store, options, schedule, report
         self.emit, self.note, self.name = emit, note, name
         self.runs: list[_Run] = []  # in claim order: the oldest job's images go first
-        self.flight: dict[Any, tuple[_Run, _Image, int]] = {}  # restore ref -> (run, image, actor index)
+        self.flight: dict[Any, tuple[_Run, _Image, tuple[int, int, int]]] = {}  # ref -> run, image, Slots.take's
         self.claimed = 0
         self.beaten = 0.0
         self.pool: _Pool | None = None
@@ -332,26 +381,34 @@ class _Driver:
     # ------------------------------------------------------------------ handing images out
 
     def dispatch(self) -> None:
-        """Give every idle actor an image: retries first, then the next image of the oldest job in hand, claiming
-        a further job where those in hand have none left."""
+        """Fill the actors' free slots: images sent again after a death first, each to an actor of its own (the
+        rest wait until one has emptied), then the next image of the oldest job in hand, claiming a further job
+        where those in hand have none left."""
         pool = self.pool
         assert pool is not None
-        while pool.idle and not self.stopping:
+        while not self.stopping:
+            again = next((run for run in self.runs if run.outcome is None and run.retry), None)
+            if again is not None:
+                taken = pool.slots.take(alone=True)
+                if taken is None:
+                    return
+                self.send(again, again.retry.popleft(), taken)
+                continue
+            if not pool.slots.any:
+                return
             image = self.next_image()
             if image is None:
                 if self.claim():
                     continue
                 return
-            run, picked = image
-            actor = pool.idle.pop(0)
-            self.send(run, picked, actor)
+            taken = pool.slots.take()
+            assert taken is not None
+            self.send(*image, taken)
 
     def next_image(self) -> tuple[_Run, _Image] | None:
         for run in self.runs:
             if run.outcome is not None:
                 continue
-            if run.retry:
-                return run, run.retry.popleft()
             while run.planned < len(run.items) and run.outcome is None:
                 image = self.plan(run)
                 if image is not None:
@@ -390,10 +447,10 @@ class _Driver:
         return _Image(index, item, planned.output, ImageTask(item.source, data, run.restore, fmt,
                                                              planned.output.stem), started)
 
-    def send(self, run: _Run, image: _Image, actor: int) -> None:
+    def send(self, run: _Run, image: _Image, taken: tuple[int, int, int]) -> None:
         assert self.pool is not None
-        ref = self.pool.actors[actor].restore.remote(image.task)
-        self.flight[ref] = (run, image, actor)
+        ref = self.pool.actors[taken[0]].restore.remote(image.task)
+        self.flight[ref] = (run, image, taken)
         run.in_flight += 1
 
     # ------------------------------------------------------------------ taking results in
@@ -403,21 +460,23 @@ class _Driver:
         import ray
 
         assert self.pool is not None
-        run, image, actor = self.flight.pop(ref)
+        run, image, taken = self.flight.pop(ref)
         run.in_flight -= 1
         try:
             outcome: ImageOutcome = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # restorecli code raised in the actor (a bug): as a local crash
-            self.pool.idle.append(actor)
+            self.pool.slots.back(*taken)
             if run.outcome is None:
                 self.retry_later(run, exc.cause if getattr(exc, "cause", None) is not None else exc)
             return
         except ray.exceptions.RayError as exc:  # the actor died with it (or its node, with the result)
-            self.pool.probe(actor)
+            actor, life, _ = taken
+            if self.pool.slots.down(actor, life):  # the first of its images in hand to say so
+                self.pool.probe(actor)
             if run.outcome is None:
                 self.died(run, image, exc)
             return
-        self.pool.idle.append(actor)
+        self.pool.slots.back(*taken)
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
             return
         if outcome.setup is not None:
@@ -590,12 +649,12 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
 
             nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
             report.shape = pool_shape(ray.cluster_resources(), nodes, pool)
-            driver.pool = _Pool(report.shape)
+            driver.pool = _Pool(report.shape, pool.actor_images)
         except BaseException as exc:
             driver.give_all_back(str(exc) if isinstance(exc, RestoreCliError) else None)  # status says why
             raise
         emit("pool", {"address": pool.address, "actors": report.shape.actors, "cpus": report.shape.cpus,
-                      "gpus": report.shape.gpus})
+                      "gpus": report.shape.gpus, "images": pool.actor_images})
         try:
             driver.run()
         except BaseException:
