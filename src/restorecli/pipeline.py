@@ -67,6 +67,8 @@ from .plan import (
     ProgressCallback,
     claim_name,
     collect_inputs,
+    decided_result,
+    error_result,
     named_format,
     output_format,
     output_path_for,
@@ -280,8 +282,8 @@ class Restorer:
                           ) -> tuple[Restored, Callable[[], bytes]]:
         decoded = prepared.decoded
         result, report = self._restore(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces)
-        save, encode = _faces_saver(options, faces_stem or Path(name).stem, report), _encoder(result, decoded, fmt,
-                                                                                               options)
+        save = _faces_saver(options, faces_stem or Path(name).stem, report)
+        encode = _encoder(result, decoded, fmt, options)
 
         def finish() -> bytes:
             if save is not None:
@@ -503,7 +505,7 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
     try:
         data, in_size, input_format = _read_source(item, batch.stdin, batch.options.max_pixels)
         planned = batch.planner.plan(item, input_format)
-        decided = _decided(planned, in_size, t0)
+        decided = decided_result(planned, in_size, t0)
         if decided is not None:
             return _Ready(item, t0, decided)
         if batch.options.dry_run:
@@ -526,7 +528,7 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
     in_size = prepared.decoded.size if prepared is not None else None
     if planned is not None and planned.output is not None:  # a write (or a dry run's) planned an image ago
         planned = batch.planner.recheck(planned)  # another run may have finished or begun it meanwhile
-        decided = _decided(planned, in_size, t0)
+        decided = decided_result(planned, in_size, t0)
         if decided is not None:
             return order.add(decided)
     if ready.result is not None:
@@ -561,15 +563,6 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
     order.add_written(written, settle)
 
 
-def _decided(planned: PlannedOutput, in_size: tuple[int, int] | None, t0: float) -> ItemResult | None:
-    """The result of a plan that leaves the image alone (a skip or an error, with its reason); None for a write."""
-    if planned.action == "skip":
-        return ItemResult(planned.item.source, str(planned.output), "skipped", planned.reason)
-    if planned.action == "error":
-        return _error(planned.item, planned.output, planned.reason or "", in_size, t0)
-    return None
-
-
 def _ok(item: InputItem, output: str, done: Restored, t0: float, finished: float) -> ItemResult:
     return ItemResult(item.source, output, "ok", None, done.in_size, done.out_size, round(finished - t0, 3), done.faces)
 
@@ -586,21 +579,15 @@ def _failure(item: InputItem, output: Path | None, exc: Exception, in_size: tupl
              t0: float) -> tuple[ItemResult, str | None]:
     """An image's failure as its result, and why the batch halts where no later image could be written."""
     if isinstance(exc, ImageError):
-        return _error(item, output, str(exc), in_size, t0), None
+        return error_result(item, output, str(exc), in_size, t0), None
     if not isinstance(exc, OSError):
-        return _error(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0), None
+        return error_result(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0), None
     where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
     halted = None
     if storage_full(exc) and output is not None:
         # every later image would fail the same way, after spending its model time: stop here
         halted = f"{exc.strerror}: {exc.filename or output.parent}"
-    return _error(item, output, f"{item.source}: {exc.strerror or exc}{where}", in_size, t0), halted
-
-
-def _error(item: InputItem, output: Path | None, message: str, in_size: tuple[int, int] | None,
-           t0: float) -> ItemResult:
-    return ItemResult(item.source, str(output) if output else None, "error", message, in_size, None,
-                      round(time.perf_counter() - t0, 3))
+    return error_result(item, output, f"{item.source}: {exc.strerror or exc}{where}", in_size, t0), halted
 
 
 __all__ = [

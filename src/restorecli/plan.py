@@ -8,6 +8,7 @@ Pure planning: no codec, no torch. ``restore`` runs its batch over this plan (``
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -169,6 +170,23 @@ class PlannedOutput:
     reason: str | None = None
 
 
+def error_result(item: InputItem, output: Path | None, message: str, in_size: tuple[int, int] | None,
+                 started: float) -> ItemResult:
+    """An image's error: ``message``, the output its plan named (if any), its input's (w, h) where it was decoded,
+    and the seconds since ``started`` (``time.perf_counter``)."""
+    return ItemResult(item.source, str(output) if output else None, "error", message, in_size, None,
+                      round(time.perf_counter() - started, 3))
+
+
+def decided_result(planned: PlannedOutput, in_size: tuple[int, int] | None, started: float) -> ItemResult | None:
+    """The result of a plan that leaves the image alone (a skip or an error, with its reason); None for a write."""
+    if planned.action == "skip":
+        return ItemResult(planned.item.source, str(planned.output), "skipped", planned.reason)
+    if planned.action == "error":
+        return error_result(planned.item, planned.output, planned.reason or "", in_size, started)
+    return None
+
+
 @dataclass(frozen=True)
 class FileFacts:
     """What planning reads of the file system, none of it writing anything: a path's file identity (None: no such
@@ -267,6 +285,6 @@ def plan_outputs(items: list[InputItem], options: RestoreOptions, facts: FileFac
 
 __all__ = [
     "BatchResult", "FileFacts", "FileIdentity", "InputItem", "ItemResult", "OutputPlanner", "PlanAction",
-    "PlannedOutput", "ProgressCallback", "Status", "claim_name", "collect_inputs", "named_format", "output_format",
-    "output_path_for", "plan_outputs",
+    "PlannedOutput", "ProgressCallback", "Status", "claim_name", "collect_inputs", "decided_result", "error_result",
+    "named_format", "output_format", "output_path_for", "plan_outputs",
 ]

@@ -108,8 +108,7 @@ class RestoreActor:
             with self._model:
                 done, encode = restorer.enhance_prepared(prepared, task.source, options, task.fmt,
                                                          faces_stem=task.faces_stem)
-            done = replace(done, data=encode())
-            return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
+            return ImageOutcome(encode(), done.in_size, done.out_size, done.faces,
                                 round(time.perf_counter() - started, 3), crops=_read_crops(crops),
                                 ran=restorer.setup, pid=os.getpid())
         except ImageError as exc:

@@ -57,7 +57,8 @@ from ..jobs.worker import (
     work_folder,
 )
 from ..options import RestoreOptions
-from ..plan import InputItem, ItemResult, OutputPlanner, named_format, output_format
+from ..plan import (InputItem, ItemResult, OutputPlanner, decided_result, error_result, named_format,
+                    output_format)
 from .actor import ImageOutcome, ImageTask, RestoreActor
 
 # Write errors that end the run rather than one image: no space, over quota, a read-only file system (as a local
@@ -430,18 +431,18 @@ class _Driver:
         try:
             data = read_input_file(Path(item.source), run.restore.max_pixels)
         except ImageError as exc:  # an input that cannot be read claims no output
-            self.finish(run, index, _error(item, None, str(exc), started))
+            self.finish(run, index, error_result(item, None, str(exc), None, started))
             return None
         try:
             planned = run.planner.plan(item, named_format(item))
         except RestoreCliError as exc:  # an unsafe --suffix: as a local batch's, the job is tried again later
             self.retry_later(run, exc)
             return None
-        if planned.action == "skip":  # its output is there already (resumed from a worker that stopped)
-            self.finish(run, index, ItemResult(item.source, str(planned.output), "skipped", planned.reason))
-            return None
-        if planned.action == "error" or planned.output is None:
-            self.finish(run, index, _error(item, planned.output, planned.reason or "", started))
+        decided = decided_result(planned, None, started)  # a skip: its output is there already (resumed)
+        if decided is None and planned.output is None:  # a write to stdout, which no job's plan makes
+            decided = error_result(item, None, planned.reason or "", None, started)
+        if decided is not None:
+            self.finish(run, index, decided)
             return None
         fmt = output_format(run.restore, named_format(item))
         return _Image(index, item, planned.output, ImageTask(item.source, data, run.restore, fmt,
@@ -496,7 +497,7 @@ class _Driver:
         if image.tries >= self.options.max_attempts:  # it kills whichever actor takes it: it fails alone
             message = (f"{image.item.source}: the Ray actor restoring it died on each of {image.tries} tries "
                        f"(killed, out of memory, or its node lost); last: {_short(exc)}")
-            self.finish(run, image.index, _error(image.item, image.output, message, image.started))
+            self.finish(run, image.index, error_result(image.item, image.output, message, None, image.started))
             return
         self.report.retried += 1
         self.emit("retry", {"job_id": run.job_id, "input": original, "try": image.tries + 1, "error": _short(exc)})
@@ -507,7 +508,7 @@ class _Driver:
         result. A full or read-only disk stops the run, as it halts a local batch."""
         item, output = image.item, image.output
         if outcome.error is not None:
-            return _error(item, output, outcome.error, image.started)
+            return error_result(item, output, outcome.error, None, image.started)
         assert outcome.data is not None
         try:
             if output.parent not in run.swept:
@@ -522,7 +523,7 @@ class _Driver:
             if exc.errno in _STORAGE_FULL:
                 self.note("storage_error", {"job_id": run.job_id,
                                             "error": f"{exc.strerror}: {exc.filename or output.parent}"})
-            return _error(item, output, f"{item.source}: {exc.strerror or exc}{where}", image.started)
+            return error_result(item, output, f"{item.source}: {exc.strerror or exc}{where}", None, image.started)
         seconds = time.perf_counter() - image.started
         self.report.images += 1
         self.report.actor_seconds += outcome.seconds
@@ -611,11 +612,6 @@ class _Driver:
             if run.outcome is None:
                 run.renewer.finish()
                 give_back(self.store, run.lease, run.work, error=error)
-
-
-def _error(item: InputItem, output: Path | None, message: str, started: float) -> ItemResult:
-    return ItemResult(item.source, str(output) if output else None, "error", message, None, None,
-                      round(time.perf_counter() - started, 3))
 
 
 def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: threading.Event,
