@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is shown as written: rich markup would swallow its "[default: ...]"
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command's, as most command-line tools take
 )
 
 
@@ -33,7 +34,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Batch image restoration: tiled Real-ESRGAN upscaling on CUDA, MPS or the CPU."""
     warnings.showwarning = render.show_warning  # every command's warnings as one line each, no source paths

@@ -4,6 +4,7 @@ running server), renders the result."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
@@ -63,12 +64,16 @@ def _given(ctx: typer.Context, names) -> set[str]:
 
 def _local(inputs: list[str], restore: dict, output: str, overwrite: bool, dry_run: bool,
            json_output: bool) -> BatchResult:
+    from ..plan import collect_inputs
+
+    # Flags' values and the inputs are checked before the pipeline imports torch: a usage error answers at once
+    options = o.from_given(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
+    items = collect_inputs(inputs, options.recursive, exclude=None if output == STDIO else Path(output))
     from ..pipeline import restore_batch
 
-    options = o.from_given(restore, output_dir=output, overwrite=overwrite, dry_run=dry_run)
     return _rendered(json_output, output, lambda progress: restore_batch(
         inputs, options, on_progress=progress, stdin=sys.stdin.buffer,
-        stdout=sys.stdout.buffer if output == STDIO else None))
+        stdout=sys.stdout.buffer if output == STDIO else None, items=items))
 
 
 def _remote(url: str, api_key_env: str, given: set[str], inputs: list[str], restore: dict, output: str,

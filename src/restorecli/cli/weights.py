@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,7 +21,7 @@ from ..models.registry import REGISTRY
 from .exits import exit_on_error
 from .options import Json as JsonFlag
 from .options import WeightsDir
-from .render import live_progress, stderr_console
+from .render import live_progress, same_terminal, stderr_console
 
 
 def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
@@ -48,6 +49,8 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
         for row in rows:
             table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["description"])
         console.print(table)
+        if same_terminal(sys.stdout, console.file):  # the person has read the table; the TSV is for pipes and files
+            return
         for row in rows:
             typer.echo(f"{row['name']}\t{row['status']}\t{row['path']}")
 

@@ -1,0 +1,94 @@
+"""What a newcomer meets in the first minutes (issue 30): short help and version flags, usage errors of ``restore``
+that answer before torch is imported, and ``models`` printing its table once on a terminal."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from restorecli.cli.app import app
+from test_cli_usage import COMMANDS
+from test_terminal import CONTROL, run_on_a_terminal
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS)])
+def test_short_help_is_the_long_help(command):
+    long = runner.invoke(app, [*command, "--help"], prog_name="restorecli")
+    short = runner.invoke(app, [*command, "-h"], prog_name="restorecli")
+    assert long.exit_code == short.exit_code == 0
+    assert "Usage: restorecli" in long.stdout
+    assert short.stdout == long.stdout
+
+
+def test_short_version_is_the_long_version():
+    long = runner.invoke(app, ["--version"], prog_name="restorecli")
+    short = runner.invoke(app, ["-V"], prog_name="restorecli")
+    assert long.exit_code == short.exit_code == 0
+    assert re.fullmatch(r"restorecli \d+\.\d+\.\d+\S*\n", short.stdout)
+    assert short.stdout == long.stdout
+
+
+# The real entry point in a fresh interpreter: its exit code, and whether torch was imported by the time it ended.
+_PROBE = """
+import json, sys
+from restorecli.cli.app import main
+sys.argv = ["restorecli", *json.loads(sys.argv[1])]
+try:
+    main()
+    code = 0
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({"exit_code": code, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["restore", "missing.png"], "no input matched: missing.png"),
+    (["restore", "missing.png", "also-missing/"], "no input matched: missing.png also-missing/"),
+    (["restore", "{photo}", "--tile", "abc"], "--tile 'abc' is not auto, 0 or a positive number of pixels"),
+    (["restore", "{photo}", "--precision", "fp8"], "--precision 'fp8' is not one of auto, fp32, fp16, bf16"),
+    (["restore", "{photo}", "--format", "bmp"], "--format 'bmp' is not one of"),
+    (["restore", "{photo}", "--outscale", "-1"], "Invalid value for '--outscale'"),
+])
+def test_a_usage_error_of_restore_answers_before_torch_is_imported(args, message, tmp_path):
+    """Issue 30: a usage error took 2.7 s, nearly all of it importing torch. Checked by what was imported, not by
+    the clock: a wall-clock bound would fail on a loaded machine."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"not read: the usage error comes first")
+    argv = [arg.format(photo=photo) for arg in args]
+    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argv)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome == {"exit_code": 2, "torch": False}, done.stderr
+    assert message in " ".join(done.stderr.split())
+
+
+def _model_names(text: str) -> list[str]:
+    return re.findall(r"realesrgan-x4plus-anime", text)
+
+
+def test_models_on_a_terminal_prints_its_table_once(tmp_path):
+    """Issue 30: with stdout and stderr on one terminal, the table was followed by the same list again as TSV."""
+    code, received, _ = run_on_a_terminal(["models", "--weights-dir", str(tmp_path / "w")], tmp_path)
+    shown = CONTROL.sub(b"", received).decode(errors="replace")
+    assert code == 0, shown
+    assert "status" in shown and "description" in shown  # the table's header
+    assert len(_model_names(shown)) == 1, shown
+    assert "\t" not in shown
+
+
+def test_models_piped_still_gives_its_tsv_on_stdout(tmp_path):
+    code, received, piped = run_on_a_terminal(["models", "--weights-dir", str(tmp_path / "w")], tmp_path,
+                                              stdout_to_pipe=True)
+    assert code == 0, received
+    rows = [line.split("\t") for line in piped.decode().splitlines()]
+    assert "realesrgan-x4plus-anime" in [row[0] for row in rows if len(row) == 3]  # name, status, path
+    assert len(_model_names(CONTROL.sub(b"", received).decode(errors="replace"))) == 1  # the table, on the terminal
