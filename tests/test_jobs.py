@@ -324,33 +324,6 @@ def test_prune_never_touches_a_running_job(tmp_path, queue, model):
     assert job(queue, job_id).status == "completed"
 
 
-def test_prune_plain_folder(tmp_path):
-    folder = tmp_path / "results"
-    (folder / "sub").mkdir(parents=True)
-    old, young = folder / "sub" / "old.png", folder / "young.png"
-    old.write_bytes(b"x" * 100)
-    young.write_bytes(b"y" * 10)
-    past = time.time() - 7200
-    os.utime(old, (past, past))
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "file.png").write_bytes(b"z")
-    os.utime(outside / "file.png", (past, past))
-    os.symlink(outside, folder / "linked-dir")
-    link = folder / "old-link"
-    os.symlink(outside / "file.png", link)
-    os.utime(link, (past, past), follow_symlinks=False)
-
-    dry = cli("prune", folder, "--older-than", "1h", "--dry-run", "--json")
-    assert sorted(Path(r["path"]).name for r in json.loads(dry.stdout)["removed"]) == ["old-link", "old.png"]
-    assert old.exists()
-    result = cli("prune", folder, "--older-than", "1h")
-    assert result.exit_code == 0 and "removed 2 item(s), " in result.stderr
-    assert not old.exists() and not (folder / "sub").exists() and young.exists()
-    assert not os.path.lexists(link) and (outside / "file.png").exists()  # never followed
-    assert (folder / "linked-dir").is_symlink()  # a young link to a folder: kept, and not entered
-
-
 def test_submit_carries_face_options_to_the_worker(tmp_path, queue, model):
     job_id = json.loads(cli("submit", *photos(tmp_path, ["a.jpg"]), "--queue", queue, "--model", model,
                             "--face-enhance", "--only-center-face", "--weights-dir", tmp_path / "nofaces",

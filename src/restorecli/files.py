@@ -78,6 +78,13 @@ def _temporary_name(name: str) -> str:
     return raw[: room - 11].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:10]
 
 
+def temporary_writer(name: str) -> str | None:
+    """The ``writer_tag`` (``PID@HOST``) of the process that named ``name``, a file name, as an ``atomic_writer``'s
+    temporary file; None for any other name (a file restorecli did not name, or names only once it is whole)."""
+    match = _TEMPORARY.match(name)
+    return f"{match['pid']}@{match['host']}" if match else None
+
+
 def writer_tag() -> str:
     """``PID@HOST`` of this process, for names that say who is writing something (a staged job's folder)."""
     return f"{os.getpid()}@{_host()}"

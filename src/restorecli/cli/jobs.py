@@ -199,14 +199,16 @@ def status(
 
 
 def prune(
-    path: Annotated[Optional[Path], typer.Argument(metavar="PATH", help="A queue folder or a plain output folder.",
-                                                   show_default=False)] = None,
+    path: Annotated[Optional[Path], typer.Argument(
+        metavar="PATH", help="A queue folder, or a plain folder (where only restorecli's own temporary files go).",
+        show_default=False)] = None,
     queue: o.Queue = None,
     older_than: Annotated[str, typer.Option(metavar="AGE", help="Age like 30m, 1h or 7d.", show_default=False)] = ...,
     dry_run: Annotated[bool, typer.Option(help="Show what would go; delete nothing.")] = False,
     json_output: o.Json = False,
 ) -> None:
-    """Delete finished jobs (or files) older than an age; never queued or running jobs, never outside the root."""
+    """Delete finished jobs (in a plain folder, restorecli's abandoned temporary files) older than an age; never
+    queued or running jobs, never anything else, never outside the root."""
     with exit_on_error():
         if path is not None and queue is not None:
             raise UsageError("give either --queue DIR or PATH, not both")
@@ -219,3 +221,6 @@ def prune(
         for item in report.removed:
             typer.echo(item["path"])
     stderr_console().print(f"{verb} {len(report.removed)} item(s), {report.bytes_freed:,} bytes")
+    if report.kept:
+        stderr_console().print(f"kept {report.kept} older file(s): in a folder that is not a queue, prune deletes "
+                               "only the temporary files restorecli left behind")

@@ -1,5 +1,6 @@
-"""The janitor: delete finished jobs (or plain files) older than an age, never following symlinks,
-never touching queued or running jobs, never leaving the given root."""
+"""The janitor: delete finished jobs older than an age (in a folder that is not a queue, only the temporary files
+restorecli left there), never following symlinks, never touching queued or running jobs, never leaving the given
+root."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..files import live_writer
+from ..files import live_writer, temporary_writer
 from .store import DB_NAME, JobStore, queue_exists
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -37,6 +38,7 @@ def describe_age(seconds: float) -> str:
 class PruneReport:
     removed: list[dict] = field(default_factory=list)  # {"path", "bytes", "job_id"?}
     dry_run: bool = False
+    kept: int = 0  # files old enough that were kept all the same, as restorecli did not write them (plain folder)
 
     @property
     def bytes_freed(self) -> int:
@@ -111,39 +113,44 @@ def prune_queue(root: Path, age: float, dry_run: bool = False) -> PruneReport:
 
 
 def prune_folder(root: Path, age: float, dry_run: bool = False) -> PruneReport:
-    """Delete files (and symlinks, as links) under ``root`` last modified more than ``age`` seconds ago,
-    then the folders that this leaves empty. Symlinked folders are never entered."""
+    """Delete, under ``root``, the temporary files that restorecli's atomic writes left behind (named
+    ``.NAME.restorecli-PID@HOST.RANDOM.part``) last modified more than ``age`` seconds ago, whose writer no longer
+    runs. Nothing else is deleted: a plain folder may hold originals, and a finished output cannot be told from
+    one by its name, so every other file, link and folder stays (``kept`` counts the other files older than
+    ``age``). Symlinked folders are never entered."""
     report = PruneReport(dry_run=dry_run)
     real_root = Path(os.path.realpath(root))
     cutoff = time.time() - age
 
-    def walk(folder: Path) -> bool:
-        """Prune inside ``folder``; True if it is empty afterwards."""
-        empty = True
+    def walk(folder: Path) -> None:
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             path = Path(entry.path)
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
-                if walk(path) and path != root:
-                    if not dry_run:
-                        os.rmdir(path)
-                    continue
-                empty = False
-            elif info.st_mtime < cutoff:
+                walk(path)
+            elif info.st_mtime >= cutoff:
+                continue
+            elif not _abandoned_temporary(entry.name, info.st_mode):
+                report.kept += 1
+            else:
                 report.removed.append({"path": str(path), "bytes": info.st_size})
                 if not dry_run:
                     remove_tree(path, real_root)
-            else:
-                empty = False
-        return empty
 
     walk(root)
     return report
 
 
+def _abandoned_temporary(name: str, mode: int) -> bool:
+    """Whether a file of ``name`` and ``mode`` is an atomic write's temporary file whose writer no longer runs
+    (or ran on another host, which cannot be asked: the caller's age says it stopped writing long ago)."""
+    tag = temporary_writer(name)
+    return stat.S_ISREG(mode) and tag is not None and live_writer(tag) is None
+
+
 def prune(target: Path, age: float, dry_run: bool = False, queue_mode: bool | None = None) -> PruneReport:
-    """Prune a queue folder (it holds queue.db) or a plain output folder. A queue (``queue_mode``) that does not
-    exist yet has nothing to prune."""
+    """Prune a queue folder (it holds queue.db) or a plain folder (``prune_folder``). A queue (``queue_mode``)
+    that does not exist yet has nothing to prune."""
     if queue_mode and not queue_exists(target):
         return PruneReport(dry_run=dry_run)
     if not target.is_dir():
