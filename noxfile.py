@@ -1,5 +1,5 @@
 """nox sessions: `nox -s tests` runs the suite, `nox -s bench` measures restorecli against its peers, `nox -s container`
-builds the image and smoke-tests it with podman."""
+builds the image and smoke-tests it with podman, `nox -s docs` builds the documentation site."""
 
 import nox
 
@@ -18,13 +18,25 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Throughput and peak memory against RealESRGANer (realesrgan package) and ncnn; writes README figures."""
+    """Throughput and peak memory against RealESRGANer (realesrgan package) and ncnn; writes docs/performance.md."""
     session.install(*TORCH, "setuptools", "wheel")
     # basicsr's setup.py imports torch: build it against the torch above, not an isolated download.
     session.install("--no-build-isolation", "basicsr", "realesrgan")
     session.install("-e", ".[test]")
     session.install(*EMBEDDED)
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site, built with --strict: a broken link or anchor, a missing page or a page left out of
+    the nav fails it. The command reference is generated from the CLI first (scripts/cli_reference.py, which the
+    build also runs as a mkdocs hook). The CLI imports no torch to print its help, so restorecli goes in without its
+    dependencies, beside only what its start-up imports: the session installs in seconds, not a torch build."""
+    session.install("typer>=0.12", "rich>=13", "platformdirs>=3", "mkdocs>=1.6", "mkdocs-material>=9.5")
+    session.install("--no-deps", "-e", ".")
+    session.run("python", "scripts/cli_reference.py", "build/reference.md")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python="3.11")
