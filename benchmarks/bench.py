@@ -1,9 +1,9 @@
 """Measure restorecli's engine against its peers in one run, with the same weights, image and thread count.
 
 Peers: the `realesrgan` package's RealESRGANer (installed only in the bench environment) and the `ncnn`
-package on the CPU. Prints seconds and ratios, and writes them into README.md between the bench markers.
+package on the CPU. Prints seconds and ratios, and writes them into docs/performance.md between the bench markers.
 
-    nox -s bench            # or: python benchmarks/bench.py [--repeats 3] [--threads 2] [--no-readme]
+    nox -s bench            # or: python benchmarks/bench.py [--repeats 3] [--threads 2] [--no-docs]
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu  # noqa: E402  (its README block is its own)
-import ray_pool  # noqa: E402  (its README block is its own)
-import serve  # noqa: E402  (its README block is its own)
-import startup  # noqa: E402  (its README block is its own)
-from startup import write_readme  # noqa: E402
+import gpu  # noqa: E402  (its block of figures is its own)
+import ray_pool  # noqa: E402  (its block of figures is its own)
+import serve  # noqa: E402  (its block of figures is its own)
+import startup  # noqa: E402  (its block of figures is its own)
+from startup import write_block  # noqa: E402
 
 
 def _threads(n: int) -> None:
@@ -411,7 +410,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-faces", action="store_true")
@@ -435,29 +434,29 @@ def main() -> None:
         face = {} if args.skip_faces else faces(args.threads, args.repeats)
     text = render(speed, mem, args.threads, args.repeats, face)
     print(text)
-    if not args.no_readme:
-        write_readme(text, START, END)
+    if not args.no_docs:
+        write_block(text, START, END)
     if not args.skip_startup:
         started = startup.render(startup.measure(7), 7)
         print(started)
-        if not args.no_readme:
-            write_readme(started)
+        if not args.no_docs:
+            write_block(started)
     if not args.skip_serve:
         served = serve.table(serve.measure(400, 4), 400, 4)
         print(served)
-        if not args.no_readme:
-            write_readme(served, serve.START, serve.END)
+        if not args.no_docs:
+            write_block(served, serve.START, serve.END)
     if not args.skip_ray:
         pooled = ray_pool.render(ray_pool.measure(4, 3, 2))
         print(pooled)
-        if not args.no_readme:
-            write_readme(pooled, ray_pool.START, ray_pool.END)
+        if not args.no_docs:
+            write_block(pooled, ray_pool.START, ray_pool.END)
     if not args.skip_throughput:  # benchmarks/gpu.py's CPU form: issue 19's host-overhead ratio
         measured = gpu.measure(gpu.plan_for("cpu", threads=args.threads))
         throughput_text = gpu.render(measured)
         print(throughput_text)
-        if not args.no_readme:
-            write_readme(throughput_text, gpu.START, gpu.END)
+        if not args.no_docs:
+            write_block(throughput_text, gpu.START, gpu.END)
 
 
 if __name__ == "__main__":

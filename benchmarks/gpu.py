@@ -25,7 +25,7 @@ For each case (a model, an input size, a precision):
                                               # fp32 and bf16) and x4plus 128x128
     python benchmarks/gpu.py --device cpu --sizes 64x64 --images 2 --repeats 1 --batch-repeats 1  # a smoke run
 
-Prints one markdown table, writes every figure to ``--json`` and, with ``--readme``, the table into README.md
+Prints one markdown table, writes every figure to ``--json`` and, with ``--docs``, the table into docs/performance.md
 between the throughput markers. ``bench.py`` runs the CPU form too (``--skip-throughput`` leaves it out).
 """
 
@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import write_readme  # noqa: E402  (one way of writing a README block)
+from startup import write_block  # noqa: E402  (one way of writing a block of figures)
 
 START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
 X4PLUS, COMPACT = "realesrgan-x4plus", "realesr-animevideov3"
@@ -582,7 +582,7 @@ def _spread(samples: list[float]) -> float:
 
 
 def render(results: dict) -> str:
-    """The README block: what ran, one table (a row per case, and per variant kept), and notes."""
+    """The block of figures for docs/performance.md: what ran, one table (a row per case, and per variant kept), and notes."""
     gpu = results["device_type"] == "cuda"
     rows = results["cases"]
     tiles_label = "auto tiles" if results["tile"] is None else f"tiles (--tile {results['tile']})"
@@ -670,7 +670,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=480, metavar="SECONDS",
                         help="variants start only while the run stays within this [default: 480]")
     parser.add_argument("--json", type=Path, metavar="PATH", help="[default: throughput-DEVICE.json]")
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md (throughput markers)")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/performance.md (throughput markers)")
     args = parser.parse_args()
     if args.images is not None and args.images < 2:
         parser.error("--images must be at least 2: the marginal time per image needs two batch sizes")
@@ -682,8 +682,8 @@ def main() -> None:
     text = render(results)
     print(text)
     print(f"\nevery figure: {path}", file=sys.stderr)
-    if args.readme:
-        write_readme(text, START, END)
+    if args.docs:
+        write_block(text, START, END)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ the pool adds to each image (its time from the driver's reading the input to its
 restoring, from the driver's ``summary`` event), as a share of the local worker's time per image (the aim: at most
 10%); the drains' steady times are compared too, though on a shared machine they move by more. The
 driver's own work (reading inputs, writing outputs, the queue's transactions) gives the images per second one
-driver can write. Writes the figures into README.md between the ray markers; ``bench.py`` runs it too.
+driver can write. Writes the figures into docs/performance.md between the ray markers; ``bench.py`` runs it too.
 
-    python benchmarks/ray_pool.py [--jobs 4] [--images 3] [--rounds 2] [--no-readme]
+    python benchmarks/ray_pool.py [--jobs 4] [--images 3] [--rounds 2] [--no-docs]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import write_readme  # noqa: E402  (one way of writing a README block)
+from startup import machine, write_block  # noqa: E402  (one way of writing a block of figures)
 
 START, END = "<!-- ray:start -->", "<!-- ray:end -->"
 KINDS = (("local", []), ("ray", ["--ray", "local", "--actors", "1"]),
@@ -136,7 +135,7 @@ def render(results: dict) -> str:
     driver = results["driver"]
     lines = [
         f"The Ray pool against the local worker, measured by `benchmarks/ray_pool.py` on {time.strftime('%Y-%m-%d')} "
-        f"({platform.machine()}, {os.cpu_count()} cores, shared): {results['jobs']} jobs of {results['images']} "
+        f"({machine()}, shared): {results['jobs']} jobs of {results['images']} "
         f"{SIZE}x{SIZE} PNGs each, restored with {MODEL} at fp32 on the CPU into {4 * SIZE}x{4 * SIZE} PNGs, by "
         f"`restorecli worker --once` and by `restorecli worker --once --ray local --actors 1` with and without "
         f"`--actor-images 1` (one actor, reserving "
@@ -181,15 +180,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     args = parser.parse_args()
     if args.jobs < 2:
         parser.error("--jobs must be at least 2: the steady state starts at the first job's end")
     results = measure(args.jobs, args.images, args.rounds)
     text = render(results)
     print(text)
-    if not args.no_readme:
-        write_readme(text, START, END)
+    if not args.no_docs:
+        write_block(text, START, END)
 
 
 if __name__ == "__main__":

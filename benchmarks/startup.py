@@ -1,17 +1,16 @@
 """Start-up cost of the commands that run no model, beside a bare interpreter: wall time and peak resident memory.
 
 Each command runs as its own process, the way a user, cron or a shell's TAB completion runs it; the best of
-``--repeats`` runs is kept (these machines are shared, so single runs move). Writes the table into README.md
-between the startup markers; ``bench.py`` runs it too.
+``--repeats`` runs is kept (these machines are shared, so single runs move). Writes the table into
+docs/performance.md between the startup markers; ``bench.py`` runs it too.
 
-    python benchmarks/startup.py [--repeats 7] [--no-readme]
+    python benchmarks/startup.py [--repeats 7] [--no-docs]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PERFORMANCE = ROOT / "docs" / "performance.md"  # every benchmark writes its block of figures here
 START, END = "<!-- startup:start -->", "<!-- startup:end -->"
 TARGET_S, TARGET_MIB = 0.3, 80  # issue 15's aim on these machines
 
@@ -61,7 +60,7 @@ def measure(repeats: int) -> list[dict]:
 def render(rows: list[dict], repeats: int) -> str:
     bare = rows[0]
     lines = [f"Start-up of the commands that load no model, measured by `benchmarks/startup.py` on "
-             f"{time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} cores), each a fresh process, best "
+             f"{time.strftime('%Y-%m-%d')} ({machine()}), each a fresh process, best "
              f"of {repeats} runs. The aim on these machines is {TARGET_S} s and {TARGET_MIB} MB: PyTorch, spandrel, "
              "OpenCV and numpy are imported only by the commands that run a model or decode pixels.",
              "", "| command | wall time | above `python -c pass` | peak resident memory |", "| --- | --- | --- | --- |"]
@@ -71,24 +70,31 @@ def render(rows: list[dict], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str, start: str = START, end: str = END) -> None:
-    """Replace what README.md holds between ``start`` and ``end`` with ``text``."""
-    content = README.read_text()
+def machine() -> str:
+    """Where a block was measured: the CPU's model name and its cores, e.g. 'AMD EPYC 9B14, 2 cores'."""
+    from restorecli.engine.device import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def write_block(text: str, start: str = START, end: str = END) -> None:
+    """Replace what docs/performance.md holds between ``start`` and ``end`` with ``text``."""
+    content = PERFORMANCE.read_text()
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(content):
-        sys.exit(f"README.md has no {start} ... {end} section")
-    README.write_text(pattern.sub(lambda _m: f"{start}\n{text}\n{end}", content))
+        sys.exit(f"{PERFORMANCE} has no {start} ... {end} section")
+    PERFORMANCE.write_text(pattern.sub(lambda _m: f"{start}\n{text}\n{end}", content))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     args = parser.parse_args()
     text = render(measure(args.repeats), args.repeats)
     print(text)
-    if not args.no_readme:
-        write_readme(text)
+    if not args.no_docs:
+        write_block(text)
 
 
 if __name__ == "__main__":

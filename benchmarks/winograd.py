@@ -1,6 +1,6 @@
 """Does a Winograd F(4x4, 3x3) convolution written in eager PyTorch beat oneDNN's direct one on the CPU?
 
-A record of a measured option that was not taken (README, Performance): on x4plus's layer shapes at 128 px
+A record of a measured option that was not taken (docs/performance.md): on x4plus's layer shapes at 128 px
 it was 1.7-5x slower, because its tile transforms move more memory than the direct convolution takes time.
 Prints each shape's times and the largest difference from the direct result.
 
