@@ -336,29 +336,47 @@ def test_submit_carries_face_options_to_the_worker(tmp_path, queue, model):
     assert status["status"] == "queued" and "download-weights gfpgan-1.4 retinaface-resnet50" in status["error"]
 
 
-def test_a_worker_that_lacks_weights_gives_the_jobs_back_and_stops(tmp_path, queue, model, face_files):
-    """Weights missing on the worker's machine fail no job: the job is queued again untouched (no attempt
-    counted), the worker exits 3 saying what to install, and once they are installed the next run does it."""
+def test_a_worker_that_lacks_weights_gives_each_job_back_and_goes_on(tmp_path, queue, model, face_files):
+    """Weights missing on the worker's machine stop neither the worker nor the queue: each such job is queued again
+    (the attempt counted) for a worker that has them, the worker goes on with the next job and exits 3 at the end
+    saying what to install, and once they are installed the next run does them."""
     weights, detector = face_files
     empty = tmp_path / "empty-weights"
     files = photos(tmp_path, ["a.jpg", "b.jpg"])
     common = ["--queue", queue, "--model", model, "--face-enhance", "--face-model", "gfpgan-1.3", "--face-detector",
               detector, "--weights-dir", empty, "--json"]
     ids = [json.loads(cli("submit", f, *common).stdout)["job_id"] for f in files]
+    plain = submit(queue, model, files[0])["job_id"]  # behind them, a job this machine can run
     result = cli("worker", "--queue", queue, "--once")
     assert result.exit_code == 3
     assert f"download-weights gfpgan-1.3 --weights-dir {empty}" in result.stderr
-    assert "queued again, untouched" in result.stderr
-    assert [job(queue, i).status for i in ids] == ["queued", "queued"] and [job(queue, i).attempts for i in ids] == [0, 0]
+    assert "queued again for a worker that can, and fails after 3 tries" in result.stderr
+    assert [job(queue, i).status for i in ids] == ["queued", "queued"] and [job(queue, i).attempts for i in ids] == [1, 1]
+    assert job(queue, plain).status == "completed"  # the queue went on
     shown = cli("status", ids[0], "--queue", queue)
     assert "queued, position 1" in shown.stderr and "last try: --face-enhance needs gfpgan-1.3" in shown.stderr
     events = [json.loads(line) for line in cli("worker", "--queue", queue, "--once", "--json").stdout.splitlines()]
-    assert [e["type"] for e in events] == ["claimed", "setup_error", "finished"]  # the second job is not tried
+    assert [e["type"] for e in events] == ["claimed", "setup_error", "finished"] * 2  # each tried once a run
     empty.mkdir()
     shutil.copy(weights / "GFPGANv1.3.pth", empty / "GFPGANv1.3.pth")  # the machine gets its weights
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     assert [job(queue, i).status for i in ids] == ["completed", "completed"]
     assert json.loads(cli("status", ids[0], "--queue", queue, "--json").stdout)["error"] is None
+
+
+def test_a_job_no_worker_can_run_fails_after_its_attempts_saying_why(tmp_path, queue, model):
+    """The poison job of a queue served by one worker that lacks its weights: tried --max-attempts times, then
+    failed with the reason and what to install; the worker never exits on its account."""
+    files = photos(tmp_path, ["a.jpg"])
+    poison = json.loads(cli("submit", files[0], "--queue", queue, "--model", model, "--face-enhance",
+                            "--weights-dir", tmp_path / "nofaces", "--json").stdout)["job_id"]
+    result = cli("worker", "--queue", queue, "--once", "--max-attempts", 1, "--json")
+    assert result.exit_code == 3
+    failed = job(queue, poison)
+    assert failed.status == "failed" and failed.attempts == 1
+    assert failed.last_error.startswith("could not be run by a worker once; last error: --face-enhance needs")
+    assert "restorecli download-weights gfpgan-1.4 retinaface-resnet50" in failed.last_error
+    assert [json.loads(line)["type"] for line in result.stdout.splitlines()] == ["claimed", "setup_error", "finished"]
 
 
 def test_a_job_whose_own_model_cannot_load_fails_and_the_queue_goes_on(tmp_path, queue, model):
@@ -511,8 +529,8 @@ def test_a_job_for_a_device_this_machine_lacks_waits_for_a_worker_that_has_it(tm
                             missing, "--json").stdout)["job_id"]
     result = cli("worker", "--queue", queue, "--once")
     assert result.exit_code == 3 and f"--device {missing}: " in result.stderr
-    assert "queued again, untouched" in result.stderr
-    assert job(queue, job_id).status == "queued" and job(queue, job_id).attempts == 0
+    assert "queued again for a worker that can" in result.stderr
+    assert job(queue, job_id).status == "queued" and job(queue, job_id).attempts == 1
     assert cli("worker", "--queue", queue, "--once", "--device", "cpu").exit_code == 0  # a worker that has it
     assert job(queue, job_id).status == "completed"
 

@@ -25,7 +25,7 @@ class SetupError(RestoreCliError):
 
     exit_code = EXIT_SETUP
     # What is missing can be provided on this machine (weights installed, a device attached): a queue worker
-    # gives the job back and stops, instead of failing the job (and every job after it) for its own lack
+    # queues the job again for a worker that has it (failing it after its attempts) and goes on with the next
     of_this_machine = False
 
 
@@ -68,6 +68,10 @@ class ImageDecodeError(ImageError):
 
 class ImageTooLarge(ImageError):
     """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class OutputTooLarge(ImageError):
+    """The image's output would have more pixels than ``--max-output-pixels`` allows."""
 
 
 class TileOutOfMemory(ImageError):

@@ -69,6 +69,10 @@ def option(default: Any, help: str, **spec: Any) -> Any:
 
 
 _FACES = "Faces"
+MAX_OUTSCALE = 16.0  # beyond any model's own scale by far; 1e7 once drove a worker to 15 GB before it failed
+# A queued job's images are bounded by default: a server's or a queue's worker is shared, and one 64000x64000
+# output ties it up for an hour. A local restore is the user's own machine and time, so it has no default bound.
+QUEUE_MAX_OUTPUT_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class RestoreOptions:
     model: str = option(DEFAULT_MODEL, "Registry name or checkpoint path (.pth, .safetensors, ncnn .param).",
                         metavar="NAME|PATH", loads_models=True)
     outscale: float | None = option(None, "Final scale, e.g. 2 or 3.5 [default: the model's].", metavar="SCALE",
-                                    given_as=float, minimum=0.01, show_default=False)
+                                    given_as=float, minimum=0.01, maximum=MAX_OUTSCALE, show_default=False)
     tile: int | None = option(None, "auto (from free memory), 0 (whole image) or N (N x N tiles).",  # None: auto
                               metavar="auto|0|N", parse=parse_tile, given_default="auto", loads_models=True)
     tile_pad: int = option(24, "Context overlap around each tile, in input pixels.", metavar="PIXELS", given_as=int,
@@ -103,6 +107,9 @@ class RestoreOptions:
                                                choices=ALPHAS, loads_models=True)
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "Refuse larger inputs (decompression-bomb guard).", metavar="N",
                              given_as=int, minimum=1)
+    max_output_pixels: int | None = option(
+        None, "Refuse an image whose output would have more pixels than this [default: no limit; for queued jobs "
+        f"(submit, serve) {QUEUE_MAX_OUTPUT_PIXELS:,}].", metavar="N", given_as=int, minimum=1, show_default=False)
     face_enhance: bool = option(False, "Restore faces (detect, align, restore, paste back).", given_as=bool,
                                 loads_models=True, panel=_FACES)
     face_model: str = option("gfpgan-1.4", "gfpgan-1.4, gfpgan-1.3, or a face model path (e.g. RestoreFormer++).",

@@ -43,6 +43,7 @@ from .images import (
     STRIP_WRITERS,
     DecodedImage,
     OutputFormat,
+    check_output_pixels,
     check_output_size,
     decode_image,
     encode_image,
@@ -211,6 +212,7 @@ class Restorer:
         decoded = decode_image(data, name, options.max_pixels)
         size = target_size(self.model, *decoded.size, options.outscale)
         check_output_size(name, fmt, size)
+        check_output_pixels(name, size, options.max_output_pixels)
         faces = self.faces.plan(decoded.color, size, _face_options(options)) if self.faces is not None else None
         return Prepared(decoded, size, self._streams(decoded, options, fmt), faces)
 
@@ -430,11 +432,14 @@ def restore_batch(
     stdout: BinaryIO | None = None,
     should_stop: Callable[[], bool] | None = None,
     items: list[InputItem] | None = None,
+    should_abandon: Callable[[], bool] | None = None,
 ) -> BatchResult:
     """Restore every input; returns one result per input processed. Setup errors (weights, device) raise
     before any image is touched; image errors become items with ``status="error"``. ``should_stop`` is
     asked before each image: when it says yes, the batch ends there (the rest is left for a later run).
     ``items``, when given, replaces the expansion of ``inputs`` (callers that already know each output's place).
+    ``should_abandon`` is asked between tiles: when it says yes (a queued job cancelled), the image in hand is
+    dropped, unwritten, and the batch ends there.
     Each output is planned (``OutputPlanner``) as the batch reaches its image, then written, described (a dry
     run: ``status="planned"``), skipped or counted an error as planned.
 
@@ -464,6 +469,8 @@ def restore_batch(
             order.report()  # the image before, written meanwhile
             if order.halted is not None:
                 raise Halted(order.halted)
+            if should_abandon is not None and should_abandon():
+                raise Halted(None)
 
         try:
             for _ in items:

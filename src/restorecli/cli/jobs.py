@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ..jobs.prune import parse_age, prune as prune_target
 from ..jobs.status import job_status, queue_overview
-from ..jobs.store import queue_dir
+from ..jobs.store import queue_dir, queue_exists
 from ..errors import EXIT_SETUP, EXIT_SOME_FAILED, UsageError
 from . import options as o
 from .exits import exit_on_error
@@ -145,8 +145,8 @@ def worker(
                       "finished; make room and start the worker again", soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED)
     if report.setup_error:
-        console.print("[red]stopped[/]: this machine cannot run the job (see above); it is queued again, untouched; "
-                      "fix this and start the worker again", soft_wrap=True)
+        console.print(f"[red]this machine could not run every job[/]: {escape(report.setup_error)}; such a job is "
+                      f"queued again for a worker that can, and fails after {max_attempts} tries", soft_wrap=True)
         raise typer.Exit(EXIT_SETUP)
 
 
@@ -196,6 +196,44 @@ def status(
     for run in data["running"]:
         state = "lease expired" if run["stale"] else f"lease {run['lease_expires_in']:.0f}s"
         typer.echo(f"{run['job_id']}\t{run['worker']}\t{run['current'] or '-'}\t{state}")
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="The job to cancel.", show_default=False)],
+    queue: o.Queue = None,
+    wait: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for a running job's worker to "
+                                        "stop (it stops at its next tile).", min=0)] = 30.0,
+    json_output: o.Json = False,
+) -> None:
+    """Cancel a queued or running job: a queued one is deleted with its files; a running one is stopped by its
+    worker at its next tile, which keeps nothing of it. Exit 1 if the worker has not stopped within --wait."""
+    from ..jobs.cancel import cancel_job
+    from ..jobs.store import JobStore
+
+    with exit_on_error():
+        root = queue_dir(queue)
+        if not queue_exists(root):
+            raise UsageError(f"no job '{job_id}' in {root}: the queue is empty")
+        store = JobStore(root)
+        try:
+            found = store.get(job_id)
+            if found is not None and found.status in ("completed", "failed"):
+                raise UsageError(f"job {job_id} has already {found.status}: nothing to cancel (restorecli prune "
+                                 "removes finished jobs)")
+            done = cancel_job(store, job_id, wait) if found is not None else None
+        finally:
+            store.close()
+        if done is None:
+            raise UsageError(f"no job '{job_id}' in {root}")
+    if json_output:
+        typer.echo(json.dumps({"job_id": done.job_id, "was": done.was, "deleted": done.deleted}))
+    console = stderr_console()
+    if done.deleted:
+        console.print(f"job {done.job_id}: cancelled (it was {done.was})")
+        return
+    console.print(f"job {done.job_id}: its worker was asked to stop and has not yet; it drops the job at its next "
+                  f"tile", soft_wrap=True)
+    raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def prune(

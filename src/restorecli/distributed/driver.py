@@ -408,7 +408,7 @@ class _Driver:
 
     def next_image(self) -> tuple[_Run, _Image] | None:
         for run in self.runs:
-            if run.outcome is not None:
+            if run.outcome is not None or run.renewer.gone:  # a job cancelled or taken over sends no more images
                 continue
             while run.planned < len(run.items) and run.outcome is None:
                 image = self.plan(run)
@@ -481,7 +481,8 @@ class _Driver:
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
             return
         if outcome.setup is not None:
-            self.settle(run, settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(), self.note))
+            self.settle(run, settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(),
+                                                       self.note, self.options.max_attempts))
             return
         if outcome.failure is not None:
             self.store.retry_later(run.lease, outcome.failure, self.options.max_attempts)
@@ -557,6 +558,10 @@ class _Driver:
             if run.renewer.lost.is_set():
                 shutil.rmtree(run.work, ignore_errors=True)
                 self.settle(run, "lost")
+            elif run.renewer.cancelled.is_set() and run.in_flight == 0:  # its images in flight came back unused
+                shutil.rmtree(run.work, ignore_errors=True)
+                run.renewer.finish()
+                self.settle(run, "cancelled" if self.store.drop_cancelled(run.lease) else "lost")
             elif run.complete and not self.report.storage_error:
                 run.renewer.finish()  # no renewal past the publish, whose owner check fences a lease lost by now
                 self.settle(run, publish_results(self.store, run.lease, run.work, run.progress(), run.ran))

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..images.formats import output_size
 from .model import LoadedModel
 from .resample import ResizeRows
 from .tiling import RowSink, TileProgress, upscale
@@ -34,10 +35,6 @@ class Enhanced:
     color: np.ndarray
     alpha: np.ndarray | None
     tile: int  # tile size used for the colour pass
-
-
-def output_size(width: int, height: int, outscale: float) -> tuple[int, int]:
-    return max(1, round(width * outscale)), max(1, round(height * outscale))
 
 
 def target_size(model: LoadedModel, width: int, height: int, outscale: float | None) -> tuple[int, int]:

@@ -18,7 +18,7 @@ _HOME = {
                "read_input_file", "read_input_stream", "srgb_profile"),
     "encode": ("MAX_SIDE", "STRIP_WRITERS", "check_output_size", "encode_image", "strip_writer"),
     "formats": ("DEFAULT_MAX_PIXELS", "FORMAT_SUFFIX", "IMAGE_SUFFIXES", "SIXTEEN_BIT_FORMATS", "OutputFormat",
-                "format_for_suffix"),
+                "check_output_pixels", "format_for_suffix"),
     "pixels": ("full_scale",),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
@@ -39,5 +39,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
                          read_input_file, read_input_stream, srgb_profile)
     from .encode import MAX_SIDE, STRIP_WRITERS, check_output_size, encode_image, strip_writer
     from .formats import (DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, IMAGE_SUFFIXES, SIXTEEN_BIT_FORMATS, OutputFormat,
-                          format_for_suffix)
+                          check_output_pixels, format_for_suffix)
     from .pixels import full_scale

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..errors import OutputTooLarge
+
 OutputFormat = Literal["png", "jpg", "webp", "tiff"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -37,3 +39,16 @@ def suffix_for_content(head: bytes) -> str | None:
         if head[offset:offset + len(signature)] == signature and (suffix != ".webp" or head[:4] == b"RIFF"):
             return suffix
     return None
+
+
+def output_size(width: int, height: int, outscale: float) -> tuple[int, int]:
+    """The size of a ``width`` x ``height`` image scaled by ``outscale``."""
+    return max(1, round(width * outscale)), max(1, round(height * outscale))
+
+
+def check_output_pixels(name: str, size: tuple[int, int], limit: int | None) -> None:
+    """Raise ``OutputTooLarge`` when an output of ``size`` (w, h) has more pixels than ``limit`` (None: none)."""
+    if limit is not None and size[0] * size[1] > limit:
+        raise OutputTooLarge(f"{name}: its output would be {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:,.1f} "
+                         f"megapixels), over the limit of {limit / 1e6:,.1f} megapixels (--max-output-pixels "
+                         f"{limit}); ask for a smaller outscale")

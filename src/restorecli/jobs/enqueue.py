@@ -11,11 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import SetupError
+from ..errors import ImageError, OutputTooLarge, SetupError, UsageError
 from ..files import writer_tag
+from ..images.formats import check_output_pixels, output_size
 from ..models.loading import unknown_model
 from ..models.registry import REGISTRY
-from ..options import RestoreOptions
+from ..options import QUEUE_MAX_OUTPUT_PIXELS, RestoreOptions
 from .store import Job, JobStore, new_job_id
 
 # Fields of RestoreOptions that belong to the worker, not to the job.
@@ -30,6 +31,8 @@ def job_options(options: RestoreOptions) -> dict:
         if not model.is_file():
             raise unknown_model(stored["model"])
         stored["model"] = str(model.resolve())
+    if stored["max_output_pixels"] is None:  # a queue's worker is shared: its jobs are bounded unless asked
+        stored["max_output_pixels"] = QUEUE_MAX_OUTPUT_PIXELS
     for key in ("weights_dir", "save_faces"):
         if stored[key]:
             stored[key] = str(Path(stored[key]).resolve())
@@ -37,6 +40,29 @@ def job_options(options: RestoreOptions) -> dict:
         if stored[key] not in REGISTRY and Path(stored[key]).is_file():
             stored[key] = str(Path(stored[key]).resolve())
     return stored
+
+
+def refuse_oversized(options: dict, inputs: list[tuple[str, Path]]) -> None:
+    """Refuse (``UsageError``, naming the file and the limit) a job with an image whose output would be over its
+    ``max_output_pixels``, read from the images' headers, before the job takes a worker's time. The scale is the
+    job's ``outscale`` or its registry model's; a checkpoint file's scale is known once a worker loads it, which
+    applies the same limit to each image. A file whose header cannot be read is left for the worker to name."""
+    from ..images.decode import probe
+
+    limit = options.get("max_output_pixels")
+    entry = REGISTRY.get(options["model"])
+    scale = options.get("outscale") or (entry.scale if entry else None)
+    if limit is None or scale is None:
+        return
+    for name, path in inputs:
+        try:
+            size, _ = probe(path.read_bytes(), name)
+        except (ImageError, OSError):
+            continue
+        try:
+            check_output_pixels(name, output_size(*size, scale), limit)
+        except OutputTooLarge as exc:
+            raise UsageError(str(exc)) from None
 
 
 class Staging:
@@ -60,6 +86,7 @@ class Staging:
             if not path.is_file() or path.stat().st_size != sizes[stored["stored"]]:
                 raise SetupError(f"cannot queue the job: its input {stored['original_filename']} vanished from "
                                  f"{self.folder} before it was queued (a prune run meanwhile?); nothing was queued")
+        refuse_oversized(options, [(i["original_filename"], self.inputs / i["stored"]) for i in inputs])
         self.inputs.mkdir(parents=True, exist_ok=True)  # a job of stdin alone has made no folder yet
         os.rename(self.folder, store.job_dir(self.job_id))
         return store.add(self.job_id, options, inputs)

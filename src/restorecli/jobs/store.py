@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Collection, Iterator, Literal
 
 from ..errors import QueueUnavailable, SetupError, UsageError
 from ..files import write_atomic
@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 # Columns added after the first release, added to an older queue's table when it is opened
-_ADDED_COLUMNS = {"progress": "TEXT"}
+_ADDED_COLUMNS = {"progress": "TEXT", "cancel": "REAL"}  # cancel: when a cancel of the running job was asked
 
 
 def queue_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -112,6 +112,7 @@ class Job:
     current: str | None
     last_error: str | None
     progress: list[dict] | None = None  # while it runs: one entry per finished input, in order
+    cancel: float | None = None  # when someone asked to cancel it while it ran (its worker then drops it)
 
     @property
     def done(self) -> int:
@@ -295,21 +296,36 @@ class JobStore:
 
     # ------------------------------------------------------------------ leases
 
-    def claim(self, lease_seconds: float, max_attempts: int, worker: str) -> Lease | None:
-        """Take the oldest runnable job: queued, or processing with an expired lease (its worker died or
-        stalled). A job whose lease expired ``max_attempts`` times is marked failed instead."""
+    def claim(self, lease_seconds: float, max_attempts: int, worker: str, skip: Collection[str] = ()) -> Lease | None:
+        """Take the oldest runnable job not in ``skip``: queued, or processing with an expired lease (its worker
+        died or stalled). A job whose lease expired ``max_attempts`` times is marked failed instead; one cancelled
+        while it ran is removed."""
+        dropped: list[str] = []
+        try:
+            return self._claim(lease_seconds, max_attempts, worker, tuple(skip), dropped)
+        finally:
+            for job_id in dropped:
+                self.remove_folder(job_id)
+
+    def _claim(self, lease_seconds: float, max_attempts: int, worker: str, skip: tuple[str, ...],
+               dropped: list[str]) -> Lease | None:
         token = secrets.token_hex(8)
         now = time.time()
+        skipped = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
         with self.transaction() as db:
             while True:
                 row = db.execute(
-                    "SELECT * FROM jobs WHERE status = 'queued' OR (status = 'processing' AND lease_until < ?) "
-                    "ORDER BY seq LIMIT 1",
-                    (now,),
+                    "SELECT * FROM jobs WHERE (status = 'queued' OR (status = 'processing' AND lease_until < ?))"
+                    f"{skipped} ORDER BY seq LIMIT 1",
+                    (now, *skip),
                 ).fetchone()
                 if row is None:
                     return None
                 job = self._job(row)
+                if job.cancel is not None:  # cancelled while it ran, and its worker died or gave it back since
+                    db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+                    dropped.append(job.id)
+                    continue
                 if job.status == "processing" and job.attempts >= max_attempts:
                     error = (f"gave up after {job.attempts} attempts: the worker stopped responding"
                              f"{f' while processing {job.current}' if job.current else ''}"
@@ -349,15 +365,19 @@ class JobStore:
         with self.transaction() as db:
             if not self._owns(db, lease):
                 return False
-            resume = self.job_dir(lease.job.id) / "work" / "resume"
-            if work.is_dir() and not resume.exists():
-                os.rename(work, resume)
+            self._keep_for_resume(lease, work)
             db.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
                 "current = NULL, progress = NULL, attempts = attempts - 1, last_error = COALESCE(?, last_error) WHERE id = ?",
                 (error, lease.job.id),
             )
             return True
+
+    def _keep_for_resume(self, lease: Lease, work: Path) -> None:
+        """Inside a transaction that owns the lease: the images ``work`` holds become the next owner's to adopt."""
+        resume = self.job_dir(lease.job.id) / "work" / "resume"
+        if work.is_dir() and not resume.exists():
+            os.rename(work, resume)
 
     def _owns(self, db: _Database, lease: Lease) -> bool:
         row = db.execute("SELECT owner, status FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
@@ -398,15 +418,20 @@ class JobStore:
             self._mark_failed(db, lease.job, error)
             return True
 
-    def retry_later(self, lease: Lease, error: str, max_attempts: int) -> bool:
-        """After an unexpected failure: queue the job again, or fail it once it has used ``max_attempts``."""
+    def retry_later(self, lease: Lease, error: str, max_attempts: int, work: Path | None = None,
+                    tried: str = "failed") -> bool:
+        """After a failure: queue the job again (what ``work`` holds kept for the next owner), or fail it once it
+        has used ``max_attempts``, saying it ``tried`` that many times and the last ``error``."""
         with self.transaction() as db:
             if not self._owns(db, lease):
                 return False
             (attempts,) = db.execute("SELECT attempts FROM jobs WHERE id = ?", (lease.job.id,)).fetchone()
             if attempts >= max_attempts:
-                self._mark_failed(db, lease.job, f"failed {attempts} times; last error: {error}")
+                times = "once" if attempts == 1 else f"{attempts} times"
+                self._mark_failed(db, lease.job, f"{tried} {times}; last error: {error}")
             else:
+                if work is not None:
+                    self._keep_for_resume(lease, work)
                 db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
                            "progress = NULL, last_error = ? WHERE id = ?", (error, lease.job.id))
             return True
@@ -431,15 +456,41 @@ class JobStore:
 
     def withdraw(self, job_id: str) -> JobStatus | None:
         """Take a queued or finished job out of the queue, in one transaction with the check of its status, so no
-        worker claims it meanwhile; its folder is the caller's to delete. Returns the status it had (a job being
-        processed is left alone and ``processing`` returned), or None for no such job."""
+        worker claims it meanwhile; its folder is the caller's to delete. A job being processed is marked to be
+        cancelled instead: its worker drops it (record and folder) at its next tile, or the next claim does where
+        that worker is gone. Returns the status it had, or None for no such job."""
         with self.transaction() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            if row["status"] != "processing":
+            if row["status"] == "processing":
+                db.execute("UPDATE jobs SET cancel = COALESCE(cancel, ?) WHERE id = ?", (time.time(), job_id))
+            else:
                 db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             return row["status"]
+
+    def cancel_asked(self, job_id: str) -> bool:
+        row = self._db.execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and row["cancel"] is not None
+
+    def drop_cancelled(self, lease: Lease) -> bool:
+        """The worker holding a cancelled job gives it up: record and folder go. False if it no longer owns it."""
+        with self.transaction() as db:
+            if not self._owns(db, lease):
+                return False
+            db.execute("DELETE FROM jobs WHERE id = ?", (lease.job.id,))
+        self.remove_folder(lease.job.id)
+        return True
+
+    def remove_folder(self, job_id: str) -> None:
+        """Delete a job's folder whose record is gone, never through a planted link; one already gone is fine."""
+        from .prune import remove_tree
+
+        folder = self.job_dir(job_id)
+        try:
+            remove_tree(folder, Path(os.path.realpath(self.root)))
+        except FileNotFoundError:
+            pass
 
     # ------------------------------------------------------------------ workers
 

@@ -34,31 +34,39 @@ class WorkerOptions:
     poll: float = 2.0
     device: str | None = None  # overrides the jobs' device (one worker per GPU)
     max_attempts: int = 3
+    # A job this machine could not run (weights, a device) is left to other workers this long before this one
+    # tries it again (each try counts an attempt), so a lone worker fails it after its attempts, not at once
+    setup_retry: float = 30.0
 
 
 @dataclass
 class WorkerReport:
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, outcome)
     stopped: bool = False
-    storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only,
-    setup_error: str | None = None  # or this machine lacks what a job needs (weights, a device)
+    storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only
+    # What this machine lacked for a job (weights, a device): the job was retried, then failed, and the worker went
+    # on with the next; said at the end (exit 3), so a cron run shows it. Never a reason to stop.
+    setup_error: str | None = None
+    lacked: set[str] = field(default_factory=set)  # ids of the jobs that lacked it
 
     def noting(self, emit: Event) -> Event:
-        """``emit``, also keeping in this report why the worker must stop (a storage or setup error)."""
+        """``emit``, also keeping in this report why the worker must stop (a storage error) or what this machine
+        lacked (a setup error)."""
 
         def note(event: str, data: dict) -> None:
             if event == "storage_error":
                 self.storage_error = data["error"]
             elif event == "setup_error":
                 self.setup_error = data["error"]
+                self.lacked.add(data["job_id"])
             emit(event, data)
 
         return note
 
     @property
     def must_stop(self) -> bool:
-        """Every later job would fail the same way."""
-        return bool(self.storage_error or self.setup_error)
+        """Every later job would fail the same way (the worker's disk cannot take its outputs)."""
+        return bool(self.storage_error)
 
 
 Event = Callable[[str, dict], None]
@@ -97,25 +105,42 @@ def wait_for_queue(root: Path, options: WorkerOptions, schedule: Schedule) -> bo
 
 
 class LeaseRenewer(threading.Thread):
-    """Keeps a lease alive from its own database connection; sets ``lost`` when another worker took the job.
-    Stop it with ``finish()``."""
+    """Keeps a lease alive from its own database connection; sets ``lost`` when another worker took the job, and
+    ``cancelled`` (looked at every ``CANCEL_POLL`` seconds) when someone asked to cancel it. Stop it with
+    ``finish()``."""
+
+    CANCEL_POLL = 1.0
 
     def __init__(self, root: Path, lease: Lease, seconds: float):
         super().__init__(daemon=True)
         self.root, self.lease, self.seconds = root, lease, seconds
         self.lost = threading.Event()
+        self.cancelled = threading.Event()
         self.done = threading.Event()
 
     def run(self) -> None:
         store = JobStore(self.root)
         try:
-            while not self.done.wait(self.seconds / 3):
+            renew_at = time.monotonic() + self.seconds / 3
+            while not self.done.wait(min(self.CANCEL_POLL, self.seconds / 3)):
+                if store.cancel_asked(self.lease.job.id):
+                    self.cancelled.set()
+                if time.monotonic() < renew_at:
+                    continue
+                renew_at = time.monotonic() + self.seconds / 3
                 if not store.renew(self.lease, self.seconds):
                     self.lost.set()
                     return
                 store.beat(worker_name(), self.lease.job.id, self.seconds / 3)
+        except Exception:  # the queue cannot be reached (its disk full, its database gone): the job is not ours
+            self.lost.set()  # to finish; another worker takes it over once the lease runs out
         finally:
             store.close()
+
+    @property
+    def gone(self) -> bool:
+        """The job is no longer this worker's to finish: taken over, or cancelled."""
+        return self.lost.is_set() or self.cancelled.is_set()
 
     def finish(self) -> None:
         self.done.set()
@@ -143,16 +168,19 @@ def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, roo
 
 
 def settle_setup_error(store: JobStore, lease: Lease, work: Path, exc: SetupError | UsageError,
-                       emit: Event) -> str:
-    """A job whose models cannot be loaded: failed where its own options cannot run anywhere; given back
-    untouched (and ``setup_error`` emitted) where this machine lacks what it needs. Returns the outcome."""
+                       emit: Event, max_attempts: int) -> str:
+    """A job whose models cannot be loaded: failed at once where its own options cannot run anywhere (a damaged
+    checkpoint, an unknown name). Where this machine lacks what it needs (weights not installed, no such device),
+    ``setup_error`` is emitted and the job is queued again with the attempt counted, for a worker that has it, and
+    failed with the reason once ``max_attempts`` are spent: a job never blocks the queue, and its worker goes on
+    with the next one. Returns the outcome (failed, retry or lost)."""
     if isinstance(exc, UsageError) or not exc.of_this_machine:  # the job's own options cannot run anywhere
-        store.fail(lease, str(exc))
-        return "failed"
-    # this machine lacks it (weights not installed, no such device): every job needing it would fail here the same
-    # way, so give the job back untouched and stop, rather than fail the queue
+        return "failed" if store.fail(lease, str(exc)) else "lost"
     emit("setup_error", {"job_id": lease.job.id, "error": str(exc)})
-    return give_back(store, lease, work, error=str(exc))
+    if not store.retry_later(lease, str(exc), max_attempts, work=work, tried="could not be run by a worker"):
+        return "lost"
+    job = store.get(lease.job.id)
+    return "failed" if job is not None and job.status == "failed" else "retry"
 
 
 def give_back(store: JobStore, lease: Lease, work: Path, error: str | None = None) -> str:
@@ -181,7 +209,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             if key not in restorers:
                 restorers[key] = Restorer.from_options(restore)
         except (SetupError, UsageError) as exc:
-            return settle_setup_error(store, lease, work, exc, emit)
+            return settle_setup_error(store, lease, work, exc, emit, options.max_attempts)
 
         finished: list[dict] = []
         in_hand: dict[str, str | None] = {"model": None, "reading": None}  # the image the model runs, the next
@@ -202,13 +230,16 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
 
         try:
             batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
-                                  should_stop=lambda: halted() or renewer.lost.is_set())
+                                  should_stop=lambda: halted() or renewer.gone, should_abandon=lambda: renewer.gone)
         except Exception as exc:  # an unexpected failure: count the attempt, let another try
             store.retry_later(lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
             return "retry"
     finally:
         renewer.finish()
-    if renewer.lost.is_set():
+    if renewer.cancelled.is_set() and not renewer.lost.is_set():
+        shutil.rmtree(work, ignore_errors=True)
+        return "cancelled" if store.drop_cancelled(lease) else "lost"
+    if renewer.gone:
         shutil.rmtree(work, ignore_errors=True)
         return "lost"
     if batch.halted:  # the disk is full or read-only: give the job back with what it finished, resumable
@@ -272,6 +303,7 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
         return report
     store = JobStore(root)
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
+    unrunnable: dict[str, float] = {}  # job id -> when this worker may try it again (it lacked what it needs)
     name = worker_name()
     note = report.noting(emit)
     try:
@@ -279,7 +311,9 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
             store.beat(name, None, max(options.poll, options.lease / 3))
-            lease = store.claim(options.lease, options.max_attempts, name)
+            now = time.monotonic()
+            unrunnable = {job_id: until for job_id, until in unrunnable.items() if until > now}
+            lease = store.claim(options.lease, options.max_attempts, name, skip=unrunnable)
             if lease is None:
                 if options.once:
                     break
@@ -287,6 +321,8 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
             outcome = run_job(store, lease, options, restorers, schedule.halted, note)
+            if outcome == "retry" and lease.job.id in report.lacked:
+                unrunnable[lease.job.id] = time.monotonic() + options.setup_retry
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
             if report.must_stop:

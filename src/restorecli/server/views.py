@@ -190,9 +190,10 @@ def models_document(allowed: tuple[str, ...], defaults: dict) -> dict:
     models = []
     for name in allowed:
         entry = REGISTRY.get(name)
+        status = model_availability(name, directory)
         models.append({"name": public_model_name(name), "scale": entry.scale if entry else None,
                        "description": entry.description if entry else "a checkpoint file on the server",
-                       "status": model_availability(name, directory)})
+                       "status": status, "runnable": status != "missing"})
     faces = {key: model_availability(defaults[key], directory) for key in ("face_model", "face_detector")}
     shown = {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance", "face_weight")}
     shown["model"] = public_model_name(shown["model"])
@@ -200,3 +201,20 @@ def models_document(allowed: tuple[str, ...], defaults: dict) -> dict:
             "faces": {"available": all(s != "missing" for s in faces.values()), "model": defaults["face_model"],
                       "detector": defaults["face_detector"]},
             "defaults": shown}
+
+
+def missing_weights(options: dict) -> str | None:
+    """What a job of ``options`` (as stored) needs that this server's weights folder lacks, and how to get it; None
+    where everything it would load is there (or converted on first use). Hashes are the loading worker's to check."""
+    directory = weights_dir(options.get("weights_dir"))
+    model = options["model"]
+    if model_availability(model, directory) == "missing":
+        fix = f"restorecli download-weights {model}" if model in REGISTRY else "put the file back"
+        return f"model {public_model_name(model)} is not installed on this server ({fix})"
+    if options.get("face_enhance"):
+        absent = [options[key] for key in ("face_model", "face_detector")
+                  if model_availability(options[key], directory) == "missing"]
+        if absent:
+            return (f"face_enhance needs {' and '.join(public_model_name(a) for a in absent)}, not installed on this "
+                    f"server (restorecli download-weights {' '.join(a for a in absent if a in REGISTRY)})")
+    return None
