@@ -21,12 +21,13 @@ HARNESS = Path(__file__).resolve().parent / "worker_harness.py"
 
 
 class LiveServer:
-    def __init__(self, folder: Path, *args: str, env: dict[str, str] | None = None, queue: Path | None = None,
+    def __init__(self, folder: Path, *args: str, env: dict[str, str | None] | None = None, queue: Path | None = None,
                  workers: int = 1, cwd: Path | None = None):
         self.folder = folder
         self.queue = queue or folder / "queue"
         self.args = ["--queue", str(self.queue), "--workers", str(workers), *args]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # a variable given as None is left out of the server's environment (say, an API_KEY of the test run's)
+        self.env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}.items() if v is not None}
         self.cwd = cwd or folder
         self.log = folder / f"serve-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen | None = None

@@ -87,7 +87,7 @@ def test_drop_restore_compare_and_download(tmp_path, make_model, browser):
 
     sizes = photo_sizes()
     # HARNESS_SLOW: each image takes a second at least, so the page has per-file progress to show
-    with LiveServer(tmp_path, "--model", str(make_model(2)), env={"API_KEY": "", "HARNESS_SLOW": "1"}) as server:
+    with LiveServer(tmp_path, "--model", str(make_model(2)), env={"API_KEY": None, "HARNESS_SLOW": "1"}) as server:
         context, page, requests, errors = open_dashboard(browser, server)
         expect(page.locator("#face-hint")).to_contain_text("Not available")  # /models: the tiny server has no faces
         expect(page.get_by_label("Restore faces")).to_be_disabled()

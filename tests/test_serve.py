@@ -70,7 +70,7 @@ def server(tmp_path, model, monkeypatch):
     """(client, config) for an app with no workers of its own; ``work()`` runs queued jobs in this process."""
     monkeypatch.delenv("API_KEY", raising=False)
     config = make_config(tmp_path, model, max_files=4, max_file_mb=0.5)
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url="http://localhost") as client:
         yield client, config
 
 
@@ -168,7 +168,7 @@ def test_a_job_whose_every_file_is_broken_fails_with_each_reason(server):
 def test_an_image_over_the_pixel_limit_is_that_file_s_error(tmp_path, model):
     config = load_config({**DEFAULTS, "model": model, "max_pixels": 1000}, queue=str(tmp_path / "queue"),
                          dotenv=tmp_path / "none.env")
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url="http://localhost") as client:
         job_id = upload(client, ("big.png", small_png(64, 64)), ("small.png", small_png(20, 20))).json()["job_id"]
         work(config)
         big, small = client.get(f"/status/{job_id}").json()["results"]
@@ -399,7 +399,7 @@ def test_an_api_key_is_required_when_set_and_compared_exactly(tmp_path, model, m
     monkeypatch.setenv("API_KEY", "s3cret")
     config = make_config(tmp_path, model)
     assert config.api_key == "s3cret"
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url="http://localhost") as client:
         for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": "s3cret "}, {"X-API-Key": "s3cre"}):
             response = upload(client, ("rocket.jpg", ROCKET), headers=headers)
             assert response.status_code == 401 and response.json()["detail"], headers
@@ -431,10 +431,11 @@ def test_openapi_schema_and_docs_declare_the_key_and_the_form(server):
 
 def test_cors_is_off_unless_an_origin_is_given(tmp_path, model):
     origin = "https://app.example.com"
-    with TestClient(create_app(make_config(tmp_path / "a", model))) as client:
+    with TestClient(create_app(make_config(tmp_path / "a", model)), base_url="http://localhost") as client:
         response = client.get("/health", headers={"Origin": origin})
         assert "access-control-allow-origin" not in response.headers
-    with TestClient(create_app(make_config(tmp_path / "b", model, cors_origin=origin))) as client:
+    config = make_config(tmp_path / "b", model, cors_origin=origin)
+    with TestClient(create_app(config), base_url="http://localhost") as client:
         assert client.get("/health", headers={"Origin": origin}).headers["access-control-allow-origin"] == origin
         other = client.get("/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
@@ -541,7 +542,7 @@ from restorecli.cli.options import DEFAULTS
 from restorecli.server.app import create_app
 from restorecli.server.config import load_config
 config = load_config({{**DEFAULTS, "model": {model!r}}}, queue={str(tmp_path / "q")!r}, dotenv={str(tmp_path)!r})
-client = TestClient(create_app(config))
+client = TestClient(create_app(config), base_url="http://localhost")
 job = client.post("/enhance", files=[("files", ("a.jpg", b"not really"))]).json()["job_id"]
 assert client.get("/status/" + job).status_code == 200 and client.get("/models").status_code == 200
 print(sorted(m for m in ("torch", "cv2", "numpy", "PIL", "spandrel") if m in sys.modules))

@@ -34,6 +34,12 @@ def serve(
     cors_origin: Annotated[Optional[str], typer.Option(
         metavar="ORIGIN", help="Let pages from this origin call the API (e.g. https://app.example.com).",
         show_default=False)] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", help="A Host name clients reach the server by, besides the address and localhost (repeat "
+        "for more); others are refused.", show_default=False)] = None,
+    max_uploads: Annotated[int, typer.Option(metavar="N", help="Uploads read at once; more get 503.", min=1)] = 32,
+    read_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time a client has for its headers, and "
+                                                "the longest silence in its upload.", min=0.1)] = 30.0,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback address without an API key.")
                        ] = False,
     *,
@@ -46,13 +52,15 @@ def serve(
 
         config = load_config(restore, host=host, port=port, queue=queue, workers=workers, retention=retention,
                              prune_every=prune_every, max_file_mb=max_file_mb, max_files=max_files,
-                             allow_model=allow_model or [], cors_origin=cors_origin)
+                             allow_model=allow_model or [], cors_origin=cors_origin,
+                             allowed_host=allowed_host or [], max_uploads=max_uploads, read_timeout=read_timeout)
 
         check_exposure(config, no_auth)
         try:
             import uvicorn
 
             from ..server.app import create_app
+            from ..server.guards import slow_client_protocol
         except ImportError as exc:
             raise SetupError(f"restorecli serve needs the serve extra ({exc.name} is not installed): "
                              "pip install 'restorecli[serve]'") from None
@@ -68,7 +76,8 @@ def serve(
         pool.start()
     janitor.start()
     try:
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                               http=slow_client_protocol(config.read_timeout)))
         server.run(sockets=[sock])
     finally:
         janitor.stop()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -32,7 +32,9 @@ from ..jobs.enqueue import Staging, job_options
 from ..jobs.store import Job, JobStore
 from ..options import declared, from_given, value_from_text
 from . import schema
+from .apidocs import add_docs_routes
 from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS, ServeConfig
+from .guards import RequestGuard, UploadSlots, not_modified, timed_chunks
 from .uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused
 from .views import (SERVED_ID, Served, input_file, job_document, models_document, public_model_name, result_file,
                     result_files)
@@ -107,6 +109,7 @@ def create_app(config: ServeConfig, pool=None) -> FastAPI:
         description=f"Upload images to `POST /enhance`, follow `GET /status/{{job_id}}` or `GET /events/{{job_id}}`, "
                     f"and download from `/processed/` or `/jobs/{{job_id}}/download`. When the server has an "
                     f"API key ({API_KEY_ENV}), send it in the `{API_KEY_HEADER}` header.",
+        docs_url=None, redoc_url=None,  # /docs is served from the package (apidocs), never from a CDN
     )
     app.state.api = api
     if config.cors_origin:
@@ -120,6 +123,8 @@ def create_app(config: ServeConfig, pool=None) -> FastAPI:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")  # an upload is never run as a page
         response.headers.setdefault("Referrer-Policy", "no-referrer")  # job ids in URLs stay on this server
         return response
+
+    app.add_middleware(RequestGuard, config=config)  # outermost: Host, cross-site requests, HEAD, JSON errors
 
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey",
                               description=f"The server's {API_KEY_ENV}, where it has one.")
@@ -137,6 +142,8 @@ def create_app(config: ServeConfig, pool=None) -> FastAPI:
     _api_routes(app, api, guarded)
     _file_routes(app, api, guarded)
     _dashboard_routes(app)
+    add_docs_routes(app)
+    schema.publish(app)
     return app
 
 
@@ -193,7 +200,8 @@ def _form_schema(limits: Limits) -> dict:
 
 
 def _api_routes(app: FastAPI, api: Api, guarded: list) -> None:
-    @app.post("/enhance", status_code=202, dependencies=guarded, response_model=schema.Accepted,
+    @app.post("/enhance", status_code=202, dependencies=[*guarded, Depends(UploadSlots(api.config.max_uploads))],
+              response_model=schema.Accepted,
               openapi_extra=_form_schema(api.limits), responses=schema.errors(400, 401, 413, 415, 422, 503, 507))
     async def enhance(request: Request) -> dict:
         """Queue the uploaded images as one job. A file that is not a readable image does not fail the request:
@@ -204,7 +212,7 @@ def _api_routes(app: FastAPI, api: Api, guarded: list) -> None:
                                      f"files of {api.limits.max_file_bytes / 1048576:g} MB can take")
         staged = Staging(api.config.queue)
         upload: MultipartUpload | None = None
-        chunks = request.stream()
+        chunks = timed_chunks(request.stream(), api.config.read_timeout)  # a slow client is cut off (408)
         try:
             upload = MultipartUpload(request.headers.get("content-type"), staged.inputs, api.limits)
             async for chunk in chunks:
@@ -297,7 +305,7 @@ async def _drain(chunks: AsyncIterator[bytes], limit: int) -> None:
             read += len(chunk)
             if read > limit:
                 return
-    except ClientDisconnect:
+    except (ClientDisconnect, UploadRefused):  # gone, or too slow to wait for
         return
 
 
@@ -334,8 +342,8 @@ def _file_response(request: Request, served: Served) -> Response:
     """The file with its type, length and an ETag; a client holding that version gets 304."""
     info = served.path.stat()
     etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
-    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
-        return Response(status_code=304, headers={"ETag": etag})
+    if not_modified(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "private"})
     return FileResponse(served.path, media_type=served.media_type, filename=served.download_name,
                         content_disposition_type="inline", headers={"ETag": etag, "Cache-Control": "private"})
 

@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import UsageError
 
@@ -29,6 +30,9 @@ class ServeConfig:
     max_files: int = 20
     api_key: str | None = None
     cors_origin: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides the bound address and localhost (--allowed-host)
+    max_uploads: int = 32  # uploads read at once; one more is answered 503 with Retry-After
+    read_timeout: float = 30.0  # seconds a client may take to send its headers, or leave its body silent
     defaults: dict = field(default_factory=dict)  # the declared restore options' values for jobs (as given)
     allowed_models: tuple[str, ...] = ()  # the default model first
 
@@ -67,6 +71,70 @@ def setting(name: str, dotenv: dict[str, str]) -> str | None:
     return os.environ.get(name) or dotenv.get(name) or None
 
 
+def api_key_setting(dotenv: dict[str, str]) -> str | None:
+    """``API_KEY`` from the environment, else ``dotenv``; None where it is in neither. A key that is set but cannot
+    protect anything, or cannot be sent, is refused: empty or blank (a server meant to be guarded would be open),
+    spaces or tabs at either end (HTTP strips them from a header, so no client could match it), or a character
+    outside printable ASCII (a header carries bytes, and browsers refuse to send anything beyond Latin-1)."""
+    if API_KEY_ENV in os.environ:
+        key, source = os.environ[API_KEY_ENV], f"{API_KEY_ENV} in the environment"
+    elif API_KEY_ENV in dotenv:
+        key, source = dotenv[API_KEY_ENV], f"{API_KEY_ENV} in .env"
+    else:
+        return None
+    advice = "generate one with: openssl rand -hex 16"
+    if not key.strip():
+        raise UsageError(f"{source} is set but {'empty' if not key else 'blank'}: a key protects nothing; unset it "
+                         f"to serve without one (loopback only), or {advice}")
+    if key != key.strip():
+        raise UsageError(f"{source} begins or ends with white space, which HTTP strips from the {API_KEY_HEADER} "
+                         f"header, so no client could send it: remove it, or {advice}")
+    odd = next((ch for ch in key if not " " <= ch < "\x7f"), None)
+    if odd is not None:
+        raise UsageError(f"{source} holds {odd!r}, which is not printable ASCII: an HTTP header carries bytes, and "
+                         f"browsers send none beyond Latin-1, so clients could not all send it; {advice}")
+    return key
+
+
+def parse_origin(text: str, source: str = "--cors-origin") -> str:
+    """``text`` as a web origin, ``scheme://host[:port]`` with scheme http or https and nothing after the host
+    (no path, query, user or fragment), lower-cased as browsers send it in ``Origin``. Raises ``UsageError``."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"{source} '{text}' is not an origin: {exc}") from None
+    wrong = ("a scheme of http or https" if parts.scheme.lower() not in ("http", "https") else
+             "a host" if not parts.hostname else
+             "no user name or password" if parts.username is not None or parts.password is not None else
+             "nothing after the host and port (no path, query or fragment)"
+             if parts.path not in ("", "/") or parts.query or parts.fragment or text.strip().endswith(("?", "#"))
+             else None)
+    if wrong:
+        raise UsageError(f"{source} '{text}' is not an origin: it needs {wrong}, as in https://app.example.com "
+                         "or http://localhost:3000")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[parts.scheme.lower()]
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def parse_host_name(text: str) -> str:
+    """An ``--allowed-host`` value: a DNS name or an IP address, without port or scheme, lower-cased."""
+    name = text.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        pass
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(
+            0 < len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() and label.isascii()
+            and not label.startswith("-") for label in labels):
+        raise UsageError(f"--allowed-host '{text}' is not a host name or an IP address (give the name alone, "
+                         "without a scheme or port, e.g. --allowed-host gpu-box.example.com)")
+    return name
+
+
 def parse_megabytes(text: str, source: str) -> int:
     try:
         megabytes = float(text)
@@ -93,6 +161,7 @@ def is_loopback(host: str) -> bool:
 def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, queue: str | None = None,
                 workers: int = 1, retention: str = "1h", prune_every: str = "30m", max_file_mb: float | None = None,
                 max_files: int = 20, allow_model: list[str] = (), cors_origin: str | None = None,
+                allowed_host: list[str] = (), max_uploads: int = 32, read_timeout: float = 30.0,
                 dotenv: Path = Path(".env")) -> ServeConfig:
     """The server's configuration from its flags (``restore``: the declared restore options' values, the jobs'
     defaults), then the environment, then ``dotenv``. Raises ``UsageError`` for a value that cannot be used."""
@@ -122,10 +191,17 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
         raise UsageError(f"the offered models {', '.join(allowed)} share a file name, by which clients name them: "
                          "rename one")
     root = Path(queue or setting(QUEUE_ENV, values) or DEFAULT_QUEUE)
+    if max_uploads < 1:
+        raise UsageError(f"--max-uploads {max_uploads}: must be at least 1")
+    if not 0 < read_timeout < float("inf"):
+        raise UsageError(f"--read-timeout {read_timeout}: must be more than 0 seconds")
     return ServeConfig(host=host, port=port, queue=root.absolute(), workers=workers,
                        retention=parse_age(retention, "--retention"),
                        prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=max_bytes,
-                       max_files=max_files, api_key=setting(API_KEY_ENV, values), cors_origin=cors_origin,
+                       max_files=max_files, api_key=api_key_setting(values),
+                       cors_origin=parse_origin(cors_origin) if cors_origin is not None else None,
+                       allowed_hosts=tuple(dict.fromkeys(parse_host_name(name) for name in allowed_host)),
+                       max_uploads=max_uploads, read_timeout=read_timeout,
                        defaults=defaults, allowed_models=tuple(allowed))
 
 

@@ -13,13 +13,85 @@ class Error(BaseModel):
     detail: str = Field(description="What was wrong, in one sentence.")
 
 
+DESCRIBED = {400: "Malformed request, or a Host this server does not answer to", 401: "Missing or wrong API key",
+             403: "A page of another site may not change this server's state", 404: "No such job or file",
+             408: "The client sent its body too slowly", 409: "The job is not in a state that allows this",
+             413: "Upload over the server's limits", 415: "Not multipart/form-data",
+             422: "A field's or parameter's value cannot be used", 500: "The server failed (it is logged)",
+             503: "The queue cannot take the upload now (Retry-After, where given, says when to try again)",
+             507: "The queue's disk is full"}
+
+
 def errors(*codes: int) -> dict:
     """The ``responses`` entry for error codes a route can answer."""
-    described = {400: "Malformed request", 401: "Missing or wrong API key", 404: "No such job or file",
-                 409: "The job is not in a state that allows this", 413: "Upload over the server's limits",
-                 415: "Not multipart/form-data", 422: "A field's value cannot be used",
-                 503: "The queue cannot take the upload now", 507: "The queue's disk is full"}
-    return {code: {"model": Error, "description": described[code]} for code in codes}
+    return {code: {"model": Error, "description": DESCRIBED[code]} for code in codes}
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_EVERYWHERE = (400, 500)  # a foreign Host, a fault: any route
+_GIVEN = (422,)  # a route that takes parameters or a body: a value of the wrong type
+_STATE_CHANGING = (403,)  # a cross-site POST or DELETE
+_UPLOAD = (408, 503)  # POST /enhance: a slow body, no upload slot free
+# Where a job's id leads, from the answer that made it: (path, method, parameters besides job_id)
+_JOB_LINKS = {"GetStatus": ("/status/{job_id}", "get", {}), "FollowEvents": ("/events/{job_id}", "get", {}),
+              "DownloadZip": ("/jobs/{job_id}/download", "get", {}),
+              "GetInput": ("/jobs/{job_id}/inputs/{index}", "get", {"index": 0}),
+              "GetResult": ("/processed/{job_id}/{name}", "get", {}), "DeleteJob": ("/jobs/{job_id}", "delete", {})}
+
+
+def publish(app) -> None:
+    """Make ``app``'s OpenAPI document say what the server really does (see ``contract``), built once."""
+    build = app.openapi
+    state = {"done": False}
+
+    def openapi() -> dict:
+        document = build()
+        if not state["done"]:
+            contract(document)
+            state["done"] = True
+        return document
+
+    app.openapi = openapi
+
+
+def contract(document: dict) -> dict:
+    """Rewrite FastAPI's document in place to the server's real contract: every 4xx and 5xx is the one ``Error``
+    shape ``{"detail": string}`` (FastAPI declares its validation-error array for 422, which this server never
+    sends), the errors every route can answer are declared on each, and ``POST /enhance``'s answer links its
+    ``job_id`` to the routes that take it, so a client (or a tester) can follow a job from its creation."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("Error", Error.model_json_schema())
+    operation_ids = {}
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            operation_ids[(path, method)] = operation.get("operationId")
+            responses = operation.setdefault("responses", {})
+            extra = _EVERYWHERE + (_STATE_CHANGING if method in ("post", "delete", "put", "patch") else ())
+            extra += _GIVEN if operation.get("parameters") or operation.get("requestBody") else ()
+            extra += _UPLOAD if (path, method) == ("/enhance", "post") else ()
+            for code in extra:
+                responses.setdefault(str(code), {"description": DESCRIBED[code]})
+            for code, response in responses.items():
+                if code[0] in "45":
+                    response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
+                    response.setdefault("description", DESCRIBED.get(int(code), "Error"))
+                    if code == "422" and response["description"] == "Validation Error":
+                        response["description"] = DESCRIBED[422]
+            if "503" in responses and (path, method) == ("/enhance", "post"):
+                responses["503"]["headers"] = {"Retry-After": {
+                    "description": "Seconds to wait before trying again, when the server knows.",
+                    "schema": {"type": "integer"}}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    accepted = document.get("paths", {}).get("/enhance", {}).get("post", {}).get("responses", {}).get("202")
+    if accepted is not None:
+        links = {}
+        for name, (path, method, constants) in _JOB_LINKS.items():
+            if operation_ids.get((path, method)):
+                links[name] = {"operationId": operation_ids[(path, method)],
+                               "parameters": {"job_id": "$response.body#/job_id", **constants}}
+        accepted["links"] = links
+    return document
 
 
 class Accepted(BaseModel):

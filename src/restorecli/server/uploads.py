@@ -18,6 +18,10 @@ from ..images.formats import IMAGE_SUFFIXES, suffix_for_content
 
 FILE_FIELD = "files"
 FIELD_BYTES = 1024  # a form field's value (a number, a word, a model name) is never longer
+BOUNDARY_CHARS = 70  # RFC 2046, section 5.1.1
+PART_HEADER_BYTES = 8192  # one header line of a part (its Content-Disposition holds the file name)
+PART_HEADERS = 16
+_BOUNDARY_BYTES = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 _NAME_CHARS = 255
 
 
@@ -73,6 +77,12 @@ class MultipartUpload:
         boundary = params.get(b"boundary")
         if not boundary:
             raise UploadRefused(400, "multipart/form-data without a boundary")
+        if len(boundary) > BOUNDARY_CHARS:
+            raise UploadRefused(400, f"multipart boundary of {len(boundary):,} characters: RFC 2046 allows at most "
+                                     f"{BOUNDARY_CHARS}")
+        if boundary.endswith(b" ") or not all(byte in _BOUNDARY_BYTES for byte in boundary):
+            raise UploadRefused(400, "multipart boundary with characters RFC 2046 does not allow in one")
+        self._received = 0
         self.inputs, self.limits = inputs, limits
         self.files: list[StoredFile] = []
         self.fields: dict[str, str] = {}
@@ -95,6 +105,11 @@ class MultipartUpload:
     # ------------------------------------------------------------------ feeding
 
     def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self.limits.body_bytes:  # a chunked body, which declared no length to refuse it by
+            raise UploadRefused(413, f"request body over {self.limits.body_bytes:,} bytes, the most "
+                                     f"{self.limits.max_files} files of {self.limits.max_file_bytes / 1048576:g} MB "
+                                     "can take")
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
@@ -123,11 +138,19 @@ class MultipartUpload:
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
+        self._check_header()
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._check_header()
+
+    def _check_header(self) -> None:
+        if len(self._header_name) + len(self._header_value) > PART_HEADER_BYTES:
+            raise UploadRefused(400, f"malformed multipart body: a part's header is over {PART_HEADER_BYTES} bytes")
 
     def _header_end(self) -> None:
+        if len(self._headers) >= PART_HEADERS:
+            raise UploadRefused(400, f"malformed multipart body: a part with over {PART_HEADERS} headers")
         self._headers[self._header_name.lower()] = self._header_value
         self._header_name = self._header_value = b""
 
