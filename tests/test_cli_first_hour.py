@@ -1,5 +1,6 @@
 """What a newcomer meets in the first minutes (issue 30): short help and version flags, usage errors of ``restore``
-that answer before torch is imported, and ``models`` printing its table once on a terminal."""
+that answer before torch is imported, ``models`` printing its table once on a terminal, and a JSON summary that
+gives the batch's throughput."""
 
 from __future__ import annotations
 
@@ -92,3 +93,18 @@ def test_models_piped_still_gives_its_tsv_on_stdout(tmp_path):
     rows = [line.split("\t") for line in piped.decode().splitlines()]
     assert "realesrgan-x4plus-anime" in [row[0] for row in rows if len(row) == 3]  # name, status, path
     assert len(_model_names(CONTROL.sub(b"", received).decode(errors="replace"))) == 1  # the table, on the terminal
+
+
+def test_the_json_summary_gives_wall_time_and_images_per_second(tmp_path, make_model):
+    from conftest import TEST_INPUTS
+
+    args = ["restore", str(TEST_INPUTS / "rocket.jpg"), str(TEST_INPUTS / "cameraman_gray.png"), "-o",
+            str(tmp_path / "out"), "--model", str(make_model(2)), "--device", "cpu", "--json"]
+    first = runner.invoke(app, args, prog_name="restorecli")
+    assert first.exit_code == 0, first.stderr
+    summary = json.loads(first.stdout.splitlines()[-1])
+    assert summary["type"] == "summary" and summary["ok"] == 2 and summary["seconds"] > 0
+    assert summary["images_per_second"] == round(2 / summary["seconds"], 3)
+    again = runner.invoke(app, args, prog_name="restorecli")  # every output exists: nothing restored, no rate
+    summary = json.loads(again.stdout.splitlines()[-1])
+    assert again.exit_code == 0 and summary["skipped"] == 2 and "images_per_second" not in summary

@@ -115,7 +115,9 @@ def item_json(item: ItemResult) -> dict:
 
 def summary_json(batch: BatchResult) -> dict:
     summary = {"type": "summary", "ok": batch.count("ok"), "skipped": batch.count("skipped"),
-               "errors": batch.count("error"), "seconds": batch.seconds}
+               "errors": batch.count("error"), "seconds": batch.seconds}  # the batch's wall time, model load included
+    if batch.count("ok") and batch.seconds > 0:
+        summary["images_per_second"] = round(batch.count("ok") / batch.seconds, 3)  # images restored, over that time
     if batch.count("planned"):
         summary["planned"] = batch.count("planned")
     if any(item.faces is not None for item in batch.items):
