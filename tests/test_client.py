@@ -23,34 +23,10 @@ from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS, tiny_compact_state
 from live_server import LiveServer
+from remote_cli import client_command, lines, remote
 from restorecli.cli.app import app
 
-# The client as a laptop runs it: the serve extra (FastAPI and the rest) absent, and torch never imported.
-CLIENT = """
-import sys
-for name in ("fastapi", "starlette", "uvicorn", "python_multipart", "multipart", "httpx"):
-    sys.modules[name] = None  # importing any of them fails
-from restorecli.cli.app import main
-try:
-    main()
-finally:
-    print("torch imported" if "torch" in sys.modules else "torch not imported", file=sys.stderr)
-"""
 JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{32}")
-
-
-def remote(*args, key_env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """``restorecli restore ARGS`` in a process of its own, as a client machine runs it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "MYKEY")}
-    result = subprocess.run([sys.executable, "-c", CLIENT, "restore", *map(str, args)], env={**env, **(key_env or {})},
-                            input=stdin, capture_output=True, timeout=300)
-    assert result.stderr.decode().rstrip().endswith("torch not imported"), result.stderr.decode()
-    return result
-
-
-def lines(result) -> list[dict]:
-    out = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def jobs_in(server: LiveServer) -> int:
@@ -179,13 +155,35 @@ def test_an_unreachable_server_is_a_setup_error_naming_it(photos, tmp_path):
 def test_the_api_key_comes_from_the_variable_named(guarded, photos, tmp_path):
     args = (photos / "rocket.jpg", "-o", tmp_path / "o", "--server", guarded.url)
     missing = remote(*args)
-    assert missing.returncode == 3 and "API_KEY, which is not set" in missing.stderr.decode()
+    assert missing.returncode == 3 and "API_KEY, which is not set in the environment or in .env" in (
+        missing.stderr.decode())
+    assert missing.stderr.decode().count("API key") == 1  # said once
     wrong = remote(*args, key_env={"API_KEY": "nope"})
     assert wrong.returncode == 3 and "refused the API key in the environment variable API_KEY" in wrong.stderr.decode()
     assert not (tmp_path / "o").exists()
     right = remote(*args, "--api-key-env", "MYKEY", "--json", key_env={"MYKEY": "k", "API_KEY": "nope"})
     assert right.returncode == 0, right.stderr.decode()
     assert (tmp_path / "o" / "rocket.jpg").is_file()
+
+
+def test_the_api_key_is_read_from_dot_env_as_the_server_reads_it(guarded, photos, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = (photos / "rocket.jpg", "-o", tmp_path / "o", "--server", guarded.url)
+    (work / ".env").write_text("# the client's settings\nexport API_KEY='nope'\n")
+    wrong = remote(*args, cwd=work)
+    assert wrong.returncode == 3
+    assert "refused the API key in .env's API_KEY" in wrong.stderr.decode()
+    assert wrong.stderr.decode().count("API key") == 1  # said once
+    assert not (tmp_path / "o").exists()
+    right = remote(*args, cwd=work, key_env={"API_KEY": "k"})  # the environment's comes first, as for the server
+    assert right.returncode == 0, right.stderr.decode()
+    (work / ".env").write_text("API_KEY=k\n")
+    again = remote(*args, "--overwrite", cwd=work)
+    assert again.returncode == 0, again.stderr.decode()
+    (work / ".env").write_text("API_KEY k\n")
+    broken = remote(*args, cwd=work)
+    assert broken.returncode == 2 and ".env, line 1: not a KEY=VALUE line" in broken.stderr.decode()
 
 
 def test_uploads_keep_to_the_server_s_limits(guarded, photos, tmp_path):
@@ -204,9 +202,8 @@ def test_uploads_keep_to_the_server_s_limits(guarded, photos, tmp_path):
 def test_a_stop_signal_leaves_the_job_to_the_server(guarded, photos, tmp_path):
     before = jobs_in(guarded)
     env = {**{k: v for k, v in os.environ.items() if k != "MYKEY"}, "API_KEY": "k"}
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, "restore", str(photos / "rocket.jpg"), "-o",
-                               str(tmp_path / "o"), "--server", guarded.url], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    client = subprocess.Popen(client_command(photos / "rocket.jpg", "-o", tmp_path / "o", "--server", guarded.url),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while jobs_in(guarded) == before and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -39,6 +39,9 @@ def restore(
     api_key_env: Annotated[str, typer.Option(
         metavar="NAME", help="Environment variable holding the server's API key.", rich_help_panel=_SERVER)
                            ] = API_KEY_ENV,
+    timeout: Annotated[float, typer.Option(
+        metavar="SECONDS", min=0.1, help="How long to wait for the server to connect, and then to go on answering.",
+        rich_help_panel=_SERVER)] = 60.0,
     *,
     restore: dict,
 ) -> None:
@@ -47,12 +50,13 @@ def restore(
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
         if server is None:
-            if _given(ctx, ["api_key_env"]):
-                raise UsageError("--api-key-env names the API key of a server: give --server URL too")
+            stray = sorted(_given(ctx, ["api_key_env", "timeout"]))
+            if stray:
+                raise UsageError(f"--{stray[0].replace('_', '-')} is for a server: give --server URL too")
             batch = _local(inputs, restore, output, overwrite, dry_run, json_output)
         else:
-            batch = _remote(server, api_key_env, _given(ctx, restore), inputs, restore, output, overwrite, dry_run,
-                            json_output)
+            batch = _remote(server, api_key_env, timeout, _given(ctx, restore), inputs, restore, output, overwrite,
+                            dry_run, json_output)
     raise typer.Exit(code=batch.exit_code)
 
 
@@ -76,12 +80,12 @@ def _local(inputs: list[str], restore: dict, output: str, overwrite: bool, dry_r
         stdout=sys.stdout.buffer if output == STDIO else None, items=items))
 
 
-def _remote(url: str, api_key_env: str, given: set[str], inputs: list[str], restore: dict, output: str,
-            overwrite: bool, dry_run: bool, json_output: bool) -> BatchResult:
+def _remote(url: str, api_key_env: str, timeout: float, given: set[str], inputs: list[str], restore: dict,
+            output: str, overwrite: bool, dry_run: bool, json_output: bool) -> BatchResult:
     from ..server.client import Server, check_server_options, remote_options, restore_remote
 
     check_server_options(given)
-    server = Server(url, api_key_env)
+    server = Server(url, api_key_env, timeout)
     jobs: list[str] = []
 
     def run(progress: ProgressCallback) -> BatchResult:

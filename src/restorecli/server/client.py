@@ -2,32 +2,40 @@
 
 The batch is planned here as a local run plans it (``plan``: the same output names, skips and errors), only the
 images to write are uploaded, the server's jobs are followed, and each result is downloaded into its planned path.
-HTTP through the standard library alone, and no torch: the machine running this runs no model and needs no extra.
+HTTP through httpx, and no torch: the machine running this runs no model and needs no extra.
+
+Nothing the server sends is trusted: the API key goes to the server's own address alone (a redirect elsewhere is
+refused, never followed), every answer's body is read up to a limit, a document that is not what the API declares
+is an error saying so, and a download is written under its final name only once it is a whole image of the format
+and size asked for.
 """
 
 from __future__ import annotations
 
+import email.utils
 import io
 import json
 import os
+import re
 import secrets
-import shutil
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
-from http.client import HTTPResponse
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+import httpx
+
 from ..errors import ImageError, SetupError, UsageError
 from ..files import STDIO, atomic_writer, check_output_folder, remove_abandoned_temporaries
-from ..images.formats import OutputFormat, format_for_suffix, suffix_for_content
+from ..images.formats import FORMAT_SUFFIX, OutputFormat, format_for_suffix, suffix_for_content
 from ..models.registry import REGISTRY
 from ..options import RestoreOptions, from_given
 from ..plan import (BatchResult, InputItem, ItemResult, OutputPlanner, PlannedOutput, ProgressCallback,
                     collect_inputs, named_format, output_format)
-from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS
+from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS, read_dotenv, setting
+from .views import MEDIA_TYPES
 
 # The restore options a request may set (the server's form fields); the server decides every other one, except
 # the few that only name or find this side's files.
@@ -36,7 +44,20 @@ PLANNED_HERE = ("suffix", "recursive")
 POLL = 0.5  # seconds between looks at a job
 RECONNECT = 30.0  # seconds a job is followed through a server that does not answer (a restart, a network blip)
 CHUNK = 1 << 20
+TIMEOUT = 60.0  # seconds to connect, and then between any two pieces of an answer
 _FINISHED = ("completed", "failed")
+_JOB_STATES = ("queued", "processing", *_FINISHED)
+_RESULT_STATES = ("pending", "processing", "ok", "error")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what goes into the job's URLs
+# The most read of an answer: a JSON document (a status of a thousand files is under 1 MB), an error's body
+DOCUMENT_BYTES = 8 << 20
+ERROR_BYTES = 64 << 10
+# A 429 or 503 (busy, starting, shutting down) is asked again, up to RETRIES times, after the Retry-After the server
+# gives (at most RETRY_AFTER_MAX seconds: one asking for longer is not waited for), else after BACKOFF, doubled
+RETRIES = 4
+BACKOFF = 1.0
+RETRY_AFTER_MAX = 60.0
+REDIRECTS = 5  # same-address redirects followed for one GET
 
 
 def check_server_options(given: Iterable[str]) -> None:
@@ -53,14 +74,23 @@ def check_server_options(given: Iterable[str]) -> None:
 
 
 class Unreachable(SetupError):
-    """The server did not answer: it is not there, not listening, or the network between is down."""
+    """The server did not answer: it is not there, not listening, too slow, or the network between is down."""
+
+
+class ServerFault(SetupError):
+    """The server answered something restorecli cannot take: not the API's document, too large, a file that is
+    not the image asked for, a redirect to another address."""
+
+
+class KeyRefused(SetupError):
+    """The server wants an API key, and has none or refuses the one given: the run stops, saying so once."""
 
 
 class _Refused(Exception):
     """The server answered with an error status."""
 
     def __init__(self, status: int, detail: str):
-        super().__init__(detail)
+        super().__init__(f"the server answered {status}: {detail}")
         self.status, self.detail = status, detail
 
 
@@ -81,57 +111,158 @@ class Part:
     data: bytes | None = None
 
 
-class Server:
-    """A running ``restorecli serve`` at ``url``, and the API key read from the environment variable ``key_env``."""
+@dataclass(frozen=True)
+class Expected:
+    """What a download must be: an image of ``format`` and ``size`` (width, height), in at most ``max_bytes``."""
 
-    def __init__(self, url: str, key_env: str = API_KEY_ENV, timeout: float = 60.0):
-        if not url.startswith(("http://", "https://")):
+    format: OutputFormat
+    size: tuple[int, int]
+    max_bytes: int
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+class Server:
+    """A running ``restorecli serve`` at ``url``, and the API key in the variable ``key_env``: in the environment,
+    else in ``dotenv`` (read as the server reads its own ``.env``). ``timeout``: seconds to connect, and then
+    between any two pieces of an answer."""
+
+    def __init__(self, url: str, key_env: str = API_KEY_ENV, timeout: float = TIMEOUT, dotenv: Path = Path(".env")):
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.query:
             raise UsageError(f"--server {url}: give the server's address as http://HOST:PORT")
         self.url = url.rstrip("/")
+        self.origin = _origin(parsed)
         self.key_env = key_env
-        self.key = os.environ.get(key_env) or None
+        self.key = setting(key_env, read_dotenv(dotenv))
+        self.key_from = "the environment variable" if os.environ.get(key_env) else f"{dotenv}'s"
+        if self.key is not None and not self.key.isascii():
+            raise UsageError(f"the API key in {self.key_from} {key_env} holds characters other than ASCII, which an "
+                             "HTTP header cannot carry")
         self.timeout = timeout
+        self.http = httpx.Client(timeout=timeout, follow_redirects=False, headers={"Accept-Encoding": "identity"})
 
-    def open(self, method: str, path: str, body: Iterable[bytes] | None = None,
-             headers: dict[str, str] | None = None) -> HTTPResponse:
-        """The server's answer to one request. Raises ``SetupError`` where it cannot be reached or refuses the key,
-        ``_Refused`` for another error status."""
-        sent = {"Accept": "application/json", **(headers or {})}
-        if self.key:
-            sent[API_KEY_HEADER] = self.key
-        request = urllib.request.Request(self.url + path, data=body, headers=sent, method=method)  # type: ignore
+    def address(self, path: str) -> str:
+        """``path``, a path on this server as the API gives it (``/processed/...``), as a full URL. Anything else (a
+        URL naming another host, ``//host/...``) is refused: the key is never sent there."""
+        if not path.startswith("/") or path.startswith("//") or any(c in path for c in "\\\r\n"):
+            raise ServerFault(f"the server at {self.url} gave {path[:200]!r} as an address: not a path on the server "
+                              "itself, where alone restorecli sends requests (and the key)")
+        return self.url + path
+
+    @contextmanager
+    def open(self, method: str, path: str, body: Callable[[], Iterable[bytes]] | None = None,
+             headers: dict[str, str] | None = None) -> Iterator[httpx.Response]:
+        """The server's answer to one request, its body still to read (``read_body``). ``body`` makes the request's body
+        anew for each try. A 429 or 503 is asked again (``RETRIES``); a redirect is followed for a GET to the same
+        address only. Raises ``Unreachable`` where it cannot be reached in time, ``KeyRefused`` where it refuses the
+        key, ``ServerFault`` for a redirect elsewhere, ``_Refused`` for another error status."""
+        response = self._send(method, path, body, headers or {})
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout)
-        except urllib.error.HTTPError as exc:
-            detail = _detail(exc)
-            if exc.code == 401:
-                raise SetupError(self._key_problem(detail)) from None
-            raise _Refused(exc.code, detail) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise Unreachable(f"cannot reach the server at {self.url}: {getattr(reason, 'strerror', None) or reason}"
-                             ) from None
+            if response.status_code == 401:
+                raise KeyRefused(self._key_problem())
+            if not 200 <= response.status_code < 300:
+                raise _Refused(response.status_code, self._detail(response))
+            yield response
+        finally:
+            response.close()
 
-    def _key_problem(self, detail: str) -> str:
+    def _send(self, method: str, path: str, body: Callable[[], Iterable[bytes]] | None,
+              headers: dict[str, str]) -> httpx.Response:
+        url = httpx.URL(self.address(path))
+        for attempt in range(RETRIES + 1):
+            response = self._follow_redirects(method, path, url, body, headers)
+            if response.status_code not in (429, 503) or attempt == RETRIES:
+                return response
+            wait = _retry_after(response.headers.get("retry-after"), BACKOFF * 2 ** attempt)
+            if wait > RETRY_AFTER_MAX:
+                return response  # not waited for: the error says what the server answered
+            response.close()
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _follow_redirects(self, method: str, path: str, url: httpx.URL, body: Callable[[], Iterable[bytes]] | None,
+                          headers: dict[str, str]) -> httpx.Response:
+        for _ in range(REDIRECTS + 1):
+            response = self._exchange(method, path, url, body, headers)
+            if not response.is_redirect:
+                return response
+            response.close()
+            try:
+                target = url.join(response.headers["location"])
+            except httpx.InvalidURL:
+                raise ServerFault(f"the server at {self.url} redirected {method} {path} to an address that is not "
+                                  "one: not followed") from None
+            if _origin(target) != self.origin:
+                raise ServerFault(f"the server at {self.url} redirected {method} {path} to {target.scheme}://"
+                                  f"{target.netloc.decode('ascii', 'replace')}, another address: not followed, and "
+                                  "the API key was not sent there (give that address as --server if it is the "
+                                  "server)")
+            if method != "GET":
+                raise ServerFault(f"the server at {self.url} redirected {method} {path}: a request with a body is "
+                                  "not sent again")
+            url = target
+        raise ServerFault(f"the server at {self.url} redirected GET {path} more than {REDIRECTS} times: not followed")
+
+    def _exchange(self, method: str, path: str, url: httpx.URL, body: Callable[[], Iterable[bytes]] | None,
+                  headers: dict[str, str]) -> httpx.Response:
+        sent = {"Accept": "application/json", **headers}
+        if self.key and _origin(url) == self.origin:  # always so: the check stays beside the key
+            sent[API_KEY_HEADER] = self.key
+        try:
+            return self.http.send(self.http.build_request(method, url, content=body() if body else None,
+                                                          headers=sent), stream=True)
+        except httpx.TimeoutException as exc:
+            what = {httpx.ConnectTimeout: "to connect", httpx.PoolTimeout: "to connect",
+                    httpx.WriteTimeout: "to take the request"}.get(type(exc), "to answer")
+            raise Unreachable(f"the server at {self.url} took longer than {self.timeout:g} s {what} ({method} {path})"
+                              ) from None
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"cannot reach the server at {self.url}: {_reason(exc)}") from None
+
+    def _key_problem(self) -> str:
         if self.key is None:
-            return (f"the server at {self.url} needs an API key ({detail}): put it in the environment variable "
-                    f"{self.key_env}, which is not set (--api-key-env names another)")
-        return f"the server at {self.url} refused the API key in the environment variable {self.key_env}: {detail}"
+            return (f"the server at {self.url} needs an API key: put it in {self.key_env}, which is not set in the "
+                    f"environment or in .env (--api-key-env names another variable)")
+        return f"the server at {self.url} refused the API key in {self.key_from} {self.key_env}"
+
+    def _detail(self, response: httpx.Response) -> str:
+        """An error answer's ``detail``, read up to ``ERROR_BYTES``; its reason phrase where it has none."""
+        reason = response.reason_phrase or f"status {response.status_code}"
+        try:
+            detail = json.loads(read_body(response, ERROR_BYTES, self.url)).get("detail")
+        except (SetupError, ValueError, AttributeError):
+            detail = None
+        if detail is None:
+            return reason
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+        return text if len(text) <= 500 else text[:500] + "..."
 
     def document(self, path: str) -> dict:
-        """``GET path`` as JSON; an error status is a setup error saying what the server answered."""
+        """``GET path`` as a JSON object; an error status is a setup error saying what the server answered."""
         try:
             with self.open("GET", path) as response:
-                return json.load(response)
+                data = read_body(response, DOCUMENT_BYTES, self.url, f"GET {path}")
+            return _json_object(data, self.url, f"GET {path}")
         except _Refused as exc:
             raise SetupError(f"the server at {self.url} answered {exc.status} to GET {path}: {exc.detail}") from None
-        except ValueError:
-            raise SetupError(f"the server at {self.url} answered GET {path} with no JSON: is it restorecli serve?"
-                             ) from None
 
     def limits(self) -> Limits:
+        """The server's limits on an upload (``GET /health``); those of an older server that does not say them:
+        its defaults."""
         found = self.document("/health").get("limits") or {}
-        return Limits(int(found.get("max_files", 20)), int(float(found.get("max_file_mb", 10)) * 1024 * 1024))
+        max_files = found.get("max_files", 20) if isinstance(found, dict) else None
+        max_mb = found.get("max_file_mb", 10) if isinstance(found, dict) else None
+        if not _positive(max_files, int) or not _positive(max_mb, (int, float)):
+            raise ServerFault(f"the server at {self.url} gave limits restorecli cannot read in GET /health: "
+                              f"{json.dumps(found)[:200]}")
+        return Limits(max_files, int(float(max_mb) * 1024 * 1024))
 
     def submit(self, fields: dict[str, str], parts: list[Part]) -> str:
         """Upload ``parts`` as one job with ``fields``; returns its id. Raises ``_Refused`` (413: over a limit),
@@ -141,23 +272,148 @@ class Server:
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
         try:
             with self.open("POST", "/enhance", chunks, headers) as response:
-                return json.load(response)["job_id"]
+                answer = _json_object(read_body(response, DOCUMENT_BYTES, self.url, "POST /enhance"), self.url,
+                                      "POST /enhance")
         except _Refused as exc:
             if exc.status == 422:
                 raise UsageError(f"the server at {self.url} refused the request: {exc.detail}") from None
             raise
+        job_id = answer.get("job_id")
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise ServerFault(f"the server at {self.url} took the upload but gave no job id restorecli can follow "
+                              f"({json.dumps(job_id)[:100]})")
+        return job_id
 
-    def copy(self, url: str, into: BinaryIO) -> None:
-        """Write the file at the server's ``url`` into ``into``, a chunk at a time."""
-        with self.open("GET", url, headers={"Accept": "*/*"}) as response:
-            shutil.copyfileobj(response, into, CHUNK)
+    def download(self, path: str, into: BinaryIO, expected: Expected, name: str) -> None:
+        """Write the image at the server's ``path`` into ``into`` (a new, empty file or buffer), a chunk at a time,
+        and check it is the image ``expected`` (``name``: the file's, for the decoder's messages). Raises
+        ``ServerFault`` where it is not: another status than 200, another content type, more bytes than
+        ``expected.max_bytes``, or content that does not decode as the format and size asked for; ``into`` then
+        holds what came, and is the caller's to drop."""
+        media_type = MEDIA_TYPES[FORMAT_SUFFIX[expected.format]]
+        with self.open("GET", path, headers={"Accept": media_type}) as response:
+            if response.status_code != 200:
+                raise ServerFault(f"the server answered {response.status_code} instead of the file")
+            sent_as = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if sent_as != media_type:
+                raise ServerFault(f"the server sent {sent_as or 'something with no content type'}, not the "
+                                  f"{media_type} asked for")
+            head = b""
+            for chunk in _body(response, expected.max_bytes, self.url, "the image"):
+                if len(head) < 16:
+                    head += chunk[:16 - len(head)]
+                    if len(head) == 16:
+                        _check_signature(head, expected.format)
+                into.write(chunk)
+        _check_signature(head, expected.format)
+        _check_image(into, expected, name)
 
 
-def _detail(exc: urllib.error.HTTPError) -> str:
+def _body(response: httpx.Response, limit: int, url: str, what: str) -> Iterator[bytes]:
+    """An answer's body in chunks, refused (``ServerFault``) once it passes ``limit`` bytes, or where its
+    ``Content-Length`` says it would, before any of it is read; an encoding not asked for is refused too (a
+    compressed body could grow past any limit as it is decoded)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ServerFault(f"the server at {url} sent {what} {encoding}-encoded, which restorecli did not ask for")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ServerFault(f"the server at {url} sent {what} of {int(declared):,} bytes, more than the {limit:,} "
+                          "restorecli takes for it")
+    total = 0
     try:
-        return str(json.loads(exc.read() or b"{}").get("detail") or exc.reason)
-    except (ValueError, AttributeError, OSError):
-        return str(exc.reason)
+        for chunk in response.iter_raw(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise ServerFault(f"the server at {url} sent {what} of more than {limit:,} bytes, the most "
+                                  "restorecli takes for it: stopped reading")
+            yield chunk
+    except httpx.TimeoutException:
+        raise Unreachable(f"the server at {url} stopped sending {what} for longer than the timeout") from None
+    except httpx.HTTPError as exc:
+        raise Unreachable(f"the server at {url} broke off {what}: {_reason(exc)}") from None
+
+
+def read_body(response: httpx.Response, limit: int, url: str, what: str = "an answer") -> bytes:
+    """An answer's whole body, at most ``limit`` bytes (``ServerFault`` beyond)."""
+    return b"".join(_body(response, limit, url, what))
+
+
+def _json_object(data: bytes, url: str, what: str) -> dict:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise ServerFault(f"the server at {url} answered {what} with no JSON: is it restorecli serve?") from None
+    if not isinstance(document, dict):
+        raise ServerFault(f"the server at {url} answered {what} with JSON that is not an object: is it restorecli "
+                          "serve?")
+    return document
+
+
+def _positive(value: object, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+def _retry_after(value: str | None, otherwise: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds, or an HTTP date); ``otherwise`` where it has none."""
+    if value is None:
+        return otherwise
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return otherwise
+    return max(0.0, when - time.time())
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a transport error, in words: "Connection refused", not httpx's wrapping."""
+    cause = exc
+    while (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    return getattr(cause, "strerror", None) or str(cause) or str(exc) or type(exc).__name__
+
+
+def _check_signature(head: bytes, fmt: OutputFormat) -> None:
+    """Refuse a download whose first bytes are not those of ``fmt`` (an HTML page, zeros), before more is read."""
+    found = suffix_for_content(head)
+    if found is not None and format_for_suffix(found) == fmt:
+        return
+    if head.lstrip()[:1] == b"<":
+        kind = "an HTML page"
+    elif found is not None:
+        kind = f"a {found[1:].upper()} file"
+    else:
+        kind = "something that is no image"
+    raise ServerFault(f"the server sent {kind}, not the {fmt.upper()} image asked for")
+
+
+def _check_image(data: BinaryIO, expected: Expected, name: str) -> None:
+    """Refuse a download that is not the image ``expected``: its header's format and size first, then that all of
+    it decodes."""
+    from ..images import decode_image, probe
+
+    data.seek(0)
+    content = data.read()
+    width, height = expected.size
+    try:
+        size, fmt = probe(content, name)
+        if fmt != expected.format or size != expected.size:
+            raise ServerFault(f"the server sent a {fmt or 'other'} image of {size[0]}x{size[1]}, not the "
+                              f"{expected.format} of {width}x{height} its status announced")
+        decode_image(content, name, max_pixels=width * height)
+    except ImageError as exc:
+        raise ServerFault(f"the server sent a file that does not decode as an image: {exc}") from None
+
+
+def _encoded_bytes(size: tuple[int, int], limits: Limits) -> int:
+    """The most bytes an image of ``size`` (width, height) can take as restorecli writes it: 16-bit RGBA
+    uncompressed, with room for rows' and blocks' framing and for the metadata of its input (within the server's
+    upload limit)."""
+    pixels = size[0] * size[1]
+    return pixels * 8 + pixels // 16 + limits.max_file_bytes + (1 << 20)
 
 
 def _quoted(name: str) -> str:
@@ -165,8 +421,10 @@ def _quoted(name: str) -> str:
     return name.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
-def _multipart(boundary: str, fields: dict[str, str], parts: list[Part]) -> tuple[int, Iterator[bytes]]:
-    """A multipart/form-data body's exact length and its chunks, each file read from disk as it is sent."""
+def _multipart(boundary: str, fields: dict[str, str],
+               parts: list[Part]) -> tuple[int, Callable[[], Iterator[bytes]]]:
+    """A multipart/form-data body's exact length, and what makes its chunks (each file read from disk as it is
+    sent, from its start: again for each try)."""
     heads = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
              for name, value in fields.items()]
     file_heads = [(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{_quoted(p.filename)}"'
@@ -182,7 +440,7 @@ def _multipart(boundary: str, fields: dict[str, str], parts: list[Part]) -> tupl
             yield b"\r\n"
         yield tail
 
-    return length, chunks()
+    return length, chunks
 
 
 def _content(part: Part) -> Iterator[bytes]:
@@ -190,6 +448,7 @@ def _content(part: Part) -> Iterator[bytes]:
         yield part.data
         return
     assert part.handle is not None
+    part.handle.seek(0)
     left = part.size
     while left > 0:
         chunk = part.handle.read(min(CHUNK, left))
@@ -208,14 +467,22 @@ def remote_options(server: Server, values: dict, given: set[str], **extra) -> tu
     ``extra``: the command's own fields (output folder, overwrite, dry run). Refuses, before anything is sent, a
     model the server does not offer (``UsageError``) and faces it cannot restore (``SetupError``)."""
     offered = server.document("/models")
-    defaults = offered.get("defaults") or {}
+    defaults, models, faces = (offered.get(key) or empty for key, empty in (("defaults", {}), ("models", []),
+                                                                              ("faces", {})))
+    if not (isinstance(defaults, dict) and isinstance(faces, dict) and isinstance(models, list)
+            and all(isinstance(model, dict) for model in models)):
+        raise ServerFault(f"the server at {server.url} answered GET /models with a document restorecli cannot read: "
+                          "is it restorecli serve?")
     merged = {**values, **{name: defaults[name] for name in SENT_FIELDS if name not in given and name in defaults}}
-    options = from_given(merged, **extra)
-    names = [model.get("name") for model in offered.get("models") or []]
+    try:
+        options = from_given(merged, **extra)
+    except (TypeError, ValueError):
+        raise ServerFault(f"the server at {server.url} gave defaults restorecli cannot read in GET /models: "
+                          f"{json.dumps(defaults)[:200]}") from None
+    names = [str(model.get("name")) for model in models]
     if "model" in given and names and options.model not in names:
         raise UsageError(f"model '{options.model}' is not offered by the server at {server.url}; it offers: "
                          f"{', '.join(names)}")
-    faces = offered.get("faces") or {}
     if options.face_enhance and faces.get("available") is False:
         raise SetupError(f"the server at {server.url} cannot restore faces: its face weights ({faces.get('model')}, "
                          f"{faces.get('detector')}) are not installed there (restorecli download-weights)")
@@ -238,6 +505,7 @@ class _Slot:
     planned: PlannedOutput | None = None
     result: ItemResult | None = None  # decided: skipped, an error, or done
     fmt: str = "same"  # the format field it is sent with
+    writes: OutputFormat = "png"  # the format its output is written in, which its download must be
     data: bytes | None = None  # stdin's image
     started: float | None = None  # when the server was seen working on it
     finished: float | None = None  # when the server was seen done with it
@@ -288,10 +556,10 @@ def restore_remote(inputs: list[str], options: RestoreOptions, fields: dict[str,
         jobs = _submit(server, slots, fields, limits, notify)
         reporter.flush()
         for job_id, in_job in jobs:
-            _follow(server, job_id, in_job, reporter, stdout)
+            _follow(server, job_id, in_job, reporter, stdout, limits)
     reporter.flush()
     setup = None if options.dry_run else {"model": _model_name(options.model), "device": server.url,
-                                          "precision": "the server's"}
+                                          "precision": "the server's", "backend": "the server's"}
     return BatchResult([slot.result for slot in slots if slot.result], round(time.perf_counter() - started, 3), setup)
 
 
@@ -323,6 +591,7 @@ def _planned(planner: OutputPlanner, options: RestoreOptions, limits: Limits, sl
         else:
             head = slot.data[:16] if slot.data is not None else _head(Path(item.source))
             slot.fmt = _format_field(options, input_format, head)
+            slot.writes = output_format(options, input_format)
             _check_size(slot, limits)
     except ImageError as exc:
         slot.result = _error(slot, str(exc), t0)
@@ -456,55 +725,119 @@ def _parts(slots: list[_Slot]) -> tuple[list[Part], list[_Slot]]:
 # ---------------------------------------------------------------------------------------------------- following
 
 
-def _follow(server: Server, job_id: str, slots: list[_Slot], reporter: _Reporter, stdout: BinaryIO | None) -> None:
-    """Watch the job until it finishes (``GET /status`` every ``POLL`` seconds), then download its results."""
-    document = _status(server, job_id)
-    while True:
-        now = time.perf_counter()
-        for entry in document["results"]:
-            slot = slots[entry["index"]]
-            if entry["status"] != "pending" and slot.started is None:
-                slot.started = now
-            if entry["status"] in ("ok", "error") and slot.finished is None:
-                slot.finished = now
+@dataclass(frozen=True)
+class _Entry:
+    """One file's result in a job's status document, as read and checked here."""
+
+    index: int
+    status: str
+    url: str | None
+    error: str | None
+    sent_as: str  # the file name it was uploaded under
+    in_size: tuple[int, int] | None
+    out_size: tuple[int, int] | None
+
+
+def _job_status(document: dict, count: int, server: Server, job_id: str) -> tuple[str, list[_Entry]]:
+    """The job's state and one entry per file sent (``count`` of them), read from its status document;
+    ``ServerFault`` saying what is wrong where it is not the document the API declares."""
+
+    def fault(what: str) -> ServerFault:
+        return ServerFault(f"the server at {server.url} sent a status of job {job_id} that restorecli cannot read "
+                           f"({what})")
+
+    state, results = document.get("status"), document.get("results")
+    if state not in _JOB_STATES:
+        raise fault(f"its status is {json.dumps(state)[:60]}")
+    if not isinstance(results, list):
+        raise fault("it has no results")
+    entries = []
+    for raw in results:
+        if not isinstance(raw, dict):
+            raise fault("a result that is not an object")
+        index, status = raw.get("index"), raw.get("status")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            raise fault(f"a result's index is {json.dumps(index)[:60]}, for the {count} file(s) sent")
+        if status not in _RESULT_STATES:
+            raise fault(f"a result's status is {json.dumps(status)[:60]}")
+        texts = [raw.get(key) for key in ("url", "error", "original_filename")]
+        if not all(text is None or isinstance(text, str) for text in texts):
+            raise fault("a result's url, error or file name is not text")
+        sizes = [raw.get(key) for key in ("in_size", "out_size")]
+        if not all(size is None or (isinstance(size, list) and len(size) == 2 and all(_positive(n, int) for n in size))
+                   for size in sizes):
+            raise fault("a result's in_size or out_size is not [width, height]")
+        url, error, sent_as = texts
+        in_size, out_size = (tuple(size) if size else None for size in sizes)
+        entries.append(_Entry(index, status, url, error, sent_as or "", in_size, out_size))  # type: ignore[arg-type]
+    if sorted(entry.index for entry in entries) != list(range(count)):
+        raise fault(f"{len(entries)} result(s) for the {count} file(s) sent")
+    return state, entries
+
+
+def _follow(server: Server, job_id: str, slots: list[_Slot], reporter: _Reporter, stdout: BinaryIO | None,
+            limits: Limits) -> None:
+    """Watch the job until it finishes (``GET /status`` every ``POLL`` seconds), then download its results. A
+    status that cannot be read is the error of each of the job's files not finished yet; the batch goes on."""
+    try:
+        state, entries = _status(server, job_id, len(slots))
+        while True:
+            now = time.perf_counter()
+            for entry in entries:
+                slot = slots[entry.index]
+                if entry.status != "pending" and slot.started is None:
+                    slot.started = now
+                if entry.status in ("ok", "error") and slot.finished is None:
+                    slot.finished = now
+            reporter.flush()
+            if state in _FINISHED:
+                break
+            time.sleep(POLL)
+            state, entries = _status(server, job_id, len(slots))
+    except ServerFault as exc:
+        for slot in slots:
+            slot.result = slot.result or _error(slot, f"{slot.item.source}: {exc}; the job is left to the server")
         reporter.flush()
-        if document["status"] in _FINISHED:
-            break
-        time.sleep(POLL)
-        document = _status(server, job_id)
+        return
     swept: set[Path] = set()
-    for entry in document["results"]:
-        slot = slots[entry["index"]]
+    for entry in entries:
+        slot = slots[entry.index]
         seconds = round((slot.finished or 0.0) - (slot.started or slot.finished or 0.0), 3)  # as seen from here
-        slot.result = _outcome(server, slot, entry, seconds, stdout, swept)
+        slot.result = _outcome(server, slot, entry, seconds, stdout, swept, limits)
         reporter.flush()
 
 
-def _status(server: Server, job_id: str) -> dict:
-    """The job's status document, asked again for up to ``RECONNECT`` seconds while the server does not answer."""
+def _status(server: Server, job_id: str, count: int) -> tuple[str, list[_Entry]]:
+    """The job's state and results (``_job_status``), asked again for up to ``RECONNECT`` seconds while the
+    server does not answer."""
     deadline = time.monotonic() + RECONNECT
     while True:
         try:
-            return server.document(f"/status/{job_id}")
+            return _job_status(server.document(f"/status/{job_id}"), count, server, job_id)
         except Unreachable:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(POLL)
 
 
-def _outcome(server: Server, slot: _Slot, entry: dict, seconds: float, stdout: BinaryIO | None,
-             swept: set[Path]) -> ItemResult:
+def _outcome(server: Server, slot: _Slot, entry: _Entry, seconds: float, stdout: BinaryIO | None,
+             swept: set[Path], limits: Limits) -> ItemResult:
     """A finished result as a local run reports it: downloaded into its planned output, or its error naming the
-    local file (the server names the file by the name it was sent under)."""
-    in_size = _size(entry.get("in_size"))
-    if entry["status"] != "ok" or not entry.get("url"):
-        return _error(slot, _local_error(slot, entry), None, in_size)
+    local file (the server names the file by the name it was sent under). Nothing is written under the output's
+    name unless the whole image came and is the one asked for."""
+    if entry.status != "ok" or not entry.url:
+        return _error(slot, _local_error(slot, entry), None, entry.in_size)
+    if entry.out_size is None:
+        return _error(slot, f"{slot.item.source}: the server finished it but did not say its size, by which its "
+                            "download is checked", None, entry.in_size)
+    expected = Expected(slot.writes, entry.out_size, _encoded_bytes(entry.out_size, limits))
     output = slot.planned.output if slot.planned else None
+    name = str(output) if output else slot.item.source
     try:
         if output is None:  # stdout gets the whole image or nothing, as locally
             assert stdout is not None
             whole = io.BytesIO()
-            server.copy(entry["url"], whole)
+            server.download(entry.url, whole, expected, name)
             stdout.write(whole.getvalue())
             stdout.flush()
         else:
@@ -512,24 +845,21 @@ def _outcome(server: Server, slot: _Slot, entry: dict, seconds: float, stdout: B
                 remove_abandoned_temporaries(output.parent)
                 swept.add(output.parent)
             with atomic_writer(output) as handle:
-                server.copy(entry["url"], handle)
+                server.download(entry.url, handle, expected, name)
+    except KeyRefused:
+        raise  # the run's error, said once
     except (SetupError, _Refused) as exc:
-        return _error(slot, f"{slot.item.source}: its result could not be downloaded: {exc}", None, in_size)
+        return _error(slot, f"{slot.item.source}: its result could not be downloaded: {exc}", None, entry.in_size)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        return _error(slot, f"{slot.item.source}: {exc.strerror or exc}{where}", None, in_size)
-    return ItemResult(slot.item.source, str(output) if output else STDIO, "ok", None, in_size,
-                      _size(entry.get("out_size")), seconds)
+        return _error(slot, f"{slot.item.source}: {exc.strerror or exc}{where}", None, entry.in_size)
+    return ItemResult(slot.item.source, str(output) if output else STDIO, "ok", None, entry.in_size, entry.out_size,
+                      seconds)
 
 
-def _size(value: list[int] | None) -> tuple[int, int] | None:
-    return (int(value[0]), int(value[1])) if value else None
-
-
-def _local_error(slot: _Slot, entry: dict) -> str:
+def _local_error(slot: _Slot, entry: _Entry) -> str:
     """The server's error for an image, naming the local input instead of the name it was uploaded under."""
-    error = entry.get("error") or f"the server gave no result ({entry['status']})"
-    sent = entry.get("original_filename") or ""
-    if sent and error.startswith(f"{sent}:"):
-        return slot.item.source + error[len(sent):]
+    error = entry.error or f"the server gave no result ({entry.status})"
+    if entry.sent_as and error.startswith(f"{entry.sent_as}:"):
+        return slot.item.source + error[len(entry.sent_as):]
     return f"{slot.item.source}: {error}"
