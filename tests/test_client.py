@@ -186,6 +186,13 @@ def test_the_api_key_is_read_from_dot_env_as_the_server_reads_it(guarded, photos
     assert broken.returncode == 2 and ".env, line 1: not a KEY=VALUE line" in broken.stderr.decode()
 
 
+def test_the_server_s_options_need_a_server(photos, tmp_path):
+    for option, value in (("--api-key-env", "MYKEY"), ("--timeout", "5")):
+        result = CliRunner().invoke(app, ["restore", str(photos), "-o", str(tmp_path / "o"), option, value])
+        assert result.exit_code == 2 and f"{option} is for a server: give --server URL too" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_uploads_keep_to_the_server_s_limits(guarded, photos, tmp_path):
     shutil.copy(TEST_INPUTS / "chelsea_16bit.png", photos)  # 53 KB: over the 20 KB a file
     before = jobs_in(guarded)

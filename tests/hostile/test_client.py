@@ -208,6 +208,16 @@ def test_a_redirect_to_another_port_is_not_followed_and_gets_no_key(fake, photos
     assert nothing_written(tmp_path / "o")
 
 
+def test_a_redirect_on_the_same_address_is_followed_with_the_key(fake, photos, tmp_path):
+    moved = f"/moved/{JOB}/rocket.jpg"
+    fake.routes[("GET", RESULT_PATH)] = lambda h: h.send(307, b"", headers={"Location": moved})
+    fake.routes[("GET", moved)] = lambda h: h.send(200, PHOTO.read_bytes(), "image/jpeg")
+    result = run(fake, photos, tmp_path / "o")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "o" / "rocket.jpg").read_bytes() == PHOTO.read_bytes()
+    assert fake.paths()[-2:] == [RESULT_PATH, moved] and fake.seen[-1].headers.get("X-API-Key") == "the-key"
+
+
 def test_a_download_address_on_another_host_is_never_asked(fake, photos, tmp_path):
     with FakeServer() as elsewhere:
         fake.routes[("GET", f"/status/{JOB}")] = lambda h: h.send_json(status_document(url=elsewhere.url + "/x.jpg"))
