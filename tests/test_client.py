@@ -4,14 +4,12 @@ limits, a stop signal, and a client that imports neither torch nor the server's 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
