@@ -108,3 +108,25 @@ def test_the_json_summary_gives_wall_time_and_images_per_second(tmp_path, make_m
     again = runner.invoke(app, args, prog_name="restorecli")  # every output exists: nothing restored, no rate
     summary = json.loads(again.stdout.splitlines()[-1])
     assert again.exit_code == 0 and summary["skipped"] == 2 and "images_per_second" not in summary
+
+
+@pytest.mark.parametrize("orientation, upright", [(1, (96, 64)), (6, (64, 96)), (8, (64, 96)), (3, (96, 64))])
+def test_a_dry_run_reports_sizes_after_exif_orientation(tmp_path, orientation, upright):
+    """Issue 30: the dry run gave the stored size of a phone photo taken upright while the real run, which turns
+    the pixels by their EXIF orientation, wrote the turned one."""
+    from PIL import Image
+
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", (96, 64), "teal").save(photo, exif=exif)
+    done = runner.invoke(app, ["restore", str(photo), "-o", str(tmp_path / "out"), "--dry-run", "--json"],
+                         prog_name="restorecli")
+    assert done.exit_code == 0, done.stderr
+    item = json.loads(done.stdout.splitlines()[0])
+    assert item["status"] == "planned"
+    assert item["in_size"] == list(upright)
+    assert item["out_size"] == [4 * upright[0], 4 * upright[1]]  # the default model's scale, known from the registry
+    shown = runner.invoke(app, ["restore", str(photo), "-o", str(tmp_path / "out"), "--dry-run"],
+                          prog_name="restorecli")
+    assert f"({upright[0]}x{upright[1]} -> {4 * upright[0]}x{4 * upright[1]})" in " ".join(shown.stderr.split())

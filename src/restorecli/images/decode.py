@@ -10,6 +10,7 @@ import io
 import math
 import re
 import stat
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -125,14 +126,32 @@ def read_input_stream(stream: BinaryIO, name: str, max_pixels: int = DEFAULT_MAX
 
 
 def probe(data: bytes, name: str, max_pixels: int | None = None) -> tuple[tuple[int, int], OutputFormat | None]:
-    """(width, height) and the writable format, from the header only; with ``max_pixels``, ``ImageTooLarge``
-    for a larger image, as ``decode_image`` would refuse it. Quiet: what the header's reader warns about, the
-    decoding tells."""
+    """(width, height) upright, as ``decode_image`` turns the pixels by their EXIF orientation, and the writable
+    format, from the header only; with ``max_pixels``, ``ImageTooLarge`` for a larger image, as ``decode_image``
+    would refuse it. Quiet: what the header's reader warns about, the decoding tells."""
     with _pillow_reading():
         image = _open(data, name)
+        orientation = _header_orientation(image)
     if max_pixels is not None:
         _check_pixels(name, image.size, max_pixels)
-    return image.size, _PIL_FORMAT.get(image.format or "")
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height), _PIL_FORMAT.get(image.format or "")
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation the header gives (1 where it gives none), read without decoding pixels: from a TIFF's
+    own tag, or from an EXIF block the header holds (JPEG's APP1, WebP's and PNG's chunks before the pixels)."""
+    try:
+        if image.format == "TIFF":
+            return int(image.tag_v2.get(_EXIF_ORIENTATION, 1) or 1)
+        raw = image.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+    except (ValueError, TypeError, OSError, SyntaxError, struct.error):  # damaged EXIF: the decoding tells
+        return 1
 
 
 _PILLOW_STATE = threading.Lock()
