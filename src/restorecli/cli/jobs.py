@@ -65,6 +65,9 @@ def worker(
     max_attempts: Annotated[int, typer.Option(metavar="N",
                                               help="Give a job up after this many attempts that crashed a worker.",
                                               min=1)] = 3,
+    grace: Annotated[float, typer.Option(metavar="SECONDS", help="After SIGINT/SIGTERM, how long the image in hand "
+                                         "may take to finish; then it is dropped and its job given back.", min=0)
+                     ] = 30.0,
     json_output: o.Json = False,
     parent: Annotated[Optional[int], typer.Option(hidden=True, help="Stop as SIGTERM does when this process (the "
                                                   "server that started the worker) is gone.")] = None,
@@ -87,19 +90,44 @@ def worker(
         help="Images each actor holds at once, so its model never waits for decoding or encoding: one is decoded "
              "and one encoded while the model runs another; 1 restores one at a time [default: 3].")] = None,
 ) -> None:
-    """Process queued jobs oldest first; SIGINT/SIGTERM finish the image in hand and leave the job resumable."""
-    from ..jobs.worker import WorkerOptions, run_worker
+    """Process queued jobs oldest first. SIGINT/SIGTERM finish the image in hand (within --grace) and leave the job
+    resumable; SIGUSR1 finishes the job in hand and claims no more."""
+    from ..jobs.worker import Stopping
 
     console = stderr_console()
-    stop = threading.Event()
+    stopping = Stopping()
+    stop = stopping.stop
 
     def on_signal(signum, frame):
+        if stop.is_set():  # a second signal: no more grace
+            stopping.abandon.set()
+            return
         stop.set()
+        timer = threading.Timer(grace, stopping.abandon.set)
+        timer.daemon = True
+        timer.start()
 
+    def on_drain(signum, frame):
+        stopping.drain.set()
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGUSR1, on_drain)
     if parent is not None:
         _stop_with_parent(parent, stop)
+    try:
+        _work(queue, once, max_jobs, max_seconds, lease, poll, device, max_attempts, json_output, ray, actors,
+              actor_gpus, actor_cpus, actor_images, stopping, console)
+    finally:  # run in-process (tests, an embedding program), the caller's handlers come back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _work(queue, once, max_jobs, max_seconds, lease, poll, device, max_attempts, json_output, ray, actors,
+          actor_gpus, actor_cpus, actor_images, stopping, console) -> None:
+    """The worker command's run, once its signals are in place."""
+    from ..jobs.worker import WorkerOptions, run_worker
 
     def emit(event: str, data: dict) -> None:
         if json_output:
@@ -132,12 +160,12 @@ def worker(
                      if value is not None]
             if given:
                 raise UsageError(f"{', '.join(given)} shape the Ray pool: give --ray too")
-            report = run_worker(queue_dir(queue), options, stop, emit)
+            report = run_worker(queue_dir(queue), options, stopping, emit)
         else:
             from ..distributed.driver import PoolOptions, run_pool
 
             shape = PoolOptions(ray, actors, actor_gpus, actor_cpus, actor_images or PoolOptions.actor_images)
-            report = run_pool(queue_dir(queue), options, shape, stop, emit)
+            report = run_pool(queue_dir(queue), options, shape, stopping.stop, emit)
     if report.stopped:
         console.print("stopped by signal; unfinished work is left resumable")
     if report.storage_error:

@@ -42,6 +42,11 @@ def serve(
                                                 "the longest silence in its upload.", min=0.1)] = 30.0,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback address without an API key.")
                        ] = False,
+    min_free_mb: Annotated[float, typer.Option(metavar="MB", help="Free space the queue's disk keeps: below it, "
+                                               "uploads get 507 and /health says degraded (503).", min=0)] = 256.0,
+    grace: Annotated[float, typer.Option(metavar="SECONDS", help="On SIGTERM/SIGINT, how long the workers may take to "
+                                         "finish the jobs in hand; what still runs then is queued again.", min=0)
+                     ] = 30.0,
     *,
     restore: dict,
 ) -> None:
@@ -53,7 +58,8 @@ def serve(
         config = load_config(restore, host=host, port=port, queue=queue, workers=workers, retention=retention,
                              prune_every=prune_every, max_file_mb=max_file_mb, max_files=max_files,
                              allow_model=allow_model or [], cors_origin=cors_origin,
-                             allowed_host=allowed_host or [], max_uploads=max_uploads, read_timeout=read_timeout)
+                             allowed_host=allowed_host or [], max_uploads=max_uploads, read_timeout=read_timeout,
+                             min_free_mb=min_free_mb)
 
         check_exposure(config, no_auth)
         try:
@@ -65,24 +71,32 @@ def serve(
             raise SetupError(f"restorecli serve needs the serve extra ({exc.name} is not installed): "
                              "pip install 'restorecli[serve]'") from None
         sock = _listen(config.host, config.port)
+    from ..server.shutdown import GracefulServer, Shutdown
     from ..server.supervise import Janitor, WorkerPool
 
-    pool = WorkerPool(config.queue, config.workers, lambda line: console.print(escape(line), soft_wrap=True))
+    def log(line: str) -> None:
+        console.print(escape(line), soft_wrap=True)
+
+    pool = WorkerPool(config.queue, config.workers, log)
     app = create_app(config, pool if config.workers else None)  # creates the queue, before any worker looks
     _announce(console, config, sock, no_auth)
-    janitor = Janitor(config.queue, config.retention, config.prune_every,
-                      lambda line: console.print(escape(line), soft_wrap=True))
+    janitor = Janitor(config.queue, config.retention, config.prune_every, log, keep=app.state.api.downloads.in_use)
+    shutdown = Shutdown(app.state.api.draining, pool if config.workers else None, janitor, grace, log)
+    app.state.api.on_fault = shutdown.fail
     if config.workers:
         pool.start()
     janitor.start()
+    shutdown.watch(app.state.api.check_queue)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                                               http=slow_client_protocol(config.read_timeout)))
+        server = GracefulServer(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                               http=slow_client_protocol(config.read_timeout)), shutdown)
         server.run(sockets=[sock])
     finally:
         janitor.stop()
         pool.stop()
         console.print("restorecli serve: stopped")
+    if shutdown.exit_code:
+        raise typer.Exit(shutdown.exit_code)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -118,7 +132,7 @@ def _announce(console, config, sock: socket.socket, no_auth: bool) -> None:
         f"  device:   {device}" + (" (each worker picks CUDA, then MPS, then the CPU)" if device == "auto" else ""),
         f"  faces:    {'available' if faces['available'] else 'not available'} ({faces['model']}, "
         f"{faces['detector']})" + ("" if faces["available"] else
-                                   f"; jobs asking for them fail until: restorecli download-weights "
+                                   f"; jobs asking for them are refused (422) until: restorecli download-weights "
                                    f"{faces['model']} {faces['detector']}"),
         f"  workers:  {config.workers} (restarted if one dies)" if config.workers else
         f"  workers:  none here; jobs wait for: restorecli worker --queue {config.queue}",
@@ -128,8 +142,9 @@ def _announce(console, config, sock: socket.socket, no_auth: bool) -> None:
         "  API key:  required (X-API-Key header)" if config.api_key else
         "  API key:  none: anyone who can reach the address can use it" + (" (--no-auth)" if no_auth else ""),
     ]
-    if default["status"] == "missing":
-        lines.append(f"  warning:  {default['name']} is not installed; jobs fail until: restorecli download-weights "
-                     f"{default['name']}")
+    for model in models["models"]:
+        if not model["runnable"]:
+            lines.append(f"  warning:  {model['name']} is not installed; jobs asking for it are refused (422) until: "
+                         f"restorecli download-weights {model['name']}")
     for line in lines:
         console.print(escape(line), soft_wrap=True)

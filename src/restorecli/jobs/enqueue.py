@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import ImageError, OutputTooLarge, SetupError, UsageError
+from ..errors import OutputTooLarge, SetupError, UsageError
 from ..files import writer_tag
 from ..images.formats import check_output_pixels, output_size
 from ..models.loading import unknown_model
@@ -47,17 +48,19 @@ def refuse_oversized(options: dict, inputs: list[tuple[str, Path]]) -> None:
     ``max_output_pixels``, read from the images' headers, before the job takes a worker's time. The scale is the
     job's ``outscale`` or its registry model's; a checkpoint file's scale is known once a worker loads it, which
     applies the same limit to each image. A file whose header cannot be read is left for the worker to name."""
-    from ..images.decode import probe
-
     limit = options.get("max_output_pixels")
     entry = REGISTRY.get(options["model"])
     scale = options.get("outscale") or (entry.scale if entry else None)
     if limit is None or scale is None:
         return
+    from PIL import Image  # the header alone: the server's process imports no OpenCV or numpy
+
     for name, path in inputs:
         try:
-            size, _ = probe(path.read_bytes(), name)
-        except (ImageError, OSError):
+            with warnings.catch_warnings(), Image.open(path) as image:
+                warnings.simplefilter("ignore")  # Pillow's bomb warning: the pixel limit is the worker's to apply
+                size = image.size
+        except Exception:  # not an image Pillow reads, or over its own pixel limit: the worker names the problem
             continue
         try:
             check_output_pixels(name, output_size(*size, scale), limit)

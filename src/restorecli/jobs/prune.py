@@ -10,6 +10,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UsageError
 from ..files import live_writer, temporary_writer
@@ -73,8 +74,11 @@ def remove_tree(path: Path, root: Path) -> None:
         os.unlink(path)
 
 
-def prune_queue(root: Path, age: float, dry_run: bool = False) -> PruneReport:
-    """Delete completed and failed jobs whose completion is older than ``age`` seconds, and abandoned submissions."""
+def prune_queue(root: Path, age: float, dry_run: bool = False,
+                keep: Callable[[str], bool] = lambda job_id: False) -> PruneReport:
+    """Delete completed and failed jobs whose completion is older than ``age`` seconds, and abandoned submissions.
+    ``keep(job_id)`` is asked just before a job would go: True keeps it this time (the server is sending its
+    files)."""
     report = PruneReport(dry_run=dry_run)
     real_root = Path(os.path.realpath(root))
     cutoff = time.time() - age
@@ -84,6 +88,8 @@ def prune_queue(root: Path, age: float, dry_run: bool = False) -> PruneReport:
         for job in store.jobs():
             known.add(job.id)
             if job.status not in ("completed", "failed") or (job.finished or 0) >= cutoff:
+                continue
+            if not dry_run and keep(job.id):
                 continue
             job_dir = store.job_dir(job.id)
             size = _tree_size(job_dir) if os.path.lexists(job_dir) else 0

@@ -492,6 +492,32 @@ class JobStore:
         except FileNotFoundError:
             pass
 
+    def requeue_worker(self, worker: str, max_attempts: int, why: str, counted: bool = True) -> list[str]:
+        """The jobs ``worker`` (a ``host:pid`` name) was processing, now that its process is gone: queued again at
+        once rather than when their leases run out (what they finished is redone; a cancelled one is removed), or
+        failed where the attempt was ``counted`` (the worker died on it) and ``max_attempts`` are spent. ``why``
+        says what happened to the worker. Returns their ids."""
+        dropped: list[str] = []
+        with self.transaction() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE status = 'processing' AND worker = ?", (worker,)).fetchall()
+            for row in rows:
+                job = self._job(row)
+                if job.cancel is not None:
+                    db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+                    dropped.append(job.id)
+                elif counted and job.attempts >= max_attempts:
+                    self._mark_failed(db, job, f"gave up after {job.attempts} attempts: {why}"
+                                               f"{f' while processing {job.current}' if job.current else ''}")
+                else:
+                    db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
+                               "current = NULL, progress = NULL, attempts = attempts - ?, last_error = ? WHERE id = ?",
+                               (0 if counted else 1, f"{why}{f' while processing {job.current}' if job.current else ''}",
+                                job.id))
+            db.execute("DELETE FROM workers WHERE name = ?", (worker,))
+        for job_id in dropped:
+            self.remove_folder(job_id)
+        return [row["id"] for row in rows]
+
     # ------------------------------------------------------------------ workers
 
     def beat(self, worker: str, job: str | None, interval: float) -> None:

@@ -72,33 +72,53 @@ class WorkerReport:
 Event = Callable[[str, dict], None]
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """How a worker process (this one, or ``pid`` on this machine) names itself in the queue."""
+    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
+
+
+@dataclass
+class Stopping:
+    """How a worker is asked to stop, from outside (signals, its server): ``stop`` ends its run after the image in
+    hand, the job given back resumable; ``drain`` after the job in hand, claiming no more; ``abandon`` at once,
+    between tiles (a grace period ran out), the image in hand dropped and the job given back."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    drain: threading.Event = field(default_factory=threading.Event)
+    abandon: threading.Event = field(default_factory=threading.Event)
 
 
 class Schedule:
-    """When a worker stops claiming: a stop signal (``stop``) or the ``--max-seconds`` deadline; and its wait
-    between looks at an empty queue, cut short by either."""
+    """When a worker stops claiming: a stop signal (``stop``), a drain, or the ``--max-seconds`` deadline; and its
+    wait between looks at an empty queue, cut short by either."""
 
-    def __init__(self, options: WorkerOptions, stop: threading.Event):
+    def __init__(self, options: WorkerOptions, stop: threading.Event, drain: threading.Event | None = None):
         self.stop, self.poll = stop, options.poll
+        self.drain = drain or threading.Event()
         self.deadline = time.monotonic() + options.max_seconds if options.max_seconds else None
 
     def halted(self) -> bool:
+        """Whether the job in hand is to be given back after its image in hand."""
         return self.stop.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def claiming(self) -> bool:
+        """Whether another job may be claimed."""
+        return not self.halted() and not self.drain.is_set()
 
     def pause(self, seconds: float | None = None) -> None:
         wait = self.poll if seconds is None else seconds
         if self.deadline is not None:
             wait = max(min(wait, self.deadline - time.monotonic()), 0)
-        self.stop.wait(wait)
+        end = time.monotonic() + wait
+        while not self.stop.is_set() and not self.drain.is_set() and time.monotonic() < end:
+            self.stop.wait(min(0.2, max(end - time.monotonic(), 0)))
 
 
 def wait_for_queue(root: Path, options: WorkerOptions, schedule: Schedule) -> bool:
     """Whether ``root`` holds a queue to work: an absent one is an empty one, waited for (False once ``once`` or
     the schedule says to leave)."""
     while not queue_exists(root):
-        if options.once or schedule.halted():
+        if options.once or not schedule.claiming():
             return False
         schedule.pause()
     return True
@@ -189,9 +209,11 @@ def give_back(store: JobStore, lease: Lease, work: Path, error: str | None = Non
 
 
 def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: dict[tuple, Restorer],
-            halted: Callable[[], bool], emit: Event) -> str:
-    """Process one claimed job; returns its outcome: completed, failed, released, lost or retry.
-    ``halted`` is asked between images; when it says yes the job is given back, resumable."""
+            halted: Callable[[], bool], emit: Event, abandon: threading.Event | None = None) -> str:
+    """Process one claimed job; returns its outcome: completed, failed, released, lost, cancelled or retry.
+    ``halted`` is asked between images; when it says yes the job is given back, resumable. ``abandon`` is looked
+    at between tiles: once set, the image in hand is dropped and the job given back."""
+    abandon = abandon or threading.Event()
     from ..pipeline import Restorer, restore_batch
 
     job = lease.job
@@ -230,7 +252,8 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
 
         try:
             batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
-                                  should_stop=lambda: halted() or renewer.gone, should_abandon=lambda: renewer.gone)
+                                  should_stop=lambda: halted() or renewer.gone or abandon.is_set(),
+                                  should_abandon=lambda: renewer.gone or abandon.is_set())
         except Exception as exc:  # an unexpected failure: count the attempt, let another try
             store.retry_later(lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
             return "retry"
@@ -293,11 +316,15 @@ def publish_results(store: JobStore, lease: Lease, work: Path, results: list[dic
     return status
 
 
-def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: Event | None = None) -> WorkerReport:
-    """Claim and process jobs until the queue is empty (``once``), a limit is reached, or ``stop`` is set."""
+def run_worker(root: Path, options: WorkerOptions, stop: threading.Event | Stopping,
+               emit: Event | None = None) -> WorkerReport:
+    """Claim and process jobs until the queue is empty (``once``), a limit is reached, or ``stop`` is set (a
+    ``Stopping`` also says to drain or to abandon)."""
     emit = emit or (lambda event, data: None)
+    stopping = stop if isinstance(stop, Stopping) else Stopping(stop=stop)
+    stop = stopping.stop
     report = WorkerReport()
-    schedule = Schedule(options, stop)
+    schedule = Schedule(options, stop, stopping.drain)
     if not wait_for_queue(root, options, schedule):
         report.stopped = stop.is_set()
         return report
@@ -307,7 +334,7 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
     name = worker_name()
     note = report.noting(emit)
     try:
-        while not schedule.halted():
+        while schedule.claiming():
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
             store.beat(name, None, max(options.poll, options.lease / 3))
@@ -320,14 +347,14 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event, emit: 
                 schedule.pause()
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-            outcome = run_job(store, lease, options, restorers, schedule.halted, note)
+            outcome = run_job(store, lease, options, restorers, schedule.halted, note, stopping.abandon)
             if outcome == "retry" and lease.job.id in report.lacked:
                 unrunnable[lease.job.id] = time.monotonic() + options.setup_retry
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
             if report.must_stop:
                 break
-        report.stopped = stop.is_set()
+        report.stopped = stop.is_set() or stopping.drain.is_set()
         return report
     finally:
         store.retire(name)

@@ -33,6 +33,7 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the bound address and localhost (--allowed-host)
     max_uploads: int = 32  # uploads read at once; one more is answered 503 with Retry-After
     read_timeout: float = 30.0  # seconds a client may take to send its headers, or leave its body silent
+    min_free_mb: float = 256.0  # below this much free space on the queue's disk, uploads get 507, /health 503
     defaults: dict = field(default_factory=dict)  # the declared restore options' values for jobs (as given)
     allowed_models: tuple[str, ...] = ()  # the default model first
 
@@ -162,7 +163,7 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
                 workers: int = 1, retention: str = "1h", prune_every: str = "30m", max_file_mb: float | None = None,
                 max_files: int = 20, allow_model: list[str] = (), cors_origin: str | None = None,
                 allowed_host: list[str] = (), max_uploads: int = 32, read_timeout: float = 30.0,
-                dotenv: Path = Path(".env")) -> ServeConfig:
+                min_free_mb: float = 256.0, dotenv: Path = Path(".env")) -> ServeConfig:
     """The server's configuration from its flags (``restore``: the declared restore options' values, the jobs'
     defaults), then the environment, then ``dotenv``. Raises ``UsageError`` for a value that cannot be used."""
     from ..jobs.enqueue import job_options
@@ -201,7 +202,7 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
                        max_files=max_files, api_key=api_key_setting(values),
                        cors_origin=parse_origin(cors_origin) if cors_origin is not None else None,
                        allowed_hosts=tuple(dict.fromkeys(parse_host_name(name) for name in allowed_host)),
-                       max_uploads=max_uploads, read_timeout=read_timeout,
+                       max_uploads=max_uploads, read_timeout=read_timeout, min_free_mb=min_free_mb,
                        defaults=defaults, allowed_models=tuple(allowed))
 
 

@@ -149,8 +149,16 @@ class Limits(BaseModel):
     max_files: int
 
 
+class Disk(BaseModel):
+    free_mb: float
+    min_free_mb: float
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded", "stopping"] = Field(
+        description="ok (200); degraded or stopping (both answered with 503): see problems")
+    problems: list[str] = Field(description="What keeps the server from doing its work, in words")
+    disk: Disk
     queue: dict[str, int]
     auth_required: bool
     workers: Workers
@@ -163,6 +171,8 @@ class ModelInfo(BaseModel):
     scale: Optional[int]
     description: str
     status: Literal["installed", "embedded", "missing"]
+    runnable: bool = Field(description="Whether a job may ask for it: its weights are here (a request for a missing "
+                                       "model is refused with 422)")
 
 
 class Faces(BaseModel):

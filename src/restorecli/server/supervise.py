@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -49,10 +50,12 @@ def _lower_priority() -> None:
 
 class WorkerPool:
     """``count`` worker processes on ``queue``. Each runs the same worker loop as ``restorecli worker``, and stops
-    by itself when this process is gone (``--parent``), so a server killed outright leaves no worker behind."""
+    by itself when this process is gone (``--parent``), so a server killed outright leaves no worker behind. A
+    worker that dies has its job queued again at once (its lease need not run out first). The workers run in a
+    session of their own: a terminal's Ctrl-C reaches the server, which stops them in its own time (``drain``)."""
 
-    def __init__(self, queue: Path, count: int, log: Log, extra_args: tuple[str, ...] = ()):
-        self.queue, self.log, self.extra_args = queue, log, extra_args
+    def __init__(self, queue: Path, count: int, log: Log, extra_args: tuple[str, ...] = (), max_attempts: int = 3):
+        self.queue, self.log, self.extra_args, self.max_attempts = queue, log, extra_args, max_attempts
         self.slots = [_Slot(n) for n in range(1, count + 1)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
@@ -60,7 +63,24 @@ class WorkerPool:
 
     def command(self) -> list[str]:
         return [*self_command(), "worker", "--queue", str(self.queue), "--parent", str(os.getpid()),
-                *self.extra_args]
+                "--max-attempts", str(self.max_attempts), *self.extra_args]
+
+    def _requeue(self, pid: int, why: str, counted: bool) -> None:
+        """Queue again the jobs the worker process ``pid`` held, now that it is gone."""
+        from ..jobs.store import JobStore
+        from ..jobs.worker import worker_name
+
+        try:
+            store = JobStore(self.queue)
+            try:
+                ids = store.requeue_worker(worker_name(pid), self.max_attempts, why, counted)
+            finally:
+                store.close()
+        except Exception as exc:  # the queue cannot be reached: the lease's expiry requeues them later
+            self.log(f"could not queue again the jobs of worker process {pid}: {exc}")
+            return
+        for job_id in ids:
+            self.log(f"job {job_id}: queued again ({why})")
 
     def start(self) -> None:
         for slot in self.slots:
@@ -71,7 +91,7 @@ class WorkerPool:
         return sum(1 for slot in self.slots if slot.process is not None and slot.process.poll() is None)
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+        slot.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, start_new_session=True,
                                         preexec_fn=_lower_priority if hasattr(os, "nice") else None)
         slot.started = time.monotonic()
 
@@ -92,20 +112,42 @@ class WorkerPool:
             delay = _RESTART_DELAYS[min(slot.failures, len(_RESTART_DELAYS)) - 1] if slot.failures else 0.0
             self.log(f"worker {slot.number} (process {process.pid}) exited with code {code} after {ran:.0f}s; "
                      f"restarting it{f' in {delay:.0f}s' if delay else ''}")
+            self._requeue(process.pid, f"its worker process exited with code {code}", counted=True)
             slot.process, slot.restart_at = None, now + delay
         if now >= slot.restart_at and not self._stop.is_set():
             self.restarts += 1
             self._spawn(slot)
 
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM every worker (each finishes its image in hand and gives its job back), then SIGKILL those still
-        running after ``grace`` seconds."""
+    def running(self) -> list[subprocess.Popen]:
+        return [slot.process for slot in self.slots if slot.process is not None and slot.process.poll() is None]
+
+    def drain(self, grace: float, hurry: threading.Event, stop_wait: float = 10.0) -> None:
+        """Stop the pool for a shutdown: no restarts; each worker finishes the job in hand and exits (SIGUSR1),
+        for up to ``grace`` seconds (or until ``hurry`` is set); those still running are stopped (``stop``) and
+        the jobs they held queued again, resumable. Returns once no worker process is left."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        running = [slot.process for slot in self.slots if slot.process is not None and slot.process.poll() is None]
+        running = self.running()
         for process in running:
-            process.terminate()
+            _signal(process, signal.SIGUSR1)
+        deadline = time.monotonic() + grace
+        while self.running() and time.monotonic() < deadline and not hurry.is_set():
+            hurry.wait(0.1)
+        if self.running():
+            self.log(f"{len(self.running())} worker(s) still busy after the grace period: stopping them; their jobs "
+                     "are queued again, resumable")
+        self.stop(stop_wait)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM every worker (each finishes its image in hand and gives its job back), then SIGKILL those still
+        running after ``grace`` seconds; the jobs of a killed one are queued again at once."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        running = self.running()
+        for process in running:
+            _signal(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in running:
             try:
@@ -114,13 +156,22 @@ class WorkerPool:
                 self.log(f"worker process {process.pid} did not stop within {grace:.0f}s: killing it")
                 process.kill()
                 process.wait()
+                self._requeue(process.pid, "the server stopped its worker", counted=False)
+
+
+def _signal(process: subprocess.Popen, sig: int) -> None:
+    try:
+        process.send_signal(sig)
+    except ProcessLookupError:  # it has just exited
+        pass
 
 
 class Janitor:
     """Every ``every`` seconds, prunes the queue's finished jobs older than ``retention`` (``prune``'s rules)."""
 
-    def __init__(self, queue: Path, retention: float, every: float, log: Log):
-        self.queue, self.retention, self.every, self.log = queue, retention, every, log
+    def __init__(self, queue: Path, retention: float, every: float, log: Log,
+                 keep: Callable[[str], bool] = lambda job_id: False):
+        self.queue, self.retention, self.every, self.log, self.keep = queue, retention, every, log, keep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
 
@@ -135,7 +186,7 @@ class Janitor:
 
     def sweep(self) -> None:
         try:
-            report = prune_queue(self.queue, self.retention)
+            report = prune_queue(self.queue, self.retention, keep=self.keep)
         except Exception as exc:  # a busy or damaged queue: said, and tried again next time
             self.log(f"janitor: could not prune {self.queue}: {exc}")
             return
