@@ -1,6 +1,6 @@
 """What a newcomer meets in the first minutes (issue 30): short help and version flags, usage errors of ``restore``
-that answer before torch is imported, ``models`` printing its table once on a terminal, and a JSON summary that
-gives the batch's throughput."""
+that answer before torch is imported, ``models`` printing its table once on a terminal, a JSON summary that gives
+the batch's throughput, dry runs that size images as the run turns them, and shell completion of option values."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from restorecli.cli.app import app
-from test_cli_usage import COMMANDS
+from test_cli_usage import COMMANDS, _probe
 from test_terminal import CONTROL, run_on_a_terminal
 
 runner = CliRunner()
@@ -130,3 +130,26 @@ def test_a_dry_run_reports_sizes_after_exif_orientation(tmp_path, orientation, u
     shown = runner.invoke(app, ["restore", str(photo), "-o", str(tmp_path / "out"), "--dry-run"],
                           prog_name="restorecli")
     assert f"({upright[0]}x{upright[1]} -> {4 * upright[0]}x{4 * upright[1]})" in " ".join(shown.stderr.split())
+
+
+@pytest.mark.parametrize("words, offered", [
+    ("restorecli restore --format ", {"same", "png", "jpg", "webp", "tiff"}),
+    ("restorecli restore --precision ", {"auto", "fp32", "fp16", "bf16"}),
+    ("restorecli restore --precision f", {"fp32", "fp16"}),
+    ("restorecli restore --model realesrgan-x", {"realesrgan-x4plus", "realesrgan-x2plus", "realesrgan-x4plus-anime"}),
+    ("restorecli submit --face-model gfpgan", {"gfpgan-1.3", "gfpgan-1.4"}),
+    ("restorecli serve --face-detector ", {"retinaface-resnet50", "retinaface-mobilenet0.25"}),
+])
+def test_shell_completion_offers_option_values(words, offered):
+    """Issue 30: TAB completed commands and flags, but no value: not the formats, precisions or model names."""
+    typed = words.split()
+    found = _probe([], env={"_RESTORECLI_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                            "COMP_CWORD": str(len(typed) if words.endswith(" ") else len(typed) - 1)})
+    assert set(found["stdout"].split()) == offered
+    assert found["heavy"] == []  # each TAB runs the program: still no torch, no OpenCV
+
+
+def test_shell_completion_offers_the_devices_the_help_names():
+    found = _probe([], env={"_RESTORECLI_COMPLETE": "complete_bash", "COMP_WORDS": "restorecli restore --device ",
+                            "COMP_CWORD": "3"})
+    assert {"auto", "cpu", "cuda", "mps"} <= set(found["stdout"].split())

@@ -14,9 +14,37 @@ from ..options import PRECISIONS, check_choice, declared, from_given, parse_tile
 __all__ = ["PRECISIONS", "check_choice", "from_given", "parse_tile", "with_restore_options"]
 
 
-def _typer_type(default: Any, spec) -> Any:
+# The registry kind each model-naming option takes, for shell completion
+_MODEL_KINDS = {"model": "sr", "face_model": "face", "face_detector": "detector"}
+
+
+def _completions(name: str, spec) -> Callable[[str], list[tuple[str, str]]] | None:
+    """What TAB offers for a declared option: its choices; registry names of the kind a model option takes, with
+    their descriptions; or the literal words of a metavar such as ``auto|cpu|cuda[:N]|mps`` (auto, cpu, cuda, mps).
+    None where there is nothing to offer but the shell's own file names."""
+    if name in _MODEL_KINDS:
+        def models(incomplete: str) -> list[tuple[str, str]]:
+            from ..models.registry import REGISTRY
+
+            return [(entry.name, entry.description) for entry in REGISTRY.values()
+                    if entry.kind == _MODEL_KINDS[name] and entry.name.startswith(incomplete)]
+
+        return models
+    words = list(spec.choices or ())
+    if not words and spec.metavar and "|" in spec.metavar:
+        words = [word.split("[")[0] for word in spec.metavar.split("|")]
+        words = [word for word in words if word and word == word.lower()]  # N, PATH, NAME are placeholders
+    if not words:
+        return None
+    return lambda incomplete: [(word, "") for word in words if word.startswith(incomplete)]
+
+
+def _typer_type(default: Any, spec, name: str = "") -> Any:
     """``Annotated[type, typer.Option(...)]`` for one declared restore option."""
     settings: dict[str, Any] = {"help": spec.help, "show_default": spec.show_default}
+    complete = _completions(name, spec)
+    if complete is not None:
+        settings["autocompletion"] = complete
     metavar = spec.metavar or ("|".join(spec.choices) if spec.choices else None)
     if metavar:
         settings["metavar"] = metavar
@@ -30,7 +58,7 @@ def _typer_type(default: Any, spec) -> Any:
     return Annotated[given, typer.Option(*spec.flags, **settings)]
 
 
-RESTORE_OPTIONS: dict[str, tuple[Any, Any]] = {name: (_typer_type(default, spec), default)
+RESTORE_OPTIONS: dict[str, tuple[Any, Any]] = {name: (_typer_type(default, spec, name), default)
                                                for name, default, spec in declared()}
 DEFAULTS = {name: default for name, (_, default) in RESTORE_OPTIONS.items()}
 
