@@ -153,3 +153,23 @@ def test_shell_completion_offers_the_devices_the_help_names():
     found = _probe([], env={"_RESTORECLI_COMPLETE": "complete_bash", "COMP_WORDS": "restorecli restore --device ",
                             "COMP_CWORD": "3"})
     assert {"auto", "cpu", "cuda", "mps"} <= set(found["stdout"].split())
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_download_weights_from_a_file_of_another_architecture_is_refused_naming_both(tmp_path, make_model, fmt):
+    """Issue 30: an x4plus (RRDBNet) file was accepted and pinned as realesr-general-x4v3 (SRVGGNetCompact, the
+    same scale) as .safetensors, and refused as .pth only by its sha256, with a message about the hash."""
+    weights = tmp_path / "weights"
+    rrdb = make_model(4, "rrdb", fmt)
+    done = runner.invoke(app, ["download-weights", "--from", str(rrdb), "--name", "realesr-general-x4v3",
+                               "--weights-dir", str(weights)], prog_name="restorecli")
+    message = " ".join(done.stderr.split())
+    assert done.exit_code == 3, message
+    assert "is a RRDBNet model (4x), but 'realesr-general-x4v3' is a SRVGGNetCompact model (4x)" in message
+    assert "sha256" not in message
+    assert not weights.exists() or not any(weights.iterdir())  # nothing installed, nothing pinned
+    compact = make_model(4, "compact", "safetensors")  # the right architecture and scale: imported
+    done = runner.invoke(app, ["download-weights", "--from", str(compact), "--name", "realesr-general-x4v3",
+                               "--weights-dir", str(weights)], prog_name="restorecli")
+    assert done.exit_code == 0, done.stderr
+    assert (weights / "realesr-general-x4v3.safetensors").read_bytes() == compact.read_bytes()

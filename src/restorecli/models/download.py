@@ -66,6 +66,10 @@ class _Permanent(DownloadError):
 # ---------------------------------------------------------------------------- verifying a file's kind
 
 
+# spandrel's architecture ids, by the names the registry gives the same networks
+_REGISTRY_ARCHITECTURE = {"ESRGAN": "RRDBNet", "Compact": "SRVGGNetCompact", "GFPGAN": "GFPGAN"}
+
+
 def verify_kind(path: Path, entry: ModelEntry) -> None:
     """Raise ``UnsupportedModel`` unless ``path`` loads as the kind of model ``entry`` describes."""
     state, output_scale = read_state_dict(path)
@@ -78,6 +82,10 @@ def verify_kind(path: Path, entry: ModelEntry) -> None:
         if is_face != (entry.kind == "face"):
             raise UnsupportedModel(f"{path}: is a {descriptor.architecture.name} model, expected {entry.architecture}")
         scale = output_scale or descriptor.scale  # a graph that resizes its result counts at its final scale
+        found = _REGISTRY_ARCHITECTURE.get(descriptor.architecture.id, descriptor.architecture.name)
+        if entry.architecture in _REGISTRY_ARCHITECTURE.values() and found != entry.architecture:
+            raise UnsupportedModel(f"{path}: is a {found} model ({scale:g}x), but '{entry.name}' is a "
+                                   f"{entry.architecture} model ({entry.scale}x): these are not its weights")
         if entry.kind == "sr" and scale != entry.scale:
             raise UnsupportedModel(f"{path}: is a {scale:g}x model, expected {entry.scale}x")
         return
