@@ -39,6 +39,17 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
+@nox.session(python=False)
+def vulkan(session: nox.Session) -> None:
+    """The ncnn back-end on a Vulkan device (tests/test_backends.py, marker vulkan): a GPU's driver, or Mesa's
+    lavapipe on the CPU (Debian: mesa-vulkan-drivers and libvulkan1, which .ci/run installs); without a device the
+    tests skip and say why. Runs in the environment nox runs in (.ci/run's .venv), so torch is not installed again."""
+    import sys
+
+    session.run(sys.executable, "-m", "pytest", "-m", "vulkan", "-p", "no:cacheprovider", "tests/test_backends.py",
+                *session.posargs, external=True)
+
+
 @nox.session(python="3.11")
 def container(session: nox.Session) -> None:
     """The container smoke test (tests/container/): podman builds the Dockerfile on a local Debian base, runs

@@ -15,7 +15,8 @@ from restorecli.cli.app import app
 
 runner = CliRunner()
 HEAVY = ("torch", "torchvision", "spandrel", "cv2", "numpy", "PIL", "skimage")
-COMMANDS = ["restore", "submit", "worker", "status", "prune", "serve", "models", "download-weights", "evaluate"]
+COMMANDS = ["restore", "submit", "worker", "status", "cancel", "prune", "serve", "models", "download-weights",
+            "evaluate", "devices"]
 
 # Run in a fresh interpreter (this test process has torch loaded already), in-process through typer's runner:
 # prints the exit code and which heavy modules the command left in sys.modules.

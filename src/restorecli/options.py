@@ -19,6 +19,7 @@ from .models.registry import DEFAULT_MODEL
 # like restorecli's other usage errors and lists what may be given.
 FORMATS = ("same", "png", "jpg", "webp", "tiff")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "ncnn")  # engine.backends.choice.BACKEND_CHOICES, spelt here to import nothing heavy
 ALPHAS = ("model", "resize")
 
 
@@ -89,8 +90,11 @@ class RestoreOptions:
                               metavar="auto|0|N", parse=parse_tile, given_default="auto", loads_models=True)
     tile_pad: int = option(24, "Context overlap around each tile, in input pixels.", metavar="PIXELS", given_as=int,
                            minimum=0, loads_models=True)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", metavar="auto|cpu|cuda[:N]|mps",
-                         loads_models=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N, mps, or vulkan[:N] (ncnn on a Vulkan GPU).",
+                         metavar="auto|cpu|cuda[:N]|mps|vulkan[:N]", loads_models=True)
+    backend: Literal["auto", "torch", "ncnn"] = option(
+        "auto", "What runs the model: torch, ncnn (ncnn models, on the CPU or Vulkan), or auto: the one that "
+        "measures fastest here (measured once per machine).", choices=BACKENDS, loads_models=True)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = option(
         "auto", "auto: fp16 on CUDA, bf16 on CPUs where it measures faster, else fp32.", choices=PRECISIONS,
         loads_models=True)

@@ -18,6 +18,7 @@ from typing import BinaryIO, Callable, TypeVar
 import numpy as np
 import torch
 
+from .engine.backends.choice import BackendChoice, build_backend, choose_backend, host_device, runs_torch
 from .engine.device import choose_device, choose_dtype, place_model, precision_name
 from .engine.enhance import (
     EngineOptions,
@@ -55,6 +56,7 @@ from .images import (
 )
 from .models.integrity import sha256_of
 from .models.loading import LoadedModel, load_face_weights, load_model, weights_dir
+from .models.ncnn import native_graph_for
 from .models.registry import REGISTRY
 from .options import RestoreOptions
 from .overlap import Halted, ReadAhead, WriteBehind
@@ -104,14 +106,16 @@ class Restorer:
         self._runner_16bit: tuple[LoadedModel, EngineOptions] | None = None
         self.fallback: str | None = None  # why ``auto`` runs the model in fp32 after all
         self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
+        self.backend: BackendChoice | None = None  # the back-end ``from_options`` chose, and why
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
-        device = choose_device(options.device)
+        device = choose_device(host_device(options.device))  # the tiler's: the CPU for a Vulkan device
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder)
-        dtype = choose_dtype(options.precision, device, model.spec)
-        dtype_16bit = choose_dtype(options.precision, device, model.spec, depth=16)
+        on_torch = runs_torch(options.backend, options.device)  # else torch's precision is not asked for
+        dtype = choose_dtype(options.precision if on_torch else "fp32", device, model.spec)
+        dtype_16bit = choose_dtype(options.precision if on_torch else "fp32", device, model.spec, depth=16)
         fallback = None
         if options.precision == "auto" and dtype != torch.float32:  # is the reduced precision really usable?
             verdict = checked(model, device, dtype, sha256_of(model.spec.path))
@@ -120,6 +124,13 @@ class Restorer:
                 dtype_16bit = torch.float32 if dtype_16bit == dtype else dtype_16bit
                 dtype = torch.float32
         place_model(model, device, dtype)
+        graph = native_graph_for(model.spec.name, model.spec.path) if options.backend != "torch" else None
+        backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
+                                 lambda: sha256_of(model.spec.path))
+        if backend.candidate.backend != "torch":  # ncnn takes float32 windows whatever precision it runs in
+            model.backend = build_backend(backend.candidate, graph)
+            dtype = dtype_16bit = torch.float32
+            fallback = None
         engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
                                alpha=options.alpha)
         faces = None
@@ -130,6 +141,7 @@ class Restorer:
         if dtype_16bit != dtype:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
         restorer = cls(model, engine, faces, options, load_16bit)
+        restorer.backend = backend
         restorer._reload = lambda dtype: place_model(load_model(options.model, folder), device, dtype)
         if fallback:
             restorer._note_fallback(fallback)
@@ -178,7 +190,12 @@ class Restorer:
         """What runs: the model's name, the device and the precision ``auto`` resolved to; where 16-bit
         images ran at another precision, that one too (``precision_16bit``, once one has)."""
         setup = {"model": self.model.spec.name, "device": str(self.engine.device),
-                 "precision": precision_name(self.engine.dtype)}
+                 "precision": precision_name(self.engine.dtype), "backend": "torch"}
+        if self.backend is not None and self.backend.candidate.backend != "torch":
+            chosen = self.backend.candidate
+            setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)
+        if self.backend is not None and self.backend.reason.startswith("measured"):
+            setup["backend_reason"] = self.backend.reason
         if self._runner_16bit is not None:
             setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)
         if self.fallback:

@@ -11,7 +11,7 @@ import warnings
 
 import typer
 
-from . import evaluate, jobs, render, restore, serve, weights
+from . import devices, evaluate, jobs, render, restore, serve, weights
 from .help import Command
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ app.command(cls=Command)(serve.serve)
 app.command(cls=Command)(weights.models)
 app.command("download-weights", cls=Command)(weights.download_weights)
 app.command(cls=Command)(evaluate.evaluate)
+app.command(cls=Command)(devices.devices)
 
 
 def main() -> None:

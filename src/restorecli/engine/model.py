@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from .backends.base import Backend
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -37,6 +39,16 @@ class LoadedModel:
 
     spec: ModelSpec
     descriptor: object  # spandrel.ImageModelDescriptor
+    backend: Backend | None = None  # what runs the tiles; None: torch, running ``descriptor``
+
+    @property
+    def runner(self) -> Backend:
+        """The back-end that runs this model's tiles: ``backend``, or the torch back-end over ``descriptor``."""
+        if self.backend is not None:
+            return self.backend
+        from .backends.torch import TorchBackend
+
+        return TorchBackend(self.descriptor)
 
     @property
     def module(self) -> torch.nn.Module:

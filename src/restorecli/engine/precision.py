@@ -118,24 +118,38 @@ def _record() -> Path:
     return platformdirs.user_cache_path("restorecli") / "precision-verdicts.json"
 
 
+def _known() -> dict:
+    try:
+        known = json.loads(_record().read_text())
+    except (OSError, ValueError):
+        known = {}
+    return known if isinstance(known, dict) else {}
+
+
+def recall(key: str) -> object:
+    """What a probe recorded under ``key`` in the user cache's record of model probes (None: nothing yet)."""
+    return _known().get(key)
+
+
+def remember(key: str, value: object) -> None:
+    """Record a probe's finding ``value`` (JSON) under ``key``, beside the others, so no later process probes
+    again; a read-only cache records nothing (every process then probes)."""
+    record = _record()
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(record, json.dumps({**_known(), key: value}, indent=2, sort_keys=True).encode(),
+                     durable=False)
+    except OSError:
+        pass
+
+
 def checked(model: LoadedModel, device: torch.device, dtype: torch.dtype, model_hash: str) -> Verdict:
     """The verdict for ``model`` (whose file hashes to ``model_hash``) in ``dtype`` on ``device``: recorded, or
     probed now and recorded. The model is left as it was."""
     key = f"{model_hash} | {device_kind(device)} | {precision_name(dtype)} | torch {torch.__version__}"
-    record = _record()
-    try:
-        known = json.loads(record.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
-    entry = known.get(key)
+    entry = recall(key)
     if isinstance(entry, dict) and isinstance(entry.get("ok"), bool):
         return Verdict(entry["ok"], entry.get("psnr"), entry.get("error"))
     verdict = probe(model, device, dtype)
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps({**known, key: asdict(verdict)}, indent=2, sort_keys=True).encode(),
-                     durable=False)
-    except OSError:
-        pass  # a read-only cache: probe in every process
+    remember(key, asdict(verdict))
     return verdict

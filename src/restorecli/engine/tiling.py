@@ -194,17 +194,26 @@ def auto_plan(model: LoadedModel, height: int, width: int, *, device: torch.devi
     if not model.spec.tileable:
         return plan_grid(height, width, 1, 1, pad)
     per_pixel = bytes_per_pixel(model, dtype)
-    rows, cols = choose_grid(height, width, pad, per_pixel, available_memory(device), model.spec)
+    rows, cols = choose_grid(height, width, pad, per_pixel, _budget(model, device), model.spec)
     return plan_grid(height, width, rows, cols, pad)
 
 
-def _auto_batch(device: torch.device, tile_bytes: int) -> int:
-    """Tiles per network call. Accelerators get as many as fit (up to 8); the CPU gets one, since its
-    convolutions already use every core: batches of 4-8 small tiles measured no faster there, and each
-    tile in flight costs its full activation memory."""
+def _budget(model: LoadedModel, device: torch.device) -> int:
+    """Bytes for a window's activations: what the model's back-end states for its own device (a Vulkan GPU's
+    heap), else ``available_memory`` of the tiler's ``device``."""
+    memory = model.runner.capabilities.memory
+    return memory if memory is not None else available_memory(device)
+
+
+def _auto_batch(device: torch.device, tile_bytes: int, model: LoadedModel | None = None) -> int:
+    """Tiles per network call. Accelerators get as many as fit (up to 8, and at most what ``model``'s back-end
+    takes in one call); the CPU gets one, since its convolutions already use every core: batches of 4-8 small
+    tiles measured no faster there, and each tile in flight costs its full activation memory."""
     if device.type == "cpu":
         return 1
-    return int(min(8, max(1, available_memory(device) // max(tile_bytes, 1))))
+    limit = (model.runner.capabilities.max_batch if model is not None else None) or 8
+    budget = _budget(model, device) if model is not None else available_memory(device)
+    return int(min(8, limit, max(1, budget // max(tile_bytes, 1))))
 
 
 # --- quantising -------------------------------------------------------------------------------------------------
@@ -511,12 +520,13 @@ def _run_plan(
     assembler = _Assembler(plan, scale, model.spec.output_channels, image.dtype, device, sink)
     uploads = _Uploads(device) if staged(device) else None
     tiles = plan.tiles
+    runner = model.runner
     completed = False
     try:
         for start in range(0, len(tiles), batch):
             group = tiles[start : start + batch]
             inputs = uploads(image, group, dtype) if uploads is not None else window_batch(image, group, device, dtype)
-            outputs = model.descriptor(inputs.contiguous(memory_format=torch.channels_last))  # type: ignore[operator]
+            outputs = runner.run(inputs)
             for tile, result in zip(group, outputs):
                 assembler.add(tile, result)
                 if tile.col == plan.cols - 1:
@@ -566,7 +576,7 @@ def upscale(
     while True:
         y0, y1, x0, x1 = plan.tiles[0].window
         window_h, window_w = network_window(model.spec, y1 - y0, x1 - x0)
-        group = batch or _auto_batch(device, window_h * window_w * per_pixel)
+        group = batch or _auto_batch(device, window_h * window_w * per_pixel, model)
         try:
             with torch.inference_mode():
                 out = _run_plan(model, image, plan, group, device, dtype, sink, on_tile)

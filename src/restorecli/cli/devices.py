@@ -1,0 +1,44 @@
+"""``restorecli devices``: where models can run here, and on which back-end (``--device``, ``--backend``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .options import Json as JsonFlag
+from .render import same_terminal, stderr_console
+
+
+def devices(json_output: JsonFlag = False) -> None:
+    """List the devices restorecli can run on: the CPU, CUDA and MPS (torch), Vulkan GPUs (ncnn)."""
+    from ..engine.backends.devices import list_devices, ncnn_version  # asks torch and ncnn what they see
+
+    found = list_devices()
+    version = ncnn_version()
+    if json_output:
+        typer.echo(json.dumps({"ncnn": version, "devices": [asdict(entry) for entry in found]}, indent=2))
+        return
+    table = Table(title="devices", title_justify="left")
+    for column in ("device", "back-ends", "what it is"):
+        table.add_column(column)
+    for entry in found:
+        what = entry.name + (f" ({entry.kind}, a software renderer on the CPU)" if entry.device.startswith("vulkan")
+                             and entry.kind == "cpu" else "")
+        if entry.memory_mb:
+            what += f", {entry.memory_mb} MiB"
+        table.add_row(entry.device, ", ".join(entry.backends), escape(what))
+    console = stderr_console()
+    console.print(table)
+    if version is None:
+        console.print("ncnn is not installed: no ncnn back-end and no Vulkan devices (pip install ncnn)")
+    elif not any(entry.device.startswith("vulkan") for entry in found):
+        console.print("no Vulkan device found (a GPU driver with Vulkan, or Mesa's lavapipe, is needed for one)")
+    if same_terminal(sys.stdout, console.file):  # the person has read the table; the TSV is for pipes and files
+        return
+    for entry in found:
+        typer.echo(f"{entry.device}\t{','.join(entry.backends)}\t{entry.name}")

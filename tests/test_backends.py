@@ -1,0 +1,330 @@
+"""Back-ends (issue 31): the ncnn back-end runs ncnn models natively (CPU, and Vulkan where a device is found) under
+the same tiler as torch, matching torch on the same weights; ``--backend auto`` picks by a speed probe recorded once
+per machine (tested with injected timings: no assertion here depends on wall-clock time); ``restorecli devices``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import TEST_INPUTS, read_rgb
+from restorecli.cli.app import app
+from restorecli.engine.backends import choice, ncnn as ncnn_backend
+from restorecli.engine.backends.choice import Candidate, Measurement, candidates, choose_backend, pick
+from restorecli.engine.backends.ncnn import NcnnBackend, VulkanDevice
+from restorecli.engine.device import place_model
+from restorecli.engine.enhance import EngineOptions, enhance
+from restorecli.engine.model import LoadedModel
+from restorecli.engine.tiling import upscale
+from restorecli.errors import DeviceMissing, DeviceUnavailable, UsageError
+from restorecli.models.loading import load_model
+from restorecli.models.ncnn import native_graph, native_graph_for
+
+pytest.importorskip("ncnn", reason="the ncnn back-end needs the ncnn package (in the test extra)")
+
+CPU = torch.device("cpu")
+runner = CliRunner()
+PHOTO = read_rgb(TEST_INPUTS / "rocket.jpg")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _crop(height: int, width: int) -> np.ndarray:
+    return np.ascontiguousarray(PHOTO[20 : 20 + height, 30 : 30 + width, :3])
+
+
+@pytest.fixture(scope="module")
+def x4plus(real_weights) -> LoadedModel:
+    return place_model(load_model("realesrgan-x4plus", real_weights), CPU, torch.float32)
+
+
+@pytest.fixture
+def anime_x2(embedded_dir, tmp_path):
+    """The embedded 2x anime-video model, ncnn files copied into a folder of the test's own: a small network."""
+    for suffix in (".param", ".bin"):
+        shutil.copy(embedded_dir / f"realesr-animevideov3-x2{suffix}", tmp_path / f"anime-x2{suffix}")
+    return tmp_path / "anime-x2.param"
+
+
+@pytest.fixture
+def photo_file(tmp_path):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    cv2.imwrite(str(path), cv2.cvtColor(_crop(20, 28), cv2.COLOR_RGB2BGR))
+    return path
+
+
+# --- the ncnn back-end against torch ------------------------------------------------------------------------------
+
+
+@pytest.mark.real_weights
+def test_ncnn_runs_the_default_model_natively_as_torch_does_whole_and_tiled(x4plus):
+    """The default model's own ncnn files (what its weights are converted from) on ncnn's CPU path, fp32: within
+    1e-4 of torch on the same weights, whole and cut into tiles by the same tiler."""
+    graph = native_graph_for(x4plus.spec.name, x4plus.spec.path)
+    assert graph is not None and graph.param.suffix == ".param"
+    on_ncnn = LoadedModel(x4plus.spec, x4plus.descriptor, NcnnBackend(graph))
+    assert on_ncnn.runner.capabilities.backend == "ncnn" and x4plus.runner.capabilities.backend == "torch"
+    crop = _crop(16, 20).astype(np.float32) / 255
+    for tile, pad in ((0, 0), (8, 4)):
+        reference = upscale(x4plus, crop, device=CPU, tile=tile, pad=pad)
+        result = upscale(on_ncnn, crop, device=CPU, tile=tile, pad=pad)
+        assert result.tiles == reference.tiles == (1 if tile == 0 else 6)
+        assert result.image.shape == (64, 80, 3)
+        assert float(np.abs(result.image - reference.image).max()) <= 1e-4
+
+
+def test_ncnn_reads_the_network_before_a_published_graph_s_final_resize(anime_x2, tmp_path):
+    """The 2x anime-video graph is the 4x network and a resize: ncnn reads the network's output, and restorecli's
+    final resize makes it 2x, as it does for torch (same pixels within one level)."""
+    graph = native_graph(anime_x2)
+    assert graph.input_blob == "data" and graph.output_blob != "output"
+    model = place_model(load_model(str(anime_x2), tmp_path), CPU, torch.float32)
+    assert model.spec.scale == 4 and model.spec.default_outscale == 2
+    on_ncnn = LoadedModel(model.spec, model.descriptor, NcnnBackend(graph))
+    options = EngineOptions(device=CPU, tile=0)
+    ours, theirs = enhance(on_ncnn, _crop(20, 28), None, options).color, enhance(model, _crop(20, 28), None, options).color
+    assert ours.shape == theirs.shape == (40, 56, 3)
+    assert int(np.abs(ours.astype(int) - theirs).max()) <= 1
+
+
+def test_a_model_with_no_ncnn_form_has_no_graph(make_model):
+    path = make_model(scale=2)
+    assert native_graph_for(path.stem, path) is None
+
+
+def test_ncnn_refuses_a_precision_it_does_not_run_on_the_cpu(anime_x2):
+    with pytest.raises(DeviceUnavailable, match="runs fp32, bf16 on the CPU, not fp16"):
+        NcnnBackend(native_graph(anime_x2), precision="fp16")
+
+
+# --- which back-ends may run a model ------------------------------------------------------------------------------
+
+GRAPH = object()  # stands for a model's ncnn form: ``candidates`` only asks whether there is one
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Vulkan devices as a test says they are (none by default)."""
+    found: list[VulkanDevice] = []
+    monkeypatch.setattr(ncnn_backend, "vulkan_devices", lambda: tuple(found))
+    monkeypatch.setattr(choice, "vulkan_devices", lambda: tuple(found))
+    return found
+
+
+def test_candidates_follow_backend_device_and_precision(gpus):
+    torch_cpu, ncnn_cpu = Candidate("torch", "cpu", "bf16"), Candidate("ncnn", "cpu", "fp32")
+    assert candidates("auto", "cpu", "auto", CPU, "bf16", GRAPH) == [torch_cpu, ncnn_cpu]
+    assert candidates("auto", "cpu", "auto", CPU, "bf16", None) == [torch_cpu]  # no ncnn form: torch alone
+    assert candidates("auto", "cuda", "auto", torch.device("cuda"), "fp16", GRAPH) == [
+        Candidate("torch", "cuda", "fp16")]
+    assert candidates("auto", "cpu", "fp16", CPU, "fp16", GRAPH) == [Candidate("torch", "cpu", "fp16")]
+    assert candidates("torch", "cpu", "auto", CPU, "fp32", GRAPH) == [Candidate("torch", "cpu", "fp32")]
+    assert candidates("ncnn", "auto", "bf16", CPU, "bf16", GRAPH) == [Candidate("ncnn", "cpu", "bf16")]
+    gpus.extend([VulkanDevice(0, "llvmpipe", "cpu", 1024), VulkanDevice(1, "Radeon", "discrete", 8192)])
+    # auto weighs real GPUs, not a software renderer; an explicit vulkan device is used as asked
+    assert candidates("auto", "auto", "auto", CPU, "fp32", GRAPH) == [
+        Candidate("torch", "cpu", "fp32"), ncnn_cpu, Candidate("ncnn", "vulkan:1", "fp16")]
+    assert candidates("auto", "vulkan", "auto", CPU, "fp32", GRAPH) == [Candidate("ncnn", "vulkan:0", "fp16")]
+    assert candidates("ncnn", "auto", "fp32", CPU, "fp32", GRAPH) == [Candidate("ncnn", "vulkan:1", "fp32")]
+
+
+def test_candidates_refuse_what_cannot_run(gpus):
+    with pytest.raises(UsageError, match="only the ncnn back-end runs on"):
+        candidates("torch", "vulkan:0", "auto", CPU, "fp32", GRAPH)
+    with pytest.raises(DeviceUnavailable, match="runs ncnn models"):
+        candidates("ncnn", "cpu", "auto", CPU, "fp32", None)
+    with pytest.raises(UsageError, match="not on cuda"):
+        candidates("ncnn", "cuda", "auto", torch.device("cuda"), "fp16", GRAPH)
+    with pytest.raises(DeviceMissing, match="no such Vulkan device; found: none"):
+        candidates("ncnn", "vulkan:2", "auto", CPU, "fp32", GRAPH)
+    with pytest.raises(DeviceUnavailable, match="not --precision fp16"):
+        candidates("ncnn", "cpu", "fp16", CPU, "fp16", GRAPH)
+    with pytest.raises(UsageError, match="auto, torch, ncnn"):
+        candidates("onnx", "cpu", "auto", CPU, "fp32", GRAPH)
+
+
+# --- the choice by measurement ------------------------------------------------------------------------------------
+
+TORCH, NCNN = Candidate("torch", "cpu", "fp32"), Candidate("ncnn", "cpu", "fp32")
+
+
+def test_pick_takes_the_fastest_usable_candidate():
+    best, why = pick({TORCH: Measurement(1.0), NCNN: Measurement(0.7, psnr=80.0)})
+    assert best == NCNN and "ncnn on cpu in fp32 0.700 s, torch on cpu in fp32 1.000 s" in why
+    assert pick({TORCH: Measurement(1.0), NCNN: Measurement(1.0, psnr=80.0)})[0] == TORCH  # a tie keeps torch
+    far, why = pick({TORCH: Measurement(1.0), NCNN: Measurement(0.5, psnr=12.0)})
+    assert far == TORCH and "12.0 dB from torch" in why  # faster but not the same picture: not used
+    failed, why = pick({TORCH: Measurement(1.0), NCNN: Measurement(float("inf"), error="RuntimeError: boom")})
+    assert failed == TORCH and "boom" in why
+
+
+class _Timings:
+    """A measure that answers given seconds and counts what it was asked."""
+
+    def __init__(self, seconds: dict[Candidate, float]):
+        self.seconds, self.asked = seconds, []
+
+    def __call__(self, candidate: Candidate) -> Measurement:
+        self.asked.append(candidate)
+        return Measurement(self.seconds[candidate], None if candidate.backend == "torch" else 70.0)
+
+
+def _choose(measure, graph=GRAPH, backend="auto"):
+    return choose_backend(backend, "cpu", "auto", None, CPU, torch.float32, graph, lambda: "hash-of-the-file", measure)
+
+
+def test_auto_measures_once_per_machine_and_reads_the_record_after(gpus, monkeypatch):
+    from restorecli.engine import precision
+
+    first = _Timings({TORCH: 2.0, NCNN: 1.5})
+    chosen = _choose(first)
+    assert chosen.candidate == NCNN and chosen.reason.startswith("measured") and first.asked == [TORCH, NCNN]
+    again = _Timings({TORCH: 0.1, NCNN: 9.0})  # another process, another load: it reads the record instead
+    assert _choose(again).candidate == NCNN and again.asked == []
+    record = json.loads(precision._record().read_text())  # beside the precision verdicts, in one record
+    keys = [key for key in record if key.startswith("speed | hash-of-the-file | cpu: ")]
+    assert len(keys) == 2 and all(f"{torch.get_num_threads()} threads" in key for key in keys)
+    assert any("| ncnn 1.0" in key and key.endswith("ncnn fp32") for key in keys)
+    assert record[next(k for k in keys if k.endswith("torch fp32"))]["seconds"] == 2.0
+    monkeypatch.setattr(choice, "cpu_model", lambda: "Another CPU")  # a different machine measures again
+    other = _Timings({TORCH: 0.5, NCNN: 1.5})
+    assert _choose(other).candidate == TORCH and other.asked == [TORCH, NCNN]
+
+
+def test_one_candidate_is_not_measured(gpus):
+    never = _Timings({})
+    assert _choose(never, graph=None) == choice.BackendChoice(TORCH, "the only back-end for this model and device")
+    assert _choose(never, backend="torch").reason == "asked for" and never.asked == []
+
+
+def test_an_unreadable_record_is_measured_again(gpus):
+    from restorecli.engine import precision
+
+    _choose(_Timings({TORCH: 2.0, NCNN: 1.5}))
+    precision._record().write_text("{not json")
+    again = _Timings({TORCH: 1.0, NCNN: 1.5})
+    assert _choose(again).candidate == TORCH and len(again.asked) == 2
+
+
+# --- through the command line -------------------------------------------------------------------------------------
+
+
+def _summary(result) -> dict:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()][-1]
+
+
+def test_restore_backend_ncnn_and_torch_give_the_same_picture(anime_x2, photo_file, tmp_path):
+    results = {}
+    for backend in ("ncnn", "torch"):
+        done = invoke("restore", photo_file, "-o", tmp_path / backend, "--model", anime_x2, "--backend", backend,
+                      "--device", "cpu", "--json")
+        assert done.exit_code == 0, done.stderr
+        summary = _summary(done)
+        assert summary["backend"] == backend and summary["device"] == "cpu" and summary["precision"] == "fp32"
+        results[backend] = read_rgb(tmp_path / backend / "photo.png").astype(int)
+    assert results["ncnn"].shape == (40, 56, 3) and np.abs(results["ncnn"] - results["torch"]).max() <= 1
+
+
+class _FakeProbe:
+    """Stands for ``SpeedProbe`` in a whole restore: ncnn measures ``ncnn`` seconds, torch 1 s."""
+
+    ncnn = 0.5
+    calls = 0
+
+    def __init__(self, *args):
+        pass
+
+    def __call__(self, candidate: Candidate) -> Measurement:
+        type(self).calls += 1
+        return Measurement(self.ncnn if candidate.backend == "ncnn" else 1.0, 60.0 if candidate.backend == "ncnn"
+                           else None)
+
+
+def test_restore_auto_runs_what_measured_fastest_and_says_why(anime_x2, photo_file, tmp_path, monkeypatch, gpus):
+    monkeypatch.setattr(choice, "SpeedProbe", _FakeProbe)
+    monkeypatch.setattr(_FakeProbe, "calls", 0)
+    first = invoke("restore", photo_file, "-o", tmp_path / "a", "--model", anime_x2, "--device", "cpu", "--json")
+    assert first.exit_code == 0, first.stderr
+    assert _summary(first)["backend"] == "ncnn" and "ncnn on cpu in fp32 0.500 s" in _summary(first)["backend_reason"]
+    assert _FakeProbe.calls == 2
+    second = invoke("restore", photo_file, "-o", tmp_path / "b", "--model", anime_x2, "--device", "cpu", "--json")
+    assert _summary(second)["backend"] == "ncnn" and _FakeProbe.calls == 2  # recorded: not measured again
+
+
+def test_restore_refuses_backends_that_cannot_run_the_model(make_model, anime_x2, photo_file, tmp_path, gpus):
+    tiny = make_model(scale=2)
+    refused = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", tiny, "--backend", "ncnn")
+    assert refused.exit_code == 3 and "runs ncnn models" in refused.stderr and "--backend torch" in refused.stderr
+    wrong = invoke("restore", photo_file, "-o", tmp_path / "o", "--backend", "onnx")
+    assert wrong.exit_code == 2 and "auto, torch, ncnn" in wrong.stderr
+    vulkan_torch = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", anime_x2, "--backend", "torch",
+                          "--device", "vulkan")
+    assert vulkan_torch.exit_code == 2 and "only the ncnn back-end" in vulkan_torch.stderr
+    missing = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", anime_x2, "--device", "vulkan:3")
+    assert missing.exit_code == 3 and "no such Vulkan device" in missing.stderr
+
+
+def test_devices_lists_cpu_and_vulkan_devices(gpus, monkeypatch):
+    from restorecli.engine.backends import devices
+
+    monkeypatch.setattr(devices, "vulkan_devices", lambda: (VulkanDevice(0, "Radeon RX", "discrete", 8192),))
+    listed = invoke("devices", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert found["ncnn"] and [d["device"] for d in found["devices"]][0] == "cpu"
+    assert found["devices"][-1] == {"device": "vulkan:0", "backends": ["ncnn"], "name": "Radeon RX",
+                                    "kind": "discrete", "memory_mb": 8192}
+    text = invoke("devices")
+    assert text.exit_code == 0 and "vulkan:0\tncnn\tRadeon RX" in text.stdout and "Radeon RX" in text.stderr
+
+
+# --- Vulkan (nox -s vulkan: Mesa's lavapipe where there is no GPU) ------------------------------------------------
+
+
+@pytest.fixture
+def vulkan():
+    found = ncnn_backend.vulkan_devices()
+    if not found:
+        pytest.skip("no Vulkan device found: install a GPU's Vulkan driver, or Mesa's lavapipe (Debian: "
+                    "mesa-vulkan-drivers and libvulkan1)")
+    return found[0]
+
+
+@pytest.mark.vulkan
+@pytest.mark.real_weights
+def test_x4plus_on_vulkan_matches_the_cpu_path(vulkan, x4plus):
+    """fp16 storage on the GPU: within 0.03 of ncnn's fp32 CPU result, and more than 45 dB from it."""
+    graph = native_graph_for(x4plus.spec.name, x4plus.spec.path)
+    gpu = NcnnBackend(graph, precision="fp16", gpu=vulkan.index)
+    assert gpu.capabilities.device == "vulkan:0" and gpu.capabilities.max_batch == 1
+    crop = _crop(12, 16).astype(np.float32) / 255
+    on_cpu = upscale(LoadedModel(x4plus.spec, x4plus.descriptor, NcnnBackend(graph)), crop, device=CPU, tile=0)
+    on_gpu = upscale(LoadedModel(x4plus.spec, x4plus.descriptor, gpu), crop, device=CPU, tile=0)
+    difference = np.abs(on_gpu.image - on_cpu.image)
+    psnr = 10 * np.log10(1 / float(np.mean(difference**2)))
+    assert float(difference.max()) <= 0.03 and psnr > 45, (difference.max(), psnr)
+
+
+@pytest.mark.vulkan
+def test_restore_on_a_vulkan_device_and_devices_lists_it(vulkan, anime_x2, photo_file, tmp_path):
+    listed = json.loads(invoke("devices", "--json").stdout)
+    assert {"device": "vulkan:0", "backends": ["ncnn"], "name": vulkan.name} == {
+        key: value for entry in listed["devices"] if entry["device"] == "vulkan:0" for key, value in entry.items()
+        if key in ("device", "backends", "name")}
+    done = invoke("restore", photo_file, "-o", tmp_path / "gpu", "--model", anime_x2, "--device", "vulkan", "--json")
+    assert done.exit_code == 0, done.stderr
+    summary = _summary(done)
+    assert (summary["backend"], summary["device"], summary["precision"]) == ("ncnn", "vulkan:0", "fp16")
+    cpu = invoke("restore", photo_file, "-o", tmp_path / "cpu", "--model", anime_x2, "--backend", "ncnn", "--json")
+    assert cpu.exit_code == 0, cpu.stderr
+    assert np.abs(read_rgb(tmp_path / "gpu" / "photo.png").astype(int)
+                  - read_rgb(tmp_path / "cpu" / "photo.png")).max() <= 8
