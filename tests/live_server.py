@@ -43,7 +43,7 @@ class LiveServer:
             if match:
                 self.url = match.group(1)
                 try:
-                    if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    if httpx.get(self.url + "/health", timeout=5).status_code in (200, 503):  # 503: up, degraded
                         return self
                 except httpx.HTTPError:
                     pass

@@ -19,13 +19,13 @@ class GracefulServer(uvicorn.Server):
     """uvicorn's server, whose signal handler starts ``shutdown`` instead of closing at once and raising the
     signal again after (uvicorn's own way, which ends the process before the caller's clean-up runs)."""
 
-    def __init__(self, config: uvicorn.Config, shutdown: "Shutdown"):
+    def __init__(self, config: uvicorn.Config, stopping: "Shutdown"):
         super().__init__(config)
-        self.shutdown = shutdown
-        shutdown.server = self
+        self.stopping = stopping  # (``shutdown`` is uvicorn's own method)
+        stopping.server = self
 
     def handle_exit(self, sig: int, frame) -> None:  # in the main thread, as a signal handler: start, return
-        self.shutdown.begin(sig)
+        self.stopping.begin(sig)
 
 
 class Shutdown:
