@@ -704,8 +704,12 @@ def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
 
 
 @pytest.mark.parametrize("failure, shown", [
-    (RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB"), "out of memory"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB"), "rocket.jpg: not enough memory to restore it"),
     (KeyError("a failure nobody foresaw"), "KeyError: 'a failure nobody foresaw'"),  # never stops the batch either
+    # words for a person, with the limits to lower, never Python's own text for these
+    (MemoryError(), "rocket.jpg: not enough memory to restore it (96x64 pixels in); lower --tile or --outscale"),
+    (OverflowError("Python int too large to convert to C long"), "rocket.jpg: too large to restore (96x64 pixels "
+                                                                 "in), past what the encoder or the arrays can address"),
 ])
 def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_path, monkeypatch, failure, shown):
     import restorecli.pipeline as pipeline
@@ -724,6 +728,7 @@ def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_
     assert result.exit_code == 1
     rocket, camera = json_lines(result)[:2]
     assert rocket["status"] == "error" and shown in rocket["error"] and camera["status"] == "ok"
+    assert "MemoryError" not in rocket["error"] and "OverflowError" not in rocket["error"]
 
 
 def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, model2, tmp_path, monkeypatch):

@@ -178,6 +178,20 @@ def error_result(item: InputItem, output: Path | None, message: str, in_size: tu
                       round(time.perf_counter() - started, 3))
 
 
+def unforeseen_error(source: str, exc: Exception, in_size: tuple[int, int] | None = None) -> str:
+    """An image's failure that no check named beforehand, in words for the person reading the result: running out
+    of memory and sizes that overflow say so and which limits to lower, never Python's own text for them."""
+    size = f" ({in_size[0]}x{in_size[1]} pixels in)" if in_size else ""
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return (f"{source}: not enough memory to restore it{size}; lower --tile or --outscale, or refuse such images "
+                "with --max-output-pixels")
+    if isinstance(exc, OverflowError):
+        return (f"{source}: too large to restore{size}, past what the encoder or the arrays can address; lower "
+                "--outscale, or refuse such images with --max-output-pixels")
+    text = " ".join(str(exc).split())[:300]
+    return f"{source}: {type(exc).__name__}: {text}" if text else f"{source}: {type(exc).__name__}"
+
+
 def decided_result(planned: PlannedOutput, in_size: tuple[int, int] | None, started: float) -> ItemResult | None:
     """The result of a plan that leaves the image alone (a skip or an error, with its reason); None for a write."""
     if planned.action == "skip":

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from ..errors import ImageError, RestoreCliError, SetupError, UsageError
 from ..images.formats import OutputFormat
 from ..options import RestoreOptions, model_key
+from ..plan import unforeseen_error
 
 if TYPE_CHECKING:
     from ..pipeline import Restorer
@@ -119,7 +120,7 @@ class RestoreActor:
             where = f": {exc.filename}" if exc.filename else ""
             error = f"{task.source}: {exc.strerror or exc}{where}"
         except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
-            error = f"{task.source}: {type(exc).__name__}: {exc}"
+            error = unforeseen_error(task.source, exc)
         finally:
             if crops:
                 shutil.rmtree(crops, ignore_errors=True)
