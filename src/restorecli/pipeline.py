@@ -76,6 +76,7 @@ from .plan import (
     output_format,
     output_path_for,
     plan_outputs,
+    unforeseen_error,
 )
 
 
@@ -605,7 +606,7 @@ def _failure(item: InputItem, output: Path | None, exc: Exception, in_size: tupl
     if isinstance(exc, ImageError):
         return error_result(item, output, str(exc), in_size, t0), None
     if not isinstance(exc, OSError):
-        return error_result(item, output, f"{item.source}: {type(exc).__name__}: {exc}", in_size, t0), None
+        return error_result(item, output, unforeseen_error(item.source, exc, in_size), in_size, t0), None
     where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
     halted = None
     if storage_full(exc) and output is not None:
