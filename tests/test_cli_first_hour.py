@@ -173,3 +173,30 @@ def test_download_weights_from_a_file_of_another_architecture_is_refused_naming_
                                "--weights-dir", str(weights)], prog_name="restorecli")
     assert done.exit_code == 0, done.stderr
     assert (weights / "realesr-general-x4v3.safetensors").read_bytes() == compact.read_bytes()
+
+
+def test_evaluate_states_the_settings_it_ran_with(tmp_path, make_model):
+    """Issue 30: an evaluate report did not say what produced it (model, scale, precision, tile, device, faces,
+    version), so two reports could not be told apart."""
+    from importlib.metadata import version
+
+    from conftest import TEST_INPUTS
+
+    model = make_model(2)
+    done = runner.invoke(app, ["evaluate", str(TEST_INPUTS / "cameraman_gray.png"), "--models", str(model),
+                               "--scale", "2", "--seed", "7", "--tile", "64", "--device", "cpu", "--precision", "fp32",
+                               "--json", "--report", str(tmp_path / "report")], prog_name="restorecli")
+    assert done.exit_code == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    settings = summary["settings"]
+    assert {key: settings[key] for key in ("mode", "degrade", "scale", "seed", "tile", "device", "precision",
+                                           "face_enhance", "version")} == {
+        "mode": "synthetic", "degrade": "bicubic", "scale": 2, "seed": 7, "tile": 64, "device": "cpu",
+        "precision": "fp32", "face_enhance": False, "version": version("restorecli")}
+    ran = settings["models"][model.stem]  # what the model ran as (Restorer.setup), as restore's summary names it
+    assert (ran["model"], ran["device"], ran["precision"]) == (model.stem, "cpu", "fp32")
+    page = (tmp_path / "report" / "index.html").read_text()
+    header = page[page.index("<h1>"):page.index("<table")]
+    for shown in ("synthetic", "bicubic", "seed", "tile", "64", "fp32", "cpu", version("restorecli"), model.stem):
+        assert shown in header, shown
+    assert "tile 64" in " ".join(done.stderr.split()) and f"{model.stem} on cpu, fp32" in " ".join(done.stderr.split())

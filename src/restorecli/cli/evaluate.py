@@ -51,7 +51,7 @@ def _rows(evaluation: Evaluation) -> list[dict]:
 def _summary(evaluation: Evaluation) -> dict:
     means = {method: {k: _number(v) for k, v in values.items()} for method, values in evaluation.means().items()}
     return {"type": "summary", "images": len(evaluation.succeeded), "failed": len(evaluation.failed),
-            "means": means, "seconds": evaluation.seconds}
+            "means": means, "seconds": evaluation.seconds, "settings": evaluation.settings}
 
 
 def _csv(evaluation: Evaluation) -> bytes:
@@ -86,7 +86,10 @@ def _table(evaluation: Evaluation) -> Table:
             text = format_metric(values[metric], metric)
             cells.append(f"[bold green]{text}[/]" if values[metric] == best[metric] else text)
         table.add_row(escape(method), *cells, f"{values['seconds']:.3f}")
+    table.caption = escape(evaluation.settings_line())
+    table.caption_justify = "left"
     return table
+
 
 
 def _check_places(report: Path | None, csv_path: Path | None) -> None:

@@ -19,6 +19,7 @@ DISPLAY = 256  # CSS pixels per crop, the same zoom for every method
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
 h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 32px; }
+p.settings { color: #555; margin: -8px 0 8px; }
 table.summary { border-collapse: collapse; margin: 12px 0; }
 table.summary th, table.summary td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 table.summary th:first-child, table.summary td:first-child { text-align: left; }
@@ -96,13 +97,19 @@ def _image_section(result: ImageResult, index: int) -> str:
             f'<div class="crops">{crops}</div>{slider}')
 
 
+def _settings(evaluation: Evaluation) -> str:
+    """The settings the evaluation ran with, in one line under the title."""
+    line = evaluation.settings_line()
+    return f'<p class="settings">{html.escape(line)}</p>' if line else ""
+
+
 def write_report(evaluation: Evaluation, folder: Path, title: str = "restorecli evaluate") -> Path:
     """Write ``folder/index.html`` (atomically) and return its path."""
     sections = "".join(_image_section(r, i) for i, r in enumerate(evaluation.images))
     page = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
-        f"<h1>{html.escape(title)}</h1>{_summary_table(evaluation)}{sections}</body></html>"
+        f"<h1>{html.escape(title)}</h1>{_settings(evaluation)}{_summary_table(evaluation)}{sections}</body></html>"
     )
     target = folder / "index.html"
     write_atomic(target, page.encode("utf-8"))

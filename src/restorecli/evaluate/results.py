@@ -44,6 +44,23 @@ class Evaluation:
     images: list[ImageResult]
     methods: list[str]
     seconds: float
+    # What it ran with, for the report's header and the JSON summary: the mode, degradation, scale, seed, tiles,
+    # faces and restorecli's version, and per model what ran (name, device, the precision auto resolved to)
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def settings_line(self) -> str:
+        """The settings in one line, e.g. 'synthetic, bicubic 4x, seed 0; tile auto; realesrgan-x4plus on cpu,
+        bf16; restorecli 0.1.0': under the table on stderr and the report's title."""
+        settings = self.settings
+        if not settings:
+            return ""
+        how = (f"synthetic, {settings['degrade']} {settings['scale']}x, seed {settings['seed']}"
+               if settings["mode"] == "synthetic" else f"paired, {settings['scale']}x")
+        ran = "; ".join(f"{label} on {setup.get('device')}, {setup.get('precision')}"
+                        for label, setup in dict(settings["models"]).items())  # type: ignore[call-overload]
+        faces = "; faces restored" if settings["face_enhance"] else ""
+        tiles = f"tile {settings['tile']} (pad {settings['tile_pad']})"
+        return f"{how}; {tiles}{faces}; {ran}; restorecli {settings['version']}"
 
     @property
     def succeeded(self) -> list[ImageResult]:

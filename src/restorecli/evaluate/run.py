@@ -151,7 +151,20 @@ def evaluate(inputs: list[str], options: EvalOptions, on_progress: Progress | No
             result = ImageResult(name, error=f"{name}: {exc}")
         results.append(result)
         notify("done", result)
-    return Evaluation(results, methods, round(time.perf_counter() - started, 3))
+    return Evaluation(results, methods, round(time.perf_counter() - started, 3), settings(options, restorers))
+
+
+def settings(options: EvalOptions, restorers: dict[str, Restorer]) -> dict[str, object]:
+    """What an evaluation ran with, as its report and its JSON state it: enough to run it again and compare."""
+    from importlib.metadata import version
+
+    paired = options.lr_dir is not None
+    return {"mode": "paired" if paired else "synthetic", "degrade": None if paired else options.degrade,
+            "scale": options.scale, "seed": None if paired else options.seed,
+            "tile": "auto" if options.tile is None else options.tile, "tile_pad": options.tile_pad,
+            "device": options.device, "precision": options.precision, "face_enhance": options.face_enhance,
+            "models": {label: restorer.setup for label, restorer in restorers.items()},
+            "version": version("restorecli")}
 
 
 def _synthetic(path: Path, options: EvalOptions) -> tuple[np.ndarray, np.ndarray, int]:
