@@ -271,7 +271,8 @@ def test_a_job_folder_with_a_planted_link_fails_alone_in_the_pool_too(tmp_path, 
 def test_a_job_whose_model_cannot_load_fails_and_one_the_cluster_lacks_weights_for_is_given_back(
         tmp_path, local_ray, model):
     """As with a local worker: a damaged model file fails its job alone; weights missing where the actors run fail
-    no job: it is queued again untouched, and ``worker --ray`` exits 3 saying what to install."""
+    no job outright: it is queued again (the attempt counted) for workers that have them, and ``worker --ray``
+    exits 3 saying what to install."""
     queue = tmp_path / "queue"
     broken = tmp_path / "broken.safetensors"
     shutil.copy(model, broken)
@@ -284,17 +285,84 @@ def test_a_job_whose_model_cannot_load_fails_and_one_the_cluster_lacks_weights_f
 
     result = cli("worker", "--queue", queue, "--once", "--ray", "local", "--actors", "1", "--actor-cpus", "0.5")
     assert result.exit_code == 3, result.output
-    assert "queued again, untouched" in result.stderr
+    assert "queued again for a worker that can" in result.stderr
     store = JobStore(queue)
     try:
         assert store.get(damaged).status == "failed"
         assert "not a readable safetensors file" in store.get(damaged).last_error
         given_back = store.get(faces)
-        assert given_back.status == "queued" and given_back.attempts == 0
+        assert given_back.status == "queued" and given_back.attempts == 1  # tried once by this pool
         assert "download-weights gfpgan-1.4" in given_back.last_error
     finally:
         store.close()
     assert_clean(queue)
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid``, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("when", ["pool", "ray-starting"])
+def test_sigterm_stops_a_ray_pool_within_its_grace_and_leaves_no_process(tmp_path, local_ray, model, when):
+    """``worker --ray local`` given SIGTERM with work in hand (or while its Ray is still starting): it exits 0
+    within its grace period, its jobs queued again resumable (or done), and no process of its Ray is left."""
+    queue = tmp_path / "queue"
+    ids = submit_jobs(queue, model, tmp_path / "in", PAIRS * 2)
+    local_ray.slow(1.0)
+    env = {**os.environ, "RAY_HARNESS_DIR": str(local_ray.harness)}
+    # the harness starts its Ray before restorecli runs; restorecli starts its own, the start this test signals
+    command = [str(HARNESS)] if when == "pool" else ["-m", "restorecli"]
+    driver = subprocess.Popen([sys.executable, *command, "worker", "--queue", str(queue), "--ray", "local",
+                               "--actors", "1", "--actor-cpus", "0.5", "--grace", "5", "--json"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        if when == "pool":
+            events = (json.loads(line) for line in iter(driver.stdout.readline, "") if line.startswith("{"))
+            assert next(event for event in events if event["type"] in ("pool", "image"))
+        else:  # Ray's processes are appearing: its start is under way
+            wait_for(lambda: descendants(driver.pid), timeout=120, what="Ray to begin starting")
+        started = descendants(driver.pid)
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(60) == 0, driver.stderr.read()
+        wait_for(lambda: not any(alive(pid) for pid in started), timeout=10, what="Ray's processes to end")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.stdout.close()
+        driver.stderr.close()
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    store = JobStore(queue)
+    try:
+        assert {store.get(job_id).status for job_id in ids} <= {"queued", "completed"}
+        assert all(store.get(job_id).attempts == 0 for job_id in ids if store.get(job_id).status == "queued")
+    finally:
+        store.close()
 
 
 def test_a_killed_driver_leaves_its_jobs_to_a_later_local_worker(tmp_path, local_ray, model):

@@ -214,3 +214,24 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     so ``path`` holds either nothing, its old content, or all of ``data`` (see ``atomic_writer``)."""
     with atomic_writer(path, durable) as handle:
         handle.write(data)
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True if ``path``'s parent resolves inside ``root`` (the path itself may be a symlink: it is never followed)."""
+    try:
+        return Path(os.path.realpath(path.parent)).is_relative_to(root) or path == root
+    except OSError:
+        return False
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Delete ``path`` without following symlinks: a link is removed as a link, its target survives."""
+    if not inside(path, root):
+        raise UsageError(f"refusing to delete {path}: outside {root}")
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode):
+        for entry in os.scandir(path):
+            remove_tree(Path(entry.path), root)
+        os.rmdir(path)
+    else:
+        os.unlink(path)

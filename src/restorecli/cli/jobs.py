@@ -165,7 +165,7 @@ def _work(queue, once, max_jobs, max_seconds, lease, poll, device, max_attempts,
             from ..distributed.driver import PoolOptions, run_pool
 
             shape = PoolOptions(ray, actors, actor_gpus, actor_cpus, actor_images or PoolOptions.actor_images)
-            report = run_pool(queue_dir(queue), options, shape, stopping.stop, emit)
+            report = run_pool(queue_dir(queue), options, shape, stopping, emit)
     if report.stopped:
         console.print("stopped by signal; unfinished work is left resumable")
     if report.storage_error:

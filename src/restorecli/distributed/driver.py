@@ -44,6 +44,7 @@ from ..jobs.worker import (
     Event,
     LeaseRenewer,
     Schedule,
+    Stopping,
     WorkerOptions,
     WorkerReport,
     give_back,
@@ -136,14 +137,85 @@ def connect(address: str) -> Callable[[], None]:
         settings["include_dashboard"] = False
     else:
         _check_reachable(address)
+    before = set(_descendants(os.getpid())) if address == "local" else None  # this process's own, left alone
     try:
         ray.init(address=address, **settings)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise SetupError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    except BaseException:  # a signal while Ray started (its own handler raises SystemExit): leave nothing running
+        _end_ray(ray, before)
+        raise StoppedWhileStarting() from None
     finally:
         for signum, handler in handlers.items():  # ray.init makes SIGTERM exit at once: keep the polite stop
             signal.signal(signum, handler)
-    return ray.shutdown
+    return lambda: _end_ray(ray, before)
+
+
+class StoppedWhileStarting(Exception):
+    """A stop signal came while Ray was starting; what it had started is ended."""
+
+
+def _end_ray(ray, before: set[int] | None) -> None:
+    """Disconnect; where this process started Ray (``before``: the processes below it until then), also end every
+    process Ray left: ``ray.shutdown`` ends the head's processes, but their own children (the raylet's agents,
+    actors mid-task) can outlive it, orphaned, for as long as they take to notice."""
+    started = [pid for pid in _descendants(os.getpid()) if pid not in before] if before is not None else []
+    if ray.is_initialized():
+        ray.shutdown()
+    _end_processes(started)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), from /proc; empty where there is none to read."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _end_processes(pids: list[int], wait: float = 5.0) -> None:
+    """SIGTERM each of ``pids`` still running, then SIGKILL those still there after ``wait`` seconds."""
+    alive = [pid for pid in pids if _signal_pid(pid, signal.SIGTERM)]
+    deadline = time.monotonic() + wait
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if _running(pid)]
+    for pid in alive:
+        _signal_pid(pid, signal.SIGKILL)
+
+
+def _signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended and waiting for its parent, does not); reaps it where it is ours."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def check_address(address: str) -> None:
@@ -337,6 +409,8 @@ class _Driver:
         self.claimed = 0
         self.beaten = 0.0
         self.pool: _Pool | None = None
+        self.abandon = threading.Event()  # set when the worker's grace period runs out
+        self.unrunnable: dict[str, float] = {}  # job id -> when the pool may try it again (its actors lacked weights)
 
     # ------------------------------------------------------------------ claiming
 
@@ -346,7 +420,9 @@ class _Driver:
             return False
         if self.at_limit:
             return False
-        lease = self.store.claim(self.options.lease, self.options.max_attempts, self.name)
+        now = time.monotonic()
+        self.unrunnable = {job_id: until for job_id, until in self.unrunnable.items() if until > now}
+        lease = self.store.claim(self.options.lease, self.options.max_attempts, self.name, skip=self.unrunnable)
         if lease is None:
             return False
         self.claimed += 1
@@ -481,8 +557,11 @@ class _Driver:
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
             return
         if outcome.setup is not None:
-            self.settle(run, settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(),
-                                                       self.note, self.options.max_attempts))
+            settled = settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(), self.note,
+                                         self.options.max_attempts)
+            if settled == "retry":  # left to workers that have what it needs, for a while
+                self.unrunnable[run.job_id] = time.monotonic() + self.options.setup_retry
+            self.settle(run, settled)
             return
         if outcome.failure is not None:
             self.store.retry_later(run.lease, outcome.failure, self.options.max_attempts)
@@ -581,6 +660,9 @@ class _Driver:
 
         assert self.pool is not None
         while True:
+            if self.abandon.is_set():  # the grace period ran out: images in flight are not waited for
+                self.give_all_back()
+                return
             started = time.perf_counter()
             self.settle_done()
             if not self.stopping:
@@ -619,14 +701,18 @@ class _Driver:
                 give_back(self.store, run.lease, run.work, error=error)
 
 
-def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: threading.Event,
+def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: threading.Event | Stopping,
              emit: Event | None = None) -> PoolReport:
     """Work the queue at ``root`` with a pool of Ray actors until it is empty (``once``), a limit is reached, or
     ``stop`` is set; the worker's options mean what they mean for ``run_worker``. Ray is started or joined when the
-    first job is claimed (``pool.address``), and left when the run ends. Returns what was done."""
+    first job is claimed (``pool.address``), and left when the run ends; a local Ray leaves no process behind.
+    A ``Stopping`` whose ``abandon`` is set (the grace period ran out) gives back the jobs in hand at once, without
+    waiting for their images in flight. Returns what was done."""
     from ..jobs.worker import worker_name
 
     emit = emit or (lambda event, data: None)
+    stopping = stop if isinstance(stop, Stopping) else Stopping(stop=stop)
+    stop = stopping.stop
     check_address(pool.address)
     report = PoolReport()
     schedule = Schedule(options, stop)
@@ -636,6 +722,7 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
     store = JobStore(root)
     name = worker_name()
     driver = _Driver(store, options, schedule, report, emit, report.noting(emit), name)
+    driver.abandon = stopping.abandon
     disconnect: Callable[[], None] = lambda: None
     try:
         while not driver.claim():  # the first job, before Ray starts: an idle queue costs no Ray instance
@@ -645,7 +732,12 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
             driver.beat()
             schedule.pause()
         try:
-            disconnect = connect(pool.address)
+            try:
+                disconnect = connect(pool.address)
+            except StoppedWhileStarting:
+                driver.give_all_back()
+                report.stopped = True
+                return report
             import ray
 
             nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
-from ..files import live_writer, temporary_writer
+from ..files import live_writer, remove_tree, temporary_writer
 from .store import DB_NAME, JobStore, queue_exists
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -46,32 +46,11 @@ class PruneReport:
         return sum(r["bytes"] for r in self.removed)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """True if ``path``'s parent resolves inside ``root`` (the path itself may be a symlink: it is never followed)."""
-    try:
-        return Path(os.path.realpath(path.parent)).is_relative_to(root) or path == root
-    except OSError:
-        return False
-
-
 def _tree_size(path: Path) -> int:
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         return info.st_size
     return sum(_tree_size(Path(entry.path)) for entry in os.scandir(path))
-
-
-def remove_tree(path: Path, root: Path) -> None:
-    """Delete ``path`` without following symlinks: a link is removed as a link, its target survives."""
-    if not _inside(path, root):
-        raise UsageError(f"refusing to delete {path}: outside {root}")
-    info = os.lstat(path)
-    if stat.S_ISDIR(info.st_mode):
-        for entry in os.scandir(path):
-            remove_tree(Path(entry.path), root)
-        os.rmdir(path)
-    else:
-        os.unlink(path)
 
 
 def prune_queue(root: Path, age: float, dry_run: bool = False,

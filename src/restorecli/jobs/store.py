@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Collection, Iterator, Literal
 
 from ..errors import QueueUnavailable, SetupError, UsageError
-from ..files import write_atomic
+from ..files import remove_tree, write_atomic
 
 QUEUE_ENV = "RESTORECLI_QUEUE"
 DEFAULT_QUEUE = "restorecli-queue"
@@ -484,8 +484,6 @@ class JobStore:
 
     def remove_folder(self, job_id: str) -> None:
         """Delete a job's folder whose record is gone, never through a planted link; one already gone is fine."""
-        from .prune import remove_tree
-
         folder = self.job_dir(job_id)
         try:
             remove_tree(folder, Path(os.path.realpath(self.root)))
