@@ -643,3 +643,35 @@ def test_submit_whose_staging_folder_is_pruned_meanwhile_fails_loudly_and_queues
     overview = json.loads(cli("status", "--queue", queue, "--json").stdout)
     assert overview["counts"]["queued"] == 0
     assert list((queue / "incoming").iterdir()) == [] and list((queue / "jobs").iterdir()) == []
+
+
+def test_a_worker_run_in_process_gives_back_the_signal_handlers_it_installed(tmp_path):
+    def mine(signum, frame):
+        pass
+
+    saved = {sig: signal.signal(sig, mine) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        assert cli("worker", "--queue", tmp_path / "empty", "--once").exit_code == 0
+        assert all(signal.getsignal(sig) is mine for sig in saved)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_a_lease_the_queue_can_no_longer_renew_is_lost_not_a_hung_worker(tmp_path, queue, model, monkeypatch):
+    """The disk under the queue fills (or its database fails) while a job runs: the lease thread ends saying the
+    job is no longer this worker's, instead of dying silently while the worker goes on forever."""
+    from restorecli.jobs.worker import LeaseRenewer
+
+    submit(queue, model, *photos(tmp_path, ["a.jpg"]))
+    store = JobStore(queue)
+    lease = store.claim(60, 3, "w:1")
+
+    def full(self, *args, **kwargs):
+        raise QueueUnavailable(f"{queue / 'queue.db'}: database or disk is full")
+
+    monkeypatch.setattr(JobStore, "renew", full)
+    renewer = LeaseRenewer(queue, lease, 0.3)
+    renewer.start()
+    renewer.join(30)
+    assert not renewer.is_alive() and renewer.lost.is_set() and renewer.gone

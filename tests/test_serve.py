@@ -445,6 +445,23 @@ def test_cors_is_off_unless_an_origin_is_given(tmp_path, model):
         assert "access-control-allow-origin" not in other.headers
 
 
+def test_health_is_503_degraded_when_jobs_wait_and_nothing_works_them(server):
+    client, config = server
+    job_id = upload(client, ("rocket.jpg", ROCKET)).json()["job_id"]
+    health = client.get("/health")  # no worker here, and none seen on the queue
+    assert health.status_code == 503 and health.json()["status"] == "degraded"
+    assert health.json()["problems"] == ["1 job(s) wait and no worker is alive to take them"]
+    store = JobStore(config.queue)
+    lease = store.claim(0.01, 3, "stalled:1")  # a worker took it, then stopped renewing its lease
+    store.beat("stalled:1", job_id, 30)
+    wait_until(lambda: time.time() > lease.job.lease_until, what="the lease to run out")
+    problems = client.get("/health").json()["problems"]
+    assert len(problems) == 1 and problems[0].startswith(f"job {job_id}: its worker stopped making progress")
+    store.release(lease, config.queue / "jobs" / job_id / "work" / lease.token)
+    work(config)
+    assert client.get("/health").status_code == 200 and client.get("/health").json()["problems"] == []
+
+
 def test_health_and_models_say_what_the_server_can_do(server, model):
     client, config = server
     health = client.get("/health").json()
