@@ -114,6 +114,8 @@ class Api:
                                      f"{', '.join(offered)}")
                 given[name] = offered[text.strip()]
                 continue
+            if isinstance(given.get(name), bool) and text.strip().lower() not in ("true", "false"):
+                raise UsageError(f"{name} '{text.strip()[:40]}' is not true or false")  # as the document declares
             given[name] = value_from_text(name, text)
         return job_options(from_given(given))
 
@@ -504,34 +506,34 @@ def _file_response(request: Request, served: Served) -> Response:
                     content_disposition_type="inline", headers={"ETag": etag, "Cache-Control": "private"})
 
 
+def _held_file(api: Api, request: Request, job: Job, find: Callable[[], Served | None], missing: str) -> Response:
+    """The file ``find()`` names (404 saying ``missing`` where none), its job held against the janitor until sent."""
+
+    def respond() -> Response:
+        served = find()
+        if served is None:
+            raise HTTPException(404, missing)
+        return _file_response(request, served)
+
+    return api.held(job.id, respond)
+
+
 def _file_routes(app: FastAPI, api: Api, guarded: list) -> None:
     @app.get("/processed/{job_id}/{name:path}", dependencies=guarded, response_class=FileResponse,
              responses=schema.errors(401, 404))
     def processed(job_id: str, name: str, request: Request) -> Response:
         """A result file of a finished job, as its status lists it."""
         job = api.job(job_id)
-
-        def respond() -> Response:
-            served = result_file(api.store(), job, name)
-            if served is None:
-                raise HTTPException(404, f"job {job_id} has no result '{name[:200]}'")
-            return _file_response(request, served)
-
-        return api.held(job.id, respond)
+        return _held_file(api, request, job, lambda: result_file(api.store(), job, name),
+                          f"job {job_id} has no result '{name[:200]}'")
 
     @app.get("/jobs/{job_id}/inputs/{index}", dependencies=guarded, response_class=FileResponse,
              responses=schema.errors(401, 404))
     def job_input(job_id: str, index: int, request: Request) -> Response:
         """The ``index``-th uploaded file of a job, as it was sent (the dashboard's "before" picture)."""
         job = api.job(job_id)
-
-        def respond() -> Response:
-            served = input_file(api.store(), job, index)
-            if served is None:
-                raise HTTPException(404, f"job {job_id} has no input {index}")
-            return _file_response(request, served)
-
-        return api.held(job.id, respond)
+        return _held_file(api, request, job, lambda: input_file(api.store(), job, index),
+                          f"job {job_id} has no input {index}")
 
     @app.get("/jobs/{job_id}/download", dependencies=guarded, responses={
         **schema.errors(401, 404, 409), 200: {"content": {"application/zip": {}}}})

@@ -121,16 +121,21 @@ class WorkerPool:
     def running(self) -> list[subprocess.Popen]:
         return [slot.process for slot in self.slots if slot.process is not None and slot.process.poll() is None]
 
-    def drain(self, grace: float, hurry: threading.Event, stop_wait: float = 10.0) -> None:
-        """Stop the pool for a shutdown: no restarts; each worker finishes the job in hand and exits (SIGUSR1),
-        for up to ``grace`` seconds (or until ``hurry`` is set); those still running are stopped (``stop``) and
-        the jobs they held queued again, resumable. Returns once no worker process is left."""
+    def _signal_all(self, sig: int) -> list[subprocess.Popen]:
+        """Restart no more workers, and send ``sig`` to those running; returns them."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
         running = self.running()
         for process in running:
-            _signal(process, signal.SIGUSR1)
+            _signal(process, sig)
+        return running
+
+    def drain(self, grace: float, hurry: threading.Event, stop_wait: float = 10.0) -> None:
+        """Stop the pool for a shutdown: no restarts; each worker finishes the job in hand and exits (SIGUSR1),
+        for up to ``grace`` seconds (or until ``hurry`` is set); those still running are stopped (``stop``) and
+        the jobs they held queued again, resumable. Returns once no worker process is left."""
+        self._signal_all(signal.SIGUSR1)
         deadline = time.monotonic() + grace
         while self.running() and time.monotonic() < deadline and not hurry.is_set():
             hurry.wait(0.1)
@@ -142,12 +147,7 @@ class WorkerPool:
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every worker (each finishes its image in hand and gives its job back), then SIGKILL those still
         running after ``grace`` seconds; the jobs of a killed one are queued again at once."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        running = self.running()
-        for process in running:
-            _signal(process, signal.SIGTERM)
+        running = self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in running:
             try:
