@@ -1,5 +1,8 @@
 """nox sessions: `nox -s tests` runs the suite, `nox -s bench` measures restorecli against its peers, `nox -s container`
-builds the image and smoke-tests it with podman, `nox -s docs` builds the documentation site."""
+builds the image and smoke-tests it with podman, `nox -s docs` builds the documentation site, `nox -s api_contract`
+checks a live server against its own OpenAPI document with schemathesis."""
+
+import sys
 
 import nox
 
@@ -37,6 +40,17 @@ def docs(session: nox.Session) -> None:
     session.install("--no-deps", "-e", ".")
     session.run("python", "scripts/cli_reference.py", "build/reference.md")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=False)
+def api_contract(session: nox.Session) -> None:
+    """schemathesis against a live `restorecli serve` (127.0.0.1, an API key, one worker, a temporary queue) with
+    the server's own /openapi.json and every check (tests/hostile/test_api_contract.py); fails on any failure. It
+    runs in the environment nox itself runs in, which must hold restorecli with its test extra (.ci/run's .venv),
+    so torch is not installed a second time; schemathesis is installed there."""
+    session.run(sys.executable, "-m", "pip", "install", "-q", "schemathesis>=4.32", external=True)
+    session.run(sys.executable, "-m", "pytest", "-m", "api_contract", "-p", "no:cacheprovider",
+                "tests/hostile/test_api_contract.py", *session.posargs, external=True)
 
 
 @nox.session(python=False)

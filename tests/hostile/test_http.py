@@ -100,7 +100,7 @@ def test_a_cross_site_post_or_delete_is_refused_and_a_same_origin_one_accepted(l
             assert_error(client.post("/enhance", files=files, headers=headers), 403, "other sites", "--cors-origin")
             assert_error(client.delete(f"/jobs/{job}", headers=headers), 403)
         assert client.get(f"/status/{job}").json()["status"] == "queued"  # the DELETEs did nothing
-        assert client.get("/health", headers={"Origin": "http://evil.example"}).status_code == 200  # reads pass
+        assert client.get(f"/status/{job}", headers={"Origin": "http://evil.example"}).status_code == 200  # reads pass
         same = {"Origin": live.url, "Sec-Fetch-Site": "same-origin"}  # what the dashboard's fetch() sends
         assert client.post("/enhance", files=files, headers=same).status_code == 202
         allowed = client.post("/enhance", files=files, headers={"Origin": APP_ORIGIN, "Sec-Fetch-Site": "cross-site"})
@@ -112,10 +112,10 @@ def test_a_foreign_host_is_refused_and_the_configured_names_answer(live):
     port = live.url.rsplit(":", 1)[1]
     with live.client(headers=AUTH) as client:
         for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example"):
-            assert_error(client.get("/health", headers={"Host": host}), 400, "--allowed-host")
+            assert_error(client.get("/openapi.json", headers={"Host": host}), 400, "--allowed-host")
             assert_error(client.post("/enhance", headers={"Host": host}, files=[("files", ("a.jpg", PHOTO))]), 400)
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"{OTHER_NAME}:{port}", OTHER_NAME.upper()):
-            assert client.get("/health", headers={"Host": host}).status_code == 200, host
+            assert client.get("/openapi.json", headers={"Host": host}).status_code == 200, host
 
 
 # ----------------------------------------------------------------------------- multipart framing and size
@@ -203,14 +203,17 @@ def test_head_answers_wherever_get_does_with_the_same_headers_and_no_body(live, 
                      "/openapi.json", f"/events/{job}"):
             get = client.get(path) if path != f"/events/{job}" else None
             head = client.head(path)
-            assert head.status_code == 200 and head.content == b"", path
-            if get is not None:
+            assert head.content == b"", path
+            if get is None:
+                assert head.status_code == 200
+            else:  # /health is 200, or 503 while this server's jobs wait with no worker: the same for both
+                assert head.status_code == get.status_code, path
                 assert head.headers["content-type"] == get.headers["content-type"], path
                 assert head.headers.get("content-length") == get.headers.get("content-length"), path
         assert head.headers["content-type"].startswith("text/event-stream")  # and it did not wait for the job
         missing = client.head("/status/" + "0" * 48)
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
-        assert client.head("/health", headers={"X-API-Key": ""}).status_code == 200
+        assert client.head("/openapi.json", headers={"X-API-Key": ""}).status_code == 200
         assert client.head("/models", headers={"X-API-Key": "wrong"}).status_code == 401
 
 
@@ -286,6 +289,26 @@ def test_docs_render_in_a_browser_with_nothing_loaded_from_elsewhere(live):
     assert problems == []  # no script refused by the policy, no error
 
 
+# ----------------------------------------------------------------------------- the key, as the document says
+
+
+def test_every_route_but_health_needs_the_key_as_the_document_declares(live, job):
+    document = httpx.get(live.url + "/openapi.json").json()  # the document, like /docs, needs no key
+    with live.client() as client:
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                url = path.replace("{job_id}", job).replace("{index}", "0").replace("{name}", "x.png")
+                answer = client.request(method.upper(), url, headers={"Origin": live.url})
+                if path == "/health":
+                    # 503 (degraded): this server's job waits with no worker to take it, which /health says
+                    assert "security" not in operation and answer.status_code in (200, 503) and answer.json()["queue"]
+                else:
+                    assert operation["security"] == [{"ApiKey": []}], path
+                    assert_error(answer, 401, "X-API-Key")
+                assert str(answer.status_code) in operation["responses"], (path, answer.status_code)
+        assert client.get("/docs").status_code == 200 and client.get("/").status_code == 200
+
+
 # ----------------------------------------------------------------------------- settings refused at start-up
 
 
@@ -298,8 +321,8 @@ def serve_once(tmp_path: Path, model_file: Path, *args: str, env: dict[str, str 
 
 
 @pytest.mark.parametrize(("key", "says"), [
-    ("", "set but empty"), ("   ", "set but blank"), (" padded", "white space"), ("clé-secrète", "not printable ASCII"),
-    ("tab\tinside", "not printable ASCII")])
+    ("", "set but empty"), ("   ", "set but blank"), (" padded", "white space"),
+    ("clé-secrète", "not printable ASCII"), ("tab\tinside", "not printable ASCII")])
 def test_an_api_key_that_cannot_work_is_refused_at_start_up(tmp_path, model_file, key, says):
     done = serve_once(tmp_path, model_file, env={"API_KEY": key})
     assert done.returncode == 2, done.stderr

@@ -18,7 +18,8 @@ DESCRIBED = {400: "Malformed request, or a Host this server does not answer to",
              408: "The client sent its body too slowly", 409: "The job is not in a state that allows this",
              413: "Upload over the server's limits", 415: "Not multipart/form-data",
              422: "A field's or parameter's value cannot be used", 500: "The server failed (it is logged)",
-             503: "The queue cannot take the upload now (Retry-After, where given, says when to try again)",
+             503: "The server cannot do it now: stopping, its queue unavailable, or every upload slot taken "
+                  "(Retry-After, where given, says when to try again)",
              507: "The queue's disk is full"}
 
 
@@ -28,10 +29,10 @@ def errors(*codes: int) -> dict:
 
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
-_EVERYWHERE = (400, 500)  # a foreign Host, a fault: any route
+_EVERYWHERE = (400, 500, 503)  # a foreign Host, a fault, the queue gone or the server stopping: any route
 _GIVEN = (422,)  # a route that takes parameters or a body: a value of the wrong type
 _STATE_CHANGING = (403,)  # a cross-site POST or DELETE
-_UPLOAD = (408, 503)  # POST /enhance: a slow body, no upload slot free
+_UPLOAD = (408,)  # POST /enhance: a slow body
 # Where a job's id leads, from the answer that made it: (path, method, parameters besides job_id)
 _JOB_LINKS = {"GetStatus": ("/status/{job_id}", "get", {}), "FollowEvents": ("/events/{job_id}", "get", {}),
               "DownloadZip": ("/jobs/{job_id}/download", "get", {}),
@@ -72,8 +73,9 @@ def contract(document: dict) -> dict:
             for code in extra:
                 responses.setdefault(str(code), {"description": DESCRIBED[code]})
             for code, response in responses.items():
-                if code[0] in "45":
-                    response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
+                if code[0] in "45":  # an error a route declares with a model of its own (/health's 503) keeps it
+                    if "HTTPValidationError" in str(response.get("content")) or not response.get("content"):
+                        response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
                     response.setdefault("description", DESCRIBED.get(int(code), "Error"))
                     if code == "422" and response["description"] == "Validation Error":
                         response["description"] = DESCRIBED[422]
