@@ -230,6 +230,7 @@ def test_restore_backend_ncnn_and_torch_give_the_same_picture(anime_x2, photo_fi
         assert done.exit_code == 0, done.stderr
         summary = _summary(done)
         assert summary["backend"] == backend and summary["device"] == "cpu" and summary["precision"] == "fp32"
+        assert ("anime-x2 on cpu, fp32, ncnn" in done.stderr) == (backend == "ncnn")  # the summary says what ran
         results[backend] = read_rgb(tmp_path / backend / "photo.png").astype(int)
     assert results["ncnn"].shape == (40, 56, 3) and np.abs(results["ncnn"] - results["torch"]).max() <= 1
 

@@ -17,7 +17,7 @@ import importlib.metadata
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,8 +30,7 @@ from ..precision import MIN_PSNR, _probe_picture, _psnr, device_kind, recall, re
 from .base import Backend, BackendName
 from .ncnn import INSTALL, NcnnBackend, NcnnGraph, available, parse_vulkan, vulkan_device, vulkan_devices
 
-BackendChoiceName = Literal["auto", "torch", "ncnn"]
-BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn")
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn")  # options.BACKENDS, where --backend is declared
 PROBE_SIDE = 64  # the probe picture's side: a few tenths of a second of x4plus on 2 cores per back-end
 
 
