@@ -118,6 +118,25 @@ def test_a_foreign_host_is_refused_and_the_configured_names_answer(live):
             assert client.get("/openapi.json", headers={"Host": host}).status_code == 200, host
 
 
+@pytest.mark.parametrize(("bind", "allowed", "answered", "refused"), [
+    ("127.0.0.1", (), ["127.0.0.1:8001", "localhost", "[::1]:8001", "127.0.0.2"], ["evil.example", "192.0.2.10"]),
+    ("::1", (), ["[::1]:8001", "localhost:8001"], ["evil.example:8001", "[2001:db8::1]"]),
+    ("192.0.2.10", ("gpu-box",), ["192.0.2.10:8001", "gpu-box:8001", "localhost"], ["evil.example", "192.0.2.11"]),
+    # bound to every address: any IP (no DNS rebinding yields one); any name until --allowed-host names some
+    ("0.0.0.0", (), ["203.0.113.5:8001", "gpu-box", "anything.example"], []),
+    ("0.0.0.0", ("gpu-box",), ["203.0.113.5:8001", "[2001:db8::1]:80", "gpu-box"], ["evil.example", "gpu-box.evil"]),
+])
+def test_the_host_names_a_server_answers_to_follow_its_bind_address(bind, allowed, answered, refused):
+    """The rule behind the live test above, for the bind addresses a test must not open (every address, another
+    machine's): which Host headers pass."""
+    from restorecli.server.guards import HostPolicy
+
+    policy = HostPolicy(bind, allowed)
+    assert [host for host in answered if policy.refusal(host) is not None] == []
+    assert [host for host in refused if policy.refusal(host) is None] == []
+    assert policy.refusal(None) is not None and policy.refusal("gpu-box:port") is not None
+
+
 # ----------------------------------------------------------------------------- multipart framing and size
 
 
