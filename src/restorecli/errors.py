@@ -43,6 +43,13 @@ class UnsupportedModel(SetupError):
     """A file exists but is not a model restorecli can run (unknown architecture, refused pickle, ...)."""
 
 
+class ArchitectureMissing(SetupError):
+    """A model's architecture comes from an optional package that is not installed (``restorecli[codeformer]``);
+    another machine's worker may have it."""
+
+    of_this_machine = True
+
+
 class DeviceUnavailable(SetupError):
     """The requested device or precision is not available on this machine."""
 

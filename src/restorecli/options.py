@@ -116,13 +116,17 @@ class RestoreOptions:
         f"(submit, serve) {QUEUE_MAX_OUTPUT_PIXELS:,}].", metavar="N", given_as=int, minimum=1, show_default=False)
     face_enhance: bool = option(False, "Restore faces (detect, align, restore, paste back).", given_as=bool,
                                 loads_models=True, panel=_FACES)
-    face_model: str = option("gfpgan-1.4", "gfpgan-1.4, gfpgan-1.3, or a face model path (e.g. RestoreFormer++).",
+    face_model: str = option("gfpgan-1.4", "gfpgan-1.4, gfpgan-1.3, restoreformer, codeformer (non-commercial "
+                             "licence; pip install 'restorecli[codeformer]'), or a face model path.",
                              metavar="NAME|PATH", loads_models=True, panel=_FACES)
     face_detector: str = option("retinaface-resnet50",
                                 "retinaface-resnet50, retinaface-mobilenet0.25 (faster), or a path.",
                                 metavar="NAME|PATH", loads_models=True, panel=_FACES)
     face_weight: float = option(1.0, "Share of the face restorer's change to apply: 0 none, 1 all.", metavar="0-1",
                                 given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
+    face_fidelity: float = option(0.5, "CodeFormer's fidelity weight w: 0 favours quality, 1 the input's identity "
+                                  "(face models without one ignore it).", metavar="0-1", given_as=float,
+                                  minimum=0.0, maximum=1.0, panel=_FACES)
     only_center_face: bool = option(False, "Restore only the face nearest the image centre.", given_as=bool,
                                     panel=_FACES)
     max_faces: int | None = option(None, "Restore at most N faces (highest scores first).", metavar="N",

@@ -337,7 +337,8 @@ class Prepared:
 
 def _face_options(options: RestoreOptions) -> FaceOptions:
     return FaceOptions(weight=options.face_weight, only_center=options.only_center_face, max_faces=options.max_faces,
-                       min_size=options.min_face_size, threshold=options.face_threshold)
+                       min_size=options.min_face_size, threshold=options.face_threshold,
+                       fidelity=options.face_fidelity)
 
 
 def _faces_saver(options: RestoreOptions, stem: str, report: FaceReport | None) -> Callable[[], None] | None:

@@ -17,11 +17,18 @@ from ..errors import UsageError
 from ..models.download import (DownloadOptions, default_names, fetch, import_local, model_status,
                                unknown_model_message)
 from ..models.loading import choose_weights_dir, weights_dir as resolve_weights_dir
-from ..models.registry import REGISTRY
+from ..models.registry import REGISTRY, ModelEntry
 from .exits import exit_on_error
 from .options import Json as JsonFlag
 from .options import WeightsDir
 from .render import live_progress, same_terminal, stderr_console
+
+
+def licence_note(entry: ModelEntry) -> str:
+    """What a restrictive licence of ``entry``'s weights means, in one line."""
+    needs = f"; it needs pip install 'restorecli[{entry.extra}]'" if entry.extra else ""
+    return (f"{entry.name}'s weights are under the {entry.licence}: not for commercial use, never a default; "
+            f"use them only where that licence allows{needs}")
 
 
 def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
@@ -43,12 +50,17 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
         console.print(f"weights folder: {escape(str(directory.absolute()))} ({escape(choice.explanation)})",
                       soft_wrap=True)
         table = Table(title=f"models ({directory})", title_justify="left")
-        for column in ("name", "kind", "status", "description"):
-            table.add_column(column)
+        table.add_column("name", no_wrap=True, min_width=max(len(row["name"]) for row in rows))  # never cut short
+        for column in ("kind", "status", "licence", "description"):
+            table.add_column(column, overflow="fold")  # narrow terminals: wrapped, no word cut to an ellipsis
         style = {"installed": "green", "embedded": "cyan", "missing": "yellow", "corrupt": "bold red"}
         for row in rows:
-            table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["description"])
+            table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["licence"],
+                          row["description"])
         console.print(table)
+        for entry in REGISTRY.values():  # the licences that restrict use, whole, whatever the table's width
+            if entry.non_commercial:
+                console.print(f"note: {licence_note(entry)}", soft_wrap=True)
         if same_terminal(sys.stdout, console.file):  # the person has read the table; the TSV is for pipes and files
             return
         for row in rows:
@@ -105,6 +117,9 @@ def download_weights(
             console.print(f"[{colour}]{result.status}[/] {escape(result.name)}: "
                           f"{escape(str(result.message or result.path))}",
                           soft_wrap=True)
+            entry = REGISTRY.get(result.name)
+            if entry is not None and entry.non_commercial:
+                console.print(f"  [yellow]licence[/]: {escape(licence_note(entry))}", soft_wrap=True)
             if result.pinned_locally and result.status != "failed":
                 console.print(f"  note: {result.name} has no published sha256; its hash {result.sha256} was pinned "
                               f"locally in {escape(str(directory))} and later files must match it", soft_wrap=True)

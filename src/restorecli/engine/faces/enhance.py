@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -29,6 +30,7 @@ class FaceOptions:
     max_faces: int | None = None
     min_size: float = 0.0  # smallest face kept, in input pixels (shorter side of its box)
     threshold: float = 0.9
+    fidelity: float = 0.5  # CodeFormer's w: 0 favours quality, 1 the input's identity; other networks have none
 
 
 @dataclass
@@ -43,27 +45,40 @@ class FaceReport:
 _RESTORE_BYTES_FP32 = 768 << 20
 
 
+# Networks with a fidelity knob, by spandrel's architecture id, and the keyword their forward takes it as. spandrel's
+# own wrapper for CodeFormer calls it with its default (0.5) whatever is wanted, so the network is called directly.
+FIDELITY_KEYWORDS = {"CodeFormer": "weight"}
+
+
 class FaceRestorer:
-    """A face restoration network (GFPGAN, RestoreFormer++, ...) loaded through spandrel."""
+    """A face restoration network (GFPGAN, CodeFormer, RestoreFormer, ...) loaded through spandrel."""
 
     def __init__(self, descriptor, device: torch.device):
         self.descriptor = descriptor.to(device).eval()
         self.device = device
+        self.fidelity_keyword = FIDELITY_KEYWORDS.get(descriptor.architecture.id) \
+            if hasattr(descriptor, "architecture") else None
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
+    @property
+    def has_fidelity(self) -> bool:
+        """Whether the network takes a fidelity weight (``--face-fidelity``)."""
+        return self.fidelity_keyword is not None
+
+    def __call__(self, crops: np.ndarray, fidelity: float = 0.5) -> np.ndarray:
         """N x 512 x 512 x 3 float in [0, 1] -> the same, restored: all N in one network call where memory holds
-        them (a GPU with room), else as many a call as it does (on the CPU, where batches run no faster, one)."""
+        them (a GPU with room), else as many a call as it does (on the CPU, where batches run no faster, one).
+        ``fidelity`` (0 to 1) goes to networks that take one (CodeFormer's ``w``); the others have none."""
         dtype = next(self.descriptor.model.parameters()).dtype
         per_face = _RESTORE_BYTES_FP32 * torch.tensor([], dtype=dtype).element_size() // 4
-        return run_in_batches(self._restore, crops, per_face, self.device)
+        return run_in_batches(lambda batch: self._restore(batch, fidelity), crops, per_face, self.device)
 
     @torch.inference_mode()
-    def _restore(self, crops: np.ndarray) -> np.ndarray:
-        """One network call. The face networks were trained on inputs scaled to [-1, 1]."""
+    def _restore(self, crops: np.ndarray, fidelity: float = 0.5) -> np.ndarray:
+        """One network call. The face networks were trained on inputs scaled to [-1, 1], and answer in it."""
         model = self.descriptor.model
         dtype = next(model.parameters()).dtype
         x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(self.device, dtype) * 2 - 1
-        out = model(x)
+        out = model(x, **{self.fidelity_keyword: float(fidelity)}) if self.fidelity_keyword else model(x)
         out = out[0] if isinstance(out, (tuple, list)) else out
         return ((out.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -228,7 +243,9 @@ class FaceStage:
 
     def restore(self, band: np.ndarray, plan: FacePlan) -> FaceReport:
         """Restore and paste ``plan``'s faces into ``band``, the output's rows ``plan.top`` to ``plan.bottom``."""
-        return restore_planned_faces(band, plan, self.restorer, plan.options, self.parser)
+        restorer = partial(self.restorer, fidelity=plan.options.fidelity) if self.restorer.has_fidelity \
+            else self.restorer
+        return restore_planned_faces(band, plan, restorer, plan.options, self.parser)
 
     def rows(self, sink, plan: FacePlan, color_planes: int) -> FaceRows:
         """A row sink that restores ``plan``'s faces on the way to ``sink``; its ``reports`` say what it did."""
