@@ -46,6 +46,20 @@ def parse_tile(value: str | int | None) -> int | None:
     return tile
 
 
+def parse_frames(value: str | None) -> str | None:
+    """``--frames A:B`` checked (A and B whole numbers, A < B; either may be left out) and kept as text."""
+    if value is None:
+        return None
+    start, colon, stop = value.strip().partition(":")
+    try:
+        first, last = int(start or 0), int(stop) if stop else None
+    except ValueError:
+        first = last = -1
+    if not colon or first < 0 or (last is not None and last <= first):
+        raise UsageError(f"--frames '{value}' is not A:B, frames A to B (from 0, B excluded and above A; A: or :B)")
+    return f"{first}:{'' if last is None else last}"
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How an option is given from outside: the command line's spelling and help, the form a value arrives in."""
@@ -70,6 +84,7 @@ def option(default: Any, help: str, **spec: Any) -> Any:
 
 
 _FACES = "Faces"
+_VIDEO = "Video"
 MAX_OUTSCALE = 16.0  # beyond any model's own scale by far; 1e7 once drove a worker to 15 GB before it failed
 # A queued job's images are bounded by default: a server's or a queue's worker is shared, and one 64000x64000
 # output ties it up for an hour. A local restore is the user's own machine and time, so it has no default bound.
@@ -137,6 +152,17 @@ class RestoreOptions:
                                    given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
     save_faces: str | None = option(None, "Also write the aligned and restored face crops here.", metavar="DIR",
                                     show_default=False, panel=_FACES)
+    video_codec: str | None = option(None, "Codec of restored videos [default: H.264 (libx264) for MP4/MOV/MKV/AVI, "
+                                     "VP9 for WebM, whichever the bundled FFmpeg has].", metavar="NAME",
+                                     show_default=False, panel=_VIDEO)
+    crf: int | None = option(None, "Video quality as the codec's constant rate factor (lower: better, larger) "
+                             "[default: the codec's].", metavar="0-63", given_as=int, minimum=0, maximum=63,
+                             show_default=False, panel=_VIDEO)
+    keep_audio: bool = option(True, "Copy a video's audio and subtitle streams unchanged.", given_as=bool,
+                              flags=("--keep-audio/--no-audio",), panel=_VIDEO)
+    frames: str | None = option(None, "Restore only frames A to B of each video (from 0, B excluded; A: or :B), "
+                                "e.g. for a preview.", metavar="A:B", parse=parse_frames, show_default=False,
+                                panel=_VIDEO)
 
 
 def declared() -> list[tuple[str, Any, OptionSpec]]:

@@ -78,6 +78,7 @@ from .plan import (
     plan_outputs,
     unforeseen_error,
 )
+from .video.formats import is_video_name
 
 
 T = TypeVar("T")
@@ -406,6 +407,7 @@ class _Ready:
     planned: PlannedOutput | None = None
     fmt: OutputFormat | None = None
     prepared: Prepared | None = None
+    video: bool = False  # a video, restored frame by frame at its turn (read then, not ahead)
 
 
 class _InOrder:
@@ -525,6 +527,8 @@ def _batch_items(inputs: list[str], options: RestoreOptions, stdout: BinaryIO | 
 def _prepare(batch: _Batch, item: InputItem) -> _Ready:
     """Read one image and plan its output; where it is to be restored, decode it and find its faces (the reader
     thread's work, an image ahead of the model)."""
+    if item.source != STDIO and is_video_name(item.source):
+        return _prepare_video(batch, item)
     t0 = time.perf_counter()
     planned: PlannedOutput | None = None
     in_size = None
@@ -548,6 +552,41 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
         return _Ready(item, t0, *_failure(item, planned.output if planned else None, exc, in_size, t0))
 
 
+def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
+    """A video's plan: its output keeps the container. Its frames are read as it is restored (``_restore_video``)."""
+    t0 = time.perf_counter()
+    planned = batch.planner.plan(item, None)
+    decided = decided_result(planned, None, t0)
+    if decided is not None:
+        return _Ready(item, t0, decided)
+    if batch.options.dry_run:
+        return _Ready(item, t0, ItemResult(item.source, str(planned.output), "planned"), planned=planned)
+    return _Ready(item, t0, planned=planned, video=True)
+
+
+def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> ItemResult:
+    """Restore a video at its turn, on the batch's thread (its frames decoded ahead and encoded behind on threads
+    of its own); its failure is its result, and the batch goes on."""
+    from .video.restore import restore_video, video_options  # PyAV only where a video is restored
+
+    item, output = ready.item, ready.planned.output if ready.planned else None
+    assert output is not None
+    if batch.restorer is None:  # no image before it has loaded the models
+        batch.restorer = Restorer.from_options(batch.options)
+    try:
+        done = restore_video(Path(item.source), output, batch.restorer, video_options(batch.options), name=item.source,
+                             on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
+                             on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)))
+    except RestoreCliError as exc:
+        if not isinstance(exc, ImageError):
+            raise
+        return _failure(item, output, exc, None, ready.t0)[0]
+    except Exception as exc:  # a model or codec failure on this video, or one nobody foresaw
+        return _failure(item, output, exc, None, ready.t0)[0]
+    return ItemResult(item.source, str(output), "ok", None, done.in_size, done.out_size,
+                      round(time.perf_counter() - ready.t0, 3), video=done.facts())
+
+
 def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InOrder, on_tile: TileProgress) -> None:
     """Act on one input's plan at its turn: its result goes to ``order`` now, or once its file is written."""
     planned, prepared, item, t0 = ready.planned, ready.prepared, ready.item, ready.t0
@@ -559,6 +598,8 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
             return order.add(decided)
     if ready.result is not None:
         return order.add(ready.result, ready.halted)
+    if ready.video:
+        return order.add(_restore_video(batch, ready, order.notify))
     assert planned is not None and prepared is not None and ready.fmt is not None and batch.restorer is not None
     output = planned.output
     try:

@@ -17,6 +17,7 @@ from .errors import ImageError, UsageError
 from .files import STDIO, LiveWriters, file_id
 from .images.formats import FORMAT_SUFFIX, IMAGE_SUFFIXES, OutputFormat, format_for_suffix
 from .options import RestoreOptions
+from .video.formats import VIDEO_SUFFIXES
 
 Status = Literal["ok", "skipped", "error", "planned"]
 
@@ -37,6 +38,7 @@ class ItemResult:
     out_size: tuple[int, int] | None = None
     seconds: float = 0.0
     faces: int | None = None  # faces restored (None: face enhancement off)
+    video: dict[str, object] | None = None  # a video's frames, fps, duration, codec, ... (None: an image)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
             relative = found.relative_to(path)
             if any(part.startswith(".") for part in relative.parts):
                 continue
-            is_image = found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES
+            is_image = found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES  # or a video
             if excluded is not None and (found.resolve() == excluded or excluded in found.resolve().parents):
                 left_as_outputs += is_image
                 continue
@@ -128,7 +130,8 @@ def output_path_for(item: InputItem, options: RestoreOptions, input_format: Outp
     fmt = output_format(options, input_format)
     suffix = Path(item.source).suffix if item.source != STDIO else ""
     keep_spelling = options.format == "same" and format_for_suffix(suffix) == fmt
-    ext = suffix.lower() if keep_spelling else FORMAT_SUFFIX[fmt]
+    # a video keeps its container (--format is for images)
+    ext = suffix.lower() if keep_spelling or suffix.lower() in VIDEO_SUFFIXES else FORMAT_SUFFIX[fmt]
     name = f"{item.relative.stem}{options.suffix}{ext}"
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise UsageError(f"--suffix '{options.suffix}' makes an unsafe file name '{name}'")

@@ -110,6 +110,8 @@ def item_json(item: ItemResult) -> dict:
     data = asdict(item)
     data["in_size"] = list(item.in_size) if item.in_size else None
     data["out_size"] = list(item.out_size) if item.out_size else None
+    if data.get("video") is None:  # an image's line has no video fields
+        data.pop("video", None)
     return {"type": "item", **data}
 
 
@@ -194,6 +196,15 @@ class BatchRenderer:
             self.image_part = max(self.image_part, min(done / total, 1.0) if total else 0.0)
             current = f"{self.current} [dim](tile {done}/{total})[/]" if total > 1 else self.current
             self.progress.update(self.task, completed=self.images_done + self.image_part, current=current)
+        elif event == "frames" and self.task is not None:  # a video's frames restored: (done, total, fps)
+            done, total, fps = payload  # type: ignore[misc]
+            self.image_part = max(self.image_part, min(done / total, 1.0) if total else 0.0)
+            self.progress.update(self.task, completed=self.images_done + self.image_part,
+                                 current=f"{self.current} [dim](frame {done}/{total or '?'}, {fps:.1f} fps)[/]")
+        elif event == "codec" and not self.as_json:  # a video's codec, said before its first frame
+            source, codec, reason = payload  # type: ignore[misc]
+            self.progress.console.print(f"[dim]{escape(shell_quoted(source))}: video written with {escape(codec)} "
+                                        f"({escape(reason)})[/]", soft_wrap=True)
         elif event == "done" and self.task is not None:
             self.items.append(payload)
             self.images_done += 1

@@ -1,0 +1,57 @@
+"""Video containers by suffix, the codecs written into each, and the errors of a video input. Imports no codec:
+planning (``plan``) asks here whether an input is a video without loading PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import ImageDecodeError, ImageError
+
+EXTRA = "restorecli[video]"
+
+# Suffix -> the FFmpeg muxer that writes it. The output keeps its input's container (and the suffix's spelling).
+CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+                              ".avi": "avi"}
+VIDEO_SUFFIXES = frozenset(CONTAINERS)
+
+# The video codecs each container is written with when --video-codec is not given, in order of preference: the
+# first the bundled FFmpeg can encode is used (PyPI's PyAV wheels carry libx264 and libvpx-vp9).
+_H264_FIRST = ("libx264", "libopenh264", "h264", "mpeg4")
+DEFAULT_CODECS: dict[str, tuple[str, ...]] = {
+    "mp4": _H264_FIRST, "mov": _H264_FIRST, "matroska": _H264_FIRST, "avi": _H264_FIRST,
+    "webm": ("libvpx-vp9", "libsvtav1", "libaom-av1", "libvpx"),
+}
+
+
+class VideoUnavailable(ImageError):
+    """A video input, where PyAV (``restorecli[video]``) is not installed: that video's error, not the batch's."""
+
+
+class VideoDecodeError(ImageDecodeError):
+    """The file is not a video restorecli can read: no video stream, truncated, damaged, or a codec FFmpeg lacks."""
+
+
+class VideoEncodeError(ImageError):
+    """The restored frames cannot be written as asked: a codec the bundled FFmpeg lacks or the container refuses,
+    a size the codec cannot take."""
+
+
+def is_video_name(name: str) -> bool:
+    """Whether a file named ``name`` is taken as a video (by its suffix)."""
+    return Path(name).suffix.lower() in VIDEO_SUFFIXES
+
+
+def container_for(name: str) -> str:
+    """The FFmpeg muxer that writes a file named ``name`` (a video suffix)."""
+    return CONTAINERS[Path(name).suffix.lower()]
+
+
+def load_av(name: str) -> ModuleType:
+    """PyAV, imported; for a video named ``name`` without it, ``VideoUnavailable`` naming the extra to install."""
+    try:
+        import av
+    except ImportError:
+        raise VideoUnavailable(f"{name}: restoring a video needs PyAV, which is not installed: "
+                               f"pip install '{EXTRA}'") from None
+    return av

@@ -1,0 +1,217 @@
+"""Demux and decode a video with PyAV: its facts (size, frames, time base, colour), then its frames as the engine's
+arrays (H x W x 3 uint8 RGB), each with its presentation time and display rotation, and the packets of the streams
+that are copied unchanged (audio, subtitles), in the file's order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .formats import VideoDecodeError, load_av
+
+UNSPECIFIED = 2  # FFmpeg's AVCOL_*_UNSPECIFIED, the same value for primaries, transfer and matrix
+
+
+@dataclass(frozen=True)
+class Colour:
+    """The video's colour description, FFmpeg's numbers (ITU-T H.273): primaries, transfer, matrix and range
+    (0 or 2: unspecified; range 1 limited, 2 full)."""
+
+    primaries: int = UNSPECIFIED
+    transfer: int = UNSPECIFIED
+    matrix: int = UNSPECIFIED
+    range: int = 0
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    """What a video input is: its frame size, frame count (None where the container does not say), time base,
+    average frame rate, duration in seconds, codec, colour, and the streams copied unchanged beside it."""
+
+    width: int
+    height: int
+    frames: int | None
+    time_base: Fraction
+    rate: Fraction | None
+    duration: float | None
+    codec: str
+    colour: Colour
+    audio: int
+    subtitles: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: its number in the file (from 0), its pixels (H x W x 3 uint8 RGB), its presentation
+    time ``pts`` in units of ``time_base`` (shifted to start at 0 for a part, ``--frames``), and the display
+    rotation the file gives it (degrees counter-clockwise, from the stream's display matrix); ``duration``: how long
+    it is shown (``time_base`` units), where the file says."""
+
+    index: int
+    color: np.ndarray
+    pts: int
+    time_base: Fraction
+    rotation: int = 0
+    duration: int | None = None
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Frames ``start`` (included) to ``stop`` (excluded, None: the end), counted from 0."""
+
+    start: int = 0
+    stop: int | None = None
+
+
+class VideoInput:
+    """An open video: ``facts``, then ``items()``: its frames and the copied streams' packets. A context manager;
+    raises ``VideoDecodeError`` (naming ``name``) for a file with no video stream or that FFmpeg cannot read."""
+
+    def __init__(self, path: Path, name: str, keep_audio: bool = True):
+        av = load_av(name)
+        self.name = name
+        try:
+            self.container = av.open(str(path), "r")
+        except (av.FFmpegError, OSError) as exc:
+            raise VideoDecodeError(f"{name}: not a readable video ({_reason(exc)})") from None
+        try:
+            if not self.container.streams.video:
+                raise VideoDecodeError(f"{name}: the file holds no video stream")
+            self.video = self.container.streams.video[0]
+            self.video.thread_type = "AUTO"  # frame and slice threads in FFmpeg's decoder, outside the GIL
+            kinds = ("audio", "subtitle") if keep_audio else ()
+            self.copied = [stream for stream in self.container.streams if stream.type in kinds]
+            self.facts = self._facts()
+        except BaseException:
+            self.container.close()
+            raise
+
+    def __enter__(self) -> "VideoInput":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.container.close()
+
+    def _facts(self) -> VideoFacts:
+        video, context = self.video, self.video.codec_context
+        if context.width <= 0 or context.height <= 0:
+            raise VideoDecodeError(f"{self.name}: its video stream has no frame size")
+        duration = _stream_seconds(video)
+        if duration is None and self.container.duration is not None and len(self.container.streams) == 1:
+            duration = self.container.duration / 1_000_000  # AV_TIME_BASE; with other streams, theirs may be longer
+        colour = Colour(int(context.color_primaries or UNSPECIFIED), int(context.color_trc or UNSPECIFIED),
+                        int(context.colorspace or UNSPECIFIED), int(context.color_range or 0))
+        return VideoFacts(context.width, context.height, video.frames or None, video.time_base or Fraction(1, 90000),
+                          video.average_rate, duration, context.name, colour,
+                          sum(s.type == "audio" for s in self.copied), sum(s.type == "subtitle" for s in self.copied))
+
+    def items(self, part: FrameRange = FrameRange()) -> Iterator[Frame | Any]:
+        """The frames of ``part`` and the copied streams' packets that fall in its time, in the order they are
+        shown. Timestamps are shifted so that ``part`` starts where its first frame was (0 for the whole video).
+        A copied packet waits until a frame shown after it is decoded, so a part's last packets are known to end
+        with it. Raises ``VideoDecodeError`` where the file is damaged or ends early."""
+        av = load_av(self.name)
+        index = 0
+        start: Fraction | None = None  # seconds of the part's first frame
+        waiting: list[Any] = []  # copied packets not yet known to lie inside the part
+
+        def settled(until: Fraction | None) -> list[Any]:
+            """The waiting packets shown before ``until`` seconds (None: all), shifted; the others go on waiting."""
+            nonlocal waiting
+            due = [p for p in waiting if until is None or _seconds(p) < until]
+            waiting = [p for p in waiting if until is not None and _seconds(p) >= until]
+            return [moved for p in due if (moved := _shifted(p, start or Fraction(0))) is not None]
+
+        try:
+            for packet in self.container.demux(self.video, *self.copied):
+                if packet.stream.index != self.video.index:
+                    if packet.dts is not None or packet.pts is not None:  # not the demuxer's end-of-stream marker
+                        waiting.append(packet)
+                    continue
+                for decoded in packet.decode():
+                    if decoded.pts is None:
+                        raise VideoDecodeError(f"{self.name}: frame {index} has no timestamp")
+                    base = decoded.time_base or self.video.time_base
+                    shown = Fraction(decoded.pts * base)
+                    if part.stop is not None and index >= part.stop:
+                        yield from settled(shown)
+                        return
+                    if index < part.start:
+                        waiting = [p for p in waiting if _seconds(p) >= shown]  # before the part: never copied
+                    else:
+                        if start is None:
+                            start = shown if part.start else Fraction(0)
+                        yield from settled(shown)
+                        yield Frame(index, decoded.to_ndarray(format="rgb24"), decoded.pts - round(start / base),
+                                    base, int(decoded.rotation or 0), decoded.duration or None)
+                    index += 1
+        except av.FFmpegError as exc:
+            raise VideoDecodeError(f"{self.name}: damaged or truncated at frame {index} ({_reason(exc)})") from None
+        if index == 0:
+            raise VideoDecodeError(f"{self.name}: no frame could be decoded (empty, truncated or damaged)")
+        self._check_whole(index, shown + shown_for(decoded, self.facts))
+        if start is not None:
+            yield from settled(None)
+
+
+    def _check_whole(self, frames: int, end: Fraction) -> None:
+        """Raise ``VideoDecodeError`` where the frames decoded, ``frames`` of them shown until ``end`` seconds, fall
+        short of what the file says it holds: FFmpeg decodes a cut file up to the cut without an error."""
+        facts = self.facts
+        if facts.frames is not None and frames < facts.frames:
+            raise VideoDecodeError(f"{self.name}: truncated or damaged: {frames} of its {facts.frames} frames could "
+                                   "be decoded")
+        slack = 2 / facts.rate if facts.rate else Fraction(1, 10)  # two frames: a muxer's rounding is less
+        if facts.duration is not None and end < Fraction(facts.duration) - slack:
+            raise VideoDecodeError(f"{self.name}: truncated or damaged: its frames end at {float(end):.2f} s of its "
+                                   f"{facts.duration:.2f} s")
+
+
+def shown_for(frame: Any, facts: VideoFacts) -> Fraction:
+    """How long ``frame`` (a decoded one, or a ``Frame``) is shown, in seconds: as the file says, else one frame at
+    the average rate."""
+    if frame.duration:
+        return Fraction(frame.duration * frame.time_base)
+    return 1 / facts.rate if facts.rate else Fraction(0)
+
+
+def _stream_seconds(stream: Any) -> float | None:
+    """The stream's duration in seconds, from its header or (Matroska) its DURATION tag; None where neither says."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION")
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _seconds(packet: Any) -> Fraction:
+    """When a copied packet is shown, in seconds."""
+    when = packet.pts if packet.pts is not None else packet.dts
+    return Fraction(when * packet.time_base)
+
+
+def _shifted(packet: Any, start: Fraction) -> Any | None:
+    """A copied stream's ``packet`` moved ``start`` seconds earlier; None where it lies before ``start``."""
+    if not start:
+        return packet
+    offset = round(start / packet.time_base)
+    if (packet.pts if packet.pts is not None else packet.dts) < offset:
+        return None
+    if packet.pts is not None:
+        packet.pts -= offset
+    if packet.dts is not None:
+        packet.dts -= offset
+    return packet
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return " ".join(str(text).split())[:200]

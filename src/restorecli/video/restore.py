@@ -1,0 +1,274 @@
+"""Restore a video: every frame through a ``Restorer``, the copied streams' packets alongside, into a file renamed
+into place only when complete. Three stages on their own threads with bounded queues between them: decoding
+ahead, the model in the caller's thread, encoding and muxing behind; at most ``in_flight`` frames wait in each
+queue, whatever the video's length."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ImageError
+from ..files import atomic_writer
+from ..images.formats import check_output_pixels
+from .formats import VideoDecodeError, VideoEncodeError, container_for
+from .read import Frame, FrameRange, VideoFacts, VideoInput, shown_for
+from .write import CodecChoice, VideoOutput, choose_codec
+
+IN_FLIGHT = 4  # frames each queue holds: enough to keep the model fed through a slow keyframe or a burst of audio
+
+
+class FrameRestorer(Protocol):
+    """What restores one frame: ``pipeline.Restorer`` (its ``restore_array``)."""
+
+    def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None, options: Any = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video is written: the codec (None: the container's default), its CRF (None: the codec's default),
+    whether audio and subtitle streams are copied, and the part of the frames restored (None: all)."""
+
+    codec: str | None = None
+    crf: int | None = None
+    keep_audio: bool = True
+    frames: FrameRange | None = None
+    max_pixels: int | None = None  # per input frame
+    max_output_pixels: int | None = None  # per output frame
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    """Frames restored so far, of ``total`` (None: the container does not say), and the rate so far."""
+
+    done: int
+    total: int | None
+    fps: float
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What was written: frames, the input's average frame rate, the output's duration in seconds (from its first
+    frame's timestamp to its last frame's end), the codec and why, the sizes, the streams copied, and the seconds
+    it took."""
+
+    frames: int
+    fps: float | None
+    duration: float
+    codec: str
+    codec_reason: str
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    copied_streams: int
+    seconds: float
+
+    def facts(self) -> dict[str, Any]:
+        """The JSON fields of a video's result line."""
+        return {"frames": self.frames, "fps": self.fps, "duration": self.duration, "codec": self.codec,
+                "copied_streams": self.copied_streams, "seconds": self.seconds}
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class _Stopped(Exception):
+    """Another stage failed or the run was stopped: this one ends without a word (the other says why)."""
+
+
+def _put(line: queue.Queue, item: object, stop: threading.Event) -> None:
+    """Put ``item`` on the bounded ``line``, waiting while it is full; ``_Stopped`` once ``stop`` is set."""
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            line.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(line: queue.Queue, stop: threading.Event) -> object:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return line.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def open_video(source: Path, name: str | None = None, keep_audio: bool = True) -> VideoInput:
+    """``source`` opened for reading (see ``VideoInput``)."""
+    return VideoInput(source, name or str(source), keep_audio)
+
+
+def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: VideoOptions = VideoOptions(),
+                  on_progress: Callable[[VideoProgress], None] | None = None, name: str | None = None,
+                  on_codec: Callable[[CodecChoice], None] | None = None, in_flight: int = IN_FLIGHT) -> VideoResult:
+    """Restore every frame of the video ``source`` (or the part ``options.frames``) with ``restorer`` and write
+    ``output`` in the same container, keeping the frames' timestamps and time base, the rotation and the colour
+    description, and copying audio and subtitle packets unchanged (unless ``options.keep_audio`` is False).
+    ``output`` appears only when complete: it is written under a temporary name and renamed. ``on_codec`` hears
+    the codec chosen before the first frame; ``on_progress`` follows the frames (in the caller's thread).
+
+    Raises ``ImageError`` subclasses naming ``name`` (default: ``source``) for a video that cannot be read or
+    written; the model's own errors go up as they are."""
+    started = time.perf_counter()
+    name = name or str(source)
+    choice = choose_codec(container_for(output.name), options.codec, name)
+    if on_codec is not None:
+        on_codec(choice)
+    with open_video(source, name, options.keep_audio) as video:
+        facts = video.facts
+        if options.max_pixels is not None and facts.width * facts.height > options.max_pixels:
+            raise ImageError(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
+                             f"{options.max_pixels:,} (--max-pixels)")
+        part = options.frames or FrameRange()
+        total = _frames_in(facts, part)
+        decoded: queue.Queue = queue.Queue(in_flight)
+        restored: queue.Queue = queue.Queue(in_flight)
+        stop = threading.Event()
+        with atomic_writer(output) as handle:
+            sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf)
+            reader = threading.Thread(target=_decode_ahead, args=(video.items(part), decoded, stop),
+                                      name="restorecli-video-read", daemon=True)
+            written: list[BaseException] = []
+            writer = threading.Thread(target=_encode_behind, args=(sink, restored, stop, written),
+                                      name="restorecli-video-write", daemon=True)
+            reader.start()
+            writer.start()
+            try:
+                frames, out_size, last = _run_model(restorer, decoded, restored, stop, total, started, options,
+                                                    name, on_progress)
+                _put(restored, _END, stop)
+                writer.join()
+            except _Stopped:
+                writer.join()
+                if not written:
+                    raise
+            except BaseException:
+                stop.set()
+                writer.join()
+                sink.abort()
+                raise
+            finally:
+                stop.set()  # the reader, should it still be waiting
+                reader.join()
+            if written:
+                raise written[0]
+            if frames == 0:
+                raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame of its "
+                                       f"{_count(facts)} frames")
+    duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
+    return VideoResult(frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
+                       choice.reason, (facts.width, facts.height), out_size, len(video.copied),
+                       round(time.perf_counter() - started, 3))
+
+
+def _run_model(restorer: FrameRestorer, decoded: queue.Queue, restored: queue.Queue, stop: threading.Event,
+               total: int | None, started: float, options: VideoOptions, name: str,
+               on_progress: Callable[[VideoProgress], None] | None) -> tuple[int, tuple[int, int], Frame | None]:
+    """The model's stage, in the caller's thread: frames from ``decoded`` restored into ``restored``, packets
+    passed along. Returns the frames restored, their size and the last frame."""
+    frames, size, last = 0, (0, 0), None
+    while True:
+        item = _get(decoded, stop)
+        if item is _END:
+            return frames, size, last
+        if isinstance(item, _Failed):
+            raise item.exc
+        if isinstance(item, Frame):
+            color = restorer.restore_array(item.color)
+            if frames == 0:
+                size = (color.shape[1], color.shape[0])
+                check_output_pixels(name, size, options.max_output_pixels)
+            item = replace(item, color=color)
+            frames, last = frames + 1, item
+            if on_progress is not None:
+                elapsed = time.perf_counter() - started
+                on_progress(VideoProgress(frames, total, round(frames / elapsed, 3) if elapsed > 0 else 0.0))
+        _put(restored, item, stop)
+
+
+def _decode_ahead(items: Iterator[Any], decoded: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for item in items:
+            _put(decoded, item, stop)
+        _put(decoded, _END, stop)
+    except _Stopped:
+        pass
+    except BaseException as exc:  # the file's fault (VideoDecodeError) or FFmpeg's: the model's thread raises it
+        try:
+            _put(decoded, _Failed(exc), stop)
+        except _Stopped:
+            pass
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def _encode_behind(sink: VideoOutput, restored: queue.Queue, stop: threading.Event,
+                   written: list[BaseException]) -> None:
+    """The writer's stage: frames encoded and packets muxed in order, then the file finished. A failure is put in
+    ``written`` and stops the other stages."""
+    try:
+        while True:
+            item = _get(restored, stop)
+            if item is _END:
+                sink.close()
+                return
+            if isinstance(item, Frame):
+                sink.frame(item.color, item.pts, item.rotation, item.duration)
+            else:
+                sink.packet(item)
+    except _Stopped:
+        sink.abort()
+    except BaseException as exc:
+        sink.abort()
+        written.append(exc if isinstance(exc, ImageError) else
+                       VideoEncodeError(f"{sink.name}: writing the video failed ({type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())[:200]})"))
+        stop.set()
+
+
+def _frames_in(facts: VideoFacts, part: FrameRange) -> int | None:
+    """How many frames ``part`` holds, where the container says how many the video has."""
+    count = facts.frames
+    if count is None and facts.duration and facts.rate:
+        count = round(facts.duration * facts.rate)
+    if count is None:
+        return part.stop - part.start if part.stop is not None else None
+    stop = min(count, part.stop) if part.stop is not None else count
+    return max(0, stop - part.start)
+
+
+def _count(facts: VideoFacts) -> str:
+    return str(facts.frames) if facts.frames is not None else "unknown number of"
+
+
+def video_options(options: Any) -> VideoOptions:
+    """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf, --keep-audio, --frames and
+    pixel limits)."""
+    part = None
+    if options.frames:
+        start, _, stop = options.frames.partition(":")
+        part = FrameRange(int(start or 0), int(stop) if stop else None)
+    return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
+                        options.max_output_pixels)
+
+
+__all__ = ["FrameRange", "VideoOptions", "VideoProgress", "VideoResult", "open_video", "restore_video",
+           "video_options"]

@@ -1,0 +1,175 @@
+"""Encode restored frames with PyAV and mux them, with the packets of the copied streams unchanged (remuxed, never
+re-encoded), into an open binary file. The codec is chosen per container from what the bundled FFmpeg has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .formats import DEFAULT_CODECS, VideoEncodeError, load_av
+from .read import UNSPECIFIED, Colour, VideoFacts
+
+# Pixel formats written where the codec takes them: lossless codecs keep RGB as it is, the others get 4:2:0
+# (what every player decodes), which needs even frame sides
+_LOSSLESS_RGB = {"ffv1": "bgr0", "libx264rgb": "bgr0", "png": "rgb24", "qtrle": "rgb24"}
+_CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """The video codec an output is written with, its pixel format, and why it was chosen."""
+
+    codec: str
+    pix_fmt: str
+    reason: str
+
+
+def choose_codec(container: str, asked: str | None, name: str) -> CodecChoice:
+    """The codec for a ``container`` output: ``asked`` (--video-codec) if the bundled FFmpeg can encode it into that
+    container, else the container's first default it has. Raises ``VideoEncodeError`` naming ``name``."""
+    av = load_av(name)
+    if asked is not None:
+        codec = _encoder(av, asked)
+        if codec is None:
+            raise VideoEncodeError(f"{name}: --video-codec {asked}: the bundled FFmpeg has no such encoder")
+        return CodecChoice(codec.name, _pix_fmt(codec), "asked for (--video-codec)")
+    for candidate in DEFAULT_CODECS.get(container, ()):
+        codec = _encoder(av, candidate)
+        if codec is not None:
+            return CodecChoice(codec.name, _pix_fmt(codec), f"the default for {container} that this FFmpeg has")
+    raise VideoEncodeError(f"{name}: the bundled FFmpeg has none of the codecs {container} is written with "
+                           f"({', '.join(DEFAULT_CODECS.get(container, ()))}); name one with --video-codec")
+
+
+def _encoder(av: Any, name: str) -> Any | None:
+    try:
+        codec = av.codec.Codec(name, "w")
+    except (av.FFmpegError, ValueError):
+        return None
+    return codec if codec.type == "video" else None
+
+
+def _pix_fmt(codec: Any) -> str:
+    formats = [f.name for f in codec.video_formats or ()]
+    if codec.name in _LOSSLESS_RGB and _LOSSLESS_RGB[codec.name] in formats:
+        return _LOSSLESS_RGB[codec.name]
+    return "yuv420p" if "yuv420p" in formats or not formats else formats[0]
+
+
+class VideoOutput:
+    """The output video written into ``handle`` as ``container`` (an FFmpeg muxer's name): its video stream is set up
+    at the first frame (whose size and rotation it takes), with the input's time base, frame rate and colour; the
+    ``copied`` input streams are added as they are. Packets of the copied streams are muxed unchanged; frames
+    arriving as arrays are encoded at the timestamps given. Not thread-safe: one thread writes."""
+
+    def __init__(self, handle: BinaryIO, container: str, name: str, facts: VideoFacts, copied: list[Any],
+                 choice: CodecChoice, crf: int | None = None):
+        self.av = load_av(name)
+        self.name, self.facts, self.choice, self.crf = name, facts, choice, crf
+        try:
+            self.container = self.av.open(handle, "w", format=container)
+        except (self.av.FFmpegError, ValueError) as exc:
+            raise VideoEncodeError(f"{name}: cannot write {container} here ({exc})") from None
+        self._copied = copied
+        self._streams: dict[int, Any] = {}  # input stream index -> output stream
+        self.video: Any | None = None
+        self._waiting: list[Any] = []  # copied packets that came before the first frame (the header is not out)
+        self.frames = 0
+        self.last_pts: int | None = None
+        self._durations: dict[int, int] = {}  # a frame's pts -> how long the input showed it
+
+    def _open(self, width: int, height: int, rotation: int) -> None:
+        choice, facts = self.choice, self.facts
+        if choice.pix_fmt.startswith(("yuv420", "nv12")) and (width % 2 or height % 2):
+            raise VideoEncodeError(f"{self.name}: {choice.codec} in {choice.pix_fmt} needs even frame sides, and the "
+                                   f"restored frames are {width}x{height}; choose an --outscale that gives even "
+                                   "sides")
+        try:
+            video = self.container.add_stream(choice.codec, rate=facts.rate or None)
+        except (self.av.FFmpegError, ValueError) as exc:
+            raise VideoEncodeError(f"{self.name}: {self.container.format.name} cannot hold {choice.codec} ({exc}); "
+                                   "choose another --video-codec") from None
+        video.width, video.height, video.pix_fmt = width, height, choice.pix_fmt
+        video.time_base = facts.time_base  # the input's timestamps are kept as they are (variable rate too)
+        video.codec_context.time_base = facts.time_base
+        _describe_colour(video.codec_context, facts.colour)
+        if self.crf is not None:
+            if choice.codec not in _CRF_CODECS:
+                raise VideoEncodeError(f"{self.name}: --crf is for {', '.join(sorted(_CRF_CODECS))}, not {choice.codec}")
+            video.codec_context.options = {"crf": str(self.crf), **({"b": "0"} if "vpx" in choice.codec else {})}
+        if rotation:
+            video.set_display_rotation(rotation)
+        for stream in self._copied:
+            try:
+                self._streams[stream.index] = self.container.add_stream_from_template(stream)
+            except (self.av.FFmpegError, ValueError) as exc:
+                raise VideoEncodeError(f"{self.name}: its {stream.type} stream {stream.index} "
+                                       f"({stream.codec_context.name}) cannot be copied into "
+                                       f"{self.container.format.name} ({exc}); restore it with --no-audio") from None
+        self.video = video
+
+    def packet(self, packet: Any) -> None:
+        """Mux a copied stream's ``packet`` unchanged."""
+        if self.video is None:
+            self._waiting.append(packet)
+            return
+        packet.stream = self._streams[packet.stream.index]
+        self.container.mux(packet)
+
+    def frame(self, color: np.ndarray, pts: int, rotation: int = 0, duration: int | None = None) -> None:
+        """Encode one restored frame (H x W x 3 uint8 RGB) shown at ``pts`` for ``duration`` (where known), both in
+        the input's time base."""
+        if self.video is None:
+            self._open(color.shape[1], color.shape[0], rotation)
+            waiting, self._waiting = self._waiting, []
+            for held in waiting:
+                self.packet(held)
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(color), format="rgb24")
+        colour = self.facts.colour
+        frame = frame.reformat(format=self.choice.pix_fmt,
+                               dst_colorspace=colour.matrix if colour.matrix != UNSPECIFIED else None,
+                               dst_color_range=colour.range or None)
+        frame.pts, frame.time_base = pts, self.facts.time_base
+        if duration:
+            self._durations[pts] = duration  # the last frame's, which no later timestamp tells, is kept so
+        self._mux(self.video.encode(frame))
+        self.frames += 1
+        self.last_pts = pts
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file (its index, trailer)."""
+        if self.video is not None:
+            self._mux(self.video.encode(None))
+        self.container.close()
+
+    def abort(self) -> None:
+        """Give the output up (the caller removes the file)."""
+        try:
+            self.container.close()
+        except Exception:
+            pass  # a half-written file is thrown away whatever its state
+
+    def _mux(self, packets: list[Any]) -> None:
+        for packet in packets:
+            duration = self._durations.pop(packet.pts, None) if packet.pts is not None else None
+            if duration:
+                packet.duration = duration  # the encoder gives the average frame's (libx264)
+            self.container.mux(packet)
+
+
+def _describe_colour(context: Any, colour: Colour) -> None:
+    """The input's colour description on the encoder, so the stream (and the container, where it holds one) says
+    the same primaries, transfer, matrix and range."""
+    if colour.primaries != UNSPECIFIED:
+        context.color_primaries = colour.primaries
+    if colour.transfer != UNSPECIFIED:
+        context.color_trc = colour.transfer
+    if colour.matrix != UNSPECIFIED:
+        context.colorspace = colour.matrix
+    if colour.range:
+        context.color_range = colour.range
+
+
+__all__ = ["CodecChoice", "VideoOutput", "choose_codec"]

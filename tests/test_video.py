@@ -1,0 +1,285 @@
+"""`restorecli restore` on videos (issue 33), through the CLI, on small videos made here with PyAV: frames,
+timestamps (constant and variable rate), audio and subtitle packets, rotation and colour kept; each frame restored
+as its image would be; bad videos failing alone; a part with --frames; the error without PyAV."""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from restorecli.cli.app import app
+from restorecli.options import RestoreOptions
+from restorecli.plan import InputItem, plan_outputs
+
+av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
+
+runner = CliRunner()
+W, H, FRAMES = 64, 48, 24
+SAMPLE_RATE = 48000
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def items_of(result) -> list[dict]:
+    return [line for line in map(json.loads, result.stdout.splitlines()) if line["type"] == "item"]
+
+
+def moving_frame(i: int) -> np.ndarray:
+    """A gradient whose colours shift with ``i`` and a white block that moves: every frame differs."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    frame = np.stack([(xx * 4 + i * 8) % 256, yy * 5, (xx + yy + i * 3) % 256], -1).astype(np.uint8)
+    left = (i * 2) % (W - 8)
+    frame[10:20, left:left + 8] = 255
+    return frame
+
+
+def make_video(path: Path, codec: str = "libx264", variable: bool = False, audio: str | None = "aac",
+               subtitles: bool = False, rotation: int = 0, bt709: bool = False, frames: int = FRAMES) -> Path:
+    """A ``frames``-frame 64x48 video at 24 fps (``variable``: every third frame shown twice as long), with a 440 Hz
+    sine in ``audio`` and three subtitle lines where asked; the container is the suffix's. ``frames=0``: a second of
+    sound alone, no video stream."""
+    out = av.open(str(path), "w")
+    video = out.add_stream(codec, rate=24) if frames else None
+    if video is not None:
+        video.width, video.height = W, H
+        video.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        video.time_base = Fraction(1, 600)
+        if rotation:
+            video.set_display_rotation(rotation)
+        if bt709:
+            context = video.codec_context
+            context.color_primaries = context.color_trc = context.colorspace = 1  # BT.709
+            context.color_range = 1  # limited
+    sound = out.add_stream(audio, rate=SAMPLE_RATE, layout="mono") if audio else None
+    text = out.add_mux_stream("subrip", time_base=Fraction(1, 1000)) if subtitles else None
+    tick = 0
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(moving_frame(i), format="rgb24")
+        if bt709:
+            frame = frame.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1)
+        frame.pts, frame.time_base = tick, Fraction(1, 600)
+        if text is not None and i % 8 == 0:
+            packet = av.Packet(f"line {i}".encode())
+            packet.stream, packet.time_base = text, text.time_base
+            packet.pts = packet.dts = round(tick / 600 * 1000)
+            packet.duration = 200
+            out.mux(packet)
+        tick += 50 if variable and i % 3 == 2 else 25
+        out.mux(video.encode(frame))  # type: ignore[union-attr]
+    if video is not None:
+        out.mux(video.encode(None))
+    if sound is not None:
+        size = sound.codec_context.frame_size or 1024
+        total = SAMPLE_RATE * (tick or 600) // 600
+        for start in range(0, total, size):
+            n = np.arange(start, min(start + size, total))
+            wave = 0.3 * np.sin(2 * np.pi * 440 * n / SAMPLE_RATE)
+            fmt = sound.codec_context.format.name
+            samples = (wave * 32767).astype(np.int16) if fmt.startswith("s16") else wave.astype(np.float32)
+            chunk = av.AudioFrame.from_ndarray(samples[None, :], format=fmt, layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = SAMPLE_RATE, start, Fraction(1, SAMPLE_RATE)
+            out.mux(sound.encode(chunk))
+        out.mux(sound.encode(None))
+    out.close()
+    return path
+
+
+def frames_of(path: Path) -> list:
+    with av.open(str(path)) as container:
+        return [(frame.to_ndarray(format="rgb24"), frame.pts * frame.time_base, frame.rotation)
+                for frame in container.decode(video=0)]
+
+
+def packets_of(path: Path, kind: str) -> list[tuple[bytes, float]]:
+    """The packets of the first ``kind`` stream: their bytes and presentation times in seconds."""
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        return [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(stream) if p.size]
+
+
+def duration_of(path: Path) -> float:
+    with av.open(str(path)) as container:
+        return container.duration / 1_000_000
+
+
+def shown_until(path: Path) -> float:
+    """The video stream's duration: its last frame's time plus how long the file says it is shown."""
+    with av.open(str(path)) as container:
+        *_, last = container.decode(video=0)
+        return float((last.pts + (last.duration or 0)) * last.time_base)
+
+
+@pytest.fixture
+def model2(make_model):
+    return make_model(2, "compact", "safetensors")
+
+
+@pytest.fixture
+def restorer(model2):
+    from restorecli.pipeline import Restorer
+
+    return Restorer.from_options(RestoreOptions(model=str(model2), device="cpu", precision="fp32", tile=0))
+
+
+def restore(*args):
+    return invoke("restore", *args, "--device", "cpu", "--precision", "fp32", "--tile", "0", "--json")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+@pytest.mark.parametrize(("name", "variable", "audio"), [("clip.mp4", False, "aac"), ("vfr.mkv", True, "aac"),
+                                                          ("pcm.mov", True, "pcm_s16le")])
+def test_a_video_keeps_its_frames_timestamps_duration_and_audio(tmp_path, model2, name, variable, audio):
+    clip = make_video(tmp_path / name, variable=variable, audio=audio)
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "out" / name
+    [item] = items_of(result)
+    assert item["status"] == "ok" and item["output"] == str(out)
+    assert item["in_size"] == [W, H] and item["out_size"] == [2 * W, 2 * H]
+    assert item["video"]["frames"] == FRAMES and item["video"]["codec"] == "libx264"
+    with av.open(str(clip)) as container:
+        assert item["video"]["fps"] == pytest.approx(float(container.streams.video[0].average_rate))
+    assert item["video"]["copied_streams"] == 1
+    before, after = frames_of(clip), frames_of(out)
+    assert len(after) == len(before) == FRAMES
+    assert [when for _, when, _ in after] == [when for _, when, _ in before]  # the variable rate's gaps too
+    assert all(pixels.shape == (2 * H, 2 * W, 3) for pixels, _, _ in after)
+    assert duration_of(out) == pytest.approx(duration_of(clip), abs=0.011)  # within the muxers' millisecond
+    assert item["video"]["duration"] == pytest.approx(shown_until(clip)) and shown_until(out) == shown_until(clip)
+    assert packets_of(out, "audio") == packets_of(clip, "audio")  # copied, not encoded again
+    assert not list(out.parent.glob(".*.part"))
+
+
+def test_rotation_colour_and_subtitles_are_kept_and_no_audio_drops_the_sound(tmp_path, model2):
+    clip = make_video(tmp_path / "phone.mkv", subtitles=True, rotation=90, bt709=True)
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "out" / "phone.mkv"
+    assert {rotation for _, _, rotation in frames_of(out)} == {90}
+    with av.open(str(out)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.color_primaries, context.color_trc, context.colorspace, context.color_range) == (1, 1, 1, 1)
+    assert packets_of(out, "subtitles") == packets_of(clip, "subtitles")
+    assert [text for text, _ in packets_of(out, "subtitles")] == [b"line 0", b"line 8", b"line 16"]
+    assert packets_of(out, "audio") == packets_of(clip, "audio")
+
+    silent = restore(clip, "-o", tmp_path / "silent", "--model", model2, "--no-audio")
+    assert silent.exit_code == 0, silent.stderr
+    with av.open(str(tmp_path / "silent" / "phone.mkv")) as container:
+        assert [stream.type for stream in container.streams] == ["video"]
+
+
+def test_each_frame_is_its_image_restored_losslessly_and_within_the_codecs_loss(tmp_path, model2, restorer):
+    clip = make_video(tmp_path / "clip.mkv", variable=True)
+    lossless = restore(clip, "-o", tmp_path / "ffv1", "--model", model2, "--video-codec", "ffv1")
+    assert lossless.exit_code == 0, lossless.stderr
+    assert items_of(lossless)[0]["video"]["codec"] == "ffv1"
+    lossy = restore(clip, "-o", tmp_path / "h264", "--model", model2, "--crf", "18")
+    assert lossy.exit_code == 0, lossy.stderr
+    inputs = frames_of(clip)
+    exact, coded = frames_of(tmp_path / "ffv1" / "clip.mkv"), frames_of(tmp_path / "h264" / "clip.mkv")
+    assert len(exact) == len(coded) == len(inputs)
+    for i, ((pixels, _, _), (out, _, _), (compressed, _, _)) in enumerate(zip(inputs, exact, coded)):
+        expected = restorer.restore_array(pixels)
+        np.testing.assert_array_equal(out, expected)  # FFV1 in RGB: the frame as restore_array made it
+        # H.264 in 4:2:0 at CRF 18: the codec's loss (a random model's noisy colours lose most to the subsampled
+        # chroma), far less than the difference to the next frame's restoration
+        assert psnr(compressed, out) > 26
+        assert psnr(compressed, exact[(i + 1) % len(exact)][0]) < psnr(compressed, out) - 6
+
+
+def test_frames_restores_a_part_starting_at_zero(tmp_path, model2, restorer):
+    clip = make_video(tmp_path / "clip.mkv", variable=True)
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, "--frames", "5:15", "--video-codec", "ffv1")
+    assert result.exit_code == 0, result.stderr
+    assert items_of(result)[0]["video"]["frames"] == 10
+    inputs, part = frames_of(clip), frames_of(tmp_path / "out" / "clip.mkv")
+    assert len(part) == 10
+    start = inputs[5][1]
+    assert [when for _, when, _ in part] == [when - start for _, when, _ in inputs[5:15]]
+    for (pixels, _, _), (out, _, _) in zip(inputs[5:15], part):
+        np.testing.assert_array_equal(out, restorer.restore_array(pixels))
+    sound = packets_of(tmp_path / "out" / "clip.mkv", "audio")
+    end = float(inputs[15][1] - start)
+    assert sound and all(0 <= when < end for _, when in sound)
+    assert [data for data, _ in sound] == [data for data, when in packets_of(clip, "audio")
+                                           if float(start) <= when < float(inputs[15][1])]
+
+    bad = invoke("restore", clip, "-o", tmp_path / "o2", "--frames", "9:3")
+    assert bad.exit_code == 2 and "--frames '9:3'" in bad.stderr
+
+
+def test_bad_videos_fail_alone_and_the_batch_goes_on(tmp_path, model2):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "a_good.mp4")
+    whole = make_video(tmp_path / "whole.mp4").read_bytes()
+    (folder / "b_truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    make_video(tmp_path / "sound.mkv", frames=0)
+    (folder / "c_sound_only.mkv").write_bytes((tmp_path / "sound.mkv").read_bytes())
+    (folder / "d_empty.mov").write_bytes(b"")
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(moving_frame(0)).save(folder / "e_photo.png")
+    result = restore(folder, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 1
+    items = {Path(item["input"]).name: item for item in items_of(result)}
+    assert [items[n]["status"] for n in sorted(items)] == ["ok", "error", "error", "error", "ok"]
+    assert "b_truncated.mp4: not a readable video" in items["b_truncated.mp4"]["error"]
+    assert "c_sound_only.mkv: the file holds no video stream" in items["c_sound_only.mkv"]["error"]
+    assert "d_empty.mov" in items["d_empty.mov"]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good.mp4", "e_photo.png"]  # nothing partial
+    assert "b_truncated.mp4: not a readable video" in result.stderr
+
+
+def test_a_video_cut_short_inside_fails_without_leaving_a_file(tmp_path, model2):
+    """Matroska needs no index at its end: a cut file opens and FFmpeg decodes up to the cut without a word. The
+    frames missing from its stated duration make it an error, and nothing is written."""
+    clip = make_video(tmp_path / "clip.mkv", frames=48, audio=None)
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    result = restore(cut, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 1
+    [item] = items_of(result)
+    assert item["status"] == "error" and f"{cut}: truncated or damaged: its frames end at" in item["error"]
+    assert list((tmp_path / "out").iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_without_pyav_a_video_names_the_extra_and_images_go_on(tmp_path, model2, monkeypatch):
+    clip = make_video(tmp_path / "clip.mp4")
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(moving_frame(0)).save(tmp_path / "photo.png")
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError, as where it is not installed
+    result = restore(clip, tmp_path / "photo.png", "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 1
+    video, photo = items_of(result)
+    assert video["status"] == "error" and "pip install 'restorecli[video]'" in video["error"]
+    assert str(clip) in video["error"] and photo["status"] == "ok"
+
+
+def test_videos_keep_their_container_in_the_plan_whatever_format_images_take(tmp_path):
+    items = [InputItem("in/Clip.MP4", Path("Clip.MP4")), InputItem("in/b.webm", Path("b.webm")),
+             InputItem("in/c.jpg", Path("c.jpg"))]
+    planned = plan_outputs(items, RestoreOptions(output_dir=str(tmp_path), format="png", suffix="_x2"))
+    assert [p.output.name for p in planned] == ["Clip_x2.mp4", "b_x2.webm", "c_x2.png"]
+
+
+def test_a_dry_run_plans_a_video_and_writes_nothing(tmp_path, model2):
+    clip = make_video(tmp_path / "clip.mp4")
+    result = invoke("restore", clip, "-o", tmp_path / "out", "--model", model2, "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    [item] = items_of(result)
+    assert item["status"] == "planned" and item["output"] == str(tmp_path / "out" / "clip.mp4")
+    assert not (tmp_path / "out").exists()
