@@ -196,6 +196,25 @@ def test_face_fidelity_out_of_range_is_a_usage_error(tmp_path, make_model):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_queued_job_keeps_its_face_model_and_fidelity(tmp_path, make_model):
+    """submit takes --face-model and --face-fidelity like restore, and the job carries them to its worker."""
+    from restorecli.jobs.store import JobStore
+
+    queue = tmp_path / "queue"
+    submitted = _run("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue, "--model", make_model(2),
+                     "--face-enhance", "--face-model", "codeformer", "--face-fidelity", "0.25", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    store = JobStore(queue)
+    try:
+        options = store.get(json.loads(submitted.stdout)["job_id"]).options
+    finally:
+        store.close()
+    assert (options["face_model"], options["face_fidelity"], options["face_enhance"]) == ("codeformer", 0.25, True)
+    refused = _run("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue, "--model", make_model(2),
+                   "--face-enhance", "--face-fidelity", "-0.5")
+    assert refused.exit_code == 2 and "--face-fidelity" in refused.stderr
+
+
 # ----------------------------------------------------------------------------- CodeFormer end to end
 
 
