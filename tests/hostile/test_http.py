@@ -185,6 +185,16 @@ def test_a_client_slow_with_its_headers_is_disconnected(live):
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n",  # and headers that never end, over 16 KB:
+                                           b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000])
+def test_a_request_that_is_not_http_or_has_huge_headers_gets_400_json(live, request_bytes):
+    with raw_request(live, request_bytes) as sock:
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), answer[:300]
+    assert b"not a valid HTTP/1.1 request" in body
+
+
 def test_a_client_slow_with_its_body_gets_408_and_frees_its_upload_slot(live):
     head = (f"POST /enhance HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\nContent-Length: 50000\r\n"
             "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n").encode()

@@ -308,4 +308,19 @@ def slow_client_protocol(timeout: float) -> type:
             if self.cycle is cycle and not self.transport.is_closing():  # no request's headers since arming
                 self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:
+            """A request h11 cannot parse (not HTTP, headers over uvicorn's 16 KB) is answered in JSON too."""
+            import h11
+
+            body = json.dumps({"detail": "not a valid HTTP/1.1 request (or its headers are over 16 KB)"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            try:
+                self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers)))
+                self.transport.write(self.conn.send(h11.Data(data=body)))
+                self.transport.write(self.conn.send(h11.EndOfMessage()))
+            except h11.LocalProtocolError:  # an answer had begun already: only closing is left
+                pass
+            self.transport.close()
+
     return SlowClientProtocol
