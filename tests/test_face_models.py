@@ -46,7 +46,9 @@ def codeformer_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def restoreformer_checkpoint(tmp_path_factory):
-    """RestoreFormer (the network of GFPGAN's release v1.3.4 RestoreFormer.pth) with random weights."""
+    """RestoreFormer (the network of GFPGAN's release v1.3.4 RestoreFormer.pth, spandrel's default hyperparameters)
+    with random weights, wrapped as GFPGAN's checkpoints are; GFPGAN's own loader reads "params_ema" or "params",
+    and which of the two the release uses is not recorded here (spandrel unwraps either)."""
     from spandrel.architectures.RestoreFormer import RestoreFormer
 
     torch.manual_seed(0)
