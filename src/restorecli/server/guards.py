@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from http import HTTPStatus
 from typing import AsyncIterator
 
 import anyio
@@ -28,10 +29,8 @@ MIN_BODY_RATE = 1024  # bytes a second an upload must average once its first rea
 RETRY_AFTER = 5  # seconds a client refused for want of an upload slot is told to wait
 _ERROR_BODY = 16 * 1024  # the most of a non-JSON error body turned into a detail
 
-# The dashboard's page loads only its own files; the docs page its own files and the document (Swagger UI sets
-# styles inline, so they are allowed there; scripts never are)
-DASHBOARD_CSP = ("default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; "
-                 "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+# The docs page loads its own files and the document (Swagger UI sets styles inline, so they are allowed there;
+# scripts never are). The dashboard's page has its own policy (app.py)
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "connect-src 'self'; font-src 'self' data:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -217,8 +216,6 @@ def _detail(status: int, headers: list, body: bytes) -> str:
                 "the requested range is not within the file")
     if status == 400 and text:
         return text.rstrip(".")
-    from http import HTTPStatus
-
     return text or HTTPStatus(status).phrase
 
 
