@@ -172,6 +172,23 @@ def test_download_weights_from_checks_the_architecture_against_the_name(tmp_path
     assert "licence: codeformer's weights are under the S-Lab License 1.0 (non-commercial use only)" in imported.stderr
 
 
+def test_download_weights_all_leaves_out_non_commercial_weights_unless_named(tmp_path, monkeypatch):
+    import restorecli.cli.weights as weights_cli
+    from restorecli.models.download import FetchResult
+
+    asked = []
+    monkeypatch.setattr(weights_cli, "fetch", lambda name, *args: asked.append(name) or FetchResult(
+        name, "failed", None, message="not fetched in this test"))
+    everything = _run("download-weights", "--all", "--weights-dir", tmp_path)
+    assert "codeformer" not in asked and {"gfpgan-1.3", "gfpgan-1.4", "restoreformer"} <= set(asked)
+    assert "note: --all leaves out codeformer (S-Lab License 1.0 (non-commercial use only)); name it" in \
+        everything.stderr
+    asked.clear()
+    named = _run("download-weights", "codeformer", "--weights-dir", tmp_path)
+    assert asked == ["codeformer"]
+    assert "licence: codeformer's weights are under the S-Lab License 1.0 (non-commercial use only)" in named.stderr
+
+
 def test_codeformer_without_its_package_says_which_extra_to_install(tmp_path, monkeypatch, make_model,
                                                                      codeformer_checkpoint):
     import restorecli.models.loading as loading

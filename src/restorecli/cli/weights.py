@@ -70,7 +70,8 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
 def download_weights(
     names: Annotated[Optional[list[str]], typer.Argument(
         metavar="NAME...", help="Models to fetch [default: what restore needs].", show_default=False)] = None,
-    all_models: Annotated[bool, typer.Option("--all", help="Fetch every known model.")] = False,
+    all_models: Annotated[bool, typer.Option(
+        "--all", help="Fetch every known model but those whose licence forbids commercial use (name them).")] = False,
     weights_dir: WeightsDir = None,
     mirror: Annotated[Optional[str], typer.Option(
         metavar="URL", help="Base URL replacing the origin (or RESTORECLI_WEIGHTS_MIRROR).", show_default=False)
@@ -95,7 +96,14 @@ def download_weights(
                 raise UsageError("--from imports one file; do not also list names or --all")
             results = [import_local(from_path, name, directory)]
         else:
-            wanted = list(REGISTRY) if all_models else (names or default_names())
+            # non-commercial weights are fetched only when named: --all must not bring a licence nobody read
+            wanted = [n for n, e in REGISTRY.items() if not e.non_commercial] if all_models else \
+                (names or default_names())
+            if all_models:
+                for entry in REGISTRY.values():
+                    if entry.non_commercial:
+                        console.print(f"note: --all leaves out {entry.name} ({escape(entry.licence)}); name it to "
+                                      "fetch it", soft_wrap=True)
             unknown = [n for n in wanted if n not in REGISTRY]
             if unknown:
                 raise UsageError(unknown_model_message(unknown))
