@@ -152,6 +152,7 @@ def test_a_video_keeps_its_frames_timestamps_duration_and_audio(tmp_path, model2
     with av.open(str(clip)) as container:
         assert item["video"]["fps"] == pytest.approx(float(container.streams.video[0].average_rate))
     assert item["video"]["copied_streams"] == 1
+    assert f"{clip}: video written with libx264 (the default for" in result.stderr  # said before the first frame
     before, after = frames_of(clip), frames_of(out)
     assert len(after) == len(before) == FRAMES
     assert [when for _, when, _ in after] == [when for _, when, _ in before]  # the variable rate's gaps too
@@ -246,7 +247,7 @@ def test_bad_videos_fail_alone_and_the_batch_goes_on(tmp_path, model2):
 def test_a_video_cut_short_inside_fails_without_leaving_a_file(tmp_path, model2):
     """Matroska needs no index at its end: a cut file opens and FFmpeg decodes up to the cut without a word. The
     frames missing from its stated duration make it an error, and nothing is written."""
-    clip = make_video(tmp_path / "clip.mkv", frames=48, audio=None)
+    clip = make_video(tmp_path / "clip.mkv", frames=36, audio=None)
     data = clip.read_bytes()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: len(data) * 2 // 3])
@@ -255,6 +256,34 @@ def test_a_video_cut_short_inside_fails_without_leaving_a_file(tmp_path, model2)
     [item] = items_of(result)
     assert item["status"] == "error" and f"{cut}: truncated or damaged: its frames end at" in item["error"]
     assert list((tmp_path / "out").iterdir()) == []  # neither the output nor its temporary file
+
+
+@pytest.mark.parametrize("stage", ["model", "writer"])
+def test_a_failure_mid_video_stops_every_stage_and_leaves_nothing(tmp_path, model2, monkeypatch, stage):
+    """The model failing on frame 5, or the writer on frame 5 (a disk error): the video's error, its threads ended,
+    no file under its name or a temporary one; the next video of the batch is restored."""
+    from restorecli.pipeline import Restorer
+    from restorecli.video.write import VideoOutput
+
+    calls = {"n": 0}
+    owner, method = (Restorer, "restore_array") if stage == "model" else (VideoOutput, "frame")
+    original = getattr(owner, method)
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(5, "Input/output error") if stage == "writer" else RuntimeError("the model broke")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, failing)
+    first, second = make_video(tmp_path / "a.mkv", frames=12), make_video(tmp_path / "b.mkv", frames=12)
+    result = restore(first, second, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 1
+    failed, restored = items_of(result)
+    assert failed["status"] == "error" and str(first) in failed["error"]
+    assert ("Input/output error" if stage == "writer" else "the model broke") in failed["error"]
+    assert restored["status"] == "ok" and restored["video"]["frames"] == 12
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.mkv"]
 
 
 def test_without_pyav_a_video_names_the_extra_and_images_go_on(tmp_path, model2, monkeypatch):

@@ -201,7 +201,7 @@ class BatchRenderer:
             self.image_part = max(self.image_part, min(done / total, 1.0) if total else 0.0)
             self.progress.update(self.task, completed=self.images_done + self.image_part,
                                  current=f"{self.current} [dim](frame {done}/{total or '?'}, {fps:.1f} fps)[/]")
-        elif event == "codec" and not self.as_json:  # a video's codec, said before its first frame
+        elif event == "codec":  # a video's codec, said on stderr before its first frame
             source, codec, reason = payload  # type: ignore[misc]
             self.progress.console.print(f"[dim]{escape(shell_quoted(source))}: video written with {escape(codec)} "
                                         f"({escape(reason)})[/]", soft_wrap=True)

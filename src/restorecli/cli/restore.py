@@ -45,7 +45,7 @@ def restore(
     *,
     restore: dict,
 ) -> None:
-    """Upscale images with a Real-ESRGAN-family model."""
+    """Upscale images and videos with a Real-ESRGAN-family model."""
     with exit_on_error():
         if output == STDIO and json_output:
             raise UsageError("-o - writes the image to stdout, which --json also needs; use one of them")
