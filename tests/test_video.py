@@ -312,3 +312,20 @@ def test_a_dry_run_plans_a_video_and_writes_nothing(tmp_path, model2):
     [item] = items_of(result)
     assert item["status"] == "planned" and item["output"] == str(tmp_path / "out" / "clip.mp4")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_queued_video_is_restored_by_the_worker_into_its_container(tmp_path, model2):
+    """submit takes a video as it takes an image; the worker's batch restores it as restore does."""
+    clip = make_video(tmp_path / "clip.mp4")
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", clip, "--queue", queue, "--model", model2, "--device", "cpu", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    [result] = status["results"]
+    assert status["status"] == "completed" and result["status"] == "ok", status
+    output = queue / result["output"]
+    assert output.suffix == ".mp4" and len(frames_of(output)) == FRAMES
+    assert packets_of(output, "audio") == packets_of(clip, "audio")

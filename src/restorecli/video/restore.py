@@ -11,16 +11,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import ImageError, ImageTooLarge
 from ..files import atomic_writer
 from ..images.formats import check_output_pixels
 from .formats import VideoDecodeError, VideoEncodeError, container_for
 from .read import Frame, FrameRange, VideoFacts, VideoInput, shown_for
 from .write import CodecChoice, VideoOutput, choose_codec
+
+if TYPE_CHECKING:
+    from ..options import RestoreOptions
 
 IN_FLIGHT = 4  # frames each queue holds: enough to keep the model fed through a slow keyframe or a burst of audio
 
@@ -133,7 +136,7 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
     with open_video(source, name, options.keep_audio) as video:
         facts = video.facts
         if options.max_pixels is not None and facts.width * facts.height > options.max_pixels:
-            raise ImageError(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
+            raise ImageTooLarge(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
                              f"{options.max_pixels:,} (--max-pixels)")
         part = options.frames or FrameRange()
         total = _frames_in(facts, part)
@@ -259,7 +262,7 @@ def _count(facts: VideoFacts) -> str:
     return str(facts.frames) if facts.frames is not None else "unknown number of"
 
 
-def video_options(options: Any) -> VideoOptions:
+def video_options(options: RestoreOptions) -> VideoOptions:
     """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf, --keep-audio, --frames and
     pixel limits)."""
     part = None

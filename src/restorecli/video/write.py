@@ -97,7 +97,8 @@ class VideoOutput:
         _describe_colour(video.codec_context, facts.colour)
         if self.crf is not None:
             if choice.codec not in _CRF_CODECS:
-                raise VideoEncodeError(f"{self.name}: --crf is for {', '.join(sorted(_CRF_CODECS))}, not {choice.codec}")
+                raise VideoEncodeError(f"{self.name}: --crf is for {', '.join(sorted(_CRF_CODECS))}, not "
+                                       f"{choice.codec}")
             video.codec_context.options = {"crf": str(self.crf), **({"b": "0"} if "vpx" in choice.codec else {})}
         if rotation:
             video.set_display_rotation(rotation)
