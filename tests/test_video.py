@@ -329,3 +329,27 @@ def test_a_queued_video_is_restored_by_the_worker_into_its_container(tmp_path, m
     output = queue / result["output"]
     assert output.suffix == ".mp4" and len(frames_of(output)) == FRAMES
     assert packets_of(output, "audio") == packets_of(clip, "audio")
+
+
+def test_ctrl_c_mid_video_leaves_no_partial_file_and_a_rerun_restores_it(tmp_path, model2, monkeypatch):
+    """Ctrl-C while the model is on a video's fifth frame: the batch ends as for an image (130, the summary), the
+    video's temporary file goes with its threads, and the same command again restores it whole."""
+    from restorecli.pipeline import Restorer
+
+    original, calls = Restorer.restore_array, {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Restorer, "restore_array", interrupted)
+    clip = make_video(tmp_path / "clip.mp4")
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 130
+    assert json.loads(result.stdout.splitlines()[-1])["interrupted"] == "SIGINT"
+    assert list((tmp_path / "out").iterdir()) == []
+    again = restore(clip, "-o", tmp_path / "out", "--model", model2)
+    assert again.exit_code == 0, again.stderr
+    assert len(frames_of(tmp_path / "out" / "clip.mp4")) == FRAMES
