@@ -45,6 +45,11 @@ def test_the_skips_it_names_are_the_tests_own():
     assert reason in README
     assert reason in (ROOT / "tests" / "conftest.py").read_text()
     assert reason in (ROOT / "tests" / "test_faces.py").read_text()
-    for path, name in re.findall(r"`(tests/\w+\.py)::(\w+)`", README):
-        assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), f"{path}::{name}"
     assert "retinaface_mobilenet0.25.pth" in (ROOT / "tests" / "conftest.py").read_text()
+    # each test file it names has tests taking those fixtures; a file added since is the README's to name (the
+    # lead's full run of the suite is where that is seen), so this checks what is said, not that it is complete
+    uses = re.compile(r"^def test_\w+\([^)]*\b(face_files|detector)\b", re.M)
+    named = re.findall(r"`(tests/test_\w+\.py)`", README.split("What skips")[1].split("Without Debian")[0])
+    assert "tests/test_faces.py" in named
+    for path in named:
+        assert uses.search((ROOT / path).read_text()), path
