@@ -18,6 +18,7 @@ between the backends markers (``--no-docs``: print only). A benchmark, not a tes
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -114,7 +115,7 @@ def measure(case: Case, inputs: list[Path], weights: Path, out: Path, repeats: i
             "marginal_s": statistics.median(marginal), "marginal_all_s": marginal, "first": first}
 
 
-def render(rows: list[dict], images: int, repeats: int, command: str) -> str:
+def render(rows: list[dict], images: int, repeats: int, command: str, load: tuple[float, float]) -> str:
     import torch
 
     reference = next(row["first"] for row in rows if row["setup"]["backend"] == "torch"
@@ -123,7 +124,9 @@ def render(rows: list[dict], images: int, repeats: int, command: str) -> str:
              f"({machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"ncnn {_ncnn_version()}); medians of {repeats} runs. *Bare*: the back-end's own call on each whole "
              "photo, seconds per image. *Marginal*: restorecli's batch over all the photos less over one, per "
-             "extra photo (PNG in and out). PSNR: the first photo's output against torch fp32's.",
+             "extra photo (PNG in and out). PSNR: the first photo's output against torch fp32's. The machine's "
+             f"load average was {load[0]:.1f} at the start and {load[1]:.1f} at the end (on these shared machines "
+             "other work runs beside a benchmark; ncnn's OpenMP threads slow down most when cores are taken).",
              "", "| asked | ran | bare s/image | restorecli marginal s/image | marginal / bare | PSNR vs torch fp32 |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in rows:
@@ -167,14 +170,14 @@ def main() -> None:
         install_embedded(REGISTRY[MODEL], source, folder / "weights")
         (folder / "in").mkdir()
         inputs = photos(folder / "in", args.images)
-        rows = []
+        rows, started = [], os.getloadavg()[0]
         for case in cases(args.software):
             row = measure(case, inputs, folder / "weights", folder / f"out-{len(rows)}", args.repeats)
             print(f"{case}: bare {row['bare_s']:.3f} s, marginal {row['marginal_s']:.3f} s ({row['setup']})",
                   flush=True)
             rows.append(row)
     command = "python benchmarks/backends.py " + " ".join(sys.argv[1:])
-    text = render(rows, args.images, args.repeats, command.strip())
+    text = render(rows, args.images, args.repeats, command.strip(), (started, os.getloadavg()[0]))
     print(text)
     if not args.no_docs:
         write_block(text, START, END)

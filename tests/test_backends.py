@@ -122,7 +122,10 @@ def gpus(monkeypatch):
 
 def test_candidates_follow_backend_device_and_precision(gpus):
     torch_cpu, ncnn_cpu = Candidate("torch", "cpu", "bf16"), Candidate("ncnn", "cpu", "fp32")
-    assert candidates("auto", "cpu", "auto", CPU, "bf16", GRAPH) == [torch_cpu, ncnn_cpu]
+    # measuring anyway, auto weighs torch's fp32 beside the reduced precision it picked: never slower than fp32
+    assert candidates("auto", "cpu", "auto", CPU, "bf16", GRAPH) == [torch_cpu, Candidate("torch", "cpu", "fp32"),
+                                                                     ncnn_cpu]
+    assert candidates("auto", "cpu", "bf16", CPU, "bf16", GRAPH) == [torch_cpu, Candidate("ncnn", "cpu", "bf16")]
     assert candidates("auto", "cpu", "auto", CPU, "bf16", None) == [torch_cpu]  # no ncnn form: torch alone
     assert candidates("auto", "cuda", "auto", torch.device("cuda"), "fp16", GRAPH) == [
         Candidate("torch", "cuda", "fp16")]
@@ -226,7 +229,7 @@ def test_restore_backend_ncnn_and_torch_give_the_same_picture(anime_x2, photo_fi
     results = {}
     for backend in ("ncnn", "torch"):
         done = invoke("restore", photo_file, "-o", tmp_path / backend, "--model", anime_x2, "--backend", backend,
-                      "--device", "cpu", "--json")
+                      "--device", "cpu", "--precision", "fp32", "--json")
         assert done.exit_code == 0, done.stderr
         summary = _summary(done)
         assert summary["backend"] == backend and summary["device"] == "cpu" and summary["precision"] == "fp32"
@@ -256,9 +259,24 @@ def test_restore_auto_runs_what_measured_fastest_and_says_why(anime_x2, photo_fi
     first = invoke("restore", photo_file, "-o", tmp_path / "a", "--model", anime_x2, "--device", "cpu", "--json")
     assert first.exit_code == 0, first.stderr
     assert _summary(first)["backend"] == "ncnn" and "ncnn on cpu in fp32 0.500 s" in _summary(first)["backend_reason"]
-    assert _FakeProbe.calls == 2
+    measured = _FakeProbe.calls
+    assert measured in (2, 3)  # torch at the precision auto picked (and fp32 where that was bf16), ncnn
     second = invoke("restore", photo_file, "-o", tmp_path / "b", "--model", anime_x2, "--device", "cpu", "--json")
-    assert _summary(second)["backend"] == "ncnn" and _FakeProbe.calls == 2  # recorded: not measured again
+    assert _summary(second)["backend"] == "ncnn" and _FakeProbe.calls == measured  # recorded: not measured again
+
+
+def test_restore_auto_keeps_torch_fp32_where_it_measured_faster_than_bf16(anime_x2, photo_file, tmp_path,
+                                                                          monkeypatch, gpus):
+    class Probe(_FakeProbe):
+        def __call__(self, candidate: Candidate) -> Measurement:
+            seconds = {"ncnn": 3.0, "bf16": 2.0, "fp32": 1.0}
+            return Measurement(seconds["ncnn" if candidate.backend == "ncnn" else candidate.precision], 60.0)
+
+    monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(choice, "SpeedProbe", Probe)
+    done = invoke("restore", photo_file, "-o", tmp_path / "a", "--model", anime_x2, "--device", "cpu", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert (_summary(done)["backend"], _summary(done)["precision"]) == ("torch", "fp32")
 
 
 def test_restore_refuses_backends_that_cannot_run_the_model(make_model, anime_x2, photo_file, tmp_path, gpus):
@@ -329,3 +347,16 @@ def test_restore_on_a_vulkan_device_and_devices_lists_it(vulkan, anime_x2, photo
     assert cpu.exit_code == 0, cpu.stderr
     assert np.abs(read_rgb(tmp_path / "gpu" / "photo.png").astype(int)
                   - read_rgb(tmp_path / "cpu" / "photo.png")).max() <= 8
+
+
+def test_the_speed_probe_times_each_candidate_and_compares_it_with_torch(anime_x2, tmp_path):
+    """The real probe (no time asserted): every candidate runs, and those other than the reference are compared
+    with torch's result at the precision auto picked."""
+    model = place_model(load_model(str(anime_x2), tmp_path), CPU, torch.bfloat16)
+    probe = choice.SpeedProbe(model, native_graph(anime_x2), CPU, torch.bfloat16)
+    found = {c: probe(c) for c in (Candidate("ncnn", "cpu", "fp32"), Candidate("torch", "cpu", "bf16"),
+                                   Candidate("torch", "cpu", "fp32"))}
+    assert all(m.usable and m.seconds > 0 for m in found.values()), found
+    assert found[Candidate("torch", "cpu", "bf16")].psnr is None
+    assert found[Candidate("ncnn", "cpu", "fp32")].psnr > 30 and found[Candidate("torch", "cpu", "fp32")].psnr > 30
+    assert next(model.module.parameters()).dtype == torch.bfloat16  # the model itself is left as it was

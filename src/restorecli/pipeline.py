@@ -133,6 +133,10 @@ class Restorer:
             model.backend = build_backend(backend.candidate, graph)
             dtype = dtype_16bit = torch.float32
             fallback = None
+        elif backend.candidate.precision != precision_name(dtype):  # auto measured torch's fp32 faster: its weights
+            model = place_model(load_model(options.model, folder), device, torch.float32)  # from the file again
+            dtype = dtype_16bit = torch.float32
+            fallback = None
         engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
                                alpha=options.alpha)
         faces = None

@@ -12,6 +12,7 @@ precision probe holds a reduced precision to. Where one back-end can run the mod
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.metadata
 import math
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ...errors import DeviceUnavailable, UsageError
-from ..device import cpu_model
+from ..device import choose_dtype, cpu_model, place_model, precision_name
 from ..enhance import EngineOptions, enhance
 from ..model import LoadedModel
 from ..precision import MIN_PSNR, _probe_picture, _psnr, device_kind, recall, remember
@@ -137,6 +138,10 @@ def candidates(backend: str, device: str, precision: str, torch_device: torch.de
                         found.append(Candidate("ncnn", gpu_device.label, _ncnn_precision(precision, gpu_device.label)))
                     except DeviceUnavailable:
                         pass
+    if len(found) > 1 and precision == "auto" and torch_precision != "fp32":
+        # measuring anyway: torch in fp32 too, so that auto never keeps a reduced precision slower than fp32 (the
+        # bf16 probe times a small block, and a whole model can rank otherwise)
+        found.insert(1, Candidate("torch", str(torch_device), "fp32"))
     return found
 
 
@@ -217,9 +222,14 @@ class SpeedProbe:
         return self._reference
 
     def __call__(self, candidate: Candidate) -> Measurement:
-        if candidate.backend == "torch":
+        if candidate.backend == "torch" and candidate.precision == precision_name(self.dtype):
             seconds, self._reference = self._run(self.model, self.dtype)
             return Measurement(round(seconds, 4))
+        if candidate.backend == "torch":  # fp32 beside the reduced precision: a copy (its weights only timed)
+            dtype = choose_dtype(candidate.precision, self.device, self.model.spec)  # type: ignore[arg-type]
+            trial = place_model(LoadedModel(self.model.spec, copy.deepcopy(self.model.descriptor)), self.device, dtype)
+            seconds, out = self._run(trial, dtype)
+            return Measurement(round(seconds, 4), round(_psnr(self.reference(), out), 1))
         try:
             trial = LoadedModel(self.model.spec, self.model.descriptor, build_backend(candidate, self.graph))
             seconds, out = self._run(trial, torch.float32)
@@ -235,8 +245,6 @@ def choose_backend(backend: str, device: str, precision: str, model: LoadedModel
     the fastest by ``measure`` (default: ``SpeedProbe`` on ``model``, placed on ``torch_device`` in
     ``torch_dtype``), each candidate's measurement recorded in the user cache under ``speed_key`` with
     ``model_hash()`` (called only when something is measured)."""
-    from ..device import precision_name
-
     found = candidates(backend, device, precision, torch_device, precision_name(torch_dtype), graph)
     if len(found) == 1:
         why = "asked for" if backend != "auto" else "the only back-end for this model and device"
