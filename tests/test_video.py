@@ -138,21 +138,22 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
-@pytest.mark.parametrize(("name", "variable", "audio"), [("clip.mp4", False, "aac"), ("vfr.mkv", True, "aac"),
-                                                          ("pcm.mov", True, "pcm_s16le")])
-def test_a_video_keeps_its_frames_timestamps_duration_and_audio(tmp_path, model2, name, variable, audio):
-    clip = make_video(tmp_path / name, variable=variable, audio=audio)
+@pytest.mark.parametrize(("name", "variable", "audio", "codec"), [
+    ("clip.mp4", False, "aac", "libx264"), ("vfr.mkv", True, "aac", "libx264"),
+    ("pcm.mov", True, "pcm_s16le", "libx264"), ("web.webm", True, "libopus", "libvpx-vp9")])
+def test_a_video_keeps_its_frames_timestamps_duration_and_audio(tmp_path, model2, name, variable, audio, codec):
+    clip = make_video(tmp_path / name, "libvpx-vp9" if name.endswith(".webm") else "libx264", variable, audio)
     result = restore(clip, "-o", tmp_path / "out", "--model", model2)
     assert result.exit_code == 0, result.stderr
     out = tmp_path / "out" / name
     [item] = items_of(result)
     assert item["status"] == "ok" and item["output"] == str(out)
     assert item["in_size"] == [W, H] and item["out_size"] == [2 * W, 2 * H]
-    assert item["video"]["frames"] == FRAMES and item["video"]["codec"] == "libx264"
+    assert item["video"]["frames"] == FRAMES and item["video"]["codec"] == codec
     with av.open(str(clip)) as container:
         assert item["video"]["fps"] == pytest.approx(float(container.streams.video[0].average_rate))
     assert item["video"]["copied_streams"] == 1
-    assert f"{clip}: video written with libx264 (the default for" in result.stderr  # said before the first frame
+    assert f"{clip}: video written with {codec} (the default for" in result.stderr  # said before the first frame
     before, after = frames_of(clip), frames_of(out)
     assert len(after) == len(before) == FRAMES
     assert [when for _, when, _ in after] == [when for _, when, _ in before]  # the variable rate's gaps too
@@ -303,6 +304,13 @@ def test_videos_keep_their_container_in_the_plan_whatever_format_images_take(tmp
              InputItem("in/c.jpg", Path("c.jpg"))]
     planned = plan_outputs(items, RestoreOptions(output_dir=str(tmp_path), format="png", suffix="_x2"))
     assert [p.output.name for p in planned] == ["Clip_x2.mp4", "b_x2.webm", "c_x2.png"]
+
+
+def test_a_video_to_stdout_is_refused_for_that_video(tmp_path, model2):
+    clip = make_video(tmp_path / "clip.mp4")
+    result = invoke("restore", clip, "-o", "-", "--model", model2)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"{clip}: a video is written into a folder, not to stdout; give -o DIR" in result.stderr
 
 
 def test_a_dry_run_plans_a_video_and_writes_nothing(tmp_path, model2):

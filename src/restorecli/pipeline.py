@@ -563,6 +563,9 @@ def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
     decided = decided_result(planned, None, t0)
     if decided is not None:
         return _Ready(item, t0, decided)
+    if planned.output is None:  # -o -
+        return _Ready(item, t0, error_result(item, None, f"{item.source}: a video is written into a folder, not to "
+                                             "stdout; give -o DIR", None, t0))
     if batch.options.dry_run:
         return _Ready(item, t0, ItemResult(item.source, str(planned.output), "planned"), planned=planned)
     return _Ready(item, t0, planned=planned, video=True)
