@@ -341,7 +341,8 @@ def test_a_queued_video_is_restored_by_the_worker_into_its_container(tmp_path, m
 
 def test_ctrl_c_mid_video_leaves_no_partial_file_and_a_rerun_restores_it(tmp_path, model2, monkeypatch):
     """Ctrl-C while the model is on a video's fifth frame: the batch ends as for an image (130, the summary), the
-    video's temporary file goes with its threads, and the same command again restores it whole."""
+    video's temporary file goes with its threads, and the same command again restores it whole, sweeping away the
+    temporary file a killed run left."""
     from restorecli.pipeline import Restorer
 
     original, calls = Restorer.restore_array, {"n": 0}
@@ -358,6 +359,13 @@ def test_ctrl_c_mid_video_leaves_no_partial_file_and_a_rerun_restores_it(tmp_pat
     assert result.exit_code == 130
     assert json.loads(result.stdout.splitlines()[-1])["interrupted"] == "SIGINT"
     assert list((tmp_path / "out").iterdir()) == []
+    from test_files import _dead_pid
+
+    from restorecli.files import _host
+
+    killed = tmp_path / "out" / f".clip.mp4.restorecli-{_dead_pid()}@{_host()}.q1w2e3r4.part"  # as SIGKILL leaves it
+    killed.write_bytes(b"half a video")
     again = restore(clip, "-o", tmp_path / "out", "--model", model2)
     assert again.exit_code == 0, again.stderr
     assert len(frames_of(tmp_path / "out" / "clip.mp4")) == FRAMES
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip.mp4"]  # the killed run's file swept

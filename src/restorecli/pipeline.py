@@ -580,6 +580,9 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> It
     assert output is not None
     if batch.restorer is None:  # no image before it has loaded the models
         batch.restorer = Restorer.from_options(batch.options)
+    if output.parent not in batch.swept:  # as for an image: what killed runs left there goes first
+        remove_abandoned_temporaries(output.parent)
+        batch.swept.add(output.parent)
     try:
         done = restore_video(Path(item.source), output, batch.restorer, video_options(batch.options), name=item.source,
                              on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
