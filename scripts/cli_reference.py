@@ -19,7 +19,8 @@ WIDTH = 100  # help is wrapped as on a terminal this wide
 _RESTORE, _JOBS = ("Restoring images", "restore.md"), ("The job folder", "jobs.md")
 _SERVER, _WEIGHTS = ("The server", "server.md"), ("Models and weights", "weights.md")
 GUIDES = {"restore": _RESTORE, "submit": _JOBS, "worker": _JOBS, "status": _JOBS, "cancel": _JOBS, "prune": _JOBS,
-          "serve": _SERVER, "models": _WEIGHTS, "download-weights": _WEIGHTS, "evaluate": ("Evaluate", "evaluate.md")}
+          "serve": _SERVER, "models": _WEIGHTS, "download-weights": _WEIGHTS, "evaluate": ("Evaluate", "evaluate.md"),
+          "devices": ("Devices, precision and tiles", "tiling.md")}
 
 
 def help_text(args: list[str]) -> str:
