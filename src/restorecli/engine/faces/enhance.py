@@ -227,6 +227,7 @@ class FaceStage:
     detector: FaceDetector
     restorer: FaceRestorer
     parser: FaceParser | None = None
+    name: str = ""  # the face model's name, for the summary's account of what ran
 
     @classmethod
     def from_weights(cls, weights, device: torch.device) -> "FaceStage":
@@ -236,7 +237,7 @@ class FaceStage:
         parser = None
         if weights.parser is not None:
             parser = FaceParser.from_state_dict(weights.parser, device, source=weights.parser_source)
-        return cls(detector, FaceRestorer(weights.restorer, device), parser)
+        return cls(detector, FaceRestorer(weights.restorer, device), parser, weights.restorer_name)
 
     def plan(self, source: np.ndarray, size: tuple[int, int], options: FaceOptions) -> FacePlan:
         """The faces of ``source`` (the input) placed on its output of ``size`` (w, h)."""
