@@ -137,7 +137,7 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
         facts = video.facts
         if options.max_pixels is not None and facts.width * facts.height > options.max_pixels:
             raise ImageTooLarge(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
-                             f"{options.max_pixels:,} (--max-pixels)")
+                                f"{options.max_pixels:,} (--max-pixels)")
         part = options.frames or FrameRange()
         total = _frames_in(facts, part)
         decoded: queue.Queue = queue.Queue(in_flight)
@@ -172,8 +172,8 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
             if written:
                 raise written[0]
             if frames == 0:
-                raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame of its "
-                                       f"{_count(facts)} frames")
+                raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame: the video "
+                                       f"ends before frame {part.start}")
     duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
     return VideoResult(frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
                        choice.reason, (facts.width, facts.height), out_size, len(video.copied),
@@ -256,10 +256,6 @@ def _frames_in(facts: VideoFacts, part: FrameRange) -> int | None:
         return part.stop - part.start if part.stop is not None else None
     stop = min(count, part.stop) if part.stop is not None else count
     return max(0, stop - part.start)
-
-
-def _count(facts: VideoFacts) -> str:
-    return str(facts.frames) if facts.frames is not None else "unknown number of"
 
 
 def video_options(options: RestoreOptions) -> VideoOptions:
