@@ -23,8 +23,8 @@ from restorecli.engine.enhance import EngineOptions, enhance
 from restorecli.engine.model import LoadedModel
 from restorecli.engine.tiling import upscale
 from restorecli.errors import DeviceMissing, DeviceUnavailable, UsageError
-from restorecli.models.loading import load_model
-from restorecli.models.ncnn import native_graph, native_graph_for
+from restorecli.models.loading import load_model, native_graph_for
+from restorecli.models.ncnn import native_graph
 
 pytest.importorskip("ncnn", reason="the ncnn back-end needs the ncnn package (in the test extra)")
 

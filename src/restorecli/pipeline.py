@@ -55,8 +55,7 @@ from .images import (
     strip_writer,
 )
 from .models.integrity import sha256_of
-from .models.loading import LoadedModel, load_face_weights, load_model, weights_dir
-from .models.ncnn import native_graph_for
+from .models.loading import LoadedModel, load_face_weights, load_model, native_graph_for, weights_dir
 from .models.registry import REGISTRY
 from .options import RestoreOptions
 from .overlap import Halted, ReadAhead, WriteBehind

