@@ -292,6 +292,18 @@ def test_restore_refuses_backends_that_cannot_run_the_model(make_model, anime_x2
     assert missing.exit_code == 3 and "no such Vulkan device" in missing.stderr
 
 
+def test_a_queued_job_runs_on_the_back_end_it_was_submitted_with(anime_x2, photo_file, tmp_path, gpus):
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", photo_file, "--queue", queue, "--model", anime_x2, "--backend", "ncnn",
+                       "--device", "cpu", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed" and status["setup"]["backend"] == "ncnn"
+
+
 def test_devices_lists_cpu_and_vulkan_devices(gpus, monkeypatch):
     from restorecli.engine.backends import devices
 
