@@ -140,6 +140,12 @@ def test_candidates_follow_backend_device_and_precision(gpus):
     assert candidates("ncnn", "auto", "fp32", CPU, "fp32", GRAPH) == [Candidate("ncnn", "vulkan:1", "fp32")]
 
 
+def test_the_tiler_works_on_the_host_for_ncnn():
+    assert [choice.host_device(device, backend) for device, backend in [
+        ("vulkan:1", "auto"), ("auto", "ncnn"), ("auto", "auto"), ("cuda", "ncnn"), ("cpu", "torch")]] == [
+        "cpu", "cpu", "auto", "cuda", "cpu"]  # cuda with ncnn: refused by ``candidates``, saying why
+
+
 def test_candidates_refuse_what_cannot_run(gpus):
     with pytest.raises(UsageError, match="only the ncnn back-end runs on"):
         candidates("torch", "vulkan:0", "auto", CPU, "fp32", GRAPH)

@@ -111,7 +111,7 @@ class Restorer:
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
-        device = choose_device(host_device(options.device))  # the tiler's: the CPU for a Vulkan device
+        device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder)
         on_torch = runs_torch(options.backend, options.device)  # else torch's precision is not asked for

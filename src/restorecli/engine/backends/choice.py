@@ -70,10 +70,11 @@ class BackendChoice:
     reason: str
 
 
-def host_device(device: str) -> str:
-    """The torch device the tiler works on for ``--device``: the CPU for ``vulkan[:N]`` (ncnn takes and gives
-    host arrays), else the device as given."""
-    return "cpu" if parse_vulkan(device) is not None else device
+def host_device(device: str, backend: str = "auto") -> str:
+    """The torch device the tiler works on for ``--device`` and ``--backend``: the CPU for ``vulkan[:N]``, and for
+    ncnn on ``--device auto`` (ncnn takes and gives host arrays, whatever torch would have picked), else the
+    device as given."""
+    return "cpu" if parse_vulkan(device) is not None or (backend == "ncnn" and device == "auto") else device
 
 
 def runs_torch(backend: str, device: str) -> bool:
