@@ -372,3 +372,21 @@ def test_ctrl_c_mid_video_leaves_no_partial_file_and_a_rerun_restores_it(tmp_pat
     assert again.exit_code == 0, again.stderr
     assert len(frames_of(tmp_path / "out" / "clip.mp4")) == FRAMES
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip.mp4"]  # the killed run's file swept
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--outscale", "1.3"], "libx264 in yuv420p needs even frame sides, and the restored frames would be 83x62"),
+    (["--max-output-pixels", "1000"], "its output would be 128x96 pixels"),
+])
+def test_a_video_whose_frames_cannot_be_written_is_refused_before_the_model_runs(tmp_path, model2, monkeypatch,
+                                                                                 flags, error):
+    from restorecli.pipeline import Restorer
+
+    ran = []
+    monkeypatch.setattr(Restorer, "restore_array", lambda self, *args, **kwargs: ran.append(1))
+    clip = make_video(tmp_path / "clip.mp4")
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, *flags)
+    assert result.exit_code == 1
+    [item] = items_of(result)
+    assert item["status"] == "error" and f"{clip}: {error}" in item["error"]
+    assert ran == [] and not (tmp_path / "out" / "clip.mp4").exists()

@@ -584,8 +584,10 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> It
     if output.parent not in batch.swept:  # as for an image: what killed runs left there goes first
         remove_abandoned_temporaries(output.parent)
         batch.swept.add(output.parent)
+    model, outscale = batch.restorer.model, batch.options.outscale
+    settings = video_options(batch.options, lambda w, h: target_size(model, w, h, outscale))
     try:
-        done = restore_video(Path(item.source), output, batch.restorer, video_options(batch.options), name=item.source,
+        done = restore_video(Path(item.source), output, batch.restorer, settings, name=item.source,
                              on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
                              on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)))
     except RestoreCliError as exc:

@@ -20,7 +20,7 @@ from ..files import atomic_writer
 from ..images.formats import check_output_pixels
 from .formats import VideoDecodeError, VideoEncodeError, container_for
 from .read import Frame, FrameRange, VideoFacts, VideoInput, shown_for
-from .write import CodecChoice, VideoOutput, choose_codec
+from .write import CodecChoice, VideoOutput, check_frame_size, choose_codec
 
 if TYPE_CHECKING:
     from ..options import RestoreOptions
@@ -45,6 +45,7 @@ class VideoOptions:
     frames: FrameRange | None = None
     max_pixels: int | None = None  # per input frame
     max_output_pixels: int | None = None  # per output frame
+    output_size: Callable[[int, int], tuple[int, int]] | None = None  # a frame's restored (w, h), where known ahead
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,10 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
         if options.max_pixels is not None and facts.width * facts.height > options.max_pixels:
             raise ImageTooLarge(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
                                 f"{options.max_pixels:,} (--max-pixels)")
+        if options.output_size is not None:  # refused before any model time
+            size = options.output_size(facts.width, facts.height)
+            check_output_pixels(name, size, options.max_output_pixels)
+            check_frame_size(choice, size, name)
         part = options.frames or FrameRange()
         total = _frames_in(facts, part)
         decoded: queue.Queue = queue.Queue(in_flight)
@@ -258,15 +263,16 @@ def _frames_in(facts: VideoFacts, part: FrameRange) -> int | None:
     return max(0, stop - part.start)
 
 
-def video_options(options: RestoreOptions) -> VideoOptions:
+def video_options(options: RestoreOptions,
+                  output_size: Callable[[int, int], tuple[int, int]] | None = None) -> VideoOptions:
     """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf, --keep-audio, --frames and
-    pixel limits)."""
+    pixel limits), with what gives a frame's restored size (``output_size(w, h)``) where the caller knows it."""
     part = None
     if options.frames:
         start, _, stop = options.frames.partition(":")
         part = FrameRange(int(start or 0), int(stop) if stop else None)
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
-                        options.max_output_pixels)
+                        options.max_output_pixels, output_size)
 
 
 __all__ = ["FrameRange", "VideoOptions", "VideoProgress", "VideoResult", "open_video", "restore_video",

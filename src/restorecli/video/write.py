@@ -43,6 +43,13 @@ def choose_codec(container: str, asked: str | None, name: str) -> CodecChoice:
                            f"({', '.join(DEFAULT_CODECS.get(container, ()))}); name one with --video-codec")
 
 
+def check_frame_size(choice: CodecChoice, size: tuple[int, int], name: str) -> None:
+    """Raise ``VideoEncodeError`` where ``choice`` cannot take frames of ``size`` (w, h): 4:2:0 needs even sides."""
+    if choice.pix_fmt.startswith(("yuv420", "nv12")) and (size[0] % 2 or size[1] % 2):
+        raise VideoEncodeError(f"{name}: {choice.codec} in {choice.pix_fmt} needs even frame sides, and the restored "
+                               f"frames would be {size[0]}x{size[1]}; choose an --outscale that gives even sides")
+
+
 def _encoder(av: Any, name: str) -> Any | None:
     try:
         codec = av.codec.Codec(name, "w")
@@ -82,10 +89,7 @@ class VideoOutput:
 
     def _open(self, width: int, height: int, rotation: int) -> None:
         choice, facts = self.choice, self.facts
-        if choice.pix_fmt.startswith(("yuv420", "nv12")) and (width % 2 or height % 2):
-            raise VideoEncodeError(f"{self.name}: {choice.codec} in {choice.pix_fmt} needs even frame sides, and the "
-                                   f"restored frames are {width}x{height}; choose an --outscale that gives even "
-                                   "sides")
+        check_frame_size(choice, (width, height), self.name)
         try:
             video = self.container.add_stream(choice.codec, rate=facts.rate or None)
         except (self.av.FFmpegError, ValueError) as exc:
@@ -173,4 +177,4 @@ def _describe_colour(context: Any, colour: Colour) -> None:
         context.color_range = colour.range
 
 
-__all__ = ["CodecChoice", "VideoOutput", "choose_codec"]
+__all__ = ["CodecChoice", "VideoOutput", "check_frame_size", "choose_codec"]
