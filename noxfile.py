@@ -58,8 +58,6 @@ def vulkan(session: nox.Session) -> None:
     """The ncnn back-end on a Vulkan device (tests/test_backends.py, marker vulkan): a GPU's driver, or Mesa's
     lavapipe on the CPU (Debian: mesa-vulkan-drivers and libvulkan1, which .ci/run installs); without a device the
     tests skip and say why. Runs in the environment nox runs in (.ci/run's .venv), so torch is not installed again."""
-    import sys
-
     session.run(sys.executable, "-m", "pytest", "-m", "vulkan", "-p", "no:cacheprovider", "tests/test_backends.py",
                 *session.posargs, external=True)
 
