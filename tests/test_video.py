@@ -42,11 +42,12 @@ def moving_frame(i: int) -> np.ndarray:
 
 
 def make_video(path: Path, codec: str = "libx264", variable: bool = False, audio: str | None = "aac",
-               subtitles: bool = False, rotation: int = 0, bt709: bool = False, frames: int = FRAMES) -> Path:
+               subtitles: bool = False, rotation: int = 0, bt709: bool = False, frames: int = FRAMES,
+               faststart: bool = False) -> Path:
     """A ``frames``-frame 64x48 video at 24 fps (``variable``: every third frame shown twice as long), with a 440 Hz
     sine in ``audio`` and three subtitle lines where asked; the container is the suffix's. ``frames=0``: a second of
-    sound alone, no video stream."""
-    out = av.open(str(path), "w")
+    sound alone, no video stream. ``faststart``: an MP4's index before its frames, as web videos have it."""
+    out = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
     video = out.add_stream(codec, rate=24) if frames else None
     if video is not None:
         video.width, video.height = W, H
@@ -248,17 +249,21 @@ def test_bad_videos_fail_alone_and_the_batch_goes_on(tmp_path, model2):
     assert "b_truncated.mp4: not a readable video" in result.stderr
 
 
-def test_a_video_cut_short_inside_fails_without_leaving_a_file(tmp_path, model2):
-    """Matroska needs no index at its end: a cut file opens and FFmpeg decodes up to the cut without a word. The
-    frames missing from its stated duration make it an error, and nothing is written."""
-    clip = make_video(tmp_path / "clip.mkv", frames=36, audio=None)
+@pytest.mark.parametrize(("name", "said"), [("cut.mkv", "its frames end at"),
+                                           ("cut.mp4", "of its 36 frames could be decoded; its frames end at")])
+def test_a_video_cut_short_inside_fails_without_leaving_a_file(tmp_path, model2, name, said):
+    """Matroska needs no index at its end, and a web MP4 has its index first: such a file cut short opens, and
+    FFmpeg decodes up to the cut without a word. The frames missing from its stated count and duration make it an
+    error, and nothing is written."""
+    clip = make_video(tmp_path / f"clip{Path(name).suffix}", frames=36, audio=None, faststart=True)
     data = clip.read_bytes()
-    cut = tmp_path / "cut.mkv"
+    cut = tmp_path / name
     cut.write_bytes(data[: len(data) * 2 // 3])
     result = restore(cut, "-o", tmp_path / "out", "--model", model2)
     assert result.exit_code == 1
     [item] = items_of(result)
-    assert item["status"] == "error" and f"{cut}: truncated or damaged: its frames end at" in item["error"]
+    assert item["status"] == "error" and f"{cut}: truncated or damaged: " in item["error"]
+    assert said in item["error"]
     assert list((tmp_path / "out").iterdir()) == []  # neither the output nor its temporary file
 
 

@@ -161,15 +161,20 @@ class VideoInput:
 
     def _check_whole(self, frames: int, end: Fraction) -> None:
         """Raise ``VideoDecodeError`` where the frames decoded, ``frames`` of them shown until ``end`` seconds, fall
-        short of what the file says it holds: FFmpeg decodes a cut file up to the cut without an error."""
+        short of what the file says it holds: FFmpeg decodes a cut file up to the cut without an error. Both the
+        frame count and the duration must fall short where the file states both: an MP4's edit list may drop
+        frames at its start on purpose, but its last frame still ends at its duration."""
         facts = self.facts
-        if facts.frames is not None and frames < facts.frames:
-            raise VideoDecodeError(f"{self.name}: truncated or damaged: {frames} of its {facts.frames} frames could "
-                                   "be decoded")
         slack = 2 / facts.rate if facts.rate else Fraction(1, 10)  # two frames: a muxer's rounding is less
-        if facts.duration is not None and end < Fraction(facts.duration) - slack:
-            raise VideoDecodeError(f"{self.name}: truncated or damaged: its frames end at {float(end):.2f} s of its "
-                                   f"{facts.duration:.2f} s")
+        shortfalls = []
+        if facts.frames is not None:
+            shortfalls.append((frames < facts.frames, f"{frames} of its {facts.frames} frames could be decoded"))
+        if facts.duration is not None:
+            shortfalls.append((end < Fraction(facts.duration) - slack,
+                               f"its frames end at {float(end):.2f} s of its {facts.duration:.2f} s"))
+        if shortfalls and all(short for short, _ in shortfalls):
+            raise VideoDecodeError(f"{self.name}: truncated or damaged: "
+                                   f"{'; '.join(text for _, text in shortfalls)}")
 
 
 def shown_for(frame: Any, facts: VideoFacts) -> Fraction:
