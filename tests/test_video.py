@@ -61,6 +61,10 @@ def make_video(path: Path, codec: str = "libx264", variable: bool = False, audio
             context.color_range = 1  # limited
     sound = out.add_stream(audio, rate=SAMPLE_RATE, layout="mono") if audio else None
     text = out.add_mux_stream("subrip", time_base=Fraction(1, 1000)) if subtitles else None
+    if subtitles:  # a film's: a title and chapters too
+        out.metadata["title"] = "Holiday"
+        out.set_chapters([{"id": n + 1, "start": n * 500, "end": n * 500 + 500, "time_base": Fraction(1, 1000),
+                           "metadata": {"title": f"Part {n + 1}"}} for n in range(2)])
     tick = 0
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(moving_frame(i), format="rgb24")
@@ -175,6 +179,9 @@ def test_rotation_colour_and_subtitles_are_kept_and_no_audio_drops_the_sound(tmp
         context = container.streams.video[0].codec_context
         assert (context.color_primaries, context.color_trc, context.colorspace, context.color_range) == (1, 1, 1, 1)
     assert packets_of(out, "subtitles") == packets_of(clip, "subtitles")
+    with av.open(str(clip)) as before, av.open(str(out)) as after:
+        assert after.metadata["title"] == "Holiday" and after.chapters() == before.chapters()
+        assert [chapter["metadata"]["title"] for chapter in after.chapters()] == ["Part 1", "Part 2"]
     assert [text for text, _ in packets_of(out, "subtitles")] == [b"line 0", b"line 8", b"line 16"]
     assert packets_of(out, "audio") == packets_of(clip, "audio")
 

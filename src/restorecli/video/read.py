@@ -87,6 +87,8 @@ class VideoInput:
             kinds = ("audio", "subtitle") if keep_audio else ()
             self.copied = [stream for stream in self.container.streams if stream.type in kinds]
             self.facts = self._facts()
+            self.metadata: dict[str, str] = dict(self.container.metadata)  # the container's title, dates, ...
+            self.chapters: list[dict[str, Any]] = self.container.chapters()
         except BaseException:
             self.container.close()
             raise

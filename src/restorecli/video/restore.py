@@ -149,7 +149,9 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
         restored: queue.Queue = queue.Queue(in_flight)
         stop = threading.Event()
         with atomic_writer(output) as handle:
-            sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf)
+            whole = part == FrameRange()  # a part's times are not the chapters'
+            sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf,
+                               video.metadata, video.chapters if whole else None)
             reader = threading.Thread(target=_decode_ahead, args=(video.items(part), decoded, stop),
                                       name="restorecli-video-read", daemon=True)
             written: list[BaseException] = []

@@ -14,6 +14,8 @@ from .read import UNSPECIFIED, Colour, VideoFacts
 # Pixel formats written where the codec takes them: lossless codecs keep RGB as it is, the others get 4:2:0
 # (what every player decodes), which needs even frame sides
 _LOSSLESS_RGB = {"ffv1": "bgr0", "libx264rgb": "bgr0", "png": "rgb24", "qtrle": "rgb24"}
+# Container tags the muxer writes for itself: copied, they would describe the input's muxer, not this file
+_MUXER_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}
 _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
 
 
@@ -68,11 +70,13 @@ def _pix_fmt(codec: Any) -> str:
 class VideoOutput:
     """The output video written into ``handle`` as ``container`` (an FFmpeg muxer's name): its video stream is set up
     at the first frame (whose size and rotation it takes), with the input's time base, frame rate and colour; the
-    ``copied`` input streams are added as they are. Packets of the copied streams are muxed unchanged; frames
-    arriving as arrays are encoded at the timestamps given. Not thread-safe: one thread writes."""
+    ``copied`` input streams are added as they are, and the container's ``metadata`` (title, dates) and
+    ``chapters`` where the format holds them. Packets of the copied streams are muxed unchanged; frames arriving as
+    arrays are encoded at the timestamps given. Not thread-safe: one thread writes."""
 
     def __init__(self, handle: BinaryIO, container: str, name: str, facts: VideoFacts, copied: list[Any],
-                 choice: CodecChoice, crf: int | None = None):
+                 choice: CodecChoice, crf: int | None = None, metadata: dict[str, str] | None = None,
+                 chapters: list[dict[str, Any]] | None = None):
         self.av = load_av(name)
         self.name, self.facts, self.choice, self.crf = name, facts, choice, crf
         try:
@@ -80,6 +84,8 @@ class VideoOutput:
         except (self.av.FFmpegError, ValueError) as exc:
             raise VideoEncodeError(f"{name}: cannot write {container} here ({exc})") from None
         self._copied = copied
+        self._metadata = {k: v for k, v in (metadata or {}).items() if k.lower() not in _MUXER_TAGS}
+        self._chapters = chapters or []
         self._streams: dict[int, Any] = {}  # input stream index -> output stream
         self.video: Any | None = None
         self._waiting: list[Any] = []  # copied packets that came before the first frame (the header is not out)
@@ -106,6 +112,9 @@ class VideoOutput:
             video.codec_context.options = {"crf": str(self.crf), **({"b": "0"} if "vpx" in choice.codec else {})}
         if rotation:
             video.set_display_rotation(rotation)
+        self.container.metadata.update(self._metadata)
+        if self._chapters:
+            self.container.set_chapters(self._chapters)
         for stream in self._copied:
             try:
                 self._streams[stream.index] = self.container.add_stream_from_template(stream)
