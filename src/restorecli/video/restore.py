@@ -59,9 +59,8 @@ class VideoProgress:
 
 @dataclass(frozen=True)
 class VideoResult:
-    """What was written: frames, the input's average frame rate, the output's duration in seconds (from its first
-    frame's timestamp to its last frame's end), the codec and why, the sizes, the streams copied, and the seconds
-    it took."""
+    """What was written: frames, the input's average frame rate, the output's duration in seconds (when its last
+    frame ends; a part starts at 0), the codec and why, the sizes, the streams copied, and the seconds it took."""
 
     frames: int
     fps: float | None
