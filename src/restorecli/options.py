@@ -152,7 +152,7 @@ class RestoreOptions:
                                    given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
     save_faces: str | None = option(None, "Also write the aligned and restored face crops here.", metavar="DIR",
                                     show_default=False, panel=_FACES)
-    video_codec: str | None = option(None, "Codec of restored videos [default: H.264 (libx264) for MP4/MOV/MKV/AVI, "
+    video_codec: str | None = option(None, "Codec of restored videos [default: H.264 (libx264) for MP4/MOV/MKV, "
                                      "VP9 for WebM, whichever the bundled FFmpeg has].", metavar="NAME",
                                      show_default=False, panel=_VIDEO)
     crf: int | None = option(None, "Video quality as the codec's constant rate factor (lower: better, larger) "

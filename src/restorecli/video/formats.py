@@ -11,15 +11,15 @@ from ..errors import ImageDecodeError, ImageError
 EXTRA = "restorecli[video]"
 
 # Suffix -> the FFmpeg muxer that writes it. The output keeps its input's container (and the suffix's spelling).
-CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
-                              ".avi": "avi"}
+# Not AVI yet: its index holds decoding times only, and H.264's reordered frames come back shifted by a frame.
+CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 VIDEO_SUFFIXES = frozenset(CONTAINERS)
 
 # The video codecs each container is written with when --video-codec is not given, in order of preference: the
 # first the bundled FFmpeg can encode is used (PyPI's PyAV wheels carry libx264 and libvpx-vp9).
 _H264_FIRST = ("libx264", "libopenh264", "h264", "mpeg4")
 DEFAULT_CODECS: dict[str, tuple[str, ...]] = {
-    "mp4": _H264_FIRST, "mov": _H264_FIRST, "matroska": _H264_FIRST, "avi": _H264_FIRST,
+    "mp4": _H264_FIRST, "mov": _H264_FIRST, "matroska": _H264_FIRST,
     "webm": ("libvpx-vp9", "libsvtav1", "libaom-av1", "libvpx"),
 }
 
