@@ -287,3 +287,27 @@ def test_restore_with_codeformer_end_to_end_and_its_fidelity_weight(tmp_path, mo
     assert not differs[:, :90].any() and not differs[-110:].any()  # the frame beyond the aligned square is alike
     restored = [read_rgb(tmp_path / f"crops{f:g}" / "portrait_face0_restored.png").astype(int) for f in (0.0, 1.0)]
     assert np.abs(restored[0] - restored[1]).mean() > 1
+
+
+def test_restore_with_restoreformer_by_name_on_a_grey_photo(tmp_path, monkeypatch, make_model, face_files,
+                                                            restoreformer_checkpoint):
+    """`--face-model restoreformer` through the CLI, with what the face stage does for every model: a grey photo
+    gets grey faces, --save-faces writes the crops (--face-weight, the same code for every model, is tested with
+    GFPGAN in test_faces.py)."""
+    weights, detector = face_files
+    _install(weights, "restoreformer", restoreformer_checkpoint)
+    _controlled(monkeypatch, "restoreformer", restoreformer_checkpoint)
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), cv2.cvtColor(read_rgb(TEST_INPUTS / "astronaut_face.jpg"), cv2.COLOR_RGB2GRAY))
+    common = ["--model", make_model(2), "--weights-dir", weights, "--face-enhance", "--face-model", "restoreformer",
+              "--face-detector", detector, "--json"]
+    plain = _run("restore", grey, "-o", tmp_path / "plain", "--model", make_model(2))
+    result = _run("restore", grey, "-o", tmp_path / "o", "--save-faces", tmp_path / "crops", *common)
+    assert plain.exit_code == 0 and result.exit_code == 0, result.stderr
+    item, summary = (json.loads(line) for line in result.stdout.splitlines())
+    assert item["faces"] == 1 and summary["face_model"] == "restoreformer"
+    before = cv2.imread(str(tmp_path / "plain" / "grey.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    after = cv2.imread(str(tmp_path / "o" / "grey.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    assert after.ndim == 2 and after.shape == before.shape == (256, 256)
+    assert np.abs(after - before).max() > 8  # the face was restored
+    assert len(list((tmp_path / "crops").iterdir())) == 2
