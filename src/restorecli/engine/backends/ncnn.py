@@ -59,7 +59,7 @@ def _ncnn():
 
 
 def available() -> bool:
-    """Whether the ncnn package can be imported (without importing it twice)."""
+    """Whether the ncnn package is installed (found without importing it, which would load the Vulkan loader)."""
     import importlib.util
 
     return importlib.util.find_spec("ncnn") is not None
