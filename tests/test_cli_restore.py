@@ -50,7 +50,7 @@ def test_restore_a_folder_keeps_depth_grey_and_alpha(photos, model2, tmp_path):
     assert len(items) == 5 and all(i["status"] == "ok" for i in items)
     summary = {"type": "summary", "ok": 5, "skipped": 0, "errors": 0, "seconds": lines[-1]["seconds"],
                "images_per_second": round(5 / lines[-1]["seconds"], 3),
-               "model": Path(model2).stem, "device": "cpu", "precision": lines[-1]["precision"]}
+               "model": Path(model2).stem, "device": "cpu", "precision": lines[-1]["precision"], "backend": "torch"}
     assert lines[-1]["precision"] in ("fp32", "bf16")  # auto: bf16 only where this CPU runs it faster
     if lines[-1]["precision"] == "bf16":
         summary["precision_16bit"] = "fp32"  # chelsea_16bit.png
