@@ -134,8 +134,9 @@ def render(rows: list[dict], images: int, repeats: int, command: str, load: tupl
         asked = f"--backend {case.backend} --device {case.device} --precision {case.precision}"
         ran = f"{setup['backend']} on {setup['device']}, {setup['precision']}"
         psnr = _psnr(row["first"], reference)
+        closeness = "same pixels" if psnr >= 99 else f"{psnr:.1f} dB"
         lines.append(f"| `{asked}` | {ran} | {row['bare_s']:.3f} | {row['marginal_s']:.3f} | "
-                     f"{row['marginal_s'] / row['bare_s']:.2f}x | {'same pixels' if psnr >= 99 else f'{psnr:.1f} dB'} |")
+                     f"{row['marginal_s'] / row['bare_s']:.2f}x | {closeness} |")
     auto = next((row for row in rows if row["case"].backend == "auto"), None)
     if auto is not None and "backend_reason" in auto["setup"]:
         lines += ["", f"`--backend auto` chose {auto['setup']['backend']}: {auto['setup']['backend_reason']}."]

@@ -91,7 +91,8 @@ def test_ncnn_reads_the_network_before_a_published_graph_s_final_resize(anime_x2
     assert model.spec.scale == 4 and model.spec.default_outscale == 2
     on_ncnn = LoadedModel(model.spec, model.descriptor, NcnnBackend(graph))
     options = EngineOptions(device=CPU, tile=0)
-    ours, theirs = enhance(on_ncnn, _crop(20, 28), None, options).color, enhance(model, _crop(20, 28), None, options).color
+    ours = enhance(on_ncnn, _crop(20, 28), None, options).color
+    theirs = enhance(model, _crop(20, 28), None, options).color
     assert ours.shape == theirs.shape == (40, 56, 3)
     assert int(np.abs(ours.astype(int) - theirs).max()) <= 1
 
