@@ -331,9 +331,11 @@ def _install_extra_arches() -> None:
     """Add spandrel-extra-arches' architectures to spandrel's registry, where the package is installed (once: a
     second install finds them there and adds nothing)."""
     if extra_arches_installed():
-        import spandrel_extra_arches
+        with warnings.catch_warnings():  # its modules use torch.jit.script, which torch now calls deprecated:
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+            import spandrel_extra_arches  # nothing a user can act on, and printed into the progress bar
 
-        spandrel_extra_arches.install(ignore_duplicates=True)
+            spandrel_extra_arches.install(ignore_duplicates=True)
 
 
 def require_extra(entry: ModelEntry) -> None:
