@@ -594,7 +594,8 @@ def test_a_link_planted_as_outputs_during_a_run_is_replaced_not_followed(tmp_pat
     elsewhere.mkdir()
     (elsewhere / "keep.txt").write_text("mine")
     worker = spawn_worker(queue, "--once", slow=1.5)
-    wait_for(lambda: job(queue, job_id).status == "processing", what="the job to start")
+    # reading its first image: past the worker's check of the folder (a claim alone is not, on a loaded machine)
+    wait_for(lambda: job(queue, job_id).current is not None, what="the job's first image")
     (queue / "jobs" / job_id / "outputs").symlink_to(elsewhere)  # after the worker checked the folder
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 0 and "Traceback" not in err, err
