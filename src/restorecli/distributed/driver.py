@@ -44,6 +44,7 @@ from ..jobs.worker import (
     Event,
     LeaseRenewer,
     Schedule,
+    SetAside,
     Stopping,
     WorkerOptions,
     WorkerReport,
@@ -410,7 +411,7 @@ class _Driver:
         self.beaten = 0.0
         self.pool: _Pool | None = None
         self.abandon = threading.Event()  # set when the worker's grace period runs out
-        self.unrunnable: dict[str, float] = {}  # job id -> when the pool may try it again (its actors lacked weights)
+        self.set_aside = SetAside(options.setup_retry)  # jobs its actors lacked weights for, left to others
 
     # ------------------------------------------------------------------ claiming
 
@@ -420,9 +421,7 @@ class _Driver:
             return False
         if self.at_limit:
             return False
-        now = time.monotonic()
-        self.unrunnable = {job_id: until for job_id, until in self.unrunnable.items() if until > now}
-        lease = self.store.claim(self.options.lease, self.options.max_attempts, self.name, skip=self.unrunnable)
+        lease = self.store.claim(self.options.lease, self.options.max_attempts, self.name, skip=self.set_aside.ids())
         if lease is None:
             return False
         self.claimed += 1
@@ -557,11 +556,8 @@ class _Driver:
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
             return
         if outcome.setup is not None:
-            settled = settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(), self.note,
-                                         self.options.max_attempts)
-            if settled == "retry":  # left to workers that have what it needs, for a while
-                self.unrunnable[run.job_id] = time.monotonic() + self.options.setup_retry
-            self.settle(run, settled)
+            self.settle(run, settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(), self.note,
+                                                self.options.max_attempts, self.set_aside))
             return
         if outcome.failure is not None:
             self.store.retry_later(run.lease, outcome.failure, self.options.max_attempts)

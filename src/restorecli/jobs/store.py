@@ -327,8 +327,7 @@ class JobStore:
                     dropped.append(job.id)
                     continue
                 if job.status == "processing" and job.attempts >= max_attempts:
-                    error = (f"gave up after {job.attempts} attempts: the worker stopped responding"
-                             f"{f' while processing {job.current}' if job.current else ''}"
+                    error = (f"gave up after {job.attempts} attempts: the worker stopped responding{_in_hand(job)}"
                              f"{f' (last error: {job.last_error})' if job.last_error else ''}")
                     self._mark_failed(db, job, error)
                     continue
@@ -504,13 +503,11 @@ class JobStore:
                     db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
                     dropped.append(job.id)
                 elif counted and job.attempts >= max_attempts:
-                    self._mark_failed(db, job, f"gave up after {job.attempts} attempts: {why}"
-                                               f"{f' while processing {job.current}' if job.current else ''}")
+                    self._mark_failed(db, job, f"gave up after {job.attempts} attempts: {why}{_in_hand(job)}")
                 else:
                     db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
                                "current = NULL, progress = NULL, attempts = attempts - ?, last_error = ? WHERE id = ?",
-                               (0 if counted else 1, f"{why}{f' while processing {job.current}' if job.current else ''}",
-                                job.id))
+                               (0 if counted else 1, f"{why}{_in_hand(job)}", job.id))
             db.execute("DELETE FROM workers WHERE name = ?", (worker,))
         for job_id in dropped:
             self.remove_folder(job_id)
@@ -535,6 +532,11 @@ class JobStore:
         rows = self._db.execute("SELECT name, job, seen FROM workers WHERE expires >= ? ORDER BY name",
                                 (time.time(),))
         return [dict(row) for row in rows]
+
+
+def _in_hand(job: Job) -> str:
+    """`` while processing NAME``, the image the job's worker had in hand, where it said."""
+    return f" while processing {job.current}" if job.current else ""
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

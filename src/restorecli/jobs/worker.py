@@ -47,7 +47,6 @@ class WorkerReport:
     # What this machine lacked for a job (weights, a device): the job was retried, then failed, and the worker went
     # on with the next; said at the end (exit 3), so a cron run shows it. Never a reason to stop.
     setup_error: str | None = None
-    lacked: set[str] = field(default_factory=set)  # ids of the jobs that lacked it
 
     def noting(self, emit: Event) -> Event:
         """``emit``, also keeping in this report why the worker must stop (a storage error) or what this machine
@@ -58,7 +57,6 @@ class WorkerReport:
                 self.storage_error = data["error"]
             elif event == "setup_error":
                 self.setup_error = data["error"]
-                self.lacked.add(data["job_id"])
             emit(event, data)
 
         return note
@@ -187,20 +185,41 @@ def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, roo
             "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds, "faces": item.faces}
 
 
+class SetAside:
+    """The jobs this worker (or pool) could not run for what its machine lacks, each left to other workers for
+    ``seconds`` before this one claims it again: ``claim(skip=set_aside.ids())``."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._until: dict[str, float] = {}
+
+    def add(self, job_id: str) -> None:
+        self._until[job_id] = time.monotonic() + self.seconds
+
+    def ids(self) -> list[str]:
+        now = time.monotonic()
+        self._until = {job_id: until for job_id, until in self._until.items() if until > now}
+        return list(self._until)
+
+
 def settle_setup_error(store: JobStore, lease: Lease, work: Path, exc: SetupError | UsageError,
-                       emit: Event, max_attempts: int) -> str:
+                       emit: Event, max_attempts: int, set_aside: SetAside) -> str:
     """A job whose models cannot be loaded: failed at once where its own options cannot run anywhere (a damaged
     checkpoint, an unknown name). Where this machine lacks what it needs (weights not installed, no such device),
     ``setup_error`` is emitted and the job is queued again with the attempt counted, for a worker that has it, and
     failed with the reason once ``max_attempts`` are spent: a job never blocks the queue, and its worker goes on
-    with the next one. Returns the outcome (failed, retry or lost)."""
+    with the next one, leaving this one aside (``set_aside``) for a while. Returns the outcome (failed, retry or
+    lost)."""
     if isinstance(exc, UsageError) or not exc.of_this_machine:  # the job's own options cannot run anywhere
         return "failed" if store.fail(lease, str(exc)) else "lost"
     emit("setup_error", {"job_id": lease.job.id, "error": str(exc)})
     if not store.retry_later(lease, str(exc), max_attempts, work=work, tried="could not be run by a worker"):
         return "lost"
     job = store.get(lease.job.id)
-    return "failed" if job is not None and job.status == "failed" else "retry"
+    if job is not None and job.status == "failed":
+        return "failed"
+    set_aside.add(lease.job.id)
+    return "retry"
 
 
 def give_back(store: JobStore, lease: Lease, work: Path, error: str | None = None) -> str:
@@ -209,11 +228,14 @@ def give_back(store: JobStore, lease: Lease, work: Path, error: str | None = Non
 
 
 def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: dict[tuple, Restorer],
-            halted: Callable[[], bool], emit: Event, abandon: threading.Event | None = None) -> str:
+            halted: Callable[[], bool], emit: Event, abandon: threading.Event | None = None,
+            set_aside: SetAside | None = None) -> str:
     """Process one claimed job; returns its outcome: completed, failed, released, lost, cancelled or retry.
     ``halted`` is asked between images; when it says yes the job is given back, resumable. ``abandon`` is looked
-    at between tiles: once set, the image in hand is dropped and the job given back."""
+    at between tiles: once set, the image in hand is dropped and the job given back. A job this machine cannot run
+    goes to ``set_aside``."""
     abandon = abandon or threading.Event()
+    set_aside = set_aside or SetAside(options.setup_retry)
     from ..pipeline import Restorer, restore_batch
 
     job = lease.job
@@ -231,7 +253,7 @@ def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: di
             if key not in restorers:
                 restorers[key] = Restorer.from_options(restore)
         except (SetupError, UsageError) as exc:
-            return settle_setup_error(store, lease, work, exc, emit, options.max_attempts)
+            return settle_setup_error(store, lease, work, exc, emit, options.max_attempts, set_aside)
 
         finished: list[dict] = []
         in_hand: dict[str, str | None] = {"model": None, "reading": None}  # the image the model runs, the next
@@ -330,7 +352,7 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event | Stopp
         return report
     store = JobStore(root)
     restorers: dict[tuple, Restorer] = {}  # each model loaded once, reused across jobs
-    unrunnable: dict[str, float] = {}  # job id -> when this worker may try it again (it lacked what it needs)
+    set_aside = SetAside(options.setup_retry)
     name = worker_name()
     note = report.noting(emit)
     try:
@@ -338,18 +360,14 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event | Stopp
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
             store.beat(name, None, max(options.poll, options.lease / 3))
-            now = time.monotonic()
-            unrunnable = {job_id: until for job_id, until in unrunnable.items() if until > now}
-            lease = store.claim(options.lease, options.max_attempts, name, skip=unrunnable)
+            lease = store.claim(options.lease, options.max_attempts, name, skip=set_aside.ids())
             if lease is None:
                 if options.once:
                     break
                 schedule.pause()
                 continue
             emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-            outcome = run_job(store, lease, options, restorers, schedule.halted, note, stopping.abandon)
-            if outcome == "retry" and lease.job.id in report.lacked:
-                unrunnable[lease.job.id] = time.monotonic() + options.setup_retry
+            outcome = run_job(store, lease, options, restorers, schedule.halted, note, stopping.abandon, set_aside)
             report.jobs.append((lease.job.id, outcome))
             emit("finished", {"job_id": lease.job.id, "outcome": outcome})
             if report.must_stop:
