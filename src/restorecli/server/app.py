@@ -125,11 +125,15 @@ class Api:
         if self.draining.is_set():
             return HTTPException(503, "the server is stopping; try again in a minute",
                                  headers={"Retry-After": str(RETRY_AFTER_STOPPING)})
-        free = shutil.disk_usage(self.config.queue).free
-        if free - length < self.config.min_free_mb * 1048576:
-            return HTTPException(507, f"the server's disk is nearly full ({free / 1048576:,.0f} MB free, and it keeps "
+        free_mb = self.free_mb()
+        if free_mb - length / 1048576 < self.config.min_free_mb:
+            return HTTPException(507, f"the server's disk is nearly full ({free_mb:,.0f} MB free, and it keeps "
                                       f"{self.config.min_free_mb:g} MB): the upload cannot be stored now")
         return None
+
+    def free_mb(self) -> float:
+        """Free space on the queue's disk, in MB (``--min-free-mb``'s unit)."""
+        return shutil.disk_usage(self.config.queue).free / 1048576
 
     def held(self, job_id: str, respond: Callable[[], Response]) -> Response:
         """``respond()``, the job held against the janitor until the response has been sent."""
@@ -419,7 +423,7 @@ def health_document(api: Api) -> dict:
     seen = store.live_workers()
     managed = api.pool.alive() if api.pool is not None else 0
     counts = store.counts()
-    free_mb = shutil.disk_usage(api.config.queue).free / 1048576
+    free_mb = api.free_mb()
     problems = []
     if free_mb < api.config.min_free_mb:
         problems.append(f"the queue's disk has {free_mb:,.0f} MB free, under the {api.config.min_free_mb:g} MB the "
