@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 from rich.markup import escape
-from typer._click.core import ParameterSource
 
 from ..errors import UsageError
 from ..files import STDIO
@@ -61,9 +60,10 @@ def restore(
 
 
 def _given(ctx: typer.Context, names) -> set[str]:
-    """Which of the parameters ``names`` the command line set (not left at their defaults)."""
+    """Which of the parameters ``names`` the command line set (not left at their defaults). Sources are told by
+    their names: Typer's ``ParameterSource`` lives in click or in Typer's private copy of it, by version."""
     return {name for name in names
-            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
 
 
 def _local(inputs: list[str], restore: dict, output: str, overwrite: bool, dry_run: bool,
