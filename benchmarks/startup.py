@@ -2,7 +2,7 @@
 
 Each command runs as its own process, the way a user, cron or a shell's TAB completion runs it; the best of
 ``--repeats`` runs is kept (these machines are shared, so single runs move). Writes the table into
-docs/performance.md between the startup markers; ``bench.py`` runs it too.
+docs/performance.md between the startup markers (``common.write_block``); ``bench.py`` runs it too.
 
     python benchmarks/startup.py [--repeats 7] [--no-docs]
 """
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PERFORMANCE = ROOT / "docs" / "performance.md"  # every benchmark writes its block of figures here
-START, END = "<!-- startup:start -->", "<!-- startup:end -->"
+from common import PERFORMANCE, machine, markers, publish  # noqa: F401  (PERFORMANCE: the page it writes)
+
+START, END = markers("startup")
 TARGET_S, TARGET_MIB = 0.3, 80  # issue 15's aim on these machines
 
 
@@ -70,31 +69,12 @@ def render(rows: list[dict], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """Where a block was measured: the CPU's model name and its cores, e.g. 'AMD EPYC 9B14, 2 cores'."""
-    from restorecli.engine.device import cpu_model
-
-    return f"{cpu_model()}, {os.cpu_count()} cores"
-
-
-def write_block(text: str, start: str = START, end: str = END) -> None:
-    """Replace what docs/performance.md holds between ``start`` and ``end`` with ``text``."""
-    content = PERFORMANCE.read_text()
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(content):
-        sys.exit(f"{PERFORMANCE} has no {start} ... {end} section")
-    PERFORMANCE.write_text(pattern.sub(lambda _m: f"{start}\n{text}\n{end}", content))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     args = parser.parse_args()
-    text = render(measure(args.repeats), args.repeats)
-    print(text)
-    if not args.no_docs:
-        write_block(text)
+    publish(render(measure(args.repeats), args.repeats), START, END, docs=not args.no_docs)
 
 
 if __name__ == "__main__":

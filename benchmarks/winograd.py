@@ -4,13 +4,16 @@ A record of a measured option that was not taken (docs/performance.md): on x4plu
 it was 1.7-5x slower, because its tile transforms move more memory than the direct convolution takes time.
 Prints each shape's times and the largest difference from the direct result.
 
-    python benchmarks/winograd.py
+    python benchmarks/winograd.py [--threads 2] [--size 128] [--repeats 5]
 """
+
+from __future__ import annotations
+
+import argparse
 import time
 
 import torch
 
-torch.set_num_threads(2)
 BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                    [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float32)
 G = torch.tensor([[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]])
@@ -41,16 +44,32 @@ def best(f, n=5):
         t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
     return min(ts)
 
-with torch.inference_mode():
-    for c, k in [(64, 32), (128, 32), (192, 64), (64, 64)]:
-        conv = torch.nn.Conv2d(c, k, 3, padding=1)
-        x = torch.randn(1, c, 128, 128)
-        xl = x.contiguous(memory_format=torch.channels_last)
-        cl = torch.nn.Conv2d(c, k, 3, padding=1).to(memory_format=torch.channels_last); cl.load_state_dict(conv.state_dict())
-        U = prep(conv.weight)
-        ref = conv(x)
-        got = wconv(x, U, conv.bias)
-        err = (ref - got).abs().max().item()
-        t_direct = best(lambda: cl(xl))
-        t_w = best(lambda: wconv(x, U, conv.bias))
-        print(f"{c}->{k} direct {t_direct*1e3:.1f} ms  winograd {t_w*1e3:.1f} ms  max err {err:.1e}")
+
+def compare(c: int, k: int, size: int, repeats: int) -> str:
+    """One layer shape, C channels in and K out on a size x size input: both convolutions' best times and how far
+    Winograd's result is from the direct one."""
+    conv = torch.nn.Conv2d(c, k, 3, padding=1)
+    x = torch.randn(1, c, size, size)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    cl = torch.nn.Conv2d(c, k, 3, padding=1).to(memory_format=torch.channels_last); cl.load_state_dict(conv.state_dict())
+    U = prep(conv.weight)
+    err = (conv(x) - wconv(x, U, conv.bias)).abs().max().item()
+    t_direct = best(lambda: cl(xl), repeats)
+    t_w = best(lambda: wconv(x, U, conv.bias), repeats)
+    return f"{c}->{k} direct {t_direct*1e3:.1f} ms  winograd {t_w*1e3:.1f} ms  max err {err:.1e}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch's CPU threads [default: 2]")
+    parser.add_argument("--size", type=int, default=128, help="input side in pixels [default: 128]")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per convolution, best kept [default: 5]")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with torch.inference_mode():
+        for c, k in [(64, 32), (128, 32), (192, 64), (64, 64)]:
+            print(compare(c, k, args.size, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
