@@ -16,20 +16,15 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS
-from restorecli.cli.app import app
+from helpers.cli import invoke as cli
+from helpers.wait import wait_until
 from restorecli.jobs.prune import parse_age
 from restorecli.errors import QueueUnavailable
 from restorecli.jobs.store import JobStore
 
 HARNESS = Path(__file__).with_name("worker_harness.py")
-runner = CliRunner()
-
-
-def cli(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
 
 
 @pytest.fixture
@@ -68,15 +63,6 @@ def spawn_worker(queue, *args, slow=0.0, crash_on=None):
     env = {**os.environ, "HARNESS_SLOW": str(slow), "HARNESS_CRASH_ON": crash_on or ""}
     return subprocess.Popen([sys.executable, str(HARNESS), "worker", "--queue", str(queue), *map(str, args)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def outputs_digest(queue, job_id):
@@ -182,14 +168,15 @@ def test_four_workers_forty_jobs_each_done_exactly_once(tmp_path, queue, model):
 def test_a_killed_worker_s_job_is_taken_over_after_its_lease(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     victim = spawn_worker(queue, "--once", "--lease", 3, slow=1.0)
-    wait_for(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
-    time.sleep(1.5)  # mid-job: one image written into the private folder
+    wait_until(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
+    # mid-job: one image written into the lease's private folder (work/<token>/), the next ones still to come
+    wait_until(lambda: list((queue / "jobs" / job_id / "work").glob("*/a.jpg")), what="the first image written")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (queue / "jobs" / job_id / "outputs").exists()  # nothing visible under a final name
     early = cli("worker", "--queue", queue, "--once")  # lease still valid: hands off
     assert early.exit_code == 0 and job(queue, job_id).status == "processing"
-    wait_for(lambda: job(queue, job_id).lease_until < time.time(), what="lease expiry")
+    wait_until(lambda: job(queue, job_id).lease_until < time.time(), what="lease expiry")
     late = cli("worker", "--queue", queue, "--once")
     assert late.exit_code == 0
     record = job(queue, job_id)
@@ -207,7 +194,7 @@ def test_poison_job_is_retried_at_most_max_attempts_then_failed(tmp_path, queue,
         if w.returncode != 0:
             crashes += 1
             assert w.returncode == -signal.SIGSEGV
-            time.sleep(1.1)  # let the dead worker's lease expire
+            wait_until(lambda: (job(queue, poison).lease_until or 0) < time.time(), what="the dead worker's lease")
             continue
         break
     assert crashes == 3
@@ -222,10 +209,10 @@ def test_poison_job_is_retried_at_most_max_attempts_then_failed(tmp_path, queue,
 def test_a_stale_worker_cannot_publish_over_the_new_owner(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     stale = spawn_worker(queue, "--once", "--lease", 2, slow=1.0)
-    wait_for(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
+    wait_until(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
     stale.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: job(queue, job_id).lease_until < time.time(), what="lease expiry")
+        wait_until(lambda: job(queue, job_id).lease_until < time.time(), what="lease expiry")
         new_owner = cli("worker", "--queue", queue, "--once")
         assert new_owner.exit_code == 0
         record = job(queue, job_id)
@@ -247,7 +234,7 @@ def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, mode
     quick_job = submit(queue, model, tmp_path / "in" / "a.jpg")["job_id"]
     # the first run takes one job and is slow with it (3 s per image); the second starts while it works
     first = spawn_worker(queue, "--once", "--max-jobs", 1, "--lease", 30, slow=3.0)
-    wait_for(lambda: job(queue, slow_job).status == "processing", what="first cron run to claim")
+    wait_until(lambda: job(queue, slow_job).status == "processing", what="first cron run to claim")
     second = spawn_worker(queue, "--once", "--lease", 30)
     out2, err2 = second.communicate(timeout=120)
     assert second.returncode == 0
@@ -263,7 +250,7 @@ def test_sigterm_finishes_the_image_in_hand_and_leaves_the_job_resumable(tmp_pat
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     w = spawn_worker(queue, "--lease", 30, "--poll", 0.2, slow=1.0)
     # "b.jpg (reading c.jpg ahead)": the model has the second image, the third is read meanwhile
-    wait_for(lambda: (job(queue, job_id).current or "").split(" (reading")[0].endswith("b.jpg"), what="second image")
+    wait_until(lambda: (job(queue, job_id).current or "").split(" (reading")[0].endswith("b.jpg"), what="second image")
     w.send_signal(signal.SIGTERM)
     out, err = w.communicate(timeout=60)
     assert w.returncode == 0, err
@@ -299,7 +286,7 @@ def test_prune_queue_removes_old_finished_jobs_only(tmp_path, queue, model):
 
     young = cli("prune", "--queue", queue, "--older-than", "1h", "--json")
     assert young.exit_code == 0 and json.loads(young.stdout)["removed"] == []
-    time.sleep(1.1)
+    wait_until(lambda: job(queue, done).finished < time.time() - 1, what="the job to be over a second old")
     dry = cli("prune", "--queue", queue, "--older-than", "1s", "--dry-run", "--json")
     report = json.loads(dry.stdout)
     assert [r["job_id"] for r in report["removed"]] == [done] and report["bytes_freed"] > 0
@@ -317,7 +304,7 @@ def test_prune_queue_removes_old_finished_jobs_only(tmp_path, queue, model):
 def test_prune_never_touches_a_running_job(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg"]))["job_id"]
     w = spawn_worker(queue, "--once", "--lease", 30, slow=1.0)
-    wait_for(lambda: job(queue, job_id).status == "processing", what="claim")
+    wait_until(lambda: job(queue, job_id).status == "processing", what="claim")
     result = cli("prune", "--queue", queue, "--older-than", "0s", "--json")
     assert json.loads(result.stdout)["removed"] == []
     w.communicate(timeout=60)
@@ -437,7 +424,7 @@ def test_human_output_of_the_queue_commands(tmp_path, queue, model):
     assert "completed" in overview.stderr and overview.stdout == ""  # nothing running
     done = cli("status", job_id, "--queue", queue)
     assert done.stdout.startswith(f"ok\t{files[0]}\tjobs/{job_id}/outputs/a.jpg")
-    time.sleep(1.1)
+    wait_until(lambda: job(queue, job_id).finished < time.time() - 1, what="the job to be over a second old")
     pruned = cli("prune", "--queue", queue, "--older-than", "1s")
     assert pruned.stdout.strip() == str(queue / "jobs" / job_id) and "removed 1 item(s)" in pruned.stderr
 
@@ -595,7 +582,7 @@ def test_a_link_planted_as_outputs_during_a_run_is_replaced_not_followed(tmp_pat
     (elsewhere / "keep.txt").write_text("mine")
     worker = spawn_worker(queue, "--once", slow=1.5)
     # reading its first image: past the worker's check of the folder (a claim alone is not, on a loaded machine)
-    wait_for(lambda: job(queue, job_id).current is not None, what="the job's first image")
+    wait_until(lambda: job(queue, job_id).current is not None, what="the job's first image")
     (queue / "jobs" / job_id / "outputs").symlink_to(elsewhere)  # after the worker checked the folder
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 0 and "Traceback" not in err, err

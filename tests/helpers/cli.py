@@ -1,0 +1,23 @@
+"""The command line run in-process, as the Typer docs test it: ``invoke("restore", path, "-o", out)`` returns
+click's Result, whose ``exit_code``, ``stdout`` and ``stderr`` the tests check apart."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import Result
+from typer.testing import CliRunner
+
+from restorecli.cli.app import app
+
+
+def invoke(*args, **kwargs) -> Result:
+    """``restorecli ARGS``: each argument given as text (paths and numbers may be passed as they are); keyword
+    arguments go to ``CliRunner.invoke`` (``input=``, ``env=``, ``terminal_width=``, ``prog_name=``)."""
+    return CliRunner().invoke(app, [str(a) for a in args], **kwargs)
+
+
+def json_lines(result) -> list[dict]:
+    """Every non-blank line of a result's stdout (text or bytes, in-process or a subprocess's) read as JSON."""
+    out = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
