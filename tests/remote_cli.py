@@ -22,10 +22,27 @@ finally:
     print("torch imported" if "torch" in sys.modules else "torch not imported", file=sys.stderr)
 """
 
+FOLLOWING = "harness: the client asks the server for its job's status"
+# Put before CLIENT, it says FOLLOWING on stderr once, when the client first asks for a job's status: it holds the
+# job's id from then on (a test that interrupts it waits for this line instead of guessing how long that takes).
+SAY_WHEN_FOLLOWING = f"""
+import sys
+import httpx
+_send = httpx.Client.send
+def _saying(self, request, **kwargs):
+    if request.url.path.startswith("/status/") and not getattr(_saying, "said", False):
+        _saying.said = True
+        print({FOLLOWING!r}, file=sys.stderr, flush=True)
+    return _send(self, request, **kwargs)
+httpx.Client.send = _saying
+"""
 
-def client_command(*args) -> list[str]:
-    """The command line of ``restorecli restore ARGS`` as a client process."""
-    return [sys.executable, "-c", CLIENT, "restore", *map(str, args)]
+
+def client_command(*args, say_when_following: bool = False) -> list[str]:
+    """The command line of ``restorecli restore ARGS`` as a client process; ``say_when_following``: it prints
+    FOLLOWING on stderr once it holds a job's id."""
+    script = (SAY_WHEN_FOLLOWING if say_when_following else "") + CLIENT
+    return [sys.executable, "-c", script, "restore", *map(str, args)]
 
 
 def remote(*args, key_env: dict[str, str] | None = None, stdin: bytes | None = None, cwd: Path | None = None,

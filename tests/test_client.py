@@ -10,19 +10,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS, tiny_compact_state
 from live_server import LiveServer
-from remote_cli import client_command, lines, remote
-from restorecli.cli.app import app
+from helpers.cli import invoke
+from helpers.wait import wait_until
+from remote_cli import FOLLOWING, client_command, lines, remote
 
 JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{32}")
 
@@ -75,7 +74,7 @@ def _shape(line: dict) -> tuple:
 def test_a_remote_run_writes_what_a_local_run_writes(server, model, photos, tmp_path):
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     here, there = tmp_path / "local", tmp_path / "remote"
-    local = CliRunner().invoke(app, ["restore", str(photos), "-o", str(here), "--model", str(model), "--json"])
+    local = invoke("restore", photos, "-o", here, "--model", model, "--json")
     result = remote(photos, "-o", there, "--server", server.url, "--json")
     assert (local.exit_code, result.returncode) == (1, 1), result.stderr.decode()
     assert sorted(p.name for p in there.iterdir()) == sorted(p.name for p in here.iterdir()) == [
@@ -186,7 +185,7 @@ def test_the_api_key_is_read_from_dot_env_as_the_server_reads_it(guarded, photos
 
 def test_the_server_s_options_need_a_server(photos, tmp_path):
     for option, value in (("--api-key-env", "MYKEY"), ("--timeout", "5")):
-        result = CliRunner().invoke(app, ["restore", str(photos), "-o", str(tmp_path / "o"), option, value])
+        result = invoke("restore", photos, "-o", tmp_path / "o", option, value)
         assert result.exit_code == 2 and f"{option} is for a server: give --server URL too" in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -207,17 +206,20 @@ def test_uploads_keep_to_the_server_s_limits(guarded, photos, tmp_path):
 def test_a_stop_signal_leaves_the_job_to_the_server(guarded, photos, tmp_path):
     before = jobs_in(guarded)
     env = {**{k: v for k, v in os.environ.items() if k != "MYKEY"}, "API_KEY": "k"}
-    client = subprocess.Popen(client_command(photos / "rocket.jpg", "-o", tmp_path / "o", "--server", guarded.url),
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while jobs_in(guarded) == before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # the job is queued: let its id reach the client (the worker takes a second an image)
+    said = tmp_path / "client.err"
+    with open(said, "wb") as stderr_file:
+        client = subprocess.Popen(client_command(photos / "rocket.jpg", "-o", tmp_path / "o", "--server", guarded.url,
+                                                 say_when_following=True), env=env, stdout=subprocess.PIPE,
+                                  stderr=stderr_file)
+    # the job is queued and its id reached the client, which now follows it (the worker takes a second an image)
+    wait_until(lambda: FOLLOWING in said.read_text() or client.poll() is not None, what="the client to hold its job")
+    assert jobs_in(guarded) == before + 1
     client.send_signal(signal.SIGINT)
-    _, stderr = client.communicate(timeout=60)
-    assert client.returncode == 130, stderr.decode()
-    left = JOB_ID.findall(stderr.decode())
-    assert len(left) == 1 and "left to the server" in stderr.decode()
+    client.communicate(timeout=60)
+    stderr = said.read_text()
+    assert client.returncode == 130, stderr
+    left = JOB_ID.findall(stderr)
+    assert len(left) == 1 and "left to the server" in stderr
     assert guarded.wait_for(left[0], headers={"X-API-Key": "k"})["status"] == "completed"  # nothing was cancelled
     assert not (tmp_path / "o" / "rocket.jpg").exists()
 
