@@ -649,7 +649,7 @@ def test_a_worker_run_in_process_gives_back_the_signal_handlers_it_installed(tmp
 def test_a_lease_the_queue_can_no_longer_renew_is_lost_not_a_hung_worker(tmp_path, queue, model, monkeypatch):
     """The disk under the queue fills (or its database fails) while a job runs: the lease thread ends saying the
     job is no longer this worker's, instead of dying silently while the worker goes on forever."""
-    from restorecli.jobs.worker import LeaseRenewer
+    from restorecli.jobs.run import LeaseRenewer
 
     submit(queue, model, *photos(tmp_path, ["a.jpg"]))
     store = JobStore(queue)

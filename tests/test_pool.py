@@ -12,7 +12,7 @@ import pytest
 import restorecli.pipeline as pipeline
 from conftest import TEST_INPUTS
 from restorecli.distributed.actor import ImageTask, RestoreActor
-from restorecli.distributed.driver import Slots
+from restorecli.distributed.pool import Slots
 from restorecli.options import RestoreOptions
 
 WAIT = 30.0  # seconds a stage waits for what another thread must do beside it; never reached where it overlaps

@@ -8,7 +8,8 @@ as a local batch pipelines them), so its model never waits for the host: the dri
 plans its output (``plan.OutputPlanner``, as a local batch does), the actor returns the output's bytes, and the
 driver writes them atomically into the lease's private work folder. A job is published (``JobStore.publish``, with
 its owner-token fencing) once every image has its result: no output appears twice or half-written, whatever the
-cluster does.
+cluster does. Each job in hand is a ``jobs.run.JobRun``, as in the local worker: the same lease, progress and
+settling; the actors are an ``pool.ActorPool``, and Ray is joined and left by ``cluster``.
 
 Faults:
 - an actor that dies (SIGKILL, out of memory, its node lost) is restarted by Ray (``max_restarts``); the images it
@@ -25,67 +26,28 @@ from __future__ import annotations
 
 import collections
 import errno
-import logging
-import math
-import os
-import shutil
-import signal
-import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ImageError, RestoreCliError, SetupError, UsageError
+from ..errors import ImageError, RestoreCliError
 from ..files import check_output_folder, remove_abandoned_temporaries, write_atomic
-from ..jobs.store import JobStore, Lease
-from ..jobs.worker import (
-    Event,
-    LeaseRenewer,
-    Schedule,
-    SetAside,
-    Stopping,
-    WorkerOptions,
-    WorkerReport,
-    give_back,
-    job_items,
-    job_restore_options,
-    publish_results,
-    refuse_unsound_folder,
-    result_entry,
-    settle_setup_error,
-    wait_for_queue,
-    work_folder,
-)
-from ..options import RestoreOptions
+from ..jobs.run import Event, JobRun, SetAside
+from ..jobs.store import JobStore, worker_name
+from ..jobs.worker import Schedule, Stopping, WorkerOptions, WorkerReport, wait_for_queue
 from ..plan import (InputItem, ItemResult, OutputPlanner, decided_result, error_result, named_format,
                     output_format)
-from .actor import ImageOutcome, ImageTask, RestoreActor
+from .actor import ImageOutcome, ImageTask
+from .cluster import StoppedWhileStarting, check_address, connect
+from .pool import ActorPool, PoolOptions, PoolShape, pool_shape, short_error
+
+__all__ = ["PoolOptions", "PoolReport", "PoolShape", "pool_shape", "run_pool"]
 
 # Write errors that end the run rather than one image: no space, over quota, a read-only file system (as a local
 # batch halts on them)
 _STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
-# Of the CPUs an even share would give each actor, the share reserved: the pool never holds every CPU (two 1-CPU
-# actors on a 2-CPU machine were seen to hang Ray there), and a restarted actor finds room after a node is lost
-_CPU_SHARE = 0.9
-
-
-@dataclass(frozen=True)
-class PoolOptions:
-    address: str = "local"  # local: a private single-machine Ray instance; auto or an address: join a cluster
-    actors: int | None = None  # default: as many as the cluster's GPUs hold (one per GPU), or one without GPUs
-    actor_gpus: float | None = None  # GPUs per actor; default 1 on a cluster with GPUs, else 0
-    actor_cpus: float | None = None  # CPUs per actor (fractions allowed); default 0.9 of an even share
-    actor_images: int = 3  # images each actor holds at once: decoding, in the model, encoding; 1: one at a time
-
-
-@dataclass(frozen=True)
-class PoolShape:
-    actors: int
-    cpus: float  # reserved by each actor
-    gpus: float
-    threads: int  # torch's threads in each actor
 
 
 @dataclass
@@ -100,150 +62,6 @@ class PoolReport(WorkerReport):
     image_seconds: float = 0.0
 
 
-def pool_shape(cluster: dict[str, float], nodes: list[dict[str, float]], options: PoolOptions) -> PoolShape:
-    """The pool for a cluster of ``cluster`` resources (``ray.cluster_resources()``) over ``nodes`` (each alive
-    node's resources). Raises ``UsageError`` for a shape no node can hold one actor of."""
-    gpus = cluster.get("GPU", 0.0)
-    actor_gpus = options.actor_gpus if options.actor_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-    if options.actors is not None:
-        actors = options.actors
-    else:
-        actors = max(1, int(gpus // actor_gpus)) if actor_gpus > 0 else 1
-    biggest = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
-    if options.actor_cpus is not None:
-        actor_cpus = options.actor_cpus
-    else:
-        actor_cpus = max(0.01, round(_CPU_SHARE * min(cluster.get("CPU", 0.0) / actors, biggest), 2))
-    if not any(node.get("CPU", 0.0) >= actor_cpus and node.get("GPU", 0.0) >= actor_gpus for node in nodes):
-        raise UsageError(f"no node of the Ray cluster has {actor_cpus:g} CPU(s) and {actor_gpus:g} GPU(s) for an "
-                         f"actor (the cluster: {cluster.get('CPU', 0.0):g} CPUs, {gpus:g} GPUs); lower "
-                         "--actor-cpus or --actor-gpus")
-    return PoolShape(actors, actor_cpus, actor_gpus, max(1, math.ceil(actor_cpus)))
-
-
-def connect(address: str) -> Callable[[], None]:
-    """Start (``local``) or join (``auto``, an address) Ray, keeping this process's signal handlers; returns what
-    ends the connection. A process already connected (a caller's own ``ray.init``) keeps its connection.
-    Raises ``SetupError`` where Ray is not installed or the cluster cannot be reached."""
-    try:
-        import ray
-    except ImportError:
-        raise SetupError("--ray needs Ray: pip install 'restorecli[ray]'") from None
-    if ray.is_initialized():
-        return lambda: None
-    main = threading.current_thread() is threading.main_thread()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    settings: dict[str, Any] = {"logging_level": logging.WARNING}
-    if address == "local":
-        settings["include_dashboard"] = False
-    else:
-        _check_reachable(address)
-    before = set(_descendants(os.getpid())) if address == "local" else None  # this process's own, left alone
-    try:
-        ray.init(address=address, **settings)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise SetupError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    except BaseException:  # a signal while Ray started (its own handler raises SystemExit): leave nothing running
-        _end_ray(ray, before)
-        raise StoppedWhileStarting() from None
-    finally:
-        for signum, handler in handlers.items():  # ray.init makes SIGTERM exit at once: keep the polite stop
-            signal.signal(signum, handler)
-    return lambda: _end_ray(ray, before)
-
-
-class StoppedWhileStarting(Exception):
-    """A stop signal came while Ray was starting; what it had started is ended."""
-
-
-def _end_ray(ray, before: set[int] | None) -> None:
-    """Disconnect; where this process started Ray (``before``: the processes below it until then), also end every
-    process Ray left: ``ray.shutdown`` ends the head's processes, but their own children (the raylet's agents,
-    actors mid-task) can outlive it, orphaned, for as long as they take to notice."""
-    started = [pid for pid in _descendants(os.getpid()) if pid not in before] if before is not None else []
-    if ray.is_initialized():
-        ray.shutdown()
-    _end_processes(started)
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (children, theirs, ...), from /proc; empty where there is none to read."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _end_processes(pids: list[int], wait: float = 5.0) -> None:
-    """SIGTERM each of ``pids`` still running, then SIGKILL those still there after ``wait`` seconds."""
-    alive = [pid for pid in pids if _signal_pid(pid, signal.SIGTERM)]
-    deadline = time.monotonic() + wait
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [pid for pid in alive if _running(pid)]
-    for pid in alive:
-        _signal_pid(pid, signal.SIGKILL)
-
-
-def _signal_pid(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, ended and waiting for its parent, does not); reaps it where it is ours."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def check_address(address: str) -> None:
-    """Raise ``UsageError`` for a ``--ray`` that is none of local, auto, HOST:PORT and ray://HOST:PORT."""
-    if address in ("local", "auto") or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT")
-
-
-def _check_reachable(address: str) -> None:
-    """Raise ``SetupError`` where the cluster's head (its GCS port) refuses a connection or does not answer: Ray's
-    own connect goes on retrying for minutes. An address Ray resolves itself (``auto`` without ``$RAY_ADDRESS``:
-    the cluster ``ray start`` left on this machine) or reaches through Ray Client is left to Ray."""
-    if address == "auto":
-        address = os.environ.get("RAY_ADDRESS", "")
-    if not address or "://" in address:
-        return
-    check_address(address)
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-    except OSError as exc:
-        raise SetupError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
-
-
 @dataclass
 class _Image:
     """One image of a job, on its way through an actor."""
@@ -256,151 +74,40 @@ class _Image:
     tries: int = 0  # deaths of the actor it was in hand of
 
 
-@dataclass
-class _Run:
-    """A job in hand: its lease and renewer, its work folder and plan, and what its images came to."""
 
-    lease: Lease
-    renewer: LeaseRenewer
-    work: Path
-    restore: RestoreOptions
-    items: list[InputItem]
-    stored: dict[str, str]  # stored path -> original name
-    planner: OutputPlanner
-    results: list[dict | None]
-    planned: int = 0  # items planned so far (in order)
-    retry: collections.deque = field(default_factory=collections.deque)  # _Images whose actor died
-    in_flight: int = 0
-    swept: set = field(default_factory=set)  # output folders rid of temporaries killed writers left
-    outcome: str | None = None  # set once the job is settled; results of its images still in flight are dropped
-    ran: dict[str, str] | None = None  # the model, device and precision its images ran with
+class _Run(JobRun):
+    """A job in the pool's hand: its lifecycle (``JobRun``), with its output plan, the images planned so far, those
+    to send again after their actor died, and those in flight."""
 
-    @property
-    def job_id(self) -> str:
-        return self.lease.job.id
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.planner = OutputPlanner(self.items, self.restore)
+        self.planned = 0  # items planned so far (in order)
+        self.retry: collections.deque[_Image] = collections.deque()  # images whose actor died
+        self.in_flight = 0  # once settled (``outcome``), the results of its images still in flight are dropped
+        self.swept: set[Path] = set()  # output folders rid of temporaries killed writers left
+        self.ran: dict[str, str] | None = None  # the model, device and precision its images ran with
 
     @property
     def complete(self) -> bool:
-        return self.in_flight == 0 and all(r is not None for r in self.results)
+        return self.in_flight == 0 and self.all_finished
 
-    def progress(self) -> list[dict]:
-        return [r for r in self.results if r is not None]
-
-
-class Slots:
-    """How many more images each actor can take (its free slots of ``depth``), and in which of its lives.
-
-    An actor has none until it answers a probe (``up``); each image sent takes one (``take``) and gives it back with
-    its result (``back``). A death (``down``) takes all of them and begins the actor's next life: the images it had
-    in hand come back as failures one by one, and only the first starts a probe; any result of an earlier life gives
-    no slot back to the new one. An image taken ``alone`` takes every slot of an actor holding nothing."""
-
-    def __init__(self, actors: int, depth: int):
-        self.depth = depth
-        self.free = [0] * actors
-        self.life = [0] * actors
-
-    def up(self, actor: int) -> None:
-        self.free[actor] = self.depth
-
-    def down(self, actor: int, life: int) -> bool:
-        """An image sent in ``life`` found its actor dead: True where that is news (the actor is to be probed)."""
-        if life != self.life[actor]:
-            return False
-        self.life[actor] += 1
-        self.free[actor] = 0
-        return True
-
-    def take(self, alone: bool = False) -> tuple[int, int, int] | None:
-        """(actor, its life, slots taken) for the next image: the actor with the most free slots, so images spread
-        over the pool; None where none can take it now."""
-        wanted = self.depth if alone else 1
-        ready = [actor for actor, free in enumerate(self.free) if free >= wanted]
-        if not ready:
-            return None
-        actor = max(ready, key=lambda index: self.free[index])
-        self.free[actor] -= wanted
-        return actor, self.life[actor], wanted
-
-    def back(self, actor: int, life: int, slots: int) -> None:
-        if life == self.life[actor]:
-            self.free[actor] += slots
-
-    @property
-    def any(self) -> bool:
-        return any(self.free)
-
-
-class _Pool:
-    """The actors and their ``Slots``. An actor takes images once it has answered a probe (at start, and after
-    each death while Ray restarts it); one whose probe finds it dead for good (its creation failed) is dropped."""
-
-    PROBE_TRIES = 3  # answers of "died" before an actor counts as gone, not restarting
-
-    def __init__(self, shape: PoolShape, depth: int):
-        import ray
-
-        remote = ray.remote(RestoreActor).options(num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=-1,
-                                                  max_task_retries=0, max_concurrency=depth,
-                                                  scheduling_strategy="SPREAD")
-        self.actors = [remote.remote(shape.threads) for _ in range(shape.actors)]
-        self.slots = Slots(len(self.actors), depth)
-        self.probes: dict[Any, int] = {}  # probe ref -> actor index
-        self.later: list[tuple[float, int]] = []  # (when, actor) probes to send again
-        self.failed_probes = collections.Counter()
-        self.gone: dict[int, str] = {}  # actor index -> why it is gone
-        for index in range(len(self.actors)):
-            self.probe(index)
-
-    def probe(self, index: int) -> None:
-        self.probes[self.actors[index].pid.remote()] = index
-
-    def answered(self, ref: Any) -> None:
-        """A probe came back: the actor takes images, or is probed again later, or is gone."""
-        import ray
-
-        index = self.probes.pop(ref)
-        try:
-            ray.get(ref)
-        except ray.exceptions.ActorDiedError as exc:
-            self.failed_probes[index] += 1
-            if self.failed_probes[index] >= self.PROBE_TRIES:
-                self.gone[index] = _short(exc)
-                return
-            self.later.append((time.monotonic() + 1.0, index))
-        except ray.exceptions.RayError:  # unavailable for now (restarting, a network blip)
-            self.later.append((time.monotonic() + 1.0, index))
-        else:
-            self.failed_probes[index] = 0
-            self.slots.up(index)
-
-    def probe_due(self) -> None:
-        now = time.monotonic()
-        due = [index for when, index in self.later if when <= now]
-        self.later = [(when, index) for when, index in self.later if when > now]
-        for index in due:
-            self.probe(index)
-
-    @property
-    def alive(self) -> int:
-        return len(self.actors) - len(self.gone)
-
-    def close(self) -> None:
-        """End the actors now (a caller's own Ray connection outlives the pool; Ray would end them only once their
-        handles are collected)."""
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-
-
-def _short(exc: BaseException) -> str:
-    """A Ray error's first line, without its long advice."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    def settle_if_due(self, stopping: bool, storage_full: bool) -> None:
+        """Drop the job where its lease was lost, or where it was cancelled once its images in flight came back
+        (unused); publish it once every image has its result, unless the disk is full; give it back, resumable,
+        when the pool is stopping and nothing of it is in flight."""
+        if self.renewer.lost.is_set() or (self.renewer.cancelled.is_set() and self.in_flight == 0):
+            self.drop()
+        elif self.complete and not storage_full:
+            self.publish(self.ran)
+        elif stopping and self.in_flight == 0:
+            self.give_back()
 
 
 class _Driver:
+    """Keeps the pool's actors busy with the images of the jobs in hand (each a ``_Run``), writes what comes back,
+    and settles each job once all its images have their result."""
+
     def __init__(self, store: JobStore, options: WorkerOptions, schedule: Schedule, report: PoolReport,
                  emit: Event, note: Event, name: str):
         self.store, self.options, self.schedule, self.report = store, options, schedule, report
@@ -409,7 +116,7 @@ class _Driver:
         self.flight: dict[Any, tuple[_Run, _Image, tuple[int, int, int]]] = {}  # ref -> run, image, Slots.take's
         self.claimed = 0
         self.beaten = 0.0
-        self.pool: _Pool | None = None
+        self.pool: ActorPool | None = None
         self.abandon = threading.Event()  # set when the worker's grace period runs out
         self.set_aside = SetAside(options.setup_retry)  # jobs its actors lacked weights for, left to others
 
@@ -417,31 +124,19 @@ class _Driver:
 
     def claim(self) -> bool:
         """Take the oldest runnable job into hand; False if there is none or the limits say no more."""
-        if self.schedule.halted() or self.report.must_stop:
+        if self.schedule.halted() or self.report.must_stop or self.at_limit:
             return False
-        if self.at_limit:
-            return False
-        lease = self.store.claim(self.options.lease, self.options.max_attempts, self.name, skip=self.set_aside.ids())
-        if lease is None:
+        run = _Run.claim(self.store, self.options, self.name, self.set_aside, self.report, self.note)
+        if run is None:
             return False
         self.claimed += 1
-        self.emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-        if refuse_unsound_folder(self.store, lease):
-            self.report.jobs.append((lease.job.id, "failed"))
-            self.emit("finished", {"job_id": lease.job.id, "outcome": "failed"})
+        if run.outcome is not None:  # refused at its claim: its folder is not sound
             return True
-        job_dir = self.store.job_dir(lease.job.id)
-        work = work_folder(job_dir, lease.token)
-        items, stored = job_items(lease.job, job_dir)
-        restore = job_restore_options(lease.job.options, work, self.options.device)
-        renewer = LeaseRenewer(self.store.root, lease, self.options.lease)
-        renewer.start()
-        run = _Run(lease, renewer, work, restore, items, stored, OutputPlanner(items, restore), [None] * len(items))
         self.runs.append(run)
         try:
-            check_output_folder(work)
+            check_output_folder(run.work)
         except RestoreCliError as exc:  # as a local batch's: the job is tried again later
-            self.retry_later(run, exc)
+            run.retry_later(_failure_text(exc))
         return True
 
     @property
@@ -483,7 +178,7 @@ class _Driver:
 
     def next_image(self) -> tuple[_Run, _Image] | None:
         for run in self.runs:
-            if run.outcome is not None or run.renewer.gone:  # a job cancelled or taken over sends no more images
+            if run.outcome is not None or run.gone:  # a job cancelled or taken over sends no more images
                 continue
             while run.planned < len(run.items) and run.outcome is None:
                 image = self.plan(run)
@@ -498,26 +193,25 @@ class _Driver:
         run.planned += 1
         item = run.items[index]
         started = time.perf_counter()
-        original = run.stored.get(item.source, item.source)
-        self.store.renew(run.lease, self.options.lease, current=original)
-        self.emit("image", {"job_id": run.job_id, "input": original})
+        original = run.original(item.source)
+        run.working_on(original, starting=original)
         from ..images import read_input_file  # Pillow and OpenCV, once a job is in hand
 
         try:
             data = read_input_file(Path(item.source), run.restore.max_pixels)
         except ImageError as exc:  # an input that cannot be read claims no output
-            self.finish(run, index, error_result(item, None, str(exc), None, started))
+            run.finish(error_result(item, None, str(exc), None, started), index)
             return None
         try:
             planned = run.planner.plan(item, named_format(item))
         except RestoreCliError as exc:  # an unsafe --suffix: as a local batch's, the job is tried again later
-            self.retry_later(run, exc)
+            run.retry_later(_failure_text(exc))
             return None
         decided = decided_result(planned, None, started)  # a skip: its output is there already (resumed)
         if decided is None and planned.output is None:  # a write to stdout, which no job's plan makes
             decided = error_result(item, None, planned.reason or "", None, started)
         if decided is not None:
-            self.finish(run, index, decided)
+            run.finish(decided, index)
             return None
         fmt = output_format(run.restore, named_format(item))
         return _Image(index, item, planned.output, ImageTask(item.source, data, run.restore, fmt,
@@ -543,7 +237,7 @@ class _Driver:
         except ray.exceptions.RayTaskError as exc:  # restorecli code raised in the actor (a bug): as a local crash
             self.pool.slots.back(*taken)
             if run.outcome is None:
-                self.retry_later(run, exc.cause if getattr(exc, "cause", None) is not None else exc)
+                run.retry_later(_failure_text(exc.cause if getattr(exc, "cause", None) is not None else exc))
             return
         except ray.exceptions.RayError as exc:  # the actor died with it (or its node, with the result)
             actor, life, _ = taken
@@ -556,27 +250,26 @@ class _Driver:
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
             return
         if outcome.setup is not None:
-            self.settle(run, settle_setup_error(self.store, run.lease, run.work, outcome.setup.error(), self.note,
-                                                self.options.max_attempts, self.set_aside))
+            run.fail_setup(outcome.setup.error())
             return
         if outcome.failure is not None:
-            self.store.retry_later(run.lease, outcome.failure, self.options.max_attempts)
-            self.settle(run, "retry")
+            run.retry_later(outcome.failure)
             return
         if outcome.ran is not None:  # 16-bit images add the precision they ran at: the fullest one is kept
             run.ran = outcome.ran if run.ran is None or len(outcome.ran) >= len(run.ran) else run.ran
-        self.finish(run, image.index, self.write(run, image, outcome))
+        run.finish(self.write(run, image, outcome), image.index)
 
     def died(self, run: _Run, image: _Image, exc: BaseException) -> None:
         image.tries += 1
-        original = run.stored.get(image.item.source, image.item.source)
+        original = run.original(image.item.source)
         if image.tries >= self.options.max_attempts:  # it kills whichever actor takes it: it fails alone
             message = (f"{image.item.source}: the Ray actor restoring it died on each of {image.tries} tries "
-                       f"(killed, out of memory, or its node lost); last: {_short(exc)}")
-            self.finish(run, image.index, error_result(image.item, image.output, message, None, image.started))
+                       f"(killed, out of memory, or its node lost); last: {short_error(exc)}")
+            run.finish(error_result(image.item, image.output, message, None, image.started), image.index)
             return
         self.report.retried += 1
-        self.emit("retry", {"job_id": run.job_id, "input": original, "try": image.tries + 1, "error": _short(exc)})
+        self.emit("retry", {"job_id": run.job_id, "input": original, "try": image.tries + 1,
+                            "error": short_error(exc)})
         run.retry.append(image)
 
     def write(self, run: _Run, image: _Image, outcome: ImageOutcome) -> ItemResult:
@@ -607,41 +300,13 @@ class _Driver:
         return ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size, round(seconds, 3),
                           outcome.faces)
 
-    def finish(self, run: _Run, index: int, item: ItemResult) -> None:
-        original = run.stored.get(item.input, item.input)
-        run.results[index] = result_entry(item, original, self.store.job_dir(run.job_id), run.work, self.store.root)
-        self.store.record(run.lease, run.progress())
-
     # ------------------------------------------------------------------ settling jobs
 
-    def retry_later(self, run: _Run, exc: BaseException) -> None:
-        self.store.retry_later(run.lease, f"{type(exc).__name__}: {_short(exc)}", self.options.max_attempts)
-        self.settle(run, "retry")
-
-    def settle(self, run: _Run, outcome: str) -> None:
-        run.renewer.finish()
-        run.outcome = outcome
-        self.report.jobs.append((run.job_id, outcome))
-        self.emit("finished", {"job_id": run.job_id, "outcome": outcome})
-
     def settle_done(self) -> None:
-        """Publish the jobs whose every image has its result; drop those whose lease was lost; give back, when
-        stopping, those with images left."""
+        """Settle the jobs in hand that are due (``_Run.settle_if_due``); those settled leave the driver's hand."""
         for run in self.runs:
-            if run.outcome is not None:
-                continue
-            if run.renewer.lost.is_set():
-                shutil.rmtree(run.work, ignore_errors=True)
-                self.settle(run, "lost")
-            elif run.renewer.cancelled.is_set() and run.in_flight == 0:  # its images in flight came back unused
-                shutil.rmtree(run.work, ignore_errors=True)
-                run.renewer.finish()
-                self.settle(run, "cancelled" if self.store.drop_cancelled(run.lease) else "lost")
-            elif run.complete and not self.report.storage_error:
-                run.renewer.finish()  # no renewal past the publish, whose owner check fences a lease lost by now
-                self.settle(run, publish_results(self.store, run.lease, run.work, run.progress(), run.ran))
-            elif self.stopping and run.in_flight == 0:
-                self.settle(run, give_back(self.store, run.lease, run.work))
+            if run.outcome is None:
+                run.settle_if_due(self.stopping, bool(self.report.storage_error))
         self.runs = [run for run in self.runs if run.outcome is None]  # images still in flight keep theirs
 
     @property
@@ -693,8 +358,7 @@ class _Driver:
         """After a failure of the driver itself: every job in hand queued again, resumable (``error`` says why)."""
         for run in self.runs:
             if run.outcome is None:
-                run.renewer.finish()
-                give_back(self.store, run.lease, run.work, error=error)
+                run.give_back(error, quietly=True)
 
 
 def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: threading.Event | Stopping,
@@ -704,8 +368,6 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
     first job is claimed (``pool.address``), and left when the run ends; a local Ray leaves no process behind.
     A ``Stopping`` whose ``abandon`` is set (the grace period ran out) gives back the jobs in hand at once, without
     waiting for their images in flight. Returns what was done."""
-    from ..jobs.worker import worker_name
-
     emit = emit or (lambda event, data: None)
     stopping = stop if isinstance(stop, Stopping) else Stopping(stop=stop)
     stop = stopping.stop
@@ -727,23 +389,10 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
                 return report
             driver.beat()
             schedule.pause()
-        try:
-            try:
-                disconnect = connect(pool.address)
-            except StoppedWhileStarting:
-                driver.give_all_back()
-                report.stopped = True
-                return report
-            import ray
-
-            nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-            report.shape = pool_shape(ray.cluster_resources(), nodes, pool)
-            driver.pool = _Pool(report.shape, pool.actor_images)
-        except BaseException as exc:
-            driver.give_all_back(str(exc) if isinstance(exc, RestoreCliError) else None)  # status says why
-            raise
-        emit("pool", {"address": pool.address, "actors": report.shape.actors, "cpus": report.shape.cpus,
-                      "gpus": report.shape.gpus, "images": pool.actor_images})
+        disconnect = _start_pool(driver, pool)
+        if driver.pool is None:  # stopped while Ray started
+            report.stopped = True
+            return report
         try:
             driver.run()
         except BaseException:
@@ -763,3 +412,34 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
         finally:
             store.retire(name)
             store.close()
+
+
+def _start_pool(driver: _Driver, pool: PoolOptions) -> Callable[[], None]:
+    """Start or join Ray and start the pool's actors (``driver.pool``, left None where a stop signal came while Ray
+    started); returns what leaves Ray. The jobs in hand are given back, resumable, where Ray or the pool cannot
+    start (the error saying why, for status)."""
+    disconnect: Callable[[], None] = lambda: None
+    try:
+        try:
+            disconnect = connect(pool.address)
+        except StoppedWhileStarting:
+            driver.give_all_back()
+            return disconnect
+        import ray
+
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        driver.report.shape = pool_shape(ray.cluster_resources(), nodes, pool)
+        driver.pool = ActorPool(driver.report.shape, pool.actor_images)
+    except BaseException as exc:
+        driver.give_all_back(str(exc) if isinstance(exc, RestoreCliError) else None)  # status says why
+        disconnect()
+        raise
+    driver.emit("pool", {"address": pool.address, "actors": driver.report.shape.actors,
+                         "cpus": driver.report.shape.cpus, "gpus": driver.report.shape.gpus,
+                         "images": pool.actor_images})
+    return disconnect
+
+
+def _failure_text(exc: BaseException) -> str:
+    """How a failure nobody foresaw is recorded as the job's last error."""
+    return f"{type(exc).__name__}: {short_error(exc)}"

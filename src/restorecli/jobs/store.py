@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .leases import JobLeases
 from .records import JOB_STATUSES, Job, JobStatus, Lease
 
 __all__ = ["DB_NAME", "DEFAULT_QUEUE", "JOB_STATUSES", "QUEUE_ENV", "Job", "JobStatus", "JobStore", "Lease",
-           "new_job_id", "queue_dir", "queue_exists"]
+           "new_job_id", "queue_dir", "queue_exists", "worker_name"]
 
 QUEUE_ENV = "RESTORECLI_QUEUE"
 DEFAULT_QUEUE = "restorecli-queue"
@@ -60,6 +61,11 @@ def queue_exists(root: Path) -> bool:
     if root.exists() or root.is_symlink():
         raise UsageError(f"{root}: not a restorecli queue (a file, not a folder)")
     return False
+
+
+def worker_name(pid: int | None = None) -> str:
+    """How a worker process (this one, or ``pid`` on this machine) names itself in the queue."""
+    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
 
 
 class JobStore(JobLeases):

@@ -1,28 +1,27 @@
 """The worker loop: claim the oldest job, restore its images into a private folder, publish, repeat.
 
-The pieces of a job's run (its lease renewer, its work folder, its options, its items, one image's result entry,
-settling a setup error, publishing) are functions of their own, shared with the Ray pool's driver
-(``restorecli.distributed``), which runs several jobs at once over remote actors."""
+A claimed job's lifecycle (lease, progress, settling) is a ``JobRun`` (``run.py``), shared with the Ray pool's
+driver (``restorecli.distributed``), which runs several jobs at once over remote actors; here its images go
+through one local batch (``restore_batch``)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import threading
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import SetupError, UsageError
-from ..options import RestoreOptions, model_key
-from ..plan import InputItem
-from .store import JobStore, Lease, queue_exists
+from ..options import model_key
+from .run import Event, JobRun, SetAside
+from .store import JobStore, queue_exists, worker_name
 
 if TYPE_CHECKING:  # the pipeline (torch) is imported with the first job: a worker on an empty queue needs none
-    from ..pipeline import ItemResult, Restorer
-    from .store import Job
+    from ..pipeline import Restorer
+
+__all__ = ["Event", "JobRun", "Schedule", "SetAside", "Stopping", "WorkerOptions", "WorkerReport", "run_job",
+           "run_worker", "wait_for_queue", "worker_name"]
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,6 @@ class WorkerReport:
     def must_stop(self) -> bool:
         """Every later job would fail the same way (the worker's disk cannot take its outputs)."""
         return bool(self.storage_error)
-
-
-Event = Callable[[str, dict], None]
-
-
-def worker_name(pid: int | None = None) -> str:
-    """How a worker process (this one, or ``pid`` on this machine) names itself in the queue."""
-    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
 
 
 @dataclass
@@ -122,220 +113,58 @@ def wait_for_queue(root: Path, options: WorkerOptions, schedule: Schedule) -> bo
     return True
 
 
-class LeaseRenewer(threading.Thread):
-    """Keeps a lease alive from its own database connection; sets ``lost`` when another worker took the job, and
-    ``cancelled`` (looked at every ``CANCEL_POLL`` seconds) when someone asked to cancel it. Stop it with
-    ``finish()``."""
+class _BatchProgress:
+    """The ``restore_batch`` progress of a job's images, told to its ``JobRun``: which image the model runs and
+    which is read ahead (status's ``current``), and each image's result as it is finished."""
 
-    CANCEL_POLL = 1.0
+    def __init__(self, run: JobRun):
+        self.run = run
+        self.model: str | None = None
+        self.reading: str | None = None
 
-    def __init__(self, root: Path, lease: Lease, seconds: float):
-        super().__init__(daemon=True)
-        self.root, self.lease, self.seconds = root, lease, seconds
-        self.lost = threading.Event()
-        self.cancelled = threading.Event()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        store = JobStore(self.root)
-        try:
-            renew_at = time.monotonic() + self.seconds / 3
-            while not self.done.wait(min(self.CANCEL_POLL, self.seconds / 3)):
-                if store.cancel_asked(self.lease.job.id):
-                    self.cancelled.set()
-                if time.monotonic() < renew_at:
-                    continue
-                renew_at = time.monotonic() + self.seconds / 3
-                if not store.renew(self.lease, self.seconds):
-                    self.lost.set()
-                    return
-                store.beat(worker_name(), self.lease.job.id, self.seconds / 3)
-        except Exception:  # the queue cannot be reached (its disk full, its database gone): the job is not ours
-            self.lost.set()  # to finish; another worker takes it over once the lease runs out
-        finally:
-            store.close()
-
-    @property
-    def gone(self) -> bool:
-        """The job is no longer this worker's to finish: taken over, or cancelled."""
-        return self.lost.is_set() or self.cancelled.is_set()
-
-    def finish(self) -> None:
-        self.done.set()
-        self.join()
+    def __call__(self, event: str, payload: object) -> None:
+        if event in ("item", "reading"):  # recorded first, so a crash in its decoder or model names it
+            name = self.run.original(str(payload))
+            if event == "item":
+                self.model = name
+            else:
+                self.reading = name
+            model, ahead = self.model, self.reading
+            current = model if ahead in (None, model) else f"{model} (reading {ahead} ahead)" if model else ahead
+            self.run.working_on(current or name, starting=name if event == "item" else None)
+        elif event == "done":
+            self.run.finish(payload)  # type: ignore[arg-type]
 
 
-def job_items(job: Job, job_dir: Path) -> tuple[list[InputItem], dict[str, str]]:
-    """The job's inputs as batch items (outputs named as submitted), and each stored copy's path -> the name it
-    was submitted under."""
-    stored = {str(job_dir / "inputs" / i["stored"]): i["original_filename"] for i in job.inputs}
-    return [InputItem(path, Path(i["stored"])) for path, i in zip(stored, job.inputs)], stored
-
-
-def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, root: Path) -> dict:
-    """One input's entry in the job's results (``result.json``, progress): its output relative to the queue, as
-    it will be once published, and errors naming the input as it was submitted."""
-    output = None
-    if item.output and item.status in ("ok", "skipped"):
-        output = (job_dir / "outputs" / Path(item.output).relative_to(work)).relative_to(root).as_posix()
-    # an error names the input by the name it was submitted under, not the queue's copy of it
-    error = item.error.replace(item.input, original) if item.error else None
-    return {"original_filename": original, "output": output, "status": "ok" if item.status == "skipped" else item.status,
-            "error": error, "in_size": list(item.in_size) if item.in_size else None,
-            "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds, "faces": item.faces}
-
-
-class SetAside:
-    """The jobs this worker (or pool) could not run for what its machine lacks, each left to other workers for
-    ``seconds`` before this one claims it again: ``claim(skip=set_aside.ids())``."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._until: dict[str, float] = {}
-
-    def add(self, job_id: str) -> None:
-        self._until[job_id] = time.monotonic() + self.seconds
-
-    def ids(self) -> list[str]:
-        now = time.monotonic()
-        self._until = {job_id: until for job_id, until in self._until.items() if until > now}
-        return list(self._until)
-
-
-def settle_setup_error(store: JobStore, lease: Lease, work: Path, exc: SetupError | UsageError,
-                       emit: Event, max_attempts: int, set_aside: SetAside) -> str:
-    """A job whose models cannot be loaded: failed at once where its own options cannot run anywhere (a damaged
-    checkpoint, an unknown name). Where this machine lacks what it needs (weights not installed, no such device),
-    ``setup_error`` is emitted and the job is queued again with the attempt counted, for a worker that has it, and
-    failed with the reason once ``max_attempts`` are spent: a job never blocks the queue, and its worker goes on
-    with the next one, leaving this one aside (``set_aside``) for a while. Returns the outcome (failed, retry or
-    lost)."""
-    if isinstance(exc, UsageError) or not exc.of_this_machine:  # the job's own options cannot run anywhere
-        return "failed" if store.fail(lease, str(exc)) else "lost"
-    emit("setup_error", {"job_id": lease.job.id, "error": str(exc)})
-    if not store.retry_later(lease, str(exc), max_attempts, work=work, tried="could not be run by a worker"):
-        return "lost"
-    job = store.get(lease.job.id)
-    if job is not None and job.status == "failed":
-        return "failed"
-    set_aside.add(lease.job.id)
-    return "retry"
-
-
-def give_back(store: JobStore, lease: Lease, work: Path, error: str | None = None) -> str:
-    """Release the job, resumable with what ``work`` holds: ``released``, or ``lost`` if another worker has it."""
-    return "released" if store.release(lease, work, error=error) else "lost"
-
-
-def run_job(store: JobStore, lease: Lease, options: WorkerOptions, restorers: dict[tuple, Restorer],
-            halted: Callable[[], bool], emit: Event, abandon: threading.Event | None = None,
-            set_aside: SetAside | None = None) -> str:
-    """Process one claimed job; returns its outcome: completed, failed, released, lost, cancelled or retry.
-    ``halted`` is asked between images; when it says yes the job is given back, resumable. ``abandon`` is looked
-    at between tiles: once set, the image in hand is dropped and the job given back. A job this machine cannot run
-    goes to ``set_aside``."""
+def run_job(run: JobRun, restorers: dict[tuple, Restorer], halted: Callable[[], bool],
+            abandon: threading.Event | None = None) -> str:
+    """Restore the images of a job in hand and settle it; returns its outcome: completed, failed, released, lost,
+    cancelled or retry. ``halted`` is asked between images; when it says yes the job is given back, resumable.
+    ``abandon`` is looked at between tiles: once set, the image in hand is dropped and the job given back."""
     abandon = abandon or threading.Event()
-    set_aside = set_aside or SetAside(options.setup_retry)
     from ..pipeline import Restorer, restore_batch
 
-    job = lease.job
-    job_dir = store.job_dir(job.id)
-    if refuse_unsound_folder(store, lease):
-        return "failed"
-    work = work_folder(job_dir, lease.token)
-    items, stored = job_items(job, job_dir)
-    restore = job_restore_options(job.options, work, options.device)
-    key = model_key(restore)  # jobs that agree on it share one set of loaded networks
-    renewer = LeaseRenewer(store.root, lease, options.lease)
-    renewer.start()
+    key = model_key(run.restore)  # jobs that agree on it share one set of loaded networks
     try:
-        try:
-            if key not in restorers:
-                restorers[key] = Restorer.from_options(restore)
-        except (SetupError, UsageError) as exc:
-            return settle_setup_error(store, lease, work, exc, emit, options.max_attempts, set_aside)
-
-        finished: list[dict] = []
-        in_hand: dict[str, str | None] = {"model": None, "reading": None}  # the image the model runs, the next
-
-        def on_progress(event: str, payload: object) -> None:
-            if event in ("item", "reading"):  # recorded first, so a crash in its decoder or model names it
-                name = stored.get(str(payload), str(payload))
-                in_hand["model" if event == "item" else "reading"] = name
-                model, ahead = in_hand["model"], in_hand["reading"]
-                current = model if ahead in (None, model) else f"{model} (reading {ahead} ahead)" if model else ahead
-                store.renew(lease, options.lease, current=current)
-                if event == "item":
-                    emit("image", {"job_id": job.id, "input": name})
-            elif event == "done":
-                item: ItemResult = payload  # type: ignore[assignment]
-                finished.append(result_entry(item, stored.get(item.input, item.input), job_dir, work, store.root))
-                store.record(lease, finished)
-
-        try:
-            batch = restore_batch([], restore, on_progress=on_progress, restorer=restorers[key], items=items,
-                                  should_stop=lambda: halted() or renewer.gone or abandon.is_set(),
-                                  should_abandon=lambda: renewer.gone or abandon.is_set())
-        except Exception as exc:  # an unexpected failure: count the attempt, let another try
-            store.retry_later(lease, f"{type(exc).__name__}: {exc}", options.max_attempts)
-            return "retry"
-    finally:
-        renewer.finish()
-    if renewer.cancelled.is_set() and not renewer.lost.is_set():
-        shutil.rmtree(work, ignore_errors=True)
-        return "cancelled" if store.drop_cancelled(lease) else "lost"
-    if renewer.gone:
-        shutil.rmtree(work, ignore_errors=True)
-        return "lost"
+        if key not in restorers:
+            restorers[key] = Restorer.from_options(run.restore)
+    except (SetupError, UsageError) as exc:
+        return run.fail_setup(exc)
+    try:
+        batch = restore_batch([], run.restore, on_progress=_BatchProgress(run), restorer=restorers[key],
+                              items=run.items, should_stop=lambda: halted() or run.gone or abandon.is_set(),
+                              should_abandon=lambda: run.gone or abandon.is_set())
+    except Exception as exc:  # an unexpected failure: count the attempt, let another try
+        return run.retry_later(f"{type(exc).__name__}: {exc}")
+    run.renewer.finish()
+    if run.gone:
+        return run.drop()
     if batch.halted:  # the disk is full or read-only: give the job back with what it finished, resumable
-        emit("storage_error", {"job_id": job.id, "error": batch.halted})
-        return give_back(store, lease, work)
-    if len(batch.items) < len(stored):  # stopped between images
-        return give_back(store, lease, work)
-    return publish_results(store, lease, work, finished, batch.setup)
-
-
-def refuse_unsound_folder(store: JobStore, lease: Lease) -> bool:
-    """Fail the claimed job, alone and saying what was wrong, where its folder is not what restorecli made (a
-    symbolic link planted in it): True if it was failed. Nothing is read, written or published through a link."""
-    problem = store.folder_problem(lease.job.id)
-    if problem is None:
-        return False
-    store.fail(lease, f"the job's folder is not what restorecli made: {problem}")
-    return True
-
-
-def work_folder(job_dir: Path, token: str) -> Path:
-    """This lease's private folder for the job's outputs: the images a worker that stopped politely finished are
-    taken over; folders of owners whose lease expired are removed."""
-    work = job_dir / "work" / token
-    resume = job_dir / "work" / "resume"
-    if resume.is_dir() and not resume.is_symlink():
-        os.rename(resume, work)
-    for other in (job_dir / "work").glob("*") if (job_dir / "work").is_dir() else []:
-        if other != work:
-            shutil.rmtree(other, ignore_errors=True)
-    return work
-
-
-def job_restore_options(stored: dict, work: Path, device: str | None) -> RestoreOptions:
-    """The job's restore options, writing into ``work``, on this worker's ``device`` where it has one."""
-    known = {f.name for f in fields(RestoreOptions)}  # a job queued by another version may carry other fields
-    restore = RestoreOptions(**{k: v for k, v in stored.items() if k in known}, output_dir=str(work))
-    return replace(restore, device=device) if device else restore
-
-
-def publish_results(store: JobStore, lease: Lease, work: Path, results: list[dict], setup: dict | None = None) -> str:
-    """Move the job's outputs into place and record its results (one entry per input, in order) and ``setup``
-    (the model, device and precision that ran); returns its outcome: completed, failed (every input failed), or
-    lost (another worker owns the job now)."""
-    errors = [r for r in results if r["status"] == "error"]
-    status = "failed" if errors and len(errors) == len(results) else "completed"
-    error = "; ".join(r["error"] for r in errors) if errors else None
-    if not store.publish(lease, work, results, status, error, setup):
-        shutil.rmtree(work, ignore_errors=True)
-        return "lost"
-    return status
+        run.emit("storage_error", {"job_id": run.job_id, "error": batch.halted})
+        return run.give_back()
+    if len(batch.items) < len(run.items):  # stopped between images
+        return run.give_back()
+    return run.publish(batch.setup)
 
 
 def run_worker(root: Path, options: WorkerOptions, stop: threading.Event | Stopping,
@@ -360,16 +189,14 @@ def run_worker(root: Path, options: WorkerOptions, stop: threading.Event | Stopp
             if options.max_jobs is not None and len(report.jobs) >= options.max_jobs:
                 break
             store.beat(name, None, max(options.poll, options.lease / 3))
-            lease = store.claim(options.lease, options.max_attempts, name, skip=set_aside.ids())
-            if lease is None:
+            run = JobRun.claim(store, options, name, set_aside, report, note)
+            if run is None:
                 if options.once:
                     break
                 schedule.pause()
                 continue
-            emit("claimed", {"job_id": lease.job.id, "attempt": lease.job.attempts})
-            outcome = run_job(store, lease, options, restorers, schedule.halted, note, stopping.abandon, set_aside)
-            report.jobs.append((lease.job.id, outcome))
-            emit("finished", {"job_id": lease.job.id, "outcome": outcome})
+            if run.outcome is None:  # not refused at its claim
+                run_job(run, restorers, schedule.halted, stopping.abandon)
             if report.must_stop:
                 break
         report.stopped = stop.is_set() or stopping.drain.is_set()
