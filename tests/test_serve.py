@@ -21,11 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS
+from helpers.cli import invoke
+from helpers.processes import alive, children
+from helpers.wait import wait_until
 from live_server import LiveServer
-from restorecli.cli.app import app as cli_app
 from restorecli.cli.options import DEFAULTS
 from restorecli.errors import UsageError
 from restorecli.jobs.store import JobStore
@@ -530,8 +531,7 @@ def test_only_loopback_may_be_served_without_a_key(tmp_path, model, monkeypatch,
 
 def test_serve_refuses_an_open_public_address_and_says_why(tmp_path, model, monkeypatch):
     monkeypatch.delenv("API_KEY", raising=False)
-    result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--model", model, "--queue",
-                                          str(tmp_path / "q")])
+    result = invoke("serve", "--host", "0.0.0.0", "--model", model, "--queue", tmp_path / "q")
     assert result.exit_code == 2
     assert "reachable from other machines" in result.stderr and "API_KEY" in result.stderr
     assert not (tmp_path / "q").exists()
@@ -539,7 +539,7 @@ def test_serve_refuses_an_open_public_address_and_says_why(tmp_path, model, monk
 
 def test_serve_without_its_extra_says_how_to_install_it(tmp_path, model, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)  # as if the serve extra were not installed
-    result = CliRunner().invoke(cli_app, ["serve", "--model", model, "--queue", str(tmp_path / "q")])
+    result = invoke("serve", "--model", model, "--queue", tmp_path / "q")
     assert result.exit_code == 3 and "pip install 'restorecli[serve]'" in result.stderr
 
 
@@ -577,29 +577,6 @@ print(sorted(m for m in ("torch", "cv2", "numpy", "spandrel") if m in sys.module
 
 
 # ----------------------------------------------------------------------------- real server processes
-
-
-def child_pids(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                children.append(int(entry.name))
-    return children
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def test_a_live_server_says_what_it_will_do_and_runs_a_job(tmp_path, model, monkeypatch):
@@ -653,7 +630,7 @@ def test_events_stream_progress_until_the_job_completes(tmp_path, model):
 
 def test_a_worker_that_dies_is_restarted(tmp_path, model):
     with LiveServer(tmp_path, "--model", model) as live, live.client() as client:
-        workers = wait_until(lambda: child_pids(live.process.pid), what="a worker process")
+        workers = wait_until(lambda: children(live.process.pid), what="a worker process")
         os.kill(workers[0], signal.SIGKILL)
         wait_until(lambda: client.get("/health").json()["workers"]["restarts"] >= 1, what="a restart")
         wait_until(lambda: client.get("/health").json()["workers"]["alive"] == 1, what="a live worker")
@@ -668,11 +645,10 @@ def test_a_server_killed_mid_job_loses_nothing_when_started_again(tmp_path, mode
         client = live.client()
         job_id = upload(client, *[(f"{i}.png", small_png(seed=i)) for i in range(4)]).json()["job_id"]
         live.wait_for(job_id, statuses=("processing",))
-        workers = child_pids(live.process.pid)
+        workers = children(live.process.pid)
         live.kill()  # SIGKILL: no shutdown code runs
         for pid in workers:  # its worker notices, finishes the image in hand, gives the job back and exits
-            wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
-                       .rsplit(")", 1)[1].split()[0], what=f"worker {pid} to exit")
+            wait_until(lambda: not alive(pid), what=f"worker {pid} to exit")
     finally:
         live.stop()
     with LiveServer(tmp_path, "--model", model, queue=live.queue) as again, again.client() as client:
