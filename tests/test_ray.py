@@ -21,24 +21,19 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'restorecli[ray]'")
 
-from typer.testing import CliRunner  # noqa: E402
-
 import ray_harness  # noqa: E402
 from conftest import TEST_INPUTS  # noqa: E402
-from restorecli.cli.app import app  # noqa: E402
+from helpers.cli import invoke as cli  # noqa: E402
+from helpers.processes import alive, descendants  # noqa: E402
+from helpers.wait import wait_until  # noqa: E402
 from restorecli.distributed.driver import PoolOptions, PoolShape, pool_shape, run_pool  # noqa: E402
 from restorecli.errors import UsageError  # noqa: E402
 from restorecli.jobs.store import JobStore  # noqa: E402
 from restorecli.jobs.worker import WorkerOptions  # noqa: E402
 
-runner = CliRunner()
 HARNESS = Path(__file__).with_name("ray_harness.py")
 PAIRS = [("rocket.jpg", "cameraman_gray.png"), ("coffee_alpha.png", "chelsea_16bit.png"),
          ("astronaut_face.jpg", "rocket.jpg"), ("cameraman_gray.png", "coffee_alpha.png")]
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 class RayInstances:
@@ -149,16 +144,6 @@ def joined(thread: threading.Thread, done: dict, stop: threading.Event, timeout:
     return done["report"]
 
 
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def completed(queue: Path) -> int:
     store = JobStore(queue)
     try:
@@ -182,8 +167,8 @@ def test_an_actor_killed_mid_image_is_restarted_and_every_job_completes_once_as_
     local_ray.slow(0.4)  # every image stays in an actor long enough to be killed there
     stop = threading.Event()
     thread, done = start_pool(ray_queue, stop, actors=2, actor_cpus=0.5)
-    wait_for(lambda: completed(ray_queue) >= 1, what="a first job")
-    _node, victim = wait_for(lambda: next(iter(ray_harness.busy(local_ray.harness)), None), what="a busy actor")
+    wait_until(lambda: completed(ray_queue) >= 1, what="a first job")
+    _node, victim = wait_until(lambda: next(iter(ray_harness.busy(local_ray.harness)), None), what="a busy actor")
     os.kill(victim, signal.SIGKILL)
     report = joined(thread, done, stop)
 
@@ -245,7 +230,7 @@ def test_an_actor_decodes_its_next_image_while_its_model_runs(tmp_path, local_ra
     stop = threading.Event()
     try:
         thread, done = start_pool(queue, stop, actors=1, actor_cpus=0.5, actor_images=2)
-        wait_for(lambda: len(ray_harness.decoded(local_ray.harness)) == 2, what="both images decoded")
+        wait_until(lambda: len(ray_harness.decoded(local_ray.harness)) == 2, what="both images decoded")
         assert len(ray_harness.held(local_ray.harness)) == 1 and completed(queue) == 0  # the first's model waits
     finally:
         hold.unlink()
@@ -298,32 +283,6 @@ def test_a_job_whose_model_cannot_load_fails_and_one_the_cluster_lacks_weights_f
     assert_clean(queue)
 
 
-def descendants(pid: int) -> set[int]:
-    """The processes below ``pid``, from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("when", ["pool", "ray-starting"])
 def test_sigterm_stops_a_ray_pool_within_its_grace_and_leaves_no_process(tmp_path, local_ray, model, when):
     """``worker --ray local`` given SIGTERM with work in hand (or while its Ray is still starting): it exits 0
@@ -343,11 +302,11 @@ def test_sigterm_stops_a_ray_pool_within_its_grace_and_leaves_no_process(tmp_pat
             events = (json.loads(line) for line in iter(driver.stdout.readline, "") if line.startswith("{"))
             assert next(event for event in events if event["type"] in ("pool", "image"))
         else:  # Ray's processes are appearing: its start is under way
-            wait_for(lambda: descendants(driver.pid), timeout=120, what="Ray to begin starting")
+            wait_until(lambda: descendants(driver.pid), timeout=120, what="Ray to begin starting")
         started = descendants(driver.pid)
         driver.send_signal(signal.SIGTERM)
         assert driver.wait(60) == 0, driver.stderr.read()
-        wait_for(lambda: not any(alive(pid) for pid in started), timeout=10, what="Ray's processes to end")
+        wait_until(lambda: not any(alive(pid) for pid in started), timeout=10, what="Ray's processes to end")
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -393,7 +352,7 @@ def test_a_killed_driver_leaves_its_jobs_to_a_later_local_worker(tmp_path, local
     try:
         held = store.jobs("processing")
         assert held, "the driver was killed after the queue drained"
-        wait_for(lambda: all(job.lease_until < time.time() for job in store.jobs("processing")), timeout=30,
+        wait_until(lambda: all(job.lease_until < time.time() for job in store.jobs("processing")), timeout=30,
                  what="the killed driver's leases to expire")
     finally:
         store.close()
@@ -434,7 +393,7 @@ def test_jobs_complete_when_a_node_is_lost_mid_image(tmp_path, instances, model,
         instances.slow(0.5)
         stop = threading.Event()
         thread, done = start_pool(queue, stop, actors=2, actor_cpus=0.5)
-        wait_for(lambda: any(node == worker.node_id for node, _ in ray_harness.busy(instances.harness)),
+        wait_until(lambda: any(node == worker.node_id for node, _ in ray_harness.busy(instances.harness)),
                  what="an actor busy on the second node")
         cluster.remove_node(worker)
         report = joined(thread, done, stop)
