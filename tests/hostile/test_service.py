@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS, tiny_compact_state
+from helpers.cli import invoke
+from helpers.processes import alive, children
+from helpers.wait import wait_until
 from live_server import HARNESS, LiveServer
-from restorecli.cli.app import app
 from restorecli.jobs.store import JobStore
 
 PHOTO = (TEST_INPUTS / "rocket.jpg").read_bytes()
@@ -37,16 +37,6 @@ def model_file(tmp_path_factory) -> Path:
     return path
 
 
-def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def post(server: LiveServer, *files: tuple[str, bytes], **fields) -> httpx.Response:
     return httpx.post(server.url + "/enhance", files=[("files", f) for f in files], data=fields, timeout=60)
 
@@ -56,23 +46,6 @@ def png(width: int, height: int, seed: int = 0) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG", compress_level=0)
     return out.getvalue()
-
-
-def children(pid: int) -> set[int]:
-    """The process ids whose parent is ``pid`` (every thread's children, from /proc)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.update(int(p) for p in text)
-    return found
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 # ----------------------------------------------------------------------------- work it cannot do
@@ -140,15 +113,15 @@ def test_the_queue_bounds_outputs_by_default_and_submit_refuses_beyond(tmp_path,
     image = tmp_path / "wide.png"
     image.write_bytes(png(2100, 1000))
     queue = tmp_path / "queue"
-    refused = CliRunner().invoke(app, ["submit", str(image), "--queue", str(queue), "--model", str(model_file),
-                                       "--outscale", "4"])  # 8400x4000 = 33.6 MP: within 64 MP
+    refused = invoke("submit", image, "--queue", queue, "--model", model_file,
+                     "--outscale", "4")  # 8400x4000 = 33.6 MP: within 64 MP
     assert refused.exit_code == 0, refused.output
-    refused = CliRunner().invoke(app, ["submit", str(image), "--queue", str(queue), "--model", str(model_file),
-                                       "--outscale", "6"])  # 12600x6000 = 75.6 MP
+    refused = invoke("submit", image, "--queue", queue, "--model", model_file,
+                     "--outscale", "6")  # 12600x6000 = 75.6 MP
     assert refused.exit_code == 2
     assert "over the limit of 64.0 megapixels (--max-output-pixels 64000000)" in refused.output
-    raised = CliRunner().invoke(app, ["submit", str(image), "--queue", str(queue), "--model", str(model_file),
-                                      "--outscale", "6", "--max-output-pixels", "80000000"])
+    raised = invoke("submit", image, "--queue", queue, "--model", model_file, "--outscale", "6",
+                    "--max-output-pixels", "80000000")
     assert raised.exit_code == 0, raised.output
 
 
@@ -177,8 +150,7 @@ def test_cancel_command_stops_a_running_job_in_the_folder(tmp_path, model_file):
     for n in range(5):
         images.append(tmp_path / f"{n}.png")
         images[-1].write_bytes(png(64, 48, n))
-    submitted = CliRunner().invoke(app, ["submit", *map(str, images), "--queue", str(queue), "--model",
-                                         str(model_file), "--json"])
+    submitted = invoke("submit", *images, "--queue", queue, "--model", model_file, "--json")
     job = json.loads(submitted.stdout)["job_id"]
     worker = subprocess.Popen([sys.executable, str(HARNESS), "worker", "--queue", str(queue), "--poll", "0.2"],
                               env={**os.environ, "HARNESS_SLOW": "1.5"}, stdout=subprocess.DEVNULL,
@@ -186,12 +158,12 @@ def test_cancel_command_stops_a_running_job_in_the_folder(tmp_path, model_file):
     try:
         store = JobStore(queue)
         wait_until(lambda: store.get(job).status == "processing", "the worker to take the job")
-        result = CliRunner().invoke(app, ["cancel", job, "--queue", str(queue), "--json"])
+        result = invoke("cancel", job, "--queue", queue, "--json")
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {"job_id": job, "was": "processing", "deleted": True}
         assert store.get(job) is None and not (queue / "jobs" / job).exists()
         assert worker.poll() is None  # the worker lives on
-        finished = CliRunner().invoke(app, ["cancel", job, "--queue", str(queue)])
+        finished = invoke("cancel", job, "--queue", queue)
         assert finished.exit_code == 2 and f"no job '{job}'" in finished.output
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -216,7 +188,7 @@ def test_sigterm_lets_the_running_job_finish_refuses_uploads_meanwhile_and_leave
     store = JobStore(server.queue)
     assert store.get(job).status == "completed"
     assert store.counts()["queued"] == 0  # the refused upload left no job
-    assert not any(running(pid) for pid in workers), server.output()
+    assert not any(alive(pid) for pid in workers), server.output()
     assert "restorecli serve: stopped" in server.output()
 
 
@@ -227,7 +199,7 @@ def test_sigterm_past_the_grace_period_queues_the_job_again_resumable(tmp_path, 
     workers = children(server.process.pid)
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(90) == 0, server.output()
-    assert not any(running(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
     queued = JobStore(server.queue).get(job)
     assert queued.status == "queued" and queued.attempts == 0  # given back, not counted against the job
     assert "still busy after the grace period" in server.output()
