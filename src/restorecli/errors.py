@@ -90,6 +90,11 @@ class ImageWarning(UserWarning):
     EXIF) and read the image anyway; the message names the file. A warning, not an error: the image is restored."""
 
 
+class SlowPrecision(UserWarning):
+    """The precision asked for runs far slower than fp32 on the device: fp16 on a CPU, which has no fp16
+    arithmetic of its own and converts every value. The message says what to ask for instead."""
+
+
 class PrecisionFallback(UserWarning):
     """``--precision auto`` picked a reduced precision (bf16, fp16) that the model cannot run, or runs into wrong
     pixels, so it runs in fp32 instead; the message says which model and why."""

@@ -28,7 +28,7 @@ def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        typer.echo(f"restorecli {version('restorecli')}")
+        render.out(f"restorecli {version('restorecli')}")
         raise typer.Exit()
 
 

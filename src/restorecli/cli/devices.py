@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
+from . import render
 from .options import Json as JsonFlag
-from .render import same_terminal, stderr_console
 
 
 def devices(json_output: JsonFlag = False) -> None:
@@ -21,7 +18,7 @@ def devices(json_output: JsonFlag = False) -> None:
     found = list_devices()
     version = ncnn_version()
     if json_output:
-        typer.echo(json.dumps({"ncnn": version, "devices": [asdict(entry) for entry in found]}, indent=2))
+        render.out_json({"ncnn": version, "devices": [asdict(entry) for entry in found]}, indent=2)
         return
     table = Table(title="devices", title_justify="left")
     for column in ("device", "back-ends", "what it is"):
@@ -32,13 +29,10 @@ def devices(json_output: JsonFlag = False) -> None:
         if entry.memory_mb:
             what += f", {entry.memory_mb} MiB"
         table.add_row(entry.device, ", ".join(entry.backends), escape(what))
-    console = stderr_console()
-    console.print(table)
+    notes = []
     if version is None:
-        console.print("ncnn is not installed: no ncnn back-end and no Vulkan devices (pip install ncnn)")
+        notes.append("ncnn is not installed: no ncnn back-end and no Vulkan devices (pip install ncnn)")
     elif not any(entry.device.startswith("vulkan") for entry in found):
-        console.print("no Vulkan device found (a GPU driver with Vulkan, or Mesa's lavapipe, is needed for one)")
-    if same_terminal(sys.stdout, console.file):  # the person has read the table; the TSV is for pipes and files
-        return
-    for entry in found:
-        typer.echo(f"{entry.device}\t{','.join(entry.backends)}\t{entry.name}")
+        notes.append("no Vulkan device found (a GPU driver with Vulkan, or Mesa's lavapipe, is needed for one)")
+    render.table_then_rows(table, (f"{entry.device}\t{','.join(entry.backends)}\t{entry.name}" for entry in found),
+                           notes)

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import RestoreCliError, UsageError
 from ..files import check_output_folder, write_atomic
 from . import options as o
+from . import render
 from .exits import exit_on_error
-from .render import live_progress, stderr_console
 
 if TYPE_CHECKING:  # the evaluation runs models: it is imported when the command runs, not for --help
     from ..evaluate.results import Evaluation
@@ -117,27 +115,6 @@ def _write_files(evaluation: Evaluation, csv_path: Path | None, report: Path | N
     return page
 
 
-def _run_with_progress(inputs: list[str], options, console) -> Evaluation:
-    """Run the evaluation under the progress display; a failed image is named as it fails."""
-    from ..evaluate.run import evaluate as run_evaluation
-
-    with live_progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       TextColumn("{task.fields[current]}"), console=console) as progress:
-        task = progress.add_task("evaluate", total=None, current="")
-
-        def on_progress(event: str, payload) -> None:
-            if event == "start":
-                progress.update(task, total=payload)
-            elif event == "image":
-                progress.update(task, current=escape(str(payload)))
-            elif event == "done":
-                progress.advance(task)
-                if payload.error:
-                    progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
-
-        return run_evaluation(inputs, options, on_progress)
-
-
 def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(metavar="REFERENCE...",
                                                           help="Reference images or folders [default: test_inputs/].",
@@ -170,9 +147,8 @@ def evaluate(
     weights_dir: o.WeightsDir = None,
 ) -> None:
     """Measure models against bicubic and Lanczos: PSNR/SSIM on RGB and Y, per image and as means."""
-    from ..evaluate.run import EvalOptions
+    from ..evaluate.run import EvalOptions, evaluate as run_evaluation
 
-    console = stderr_console()
     with exit_on_error():
         names = tuple(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
         if not names:
@@ -183,15 +159,16 @@ def evaluate(
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
                               precision=o.check_choice("--precision", precision, o.PRECISIONS),
                               weights_dir=weights_dir, keep_pictures=report is not None)
-        evaluation = _run_with_progress(inputs or ["test_inputs"], options, console)
-        console.print(_table(evaluation))
+        with render.evaluation_progress() as on_progress:  # a failed image is named as it fails
+            evaluation = run_evaluation(inputs or ["test_inputs"], options, on_progress)
+        render.say(_table(evaluation))
         if json_output:
             for row in _rows(evaluation):
-                typer.echo(json.dumps(row))
-            typer.echo(json.dumps(_summary(evaluation)))
+                render.out_json(row)
+            render.out_json(_summary(evaluation))
         page = _write_files(evaluation, csv_path, report)
         if page is not None:
-            console.print(f"report: {escape(str(page))}")
+            render.say(f"report: {escape(str(page))}")
             if not json_output:
-                typer.echo(str(page))
+                render.out(str(page))
     raise typer.Exit(code=evaluation.exit_code)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Annotated, Any, Callable, Optional
@@ -74,13 +75,19 @@ Queue = Annotated[Optional[str], typer.Option(
     metavar="DIR", help="Job folder [default: $RESTORECLI_QUEUE, then ./restorecli-queue].", show_default=False)]
 
 
-def with_restore_options(command: Callable[..., None]) -> Callable[..., None]:
+def with_restore_options(command: Callable[..., None] | None = None, *, panel: str | None = None) -> Any:
     """``command`` with every declared restore option added to its parameters (after its own), for Typer; the
-    command receives their values as one dict, its ``restore`` parameter."""
+    command receives their values as one dict, its ``restore`` parameter. With ``panel`` (as
+    ``@with_restore_options(panel=...)``), --help shows them all under that one heading instead of their own."""
+    if command is None:
+        return functools.partial(with_restore_options, panel=panel)
+    declared_options = RESTORE_OPTIONS if panel is None else {
+        name: (_typer_type(default, dataclasses.replace(spec, panel=panel), name), default)
+        for name, default, spec in declared()}
     own = inspect.signature(command, eval_str=True)
     parameters = [p for p in own.parameters.values() if p.name != "restore"]
-    names = list(RESTORE_OPTIONS)
-    for name, (annotation, default) in RESTORE_OPTIONS.items():
+    names = list(declared_options)
+    for name, (annotation, default) in declared_options.items():
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                             annotation=annotation))
 

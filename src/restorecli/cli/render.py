@@ -1,4 +1,6 @@
-"""The one place that prints: rich on stderr for people, JSON lines on stdout for machines."""
+"""The one place that prints: rich on stderr for people, result lines and JSON on stdout for machines.
+
+The commands build their results and messages and hand them here; no other module of the CLI prints."""
 
 from __future__ import annotations
 
@@ -9,13 +11,19 @@ import signal
 import sys
 import time
 import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+
+import typer
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -23,6 +31,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -50,6 +59,33 @@ def same_terminal(a: TextIO, b: TextIO) -> bool:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
         return False
     return (first.st_dev, first.st_ino, first.st_rdev) == (second.st_dev, second.st_ino, second.st_rdev)
+
+
+def out(line: str) -> None:
+    """One result line on stdout (an id, a path, a TSV row): what a pipe or a script reads."""
+    typer.echo(line)
+
+
+def out_json(data: Any, indent: int | None = None) -> None:
+    """``data`` as JSON on stdout: one line, or an indented document."""
+    typer.echo(json.dumps(data, indent=indent))
+
+
+def say(text: str | Table) -> None:
+    """A message (rich markup; escape what comes from outside) or a table for people, on stderr."""
+    stderr_console().print(text)
+
+
+def table_then_rows(table: Table, rows: Iterable[str], notes: Iterable[str] = ()) -> None:
+    """A table and its notes on stderr for people, then its rows as lines on stdout for pipes and files; but not
+    where stdout is the very terminal that shows the table: the person has read it."""
+    console = stderr_console()
+    console.print(table)
+    for note in notes:
+        console.print(note)
+    if not same_terminal(sys.stdout, console.file):
+        for row in rows:
+            out(row)
 
 
 def live_progress(*columns: ProgressColumn | str, console: Console | None = None) -> Progress:
@@ -268,3 +304,93 @@ class BatchRenderer:
             self.console.print(f"[red]stopped after {len(batch.items)}{of} images[/]: {escape(batch.halted)}; "
                                "make room (or choose another -o) and run the same command again to resume",
                                soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------- the queue's worker
+
+
+def _worker_line(event: str, data: dict) -> str | None:
+    """What a person reads on stderr for one of the worker's events; None for those said only in JSON."""
+    if event == "claimed":
+        return f"job {data['job_id']}: started (attempt {data['attempt']})"
+    if event == "image":
+        return f"  {escape(str(data['input']))}"
+    if event == "finished":
+        return f"job {data['job_id']}: {data['outcome']}"
+    if event in ("storage_error", "setup_error"):
+        return f"job {data['job_id']}: [red]{escape(data['error'])}[/]"
+    if event == "pool":
+        return (f"ray ({escape(data['address'])}): {data['actors']} actor(s), {data['cpus']:g} CPU(s) and "
+                f"{data['gpus']:g} GPU(s) each, up to {data['images']} image(s) in hand each")
+    if event == "summary" and data["images"]:
+        rate = f" ({data['images'] / data['driver_seconds']:.0f} images/s)" if data["driver_seconds"] else ""
+        return (f"ray: {data['images']} image(s) restored, {data['retried']} retried after their actor died; "
+                f"the driver's own work took {data['driver_seconds']:.2f} s{rate}")
+    if event == "retry":
+        return f"  {escape(str(data['input']))}: its actor died ({escape(data['error'])}); try {data['try']}"
+    return None
+
+
+def worker_events(as_json: bool) -> Callable[[str, dict], None]:
+    """The worker's ``emit``: each event a JSON line on stdout, or a line for people on stderr."""
+    console = stderr_console()
+
+    def emit(event: str, data: dict) -> None:
+        if as_json:
+            out_json({"type": event, **data})
+            return
+        line = _worker_line(event, data)
+        if line is not None:
+            console.print(line)
+
+    return emit
+
+
+def worker_ended(stopped: bool, storage_error: str | None, setup_error: str | None, max_attempts: int) -> None:
+    """Why a worker's run ended where it did not simply run out of work."""
+    if stopped:
+        say("stopped by signal; unfinished work is left resumable")
+    if storage_error:
+        say(f"[red]stopped[/]: {escape(storage_error)}; the job is queued again with the images it finished; make "
+            "room and start the worker again")
+    if setup_error:
+        say(f"[red]this machine could not run every job[/]: {escape(setup_error)}; such a job is queued again for a "
+            f"worker that can, and fails after {max_attempts} tries")
+
+
+# ---------------------------------------------------------------------------------- progress of other commands
+
+
+@contextmanager
+def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
+    """A bar per model while weights download; yields the ``on_progress(model, done, total)`` to give ``fetch``."""
+    with live_progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn()) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(model: str, done: int, total: int | None) -> None:
+            if model not in tasks:
+                tasks[model] = progress.add_task(model, total=total)
+            progress.update(tasks[model], completed=done, total=total)
+
+        yield on_progress
+
+
+@contextmanager
+def evaluation_progress() -> Iterator[Callable[[str, Any], None]]:
+    """The evaluation's bar; yields its ``on_progress(event, payload)``, which names a failed image as it fails."""
+    with live_progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[current]}")) as progress:
+        task = progress.add_task("evaluate", total=None, current="")
+
+        def on_progress(event: str, payload: Any) -> None:
+            if event == "start":
+                progress.update(task, total=payload)
+            elif event == "image":
+                progress.update(task, current=escape(str(payload)))
+            elif event == "done":
+                progress.advance(task)
+                if payload.error:
+                    progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
+
+        yield on_progress

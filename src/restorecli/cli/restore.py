@@ -13,8 +13,9 @@ from rich.markup import escape
 from ..errors import UsageError
 from ..files import STDIO
 from . import options as o
+from . import render
 from .exits import Interrupted, exit_on_error, stop_signals
-from .render import BatchRenderer, stderr_console
+from .render import BatchRenderer
 
 if TYPE_CHECKING:
     from ..plan import BatchResult, ProgressCallback
@@ -102,9 +103,8 @@ def _remote(url: str, api_key_env: str, timeout: float, given: set[str], inputs:
 
     batch = _rendered(json_output, output, run)
     if batch.interrupted is not None and jobs:  # nothing is cancelled: the server finishes what it was sent
-        stderr_console().print(f"[yellow]left to the server[/] {escape(server.url)}: job{'s' if len(jobs) > 1 else ''} "
-                               f"{escape(', '.join(jobs))} (GET /status/ID); a new run uploads what is not "
-                               "downloaded yet again", soft_wrap=True)
+        render.say(f"[yellow]left to the server[/] {escape(server.url)}: job{'s' if len(jobs) > 1 else ''} "
+                   f"{escape(', '.join(jobs))} (GET /status/ID); a new run uploads what is not downloaded yet again")
     return batch
 
 

@@ -11,47 +11,67 @@ from rich.markup import escape
 from ..errors import SetupError, UsageError
 from ..jobs.prune import describe_age
 from . import options as o
+from . import render
 from .exits import exit_on_error
-from .render import stderr_console
 
 
-@o.with_restore_options
+# The server's own options in groups (its --help reads in them); the restore options come last, as the jobs' defaults
+_ACCESS, _UPLOADS, _QUEUE = "Access", "Uploads", "Queue and workers"
+Host = Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")]
+Port = Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0: any free one).", min=0, max=65535)]
+Workers = Annotated[int, typer.Option(metavar="N", help="Worker processes to run on the queue (0: leave the jobs to "
+                                      "restorecli worker processes started elsewhere).", min=0, rich_help_panel=_QUEUE)]
+Retention = Annotated[str, typer.Option(metavar="AGE", help="Keep finished jobs this long.", rich_help_panel=_QUEUE)]
+PruneEvery = Annotated[str, typer.Option(metavar="AGE", help="How often the janitor runs.", rich_help_panel=_QUEUE)]
+Grace = Annotated[float, typer.Option(metavar="SECONDS", help="On SIGTERM/SIGINT, how long the workers may take to "
+                                      "finish the jobs in hand; what still runs then is queued again.", min=0,
+                                      rich_help_panel=_QUEUE)]
+MaxFileMb = Annotated[Optional[float], typer.Option(
+    metavar="MB", help="Largest upload a file [default: $MAX_FILE_SIZE_MB, then 10].", show_default=False,
+    rich_help_panel=_UPLOADS)]
+MaxFiles = Annotated[int, typer.Option(metavar="N", help="Most files in one request.", min=1,
+                                       rich_help_panel=_UPLOADS)]
+MaxUploads = Annotated[int, typer.Option(metavar="N", help="Uploads read at once; more get 503.", min=1,
+                                         rich_help_panel=_UPLOADS)]
+ReadTimeout = Annotated[float, typer.Option(metavar="SECONDS", help="Time a client has for its headers, and the "
+                                            "longest silence in its upload.", min=0.1, rich_help_panel=_UPLOADS)]
+MinFreeMb = Annotated[float, typer.Option(metavar="MB", help="Free space the queue's disk keeps: below it, uploads "
+                                          "get 507 and /health says degraded (503).", min=0, rich_help_panel=_UPLOADS)]
+AllowModel = Annotated[Optional[list[str]], typer.Option(
+    metavar="NAME", help="A model requests may ask for besides --model (repeat for more).", show_default=False,
+    rich_help_panel=_ACCESS)]
+CorsOrigin = Annotated[Optional[str], typer.Option(
+    metavar="ORIGIN", help="Let pages from this origin call the API (e.g. https://app.example.com).",
+    show_default=False, rich_help_panel=_ACCESS)]
+AllowedHost = Annotated[Optional[list[str]], typer.Option(
+    metavar="NAME", help="A Host name clients reach the server by, besides the address and localhost (repeat for "
+    "more); others are refused.", show_default=False, rich_help_panel=_ACCESS)]
+NoAuth = Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback address without an API key.",
+                                      rich_help_panel=_ACCESS)]
+
+
+@o.with_restore_options(panel="Jobs' defaults (the restore options)")
 def serve(
-    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on (0: any free one).", min=0,
-                                      max=65535)] = 8001,
+    host: Host = "127.0.0.1",
+    port: Port = 8001,
     queue: o.Queue = None,
-    workers: Annotated[int, typer.Option(metavar="N", help="Worker processes to run on the queue (0: leave the jobs "
-                                         "to restorecli worker processes started elsewhere).", min=0)] = 1,
-    retention: Annotated[str, typer.Option(metavar="AGE", help="Keep finished jobs this long.")] = "1h",
-    prune_every: Annotated[str, typer.Option(metavar="AGE", help="How often the janitor runs.")] = "30m",
-    max_file_mb: Annotated[Optional[float], typer.Option(
-        metavar="MB", help="Largest upload a file [default: $MAX_FILE_SIZE_MB, then 10].", show_default=False)] = None,
-    max_files: Annotated[int, typer.Option(metavar="N", help="Most files in one request.", min=1)] = 20,
-    allow_model: Annotated[Optional[list[str]], typer.Option(
-        metavar="NAME", help="A model requests may ask for besides --model (repeat for more).",
-        show_default=False)] = None,
-    cors_origin: Annotated[Optional[str], typer.Option(
-        metavar="ORIGIN", help="Let pages from this origin call the API (e.g. https://app.example.com).",
-        show_default=False)] = None,
-    allowed_host: Annotated[Optional[list[str]], typer.Option(
-        metavar="NAME", help="A Host name clients reach the server by, besides the address and localhost (repeat "
-        "for more); others are refused.", show_default=False)] = None,
-    max_uploads: Annotated[int, typer.Option(metavar="N", help="Uploads read at once; more get 503.", min=1)] = 32,
-    read_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Time a client has for its headers, and "
-                                                "the longest silence in its upload.", min=0.1)] = 30.0,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback address without an API key.")
-                       ] = False,
-    min_free_mb: Annotated[float, typer.Option(metavar="MB", help="Free space the queue's disk keeps: below it, "
-                                               "uploads get 507 and /health says degraded (503).", min=0)] = 256.0,
-    grace: Annotated[float, typer.Option(metavar="SECONDS", help="On SIGTERM/SIGINT, how long the workers may take to "
-                                         "finish the jobs in hand; what still runs then is queued again.", min=0)
-                     ] = 30.0,
+    workers: Workers = 1,
+    retention: Retention = "1h",
+    prune_every: PruneEvery = "30m",
+    max_file_mb: MaxFileMb = None,
+    max_files: MaxFiles = 20,
+    allow_model: AllowModel = None,
+    cors_origin: CorsOrigin = None,
+    allowed_host: AllowedHost = None,
+    max_uploads: MaxUploads = 32,
+    read_timeout: ReadTimeout = 30.0,
+    no_auth: NoAuth = False,
+    min_free_mb: MinFreeMb = 256.0,
+    grace: Grace = 30.0,
     *,
     restore: dict,
 ) -> None:
     """Serve the REST API and the dashboard over the job folder. The restore options are the jobs' defaults."""
-    console = stderr_console()
     with exit_on_error():
         from ..server.config import check_exposure, load_config
 
@@ -60,26 +80,41 @@ def serve(
                              allow_model=allow_model or [], cors_origin=cors_origin,
                              allowed_host=allowed_host or [], max_uploads=max_uploads, read_timeout=read_timeout,
                              min_free_mb=min_free_mb)
-
         check_exposure(config, no_auth)
-        try:
-            import uvicorn
-
-            from ..server.app import create_app
-            from ..server.guards import slow_client_protocol
-        except ImportError as exc:
-            raise SetupError(f"restorecli serve needs the serve extra ({exc.name} is not installed): "
-                             "pip install 'restorecli[serve]'") from None
+        _check_serve_extra()
         sock = _listen(config.host, config.port)
+    code = _run(config, sock, no_auth, grace)
+    if code:
+        raise typer.Exit(code)
+
+
+def _check_serve_extra() -> None:
+    """Refuse, naming the extra, where the server's packages are not installed: before the port is taken."""
+    try:
+        import uvicorn  # noqa: F401
+
+        from ..server.app import create_app  # noqa: F401
+        from ..server.guards import slow_client_protocol  # noqa: F401
+    except ImportError as exc:
+        raise SetupError(f"restorecli serve needs the serve extra ({exc.name} is not installed): "
+                         "pip install 'restorecli[serve]'") from None
+
+
+def _run(config, sock: socket.socket, no_auth: bool, grace: float) -> int:
+    """Serve on ``sock`` with the workers and the janitor until a stop signal; the exit code the shutdown chose."""
+    import uvicorn
+
+    from ..server.app import create_app
+    from ..server.guards import slow_client_protocol
     from ..server.shutdown import GracefulServer, Shutdown
     from ..server.supervise import Janitor, WorkerPool
 
     def log(line: str) -> None:
-        console.print(escape(line), soft_wrap=True)
+        render.say(escape(line))
 
     pool = WorkerPool(config.queue, config.workers, log)
     app = create_app(config, pool if config.workers else None)  # creates the queue, before any worker looks
-    _announce(console, config, sock, no_auth)
+    _announce(config, sock, no_auth)
     janitor = Janitor(config.queue, config.retention, config.prune_every, log, keep=app.state.api.downloads.in_use)
     shutdown = Shutdown(app.state.api.draining, pool if config.workers else None, janitor, grace, log)
     app.state.api.on_fault = shutdown.fail
@@ -94,9 +129,8 @@ def serve(
     finally:
         janitor.stop()
         pool.stop()
-        console.print("restorecli serve: stopped")
-    if shutdown.exit_code:
-        raise typer.Exit(shutdown.exit_code)
+        render.say("restorecli serve: stopped")
+    return shutdown.exit_code
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -112,7 +146,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _announce(console, config, sock: socket.socket, no_auth: bool) -> None:
+def _announce(config, sock: socket.socket, no_auth: bool) -> None:
     """What the server will do, on stderr, before it takes its first request."""
     from ..server.views import models_document
 
@@ -147,4 +181,4 @@ def _announce(console, config, sock: socket.socket, no_auth: bool) -> None:
             lines.append(f"  warning:  {model['name']} is not installed; jobs asking for it are refused (422) until: "
                          f"restorecli download-weights {model['name']}")
     for line in lines:
-        console.print(escape(line), soft_wrap=True)
+        render.say(escape(line))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from ..errors import UsageError
@@ -18,10 +15,13 @@ from ..models.download import (DownloadOptions, default_names, fetch, import_loc
                                unknown_model_message)
 from ..models.loading import choose_weights_dir, weights_dir as resolve_weights_dir
 from ..models.registry import REGISTRY, ModelEntry
+from . import render
 from .exits import exit_on_error
 from .options import Json as JsonFlag
 from .options import WeightsDir
-from .render import live_progress, same_terminal, stderr_console
+
+if TYPE_CHECKING:
+    from ..models.download import FetchResult
 
 
 def licence_note(entry: ModelEntry) -> str:
@@ -42,29 +42,22 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
             rows.append({"name": entry.name, "kind": entry.kind, "architecture": entry.architecture,
                          "scale": entry.scale, "status": status, "path": path, "file": entry.filename,
                          "sha256": entry.sha256, "licence": entry.licence, "description": entry.description})
-        if json_output:
-            typer.echo(json.dumps({"weights_dir": str(directory), "weights_dir_reason": choice.reason,
-                                   "weights_dir_explanation": choice.explanation, "models": rows}, indent=2))
-            return
-        console = stderr_console()
-        console.print(f"weights folder: {escape(str(directory.absolute()))} ({escape(choice.explanation)})",
-                      soft_wrap=True)
-        table = Table(title=f"models ({directory})", title_justify="left")
-        table.add_column("name", no_wrap=True, min_width=max(len(row["name"]) for row in rows))  # never cut short
-        for column in ("kind", "status", "licence", "description"):
-            table.add_column(column, overflow="fold")  # narrow terminals: wrapped, no word cut to an ellipsis
-        style = {"installed": "green", "embedded": "cyan", "missing": "yellow", "corrupt": "bold red"}
-        for row in rows:
-            table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["licence"],
-                          row["description"])
-        console.print(table)
-        for entry in REGISTRY.values():  # the licences that restrict use, whole, whatever the table's width
-            if entry.non_commercial:
-                console.print(f"note: {licence_note(entry)}", soft_wrap=True)
-        if same_terminal(sys.stdout, console.file):  # the person has read the table; the TSV is for pipes and files
-            return
-        for row in rows:
-            typer.echo(f"{row['name']}\t{row['status']}\t{row['path']}")
+    if json_output:
+        render.out_json({"weights_dir": str(directory), "weights_dir_reason": choice.reason,
+                         "weights_dir_explanation": choice.explanation, "models": rows}, indent=2)
+        return
+    render.say(f"weights folder: {escape(str(directory.absolute()))} ({escape(choice.explanation)})")
+    table = Table(title=f"models ({directory})", title_justify="left")
+    table.add_column("name", no_wrap=True, min_width=max(len(row["name"]) for row in rows))  # never cut short
+    for column in ("kind", "status", "licence", "description"):
+        table.add_column(column, overflow="fold")  # narrow terminals: wrapped, no word cut to an ellipsis
+    style = {"installed": "green", "embedded": "cyan", "missing": "yellow", "corrupt": "bold red"}
+    for row in rows:
+        table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["licence"],
+                      row["description"])
+    # the licences that restrict use, whole, whatever the table's width
+    notes = [f"note: {licence_note(entry)}" for entry in REGISTRY.values() if entry.non_commercial]
+    render.table_then_rows(table, (f"{row['name']}\t{row['status']}\t{row['path']}" for row in rows), notes)
 
 
 def download_weights(
@@ -88,7 +81,6 @@ def download_weights(
     json_output: JsonFlag = False,
 ) -> None:
     """Fetch model weights, verified by sha256 and resumable; offline, install embedded ones."""
-    console = stderr_console()
     with exit_on_error():
         directory = resolve_weights_dir(weights_dir)
         if from_path is not None:
@@ -96,46 +88,46 @@ def download_weights(
                 raise UsageError("--from imports one file; do not also list names or --all")
             results = [import_local(from_path, name, directory)]
         else:
-            # non-commercial weights are fetched only when named: --all must not bring a licence nobody read
-            wanted = [n for n, e in REGISTRY.items() if not e.non_commercial] if all_models else \
-                (names or default_names())
-            if all_models:
-                for entry in REGISTRY.values():
-                    if entry.non_commercial:
-                        console.print(f"note: --all leaves out {entry.name} ({escape(entry.licence)}); name it to "
-                                      "fetch it", soft_wrap=True)
-            unknown = [n for n in wanted if n not in REGISTRY]
-            if unknown:
-                raise UsageError(unknown_model_message(unknown))
+            wanted = _wanted(names, all_models)
             options = DownloadOptions(mirror=mirror, force=force, timeout=timeout, retries=retries)
-            results = []
-            with live_progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                               TimeRemainingColumn(), console=console) as progress:
-                tasks: dict[str, int] = {}
-
-                def on_progress(model: str, done: int, total: int | None) -> None:
-                    if model not in tasks:
-                        tasks[model] = progress.add_task(model, total=total)
-                    progress.update(tasks[model], completed=done, total=total)
-
-                for model in wanted:
-                    results.append(fetch(model, directory, options, on_progress))
+            with render.download_progress() as on_progress:
+                results = [fetch(model, directory, options, on_progress) for model in wanted]
         for result in results:
-            colour = "red" if result.status == "failed" else "green"
-            console.print(f"[{colour}]{result.status}[/] {escape(result.name)}: "
-                          f"{escape(str(result.message or result.path))}",
-                          soft_wrap=True)
-            entry = REGISTRY.get(result.name)
-            if entry is not None and entry.non_commercial:
-                console.print(f"  [yellow]licence[/]: {escape(licence_note(entry))}", soft_wrap=True)
-            if result.pinned_locally and result.status != "failed":
-                console.print(f"  note: {result.name} has no published sha256; its hash {result.sha256} was pinned "
-                              f"locally in {escape(str(directory))} and later files must match it", soft_wrap=True)
-            if json_output:
-                typer.echo(json.dumps({"type": "item", **asdict(result)}))
-            elif result.path and result.status != "failed":
-                typer.echo(result.path)
+            _installed(result, directory, json_output)
         failed = sum(r.status == "failed" for r in results)
         if json_output:
-            typer.echo(json.dumps({"type": "summary", "installed": len(results) - failed, "failed": failed}))
+            render.out_json({"type": "summary", "installed": len(results) - failed, "failed": failed})
     raise typer.Exit(code=1 if failed else 0)
+
+
+def _wanted(names: list[str] | None, all_models: bool) -> list[str]:
+    """The registry names to fetch: those named, every one with ``--all`` (but the non-commercial ones, which are
+    fetched only when named: --all must not bring a licence nobody read), or what restore needs."""
+    if not all_models:
+        wanted = names or default_names()
+    else:
+        wanted = [n for n, e in REGISTRY.items() if not e.non_commercial]
+        for entry in REGISTRY.values():
+            if entry.non_commercial:
+                render.say(f"note: --all leaves out {entry.name} ({escape(entry.licence)}); name it to fetch it")
+    unknown = [n for n in wanted if n not in REGISTRY]
+    if unknown:
+        raise UsageError(unknown_model_message(unknown))
+    return wanted
+
+
+def _installed(result: FetchResult, directory: Path, json_output: bool) -> None:
+    """One model's outcome: a line for people on stderr, with its licence and a locally pinned hash where they
+    apply; its path (or, with ``--json``, the whole result) on stdout."""
+    colour = "red" if result.status == "failed" else "green"
+    render.say(f"[{colour}]{result.status}[/] {escape(result.name)}: {escape(str(result.message or result.path))}")
+    entry = REGISTRY.get(result.name)
+    if entry is not None and entry.non_commercial:
+        render.say(f"  [yellow]licence[/]: {escape(licence_note(entry))}")
+    if result.pinned_locally and result.status != "failed":
+        render.say(f"  note: {result.name} has no published sha256; its hash {result.sha256} was pinned locally in "
+                   f"{escape(str(directory))} and later files must match it")
+    if json_output:
+        render.out_json({"type": "item", **asdict(result)})
+    elif result.path and result.status != "failed":
+        render.out(result.path)

@@ -7,13 +7,14 @@ import json
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 
-from ..errors import DeviceMissing, DeviceUnavailable
+from ..errors import DeviceMissing, DeviceUnavailable, SlowPrecision
 from ..files import write_atomic
 from .model import LoadedModel, ModelSpec
 
@@ -174,6 +175,10 @@ def choose_dtype(precision: Precision, device: torch.device, model: ModelSpec, d
         raise DeviceUnavailable(f"--precision '{precision}' is not one of auto, fp32, fp16, bf16")
     if precision == "fp16" and not model.supports_half:
         raise DeviceUnavailable(f"model '{model.name}' ({model.architecture}) does not support fp16")
+    if precision == "fp16" and device.type == "cpu":  # said once a process (the same text, from this line)
+        warnings.warn(SlowPrecision("--precision fp16 on the CPU is emulated and slow (5-10x slower than fp32 on "
+                                    "these machines); --precision auto picks what runs fastest here (bf16 where "
+                                    "the CPU has it, else fp32)"), stacklevel=1)
     if precision == "bf16" and not model.supports_bfloat16:
         raise DeviceUnavailable(f"model '{model.name}' ({model.architecture}) does not support bf16")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
