@@ -1,6 +1,7 @@
 """nox sessions: `nox -s tests` runs the suite, `nox -s bench` measures restorecli against its peers, `nox -s container`
 builds the image and smoke-tests it with podman, `nox -s docs` builds the documentation site, `nox -s api_contract`
-checks a live server against its own OpenAPI document with schemathesis."""
+checks a live server against its own OpenAPI document with schemathesis, `nox -s slow` runs the tests the default
+run leaves out for their time."""
 
 import sys
 
@@ -51,6 +52,16 @@ def api_contract(session: nox.Session) -> None:
     session.run(sys.executable, "-m", "pip", "install", "-q", "schemathesis>=4.32", external=True)
     session.run(sys.executable, "-m", "pytest", "-m", "api_contract", "-p", "no:cacheprovider",
                 "tests/hostile/test_api_contract.py", *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def slow(session: nox.Session) -> None:
+    """The tests marked slow (about 20 s or more each on 2 cores: processes signalled and restarted mid-job, the
+    CPU form of the GPU benchmark), which the default run deselects to stay well under 15 minutes. Runs in the
+    environment nox runs in (.ci/run's .venv, with the test extra and the embedded weights), so torch is not
+    installed again."""
+    session.run(sys.executable, "-m", "pytest", "-m", "slow", "-p", "no:cacheprovider", *session.posargs,
+                external=True)
 
 
 @nox.session(python=False)

@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
-pytestmark = pytest.mark.real_weights
+# slow: the benchmark run the module shares took 13-18 s on 2 quiet cores, 206 s on busy ones (nox -s slow runs it)
+pytestmark = [pytest.mark.real_weights, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -184,6 +184,7 @@ def test_a_killed_worker_s_job_is_taken_over_after_its_lease(tmp_path, queue, mo
     assert sorted(outputs_digest(queue, job_id)) == ["a.jpg", "b.jpg", "c.jpg"]
 
 
+@pytest.mark.slow  # 17-19 s on 2 cores: four worker processes, each starting torch, three of them crashing
 def test_poison_job_is_retried_at_most_max_attempts_then_failed(tmp_path, queue, model):
     poison = submit(queue, model, *photos(tmp_path, ["poison.jpg"]))["job_id"]
     good = [submit(queue, model, f)["job_id"] for f in photos(tmp_path, ["x.jpg", "y.jpg"])]

@@ -173,6 +173,7 @@ def test_cancel_command_stops_a_running_job_in_the_folder(tmp_path, model_file):
 # ----------------------------------------------------------------------------- stopping
 
 
+@pytest.mark.slow  # 17-19 s on 2 cores: a server, its worker and a job taken down mid-image
 def test_sigterm_lets_the_running_job_finish_refuses_uploads_meanwhile_and_leaves_no_process(tmp_path, model_file):
     server = LiveServer(tmp_path, "--model", str(model_file), "--grace", "60", env={"HARNESS_SLOW": "1"}).start()
     job = post(server, *[(f"{n}.png", png(32, 24, n)) for n in range(10)]).json()["job_id"]
@@ -192,6 +193,7 @@ def test_sigterm_lets_the_running_job_finish_refuses_uploads_meanwhile_and_leave
     assert "restorecli serve: stopped" in server.output()
 
 
+@pytest.mark.slow  # 14-19 s on 2 cores: a server, its worker and a job taken down mid-image
 def test_sigterm_past_the_grace_period_queues_the_job_again_resumable(tmp_path, model_file):
     server = LiveServer(tmp_path, "--model", str(model_file), "--grace", "1", env={"HARNESS_SLOW": "2"}).start()
     job = post(server, *[(f"{n}.png", png(32, 24, n)) for n in range(6)]).json()["job_id"]
@@ -210,6 +212,7 @@ def test_sigterm_past_the_grace_period_queues_the_job_again_resumable(tmp_path, 
         assert again.stop() == 0
 
 
+@pytest.mark.slow  # 17-19 s on 2 cores: a server, its worker and a job taken down mid-image
 def test_a_worker_that_dies_has_its_job_queued_again_at_once(tmp_path, model_file):
     """A worker killed on an image (a crash no Python code catches): its job is taken up again within seconds, not
     after the 60 s lease, and fails, naming the image, once its attempts are spent."""
