@@ -18,7 +18,6 @@ which asks a spawned call whether it failed. Tests hand in a dict, a folder and 
 
 # No `from __future__ import annotations`: Modal reads the class parameters' annotations as types.
 import dataclasses
-import hmac
 import os
 import tempfile
 import time
@@ -33,8 +32,6 @@ APP_NAME = "restorecli"
 GPU = os.environ.get("RESTORECLI_MODAL_GPU", "L4")  # read when deploying: RESTORECLI_MODAL_GPU=A10G modal deploy ...
 WEIGHTS_DIR = "/weights"
 FILES_DIR = "/files"
-API_KEY_HEADER = "X-API-Key"  # as restorecli serve
-RETENTION = 3600.0  # seconds a finished job is kept, as serve's --retention default
 
 app = modal.App(APP_NAME)
 
@@ -98,10 +95,15 @@ class JobFiles:
             self.volume.commit()
 
     def read(self, job_id: str, relative: str) -> bytes | None:
+        path = self.locate(job_id, relative)
+        return path.read_bytes() if path.is_file() else None
+
+    def locate(self, job_id: str, relative: str) -> Path:
+        """Where the job's file ``relative`` is (it may not be there)."""
         path = self._path(job_id, relative)
         if not path.is_file() and self.volume is not None:
             self.volume.reload()  # written by another container since this one last looked
-        return path.read_bytes() if path.is_file() else None
+        return path
 
     def remove(self, job_id: str) -> None:
         import shutil
@@ -127,6 +129,7 @@ class Backend:
     start: Callable[[str, dict], str]  # spawn the restoring of a job (id, its options); returns the call's id
     call_error: Callable[[str], str | None]  # why a spawned call failed; None while it runs, or once it returned
     calls: Records = dataclasses.field(default_factory=dict)  # job id -> call id
+    cancel: Callable[[str], None] | None = None  # stop a spawned call (None: calls run on once their job is gone)
 
 
 def modal_backend() -> Backend:
@@ -147,7 +150,10 @@ def modal_backend() -> Backend:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    return Backend(job_records, JobFiles(Path(FILES_DIR), files_volume), start, call_error, job_calls)
+    def cancel(call_id: str) -> None:
+        modal.FunctionCall.from_id(call_id).cancel()
+
+    return Backend(job_records, JobFiles(Path(FILES_DIR), files_volume), start, call_error, job_calls, cancel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,198 +235,206 @@ def process_job(backend: Backend, restore_one: RestoreOne, job_id: str) -> str:
     return status
 
 
-def status_document(record: dict) -> dict:
-    """``GET /status/{id}``'s document (restorecli serve's ``JobStatus``) from a job's record. Modal runs calls
-    as containers free up, in no order a client could count on, so ``queue_position`` is null."""
-    job_id, status = record["job_id"], record["status"]
-    finished = status in ("completed", "failed")
-    progress = record["progress"] or []
-    recorded = record["results"] if finished else None
-    results = []
-    for index, given in enumerate(record["inputs"]):
-        entry = (recorded or progress)[index] if index < len(recorded or progress) else None
-        if entry is not None:
-            state = entry["status"]
-        elif status == "processing" and index == len(progress):
-            state = "processing"
-        else:
-            state = "error" if status == "failed" else "pending"
-        name = entry["output"] if entry and recorded is not None else None
-        results.append({"index": index, "original_filename": given["original_filename"],
-                        "url": f"/processed/{job_id}/{name}" if name else None,
-                        "input_url": f"/jobs/{job_id}/inputs/{index}", "status": state,
-                        "error": (entry or {}).get("error") or (record["error"] if state == "error" else None),
-                        "in_size": (entry or {}).get("in_size"), "out_size": (entry or {}).get("out_size")})
-    return {"job_id": job_id, "status": status, "queue_position": None,
-            "progress": {"done": len(record["inputs"]) if finished else len(progress), "total": len(record["inputs"])},
-            "error": record["error"] if status in ("failed", "queued") else None, "created": record["created"],
-            "finished": record["finished"], "results": results, "download_url": None}
+def job_view(record: dict):
+    """A job's record as the view ``GET /status``'s document is made from (``restorecli.server.views``). Modal
+    runs calls as containers free up, in no order a client could count on, so it has no queue position."""
+    from restorecli.server.views import JobView
+
+    finished = record["status"] in ("completed", "failed")
+    recorded = None
+    if finished and record["results"] is not None:
+        recorded = [{**entry, "output": entry["output"] if entry["status"] == "ok" else None}
+                    for entry in record["results"]]
+    return JobView(record["job_id"], record["status"], record["inputs"], record["progress"] or [], recorded,
+                   record["error"], record["created"], record["finished"], None)
 
 
-def prune_jobs(backend: Backend, older_than: float = RETENTION, now: float | None = None) -> list[str]:
+def remove_job(backend: Backend, job_id: str) -> None:
+    """The job's files, its record and its call's id go."""
+    backend.files.remove(job_id)
+    backend.records.pop(job_id, None)
+    backend.calls.pop(job_id, None)
+
+
+def prune_jobs(backend: Backend, older_than: float, now: float | None = None) -> list[str]:
     """Remove finished jobs (their records and files) that finished more than ``older_than`` seconds ago, as
-    serve's janitor does; queued and running jobs stay. Returns the ids removed."""
+    serve's janitor does (``--retention``); queued and running jobs stay. Returns the ids removed."""
     now = time.time() if now is None else now
     removed = []
     for job_id, record in list(backend.records.items()):
         if record.get("finished") is not None and now - record["finished"] > older_than:
-            backend.files.remove(job_id)
-            backend.records.pop(job_id, None)
-            backend.calls.pop(job_id, None)
+            remove_job(backend, job_id)
             removed.append(job_id)
     return removed
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The web endpoint: restorecli serve's API shapes over the backend
+# The web endpoint: restorecli serve's app (its routers, key check, limits and documents) over the backend
 
 
-@dataclass(frozen=True)
-class WebSettings:
-    api_key: str | None
-    max_file_bytes: int = 10 * 1024 * 1024
-    max_files: int = 20
-    defaults: dict = dataclasses.field(default_factory=dict)  # the restore options' values for jobs
-    allowed_models: tuple[str, ...] = ()  # besides the default model
+def web_config():
+    """serve's configuration (``ServeConfig``) from the deployed environment: ``API_KEY`` (the restorecli-api-key
+    secret), ``MAX_FILE_SIZE_MB`` and a ``.env`` file, read as serve reads them; ``RESTORECLI_MODEL`` and
+    ``RESTORECLI_ALLOW_MODELS`` (comma-separated) in place of serve's ``--model`` and ``--allow-model``. It answers
+    to any host name (Modal's proxy gives it its own); the key guards it."""
+    from restorecli.options import declared
+    from restorecli.server.config import load_config
 
-    @classmethod
-    def from_environment(cls) -> "WebSettings":
-        """API_KEY (the restorecli-api-key secret), MAX_FILE_SIZE_MB, RESTORECLI_MODEL and RESTORECLI_ALLOW_MODELS
-        (comma-separated), as set when the app was deployed."""
-        megabytes = float(os.environ.get("MAX_FILE_SIZE_MB") or 10)
-        defaults = {"model": os.environ["RESTORECLI_MODEL"]} if os.environ.get("RESTORECLI_MODEL") else {}
-        allowed = tuple(m.strip() for m in os.environ.get("RESTORECLI_ALLOW_MODELS", "").split(",") if m.strip())
-        return cls(os.environ.get("API_KEY") or None, int(megabytes * 1024 * 1024), defaults=defaults,
-                   allowed_models=allowed)
+    restore = {name: default for name, default, _ in declared()}
+    if os.environ.get("RESTORECLI_MODEL"):
+        restore["model"] = os.environ["RESTORECLI_MODEL"]
+    allowed = [m.strip() for m in os.environ.get("RESTORECLI_ALLOW_MODELS", "").split(",") if m.strip()]
+    return load_config(restore, host="0.0.0.0", allow_model=allowed)
 
 
-def create_web_app(backend: Backend, settings: WebSettings):
-    """The FastAPI app: ``POST /enhance`` (202, serve's ``Accepted``), ``GET /status/{id}`` (serve's
-    ``JobStatus``), ``GET /processed/{id}/{name}``, ``GET /jobs/{id}/inputs/{index}`` and ``GET /health``.
-    Uploads are parsed by serve's own streaming parser, with its limits, into a temporary folder."""
-    from fastapi import FastAPI, HTTPException, Request, Response, Security
-    from fastapi.responses import JSONResponse
-    from fastapi.security import APIKeyHeader
-    from starlette.concurrency import run_in_threadpool
+class ModalService:
+    """The jobs behind the web endpoint (``restorecli.server.service.JobService``): records in a ``modal.Dict``,
+    files on a volume, each job restored by a spawned call. serve's routers answer through it."""
 
-    from restorecli.errors import UsageError
-    from restorecli.jobs.enqueue import job_options
-    from restorecli.jobs.store import new_job_id
-    from restorecli.options import from_given, value_from_text
-    from restorecli.server import schema
-    from restorecli.server.app import FORM_FIELDS
-    from restorecli.server.uploads import Limits, MultipartUpload, UploadRefused
-    from restorecli.server.views import MEDIA_TYPES, SERVED_ID
+    def __init__(self, backend: Backend, config):
+        from restorecli.server.config import FORM_FIELDS
+        from restorecli.server.uploads import Limits
 
-    limits = Limits(settings.max_file_bytes, settings.max_files, FORM_FIELDS)
-    default_model = from_given(settings.defaults).model
-    offered = (default_model, *[m for m in settings.allowed_models if m != default_model])
-    web = FastAPI(title="restorecli on Modal", summary="restorecli serve's API, restored by Modal GPU containers.")
-    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey")
+        self.backend, self.config = backend, config
+        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS)
 
-    def require_key(given: str | None = Security(key_header)) -> None:
-        if settings.api_key is None:
-            return
-        if not given or not hmac.compare_digest(given.encode("utf-8", "replace"), settings.api_key.encode()):
-            raise HTTPException(401, f"this endpoint needs its API key in the {API_KEY_HEADER} header",
-                                headers={"WWW-Authenticate": "ApiKey"})
+    def refusal(self, length: int):
+        return None  # Modal neither stops for a restart nor fills its volume's disk
 
-    guarded = [Security(require_key)]
+    def staging(self) -> "TemporaryStaging":
+        return TemporaryStaging()
 
-    @web.exception_handler(UsageError)
-    async def usage_error(request: Request, exc: UsageError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    def enqueue(self, staged: "TemporaryStaging", upload) -> dict:
+        """Store the upload's files on the volume (copied in chunks, never whole in memory), record the job
+        queued and spawn its call; a call Modal refuses fails the job (it could never run) with 503."""
+        from fastapi import HTTPException
 
-    def options_for(fields: dict[str, str]) -> dict:
-        given = dict(settings.defaults)
-        for name, text in fields.items():
-            if not text.strip():
-                continue
-            if name == "model" and text.strip() not in offered:
-                raise UsageError(f"model '{text.strip()}' is not offered here; offered: {', '.join(offered)}")
-            given[name] = value_from_text(name, text)
-        return job_options(from_given(given))
+        from restorecli.jobs.store import new_job_id
+        from restorecli.server.service import requested_options, stored_inputs
 
-    def record_of(job_id: str) -> dict:
-        record = backend.records.get(job_id) if SERVED_ID.fullmatch(job_id) else None
-        if record is None:
-            raise HTTPException(404, f"no job '{job_id[:80]}'")
-        if record["status"] not in ("completed", "failed"):
-            call_id = backend.calls.get(job_id)
-            error = backend.call_error(call_id) if call_id else None
-            if error:  # the call died (every retry) before it could say so itself
-                record = {**record, "status": "failed", "finished": time.time(), "error": error}
-                backend.records[job_id] = record
-        return record
-
-    @web.post("/enhance", status_code=202, dependencies=guarded, response_model=schema.Accepted,
-              responses=schema.errors(400, 401, 413, 415, 422))
-    async def enhance(request: Request) -> dict:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limits.body_bytes:
-            raise HTTPException(413, f"request of {int(length):,} bytes is over the most {limits.max_files} files "
-                                     f"of {limits.max_file_bytes / 1048576:g} MB can take")
-        with tempfile.TemporaryDirectory(prefix="restorecli-upload-") as folder:
-            upload = None
-            try:
-                upload = MultipartUpload(request.headers.get("content-type"), Path(folder), limits)
-                async for chunk in request.stream():
-                    await run_in_threadpool(upload.feed, chunk)
-                await run_in_threadpool(upload.finish)
-            except UploadRefused as exc:
-                raise HTTPException(exc.status, exc.detail) from None
-            finally:
-                if upload is not None:
-                    upload.close()
-            options = options_for(upload.fields)
-            job_id = new_job_id()
-            files = {f"inputs/{f.stored}": Path(folder) / f.stored for f in upload.files}
-            await run_in_threadpool(backend.files.write, job_id, files)  # copied in chunks, never whole in memory
-        inputs = [{"original_filename": f.original_filename, "stored": f.stored} for f in upload.files]
-        record = new_record(job_id, options, inputs)
-        backend.records[job_id] = record
         try:
-            backend.calls[job_id] = await run_in_threadpool(backend.start, job_id, options)
-        except Exception as exc:  # Modal refused the call: the job can never run, so it is not left queued
-            backend.records[job_id] = {**record, "status": "failed", "finished": time.time(),
-                                       "error": f"could not start: {type(exc).__name__}: {exc}"}
+            options = requested_options(self.config, upload.fields)
+            job_id = new_job_id()
+            self.backend.files.write(job_id, {f"inputs/{f.stored}": staged.inputs / f.stored for f in upload.files})
+        finally:
+            staged.discard()
+        record = new_record(job_id, options, stored_inputs(upload))
+        self.backend.records[job_id] = record
+        try:
+            self.backend.calls[job_id] = self.backend.start(job_id, options)
+        except Exception as exc:
+            self.backend.records[job_id] = {**record, "status": "failed", "finished": time.time(),
+                                            "error": f"could not start: {type(exc).__name__}: {exc}"}
             raise HTTPException(503, f"the job could not be started: {type(exc).__name__}") from None
         return {"job_id": job_id, "status": "queued", "queue_position": None}
 
-    @web.get("/status/{job_id}", dependencies=guarded, response_model=schema.JobStatus,
-             responses=schema.errors(401, 404))
-    def status(job_id: str) -> dict:
-        return status_document(record_of(job_id))
+    def record(self, job_id: str) -> dict:
+        """The job's record, or 404; a job whose call died (on every retry) before it could say so is failed."""
+        from fastapi import HTTPException
 
-    def file_response(data: bytes | None, name: str, missing: str) -> Response:
-        if data is None:
-            raise HTTPException(404, missing)
-        media = MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
-        return Response(data, media_type=media, headers={"Cache-Control": "private",
-                                                         "X-Content-Type-Options": "nosniff"})
+        from restorecli.server.views import SERVED_ID
 
-    @web.get("/processed/{job_id}/{name}", dependencies=guarded, responses=schema.errors(401, 404))
-    def processed(job_id: str, name: str) -> Response:
-        record = record_of(job_id)
-        listed = {r["output"] for r in record["results"] or [] if r["status"] == "ok"}
-        if name not in listed:  # only what the job's results list: no path is built from what a client sent
-            raise HTTPException(404, f"job {job_id} has no result '{name[:200]}'")
-        return file_response(backend.files.read(job_id, f"outputs/{name}"), name, f"job {job_id}'s '{name}' is gone")
+        record = self.backend.records.get(job_id) if SERVED_ID.fullmatch(job_id) else None
+        if record is None:
+            raise HTTPException(404, f"no job '{job_id[:80]}'")
+        if record["status"] not in ("completed", "failed"):
+            call_id = self.backend.calls.get(job_id)
+            error = self.backend.call_error(call_id) if call_id else None
+            if error:
+                record = {**record, "status": "failed", "finished": time.time(), "error": error}
+                self.backend.records[job_id] = record
+        return record
 
-    @web.get("/jobs/{job_id}/inputs/{index}", dependencies=guarded, responses=schema.errors(401, 404))
-    def job_input(job_id: str, index: int) -> Response:
-        record = record_of(job_id)
-        if not 0 <= index < len(record["inputs"]):
-            raise HTTPException(404, f"job {job_id} has no input {index}")
-        stored = record["inputs"][index]["stored"]
-        return file_response(backend.files.read(job_id, f"inputs/{stored}"), stored, f"job {job_id}'s input is gone")
+    def status(self, job_id: str) -> dict:
+        from restorecli.server.views import status_document
 
-    @web.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "auth_required": settings.api_key is not None, "models": list(offered),
-                "limits": {"max_file_mb": settings.max_file_bytes / 1048576, "max_files": settings.max_files}}
+        return status_document(job_view(self.record(job_id)))
 
-    return web
+    def latest(self, job_id: str) -> dict | None:
+        return self.status(job_id) if self.backend.records.get(job_id) is not None else None
+
+    def delete(self, job_id: str) -> tuple[dict, bool]:
+        """The job goes with its files; a queued or running one's call is cancelled first. A running one is
+        answered 202: its container is told to stop, and may not have yet."""
+        was = self.record(job_id)["status"]
+        call_id = self.backend.calls.get(job_id)
+        if was in ("queued", "processing") and call_id and self.backend.cancel is not None:
+            self.backend.cancel(call_id)
+        remove_job(self.backend, job_id)
+        return {"job_id": job_id, "deleted": was != "processing", "was": was}, was != "processing"
+
+    def result(self, job_id: str, name: str):
+        found = self._results(self.record(job_id))
+        return found.get(name)
+
+    def input(self, job_id: str, index: int):
+        from restorecli.server.views import served_input
+
+        record = self.record(job_id)
+        if 0 <= index < len(record["inputs"]):
+            self.backend.files.locate(job_id, f"inputs/{record['inputs'][index]['stored']}")
+        return served_input(self.backend.files.root / job_id, record["inputs"], index)
+
+    def results(self, job_id: str) -> list:
+        from fastapi import HTTPException
+
+        record = self.record(job_id)
+        if record["status"] not in ("completed", "failed"):
+            raise HTTPException(409, f"job {job_id} is {record['status']}; its results can be downloaded once it "
+                                     "finishes")
+        return [served for served in self._results(record).values() if served is not None]
+
+    def _results(self, record: dict) -> dict:
+        from restorecli.server.views import served_results
+
+        outputs = [entry["output"] if entry["status"] == "ok" else None for entry in record["results"] or []]
+        for output in filter(None, outputs):
+            self.backend.files.locate(record["job_id"], f"outputs/{output}")  # on this container's view
+        return served_results(self.backend.files.root / record["job_id"], record["inputs"], outputs)
+
+    def held(self, job_id: str, respond):
+        return respond()  # the janitor here prunes jobs an hour after they finish, not under a download
+
+    def health(self) -> dict:
+        import shutil
+
+        counts = dict.fromkeys(("queued", "processing", "completed", "failed"), 0)
+        for _, record in self.backend.records.items():
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        root = next(p for p in (self.backend.files.root, *self.backend.files.root.parents) if p.exists())
+        config = self.config
+        return {"status": "ok", "problems": [], "queue": counts,
+                "disk": {"free_mb": round(shutil.disk_usage(root).free / 1048576, 1), "min_free_mb": 0.0},
+                "auth_required": config.api_key is not None,
+                "workers": {"started": 0, "alive": 0, "seen": 0, "restarts": 0},
+                "worker_alive": True,  # Modal starts a GPU container for each spawned call
+                "limits": {"max_file_mb": config.max_file_mb, "max_files": config.max_files}}
+
+    def models(self) -> dict:
+        from restorecli.server.views import models_document
+
+        return models_document(self.config.allowed_models, self.config.defaults)
+
+
+class TemporaryStaging:
+    """An upload's files in a temporary folder, until ``ModalService.enqueue`` copies them to the volume."""
+
+    def __init__(self):
+        self.inputs = Path(tempfile.mkdtemp(prefix="restorecli-upload-"))
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.inputs, ignore_errors=True)
+
+
+def create_web_app(backend: Backend, config):
+    """restorecli serve's app (``restorecli.server.app.api_app``: the same routes, key check, limits, errors and
+    documents) over ``backend``, configured by ``config`` (a ``ServeConfig``, see ``web_config``)."""
+    from restorecli.server.app import api_app
+
+    return api_app(ModalService(backend, config), title="restorecli on Modal",
+                   summary="restorecli serve's API, restored by Modal GPU containers.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -464,18 +478,19 @@ class Restore:
         return process_job(modal_backend(), self.restore_one, job_id)
 
 
-@app.function(image=image, volumes={FILES_DIR: files_volume},
+@app.function(image=image, volumes={FILES_DIR: files_volume, WEIGHTS_DIR: weights_volume},
               secrets=[modal.Secret.from_name("restorecli-api-key", required_keys=["API_KEY"])])
 @modal.concurrent(max_inputs=100)
 @modal.asgi_app()
 def web():
-    return create_web_app(modal_backend(), WebSettings.from_environment())
+    """The API; the weights volume tells it which models (and faces) it can offer, as serve's weights folder."""
+    return create_web_app(modal_backend(), web_config())
 
 
 @app.function(image=image, volumes={FILES_DIR: files_volume}, schedule=modal.Period(minutes=30))
 def prune() -> list[str]:
-    """The janitor: finished jobs older than an hour go, as serve's do."""
-    return prune_jobs(modal_backend())
+    """The janitor: finished jobs older than serve's ``--retention`` default (an hour) go, as serve's do."""
+    return prune_jobs(modal_backend(), web_config().retention)
 
 
 @app.function(image=image, volumes={WEIGHTS_DIR: weights_volume}, timeout=1800)

@@ -5,6 +5,7 @@ The image itself is built and run by tests/container/ (``nox -s container``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -263,6 +264,7 @@ class FakeCalls:
         self.modal_app, self.backend_ref = modal_app, backend_ref
         self.started: list[tuple[str, dict]] = []
         self.failed: dict[str, str] = {}
+        self.cancelled: list[str] = []
 
     def start(self, job_id: str, options: dict) -> str:
         self.started.append((job_id, options))
@@ -270,6 +272,11 @@ class FakeCalls:
 
     def error(self, call_id: str) -> str | None:
         return self.failed.get(call_id)
+
+    def cancel(self, call_id: str) -> None:
+        self.cancelled.append(call_id)
+        self.started = [(job_id, options) for number, (job_id, options) in enumerate(self.started, 1)
+                        if f"fc-{number}" != call_id]
 
     def run(self) -> list[str]:
         statuses = []
@@ -280,6 +287,17 @@ class FakeCalls:
         return statuses
 
 
+def web_config(modal_app, model: str, tmp_path):
+    """The endpoint's configuration as the deployed app reads it from its environment: the key, 0.2 MB a file and
+    the tiny model; at most 3 files (serve's --max-files, which the environment does not set)."""
+    environment = {"API_KEY": KEY, "MAX_FILE_SIZE_MB": "0.2", "RESTORECLI_MODEL": model}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        patch.chdir(tmp_path)  # no .env here
+        return dataclasses.replace(modal_app.web_config(), max_files=3)
+
+
 @pytest.fixture
 def web(modal_app, worker, tmp_path):
     """(client, backend, calls): the web endpoint over a dict, a folder and in-memory calls."""
@@ -288,10 +306,10 @@ def web(modal_app, worker, tmp_path):
         from fastapi.testclient import TestClient
     backend_ref: list = []
     calls = FakeCalls(modal_app, backend_ref)
-    backend = modal_app.Backend({}, modal_app.JobFiles(tmp_path / "files"), calls.start, calls.error, {})
+    backend = modal_app.Backend({}, modal_app.JobFiles(tmp_path / "files"), calls.start, calls.error, {},
+                                calls.cancel)
     backend_ref.append(backend)
-    settings = modal_app.WebSettings(KEY, max_file_bytes=200_000, max_files=3, defaults={"model": worker[1]})
-    with TestClient(modal_app.create_web_app(backend, settings)) as client:
+    with TestClient(modal_app.create_web_app(backend, web_config(modal_app, worker[1], tmp_path))) as client:
         client.headers["X-API-Key"] = KEY
         yield client, backend, calls
 
@@ -389,3 +407,93 @@ def test_prune_removes_finished_jobs_past_retention_and_keeps_the_rest(web):
     assert done not in backend.records and done not in backend.calls
     assert not (backend.files.root / done).exists()
     assert client.get(f"/status/{waiting}").json()["status"] == "queued"
+
+
+def test_the_endpoint_mounts_serve_s_routers_so_its_api_is_serve_s(web, tmp_path):
+    """The Modal app is serve's app over other storage: the same paths and methods, the same key check (with
+    serve's words), the same error shape."""
+    from fastapi.testclient import TestClient
+
+    from restorecli.options import declared
+    from restorecli.server.app import create_app
+    from restorecli.server.config import load_config
+
+    client, _, _ = web
+    served = load_config({name: default for name, default, _ in declared()}, queue=str(tmp_path / "queue"),
+                         dotenv=tmp_path / "none.env")
+    with TestClient(create_app(served), base_url="http://localhost") as serve_client:
+        serve_paths = {path: set(item) for path, item in serve_client.get("/openapi.json").json()["paths"].items()}
+    modal_document = client.get("/openapi.json").json()
+    assert {path: set(item) for path, item in modal_document["paths"].items()} == serve_paths
+    assert modal_document["info"]["title"] == "restorecli on Modal"
+    assert "ApiKey" in modal_document["components"]["securitySchemes"]
+
+    missing = client.get("/models", headers={"X-API-Key": ""})
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "ApiKey"
+    assert missing.json() == {"detail": "this server needs an API key: send it in the X-API-Key header"}
+    assert client.get("/models", headers={"X-API-Key": KEY + "x"}).json() == {"detail": "wrong API key"}
+    assert client.get("/status/not-a-job").json() == {"detail": "no job 'not-a-job'"}
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_events_zip_models_and_delete_answer_on_modal_as_on_serve(web):
+    import io
+    import zipfile
+
+    from restorecli.server import schema
+
+    client, backend, calls = web
+    done = post(client, ("rocket.jpg", ROCKET), ("noise.png", png(20, 12))).json()["job_id"]
+    assert client.get(f"/jobs/{done}/download").status_code == 409  # not finished yet
+    calls.run()
+    events = client.get(f"/events/{done}")
+    assert events.headers["content-type"].startswith("text/event-stream")
+    assert events.text.startswith("event: completed\n")
+    status = client.get(f"/status/{done}").json()
+    assert status["download_url"] == f"/jobs/{done}/download"
+    archive = zipfile.ZipFile(io.BytesIO(client.get(status["download_url"]).content))
+    assert sorted(archive.namelist()) == ["noise.png", "rocket.jpg"]
+    assert archive.read("noise.png") == client.get(status["results"][1]["url"]).content
+
+    models = schema.Models.model_validate(client.get("/models").json())
+    assert [m.runnable for m in models.models] == [True]  # the tiny model the endpoint was configured with
+
+    queued = post(client, ("rocket.jpg", ROCKET)).json()["job_id"]
+    call_id = backend.calls[queued]
+    assert client.delete(f"/jobs/{queued}").json() == {"job_id": queued, "deleted": True, "was": "queued"}
+    assert calls.cancelled == [call_id] and calls.started == []  # its call will not restore it
+    assert client.get(f"/status/{queued}").status_code == 404 and queued not in backend.records
+    assert not (backend.files.root / queued).exists()
+    assert client.delete(f"/jobs/{done}").json()["was"] == "completed"
+    assert client.get(f"/status/{done}").status_code == 404
+
+
+def test_health_on_modal_is_serve_s_document(web):
+    from restorecli.server import schema
+
+    client, _, _ = web
+    post(client, ("rocket.jpg", ROCKET))
+    health = client.get("/health", headers={"X-API-Key": ""})
+    document = schema.Health.model_validate(health.json())
+    assert health.status_code == 200 and document.status == "ok" and document.auth_required
+    assert document.queue["queued"] == 1 and document.worker_alive
+    assert document.limits.max_files == 3 and document.limits.max_file_mb == pytest.approx(0.2)
+
+
+def test_the_endpoint_reads_its_environment_as_serve_reads_it(modal_app, worker, tmp_path, monkeypatch):
+    from restorecli.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESTORECLI_MODEL", worker[1])
+    monkeypatch.setenv("RESTORECLI_ALLOW_MODELS", " realesr-animevideov3 ,")
+    (tmp_path / ".env").write_text("API_KEY=from-dotenv\nMAX_FILE_SIZE_MB=3\n")
+    config = modal_app.web_config()
+    assert config.allowed_models == (worker[1], "realesr-animevideov3") and config.defaults["model"] == worker[1]
+    assert (config.api_key, config.max_file_mb, config.host) == ("from-dotenv", 3, "0.0.0.0")
+    monkeypatch.setenv("API_KEY", " spaced ")
+    with pytest.raises(UsageError, match="white space"):
+        modal_app.web_config()
+    monkeypatch.setenv("API_KEY", "k")
+    monkeypatch.setenv("MAX_FILE_SIZE_MB", "ten")
+    with pytest.raises(UsageError, match="MAX_FILE_SIZE_MB 'ten'"):
+        modal_app.web_config()

@@ -369,7 +369,7 @@ def test_delete_cancels_a_queued_or_running_job_and_removes_a_finished_one(serve
     store = JobStore(config.queue)
     lease = store.claim(60, 3, "test-worker")
     assert lease.job.id == running
-    monkeypatch.setattr("restorecli.server.app.CANCEL_WAIT", 0.3)
+    monkeypatch.setattr("restorecli.server.service.CANCEL_WAIT", 0.3)
     response = client.delete(f"/jobs/{running}")  # its worker (this test) has not looked yet: asked, not done
     assert response.status_code == 202
     assert response.json() == {"job_id": running, "deleted": False, "was": "processing"}

@@ -114,14 +114,15 @@ def _run(config, sock: socket.socket, no_auth: bool, grace: float) -> int:
 
     pool = WorkerPool(config.queue, config.workers, log)
     app = create_app(config, pool if config.workers else None)  # creates the queue, before any worker looks
+    service = app.state.service  # the job folder behind it: downloads, draining, faults
     _announce(config, sock, no_auth)
-    janitor = Janitor(config.queue, config.retention, config.prune_every, log, keep=app.state.api.downloads.in_use)
-    shutdown = Shutdown(app.state.api.draining, pool if config.workers else None, janitor, grace, log)
-    app.state.api.on_fault = shutdown.fail
+    janitor = Janitor(config.queue, config.retention, config.prune_every, log, keep=service.downloads.in_use)
+    shutdown = Shutdown(service.draining, pool if config.workers else None, janitor, grace, log)
+    service.on_fault = shutdown.fail
     if config.workers:
         pool.start()
     janitor.start()
-    shutdown.watch(app.state.api.check_queue)
+    shutdown.watch(service.check_queue)
     try:
         server = GracefulServer(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                                                http=slow_client_protocol(config.read_timeout)), shutdown)

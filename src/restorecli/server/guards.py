@@ -229,21 +229,21 @@ async def _send_json(send, status: int, detail: str, headers: list | dict, head:
 
 
 class UploadSlots:
-    """A dependency that holds one of ``most`` upload slots while a request is read; a request beyond them is
-    answered 503 with ``Retry-After`` at once (it does not wait, holding a connection)."""
+    """``most`` upload slots, one held while a request is read; a request beyond them is answered 503 with
+    ``Retry-After`` at once (it does not wait, holding a connection). ``routes.deps.upload_slot`` is the
+    dependency that holds one."""
 
     def __init__(self, most: int):
         self.most, self.busy = most, 0
 
-    async def __call__(self) -> AsyncIterator[None]:
+    def take(self) -> None:
         if self.busy >= self.most:
             raise HTTPException(503, f"the server is already reading {self.most} uploads; try again in "
                                      f"{RETRY_AFTER} seconds", headers={"Retry-After": str(RETRY_AFTER)})
         self.busy += 1
-        try:
-            yield
-        finally:
-            self.busy -= 1
+
+    def give_back(self) -> None:
+        self.busy -= 1
 
 
 async def timed_chunks(chunks: AsyncIterator[bytes], timeout: float,

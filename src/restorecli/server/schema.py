@@ -40,14 +40,18 @@ _JOB_LINKS = {"GetStatus": ("/status/{job_id}", "get", {}), "FollowEvents": ("/e
               "GetResult": ("/processed/{job_id}/{name}", "get", {}), "DeleteJob": ("/jobs/{job_id}", "delete", {})}
 
 
-def publish(app) -> None:
-    """Make ``app``'s OpenAPI document say what the server really does (see ``contract``), built once."""
+def publish(app, form: dict) -> None:
+    """Make ``app``'s OpenAPI document say what the server really does (see ``contract``), built once; ``form`` is
+    ``POST /enhance``'s multipart body (the route reads its body as a stream, so FastAPI cannot declare it)."""
     build = app.openapi
     state = {"done": False}
 
     def openapi() -> dict:
         document = build()
         if not state["done"]:
+            enhance = document.get("paths", {}).get("/enhance", {}).get("post")
+            if enhance is not None:
+                enhance["requestBody"] = form
             contract(document)
             state["done"] = True
         return document

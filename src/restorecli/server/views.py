@@ -60,49 +60,73 @@ def output_name(job: Job, entry: dict) -> str | None:
     return path.relative_to(prefix).as_posix() if path.is_relative_to(prefix) else None
 
 
+@dataclass(frozen=True)
+class JobView:
+    """What a job's status document is made of, whichever store holds the job (the job folder, or Modal's
+    records): ``recorded`` is the finished job's entries, each ``output`` the name its ``/processed/`` URL takes
+    (None: no result), and ``progress`` the entries of the images done so far while it runs."""
+
+    job_id: str
+    status: str
+    inputs: list[dict]  # [{"original_filename", ...}], in the order submitted
+    progress: list[dict]
+    recorded: list[dict] | None
+    error: str | None  # why it failed, or why its last try did not finish it
+    created: float
+    finished: float | None
+    queue_position: int | None
+    setup: dict | None = None
+
+
 def job_document(store: JobStore, job: Job) -> dict:
-    """``GET /status/{id}``: the job's state, its progress, and one result per input, in the order submitted."""
+    """``GET /status/{id}`` of a job in the job folder."""
     finished = _result_file(store, job)
-    recorded = finished["results"] if finished is not None else None
-    progress = job.progress or []
+    recorded = None
+    if finished is not None:
+        recorded = [{**entry, "output": output_name(job, entry)} for entry in finished["results"]]
+    return status_document(JobView(job.id, job.status, job.inputs, job.progress or [], recorded, job.last_error,
+                                   job.created, job.finished, store.position(job), (finished or {}).get("setup")))
+
+
+def status_document(view: JobView) -> dict:
+    """``GET /status/{id}``: the job's state, its progress, and one result per input, in the order submitted."""
     results = []
-    for index, given in enumerate(job.inputs):
-        entry = recorded[index] if recorded is not None and index < len(recorded) else None
-        if entry is None and job.status == "processing" and index < len(progress):
-            entry = {**progress[index], "output": None}  # finished, published with the job
+    for index, given in enumerate(view.inputs):
+        entry = view.recorded[index] if view.recorded is not None and index < len(view.recorded) else None
+        if entry is None and view.status == "processing" and index < len(view.progress):
+            entry = {**view.progress[index], "output": None}  # finished, published with the job
         if entry is not None:
             status = entry["status"]
-        elif job.status == "processing" and index == len(progress):
+        elif view.status == "processing" and index == len(view.progress):
             status = "processing"
-        elif job.status == "failed":
+        elif view.status == "failed":
             status = "error"
         else:
             status = "pending"
-        name = output_name(job, entry) if entry and recorded is not None else None
+        name = entry.get("output") if entry and view.recorded is not None else None
         results.append({
             "index": index, "original_filename": given["original_filename"],
-            "url": f"/processed/{job.id}/{name}" if name else None,
-            "input_url": f"/jobs/{job.id}/inputs/{index}", "status": status,
-            "error": (entry or {}).get("error") or (job.last_error if status == "error" else None),
+            "url": f"/processed/{view.job_id}/{name}" if name else None,
+            "input_url": f"/jobs/{view.job_id}/inputs/{index}", "status": status,
+            "error": (entry or {}).get("error") or (view.error if status == "error" else None),
             "in_size": (entry or {}).get("in_size"), "out_size": (entry or {}).get("out_size"),
             "seconds": (entry or {}).get("seconds"), "faces": (entry or {}).get("faces"),
         })
-    done = len(job.inputs) if job.status in ("completed", "failed") else len(progress)
-    return {"job_id": job.id, "status": job.status, "queue_position": store.position(job),
-            "progress": {"done": done, "total": len(job.inputs)},
-            "error": job.last_error if job.status in ("failed", "queued") else None,
-            "created": job.created, "finished": job.finished, "results": results,
-            "setup": (finished or {}).get("setup"),
-            "download_url": f"/jobs/{job.id}/download" if recorded else None}
+    finished = view.status in ("completed", "failed")
+    return {"job_id": view.job_id, "status": view.status, "queue_position": view.queue_position,
+            "progress": {"done": len(view.inputs) if finished else len(view.progress), "total": len(view.inputs)},
+            "error": view.error if view.status in ("failed", "queued") else None,
+            "created": view.created, "finished": view.finished, "results": results, "setup": view.setup,
+            "download_url": f"/jobs/{view.job_id}/download" if view.recorded else None}
 
 
-def download_names(job: Job, recorded: list[dict]) -> dict[str, str]:
-    """Output file (relative to outputs/) -> the name it is offered under: the client's file name's stem (its
-    last component, cleaned) with the output's suffix, made unique within the job (``photo (2).png``)."""
+def download_names(inputs: list[dict], outputs: list[str | None]) -> dict[str, str]:
+    """Output file (relative to outputs/; None: that input has none) -> the name it is offered under: the client's
+    file name's stem (its last component, cleaned) with the output's suffix, made unique within the job
+    (``photo (2).png``)."""
     names: dict[str, str] = {}
     taken: set[str] = set()
-    for given, entry in zip(job.inputs, recorded):
-        output = output_name(job, entry)
+    for given, output in zip(inputs, outputs):
         if output is None:
             continue
         original = given["original_filename"].replace("\\", "/").rsplit("/", 1)[-1]
@@ -123,35 +147,43 @@ def _safe_stem(text: str) -> str:
     return kept.strip(" .")[:120]
 
 
+def served_results(job_dir: Path, inputs: list[dict], outputs: list[str | None]) -> dict[str, Served | None]:
+    """A finished job's results by the name their URL takes (``outputs``: each input's output file, relative to
+    ``job_dir/outputs``, or None), each as served, or None where it is not a regular file there. Only what the
+    results list resolves: no path is built from what a client sent."""
+    return {output: regular_file(job_dir, f"outputs/{output}", shown)
+            for output, shown in download_names(inputs, outputs).items()}
+
+
+def served_input(job_dir: Path, inputs: list[dict], index: int) -> Served | None:
+    """The ``index``-th input as it was uploaded (the dashboard's "before" picture), under the client's name."""
+    if not 0 <= index < len(inputs):
+        return None
+    given = inputs[index]
+    original = given["original_filename"].replace("\\", "/").rsplit("/", 1)[-1]
+    return regular_file(job_dir, f"inputs/{given['stored']}", original)
+
+
 def result_file(store: JobStore, job: Job, name: str) -> Served | None:
-    """The output ``name`` of a finished job, if the job's results list it (nothing else resolves: no path is
-    built from what a client sent) and the file is a regular file inside the job's outputs folder."""
+    """The output ``name`` of a finished job, if the job's results list it and it is a regular file inside the
+    job's outputs folder."""
     recorded = _recorded(store, job)
     if recorded is None:
         return None
-    names = download_names(job, recorded)
-    if name not in names:
-        return None
-    return _regular(store.job_dir(job.id), f"outputs/{name}", names[name])
+    return served_results(store.job_dir(job.id), job.inputs, [output_name(job, e) for e in recorded]).get(name)
 
 
 def result_files(store: JobStore, job: Job) -> list[Served]:
     recorded = _recorded(store, job) or []
-    found = (_regular(store.job_dir(job.id), f"outputs/{output}", shown)
-             for output, shown in download_names(job, recorded).items())
-    return [served for served in found if served is not None]
+    found = served_results(store.job_dir(job.id), job.inputs, [output_name(job, e) for e in recorded])
+    return [served for served in found.values() if served is not None]
 
 
 def input_file(store: JobStore, job: Job, index: int) -> Served | None:
-    """The ``index``-th input as it was uploaded (the dashboard's "before" picture)."""
-    if not 0 <= index < len(job.inputs):
-        return None
-    given = job.inputs[index]
-    original = given["original_filename"].replace("\\", "/").rsplit("/", 1)[-1]
-    return _regular(store.job_dir(job.id), f"inputs/{given['stored']}", original)
+    return served_input(store.job_dir(job.id), job.inputs, index)
 
 
-def _regular(job_dir: Path, relative: str, name: str) -> Served | None:
+def regular_file(job_dir: Path, relative: str, name: str) -> Served | None:
     """``job_dir/relative`` if it is a regular file reached through no symbolic link from the job's folder down
     (a link planted in a queue folder points anywhere)."""
     current = job_dir
