@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from helpers.wait import wait_until
+
 HARNESS = Path(__file__).resolve().parent / "worker_harness.py"
 
 
@@ -37,20 +39,23 @@ class LiveServer:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen([sys.executable, str(HARNESS), "serve", "--port", str(port), *self.args],
                                             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on (http://\S+?) ", self.output())
-            if match:
-                self.url = match.group(1)
-                try:
-                    if httpx.get(self.url + "/health", timeout=5).status_code in (200, 503):  # 503: up, degraded
-                        return self
-                except httpx.HTTPError:
-                    pass
-            if self.process.poll() is not None:
-                raise AssertionError(f"restorecli serve exited with {self.process.returncode}:\n{self.output()}")
-            time.sleep(0.1)
-        raise AssertionError(f"restorecli serve did not answer within {timeout}s:\n{self.output()}")
+        wait_until(self._answers, "restorecli serve to answer", timeout, every=0.1, detail=self.output)
+        return self
+
+    def _answers(self) -> bool:
+        """Whether the server answers ``/health`` yet (503 too: up, but degraded); an AssertionError with its log
+        where it exited instead."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"restorecli serve exited with {self.process.returncode}:\n{self.output()}")
+        match = re.search(r"listening on (http://\S+?) ", self.output())
+        if not match:
+            return False
+        self.url = match.group(1)
+        try:
+            return httpx.get(self.url + "/health", timeout=5).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -61,14 +66,14 @@ class LiveServer:
     def wait_for(self, job_id: str, headers: dict | None = None, timeout: float = 120.0,
                  statuses: tuple[str, ...] = ("completed", "failed")) -> dict:
         """Poll /status until the job reaches one of ``statuses``; returns its document."""
-        deadline = time.monotonic() + timeout
-        document: dict = {}
-        while time.monotonic() < deadline:
-            document = httpx.get(f"{self.url}/status/{job_id}", headers=headers, timeout=10).json()
-            if document.get("status") in statuses:
-                return document
-            time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {document.get('status')} after {timeout}s:\n{self.output()}")
+        seen: list[dict] = [{}]
+
+        def reached() -> dict | None:
+            seen[0] = httpx.get(f"{self.url}/status/{job_id}", headers=headers, timeout=10).json()
+            return seen[0] if seen[0].get("status") in statuses else None
+
+        return wait_until(reached, f"job {job_id} to be {' or '.join(statuses)}", timeout, every=0.2,
+                          detail=lambda: f"still {seen[0].get('status')}; the server's log:\n{self.output()}")
 
     def kill(self) -> None:
         """SIGKILL the server process alone (its workers notice and stop by themselves)."""

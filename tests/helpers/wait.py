@@ -10,14 +10,16 @@ T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], T], what: str = "the condition", timeout: float = 120.0,
-               every: float = 0.05) -> T:
+               every: float = 0.05, detail: Callable[[], str] | None = None) -> T:
     """Call ``condition`` every ``every`` seconds until it returns something truthy, and return that. After
-    ``timeout`` seconds (generous: a slow machine is not a failure) raise an AssertionError naming ``what``."""
+    ``timeout`` seconds (generous: a slow machine is not a failure) raise an AssertionError naming ``what``, followed
+    by what ``detail`` returns then (a server's log, the last state seen)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            said = f"timed out after {timeout:g}s waiting for {what}"
+            raise AssertionError(f"{said}:\n{detail()}" if detail else said)
         time.sleep(every)
