@@ -154,9 +154,11 @@ class JobRun:
             self.emit("image", {"job_id": self.job_id, "input": starting})
 
     def finish(self, item: ItemResult, index: int | None = None) -> None:
-        """Record an image's result (the input at ``index``, by default the one it names) in the job's progress."""
-        place = self._index[item.input] if index is None else index
-        self.results[place] = result_entry(item, self.original(item.input), self.job_dir, self.work,
+        """Record an image's result (the input at ``index``, by default the one it names, else the next without
+        one) in the job's progress."""
+        if index is None:
+            index = self._index[item.input] if item.input in self._index else self.results.index(None)
+        self.results[index] = result_entry(item, self.original(item.input), self.job_dir, self.work,
                                            self.store.root)
         self.store.record(self.lease, self.progress())
 

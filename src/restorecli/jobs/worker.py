@@ -20,8 +20,8 @@ from .store import JobStore, queue_exists, worker_name
 if TYPE_CHECKING:  # the pipeline (torch) is imported with the first job: a worker on an empty queue needs none
     from ..pipeline import Restorer
 
-__all__ = ["Event", "JobRun", "Schedule", "SetAside", "Stopping", "WorkerOptions", "WorkerReport", "run_job",
-           "run_worker", "wait_for_queue", "worker_name"]
+__all__ = ["Schedule", "Stopping", "WorkerOptions", "WorkerReport", "run_job", "run_worker", "wait_for_queue",
+           "worker_name"]  # worker_name: the store's, as the supervisor asks it of the worker
 
 
 @dataclass(frozen=True)
