@@ -71,6 +71,18 @@ def test_status_lists_every_job_with_its_short_id_state_and_images_done(two_jobs
     assert one.exit_code == 0 and f"job {ids[1]}: queued, 0/1 image(s) done, position 2" in one.stderr
 
 
+def test_status_lists_only_the_latest_jobs_and_says_so(two_jobs, monkeypatch):
+    from restorecli.cli import jobs
+
+    queue, ids = two_jobs
+    monkeypatch.setattr(jobs, "LISTED_JOBS", 1)
+    human = runner.invoke(app, ["status", "--queue", str(queue)], terminal_width=200)
+    assert human.exit_code == 0 and "jobs: the latest 1 of 2 (--json lists every one)" in human.stderr
+    shown = json.loads(runner.invoke(app, ["status", "--queue", str(queue), "--json"]).stdout)["jobs"]
+    assert [job["job_id"] for job in shown] == ids  # all of them, for scripts
+    assert shown[1]["short_id"] in human.stderr and shown[0]["short_id"] not in human.stderr
+
+
 def test_a_unique_start_of_an_id_names_its_job_and_a_shared_one_names_the_matches(two_jobs):
     queue, ids = two_jobs
     for given in (ids[0][:-3], ids[0].split("-")[-1][:5]):  # the id's start, or its random part's

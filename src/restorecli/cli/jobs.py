@@ -151,6 +151,9 @@ def _stop_with_parent(parent: int, stop: threading.Event) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+LISTED_JOBS = 50  # jobs status lists in its table
+
+
 def _job_ids(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of a job id: the ids in the queue (``--queue`` where it is already on the line) that start
     with what is typed. Nothing where there is no queue or it cannot be read: completion never fails."""
@@ -206,10 +209,13 @@ def _queue(data: dict) -> None:
     table.add_row(*(str(counts[c]) for c in ("queued", "processing", "completed", "failed")))
     render.say(table)
     if data["jobs"]:
-        jobs = Table(title="jobs", title_justify="left")
+        shown = data["jobs"][-LISTED_JOBS:]  # the latest: a busy queue's whole history is for --json
+        jobs = Table(title="jobs" if len(shown) == len(data["jobs"]) else
+                     f"jobs: the latest {len(shown)} of {len(data['jobs'])} (--json lists every one)",
+                     title_justify="left")
         for column, justify in (("id", "left"), ("status", "left"), ("done", "right")):
             jobs.add_column(column, justify=justify)
-        for job in data["jobs"]:
+        for job in shown:
             jobs.add_row(job["short_id"], job["status"], f"{job['done']}/{job['total']}")
         render.say(jobs)
     for run in data["running"]:
