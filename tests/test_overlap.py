@@ -15,6 +15,7 @@ import pytest
 import skimage.data
 
 import restorecli.pipeline as pipeline
+from helpers.wait import wait_until
 from restorecli.images import encode_image
 from restorecli.overlap import Halted, ReadAhead, WriteBehind
 from restorecli.pipeline import Restorer, RestoreOptions, restore_batch
@@ -137,8 +138,10 @@ def test_the_queue_holds_at_most_its_budget_and_the_producer_waits(tmp_path):
 
         producer = threading.Thread(target=produce)
         producer.start()
-        time.sleep(0.3)  # the producer runs ahead as far as the budget lets it
-        assert len(sent) <= 4 and behind._queued <= 3 * piece.nbytes  # 3 queued, 1 in the writer's hands
+        # the producer runs ahead as far as the budget lets it (3 pieces, the one in the writer's hands counted)
+        wait_until(lambda: len(sent) >= 3, "the producer to fill the budget", WAIT)
+        time.sleep(0.3)  # the wait under test: given the time, the producer goes no further
+        assert len(sent) <= 4 and behind._queued <= 3 * piece.nbytes  # whichever way the piece in hand counts
         gate.set()
         producer.join(WAIT)
         out.finish().result(WAIT)
@@ -160,10 +163,8 @@ def test_read_ahead_prepares_one_item_ahead_in_order():
     release[0].set()
     with ReadAhead([0, 1, 2], prepare, on_start=started.append) as ahead:
         assert ahead.take() == 0
-        deadline = time.monotonic() + WAIT
-        while ("prepare", 1) not in events:  # item 1 is being read while the caller works on item 0
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # item 1 is being read while the caller works on item 0
+        wait_until(lambda: ("prepare", 1) in events, "item 1 to be read ahead", WAIT)
         assert ("prepare", 2) not in events and started == [0, 1]  # no more than one ahead
         release[1].set()
         assert ahead.take() == 10
