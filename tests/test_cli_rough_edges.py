@@ -9,12 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from test_cli_usage import _probe
 
-runner = CliRunner()
 CLI = Path(__file__).resolve().parent.parent / "src" / "restorecli" / "cli"
 
 
@@ -31,7 +29,7 @@ def two_jobs(tmp_path) -> tuple[Path, list[str]]:
     queue = tmp_path / "queue"
     ids = []
     for name in ("rocket.jpg", "cameraman_gray.png"):
-        done = runner.invoke(app, ["submit", str(TEST_INPUTS / name), "--queue", str(queue), "--json"])
+        done = invoke("submit", TEST_INPUTS / name, "--queue", queue, "--json")
         assert done.exit_code == 0, done.stderr
         ids.append(json.loads(done.stdout)["job_id"])
     return queue, ids
@@ -58,16 +56,16 @@ def test_a_job_id_completes_to_nothing_where_there_is_no_queue(tmp_path):
 
 def test_status_lists_every_job_with_its_short_id_state_and_images_done(two_jobs):
     queue, ids = two_jobs
-    data = json.loads(runner.invoke(app, ["status", "--queue", str(queue), "--json"]).stdout)
+    data = json.loads(invoke("status", "--queue", queue, "--json").stdout)
     assert [(job["job_id"], job["status"], job["done"], job["total"]) for job in data["jobs"]] == [
         (ids[0], "queued", 0, 1), (ids[1], "queued", 0, 1)]
     shorts = [job["short_id"] for job in data["jobs"]]
     assert all(len(short) == 8 and job_id.split("-")[-1].startswith(short) for job_id, short in zip(ids, shorts))
-    human = runner.invoke(app, ["status", "--queue", str(queue)])
+    human = invoke("status", "--queue", queue)
     assert human.exit_code == 0
     for short in shorts:
         assert re.search(rf"{short}\s.*queued\s.*0/1", human.stderr), human.stderr
-    one = runner.invoke(app, ["status", shorts[1], "--queue", str(queue)])
+    one = invoke("status", shorts[1], "--queue", queue)
     assert one.exit_code == 0 and f"job {ids[1]}: queued, 0/1 image(s) done, position 2" in one.stderr
 
 
@@ -76,9 +74,9 @@ def test_status_lists_only_the_latest_jobs_and_says_so(two_jobs, monkeypatch):
 
     queue, ids = two_jobs
     monkeypatch.setattr(jobs, "LISTED_JOBS", 1)
-    human = runner.invoke(app, ["status", "--queue", str(queue)], terminal_width=200)
+    human = invoke("status", "--queue", queue, terminal_width=200)
     assert human.exit_code == 0 and "jobs: the latest 1 of 2 (--json lists every one)" in human.stderr
-    shown = json.loads(runner.invoke(app, ["status", "--queue", str(queue), "--json"]).stdout)["jobs"]
+    shown = json.loads(invoke("status", "--queue", queue, "--json").stdout)["jobs"]
     assert [job["job_id"] for job in shown] == ids  # all of them, for scripts
     assert shown[1]["short_id"] in human.stderr and shown[0]["short_id"] not in human.stderr
 
@@ -86,19 +84,19 @@ def test_status_lists_only_the_latest_jobs_and_says_so(two_jobs, monkeypatch):
 def test_a_unique_start_of_an_id_names_its_job_and_a_shared_one_names_the_matches(two_jobs):
     queue, ids = two_jobs
     for given in (ids[0][:-3], ids[0].split("-")[-1][:5]):  # the id's start, or its random part's
-        found = runner.invoke(app, ["status", given, "--queue", str(queue), "--json"])
+        found = invoke("status", given, "--queue", queue, "--json")
         assert found.exit_code == 0, found.stderr
         assert json.loads(found.stdout)["job_id"] == ids[0]
     shared = ids[0][:9]  # the date both share
     for command in ("status", "cancel"):
-        ambiguous = runner.invoke(app, [command, shared, "--queue", str(queue)])
+        ambiguous = invoke(command, shared, "--queue", queue)
         assert ambiguous.exit_code == 2
         assert f"'{shared}' names 2 jobs" in ambiguous.stderr and "give more of the id" in ambiguous.stderr
         assert ids[0] in ambiguous.stderr and ids[1] in ambiguous.stderr
-    cancelled = runner.invoke(app, ["cancel", ids[1].split("-")[-1][:8], "--queue", str(queue), "--json"])
+    cancelled = invoke("cancel", ids[1].split("-")[-1][:8], "--queue", queue, "--json")
     assert cancelled.exit_code == 0, cancelled.stderr
     assert json.loads(cancelled.stdout) == {"job_id": ids[1], "was": "queued", "deleted": True}
-    left = json.loads(runner.invoke(app, ["status", "--queue", str(queue), "--json"]).stdout)
+    left = json.loads(invoke("status", "--queue", queue, "--json").stdout)
     assert [job["job_id"] for job in left["jobs"]] == [ids[0]]
 
 
@@ -109,7 +107,7 @@ def test_status_of_a_running_job_shows_the_images_its_worker_has_finished(tmp_pa
 
     queue = tmp_path / "queue"
     names = [str(TEST_INPUTS / name) for name in ("rocket.jpg", "cameraman_gray.png", "astronaut_face.jpg")]
-    submitted = runner.invoke(app, ["submit", *names, "--queue", str(queue)])
+    submitted = invoke("submit", *names, "--queue", queue)
     assert submitted.exit_code == 0, submitted.stderr
     store = JobStore(queue)
     try:  # a worker's lease, and its record of the second image finished first
@@ -118,11 +116,11 @@ def test_status_of_a_running_job_shows_the_images_its_worker_has_finished(tmp_pa
                                      "status": "error", "error": "it broke"}])
     finally:
         store.close()
-    data = json.loads(runner.invoke(app, ["status", lease.job.id, "--queue", str(queue), "--json"]).stdout)
+    data = json.loads(invoke("status", lease.job.id, "--queue", queue, "--json").stdout)
     assert (data["status"], data["done"], data["total"]) == ("processing", 1, 3)
     assert [(r["status"], r["error"], r["output"]) for r in data["results"]] == [
         ("pending", None, None), ("error", "it broke", None), ("pending", None, None)]
-    overview = json.loads(runner.invoke(app, ["status", "--queue", str(queue), "--json"]).stdout)
+    overview = json.loads(invoke("status", "--queue", queue, "--json").stdout)
     assert [(job["status"], job["done"], job["total"]) for job in overview["jobs"]] == [("processing", 1, 3)]
 
 
@@ -140,7 +138,7 @@ def _sections(help_text: str) -> dict[str, list[str]]:
 
 
 def test_serve_help_reads_in_groups_with_the_restore_options_last():
-    result = runner.invoke(app, ["serve", "--help"], terminal_width=120, prog_name="restorecli")
+    result = invoke("serve", "--help", terminal_width=120, prog_name="restorecli")
     assert result.exit_code == 0
     sections = _sections(result.stdout)
     assert list(sections) == ["Options", "Queue and workers", "Uploads", "Access",
@@ -156,7 +154,7 @@ def test_serve_help_reads_in_groups_with_the_restore_options_last():
 
 
 def test_restore_help_shows_its_groups_under_their_headings():
-    sections = _sections(runner.invoke(app, ["restore", "--help"], terminal_width=120).stdout)
+    sections = _sections(invoke("restore", "--help", terminal_width=120).stdout)
     assert list(sections)[:2] == ["Arguments", "Options"]
     assert {"--server", "--api-key-env", "--timeout"} == set(sections["Server"])
     assert "--face-enhance" in sections["Faces"] and "--face-enhance" not in sections["Options"]
@@ -170,13 +168,13 @@ def test_fp16_on_a_cpu_warns_that_it_is_slow_and_names_auto(tmp_path, make_model
     from conftest import TEST_INPUTS
 
     args = ["restore", str(TEST_INPUTS / "rocket.jpg"), "--model", str(make_model(2)), "--device", "cpu", "--json"]
-    half = runner.invoke(app, [*args, "-o", str(tmp_path / "fp16"), "--precision", "fp16"])
+    half = invoke(*args, "-o", tmp_path / "fp16", "--precision", "fp16")
     assert half.exit_code == 0, half.stderr
     assert _summary(half)["precision"] == "fp16"  # still what was asked for: a warning, not a refusal
     warnings = [line for line in half.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, half.stderr  # once, though the model is set up for 8- and 16-bit images
     assert "--precision fp16 on the CPU is emulated and slow" in warnings[0] and "--precision auto" in warnings[0]
-    full = runner.invoke(app, [*args, "-o", str(tmp_path / "fp32"), "--precision", "fp32"])
+    full = invoke(*args, "-o", tmp_path / "fp32", "--precision", "fp32")
     assert full.exit_code == 0 and "warning" not in full.stderr
 
 
