@@ -501,6 +501,21 @@ def test_flags_win_over_the_environment_which_wins_over_dotenv(tmp_path, model, 
     assert (config.max_file_mb, config.queue.name) == (7, "flag-queue")
 
 
+def test_an_empty_variable_leaves_the_dotenv_value_and_the_file_reads_as_docker_compose_reads_it(tmp_path, model,
+                                                                                                  monkeypatch):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text('MAX_FILE_SIZE_MB=3\n\n# a comment\n  export RESTORECLI_QUEUE="a queue"  \nAPI_KEY=\'k#1\'\n')
+    monkeypatch.setenv("MAX_FILE_SIZE_MB", "")
+    monkeypatch.setenv("RESTORECLI_QUEUE", "")
+    monkeypatch.delenv("API_KEY", raising=False)
+    config = load_config({**DEFAULTS, "model": model}, dotenv=dotenv)
+    assert (config.max_file_mb, config.queue.name, config.api_key) == (3, "a queue", "k#1")
+    assert read_dotenv(dotenv) == {"MAX_FILE_SIZE_MB": "3", "RESTORECLI_QUEUE": "a queue", "API_KEY": "k#1"}
+    dotenv.write_text("MAX_FILE_SIZE_MB=3\n\n\nNO_VALUE\n")
+    with pytest.raises(UsageError, match=r"\.env, line 4: not a KEY=VALUE line"):
+        load_config({**DEFAULTS, "model": model}, dotenv=dotenv)
+
+
 def test_a_broken_dotenv_or_setting_is_a_usage_error_naming_it(tmp_path, model, monkeypatch):
     dotenv = tmp_path / ".env"
     dotenv.write_text("API_KEY=x\nthis line is wrong\n")

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 from ..errors import UsageError
 
 API_KEY_ENV = "API_KEY"
-MAX_FILE_ENV = "MAX_FILE_SIZE_MB"
 API_KEY_HEADER = "X-API-Key"
 # The restore options a request may set (the rest are the server's: its device, tiles, weights)
 FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight")
@@ -43,27 +42,23 @@ class ServeConfig:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``.env`` file: ``#`` comments, blank lines, an ``export`` prefix and single or
-    double quotes around a value are allowed, as docker compose and python-dotenv read them. A missing file is
-    empty. A line of another shape is an error naming the file and the line."""
+    """``KEY=VALUE`` lines of a ``.env`` file, read by python-dotenv (``#`` comments, blank lines, an ``export``
+    prefix, quotes, as docker compose reads them), with nothing interpolated. A missing file is empty. A line of
+    another shape is an error naming the file and the line (python-dotenv would skip it)."""
+    from dotenv.parser import parse_stream
+
     if not path.is_file():
         return {}
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        if text.startswith("export "):
-            text = text[len("export "):].lstrip()
-        key, sep, value = text.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key.replace("_", "").isalnum():
-            raise UsageError(f"{path}, line {number}: not a KEY=VALUE line")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for binding in parse_stream(stream):
+            if binding.key is None and not binding.error:
+                continue  # a comment or a blank line
+            if binding.error or binding.value is None or not binding.key.replace("_", "").isalnum():
+                text = binding.original.string
+                line = binding.original.line + text[:len(text) - len(text.lstrip())].count("\n")
+                raise UsageError(f"{path}, line {line}: not a KEY=VALUE line")
+            values[binding.key] = binding.value
     return values
 
 
@@ -136,16 +131,6 @@ def parse_host_name(text: str) -> str:
     return name
 
 
-def parse_megabytes(text: str, source: str) -> int:
-    try:
-        megabytes = float(text)
-    except ValueError:
-        raise UsageError(f"{source} '{text}' is not a number of megabytes") from None
-    if not 0 < megabytes < float("inf"):
-        raise UsageError(f"{source} {text}: must be more than 0")
-    return int(megabytes * 1024 * 1024)
-
-
 def is_loopback(host: str) -> bool:
     """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1; ``localhost``)."""
     try:
@@ -165,20 +150,20 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
                 allowed_host: list[str] = (), max_uploads: int = 32, read_timeout: float = 30.0,
                 min_free_mb: float = 256.0, dotenv: Path = Path(".env")) -> ServeConfig:
     """The server's configuration from its flags (``restore``: the declared restore options' values, the jobs'
-    defaults), then the environment, then ``dotenv``. Raises ``UsageError`` for a value that cannot be used."""
+    defaults), then the environment, then ``dotenv`` (``ServeEnvironment``; the key through ``api_key_setting``).
+    Raises ``UsageError`` for a value that cannot be used."""
     from ..jobs.enqueue import job_options
     from ..jobs.prune import parse_age
-    from ..jobs.store import QUEUE_ENV, DEFAULT_QUEUE
+    from ..jobs.store import QUEUE_ENV
     from ..models.loading import unknown_model
     from ..models.registry import REGISTRY
     from ..options import from_given
+    from .settings import MAX_FILE_ENV, ServeEnvironment, parse_megabytes
 
-    values = read_dotenv(Path(dotenv))
-    if max_file_mb is not None:
-        max_bytes = parse_megabytes(str(max_file_mb), "--max-file-mb")
-    else:
-        text = setting(MAX_FILE_ENV, values)
-        max_bytes = parse_megabytes(text, MAX_FILE_ENV) if text else 10 * 1024 * 1024
+    values = read_dotenv(Path(dotenv))  # first: a malformed line is refused, naming it
+    flags = {MAX_FILE_ENV: parse_megabytes(str(max_file_mb), "--max-file-mb") if max_file_mb is not None else None,
+             QUEUE_ENV: queue}
+    environment = ServeEnvironment(_env_file=Path(dotenv), **{k: v for k, v in flags.items() if v})
     options = from_given(restore)
     defaults = {**restore, **{k: v for k, v in job_options(options).items() if k in restore}}  # paths absolute
     allowed = [options.model]
@@ -191,14 +176,13 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
     if len(set(names)) < len(names):
         raise UsageError(f"the offered models {', '.join(allowed)} share a file name, by which clients name them: "
                          "rename one")
-    root = Path(queue or setting(QUEUE_ENV, values) or DEFAULT_QUEUE)
     if max_uploads < 1:
         raise UsageError(f"--max-uploads {max_uploads}: must be at least 1")
     if not 0 < read_timeout < float("inf"):
         raise UsageError(f"--read-timeout {read_timeout}: must be more than 0 seconds")
-    return ServeConfig(host=host, port=port, queue=root.absolute(), workers=workers,
+    return ServeConfig(host=host, port=port, queue=environment.queue.absolute(), workers=workers,
                        retention=parse_age(retention, "--retention"),
-                       prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=max_bytes,
+                       prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=environment.max_file_bytes,
                        max_files=max_files, api_key=api_key_setting(values),
                        cors_origin=parse_origin(cors_origin) if cors_origin is not None else None,
                        allowed_hosts=tuple(dict.fromkeys(parse_host_name(name) for name in allowed_host)),
