@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import EXIT_SETUP, EXIT_SOME_FAILED, UsageError
 from ..jobs.prune import parse_age, prune as prune_target
-from ..jobs.status import find_job, job_status, queue_overview
+from ..jobs.status import job_status, queue_overview
 from ..jobs.store import queue_dir, queue_exists
 from . import options as o
 from . import render
@@ -234,24 +234,10 @@ def cancel(
 ) -> None:
     """Cancel a queued or running job: a queued one is deleted with its files; a running one is stopped by its
     worker at its next tile, which keeps nothing of it. Exit 1 if the worker has not stopped within --wait."""
-    from ..jobs.cancel import cancel_job
-    from ..jobs.store import JobStore
+    from ..jobs.cancel import cancel_in_queue
 
     with exit_on_error():
-        root = queue_dir(queue)
-        if not queue_exists(root):
-            raise UsageError(f"no job '{job_id}' in {root}: the queue is empty")
-        store = JobStore(root)
-        try:
-            found = find_job(store, job_id)  # the whole id, or a unique start of it
-            if found.status in ("completed", "failed"):
-                raise UsageError(f"job {found.id} has already {found.status}: nothing to cancel (restorecli prune "
-                                 "removes finished jobs)")
-            done = cancel_job(store, found.id, wait)
-        finally:
-            store.close()
-        if done is None:  # it went between the look and the cancel
-            raise UsageError(f"no job '{job_id}' in {root}")
+        done = cancel_in_queue(queue_dir(queue), job_id, wait)
     if json_output:
         render.out_json({"job_id": done.job_id, "was": done.was, "deleted": done.deleted})
     if done.deleted:
