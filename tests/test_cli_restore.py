@@ -13,20 +13,23 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS, grey_tiff, read_rgb
-from restorecli.cli.app import app
-
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
+from helpers.cli import invoke, json_lines
+from helpers.wait import wait_until
 
 
-def json_lines(result):
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+def writing(process, pattern: str):
+    """A condition for wait_until: a temporary file matching ``pattern`` exists, and ``process`` must not have
+    ended before (then the image it should be writing never started)."""
+
+    def started() -> bool:
+        if list(pattern.parent.glob(pattern.name)):
+            return True
+        assert process.poll() is None, "the large image never started"
+        return False
+
+    return started
 
 
 @pytest.fixture
@@ -467,7 +470,7 @@ def test_an_output_folder_that_cannot_be_made_is_named(photos, model2):
 
 def test_stdin_to_stdout(model2):
     data = (TEST_INPUTS / "rocket.jpg").read_bytes()
-    result = runner.invoke(app, ["restore", "-", "-o", "-", "--model", str(model2), "--format", "png"], input=data)
+    result = invoke("restore", "-", "-o", "-", "--model", model2, "--format", "png", input=data)
     assert result.exit_code == 0, result.stderr
     image = Image.open(io.BytesIO(result.stdout_bytes))
     assert image.format == "PNG" and image.size == (192, 128)
@@ -686,20 +689,17 @@ def test_default_model_restores_offline_from_embedded_weights(photos, real_weigh
 
 def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
     data = (TEST_INPUTS / "cameraman_gray.png").read_bytes()
-    result = runner.invoke(app, ["restore", "-", "-o", str(tmp_path / "o"), "--model", str(model2), "--json"],
-                           input=data)
+    result = invoke("restore", "-", "-o", tmp_path / "o", "--model", model2, "--json", input=data)
     assert result.exit_code == 0, result.stderr
     assert json_lines(result)[0]["output"] == str(tmp_path / "o" / "stdin.png")
     assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)
     # another piped image is new, whatever the folder holds: not "skipped" as a resumed file would be
     other = (TEST_INPUTS / "coffee_alpha.png").read_bytes()
-    again = runner.invoke(app, ["restore", "-", "-o", str(tmp_path / "o"), "--model", str(model2), "--json"],
-                          input=other)
+    again = invoke("restore", "-", "-o", tmp_path / "o", "--model", model2, "--json", input=other)
     assert again.exit_code == 1 and json_lines(again)[0]["status"] == "error"
     assert "stdin.png exists (from an earlier image); add --overwrite" in json_lines(again)[0]["error"]
     assert read_rgb(tmp_path / "o" / "stdin.png").shape == (256, 256)  # the earlier result is kept
-    replaced = runner.invoke(app, ["restore", "-", "-o", str(tmp_path / "o"), "--model", str(model2),
-                                   "--overwrite"], input=other)
+    replaced = invoke("restore", "-", "-o", tmp_path / "o", "--model", model2, "--overwrite", input=other)
     assert replaced.exit_code == 0 and read_rgb(tmp_path / "o" / "stdin.png").shape == (170, 256, 4)
 
 
@@ -977,7 +977,6 @@ def test_sigterm_stops_a_real_process_cleanly_and_a_rerun_resumes(make_model, tm
     import signal
     import subprocess
     import sys
-    import time
 
     import cv2
 
@@ -990,10 +989,7 @@ def test_sigterm_stops_a_real_process_cleanly_and_a_rerun_resumes(make_model, tm
     args = ["restore", *map(str, inputs), "-o", str(out), "--model", str(model), "--tile", "64", "--json"]
     process = subprocess.Popen([sys.executable, "-c", "from restorecli.cli.app import main; main()", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".b_large.png.*.part")):  # the large image is being written
-        assert process.poll() is None and time.monotonic() < deadline, "the large image never started"
-        time.sleep(0.02)
+    wait_until(writing(process, out / ".b_large.png.*.part"), "the large image to be written", every=0.02)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
@@ -1010,7 +1006,6 @@ def test_two_runs_over_one_folder_share_the_images(make_model, tmp_path):
     the other run finishes it."""
     import subprocess
     import sys
-    import time
 
     import cv2
 
@@ -1023,10 +1018,7 @@ def test_two_runs_over_one_folder_share_the_images(make_model, tmp_path):
     args = ["restore", str(inputs[0]), "-o", str(out), "--model", str(model), "--tile", "64", "--json"]
     first = subprocess.Popen([sys.executable, "-c", "from restorecli.cli.app import main; main()", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".a_large.png.*.part")):  # the first run is writing the large image
-        assert first.poll() is None and time.monotonic() < deadline, "the large image never started"
-        time.sleep(0.02)
+    wait_until(writing(first, out / ".a_large.png.*.part"), "the first run to write the large image", every=0.02)
     second = invoke("restore", *inputs, "-o", out, "--model", model, "--tile", "64", "--json", "--overwrite")
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
