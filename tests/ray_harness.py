@@ -32,7 +32,7 @@ def runtime_env(folder: Path) -> dict:
 def install() -> None:
     import ray
 
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
 
     folder = Path(os.environ["RAY_HARNESS_DIR"])
     decode, enhance = pipeline.decode_image, pipeline.enhance

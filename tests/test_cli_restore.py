@@ -499,7 +499,7 @@ def test_an_output_too_large_for_its_format_fails_before_the_model_runs(model2, 
     what to use instead, rather than after hours of upscaling; the batch goes on."""
     import cv2
 
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
 
     ran = []
     for name in ("enhance", "enhance_rows"):
@@ -712,7 +712,7 @@ def test_stdin_to_a_folder_is_named_after_its_format(model2, tmp_path):
                                                                  "in), past what the encoder or the arrays can address"),
 ])
 def test_a_model_failure_on_one_image_is_that_image_s_error(photos, model2, tmp_path, monkeypatch, failure, shown):
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
 
     def flaky(real):
         def run(model, color, *args, **kwargs):
@@ -735,7 +735,7 @@ def test_png_outputs_are_streamed_and_equal_the_whole_image_encoding(photos, mod
     """A PNG that needs no faces or resize is written strip by strip as tiles finish; the file is byte for
     byte what encoding the whole result gives (grey, 16-bit, alpha through the model or resized, 16-bit grey
     with alpha, and with EXIF and an ICC profile)."""
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
     from PIL import ImageCms
 
     from restorecli.images import encode_image
@@ -779,7 +779,7 @@ def test_any_outscale_is_streamed_with_the_bytes_of_the_whole_resize(photos, mak
     """The strips are resized on their way to the PNG (k-row block means for a whole-number shrink, the
     separable area or Lanczos-4 filter otherwise), and the file is byte for byte the whole result resized
     and encoded."""
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
 
     from restorecli.pipeline import RestoreOptions, Restorer
 
@@ -805,7 +805,7 @@ def test_any_outscale_is_streamed_with_the_bytes_of_the_whole_resize(photos, mak
 
 
 def test_a_failure_in_the_middle_of_a_streamed_png_leaves_nothing(photos, model2, tmp_path, monkeypatch):
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
 
     real, calls = pipeline.enhance_rows, []
 
@@ -904,7 +904,7 @@ def test_progress_follows_the_tiles_of_the_current_image(photos, model2):
 @pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("jpg", ".jpg"), ("webp", ".webp")])
 def test_tiff_jpeg_and_webp_outputs_are_streamed_too_with_their_metadata(photos, model2, tmp_path, monkeypatch, fmt,
                                                                           suffix):
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
     from PIL import ImageCms
 
     from restorecli.images import encode_image
@@ -947,7 +947,7 @@ def test_tiff_jpeg_and_webp_outputs_are_streamed_too_with_their_metadata(photos,
 def test_ctrl_c_ends_the_batch_with_a_summary_and_leaves_no_partial_output(photos, model2, tmp_path, monkeypatch):
     """Ctrl-C in the middle of an image: that image's temporary file goes, the images before it stay, the
     summary says how far the batch got, and the exit code is the shell's for SIGINT (130)."""
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
 
     real, seen = pipeline.enhance_rows, []
 

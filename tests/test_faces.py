@@ -244,7 +244,7 @@ def test_faces_restored_strip_by_strip_equal_the_whole_array(height, width, chan
 def test_an_output_with_faces_is_written_a_strip_at_a_time(tmp_path, make_model, face_files, monkeypatch):
     """With --face-enhance the output still goes to its file as the tiles finish (holding only the rows the
     faces span until they are restored), with the bytes of the whole-array path."""
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
     from restorecli.pipeline import RestoreOptions, Restorer
 
     weights, detector_path = face_files
@@ -274,7 +274,7 @@ def test_the_next_images_faces_are_found_while_the_model_runs(tmp_path, make_mod
     is in the model (which waits for it here: without the overlap it would wait in vain)."""
     import threading
 
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.runner as pipeline
     from restorecli.engine.faces.enhance import FaceStage
     from restorecli.pipeline import RestoreOptions, restore_batch
 

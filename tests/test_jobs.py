@@ -461,15 +461,15 @@ def test_a_full_disk_stops_the_worker_and_gives_the_job_back_resumable(tmp_path,
     assert record.status == "queued" and record.attempts == 0
     assert job(queue, second).status == "queued"  # not taken: it would have failed the same way
     disk_fills(None)
-    import restorecli.pipeline as pipeline
+    import restorecli.pipeline.batch as batch
 
-    real_restore, done = pipeline.Restorer.restore_behind, []
+    real_restore, done = batch._restore_behind, []
 
-    def counting(self, prepared, source, *args, **kwargs):
+    def counting(into, prepared, source, *args, **kwargs):
         done.append(source)
-        return real_restore(self, prepared, source, *args, **kwargs)
+        return real_restore(into, prepared, source, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.Restorer, "restore_behind", counting)
+    monkeypatch.setattr(batch, "_restore_behind", counting)
     assert cli("worker", "--queue", queue, "--once").exit_code == 0
     assert job(queue, first).status == "completed" and job(queue, second).status == "completed"
     assert len(done) == 3  # b and c of the first job, and the second job's image: a was kept

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-import restorecli.pipeline as pipeline
+import restorecli.pipeline.batch as pipeline_batch
+import restorecli.pipeline.runner as pipeline
 from helpers.wait import wait_until
 from restorecli.images import encode_image
 from restorecli.overlap import Halted, ReadAhead, WriteBehind
@@ -233,7 +234,7 @@ def test_the_last_image_is_written_while_the_model_runs_the_next(tmp_path, make_
     model goes on. Results still come in order, each once its file is in place."""
     inputs = _photos(tmp_path / "in", 2)
     second_model = threading.Event()
-    real_rows, real_writer = pipeline.enhance_rows, pipeline.strip_writer
+    real_rows, real_writer = pipeline.enhance_rows, pipeline_batch.strip_writer
     seen = []
 
     def model(model, color, options, sink, *args):
@@ -255,7 +256,7 @@ def test_the_last_image_is_written_while_the_model_runs_the_next(tmp_path, make_
         return inner
 
     monkeypatch.setattr(pipeline, "enhance_rows", model)
-    monkeypatch.setattr(pipeline, "strip_writer", writer)
+    monkeypatch.setattr(pipeline_batch, "strip_writer", writer)
     events = []
     batch = restore_batch([str(p) for p in inputs], RestoreOptions(model=str(make_model(2)), device="cpu",
                                                                    output_dir=str(tmp_path / "out")),
@@ -302,7 +303,7 @@ def test_a_full_disk_behind_the_model_cuts_the_next_image_short(tmp_path, make_m
     """Image 1's file fails on a full disk while image 2 is in the model: image 2 stops at its next tile, leaves
     no file, and the batch ends with image 1's error, as a one-thread batch ends."""
     inputs = _photos(tmp_path / "in", 3, side=128)
-    real_writer, tiles_after = pipeline.strip_writer, []
+    real_writer, tiles_after = pipeline_batch.strip_writer, []
     failed = threading.Event()
 
     def writer(fmt, handle, *args, **kwargs):
@@ -319,7 +320,7 @@ def test_a_full_disk_behind_the_model_cuts_the_next_image_short(tmp_path, make_m
         if event == "tiles" and failed.is_set():
             tiles_after.append(payload)
 
-    monkeypatch.setattr(pipeline, "strip_writer", writer)
+    monkeypatch.setattr(pipeline_batch, "strip_writer", writer)
     batch = restore_batch([str(p) for p in inputs], RestoreOptions(model=str(make_model(2)), device="cpu", tile=32,
                                                                    output_dir=str(tmp_path / "out")),
                           on_progress=on_progress)
@@ -332,7 +333,7 @@ def test_a_stop_while_the_model_runs_keeps_what_was_finished(tmp_path, make_mode
     """Ctrl-C in image 2's model while image 1 is still being written: image 1 is finished and reported, image 2
     leaves nothing, image 3 is not begun."""
     inputs = _photos(tmp_path / "in", 3)
-    real_rows, real_writer = pipeline.enhance_rows, pipeline.strip_writer
+    real_rows, real_writer = pipeline.enhance_rows, pipeline_batch.strip_writer
     seen, interrupted = [], threading.Event()
 
     def model(model, color, options, sink, *args):
@@ -356,7 +357,7 @@ def test_a_stop_while_the_model_runs_keeps_what_was_finished(tmp_path, make_mode
         return inner
 
     monkeypatch.setattr(pipeline, "enhance_rows", model)
-    monkeypatch.setattr(pipeline, "strip_writer", writer)
+    monkeypatch.setattr(pipeline_batch, "strip_writer", writer)
     done = []
     with pytest.raises(KeyboardInterrupt):
         restore_batch([str(p) for p in inputs], RestoreOptions(model=str(make_model(2)), device="cpu",

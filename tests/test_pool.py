@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import restorecli.pipeline as pipeline
+import restorecli.pipeline.runner as pipeline
+import restorecli.pipeline.stages as stages
 from conftest import TEST_INPUTS
 from restorecli.distributed.actor import ImageTask, RestoreActor
 from restorecli.distributed.pool import Slots
@@ -36,7 +37,7 @@ class _Stages:
         self.holds: dict[str, str] = {}  # "stage:image" -> "stage:image" it waits for
         self.waited: dict[str, bool] = {}  # "stage:image" -> whether what it waited for came in time
         self.names = threading.local()
-        decode, enhance, encode = pipeline.decode_image, pipeline.enhance, pipeline.encode_image
+        decode, enhance, encode = pipeline.decode_image, pipeline.enhance, stages.encode_image
 
         def decoding(data, name, max_pixels):
             self.names.current = name
@@ -50,7 +51,7 @@ class _Stages:
 
         monkeypatch.setattr(pipeline, "decode_image", decoding)
         monkeypatch.setattr(pipeline, "enhance", modelling)
-        monkeypatch.setattr(pipeline, "encode_image", encoding)
+        monkeypatch.setattr(stages, "encode_image", encoding)
 
     def event(self, point: str) -> threading.Event:
         with self.lock:

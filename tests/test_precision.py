@@ -178,7 +178,7 @@ def test_an_image_that_still_fails_in_bf16_under_auto_is_retried_in_fp32(model_f
                                                                          monkeypatch):
     """The probe's picture passed (here: the probe is told so), but an image of another size fails."""
     monkeypatch.setattr(precision, "checked", lambda *args: precision.Verdict(True, 60.0))
-    monkeypatch.setattr("restorecli.pipeline.checked", lambda *args: precision.Verdict(True, 60.0))
+    monkeypatch.setattr("restorecli.pipeline.runner.checked", lambda *args: precision.Verdict(True, 60.0))
     photo = TEST_INPUTS / "rocket.jpg"
     result = restore(photo, "--model", model_file("SwinIR"), "-o", tmp_path / "out")
     assert result.exit_code == 0, result.stderr
@@ -201,7 +201,7 @@ def test_an_explicit_bf16_stays_strict_and_says_what_to_do(model_file, tmp_path)
 
 
 def test_explicit_fp32_never_probes(model_file, tmp_path, fast_bf16, monkeypatch):
-    monkeypatch.setattr("restorecli.pipeline.checked", lambda *args: (_ for _ in ()).throw(AssertionError("probed")))
+    monkeypatch.setattr("restorecli.pipeline.runner.checked", lambda *args: (_ for _ in ()).throw(AssertionError("probed")))
     result = restore(TEST_INPUTS / "rocket.jpg", "--model", model_file("SwinIR"), "-o", tmp_path / "out",
                      "--precision", "fp32")
     assert result.exit_code == 0 and summary(result)["precision"] == "fp32"

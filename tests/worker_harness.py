@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-import restorecli.pipeline as pipeline
+import restorecli.pipeline.runner as pipeline
 
 _decode = pipeline.decode_image
 _slow = float(os.environ.get("HARNESS_SLOW", "0") or 0)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import BinaryIO, Callable, Literal
 
 from .errors import ImageError, UsageError
 from .files import STDIO, LiveWriters, file_id
-from .images.formats import FORMAT_SUFFIX, IMAGE_SUFFIXES, OutputFormat, format_for_suffix
+from .images.formats import FORMAT_SUFFIX, IMAGE_SUFFIXES, OutputFormat, format_for_suffix, output_size
+from .models.registry import REGISTRY
 from .options import RestoreOptions
 from .video.formats import VIDEO_SUFFIXES
 
@@ -101,6 +102,14 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
             )
         raise UsageError(f"no input matched: {shown}")
     return items
+
+
+def run_items(inputs: list[str], options: RestoreOptions, stdout: BinaryIO | None) -> list[InputItem]:
+    """A run's items: ``inputs`` expanded, leaving out the output folder's files (``-o -`` needs ``stdout``)."""
+    to_stdout = options.output_dir == STDIO
+    if to_stdout and stdout is None:
+        raise UsageError("-o - needs an output stream")
+    return collect_inputs(inputs, options.recursive, exclude=None if to_stdout else Path(options.output_dir))
 
 
 FileIdentity = Callable[[Path], tuple[int, int] | None]  # a path's file (device, inode), None: no such file
@@ -193,6 +202,25 @@ def unforeseen_error(source: str, exc: Exception, in_size: tuple[int, int] | Non
                 "--outscale, or refuse such images with --max-output-pixels")
     text = " ".join(str(exc).split())[:300]
     return f"{source}: {type(exc).__name__}: {text}" if text else f"{source}: {type(exc).__name__}"
+
+
+def planned_scale(options: RestoreOptions) -> float | None:
+    """The output's scale where it is known without loading the model (``--outscale``, or the registry's)."""
+    if options.outscale is not None:
+        return options.outscale
+    entry = REGISTRY.get(options.model)
+    return float(entry.scale) if entry else None
+
+
+def dry_run_result(planned: PlannedOutput, data: bytes, options: RestoreOptions) -> ItemResult:
+    """A dry run's result: what would be written, with the sizes its header gives (refused as the run would)."""
+    from .images import probe  # a header read, no model
+
+    in_size, _ = probe(data, planned.item.source, options.max_pixels)
+    scale = planned_scale(options)
+    out_size = output_size(*in_size, scale) if scale else None
+    return ItemResult(planned.item.source, str(planned.output) if planned.output else STDIO, "planned", None,
+                      in_size, out_size)
 
 
 def decided_result(planned: PlannedOutput, in_size: tuple[int, int] | None, started: float) -> ItemResult | None:

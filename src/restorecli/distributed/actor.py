@@ -5,8 +5,8 @@ Its calls run on as many threads as the driver gives it images at once (``--acto
 time, the model one image at a time, and encoding beside them. So while the model runs one image, the next is
 decoded and the last encoded, and the model never waits for the host where there is an image to run.
 
-It writes no file the driver could see: what it restores goes back to the driver as bytes (the output, and the
-face crops ``--save-faces`` asks for), and the driver writes them. Neither Ray nor torch is imported here at import
+It writes no file: what it restores goes back to the driver as data (the output's bytes, and the face crops
+``--save-faces`` asks for, from ``pipeline.stages``), and the driver writes them (``pipeline.item.Outputs``). Neither Ray nor torch is imported here at import
 time: the driver applies ``ray.remote`` to ``RestoreActor`` when it builds the pool, and the actor imports the
 pipeline when it starts, so the driver can import the task and outcome types alone.
 """
@@ -14,18 +14,14 @@ pipeline when it starts, so the driver can import the task and outcome types alo
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ImageError, RestoreCliError, SetupError, UsageError
 from ..images.formats import OutputFormat
 from ..options import RestoreOptions, model_key
-from ..plan import unforeseen_error
 
 if TYPE_CHECKING:
     from ..pipeline import Restorer
@@ -101,29 +97,23 @@ class RestoreActor:
         except (SetupError, UsageError) as exc:
             return ImageOutcome(setup=SetupFailure(str(exc), isinstance(exc, UsageError),
                                                    getattr(exc, "of_this_machine", False)), pid=os.getpid())
-        crops = tempfile.mkdtemp(prefix="restorecli-faces-") if task.options.save_faces else None
-        options = replace(task.options, save_faces=crops) if crops else task.options
+        from ..pipeline.item import failure_message
+
         try:
             with self._reading:
-                prepared = restorer.prepare(task.data, task.source, options, task.fmt)
+                prepared = restorer.prepare(task.data, task.source, task.options, task.fmt)
             with self._model:
-                done, encode = restorer.enhance_prepared(prepared, task.source, options, task.fmt,
-                                                         faces_stem=task.faces_stem)
-            return ImageOutcome(encode(), done.in_size, done.out_size, done.faces,
-                                round(time.perf_counter() - started, 3), crops=_read_crops(crops),
-                                ran=restorer.setup, pid=os.getpid())
+                enhanced = restorer.enhance(prepared, task.source, task.options, task.fmt)
+            done = enhanced.encode(task.fmt, task.options, task.faces_stem)  # beside the next image's model run
+            return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
+                                round(time.perf_counter() - started, 3), crops=done.crops, ran=restorer.setup,
+                                pid=os.getpid())
         except ImageError as exc:
             error = str(exc)
         except RestoreCliError as exc:  # not the image's: the local worker retries the job for it too
             return ImageOutcome(failure=f"{type(exc).__name__}: {exc}", pid=os.getpid())
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            error = f"{task.source}: {exc.strerror or exc}{where}"
-        except Exception as exc:  # a model, codec or memory failure on this image, or one nobody foresaw
-            error = unforeseen_error(task.source, exc)
-        finally:
-            if crops:
-                shutil.rmtree(crops, ignore_errors=True)
+        except Exception as exc:  # a read, model, codec or memory failure on this image, or one nobody foresaw
+            error = failure_message(task.source, exc)
         return ImageOutcome(error=error, seconds=round(time.perf_counter() - started, 3), ran=restorer.setup,
                             pid=os.getpid())
 
@@ -139,8 +129,3 @@ class RestoreActor:
                 found = self._restorers[key]
         return found
 
-
-def _read_crops(folder: str | None) -> tuple[tuple[str, bytes], ...]:
-    if folder is None:
-        return ()
-    return tuple((path.name, path.read_bytes()) for path in sorted(Path(folder).iterdir()) if path.is_file())

@@ -25,7 +25,6 @@ Ray is imported only when the first job is claimed: a worker on an empty queue s
 from __future__ import annotations
 
 import collections
-import errno
 import threading
 import time
 from dataclasses import dataclass
@@ -33,10 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ImageError, RestoreCliError
-from ..files import check_output_folder, remove_abandoned_temporaries, write_atomic
+from ..files import check_output_folder
 from ..jobs.run import Event, JobRun, SetAside
 from ..jobs.store import JobStore, worker_name
 from ..jobs.worker import Schedule, Stopping, WorkerOptions, WorkerReport, wait_for_queue
+from ..pipeline.item import Outputs, failure
 from ..plan import (InputItem, ItemResult, OutputPlanner, decided_result, error_result, named_format,
                     output_format)
 from .actor import ImageOutcome, ImageTask
@@ -44,10 +44,6 @@ from .cluster import StoppedWhileStarting, check_address, connect
 from .pool import ActorPool, PoolOptions, PoolShape, pool_shape, short_error
 
 __all__ = ["PoolOptions", "PoolReport", "PoolShape", "pool_shape", "run_pool"]
-
-# Write errors that end the run rather than one image: no space, over quota, a read-only file system (as a local
-# batch halts on them)
-_STORAGE_FULL = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
 
 
 @dataclass
@@ -85,7 +81,7 @@ class _Run(JobRun):
         self.planned = 0  # items planned so far (in order)
         self.retry: collections.deque[_Image] = collections.deque()  # images whose actor died
         self.in_flight = 0  # once settled (``outcome``), the results of its images still in flight are dropped
-        self.swept: set[Path] = set()  # output folders rid of temporaries killed writers left
+        self.outputs = Outputs(self.restore.save_faces)  # where its outputs and face crops are written
         self.ran: dict[str, str] | None = None  # the model, device and precision its images ran with
 
     @property
@@ -280,19 +276,12 @@ class _Driver:
             return error_result(item, output, outcome.error, None, image.started)
         assert outcome.data is not None
         try:
-            if output.parent not in run.swept:
-                remove_abandoned_temporaries(output.parent)
-                run.swept.add(output.parent)
-            write_atomic(output, outcome.data)
-            if run.restore.save_faces:
-                for name, crop in outcome.crops:
-                    write_atomic(Path(run.restore.save_faces) / name, crop)
+            run.outputs.write(output, outcome.data, outcome.crops)
         except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            if exc.errno in _STORAGE_FULL:
-                self.note("storage_error", {"job_id": run.job_id,
-                                            "error": f"{exc.strerror}: {exc.filename or output.parent}"})
-            return error_result(item, output, f"{item.source}: {exc.strerror or exc}{where}", None, image.started)
+            result, halted = failure(item, output, exc, None, image.started)  # as a local batch words it
+            if halted:
+                self.note("storage_error", {"job_id": run.job_id, "error": halted})
+            return result
         seconds = time.perf_counter() - image.started
         self.report.images += 1
         self.report.actor_seconds += outcome.seconds

@@ -29,13 +29,12 @@ import httpx
 
 from ..errors import ImageError, SetupError, UsageError
 from ..files import STDIO, atomic_writer, check_output_folder, remove_abandoned_temporaries
-from ..images.formats import FORMAT_SUFFIX, OutputFormat, format_for_suffix, suffix_for_content
+from ..images.formats import FORMATS, OutputFormat, format_for_suffix, suffix_for_content
 from ..models.registry import REGISTRY
 from ..options import RestoreOptions, from_given
 from ..plan import (BatchResult, InputItem, ItemResult, OutputPlanner, PlannedOutput, ProgressCallback,
-                    collect_inputs, named_format, output_format)
+                    decided_result, dry_run_result, named_format, output_format, run_items)
 from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS, read_dotenv, setting
-from .views import MEDIA_TYPES
 
 # The restore options a request may set (the server's form fields); the server decides every other one, except
 # the few that only name or find this side's files.
@@ -290,7 +289,7 @@ class Server:
         ``ServerFault`` where it is not: another status than 200, another content type, more bytes than
         ``expected.max_bytes``, or content that does not decode as the format and size asked for; ``into`` then
         holds what came, and is the caller's to drop."""
-        media_type = MEDIA_TYPES[FORMAT_SUFFIX[expected.format]]
+        media_type = FORMATS[expected.format].media_type
         with self.open("GET", path, headers={"Accept": media_type}) as response:
             if response.status_code != 200:
                 raise ServerFault(f"the server answered {response.status_code} instead of the file")
@@ -540,7 +539,7 @@ def restore_remote(inputs: list[str], options: RestoreOptions, fields: dict[str,
     ("submitted", job id) for each job queued. Returns one result per input."""
     started = time.perf_counter()
     notify = on_progress or (lambda event, payload: None)
-    items = _batch_items(inputs, options, stdout)
+    items = run_items(inputs, options, stdout)
     planner = OutputPlanner(items, options)
     if options.output_dir != STDIO:
         check_output_folder(Path(options.output_dir))
@@ -563,13 +562,6 @@ def restore_remote(inputs: list[str], options: RestoreOptions, fields: dict[str,
     return BatchResult([slot.result for slot in slots if slot.result], round(time.perf_counter() - started, 3), setup)
 
 
-def _batch_items(inputs: list[str], options: RestoreOptions, stdout: BinaryIO | None) -> list[InputItem]:
-    to_stdout = options.output_dir == STDIO
-    if to_stdout and stdout is None:
-        raise UsageError("-o - needs an output stream")
-    return collect_inputs(inputs, options.recursive, exclude=None if to_stdout else Path(options.output_dir))
-
-
 def _model_name(model: str) -> str:
     """The model's name as a local run reports it: a registry name, or a checkpoint's file stem."""
     return model if model in REGISTRY else Path(model).stem
@@ -584,11 +576,8 @@ def _planned(planner: OutputPlanner, options: RestoreOptions, limits: Limits, sl
     try:
         input_format = _read_ahead(slot, options, stdin)
         slot.planned = planner.plan(item, input_format)
-        if slot.planned.action == "skip":
-            slot.result = ItemResult(item.source, str(slot.planned.output), "skipped", slot.planned.reason)
-        elif slot.planned.action == "error":
-            slot.result = _error(slot, slot.planned.reason or "", t0)
-        else:
+        slot.result = decided_result(slot.planned, None, t0)  # a skip or an error, as a local run decides it
+        if slot.result is None:
             head = slot.data[:16] if slot.data is not None else _head(Path(item.source))
             slot.fmt = _format_field(options, input_format, head)
             slot.writes = output_format(options, input_format)
@@ -646,19 +635,14 @@ def _error(slot: _Slot, message: str, t0: float | None = None, in_size: tuple[in
 
 def _dry_run(slot: _Slot, options: RestoreOptions) -> ItemResult:
     """What a local dry run says of an input to write: its output and sizes, read from its header."""
-    from ..images import probe, read_input_file
+    from ..images import read_input_file
 
-    item = slot.item
     try:
-        data = slot.data if slot.data is not None else read_input_file(Path(item.source), options.max_pixels)
-        (width, height), _ = probe(data, item.source, options.max_pixels)
+        data = slot.data if slot.data is not None else read_input_file(Path(slot.item.source), options.max_pixels)
+        assert slot.planned is not None
+        return dry_run_result(slot.planned, data, options)
     except ImageError as exc:
         return _error(slot, str(exc))
-    entry = REGISTRY.get(options.model)
-    scale = options.outscale if options.outscale is not None else (entry.scale if entry else None)
-    out_size = (max(1, round(width * scale)), max(1, round(height * scale))) if scale else None  # as the engine
-    output = slot.planned.output if slot.planned else None
-    return ItemResult(item.source, str(output) if output else STDIO, "planned", None, (width, height), out_size)
 
 
 # ---------------------------------------------------------------------------------------------------- uploads

@@ -117,6 +117,55 @@ def open_video(source: Path, name: str | None = None, keep_audio: bool = True) -
     return VideoInput(source, name or str(source), keep_audio)
 
 
+def _check_sizes(facts: VideoFacts, options: VideoOptions, choice: CodecChoice, name: str) -> None:
+    """Refuse, before any model time, frames over ``--max-pixels`` and outputs over ``--max-output-pixels`` or the
+    codec's limits."""
+    if options.max_pixels is not None and facts.width * facts.height > options.max_pixels:
+        raise ImageTooLarge(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
+                            f"{options.max_pixels:,} (--max-pixels)")
+    if options.output_size is not None:
+        size = options.output_size(facts.width, facts.height)
+        check_output_pixels(name, size, options.max_output_pixels)
+        check_frame_size(choice, size, name)
+
+
+def _pipelined(video: VideoInput, part: FrameRange, sink: VideoOutput, restorer: FrameRestorer, started: float,
+               options: VideoOptions, name: str, on_progress: Callable[[VideoProgress], None] | None,
+               in_flight: int) -> tuple[int, tuple[int, int], Frame | None]:
+    """The frames of ``part`` decoded ahead on a thread, restored in the caller's, encoded behind on another:
+    returns the frames restored, their size and the last one. A failure of any stage stops the others."""
+    decoded: queue.Queue = queue.Queue(in_flight)
+    restored: queue.Queue = queue.Queue(in_flight)
+    stop = threading.Event()
+    reader = threading.Thread(target=_decode_ahead, args=(video.items(part), decoded, stop),
+                              name="restorecli-video-read", daemon=True)
+    written: list[BaseException] = []
+    writer = threading.Thread(target=_encode_behind, args=(sink, restored, stop, written),
+                              name="restorecli-video-write", daemon=True)
+    reader.start()
+    writer.start()
+    try:
+        done = _run_model(restorer, decoded, restored, stop, _frames_in(video.facts, part), started, options, name,
+                          on_progress)
+        _put(restored, _END, stop)
+        writer.join()
+    except _Stopped:
+        writer.join()
+        if not written:
+            raise
+    except BaseException:
+        stop.set()
+        writer.join()
+        sink.abort()
+        raise
+    finally:
+        stop.set()  # the reader, should it still be waiting
+        reader.join()
+    if written:
+        raise written[0]
+    return done
+
+
 def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: VideoOptions = VideoOptions(),
                   on_progress: Callable[[VideoProgress], None] | None = None, name: str | None = None,
                   on_codec: Callable[[CodecChoice], None] | None = None, in_flight: int = IN_FLIGHT) -> VideoResult:
@@ -135,48 +184,14 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
         on_codec(choice)
     with open_video(source, name, options.keep_audio) as video:
         facts = video.facts
-        if options.max_pixels is not None and facts.width * facts.height > options.max_pixels:
-            raise ImageTooLarge(f"{name}: its frames are {facts.width}x{facts.height} pixels, over the limit of "
-                                f"{options.max_pixels:,} (--max-pixels)")
-        if options.output_size is not None:  # refused before any model time
-            size = options.output_size(facts.width, facts.height)
-            check_output_pixels(name, size, options.max_output_pixels)
-            check_frame_size(choice, size, name)
+        _check_sizes(facts, options, choice, name)
         part = options.frames or FrameRange()
-        total = _frames_in(facts, part)
-        decoded: queue.Queue = queue.Queue(in_flight)
-        restored: queue.Queue = queue.Queue(in_flight)
-        stop = threading.Event()
         with atomic_writer(output) as handle:
             whole = part == FrameRange()  # a part's times are not the chapters'
             sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf,
                                video.metadata, video.chapters if whole else None)
-            reader = threading.Thread(target=_decode_ahead, args=(video.items(part), decoded, stop),
-                                      name="restorecli-video-read", daemon=True)
-            written: list[BaseException] = []
-            writer = threading.Thread(target=_encode_behind, args=(sink, restored, stop, written),
-                                      name="restorecli-video-write", daemon=True)
-            reader.start()
-            writer.start()
-            try:
-                frames, out_size, last = _run_model(restorer, decoded, restored, stop, total, started, options,
-                                                    name, on_progress)
-                _put(restored, _END, stop)
-                writer.join()
-            except _Stopped:
-                writer.join()
-                if not written:
-                    raise
-            except BaseException:
-                stop.set()
-                writer.join()
-                sink.abort()
-                raise
-            finally:
-                stop.set()  # the reader, should it still be waiting
-                reader.join()
-            if written:
-                raise written[0]
+            frames, out_size, last = _pipelined(video, part, sink, restorer, started, options, name, on_progress,
+                                                in_flight)
             if frames == 0:
                 raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame: the video "
                                        f"ends before frame {part.start}")

@@ -1,0 +1,239 @@
+"""The model-holding runner: ``Restorer`` loads a model (and the face models) once on its device and back-end and
+restores image after image, bytes or arrays in, data out (``stages``). It knows nothing of files or folders: where
+an image comes from and where its output goes is the caller's (``batch`` for a local run, the Ray actor, the Modal
+function). Precision fallbacks (``--precision auto``) and the 16-bit copy of the model are kept here."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from ..engine.backends.choice import BackendChoice, build_backend, choose_backend, host_device, runs_torch
+from ..engine.device import choose_device, choose_dtype, place_model, precision_name
+from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, streamable, target_size
+from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
+from ..engine.precision import checked, is_precision_error
+from ..engine.tiling import TileProgress
+from ..errors import ImageError, PrecisionFallback
+from ..images import (
+    SIXTEEN_BIT_FORMATS,
+    STRIP_WRITERS,
+    DecodedImage,
+    OutputFormat,
+    check_output_pixels,
+    check_output_size,
+    decode_image,
+)
+from ..models.integrity import sha256_of
+from ..models.loading import LoadedModel, load_face_weights, load_model, native_graph_for, weights_dir
+from ..options import RestoreOptions
+from .stages import Enhancement, Prepared, Restored, face_options
+
+T = TypeVar("T")
+
+
+class RowSink(Protocol):
+    """Where a streamed output's rows go: an output's strip writer (``overlap.StripOutput``)."""
+
+    def write(self, rows: np.ndarray) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+class Restorer:
+    """Models loaded on their device, ready to restore many images. Reused across a batch or a queue."""
+
+    def __init__(self, model: LoadedModel, engine: EngineOptions, faces: FaceStage | None = None,
+                 options: RestoreOptions | None = None,
+                 load_16bit: tuple[Callable[[], LoadedModel], torch.dtype] | None = None):
+        self.model = model
+        self.engine = engine
+        self.faces = faces
+        self.options = options or RestoreOptions()  # defaults for restore_array
+        # 16-bit images run at a higher precision than ``engine`` (auto chose bf16 for 8-bit ones): a loader
+        # for that second copy of the model, called on the first 16-bit image, and its dtype.
+        self._load_16bit = load_16bit
+        self._runner_16bit: tuple[LoadedModel, EngineOptions] | None = None
+        self.fallback: str | None = None  # why ``auto`` runs the model in fp32 after all
+        self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
+        self.backend: BackendChoice | None = None  # the back-end ``from_options`` chose, and why
+
+    @classmethod
+    def from_options(cls, options: RestoreOptions) -> "Restorer":
+        device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
+        folder = weights_dir(options.weights_dir)
+        model = load_model(options.model, folder)
+        on_torch = runs_torch(options.backend, options.device)  # else torch's precision is not asked for
+        dtype = choose_dtype(options.precision if on_torch else "fp32", device, model.spec)
+        dtype_16bit = choose_dtype(options.precision if on_torch else "fp32", device, model.spec, depth=16)
+        fallback = None
+        if options.precision == "auto" and dtype != torch.float32:  # is the reduced precision really usable?
+            verdict = checked(model, device, dtype, sha256_of(model.spec.path))
+            if not verdict.ok:
+                fallback = verdict.reason(dtype)
+                dtype_16bit = torch.float32 if dtype_16bit == dtype else dtype_16bit
+                dtype = torch.float32
+        place_model(model, device, dtype)
+        graph = native_graph_for(model.spec.name, model.spec.path) if options.backend != "torch" else None
+        backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
+                                 lambda: sha256_of(model.spec.path))
+        if backend.candidate.backend != "torch":  # ncnn takes float32 windows whatever precision it runs in
+            model.backend = build_backend(backend.candidate, graph)
+            dtype = dtype_16bit = torch.float32
+            fallback = None
+        elif backend.candidate.precision != precision_name(dtype):  # auto measured torch's fp32 faster: its weights
+            model = place_model(load_model(options.model, folder), device, torch.float32)  # from the file again
+            dtype = dtype_16bit = torch.float32
+            fallback = None
+        engine = EngineOptions(device=device, dtype=dtype, tile=options.tile, tile_pad=options.tile_pad,
+                               alpha=options.alpha)
+        faces = None
+        if options.face_enhance:
+            faces = FaceStage.from_weights(load_face_weights(options.face_model, options.face_detector, folder),
+                                           device)
+        load_16bit = None
+        if dtype_16bit != dtype:
+            load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
+        restorer = cls(model, engine, faces, options, load_16bit)
+        restorer.backend = backend
+        restorer._reload = lambda dtype: place_model(load_model(options.model, folder), device, dtype)
+        if fallback:
+            restorer._note_fallback(fallback)
+        return restorer
+
+    def _note_fallback(self, reason: str) -> None:
+        """Say once that the model runs in fp32, and why; the setup (JSON summary, queue results) records it."""
+        self.fallback = reason
+        warnings.warn(PrecisionFallback(f"{self.model.spec.name} ({self.model.spec.architecture}) runs in fp32: "
+                                        f"{reason}"), stacklevel=2)
+
+    def _guarded(self, name: str, run: Callable[[], T]) -> T:
+        """``run()``, the restoring of one image. Where it fails for its reduced precision: under ``auto`` the
+        model moves to fp32 for this image and the rest (the probe at load missed the case); an explicit
+        ``--precision`` stays what was asked, and the failure is this image's error, saying what to do."""
+        try:
+            return run()
+        except Exception as exc:
+            if self.engine.dtype == torch.float32 or not is_precision_error(exc):
+                raise
+            asked, spec = precision_name(self.engine.dtype), self.model.spec
+            if self.options.precision != "auto":
+                raise ImageError(f"{name}: {spec.architecture} cannot run in {asked} here ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200]}); run it with --precision fp32") from None
+            # fp32 weights from the file: rounded to bf16/fp16 and back they are not fp32's
+            self.model = (self._reload(torch.float32) if self._reload is not None
+                          else place_model(self.model, self.engine.device, torch.float32))
+            self.engine = replace(self.engine, dtype=torch.float32)
+            self._note_fallback(f"it failed in {asked} on {name}")
+            return run()
+
+    def _runner(self, color: np.ndarray, fmt: OutputFormat | None = None) -> tuple[LoadedModel, EngineOptions]:
+        """The model and engine options for this image: the 16-bit copy for uint16 planes where there is one,
+        unless the output is ``fmt`` that holds 8 bits only (JPEG, WebP), which bf16's steps never reach."""
+        model, engine = self.model, self.engine
+        keeps_16bit = fmt is None or fmt in SIXTEEN_BIT_FORMATS
+        if color.dtype == np.uint16 and keeps_16bit and self._load_16bit is not None:
+            if self._runner_16bit is None:
+                load, dtype = self._load_16bit
+                self._runner_16bit = (load(), replace(self.engine, dtype=dtype))
+            model, engine = self._runner_16bit
+        return model, engine
+
+    @property
+    def setup(self) -> dict[str, str]:
+        """What runs: the model's name, the device and the precision ``auto`` resolved to; where 16-bit
+        images ran at another precision, that one too (``precision_16bit``, once one has)."""
+        setup = {"model": self.model.spec.name, "device": str(self.engine.device),
+                 "precision": precision_name(self.engine.dtype), "backend": "torch"}
+        if self.faces is not None:
+            setup["face_model"] = self.faces.name
+        if self.backend is not None and self.backend.candidate.backend != "torch":
+            chosen = self.backend.candidate
+            setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)
+        if self.backend is not None and self.backend.reason.startswith("measured"):
+            setup["backend_reason"] = self.backend.reason
+        if self._runner_16bit is not None:
+            setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)
+        if self.fallback:
+            setup["precision_fallback"] = self.fallback
+        return setup
+
+    def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
+                      options: RestoreOptions | None = None) -> np.ndarray:
+        """Upscale (and restore faces in) an H x W x C array; returns the colour planes. For callers that
+        measure rather than write files."""
+        return self._enhance(color, alpha, options or self.options)[0].color
+
+    def _enhance(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
+                 on_tile: TileProgress | None = None, fmt: OutputFormat | None = None,
+                 faces: FacePlan | None = None) -> tuple[Enhanced, FaceReport | None]:
+        """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead)."""
+        model, engine = self._runner(color, fmt)
+        result = enhance(model, color, alpha, engine, options.outscale, on_tile)
+        report = None
+        if self.faces is not None:
+            if faces is None:
+                report = self.faces.enhance(result.color, color, face_options(options))
+            else:
+                report = self.faces.restore(result.color[faces.top : faces.bottom], faces)
+        return result, report
+
+    def prepare(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat) -> Prepared:
+        """What comes before the model, for an image of ``data`` to be restored as ``fmt``: decoded, its output's
+        size checked, its faces found (with ``--face-enhance``). Reads no model state that restoring changes,
+        so a batch runs it for the next image on another thread."""
+        decoded = decode_image(data, name, options.max_pixels)
+        size = target_size(self.model, *decoded.size, options.outscale)
+        check_output_size(name, fmt, size)
+        check_output_pixels(name, size, options.max_output_pixels)
+        faces = self.faces.plan(decoded.color, size, face_options(options)) if self.faces is not None else None
+        return Prepared(decoded, size, self._streams(decoded, fmt), faces)
+
+    def enhance(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
+                on_tile: TileProgress | None = None) -> Enhancement:
+        """The model's part for an image ``prepare`` made ready: the whole output in memory, its faces restored.
+        ``on_tile(done, total)`` follows the tiles of each pass through the model."""
+        decoded = prepared.decoded
+
+        def run() -> Enhancement:
+            result, report = self._enhance(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces)
+            return Enhancement(decoded, result, report)
+
+        return self._guarded(name, run)
+
+    def enhance_rows(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
+                     strips: RowSink, on_tile: TileProgress | None = None) -> FaceReport | None:
+        """The model's part for an image whose output streams (``prepared.streams``): its rows go to ``strips`` (an
+        output's strip writer) as the tiles finish, resized to ``--outscale`` on the way, so its colour planes are
+        never whole in memory (an alpha plane is; with faces, the rows from the first face's top to the last face's
+        bottom are held until the faces are restored). Returns the last pass's face report (its crops)."""
+        decoded, plan = prepared.decoded, prepared.faces
+
+        def run() -> FaceReport | None:
+            sink = self.faces.rows(strips, plan, decoded.color.shape[2]) if plan is not None and plan.faces else strips
+            model, engine = self._runner(decoded.color, fmt)
+            enhance_rows(model, decoded.color, engine, sink, on_tile, options.outscale, decoded.alpha)
+            return sink.reports[-1] if sink is not strips and sink.reports else None
+
+        return self._guarded(name, run)
+
+    def restore_bytes(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat,
+                      stem: str | None = None) -> Restored:
+        """Decode, enhance (and restore faces in) and encode one image as ``fmt``, all in memory; with
+        ``--save-faces`` its crops come back named after ``stem`` (the input's, by default)."""
+        done = self.enhance(self.prepare(data, name, options, fmt), name, options, fmt)
+        return done.encode(fmt, options, stem or Path(name).stem)
+
+    def _streams(self, decoded: DecodedImage, fmt: OutputFormat) -> bool:
+        # 16-bit grey+alpha TIFFs are written as RGB+alpha (see encode_image), which the strips are not
+        grey16_alpha_tiff = (fmt == "tiff" and decoded.alpha is not None and decoded.color.shape[2] == 1
+                             and decoded.color.dtype == np.uint16)
+        return fmt in STRIP_WRITERS and not grey16_alpha_tiff and streamable(self.model, decoded.color)
+
+
+__all__ = ["Restorer", "RowSink"]
