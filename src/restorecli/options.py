@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Literal
 
 from .errors import UsageError
-from .images.formats import DEFAULT_MAX_PIXELS
+from .images.formats import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from .models.registry import DEFAULT_MODEL
 
 # The choices of the options that take one of a few words, checked by ``check_choice`` so that a wrong one reads
 # like restorecli's other usage errors and lists what may be given.
-FORMATS = ("same", "png", "jpg", "webp", "tiff")
+FORMATS = ("same", *OUTPUT_FORMATS)  # the format registry's, and the input's own
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 BACKENDS = ("auto", "torch", "ncnn")  # engine.backends.choice.BACKEND_CHOICES, spelt here to import nothing heavy
 ALPHAS = ("model", "resize")

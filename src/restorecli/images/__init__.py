@@ -1,5 +1,7 @@
-"""Image files: decoding with metadata (``decode``), encoding whole or in strips (``encode``), the formats by name
-and suffix (``formats``), one writer module per format. This package only hands their names on.
+"""Image files: decoding with metadata (``decode``), encoding whole or in strips (``encode``), the format registry
+(``formats``: one record per output format, which planning, encoding, the server and the CLI ask), the metadata
+carried from an input to its output (``metadata``), one writer module per format. This package only hands their
+names on.
 
 Pixels leave decoding as ``color`` (H x W x 1 for grey, H x W x 3 RGB) plus an optional ``alpha`` (H x W), both
 uint8 or uint16.
@@ -16,9 +18,11 @@ from typing import TYPE_CHECKING
 _HOME = {
     "decode": ("DecodedImage", "check_input_file", "decode_image", "float_to_uint8", "max_file_bytes", "probe",
                "read_input_file", "read_input_stream", "srgb_profile"),
-    "encode": ("MAX_SIDE", "STRIP_WRITERS", "check_output_size", "encode_image", "strip_writer"),
-    "formats": ("DEFAULT_MAX_PIXELS", "FORMAT_SUFFIX", "IMAGE_SUFFIXES", "SIXTEEN_BIT_FORMATS", "OutputFormat",
-                "check_output_pixels", "format_for_suffix"),
+    "encode": ("MAX_SIDE", "STRIP_WRITERS", "check_output_size", "encode_image", "strip_writer",
+               "writes_planes_as_they_are"),
+    "formats": ("DEFAULT_MAX_PIXELS", "FORMATS", "FORMAT_SUFFIX", "IMAGE_SUFFIXES", "OUTPUT_FORMATS",
+                "SIXTEEN_BIT_FORMATS", "Format", "OutputFormat", "check_output_pixels", "format_for_suffix",
+                "media_type_for"),
     "pixels": ("full_scale",),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
@@ -37,7 +41,9 @@ def __getattr__(name: str) -> object:
 if TYPE_CHECKING:  # what type checkers and editors see
     from .decode import (DecodedImage, check_input_file, decode_image, float_to_uint8, max_file_bytes, probe,
                          read_input_file, read_input_stream, srgb_profile)
-    from .encode import MAX_SIDE, STRIP_WRITERS, check_output_size, encode_image, strip_writer
-    from .formats import (DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, IMAGE_SUFFIXES, SIXTEEN_BIT_FORMATS, OutputFormat,
-                          check_output_pixels, format_for_suffix)
+    from .encode import (MAX_SIDE, STRIP_WRITERS, check_output_size, encode_image, strip_writer,
+                         writes_planes_as_they_are)
+    from .formats import (DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, FORMATS, IMAGE_SUFFIXES, OUTPUT_FORMATS,
+                          SIXTEEN_BIT_FORMATS, Format, OutputFormat, check_output_pixels, format_for_suffix,
+                          media_type_for)
     from .pixels import full_scale

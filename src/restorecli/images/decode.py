@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import math
-import re
 import stat
 import struct
 import threading
@@ -20,20 +18,20 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, ImageError, ImageTooLarge, ImageWarning
 from ..files import special_file_kind
 from . import xmp as extended_xmp
-from .formats import DEFAULT_MAX_PIXELS, OutputFormat
+from .formats import DEFAULT_MAX_PIXELS, PILLOW_FORMAT, OutputFormat
 from .jpeg import XMP_APP1
+from .metadata import RESOLUTION_UNIT, X_RESOLUTION, Y_RESOLUTION, carried_metadata, positive, set_xmp_field
 from .tiff import IMAGE_TAGS
 
 _EXIF_ORIENTATION = 0x0112
 # Formats Pillow cannot read that photo archives hold, told apart by their first bytes, for a clearer error
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 _JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
-_PIL_FORMAT: dict[str, OutputFormat] = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpg"}
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,10 @@ class DecodedImage:
     dpi: tuple[float, float] | None = None  # pixel density (x, y) in pixels per inch, of the upright pixels
 
     def metadata_for(self, size: tuple[int, int]) -> dict[str, object]:
-        """What the writers take to carry the metadata over to an output of ``size`` (w, h): ``exif``,
-        ``icc_profile``, ``xmp``, ``iptc`` and ``dpi``, with the pixel dimensions the EXIF and XMP record set to
-        ``size``, and the pixel density (the file's own, and the EXIF's) scaled with the pixels, so the output
-        prints at the input's size: a 300 dpi scan restored 4x is 1200 dpi."""
-        scale = (size[0] / self.size[0], size[1] / self.size[1])
-        return {"exif": _exif_for_output(self.exif, size, scale) if self.exif else None,
-                "icc_profile": self.icc_profile, "xmp": _xmp_with_size(self.xmp, size) if self.xmp else None,
-                "iptc": self.iptc, "dpi": (self.dpi[0] * scale[0], self.dpi[1] * scale[1]) if self.dpi else None}
+        """What the writers take to carry the metadata over to an output of ``size`` (w, h), sized and scaled to
+        it (``metadata.carried_metadata``); each writer keeps what its format has a place for."""
+        return carried_metadata(exif=self.exif, icc_profile=self.icc_profile, xmp=self.xmp, iptc=self.iptc,
+                                dpi=self.dpi, source=self.size, size=size)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -135,7 +129,7 @@ def probe(data: bytes, name: str, max_pixels: int | None = None) -> tuple[tuple[
     if max_pixels is not None:
         _check_pixels(name, image.size, max_pixels)
     width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height), _PIL_FORMAT.get(image.format or "")
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height), PILLOW_FORMAT.get(image.format or "")
 
 
 def _header_orientation(image: Image.Image) -> int:
@@ -316,56 +310,12 @@ def _pictures(image: Image.Image) -> int:
     return frames
 
 
-_PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003
 # Tags of a TIFF's first directory that describe that file, not the photo: how its pixels are stored (offsets into
 # it, sizes, compression), what restorecli carries separately (XMP 700, IPTC 33723, ICC 34675), sub-images (330),
 # and Photoshop's image resources (34377) and layers (37724), which hold the unrestored picture again: Photoshop
 # would open a TIFF carrying them with the old layers. They never go into an output's EXIF.
 _TIFF_ONLY_TAGS = IMAGE_TAGS | {330, 700, 33723, 34377, 37724}
-_X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 282, 283, 296  # first directory; unit 2 inch (default), 3 cm
 _MAX_DPI = 100_000  # past any scanner: a damaged field, not a density (scaled up, it would not fit PNG's or TIFF's)
-
-
-def _set_xmp_field(packet: bytes, name: bytes, value: int) -> bytes:
-    """``packet`` with the number in field ``name`` (as an attribute or as an element) set to ``value``."""
-    for pattern in (rb"(%s\s*=\s*[\"'])\d+([\"'])", rb"(<%s>\s*)\d+(\s*</%s>)"):
-        packet = re.sub(pattern.replace(b"%s", re.escape(name)), rb"\g<1>%d\g<2>" % value, packet)
-    return packet
-
-
-def _xmp_with_size(packet: bytes, size: tuple[int, int]) -> bytes:
-    for name, value in ((b"exif:PixelXDimension", size[0]), (b"exif:PixelYDimension", size[1]),
-                        (b"tiff:ImageWidth", size[0]), (b"tiff:ImageLength", size[1])):
-        packet = _set_xmp_field(packet, name, value)
-    return packet
-
-
-def _exif_for_output(exif: bytes, size: tuple[int, int], scale: tuple[float, float]) -> bytes:
-    """``exif`` with the image size its Exif directory records (PixelX/YDimension) set to ``size``, and its
-    X/YResolution multiplied by ``scale`` (x, y), where it records them: a viewer showing the camera's size for
-    a 4x result, or printing it four times as large, would mislead. Unchanged where it records neither."""
-    data = Image.Exif()
-    data.load(exif)
-    changed = False
-    directory = data.get_ifd(ExifTags.IFD.Exif)
-    if _PIXEL_X_DIMENSION in directory or _PIXEL_Y_DIMENSION in directory:
-        directory[_PIXEL_X_DIMENSION], directory[_PIXEL_Y_DIMENSION] = size
-        changed = True
-    for tag, factor in ((_X_RESOLUTION, scale[0]), (_Y_RESOLUTION, scale[1])):
-        density = _positive(data.get(tag))
-        if density is not None:
-            data[tag] = density * factor
-            changed = True
-    return data.tobytes() if changed else exif
-
-
-def _positive(value: object) -> float | None:
-    """``value`` as a positive finite number, else None (a missing or damaged density)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def _density(image: Image.Image, exif: Image.Exif, orientation: int) -> tuple[float, float] | None:
@@ -378,10 +328,10 @@ def _density(image: Image.Image, exif: Image.Exif, orientation: int) -> tuple[fl
     dpi = image.info.get("dpi")
     own = image.format not in ("TIFF", "JPEG", "MPO") or image.info.get("jfif_unit") in (1, 2)
     if own and isinstance(dpi, tuple) and len(dpi) == 2:
-        x, y = _positive(dpi[0]), _positive(dpi[1])
+        x, y = positive(dpi[0]), positive(dpi[1])
     else:
-        per_inch = {2: 1.0, 3: 2.54}.get(int(_positive(exif.get(_RESOLUTION_UNIT, 2)) or 0))  # 1: no unit
-        x, y = _positive(exif.get(_X_RESOLUTION)), _positive(exif.get(_Y_RESOLUTION))
+        per_inch = {2: 1.0, 3: 2.54}.get(int(positive(exif.get(RESOLUTION_UNIT, 2)) or 0))  # 1: no unit
+        x, y = positive(exif.get(X_RESOLUTION)), positive(exif.get(Y_RESOLUTION))
         if per_inch is None or x is None or y is None:
             return None
         x, y = x * per_inch, y * per_inch
@@ -409,7 +359,7 @@ def _xmp_packet(image: Image.Image, upright: bool) -> bytes | None:
     if not isinstance(packet, bytes) or not packet:
         return None
     if upright:
-        packet = _set_xmp_field(packet, b"tiff:Orientation", 1)
+        packet = set_xmp_field(packet, b"tiff:Orientation", 1)
     return packet
 
 
@@ -501,7 +451,7 @@ def _decoded(image: Image.Image, data: bytes, name: str) -> DecodedImage:
     return DecodedImage(
         color=color,
         alpha=alpha,
-        format=_PIL_FORMAT.get(file_format or ""),
+        format=PILLOW_FORMAT.get(file_format or ""),
         exif=exif_bytes,
         icc_profile=icc_profile,
         xmp=xmp,

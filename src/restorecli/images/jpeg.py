@@ -25,10 +25,11 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from . import xmp as extended_xmp
+from .formats import FORMATS
 from .pixels import flatten_alpha, to_8bit
 from .strips import StripWriter
 
-JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side
+JPEG_MAX_SIDE: int = FORMATS["jpg"].max_side  # type: ignore[assignment]  # libjpeg's limit on either side
 _BAND_ROWS = 128  # the unit bands are made of (see above)
 _BAND_BYTES = 1 << 22  # Pillow holds 4 bytes a pixel: bounds its copy of each band
 _SOF0, _SOS, _APP0, _APP15 = 0xC0, 0xDA, 0xE0, 0xEF

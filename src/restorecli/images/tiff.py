@@ -11,6 +11,13 @@ Classic TIFF addresses 4 GiB. An image that could need more (its samples alone, 
 BIGTIFF=IF_NEEDED judges) is written as BigTIFF, with 64-bit offsets, which libtiff (so OpenCV and GDAL), Pillow
 and tifffile read. Its EXIF directories are then rewritten in BigTIFF's form after the pixels, since a classic
 EXIF block cannot be its header; a maker note's private offsets may not survive that move, as with other editors.
+
+Why not tifffile (checked with tifffile 2026.3.3, which scikit-image brings): it writes strips from an iterator it
+pulls, where the tiler pushes rows to a writer as they are done (an adapter would need a thread and a queue per
+image), and it has no way to write an EXIF or GPS directory (it reads ExifTag 34665, but ``extratags`` are flat
+values, and its header is its own, so a camera's EXIF block cannot start the file), so a TIFF output would lose
+the camera's EXIF that every other format keeps. Its deflate and horizontal predictor would do (without
+imagecodecs, through zlib and numpy); the rest of this module is what it lacks.
 """
 
 from __future__ import annotations

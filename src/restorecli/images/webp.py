@@ -13,10 +13,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from .formats import FORMATS
 from .pixels import to_8bit
 from .strips import StripWriter
 
-WEBP_MAX_SIDE = 16383
+WEBP_MAX_SIDE: int = FORMATS["webp"].max_side  # type: ignore[assignment]  # libwebp's limit on either side
 
 
 class WebpWriter(StripWriter):

@@ -11,12 +11,11 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..images.formats import media_type_for
 from ..jobs.store import Job, JobStore
 from ..models.loading import embedded_param, installed_file, weights_dir
 from ..models.registry import REGISTRY
 
-MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
-               ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp", ".gif": "image/gif"}
 # Ids the server answers for: the 128 random bits every job gets now (older, shorter ids are guessable; the CLI
 # still reads them)
 SERVED_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{32}")
@@ -31,7 +30,7 @@ class Served:
 
     @property
     def media_type(self) -> str:
-        return MEDIA_TYPES.get(self.path.suffix.lower(), "application/octet-stream")
+        return media_type_for(self.path.suffix) or "application/octet-stream"
 
 
 def _result_file(store: JobStore, job: Job) -> dict | None:
