@@ -1,4 +1,4 @@
-"""restorecli on Modal: GPU containers that scale with the work, behind the same POST /enhance and GET /status API.
+"""restorecli on Modal: GPU containers that scale with the work, behind restorecli serve's own HTTP API.
 
     modal secret create restorecli-api-key API_KEY=$(openssl rand -hex 16)
     modal deploy deploy/modal_app.py                   # prints the web endpoint's URL
@@ -11,9 +11,11 @@ marks it failed only where that call died), the restoring being a spawned call o
 retries and scales those), and each job's files written once under their own folder on a volume. Nothing here
 runs at import but the definitions, so this module imports with no Modal account, as the tests do.
 
-The web endpoint's handlers reach Modal only through ``Backend``: its records (a ``modal.Dict`` or a dict), its
-files (a volume's folder, or any folder), a ``start`` that spawns the restoring of a job, and ``call_error``,
-which asks a spawned call whether it failed. Tests hand in a dict, a folder and calls that run in-process.
+The web endpoint is serve's application (``restorecli.server.app.api_app``: its routers, key check, limits, errors
+and documents) over ``ModalService``, which reaches Modal only through ``Backend``: its records (a ``modal.Dict`` or
+a dict), its files (a volume's folder, or any folder), a ``start`` that spawns the restoring of a job,
+``call_error``, which asks a spawned call whether it failed, and ``cancel``. Tests hand in a dict, a folder and
+calls that run in-process.
 """
 
 # No `from __future__ import annotations`: Modal reads the class parameters' annotations as types.

@@ -3,9 +3,10 @@ rebinding), which pages may change its state (cross-site requests), ``HEAD`` whe
 JSON even where Starlette answers in plain text, conditional requests, how many uploads are read at once, and how
 long a slow client may take over its headers and its body.
 
-The checks are plain functions over header values; ``RequestGuard`` applies them as ASGI middleware, ``UploadSlots``
-is a dependency of ``POST /enhance``, ``timed_chunks`` wraps its body, and ``slow_client_protocol`` is the uvicorn
-protocol that closes a connection whose headers do not arrive in time.
+The checks are plain functions over header values; ``RequestGuard`` applies them as ASGI middleware,
+``UploadSlots`` counts the uploads ``POST /enhance`` reads (``routes.deps.upload_slot`` holds one),
+``timed_chunks`` wraps its body, and ``slow_client_protocol`` is the uvicorn protocol that closes a connection
+whose headers do not arrive in time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ RETRY_AFTER = 5  # seconds a client refused for want of an upload slot is told t
 _ERROR_BODY = 16 * 1024  # the most of a non-JSON error body turned into a detail
 
 # The docs page loads its own files and the document (Swagger UI sets styles inline, so they are allowed there;
-# scripts never are). The dashboard's page has its own policy (app.py)
+# scripts never are). The dashboard's page has its own policy (routes/dashboard.py)
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
             "connect-src 'self'; font-src 'self' data:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
