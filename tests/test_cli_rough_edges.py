@@ -1,5 +1,6 @@
-"""The CLI's remaining rough edges (issues 29 and 30): job ids complete on TAB, ``serve --help`` reads in groups,
-fp16 on a CPU is said to be slow, and the commands print only through the renderer."""
+"""The CLI's remaining rough edges (issues 29 and 30): status lists every job and takes a unique start of an id,
+job ids complete on TAB, ``serve --help`` reads in groups, ``--format`` takes jpeg and tif, fp16 on a CPU is said to
+be slow, and the commands print only through the renderer."""
 
 from __future__ import annotations
 
@@ -176,6 +177,17 @@ def test_fp16_on_a_cpu_warns_that_it_is_slow_and_names_auto(tmp_path, make_model
     assert "--precision fp16 on the CPU is emulated and slow" in warnings[0] and "--precision auto" in warnings[0]
     full = invoke(*args, "-o", tmp_path / "fp32", "--precision", "fp32")
     assert full.exit_code == 0 and "warning" not in full.stderr
+
+
+@pytest.mark.parametrize("given, suffix", [("jpeg", ".jpg"), ("JPG", ".jpg"), ("tif", ".tif"), ("tiff", ".tif")])
+def test_format_takes_the_suffixes_of_its_formats(tmp_path, make_model, given, suffix):
+    from conftest import TEST_INPUTS
+
+    result = invoke("restore", TEST_INPUTS / "cameraman_gray.png", "--model", make_model(2), "-o", tmp_path,
+                    "--format", given, "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    item = json.loads(result.stdout.splitlines()[0])
+    assert item["status"] == "planned" and item["output"] == str(tmp_path / f"cameraman_gray{suffix}")
 
 
 def _printing_calls(path: Path) -> list[str]:

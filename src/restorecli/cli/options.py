@@ -10,7 +10,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..options import PRECISIONS, check_choice, declared, from_given, parse_tile
+from ..options import FORMATS, PRECISIONS, check_choice, declared, from_given, parse_tile
 
 __all__ = ["PRECISIONS", "check_choice", "from_given", "parse_tile", "with_restore_options"]
 
@@ -40,9 +40,25 @@ def _completions(name: str, spec) -> Callable[[str], list[tuple[str, str]]] | No
     return lambda incomplete: [(word, "") for word in words if word.startswith(incomplete)]
 
 
+def _format_alias(value: str | None) -> str | None:
+    """``--format``'s other spellings, the suffixes the format registry knows (jpeg and jpe for jpg, tif for tiff),
+    as the format's name; any other value as it is, for the choice check to refuse with the choices listed."""
+    if value is None or value in FORMATS:
+        return value
+    from ..images.formats import format_for_suffix
+
+    return format_for_suffix("." + value) or value
+
+
+# Typer callbacks that turn a value's other spellings into the one the options take
+_ALIASES: dict[str, Callable[[Any], Any]] = {"format": _format_alias}
+
+
 def _typer_type(default: Any, spec, name: str = "") -> Any:
     """``Annotated[type, typer.Option(...)]`` for one declared restore option."""
     settings: dict[str, Any] = {"help": spec.help, "show_default": spec.show_default}
+    if name in _ALIASES:
+        settings["callback"] = _ALIASES[name]
     complete = _completions(name, spec)
     if complete is not None:
         settings["autocompletion"] = complete
