@@ -17,7 +17,6 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import typer
-
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
