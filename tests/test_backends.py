@@ -11,10 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS, read_rgb
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from restorecli.engine.backends import choice, ncnn as ncnn_backend
 from restorecli.engine.backends.choice import Candidate, Measurement, candidates, choose_backend, pick
 from restorecli.engine.backends.ncnn import NcnnBackend, VulkanDevice
@@ -29,12 +28,7 @@ from restorecli.models.ncnn import native_graph
 pytest.importorskip("ncnn", reason="the ncnn back-end needs the ncnn package (in the test extra)")
 
 CPU = torch.device("cpu")
-runner = CliRunner()
 PHOTO = read_rgb(TEST_INPUTS / "rocket.jpg")
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _crop(height: int, width: int) -> np.ndarray:

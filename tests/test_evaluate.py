@@ -16,19 +16,17 @@ import pytest
 import skimage.data
 from PIL import Image
 from skimage.metrics import structural_similarity
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from restorecli.evaluate.degrade import crop_to_multiple, degrade
 from restorecli.evaluate.metrics import bt601_y, measure
 
-runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def cli(*args):
-    return runner.invoke(app, ["evaluate", *map(str, args)])
+    return invoke("evaluate", *args)
 
 
 def lines(result):

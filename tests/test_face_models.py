@@ -13,18 +13,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from conftest import DETECTOR, TEST_INPUTS, read_rgb
-from restorecli.cli.app import app
+from helpers.cli import invoke as _run
 from restorecli.models.integrity import sha256_of
 from restorecli.models.loading import describe, read_state_dict, resolve_model_path
 from restorecli.models.registry import REGISTRY
 
 pytest.importorskip("spandrel_extra_arches", reason="spandrel-extra-arches (restorecli[codeformer], also in [test]) "
                     "is not installed: CodeFormer's architecture comes from it")
-
-runner = CliRunner()
 
 # The released codeformer.pth's network, as spandrel's own test of the real file records it: 376,450,828 bytes of
 # fp32 parameters (dim_embd 512, 9 transformer layers, a 1024-entry codebook, fusion at 32, 64, 128 and 256 px)
@@ -65,10 +62,6 @@ def _controlled(monkeypatch, name, checkpoint):
 def _install(weights, name, checkpoint):
     weights.mkdir(exist_ok=True)
     (weights / REGISTRY[name].filename).symlink_to(checkpoint)
-
-
-def _run(*args):
-    return runner.invoke(app, [*map(str, args)])
 
 
 # ----------------------------------------------------------------------------- the registry

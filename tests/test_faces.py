@@ -3,8 +3,6 @@ through the CLI with GFPGAN checkpoints of random weights saved in the official 
 
 from __future__ import annotations
 
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -12,10 +10,9 @@ import skimage.data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
-from typer.testing import CliRunner
 
 from conftest import DETECTOR, TEST_INPUTS, read_rgb
-from restorecli.cli.app import app
+from helpers.cli import invoke, json_lines
 from restorecli.engine.faces.align import FFHQ_TEMPLATE_512, alignment, crop_face, footprint, invert
 from restorecli.engine.faces.detector import AnchorConfig, FaceDetector
 from restorecli.engine.faces.detector import Face
@@ -24,7 +21,6 @@ from restorecli.engine.faces.enhance import (FaceOptions, FaceRows, enhance_face
 from restorecli.engine.faces.paste import paste_face
 
 TEST_ANCHORS = AnchorConfig(min_sizes=((10, 20), (32, 64), (128, 256)))  # what this detector was trained with
-runner = CliRunner()
 
 needs_detector = pytest.mark.skipif(not DETECTOR.is_file(),
                                     reason=f"{DETECTOR} is absent (the ../shared test data is not beside the clone)")
@@ -308,11 +304,11 @@ def test_the_next_images_faces_are_found_while_the_model_runs(tmp_path, make_mod
 
 
 def _restore(*args):
-    return runner.invoke(app, ["restore", *map(str, args)])
+    return invoke("restore", *args)
 
 
 def _items(result):
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return json_lines(result)
 
 
 def test_face_enhance_end_to_end_with_gfpgan_in_the_official_layout(tmp_path, make_model, face_files):

@@ -360,14 +360,12 @@ def test_rrdb_graphs_of_any_depth_and_scale_round_trip_through_ncnn(tmp_path, nu
 def test_embedded_models_run_where_the_weights_folder_cannot_be_written(tmp_path, embedded_dir):
     """A read-only weights folder (a container's, a shared install's) cannot keep the converted file: the model
     is converted from the package's files in memory instead, in every run, rather than refused."""
-    from typer.testing import CliRunner
-
-    from restorecli.cli.app import app
+    from helpers.cli import invoke
 
     taken = tmp_path / "file"
     taken.write_text("not a folder")
-    result = CliRunner().invoke(app, ["restore", str(TEST_INPUTS / "rocket.jpg"), "-o", str(tmp_path / "o"),
-                                      "--model", "realesr-animevideov3", "--weights-dir", str(taken / "weights")])
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "o", "--model", "realesr-animevideov3",
+                    "--weights-dir", taken / "weights")
     assert result.exit_code == 0, result.stderr
     assert Image.open(tmp_path / "o" / "rocket.jpg").size == (384, 256)
     assert taken.read_text() == "not a folder"

@@ -6,17 +6,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from typer.testing import CliRunner
 
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from restorecli.options import RestoreOptions, declared, from_given, model_key
 
-runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", ["restore", "submit"])
 def test_every_declared_option_is_on_the_command_line_with_its_help(command):
-    text = " ".join(runner.invoke(app, [command, "--help"], terminal_width=400).stdout.split())
+    text = " ".join(invoke(command, "--help", terminal_width=400).stdout.split())
     for name, _default, spec in declared():
         flag = spec.flags[0].split("/")[0] if spec.flags else f"--{name.replace('_', '-')}"  # --on/--off: --on
         assert flag in text, f"{command} lacks {flag}"

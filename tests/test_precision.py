@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from restorecli.engine import device as engine_device
 from restorecli.engine import precision
 from restorecli.engine.model import LoadedModel
 from restorecli.models.loading import load_model
 
-runner = CliRunner()
 
 
 def _swinir():
@@ -76,7 +74,7 @@ def fast_bf16(monkeypatch):
 
 
 def restore(*args):
-    return runner.invoke(app, ["restore", *map(str, args), "--json"])
+    return invoke("restore", *args, "--json")
 
 
 def summary(result) -> dict:

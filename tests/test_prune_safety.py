@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS
-from restorecli.cli.app import app
+from helpers.cli import invoke as cli
 from restorecli.files import temporary_writer, writer_tag
 
 MONTH_AGO = time.time() - 30 * 86400
@@ -31,10 +30,6 @@ with atomic_writer(Path(sys.argv[1])) as handle:
     handle.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 """
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def snapshot(root: Path) -> dict[str, str]:

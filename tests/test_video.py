@@ -11,21 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from restorecli.options import RestoreOptions
 from restorecli.plan import InputItem, plan_outputs
 
 av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
 
-runner = CliRunner()
 W, H, FRAMES = 64, 48, 24
 SAMPLE_RATE = 48000
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def items_of(result) -> list[dict]:

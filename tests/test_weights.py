@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from conftest import TEST_INPUTS, tiny_compact_state
-from restorecli.cli.app import app
+from helpers.cli import invoke as run
 from restorecli.models.registry import REGISTRY
 
-runner = CliRunner()
 VIDEO_PATH = "/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-animevideov3.pth"
 X4PLUS_PATH = "/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
 
@@ -95,10 +93,6 @@ def server():
     with WeightsServer() as s:
         s.files[VIDEO_PATH] = _pth(tiny_compact_state(4, num_conv=2))
         yield s
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def items(result):
@@ -463,7 +457,7 @@ def test_a_lock_file_of_the_wrong_shape_is_a_setup_error_naming_it(tmp_path, loc
     shutil.copy(TEST_INPUTS / "rocket.jpg", photo)
     for args in (["download-weights", "realesr-animevideov3"],
                  ["restore", str(photo), "-o", str(tmp_path / "o"), "--model", "realesr-animevideov3"]):
-        result = CliRunner().invoke(app, [*args, "--weights-dir", str(weights)])
+        result = run(*args, "--weights-dir", weights)
         assert result.exit_code == 3, (args, result.stderr, result.exception)
         assert "restorecli-lock.json" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "o").exists()
@@ -475,10 +469,10 @@ def test_from_a_pipe_or_a_device_says_what_it_is(tmp_path):
     fifo = tmp_path / "model.pth"
     os.mkfifo(fifo)
     for source, kind in ((fifo, "a named pipe"), (Path("/dev/null"), "a character device"), (tmp_path, "a directory")):
-        result = CliRunner().invoke(app, ["download-weights", "--from", str(source), "--name", "realesrgan-x2plus",
-                                          "--weights-dir", str(tmp_path / "w")])
+        result = run("download-weights", "--from", source, "--name", "realesrgan-x2plus", "--weights-dir",
+                     tmp_path / "w")
         assert result.exit_code == 2
         assert f"--from {source}: is {kind}, not a model file" in result.stderr
-    missing = CliRunner().invoke(app, ["download-weights", "--from", str(tmp_path / "gone.pth"), "--name",
-                                       "realesrgan-x2plus", "--weights-dir", str(tmp_path / "w")])
+    missing = run("download-weights", "--from", tmp_path / "gone.pth", "--name", "realesrgan-x2plus",
+                  "--weights-dir", tmp_path / "w")
     assert missing.exit_code == 2 and "no such file" in missing.stderr
