@@ -18,7 +18,7 @@ import restorecli.pipeline.batch as pipeline_batch
 import restorecli.pipeline.runner as pipeline
 from helpers.wait import wait_until
 from restorecli.images import encode_image
-from restorecli.overlap import Halted, ReadAhead, WriteBehind
+from restorecli.pipeline.overlap import Halted, ReadAhead, WriteBehind
 from restorecli.pipeline import Restorer, RestoreOptions, restore_batch
 
 WAIT = 30.0  # seconds a test waits for the other thread before it counts as never coming

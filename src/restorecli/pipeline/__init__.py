@@ -6,7 +6,8 @@
 - ``runner``: ``Restorer``, the models loaded once on their device; bytes or arrays in, data out, no files.
 - ``stages``: the data between the stages (``Prepared``, ``Enhancement``, ``Restored`` with face crops as bytes).
 - ``item``: one image's lifecycle around the model, shared by every runtime (results, failures, atomic writes).
-- ``batch``: the local run (``restore_batch``): read ahead, the model, write behind, results in order.
+- ``batch``: the local run (``restore_batch``): read ahead, the model, write behind, results in order; the
+  threads beside the model are ``overlap``'s.
 
 Every runtime uses these: the CLI and the queue's worker run ``restore_batch``; the Ray actor runs
 ``prepare``/``enhance``/``encode`` and the driver writes with ``item``; the Modal function runs ``restore_bytes``.

@@ -8,11 +8,12 @@ worker runs a job as such a batch; the Ray pool spreads the same per-image steps
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent import futures
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -22,7 +23,7 @@ from ..errors import ImageError, RestoreCliError
 from ..files import STDIO, check_output_folder
 from ..images import OutputFormat, strip_writer
 from ..options import RestoreOptions
-from ..overlap import Halted, ReadAhead, WriteBehind
+from .overlap import Halted, ReadAhead, WriteBehind
 from ..plan import (
     BatchResult,
     InputItem,
@@ -34,6 +35,7 @@ from ..plan import (
     dry_run_result,
     error_result,
     output_format,
+    plan_outputs,
     run_items,
 )
 from ..video.formats import is_video_name
@@ -42,16 +44,24 @@ from .runner import Restorer
 from .stages import Prepared, Restored, face_crops
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Batch:
     """What the images of one batch share: its options, its output plan, the models and the streams."""
 
     options: RestoreOptions
     planner: OutputPlanner
-    restorer: Restorer | None  # None: a dry run
+    restorer: Restorer | None  # None: a dry run, or none loaded yet (every output was there when the batch began)
     stdin: BinaryIO | None
     stdout: BinaryIO | None
     outputs: Outputs  # output folders already rid of temporary files killed runs left
+    _loading: threading.Lock = field(default_factory=threading.Lock)
+
+    def models(self) -> Restorer:
+        """The loaded models, loaded now where the batch began with none to restore (an output removed since)."""
+        with self._loading:
+            if self.restorer is None:
+                self.restorer = Restorer.from_options(self.options)
+            return self.restorer
 
 
 @dataclass(frozen=True)
@@ -137,13 +147,20 @@ def restore_batch(
     if options.save_faces:
         check_output_folder(Path(options.save_faces), "--save-faces")
     notify("start", len(items))  # before the model loads, so a stop while it loads counts the batch too
-    if restorer is None and not options.dry_run:
+    if restorer is None and not options.dry_run and not _all_done(items, options):
         restorer = Restorer.from_options(options)
     batch = _Batch(options, planner, restorer, stdin, stdout, Outputs(options.save_faces))
     order = _InOrder(notify)
     _run(batch, items, order, should_stop or (lambda: False), should_abandon or (lambda: False))
-    return BatchResult(order.results, round(time.perf_counter() - started, 3), restorer.setup if restorer else None,
-                       halted=order.halted)
+    return BatchResult(order.results, round(time.perf_counter() - started, 3),
+                       batch.restorer.setup if batch.restorer else None, halted=order.halted)
+
+
+def _all_done(items: list[InputItem], options: RestoreOptions) -> bool:
+    """Whether every output is in place already (a re-run of a finished batch): then no model is loaded."""
+    if any(item.source == STDIO for item in items):
+        return False
+    return all(planned.action == "skip" for planned in plan_outputs(items, options))
 
 
 def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Callable[[], bool],
@@ -196,9 +213,8 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
         if batch.options.dry_run:
             return _Ready(item, t0, dry_run_result(planned, data, batch.options), planned=planned)
         fmt = output_format(batch.options, input_format)
-        assert batch.restorer is not None
         return _Ready(item, t0, planned=planned, fmt=fmt,
-                      prepared=batch.restorer.prepare(data, item.source, batch.options, fmt))
+                      prepared=batch.models().prepare(data, item.source, batch.options, fmt))
     except ImageError as exc:
         return _Ready(item, t0, *failure(item, planned.output if planned else None, exc, in_size, t0))
     except RestoreCliError:
@@ -225,17 +241,16 @@ def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
 def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> ItemResult:
     """Restore a video at its turn, on the batch's thread (its frames decoded ahead and encoded behind on threads
     of its own); its failure is its result, and the batch goes on."""
-    from .video.restore import restore_video, video_options  # PyAV only where a video is restored
+    from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
 
     item, output = ready.item, ready.planned.output if ready.planned else None
     assert output is not None
-    if batch.restorer is None:  # no image before it has loaded the models
-        batch.restorer = Restorer.from_options(batch.options)
     batch.outputs.sweep(output.parent)  # as for an image: what killed runs left there goes first
-    model, outscale = batch.restorer.model, batch.options.outscale
+    restorer = batch.models()
+    model, outscale = restorer.model, batch.options.outscale
     settings = video_options(batch.options, lambda w, h: target_size(model, w, h, outscale))
     try:
-        done = restore_video(Path(item.source), output, batch.restorer, settings, name=item.source,
+        done = restore_video(Path(item.source), output, restorer, settings, name=item.source,
                              on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
                              on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)))
     except RestoreCliError as exc:

@@ -20,7 +20,7 @@ from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from .files import atomic_writer, write_atomic
+from ..files import atomic_writer, write_atomic
 
 T = TypeVar("T")
 R = TypeVar("R")

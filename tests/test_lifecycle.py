@@ -1,0 +1,237 @@
+"""One image lifecycle, whatever runs it: the same small batch (photos in three formats, among them a grey one, a
+16-bit one and one with alpha, and a file that is no image) restored by the local batch (``restore``), the queue's
+worker, the Ray pool, the client of a live server (``restore --server``) and the Modal function (its ``.local()``
+path), with the same results (status, sizes, the error's words) and the same output pixels. An output already in
+place is skipped alike by the runtimes that plan against a folder (the local batch and the client), and a Modal call
+retried after its container died goes on where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import TEST_INPUTS
+from helpers.cli import invoke, json_lines
+from live_server import LiveServer
+from remote_cli import remote
+from test_deploy import modal_app  # noqa: F401  (the fixture: deploy/modal_app.py imported as Modal does)
+
+NAMES = ["rocket.jpg", "cameraman_gray.png", "coffee_alpha.png", "chelsea_16bit.png", "broken.png"]
+RUNTIMES = ["local", "worker", "ray", "client", "modal"]
+# bf16 (what auto runs on a CPU with bf16 units) rounds differently with the threads a runtime gives torch: the
+# comparison is of the lifecycle, so every runtime runs the model in fp32 on the CPU
+FP32 = ("--device", "cpu", "--precision", "fp32")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from conftest import tiny_compact_state
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
+    save_file(tiny_compact_state(2), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("in")
+    for name in NAMES[:-1]:
+        shutil.copy(TEST_INPUTS / name, folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not the rest of a PNG" * 8)
+    return folder
+
+
+def pixels(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    return image
+
+
+def words(result: dict) -> str | None:
+    """The error as a person reads it, less the way the runtime names the file (a path, the name sent)."""
+    error = result.get("error")
+    return error.split("broken.png", 1)[1] if error else None
+
+
+def summary(results: list[dict], outputs: dict[str, bytes]) -> dict[str, tuple]:
+    """Per input: (status, in_size, out_size, the error's words, the output's pixels' bytes)."""
+    found = {}
+    for result in results:
+        name = Path(result.get("original_filename") or result["input"]).name
+        sizes = tuple(result.get("in_size") or ()), tuple(result.get("out_size") or ())
+        image = outputs.get(name)
+        found[name] = (result["status"], *sizes, words(result), pixels(image).tobytes() if image else None)
+    return found
+
+
+def local_run(tmp_path: Path, model: Path, inputs: Path) -> dict:
+    out = tmp_path / "out"
+    result = invoke("restore", *sorted(inputs.iterdir()), "-o", out, "--model", model, *FP32, "--json")
+    assert result.exit_code == 1, result.stderr  # one image failed
+    return items_summary(json_lines(result))
+
+
+def items_summary(lines: list[dict]) -> dict:
+    items = [line for line in lines if "input" in line]
+    return summary(items, {Path(i["input"]).name: Path(i["output"]).read_bytes() for i in items if i["status"] == "ok"})
+
+
+def queued(tmp_path: Path, model: Path, inputs: Path, *worker: str) -> dict:
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", *sorted(inputs.iterdir()), "--queue", queue, "--model", model, *FP32, "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)}  # Ray keeps its token in ~/.ray
+    ran = subprocess.run([sys.executable, "-m", "restorecli", "worker", "--queue", str(queue), "--once", *worker], capture_output=True, text=True, env=env, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    document = json.loads((queue / "jobs" / job_id / "result.json").read_text())
+    outputs = {Path(r["original_filename"]).name: (queue / r["output"]).read_bytes()
+               for r in document["results"] if r["status"] == "ok"}
+    return summary(document["results"], outputs)
+
+
+def serving(tmp_path: Path, model: Path) -> LiveServer:
+    """A live server whose default model is ``model`` (the client names none), in a home of its own."""
+    return LiveServer(tmp_path, "--model", str(model), *FP32, env={"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)})
+
+
+def client_run(tmp_path: Path, model: Path, inputs: Path) -> dict:
+    with serving(tmp_path, model) as server:
+        result = remote(*sorted(inputs.iterdir()), "-o", tmp_path / "out", "--server", server.url, "--json",
+                        cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    return items_summary(json_lines(result))
+
+
+def modal_run(tmp_path: Path, model: Path, inputs: Path, modal_app) -> dict:
+    files = modal_app.JobFiles(tmp_path / "files")
+    backend = modal_app.Backend({}, files, lambda job_id, options: "fc-1", lambda call: None)
+    job_id = "20261207-010203-" + "a" * 32
+    stored = []
+    for number, path in enumerate(sorted(inputs.iterdir()), 1):
+        name = f"{number:03d}{path.suffix}"
+        files.write(job_id, {f"inputs/{name}": path.read_bytes()})
+        stored.append({"original_filename": path.name, "stored": name})
+    backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same", "device": "cpu",
+                                                                 "precision": "fp32"}, stored)
+    restore = modal_app.Restore(model=str(model), precision="fp32")
+    assert modal_app.process_job(backend, restore.restore.local, job_id) == "completed"
+    results = backend.records[job_id]["results"]
+    outputs = {r["original_filename"]: files.read(job_id, f"outputs/{r['output']}") for r in results
+               if r["status"] == "ok"}
+    return summary(results, outputs)
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory, model, inputs) -> dict:
+    """What the local batch makes of the batch: every runtime is held to it."""
+    return local_run(tmp_path_factory.mktemp("local"), model, inputs)
+
+
+def test_the_local_batch_restores_what_it_can_and_words_the_broken_file(expected):
+    assert [expected[name][0] for name in NAMES] == ["ok"] * 4 + ["error"]
+    assert expected["rocket.jpg"][1:3] == ((96, 64), (192, 128))
+    assert expected["broken.png"][3]  # said why, not only that it failed
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+@pytest.mark.parametrize("runtime", RUNTIMES[1:])
+def test_every_runtime_gives_the_local_batch_s_results_and_pixels(tmp_path, model, inputs, expected, runtime,
+                                                                   request):
+    if runtime == "ray":
+        pytest.importorskip("ray", reason="Ray is not installed: pip install 'restorecli[ray]'")
+    run = {"worker": lambda: queued(tmp_path, model, inputs),
+           "ray": lambda: queued(tmp_path, model, inputs, "--ray", "local", "--actors", "1"),
+           "client": lambda: client_run(tmp_path, model, inputs),
+           "modal": lambda: modal_run(tmp_path, model, inputs, request.getfixturevalue("modal_app"))}[runtime]
+    found = run()
+    assert sorted(found) == sorted(expected)
+    for name in NAMES:
+        status, in_size, out_size, error, image = found[name]
+        assert (status, in_size, out_size, error) == expected[name][:4], (runtime, name)
+        assert image == expected[name][4], f"{runtime}: {name}'s output differs from the local batch's"
+
+
+@pytest.mark.parametrize("runtime", ["local", "client"])
+def test_an_output_already_in_place_is_skipped_alike(tmp_path, model, inputs, runtime):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rocket.png").write_bytes(b"an earlier run's output")  # rocket.jpg -> rocket.png with --format png
+    args = [*map(str, sorted(inputs.iterdir())), "-o", str(out), "--format", "png", "--json"]
+    if runtime == "local":
+        result = invoke("restore", *args, "--model", model, *FP32)
+        code = result.exit_code
+    else:
+        with serving(tmp_path, model) as server:
+            result = remote(*args, "--server", server.url, cwd=tmp_path)
+        code = result.returncode
+    assert code == 1  # the broken file
+    items = {Path(i["input"]).name: i for i in json_lines(result) if "input" in i}
+    assert items["rocket.jpg"]["status"] == "skipped" and "exists" in items["rocket.jpg"]["error"]  # the reason
+    assert (out / "rocket.png").read_bytes() == b"an earlier run's output"
+    assert [items[name]["status"] for name in NAMES[1:]] == ["ok", "ok", "ok", "error"]
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_a_retried_modal_call_goes_on_where_the_last_one_stopped(tmp_path, model, inputs, modal_app):  # noqa: F811
+    files = modal_app.JobFiles(tmp_path / "files")
+    backend = modal_app.Backend({}, files, lambda job_id, options: "fc-1", lambda call: None)
+    job_id, sent = "20261207-010203-" + "b" * 32, []
+    stored = [{"original_filename": name, "stored": f"{n:03d}{Path(name).suffix}"} for n, name in enumerate(NAMES[:3], 1)]
+    for entry in stored:
+        files.write(job_id, {f"inputs/{entry['stored']}": (inputs / entry["original_filename"]).read_bytes()})
+    backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same"}, stored)
+    restore = modal_app.Restore(model=str(model))
+
+    def dies_on_the_second(data, name, options):
+        sent.append(name)
+        if len(sent) == 2:
+            raise SystemExit("the container died")  # as Modal sees a container lost mid-call
+        return restore.restore.local(data, name, options)
+
+    with pytest.raises(SystemExit):
+        modal_app.process_job(backend, dies_on_the_second, job_id)
+    assert files.read(job_id, "outputs/001.jpg") is not None  # written as it finished, not at the job's end
+    assert [r["status"] for r in backend.records[job_id]["progress"]] == ["ok"]
+
+    def counting(data, name, options):
+        sent.append(name)
+        return restore.restore.local(data, name, options)
+
+    assert modal_app.process_job(backend, counting, job_id) == "completed"
+    assert sent == ["001.jpg", "002.png", "002.png", "003.png"]  # the first image was not restored again
+    record = backend.records[job_id]
+    assert [r["status"] for r in record["results"]] == ["ok", "ok", "ok"]
+    assert [r["original_filename"] for r in record["results"]] == NAMES[:3]
+
+
+def test_a_re_run_with_every_output_in_place_loads_no_model(tmp_path, model, inputs, monkeypatch):
+    """A finished batch run again (a cron job's second run) skips every image without loading the models: no
+    weights read, no device touched; one output missing, and they are loaded for it."""
+    from restorecli.pipeline import Restorer
+
+    photos = [inputs / name for name in NAMES[:-1]]
+    first = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
+    assert first.exit_code == 0, first.stderr
+    real, loads = Restorer.from_options, []
+
+    def loading(options):
+        loads.append(options.model)
+        return real(options)
+
+    monkeypatch.setattr(Restorer, "from_options", staticmethod(loading))
+    again = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert [i["status"] for i in json_lines(again) if i["type"] == "item"] == ["skipped"] * 4 and loads == []
+    (tmp_path / "out" / "rocket.jpg").unlink()
+    third = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
+    assert [i["status"] for i in json_lines(third) if i["type"] == "item"] == ["ok"] + ["skipped"] * 3
+    assert loads == [str(model)]
