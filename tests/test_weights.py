@@ -47,7 +47,7 @@ class WeightsServer:
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
                 if server.stall:
-                    time.sleep(server.stall)
+                    time.sleep(server.stall)  # the stalled mirror is what the tests meet, not a wait for anything
                 data = server.files.get(self.path)
                 if data is None:
                     self.send_error(404, "Not Found")
