@@ -1113,15 +1113,20 @@ def test_a_scan_keeps_its_print_size(photos, model2, tmp_path, fmt):
         assert written.info["dpi"] == pytest.approx((expected, expected), rel=1e-4)
 
 
+def large_xmp_packet() -> bytes:
+    """An XMP packet of about 300 KB (5000 document ancestors), past what one JPEG segment holds (64 KB)."""
+    items = b"".join(b"<rdf:li>xmp.did:%032x</rdf:li>" % i for i in range(5000))
+    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
+            b'<photoshop:DocumentAncestors><rdf:Bag>' + items + b'</rdf:Bag></photoshop:DocumentAncestors>'
+            b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
 def test_a_large_xmp_packet_survives_jpeg_both_ways(photos, model2, tmp_path):
     """A 300 KB XMP packet (past one JPEG segment) goes PNG -> JPEG -> PNG through restore with every property."""
     from PIL.PngImagePlugin import PngInfo
 
-    items = b"".join(b"<rdf:li>xmp.did:%032x</rdf:li>" % i for i in range(5000))
-    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-              b'<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
-              b'<photoshop:DocumentAncestors><rdf:Bag>' + items + b'</rdf:Bag></photoshop:DocumentAncestors>'
-              b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    packet = large_xmp_packet()
     info = PngInfo()
     info.add_itxt("XML:com.adobe.xmp", packet.decode())
     source = tmp_path / "edited.png"
@@ -1141,11 +1146,7 @@ def test_extended_xmp_pointed_to_by_an_element_declaring_its_namespace_survives_
     from restorecli.images import encode_image
     from restorecli.images.jpeg import XMP_APP1
 
-    items = b"".join(b"<rdf:li>xmp.did:%032x</rdf:li>" % i for i in range(5000))
-    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-              b'<rdf:Description rdf:about="" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
-              b'<photoshop:DocumentAncestors><rdf:Bag>' + items + b'</rdf:Bag></photoshop:DocumentAncestors>'
-              b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    packet = large_xmp_packet()
     jpeg = encode_image(np.asarray(Image.open(photos / "rocket.jpg").convert("RGB")), None, "jpg", xmp=packet)
     at = jpeg.index(XMP_APP1) - 4  # the main packet's APP1 segment: marker, length, payload
     end = at + 2 + int.from_bytes(jpeg[at + 2 : at + 4], "big")
