@@ -59,8 +59,8 @@ def job(queue, job_id):
         store.close()
 
 
-def spawn_worker(queue, *args, slow=0.0, crash_on=None):
-    env = {**os.environ, "HARNESS_SLOW": str(slow), "HARNESS_CRASH_ON": crash_on or ""}
+def spawn_worker(queue, *args, slow=0.0, crash_on=None, hold=None):
+    env = {**os.environ, "HARNESS_SLOW": str(slow), "HARNESS_CRASH_ON": crash_on or "", "HARNESS_HOLD": str(hold or "")}
     return subprocess.Popen([sys.executable, str(HARNESS), "worker", "--queue", str(queue), *map(str, args)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -233,11 +233,16 @@ def test_a_stale_worker_cannot_publish_over_the_new_owner(tmp_path, queue, model
 def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, model):
     slow_job = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     quick_job = submit(queue, model, tmp_path / "in" / "a.jpg")["job_id"]
-    # the first run takes one job and is slow with it (3 s per image); the second starts while it works
-    first = spawn_worker(queue, "--once", "--max-jobs", 1, "--lease", 30, slow=3.0)
+    # the first run takes one job and holds it, mid-image, until the second run (started meanwhile) is done
+    hold = tmp_path / "hold"
+    hold.touch()
+    first = spawn_worker(queue, "--once", "--max-jobs", 1, "--lease", 30, hold=hold)
     wait_until(lambda: job(queue, slow_job).status == "processing", what="first cron run to claim")
     second = spawn_worker(queue, "--once", "--lease", 30)
-    out2, err2 = second.communicate(timeout=120)
+    try:
+        out2, err2 = second.communicate(timeout=120)
+    finally:
+        hold.unlink()  # the first run goes on
     assert second.returncode == 0
     assert quick_job in err2 and slow_job not in err2
     out1, err1 = first.communicate(timeout=120)

@@ -1,6 +1,8 @@
 """Runs the restorecli CLI with faults injected through environment variables, for the queue tests.
 
 HARNESS_SLOW=S       sleep S seconds before decoding each image (keeps a worker mid-job long enough to act)
+HARNESS_HOLD=PATH    before decoding each image, wait while the file PATH exists (holds a worker mid-job until
+                     the test has done what it must meanwhile, however slow the machine)
 HARNESS_CRASH_ON=X   kill the process with SIGSEGV when decoding a file whose name contains X: a crash
                      no Python code can catch, as a broken decoder would cause
 """
@@ -14,13 +16,17 @@ import restorecli.pipeline.runner as pipeline
 _decode = pipeline.decode_image
 _slow = float(os.environ.get("HARNESS_SLOW", "0") or 0)
 _crash_on = os.environ.get("HARNESS_CRASH_ON")
+_hold = os.environ.get("HARNESS_HOLD")
 
 
 def _faulty_decode(data, name, max_pixels):
     if _crash_on and _crash_on in name:
         os.kill(os.getpid(), signal.SIGSEGV)
     if _slow:
-        time.sleep(_slow)
+        time.sleep(_slow)  # the slow decoder is the fault injected, not a wait for anything
+    end = time.monotonic() + 300
+    while _hold and os.path.exists(_hold) and time.monotonic() < end:  # the test removes it when it is done
+        time.sleep(0.05)
     return _decode(data, name, max_pixels)
 
 
