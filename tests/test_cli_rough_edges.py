@@ -215,3 +215,28 @@ def test_no_command_function_is_over_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+@pytest.mark.parametrize(("args", "option", "values"), [
+    (["--model", "a", "--model=b"], "'--model'", "(a, b)"),
+    (["-o", "one", "-otwo"], "'-o' / '--output'", "(one, two)"),
+    (["--tile", "64", "--outscale", "2", "--tile", "0"], "'--tile'", "(64, 0)"),
+])
+def test_an_option_that_takes_one_value_given_twice_is_refused_not_settled_by_the_last(tmp_path, args, option,
+                                                                                       values):
+    """``restore --model A --model B`` once ran B alone and exited 0: a repeated option must never drop a value."""
+    photo = tmp_path / "in.png"
+    photo.write_bytes(b"never read: the usage error comes first")
+    result = invoke("restore", photo, *args)
+    assert result.exit_code == 2
+    assert f"Invalid value for {option}: given 2 times {values}; it takes one value" in result.stderr
+    assert not (tmp_path / "one").exists() and not (tmp_path / "two").exists()
+
+
+def test_an_option_that_takes_several_values_may_be_repeated_and_a_value_like_an_option_is_a_value(tmp_path):
+    photo = tmp_path / "in.png"
+    photo.write_bytes(b"never read: a dry run of a file that is no image")
+    result = invoke("restore", photo, "--suffix", "-o", "-o", tmp_path / "out", "--dry-run")  # --suffix's value
+    assert "given 2 times" not in result.stderr
+    served = invoke("serve", "--allow-model", "a", "--allow-model", "b", "--help")
+    assert served.exit_code == 0, served.stderr

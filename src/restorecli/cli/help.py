@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 from typer.core import TyperArgument, TyperCommand
 
 OPTIONS = "Options"  # the heading of the options that belong to no group
@@ -29,6 +30,17 @@ class Command(TyperCommand):
         for param in self.params:  # Typer builds its own argument objects; these change only how help shows them
             if type(param) is TyperArgument:
                 param.__class__ = _Argument
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Refuse an option that takes one value given more than once (``--model A --model B``), which the parser
+        would silently settle with the last; options that take several (``--allow-model``) are not counted."""
+        repeated = _repeated(self.get_params(ctx), args)
+        if repeated:
+            param, values = repeated
+            later = " (models one after another are not supported yet)" if param.name == "model" else ""
+            raise typer.BadParameter(f"given {len(values)} times ({', '.join(values)}); it takes one value{later}",
+                                     ctx=ctx, param=param)
+        return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -53,3 +65,34 @@ class Command(TyperCommand):
             if records:
                 with formatter.section(heading):
                     formatter.write_dl(records)
+
+
+def _repeated(params: list[Any], args: list[str]) -> tuple[Any, list[str]] | None:
+    """The first single-valued option that ``args`` give twice or more, with its values; None where none is."""
+    takes_value: dict[str, Any] = {}  # every option string that is followed by a value -> its parameter
+    for param in params:
+        if not isinstance(param, TyperArgument) and not getattr(param, "is_flag", False) and param.nargs == 1:
+            for name in (*param.opts, *param.secondary_opts):
+                takes_value[name] = param
+    given: dict[int, tuple[Any, list[str]]] = {}
+    index = 0
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            break
+        name, value = token, None
+        if token.startswith("--") and "=" in token:
+            name, value = token.split("=", 1)
+        elif token.startswith("-") and not token.startswith("--") and len(token) > 2 and token[:2] in takes_value:
+            name, value = token[:2], token[2:]
+        param = takes_value.get(name)
+        if param is None:
+            index += 1
+            continue
+        if value is None:
+            value = args[index + 1] if index + 1 < len(args) else ""
+            index += 1
+        index += 1
+        if not getattr(param, "multiple", False):
+            given.setdefault(id(param), (param, []))[1].append(value)
+    return next(((param, values) for param, values in given.values() if len(values) > 1), None)
