@@ -145,7 +145,7 @@ def test_a_sink_is_restarted_when_out_of_memory_shrinks_the_tiles(tmp_path, monk
     crop = ASTRONAUT[100:228, 100:228]
     reference = upscale(model, crop, device=CPU, tile=0).image
     _with_recorder(model, limit=48 * 48)
-    monkeypatch.setattr("restorecli.engine.tiling.auto_plan", _plan_of_100)
+    monkeypatch.setattr("restorecli.engine.tiling.executor.auto_plan", _plan_of_100)
     sink = _StripRecorder()
     result = upscale(model, crop, device=CPU, tile=None, pad=4, sink=sink)
     assert sink.restarts >= 1 and result.tile < 100
@@ -198,7 +198,7 @@ def test_auto_tile_halves_on_out_of_memory_and_never_pastes_stale_tiles(tmp_path
     crop = ASTRONAUT[100:228, 100:228]
     reference = upscale(model, crop, device=CPU, tile=0).image
     recorder = _with_recorder(model, limit=48 * 48)
-    monkeypatch.setattr("restorecli.engine.tiling.auto_plan", _plan_of_100)
+    monkeypatch.setattr("restorecli.engine.tiling.executor.auto_plan", _plan_of_100)
     result = upscale(model, crop, device=CPU, tile=None, pad=4)
     assert result.tile < 100 and result.tile >= 16
     assert psnr(result.image, reference) >= 45
@@ -227,7 +227,7 @@ def test_tile_progress_counts_every_tile_once_per_attempt(tmp_path, monkeypatch)
     assert result.tiles == 20 and calls[-1] == (20, 20)
     assert [done for done, _ in calls] == [3, 6, 9, 12, 15, 18, 20]
     _with_recorder(model, limit=48 * 48)  # now the first plan fails: counting starts again for the smaller tiles
-    monkeypatch.setattr("restorecli.engine.tiling.auto_plan", _plan_of_100)
+    monkeypatch.setattr("restorecli.engine.tiling.executor.auto_plan", _plan_of_100)
     calls.clear()
     result = upscale(model, ASTRONAUT[:128, :128], device=CPU, tile=None, pad=4,
                      on_tile=lambda done, total: calls.append((done, total)))
@@ -236,13 +236,13 @@ def test_tile_progress_counts_every_tile_once_per_attempt(tmp_path, monkeypatch)
 
 
 def test_auto_batch_is_one_tile_on_the_cpu_and_what_fits_on_accelerators(monkeypatch):
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import memory
 
-    assert tiling._auto_batch(CPU, 10**6) == 1
-    monkeypatch.setattr(tiling, "available_memory", lambda device: 5 * 10**6)
-    assert tiling._auto_batch(torch.device("cuda"), 10**6) == 5
-    assert tiling._auto_batch(torch.device("mps"), 10**5) == 8  # capped
-    assert tiling._auto_batch(torch.device("cuda:1"), 10**8) == 1
+    assert memory.auto_batch(CPU, 10**6) == 1
+    monkeypatch.setattr(memory, "available_memory", lambda device: 5 * 10**6)
+    assert memory.auto_batch(torch.device("cuda"), 10**6) == 5
+    assert memory.auto_batch(torch.device("mps"), 10**5) == 8  # capped
+    assert memory.auto_batch(torch.device("cuda:1"), 10**8) == 1
 
 
 def test_wrong_channel_count_is_refused(tmp_path):
@@ -527,11 +527,11 @@ def _spec():
 
 
 def test_a_512_input_that_fits_the_budget_runs_as_one_tile(tmp_path, monkeypatch):
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import memory
 
     model = _load_state(tmp_path, tiny_compact_state(2))
-    per_pixel = tiling.bytes_per_pixel(model, torch.float32)
-    monkeypatch.setattr(tiling, "available_memory", lambda device: per_pixel * 512 * 512)
+    per_pixel = memory.bytes_per_pixel(model, torch.float32)
+    monkeypatch.setattr(memory, "available_memory", lambda device: per_pixel * 512 * 512)
     recorder = _with_recorder(model)
     result = upscale(model, ASTRONAUT, device=CPU, tile=None, pad=24)
     assert (result.tiles, result.tile, result.computed_ratio) == (1, 0, 1.0)
@@ -539,17 +539,17 @@ def test_a_512_input_that_fits_the_budget_runs_as_one_tile(tmp_path, monkeypatch
 
 
 def test_with_less_memory_the_tiles_fit_the_budget_by_the_table(tmp_path, monkeypatch):
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import memory
 
     model = _load_state(tmp_path, tiny_compact_state(2))
-    per_pixel = tiling.bytes_per_pixel(model, torch.float32)
+    per_pixel = memory.bytes_per_pixel(model, torch.float32)
     budget = per_pixel * 310 * 310  # windows of 304 x 304 (2 x 2 tiles) and 512 x 176 (1 x 4) fit, 304 x 512 not
-    monkeypatch.setattr(tiling, "available_memory", lambda device: budget)
+    monkeypatch.setattr(memory, "available_memory", lambda device: budget)
     recorder = _with_recorder(model)
     result = upscale(model, ASTRONAUT, device=CPU, tile=None, pad=24)
     assert result.tiles > 1 and result.computed_ratio > 1.0
     assert all(n * h * w * per_pixel <= budget for n, _, h, w in recorder.batches)
-    plan = tiling.auto_plan(model, 512, 512, device=CPU, dtype=torch.float32, pad=24)
+    plan = memory.auto_plan(model, 512, 512, device=CPU, dtype=torch.float32, pad=24)
     assert (plan.rows * plan.cols, plan.computed_ratio) == (result.tiles, result.computed_ratio)
     # four columns, with no overlap between rows, compute fewer pixels than 2 x 2 tiles would
     assert (plan.rows, plan.cols, plan.computed_ratio) == (1, 4, pytest.approx(4 * 512 * 176 / 512**2))
@@ -559,12 +559,12 @@ def test_with_less_memory_the_tiles_fit_the_budget_by_the_table(tmp_path, monkey
 def test_an_untileable_model_runs_whole_whatever_the_budget(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import memory
 
     model = _load_state(tmp_path, tiny_compact_state(2))
     model.spec = replace(model.spec, tileable=False)
-    monkeypatch.setattr(tiling, "available_memory", lambda device: 1000)
-    assert len(tiling.auto_plan(model, 512, 512, device=CPU, dtype=torch.float32, pad=24).tiles) == 1
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)
+    assert len(memory.auto_plan(model, 512, 512, device=CPU, dtype=torch.float32, pad=24).tiles) == 1
 
 
 def test_the_plan_reports_its_tile_and_computed_ratio():
@@ -593,44 +593,44 @@ def _awkward_values(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("depth", [np.uint8, np.uint16])
 def test_quantising_gives_the_reference_pixels(dtype, depth, monkeypatch):
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import pixels
 
-    monkeypatch.setattr(tiling, "_QUANTISE_ELEMENTS", 500)  # several chunks, a partial last one
+    monkeypatch.setattr(pixels, "_QUANTISE_ELEMENTS", 500)  # several chunks, a partial last one
     values = _awkward_values(dtype)
     maxval = 255.0 if depth == np.uint8 else 65535.0
     expected = _reference(values, maxval)
     out = np.zeros((37, 53, 3), depth)
-    tiling.quantise(values.clone(), tiling._tensor_of(out), maxval)  # float32 values are scaled in place
+    pixels.quantise(values.clone(), pixels.tensor_of(out), maxval)  # float32 values are scaled in place
     np.testing.assert_array_equal(out, expected)
     # a strided view of channels_last memory, as tiles' outputs are, into a strided view of rows
     wide = torch.zeros(1, 3, 40, 60, dtype=dtype).contiguous(memory_format=torch.channels_last)
     wide[0, :, 2:39, 4:57] = values
     rows = np.zeros((50, 70, 3), depth)
-    tiling.quantise(wide[0, :, 2:39, 4:57], tiling._tensor_of(rows)[5:42, 9:62], maxval)
+    pixels.quantise(wide[0, :, 2:39, 4:57], pixels.tensor_of(rows)[5:42, 9:62], maxval)
     np.testing.assert_array_equal(rows[5:42, 9:62], expected)
     assert not rows[:5].any() and not rows[:, :9].any()
 
 
 def test_sixteen_bit_pixels_on_a_torch_without_uint16_go_through_int16_bits(monkeypatch):
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import pixels
 
-    monkeypatch.setattr(tiling, "_UINT16", None)
+    monkeypatch.setattr(pixels, "_UINT16", None)
     values = _awkward_values(torch.float32)
     expected = _reference(values, 65535.0)
     out = np.zeros((37, 53, 3), np.uint16)
-    view = tiling._tensor_of(out)
+    view = pixels.tensor_of(out)
     assert view.dtype == torch.int16
-    tiling.quantise(values, view, 65535.0)
+    pixels.quantise(values, view, 65535.0)
     np.testing.assert_array_equal(out, expected)
     assert out.max() > 32767
 
 
 def test_float_outputs_are_the_values_as_they_are():
-    from restorecli.engine import tiling
+    from restorecli.engine.tiling import pixels
 
     values = _awkward_values(torch.bfloat16)
     out = np.zeros((37, 53, 3), np.float32)
-    tiling.quantise(values, tiling._tensor_of(out), None)
+    pixels.quantise(values, pixels.tensor_of(out), None)
     np.testing.assert_array_equal(out, values.float().permute(1, 2, 0).numpy())
 
 
@@ -653,3 +653,124 @@ def test_only_cuda_is_staged_and_the_cpu_path_never_touches_cuda(tmp_path, monke
     upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4, sink=sink)
     assert len(sink.strips) == 3
     assert upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4).image.shape == (80, 100, 3)
+
+
+class _LateCopies:
+    """A ``Staging`` on the CPU whose side-stream copies run as late as a GPU's may (``late``: only once the host
+    or the model's stream waits for their event), or as early (as soon as they are queued). The staged pixels
+    must be the unstaged run's either way: a pinned buffer read before its copy ran, a device buffer the model
+    overwrote before the copy out of it ran, or a pinned buffer refilled before it was handed over, would show.
+    Its buffers start full of a value no test pixel has, so one that is never written would show too."""
+
+    def __init__(self, device, late: bool):
+        assert device == CPU
+        self.late = late
+        self.queue: list[tuple[int, object]] = []  # (event, copy), in the side stream's order
+        self.issued = self.downloads = self.uploads = 0
+
+    def _queue(self, copy) -> int:
+        self.issued += 1
+        if self.late:
+            self.queue.append((self.issued, copy))
+        else:
+            copy()
+        return self.issued
+
+    def _run_to(self, event: int) -> None:
+        while self.queue and self.queue[0][0] <= event:
+            self.queue.pop(0)[1]()
+
+    def empty(self, shape, dtype):
+        return torch.full(shape, 99, dtype=dtype)
+
+    def pinned(self, shape, dtype):
+        return torch.full(shape, 99, dtype=dtype)
+
+    def download(self, host, source):
+        self.downloads += 1
+        return self._queue(lambda: host.copy_(source))
+
+    def upload(self, host):
+        self.uploads += 1
+        raw = torch.full(tuple(host.shape), 99, dtype=host.dtype)
+        event = self._queue(lambda: raw.copy_(host))
+        self._run_to(event)  # the model's stream waits for it; here the model runs on the host
+        return raw, event
+
+    def wait(self, event):
+        self._run_to(event)
+
+    def synchronize(self, event=None):
+        self._run_to(self.issued if event is None else event)
+
+
+def _late_staging(late: bool, made: list):
+    def make(device):
+        made.append(_LateCopies(device, late))
+        return made[-1]
+
+    return make
+
+
+@pytest.mark.parametrize("late", [True, False], ids=["late-copies", "early-copies"])
+@pytest.mark.parametrize("depth", ["uint8", "uint16", "uint16-without-torch-uint16"])
+@pytest.mark.parametrize("to_sink", [False, True], ids=["array", "sink"])
+def test_the_staged_path_gives_the_unstaged_pixels_however_late_its_copies_run(tmp_path, monkeypatch, late, depth,
+                                                                               to_sink):
+    """The CUDA path's logic (double-buffered pinned uploads and strip downloads on a side stream, events between
+    the streams), run on the CPU through a ``Staging`` that runs copies late or early: 3 strips, batches of 5
+    tiles that straddle tile rows."""
+    from restorecli.engine.tiling import pixels
+
+    if depth == "uint16-without-torch-uint16":
+        monkeypatch.setattr(pixels, "_UINT16", None)
+    image = ASTRONAUT[:40, :50] if depth == "uint8" else ASTRONAUT[:40, :50].astype(np.uint16) * 257 + 3
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    reference = upscale(model, image, device=CPU, tile=16, pad=4, batch=5).image
+    made: list[_LateCopies] = []
+    sink = _StripRecorder() if to_sink else None
+    result = upscale(model, image, device=CPU, tile=16, pad=4, batch=5, sink=sink,
+                     staging=_late_staging(late, made))
+    staged = sink.image() if sink is not None else result.image
+    assert staged.dtype == reference.dtype
+    np.testing.assert_array_equal(staged, reference)
+    assert result.tiles == 12 and len(made) == 2  # one side stream for the windows, one for the rows
+    windows, rows = made[1], made[0]
+    assert (windows.uploads, rows.downloads) == (3, 3) and not windows.queue and not rows.queue
+    if sink is not None:
+        # tile rows end at input rows 13 and 27; each strip ends in the middle of the cross-fade below it (4 rows)
+        assert [len(strip) for strip in sink.strips] == [26 - 4, 54 - 4 - 22, 80 - 50]
+
+
+class _BreaksOnBatch(torch.nn.Module):
+    """Wraps a network: raises an error that is not out-of-memory on its ``nth`` call."""
+
+    def __init__(self, inner, nth):
+        super().__init__()
+        self.inner, self.nth, self.calls = inner, nth, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.nth:
+            raise RuntimeError("the model broke")
+        return self.inner(x)
+
+
+def test_a_staged_run_that_fails_waits_for_its_copies_and_hands_nothing_more_over(tmp_path):
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    model.descriptor._model = _BreaksOnBatch(model.descriptor._model, 3)
+    made: list[_LateCopies] = []
+    sink = _StripRecorder()
+    with pytest.raises(RuntimeError, match="the model broke"):
+        upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4, batch=4, sink=sink,
+                staging=_late_staging(True, made))
+    assert all(not staging.queue for staging in made)  # every copy queued ran before upscale returned
+    # rows 0 and 1 were copied down; only row 0, whose copy the second one's end waited for, was handed over
+    assert made[0].downloads == 2 and len(sink.strips) == 1
+
+
+def test_cuda_is_staged_through_cuda_streams_by_default():
+    from restorecli.engine.tiling import CudaStaging, staging_for
+
+    assert staging_for(torch.device("cuda")) is CudaStaging and staging_for(torch.device("cuda:1")) is CudaStaging
+    assert staging_for(CPU) is None and staging_for(torch.device("mps")) is None
