@@ -18,6 +18,7 @@ import pytest
 from safetensors.torch import save_file
 
 from conftest import TEST_INPUTS, tiny_compact_state
+from helpers.wait import wait_until
 from live_server import LiveServer
 
 KEY = "the-key"
@@ -211,12 +212,11 @@ def test_uploads_beyond_the_limit_at_once_get_503_with_retry_after(live):
     head = (f"POST /enhance HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\nContent-Length: 50000\r\n"
             "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n--xyz\r\n").encode()
     with raw_request(live, head) as slow:  # holds the server's one upload slot until its read timeout
-        deadline = time.monotonic() + 10
-        busy = None
-        while time.monotonic() < deadline:  # until the slow upload is being read
+        def refused():
             busy = httpx.post(live.url + "/enhance", headers=AUTH, files=[("files", ("a.jpg", PHOTO))])
-            if busy.status_code == 503:
-                break
+            return busy if busy.status_code == 503 else None
+
+        busy = wait_until(refused, "the slow upload to be read", timeout=10, every=0)
         assert busy is not None
         assert_error(busy, 503, "try again")
         assert busy.headers["retry-after"].isdigit()
