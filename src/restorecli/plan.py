@@ -18,9 +18,10 @@ from .files import STDIO, LiveWriters, file_id
 from .images.formats import FORMAT_SUFFIX, IMAGE_SUFFIXES, OutputFormat, format_for_suffix, output_size
 from .models.registry import REGISTRY
 from .options import RestoreOptions
-from .video.formats import VIDEO_SUFFIXES
+from .video.formats import ANIMATED_SUFFIXES, VIDEO_SUFFIXES
 
 Status = Literal["ok", "skipped", "error", "planned"]
+_TAKEN_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES | set(ANIMATED_SUFFIXES)  # what a folder scan takes
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = No
             relative = found.relative_to(path)
             if any(part.startswith(".") for part in relative.parts):
                 continue
-            is_image = found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES  # or a video
+            is_image = found.is_file() and found.suffix.lower() in _TAKEN_SUFFIXES  # or a video, an animation
             if excluded is not None and (found.resolve() == excluded or excluded in found.resolve().parents):
                 left_as_outputs += is_image
                 continue
@@ -134,13 +135,15 @@ def output_format(options: RestoreOptions, input_format: OutputFormat | None) ->
     return options.format if options.format != "same" else input_format or "png"
 
 
-def output_path_for(item: InputItem, options: RestoreOptions, input_format: OutputFormat | None) -> Path:
-    """Output file for ``item``: STEM[SUFFIX].EXT under the output directory, never outside it."""
+def output_path_for(item: InputItem, options: RestoreOptions, input_format: OutputFormat | None,
+                    own_format: bool = False) -> Path:
+    """Output file for ``item``: STEM[SUFFIX].EXT under the output directory, never outside it. ``own_format``:
+    written in the input's own format whatever ``--format`` says (an animated GIF, PNG or WebP)."""
     fmt = output_format(options, input_format)
     suffix = Path(item.source).suffix if item.source != STDIO else ""
     keep_spelling = options.format == "same" and format_for_suffix(suffix) == fmt
-    # a video keeps its container (--format is for images)
-    ext = suffix.lower() if keep_spelling or suffix.lower() in VIDEO_SUFFIXES else FORMAT_SUFFIX[fmt]
+    # a video keeps its container, an animation its format (--format is for images)
+    ext = suffix.lower() if keep_spelling or own_format or suffix.lower() in VIDEO_SUFFIXES else FORMAT_SUFFIX[fmt]
     name = f"{item.relative.stem}{options.suffix}{ext}"
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise UsageError(f"--suffix '{options.suffix}' makes an unsafe file name '{name}'")
@@ -264,14 +267,14 @@ class OutputPlanner:
         # nothing), so a batch into a new folder stats no input twice
         self._inputs_by_file: dict[tuple[int, int], str] | None = None
 
-    def plan(self, item: InputItem, input_format: OutputFormat | None) -> PlannedOutput:
-        """The plan for ``item``, read as ``input_format`` (from its name, or stdin's content). Plan only inputs
-        that could be read: one that could not claims no output. Raises ``UsageError`` where ``--suffix`` makes
-        an unsafe file name."""
+    def plan(self, item: InputItem, input_format: OutputFormat | None, own_format: bool = False) -> PlannedOutput:
+        """The plan for ``item``, read as ``input_format`` (from its name, or stdin's content; ``own_format``: an
+        animation, written in its own format). Plan only inputs that could be read: one that could not claims no
+        output. Raises ``UsageError`` where ``--suffix`` makes an unsafe file name."""
         if self.options.output_dir == STDIO:
             return PlannedOutput(item, "write")
         try:
-            output = output_path_for(item, self.options, input_format)
+            output = output_path_for(item, self.options, input_format, own_format)
         except ImageError as exc:
             return PlannedOutput(item, "error", None, str(exc))
         return self._taken(item, output) or self._existing(item, output) or PlannedOutput(item, "write", output)

@@ -38,6 +38,7 @@ from ..plan import (
     plan_outputs,
     run_items,
 )
+from ..video.animated import is_animated_file
 from ..video.formats import is_video_name
 from .item import Outputs, failure, ok, read_source, storage_full
 from .runner import Restorer
@@ -199,8 +200,8 @@ def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Ca
 def _prepare(batch: _Batch, item: InputItem) -> _Ready:
     """Read one image and plan its output; where it is to be restored, decode it and find its faces (the reader
     thread's work, an image ahead of the model)."""
-    if item.source != STDIO and is_video_name(item.source):
-        return _prepare_video(batch, item)
+    if item.source != STDIO and (is_video_name(item.source) or is_animated_file(Path(item.source))):
+        return _prepare_video(batch, item)  # an animated GIF, PNG or WebP too, by its content
     t0 = time.perf_counter()
     planned: PlannedOutput | None = None
     in_size = None
@@ -226,7 +227,7 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
 def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
     """A video's plan: its output keeps the container. Its frames are read as it is restored (``_restore_video``)."""
     t0 = time.perf_counter()
-    planned = batch.planner.plan(item, None)
+    planned = batch.planner.plan(item, None, own_format=True)
     decided = decided_result(planned, None, t0)
     if decided is not None:
         return _Ready(item, t0, decided)
@@ -241,6 +242,7 @@ def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
 def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> ItemResult:
     """Restore a video at its turn, on the batch's thread (its frames decoded ahead and encoded behind on threads
     of its own); its failure is its result, and the batch goes on."""
+    from ..video.animated import restore_animation
     from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
 
     item, output = ready.item, ready.planned.output if ready.planned else None
@@ -250,9 +252,14 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> It
     model, outscale = restorer.model, batch.options.outscale
     settings = video_options(batch.options, lambda w, h: target_size(model, w, h, outscale))
     try:
-        done = restore_video(Path(item.source), output, restorer, settings, name=item.source,
-                             on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
-                             on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)))
+        if not is_video_name(item.source):  # an animation, in its own format
+            done = restore_animation(Path(item.source), output, restorer, settings, name=item.source,
+                                     on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)),
+                                     quality=batch.options.quality)
+        else:
+            done = restore_video(Path(item.source), output, restorer, settings, name=item.source,
+                                 on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
+                                 on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)))
     except RestoreCliError as exc:
         if not isinstance(exc, ImageError):
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 from ..errors import ImageDecodeError, ImageError
 
@@ -14,6 +15,11 @@ EXTRA = "restorecli[video]"
 # Not AVI yet: its index holds decoding times only, and H.264's reordered frames come back shifted by a frame.
 CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 VIDEO_SUFFIXES = frozenset(CONTAINERS)
+
+# Suffix -> the animated format a file so named is restored as, frame by frame, where its content holds more than
+# one frame (``animated.is_animated_file``); a still GIF, PNG or WebP stays an image. Written back in that format.
+AnimationFormat = Literal["gif", "apng", "webp"]
+ANIMATED_SUFFIXES: dict[str, AnimationFormat] = {".gif": "gif", ".png": "apng", ".apng": "apng", ".webp": "webp"}
 
 # The video codecs each container is written with when --video-codec is not given, in order of preference: the
 # first the bundled FFmpeg can encode is used (PyPI's PyAV wheels carry libx264 and libvpx-vp9).
