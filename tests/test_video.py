@@ -369,6 +369,19 @@ def test_a_queued_video_is_restored_by_the_worker_into_its_container(tmp_path, m
     assert packets_of(output, "audio") == packets_of(clip, "audio")
 
 
+def test_submit_refuses_a_video_whose_frames_would_be_over_the_output_limit(tmp_path, model2):
+    """A queued video's frames are bounded as a queued image is, at the door: read from its header, before a
+    worker spends time on it (the server's upload takes the same check)."""
+    clip = make_video(tmp_path / "clip.mp4")  # 64x48: 128x96 at 2x, 12288 pixels a frame
+    queue = tmp_path / "queue"
+    refused = invoke("submit", clip, "--queue", queue, "--model", "realesrgan-x2plus", "--max-output-pixels", "10000")
+    assert refused.exit_code == 2
+    assert f"{clip}: its output would be 128x96 pixels" in refused.stderr and "--max-output-pixels 10000" in refused.stderr
+    assert not (queue / "jobs").exists() or not list((queue / "jobs").iterdir())
+    taken = invoke("submit", clip, "--queue", queue, "--model", "realesrgan-x2plus", "--max-output-pixels", "12288")
+    assert taken.exit_code == 0, taken.stderr
+
+
 def test_ctrl_c_mid_video_leaves_no_partial_file_and_a_rerun_restores_it(tmp_path, model2, monkeypatch):
     """Ctrl-C while the model is on a video's fifth frame: the batch ends as for an image (130, the summary), the
     video's temporary file goes with its threads, and the same command again restores it whole, sweeping away the

@@ -15,6 +15,7 @@ from typing import Iterator
 from ..errors import OutputTooLarge, SetupError, UsageError
 from ..files import writer_tag
 from ..images.formats import check_output_pixels, output_size
+from ..video.formats import frame_size, is_video_name
 from ..models.loading import unknown_model
 from ..models.registry import REGISTRY
 from ..options import QUEUE_MAX_OUTPUT_PIXELS, RestoreOptions
@@ -44,8 +45,8 @@ def job_options(options: RestoreOptions) -> dict:
 
 
 def refuse_oversized(options: dict, inputs: list[tuple[str, Path]]) -> None:
-    """Refuse (``UsageError``, naming the file and the limit) a job with an image whose output would be over its
-    ``max_output_pixels``, read from the images' headers, before the job takes a worker's time. The scale is the
+    """Refuse (``UsageError``, naming the file and the limit) a job with an image (or a video's frame) whose output
+    would be over its ``max_output_pixels``, read from the files' headers, before the job takes a worker's time. The scale is the
     job's ``outscale`` or its registry model's; a checkpoint file's scale is known once a worker loads it, which
     applies the same limit to each image. A file whose header cannot be read is left for the worker to name."""
     limit = options.get("max_output_pixels")
@@ -56,12 +57,17 @@ def refuse_oversized(options: dict, inputs: list[tuple[str, Path]]) -> None:
     from PIL import Image  # the header alone: the server's process imports no OpenCV or numpy
 
     for name, path in inputs:
-        try:
-            with warnings.catch_warnings(), Image.open(path) as image:
-                warnings.simplefilter("ignore")  # Pillow's bomb warning: the pixel limit is the worker's to apply
-                size = image.size
-        except Exception:  # not an image Pillow reads, or over its own pixel limit: the worker names the problem
-            continue
+        if is_video_name(name):  # each frame is bounded as an image is
+            size = frame_size(path)
+            if size is None:
+                continue
+        else:
+            try:
+                with warnings.catch_warnings(), Image.open(path) as image:
+                    warnings.simplefilter("ignore")  # Pillow's bomb warning: the pixel limit is the worker's to apply
+                    size = image.size
+            except Exception:  # not an image Pillow reads, or over its own pixel limit: the worker names it
+                continue
         try:
             check_output_pixels(name, output_size(*size, scale), limit)
         except OutputTooLarge as exc:

@@ -61,3 +61,16 @@ def load_av(name: str) -> ModuleType:
         raise VideoUnavailable(f"{name}: restoring a video needs PyAV, which is not installed: "
                                f"pip install '{EXTRA}'") from None
     return av
+
+
+def frame_size(path: Path) -> tuple[int, int] | None:
+    """A video's frame size (w, h) from its header, without decoding a frame or importing numpy (the server's process
+    reads it to refuse a job before a worker spends time on it); None where PyAV is absent or cannot tell."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return (stream.codec_context.width, stream.codec_context.height) or None
+    except Exception:  # no PyAV, no video stream, a damaged file: the worker names the problem
+        return None
