@@ -369,6 +369,36 @@ def test_a_queued_video_is_restored_by_the_worker_into_its_container(tmp_path, m
     assert packets_of(output, "audio") == packets_of(clip, "audio")
 
 
+def test_start_and_duration_restore_the_part_shown_in_that_time(tmp_path, model2, restorer):
+    """--start/--duration choose the part by the video's clock, as a preview of a scene is chosen: the frames
+    shown from --start until --start + --duration, their times then starting at 0, the sound of that span."""
+    clip = make_video(tmp_path / "clip.mkv", variable=True)
+    inputs = frames_of(clip)
+    begin, end = float(inputs[5][1]), float(inputs[15][1])  # frames 5 to 14, by their times
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, "--start", f"{begin:.6f}",
+                     "--duration", f"{end - begin - 0.001:.6f}", "--video-codec", "ffv1")
+    assert result.exit_code == 0, result.stderr
+    assert items_of(result)[0]["video"]["frames"] == 10
+    part = frames_of(tmp_path / "out" / "clip.mkv")
+    assert [when for _, when, _ in part] == [when - inputs[5][1] for _, when, _ in inputs[5:15]]
+    for (pixels, _, _), (out, _, _) in zip(inputs[5:15], part):
+        np.testing.assert_array_equal(out, restorer.restore_array(pixels))
+    sound = packets_of(tmp_path / "out" / "clip.mkv", "audio")
+    assert sound and all(0 <= when < end - begin for _, when in sound)
+
+    minutes = restore(clip, "-o", tmp_path / "o2", "--model", model2, "--start", "0:00.5")  # [HH:]MM:SS
+    assert minutes.exit_code == 0, minutes.stderr
+    assert frames_of(tmp_path / "o2" / "clip.mkv")[0][0].shape == (2 * H, 2 * W, 3)
+    assert items_of(minutes)[0]["video"]["frames"] == sum(1 for _, when, _ in inputs if when >= 0.5)
+    past = restore(clip, "-o", tmp_path / "o3", "--model", model2, "--start", "1:00")
+    assert f"{clip}: --start 60 holds no frame: the video ends before 60 s" in items_of(past)[0]["error"]
+    for args, said in ((["--start", "1:75"], "--start '1:75' is not a time"),
+                       (["--duration", "0"], "--duration '0' is no time at all"),
+                       (["--frames", "1:3", "--start", "1"], "--frames and --start/--duration both choose")):
+        bad = invoke("restore", clip, "-o", tmp_path / "o4", *args)
+        assert bad.exit_code == 2 and said in bad.stderr, bad.stderr
+
+
 def test_submit_refuses_a_video_whose_frames_would_be_over_the_output_limit(tmp_path, model2):
     """A queued video's frames are bounded as a queued image is, at the door: read from its header, before a
     worker spends time on it (the server's upload takes the same check)."""

@@ -60,6 +60,33 @@ def parse_frames(value: str | None) -> str | None:
     return f"{first}:{'' if last is None else last}"
 
 
+def parse_time(value: str | None, flag: str = "--start") -> float | None:
+    """A time given as seconds (``90``, ``2.5``) or ``[HH:]MM:SS[.ss]``, in seconds; ``UsageError`` naming ``flag``
+    for anything else or a negative time."""
+    if value is None:
+        return None
+    value = str(value)  # a stored job's value, a number already, reads the same
+    parts = value.strip().split(":")
+    try:
+        if len(parts) > 3 or any(part.strip() == "" for part in parts):
+            raise ValueError
+        seconds = 0.0
+        for part in parts:
+            seconds = seconds * 60 + float(part)
+        if seconds < 0 or seconds != seconds or seconds == float("inf") or any(float(p) >= 60 for p in parts[1:]):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{flag} '{value}' is not a time: give seconds (90, 2.5) or [HH:]MM:SS (1:30)") from None
+    return seconds
+
+
+def parse_duration(value: str | None) -> float | None:
+    seconds = parse_time(value, "--duration")
+    if seconds == 0:
+        raise UsageError(f"--duration '{value}' is no time at all: give more than 0 seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How an option is given from outside: the command line's spelling and help, the form a value arrives in."""
@@ -163,6 +190,12 @@ class RestoreOptions:
     frames: str | None = option(None, "Restore only frames A to B of each video (from 0, B excluded; A: or :B), "
                                 "e.g. for a preview.", metavar="A:B", parse=parse_frames, show_default=False,
                                 panel=_VIDEO)
+    start: float | None = option(None, "Restore each video from this time on (its frames shown from then; the "
+                                 "output starts at 0).", metavar="SECONDS|[HH:]MM:SS", parse=parse_time,
+                                 show_default=False, panel=_VIDEO)
+    duration: float | None = option(None, "Restore this long a part of each video (from --start, or the "
+                                    "beginning), e.g. for a preview.", metavar="SECONDS|[HH:]MM:SS",
+                                    parse=parse_duration, show_default=False, panel=_VIDEO)
 
 
 def declared() -> list[tuple[str, Any, OptionSpec]]:
@@ -184,6 +217,8 @@ def from_given(values: dict[str, Any], **extra: Any) -> RestoreOptions:
         if spec.parse is not None:
             value = spec.parse(value)
         parsed[name] = value
+    if parsed.get("frames") and (parsed.get("start") is not None or parsed.get("duration") is not None):
+        raise UsageError("--frames and --start/--duration both choose a part of a video: give one of them")
     return RestoreOptions(**parsed, **extra)
 
 

@@ -62,10 +62,24 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameRange:
-    """Frames ``start`` (included) to ``stop`` (excluded, None: the end), counted from 0."""
+    """Frames ``start`` (included) to ``stop`` (excluded, None: the end), counted from 0; and of those, the ones
+    shown from ``begins`` seconds (included) to ``ends`` (excluded, None: the end) on the video's clock."""
 
     start: int = 0
     stop: int | None = None
+    begins: Fraction | None = None
+    ends: Fraction | None = None
+
+    def before(self, index: int, shown: Fraction) -> bool:
+        return index < self.start or (self.begins is not None and shown < self.begins)
+
+    def after(self, index: int, shown: Fraction) -> bool:
+        return (self.stop is not None and index >= self.stop) or (self.ends is not None and shown >= self.ends)
+
+    @property
+    def cut(self) -> bool:
+        """Whether the part starts after the video's beginning (its times then start at 0)."""
+        return bool(self.start or self.begins)
 
 
 class VideoInput:
@@ -140,14 +154,14 @@ class VideoInput:
                         raise VideoDecodeError(f"{self.name}: frame {index} has no timestamp")
                     base = decoded.time_base or self.video.time_base
                     shown = Fraction(decoded.pts * base)
-                    if part.stop is not None and index >= part.stop:
+                    if part.after(index, shown):
                         yield from settled(shown)
                         return
-                    if index < part.start:
+                    if part.before(index, shown):
                         waiting = [p for p in waiting if _seconds(p) >= shown]  # before the part: never copied
                     else:
                         if start is None:
-                            start = shown if part.start else Fraction(0)
+                            start = shown if part.cut else Fraction(0)
                         yield from settled(shown)
                         yield Frame(index, decoded.to_ndarray(format="rgb24"), decoded.pts - round(start / base),
                                     base, int(decoded.rotation or 0), decoded.duration or None)

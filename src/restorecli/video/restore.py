@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -193,8 +194,8 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
             frames, out_size, last = _pipelined(video, part, sink, restorer, started, options, name, on_progress,
                                                 in_flight)
             if frames == 0:
-                raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame: the video "
-                                       f"ends before frame {part.start}")
+                raise VideoDecodeError(f"{name}: {_described(part)} holds no frame: the video ends before "
+                                       + (f"frame {part.start}" if part.begins is None else f"{float(part.begins):g} s"))
     duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
     return VideoResult(frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
                        choice.reason, (facts.width, facts.height), out_size, len(video.copied),
@@ -268,11 +269,21 @@ def _encode_behind(sink: VideoOutput, restored: queue.Queue, stop: threading.Eve
         stop.set()
 
 
+def _described(part: FrameRange) -> str:
+    """The part as the user asked for it."""
+    if part.begins is None and part.ends is None:
+        return f"--frames {part.start}:{part.stop or ''}"
+    begins = float(part.begins or 0)
+    return f"--start {begins:g}" + (f" --duration {float(part.ends - (part.begins or 0)):g}" if part.ends else "")
+
+
 def _frames_in(facts: VideoFacts, part: FrameRange) -> int | None:
     """How many frames ``part`` holds, where the container says how many the video has."""
     count = facts.frames
     if count is None and facts.duration and facts.rate:
         count = round(facts.duration * facts.rate)
+    if part.begins is not None or part.ends is not None:  # a part by time: its frames are known as they come
+        return None
     if count is None:
         return part.stop - part.start if part.stop is not None else None
     stop = min(count, part.stop) if part.stop is not None else count
@@ -281,12 +292,17 @@ def _frames_in(facts: VideoFacts, part: FrameRange) -> int | None:
 
 def video_options(options: RestoreOptions,
                   output_size: Callable[[int, int], tuple[int, int]] | None = None) -> VideoOptions:
-    """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf, --keep-audio, --frames and
-    pixel limits), with what gives a frame's restored size (``output_size(w, h)``) where the caller knows it."""
+    """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf, --keep-audio, --frames or
+    --start/--duration, and pixel limits), with what gives a frame's restored size (``output_size(w, h)``) where
+    the caller knows it."""
     part = None
     if options.frames:
         start, _, stop = options.frames.partition(":")
         part = FrameRange(int(start or 0), int(stop) if stop else None)
+    elif options.start is not None or options.duration is not None:
+        begins = Fraction(options.start or 0).limit_denominator(1_000_000)
+        ends = begins + Fraction(options.duration).limit_denominator(1_000_000) if options.duration else None
+        part = FrameRange(begins=begins or None, ends=ends)
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
                         options.max_output_pixels, output_size)
 
