@@ -4,6 +4,8 @@ a part with --frames; a dry run; a still GIF or PNG stays an image; a broken ani
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,29 @@ def test_a_broken_animation_fails_alone_and_the_batch_goes_on(tmp_path, model2):
     assert "c_cut.png: damaged or truncated at frame 3" in items["c_cut.png"]["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good.gif", "d_photo.png"]  # nothing partial
     assert "b_cut.gif: damaged or truncated" in result.stderr
+
+
+def test_a_queued_animation_is_restored_by_the_worker_in_its_own_format(tmp_path, model2):
+    """submit takes an animation as it takes an image; the worker's batch restores it as restore does."""
+    source = make_animation(tmp_path / "anim.gif")
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", source, "--queue", queue, "--model", model2, "--device", "cpu", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json_lines(submitted)[0]["job_id"]
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    [result] = status["results"]
+    assert status["status"] == "completed" and result["status"] == "ok", status
+    written_format, count, durations, loop, pictures = shown(queue / result["output"])
+    assert (written_format, count, durations, loop) == ("GIF", 4, DURATIONS, 3)
+    assert pictures[0].shape == (2 * H, 2 * W, 4)
+
+
+def test_an_animation_needs_no_pyav(tmp_path, model2, monkeypatch):
+    """Animations are read and written with Pillow: restored where PyAV (restorecli[video]) cannot be imported."""
+    monkeypatch.setitem(sys.modules, "av", None)  # ``import av`` raises ImportError, as where it is not installed
+    source = make_animation(tmp_path / "anim.webp")
+    result = restore(source, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    assert shown(tmp_path / "out" / "anim.webp")[:4] == ("WEBP", 4, DURATIONS, 3)
