@@ -10,27 +10,22 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
-from restorecli.cli.app import app
+from helpers.cli import invoke
 from test_cli_usage import COMMANDS, _probe
 from test_terminal import CONTROL, run_on_a_terminal
 
-runner = CliRunner()
-
-
 @pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS)])
 def test_short_help_is_the_long_help(command):
-    long = runner.invoke(app, [*command, "--help"], prog_name="restorecli")
-    short = runner.invoke(app, [*command, "-h"], prog_name="restorecli")
+    long = invoke(*command, "--help", prog_name="restorecli")
+    short = invoke(*command, "-h", prog_name="restorecli")
     assert long.exit_code == short.exit_code == 0
     assert "Usage: restorecli" in long.stdout
     assert short.stdout == long.stdout
 
 
 def test_short_version_is_the_long_version():
-    long = runner.invoke(app, ["--version"], prog_name="restorecli")
-    short = runner.invoke(app, ["-V"], prog_name="restorecli")
+    long = invoke("--version", prog_name="restorecli")
+    short = invoke("-V", prog_name="restorecli")
     assert long.exit_code == short.exit_code == 0
     assert re.fullmatch(r"restorecli \d+\.\d+\.\d+\S*\n", short.stdout)
     assert short.stdout == long.stdout
@@ -100,12 +95,12 @@ def test_the_json_summary_gives_wall_time_and_images_per_second(tmp_path, make_m
 
     args = ["restore", str(TEST_INPUTS / "rocket.jpg"), str(TEST_INPUTS / "cameraman_gray.png"), "-o",
             str(tmp_path / "out"), "--model", str(make_model(2)), "--device", "cpu", "--json"]
-    first = runner.invoke(app, args, prog_name="restorecli")
+    first = invoke(*args, prog_name="restorecli")
     assert first.exit_code == 0, first.stderr
     summary = json.loads(first.stdout.splitlines()[-1])
     assert summary["type"] == "summary" and summary["ok"] == 2 and summary["seconds"] > 0
     assert summary["images_per_second"] == round(2 / summary["seconds"], 3)
-    again = runner.invoke(app, args, prog_name="restorecli")  # every output exists: nothing restored, no rate
+    again = invoke(*args, prog_name="restorecli")  # every output exists: nothing restored, no rate
     summary = json.loads(again.stdout.splitlines()[-1])
     assert again.exit_code == 0 and summary["skipped"] == 2 and "images_per_second" not in summary
 
@@ -120,15 +115,13 @@ def test_a_dry_run_reports_sizes_after_exif_orientation(tmp_path, orientation, u
     exif = Image.Exif()
     exif[0x0112] = orientation
     Image.new("RGB", (96, 64), "teal").save(photo, exif=exif)
-    done = runner.invoke(app, ["restore", str(photo), "-o", str(tmp_path / "out"), "--dry-run", "--json"],
-                         prog_name="restorecli")
+    done = invoke("restore", photo, "-o", tmp_path / "out", "--dry-run", "--json", prog_name="restorecli")
     assert done.exit_code == 0, done.stderr
     item = json.loads(done.stdout.splitlines()[0])
     assert item["status"] == "planned"
     assert item["in_size"] == list(upright)
     assert item["out_size"] == [4 * upright[0], 4 * upright[1]]  # the default model's scale, known from the registry
-    shown = runner.invoke(app, ["restore", str(photo), "-o", str(tmp_path / "out"), "--dry-run"],
-                          prog_name="restorecli")
+    shown = invoke("restore", photo, "-o", tmp_path / "out", "--dry-run", prog_name="restorecli")
     assert f"({upright[0]}x{upright[1]} -> {4 * upright[0]}x{4 * upright[1]})" in " ".join(shown.stderr.split())
 
 
@@ -161,16 +154,16 @@ def test_download_weights_from_a_file_of_another_architecture_is_refused_naming_
     same scale) as .safetensors, and refused as .pth only by its sha256, with a message about the hash."""
     weights = tmp_path / "weights"
     rrdb = make_model(4, "rrdb", fmt)
-    done = runner.invoke(app, ["download-weights", "--from", str(rrdb), "--name", "realesr-general-x4v3",
-                               "--weights-dir", str(weights)], prog_name="restorecli")
+    done = invoke("download-weights", "--from", rrdb, "--name", "realesr-general-x4v3", "--weights-dir", weights,
+                  prog_name="restorecli")
     message = " ".join(done.stderr.split())
     assert done.exit_code == 3, message
     assert "is a RRDBNet model (4x), but 'realesr-general-x4v3' is a SRVGGNetCompact model (4x)" in message
     assert "sha256" not in message
     assert not weights.exists() or not any(weights.iterdir())  # nothing installed, nothing pinned
     compact = make_model(4, "compact", "safetensors")  # the right architecture and scale: imported
-    done = runner.invoke(app, ["download-weights", "--from", str(compact), "--name", "realesr-general-x4v3",
-                               "--weights-dir", str(weights)], prog_name="restorecli")
+    done = invoke("download-weights", "--from", compact, "--name", "realesr-general-x4v3", "--weights-dir", weights,
+                  prog_name="restorecli")
     assert done.exit_code == 0, done.stderr
     assert (weights / "realesr-general-x4v3.safetensors").read_bytes() == compact.read_bytes()
 
@@ -183,9 +176,9 @@ def test_evaluate_states_the_settings_it_ran_with(tmp_path, make_model):
     from conftest import TEST_INPUTS
 
     model = make_model(2)
-    done = runner.invoke(app, ["evaluate", str(TEST_INPUTS / "cameraman_gray.png"), "--models", str(model),
-                               "--scale", "2", "--seed", "7", "--tile", "64", "--device", "cpu", "--precision", "fp32",
-                               "--json", "--report", str(tmp_path / "report")], prog_name="restorecli")
+    done = invoke("evaluate", TEST_INPUTS / "cameraman_gray.png", "--models", model, "--scale", "2", "--seed", "7",
+                  "--tile", "64", "--device", "cpu", "--precision", "fp32", "--json", "--report", tmp_path / "report",
+                  prog_name="restorecli")
     assert done.exit_code == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
     settings = summary["settings"]

@@ -9,11 +9,9 @@ import sys
 import threading
 
 import pytest
-from typer.testing import CliRunner
 
-from restorecli.cli.app import app
+from helpers.cli import invoke
 
-runner = CliRunner()
 HEAVY = ("torch", "torchvision", "spandrel", "cv2", "numpy", "PIL", "skimage")
 COMMANDS = ["restore", "submit", "worker", "status", "cancel", "prune", "serve", "models", "download-weights",
             "evaluate", "devices"]
@@ -62,7 +60,7 @@ def test_shell_completion_imports_no_torch():
 
 
 def test_help_lists_restore_first_and_every_command():
-    result = runner.invoke(app, ["--help"], terminal_width=120)
+    result = invoke("--help", terminal_width=120)
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
     assert listed == COMMANDS
@@ -71,14 +69,14 @@ def test_help_lists_restore_first_and_every_command():
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_writes_metavars_as_the_readme_does(command):
     """No Python types (``<str>``, ``<list[str]>``, ``<float range>``) nor Typer's ``{inputs}...``."""
-    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    result = invoke(command, "--help", terminal_width=200)
     assert result.exit_code == 0
     for shown in ("<str>", "<list", "range>", "<int>", "<float>", "<path>", "{"):
         assert shown not in result.stdout, f"{command} --help shows {shown}:\n{result.stdout}"
 
 
 def test_restore_help_names_its_arguments_and_choices():
-    text = runner.invoke(app, ["restore", "--help"], terminal_width=200).stdout
+    text = invoke("restore", "--help", terminal_width=200).stdout
     assert "Usage: restorecli restore [OPTIONS] INPUT..." in text
     for metavar in ("--model NAME|PATH", "--tile auto|0|N", "--format same|png|jpg|webp|tiff",
                     "--precision auto|fp32|fp16|bf16", "-o, --output DIR|-"):
@@ -92,7 +90,7 @@ def test_restore_help_names_its_arguments_and_choices():
     (["evaluate", "--degrade", "jpeg"], "--degrade", "bicubic, blur-noise-jpeg"),
 ])
 def test_a_wrong_choice_is_a_usage_error_that_lists_the_choices(tmp_path, args, option, choices):
-    result = runner.invoke(app, args + (["--queue", str(tmp_path / "q")] if args[0] == "submit" else []))
+    result = invoke(*args, *(["--queue", str(tmp_path / "q")] if args[0] == "submit" else []))
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {option} '{args[-1]}' is not one of {choices}")
     assert "Value error" not in result.stderr and result.stdout == ""
@@ -115,7 +113,7 @@ def test_a_stop_before_the_first_image_counts_the_batch_like_a_later_one(monkeyp
         raise Interrupted(signal.SIGTERM)
 
     monkeypatch.setattr(pipeline.Restorer, "from_options", staticmethod(loading))
-    result = runner.invoke(app, ["restore", *inputs, "-o", str(tmp_path / "out")])
+    result = invoke("restore", *inputs, "-o", str(tmp_path / "out"))
     assert result.exit_code == 128 + signal.SIGTERM
     assert "interrupted by SIGTERM after 0 of 3 images" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -127,24 +125,24 @@ def test_a_stop_before_the_first_image_counts_the_batch_like_a_later_one(monkeyp
 def test_a_worker_on_a_queue_folder_that_does_not_exist_yet_has_nothing_to_do(tmp_path):
     """A cron line running ``worker --once`` before the first job logged an error (exit 2) every minute."""
     queue = tmp_path / "not-yet"
-    result = runner.invoke(app, ["worker", "--once", "--queue", str(queue)])
+    result = invoke("worker", "--once", "--queue", str(queue))
     assert result.exit_code == 0, result.stderr
     assert result.stderr == "" and not queue.exists()  # nothing created: the first submit makes the queue
 
 
 def test_status_of_a_queue_that_does_not_exist_yet_is_an_empty_queue(tmp_path):
     queue = tmp_path / "not-yet"
-    result = runner.invoke(app, ["status", "--queue", str(queue), "--json"])
+    result = invoke("status", "--queue", str(queue), "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["counts"] == {"queued": 0, "processing": 0, "completed": 0, "failed": 0} and data["running"] == []
-    human = runner.invoke(app, ["status", "--queue", str(queue)])
+    human = invoke("status", "--queue", str(queue))
     assert human.exit_code == 0 and "queued" in human.stderr
-    one = runner.invoke(app, ["status", "0123abcd", "--queue", str(queue)])
+    one = invoke("status", "0123abcd", "--queue", str(queue))
     assert one.exit_code == 2 and "no job '0123abcd'" in one.stderr
     queue.mkdir()  # an empty folder is a queue nobody has submitted to either
-    assert runner.invoke(app, ["status", "--queue", str(queue)]).exit_code == 0
-    assert runner.invoke(app, ["worker", "--once", "--queue", str(queue)]).exit_code == 0
+    assert invoke("status", "--queue", str(queue)).exit_code == 0
+    assert invoke("worker", "--once", "--queue", str(queue)).exit_code == 0
 
 
 @pytest.mark.parametrize("command", [["worker", "--once"], ["status"]])
@@ -152,13 +150,13 @@ def test_a_folder_holding_something_else_is_still_not_a_queue(tmp_path, command)
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "holiday.jpg").write_bytes(b"a photo, not a queue")
-    result = runner.invoke(app, [*command, "--queue", str(folder)])
+    result = invoke(*command, "--queue", str(folder))
     assert result.exit_code == 2
     assert "not a restorecli queue" in result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]
     file = tmp_path / "queue-file"
     file.write_text("x")
-    assert runner.invoke(app, [*command, "--queue", str(file)]).exit_code == 2
+    assert invoke(*command, "--queue", str(file)).exit_code == 2
 
 
 def test_a_waiting_worker_takes_the_first_job_once_the_queue_appears(tmp_path, make_model):
@@ -183,7 +181,7 @@ def test_a_waiting_worker_takes_the_first_job_once_the_queue_appears(tmp_path, m
     worker = threading.Thread(target=run_worker, args=(queue, WorkerOptions(poll=0.1, max_seconds=120), stop, emit))
     worker.start()
     try:
-        submitted = runner.invoke(app, ["submit", str(photo), "--queue", str(queue), "--model", str(model), "--json"])
+        submitted = invoke("submit", str(photo), "--queue", str(queue), "--model", str(model), "--json")
         assert submitted.exit_code == 0, submitted.stderr
         worker.join(timeout=120)
     finally:
@@ -191,7 +189,7 @@ def test_a_waiting_worker_takes_the_first_job_once_the_queue_appears(tmp_path, m
         worker.join()
     assert events[0] == "claimed" and "finished" in events
     job_id = json.loads(submitted.stdout)["job_id"]
-    status = json.loads(runner.invoke(app, ["status", job_id, "--queue", str(queue), "--json"]).stdout)
+    status = json.loads(invoke("status", job_id, "--queue", str(queue), "--json").stdout)
     assert status["status"] == "completed"
 
 
@@ -199,11 +197,11 @@ def test_a_misspelt_model_is_refused_by_submit_with_a_suggestion(tmp_path):
     """As ``restore`` does: exit 2 naming what was probably meant, and nothing queued."""
     photo = tmp_path / "a.png"
     photo.write_bytes(b"never read: the name is refused first")
-    result = runner.invoke(app, ["submit", str(photo), "--queue", str(tmp_path / "q"), "--model", "realesrgan-x4"])
+    result = invoke("submit", str(photo), "--queue", str(tmp_path / "q"), "--model", "realesrgan-x4")
     assert result.exit_code == 2
     assert "unknown model 'realesrgan-x4'" in result.stderr and "did you mean realesrgan-x4plus" in result.stderr
     assert not (tmp_path / "q").exists()
-    gone = runner.invoke(app, ["submit", str(photo), "--queue", str(tmp_path / "q"), "--model", "gone/x.pth"])
+    gone = invoke("submit", str(photo), "--queue", str(tmp_path / "q"), "--model", "gone/x.pth")
     assert gone.exit_code == 3  # a checkpoint path that is not there: a set-up that lacks it
 
 
@@ -221,7 +219,7 @@ def test_a_job_whose_model_name_this_version_does_not_know_fails_alone(tmp_path,
     model = make_model(2, "compact", "safetensors")
     ids = []
     for _ in range(2):
-        submitted = runner.invoke(app, ["submit", str(photo), "--queue", str(queue), "--model", str(model), "--json"])
+        submitted = invoke("submit", str(photo), "--queue", str(queue), "--model", str(model), "--json")
         assert submitted.exit_code == 0, submitted.stderr
         ids.append(json.loads(submitted.stdout)["job_id"])
     store = JobStore(queue)
@@ -230,9 +228,9 @@ def test_a_job_whose_model_name_this_version_does_not_know_fails_alone(tmp_path,
     with sqlite3.connect(queue / "queue.db") as db:  # as a newer version would have queued it
         db.execute("UPDATE jobs SET options = ? WHERE id = ?", (json.dumps({**options, "model": "realesrgan-x5plus"}),
                                                                 ids[0]))
-    result = runner.invoke(app, ["worker", "--once", "--queue", str(queue)])
+    result = invoke("worker", "--once", "--queue", str(queue))
     assert result.exit_code == 0, result.stderr
-    statuses = [json.loads(runner.invoke(app, ["status", i, "--queue", str(queue), "--json"]).stdout) for i in ids]
+    statuses = [json.loads(invoke("status", i, "--queue", str(queue), "--json").stdout) for i in ids]
     assert statuses[0]["status"] == "failed" and "unknown model 'realesrgan-x5plus'" in statuses[0]["error"]
     assert statuses[1]["status"] == "completed"
 
@@ -247,6 +245,6 @@ def test_a_stderr_that_is_no_terminal_gets_messages_and_no_progress_bar_leftover
     photo = tmp_path / "a.png"
     photo.write_bytes(b"never read: the model name is refused first")
     args = [str(photo) if a == "a.png" else a for a in args]
-    result = runner.invoke(app, [*args, "--weights-dir", str(tmp_path / "w")])
+    result = invoke(*args, "--weights-dir", str(tmp_path / "w"))
     assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown model 'realesrgan-x4'"), repr(result.stderr)
