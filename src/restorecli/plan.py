@@ -15,7 +15,8 @@ from typing import BinaryIO, Callable, Literal
 
 from .errors import ImageError, UsageError
 from .files import STDIO, LiveWriters, file_id
-from .images.formats import FORMAT_SUFFIX, IMAGE_SUFFIXES, OutputFormat, format_for_suffix, output_size
+from .images.formats import (DEFAULT_FORMAT, FORMAT_SUFFIX, IMAGE_SUFFIXES, OutputFormat, format_for_suffix,
+                             output_size)
 from .models.registry import REGISTRY
 from .options import RestoreOptions
 from .video.formats import ANIMATED_SUFFIXES, VIDEO_SUFFIXES
@@ -132,7 +133,7 @@ def named_format(item: InputItem) -> OutputFormat | None:
 
 def output_format(options: RestoreOptions, input_format: OutputFormat | None) -> OutputFormat:
     """The format an image read as ``input_format`` (None: one restorecli does not write) is written in."""
-    return options.format if options.format != "same" else input_format or "png"
+    return options.format if options.format != "same" else input_format or DEFAULT_FORMAT
 
 
 def output_path_for(item: InputItem, options: RestoreOptions, input_format: OutputFormat | None,

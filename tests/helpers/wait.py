@@ -10,10 +10,11 @@ T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], T], what: str = "the condition", timeout: float = 120.0,
-               every: float = 0.05, detail: Callable[[], str] | None = None) -> T:
-    """Call ``condition`` every ``every`` seconds until it returns something truthy, and return that. After
-    ``timeout`` seconds (generous: a slow machine is not a failure) raise an AssertionError naming ``what``, followed
-    by what ``detail`` returns then (a server's log, the last state seen)."""
+               every: float = 0.1, detail: Callable[[], str] | None = None) -> T:
+    """Call ``condition`` every ``every`` seconds until it returns something truthy, and return that (not faster by
+    default: a condition may ask a server or a database on the cores the test shares with what it waits for).
+    After ``timeout`` seconds (generous: a slow machine is not a failure) raise an AssertionError naming ``what``,
+    followed by what ``detail`` returns then (a server's log, the last state seen)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

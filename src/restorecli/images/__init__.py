@@ -20,7 +20,7 @@ _HOME = {
                "read_input_file", "read_input_stream", "srgb_profile"),
     "encode": ("MAX_SIDE", "STRIP_WRITERS", "check_output_size", "encode_image", "strip_writer",
                "writes_planes_as_they_are"),
-    "formats": ("DEFAULT_MAX_PIXELS", "FORMATS", "FORMAT_SUFFIX", "IMAGE_SUFFIXES", "OUTPUT_FORMATS",
+    "formats": ("DEFAULT_FORMAT", "DEFAULT_MAX_PIXELS", "FORMATS", "FORMAT_SUFFIX", "IMAGE_SUFFIXES", "OUTPUT_FORMATS",
                 "SIXTEEN_BIT_FORMATS", "Format", "OutputFormat", "check_output_pixels", "format_for_suffix",
                 "media_type_for"),
     "pixels": ("full_scale",),
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
                          read_input_file, read_input_stream, srgb_profile)
     from .encode import (MAX_SIDE, STRIP_WRITERS, check_output_size, encode_image, strip_writer,
                          writes_planes_as_they_are)
-    from .formats import (DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, FORMATS, IMAGE_SUFFIXES, OUTPUT_FORMATS,
+    from .formats import (DEFAULT_FORMAT, DEFAULT_MAX_PIXELS, FORMAT_SUFFIX, FORMATS, IMAGE_SUFFIXES, OUTPUT_FORMATS,
                           SIXTEEN_BIT_FORMATS, Format, OutputFormat, check_output_pixels, format_for_suffix,
                           media_type_for)
     from .pixels import full_scale

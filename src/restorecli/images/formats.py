@@ -67,6 +67,7 @@ FORMATS: dict[OutputFormat, Format] = {record.name: record for record in (
            "tiff:TiffWriter", _EVERYTHING, sixteen_bit=True, grey_alpha_16=False),  # Pillow cannot read it back
 )}
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = tuple(FORMATS)
+DEFAULT_FORMAT: OutputFormat = "png"  # what --format same writes for an input in a format restorecli does not write
 
 # Formats read but not written: their suffix and content type (HEIC and JPEG XL are named only to refuse them)
 _READ_ONLY: dict[str, tuple[str, Signature]] = {".bmp": ("image/bmp", ((0, b"BM"),)),
