@@ -139,6 +139,19 @@ def test_frames_restores_a_part_of_an_animation(tmp_path, model2):
     assert not (tmp_path / "later").exists() or not any((tmp_path / "later").iterdir())
 
 
+def test_start_and_duration_restore_the_frames_shown_in_a_span(tmp_path, model2):
+    source = make_animation(tmp_path / "anim.png")  # frames start at 0, 0.1, 0.3 and 0.35 s
+    result = restore(source, "-o", tmp_path / "out", "--model", model2, "--start", "0.1", "--duration", "0.25")
+    assert result.exit_code == 0, result.stderr
+    [item] = items_of(result)
+    assert item["video"]["frames"] == 2 and item["video"]["duration"] == pytest.approx(0.25)
+    assert shown(tmp_path / "out" / "anim.png")[1:4] == (2, DURATIONS[1:3], 3)
+    beyond = restore(source, "-o", tmp_path / "later", "--model", model2, "--start", "1")
+    [item] = items_of(beyond)
+    assert beyond.exit_code == 1 and item["status"] == "error"
+    assert "anim.png: --start 1 holds no frame: the animation ends at 0.65 s" in item["error"]
+
+
 def test_a_dry_run_plans_an_animation_in_its_own_format(tmp_path, model2):
     source = make_animation(tmp_path / "anim.gif")
     result = invoke("restore", source, "-o", tmp_path / "out", "--model", model2, "--dry-run", "--json")

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,37 +72,42 @@ def is_animated_file(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class _Frame:
-    """One frame as it is shown: its colour (H x W x 3 uint8 RGB), its alpha (H x W uint8; None: opaque), and how
-    long it is shown in milliseconds."""
+    """One restored frame: its colour (H x W x 3 uint8 RGB), its alpha (H x W uint8; None: opaque), and how long it
+    is shown in milliseconds."""
 
     color: np.ndarray
     alpha: np.ndarray | None
     duration: float
 
 
-def _read_frame(image: Image.Image, index: int, name: str) -> _Frame:
-    """Frame ``index`` of the open animation, composited as it is shown. Raises ``VideoDecodeError`` where the
-    file is damaged or cut short there."""
+def _seek(image: Image.Image, index: int, name: str) -> float:
+    """Frame ``index`` of the open animation decoded, composited as it is shown; returns how long it is shown, in
+    milliseconds. Raises ``VideoDecodeError`` where the file is damaged or cut short there."""
     try:
         image.seek(index)
         image.load()
-        rgba = np.asarray(image.convert("RGBA"))
     except Exception as exc:  # Pillow's OSError (truncated), EOFError, SyntaxError, ValueError on damaged data
         raise VideoDecodeError(f"{name}: damaged or truncated at frame {index} ({_reason(exc)})") from None
+    return float(image.info.get("duration") or 0)
+
+
+def _pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """The frame ``_seek`` decoded: its colour (H x W x 3 uint8 RGB) and its alpha (None where it is opaque)."""
+    rgba = np.asarray(image.convert("RGBA"))
     alpha = rgba[:, :, 3]
-    return _Frame(np.ascontiguousarray(rgba[:, :, :3]), None if alpha.min() == 255 else alpha.copy(),
-                  float(image.info.get("duration") or 0))
+    return np.ascontiguousarray(rgba[:, :, :3]), None if alpha.min() == 255 else alpha.copy()
 
 
 def restore_animation(source: Path, output: Path, restorer: FrameRestorer, options: VideoOptions = VideoOptions(),
                       on_progress: Callable[[VideoProgress], None] | None = None, name: str | None = None,
                       quality: int = 95) -> AnimationResult:
-    """Restore every frame of the animated GIF, WebP or APNG ``source`` (or the part ``options.frames``) with
-    ``restorer`` and write ``output`` in the format its suffix names (the input's own), keeping each frame's
-    duration (to the millisecond; a GIF's in hundredths of a second, as it stores them), the loop count and the
-    transparency (an alpha channel for APNG and WebP, a transparent colour for GIF). An alpha plane is resized
-    to the restored size, not run through the model. WebP is written lossy at ``quality``. ``output`` appears
-    only when complete (written under a temporary name and renamed). ``on_progress`` follows the frames.
+    """Restore every frame of the animated GIF, WebP or APNG ``source`` (or the part ``options.frames``: frame
+    numbers, or the frames that start within a span of its clock) with ``restorer`` and write ``output`` in the
+    format its suffix names (the input's own), keeping each frame's duration (to the millisecond; a GIF's in
+    hundredths of a second, as it stores them), the loop count and the transparency (an alpha channel for APNG and
+    WebP, a transparent colour for GIF). An alpha plane is resized to the restored size, not run through the model.
+    WebP is written lossy at ``quality``. ``output`` appears only when complete (written under a temporary name and
+    renamed). ``on_progress`` follows the frames.
 
     Raises ``ImageError`` subclasses naming ``name`` (default: ``source``) for an animation that cannot be read
     or written; the model's own errors go up as they are."""
@@ -114,32 +120,42 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
         image = Image.open(source, formats=[_PILLOW[kind]])
     except Exception as exc:
         raise VideoDecodeError(f"{name}: not a readable animated {kind.upper()} ({_reason(exc)})") from None
+    part = options.frames or FrameRange()
+    frames: list[_Frame] = []
     with image:
         loop = image.info.get("loop")
         try:
             total = image.n_frames
         except Exception as exc:
             raise VideoDecodeError(f"{name}: damaged or truncated ({_reason(exc)})") from None
-        part = options.frames or FrameRange()
         stop = min(total, part.stop) if part.stop is not None else total
-        if part.start >= stop:
+        timed = part.begins is not None or part.ends is not None
+        count = None if timed else max(0, stop - part.start)  # the frames restored, where known ahead
+        if count == 0:
             raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame: the "
                                    f"animation has {total}")
-        _check_sizes(image.size, stop - part.start, kind, options, name)
-        frames: list[_Frame] = []
-        for index in range(part.start, stop):
-            shown = _read_frame(image, index, name)
-            color = restorer.restore_array(shown.color)
-            size = (color.shape[1], color.shape[0])
-            if not frames:
-                _check_output(size, stop - part.start, kind, options, name)
-            alpha = None if shown.alpha is None else np.asarray(Image.fromarray(shown.alpha).resize(size,
-                                                                                             Image.Resampling.BILINEAR))
-            frames.append(_Frame(color, alpha, shown.duration))
-            if on_progress is not None:
-                elapsed = time.perf_counter() - started
-                on_progress(VideoProgress(len(frames), stop - part.start,
-                                          round(len(frames) / elapsed, 3) if elapsed > 0 else 0.0))
+        _check_sizes(image.size, count, kind, options, name)
+        clock = Fraction(0)  # when the frame in hand starts, in seconds
+        for index in range(stop):
+            if part.after(index, clock):
+                break
+            duration = _seek(image, index, name)
+            if not part.before(index, clock):
+                color, alpha = _pixels(image)
+                color = restorer.restore_array(color)
+                size = (color.shape[1], color.shape[0])
+                _check_output(size, count if count is not None else len(frames) + 1, kind, options, name)
+                if alpha is not None:
+                    alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
+                frames.append(_Frame(color, alpha, duration))
+                if on_progress is not None:
+                    elapsed = time.perf_counter() - started
+                    on_progress(VideoProgress(len(frames), count, round(len(frames) / elapsed, 3) if elapsed else 0.0))
+            clock += Fraction(duration).limit_denominator(1_000_000) / 1000
+    if not frames:
+        asked = f"--start {float(part.begins or 0):g}" + (f" --duration {float(part.ends - (part.begins or 0)):g}"
+                                                          if part.ends is not None else "")
+        raise VideoDecodeError(f"{name}: {asked} holds no frame: the animation ends at {float(clock):g} s")
     has_alpha = any(frame.alpha is not None for frame in frames)
     written_loop = _loop_written(kind, loop)
     with atomic_writer(output) as handle:
@@ -150,16 +166,16 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
                            round(time.perf_counter() - started, 3), written_loop, has_alpha)
 
 
-def _check_sizes(size: tuple[int, int], frames: int, kind: AnimationFormat, options: VideoOptions,
+def _check_sizes(size: tuple[int, int], frames: int | None, kind: AnimationFormat, options: VideoOptions,
                  name: str) -> None:
     """Refuse, before any model time, frames over ``--max-pixels`` and outputs that ``_check_output`` refuses,
-    where the restored size is known ahead."""
+    where the restored size is known ahead (``frames``: how many are restored, None: not known yet)."""
     width, height = size
     if options.max_pixels is not None and width * height > options.max_pixels:
         raise ImageTooLarge(f"{name}: its frames are {width}x{height} pixels, over the limit of "
                             f"{options.max_pixels:,} (--max-pixels)")
     if options.output_size is not None:
-        _check_output(options.output_size(width, height), frames, kind, options, name)
+        _check_output(options.output_size(width, height), frames or 1, kind, options, name)
 
 
 def _check_output(size: tuple[int, int], frames: int, kind: AnimationFormat, options: VideoOptions,
