@@ -774,3 +774,61 @@ def test_cuda_is_staged_through_cuda_streams_by_default():
 
     assert staging_for(torch.device("cuda")) is CudaStaging and staging_for(torch.device("cuda:1")) is CudaStaging
     assert staging_for(CPU) is None and staging_for(torch.device("mps")) is None
+
+
+class _FakeCudaStream:
+    """Stands in for a CUDA stream on the CPU, where every operation is done when it returns: it records which
+    stream waits for which and what the host waits for, so the order of ``CudaStaging``'s calls can be checked."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def wait_event(self, event):
+        assert event.stream is not None, "a stream waits for an event never recorded"
+        self.log.append((self.name, "waits for", event.stream))
+
+    def synchronize(self):
+        self.log.append(("host", "waits for", self.name))
+
+
+class _FakeCudaEvent:
+    def __init__(self, log):
+        self.log, self.stream = log, None
+
+    def record(self, stream):
+        self.stream = stream.name
+
+    def synchronize(self):
+        assert self.stream is not None, "the host waits for an event never recorded"
+        self.log.append(("host", "waits for", self.stream))
+
+
+def test_cuda_staging_orders_its_streams_as_the_strips_and_uploads_need(tmp_path, monkeypatch):
+    """``CudaStaging`` itself, run on the CPU with torch.cuda's streams and events standing in: the pixels are the
+    unstaged run's, every copy down waits for the model's stream, the model's stream waits for every copy up and
+    for the copy out of a buffer before writing it again, and the buffers are marked for the streams that use
+    them."""
+    from contextlib import nullcontext
+
+    from restorecli.engine.tiling import CudaStaging
+
+    model = _load_state(tmp_path, tiny_compact_state(2))
+    reference = upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4, batch=5).image
+    log: list[tuple[str, ...]] = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: _FakeCudaStream("compute", log))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: _FakeCudaStream("copies", log))
+    monkeypatch.setattr(torch.cuda, "Event", lambda: _FakeCudaEvent(log))
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: nullcontext())
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda tensor, stream: log.append(("used on", stream.name)),
+                        raising=False)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: real_empty(*a, **k))  # no CUDA to pin
+    result = upscale(model, ASTRONAUT[:40, :50], device=CPU, tile=16, pad=4, batch=5, staging=CudaStaging)
+    np.testing.assert_array_equal(result.image, reference)
+    count = log.count
+    assert count(("copies", "waits for", "compute")) == 3  # each strip's copy down, after the model wrote it
+    assert count(("compute", "waits for", "copies")) == 3 + 1  # each batch's copy up; strip 2 reuses strip 0's
+    assert count(("used on", "copies")) == 2 and count(("used on", "compute")) == 3  # the strip buffers, batches
+    # the host: each strip before its hand-over, the first batch's copy before its buffer is refilled, each side
+    # stream at the end
+    assert count(("host", "waits for", "copies")) == 3 + 1 + 2
