@@ -185,11 +185,13 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(photos, model2, tmp_path)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_an_animation_is_an_error_for_that_file_and_the_batch_goes_on(photos, model2, tmp_path):
+def test_a_multi_page_file_is_an_error_for_that_file_and_the_batch_goes_on(photos, model2, tmp_path):
+    """A file of several pictures that is no animation (an animated GIF, PNG or WebP is restored frame by frame:
+    test_animated) is refused rather than cut to its first picture."""
     frames = [Image.new("RGB", (24, 16), (60 * i, 90, 20)) for i in range(2)]
-    anim = tmp_path / "anim.gif"
-    frames[0].save(anim, save_all=True, append_images=frames[1:], duration=100)
-    result = invoke("restore", anim, photos / "rocket.jpg", "-o", tmp_path / "o", "--model", model2, "--json")
+    pages = tmp_path / "scan.tif"
+    frames[0].save(pages, save_all=True, append_images=frames[1:])
+    result = invoke("restore", pages, photos / "rocket.jpg", "-o", tmp_path / "o", "--model", model2, "--json")
     assert result.exit_code == 1
     failed, done = json_lines(result)[:2]
     assert failed["status"] == "error" and "holds 2 pictures (an animation or a multi-page file)" in failed["error"]
