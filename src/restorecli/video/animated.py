@@ -225,6 +225,8 @@ def _write(handle: BinaryIO, kind: AnimationFormat, frames: list[_Frame], has_al
     try:
         pictures[0].save(handle, format=_PILLOW[kind], **settings)
     except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk's (full, read-only): the batch's failure handling tells those apart
         raise VideoEncodeError(f"{name}: writing the animated {kind.upper()} failed ({_reason(exc)})") from None
 
 
