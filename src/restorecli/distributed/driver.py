@@ -306,8 +306,6 @@ class _Driver:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        import ray
-
         assert self.pool is not None
         while True:
             if self.abandon.is_set():  # the grace period ran out: images in flight are not waited for
@@ -326,19 +324,13 @@ class _Driver:
                         break
                 else:
                     continue
-            self.pool.probe_due()
-            waiting = list(self.flight) + list(self.pool.probes)
-            if not waiting:
+            ready = self.pool.wait(self.flight, min(self.options.poll, self.options.lease / 3))
+            if ready is None:  # nothing in flight or probed: wait (a second, where a probe is due later)
                 self.schedule.pause(1.0 if self.pool.later else None)
                 continue
-            timeout = min(self.options.poll, self.options.lease / 3)
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
             started = time.perf_counter()
             for ref in ready:
-                if ref in self.pool.probes:
-                    self.pool.answered(ref)
-                else:
-                    self.restored(ref)
+                self.restored(ref)
             self.report.driver_seconds += time.perf_counter() - started
         if self.pool.alive == 0 and not self.report.setup_error:
             self.report.setup_error = "every Ray actor is gone: " + "; ".join(sorted(set(self.pool.gone.values())))

@@ -7,7 +7,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from ..errors import UsageError
 from .actor import RestoreActor
@@ -149,6 +149,21 @@ class ActorPool:
         self.later = [(when, index) for when, index in self.later if when > now]
         for index in due:
             self.probe(index)
+
+    def wait(self, flight: Collection[Any], timeout: float) -> list[Any] | None:
+        """Send the probes that are due, then wait up to ``timeout`` seconds for one of the images in ``flight``
+        (their refs) or a probe's answer: the refs of ``flight`` that are ready, probes answered here; None where
+        nothing is awaited."""
+        import ray
+
+        self.probe_due()
+        waiting = list(flight) + list(self.probes)
+        if not waiting:
+            return None
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+        for ref in [ref for ref in ready if ref in self.probes]:
+            self.answered(ref)
+        return [ref for ref in ready if ref in flight]
 
     @property
     def alive(self) -> int:
