@@ -76,6 +76,14 @@ def model2(make_model):
     return make_model(2, "compact", "safetensors")
 
 
+@pytest.fixture
+def restorer(model2):
+    """The model the CLI runs (fp32, untiled), loaded here to restore frames one by one for comparison."""
+    from restorecli.pipeline import Restorer
+
+    return Restorer.from_options(RestoreOptions(model=str(model2), device="cpu", precision="fp32", tile=0))
+
+
 @pytest.mark.parametrize(("name", "fmt", "loop"), [("anim.gif", "GIF", 3), ("once.gif", "GIF", None),
                                                    ("anim.png", "PNG", 2), ("anim.apng", "PNG", 0),
                                                    ("anim.webp", "WEBP", 5)])
@@ -97,13 +105,10 @@ def test_an_animation_keeps_its_frames_durations_and_loop(tmp_path, model2, name
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]  # no temporary file left
 
 
-def test_each_apng_frame_is_that_frame_restored(tmp_path, model2):
+def test_each_apng_frame_is_that_frame_restored(tmp_path, model2, restorer):
     """APNG is lossless: each frame written is exactly what the model makes of the input's frame."""
-    from restorecli.pipeline import Restorer
-
     source = make_animation(tmp_path / "anim.png")
     assert restore(source, "-o", tmp_path / "out", "--model", model2).exit_code == 0
-    restorer = Restorer.from_options(RestoreOptions(model=str(model2), device="cpu", precision="fp32", tile=0))
     *_, pictures = shown(tmp_path / "out" / "anim.png")
     for frame, picture in zip(frames_of(), pictures, strict=True):
         assert np.array_equal(picture[:, :, :3], restorer.restore_array(np.asarray(frame)))
@@ -159,6 +164,20 @@ def test_a_dry_run_plans_an_animation_in_its_own_format(tmp_path, model2):
     [item] = items_of(result)
     assert item["status"] == "planned" and item["output"] == str(tmp_path / "out" / "anim.gif")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_a_webp_is_written_lossless_where_its_input_is(tmp_path, model2, restorer, lossless):
+    frames = frames_of()
+    source = tmp_path / "anim.webp"
+    frames[0].save(source, save_all=True, append_images=frames[1:], duration=DURATIONS, lossless=lossless)
+    result = restore(source, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    data = (tmp_path / "out" / "anim.webp").read_bytes()
+    assert (b"VP8L" in data, b"VP8 " in data) == (lossless, not lossless)  # each frame's bitstream: lossless or not
+    if lossless:
+        *_, pictures = shown(tmp_path / "out" / "anim.webp")
+        assert np.array_equal(pictures[0][:, :, :3], restorer.restore_array(np.asarray(frames[0])))
 
 
 def test_format_leaves_an_animation_in_its_own_format(tmp_path, model2):

@@ -106,8 +106,8 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
     format its suffix names (the input's own), keeping each frame's duration (to the millisecond; a GIF's in
     hundredths of a second, as it stores them), the loop count and the transparency (an alpha channel for APNG and
     WebP, a transparent colour for GIF). An alpha plane is resized to the restored size, not run through the model.
-    WebP is written lossy at ``quality``. ``output`` appears only when complete (written under a temporary name and
-    renamed). ``on_progress`` follows the frames.
+    A WebP is written lossless where its first frame is, else lossy at ``quality``. ``output`` appears only when
+    complete (written under a temporary name and renamed). ``on_progress`` follows the frames.
 
     Raises ``ImageError`` subclasses naming ``name`` (default: ``source``) for an animation that cannot be read
     or written; the model's own errors go up as they are."""
@@ -157,9 +157,10 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
                                                           if part.ends is not None else "")
         raise VideoDecodeError(f"{name}: {asked} holds no frame: the animation ends at {float(clock):g} s")
     has_alpha = any(frame.alpha is not None for frame in frames)
+    lossless = kind == "webp" and _webp_lossless(source)
     written_loop = _loop_written(kind, loop)
     with atomic_writer(output) as handle:
-        _write(handle, kind, frames, has_alpha, written_loop, quality, name)
+        _write(handle, kind, frames, has_alpha, written_loop, quality, lossless, name)
     duration = sum(_stored_duration(kind, frame.duration) for frame in frames) / 1000
     return AnimationResult(len(frames), round(len(frames) / duration, 3) if duration else None, round(duration, 6),
                            kind, "the input's own format", image.size, size, 0,
@@ -194,6 +195,29 @@ def _check_output(size: tuple[int, int], frames: int, kind: AnimationFormat, opt
                          "for a smaller --outscale")
 
 
+def _webp_lossless(path: Path) -> bool:
+    """Whether the animated WebP at ``path`` holds its first frame losslessly (a VP8L bitstream, not VP8): its
+    restored frames are then written losslessly too. Reads the chunk headers only (RIFF: fourcc, little-endian
+    size, data padded to an even length; a frame's ANMF chunk holds 16 bytes of placement, then its own chunks)."""
+    with open(path, "rb") as file:
+        if file.read(12)[8:] != b"WEBP":
+            return False
+        end: int | None = None  # where the first frame's chunk ends, once inside it
+        while end is None or file.tell() < end:
+            head = file.read(8)
+            if len(head) < 8:
+                return False
+            fourcc, size = head[:4], int.from_bytes(head[4:], "little")
+            if fourcc in (b"VP8L", b"VP8 ") and end is not None:
+                return fourcc == b"VP8L"
+            if fourcc == b"ANMF" and end is None:
+                end = file.tell() + size
+                file.seek(16, 1)
+                continue
+            file.seek(size + (size & 1), 1)
+    return False
+
+
 def _loop_written(kind: AnimationFormat, loop: object) -> int | None:
     """The loop count the output carries: the input's (0: for ever). A GIF without a loop extension plays once and
     is written without one (None); APNG and WebP always state a count, 0 where the input did not say."""
@@ -209,7 +233,7 @@ def _stored_duration(kind: AnimationFormat, milliseconds: float) -> int:
 
 
 def _write(handle: BinaryIO, kind: AnimationFormat, frames: list[_Frame], has_alpha: bool, loop: int | None,
-           quality: int, name: str) -> None:
+           quality: int, lossless: bool, name: str) -> None:
     """``frames`` written to ``handle`` as ``kind``, with their durations and ``loop``; with ``has_alpha``, every
     frame with an alpha channel (a GIF: pixels under half opacity become its transparent colour, and each frame is
     cleared before the next, as the frames are whole pictures)."""
@@ -221,7 +245,7 @@ def _write(handle: BinaryIO, kind: AnimationFormat, frames: list[_Frame], has_al
     if kind == "gif" and has_alpha:
         settings["disposal"] = 2  # the canvas cleared to transparent after each frame: the next one is whole
     if kind == "webp":
-        settings["quality"] = quality
+        settings.update(quality=quality, lossless=lossless)
     try:
         pictures[0].save(handle, format=_PILLOW[kind], **settings)
     except (OSError, ValueError) as exc:
