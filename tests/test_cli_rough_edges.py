@@ -67,7 +67,7 @@ def test_status_lists_every_job_with_its_short_id_state_and_images_done(two_jobs
     for short in shorts:
         assert re.search(rf"{short}\s.*queued\s.*0/1", human.stderr), human.stderr
     one = invoke("status", shorts[1], "--queue", queue)
-    assert one.exit_code == 0 and f"job {ids[1]}: queued, 0/1 image(s) done, position 2" in one.stderr
+    assert one.exit_code == 0 and f"job {ids[1]}: queued, position 2, 0 of 1 image done" in one.stderr
 
 
 def test_status_lists_only_the_latest_jobs_and_says_so(two_jobs, monkeypatch):

@@ -193,7 +193,8 @@ def status(
 
 def _one_job(data: dict) -> None:
     position = f", position {data['queue_position']}" if data["queue_position"] else ""
-    render.say(f"job {data['job_id']}: {data['status']}, {data['done']}/{data['total']} image(s) done{position}")
+    images = "image" if data["total"] == 1 else "images"
+    render.say(f"job {data['job_id']}: {data['status']}{position}, {data['done']} of {data['total']} {images} done")
     if data.get("error"):
         label = "last try" if data["status"] == "queued" else "error"
         render.say(f"  {label}: {escape(str(data['error']))}")

@@ -10,7 +10,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -22,9 +22,50 @@ from .store import JobStore, Lease, worker_name
 if TYPE_CHECKING:
     from ..plan import ItemResult
     from .store import Job
-    from .worker import WorkerOptions, WorkerReport
 
 Event = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    once: bool = False  # drain the queue and exit (for cron)
+    max_jobs: int | None = None
+    max_seconds: float | None = None
+    lease: float = 60.0  # seconds; renewed every lease/3 while the worker is alive
+    poll: float = 2.0
+    device: str | None = None  # overrides the jobs' device (one worker per GPU)
+    max_attempts: int = 3
+    # A job this machine could not run (weights, a device) is left to other workers this long before this one
+    # tries it again (each try counts an attempt), so a lone worker fails it after its attempts, not at once
+    setup_retry: float = 30.0
+
+
+@dataclass
+class WorkerReport:
+    jobs: list[tuple[str, str]] = field(default_factory=list)  # (job id, outcome)
+    stopped: bool = False
+    storage_error: str | None = None  # why the worker stopped on its own: its disk is full or read-only
+    # What this machine lacked for a job (weights, a device): the job was retried, then failed, and the worker went
+    # on with the next; said at the end (exit 3), so a cron run shows it. Never a reason to stop.
+    setup_error: str | None = None
+
+    def noting(self, emit: Event) -> Event:
+        """``emit``, also keeping in this report why the worker must stop (a storage error) or what this machine
+        lacked (a setup error)."""
+
+        def note(event: str, data: dict) -> None:
+            if event == "storage_error":
+                self.storage_error = data["error"]
+            elif event == "setup_error":
+                self.setup_error = data["error"]
+            emit(event, data)
+
+        return note
+
+    @property
+    def must_stop(self) -> bool:
+        """Every later job would fail the same way (the worker's disk cannot take its outputs)."""
+        return bool(self.storage_error)
 
 
 class LeaseRenewer(threading.Thread):
