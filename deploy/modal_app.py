@@ -138,7 +138,8 @@ def modal_backend() -> Backend:
     """The deployed app's backend: the named Dicts and the files volume, and spawned calls of ``Restore``."""
 
     def start(job_id: str, options: dict) -> str:
-        worker = Restore(model=options["model"], face_enhance=bool(options["face_enhance"]))
+        worker = Restore(model=options["model"], face_enhance=bool(options["face_enhance"]),
+                         precision=options.get("precision") or "auto")
         return worker.run_job.spawn(job_id).object_id
 
     def call_error(call_id: str) -> str | None:
@@ -192,49 +193,67 @@ RestoreOne = Callable[[bytes, str, dict], dict]  # (data, stored name, job optio
 
 
 def process_job(backend: Backend, restore_one: RestoreOne, job_id: str) -> str:
-    """Restore every input of the job, recording each image's result as it finishes; the outputs are written
-    together, then the record says completed (or failed, when every image failed). Returns the job's status.
-    A call retried after its container died starts the job again; a finished job is left as it is."""
-    from restorecli.errors import ImageError, RestoreCliError
-
+    """Restore every input of the job, each output written to the files volume and its result recorded as it
+    finishes (never the whole job in memory); then the record says completed (or failed, when every image
+    failed). Returns the job's status. A call retried after its container died goes on where it stopped: the images
+    whose result is recorded (and output on the volume) are kept. A finished job is left as it is."""
     record = backend.records.get(job_id)
     if record is None:
         raise KeyError(f"no job {job_id}")
     if record["status"] in ("completed", "failed"):
         return record["status"]
-    record = {**record, "status": "processing", "progress": []}
-    backend.records[job_id] = record
     options = restore_options(record["options"])
-    outputs: dict[str, bytes] = {}
-    results: list[dict] = []
-    for given in record["inputs"]:
-        name, _ = output_name(given["stored"], options)
-        started = time.perf_counter()
-        entry = {"original_filename": given["original_filename"], "output": None, "status": "error", "error": None,
-                 "in_size": None, "out_size": None, "seconds": None}
-        data = backend.files.read(job_id, f"inputs/{given['stored']}")
-        try:
-            if data is None:
-                raise ImageError(f"{given['stored']}: the upload is gone from the files volume")
-            done = restore_one(data, given["stored"], record["options"])
-            outputs[f"outputs/{name}"] = done["data"]
-            entry.update(output=name, status="ok", in_size=done["in_size"], out_size=done["out_size"])
-        except ImageError as exc:  # this image's own problem (unreadable, too large): data, not a crash
-            entry["error"] = str(exc).replace(given["stored"], given["original_filename"])
-        except RestoreCliError:  # the container's (weights, device): the call fails and Modal retries it
-            raise
-        except Exception as exc:  # a model, codec or memory failure on this image, as restore_batch counts one
-            entry["error"] = f"{given['original_filename']}: {type(exc).__name__}: {exc}"
-        entry["seconds"] = round(time.perf_counter() - started, 3)
-        results.append(entry)
+    results = _settled(backend, job_id, record.get("progress") or [])
+    record = {**record, "status": "processing", "progress": list(results)}
+    backend.records[job_id] = record
+    for given in record["inputs"][len(results):]:
+        results.append(_restore_input(backend, restore_one, job_id, given, options, record["options"]))
         record = {**record, "progress": list(results)}
         backend.records[job_id] = record
-    backend.files.write(job_id, outputs)
     errors = [r["error"] for r in results if r["status"] == "error"]
     status = "failed" if results and len(errors) == len(results) else "completed"
     backend.records[job_id] = {**record, "status": status, "results": results, "finished": time.time(),
                                "error": "; ".join(errors) if errors else None}
     return status
+
+
+def _settled(backend: Backend, job_id: str, progress: list[dict]) -> list[dict]:
+    """The results an earlier call recorded that stand: each image's, in order, up to the first whose output is not
+    on the volume (the call died before it was written). An image's error stands: it would fail again alike."""
+    kept = []
+    for entry in progress:
+        if entry["status"] == "ok" and not backend.files.locate(job_id, f"outputs/{entry['output']}").is_file():
+            break
+        kept.append(entry)
+    return kept
+
+
+def _restore_input(backend: Backend, restore_one: RestoreOne, job_id: str, given: dict, options,
+                   stored_options: dict) -> dict:
+    """One input of a job restored and its output written to the volume: its progress entry. Its failure is
+    worded as a local batch words it (``pipeline.item``), naming the file the user sent."""
+    from restorecli.errors import ImageError, RestoreCliError
+    from restorecli.pipeline.item import failure_message
+
+    name, _ = output_name(given["stored"], options)
+    started = time.perf_counter()
+    entry = {"original_filename": given["original_filename"], "output": None, "status": "error", "error": None,
+             "in_size": None, "out_size": None, "seconds": None}
+    try:
+        data = backend.files.read(job_id, f"inputs/{given['stored']}")
+        if data is None:
+            raise ImageError(f"{given['stored']}: the upload is gone from the files volume")
+        done = restore_one(data, given["stored"], stored_options)
+        backend.files.write(job_id, {f"outputs/{name}": done["data"]})
+        entry.update(output=name, status="ok", in_size=done["in_size"], out_size=done["out_size"])
+    except RestoreCliError as exc:
+        if not isinstance(exc, ImageError):  # the container's (weights, device): the call fails and Modal retries
+            raise
+        entry["error"] = failure_message(given["stored"], exc).replace(given["stored"], given["original_filename"])
+    except Exception as exc:  # a model, codec, memory or volume failure on this image, as restore_batch counts one
+        entry["error"] = failure_message(given["stored"], exc).replace(given["stored"], given["original_filename"])
+    entry["seconds"] = round(time.perf_counter() - started, 3)
+    return entry
 
 
 def job_view(record: dict):
@@ -450,13 +469,15 @@ class Restore:
 
     model: str = modal.parameter(default="realesrgan-x4plus")
     face_enhance: bool = modal.parameter(default=False)
+    precision: str = modal.parameter(default="auto")  # the model's precision, as ``--precision``: one per container
 
     @modal.enter()
     def load(self) -> None:
         from restorecli.options import RestoreOptions
         from restorecli.pipeline import Restorer
 
-        self.restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance))
+        self.restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
+                                                             precision=self.precision))
         if not modal.is_local():
             weights_volume.commit()  # the embedded model, converted on first use, for the next containers
 

@@ -185,32 +185,34 @@ def test_a_retried_modal_call_goes_on_where_the_last_one_stopped(tmp_path, model
     files = modal_app.JobFiles(tmp_path / "files")
     backend = modal_app.Backend({}, files, lambda job_id, options: "fc-1", lambda call: None)
     job_id, sent = "20261207-010203-" + "b" * 32, []
-    stored = [{"original_filename": name, "stored": f"{n:03d}{Path(name).suffix}"} for n, name in enumerate(NAMES[:3], 1)]
+    names = ["rocket.jpg", "broken.png", "cameraman_gray.png"]
+    stored = [{"original_filename": name, "stored": f"{n:03d}{Path(name).suffix}"} for n, name in enumerate(names, 1)]
     for entry in stored:
         files.write(job_id, {f"inputs/{entry['stored']}": (inputs / entry["original_filename"]).read_bytes()})
     backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same"}, stored)
     restore = modal_app.Restore(model=str(model))
 
-    def dies_on_the_second(data, name, options):
+    def dies_on_the_third(data, name, options):
         sent.append(name)
-        if len(sent) == 2:
+        if len(sent) == 3:
             raise SystemExit("the container died")  # as Modal sees a container lost mid-call
         return restore.restore.local(data, name, options)
 
     with pytest.raises(SystemExit):
-        modal_app.process_job(backend, dies_on_the_second, job_id)
+        modal_app.process_job(backend, dies_on_the_third, job_id)
     assert files.read(job_id, "outputs/001.jpg") is not None  # written as it finished, not at the job's end
-    assert [r["status"] for r in backend.records[job_id]["progress"]] == ["ok"]
+    assert [r["status"] for r in backend.records[job_id]["progress"]] == ["ok", "error"]
 
     def counting(data, name, options):
         sent.append(name)
         return restore.restore.local(data, name, options)
 
     assert modal_app.process_job(backend, counting, job_id) == "completed"
-    assert sent == ["001.jpg", "002.png", "002.png", "003.png"]  # the first image was not restored again
+    assert sent == ["001.jpg", "002.png", "003.png", "003.png"]  # neither earlier image was tried again
     record = backend.records[job_id]
-    assert [r["status"] for r in record["results"]] == ["ok", "ok", "ok"]
-    assert [r["original_filename"] for r in record["results"]] == NAMES[:3]
+    assert [r["status"] for r in record["results"]] == ["ok", "error", "ok"]
+    assert [r["original_filename"] for r in record["results"]] == names
+    assert record["results"][1]["error"].startswith("broken.png: ")  # the name the user sent, not the stored one
 
 
 def test_a_re_run_with_every_output_in_place_loads_no_model(tmp_path, model, inputs, monkeypatch):
