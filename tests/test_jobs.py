@@ -59,8 +59,9 @@ def job(queue, job_id):
         store.close()
 
 
-def spawn_worker(queue, *args, slow=0.0, crash_on=None, hold=None):
-    env = {**os.environ, "HARNESS_SLOW": str(slow), "HARNESS_CRASH_ON": crash_on or "", "HARNESS_HOLD": str(hold or "")}
+def spawn_worker(queue, *args, slow=0.0, crash_on=None, hold=None, hold_on=""):
+    env = {**os.environ, "HARNESS_SLOW": str(slow), "HARNESS_CRASH_ON": crash_on or "", "HARNESS_HOLD": str(hold or ""),
+           "HARNESS_HOLD_ON": hold_on}
     return subprocess.Popen([sys.executable, str(HARNESS), "worker", "--queue", str(queue), *map(str, args)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -254,10 +255,16 @@ def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, mode
 
 def test_sigterm_finishes_the_image_in_hand_and_leaves_the_job_resumable(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
-    w = spawn_worker(queue, "--lease", 30, "--poll", 0.2, slow=1.0)
-    # "b.jpg (reading c.jpg ahead)": the model has the second image, the third is read meanwhile
-    wait_until(lambda: (job(queue, job_id).current or "").split(" (reading")[0].endswith("b.jpg"), what="second image")
-    w.send_signal(signal.SIGTERM)
+    hold = tmp_path / "hold"
+    hold.touch()  # the third image is held in its reader until the signal is sent: the second is the one in hand
+    w = spawn_worker(queue, "--lease", 30, "--poll", 0.2, hold=hold, hold_on="c.jpg")
+    try:
+        # "b.jpg (reading c.jpg ahead)": the model has the second image, the third is read meanwhile
+        wait_until(lambda: (job(queue, job_id).current or "").split(" (reading")[0].endswith("b.jpg"),
+                   what="second image")
+        w.send_signal(signal.SIGTERM)
+    finally:
+        hold.unlink()
     out, err = w.communicate(timeout=60)
     assert w.returncode == 0, err
     record = job(queue, job_id)
