@@ -248,3 +248,23 @@ def test_an_animation_needs_no_pyav(tmp_path, model2, monkeypatch):
     result = restore(source, "-o", tmp_path / "out", "--model", model2)
     assert result.exit_code == 0, result.stderr
     assert shown(tmp_path / "out" / "anim.webp")[:4] == ("WEBP", 4, DURATIONS, 3)
+
+
+def test_a_named_pipe_named_like_an_animation_is_refused_unopened(tmp_path, model2):
+    """Telling an animation by its content must not open what is no file: a pipe would block the batch."""
+    import os
+    import threading
+
+    fifo = tmp_path / "anim.gif"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)  # returns once it is opened
+    writer.start()
+    try:
+        result = restore(fifo, "-o", tmp_path / "out", "--model", model2)
+        [item] = items_of(result)
+        assert item["status"] == "error" and item["error"].endswith("anim.gif: is a named pipe, not an image file")
+        assert writer.is_alive()  # still waiting for a reader: nothing opened the pipe
+    finally:
+        if writer.is_alive():
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(5)

@@ -59,7 +59,7 @@ def is_animated_file(path: Path) -> bool:
     content alike, holding more than one frame. Reads the header only (a GIF: up to its second frame's header);
     never raises: a file that cannot be opened is left to the image path, which names its error."""
     kind = animation_format(path.name)
-    if kind is None:
+    if kind is None or not path.is_file():  # a named pipe or a device is never opened: the image path refuses it
         return False
     try:
         with warnings.catch_warnings():
