@@ -28,6 +28,7 @@ from ..images import (
     check_output_pixels,
     check_output_size,
     decode_image,
+    writes_planes_as_they_are,
 )
 from ..models.integrity import sha256_of
 from ..models.loading import LoadedModel, load_face_weights, load_model, native_graph_for, weights_dir
@@ -230,10 +231,9 @@ class Restorer:
         return done.encode(fmt, options, stem or Path(name).stem)
 
     def _streams(self, decoded: DecodedImage, fmt: OutputFormat) -> bool:
-        # 16-bit grey+alpha TIFFs are written as RGB+alpha (see encode_image), which the strips are not
-        grey16_alpha_tiff = (fmt == "tiff" and decoded.alpha is not None and decoded.color.shape[2] == 1
-                             and decoded.color.dtype == np.uint16)
-        return fmt in STRIP_WRITERS and not grey16_alpha_tiff and streamable(self.model, decoded.color)
+        """Whether the output can be written a strip of rows at a time as the tiles finish."""
+        return (fmt in STRIP_WRITERS and writes_planes_as_they_are(fmt, decoded.color, decoded.alpha)
+                and streamable(self.model, decoded.color))
 
 
 __all__ = ["Restorer", "RowSink"]
