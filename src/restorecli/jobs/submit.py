@@ -9,6 +9,7 @@ from typing import BinaryIO
 from ..errors import ImageError, UsageError
 from ..files import STDIO
 from ..images import FORMAT_SUFFIX, check_input_file, probe, read_input_stream
+from ..images.formats import DEFAULT_FORMAT
 from ..options import RestoreOptions
 from ..plan import InputItem, claim_name, collect_inputs
 from .enqueue import job_options, staging
@@ -52,7 +53,7 @@ def submit_job(queue: Path, inputs: list[str], options: RestoreOptions, stdin: B
                     assert stdin is not None
                     data = read_input_stream(stdin, "stdin", options.max_pixels)
                     _size, fmt = probe(data, "stdin")
-                    relative = Path("stdin" + FORMAT_SUFFIX[fmt or "png"])
+                    relative = Path("stdin" + FORMAT_SUFFIX[fmt or DEFAULT_FORMAT])
                     staged.inputs.mkdir(parents=True, exist_ok=True)
                     (staged.inputs / relative).write_bytes(data)
                     original = STDIO

@@ -29,7 +29,7 @@ import httpx
 
 from ..errors import ImageError, SetupError, UsageError
 from ..files import STDIO, atomic_writer, check_output_folder, remove_abandoned_temporaries
-from ..images.formats import FORMATS, OutputFormat, format_for_suffix, suffix_for_content
+from ..images.formats import DEFAULT_FORMAT, FORMATS, OutputFormat, format_for_suffix, suffix_for_content
 from ..models.registry import REGISTRY
 from ..options import RestoreOptions, from_given
 from ..plan import (BatchResult, InputItem, ItemResult, OutputPlanner, PlannedOutput, ProgressCallback,
@@ -504,7 +504,7 @@ class _Slot:
     planned: PlannedOutput | None = None
     result: ItemResult | None = None  # decided: skipped, an error, or done
     fmt: str = "same"  # the format field it is sent with
-    writes: OutputFormat = "png"  # the format its output is written in, which its download must be
+    writes: OutputFormat = DEFAULT_FORMAT  # the format its output is written in, which its download must be
     data: bytes | None = None  # stdin's image
     started: float | None = None  # when the server was seen working on it
     finished: float | None = None  # when the server was seen done with it
