@@ -168,12 +168,18 @@ def test_four_workers_forty_jobs_each_done_exactly_once(tmp_path, queue, model):
 
 def test_a_killed_worker_s_job_is_taken_over_after_its_lease(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
-    victim = spawn_worker(queue, "--once", "--lease", 3, slow=1.0)
-    wait_until(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current, what="claim")
-    # mid-job: one image written into the lease's private folder (work/<token>/), the next ones still to come
-    wait_until(lambda: list((queue / "jobs" / job_id / "work").glob("*/a.jpg")), what="the first image written")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    hold = tmp_path / "hold"
+    hold.touch()  # the second image waits in its reader: the worker is killed mid-job however slow the machine
+    victim = spawn_worker(queue, "--once", "--lease", 3, hold=hold, hold_on="b.jpg")
+    try:
+        wait_until(lambda: (j := job(queue, job_id)) is not None and j.status == "processing" and j.current,
+                   what="claim")
+        # mid-job: one image written into the lease's private folder (work/<token>/), the next ones still to come
+        wait_until(lambda: list((queue / "jobs" / job_id / "work").glob("*/a.jpg")), what="the first image written")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    finally:
+        hold.unlink()
     assert not (queue / "jobs" / job_id / "outputs").exists()  # nothing visible under a final name
     early = cli("worker", "--queue", queue, "--once")  # lease still valid: hands off
     assert early.exit_code == 0 and job(queue, job_id).status == "processing"
