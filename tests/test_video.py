@@ -399,6 +399,28 @@ def test_start_and_duration_restore_the_part_shown_in_that_time(tmp_path, model2
         assert bad.exit_code == 2 and said in bad.stderr, bad.stderr
 
 
+def test_video_bitrate_sets_the_rate_the_encoder_aims_at(tmp_path, model2):
+    """--video-bitrate: a file size known ahead instead of a constant quality; a tenfold rate gives a far larger
+    video stream, the sound copied as ever."""
+    clip = make_video(tmp_path / "clip.mp4")
+
+    def video_bytes(rate: str) -> int:
+        result = restore(clip, "-o", tmp_path / rate, "--model", model2, "--video-bitrate", rate)
+        assert result.exit_code == 0, result.stderr
+        out = tmp_path / rate / "clip.mp4"
+        assert len(frames_of(out)) == FRAMES and packets_of(out, "audio") == packets_of(clip, "audio")
+        return sum(len(data) for data, _ in packets_of(out, "video"))
+
+    assert video_bytes("20k") * 3 < video_bytes("2M")
+    lossless = restore(clip, "-o", tmp_path / "ffv1", "--model", model2, "--video-bitrate", "1M",
+                       "--video-codec", "ffv1")
+    assert "ffv1 is lossless: --video-bitrate is for the codecs" in items_of(lossless)[0]["error"]
+    for args, said in ((["--video-bitrate", "fast"], "--video-bitrate 'fast' is not a bit rate"),
+                       (["--video-bitrate", "1M", "--crf", "20"], "--crf and --video-bitrate both set")):
+        bad = invoke("restore", clip, "-o", tmp_path / "bad", *args)
+        assert bad.exit_code == 2 and said in bad.stderr, bad.stderr
+
+
 def test_submit_refuses_a_video_whose_frames_would_be_over_the_output_limit(tmp_path, model2):
     """A queued video's frames are bounded as a queued image is, at the door: read from its header, before a
     worker spends time on it (the server's upload takes the same check)."""

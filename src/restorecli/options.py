@@ -87,6 +87,21 @@ def parse_duration(value: str | None) -> float | None:
     return seconds
 
 
+def parse_bitrate(value: str | int | None) -> int | None:
+    """``--video-bitrate`` in bits per second, from ``2M``, ``800k`` or ``1500000``; ``UsageError`` otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    try:
+        rate = float(text[:-1] if factor > 1 else text) * factor
+    except ValueError:
+        rate = -1
+    if not 1_000 <= rate <= 1_000_000_000:
+        raise UsageError(f"--video-bitrate '{value}' is not a bit rate from 1k to 1000M (e.g. 800k, 2M, 1500000)")
+    return int(rate)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How an option is given from outside: the command line's spelling and help, the form a value arrives in."""
@@ -185,6 +200,9 @@ class RestoreOptions:
     crf: int | None = option(None, "Video quality as the codec's constant rate factor (lower: better, larger) "
                              "[default: the codec's].", metavar="0-63", given_as=int, minimum=0, maximum=63,
                              show_default=False, panel=_VIDEO)
+    video_bitrate: int | None = option(None, "Video bit rate, e.g. 2M or 800k: a file size known ahead, instead of "
+                                       "--crf's constant quality.", metavar="RATE", parse=parse_bitrate,
+                                       show_default=False, panel=_VIDEO)
     keep_audio: bool = option(True, "Copy a video's audio and subtitle streams unchanged.", given_as=bool,
                               flags=("--keep-audio/--no-audio",), panel=_VIDEO)
     frames: str | None = option(None, "Restore only frames A to B of each video (from 0, B excluded; A: or :B), "
@@ -217,6 +235,8 @@ def from_given(values: dict[str, Any], **extra: Any) -> RestoreOptions:
         if spec.parse is not None:
             value = spec.parse(value)
         parsed[name] = value
+    if parsed.get("crf") is not None and parsed.get("video_bitrate") is not None:
+        raise UsageError("--crf and --video-bitrate both set a video's quality: give one of them")
     if parsed.get("frames") and (parsed.get("start") is not None or parsed.get("duration") is not None):
         raise UsageError("--frames and --start/--duration both choose a part of a video: give one of them")
     return RestoreOptions(**parsed, **extra)

@@ -47,6 +47,7 @@ class VideoOptions:
     max_pixels: int | None = None  # per input frame
     max_output_pixels: int | None = None  # per output frame
     output_size: Callable[[int, int], tuple[int, int]] | None = None  # a frame's restored (w, h), where known ahead
+    bitrate: int | None = None  # bits per second (None: the codec's quality, or --crf's)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
         with atomic_writer(output) as handle:
             whole = part == FrameRange()  # a part's times are not the chapters'
             sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf,
-                               video.metadata, video.chapters if whole else None)
+                               video.metadata, video.chapters if whole else None, bitrate=options.bitrate)
             frames, out_size, last = _pipelined(video, part, sink, restorer, started, options, name, on_progress,
                                                 in_flight)
             if frames == 0:
@@ -292,9 +293,9 @@ def _frames_in(facts: VideoFacts, part: FrameRange) -> int | None:
 
 def video_options(options: RestoreOptions,
                   output_size: Callable[[int, int], tuple[int, int]] | None = None) -> VideoOptions:
-    """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf, --keep-audio, --frames or
-    --start/--duration, and pixel limits), with what gives a frame's restored size (``output_size(w, h)``) where
-    the caller knows it."""
+    """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf or --video-bitrate,
+    --keep-audio, --frames or --start/--duration, and pixel limits), with what gives a frame's restored size
+    (``output_size(w, h)``) where the caller knows it."""
     part = None
     if options.frames:
         start, _, stop = options.frames.partition(":")
@@ -304,7 +305,7 @@ def video_options(options: RestoreOptions,
         ends = begins + Fraction(options.duration).limit_denominator(1_000_000) if options.duration else None
         part = FrameRange(begins=begins or None, ends=ends)
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
-                        options.max_output_pixels, output_size)
+                        options.max_output_pixels, output_size, options.video_bitrate)
 
 
 __all__ = ["FrameRange", "VideoOptions", "VideoProgress", "VideoResult", "open_video", "restore_video",

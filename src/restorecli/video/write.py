@@ -17,6 +17,7 @@ _LOSSLESS_RGB = {"ffv1": "bgr0", "libx264rgb": "bgr0", "png": "rgb24", "qtrle": 
 # Container tags the muxer writes for itself: copied, they would describe the input's muxer, not this file
 _MUXER_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}
 _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
+_LOSSLESS_CODECS = {"ffv1", "huffyuv", "ffvhuff", "utvideo", "png", "qtrle", "rawvideo"}
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,9 @@ class VideoOutput:
 
     def __init__(self, handle: BinaryIO, container: str, name: str, facts: VideoFacts, copied: list[Any],
                  choice: CodecChoice, crf: int | None = None, metadata: dict[str, str] | None = None,
-                 chapters: list[dict[str, Any]] | None = None):
+                 chapters: list[dict[str, Any]] | None = None, bitrate: int | None = None):
         self.av = load_av(name)
-        self.name, self.facts, self.choice, self.crf = name, facts, choice, crf
+        self.name, self.facts, self.choice, self.crf, self.bitrate = name, facts, choice, crf, bitrate
         try:
             self.container = self.av.open(handle, "w", format=container)
         except (self.av.FFmpegError, ValueError) as exc:
@@ -110,6 +111,11 @@ class VideoOutput:
                 raise VideoEncodeError(f"{self.name}: --crf is for {', '.join(sorted(_CRF_CODECS))}, not "
                                        f"{choice.codec}")
             video.codec_context.options = {"crf": str(self.crf), **({"b": "0"} if "vpx" in choice.codec else {})}
+        if self.bitrate is not None:
+            if choice.codec in _LOSSLESS_CODECS:
+                raise VideoEncodeError(f"{self.name}: {choice.codec} is lossless: --video-bitrate is for the codecs "
+                                       "that lose detail to meet it")
+            video.codec_context.bit_rate = self.bitrate
         if rotation:
             video.set_display_rotation(rotation)
         self.container.metadata.update(self._metadata)
