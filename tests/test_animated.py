@@ -268,3 +268,18 @@ def test_a_named_pipe_named_like_an_animation_is_refused_unopened(tmp_path, mode
         if writer.is_alive():
             os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
         writer.join(5)
+
+
+def test_an_animation_s_frames_are_bounded_by_max_pixels_and_pillow_s_limit(tmp_path, model2, monkeypatch):
+    """Both refused before any model time, each saying which limit; Pillow's checks every frame after the first
+    as it decodes it, warning or failing there."""
+    source = make_animation(tmp_path / "anim.gif")
+    refused = restore(source, "-o", tmp_path / "out", "--model", model2, "--max-pixels", 100)
+    [item] = items_of(refused)
+    assert refused.exit_code == 1 and f"anim.gif: its frames are {W}x{H} pixels, over the limit of 100" in item["error"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)
+    refused = restore(source, "-o", tmp_path / "out", "--model", model2)
+    [item] = items_of(refused)
+    assert refused.exit_code == 1
+    assert f"anim.gif: its frames are {W}x{H} pixels, over the 300 that Pillow decodes in an animation" in item["error"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

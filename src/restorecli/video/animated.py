@@ -10,7 +10,6 @@ a header read): a still one stays an image."""
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +26,7 @@ from .formats import ANIMATED_SUFFIXES, AnimationFormat, VideoDecodeError, Video
 from .read import FrameRange
 from .restore import FrameRestorer, VideoOptions, VideoProgress, VideoResult
 
-_PILLOW: dict[AnimationFormat, str] = {"gif": "GIF", "apng": "PNG", "webp": "WEBP"}
+_PILLOW: dict[AnimationFormat, str] = {"gif": "GIF", "apng": "PNG", "webp": "WEBP"}  # Pillow's format names
 _MAX_SIDE: dict[AnimationFormat, int | None] = {"gif": 65535, "apng": None, "webp": FORMATS["webp"].max_side}
 
 # Pillow's writers take every frame before they write the file (they compare each with the one before), so the
@@ -62,12 +61,21 @@ def is_animated_file(path: Path) -> bool:
     if kind is None or not path.is_file():  # a named pipe or a device is never opened: the image path refuses it
         return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=[_PILLOW[kind]]) as image:
-                return bool(getattr(image, "is_animated", False))
+        with _open(path, kind) as image:
+            return bool(getattr(image, "is_animated", False))
     except Exception:  # not this format, damaged, too large: the image path's error says which
         return False
+
+
+def _open(path: Path, kind: AnimationFormat) -> Image.Image:
+    """``path`` opened as ``kind`` by Pillow's plugin for it (a ``SyntaxError`` where it is not one). Not through
+    ``Image.open``, whose pixel limit warns through the process-wide warning filters (which threads cannot set
+    apart) or refuses files within ``--max-pixels``: that limit is checked here, from the header."""
+    from PIL import GifImagePlugin, PngImagePlugin, WebPImagePlugin
+
+    plugin = {"gif": GifImagePlugin.GifImageFile, "apng": PngImagePlugin.PngImageFile,
+              "webp": WebPImagePlugin.WebPImageFile}[kind]
+    return plugin(str(path))
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
     if kind is None:
         raise VideoEncodeError(f"{name}: {output.name} is not named as an animated GIF, PNG or WebP")
     try:
-        image = Image.open(source, formats=[_PILLOW[kind]])
+        image = _open(source, kind)
     except Exception as exc:
         raise VideoDecodeError(f"{name}: not a readable animated {kind.upper()} ({_reason(exc)})") from None
     part = options.frames or FrameRange()
@@ -175,6 +183,10 @@ def _check_sizes(size: tuple[int, int], frames: int | None, kind: AnimationForma
     if options.max_pixels is not None and width * height > options.max_pixels:
         raise ImageTooLarge(f"{name}: its frames are {width}x{height} pixels, over the limit of "
                             f"{options.max_pixels:,} (--max-pixels)")
+    pillow = Image.MAX_IMAGE_PIXELS  # checked again as Pillow decodes each frame after the first, with a warning
+    if pillow is not None and width * height > pillow:
+        raise ImageTooLarge(f"{name}: its frames are {width}x{height} pixels, over the {pillow:,} that Pillow "
+                            "decodes in an animation")
     if options.output_size is not None:
         _check_output(options.output_size(width, height), frames or 1, kind, options, name)
 
