@@ -244,6 +244,22 @@ def test_more_files_than_allowed_is_413(server):
     assert leftovers(config) == []
 
 
+def test_the_upload_limits_come_to_the_route_as_a_dependency(server):
+    """The route reads its limits from ``routes.deps.upload_limits``: overriding that dependency is all it takes."""
+    from restorecli.server.routes.deps import upload_limits
+    from restorecli.server.uploads import Limits
+
+    client, config = server
+    client.app.dependency_overrides[upload_limits] = lambda: Limits(1024, 1, ("model",))
+    response = upload(client, ("ok.jpg", ROCKET))
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"ok.jpg: over the limit of {1024 / 1048576:g} MB a file"}
+    assert upload(client, ("ok.jpg", small_png(8, 8)), outscale="2").json() == {
+        "detail": "unknown field 'outscale'; the fields are files, model"}
+    del client.app.dependency_overrides[upload_limits]
+    assert upload(client, ("ok.jpg", ROCKET)).status_code == 202 and leftovers(config) != []
+
+
 def test_a_declared_length_over_the_limits_is_refused_before_reading(server):
     client, config = server
     response = client.post("/enhance", content=b"x" * 10, headers={

@@ -1,5 +1,6 @@
-"""The routes' dependencies: the job service and the configuration the app was made with, the API key, and the
-upload slots. Each reads the app's state, so tests (and the Modal app) swap what is behind it, never a route."""
+"""The routes' dependencies: the job service and the configuration the app was made with, the API key, the upload
+limits and the upload slots. Each reads the app's state, so the Modal app swaps what is behind them (and a test
+may override one, ``app.dependency_overrides``), never a route."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.security import APIKeyHeader
 
 from ..config import API_KEY_ENV, API_KEY_HEADER, ServeConfig
 from ..service import JobService
+from ..uploads import Limits
 
 _KEY_HEADER = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey",
                            description=f"The server's {API_KEY_ENV}, where it has one.")
@@ -23,6 +25,11 @@ def job_service(request: Request) -> JobService:
 
 def settings(request: Request) -> ServeConfig:
     return request.app.state.service.config
+
+
+def upload_limits(request: Request) -> Limits:
+    """The most files, and bytes a file, one upload may hold (``--max-files``, ``--max-file-mb``)."""
+    return request.app.state.service.limits
 
 
 def require_key(request: Request, given: str | None = Security(_KEY_HEADER)) -> None:

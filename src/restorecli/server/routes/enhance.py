@@ -15,7 +15,7 @@ from ..config import FORM_FIELDS, ServeConfig
 from ..guards import timed_chunks
 from ..service import JobService, Staged
 from ..uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused
-from .deps import GUARDED, job_service, settings, upload_slot
+from .deps import GUARDED, job_service, settings, upload_limits, upload_slot
 
 router = APIRouter()
 
@@ -23,10 +23,9 @@ router = APIRouter()
 @router.post("/enhance", status_code=202, dependencies=[*GUARDED, Depends(upload_slot)],
              response_model=schema.Accepted, responses=schema.errors(400, 401, 413, 415, 422, 503, 507))
 async def enhance(request: Request, service: JobService = Depends(job_service),
-                  config: ServeConfig = Depends(settings)) -> dict:
+                  config: ServeConfig = Depends(settings), limits: Limits = Depends(upload_limits)) -> dict:
     """Queue the uploaded images as one job. A file that is not a readable image does not fail the request:
     the job records its error and restores the others."""
-    limits = service.limits
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limits.body_bytes:
         raise HTTPException(413, f"request of {int(length):,} bytes is over the most {limits.max_files} "
