@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TEST_INPUTS
 from helpers.cli import invoke
 from restorecli.options import RestoreOptions
 from restorecli.plan import InputItem, plan_outputs
@@ -419,6 +420,26 @@ def test_video_bitrate_sets_the_rate_the_encoder_aims_at(tmp_path, model2):
                        (["--video-bitrate", "1M", "--crf", "20"], "--crf and --video-bitrate both set")):
         bad = invoke("restore", clip, "-o", tmp_path / "bad", *args)
         assert bad.exit_code == 2 and said in bad.stderr, bad.stderr
+
+
+def test_a_full_disk_under_a_video_ends_the_batch_as_for_an_image(tmp_path, model2, disk_fills):
+    """Out of space while a video is finished, every later input would fail alike after its model time: the batch
+    stops there, says why, and leaves no temporary file; the same command again restores what is left."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "a.mp4")
+    (folder / "b.png").write_bytes((TEST_INPUTS / "cameraman_gray.png").read_bytes())
+    disk_fills(1)
+    result = restore(folder, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    items = [line for line in lines if line["type"] == "item"]
+    assert [i["status"] for i in items] == ["error"] and "No space left on device" in items[0]["error"]
+    assert lines[-1]["halted"].startswith("No space left on device")
+    assert list((tmp_path / "out").iterdir()) == []
+    disk_fills(None)
+    again = restore(folder, "-o", tmp_path / "out", "--model", model2)
+    assert [i["status"] for i in items_of(again)] == ["ok", "ok"]
 
 
 def test_submit_refuses_a_video_whose_frames_would_be_over_the_output_limit(tmp_path, model2):

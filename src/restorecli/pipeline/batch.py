@@ -239,9 +239,9 @@ def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
     return _Ready(item, t0, planned=planned, video=True)
 
 
-def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> ItemResult:
+def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> tuple[ItemResult, str | None]:
     """Restore a video at its turn, on the batch's thread (its frames decoded ahead and encoded behind on threads
-    of its own); its failure is its result, and the batch goes on."""
+    of its own); its failure is its result, and the batch goes on, unless its disk is full (the halt's reason)."""
     from ..video.animated import restore_animation
     from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
 
@@ -263,11 +263,11 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> It
     except RestoreCliError as exc:
         if not isinstance(exc, ImageError):
             raise
-        return failure(item, output, exc, None, ready.t0)[0]
-    except Exception as exc:  # a model or codec failure on this video, or one nobody foresaw
-        return failure(item, output, exc, None, ready.t0)[0]
+        return failure(item, output, exc, None, ready.t0)
+    except Exception as exc:  # a model or codec failure on this video, a full disk, or one nobody foresaw
+        return failure(item, output, exc, None, ready.t0)
     return ItemResult(item.source, str(output), "ok", None, done.in_size, done.out_size,
-                      round(time.perf_counter() - ready.t0, 3), video=done.facts())
+                      round(time.perf_counter() - ready.t0, 3), video=done.facts()), None
 
 
 def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InOrder, on_tile: TileProgress) -> None:
@@ -282,7 +282,7 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
     if ready.result is not None:
         return order.add(ready.result, ready.halted)
     if ready.video:
-        return order.add(_restore_video(batch, ready, order.notify))
+        return order.add(*_restore_video(batch, ready, order.notify))
     assert planned is not None and prepared is not None and ready.fmt is not None
     output = planned.output
     try:
