@@ -527,6 +527,9 @@ def test_an_empty_variable_leaves_the_dotenv_value_and_the_file_reads_as_docker_
     config = load_config({**DEFAULTS, "model": model}, dotenv=dotenv)
     assert (config.max_file_mb, config.queue.name, config.api_key) == (3, "a queue", "k#1")
     assert read_dotenv(dotenv) == {"MAX_FILE_SIZE_MB": "3", "RESTORECLI_QUEUE": "a queue", "API_KEY": "k#1"}
+    dotenv.write_bytes(b"MAX_FILE_SIZE_MB=2\nNOTE=caf\xe9 ${HOME}\n")  # Latin-1 in another line; nothing interpolated
+    assert load_config({**DEFAULTS, "model": model}, dotenv=dotenv).max_file_mb == 2
+    assert read_dotenv(dotenv)["NOTE"] == "caf\ufffd ${HOME}"
     dotenv.write_text("MAX_FILE_SIZE_MB=3\n\n\nNO_VALUE\n")
     with pytest.raises(UsageError, match=r"\.env, line 4: not a KEY=VALUE line"):
         load_config({**DEFAULTS, "model": model}, dotenv=dotenv)

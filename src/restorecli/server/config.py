@@ -1,4 +1,6 @@
-"""What the server is told: flags, then the environment, then a ``.env`` file in the working directory."""
+"""What the server is told: flags, then the environment, then a ``.env`` file in the working directory.
+
+``read_dotenv`` (``envfile``) is re-exported here for the client, which reads ``.env`` as the server does."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
+from .envfile import read_dotenv
 
 API_KEY_ENV = "API_KEY"
 API_KEY_HEADER = "X-API-Key"
@@ -39,27 +42,6 @@ class ServeConfig:
     @property
     def max_file_mb(self) -> float:
         return self.max_file_bytes / (1024 * 1024)
-
-
-def read_dotenv(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``.env`` file, read by python-dotenv (``#`` comments, blank lines, an ``export``
-    prefix, quotes, as docker compose reads them), with nothing interpolated. A missing file is empty. A line of
-    another shape is an error naming the file and the line (python-dotenv would skip it)."""
-    from dotenv.parser import parse_stream
-
-    if not path.is_file():
-        return {}
-    values: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        for binding in parse_stream(stream):
-            if binding.key is None and not binding.error:
-                continue  # a comment or a blank line
-            if binding.error or binding.value is None or not binding.key.replace("_", "").isalnum():
-                text = binding.original.string
-                line = binding.original.line + text[:len(text) - len(text.lstrip())].count("\n")
-                raise UsageError(f"{path}, line {line}: not a KEY=VALUE line")
-            values[binding.key] = binding.value
-    return values
 
 
 def setting(name: str, dotenv: dict[str, str]) -> str | None:
@@ -160,10 +142,10 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
     from ..options import from_given
     from .settings import MAX_FILE_ENV, ServeEnvironment, parse_megabytes
 
-    values = read_dotenv(Path(dotenv))  # first: a malformed line is refused, naming it
+    values = read_dotenv(Path(dotenv))  # for the key, read as it is set (a malformed line is refused here)
     flags = {MAX_FILE_ENV: parse_megabytes(str(max_file_mb), "--max-file-mb") if max_file_mb is not None else None,
              QUEUE_ENV: queue}
-    environment = ServeEnvironment(_env_file=Path(dotenv), **{k: v for k, v in flags.items() if v})
+    environment = ServeEnvironment.read(Path(dotenv), **{k: v for k, v in flags.items() if v})
     options = from_given(restore)
     defaults = {**restore, **{k: v for k, v in job_options(options).items() if k in restore}}  # paths absolute
     allowed = [options.model]
