@@ -695,7 +695,7 @@ def test_a_server_killed_mid_job_loses_nothing_when_started_again(tmp_path, mode
 
 
 def test_sixteen_clients_at_once_each_get_their_results_exactly_once(tmp_path, model):
-    with LiveServer(tmp_path, "--model", model, "--workers", "2") as live:
+    with LiveServer(tmp_path, "--model", model, workers=2) as live:
         def submit(i: int) -> tuple[int, str]:
             with live.client() as client:
                 response = upload(client, (f"client{i}.png", small_png(16 + i, 12, seed=i)))
