@@ -26,6 +26,7 @@ class EngineOptions:
     dtype: torch.dtype = torch.float32
     tile: int | None = None  # None: auto
     tile_pad: int = 24
+    window: int | None = None  # auto tiles' largest window side: the CPU's fastest, measured (tiling.speed)
     batch: int | None = None
     alpha: AlphaMode = "model"
 
@@ -169,7 +170,7 @@ def _run(model: LoadedModel, planes: np.ndarray, options: EngineOptions, on_tile
     the result goes there a strip at a time (and None is returned in its place)."""
     wanted = model.spec.input_channels
     kwargs = dict(device=options.device, dtype=options.dtype, tile=options.tile, pad=options.tile_pad,
-                  batch=options.batch, on_tile=on_tile)
+                  batch=options.batch, on_tile=on_tile, window=options.window)
     channels = planes.shape[2]
     if channels == wanted:
         result = upscale(model, planes, sink=sink, **kwargs)

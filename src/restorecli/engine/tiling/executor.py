@@ -105,6 +105,7 @@ def upscale(
     sink: RowSink | None = None,
     on_tile: TileProgress | None = None,
     staging: StagingFactory | None = None,
+    window: int | None = None,
 ) -> UpscaleResult:
     """Run ``model`` over an H x W x C image (uint8, uint16, or float32 in [0, 1]); return the same dtype.
 
@@ -114,6 +115,7 @@ def upscale(
     With a ``sink``, the output goes to it a strip of rows at a time and is never whole in memory
     (``image`` is then None); the sink is restarted before an out-of-memory retry. ``on_tile(done, total)``
     is called after each batch of tiles (a retry starts counting again, with its own total).
+    ``window``: with ``tile=None``, the largest window side the plan may use (the CPU's fastest, ``speed``).
     ``staging``: how copies between host and device overlap the model (``staging_for(device)`` when not given:
     CUDA's pinned buffers and side streams on CUDA, none elsewhere).
     """
@@ -123,7 +125,7 @@ def upscale(
     run = _Run(model, image, device, dtype, sink, on_tile, staging if staging is not None else staging_for(device))
     auto = tile is None
     if auto:
-        plan = auto_plan(model, height, width, device=device, dtype=dtype, pad=pad)
+        plan = auto_plan(model, height, width, device=device, dtype=dtype, pad=pad, window=window)
         size = plan.tile
     else:
         size = int(tile)  # type: ignore[arg-type]

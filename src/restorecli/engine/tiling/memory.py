@@ -12,13 +12,17 @@ from .plan import TilePlan, choose_grid, plan_grid
 
 
 def auto_plan(model: LoadedModel, height: int, width: int, *, device: torch.device, dtype: torch.dtype,
-              pad: int) -> TilePlan:
+              pad: int, window: int | None = None) -> TilePlan:
     """The plan ``upscale`` runs with automatic tiles: one tile for models that cannot be tiled or images that fit
-    ``available_memory(device)`` at ``bytes_per_pixel``; else ``choose_grid``'s grid."""
+    ``available_memory(device)`` at ``bytes_per_pixel``; else ``choose_grid``'s grid. ``window``: windows of no
+    more pixels than ``window`` x ``window`` either (the CPU's fastest size, ``speed.cpu_window``)."""
     if not model.spec.tileable:
         return plan_grid(height, width, 1, 1, pad)
     per_pixel = bytes_per_pixel(model, dtype)
-    rows, cols = choose_grid(height, width, pad, per_pixel, memory_budget(model, device), model.spec)
+    budget = memory_budget(model, device)
+    if window is not None:
+        budget = min(budget, per_pixel * window * window)
+    rows, cols = choose_grid(height, width, pad, per_pixel, budget, model.spec)
     return plan_grid(height, width, rows, cols, pad)
 
 

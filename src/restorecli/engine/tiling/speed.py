@@ -1,0 +1,101 @@
+"""The CPU's fastest tile window, measured: on a CPU the network's time per pixel is not constant. Past a size
+that depends on the CPU's caches and the model, a larger window runs slower per pixel (a compact model on a 2-core
+AMD EPYC: 8.8 us a useful pixel in 320-pixel windows, 15 in one 512-pixel window), while a smaller one pays more
+for its padding. Automatic tiles on the CPU (``--tile auto``) are therefore capped at the window that measured
+fastest here, as well as by memory (``memory.auto_plan``).
+
+``fastest_window`` runs the model (through its back-end, as the tiler does) once on windows of growing size and
+keeps the one whose output costs least per useful (core) pixel, within ``BUDGET`` seconds; ``cpu_window`` records
+the finding in the user cache, keyed by the CPU, its threads, the model file, the back-end and the precision, so
+only a machine's first large image pays for it. Images no larger than the smallest window never ask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from ..device import cpu_model, precision_name
+from ..model import LoadedModel
+from .plan import network_window
+
+CANDIDATES = (128, 192, 256, 320, 384, 512)  # window sides tried, smallest first
+BUDGET = 6.0  # seconds the measuring may take at the most (a window begun is finished)
+WORSE = 1.15  # a window this much slower per pixel than the best so far ends the search (sizes past the cache)
+WORTH = 2.0  # seconds an image takes the model (at the smallest window's rate) before its window is worth measuring
+_RATES: dict[str, float] = {}  # seconds a pixel at the smallest window, per record key: measured once a process
+
+
+def fastest_window(model: LoadedModel, dtype: torch.dtype, pad: int,
+                   clock: Callable[[], float] = time.perf_counter) -> int | None:
+    """The window side, among ``CANDIDATES``, whose output costs least per core pixel (the window less ``pad``
+    on each side) on the CPU, where a larger window measured ``WORSE`` per pixel than it: past that size the
+    CPU's caches no longer hold the work. None where no such size showed within ``BUDGET`` seconds (larger
+    windows only get cheaper per pixel, as padding weighs less, so the memory plan's largest are best)."""
+    spent, costs = 0.0, {}
+    for side in CANDIDATES:
+        core = side - 2 * pad
+        if core <= 0:
+            continue
+        seconds = _time_window(model, dtype, side, clock, warm=not costs)
+        spent += seconds
+        cost = seconds / (core * core)
+        if costs and cost > min(costs.values()) * WORSE:  # measured again, so that one slow run is no cliff
+            best = min(costs, key=costs.__getitem__)
+            again = _time_window(model, dtype, side, clock, warm=False) / (core * core)
+            best_again = _time_window(model, dtype, best, clock, warm=False) / (best - 2 * pad) ** 2
+            if min(cost, again) > min(costs[best], best_again) * WORSE:
+                return best
+            cost = min(cost, again)
+        costs[side] = cost
+        if spent > BUDGET:
+            break
+    return None
+
+
+def _time_window(model: LoadedModel, dtype: torch.dtype, side: int, clock: Callable[[], float],
+                 warm: bool) -> float:
+    """Seconds the model's back-end takes on one ``side`` x ``side`` window (run once before, the first time, so
+    its start-up is not counted)."""
+    height, width = network_window(model.spec, side, side)
+    generator = torch.Generator().manual_seed(side)
+    window = torch.rand(1, model.spec.input_channels, height, width, generator=generator).to(dtype)
+    with torch.inference_mode():
+        if warm:
+            model.runner.run(window)
+        started = clock()
+        model.runner.run(window)
+        return clock() - started
+
+
+def cpu_window(model: LoadedModel, dtype: torch.dtype, pad: int, model_hash: Callable[[], str],
+               pixels: int, clock: Callable[[], float] = time.perf_counter) -> int | None:
+    """``fastest_window``, recorded in the user cache (see ``engine.precision.recall``) and measured only where
+    this machine has no record for the model (its file's hash, ``model_hash()``), back-end and precision, and the
+    image (``pixels``) takes the model long enough (``WORTH`` seconds) for the window to matter: a small image, or
+    a small model's, is not worth the measuring (and leaves no record, so that a larger one measures)."""
+    from ..precision import recall, remember
+
+    key = (f"tile window | cpu: {cpu_model()} | {torch.get_num_threads()} threads | {model_hash()} | "
+           f"{model.runner.capabilities.backend} | {precision_name(dtype)} | pad {pad}")
+    known = recall(key)
+    if isinstance(known, dict):
+        return known.get("window")
+    if key not in _RATES:
+        side = CANDIDATES[0]
+        _RATES[key] = _time_window(model, dtype, side, clock, warm=True) / (side * side)
+    if _RATES[key] * pixels < WORTH:
+        return None
+    window = fastest_window(model, dtype, pad, clock)
+    remember(key, {"window": window})
+    return window
+
+
+def worth_measuring(height: int, width: int) -> bool:
+    """Whether an image is large enough for the window to matter: one larger than the smallest window tried."""
+    return max(height, width) > CANDIDATES[0]
+
+
+__all__ = ["BUDGET", "CANDIDATES", "cpu_window", "fastest_window", "worth_measuring"]

@@ -1,0 +1,142 @@
+"""The CPU's fastest tile window (engine/tiling/speed.py): measured on windows of growing size with the model's own
+back-end, kept only where a larger window measured slower per pixel (the CPU's caches), recorded per machine and
+model so a machine's first large image alone pays, and honoured by the automatic plan. The measuring runs on a
+stand-in back-end whose time per window is given and a clock that it moves: what is chosen does not depend on how
+busy the machine running the tests is."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from restorecli.engine.tiling import speed
+from restorecli.engine.tiling.memory import auto_plan
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stand_in(clock: Clock, seconds_per_pixel, scale: int = 2):
+    """A model whose back-end takes ``seconds_per_pixel(side)`` a pixel of a side x side window, on ``clock``."""
+    runs: list[int] = []
+
+    def run(window: torch.Tensor) -> torch.Tensor:
+        side = window.shape[-1]
+        runs.append(side)
+        clock.now += seconds_per_pixel(side) * side * side
+        return torch.zeros(1, 3, side * scale, side * scale)
+
+    spec = types.SimpleNamespace(multiple_of=1, minimum_size=1, square=False, input_channels=3, tileable=True)
+    runner = types.SimpleNamespace(run=run, capabilities=types.SimpleNamespace(backend="torch", device="cpu",
+                                                                               memory=None))
+    return types.SimpleNamespace(spec=spec, runner=runner), runs
+
+
+def test_the_window_before_the_cache_cliff_is_the_fastest():
+    clock = Clock()
+    model, runs = stand_in(clock, lambda side: 6e-6 if side <= 320 else 12e-6)  # per pixel doubles past 320
+    assert speed.fastest_window(model, torch.float32, 24, clock) == 320
+    assert max(runs) == 384  # the first window past the cliff, and no larger one
+
+
+def test_no_cliff_means_no_cap_larger_windows_only_pad_less():
+    clock = Clock()
+    model, _ = stand_in(clock, lambda side: 1e-7)  # the same time per pixel at every size
+    assert speed.fastest_window(model, torch.float32, 24, clock) is None
+
+
+def test_one_slow_run_is_measured_again_before_it_counts_as_a_cliff():
+    clock = Clock()
+    slow_once = {"left": 1}
+
+    def per_pixel(side):
+        if side == 256 and slow_once["left"]:
+            slow_once["left"] -= 1
+            return 50e-7  # a hiccup: another process took the core for a moment
+        return 1e-7
+
+    model, runs = stand_in(clock, per_pixel)
+    assert speed.fastest_window(model, torch.float32, 24, clock) is None
+    assert runs.count(256) == 2 and max(runs) == 512
+
+
+def test_a_model_too_slow_to_measure_within_the_budget_is_left_to_the_memory_plan():
+    clock = Clock()
+    model, runs = stand_in(clock, lambda side: 1e-3)  # 16 s for the first window
+    assert speed.fastest_window(model, torch.float32, 24, clock) is None
+    assert runs == [128, 128]  # the warm-up and one timed run: then the budget is spent
+
+
+def test_the_finding_is_recorded_per_machine_and_model_and_not_measured_again(monkeypatch):
+    found = []
+    monkeypatch.setattr(speed, "fastest_window", lambda model, dtype, pad, clock: found.append(pad) or 256)
+    monkeypatch.setattr(speed, "_RATES", {})
+    clock = Clock()
+    model, _ = stand_in(clock, lambda side: 1e-7)
+    large = 10**8  # pixels: 10 s at the smallest window's rate, worth measuring
+    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-a", large, clock) == 256
+    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-a", large, clock) == 256
+    assert found == [24]  # the second came from the user cache
+    speed.cpu_window(model, torch.float32, 24, lambda: "hash-b", large, clock)  # another model file: measured
+    speed.cpu_window(model, torch.bfloat16, 24, lambda: "hash-a", large, clock)  # another precision: measured
+    assert found == [24, 24, 24]
+
+
+def test_an_image_the_model_runs_in_moments_is_not_worth_measuring_and_leaves_no_record(monkeypatch):
+    found = []
+    monkeypatch.setattr(speed, "fastest_window", lambda model, dtype, pad, clock: found.append(pad) or 256)
+    monkeypatch.setattr(speed, "_RATES", {})
+    clock = Clock()
+    model, _ = stand_in(clock, lambda side: 1e-7)
+    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-c", 10**6, clock) is None  # 0.1 s: not worth it
+    assert found == []
+    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-c", 10**8, clock) == 256  # larger: measured
+    assert found == [24]
+
+
+def test_the_automatic_plan_keeps_its_windows_within_the_fastest_size_s_pixels(make_model):
+    from restorecli.models.loading import load_model
+
+    path = make_model(2)
+    model = load_model(str(path), path.parent)
+    whole = auto_plan(model, 900, 700, device=torch.device("cpu"), dtype=torch.float32, pad=24)
+    capped = auto_plan(model, 900, 700, device=torch.device("cpu"), dtype=torch.float32, pad=24, window=320)
+    assert len(whole.tiles) == 1  # a tiny model's 900x700 fits the CPU's memory budget whole
+    assert len(capped.tiles) > 1
+    for tile in capped.tiles:
+        y0, y1, x0, x1 = tile.window
+        assert (y1 - y0) * (x1 - x0) <= 320 * 320  # the work a window holds: its pixels
+
+
+def test_a_restorer_measures_once_for_a_large_image_and_never_for_a_small_one(make_model, monkeypatch):
+    from restorecli.options import RestoreOptions
+    from restorecli.pipeline import Restorer, runner
+
+    asked = []
+    monkeypatch.setattr(runner, "cpu_window",
+                        lambda model, dtype, pad, model_hash, pixels: asked.append((dtype, pixels)) or 160)
+    restorer = Restorer.from_options(RestoreOptions(model=str(make_model(2)), device="cpu", precision="fp32"))
+    small = np.zeros((100, 120, 3), np.uint8)
+    large = np.zeros((300, 200, 3), np.uint8)
+    assert restorer._runner(small)[1].window is None and asked == []
+    assert restorer._runner(large)[1].window == 160 and restorer._runner(large)[1].window == 160
+    assert asked == [(torch.float32, 300 * 200)]
+    fixed = Restorer.from_options(RestoreOptions(model=str(make_model(2)), device="cpu", precision="fp32", tile=64))
+    assert fixed._runner(large)[1].window is None  # --tile N is the user's: never capped
+    out = restorer.restore_array(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8))
+    whole = fixed.restore_array(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8))
+    assert out.shape == whole.shape == (600, 400, 3)
+
+
+@pytest.mark.parametrize("side", [100, 128])
+def test_an_image_no_larger_than_the_smallest_window_is_not_worth_measuring(side):
+    assert not speed.worth_measuring(side, side - 10)
+    assert speed.worth_measuring(side + 50, 10)
