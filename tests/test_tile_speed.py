@@ -1,6 +1,6 @@
-"""The CPU's fastest tile window (engine/tiling/speed.py): measured on windows of growing size with the model's own
-back-end, kept only where a larger window measured slower per pixel (the CPU's caches), recorded per machine and
-model so a machine's first large image alone pays, and honoured by the automatic plan. The measuring runs on a
+"""The CPU's fastest tile window (engine/tiling/speed.py, which benchmarks/tile_speed.py uses): measured on windows
+of growing size with the model's own back-end, kept only where a larger window measured slower per pixel (the CPU's
+caches), recorded per machine and model, and honoured by the automatic plan when asked (``window``). The measuring runs on a
 stand-in back-end whose time per window is given and a clock that it moves: what is chosen does not depend on how
 busy the machine running the tests is."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import types
 
-import numpy as np
 import pytest
 import torch
 
@@ -114,26 +113,6 @@ def test_the_automatic_plan_keeps_its_windows_within_the_fastest_size_s_pixels(m
     for tile in capped.tiles:
         y0, y1, x0, x1 = tile.window
         assert (y1 - y0) * (x1 - x0) <= 320 * 320  # the work a window holds: its pixels
-
-
-def test_a_restorer_measures_once_for_a_large_image_and_never_for_a_small_one(make_model, monkeypatch):
-    from restorecli.options import RestoreOptions
-    from restorecli.pipeline import Restorer, runner
-
-    asked = []
-    monkeypatch.setattr(runner, "cpu_window",
-                        lambda model, dtype, pad, model_hash, pixels: asked.append((dtype, pixels)) or 160)
-    restorer = Restorer.from_options(RestoreOptions(model=str(make_model(2)), device="cpu", precision="fp32"))
-    small = np.zeros((100, 120, 3), np.uint8)
-    large = np.zeros((300, 200, 3), np.uint8)
-    assert restorer._runner(small)[1].window is None and asked == []
-    assert restorer._runner(large)[1].window == 160 and restorer._runner(large)[1].window == 160
-    assert asked == [(torch.float32, 300 * 200)]
-    fixed = Restorer.from_options(RestoreOptions(model=str(make_model(2)), device="cpu", precision="fp32", tile=64))
-    assert fixed._runner(large)[1].window is None  # --tile N is the user's: never capped
-    out = restorer.restore_array(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8))
-    whole = fixed.restore_array(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8))
-    assert out.shape == whole.shape == (600, 400, 3)
 
 
 @pytest.mark.parametrize("side", [100, 128])

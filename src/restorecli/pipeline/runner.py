@@ -19,7 +19,6 @@ from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, str
 from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
 from ..engine.precision import checked, is_precision_error
 from ..engine.tiling import TileProgress
-from ..engine.tiling.speed import cpu_window, worth_measuring
 from ..errors import ImageError, PrecisionFallback
 from ..images import (
     SIXTEEN_BIT_FORMATS,
@@ -64,7 +63,6 @@ class Restorer:
         self.fallback: str | None = None  # why ``auto`` runs the model in fp32 after all
         self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
         self.backend: BackendChoice | None = None  # the back-end ``from_options`` chose, and why
-        self._windows: dict[torch.dtype, int | None] = {}  # the CPU's fastest tile window, per precision
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
@@ -145,24 +143,7 @@ class Restorer:
                 load, dtype = self._load_16bit
                 self._runner_16bit = (load(), replace(self.engine, dtype=dtype))
             model, engine = self._runner_16bit
-        if self._measures_window(model, engine, color):
-            engine = replace(engine, window=self._window_for(model, engine, color.shape[0] * color.shape[1]))
         return model, engine
-
-    def _measures_window(self, model: LoadedModel, engine: EngineOptions, color: np.ndarray) -> bool:
-        """Whether automatic tiles on the CPU are capped at its fastest window for an image this large."""
-        return (engine.tile is None and engine.device.type == "cpu" and model.runner.capabilities.device == "cpu"
-                and model.spec.tileable and worth_measuring(*color.shape[:2]))
-
-    def _window_for(self, model: LoadedModel, engine: EngineOptions, pixels: int) -> int | None:
-        """The CPU's fastest window for ``model`` at ``engine``'s precision: recorded, or measured once now (where
-        an image of ``pixels`` is worth it)."""
-        if engine.dtype in self._windows:
-            return self._windows[engine.dtype]
-        window = cpu_window(model, engine.dtype, engine.tile_pad, lambda: sha256_of(model.spec.path), pixels)
-        if window is not None:
-            self._windows[engine.dtype] = window
-        return window
 
     @property
     def setup(self) -> dict[str, str]:

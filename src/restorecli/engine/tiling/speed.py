@@ -1,13 +1,15 @@
-"""The CPU's fastest tile window, measured: on a CPU the network's time per pixel is not constant. Past a size
-that depends on the CPU's caches and the model, a larger window runs slower per pixel (a compact model on a 2-core
-AMD EPYC: 8.8 us a useful pixel in 320-pixel windows, 15 in one 512-pixel window), while a smaller one pays more
-for its padding. Automatic tiles on the CPU (``--tile auto``) are therefore capped at the window that measured
-fastest here, as well as by memory (``memory.auto_plan``).
+"""The CPU's fastest tile window, measured: on a CPU the bare network's time per pixel is not constant. Past a
+size that depends on the CPU's caches and the model, a larger window runs slower per pixel (a compact model on a
+2-core AMD EPYC: 8.8 us a useful pixel in 320-pixel windows, 15 in one 512-pixel window), while a smaller one pays
+more for its padding.
 
-``fastest_window`` runs the model (through its back-end, as the tiler does) once on windows of growing size and
-keeps the one whose output costs least per useful (core) pixel, within ``BUDGET`` seconds; ``cpu_window`` records
-the finding in the user cache, keyed by the CPU, its threads, the model file, the back-end and the precision, so
-only a machine's first large image pays for it. Images no larger than the smallest window never ask.
+``fastest_window`` runs the model (through its back-end, as the tiler does) on windows of growing size and keeps
+the one whose output costs least per useful (core) pixel, where a larger one measured slower, within ``BUDGET``
+seconds; ``cpu_window`` records the finding in the user cache, keyed by the CPU, its threads, the model file, the
+back-end and the precision. ``upscale(..., window=N)`` caps automatic tiles at such a window's pixels.
+
+Measured, not taken as ``--tile auto``'s default: through the whole engine the cap gained at most 5% and lost up
+to 10% on this machine, its choice moving between runs (docs/performance.md, ``benchmarks/tile_speed.py``).
 """
 
 from __future__ import annotations
