@@ -237,3 +237,43 @@ def test_a_re_run_with_every_output_in_place_loads_no_model(tmp_path, model, inp
     third = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
     assert [i["status"] for i in json_lines(third) if i["type"] == "item"] == ["ok"] + ["skipped"] * 3
     assert loads == [str(model)]
+
+
+def test_an_image_s_seconds_are_its_own_work_not_its_wait_behind_the_image_before(tmp_path, model, inputs,
+                                                                                  monkeypatch):
+    """The second image is read ahead while the model has the first; the first's model run is held 3 s (the slow
+    model under test, not a wait for something): the second's seconds count its reading and its own model run, not
+    those 3 s, while the first's count them."""
+    import threading
+
+    from restorecli.pipeline import runner
+
+    real, calls = runner.enhance_rows, []
+    second_read = threading.Event()
+    real_prepare = runner.Restorer.prepare
+
+    def prepare(self, data, name, *args, **kwargs):
+        prepared = real_prepare(self, data, name, *args, **kwargs)
+        if name.endswith("rocket.jpg"):
+            second_read.set()
+        return prepared
+
+    def model_run(model_, color, *args, **kwargs):
+        calls.append(color.shape)
+        if len(calls) == 1:
+            assert second_read.wait(60)  # the second image is read ahead meanwhile
+            threading.Event().wait(3.0)  # a model this slow on the first image
+        return real(model_, color, *args, **kwargs)
+
+    monkeypatch.setattr(runner.Restorer, "prepare", prepare)
+    monkeypatch.setattr(runner, "enhance_rows", model_run)
+    first, second = inputs / "cameraman_gray.png", inputs / "rocket.jpg"
+    result = invoke("restore", first, second, "-o", tmp_path / "out", "--model", model, *FP32, "--format", "png",
+                    "--json")
+    assert result.exit_code == 0, result.stderr
+    items = [line for line in json_lines(result) if line["type"] == "item"]
+    assert [Path(i["input"]).name for i in items] == [first.name, second.name]
+    assert items[0]["seconds"] >= 3.0
+    assert items[1]["seconds"] < 2.0, items  # without the 3 s it waited
+    summary = json_lines(result)[-1]
+    assert summary["seconds"] >= items[0]["seconds"] and summary["images_per_second"] > 0

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from concurrent import futures
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -78,6 +78,12 @@ class _Ready:
     fmt: OutputFormat | None = None
     prepared: Prepared | None = None
     video: bool = False  # a video, restored frame by frame at its turn (read then, not ahead)
+    spent: float | None = None  # seconds its reading and preparing took (``prepared``'s), before its turn came
+
+    def at_its_turn(self) -> _Ready:
+        """Its clock moved to now, less what its reading took: an image's seconds count its own work, not the time
+        it waited, read ahead, for the model to finish the image before it."""
+        return replace(self, t0=time.perf_counter() - self.spent) if self.spent is not None else self
 
 
 class _InOrder:
@@ -183,7 +189,7 @@ def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Ca
             for _ in items:
                 if should_stop():
                     break
-                ready = ahead.take()
+                ready = ahead.take().at_its_turn()
                 if should_stop():  # asked while it was read: before its model time
                     break
                 notify("item", ready.item.source)
@@ -214,8 +220,8 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
         if batch.options.dry_run:
             return _Ready(item, t0, dry_run_result(planned, data, batch.options), planned=planned)
         fmt = output_format(batch.options, input_format)
-        return _Ready(item, t0, planned=planned, fmt=fmt,
-                      prepared=batch.models().prepare(data, item.source, batch.options, fmt))
+        prepared = batch.models().prepare(data, item.source, batch.options, fmt)
+        return _Ready(item, t0, planned=planned, fmt=fmt, prepared=prepared, spent=time.perf_counter() - t0)
     except ImageError as exc:
         return _Ready(item, t0, *failure(item, planned.output if planned else None, exc, in_size, t0))
     except RestoreCliError:
