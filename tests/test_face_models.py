@@ -236,6 +236,7 @@ def test_a_queued_job_keeps_its_face_model_and_fidelity(tmp_path, make_model):
 # ----------------------------------------------------------------------------- CodeFormer end to end
 
 
+@pytest.mark.slow  # 12-17 s on 2 cores: nox -s slow runs it
 def test_restore_with_codeformer_end_to_end_and_its_fidelity_weight(tmp_path, monkeypatch, make_model, face_files,
                                                                     codeformer_checkpoint):
     """`restore --face-enhance --face-model codeformer` through the CLI on a photo with a face: the network is called

@@ -149,6 +149,7 @@ def test_missing_weights_fail_the_job_without_retrying(tmp_path, queue, model):
 # ----------------------------------------------------------------------------- guarantees
 
 
+@pytest.mark.slow  # 12-17 s on 2 cores: nox -s slow runs it
 def test_four_workers_forty_jobs_each_done_exactly_once(tmp_path, queue, model):
     files = photos(tmp_path, ["a.jpg"])
     ids = [submit(queue, model, files[0])["job_id"] for _ in range(40)]

@@ -324,6 +324,7 @@ def test_sigterm_stops_a_ray_pool_within_its_grace_and_leaves_no_process(tmp_pat
         store.close()
 
 
+@pytest.mark.slow  # 12-17 s on 2 cores: nox -s slow runs it
 def test_a_killed_driver_leaves_its_jobs_to_a_later_local_worker(tmp_path, local_ray, model):
     """``worker --ray local`` SIGKILLed mid-run: its leases expire and a plain ``worker`` finishes the jobs."""
     queue = tmp_path / "queue"
@@ -376,6 +377,7 @@ def test_a_killed_driver_leaves_its_jobs_to_a_later_local_worker(tmp_path, local
 # ----------------------------------------------------------------------------- a two-node cluster
 
 
+@pytest.mark.slow  # 12-17 s on 2 cores: nox -s slow runs it
 def test_jobs_complete_when_a_node_is_lost_mid_image(tmp_path, instances, model, monkeypatch):
     from ray.cluster_utils import Cluster
 

@@ -673,6 +673,7 @@ def test_a_worker_that_dies_is_restarted(tmp_path, model):
         assert "exited with code -9" in live.output()
 
 
+@pytest.mark.slow  # 12-17 s on 2 cores: nox -s slow runs it
 def test_a_server_killed_mid_job_loses_nothing_when_started_again(tmp_path, model):
     live = LiveServer(tmp_path, "--model", model, env={"HARNESS_SLOW": "1.0"}).start()
     try:

@@ -238,6 +238,7 @@ def test_the_queue_database_deleted_under_the_server_is_a_503_and_an_exit(tmp_pa
     assert "queue.db was deleted while the server ran" in server.output()
 
 
+@pytest.mark.slow  # 12-17 s on 2 cores: nox -s slow runs it
 def test_the_janitor_never_removes_a_job_while_its_zip_is_downloading(tmp_path, model_file):
     with LiveServer(tmp_path, "--model", str(model_file), "--retention", "3s", "--prune-every", "1s") as server:
         # 4 outputs of 1024x1024 noise, 12 MB: more than the sockets between here and the server hold
