@@ -143,27 +143,13 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
             raise VideoDecodeError(f"{name}: --frames {part.start}:{part.stop or ''} holds no frame: the "
                                    f"animation has {total}")
         _check_sizes(image.size, count, kind, options, name)
-        clock = Fraction(0)  # when the frame in hand starts, in seconds
-        for index in range(stop):
-            if part.after(index, clock):
-                break
-            duration = _seek(image, index, name)
-            if not part.before(index, clock):
-                color, alpha = _pixels(image)
-                color = restorer.restore_array(color)
-                size = (color.shape[1], color.shape[0])
-                _check_output(size, count if count is not None else len(frames) + 1, kind, options, name)
-                if alpha is not None:
-                    alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
-                frames.append(_Frame(color, alpha, duration))
-                if on_progress is not None:
-                    elapsed = time.perf_counter() - started
-                    on_progress(VideoProgress(len(frames), count, round(len(frames) / elapsed, 3) if elapsed else 0.0))
-            clock += Fraction(duration).limit_denominator(1_000_000) / 1000
+        clock = _restore_frames(image, part, stop, count, frames, restorer, kind, options, name,
+                                lambda: _progress(on_progress, len(frames), count, started))
     if not frames:
         asked = f"--start {float(part.begins or 0):g}" + (f" --duration {float(part.ends - (part.begins or 0)):g}"
                                                           if part.ends is not None else "")
         raise VideoDecodeError(f"{name}: {asked} holds no frame: the animation ends at {float(clock):g} s")
+    size = (frames[-1].color.shape[1], frames[-1].color.shape[0])
     has_alpha = any(frame.alpha is not None for frame in frames)
     lossless = kind == "webp" and _webp_lossless(source)
     written_loop = _loop_written(kind, loop)
@@ -173,6 +159,36 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
     return AnimationResult(len(frames), round(len(frames) / duration, 3) if duration else None, round(duration, 6),
                            kind, "the input's own format", image.size, size, 0,
                            round(time.perf_counter() - started, 3), written_loop, has_alpha)
+
+
+def _restore_frames(image: Image.Image, part: FrameRange, stop: int, count: int | None, frames: list[_Frame],
+                    restorer: FrameRestorer, kind: AnimationFormat, options: VideoOptions, name: str,
+                    progressed: Callable[[], None]) -> Fraction:
+    """The frames of ``part`` (up to frame ``stop``) restored into ``frames``, each with its alpha resized to the
+    restored size and its duration; returns when the last frame read ends, in seconds."""
+    clock = Fraction(0)  # when the frame in hand starts, in seconds
+    for index in range(stop):
+        if part.after(index, clock):
+            break
+        duration = _seek(image, index, name)
+        if not part.before(index, clock):
+            color, alpha = _pixels(image)
+            color = restorer.restore_array(color)
+            size = (color.shape[1], color.shape[0])
+            _check_output(size, count if count is not None else len(frames) + 1, kind, options, name)
+            if alpha is not None:
+                alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
+            frames.append(_Frame(color, alpha, duration))
+            progressed()
+        clock += Fraction(duration).limit_denominator(1_000_000) / 1000
+    return clock
+
+
+def _progress(on_progress: Callable[[VideoProgress], None] | None, done: int, total: int | None,
+              started: float) -> None:
+    if on_progress is not None:
+        elapsed = time.perf_counter() - started
+        on_progress(VideoProgress(done, total, round(done / elapsed, 3) if elapsed else 0.0))
 
 
 def _check_sizes(size: tuple[int, int], frames: int | None, kind: AnimationFormat, options: VideoOptions,
