@@ -56,7 +56,7 @@ def api_contract(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def slow(session: nox.Session) -> None:
-    """The tests marked slow (about 20 s or more each on 2 cores: processes signalled and restarted mid-job, the
+    """The tests marked slow (about 12 s or more each on 2 cores: processes signalled and restarted mid-job, the
     CPU form of the GPU benchmark), which the default run deselects to stay well under 15 minutes. Runs in the
     environment nox runs in (.ci/run's .venv, with the test extra and the embedded weights), so torch is not
     installed again."""

@@ -442,6 +442,35 @@ def test_a_full_disk_under_a_video_ends_the_batch_as_for_an_image(tmp_path, mode
     assert [i["status"] for i in items_of(again)] == ["ok", "ok"]
 
 
+def test_a_cancelled_job_s_video_is_dropped_at_its_next_frame_and_its_status_names_the_frame(tmp_path, model2,
+                                                                                              monkeypatch):
+    """A job's video tells its frames in the job's status (its ``current``), and a cancel (``should_abandon``, as the
+    worker asks it between tiles) drops the video at its next frame, leaving no file."""
+    from restorecli.jobs.run import JobRun
+    from restorecli.pipeline import restore_batch
+
+    clip = make_video(tmp_path / "clip.mp4")
+    asked = []
+
+    def abandon() -> bool:
+        asked.append(1)
+        return len(asked) >= 5
+
+    options = RestoreOptions(model=str(model2), device="cpu", precision="fp32", output_dir=str(tmp_path / "out"))
+    batch = restore_batch([str(clip)], options, should_abandon=abandon)
+    assert batch.items == [] and len(asked) == 5  # dropped after its fifth frame, unreported
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+    told = []
+    real = JobRun.working_on
+    monkeypatch.setattr(JobRun, "working_on", lambda self, current, starting=None: told.append(current)
+                        or real(self, current, starting))
+    queue = tmp_path / "queue"
+    assert invoke("submit", clip, "--queue", queue, "--model", model2, "--device", "cpu").exit_code == 0
+    assert invoke("worker", "--queue", queue, "--once").exit_code == 0
+    assert f"{clip} (frame {FRAMES} of {FRAMES})" in told, told  # the last frame is always told
+
+
 def test_submit_refuses_a_video_whose_frames_would_be_over_the_output_limit(tmp_path, model2):
     """A queued video's frames are bounded as a queued image is, at the door: read from its header, before a
     worker spends time on it (the server's upload takes the same check)."""

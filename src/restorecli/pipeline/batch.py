@@ -177,13 +177,18 @@ def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Ca
     reading = ReadAhead(items, lambda item: _prepare(batch, item), lambda item: notify("reading", item.source))
     with WriteBehind(stops=storage_full) as behind, reading as ahead:
 
-        def on_tile(done: int, total: int) -> None:
-            notify("tiles", (done, total))
-            order.report()  # the image before, written meanwhile
+        def checkpoint() -> None:
+            """Between tiles (and a video's frames): the image before reported once written; the run ended where
+            its disk is full or its job was abandoned (cancelled)."""
+            order.report()
             if order.halted is not None:
                 raise Halted(order.halted)
             if should_abandon():
                 raise Halted(None)
+
+        def on_tile(done: int, total: int) -> None:
+            notify("tiles", (done, total))
+            checkpoint()
 
         try:
             for _ in items:
@@ -193,7 +198,7 @@ def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Ca
                 if should_stop():  # asked while it was read: before its model time
                     break
                 notify("item", ready.item.source)
-                _restore_item(batch, ready, behind, order, on_tile)
+                _restore_item(batch, ready, behind, order, on_tile, checkpoint)
                 order.report()
                 if order.halted is not None:
                     break
@@ -245,9 +250,11 @@ def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
     return _Ready(item, t0, planned=planned, video=True)
 
 
-def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> tuple[ItemResult, str | None]:
+def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback,
+                   checkpoint: Callable[[], None]) -> tuple[ItemResult, str | None]:
     """Restore a video at its turn, on the batch's thread (its frames decoded ahead and encoded behind on threads
-    of its own); its failure is its result, and the batch goes on, unless its disk is full (the halt's reason)."""
+    of its own); its failure is its result, and the batch goes on, unless its disk is full (the halt's reason).
+    ``checkpoint`` is called after each frame: a cancelled job's video is dropped there, unwritten."""
     from ..video.animated import restore_animation
     from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
 
@@ -257,15 +264,19 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> tu
     restorer = batch.models()
     model, outscale = restorer.model, batch.options.outscale
     settings = video_options(batch.options, lambda w, h: target_size(model, w, h, outscale))
+
+    def frames(progress) -> None:
+        notify("frames", (progress.done, progress.total, progress.fps))
+        checkpoint()
+
     try:
         if not is_video_name(item.source):  # an animation, in its own format
             done = restore_animation(Path(item.source), output, restorer, settings, name=item.source,
-                                     on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)),
-                                     quality=batch.options.quality)
+                                     on_progress=frames, quality=batch.options.quality)
         else:
             done = restore_video(Path(item.source), output, restorer, settings, name=item.source,
                                  on_codec=lambda choice: notify("codec", (item.source, choice.codec, choice.reason)),
-                                 on_progress=lambda p: notify("frames", (p.done, p.total, p.fps)))
+                                 on_progress=frames)
     except RestoreCliError as exc:
         if not isinstance(exc, ImageError):
             raise
@@ -276,7 +287,8 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback) -> tu
                       round(time.perf_counter() - ready.t0, 3), video=done.facts()), None
 
 
-def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InOrder, on_tile: TileProgress) -> None:
+def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InOrder, on_tile: TileProgress,
+                  checkpoint: Callable[[], None]) -> None:
     """Act on one input's plan at its turn: its result goes to ``order`` now, or once its file is written."""
     planned, prepared, item, t0 = ready.planned, ready.prepared, ready.item, ready.t0
     in_size = prepared.decoded.size if prepared is not None else None
@@ -288,7 +300,7 @@ def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InO
     if ready.result is not None:
         return order.add(ready.result, ready.halted)
     if ready.video:
-        return order.add(*_restore_video(batch, ready, order.notify))
+        return order.add(*_restore_video(batch, ready, order.notify, checkpoint))
     assert planned is not None and prepared is not None and ready.fmt is not None
     output = planned.output
     try:
