@@ -78,6 +78,22 @@ def make_model(tmp_path):
     return make
 
 
+@pytest.fixture
+def model2(make_model) -> Path:
+    """A tiny random 2x compact model (safetensors)."""
+    return make_model(2, "compact", "safetensors")
+
+
+@pytest.fixture
+def restorer(model2):
+    """``model2`` loaded as ``helpers.cli.restore_exactly`` runs it (CPU, fp32, untiled), to restore frames one by
+    one for comparison."""
+    from restorecli.options import RestoreOptions
+    from restorecli.pipeline import Restorer
+
+    return Restorer.from_options(RestoreOptions(model=str(model2), device="cpu", precision="fp32", tile=0))
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     from restorecli.models.loading import embedded_models_dir

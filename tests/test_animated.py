@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.cli import invoke, json_lines
-from restorecli.options import RestoreOptions
+from helpers.cli import invoke, items_of, json_lines
+from helpers.cli import restore_exactly as restore
 
 W, H = 24, 16
 DURATIONS = [100, 200, 50, 300]  # milliseconds, each a whole hundredth of a second, as a GIF stores them
@@ -61,27 +61,6 @@ def shown(path: Path) -> tuple[str, int, list[float], object, list[np.ndarray]]:
             durations.append(float(image.info.get("duration") or 0))
             pictures.append(np.asarray(image.convert("RGBA")))
         return image.format, image.n_frames, durations, loop, pictures
-
-
-def restore(*args):
-    return invoke("restore", *args, "--device", "cpu", "--precision", "fp32", "--tile", "0", "--json")
-
-
-def items_of(result) -> list[dict]:
-    return [line for line in json_lines(result) if line["type"] == "item"]
-
-
-@pytest.fixture
-def model2(make_model):
-    return make_model(2, "compact", "safetensors")
-
-
-@pytest.fixture
-def restorer(model2):
-    """The model the CLI runs (fp32, untiled), loaded here to restore frames one by one for comparison."""
-    from restorecli.pipeline import Restorer
-
-    return Restorer.from_options(RestoreOptions(model=str(model2), device="cpu", precision="fp32", tile=0))
 
 
 @pytest.mark.parametrize(("name", "fmt", "loop"), [("anim.gif", "GIF", 3), ("once.gif", "GIF", None),

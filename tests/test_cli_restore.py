@@ -39,11 +39,6 @@ def photos(tmp_path):
     return folder
 
 
-@pytest.fixture
-def model2(make_model):
-    return make_model(2, "compact", "safetensors")
-
-
 def test_restore_a_folder_keeps_depth_grey_and_alpha(photos, model2, tmp_path):
     out = tmp_path / "out"
     result = invoke("restore", photos, "-o", out, "--model", model2, "--json")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import TEST_INPUTS
-from helpers.cli import invoke
+from helpers.cli import invoke, items_of
+from helpers.cli import restore_exactly as restore
 from restorecli.options import RestoreOptions
 from restorecli.plan import InputItem, plan_outputs
 
@@ -21,10 +22,6 @@ av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed
 
 W, H, FRAMES = 64, 48, 24
 SAMPLE_RATE = 48000
-
-
-def items_of(result) -> list[dict]:
-    return [line for line in map(json.loads, result.stdout.splitlines()) if line["type"] == "item"]
 
 
 def moving_frame(i: int) -> np.ndarray:
@@ -131,21 +128,6 @@ def stated_end(path: Path) -> float | None:
         return None
     return float((last_shown.pts + last_shown.duration) * stream.time_base)
 
-
-@pytest.fixture
-def model2(make_model):
-    return make_model(2, "compact", "safetensors")
-
-
-@pytest.fixture
-def restorer(model2):
-    from restorecli.pipeline import Restorer
-
-    return Restorer.from_options(RestoreOptions(model=str(model2), device="cpu", precision="fp32", tile=0))
-
-
-def restore(*args):
-    return invoke("restore", *args, "--device", "cpu", "--precision", "fp32", "--tile", "0", "--json")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

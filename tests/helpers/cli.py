@@ -21,3 +21,14 @@ def json_lines(result) -> list[dict]:
     """Every non-blank line of a result's stdout (text or bytes, in-process or a subprocess's) read as JSON."""
     out = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def restore_exactly(*args) -> Result:
+    """``restorecli restore ARGS --json`` on the CPU in fp32, untiled: the runs the video and animation tests compare
+    frame by frame with a ``Restorer`` of the same settings."""
+    return invoke("restore", *args, "--device", "cpu", "--precision", "fp32", "--tile", "0", "--json")
+
+
+def items_of(result) -> list[dict]:
+    """The per-input lines of a ``--json`` run."""
+    return [line for line in json_lines(result) if line["type"] == "item"]
