@@ -99,6 +99,16 @@ def network_window(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
     return (max(h, w), max(h, w)) if spec.square else (h, w)
 
 
+def _counts(length: int, most: int) -> list[int]:
+    """The tile counts (1 to ``most``) worth weighing along a side of ``length`` pixels: of the counts that give the
+    same core size (``ceil(length / count)``), and so the same window, the smallest, which computes the fewest
+    pixels with the fewest tiles. About 2 x sqrt(length) of them, so every grid that could be best is weighed."""
+    smallest: dict[int, int] = {}
+    for count in range(1, most + 1):
+        smallest.setdefault(-(-length // count), count)
+    return sorted(smallest.values())
+
+
 def choose_grid(height: int, width: int, pad: int, per_pixel: float, budget: float,
                 spec: ModelSpec | None = None) -> tuple[int, int]:
     """The (rows, cols) grid whose network windows (see ``network_window``) fit ``budget`` bytes at ``per_pixel``
@@ -122,14 +132,10 @@ def choose_grid(height: int, width: int, pad: int, per_pixel: float, budget: flo
         return 1, 1
     max_rows, max_cols = max(1, height // MIN_AUTO_TILE), max(1, width // MIN_AUTO_TILE)
     best: tuple[tuple[int, int, int], tuple[int, int]] | None = None
-    for rows in range(1, max_rows + 1):
-        if not fits(rows, max_cols):
-            continue
-        low, high = 1, max_cols  # the fewest columns that fit: windows only narrow as columns are added
-        while low < high:
-            middle = (low + high) // 2
-            low, high = (low, middle) if fits(rows, middle) else (middle + 1, high)
-        for cols in range(low, min(low + 3, max_cols + 1)):  # rounding to a multiple can favour one more column
+    for rows in _counts(height, max_rows):
+        for cols in _counts(width, max_cols):
+            if not fits(rows, cols):
+                continue
             h, w = window(height, rows), window(width, cols)
             key = (cost(rows, cols)[1], rows * cols, abs(h - w))
             if best is None or key < best[0]:
