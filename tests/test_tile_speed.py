@@ -1,6 +1,6 @@
 """The CPU's fastest tile window (engine/tiling/speed.py, which benchmarks/tile_speed.py uses): measured on windows
 of growing size with the model's own back-end, kept only where a larger window measured slower per pixel (the CPU's
-caches), recorded per machine and model, and honoured by the automatic plan when asked (``window``). The measuring runs on a
+caches), and honoured by the automatic plan when asked (``window``). The measuring runs on a
 stand-in back-end whose time per window is given and a clock that it moves: what is chosen does not depend on how
 busy the machine running the tests is."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import types
 
-import pytest
 import torch
 
 from restorecli.engine.tiling import speed
@@ -74,33 +73,6 @@ def test_a_model_too_slow_to_measure_within_the_budget_is_left_to_the_memory_pla
     assert runs == [128, 128]  # the warm-up and one timed run: then the budget is spent
 
 
-def test_the_finding_is_recorded_per_machine_and_model_and_not_measured_again(monkeypatch):
-    found = []
-    monkeypatch.setattr(speed, "fastest_window", lambda model, dtype, pad, clock: found.append(pad) or 256)
-    monkeypatch.setattr(speed, "_RATES", {})
-    clock = Clock()
-    model, _ = stand_in(clock, lambda side: 1e-7)
-    large = 10**8  # pixels: 10 s at the smallest window's rate, worth measuring
-    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-a", large, clock) == 256
-    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-a", large, clock) == 256
-    assert found == [24]  # the second came from the user cache
-    speed.cpu_window(model, torch.float32, 24, lambda: "hash-b", large, clock)  # another model file: measured
-    speed.cpu_window(model, torch.bfloat16, 24, lambda: "hash-a", large, clock)  # another precision: measured
-    assert found == [24, 24, 24]
-
-
-def test_an_image_the_model_runs_in_moments_is_not_worth_measuring_and_leaves_no_record(monkeypatch):
-    found = []
-    monkeypatch.setattr(speed, "fastest_window", lambda model, dtype, pad, clock: found.append(pad) or 256)
-    monkeypatch.setattr(speed, "_RATES", {})
-    clock = Clock()
-    model, _ = stand_in(clock, lambda side: 1e-7)
-    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-c", 10**6, clock) is None  # 0.1 s: not worth it
-    assert found == []
-    assert speed.cpu_window(model, torch.float32, 24, lambda: "hash-c", 10**8, clock) == 256  # larger: measured
-    assert found == [24]
-
-
 def test_the_automatic_plan_keeps_its_windows_within_the_fastest_size_s_pixels(make_model):
     from restorecli.models.loading import load_model
 
@@ -113,9 +85,3 @@ def test_the_automatic_plan_keeps_its_windows_within_the_fastest_size_s_pixels(m
     for tile in capped.tiles:
         y0, y1, x0, x1 = tile.window
         assert (y1 - y0) * (x1 - x0) <= 320 * 320  # the work a window holds: its pixels
-
-
-@pytest.mark.parametrize("side", [100, 128])
-def test_an_image_no_larger_than_the_smallest_window_is_not_worth_measuring(side):
-    assert not speed.worth_measuring(side, side - 10)
-    assert speed.worth_measuring(side + 50, 10)

@@ -15,7 +15,7 @@ def auto_plan(model: LoadedModel, height: int, width: int, *, device: torch.devi
               pad: int, window: int | None = None) -> TilePlan:
     """The plan ``upscale`` runs with automatic tiles: one tile for models that cannot be tiled or images that fit
     ``available_memory(device)`` at ``bytes_per_pixel``; else ``choose_grid``'s grid. ``window``: windows of no
-    more pixels than ``window`` x ``window`` either (the CPU's fastest size, ``speed.cpu_window``)."""
+    more pixels than ``window`` x ``window`` either (the CPU's fastest size, ``speed.fastest_window``)."""
     if not model.spec.tileable:
         return plan_grid(height, width, 1, 1, pad)
     per_pixel = bytes_per_pixel(model, dtype)

@@ -5,8 +5,7 @@ more for its padding.
 
 ``fastest_window`` runs the model (through its back-end, as the tiler does) on windows of growing size and keeps
 the one whose output costs least per useful (core) pixel, where a larger one measured slower, within ``BUDGET``
-seconds; ``cpu_window`` records the finding in the user cache, keyed by the CPU, its threads, the model file, the
-back-end and the precision. ``upscale(..., window=N)`` caps automatic tiles at such a window's pixels.
+seconds. ``upscale(..., window=N)`` caps automatic tiles at such a window's pixels.
 
 Measured, not taken as ``--tile auto``'s default: through the whole engine the cap gained at most 5% and lost up
 to 10% on this machine, its choice moving between runs (docs/performance.md, ``benchmarks/tile_speed.py``).
@@ -19,15 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..device import cpu_model, precision_name
 from ..model import LoadedModel
 from .plan import network_window
 
 CANDIDATES = (128, 192, 256, 320, 384, 512)  # window sides tried, smallest first
 BUDGET = 6.0  # seconds the measuring may take at the most (a window begun is finished)
 WORSE = 1.15  # a window this much slower per pixel than the best so far ends the search (sizes past the cache)
-WORTH = 2.0  # seconds an image takes the model (at the smallest window's rate) before its window is worth measuring
-_RATES: dict[str, float] = {}  # seconds a pixel at the smallest window, per record key: measured once a process
 
 
 def fastest_window(model: LoadedModel, dtype: torch.dtype, pad: int,
@@ -72,32 +68,4 @@ def _time_window(model: LoadedModel, dtype: torch.dtype, side: int, clock: Calla
         return clock() - started
 
 
-def cpu_window(model: LoadedModel, dtype: torch.dtype, pad: int, model_hash: Callable[[], str],
-               pixels: int, clock: Callable[[], float] = time.perf_counter) -> int | None:
-    """``fastest_window``, recorded in the user cache (see ``engine.precision.recall``) and measured only where
-    this machine has no record for the model (its file's hash, ``model_hash()``), back-end and precision, and the
-    image (``pixels``) takes the model long enough (``WORTH`` seconds) for the window to matter: a small image, or
-    a small model's, is not worth the measuring (and leaves no record, so that a larger one measures)."""
-    from ..precision import recall, remember
-
-    key = (f"tile window | cpu: {cpu_model()} | {torch.get_num_threads()} threads | {model_hash()} | "
-           f"{model.runner.capabilities.backend} | {precision_name(dtype)} | pad {pad}")
-    known = recall(key)
-    if isinstance(known, dict):
-        return known.get("window")
-    if key not in _RATES:
-        side = CANDIDATES[0]
-        _RATES[key] = _time_window(model, dtype, side, clock, warm=True) / (side * side)
-    if _RATES[key] * pixels < WORTH:
-        return None
-    window = fastest_window(model, dtype, pad, clock)
-    remember(key, {"window": window})
-    return window
-
-
-def worth_measuring(height: int, width: int) -> bool:
-    """Whether an image is large enough for the window to matter: one larger than the smallest window tried."""
-    return max(height, width) > CANDIDATES[0]
-
-
-__all__ = ["BUDGET", "CANDIDATES", "cpu_window", "fastest_window", "worth_measuring"]
+__all__ = ["BUDGET", "CANDIDATES", "fastest_window"]
