@@ -246,11 +246,9 @@ def _restore_input(backend: Backend, restore_one: RestoreOne, job_id: str, given
         done = restore_one(data, given["stored"], stored_options)
         backend.files.write(job_id, {f"outputs/{name}": done["data"]})
         entry.update(output=name, status="ok", in_size=done["in_size"], out_size=done["out_size"])
-    except RestoreCliError as exc:
-        if not isinstance(exc, ImageError):  # the container's (weights, device): the call fails and Modal retries
-            raise
-        entry["error"] = failure_message(given["stored"], exc).replace(given["stored"], given["original_filename"])
-    except Exception as exc:  # a model, codec, memory or volume failure on this image, as restore_batch counts one
+    except Exception as exc:  # the image's own (unreadable, a model, codec, memory or volume failure) is data
+        if isinstance(exc, RestoreCliError) and not isinstance(exc, ImageError):
+            raise  # the container's (weights, device): the call fails and Modal retries it
         entry["error"] = failure_message(given["stored"], exc).replace(given["stored"], given["original_filename"])
     entry["seconds"] = round(time.perf_counter() - started, 3)
     return entry
