@@ -210,9 +210,12 @@ def test_a_client_slow_with_its_body_gets_408_and_frees_its_upload_slot(live):
 
 def test_uploads_beyond_the_limit_at_once_get_503_with_retry_after(live):
     head = (f"POST /enhance HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\nContent-Length: 50000\r\n"
-            "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n--xyz\r\n").encode()
-    with raw_request(live, head) as slow:  # holds the server's one upload slot until its read timeout
+            "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n--xyz\r\n"
+            'Content-Disposition: form-data; name="files"; filename="slow.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    with raw_request(live, head) as slow:  # holds the server's one upload slot while it sends
         def refused():
+            slow.sendall(b"\xff")  # a byte of the file before each try: the slot stays held on a busy machine
             busy = httpx.post(live.url + "/enhance", headers=AUTH, files=[("files", ("a.jpg", PHOTO))])
             return busy if busy.status_code == 503 else None
 
@@ -220,7 +223,7 @@ def test_uploads_beyond_the_limit_at_once_get_503_with_retry_after(live):
         assert busy is not None
         assert_error(busy, 503, "try again")
         assert busy.headers["retry-after"].isdigit()
-        assert read_until_closed(slow).startswith(b"HTTP/1.1 408 ")
+        assert read_until_closed(slow).startswith(b"HTTP/1.1 408 ")  # once it falls silent for the read timeout
 
 
 # ----------------------------------------------------------------------------- HEAD, ETag, ranges
