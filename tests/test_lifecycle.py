@@ -217,10 +217,13 @@ def test_a_retried_modal_call_goes_on_where_the_last_one_stopped(tmp_path, model
 
 def test_a_re_run_with_every_output_in_place_loads_no_model(tmp_path, model, inputs, monkeypatch):
     """A finished batch run again (a cron job's second run) skips every image without loading the models: no
-    weights read, no device touched; one output missing, and they are loaded for it."""
+    weights read, no device touched; one output missing, and they are loaded for it. An animated GIF among them
+    counts as done by its own output (a GIF), not by the PNG a still GIF would have."""
+    from test_animated import make_animation
+
     from restorecli.pipeline import Restorer
 
-    photos = [inputs / name for name in NAMES[:-1]]
+    photos = [inputs / name for name in NAMES[:-1]] + [make_animation(tmp_path / "waves.gif", count=2)]
     first = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
     assert first.exit_code == 0, first.stderr
     real, loads = Restorer.from_options, []
@@ -232,10 +235,11 @@ def test_a_re_run_with_every_output_in_place_loads_no_model(tmp_path, model, inp
     monkeypatch.setattr(Restorer, "from_options", staticmethod(loading))
     again = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
     assert again.exit_code == 0, again.stderr
-    assert [i["status"] for i in json_lines(again) if i["type"] == "item"] == ["skipped"] * 4 and loads == []
+    assert (tmp_path / "out" / "waves.gif").is_file() and not (tmp_path / "out" / "waves.png").exists()
+    assert [i["status"] for i in json_lines(again) if i["type"] == "item"] == ["skipped"] * 5 and loads == []
     (tmp_path / "out" / "rocket.jpg").unlink()
     third = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
-    assert [i["status"] for i in json_lines(third) if i["type"] == "item"] == ["ok"] + ["skipped"] * 3
+    assert [i["status"] for i in json_lines(third) if i["type"] == "item"] == ["ok"] + ["skipped"] * 4
     assert loads == [str(model)]
 
 

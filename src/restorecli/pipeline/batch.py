@@ -34,8 +34,8 @@ from ..plan import (
     decided_result,
     dry_run_result,
     error_result,
+    named_format,
     output_format,
-    plan_outputs,
     run_items,
 )
 from ..video.animated import is_animated_file
@@ -167,7 +167,15 @@ def _all_done(items: list[InputItem], options: RestoreOptions) -> bool:
     """Whether every output is in place already (a re-run of a finished batch): then no model is loaded."""
     if any(item.source == STDIO for item in items):
         return False
-    return all(planned.action == "skip" for planned in plan_outputs(items, options))
+    planner = OutputPlanner(items, options)  # each planned as its turn will plan it: an animation as itself
+    return all(planner.plan(item, named_format(item), own_format=_frame_by_frame(item)).action == "skip"
+               for item in items)
+
+
+def _frame_by_frame(item: InputItem) -> bool:
+    """Whether ``item`` is restored frame by frame: a video by its name, an animated GIF, PNG or WebP by its
+    content (read from its header); its output then keeps its own format."""
+    return item.source != STDIO and (is_video_name(item.source) or is_animated_file(Path(item.source)))
 
 
 def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Callable[[], bool],
@@ -211,7 +219,7 @@ def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Ca
 def _prepare(batch: _Batch, item: InputItem) -> _Ready:
     """Read one image and plan its output; where it is to be restored, decode it and find its faces (the reader
     thread's work, an image ahead of the model)."""
-    if item.source != STDIO and (is_video_name(item.source) or is_animated_file(Path(item.source))):
+    if _frame_by_frame(item):
         return _prepare_video(batch, item)  # an animated GIF, PNG or WebP too, by its content
     t0 = time.perf_counter()
     planned: PlannedOutput | None = None
