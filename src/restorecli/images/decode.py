@@ -11,7 +11,7 @@ import stat
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -45,11 +45,12 @@ class DecodedImage:
     iptc: bytes | None = None  # IPTC-IIM records (captions, keywords, credits of press and archive software)
     dpi: tuple[float, float] | None = None  # pixel density (x, y) in pixels per inch, of the upright pixels
 
-    def metadata_for(self, size: tuple[int, int]) -> dict[str, object]:
+    def metadata_for(self, size: tuple[int, int], stages: Sequence[str] = ()) -> dict[str, object]:
         """What the writers take to carry the metadata over to an output of ``size`` (w, h), sized and scaled to
-        it (``metadata.carried_metadata``); each writer keeps what its format has a place for."""
+        it, with ``stages`` (what was done to the image) as its processing record (``metadata.carried_metadata``);
+        each writer keeps what its format has a place for."""
         return carried_metadata(exif=self.exif, icc_profile=self.icc_profile, xmp=self.xmp, iptc=self.iptc,
-                                dpi=self.dpi, source=self.size, size=size)
+                                dpi=self.dpi, source=self.size, size=size, stages=stages)
 
     @property
     def size(self) -> tuple[int, int]:

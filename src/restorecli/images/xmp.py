@@ -43,26 +43,38 @@ def split(packet: bytes, limit: int) -> tuple[bytes, list[bytes]]:
         main_tree, rest = None, _WRAPPER.sub(b"", packet).strip()
     digest = hashlib.md5(rest).hexdigest().upper().encode("ascii")
     if main_tree is None:
-        main = (_BEGIN + b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-'
+        main = wrapped(b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-'
                 b'rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/" '
-                b'xmpNote:HasExtendedXMP="' + digest + b'"/></rdf:RDF></x:xmpmeta>' + _END)
+                b'xmpNote:HasExtendedXMP="' + digest + b'"/></rdf:RDF></x:xmpmeta>')
     else:
         ElementTree.register_namespace("xmpNote", _XMP_NOTE)
         main_tree.find(f"{_RDF}RDF/{_RDF}Description").set(f"{{{_XMP_NOTE}}}HasExtendedXMP", digest.decode())
-        main = _BEGIN + ElementTree.tostring(main_tree) + _END
+        main = wrapped(ElementTree.tostring(main_tree))
     header = EXTENSION_APP1 + digest + len(rest).to_bytes(4, "big")
     chunks = [header + offset.to_bytes(4, "big") + rest[offset : offset + _CHUNK_BYTES]
               for offset in range(0, len(rest), _CHUNK_BYTES)]
     return main, chunks
 
 
-def _partition(body: bytes, limit: int) -> tuple[ElementTree.Element, bytes]:
-    """Move the largest properties of ``body`` (an ``x:xmpmeta`` element) into a description of their own in a
-    second one, until the first serialises within ``limit`` bytes; returns (first, second serialised)."""
+def parse(packet: bytes) -> ElementTree.Element:
+    """The ``x:xmpmeta`` element of ``packet`` (with or without its ``xpacket`` wrapper), the packet's own namespace
+    prefixes registered so that serialising it again keeps them. Raises ``ElementTree.ParseError``."""
+    body = _WRAPPER.sub(b"", packet).strip()
     for _event, (prefix, uri) in ElementTree.iterparse(io.BytesIO(body), events=("start-ns",)):
         if prefix and not re.fullmatch(r"ns\d+", prefix):
             ElementTree.register_namespace(prefix, uri)  # keep the packet's own prefixes when serialising
-    root = ElementTree.fromstring(body)
+    return ElementTree.fromstring(body)
+
+
+def wrapped(body: bytes) -> bytes:
+    """``body`` (an ``x:xmpmeta`` element) as a packet, inside the ``xpacket`` processing instructions."""
+    return _BEGIN + body + _END
+
+
+def _partition(body: bytes, limit: int) -> tuple[ElementTree.Element, bytes]:
+    """Move the largest properties of ``body`` (an ``x:xmpmeta`` element) into a description of their own in a
+    second one, until the first serialises within ``limit`` bytes; returns (first, second serialised)."""
+    root = parse(body)
     rdf = root.find(f"{_RDF}RDF")
     descriptions = rdf.findall(f"{_RDF}Description") if rdf is not None else []
     if not descriptions:

@@ -360,7 +360,7 @@ def _restore_behind(batch: _Batch, prepared: Prepared, name: str, fmt: OutputFor
     planes = decoded.color.shape[2] + (decoded.alpha is not None)
     strips = behind.strips(output, lambda handle: strip_writer(fmt, handle, *prepared.size, planes,
                                                                decoded.color.dtype, quality=options.quality,
-                                                               **decoded.metadata_for(prepared.size)))
+                                                               **prepared.metadata()))
     try:
         report = restorer.enhance_rows(prepared, name, options, fmt, strips, on_tile)
     except BaseException:

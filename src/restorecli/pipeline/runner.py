@@ -193,7 +193,13 @@ class Restorer:
         check_output_size(name, fmt, size)
         check_output_pixels(name, size, options.max_output_pixels)
         faces = self.faces.plan(decoded.color, size, face_options(options)) if self.faces is not None else None
-        return Prepared(decoded, size, self._streams(decoded, fmt), faces)
+        return Prepared(decoded, size, self._streams(decoded, fmt), faces, self._stages(faces))
+
+    def _stages(self, faces: FacePlan | None) -> tuple[str, ...]:
+        """What is done to an image, for its output's processing record: the model, then the face model where
+        the image has faces to restore."""
+        stages = (f"model:{self.model.spec.name}",)
+        return stages + ((f"faces:{self.faces.name}",) if self.faces is not None and faces and faces.faces else ())
 
     def enhance(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
                 on_tile: TileProgress | None = None) -> Enhancement:
@@ -203,7 +209,7 @@ class Restorer:
 
         def run() -> Enhancement:
             result, report = self._enhance(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces)
-            return Enhancement(decoded, result, report)
+            return Enhancement(decoded, result, report, prepared.stages)
 
         return self._guarded(name, run)
 

@@ -18,12 +18,18 @@ FaceCrops = tuple[tuple[str, bytes], ...]  # --save-faces' files: (name, PNG byt
 @dataclass(frozen=True)
 class Prepared:
     """An image ready for the model (``Restorer.prepare``): decoded, its output's (w, h), whether the output can
-    be written a strip at a time, and its faces' plan (with ``--face-enhance``)."""
+    be written a strip at a time, its faces' plan (with ``--face-enhance``) and the stages it goes through, as its
+    output's processing record names them (``images.metadata.record_processing``)."""
 
     decoded: DecodedImage
     size: tuple[int, int]
     streams: bool
     faces: FacePlan | None
+    stages: tuple[str, ...] = ()
+
+    def metadata(self) -> dict[str, object]:
+        """What the writers take for this image's output: the input's metadata, sized to it, and its record."""
+        return self.decoded.metadata_for(self.size, self.stages)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Enhancement:
     decoded: DecodedImage
     result: Enhanced
     report: FaceReport | None
+    stages: tuple[str, ...] = ()  # what was done, for the output's processing record
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -57,9 +64,10 @@ class Enhancement:
         return self.result.color.nbytes + (self.result.alpha.nbytes if self.result.alpha is not None else 0)
 
     def encode_output(self, fmt: OutputFormat, options: RestoreOptions) -> bytes:
-        """The output file's bytes as ``fmt``, with the input's metadata scaled to the output."""
+        """The output file's bytes as ``fmt``, with the input's metadata scaled to the output and the record of
+        what was done to it."""
         return encode_image(self.result.color, self.result.alpha, fmt, quality=options.quality,
-                            **self.decoded.metadata_for(self.out_size))
+                            **self.decoded.metadata_for(self.out_size, self.stages))
 
     def encode(self, fmt: OutputFormat, options: RestoreOptions, stem: str) -> Restored:
         """The output's bytes and, with ``--save-faces``, its face crops named after ``stem``."""
