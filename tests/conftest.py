@@ -42,6 +42,17 @@ def isolated_user_dirs(tmp_path_factory, monkeypatch):
     return work
 
 
+@pytest.fixture(autouse=True)
+def openvino_left_out_of_auto(request, monkeypatch):
+    """``--backend auto`` weighs OpenVINO only in tests marked ``openvino_auto``: its first probe converts the model
+    (about 26 s for x4plus on 2 cores), which every auto restore of a real model would pay again in its own fresh
+    cache. ``--backend openvino`` itself is not affected."""
+    if request.node.get_closest_marker("openvino_auto") is None:
+        from restorecli.engine.backends import choice
+
+        monkeypatch.setattr(choice, "weighs_openvino", lambda: False)
+
+
 def tiny_compact_state(scale: int, channels: int = 3, num_conv: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     """A randomly initialised SRVGGNetCompact in the original checkpoint's key layout."""
     from spandrel.architectures.Compact import Compact

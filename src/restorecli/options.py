@@ -19,7 +19,8 @@ from .models.registry import DEFAULT_MODEL
 # like restorecli's other usage errors and lists what may be given.
 FORMATS = ("same", *OUTPUT_FORMATS)  # the format registry's, and the input's own
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-BACKENDS = ("auto", "torch", "ncnn")  # engine.backends.choice.BACKEND_CHOICES, spelt here to import nothing heavy
+# engine.backends.choice.BACKEND_CHOICES, spelt here to import nothing heavy
+BACKENDS = ("auto", "torch", "ncnn", "openvino")
 ALPHAS = ("model", "resize")
 
 
@@ -147,11 +148,13 @@ class RestoreOptions:
                               metavar="auto|0|N", parse=parse_tile, given_default="auto", loads_models=True)
     tile_pad: int = option(24, "Context overlap around each tile, in input pixels.", metavar="PIXELS", given_as=int,
                            minimum=0, loads_models=True)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N, mps, or vulkan[:N] (ncnn on a Vulkan GPU).",
-                         metavar="auto|cpu|cuda[:N]|mps|vulkan[:N]", loads_models=True)
-    backend: Literal["auto", "torch", "ncnn"] = option(
-        "auto", "What runs the model: torch, ncnn (ncnn models, on the CPU or Vulkan), or auto: the one that "
-        "measures fastest here (measured once per machine).", choices=BACKENDS, loads_models=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N, mps, vulkan[:N] (ncnn on a Vulkan GPU), or "
+                         "openvino:GPU|NPU (OpenVINO on an Intel GPU or NPU).",
+                         metavar="auto|cpu|cuda[:N]|mps|vulkan[:N]|openvino:DEV", loads_models=True)
+    backend: Literal["auto", "torch", "ncnn", "openvino"] = option(
+        "auto", "What runs the model: torch, ncnn (ncnn models, on the CPU or Vulkan), openvino (the extra "
+        "restorecli[openvino]: the CPU, Intel GPUs and NPUs), or auto: the one that measures fastest here "
+        "(measured once per machine).", choices=BACKENDS, loads_models=True)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = option(
         "auto", "auto: fp16 on CUDA, bf16 on CPUs where it measures faster, else fp32.", choices=PRECISIONS,
         loads_models=True)

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ..engine.backends.choice import BackendChoice, build_backend, choose_backend, host_device, runs_torch
+from ..engine.backends.choice import BackendChoice, choose_backend, host_device, realise, runs_torch
 from ..engine.device import choose_device, choose_dtype, place_model, precision_name
 from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, streamable, target_size
 from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
@@ -83,8 +83,8 @@ class Restorer:
         graph = native_graph_for(model.spec.name, model.spec.path) if options.backend != "torch" else None
         backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
                                  lambda: sha256_of(model.spec.path))
-        if backend.candidate.backend != "torch":  # ncnn takes float32 windows whatever precision it runs in
-            model.backend = build_backend(backend.candidate, graph)
+        backend, model.backend = realise(backend, model, graph, device, lambda: sha256_of(model.spec.path))
+        if model.backend is not None:  # ncnn and OpenVINO take float32 windows whatever precision they run in
             dtype = dtype_16bit = torch.float32
             fallback = None
         elif backend.candidate.precision != precision_name(dtype):  # auto measured torch's fp32 faster: its weights
@@ -156,7 +156,7 @@ class Restorer:
         if self.backend is not None and self.backend.candidate.backend != "torch":
             chosen = self.backend.candidate
             setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)
-        if self.backend is not None and self.backend.reason.startswith("measured"):
+        if self.backend is not None and (self.backend.reason.startswith("measured") or self.backend.fell_back):
             setup["backend_reason"] = self.backend.reason
         if self._runner_16bit is not None:
             setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)

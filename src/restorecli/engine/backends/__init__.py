@@ -1,1 +1,2 @@
-"""Back-ends that run a model's tiles (torch, ncnn) and the choice between them; the interface is in ``base``."""
+"""Back-ends that run a model's tiles (torch, ncnn, openvino) and the choice between them; the interface is in
+``base``."""

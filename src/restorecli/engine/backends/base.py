@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
-BackendName = Literal["torch", "ncnn"]
-BACKENDS: tuple[BackendName, ...] = ("torch", "ncnn")
+BackendName = Literal["torch", "ncnn", "openvino"]
+BACKENDS: tuple[BackendName, ...] = ("torch", "ncnn", "openvino")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Capabilities:
     """What a back-end states about itself, for the tiler and for choosing one."""
 
     backend: BackendName
-    device: str  # where the network runs: "cpu", "cuda:0", "mps", "vulkan:0"
+    device: str  # where the network runs: "cpu", "cuda:0", "mps", "vulkan:0", "openvino:GPU.0"
     precisions: tuple[str, ...]  # what --precision may ask of it on that device
     max_batch: int | None = None  # windows per call at most (None: as many as memory allows)
     memory: int | None = None  # bytes for a window's activations on its device (None: the host device's budget)

@@ -3,11 +3,13 @@
 ``auto`` weighs the back-ends that can run the model on the device asked for: torch at the precision
 ``--precision`` resolved to, and ncnn where the model exists in ncnn form (an ncnn ``.param``, or a registry
 model published as one) and the ``ncnn`` package is installed: on the CPU, and on each Vulkan GPU under
-``--device auto``. Each is timed on a small picture once per (model file, device, back-end, precision, runtime
-version) and the time recorded beside the precision verdicts in the user cache (``precision.recall`` and
-``remember``), keyed by the CPU's model and thread count or the GPU's name, so only the first run on a machine
-pays. A back-end other than torch counts only if its result came within ``MIN_PSNR`` of torch's, the bound the
-precision probe holds a reduced precision to. Where one back-end can run the model, nothing is measured.
+``--device auto``; and OpenVINO where the ``openvino`` package is installed (the opt-in extra): on the CPU in fp32
+and, where the CPU has it, bf16, and on the GPUs and NPUs OpenVINO lists under ``--device auto``. Each is timed on
+a small picture once per (model file, device, back-end, precision, runtime version) and the time recorded beside
+the precision verdicts in the user cache (``precision.recall`` and ``remember``), keyed by the CPU's model and
+thread count or the GPU's name, so only the first run on a machine pays. A back-end other than torch counts only
+if its result came within ``MIN_PSNR`` of torch's, the bound the precision probe holds a reduced precision to.
+Where one back-end can run the model, nothing is measured.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import importlib.metadata
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -30,8 +32,11 @@ from ..model import LoadedModel
 from ..precision import MIN_PSNR, _probe_picture, _psnr, device_kind, recall, remember
 from .base import Backend, BackendName
 from .ncnn import INSTALL, NcnnBackend, NcnnGraph, available, parse_vulkan, vulkan_device, vulkan_devices
+from . import openvino
+from .openvino import OpenVinoBackend, OpenVinoUnfit, openvino_device, openvino_devices, parse_openvino
 
-BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn")  # options.BACKENDS, where --backend is declared
+# options.BACKENDS, where --backend is declared
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn", "openvino")
 PROBE_SIDE = 64  # the probe picture's side: a few tenths of a second of x4plus on 2 cores per back-end
 
 
@@ -68,19 +73,21 @@ class BackendChoice:
 
     candidate: Candidate
     reason: str
+    fell_back: bool = False  # the back-end chosen could not run the model: torch runs it, and ``reason`` says why
 
 
 def host_device(device: str, backend: str = "auto") -> str:
-    """The torch device the tiler works on for ``--device`` and ``--backend``: the CPU for ``vulkan[:N]``, and for
-    ncnn on ``--device auto`` (ncnn takes and gives host arrays, whatever torch would have picked), else the
-    device as given."""
-    return "cpu" if parse_vulkan(device) is not None or (backend == "ncnn" and device == "auto") else device
+    """The torch device the tiler works on for ``--device`` and ``--backend``: the CPU for ``vulkan[:N]`` and
+    ``openvino[:DEVICE]``, and for ncnn or OpenVINO on ``--device auto`` (they take and give host arrays, whatever
+    torch would have picked), else the device as given."""
+    elsewhere = parse_vulkan(device) is not None or parse_openvino(device) is not None
+    return "cpu" if elsewhere or (backend in ("ncnn", "openvino") and device == "auto") else device
 
 
 def runs_torch(backend: str, device: str) -> bool:
-    """Whether torch may run the model for ``--backend`` and ``--device``: not when ncnn is asked for, and not
-    on a Vulkan device."""
-    return backend != "ncnn" and parse_vulkan(device) is None
+    """Whether torch may run the model for ``--backend`` and ``--device``: not when ncnn or OpenVINO is asked
+    for, and not on a Vulkan or OpenVINO device."""
+    return backend not in ("ncnn", "openvino") and parse_vulkan(device) is None and parse_openvino(device) is None
 
 
 def _ncnn_precision(precision: str, device: str) -> str:
@@ -102,6 +109,8 @@ def candidates(backend: str, device: str, precision: str, torch_device: torch.de
     ncnn form, if it has one. Raises ``UsageError`` or ``DeviceUnavailable`` where none can run it."""
     if backend not in BACKEND_CHOICES:
         raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    if backend == "openvino" or parse_openvino(device) is not None:
+        return [_openvino_asked(backend, device, precision, torch_device)]
     gpu = parse_vulkan(device)
     torch_one = Candidate("torch", str(torch_device), torch_precision)
     if backend == "torch":
@@ -139,10 +148,50 @@ def candidates(backend: str, device: str, precision: str, torch_device: torch.de
                         found.append(Candidate("ncnn", gpu_device.label, _ncnn_precision(precision, gpu_device.label)))
                     except DeviceUnavailable:
                         pass
+    found += _openvino_weighed(device, precision, torch_device)
     if len(found) > 1 and precision == "auto" and torch_precision != "fp32":
         # measuring anyway: torch in fp32 too, so that auto never keeps a reduced precision slower than fp32 (the
         # bf16 probe times a small block, and a whole model can rank otherwise)
         found.insert(1, Candidate("torch", str(torch_device), "fp32"))
+    return found
+
+
+def weighs_openvino() -> bool:
+    """Whether ``auto`` weighs OpenVINO: where the package (the opt-in extra) is installed."""
+    return openvino.available()
+
+
+def _openvino_asked(backend: str, device: str, precision: str, torch_device: torch.device) -> Candidate:
+    """The one way to run the model under ``--backend openvino`` or ``--device openvino[:DEVICE]``: OpenVINO on
+    the device named (the CPU where none is), in ``--precision`` (auto: its first there)."""
+    if backend not in ("openvino", "auto"):
+        raise UsageError(f"--device {device} is an OpenVINO device, which only the OpenVINO back-end runs on: "
+                         "use --backend openvino or auto")
+    if not openvino.available():
+        raise UsageError(f"--backend openvino needs the openvino package: {openvino.INSTALL}")
+    named = parse_openvino(device)
+    if named is None and torch_device.type != "cpu":
+        raise UsageError(f"the OpenVINO back-end runs on the CPU or an OpenVINO device (--device cpu, "
+                         f"openvino[:GPU|NPU]), not on {torch_device}")
+    label = "cpu" if named in (None, "CPU") else f"openvino:{named}"
+    allowed = openvino.precisions_for(openvino_device(label))
+    chosen = allowed[0] if precision == "auto" else precision
+    if chosen not in allowed:
+        raise DeviceUnavailable(f"the OpenVINO back-end runs {', '.join(allowed)} on {label}, not --precision "
+                                f"{precision}")
+    return Candidate("openvino", label, chosen)
+
+
+def _openvino_weighed(device: str, precision: str, torch_device: torch.device) -> list[Candidate]:
+    """What ``auto`` weighs of OpenVINO beside torch on the CPU: the CPU in each precision it runs there that
+    ``--precision`` allows, and under ``--device auto`` each GPU or NPU it lists, in its first precision there."""
+    if torch_device.type != "cpu" or not weighs_openvino():
+        return []
+    found = [Candidate("openvino", "cpu", p) for p in openvino.precisions_for("CPU") if precision in ("auto", p)]
+    for name in openvino_devices() if device == "auto" else ():
+        allowed = openvino.precisions_for(name)
+        if not name.startswith("CPU") and (precision == "auto" or precision in allowed):
+            found.append(Candidate("openvino", f"openvino:{name}", allowed[0] if precision == "auto" else precision))
     return found
 
 
@@ -166,15 +215,19 @@ def _why_not(measurement: Measurement) -> str:
 
 def _identity(candidate: Candidate) -> str:
     """What a time depends on besides the model: the device's make (the CPU's model and threads), the runtime."""
-    gpu = parse_vulkan(candidate.device)
+    gpu, elsewhere = parse_vulkan(candidate.device), parse_openvino(candidate.device)
     if candidate.device == "cpu":
         where = f"cpu: {cpu_model()} | {torch.get_num_threads()} threads"
     elif gpu is not None:
         where = f"vulkan: {vulkan_device(gpu).name}"
+    elif elsewhere is not None:
+        where = f"openvino: {openvino.device_name(elsewhere)}"
     else:
         where = device_kind(torch.device(candidate.device))
     if candidate.backend == "ncnn":
         return f"{where} | ncnn {importlib.metadata.version('ncnn')}"
+    if candidate.backend == "openvino":
+        return f"{where} | openvino {openvino.version()}"
     return f"{where} | torch {torch.__version__}"
 
 
@@ -183,10 +236,15 @@ def speed_key(candidate: Candidate, model_hash: str) -> str:
     return f"speed | {model_hash} | {_identity(candidate)} | {candidate.backend} {candidate.precision}"
 
 
-def build_backend(candidate: Candidate, graph: NcnnGraph | None) -> Backend | None:
-    """The back-end object that runs ``candidate`` (None for torch: the model's own descriptor runs)."""
+def build_backend(candidate: Candidate, graph: NcnnGraph | None, model: LoadedModel | None = None,
+                  model_hash: Callable[[], str] | None = None) -> Backend | None:
+    """The back-end object that runs ``candidate`` (None for torch: the model's own descriptor runs). OpenVINO
+    converts ``model`` (its weights hashing to ``model_hash()``), or raises ``OpenVinoUnfit`` saying why not."""
     if candidate.backend == "torch":
         return None
+    if candidate.backend == "openvino":
+        assert model is not None and model_hash is not None
+        return OpenVinoBackend(model, model_hash(), device=candidate.device, precision=candidate.precision)
     assert graph is not None
     return NcnnBackend(graph, precision=candidate.precision, gpu=parse_vulkan(candidate.device))
 
@@ -196,8 +254,9 @@ class SpeedProbe:
     compares each result with torch's (run once for that, if torch's own time was recorded earlier)."""
 
     def __init__(self, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
-                 torch_dtype: torch.dtype):
+                 torch_dtype: torch.dtype, model_hash: Callable[[], str] | None = None):
         self.model, self.graph, self.device, self.dtype = model, graph, torch_device, torch_dtype
+        self.model_hash = model_hash
         self._reference: np.ndarray | None = None
 
     @functools.cached_property
@@ -232,11 +291,24 @@ class SpeedProbe:
             seconds, out = self._run(trial, dtype)
             return Measurement(round(seconds, 4), round(_psnr(self.reference(), out), 1))
         try:
-            trial = LoadedModel(self.model.spec, self.model.descriptor, build_backend(candidate, self.graph))
+            backend = build_backend(candidate, self.graph, self.model, self.model_hash)
+            trial = LoadedModel(self.model.spec, self.model.descriptor, backend)
             seconds, out = self._run(trial, torch.float32)
         except Exception as exc:  # noqa: BLE001 - a back-end that fails here is not used, and says why
             return Measurement(math.inf, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return Measurement(round(seconds, 4), round(_psnr(self.reference(), out), 1))
+
+
+def realise(chosen: BackendChoice, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
+            model_hash: Callable[[], str]) -> tuple[BackendChoice, Backend | None]:
+    """The back-end object for ``chosen`` (None: torch runs the model's descriptor) and the choice as it stands:
+    where OpenVINO cannot run the model (its conversion or its check against torch failed), torch in fp32, saying
+    why."""
+    try:
+        return chosen, build_backend(chosen.candidate, graph, model, model_hash)
+    except OpenVinoUnfit as exc:
+        torch_fp32 = Candidate("torch", str(torch_device), "fp32")
+        return replace(chosen, candidate=torch_fp32, reason=f"{exc}; torch runs it", fell_back=True), None
 
 
 def choose_backend(backend: str, device: str, precision: str, model: LoadedModel, torch_device: torch.device,
@@ -250,7 +322,7 @@ def choose_backend(backend: str, device: str, precision: str, model: LoadedModel
     if len(found) == 1:
         why = "asked for" if backend != "auto" else "the only back-end for this model and device"
         return BackendChoice(found[0], why)
-    measure = measure or SpeedProbe(model, graph, torch_device, torch_dtype)
+    measure = measure or SpeedProbe(model, graph, torch_device, torch_dtype, model_hash)
     digest = model_hash()
     measured = {}
     for candidate in found:

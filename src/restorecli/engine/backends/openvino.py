@@ -1,0 +1,218 @@
+"""The OpenVINO back-end: a spandrel (torch) network converted once to OpenVINO's model format and run by the
+``openvino`` package: on the CPU in fp32, or bf16 where OpenVINO lists BF16 among the CPU's
+OPTIMIZATION_CAPABILITIES (AVX-512 BF16, AMX), and on the Intel GPUs and NPUs it lists (``--device openvino:GPU``,
+``openvino:GPU.1``, ``openvino:NPU``; ``openvino`` or ``openvino:CPU`` is the CPU), in fp16 first there.
+
+The conversion is ``openvino.convert_model`` on the torch module itself (OpenVINO's PyTorch front end traces it on
+one example window), with the input declared N x C x ? x ? so that any batch of any tile size runs. Not through
+ONNX, as issue 31 first planned: torch 2.14's ONNX exporter needs the onnx and onnxscript packages, which nothing
+else here needs, while the PyTorch front end reads the same graph offline with nothing more (tried on x4plus: within
+3e-6 of torch in fp32). The converted model holds fp32 weights and is saved in the user cache
+(``openvino/<sha256 of the weights>-openvino-<version>.xml`` and ``.bin``), so a model converts once per machine and
+OpenVINO release (x4plus: about 26 s on 2 cores); the precision is a compile-time hint (INFERENCE_PRECISION_HINT),
+so one file serves fp32 and bf16. Each (model, OpenVINO version, device, precision) is checked once against torch
+fp32 on a random window: at most ``F32_TOLERANCE`` max abs in fp32, within the precision probe's ``MIN_PSNR`` in a
+reduced precision; the verdict is recorded beside the precision verdicts, and a model that fails the conversion or
+the check raises ``OpenVinoUnfit`` saying why (``choice`` then keeps it on torch). Compiled models are kept per
+process.
+
+``openvino`` is imported only when a back-end is made or its devices are listed.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import DeviceMissing, DeviceUnavailable, UsageError
+from ..device import cpu_model
+from ..model import LoadedModel
+from ..precision import MIN_PSNR, _psnr, _short, recall, remember
+from .base import Capabilities
+
+INSTALL = "pip install 'restorecli[openvino]'"
+F32_TOLERANCE = 1e-4  # max abs difference from torch in fp32, as the ncnn import is held to
+CHECK_SIDE = 40  # the random window the conversion is checked on: a few tenths of a second of x4plus
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # --precision -> INFERENCE_PRECISION_HINT
+_COMPILED: dict[tuple[str, str, str], object] = {}  # (model file, device, precision) -> compiled model, per process
+
+
+class OpenVinoUnfit(DeviceUnavailable):
+    """OpenVINO cannot run this model here: its conversion failed, or its result is too far from torch's."""
+
+
+def available() -> bool:
+    """Whether the openvino package is installed (found without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def version() -> str | None:
+    """The installed openvino package's version (None: not installed)."""
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise UsageError(f"the OpenVINO back-end needs the openvino package: {INSTALL}") from None
+    return openvino
+
+
+@functools.cache
+def _core():
+    return _openvino().Core()
+
+
+@functools.cache
+def openvino_devices() -> tuple[str, ...]:
+    """The devices OpenVINO finds here ("CPU", "GPU.0", "NPU"), none where it is not installed."""
+    return tuple(_core().available_devices) if available() else ()
+
+
+def device_name(device: str) -> str:
+    """What OpenVINO calls ``device`` ("CPU", "GPU.0"): its FULL_DEVICE_NAME."""
+    return str(_core().get_property(device, "FULL_DEVICE_NAME"))
+
+
+def parse_openvino(spec: str) -> str | None:
+    """The OpenVINO device ``--device openvino[:DEVICE]`` names ("CPU" for plain ``openvino``), else None."""
+    head, _, device = spec.strip().partition(":")
+    if head.lower() != "openvino":
+        return None
+    return device.upper() or "CPU"
+
+
+def openvino_device(label: str) -> str:
+    """OpenVINO's name for a candidate's device: ``cpu`` -> "CPU", ``openvino:GPU.0`` -> "GPU.0"; one it does not
+    list is ``DeviceMissing``, saying what it found."""
+    device = parse_openvino(label) or "CPU"
+    found = openvino_devices()
+    if device not in found and not (device == "GPU" and "GPU.0" in found):
+        raise DeviceMissing(f"--device openvino:{device}: OpenVINO finds no such device here; found: "
+                            f"{', '.join(found) or 'none'}")
+    return device
+
+
+def precisions_for(device: str) -> tuple[str, ...]:
+    """What OpenVINO runs on ``device`` (its own name), the first being what ``--precision auto`` asks of it: fp32
+    on the CPU, and bf16 too where the CPU has it; fp16, then fp32, on a GPU or NPU."""
+    if device.startswith("CPU"):
+        capabilities = _core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+        return ("fp32", "bf16") if "BF16" in capabilities else ("fp32",)
+    return ("fp16", "fp32")
+
+
+def converted_path(model_hash: str) -> Path:
+    """Where the model whose weights hash to ``model_hash`` is kept in OpenVINO's form (the .xml; .bin beside)."""
+    import platformdirs
+
+    return platformdirs.user_cache_path("restorecli") / "openvino" / f"{model_hash}-openvino-{version()}.xml"
+
+
+def convert(module: torch.nn.Module, channels: int, target: Path) -> None:
+    """Convert the fp32 ``module`` (``channels`` in) and save it at ``target`` (.xml and .bin), atomically: the
+    .xml, written last, exists only beside its whole .bin."""
+    ov = _openvino()
+    with torch.no_grad():
+        graph = ov.convert_model(module, example_input=torch.rand(1, channels, 32, 32),
+                                 input=[ov.PartialShape([-1, channels, -1, -1])])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".converting-") as scratch:
+        ov.save_model(graph, str(Path(scratch) / "model.xml"), compress_to_fp16=False)
+        os.replace(Path(scratch) / "model.bin", target.with_suffix(".bin"))
+        os.replace(Path(scratch) / "model.xml", target)
+
+
+def _verdict_key(model_hash: str, device: str, precision: str) -> str:
+    where = f"cpu: {cpu_model()}" if device.startswith("CPU") else f"{device}: {device_name(device)}"
+    return f"openvino | {model_hash} | {where} | openvino {version()} | {precision}"
+
+
+def _fp32_module(model: LoadedModel) -> torch.nn.Module:
+    """A copy of the model's network in fp32 on the CPU (the loaded one may be placed in bf16, or on a GPU)."""
+    return copy.deepcopy(model.module).float().cpu().eval()
+
+
+def _check(compiled, model: LoadedModel, precision: str) -> str | None:
+    """Why OpenVINO's result on a random window is too far from torch fp32's (None: it is close enough)."""
+    side = max(CHECK_SIDE, model.spec.minimum_size)
+    side += -side % model.spec.multiple_of
+    window = torch.rand(1, model.spec.input_channels, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = _fp32_module(model)(window).clamp(0, 1).numpy()
+    got = np.clip(compiled(window.numpy())[0], 0, 1)
+    if got.shape != expected.shape:
+        return f"OpenVINO's output is {got.shape}, torch's {expected.shape}"
+    if precision == "fp32":
+        worst = float(np.abs(got - expected).max())
+        return None if worst <= F32_TOLERANCE else f"{worst:.2g} max abs from torch in fp32 (at most {F32_TOLERANCE})"
+    db = _psnr(expected, got)
+    return None if db >= MIN_PSNR else f"{db:.1f} dB from torch in {precision} (at least {MIN_PSNR:.0f} dB needed)"
+
+
+def _compile(model: LoadedModel, model_hash: str, device: str, precision: str):
+    """The compiled model, converted (once per machine) and checked (once per machine, device and precision)."""
+    path, key = converted_path(model_hash), _verdict_key(model_hash, device, precision)
+    verdict = recall(key)
+    if isinstance(verdict, dict) and verdict.get("error"):
+        raise OpenVinoUnfit(f"OpenVINO cannot run {model.spec.name} in {precision}: {verdict['error']}")
+    try:
+        if not path.is_file():
+            convert(_fp32_module(model), model.spec.input_channels, path)
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
+        compiled = _core().compile_model(_core().read_model(str(path)), device, config)
+        problem = _check(compiled, model, precision) if verdict is None else None
+    except Exception as exc:  # noqa: BLE001 - whatever the converter or the plug-in raises is the verdict
+        compiled, problem = None, _short(exc)
+    if verdict is None:
+        remember(key, {"ok": problem is None, "error": problem})
+    if problem is not None:
+        raise OpenVinoUnfit(f"OpenVINO cannot run {model.spec.name} in {precision}: {problem}")
+    return compiled
+
+
+def compiled_model(model: LoadedModel, model_hash: str, device: str, precision: str):
+    """``model`` (its weights hashing to ``model_hash``) compiled by OpenVINO for ``device`` (its own name) in
+    ``precision``: kept per process, converted and checked once per machine. ``OpenVinoUnfit`` where it cannot."""
+    key = (model_hash, device, precision)
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(model, model_hash, device, precision)
+    return _COMPILED[key]
+
+
+class OpenVinoBackend:
+    """A compiled OpenVINO model, run a batch of windows per call (the input's batch size is dynamic). Windows come
+    and go as float32 CPU tensors, the tiler's host arrays."""
+
+    def __init__(self, model: LoadedModel, model_hash: str, *, device: str = "cpu", precision: str = "fp32"):
+        self.label, self.device = device, openvino_device(device)
+        allowed = precisions_for(self.device)
+        if precision not in allowed:
+            raise DeviceUnavailable(f"the OpenVINO back-end runs {', '.join(allowed)} on {self.device}, "
+                                    f"not --precision {precision}")
+        self.precision = precision
+        self._request = compiled_model(model, model_hash, self.device, precision).create_infer_request()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities("openvino", self.label, precisions_for(self.device))
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        data = np.ascontiguousarray(batch.to(torch.float32).cpu().numpy())
+        self._request.infer({0: data})
+        result = np.array(self._request.get_output_tensor(0).data)  # a copy: the request reuses its buffer
+        return torch.from_numpy(result).clamp_(0, 1)  # as spandrel's torch models clamp their output

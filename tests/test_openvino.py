@@ -1,0 +1,274 @@
+"""The OpenVINO back-end (issue 31): a spandrel model converted once, cached in the user cache and checked against
+torch; run through the same tiler; chosen by ``--backend openvino`` or by ``auto``'s measurement; a model it cannot
+run stays on torch and says why. Tiny random models: a conversion takes a second or two."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from safetensors.torch import save_file
+
+from conftest import TEST_INPUTS, read_rgb, tiny_compact_state, tiny_rrdb_state
+from helpers.cli import invoke, json_lines
+from restorecli.engine.backends import choice
+from restorecli.engine.backends import openvino as ov_backend
+from restorecli.engine.backends.choice import Candidate, Measurement, candidates, choose_backend
+from restorecli.engine.device import place_model
+from restorecli.engine.model import LoadedModel
+from restorecli.engine.precision import MIN_PSNR, _psnr
+from restorecli.engine.tiling import upscale
+from restorecli.errors import DeviceMissing, UsageError
+from restorecli.models.integrity import sha256_of
+from restorecli.models.loading import load_model
+
+openvino = pytest.importorskip("openvino", reason="the OpenVINO back-end needs the openvino package "
+                                                  "(the extra restorecli[openvino], in the test extra)")
+
+CPU = torch.device("cpu")
+PHOTO = read_rgb(TEST_INPUTS / "rocket.jpg")
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test starts with no compiled model kept, as a new process would."""
+    monkeypatch.setattr(ov_backend, "_COMPILED", {})
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """The tiny models the tests run, each written once with its OpenVINO form (by the back-end's own ``convert``):
+    name -> (weights, converted .xml). A conversion takes seconds; tests that are not about it start from these."""
+    folder = tmp_path_factory.mktemp("openvino-models")
+    found = {}
+    for name, state in (("rrdb-x4", tiny_rrdb_state(4)), ("compact-x2", tiny_compact_state(2))):
+        weights = folder / f"tiny-{name}.safetensors"
+        save_file(state, str(weights))
+        module = load_model(str(weights), folder).module
+        ov_backend.convert(module, 3, folder / f"{name}.xml")
+        found[name] = (weights, folder / f"{name}.xml")
+    return found
+
+
+@pytest.fixture
+def tiny(converted, tmp_path):
+    """``tiny(name)``: the weights of tiny model ``name`` copied into the test's folder, its conversion into the
+    test's own user cache, where an earlier run would have left it."""
+
+    def place(name: str) -> Path:
+        weights, xml = converted[name]
+        copy = tmp_path / "models" / weights.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(weights, copy)
+        target = ov_backend.converted_path(sha256_of(copy))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(xml, target)
+        shutil.copy(xml.with_suffix(".bin"), target.with_suffix(".bin"))
+        return copy
+
+    return place
+
+
+@pytest.fixture
+def rrdb(tiny) -> LoadedModel:
+    path = tiny("rrdb-x4")
+    return place_model(load_model(str(path), path.parent), CPU, torch.float32)
+
+
+@pytest.fixture
+def conversions(monkeypatch) -> list:
+    """Every conversion OpenVINO is asked for, counted (each still runs)."""
+    made: list = []
+    real = ov_backend.convert
+
+    def counted(*args, **kwargs):
+        made.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ov_backend, "convert", counted)
+    return made
+
+
+@pytest.fixture
+def photo_file(tmp_path):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(PHOTO[20:50, 30:71, :3]), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _openvino(model: LoadedModel, precision: str = "fp32") -> LoadedModel:
+    backend = ov_backend.OpenVinoBackend(model, sha256_of(model.spec.path), precision=precision)
+    return LoadedModel(model.spec, model.descriptor, backend)
+
+
+# --- the back-end against torch -----------------------------------------------------------------------------------
+
+
+def test_openvino_matches_torch_on_a_tiled_image_without_seams(rrdb):
+    """OpenVINO in fp32, cut into tiles (batches of several windows) by the same tiler: within 1e-4 of torch on the
+    whole picture, so no seam shows where its tiles meet."""
+    on_openvino = _openvino(rrdb)
+    assert on_openvino.runner.capabilities.backend == "openvino" and on_openvino.runner.capabilities.device == "cpu"
+    crop = np.ascontiguousarray(PHOTO[10:47, 5:58, :3]).astype(np.float32) / 255
+    whole = upscale(rrdb, crop, device=CPU, tile=0)
+    tiled = upscale(on_openvino, crop, device=CPU, tile=16, pad=8, batch=3)
+    assert tiled.tiles > 4 and tiled.image.shape == whole.image.shape == (148, 212, 3)
+    assert float(np.abs(tiled.image - whole.image).max()) <= 1e-4
+
+
+def test_openvino_bf16_stays_within_the_precision_probe_s_bound(rrdb):
+    if "bf16" not in ov_backend.precisions_for("CPU"):
+        pytest.skip("OpenVINO lists no BF16 among this CPU's OPTIMIZATION_CAPABILITIES (no AVX-512 BF16 or AMX)")
+    crop = np.ascontiguousarray(PHOTO[10:42, 5:37, :3]).astype(np.float32) / 255
+    reference = upscale(rrdb, crop, device=CPU, tile=0).image
+    reduced = upscale(_openvino(rrdb, "bf16"), crop, device=CPU, tile=0).image
+    assert _psnr(reference, reduced) >= MIN_PSNR
+
+
+def test_the_conversion_is_cached_and_a_second_load_converts_nothing(make_model, conversions):
+    path = make_model(scale=2)
+    model = place_model(load_model(str(path), path.parent), CPU, torch.float32)
+    digest = sha256_of(path)
+    _openvino(model)
+    assert len(conversions) == 1
+    saved = ov_backend.converted_path(digest)
+    assert saved.is_file() and saved.with_suffix(".bin").is_file()
+    assert saved.name == f"{digest}-openvino-{ov_backend.version()}.xml"  # the weights' hash, OpenVINO's version
+    ov_backend._COMPILED.clear()  # another process: it reads the converted model and the recorded check
+    again = _openvino(model)
+    assert len(conversions) == 1 and not list(saved.parent.glob(".converting-*"))
+    crop = np.ascontiguousarray(PHOTO[:20, :24, :3]).astype(np.float32) / 255
+    assert float(np.abs(upscale(again, crop, device=CPU, tile=0).image
+                        - upscale(model, crop, device=CPU, tile=0).image).max()) <= 1e-4
+
+
+def test_a_model_openvino_cannot_convert_stays_on_torch_and_says_why(make_model, photo_file, tmp_path, monkeypatch,
+                                                                      conversions):
+    def refuses(*args, **kwargs):  # as OpenVINO's PyTorch front end does on an operation it has no conversion for
+        raise openvino.frontend.OpConversionFailure("Model wasn't fully converted: aten::frobnicate is not supported")
+
+    monkeypatch.setattr(openvino, "convert_model", refuses)
+    tiny = make_model(scale=2)
+    for run in ("first", "second"):
+        done = invoke("restore", photo_file, "-o", tmp_path / run, "--model", tiny, "--backend", "openvino",
+                      "--json")
+        assert done.exit_code == 0, done.stderr
+        summary = json_lines(done)[-1]
+        assert summary["backend"] == "torch" and summary["precision"] == "fp32"
+        assert "OpenVINO cannot run" in summary["backend_reason"] and "frobnicate" in summary["backend_reason"]
+        assert summary["backend_reason"].endswith("torch runs it")
+    assert len(conversions) == 1  # the failure was recorded: the second run did not try again
+
+
+def test_a_result_too_far_from_torch_stays_on_torch(rrdb, monkeypatch):
+    monkeypatch.setattr(ov_backend, "F32_TOLERANCE", 0.0)  # the check, held to exactness that fp32 never meets
+    with pytest.raises(ov_backend.OpenVinoUnfit, match="max abs from torch in fp32"):
+        _openvino(rrdb)
+    chosen = choice.BackendChoice(Candidate("openvino", "cpu", "fp32"), "asked for")
+    settled, backend = choice.realise(chosen, rrdb, None, CPU, lambda: sha256_of(rrdb.spec.path))
+    assert backend is None and settled.candidate == Candidate("torch", "cpu", "fp32") and settled.fell_back
+
+
+# --- through the command line -------------------------------------------------------------------------------------
+
+
+def test_restore_backend_openvino_runs_on_openvino_and_says_so(tiny, photo_file, tmp_path, conversions):
+    model = tiny("compact-x2")
+    pictures = {}
+    for backend in ("openvino", "torch"):
+        done = invoke("restore", photo_file, "-o", tmp_path / backend, "--model", model, "--backend", backend,
+                      "--device", "cpu", "--precision", "fp32", "--tile", "16", "--json")
+        assert done.exit_code == 0, done.stderr
+        summary = json_lines(done)[-1]
+        assert (summary["backend"], summary["device"], summary["precision"]) == (backend, "cpu", "fp32")
+        pictures[backend] = read_rgb(tmp_path / backend / "photo.png").astype(int)
+    assert pictures["openvino"].shape == (60, 82, 3)
+    assert np.abs(pictures["openvino"] - pictures["torch"]).max() <= 1
+    assert conversions == []  # the conversion an earlier run left in the user cache
+
+
+def test_backend_openvino_without_the_package_is_a_usage_error_naming_the_extra(make_model, photo_file, tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(ov_backend, "available", lambda: False)
+    done = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", make_model(scale=2), "--backend",
+                  "openvino")
+    assert done.exit_code == 2 and "restorecli[openvino]" in done.stderr and "openvino package" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_openvino_devices_are_refused_where_they_cannot_run(make_model, photo_file, tmp_path):
+    tiny = make_model(scale=2)
+    missing = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", tiny, "--device", "openvino:NPU7")
+    assert missing.exit_code == 3 and "no such device" in missing.stderr and "CPU" in missing.stderr
+    on_torch = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", tiny, "--backend", "torch",
+                      "--device", "openvino:GPU")
+    assert on_torch.exit_code == 2 and "only the OpenVINO back-end" in on_torch.stderr
+
+
+# --- the choice -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.openvino_auto
+def test_auto_weighs_openvino_on_the_cpu_in_each_precision_it_runs():
+    cpu_precisions = ov_backend.precisions_for("CPU")
+    found = candidates("auto", "cpu", "auto", CPU, "fp32", None)
+    assert found == [Candidate("torch", "cpu", "fp32")] + [Candidate("openvino", "cpu", p) for p in cpu_precisions]
+    assert candidates("auto", "cpu", "fp32", CPU, "fp32", None)[1:] == [Candidate("openvino", "cpu", "fp32")]
+    assert candidates("openvino", "auto", "auto", CPU, "fp32", None) == [Candidate("openvino", "cpu", "fp32")]
+    assert choice.host_device("openvino:GPU") == choice.host_device("auto", "openvino") == "cpu"
+    assert not choice.runs_torch("openvino", "cpu") and not choice.runs_torch("auto", "openvino:GPU")
+    with pytest.raises(DeviceMissing, match="openvino:NPU7: OpenVINO finds no such device"):
+        candidates("openvino", "openvino:npu7", "auto", CPU, "fp32", None)
+    with pytest.raises(UsageError, match="not on cuda"):
+        candidates("openvino", "cuda", "auto", torch.device("cuda"), "fp16", None)
+
+
+class _Timings:
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds, self.asked = seconds, []
+
+    def __call__(self, candidate: Candidate) -> Measurement:
+        self.asked.append(candidate)
+        return Measurement(self.seconds.get(f"{candidate.backend} {candidate.precision}", 5.0),
+                           None if candidate.backend == "torch" else 60.0)
+
+
+@pytest.mark.openvino_auto
+def test_auto_records_openvino_s_time_and_reads_it_after(tmp_path):
+    from restorecli.engine import precision
+
+    first = _Timings({"torch fp32": 2.0, "openvino fp32": 1.0})
+    chosen = choose_backend("auto", "cpu", "fp32", None, CPU, torch.float32, None, lambda: "hash", first)
+    assert chosen.candidate == Candidate("openvino", "cpu", "fp32")
+    assert "openvino on cpu in fp32 1.000 s" in chosen.reason
+    again = _Timings({"torch fp32": 0.1})
+    assert choose_backend("auto", "cpu", "fp32", None, CPU, torch.float32, None, lambda: "hash",
+                          again).candidate.backend == "openvino" and again.asked == []
+    record = json.loads(precision._record().read_text())
+    assert any(key.startswith("speed | hash | cpu: ") and f"| openvino {ov_backend.version()} |" in key
+               and key.endswith("openvino fp32") for key in record)
+
+
+@pytest.mark.openvino_auto
+def test_restore_auto_measures_openvino_for_real_and_runs_what_was_fastest(tiny, photo_file, tmp_path):
+    """The real speed probe (no time asserted): every candidate is timed, OpenVINO's result compared with torch's,
+    and the JSON says what ran and why; the second run measures nothing (the record is read)."""
+    model = tiny("compact-x2")
+    done = invoke("restore", photo_file, "-o", tmp_path / "a", "--model", model, "--device", "cpu", "--precision",
+                  "fp32", "--json")
+    assert done.exit_code == 0, done.stderr
+    summary = json_lines(done)[-1]
+    assert summary["backend_reason"].startswith("measured fastest")
+    assert "openvino on cpu in fp32" in summary["backend_reason"] and "torch on cpu" in summary["backend_reason"]
+    again = invoke("restore", photo_file, "-o", tmp_path / "b", "--model", model, "--device", "cpu", "--precision",
+                   "fp32", "--json")
+    assert json_lines(again)[-1]["backend_reason"] == summary["backend_reason"]
+    assert (json_lines(again)[-1]["backend"], json_lines(again)[-1]["precision"]) == (summary["backend"],
+                                                                                      summary["precision"])
