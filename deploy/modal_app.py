@@ -139,6 +139,7 @@ def modal_backend() -> Backend:
 
     def start(job_id: str, options: dict) -> str:
         worker = Restore(model=options["model"], face_enhance=bool(options["face_enhance"]),
+                         face_model=options["face_model"],
                          precision=options.get("precision") or "auto")
         return worker.run_job.spawn(job_id).object_id
 
@@ -294,16 +295,20 @@ def prune_jobs(backend: Backend, older_than: float, now: float | None = None) ->
 def web_config():
     """serve's configuration (``ServeConfig``) from the deployed environment: ``API_KEY`` (the restorecli-api-key
     secret), ``MAX_FILE_SIZE_MB`` and a ``.env`` file, read as serve reads them; ``RESTORECLI_MODEL`` and
-    ``RESTORECLI_ALLOW_MODELS`` (comma-separated) in place of serve's ``--model`` and ``--allow-model``. It answers
-    to any host name (Modal's proxy gives it its own); the key guards it."""
+    ``RESTORECLI_ALLOW_MODELS`` (comma-separated) in place of serve's ``--model`` and ``--allow-model``, and
+    ``RESTORECLI_FACE_MODEL`` and ``RESTORECLI_ALLOW_FACE_MODELS`` of ``--face-model`` and ``--allow-face-model``.
+    It answers to any host name (Modal's proxy gives it its own); the key guards it."""
     from restorecli.options import declared
     from restorecli.server.config import load_config
 
     restore = {name: default for name, default, _ in declared()}
     if os.environ.get("RESTORECLI_MODEL"):
         restore["model"] = os.environ["RESTORECLI_MODEL"]
-    allowed = [m.strip() for m in os.environ.get("RESTORECLI_ALLOW_MODELS", "").split(",") if m.strip()]
-    return load_config(restore, host="0.0.0.0", allow_model=allowed)
+    if os.environ.get("RESTORECLI_FACE_MODEL"):
+        restore["face_model"] = os.environ["RESTORECLI_FACE_MODEL"]
+    allowed, faces = ([m.strip() for m in os.environ.get(name, "").split(",") if m.strip()]
+                      for name in ("RESTORECLI_ALLOW_MODELS", "RESTORECLI_ALLOW_FACE_MODELS"))
+    return load_config(restore, host="0.0.0.0", allow_model=allowed, allow_face_model=faces)
 
 
 class ModalService:
@@ -432,7 +437,7 @@ class ModalService:
     def models(self) -> dict:
         from restorecli.server.views import models_document
 
-        return models_document(self.config.allowed_models, self.config.defaults)
+        return models_document(self.config.allowed_models, self.config.defaults, self.config.allowed_face_models)
 
 
 class TemporaryStaging:
@@ -467,6 +472,7 @@ class Restore:
 
     model: str = modal.parameter(default="realesrgan-x4plus")
     face_enhance: bool = modal.parameter(default=False)
+    face_model: str = modal.parameter(default="gfpgan-1.4")  # a job's face_model: the face network it loads
     precision: str = modal.parameter(default="auto")  # the model's precision, as ``--precision``: one per container
 
     @modal.enter()
@@ -475,14 +481,15 @@ class Restore:
         from restorecli.pipeline import Restorer
 
         self.restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
-                                                             precision=self.precision))
+                                                             face_model=self.face_model, precision=self.precision))
         if not modal.is_local():
             weights_volume.commit()  # the embedded model, converted on first use, for the next containers
 
     def restore_one(self, data: bytes, name: str, options: dict | None = None) -> dict:
         """Restore one image's bytes with a job's options (``job_options``' dict; None: this container's).
         Returns ``{"data", "format", "in_size", "out_size", "faces"}``; an unreadable image raises ImageError."""
-        chosen = restore_options({**(options or {}), "model": self.model, "face_enhance": self.face_enhance})
+        chosen = restore_options({**(options or {}), "model": self.model, "face_enhance": self.face_enhance,
+                                  "face_model": self.face_model})
         _, fmt = output_name(name, chosen)
         done = self.restorer.restore_bytes(data, name, chosen, fmt)
         return {"data": done.data, "format": fmt, "in_size": list(done.in_size), "out_size": list(done.out_size),

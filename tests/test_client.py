@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from conftest import TEST_INPUTS, tiny_compact_state
 from live_server import LiveServer
+from restorecli.jobs.store import JobStore
 from helpers.cli import invoke
 from helpers.wait import wait_until
 from remote_cli import FOLLOWING, client_command, lines, remote
@@ -129,6 +130,28 @@ def test_what_the_server_cannot_do_is_refused_before_an_upload(server, photos, t
     faces = remote(photos, "-o", tmp_path / "o", "--server", server.url, "--face-enhance")
     assert faces.returncode == 3 and "cannot restore faces" in faces.stderr.decode()
     assert jobs_in(server) == before and not (tmp_path / "o").exists()
+
+
+def test_the_face_model_and_fidelity_are_sent_and_what_the_server_cannot_run_is_refused(server, photos, tmp_path):
+    """Issue 32: --face-model and --face-fidelity are request fields; a face model the server does not offer, or
+    offers without its weights, is refused before an upload, with the server's reason."""
+    before = jobs_in(server)
+    other = remote(photos, "-o", tmp_path / "o", "--server", server.url, "--face-model", "codeformer")
+    assert other.returncode == 2
+    assert "face model 'codeformer' is not offered by the server" in other.stderr.decode()
+    assert "it offers: gfpgan-1.4" in other.stderr.decode()
+    absent = remote(photos, "-o", tmp_path / "o", "--server", server.url, "--face-model", "gfpgan-1.4")
+    assert absent.returncode == 3
+    assert "restorecli download-weights gfpgan-1.4" in absent.stderr.decode()
+    assert jobs_in(server) == before and not (tmp_path / "o").exists()
+    sent = remote(photos / "rocket.jpg", "-o", tmp_path / "o", "--server", server.url, "--face-fidelity", "0.25")
+    assert sent.returncode == 0, sent.stderr.decode()
+    store = JobStore(server.queue)
+    try:
+        newest = max(store.jobs(), key=lambda job: job.created)
+    finally:
+        store.close()
+    assert newest.options["face_fidelity"] == 0.25 and newest.options["face_enhance"] is False
 
 
 def test_a_file_whose_name_and_content_disagree_is_written_as_its_name_says(server, photos, tmp_path):

@@ -371,6 +371,8 @@ def test_a_call_that_died_fails_its_job_with_the_reason(web):
     ({"outscale": "0"}, [("a.jpg", ROCKET)], 422, "outscale"),
     ({"format": "bmp"}, [("a.jpg", ROCKET)], 422, "format"),
     ({"model": "realesr-animevideov3"}, [("a.jpg", ROCKET)], 422, "not offered"),
+    ({"face_model": "codeformer"}, [("a.jpg", ROCKET)], 422, "face_model 'codeformer' is not offered"),
+    ({"face_fidelity": "2"}, [("a.jpg", ROCKET)], 422, "face_fidelity 2: must be at most 1"),
     ({}, [("a.jpg", ROCKET)] * 4, 413, "files"),
     ({}, [("big.png", b"\x89PNG" + bytes(300_000))], 413, "MB"),
 ])
@@ -486,9 +488,12 @@ def test_the_endpoint_reads_its_environment_as_serve_reads_it(modal_app, worker,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RESTORECLI_MODEL", worker[1])
     monkeypatch.setenv("RESTORECLI_ALLOW_MODELS", " realesr-animevideov3 ,")
+    monkeypatch.setenv("RESTORECLI_FACE_MODEL", "gfpgan-1.3")
+    monkeypatch.setenv("RESTORECLI_ALLOW_FACE_MODELS", "codeformer, restoreformer")
     (tmp_path / ".env").write_text("API_KEY=from-dotenv\nMAX_FILE_SIZE_MB=3\n")
     config = modal_app.web_config()
     assert config.allowed_models == (worker[1], "realesr-animevideov3") and config.defaults["model"] == worker[1]
+    assert config.allowed_face_models == ("gfpgan-1.3", "codeformer", "restoreformer")
     assert (config.api_key, config.max_file_mb, config.host) == ("from-dotenv", 3, "0.0.0.0")
     monkeypatch.setenv("API_KEY", " spaced ")
     with pytest.raises(UsageError, match="white space"):

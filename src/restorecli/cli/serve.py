@@ -40,6 +40,9 @@ MinFreeMb = Annotated[float, typer.Option(metavar="MB", help="Free space the que
 AllowModel = Annotated[Optional[list[str]], typer.Option(
     metavar="NAME", help="A model requests may ask for besides --model (repeat for more).", show_default=False,
     rich_help_panel=_ACCESS)]
+AllowFaceModel = Annotated[Optional[list[str]], typer.Option(
+    metavar="NAME|PATH", help="A face model requests may ask for besides --face-model (repeat for more).",
+    show_default=False, rich_help_panel=_ACCESS)]
 CorsOrigin = Annotated[Optional[str], typer.Option(
     metavar="ORIGIN", help="Let pages from this origin call the API (e.g. https://app.example.com).",
     show_default=False, rich_help_panel=_ACCESS)]
@@ -61,6 +64,7 @@ def serve(
     max_file_mb: MaxFileMb = None,
     max_files: MaxFiles = 20,
     allow_model: AllowModel = None,
+    allow_face_model: AllowFaceModel = None,
     cors_origin: CorsOrigin = None,
     allowed_host: AllowedHost = None,
     max_uploads: MaxUploads = 32,
@@ -79,7 +83,7 @@ def serve(
                              prune_every=prune_every, max_file_mb=max_file_mb, max_files=max_files,
                              allow_model=allow_model or [], cors_origin=cors_origin,
                              allowed_host=allowed_host or [], max_uploads=max_uploads, read_timeout=read_timeout,
-                             min_free_mb=min_free_mb)
+                             min_free_mb=min_free_mb, allow_face_model=allow_face_model or [])
         check_exposure(config, no_auth)
         _check_serve_extra()
         sock = _listen(config.host, config.port)
@@ -154,7 +158,7 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
     bound = sock.getsockname()
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{shown_host}:{bound[1]}"
-    models = models_document(config.allowed_models, config.defaults)
+    models = models_document(config.allowed_models, config.defaults, config.allowed_face_models)
     default = models["models"][0]
     device = config.defaults.get("device", "auto")
     faces = models["faces"]
@@ -168,7 +172,9 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
         f"  faces:    {'available' if faces['available'] else 'not available'} ({faces['model']}, "
         f"{faces['detector']})" + ("" if faces["available"] else
                                    f"; jobs asking for them are refused (422) until: restorecli download-weights "
-                                   f"{faces['model']} {faces['detector']}"),
+                                   f"{faces['model']} {faces['detector']}")
+        + (f"; requests may also ask for {', '.join(m['name'] for m in faces['models'][1:])}"
+           if len(faces["models"]) > 1 else ""),
         f"  workers:  {config.workers} (restarted if one dies)" if config.workers else
         f"  workers:  none here; jobs wait for: restorecli worker --queue {config.queue}",
         f"  janitor:  every {describe_age(config.prune_every)}, removes jobs finished more than "
@@ -181,5 +187,8 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
         if not model["runnable"]:
             lines.append(f"  warning:  {model['name']} is not installed; jobs asking for it are refused (422) until: "
                          f"restorecli download-weights {model['name']}")
+    for face in faces["models"][1:]:  # the default's state is the faces line's
+        if not face["runnable"]:
+            lines.append(f"  warning:  {face['reason']}; jobs asking for it are refused (422)")
     for line in lines:
         render.say(escape(line))

@@ -482,11 +482,26 @@ def remote_options(server: Server, values: dict, given: set[str], **extra) -> tu
     if "model" in given and names and options.model not in names:
         raise UsageError(f"model '{options.model}' is not offered by the server at {server.url}; it offers: "
                          f"{', '.join(names)}")
-    if options.face_enhance and faces.get("available") is False:
+    if "face_model" in given:
+        _check_face_model(options, faces, server.url)
+    elif options.face_enhance and faces.get("available") is False:
         raise SetupError(f"the server at {server.url} cannot restore faces: its face weights ({faces.get('model')}, "
                          f"{faces.get('detector')}) are not installed there (restorecli download-weights)")
     fields = {name: _as_text(merged[name]) for name in SENT_FIELDS if name in given and merged[name] is not None}
     return options, fields
+
+
+def _check_face_model(options: RestoreOptions, faces: dict, url: str) -> None:
+    """Refuse, before anything is sent, a face model the server does not offer (``UsageError``), or one it offers
+    but cannot run now, with the server's reason (``SetupError``)."""
+    offered = {str(face.get("name")): face for face in faces.get("models") or [] if isinstance(face, dict)}
+    chosen = offered.get(options.face_model)
+    if offered and chosen is None:
+        raise UsageError(f"face model '{options.face_model}' is not offered by the server at {url}; it offers: "
+                         f"{', '.join(offered)}")
+    if chosen is not None and chosen.get("runnable") is False:
+        raise SetupError(f"the server at {url} cannot run face model '{options.face_model}': "
+                         f"{chosen.get('reason') or 'it is not installed there'}")
 
 
 def _as_text(value: object) -> str:

@@ -17,7 +17,7 @@ from .envfile import read_dotenv
 API_KEY_ENV = "API_KEY"
 API_KEY_HEADER = "X-API-Key"
 # The restore options a request may set (the rest are the server's: its device, tiles, weights)
-FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight")
+FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight", "face_model", "face_fidelity")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ServeConfig:
     min_free_mb: float = 256.0  # below this much free space on the queue's disk, uploads get 507, /health 503
     defaults: dict = field(default_factory=dict)  # the declared restore options' values for jobs (as given)
     allowed_models: tuple[str, ...] = ()  # the default model first
+    allowed_face_models: tuple[str, ...] = ()  # the default face model (--face-model) first
 
     @property
     def max_file_mb(self) -> float:
@@ -130,15 +131,14 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
                 workers: int = 1, retention: str = "1h", prune_every: str = "30m", max_file_mb: float | None = None,
                 max_files: int = 20, allow_model: list[str] = (), cors_origin: str | None = None,
                 allowed_host: list[str] = (), max_uploads: int = 32, read_timeout: float = 30.0,
-                min_free_mb: float = 256.0, dotenv: Path = Path(".env")) -> ServeConfig:
+                min_free_mb: float = 256.0, dotenv: Path = Path(".env"),
+                allow_face_model: list[str] = ()) -> ServeConfig:
     """The server's configuration from its flags (``restore``: the declared restore options' values, the jobs'
     defaults), then the environment, then ``dotenv`` (``ServeEnvironment``; the key through ``api_key_setting``).
     Raises ``UsageError`` for a value that cannot be used."""
     from ..jobs.enqueue import job_options
     from ..jobs.prune import parse_age
     from ..jobs.store import QUEUE_ENV
-    from ..models.loading import unknown_model
-    from ..models.registry import REGISTRY
     from ..options import from_given
     from .settings import MAX_FILE_ENV, ServeEnvironment, parse_megabytes
 
@@ -148,16 +148,8 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
     environment = ServeEnvironment.read(Path(dotenv), **{k: v for k, v in flags.items() if v})
     options = from_given(restore)
     defaults = {**restore, **{k: v for k, v in job_options(options).items() if k in restore}}  # paths absolute
-    allowed = [options.model]
-    for name in allow_model:
-        if name not in REGISTRY and not Path(name).is_file():
-            raise unknown_model(name)
-        if name not in allowed:
-            allowed.append(name)
-    names = [model if model in REGISTRY else Path(model).name for model in allowed]
-    if len(set(names)) < len(names):
-        raise UsageError(f"the offered models {', '.join(allowed)} share a file name, by which clients name them: "
-                         "rename one")
+    allowed = _offered(options.model, allow_model, "sr", "models")
+    faces = _offered(defaults.get("face_model", options.face_model), allow_face_model, "face", "face models")
     if max_uploads < 1:
         raise UsageError(f"--max-uploads {max_uploads}: must be at least 1")
     if not 0 < read_timeout < float("inf"):
@@ -169,7 +161,30 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
                        cors_origin=parse_origin(cors_origin) if cors_origin is not None else None,
                        allowed_hosts=tuple(dict.fromkeys(parse_host_name(name) for name in allowed_host)),
                        max_uploads=max_uploads, read_timeout=read_timeout, min_free_mb=min_free_mb,
-                       defaults=defaults, allowed_models=tuple(allowed))
+                       defaults=defaults, allowed_models=allowed, allowed_face_models=faces)
+
+
+def _offered(default: str, allow: list[str], kind: str, what: str) -> tuple[str, ...]:
+    """The models of ``kind`` requests may name: ``default`` first, then each ``--allow-...`` one (a registry name
+    of that kind, or a checkpoint file, kept as given). Clients name a file by its file name, so two files may not
+    share one. Raises ``UsageError`` (``WeightsNotFound`` for a path that is not there)."""
+    from ..models.loading import unknown_model
+    from ..models.registry import REGISTRY
+
+    offered = [default]
+    for name in allow:
+        entry = REGISTRY.get(name)
+        if entry is None and not Path(name).is_file():
+            raise unknown_model(name, kind)
+        if entry is not None and entry.kind != kind:
+            raise UsageError(f"'{name}' is a {entry.kind} model, not one of the {what} a server may offer")
+        if name not in offered:
+            offered.append(name)
+    names = [model if model in REGISTRY else Path(model).name for model in offered]
+    if len(set(names)) < len(names):
+        raise UsageError(f"the offered {what} {', '.join(offered)} share a file name, by which clients name them: "
+                         "rename one")
+    return tuple(offered)
 
 
 def check_exposure(config: ServeConfig, no_auth: bool) -> None:

@@ -181,10 +181,26 @@ class ModelInfo(BaseModel):
                                        "model is refused with 422)")
 
 
+class FaceModelInfo(BaseModel):
+    name: str
+    description: str
+    licence: Optional[str] = Field(description="The weights' licence (null: a checkpoint file on the server).")
+    non_commercial: bool = Field(description="Whether the licence forbids commercial use (CodeFormer's does).")
+    fidelity: Optional[bool] = Field(description="Whether it takes face_fidelity (null: a checkpoint file, whose "
+                                                 "architecture is read where it is loaded).")
+    status: Literal["installed", "embedded", "missing"]
+    runnable: bool = Field(description="Whether a job may ask for it (a request for one that is not is refused "
+                                       "with 422)")
+    reason: Optional[str] = Field(description="Why a job may not ask for it: its weights, or its architecture's "
+                                              "package, not installed here.")
+
+
 class Faces(BaseModel):
-    available: bool
-    model: str
+    available: bool = Field(description="Whether the default face model and the detector can run here.")
+    model: str = Field(description="The default face model.")
     detector: str
+    models: list[FaceModelInfo] = Field(description="The face models a job may name in face_model, the default "
+                                                    "first.")
 
 
 class Models(BaseModel):

@@ -22,11 +22,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from ..errors import QueueUnavailable, UsageError
 from ..jobs.enqueue import Staging, job_options
 from ..jobs.store import DB_NAME, Job, JobStore
+from ..models.loading import weights_dir
+from ..models.registry import REGISTRY
 from ..options import from_given, value_from_text
 from .config import FORM_FIELDS, ServeConfig
 from .uploads import Limits, MultipartUpload
-from .views import (SERVED_ID, Served, input_file, job_document, missing_weights, models_document, public_model_name,
-                    result_file, result_files)
+from .views import (SERVED_ID, Served, face_model_problem, input_file, job_document, missing_weights, models_document,
+                    public_model_name, result_file, result_files)
 
 log = logging.getLogger("restorecli.serve")
 
@@ -94,11 +96,13 @@ def requested_options(config: ServeConfig, fields: dict[str, str]) -> dict:
         if not text.strip():
             continue  # a form's empty field: the server's default
         if name == "model":
-            offered = {public_model_name(model): model for model in config.allowed_models}
-            if text.strip() not in offered:
-                raise UsageError(f"model '{text.strip()}' is not offered by this server; it offers: "
-                                 f"{', '.join(offered)}")
-            given[name] = offered[text.strip()]
+            given[name] = offered_model(text.strip(), config.allowed_models, name)
+            continue
+        if name == "face_model":
+            given[name] = offered_model(text.strip(), config.allowed_face_models, name)
+            problem = face_model_problem(given[name], weights_dir(given.get("weights_dir")))
+            if problem is not None:  # asked for by name: refused even where faces are off
+                raise UsageError(f"this server cannot run the job: {problem}")
             continue
         if isinstance(given.get(name), bool) and text.strip().lower() not in ("true", "false"):
             raise UsageError(f"{name} '{text.strip()[:40]}' is not true or false")  # as the document declares
@@ -108,6 +112,18 @@ def requested_options(config: ServeConfig, fields: dict[str, str]) -> dict:
     if missing is not None:  # a worker could only fail it: refused now, saying what the server lacks
         raise UsageError(f"this server cannot run the job: {missing}")
     return options
+
+
+def offered_model(text: str, offered: tuple[str, ...], field: str) -> str:
+    """The model (as the server holds it: a registry name or its file) that a request's ``field`` names by its
+    public name; ``UsageError`` saying what the server offers where it is not one of ``offered``."""
+    names = {public_model_name(model): model for model in offered}
+    if text not in names:
+        kind = "face" if field == "face_model" else "sr"
+        known = text in REGISTRY and REGISTRY[text].kind == kind
+        raise UsageError(f"{field} '{text[:80]}' is not offered by this server{'' if known else ' (an unknown name)'}"
+                         f"; it offers: {', '.join(names)}")
+    return names[text]
 
 
 def stored_inputs(upload: MultipartUpload) -> list[dict]:
@@ -239,7 +255,7 @@ class QueueService:
         return health_document(self)
 
     def models(self) -> dict:
-        return models_document(self.config.allowed_models, self.config.defaults)
+        return models_document(self.config.allowed_models, self.config.defaults, self.config.allowed_face_models)
 
 
 def health_document(service: QueueService) -> dict:

@@ -11,11 +11,16 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import ArchitectureMissing
 from ..images.formats import media_type_for
 from ..jobs.store import Job, JobStore
-from ..models.loading import embedded_param, installed_file, weights_dir
+from ..models.loading import embedded_param, installed_file, require_extra, weights_dir
 from ..models.registry import REGISTRY
 
+# Face architectures (the registry's names, spandrel's ids) that take a fidelity weight: engine.faces.enhance's
+# FIDELITY_KEYWORDS, whose module imports torch, which this process never does (tests/test_serve_faces.py keeps
+# the two alike)
+FIDELITY_ARCHITECTURES = frozenset({"CodeFormer"})
 # Ids the server answers for: the 128 random bits every job gets now (older, shorter ids are guessable; the CLI
 # still reads them)
 SERVED_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{32}")
@@ -214,9 +219,10 @@ def public_model_name(model: str) -> str:
     return model if model in REGISTRY else Path(model).name
 
 
-def models_document(allowed: tuple[str, ...], defaults: dict) -> dict:
-    """``GET /models``: the models a job may ask for (the first is the default), whether faces can be restored,
-    and the server's defaults for the fields a request may leave out."""
+def models_document(allowed: tuple[str, ...], defaults: dict, face_models: tuple[str, ...] = ()) -> dict:
+    """``GET /models``: the models a job may ask for (the first is the default), the face models (``face_models``,
+    the default first; none given: the server's own), whether faces can be restored, and the server's defaults for
+    the fields a request may leave out."""
     directory = weights_dir(defaults.get("weights_dir"))
     models = []
     for name in allowed:
@@ -225,13 +231,44 @@ def models_document(allowed: tuple[str, ...], defaults: dict) -> dict:
         models.append({"name": public_model_name(name), "scale": entry.scale if entry else None,
                        "description": entry.description if entry else "a checkpoint file on the server",
                        "status": status, "runnable": status != "missing"})
-    faces = {key: model_availability(defaults[key], directory) for key in ("face_model", "face_detector")}
-    shown = {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance", "face_weight")}
-    shown["model"] = public_model_name(shown["model"])
+    faces = [face_model_info(name, directory) for name in face_models or (defaults["face_model"],)]
+    detector = model_availability(defaults["face_detector"], directory)
+    shown = {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance", "face_weight",
+                                            "face_model", "face_fidelity")}
+    shown["model"], shown["face_model"] = public_model_name(shown["model"]), public_model_name(shown["face_model"])
     return {"default": public_model_name(allowed[0]), "models": models,
-            "faces": {"available": all(s != "missing" for s in faces.values()), "model": defaults["face_model"],
-                      "detector": defaults["face_detector"]},
+            "faces": {"available": faces[0]["runnable"] and detector != "missing", "model": faces[0]["name"],
+                      "detector": public_model_name(defaults["face_detector"]), "models": faces},
             "defaults": shown}
+
+
+def face_model_info(name: str, directory: Path) -> dict:
+    """A face model the server offers, as ``GET /models`` lists it: its licence (and whether it forbids commercial
+    use), whether it takes a fidelity weight (null: a checkpoint file, whose architecture only the worker that
+    loads it reads), and whether a job may ask for it (else ``reason`` says why not)."""
+    entry = REGISTRY.get(name)
+    status = model_availability(name, directory)
+    reason = face_model_problem(name, directory)
+    return {"name": public_model_name(name),
+            "description": entry.description if entry else "a face model checkpoint file on the server",
+            "licence": entry.licence if entry else None, "non_commercial": bool(entry and entry.non_commercial),
+            "fidelity": (entry.architecture in FIDELITY_ARCHITECTURES) if entry else None,
+            "status": status, "runnable": reason is None, "reason": reason}
+
+
+def face_model_problem(name: str, directory: Path) -> str | None:
+    """Why a job could not run face model ``name`` on this server (its weights, or the package holding its
+    architecture, not installed), with what fixes it; None where it can."""
+    entry = REGISTRY.get(name)
+    if model_availability(name, directory) == "missing":
+        fix = f"restorecli download-weights {name}" if entry is not None else "put the file back"
+        return f"face model {public_model_name(name)} is not installed on this server ({fix})"
+    try:
+        if entry is not None:
+            require_extra(entry)
+    except ArchitectureMissing as exc:
+        return f"face model {name} cannot run on this server: {exc}"
+    return None
 
 
 def missing_weights(options: dict) -> str | None:
@@ -248,4 +285,7 @@ def missing_weights(options: dict) -> str | None:
         if absent:
             return (f"face_enhance needs {' and '.join(public_model_name(a) for a in absent)}, not installed on this "
                     f"server (restorecli download-weights {' '.join(a for a in absent if a in REGISTRY)})")
+        problem = face_model_problem(options["face_model"], directory)  # its architecture's package
+        if problem is not None:
+            return f"face_enhance: {problem}"
     return None

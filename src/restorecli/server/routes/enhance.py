@@ -80,6 +80,9 @@ def form_schema(limits: Limits, offered: dict) -> dict:
             properties[name] = prop
     # A model without its weights, or faces without theirs, is refused with 422: the document offers neither
     properties["model"]["enum"] = [model["name"] for model in offered["models"] if model["runnable"]]
+    faces = [model["name"] for model in offered["faces"]["models"] if model["runnable"]]
+    if faces:  # none installed: any name is refused (an empty enum is no schema)
+        properties["face_model"]["enum"] = faces
     if not offered["faces"]["available"]:
         properties["face_enhance"]["enum"] = [False]
     return {"required": True, "content": {"multipart/form-data": {"schema": {
