@@ -40,7 +40,7 @@ def test_the_model_key_is_exactly_what_loading_the_models_reads(make_model):
     Restorer.from_options(options)
     keyed = {name for name, _default, spec in declared() if spec.loads_models}
     assert read - {"output_dir"} <= keyed
-    assert read >= keyed - {"face_model", "face_detector"}  # read only with --face-enhance
+    assert read >= keyed - {"face_model", "face_detector", "colorize_model"}  # read with --face-enhance, --colorize
     changed = dataclasses.replace(options, quality=10, suffix="_x", face_weight=0.5)
     assert model_key(changed) == model_key(options)
     assert model_key(dataclasses.replace(options, tile_pad=8)) != model_key(options)

@@ -42,6 +42,7 @@ class ItemResult:
     seconds: float = 0.0
     faces: int | None = None  # faces restored (None: face enhancement off)
     video: dict[str, object] | None = None  # a video's frames, fps, duration, codec, ... (None: an image)
+    colorized: bool | None = None  # whether --colorize colourised it (None: --colorize never)
 
 
 @dataclass(frozen=True)

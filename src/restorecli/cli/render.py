@@ -147,6 +147,8 @@ def item_json(item: ItemResult) -> dict:
     data["out_size"] = list(item.out_size) if item.out_size else None
     if data.get("video") is None:  # an image's line has no video fields
         data.pop("video", None)
+    if data.get("colorized") is None:  # nor, without --colorize, a colour field
+        data.pop("colorized", None)
     return {"type": "item", **data}
 
 

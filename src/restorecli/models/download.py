@@ -20,8 +20,8 @@ from typing import Callable, Literal
 from ..errors import SetupError, UnsupportedModel, UsageError
 from ..files import atomic_writer, special_file_kind
 from .integrity import LOCK_NAME, check_file, expected_hash, pin, read_lock, sha256_of
-from .loading import (EMBEDDED_INSTALL, describe, embedded_param, install_embedded, installed_file, read_state_dict,
-                      require_extra, save_converted)
+from .loading import (EMBEDDED_INSTALL, colorizer_descriptor, describe, embedded_param, install_embedded,
+                      installed_file, read_state_dict, require_extra, save_converted)
 from .registry import DEFAULT_MODEL, REGISTRY, ModelEntry, converted_filename, did_you_mean
 
 MIRROR_ENV = "RESTORECLI_WEIGHTS_MIRROR"
@@ -90,6 +90,9 @@ def verify_kind(path: Path, entry: ModelEntry) -> None:
                                    f"{entry.architecture} model ({entry.scale}x): these are not its weights")
         if entry.kind == "sr" and scale != entry.scale:
             raise UnsupportedModel(f"{path}: is a {scale:g}x model, expected {entry.scale}x")
+        return
+    if entry.kind == "colorizer":
+        colorizer_descriptor(state, path)
         return
     keys = " ".join(state.keys()) if isinstance(state, dict) else ""
     marker = {"detector": "LandmarkHead", "parser": "decoder"}[entry.kind]

@@ -458,3 +458,27 @@ def native_graph_for(name: str, path: Path) -> NcnnGraph | None:
         return None
     param = embedded_param(entry)
     return native_graph(param) if param is not None else None
+
+
+def colorizer_descriptor(state: dict, path: Path):
+    """The DDColor network (a spandrel descriptor, on the CPU) that the tensors ``state`` of ``path`` are the weights
+    of; ``UnsupportedModel`` for any other architecture, or one predicting more than the two chroma planes."""
+    descriptor = describe(state, path)
+    if descriptor.architecture.id != "DDColor":
+        raise UnsupportedModel(f"{path}: is a {descriptor.architecture.name} model, not a DDColor colouriser")
+    if descriptor.model.num_output_channels != 2:
+        raise UnsupportedModel(f"{path}: this DDColor predicts {descriptor.model.num_output_channels} planes; "
+                               "--colorize takes the released networks, which predict Lab's a and b")
+    return descriptor
+
+
+def load_colorizer(model: str, directory: Path) -> tuple[str, object]:
+    """``--colorize``'s network from a registry name or a path: (its name, a spandrel descriptor on the CPU in fp32,
+    eval mode). Raises ``WeightsNotInstalled`` naming the download, ``ArchitectureMissing`` without
+    spandrel-extra-arches, ``UnsupportedModel`` for a file that is not DDColor."""
+    if model in REGISTRY:
+        require_extra(REGISTRY[model])
+    name, path = resolve_model_path(model, directory, "colorizer")
+    descriptor = colorizer_descriptor(read_state_dict(path)[0], path)
+    descriptor.eval()
+    return name, descriptor

@@ -356,8 +356,8 @@ def _restore_behind(batch: _Batch, prepared: Prepared, name: str, fmt: OutputFor
         enhanced = restorer.enhance(prepared, name, options, fmt, on_tile)
         written = behind.file(output, lambda: enhanced.encode_output(fmt, options), enhanced.nbytes,
                               then=_crops_writer(batch, output.stem, enhanced.report))
-        return Restored(None, decoded.size, enhanced.out_size, faces), written
-    planes = decoded.color.shape[2] + (decoded.alpha is not None)
+        return Restored(None, decoded.size, enhanced.out_size, faces, colorized=prepared.colorized), written
+    planes = prepared.planes
     strips = behind.strips(output, lambda handle: strip_writer(fmt, handle, *prepared.size, planes,
                                                                decoded.color.dtype, quality=options.quality,
                                                                **prepared.metadata()))
@@ -366,8 +366,8 @@ def _restore_behind(batch: _Batch, prepared: Prepared, name: str, fmt: OutputFor
     except BaseException:
         strips.abort()
         raise
-    return Restored(None, decoded.size, prepared.size, faces), strips.finish(then=_crops_writer(batch, output.stem,
-                                                                                                report))
+    done = Restored(None, decoded.size, prepared.size, faces, colorized=prepared.colorized)
+    return done, strips.finish(then=_crops_writer(batch, output.stem, report))
 
 
 def _crops_writer(batch: _Batch, stem: str, report) -> Callable[[], None] | None:

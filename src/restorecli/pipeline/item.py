@@ -68,7 +68,7 @@ def ok(item: InputItem, output: str, done: Restored, started: float, finished: f
     """A restored image's result; ``finished`` (``time.perf_counter``) where its file was complete later than now."""
     end = time.perf_counter() if finished is None else finished
     return ItemResult(item.source, output, "ok", None, done.in_size, done.out_size, round(end - started, 3),
-                      done.faces)
+                      done.faces, colorized=done.colorized)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..engine.colour import ColourPlan
 from ..engine.enhance import Enhanced
 from ..engine.faces.enhance import FaceOptions, FacePlan, FaceReport
 from ..images import DecodedImage, OutputFormat, encode_image, float_to_uint8
@@ -26,10 +27,17 @@ class Prepared:
     streams: bool
     faces: FacePlan | None
     stages: tuple[str, ...] = ()
+    colour: ColourPlan | None = None  # DDColor's colour for it, where --colorize colourises it
+    colorized: bool | None = None  # whether it is colourised; None: --colorize never
 
     def metadata(self) -> dict[str, object]:
         """What the writers take for this image's output: the input's metadata, sized to it, and its record."""
-        return self.decoded.metadata_for(self.size, self.stages)
+        return output_metadata(self.decoded, self.size, self.stages, bool(self.colorized))
+
+    @property
+    def planes(self) -> int:
+        """The output's planes: its colour planes (three where it is colourised), then alpha where there is one."""
+        return (3 if self.colorized else self.decoded.color.shape[2]) + (self.decoded.alpha is not None)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class Restored:
     out_size: tuple[int, int]
     faces: int | None
     crops: FaceCrops = ()
+    colorized: bool | None = None  # None: --colorize never
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class Enhancement:
     result: Enhanced
     report: FaceReport | None
     stages: tuple[str, ...] = ()  # what was done, for the output's processing record
+    colorized: bool | None = None  # None: --colorize never
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -67,13 +77,23 @@ class Enhancement:
         """The output file's bytes as ``fmt``, with the input's metadata scaled to the output and the record of
         what was done to it."""
         return encode_image(self.result.color, self.result.alpha, fmt, quality=options.quality,
-                            **self.decoded.metadata_for(self.out_size, self.stages))
+                            **output_metadata(self.decoded, self.out_size, self.stages, bool(self.colorized)))
 
     def encode(self, fmt: OutputFormat, options: RestoreOptions, stem: str) -> Restored:
         """The output's bytes and, with ``--save-faces``, its face crops named after ``stem``."""
         crops = face_crops(stem, self.report) if options.save_faces else ()
         return Restored(self.encode_output(fmt, options), self.decoded.size, self.out_size, faces_found(self.report),
-                        crops)
+                        crops, self.colorized)
+
+
+def output_metadata(decoded: DecodedImage, size: tuple[int, int], stages: tuple[str, ...],
+                    colorized: bool) -> dict[str, object]:
+    """The input's metadata for its output of ``size``, with the record of ``stages``; a gray input's ICC profile is
+    left out of a colourised output, whose RGB pixels it would describe as gray."""
+    metadata = decoded.metadata_for(size, stages)
+    if colorized and decoded.color.shape[2] == 1:
+        metadata["icc_profile"] = None
+    return metadata
 
 
 def faces_found(report: FaceReport | None) -> int | None:
