@@ -3,12 +3,130 @@ the stages recorded in the output's XMP and in the JSON result, a queued job kee
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from conftest import TEST_INPUTS
-from helpers.cli import invoke
+from conftest import TEST_INPUTS, psnr
+from helpers.cli import invoke, json_lines
+
+
+@pytest.fixture
+def denoiser(tmp_path) -> Path:
+    """A tiny random DnCNN (a 1x restoration model: spandrel's purpose "Restoration") in KAIR's key layout."""
+    from spandrel.architectures.DnCNN import DnCNN
+
+    torch.manual_seed(1)
+    path = tmp_path / "models" / "tiny-dncnn.pth"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(DnCNN(in_nc=3, out_nc=3, nc=8, nb=8, act_mode="R").state_dict(), path)
+    return path
+
+
+def scunet_state() -> dict[str, torch.Tensor]:
+    """A small random SCUNet in the official checkpoint's layout (its key names, as scunet_color_real_psnr.pth)."""
+    from spandrel.architectures.SCUNet import SCUNet
+
+    torch.manual_seed(2)
+    return SCUNet(in_nc=3, config=[1, 1, 1, 1, 1, 1, 1], dim=64).state_dict()
+
+
+def restored(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_a_chain_runs_its_models_in_order_and_their_scales_multiply(tmp_path, denoiser, model2):
+    """``--model A --model B``: the 1x model, then the 2x one, as running them one after the other would; the JSON
+    result and the output's metadata name both, in order."""
+    from restorecli.images import decode_image
+    from restorecli.images.metadata import recorded_stages
+    from restorecli.options import RestoreOptions
+    from restorecli.pipeline import Restorer
+
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "out", "--model", denoiser, "--model",
+                    model2, "--format", "png", "--device", "cpu", "--precision", "fp32", "--tile", "0", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json_lines(result)[-1]
+    assert summary["chain"] == ["tiny-dncnn", model2.stem] and summary["model"] == f"tiny-dncnn,{model2.stem}"
+    output = tmp_path / "out" / "rocket.png"
+    assert Image.open(output).size == (192, 128)  # 1x then 2x
+    assert recorded_stages(decode_image(output.read_bytes(), output.name).xmp) == ["model:tiny-dncnn",
+                                                                                   f"model:{model2.stem}"]
+    one_by_one = np.asarray(Image.open(TEST_INPUTS / "rocket.jpg").convert("RGB"))
+    for model in (denoiser, model2):
+        one_by_one = Restorer.from_options(RestoreOptions(model=str(model), device="cpu", precision="fp32",
+                                                          tile=0)).restore_array(one_by_one)
+    assert np.array_equal(restored(output), one_by_one)
+
+
+def test_chain_outscale_is_the_final_scale_of_the_input(tmp_path, denoiser, model2):
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path, "--chain", f"{denoiser}, {model2}",
+                    "--outscale", "3", "--format", "png")
+    assert result.exit_code == 0, result.stderr
+    assert Image.open(tmp_path / "rocket.png").size == (288, 192)
+
+
+def test_each_stage_of_a_chain_is_seam_free_under_tiling(denoiser, model2):
+    """Tiled (16-pixel tiles) and whole, each model of the chain gives the same planes within 45 dB."""
+    from restorecli.options import RestoreOptions
+    from restorecli.pipeline import Restorer
+
+    chain = f"{denoiser},{model2}"
+    tiled, whole = (Restorer.from_options(RestoreOptions(model=chain, device="cpu", precision="fp32", tile=tile))
+                    for tile in (16, 0))
+    assert len(tiled.before) == 1 and tiled.before[0].engine.tile == 16 and tiled.engine.tile == 16
+    image = np.asarray(Image.open(TEST_INPUTS / "rocket.jpg").convert("RGB"))
+    for tiled_stage, whole_stage in zip((*tiled.before, tiled), (*whole.before, whole)):
+        tiled_planes = tiled_stage.run_stage(image, None, "rocket.jpg", None)[0]
+        whole_planes = whole_stage.run_stage(image, None, "rocket.jpg", None)[0]
+        assert psnr(tiled_planes, whole_planes) >= 45
+    assert psnr(tiled.restore_array(image), whole.restore_array(image)) >= 45
+
+
+def test_a_queued_job_keeps_its_chain(tmp_path, denoiser, model2):
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue, "--model", denoiser, "--model",
+                       model2, "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed" and status["setup"]["chain"] == ["tiny-dncnn", model2.stem]
+    assert Image.open(queue / status["results"][0]["output"]).size == (192, 128)
+
+
+def test_a_chain_re_run_resumes_with_what_is_missing(tmp_path, denoiser, model2):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (inputs / name).write_bytes((TEST_INPUTS / "rocket.jpg").read_bytes())
+    args = ("restore", inputs, "-o", tmp_path / "out", "--model", denoiser, "--model", model2, "--json")
+    assert invoke(*args).exit_code == 0
+    (tmp_path / "out" / "b.jpg").unlink()
+    again = invoke(*args)
+    assert again.exit_code == 0, again.stderr
+    assert {line["input"].rsplit("/", 1)[-1]: line["status"] for line in json_lines(again)
+            if line["type"] == "item"} == {"a.jpg": "skipped", "b.jpg": "ok"}
+    assert Image.open(tmp_path / "out" / "b.jpg").size == (192, 128)
+
+
+@pytest.mark.parametrize("bad, code, named", [("nosuchmodel", 2, "nosuchmodel"),
+                                              ("missing/model.pth", 3, "missing/model.pth")])
+def test_a_bad_model_in_a_chain_is_named_before_any_model_loads(tmp_path, model2, bad, code, named):
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path, "--model", model2, "--model", bad)
+    assert result.exit_code == code
+    assert named in result.stderr and "2 of the chain" in result.stderr
+    assert not list(tmp_path.glob("rocket*"))
+
+
+def test_an_empty_name_in_a_chain_is_a_usage_error(tmp_path, model2):
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path, "--chain", f"{model2},,")
+    assert result.exit_code == 2 and "one empty here" in result.stderr
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tiff"])
@@ -49,3 +167,12 @@ def test_the_record_joins_an_input_s_own_packet_and_keeps_it_byte_for_byte():
     assert record_processing(packet, []) is packet and record_processing(None, []) is None
     assert recorded_stages(record_processing(None, ["model:a"])) == ["model:a"]
     assert record_processing(b"<not xml", ["model:a"]) == b"<not xml"  # no place for it: left as it is
+
+
+def test_a_repeated_model_is_a_chain_that_drops_no_value(tmp_path):
+    """``restore --model A --model B`` once ran B alone and exited 0: now both run, in order, whichever way each is
+    spelt; here the first is no model, which the run names as the chain's first."""
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path, "--model", "nosuch", "--model=b")
+    assert result.exit_code == 2, result.stderr
+    assert "unknown model 'nosuch'" in result.stderr and "model 1 of the chain's 2" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -218,7 +218,7 @@ def test_no_command_function_is_over_60_lines():
 
 
 @pytest.mark.parametrize(("args", "option", "values"), [
-    (["--model", "a", "--model=b"], "'--model'", "(a, b)"),
+    (["--face-model", "a", "--face-model=b"], "'--face-model'", "(a, b)"),  # --model's repeats are a chain
     (["-o", "one", "-otwo"], "'-o' / '--output'", "(one, two)"),
     (["--tile", "64", "--outscale", "2", "--tile", "0"], "'--tile'", "(64, 0)"),
 ])

@@ -78,7 +78,7 @@ def test_help_writes_metavars_as_the_readme_does(command):
 def test_restore_help_names_its_arguments_and_choices():
     text = invoke("restore", "--help", terminal_width=200).stdout
     assert "Usage: restorecli restore [OPTIONS] INPUT..." in text
-    for metavar in ("--model NAME|PATH", "--tile auto|0|N", "--format same|png|jpg|webp|tiff",
+    for metavar in ("--model, --chain NAME|PATH", "--tile auto|0|N", "--format same|png|jpg|webp|tiff",
                     "--precision auto|fp32|fp16|bf16", "-o, --output DIR|-"):
         assert metavar in text
 

@@ -14,6 +14,8 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 OPTIONS = "Options"  # the heading of the options that belong to no group
+# Options whose repeats make one value, joined with this: ``--model A --model B`` is the chain ``A,B``
+JOINED = {"model": ","}
 
 
 class _Argument(TyperArgument):
@@ -32,13 +34,15 @@ class Command(TyperCommand):
                 param.__class__ = _Argument
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        """Refuse an option that takes one value given more than once (``--model A --model B``), which the parser
-        would silently settle with the last; options that take several (``--allow-model``) are not counted."""
-        repeated = _repeated(self.get_params(ctx), args)
+        """Join the repeats of a ``JOINED`` option into one value (``--model A --chain B`` is ``--model A,B``), and
+        refuse any other option that takes one value given more than once, which the parser would silently settle
+        with the last; options that take several (``--allow-model``) are not counted."""
+        params = self.get_params(ctx)
+        args = _joined(params, args)
+        repeated = _repeated(params, args)
         if repeated:
             param, values = repeated
-            later = " (models one after another are not supported yet)" if param.name == "model" else ""
-            raise typer.BadParameter(f"given {len(values)} times ({', '.join(values)}); it takes one value{later}",
+            raise typer.BadParameter(f"given {len(values)} times ({', '.join(values)}); it takes one value",
                                      ctx=ctx, param=param)
         return super().parse_args(ctx, args)
 
@@ -69,12 +73,37 @@ class Command(TyperCommand):
 
 def _repeated(params: list[Any], args: list[str]) -> tuple[Any, list[str]] | None:
     """The first single-valued option that ``args`` give twice or more, with its values; None where none is."""
+    given: dict[int, tuple[Any, list[str]]] = {}
+    for param, value, _start, _stop in _option_values(params, args):
+        if not getattr(param, "multiple", False):
+            given.setdefault(id(param), (param, []))[1].append(value)
+    return next(((param, values) for param, values in given.values() if len(values) > 1), None)
+
+
+def _joined(params: list[Any], args: list[str]) -> list[str]:
+    """``args`` with the values of each ``JOINED`` option given more than once joined into its first place
+    (``--model A -x --model B`` -> ``--model A,B -x``)."""
+    for name, separator in JOINED.items():
+        given = [entry for entry in _option_values(params, args) if entry[0].name == name]
+        if len(given) < 2:
+            continue
+        dropped = {index for _param, _value, start, stop in given for index in range(start, stop)}
+        kept = [arg for index, arg in enumerate(args) if index not in dropped]
+        first = given[0][2]  # nothing before it is dropped
+        args = [*kept[:first], given[0][0].opts[0], separator.join(value for _p, value, _s, _e in given),
+                *kept[first:]]
+    return args
+
+
+def _option_values(params: list[Any], args: list[str]) -> list[tuple[Any, str, int, int]]:
+    """Each single-valued option ``args`` give, in order: (its parameter, the value, where its tokens start and
+    stop in ``args``); the arguments after ``--`` are not read."""
     takes_value: dict[str, Any] = {}  # every option string that is followed by a value -> its parameter
     for param in params:
         if not isinstance(param, TyperArgument) and not getattr(param, "is_flag", False) and param.nargs == 1:
             for name in (*param.opts, *param.secondary_opts):
                 takes_value[name] = param
-    given: dict[int, tuple[Any, list[str]]] = {}
+    given: list[tuple[Any, str, int, int]] = []
     index = 0
     while index < len(args):
         token = args[index]
@@ -89,10 +118,10 @@ def _repeated(params: list[Any], args: list[str]) -> tuple[Any, list[str]] | Non
         if param is None:
             index += 1
             continue
+        start = index
         if value is None:
             value = args[index + 1] if index + 1 < len(args) else ""
             index += 1
         index += 1
-        if not getattr(param, "multiple", False):
-            given.setdefault(id(param), (param, []))[1].append(value)
-    return next(((param, values) for param, values in given.values() if len(values) > 1), None)
+        given.append((param, value, start, index))
+    return given

@@ -4,6 +4,7 @@ worker sees all of a job or none of it. Imports nothing heavy: the server's proc
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -18,7 +19,7 @@ from ..images.formats import check_output_pixels, output_size
 from ..video.formats import frame_size, is_video_name
 from ..models.loading import unknown_model
 from ..models.registry import REGISTRY
-from ..options import QUEUE_MAX_OUTPUT_PIXELS, RestoreOptions
+from ..options import QUEUE_MAX_OUTPUT_PIXELS, RestoreOptions, model_chain
 from .store import Job, JobStore, new_job_id
 
 # Fields of RestoreOptions that belong to the worker, not to the job.
@@ -28,11 +29,7 @@ _NOT_STORED = ("output_dir", "overwrite", "dry_run")
 def job_options(options: RestoreOptions) -> dict:
     """The job's restore options, with paths made absolute: workers run from other directories (cron)."""
     stored = {k: v for k, v in asdict(options).items() if k not in _NOT_STORED}
-    if stored["model"] not in REGISTRY:
-        model = Path(stored["model"])
-        if not model.is_file():
-            raise unknown_model(stored["model"])
-        stored["model"] = str(model.resolve())
+    stored["model"] = ",".join(_stored_model(model) for model in model_chain(stored["model"]))  # a chain: each
     if stored["max_output_pixels"] is None:  # a queue's worker is shared: its jobs are bounded unless asked
         stored["max_output_pixels"] = QUEUE_MAX_OUTPUT_PIXELS
     for key in ("weights_dir", "save_faces"):
@@ -44,14 +41,25 @@ def job_options(options: RestoreOptions) -> dict:
     return stored
 
 
+def _stored_model(model: str) -> str:
+    """A model as a job keeps it: a registry name as it is, a checkpoint file by its absolute path; ``unknown_model``'s
+    error for anything else."""
+    if model in REGISTRY:
+        return model
+    if not Path(model).is_file():
+        raise unknown_model(model)
+    return str(Path(model).resolve())
+
+
 def refuse_oversized(options: dict, inputs: list[tuple[str, Path]]) -> None:
     """Refuse (``UsageError``, naming the file and the limit) a job with an image (or a video's frame) whose output
-    would be over its ``max_output_pixels``, read from the files' headers, before the job takes a worker's time. The scale is the
-    job's ``outscale`` or its registry model's; a checkpoint file's scale is known once a worker loads it, which
-    applies the same limit to each image. A file whose header cannot be read is left for the worker to name."""
+    would be over its ``max_output_pixels``, read from the files' headers, before the job takes a worker's time. The
+    scale is the job's ``outscale`` or its registry models' (a chain's multiplied); a checkpoint file's scale is known
+    once a worker loads it, which applies the same limit to each image. A file whose header cannot be read is left for the worker to name."""
     limit = options.get("max_output_pixels")
-    entry = REGISTRY.get(options["model"])
-    scale = options.get("outscale") or (entry.scale if entry else None)
+    entries = [REGISTRY.get(model) for model in model_chain(options["model"])]
+    known = None if None in entries else math.prod(entry.scale for entry in entries)  # type: ignore[union-attr]
+    scale = options.get("outscale") or known
     if limit is None or scale is None:
         return
     from PIL import Image  # the header alone: the server's process imports no OpenCV or numpy
