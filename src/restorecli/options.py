@@ -9,10 +9,12 @@ Imports nothing heavy, so commands that run no model can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from .errors import UsageError
 from .images.formats import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from .models.presets import PRESET_NAMES, preset_values
 from .models.registry import DEFAULT_MODEL
 
 # The choices of the options that take one of a few words, checked by ``check_choice`` so that a wrong one reads
@@ -22,7 +24,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # engine.backends.choice.BACKEND_CHOICES, spelt here to import nothing heavy
 BACKENDS = ("auto", "torch", "ncnn", "openvino")
 ALPHAS = ("model", "resize")
-COLORIZE_MODES = ("never", "auto", "always")  # engine.colour.ColorizeMode, spelt here to import nothing heavy
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
@@ -30,6 +31,22 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise UsageError(f"{option} {value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def model_chain(model: str) -> tuple[str, ...]:
+    """The models ``--model`` names, in the order they run: one name or path, or several joined by commas (``A,B``:
+    ``--model A --model B``, ``--chain A,B``). A path that exists is one model, commas and all."""
+    if "," not in model or Path(model).exists():
+        return (model,)
+    return tuple(part.strip() for part in model.split(","))
+
+
+def parse_model(value: str) -> str:
+    """``--model``'s text with the spaces around a chain's names dropped; ``UsageError`` for an empty name."""
+    chain = model_chain(value)
+    if not all(chain):
+        raise UsageError(f"--model '{value}': a chain's models are names or paths joined by commas, one empty here")
+    return ",".join(chain)
 
 
 def parse_tile(value: str | int | None) -> int | None:
@@ -128,7 +145,6 @@ def option(default: Any, help: str, **spec: Any) -> Any:
 
 
 _FACES = "Faces"
-_COLOUR = "Colour"
 _VIDEO = "Video"
 MAX_OUTSCALE = 16.0  # beyond any model's own scale by far; 1e7 once drove a worker to 15 GB before it failed
 # A queued job's images are bounded by default: a server's or a queue's worker is shared, and one 64000x64000
@@ -142,8 +158,13 @@ class RestoreOptions:
     output folder and overwrite and dry-run flags) and are given by it."""
 
     output_dir: str = "results"  # "-": write the single result to stdout
-    model: str = option(DEFAULT_MODEL, "Registry name or checkpoint path (.pth, .safetensors, ncnn .param).",
-                        metavar="NAME|PATH", loads_models=True)
+    model: str = option(DEFAULT_MODEL, "Registry name or checkpoint path (.pth, .safetensors, ncnn .param). Given "
+                        "again (or as --chain A,B), models run one after another: a 1x restoration model, then an "
+                        "upscaler.", metavar="NAME|PATH", parse=parse_model, flags=("--model", "--chain"),
+                        loads_models=True)
+    preset: str | None = option(None, "Named models for a common job (restorecli models --presets): e.g. "
+                                "old-photo (noise and artefacts removed, 4x, faces).", choices=PRESET_NAMES,
+                                show_default=False)  # its models reach ``model`` and ``face_enhance``
     outscale: float | None = option(None, "Final scale, e.g. 2 or 3.5 [default: the model's].", metavar="SCALE",
                                     given_as=float, minimum=0.01, maximum=MAX_OUTSCALE, show_default=False)
     tile: int | None = option(None, "auto (from free memory), 0 (whole image) or N (N x N tiles).",  # None: auto
@@ -199,12 +220,6 @@ class RestoreOptions:
                                    given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
     save_faces: str | None = option(None, "Also write the aligned and restored face crops here.", metavar="DIR",
                                     show_default=False, panel=_FACES)
-    colorize: Literal["never", "auto", "always"] = option(
-        "never", "Colourise with DDColor: auto (only grayscale images: one plane, or RGB whose channels agree), "
-        "always, or never. Needs pip install 'restorecli[colorize]'.", choices=COLORIZE_MODES, loads_models=True,
-        panel=_COLOUR)
-    colorize_model: str = option("ddcolor", "ddcolor, ddcolor-tiny (faster), or a DDColor checkpoint path.",
-                                 metavar="NAME|PATH", loads_models=True, panel=_COLOUR)
     video_codec: str | None = option(None, "Codec of restored videos [default: H.264 (libx264) for MP4/MOV/MKV, "
                                      "VP9 for WebM, whichever the bundled FFmpeg has].", metavar="NAME",
                                      show_default=False, panel=_VIDEO)
@@ -246,6 +261,8 @@ def from_given(values: dict[str, Any], **extra: Any) -> RestoreOptions:
         if spec.parse is not None:
             value = spec.parse(value)
         parsed[name] = value
+    if parsed.get("preset") is not None:
+        parsed = preset_values(parsed["preset"], parsed)
     if parsed.get("crf") is not None and parsed.get("video_bitrate") is not None:
         raise UsageError("--crf and --video-bitrate both set a video's quality: give one of them")
     if parsed.get("frames") and (parsed.get("start") is not None or parsed.get("duration") is not None):

@@ -3,8 +3,7 @@
 This is metadata beside the models, not code in their constructors: loading and downloading read it.
 URLs are the projects' own release assets; sha256 values are the ones OpenModelDB publishes, or, for the face models
 whose authors publish none (GFPGAN v1.3, RestoreFormer, CodeFormer), the digest of the release asset that
-independent downloaders (distribution packages, model managers) agree on. DDColor's authors publish no digest and none
-was found that downloaders agree on, so its entries have none: ``download-weights`` pins the first file it fetches.
+independent downloaders (distribution packages, model managers) agree on.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ModelKind = Literal["sr", "face", "detector", "parser", "colorizer"]
+ModelKind = Literal["sr", "face", "detector", "parser"]
 
 DEFAULT_MODEL = "realesrgan-x4plus"
 
@@ -20,7 +19,8 @@ _ESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _GFPGAN = "https://github.com/TencentARC/GFPGAN/releases/download"
 _FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
 _CODEFORMER = "https://github.com/sczhou/CodeFormer/releases/download"
-_DDCOLOR = "https://huggingface.co/piddnad/DDColor-models/resolve/main"  # the model zoo of piddnad/DDColor
+_KAIR = "https://github.com/cszn/KAIR/releases/download"  # where SCUNet's README links its weights
+_FBCNN = "https://github.com/jiaxi-jiang/FBCNN/releases/download"
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,26 @@ REGISTRY: dict[str, ModelEntry] = {
             "General scenes, 4x, with stronger denoising.",
             sha256="1641f8c4464b9f097c9fdda5589273713f67cf59f3d909e0bd688f0cee269dca",
         ),
+        # 1x restoration models, run before an upscaler in a chain (--model A --model B, --preset); their authors
+        # publish no digest: these are the release assets' that independent downloaders agree on
+        ModelEntry(
+            "scunet-color-real-psnr", "sr", "SCUNet", 1, "scunet_color_real_psnr.pth",
+            (f"{_KAIR}/v1.0/scunet_color_real_psnr.pth",), "Apache-2.0",
+            "Removes real-world noise and artefacts, 1x (SCUNet, PSNR-trained: faithful); chain it before 4x.",
+            sha256="fa78899ba2caec9d235a900e91d96c689da71c42029230c2028b00f09f809c2e", size=71_982_841,
+        ),
+        ModelEntry(
+            "scunet-color-real-gan", "sr", "SCUNet", 1, "scunet_color_real_gan.pth",
+            (f"{_KAIR}/v1.0/scunet_color_real_gan.pth",), "Apache-2.0",
+            "Removes real-world noise and artefacts, 1x (SCUNet, GAN-trained: sharper, may shift brightness).",
+            sha256="892c83f812c59173273b74f4f34a14ecaf57a2fdb68df056664589beb55c966e", size=71_982_835,
+        ),
+        ModelEntry(
+            "fbcnn-color", "sr", "FBCNN", 1, "fbcnn_color.pth",
+            (f"{_FBCNN}/v1.0/fbcnn_color.pth",), "Apache-2.0",
+            "Removes JPEG blocking and ringing, 1x (FBCNN, blind quality factor); chain it before 4x.",
+            sha256="8b0e4ef23d59cf7ac934a342cb31a17619e4fa4a0b3374a9d78c5174312387e8", size=287_755_111,
+        ),
         ModelEntry(
             "gfpgan-1.3", "face", "GFPGAN", 1, "GFPGANv1.3.pth",
             (f"{_GFPGAN}/v1.3.0/GFPGANv1.3.pth",), "Apache-2.0 (with NVIDIA StyleGAN2 parts)",
@@ -130,18 +150,6 @@ REGISTRY: dict[str, ModelEntry] = {
             "retinaface-mobilenet0.25", "detector", "RetinaFace", 1, "detection_mobilenet0.25_Final.pth",
             (f"{_FACEXLIB}/v0.1.0/detection_mobilenet0.25_Final.pth",), "MIT",
             "Face detector with 5 landmarks, MobileNet-0.25 backbone (faster).",
-        ),
-        ModelEntry(
-            "ddcolor", "colorizer", "DDColor", 1, "ddcolor_modelscope.pth",
-            (f"{_DDCOLOR}/ddcolor_modelscope.pth",), "Apache-2.0",
-            "Colourises grayscale photos (--colorize): DDColor-L, the authors' default, trained on ImageNet.",
-            extra="colorize",
-        ),
-        ModelEntry(
-            "ddcolor-tiny", "colorizer", "DDColor", 1, "ddcolor_paper_tiny.pth",
-            (f"{_DDCOLOR}/ddcolor_paper_tiny.pth",), "Apache-2.0",
-            "Colourises grayscale photos (--colorize), faster: DDColor-T (ConvNeXt-T encoder), trained on ImageNet.",
-            extra="colorize",
         ),
         ModelEntry(
             "parsenet", "parser", "ParseNet", 1, "parsing_parsenet.pth",

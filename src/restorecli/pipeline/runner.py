@@ -5,6 +5,7 @@ function). Precision fallbacks (``--precision auto``) and the 16-bit copy of the
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,13 +15,12 @@ import numpy as np
 import torch
 
 from ..engine.backends.choice import BackendChoice, choose_backend, host_device, realise, runs_torch
-from ..engine.colour import ColourPlan, ColourRows, Colouriser, colourise, wants_colour
 from ..engine.device import choose_device, choose_dtype, place_model, precision_name
 from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, streamable, target_size
 from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
 from ..engine.precision import checked, is_precision_error
 from ..engine.tiling import TileProgress
-from ..errors import ImageError, PrecisionFallback
+from ..errors import ImageError, PrecisionFallback, RestoreCliError
 from ..images import (
     SIXTEEN_BIT_FORMATS,
     STRIP_WRITERS,
@@ -32,11 +32,14 @@ from ..images import (
     writes_planes_as_they_are,
 )
 from ..models.integrity import sha256_of
-from ..models.loading import LoadedModel, load_colorizer, load_face_weights, load_model, native_graph_for, weights_dir
-from ..options import RestoreOptions
+from ..models.loading import (LoadedModel, load_face_weights, load_model, native_graph_for, resolve_model_path,
+                              weights_dir)
+from ..options import RestoreOptions, model_chain
 from .stages import Enhancement, Prepared, Restored, face_options
 
 T = TypeVar("T")
+# What a chain's earlier models are loaded without: the stages that act on the whole image once, after the last model
+_NO_IMAGE_STAGES: dict[str, str] = {"colorize": "never"} if "colorize" in RestoreOptions.__dataclass_fields__ else {}
 
 
 class RowSink(Protocol):
@@ -64,10 +67,12 @@ class Restorer:
         self.fallback: str | None = None  # why ``auto`` runs the model in fp32 after all
         self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
         self.backend: BackendChoice | None = None  # the back-end ``from_options`` chose, and why
-        self.colouriser: Colouriser | None = None  # DDColor, with --colorize auto or always
+        self.before: tuple[Restorer, ...] = ()  # a chain's earlier models, each a restorer of its own (``_chain``)
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
+        if len(model_chain(options.model)) > 1:
+            return cls._chain(options)
         device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder)
@@ -104,11 +109,59 @@ class Restorer:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
         restorer = cls(model, engine, faces, options, load_16bit)
         restorer.backend = backend
-        restorer.colouriser = _colouriser(options, folder, device)
         restorer._reload = lambda dtype: place_model(load_model(options.model, folder), device, dtype)
         if fallback:
             restorer._note_fallback(fallback)
         return restorer
+
+    @classmethod
+    def _chain(cls, options: RestoreOptions) -> "Restorer":
+        """A chain's models (``--model A --model B``) each loaded as a restorer of its own, with its own device,
+        precision (and fallback), 16-bit copy and tiles; the last one holds the face and colour stages and runs
+        the earlier ones, in order, before its own model."""
+        *earlier, last = chain = model_chain(options.model)
+        folder = weights_dir(options.weights_dir)
+        for place, name in enumerate(chain, 1):  # a bad model fails the run before any model loads
+            try:
+                resolve_model_path(name, folder)
+            except RestoreCliError as exc:
+                raise type(exc)(f"--model {name}, model {place} of the chain's {len(chain)}: {exc}") from None
+        before = tuple(cls.from_options(replace(options, model=name, face_enhance=False, **_NO_IMAGE_STAGES))
+                       for name in earlier)
+        restorer = cls.from_options(replace(options, model=last))
+        restorer.before, restorer.options = before, options
+        return restorer
+
+    def run_stage(self, color: np.ndarray, alpha: np.ndarray | None, name: str, fmt: OutputFormat | None,
+                  on_tile: TileProgress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """This restorer's model alone on the planes of image ``name``, whole in memory at the model's own scale
+        (a chain's earlier stage), with its precision fallback; returns the colour and alpha planes."""
+        def run() -> tuple[np.ndarray, np.ndarray | None]:
+            model, engine = self._runner(color, fmt)
+            result = enhance(model, color, alpha, engine, None, on_tile)
+            return result.color, result.alpha
+
+        return self._guarded(name, run)
+
+    def _earlier(self, color: np.ndarray, alpha: np.ndarray | None, name: str, fmt: OutputFormat | None,
+                 on_tile: TileProgress | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The planes the last model of a chain takes: the image through each earlier model in turn."""
+        for stage in self.before:
+            color, alpha = stage.run_stage(color, alpha, name, fmt, on_tile)
+        return color, alpha
+
+    def output_size(self, size: tuple[int, int], outscale: float | None) -> tuple[int, int]:
+        """The (w, h) of the result for an input of ``size``: through each model at its own scale, the last one
+        at what is left of ``outscale`` (the final scale, of the input; None: each model's own)."""
+        for stage in self.before:
+            size = target_size(stage.model, *size, None)
+        return target_size(self.model, *size, self._last_outscale(outscale))
+
+    def _last_outscale(self, outscale: float | None) -> float | None:
+        """The scale the last model of a chain resizes its result to, for a final ``outscale`` of the input."""
+        if outscale is None or not self.before:
+            return outscale
+        return outscale / math.prod(stage.model.spec.default_outscale for stage in self.before)
 
     def _note_fallback(self, reason: str) -> None:
         """Say once that the model runs in fp32, and why; the setup (JSON summary, queue results) records it."""
@@ -156,8 +209,6 @@ class Restorer:
                  "precision": precision_name(self.engine.dtype), "backend": "torch"}
         if self.faces is not None:
             setup["face_model"] = self.faces.name
-        if self.colouriser is not None:
-            setup["colorize_model"] = self.colouriser.name
         if self.backend is not None and self.backend.candidate.backend != "torch":
             chosen = self.backend.candidate
             setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)
@@ -167,53 +218,50 @@ class Restorer:
             setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)
         if self.fallback:
             setup["precision_fallback"] = self.fallback
+        if self.before:  # a chain: every model, in order; an earlier one's fallback named with it
+            setup["chain"] = [stage.model.spec.name for stage in (*self.before, self)]
+            setup["model"] = ",".join(setup["chain"])
+            fallbacks = [f"{stage.model.spec.name}: {stage.fallback}" for stage in self.before if stage.fallback]
+            if fallbacks:
+                setup["precision_fallback"] = "; ".join([*fallbacks, *([self.fallback] if self.fallback else [])])
         return setup
 
     def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
                       options: RestoreOptions | None = None) -> np.ndarray:
         """Upscale (and restore faces in) an H x W x C array; returns the colour planes. For callers that
         measure rather than write files."""
+        color, alpha = self._earlier(color, alpha, "the array", None, None)
         return self._enhance(color, alpha, options or self.options)[0].color
 
     def _enhance(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
                  on_tile: TileProgress | None = None, fmt: OutputFormat | None = None,
-                 faces: FacePlan | None = None,
-                 colour: ColourPlan | None = None) -> tuple[Enhanced, FaceReport | None]:
-        """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead) and, with
-        a ``colour`` plan, colourised."""
+                 faces: FacePlan | None = None) -> tuple[Enhanced, FaceReport | None]:
+        """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead)."""
         model, engine = self._runner(color, fmt)
-        result = enhance(model, color, alpha, engine, options.outscale, on_tile)
+        result = enhance(model, color, alpha, engine, self._last_outscale(options.outscale), on_tile)
         report = None
         if self.faces is not None:
             if faces is None:
                 report = self.faces.enhance(result.color, color, face_options(options))
             else:
                 report = self.faces.restore(result.color[faces.top : faces.bottom], faces)
-        if colour is not None:
-            result = replace(result, color=colourise(result.color, colour, 0))
         return result, report
 
     def prepare(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat) -> Prepared:
         """What comes before the model, for an image of ``data`` to be restored as ``fmt``: decoded, its output's
-        size checked, its faces found (with ``--face-enhance``), its colour worked out (with ``--colorize``, where
-        it applies). Reads no model state that restoring changes, so a batch runs it for the next image on another
-        thread."""
+        size checked, its faces found (with ``--face-enhance``). Reads no model state that restoring changes,
+        so a batch runs it for the next image on another thread."""
         decoded = decode_image(data, name, options.max_pixels)
-        size = target_size(self.model, *decoded.size, options.outscale)
+        size = self.output_size(decoded.size, options.outscale)
         check_output_size(name, fmt, size)
         check_output_pixels(name, size, options.max_output_pixels)
         faces = self.faces.plan(decoded.color, size, face_options(options)) if self.faces is not None else None
-        colour = None
-        if self.colouriser is not None and wants_colour(options.colorize, decoded.color):
-            colour = self.colouriser.plan(decoded.color, size)
-        stages = self._stages(faces) + ((f"colorize:{self.colouriser.name}",) if colour is not None else ())
-        return Prepared(decoded, size, self._streams(decoded, fmt, colour is not None), faces, stages, colour,
-                        None if self.colouriser is None else colour is not None)
+        return Prepared(decoded, size, self._streams(decoded, fmt), faces, self._stages(faces))
 
     def _stages(self, faces: FacePlan | None) -> tuple[str, ...]:
         """What is done to an image, for its output's processing record: the model, then the face model where
         the image has faces to restore."""
-        stages = (f"model:{self.model.spec.name}",)
+        stages = tuple(f"model:{stage.model.spec.name}" for stage in (*self.before, self))
         return stages + ((f"faces:{self.faces.name}",) if self.faces is not None and faces and faces.faces else ())
 
     def enhance(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
@@ -221,11 +269,11 @@ class Restorer:
         """The model's part for an image ``prepare`` made ready: the whole output in memory, its faces restored.
         ``on_tile(done, total)`` follows the tiles of each pass through the model."""
         decoded = prepared.decoded
+        color, alpha = self._earlier(decoded.color, decoded.alpha, name, fmt, on_tile)
 
         def run() -> Enhancement:
-            result, report = self._enhance(decoded.color, decoded.alpha, options, on_tile, fmt, prepared.faces,
-                                           prepared.colour)
-            return Enhancement(decoded, result, report, prepared.stages, prepared.colorized)
+            result, report = self._enhance(color, alpha, options, on_tile, fmt, prepared.faces)
+            return Enhancement(decoded, result, report, prepared.stages)
 
         return self._guarded(name, run)
 
@@ -234,16 +282,16 @@ class Restorer:
         """The model's part for an image whose output streams (``prepared.streams``): its rows go to ``strips`` (an
         output's strip writer) as the tiles finish, resized to ``--outscale`` on the way, so its colour planes are
         never whole in memory (an alpha plane is; with faces, the rows from the first face's top to the last face's
-        bottom are held until the faces are restored; colourised, a strip at a time, after them). Returns the last
-        pass's face report (its crops)."""
-        decoded, plan, planes = prepared.decoded, prepared.faces, prepared.decoded.color.shape[2]
+        bottom are held until the faces are restored). Returns the last pass's face report (its crops)."""
+        decoded, plan = prepared.decoded, prepared.faces
+
+        color, alpha = self._earlier(decoded.color, decoded.alpha, name, fmt, on_tile)
 
         def run() -> FaceReport | None:
-            out = ColourRows(strips, prepared.colour, planes) if prepared.colour is not None else strips
-            sink = self.faces.rows(out, plan, planes) if plan is not None and plan.faces else out
-            model, engine = self._runner(decoded.color, fmt)
-            enhance_rows(model, decoded.color, engine, sink, on_tile, options.outscale, decoded.alpha)
-            return sink.reports[-1] if sink is not out and sink.reports else None
+            sink = self.faces.rows(strips, plan, decoded.color.shape[2]) if plan is not None and plan.faces else strips
+            model, engine = self._runner(color, fmt)
+            enhance_rows(model, color, engine, sink, on_tile, self._last_outscale(options.outscale), alpha)
+            return sink.reports[-1] if sink is not strips and sink.reports else None
 
         return self._guarded(name, run)
 
@@ -254,19 +302,10 @@ class Restorer:
         done = self.enhance(self.prepare(data, name, options, fmt), name, options, fmt)
         return done.encode(fmt, options, stem or Path(name).stem)
 
-    def _streams(self, decoded: DecodedImage, fmt: OutputFormat, coloured: bool = False) -> bool:
-        """Whether the output can be written a strip of rows at a time as the tiles finish (a ``coloured`` one has
-        three planes, whatever the input had)."""
-        return (fmt in STRIP_WRITERS and (coloured or writes_planes_as_they_are(fmt, decoded.color, decoded.alpha))
+    def _streams(self, decoded: DecodedImage, fmt: OutputFormat) -> bool:
+        """Whether the output can be written a strip of rows at a time as the tiles finish."""
+        return (fmt in STRIP_WRITERS and writes_planes_as_they_are(fmt, decoded.color, decoded.alpha)
                 and streamable(self.model, decoded.color))
-
-
-def _colouriser(options: RestoreOptions, folder: Path, device: torch.device) -> Colouriser | None:
-    """DDColor on ``device`` where ``--colorize`` may use it (auto or always), else None."""
-    if options.colorize == "never":
-        return None
-    name, descriptor = load_colorizer(options.colorize_model, folder)
-    return Colouriser(descriptor, device, name)
 
 
 __all__ = ["Restorer", "RowSink"]
