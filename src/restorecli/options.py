@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # engine.backends.choice.BACKEND_CHOICES, spelt here to import nothing heavy
 BACKENDS = ("auto", "torch", "ncnn", "openvino")
 ALPHAS = ("model", "resize")
+COLORIZE_MODES = ("never", "auto", "always")  # engine.colour.ColorizeMode, spelt here to import nothing heavy
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
@@ -145,6 +146,7 @@ def option(default: Any, help: str, **spec: Any) -> Any:
 
 
 _FACES = "Faces"
+_COLOUR = "Colour"
 _VIDEO = "Video"
 MAX_OUTSCALE = 16.0  # beyond any model's own scale by far; 1e7 once drove a worker to 15 GB before it failed
 # A queued job's images are bounded by default: a server's or a queue's worker is shared, and one 64000x64000
@@ -220,6 +222,12 @@ class RestoreOptions:
                                    given_as=float, minimum=0.0, maximum=1.0, panel=_FACES)
     save_faces: str | None = option(None, "Also write the aligned and restored face crops here.", metavar="DIR",
                                     show_default=False, panel=_FACES)
+    colorize: Literal["never", "auto", "always"] = option(
+        "never", "Colourise with DDColor: auto (only grayscale images: one plane, or RGB whose channels agree), "
+        "always, or never. Needs pip install 'restorecli[colorize]'.", choices=COLORIZE_MODES, loads_models=True,
+        panel=_COLOUR)
+    colorize_model: str = option("ddcolor", "ddcolor, ddcolor-tiny (faster), or a DDColor checkpoint path.",
+                                 metavar="NAME|PATH", loads_models=True, panel=_COLOUR)
     video_codec: str | None = option(None, "Codec of restored videos [default: H.264 (libx264) for MP4/MOV/MKV, "
                                      "VP9 for WebM, whichever the bundled FFmpeg has].", metavar="NAME",
                                      show_default=False, panel=_VIDEO)

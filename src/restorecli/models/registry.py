@@ -3,7 +3,8 @@
 This is metadata beside the models, not code in their constructors: loading and downloading read it.
 URLs are the projects' own release assets; sha256 values are the ones OpenModelDB publishes, or, for the face models
 whose authors publish none (GFPGAN v1.3, RestoreFormer, CodeFormer), the digest of the release asset that
-independent downloaders (distribution packages, model managers) agree on.
+independent downloaders (distribution packages, model managers) agree on. DDColor's authors publish no digest and none
+was found that downloaders agree on, so its entries have none: ``download-weights`` pins the first file it fetches.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ModelKind = Literal["sr", "face", "detector", "parser"]
+ModelKind = Literal["sr", "face", "detector", "parser", "colorizer"]
 
 DEFAULT_MODEL = "realesrgan-x4plus"
 
@@ -21,6 +22,7 @@ _FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
 _CODEFORMER = "https://github.com/sczhou/CodeFormer/releases/download"
 _KAIR = "https://github.com/cszn/KAIR/releases/download"  # where SCUNet's README links its weights
 _FBCNN = "https://github.com/jiaxi-jiang/FBCNN/releases/download"
+_DDCOLOR = "https://huggingface.co/piddnad/DDColor-models/resolve/main"  # the model zoo of piddnad/DDColor
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,18 @@ REGISTRY: dict[str, ModelEntry] = {
             "retinaface-mobilenet0.25", "detector", "RetinaFace", 1, "detection_mobilenet0.25_Final.pth",
             (f"{_FACEXLIB}/v0.1.0/detection_mobilenet0.25_Final.pth",), "MIT",
             "Face detector with 5 landmarks, MobileNet-0.25 backbone (faster).",
+        ),
+        ModelEntry(
+            "ddcolor", "colorizer", "DDColor", 1, "ddcolor_modelscope.pth",
+            (f"{_DDCOLOR}/ddcolor_modelscope.pth",), "Apache-2.0",
+            "Colourises grayscale photos (--colorize): DDColor-L, the authors' default, trained on ImageNet.",
+            extra="colorize",
+        ),
+        ModelEntry(
+            "ddcolor-tiny", "colorizer", "DDColor", 1, "ddcolor_paper_tiny.pth",
+            (f"{_DDCOLOR}/ddcolor_paper_tiny.pth",), "Apache-2.0",
+            "Colourises grayscale photos (--colorize), faster: DDColor-T (ConvNeXt-T encoder), trained on ImageNet.",
+            extra="colorize",
         ),
         ModelEntry(
             "parsenet", "parser", "ParseNet", 1, "parsing_parsenet.pth",

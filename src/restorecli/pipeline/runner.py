@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..engine.backends.choice import BackendChoice, choose_backend, host_device, realise, runs_torch
+from ..engine.colour import ColourPlan, ColourRows, Colouriser, colourise, wants_colour
 from ..engine.device import choose_device, choose_dtype, place_model, precision_name
 from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, streamable, target_size
 from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
@@ -32,8 +33,8 @@ from ..images import (
     writes_planes_as_they_are,
 )
 from ..models.integrity import sha256_of
-from ..models.loading import (LoadedModel, load_face_weights, load_model, native_graph_for, resolve_model_path,
-                              weights_dir)
+from ..models.loading import (LoadedModel, load_colorizer, load_face_weights, load_model, native_graph_for,
+                              resolve_model_path, weights_dir)
 from ..options import RestoreOptions, model_chain
 from .stages import Enhancement, Prepared, Restored, face_options
 
@@ -68,6 +69,7 @@ class Restorer:
         self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
         self.backend: BackendChoice | None = None  # the back-end ``from_options`` chose, and why
         self.before: tuple[Restorer, ...] = ()  # a chain's earlier models, each a restorer of its own (``_chain``)
+        self.colouriser: Colouriser | None = None  # DDColor, with --colorize auto or always
 
     @classmethod
     def from_options(cls, options: RestoreOptions) -> "Restorer":
@@ -109,6 +111,7 @@ class Restorer:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
         restorer = cls(model, engine, faces, options, load_16bit)
         restorer.backend = backend
+        restorer.colouriser = _colouriser(options, folder, device)
         restorer._reload = lambda dtype: place_model(load_model(options.model, folder), device, dtype)
         if fallback:
             restorer._note_fallback(fallback)
@@ -209,6 +212,8 @@ class Restorer:
                  "precision": precision_name(self.engine.dtype), "backend": "torch"}
         if self.faces is not None:
             setup["face_model"] = self.faces.name
+        if self.colouriser is not None:
+            setup["colorize_model"] = self.colouriser.name
         if self.backend is not None and self.backend.candidate.backend != "torch":
             chosen = self.backend.candidate
             setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)
@@ -235,8 +240,10 @@ class Restorer:
 
     def _enhance(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
                  on_tile: TileProgress | None = None, fmt: OutputFormat | None = None,
-                 faces: FacePlan | None = None) -> tuple[Enhanced, FaceReport | None]:
-        """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead)."""
+                 faces: FacePlan | None = None,
+                 colour: ColourPlan | None = None) -> tuple[Enhanced, FaceReport | None]:
+        """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead) and, with
+        a ``colour`` plan, colourised."""
         model, engine = self._runner(color, fmt)
         result = enhance(model, color, alpha, engine, self._last_outscale(options.outscale), on_tile)
         report = None
@@ -245,18 +252,26 @@ class Restorer:
                 report = self.faces.enhance(result.color, color, face_options(options))
             else:
                 report = self.faces.restore(result.color[faces.top : faces.bottom], faces)
+        if colour is not None:
+            result = replace(result, color=colourise(result.color, colour, 0))
         return result, report
 
     def prepare(self, data: bytes, name: str, options: RestoreOptions, fmt: OutputFormat) -> Prepared:
         """What comes before the model, for an image of ``data`` to be restored as ``fmt``: decoded, its output's
-        size checked, its faces found (with ``--face-enhance``). Reads no model state that restoring changes,
-        so a batch runs it for the next image on another thread."""
+        size checked, its faces found (with ``--face-enhance``), its colour worked out (with ``--colorize``, where
+        it applies). Reads no model state that restoring changes, so a batch runs it for the next image on another
+        thread."""
         decoded = decode_image(data, name, options.max_pixels)
         size = self.output_size(decoded.size, options.outscale)
         check_output_size(name, fmt, size)
         check_output_pixels(name, size, options.max_output_pixels)
         faces = self.faces.plan(decoded.color, size, face_options(options)) if self.faces is not None else None
-        return Prepared(decoded, size, self._streams(decoded, fmt), faces, self._stages(faces))
+        colour = None
+        if self.colouriser is not None and wants_colour(options.colorize, decoded.color):
+            colour = self.colouriser.plan(decoded.color, size)
+        stages = self._stages(faces) + ((f"colorize:{self.colouriser.name}",) if colour is not None else ())
+        return Prepared(decoded, size, self._streams(decoded, fmt, colour is not None), faces, stages, colour,
+                        None if self.colouriser is None else colour is not None)
 
     def _stages(self, faces: FacePlan | None) -> tuple[str, ...]:
         """What is done to an image, for its output's processing record: the model, then the face model where
@@ -272,8 +287,9 @@ class Restorer:
         color, alpha = self._earlier(decoded.color, decoded.alpha, name, fmt, on_tile)
 
         def run() -> Enhancement:
-            result, report = self._enhance(color, alpha, options, on_tile, fmt, prepared.faces)
-            return Enhancement(decoded, result, report, prepared.stages)
+            result, report = self._enhance(color, alpha, options, on_tile, fmt, prepared.faces,
+                                           prepared.colour)
+            return Enhancement(decoded, result, report, prepared.stages, prepared.colorized)
 
         return self._guarded(name, run)
 
@@ -282,16 +298,18 @@ class Restorer:
         """The model's part for an image whose output streams (``prepared.streams``): its rows go to ``strips`` (an
         output's strip writer) as the tiles finish, resized to ``--outscale`` on the way, so its colour planes are
         never whole in memory (an alpha plane is; with faces, the rows from the first face's top to the last face's
-        bottom are held until the faces are restored). Returns the last pass's face report (its crops)."""
-        decoded, plan = prepared.decoded, prepared.faces
+        bottom are held until the faces are restored; colourised, a strip at a time, after them). Returns the last
+        pass's face report (its crops)."""
+        decoded, plan, planes = prepared.decoded, prepared.faces, prepared.decoded.color.shape[2]
 
         color, alpha = self._earlier(decoded.color, decoded.alpha, name, fmt, on_tile)
 
         def run() -> FaceReport | None:
-            sink = self.faces.rows(strips, plan, decoded.color.shape[2]) if plan is not None and plan.faces else strips
+            out = ColourRows(strips, prepared.colour, planes) if prepared.colour is not None else strips
+            sink = self.faces.rows(out, plan, planes) if plan is not None and plan.faces else out
             model, engine = self._runner(color, fmt)
             enhance_rows(model, color, engine, sink, on_tile, self._last_outscale(options.outscale), alpha)
-            return sink.reports[-1] if sink is not strips and sink.reports else None
+            return sink.reports[-1] if sink is not out and sink.reports else None
 
         return self._guarded(name, run)
 
@@ -302,10 +320,19 @@ class Restorer:
         done = self.enhance(self.prepare(data, name, options, fmt), name, options, fmt)
         return done.encode(fmt, options, stem or Path(name).stem)
 
-    def _streams(self, decoded: DecodedImage, fmt: OutputFormat) -> bool:
-        """Whether the output can be written a strip of rows at a time as the tiles finish."""
-        return (fmt in STRIP_WRITERS and writes_planes_as_they_are(fmt, decoded.color, decoded.alpha)
+    def _streams(self, decoded: DecodedImage, fmt: OutputFormat, coloured: bool = False) -> bool:
+        """Whether the output can be written a strip of rows at a time as the tiles finish (a ``coloured`` one has
+        three planes, whatever the input had)."""
+        return (fmt in STRIP_WRITERS and (coloured or writes_planes_as_they_are(fmt, decoded.color, decoded.alpha))
                 and streamable(self.model, decoded.color))
+
+
+def _colouriser(options: RestoreOptions, folder: Path, device: torch.device) -> Colouriser | None:
+    """DDColor on ``device`` where ``--colorize`` may use it (auto or always), else None."""
+    if options.colorize == "never":
+        return None
+    name, descriptor = load_colorizer(options.colorize_model, folder)
+    return Colouriser(descriptor, device, name)
 
 
 __all__ = ["Restorer", "RowSink"]
