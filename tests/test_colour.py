@@ -182,7 +182,7 @@ def test_missing_weights_name_the_file_and_the_download(inputs, tmp_path, weight
     (empty / "up2.safetensors").write_bytes((weights / "up2.safetensors").read_bytes())
     result = invoke("restore", inputs / "gray.png", "-o", tmp_path / "out", "--model", empty / "up2.safetensors",
                     "--weights-dir", empty, "--colorize", "auto", "--device", "cpu", "--backend", "torch")
-    assert result.exit_code != 0
+    assert result.exit_code == 3  # a setup error
     message = " ".join(result.stderr.split())
     assert "ddcolor_modelscope.pth" in message and "restorecli download-weights ddcolor" in message
 
@@ -192,7 +192,7 @@ def test_a_missing_extra_is_named(inputs, tmp_path, weights, monkeypatch):
 
     monkeypatch.setattr(loading, "extra_arches_installed", lambda: False)
     result = _restore(inputs / "gray.png", tmp_path, weights, "--colorize", "auto")
-    assert result.exit_code != 0
+    assert result.exit_code == 3
     assert "pip install 'restorecli[colorize]'" in " ".join(result.stderr.split())
 
 
@@ -200,7 +200,7 @@ def test_a_checkpoint_that_is_not_ddcolor_is_refused(inputs, tmp_path, weights):
     result = invoke("restore", inputs / "gray.png", "-o", tmp_path, "--model", weights / "up2.safetensors",
                     "--colorize", "always", "--colorize-model", weights / "up2.safetensors", "--device", "cpu",
                     "--backend", "torch")
-    assert result.exit_code != 0
+    assert result.exit_code == 3
     assert "up2.safetensors: is a" in result.stderr and "not a DDColor colouriser" in " ".join(result.stderr.split())
 
 
