@@ -36,8 +36,11 @@ def isolated_user_dirs(tmp_path_factory, monkeypatch):
     work = tmp_path_factory.mktemp("work")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    for var in ("RESTORECLI_WEIGHTS_DIR", "RESTORECLI_QUEUE", "RESTORECLI_WEIGHTS_MIRROR"):
+    for var in ("RESTORECLI_WEIGHTS_DIR", "RESTORECLI_QUEUE", "RESTORECLI_WEIGHTS_MIRROR", "RESTORECLI_PNNX_MEMORY_MB"):
         monkeypatch.delenv(var, raising=False)
+    # --backend auto converts no test's torch model to ncnn (a conversion and a speed probe in every restoring test
+    # would double the suite's time); tests/test_pnnx.py turns it on where it tests that
+    monkeypatch.setenv("RESTORECLI_AUTO_CONVERT", "0")
     monkeypatch.chdir(work)
     return work
 

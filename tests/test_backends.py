@@ -280,10 +280,12 @@ def test_restore_auto_keeps_torch_fp32_where_it_measured_faster_than_bf16(anime_
     assert (_summary(done)["backend"], _summary(done)["precision"]) == ("torch", "fp32")
 
 
-def test_restore_refuses_backends_that_cannot_run_the_model(make_model, anime_x2, photo_file, tmp_path, gpus):
-    tiny = make_model(scale=2)
+def test_restore_refuses_backends_that_cannot_run_the_model(make_model, anime_x2, photo_file, tmp_path, gpus,
+                                                            monkeypatch):
+    tiny = make_model(scale=2)  # a torch model, with no converter to bring it to ncnn (tests/test_pnnx.py converts)
+    monkeypatch.setattr("restorecli.models.pnnx.available", lambda: False)
     refused = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", tiny, "--backend", "ncnn")
-    assert refused.exit_code == 3 and "runs ncnn models" in refused.stderr and "--backend torch" in refused.stderr
+    assert refused.exit_code == 3 and "needs pnnx" in refused.stderr and "--backend torch" in refused.stderr
     wrong = invoke("restore", photo_file, "-o", tmp_path / "o", "--backend", "onnx")
     assert wrong.exit_code == 2 and "auto, torch, ncnn" in wrong.stderr
     vulkan_torch = invoke("restore", photo_file, "-o", tmp_path / "o", "--model", anime_x2, "--backend", "torch",

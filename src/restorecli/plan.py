@@ -65,8 +65,9 @@ class BatchResult:
 
 ProgressCallback = Callable[[str, object], None]
 """Called as ``(event, payload)``: ("start", total), ("item", input name), ("tiles", (done, total)) while
-an image runs through the model, ("done", ItemResult); a batch restored on a server also says ("submitted", job id)
-for each job it queued there."""
+an image runs through the model, ("done", ItemResult); ("notice", text) while the model loads, for first-run work
+(a probe, a conversion to ncnn); a batch restored on a server also says ("submitted", job id) for each job it
+queued there."""
 
 
 def collect_inputs(inputs: list[str], recursive: bool, exclude: Path | None = None) -> list[InputItem]:

@@ -238,6 +238,8 @@ class BatchRenderer:
             self.image_part = max(self.image_part, min(done / total, 1.0) if total else 0.0)
             self.progress.update(self.task, completed=self.images_done + self.image_part,
                                  current=f"{self.current} [dim](frame {done}/{total or '?'}, {fps:.1f} fps)[/]")
+        elif event == "notice":  # first-run work as it starts (a probe, a conversion): stderr in every mode
+            self.progress.console.print(f"[dim]{escape(str(payload))}[/]", soft_wrap=True)
         elif event == "codec":  # a video's codec, said on stderr before its first frame
             source, codec, reason = payload  # type: ignore[misc]
             self.progress.console.print(f"[dim]{escape(shell_quoted(source))}: video written with {escape(codec)} "

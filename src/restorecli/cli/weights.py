@@ -13,7 +13,8 @@ from rich.table import Table
 from ..errors import UsageError
 from ..models.download import (DownloadOptions, default_names, fetch, import_local, model_status,
                                unknown_model_message)
-from ..models.loading import choose_weights_dir, weights_dir as resolve_weights_dir
+from ..models.loading import choose_weights_dir, ncnn_status, weights_dir as resolve_weights_dir
+from ..models.presets import PRESETS
 from ..models.registry import REGISTRY, ModelEntry
 from . import render
 from .exits import exit_on_error
@@ -31,17 +32,27 @@ def licence_note(entry: ModelEntry) -> str:
             f"use them only where that licence allows{needs}")
 
 
-def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> None:
-    """List every known model with its status: installed, missing, embedded or corrupt."""
+def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also say how each model runs on the ncnn "
+                                                 "back-end: natively, converted, or why it stays on torch.")] = False,
+           presets: Annotated[bool, typer.Option("--presets", help="List the presets (restore --preset NAME): their "
+                                                 "models and whether their weights are installed.")] = False,
+           ) -> None:
+    """List every known model with its status: installed, missing, embedded or corrupt (--presets: the presets)."""
     with exit_on_error():
         choice = choose_weights_dir(weights_dir)
         directory = choice.path
+        if presets:
+            _presets(directory, json_output)
+            return
         rows = []
         for entry in REGISTRY.values():
             status, path = model_status(entry, directory)
             rows.append({"name": entry.name, "kind": entry.kind, "architecture": entry.architecture,
                          "scale": entry.scale, "status": status, "path": path, "file": entry.filename,
                          "sha256": entry.sha256, "licence": entry.licence, "description": entry.description})
+            if verbose:
+                rows[-1]["ncnn"] = ncnn_status(entry, directory)
     if json_output:
         render.out_json({"weights_dir": str(directory), "weights_dir_reason": choice.reason,
                          "weights_dir_explanation": choice.explanation, "models": rows}, indent=2)
@@ -57,7 +68,37 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False) -> Non
                       row["description"])
     # the licences that restrict use, whole, whatever the table's width
     notes = [f"note: {licence_note(entry)}" for entry in REGISTRY.values() if entry.non_commercial]
+    notes += [f"ncnn: {row['name']}: {escape(row['ncnn'])}" for row in rows if verbose and row["kind"] == "sr"]
     render.table_then_rows(table, (f"{row['name']}\t{row['status']}\t{row['path']}" for row in rows), notes)
+
+
+def _presets(directory: Path, json_output: bool) -> None:
+    """``models --presets``: each preset's models in order, whether it restores faces (with the default face
+    models), and which of the weights it needs are not installed in ``directory`` (``download-weights`` fetches
+    them)."""
+    from ..options import RestoreOptions
+
+    defaults = RestoreOptions()
+    rows = []
+    for preset in PRESETS.values():
+        needed = [*preset.models, *((defaults.face_model, defaults.face_detector) if preset.face_enhance else ())]
+        missing = [name for name in needed if model_status(REGISTRY[name], directory)[0] in ("missing", "corrupt")]
+        rows.append({"name": preset.name, "models": list(preset.models), "face_enhance": preset.face_enhance,
+                     "missing": missing, "description": preset.description})
+    if json_output:
+        render.out_json({"weights_dir": str(directory), "presets": rows}, indent=2)
+        return
+    table = Table(title=f"presets ({directory})", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for column in ("models, in order", "faces", "weights", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        weights = (f"[yellow]missing: {escape(' '.join(row['missing']))}[/]" if row["missing"]
+                   else "[green]installed[/]")
+        table.add_row(row["name"], " -> ".join(row["models"]), "yes" if row["face_enhance"] else "no", weights,
+                      row["description"])
+    notes = [f"fetch: restorecli download-weights {' '.join(row['missing'])}" for row in rows if row["missing"]][:1]
+    render.table_then_rows(table, (f"{row['name']}\t{','.join(row['models'])}" for row in rows), notes)
 
 
 def download_weights(

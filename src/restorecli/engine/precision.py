@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ from .model import LoadedModel
 # against one that ruins the picture.
 MIN_PSNR = 30.0
 _PROBE_SIDE = 47  # odd and prime: a multiple of no window size or patch
+
+# What first-run work (a probe, a conversion) says it is doing, for a person waiting: a line of text, which the CLI
+# prints on stderr and a worker leaves unsaid
+Notice = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -143,13 +148,17 @@ def remember(key: str, value: object) -> None:
         pass
 
 
-def checked(model: LoadedModel, device: torch.device, dtype: torch.dtype, model_hash: str) -> Verdict:
+def checked(model: LoadedModel, device: torch.device, dtype: torch.dtype, model_hash: str,
+            notice: Notice | None = None) -> Verdict:
     """The verdict for ``model`` (whose file hashes to ``model_hash``) in ``dtype`` on ``device``: recorded, or
-    probed now and recorded. The model is left as it was."""
+    probed now (said to ``notice``) and recorded. The model is left as it was."""
     key = f"{model_hash} | {device_kind(device)} | {precision_name(dtype)} | torch {torch.__version__}"
     entry = recall(key)
     if isinstance(entry, dict) and isinstance(entry.get("ok"), bool):
         return Verdict(entry["ok"], entry.get("psnr"), entry.get("error"))
+    if notice is not None:
+        notice(f"checking that {model.spec.name} runs in {precision_name(dtype)} on {device_kind(device)} "
+               "(once per model and machine)")
     verdict = probe(model, device, dtype)
     remember(key, asdict(verdict))
     return verdict

