@@ -82,6 +82,87 @@ def photo_sizes() -> dict[str, tuple[int, int]]:
     return {name: image_size((TEST_INPUTS / name).read_bytes()) for name in PHOTOS}
 
 
+ZOOM_STATE = """(card) => {  // both pictures' transforms, as [scale, x, y], and whether the after's clip edge
+    const frame = card.querySelector('.frame');  // (its own coordinates, transformed) is on the divider
+    const [before, after] = ['img.before', 'img.after'].map((s) => card.querySelector(s));
+    const parts = (img) => {
+        const m = new DOMMatrix(getComputedStyle(img).transform);
+        return [m.a, m.e, m.f];
+    };
+    const [scale, x] = parts(after);
+    const clip = /([\\d.]+)%/.exec(getComputedStyle(after).clipPath);  // "inset(0px)" at 0
+    const inset = clip ? parseFloat(clip[1]) : 0;
+    const edge = x + scale * inset / 100 * frame.clientWidth;
+    const divider = parseFloat(getComputedStyle(frame).getPropertyValue('--divider')) / 100 * frame.clientWidth;
+    const fitted = Math.min(frame.clientWidth / after.naturalWidth, frame.clientHeight / after.naturalHeight);
+    return {before: parts(before), after: parts(after), pixel: fitted * scale,
+            clipOnDivider: inset === 0 || inset === 100 || Math.abs(edge - divider) < 0.5,
+            level: card.querySelector('.zoom-level').textContent};
+}"""
+
+
+def check_zoom_and_pan(page, card, name: str) -> None:
+    """Issue 30: the buttons, the wheel, a drag and the keyboard zoom and pan both pictures alike, the after's clip
+    staying on the divider; 1:1 shows a result pixel as a screen pixel; Reset and 0 undo it all."""
+    state = lambda: card.evaluate(ZOOM_STATE)  # noqa: E731
+    assert state()["before"] == state()["after"] == [1, 0, 0]
+    card.get_by_role("button", name=f"Zoom in: {name}").click()
+    zoomed = state()
+    assert zoomed["before"] == zoomed["after"] and zoomed["after"][0] == 1.5 and zoomed["level"] == "150%"
+    assert zoomed["clipOnDivider"], zoomed
+    box = card.locator(".frame").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 30, box["y"] + box["height"] / 2 + 20, steps=4)
+    page.mouse.up()
+    dragged = state()
+    assert dragged["before"] == dragged["after"] and dragged["after"][0] == 1.5, dragged
+    assert dragged["after"][1:] == pytest.approx([zoomed["after"][1] + 30, zoomed["after"][2] + 20]), (zoomed, dragged)
+    page.mouse.wheel(0, -200)
+    wheeled = state()
+    assert wheeled["before"] == wheeled["after"] and wheeled["after"][0] > 1.5 and wheeled["clipOnDivider"], wheeled
+    card.locator(".frame").focus()
+    page.keyboard.press("0")
+    assert state()["after"] == state()["before"] == [1, 0, 0]
+    page.keyboard.press("+")
+    page.keyboard.press("ArrowRight")
+    keyed = state()
+    assert keyed["before"] == keyed["after"] and keyed["after"][0] == 1.5 and keyed["after"][1] < zoomed["after"][1]
+    page.keyboard.press("1")
+    assert abs(state()["pixel"] - 1) < 1e-6 and state()["before"] == state()["after"]
+    card.get_by_role("button", name=f"Reset the zoom: {name}").click()
+    assert state()["after"] == state()["before"] == [1, 0, 0] and state()["level"] == "100%"
+
+
+def check_enlarged_screenshot(page, card, name: str, folder: Path) -> None:
+    """Enlarged, the compare fills the window, its controls clear of the picture; screenshots of the picture at
+    all-before, all-after and the divider in the middle: the two differ, and the middle one is the before's left
+    half beside the after's right half. Escape gives the compare back to its card."""
+    card.get_by_role("button", name=f"Enlarge: {name}").click()
+    figure, frame = card.locator(".compare"), card.locator(".frame")
+    shown, bar = figure.bounding_box(), card.locator(".zoom-bar").bounding_box()
+    assert shown["x"] == shown["y"] == 0 and shown["width"] > 1050 and shown["height"] == 900, shown
+    picture = frame.bounding_box()
+    assert bar["y"] + bar["height"] <= picture["y"] and picture["height"] > 600, (bar, picture)
+    assert card.get_by_label(f"Before / after: {name}").bounding_box()["y"] >= picture["y"] + picture["height"]
+    slider = card.get_by_label(f"Before / after: {name}")
+    shots = {}
+    for value in ("100", "0", "50"):
+        slider.fill(value)
+        path = folder / f"compare-{value}.png"
+        frame.screenshot(path=str(path), animations="disabled")
+        shots[value] = cv2.imread(str(path)).astype(np.float32)
+    before, after, middle = shots["100"], shots["0"], shots["50"]
+    assert before.std() > 10 and after.std() > 10  # pictures, not an empty box
+    assert np.abs(before - after).mean() > 3  # the restored picture is not the uploaded one (9 here)
+    half = middle.shape[1] // 2
+    assert np.abs(middle[:, : half - 4] - before[:, : half - 4]).mean() < 1
+    assert np.abs(middle[:, half + 4:] - after[:, half + 4:]).mean() < 1
+    page.keyboard.press("Escape")
+    assert figure.evaluate("(f) => f.classList.contains('enlarged')") is False
+    assert figure.bounding_box()["width"] < 1100
+
+
 def test_drop_restore_compare_and_download(tmp_path, make_model, browser):
     from playwright.sync_api import expect
 
@@ -141,6 +222,9 @@ def test_drop_restore_compare_and_download(tmp_path, make_model, browser):
         assert moved != clip and "40%" in moved, (clip, moved)
         page.keyboard.press("End")
         assert "100%" in after.evaluate("(img) => getComputedStyle(img).clipPath")
+        slider.fill("50")
+        check_zoom_and_pan(page, page.locator(".result", has_text="rocket.jpg"), "rocket.jpg")
+        check_enlarged_screenshot(page, page.locator(".result", has_text="rocket.jpg"), "rocket.jpg", tmp_path)
 
         # The broken file's error, in plain words, on its own card.
         broken = page.locator(".result[data-state=error]")

@@ -66,7 +66,7 @@ def test_models_lists_the_offered_face_models_with_licence_fidelity_and_state(se
     faces = client.get("/models").json()["faces"]
     listed = {face["name"]: face for face in faces["models"]}
     assert list(listed) == ["gfpgan-1.4", "codeformer", "restoreformer", "gfpgan-1.3"]  # the default first
-    assert faces["model"] == "gfpgan-1.4" and faces["available"] is False
+    assert faces["model"] == "gfpgan-1.4" and faces["available"] is False and faces["detector_installed"] is True
     codeformer = listed["codeformer"]
     assert codeformer["licence"] == "S-Lab License 1.0 (non-commercial use only)" and codeformer["non_commercial"]
     assert codeformer["fidelity"] is True and codeformer["runnable"] is True and codeformer["reason"] is None

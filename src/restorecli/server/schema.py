@@ -199,6 +199,8 @@ class Faces(BaseModel):
     available: bool = Field(description="Whether the default face model and the detector can run here.")
     model: str = Field(description="The default face model.")
     detector: str
+    detector_installed: bool = Field(description="Whether the face detector's weights are here (every face model "
+                                                  "needs it).")
     models: list[FaceModelInfo] = Field(description="The face models a job may name in face_model, the default "
                                                     "first.")
 

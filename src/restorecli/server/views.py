@@ -238,7 +238,8 @@ def models_document(allowed: tuple[str, ...], defaults: dict, face_models: tuple
     shown["model"], shown["face_model"] = public_model_name(shown["model"]), public_model_name(shown["face_model"])
     return {"default": public_model_name(allowed[0]), "models": models,
             "faces": {"available": faces[0]["runnable"] and detector != "missing", "model": faces[0]["name"],
-                      "detector": public_model_name(defaults["face_detector"]), "models": faces},
+                      "detector": public_model_name(defaults["face_detector"]),
+                      "detector_installed": detector != "missing", "models": faces},
             "defaults": shown}
 
 

@@ -5,6 +5,9 @@
 // header; that is also why pictures and downloads are fetched into blob: URLs rather than linked directly.
 // Strings from the server are only ever set as textContent.
 
+import { appendFaceChoices, applyFaceChoices, setupFaceChoices } from "./choices.js";
+import { attachCompare, setDivider } from "./compare.js";
+
 const KEY_STORE = "restorecli.apiKey"; // sessionStorage: forgotten when the tab closes
 const RECENT_STORE = "restorecli.recentJobs"; // localStorage: this browser's jobs
 const RECENT_MAX = 20;
@@ -318,8 +321,7 @@ async function submit(event) {
   }
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
-  const face = $("face-enhance");
-  form.append("face_enhance", face.checked && !face.disabled ? "true" : "false");
+  appendFaceChoices(form);
   if ($("outscale").value) form.append("outscale", $("outscale").value);
   form.append("format", $("format").value);
   if (!$("model-field").hidden && $("model").value) form.append("model", $("model").value);
@@ -573,19 +575,10 @@ function makeCard(view, result) {
   card.before.alt = `Before: ${name}`;
   card.after.alt = `After: ${name}`;
   card.slider.setAttribute("aria-label", `Before / after: ${name}`);
-  card.slider.addEventListener("input", () => setDivider(card));
   card.download.textContent = `Download ${name}`;
   card.download.addEventListener("click", () => downloadResult(view, card));
-  setDivider(card);
+  attachCompare(card, name);
   return card;
-}
-
-// The "after" picture covers the "before" one right of the divider: at 0 it is all after, at 100 all before.
-function setDivider(card) {
-  const at = Number(card.slider.value);
-  card.after.style.clipPath = `inset(0 0 0 ${at}%)`;
-  card.frame.style.setProperty("--divider", `${at}%`);
-  card.slider.setAttribute("aria-valuetext", `${at}% before, ${100 - at}% after`);
 }
 
 async function loadComparison(view, card) {
@@ -603,6 +596,7 @@ async function loadComparison(view, card) {
     if (signal.aborted) return;
     card.frame.style.aspectRatio = `${card.after.naturalWidth} / ${card.after.naturalHeight}`;
     card.figure.hidden = false;
+    setDivider(card); // the frame has its size now
     card.figure.dataset.ready = "true";
   } catch (error) {
     if (signal.aborted) return;
@@ -797,7 +791,6 @@ function describeServer(health) {
 
 function applyModels(models) {
   const defaults = models.defaults || {};
-  const faces = models.faces || {};
   const format = $("format");
   if ([...format.options].some((option) => option.value === defaults.format)) format.value = defaults.format;
 
@@ -818,21 +811,12 @@ function applyModels(models) {
   }));
   $("model-field").hidden = choices.length < 2;
 
-  const face = $("face-enhance");
-  const hint = $("face-hint");
-  if (faces.available) {
-    face.disabled = false;
-    face.checked = Boolean(defaults.face_enhance);
-    hint.textContent = `Finds faces and restores them with ${faces.model}.`;
-  } else {
-    face.disabled = true;
-    face.checked = false;
-    hint.textContent = `Not available on this server: its face models (${faces.model}, ${faces.detector}) are not installed.`;
-  }
+  applyFaceChoices(models);
 }
 
 async function start() {
   setupChoosing();
+  setupFaceChoices();
   $("upload-form").addEventListener("submit", submit);
   $("download-zip").addEventListener("click", downloadZip);
   $("key-button").addEventListener("click", async () => {
