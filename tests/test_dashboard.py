@@ -5,6 +5,7 @@ or chosen through the keyboard-opened file picker; the test then reads what the 
 from __future__ import annotations
 
 import base64
+import re
 import io
 import shutil
 import zipfile
@@ -335,6 +336,53 @@ def test_api_key_is_asked_for_once_and_sent(tmp_path, make_model, browser):
         assert any(f"/status/{job_id}" in url for url, _ in api_calls), "the page did not poll /status"
         assert any("/enhance" in url and sent == "secret" for url, sent in api_calls)
         assert all(sent in ("secret", "not-the-key") for _, sent in api_calls), api_calls
+        assert_nothing_external(requests, server)
+        assert errors == []
+        context.close()
+
+
+def test_the_face_model_and_fidelity_chosen_reach_the_job(tmp_path, make_model, browser):
+    """Issue 32: the page offers the face models the server can run (not one whose weights it lacks), marks a
+    non-commercial licence, shows the fidelity slider only for a model that takes one, and the job gets what was
+    chosen. No worker: the job's options are what is checked."""
+    from playwright.sync_api import expect
+
+    from restorecli.jobs.store import JobStore
+    from restorecli.models.registry import REGISTRY
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("codeformer", "restoreformer", "retinaface-resnet50"):  # present: the server looks no further
+        (weights / REGISTRY[name].filename).write_bytes(b"weights")
+    with LiveServer(tmp_path, "--model", str(make_model(2)), "--weights-dir", str(weights), "--allow-face-model",
+                    "codeformer", "--allow-face-model", "restoreformer", workers=0, env={"API_KEY": None}) as server:
+        context, page, requests, errors = open_dashboard(browser, server)
+        faces = page.get_by_label("Restore faces")
+        expect(faces).to_be_enabled()
+        model, fidelity = page.get_by_label("Face model"), page.get_by_label("Fidelity")
+        expect(model).to_be_hidden()  # until faces are to be restored
+        faces.check()
+        expect(model.locator("option")).to_have_text(["codeformer (non-commercial licence)", "restoreformer"])
+        expect(page.locator("#face-model-hint")).to_contain_text("S-Lab License 1.0 (non-commercial use only)")
+        expect(fidelity).to_be_visible()
+        model.select_option("restoreformer")
+        expect(fidelity).to_be_hidden()  # RestoreFormer takes none
+        model.select_option("codeformer")
+        fidelity.focus()
+        for _ in range(6):
+            page.keyboard.press("ArrowRight")
+        expect(page.locator("#fidelity-value")).to_have_text("0.8")
+
+        drop_files(page, "#drop-zone", [("rocket.jpg", (TEST_INPUTS / "rocket.jpg").read_bytes())])
+        page.get_by_role("button", name="Restore", exact=True).click()
+        job = page.locator("#job")
+        expect(job).to_have_attribute("data-job-id", re.compile(r"\d{8}-\d{6}-[0-9a-f]{32}"))
+        store = JobStore(server.queue)
+        try:
+            options = store.get(job.get_attribute("data-job-id")).options
+        finally:
+            store.close()
+        assert (options["face_enhance"], options["face_model"], options["face_fidelity"]) == (True, "codeformer", 0.8)
         assert_nothing_external(requests, server)
         assert errors == []
         context.close()
