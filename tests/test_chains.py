@@ -13,6 +13,8 @@ from PIL import Image
 
 from conftest import TEST_INPUTS, psnr
 from helpers.cli import invoke, json_lines
+from restorecli.cli.app import app
+from typer.testing import CliRunner
 
 
 @pytest.fixture
@@ -176,3 +178,89 @@ def test_a_repeated_model_is_a_chain_that_drops_no_value(tmp_path):
     assert result.exit_code == 2, result.stderr
     assert "unknown model 'nosuch'" in result.stderr and "model 1 of the chain's 2" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_chain_written_to_stdout_equals_its_streamed_file(tmp_path, denoiser, model2):
+    """The whole-image path (``-o -``) and the streamed one (a PNG written a strip at a time) agree."""
+    args = ("--model", denoiser, "--model", model2, "--format", "png")
+    streamed = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path, *args)
+    whole = CliRunner().invoke(app, ["restore", "-", "-o", "-", *map(str, args)],
+                               input=(TEST_INPUTS / "rocket.jpg").read_bytes())
+    assert streamed.exit_code == whole.exit_code == 0, whole.stderr
+    assert whole.stdout_bytes == (tmp_path / "rocket.png").read_bytes()
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@pytest.fixture
+def official_scunet(tmp_path, monkeypatch) -> Path:
+    """A weights folder holding a small random SCUNet under scunet-color-real-psnr's release file name, its registry
+    hash the file's own (the published one rightly refuses a random file)."""
+    import dataclasses
+
+    from restorecli.models.integrity import sha256_of
+    from restorecli.models.registry import REGISTRY
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    path = weights / REGISTRY["scunet-color-real-psnr"].filename
+    torch.save(scunet_state(), path)
+    monkeypatch.setitem(REGISTRY, "scunet-color-real-psnr",
+                        dataclasses.replace(REGISTRY["scunet-color-real-psnr"], sha256=sha256_of(path), size=None))
+    return weights
+
+
+def test_models_lists_the_presets_with_what_they_lack(tmp_path):
+    listed = invoke("models", "--presets", "--json", "--weights-dir", tmp_path)
+    assert listed.exit_code == 0, listed.stderr
+    presets = {row["name"]: row for row in json.loads(listed.stdout)["presets"]}
+    assert presets["old-photo"]["models"] == ["scunet-color-real-psnr", "realesrgan-x4plus"]
+    assert presets["old-photo"]["face_enhance"] and "scunet-color-real-psnr" in presets["old-photo"]["missing"]
+    table = invoke("models", "--presets", "--weights-dir", tmp_path, env={"COLUMNS": "250"})
+    assert table.exit_code == 0
+    assert "old-photo" in table.stderr and "scunet-color-real-psnr -> realesrgan-x4plus" in table.stderr
+    assert "download-weights scunet-color-real-psnr" in table.stderr
+
+
+def test_a_preset_runs_its_models_and_records_them(tmp_path, official_scunet):
+    from restorecli.images import decode_image
+    from restorecli.images.metadata import recorded_stages
+
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "out", "--preset", "denoise",
+                    "--weights-dir", official_scunet, "--format", "png", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json_lines(result)[-1]["model"] == "scunet-color-real-psnr"
+    output = tmp_path / "out" / "rocket.png"
+    assert Image.open(output).size == (96, 64)  # 1x
+    assert recorded_stages(decode_image(output.read_bytes(), output.name).xmp) == ["model:scunet-color-real-psnr"]
+
+
+def test_a_preset_whose_weights_are_missing_says_what_to_fetch(tmp_path):
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "out", "--preset", "jpeg-photo",
+                    "--weights-dir", tmp_path / "empty")
+    assert result.exit_code == 3
+    assert "fbcnn-color" in result.stderr and "download-weights fbcnn-color" in result.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("args, said", [(("--preset", "old-photo", "--model", "realesrgan-x2plus"), "give one of"),
+                                        (("--preset", "no-such"), "old-photo")])
+def test_a_preset_given_with_other_models_or_unknown_is_a_usage_error(tmp_path, args, said):
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path, *args)
+    assert result.exit_code == 2 and said in result.stderr
+
+
+def test_a_queued_preset_keeps_its_chain(tmp_path):
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue, "--preset", "old-photo", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    from restorecli.jobs.store import JobStore
+
+    store = JobStore(queue)
+    try:
+        job = store.get(json.loads(submitted.stdout)["job_id"])
+    finally:
+        store.close()
+    assert job.options["model"] == "scunet-color-real-psnr,realesrgan-x4plus" and job.options["face_enhance"]
+    assert job.options["preset"] == "old-photo"

@@ -97,7 +97,8 @@ def _presets(directory: Path, json_output: bool) -> None:
                    else "[green]installed[/]")
         table.add_row(row["name"], " -> ".join(row["models"]), "yes" if row["face_enhance"] else "no", weights,
                       row["description"])
-    notes = [f"fetch: restorecli download-weights {' '.join(row['missing'])}" for row in rows if row["missing"]][:1]
+    lacking = dict.fromkeys(name for row in rows for name in row["missing"])
+    notes = [f"fetch what they lack: restorecli download-weights {' '.join(lacking)}"] if lacking else []
     render.table_then_rows(table, (f"{row['name']}\t{','.join(row['models'])}" for row in rows), notes)
 
 
