@@ -264,3 +264,14 @@ def test_a_queued_preset_keeps_its_chain(tmp_path):
         store.close()
     assert job.options["model"] == "scunet-color-real-psnr,realesrgan-x4plus" and job.options["face_enhance"]
     assert job.options["preset"] == "old-photo"
+
+
+def test_an_animation_through_a_chain_has_the_chain_s_size(tmp_path, denoiser, model2):
+    """An animated GIF's frames go through every model of the chain, its output sized for the chain."""
+    frames = [Image.fromarray(np.full((24, 32, 3), value, np.uint8)) for value in (40, 200)]
+    source = tmp_path / "blink.gif"
+    frames[0].save(source, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    result = invoke("restore", source, "-o", tmp_path / "out", "--model", model2, "--model", denoiser)
+    assert result.exit_code == 0, result.stderr
+    written = Image.open(tmp_path / "out" / "blink.gif")
+    assert written.size == (64, 48) and written.n_frames == 2  # 2x, then 1x

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from ..engine.enhance import target_size
 from ..engine.tiling import TileProgress
 from ..errors import ImageError, RestoreCliError
 from ..files import STDIO, check_output_folder
@@ -270,8 +269,8 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback,
     assert output is not None
     batch.outputs.sweep(output.parent)  # as for an image: what killed runs left there goes first
     restorer = batch.models()
-    model, outscale = restorer.model, batch.options.outscale
-    settings = video_options(batch.options, lambda w, h: target_size(model, w, h, outscale))
+    outscale = batch.options.outscale
+    settings = video_options(batch.options, lambda w, h: restorer.output_size((w, h), outscale))  # a chain's too
 
     def frames(progress) -> None:
         notify("frames", (progress.done, progress.total, progress.fps))

@@ -40,8 +40,6 @@ from ..options import RestoreOptions, model_chain
 from .stages import Enhancement, Prepared, Restored, face_options
 
 T = TypeVar("T")
-# What a chain's earlier models are loaded without: the stages that act on the whole image once, after the last model
-_NO_IMAGE_STAGES: dict[str, str] = {"colorize": "never"} if "colorize" in RestoreOptions.__dataclass_fields__ else {}
 
 
 class RowSink(Protocol):
@@ -135,7 +133,8 @@ class Restorer:
                 resolve_model_path(name, folder)
             except RestoreCliError as exc:
                 raise type(exc)(f"--model {name}, model {place} of the chain's {len(chain)}: {exc}") from None
-        before = tuple(cls.from_options(replace(options, model=name, face_enhance=False, **_NO_IMAGE_STAGES), notice)
+        # faces and colour act on the whole image once, after the last model
+        before = tuple(cls.from_options(replace(options, model=name, face_enhance=False, colorize="never"), notice)
                        for name in earlier)
         restorer = cls.from_options(replace(options, model=last), notice)
         restorer.before, restorer.options = before, options
