@@ -272,3 +272,18 @@ def test_restore_auto_measures_openvino_for_real_and_runs_what_was_fastest(tiny,
     assert json_lines(again)[-1]["backend_reason"] == summary["backend_reason"]
     assert (json_lines(again)[-1]["backend"], json_lines(again)[-1]["precision"]) == (summary["backend"],
                                                                                       summary["precision"])
+
+
+def test_devices_lists_the_devices_openvino_finds(monkeypatch):
+    monkeypatch.setattr(ov_backend, "openvino_devices", lambda: ("CPU", "GPU.0", "NPU"))
+    names = {"GPU.0": "Intel(R) Arc(TM) A770 Graphics (dGPU)", "NPU": "Intel(R) AI Boost"}
+    monkeypatch.setattr(ov_backend, "device_name", lambda device: names[device])
+    listed = invoke("devices", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert found["openvino"] == ov_backend.version() and "openvino" in found["devices"][0]["backends"]
+    assert found["devices"][-2:] == [
+        {"device": "openvino:GPU.0", "backends": ["openvino"], "name": names["GPU.0"], "kind": "gpu", "memory_mb": None},
+        {"device": "openvino:NPU", "backends": ["openvino"], "name": names["NPU"], "kind": "npu", "memory_mb": None}]
+    text = invoke("devices")
+    assert text.exit_code == 0 and "openvino:NPU\topenvino\tIntel(R) AI Boost" in text.stdout

@@ -12,13 +12,16 @@ from .options import Json as JsonFlag
 
 
 def devices(json_output: JsonFlag = False) -> None:
-    """List the devices restorecli can run on: the CPU, CUDA and MPS (torch), Vulkan GPUs (ncnn)."""
-    from ..engine.backends.devices import list_devices, ncnn_version  # asks torch and ncnn what they see
+    """List the devices restorecli can run on: the CPU, CUDA and MPS (torch), Vulkan GPUs (ncnn), Intel GPUs and
+    NPUs (OpenVINO)."""
+    from ..engine.backends import openvino
+    from ..engine.backends.devices import list_devices, ncnn_version  # asks torch, ncnn and OpenVINO what they see
 
     found = list_devices()
     version = ncnn_version()
     if json_output:
-        render.out_json({"ncnn": version, "devices": [asdict(entry) for entry in found]}, indent=2)
+        render.out_json({"ncnn": version, "openvino": openvino.version(),
+                         "devices": [asdict(entry) for entry in found]}, indent=2)
         return
     table = Table(title="devices", title_justify="left")
     for column in ("device", "back-ends", "what it is"):
