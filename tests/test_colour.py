@@ -289,3 +289,21 @@ def test_chroma_is_upsampled_as_torch_does_bilinearly():
                                                align_corners=False)[0].numpy().transpose(1, 2, 0)
     assert np.allclose(plan.rows(0, 37), expected, atol=1e-4)
     assert np.allclose(plan.rows(11, 20), expected[11:20], atol=1e-4)
+
+
+def test_a_queued_job_colourises_and_its_results_say_so(inputs, weights, tmp_path):
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", inputs / "gray.png", inputs / "photo.png", "--queue", queue, "--model",
+                       weights / "up2.safetensors", "--weights-dir", weights, "--colorize", "auto",
+                       "--colorize-model", "ddcolor-tiny", "--device", "cpu", "--precision", "fp32", "--backend",
+                       "torch", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job = json.loads(submitted.stdout)["job_id"]
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job, "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed" and status["setup"]["colorize_model"] == "ddcolor-tiny"
+    recorded = json.loads((queue / "jobs" / status["job_id"] / "result.json").read_text())["results"]
+    assert [result["colorized"] for result in recorded] == [True, False]
+    coloured = _read(queue / status["results"][0]["output"])
+    assert coloured.ndim == 3 and (coloured[:, :, 2].astype(int) - coloured[:, :, 0]).mean() > 8

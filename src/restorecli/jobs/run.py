@@ -298,7 +298,8 @@ def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, roo
     error = item.error.replace(item.input, original) if item.error else None
     return {"original_filename": original, "output": output, "status": "ok" if item.status == "skipped" else item.status,
             "error": error, "in_size": list(item.in_size) if item.in_size else None,
-            "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds, "faces": item.faces}
+            "out_size": list(item.out_size) if item.out_size else None, "seconds": item.seconds, "faces": item.faces,
+            **({"colorized": item.colorized} if item.colorized is not None else {})}  # with --colorize only
 
 
 def work_folder(job_dir: Path, token: str) -> Path:
