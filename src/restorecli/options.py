@@ -248,6 +248,10 @@ class RestoreOptions:
     duration: float | None = option(None, "Restore this long a part of each video (from --start, or the "
                                     "beginning), e.g. for a preview.", metavar="SECONDS|[HH:]MM:SS",
                                     parse=parse_duration, show_default=False, panel=_VIDEO)
+    segment_seconds: float = option(10.0, "A whole video is restored in segments of about this many seconds of "
+                                    "work, each kept as it is finished: a stopped run starts again at the first "
+                                    "unfinished one (0: in one go, nothing kept).", metavar="SECONDS",
+                                    given_as=float, minimum=0.0, panel=_VIDEO)
 
 
 def declared() -> list[tuple[str, Any, OptionSpec]]:

@@ -158,7 +158,7 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
     duration = sum(_stored_duration(kind, frame.duration) for frame in frames) / 1000
     return AnimationResult(len(frames), round(len(frames) / duration, 3) if duration else None, round(duration, 6),
                            kind, "the input's own format", image.size, size, 0,
-                           round(time.perf_counter() - started, 3), written_loop, has_alpha)
+                           round(time.perf_counter() - started, 3), loop=written_loop, alpha=has_alpha)
 
 
 def _restore_frames(image: Image.Image, part: FrameRange, stop: int, count: int | None, frames: list[_Frame],

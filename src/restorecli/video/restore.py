@@ -5,11 +5,12 @@ queue, whatever the video's length."""
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +22,7 @@ from ..files import atomic_writer
 from ..images.formats import check_output_pixels
 from .formats import VideoDecodeError, VideoEncodeError, container_for
 from .read import Frame, FrameRange, VideoFacts, VideoInput, shown_for
+from .segments import PartsFolder, SegmentedOutput, VideoOutputSpec, join_segments
 from .write import CodecChoice, VideoOutput, check_frame_size, choose_codec
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ class VideoOptions:
     max_output_pixels: int | None = None  # per output frame
     output_size: Callable[[int, int], tuple[int, int]] | None = None  # a frame's restored (w, h), where known ahead
     bitrate: int | None = None  # bits per second (None: the codec's quality, or --crf's)
+    segment_seconds: float | None = None  # work kept as one resumable segment (None: the video written in one go)
+    settings: dict[str, Any] | None = None  # what changes the frames, beside the codec: an earlier run's kept segments
+    fresh: bool = False  # start again, dropping the segments an earlier run kept (--overwrite)
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,12 @@ class VideoResult:
     out_size: tuple[int, int]
     copied_streams: int
     seconds: float
+    resumed: int = 0  # frames an earlier, stopped run restored (kept in its segments), of ``frames``
 
     def facts(self) -> dict[str, Any]:
         """The JSON fields of a video's result line."""
         return {"frames": self.frames, "fps": self.fps, "duration": self.duration, "codec": self.codec,
-                "copied_streams": self.copied_streams, "seconds": self.seconds}
+                "copied_streams": self.copied_streams, "seconds": self.seconds, "resumed": self.resumed}
 
 
 _END = object()
@@ -131,15 +137,17 @@ def _check_sizes(facts: VideoFacts, options: VideoOptions, choice: CodecChoice, 
         check_frame_size(choice, size, name)
 
 
-def _pipelined(video: VideoInput, part: FrameRange, sink: VideoOutput, restorer: FrameRestorer, started: float,
-               options: VideoOptions, name: str, on_progress: Callable[[VideoProgress], None] | None,
+def _pipelined(items: Iterator[Any], total: int | None, sink: VideoOutput | SegmentedOutput,
+               restorer: FrameRestorer, started: float, options: VideoOptions, name: str,
+               on_progress: Callable[[VideoProgress], None] | None,
                in_flight: int) -> tuple[int, tuple[int, int], Frame | None]:
-    """The frames of ``part`` decoded ahead on a thread, restored in the caller's, encoded behind on another:
-    returns the frames restored, their size and the last one. A failure of any stage stops the others."""
+    """The frames and packets of ``items`` (``total`` frames, where known) decoded ahead on a thread, restored in
+    the caller's, encoded behind on another: returns the frames restored, their size and the last one. A failure
+    of any stage stops the others."""
     decoded: queue.Queue = queue.Queue(in_flight)
     restored: queue.Queue = queue.Queue(in_flight)
     stop = threading.Event()
-    reader = threading.Thread(target=_decode_ahead, args=(video.items(part), decoded, stop),
+    reader = threading.Thread(target=_decode_ahead, args=(items, decoded, stop),
                               name="restorecli-video-read", daemon=True)
     written: list[BaseException] = []
     writer = threading.Thread(target=_encode_behind, args=(sink, restored, stop, written),
@@ -147,8 +155,7 @@ def _pipelined(video: VideoInput, part: FrameRange, sink: VideoOutput, restorer:
     reader.start()
     writer.start()
     try:
-        done = _run_model(restorer, decoded, restored, stop, _frames_in(video.facts, part), started, options, name,
-                          on_progress)
+        done = _run_model(restorer, decoded, restored, stop, total, started, options, name, on_progress)
         _put(restored, _END, stop)
         writer.join()
     except _Stopped:
@@ -188,12 +195,15 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
         facts = video.facts
         _check_sizes(facts, options, choice, name)
         part = options.frames or FrameRange()
+        if options.segment_seconds and part == FrameRange():
+            return _restore_in_segments(video, source, output, restorer, options, choice, started, on_progress,
+                                        in_flight)
         with atomic_writer(output) as handle:
             whole = part == FrameRange()  # a part's times are not the chapters'
             sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf,
                                video.metadata, video.chapters if whole else None, bitrate=options.bitrate)
-            frames, out_size, last = _pipelined(video, part, sink, restorer, started, options, name, on_progress,
-                                                in_flight)
+            frames, out_size, last = _pipelined(video.items(part), _frames_in(facts, part), sink, restorer, started,
+                                                options, name, on_progress, in_flight)
             if frames == 0:
                 raise VideoDecodeError(f"{name}: {_described(part)} holds no frame: the video ends before "
                                        + (f"frame {part.start}" if part.begins is None else f"{float(part.begins):g} s"))
@@ -201,6 +211,58 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
     return VideoResult(frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
                        choice.reason, (facts.width, facts.height), out_size, len(video.copied),
                        round(time.perf_counter() - started, 3))
+
+
+def _restore_in_segments(video: VideoInput, source: Path, output: Path, restorer: FrameRestorer,
+                         options: VideoOptions, choice: CodecChoice, started: float,
+                         on_progress: Callable[[VideoProgress], None] | None, in_flight: int) -> VideoResult:
+    """``restore_video`` for the whole of a video, resumable: its frames from the first one no segment of an
+    earlier run holds are restored into segments (``segments``), which are then joined into ``output`` with the
+    copied streams, and removed."""
+    facts, name = video.facts, video.name
+    settings = {**(options.settings or {}), "codec": choice.codec, "pix_fmt": choice.pix_fmt}
+    parts = PartsFolder.open(output, source, settings, options.fresh, name)
+    resumed = parts.covered
+    sink = SegmentedOutput(parts, VideoOutputSpec(container_for(output.name), name, facts, choice, options.crf,
+                                                  options.bitrate), options.segment_seconds or 0.0)
+    frames_left = _frames_in(facts, FrameRange(resumed))
+    seen = _Remaining(video.items(), resumed)
+    try:
+        frames, _, _ = _pipelined(iter(seen), frames_left, sink, restorer, started, options, name, on_progress,
+                                  in_flight)
+    except BaseException:
+        parts.discard_if_empty()
+        raise
+    with open_video(source, name, options.keep_audio) as again:  # the copied streams, read from their start
+        out_size = join_segments(parts, again, output)
+    parts.remove()
+    last = seen.last
+    duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
+    return VideoResult(resumed + frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
+                       choice.reason, (facts.width, facts.height), out_size, len(again.copied),
+                       round(time.perf_counter() - started, 3), resumed)
+
+
+class _Remaining:
+    """A video's frames from number ``first`` on (the earlier ones an earlier run restored are decoded, to keep
+    their count, and passed over), without the copied streams' packets (the join copies them); ``last``: the
+    last frame decoded."""
+
+    def __init__(self, items: Iterator[Any], first: int):
+        self.items, self.first = items, first
+        self.last: Frame | None = None
+
+    def __iter__(self) -> Iterator[Frame]:
+        try:
+            for item in self.items:
+                if isinstance(item, Frame):
+                    self.last = item
+                    if item.index >= self.first:
+                        yield item
+        finally:
+            close = getattr(self.items, "close", None)
+            if close is not None:
+                close()
 
 
 def _run_model(restorer: FrameRestorer, decoded: queue.Queue, restored: queue.Queue, stop: threading.Event,
@@ -264,7 +326,7 @@ def _encode_behind(sink: VideoOutput, restored: queue.Queue, stop: threading.Eve
         sink.abort()
     except BaseException as exc:
         sink.abort()
-        written.append(exc if isinstance(exc, ImageError) else
+        written.append(exc if isinstance(exc, (ImageError, OSError)) else  # a full disk stays what it is
                        VideoEncodeError(f"{sink.name}: writing the video failed ({type(exc).__name__}: "
                                         f"{' '.join(str(exc).split())[:200]})"))
         stop.set()
@@ -305,7 +367,26 @@ def video_options(options: RestoreOptions,
         ends = begins + Fraction(options.duration).limit_denominator(1_000_000) if options.duration else None
         part = FrameRange(begins=begins or None, ends=ends)
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
-                        options.max_output_pixels, output_size, options.video_bitrate)
+                        options.max_output_pixels, output_size, options.video_bitrate, options.segment_seconds or None,
+                        frames_settings(options), options.overwrite)
+
+
+# Options that leave a video's restored frames as they are (where they go, how the sound is copied, limits), or
+# change them only in their last bit (the device, the tiling): segments kept under other values are taken as they are
+_SAME_FRAMES = frozenset({"output_dir", "overwrite", "dry_run", "keep_audio", "recursive", "suffix", "format",
+                          "quality", "max_pixels", "max_output_pixels", "save_faces", "weights_dir", "device", "tile",
+                          "tile_pad", "segment_seconds", "frames", "start", "duration"})
+
+
+def frames_settings(options: RestoreOptions) -> dict[str, Any]:
+    """The options that change a video's restored frames, as JSON values, with the model file's size and time
+    where the model is a file: segments kept by a run with other settings are not joined with this run's."""
+    settings = {f.name: getattr(options, f.name) for f in fields(options) if f.name not in _SAME_FRAMES}
+    model = Path(options.model)
+    if model.is_file():
+        info = model.stat()
+        settings["model_file"] = [str(model.resolve()), info.st_size, info.st_mtime_ns]
+    return json.loads(json.dumps(settings, default=str))
 
 
 __all__ = ["FrameRange", "VideoOptions", "VideoProgress", "VideoResult", "open_video", "restore_video",

@@ -3,6 +3,7 @@ re-encoded), into an open binary file. The codec is chosen per container from wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -77,7 +78,8 @@ class VideoOutput:
 
     def __init__(self, handle: BinaryIO, container: str, name: str, facts: VideoFacts, copied: list[Any],
                  choice: CodecChoice, crf: int | None = None, metadata: dict[str, str] | None = None,
-                 chapters: list[dict[str, Any]] | None = None, bitrate: int | None = None):
+                 chapters: list[dict[str, Any]] | None = None, bitrate: int | None = None,
+                 on_packet: Callable[[Any], None] | None = None):
         self.av = load_av(name)
         self.name, self.facts, self.choice, self.crf, self.bitrate = name, facts, choice, crf, bitrate
         try:
@@ -85,7 +87,7 @@ class VideoOutput:
         except (self.av.FFmpegError, ValueError) as exc:
             raise VideoEncodeError(f"{name}: cannot write {container} here ({exc})") from None
         self._copied = copied
-        self._metadata = {k: v for k, v in (metadata or {}).items() if k.lower() not in _MUXER_TAGS}
+        self._metadata = metadata or {}
         self._chapters = chapters or []
         self._streams: dict[int, Any] = {}  # input stream index -> output stream
         self.video: Any | None = None
@@ -93,6 +95,7 @@ class VideoOutput:
         self.frames = 0
         self.last_pts: int | None = None
         self._durations: dict[int, int] = {}  # a frame's pts -> how long the input showed it
+        self._on_packet = on_packet  # hears each encoded packet, its times as the encoder gave them, before the mux
 
     def _open(self, width: int, height: int, rotation: int) -> None:
         choice, facts = self.choice, self.facts
@@ -118,16 +121,7 @@ class VideoOutput:
             video.codec_context.bit_rate = self.bitrate
         if rotation:
             video.set_display_rotation(rotation)
-        self.container.metadata.update(self._metadata)
-        if self._chapters:
-            self.container.set_chapters(self._chapters)
-        for stream in self._copied:
-            try:
-                self._streams[stream.index] = self.container.add_stream_from_template(stream)
-            except (self.av.FFmpegError, ValueError) as exc:
-                raise VideoEncodeError(f"{self.name}: its {stream.type} stream {stream.index} "
-                                       f"({stream.codec_context.name}) cannot be copied into "
-                                       f"{self.container.format.name} ({exc}); restore it with --no-audio") from None
+        self._streams = add_container_extras(self.container, self.name, self._metadata, self._chapters, self._copied)
         self.video = video
 
     def packet(self, packet: Any) -> None:
@@ -176,7 +170,29 @@ class VideoOutput:
             duration = self._durations.pop(packet.pts, None) if packet.pts is not None else None
             if duration:
                 packet.duration = duration  # the encoder gives the average frame's (libx264)
+            if self._on_packet is not None:
+                self._on_packet(packet)
             self.container.mux(packet)
+
+
+def add_container_extras(container: Any, name: str, metadata: dict[str, str], chapters: list[dict[str, Any]],
+                         copied: list[Any]) -> dict[int, Any]:
+    """Give the output ``container`` the input's ``metadata`` (less the tags its muxer writes for itself), its
+    ``chapters`` and a stream for each ``copied`` input stream, as it is; returns input stream index -> output
+    stream. Raises ``VideoEncodeError`` (naming ``name``) for a stream the container cannot hold."""
+    av = load_av(name)
+    container.metadata.update({k: v for k, v in metadata.items() if k.lower() not in _MUXER_TAGS})
+    if chapters:
+        container.set_chapters(chapters)
+    streams = {}
+    for stream in copied:
+        try:
+            streams[stream.index] = container.add_stream_from_template(stream)
+        except (av.FFmpegError, ValueError) as exc:
+            raise VideoEncodeError(f"{name}: its {stream.type} stream {stream.index} ({stream.codec_context.name}) "
+                                   f"cannot be copied into {container.format.name} ({exc}); restore it with "
+                                   "--no-audio") from None
+    return streams
 
 
 def _describe_colour(context: Any, colour: Colour) -> None:
@@ -192,4 +208,4 @@ def _describe_colour(context: Any, colour: Colour) -> None:
         context.color_range = colour.range
 
 
-__all__ = ["CodecChoice", "VideoOutput", "check_frame_size", "choose_codec"]
+__all__ = ["CodecChoice", "VideoOutput", "add_container_extras", "check_frame_size", "choose_codec"]

@@ -1,0 +1,239 @@
+"""A video restored in segments (issue 33): a run killed with SIGKILL, stopped with Ctrl-C or given back by a queue's
+worker leaves its finished segments in a hidden parts folder beside the output; the next run restores only the frames
+no segment holds, joins the segments without encoding them again, and its video equals an uninterrupted run's. A
+changed input, other settings or --overwrite start again; no partial file is ever under the final name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.cli import invoke, items_of
+from helpers.cli import restore_exactly as restore
+from helpers.wait import wait_until
+from test_video import frames_of, make_video, packets_of
+
+av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
+
+FRAMES = 24  # a second at 24 fps
+TORCH = ("--backend", "torch")  # no ncnn conversion and timing: the runs compared run alike
+SMALL = ("--segment-seconds", "0.001", *TORCH)  # a segment kept every frame or few (a rerun needs none so small)
+LOSSLESS = ("--video-codec", "ffv1")  # frames compared exactly
+
+# A real `restorecli restore` process whose model hangs at its STALL-th frame, so that the SIGKILL lands mid-video
+# whatever the machine's speed: the frames before it are restored and their segments kept as in any run.
+_STALLING = """
+import sys, threading
+from restorecli.pipeline import Restorer
+real, calls, stall = Restorer.restore_array, [], int(sys.argv[1])
+def stalling(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) >= stall:
+        threading.Event().wait()
+    return real(self, *args, **kwargs)
+Restorer.restore_array = stalling
+from restorecli.cli.app import main
+sys.argv = ["restorecli", *sys.argv[2:]]
+main()
+"""
+
+
+def manifest(output: Path) -> dict:
+    path = output.parent / f".{output.name}.parts" / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet, or (never) half renamed
+        return {}
+
+
+def covered(output: Path) -> int:
+    return sum(segment["frames"] for segment in manifest(output).get("segments", []))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The frames the model restores in this process, counted."""
+    from restorecli.pipeline import Restorer
+
+    real, calls = Restorer.restore_array, []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Restorer, "restore_array", counting)
+    return calls
+
+
+def interrupted(clip: Path, out: Path, model: Path, monkeypatch, at: int, *flags: str) -> int:
+    """Ctrl-C on the model's ``at``-th frame of a small-segment run into ``out`` (``flags``: FFV1 where not
+    given); returns the frames kept."""
+    from restorecli.pipeline import Restorer
+
+    real, calls = Restorer.restore_array, []
+
+    def stopping(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Restorer, "restore_array", stopping)
+        result = restore(clip, "-o", out, "--model", model, *SMALL, *(flags or LOSSLESS))
+    assert result.exit_code == 130, result.stderr
+    assert not (out / clip.name).exists()
+    kept = covered(out / clip.name)
+    assert 0 < kept < at
+    return kept
+
+
+def test_a_killed_run_resumes_at_its_first_unfinished_segment_and_equals_an_uninterrupted_run(tmp_path, model2,
+                                                                                              counted):
+    clip = make_video(tmp_path / "clip.mkv", variable=True, frames=FRAMES)
+    whole = restore(clip, "-o", tmp_path / "whole", "--model", model2, *TORCH, *LOSSLESS)
+    assert whole.exit_code == 0, whole.stderr
+    reference = frames_of(tmp_path / "whole" / "clip.mkv")
+    assert len(reference) == FRAMES
+
+    out = tmp_path / "out" / "clip.mkv"
+    killed = subprocess.Popen([sys.executable, "-c", _STALLING, "12", "restore", str(clip), "-o", str(out.parent),
+                               "--model", str(model2), "--device", "cpu", "--precision", "fp32", "--tile", "0",
+                               *SMALL, *LOSSLESS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: covered(out) >= 1 or killed.poll() is not None, what="a finished segment")
+        assert killed.poll() is None, killed.stderr.read().decode() if killed.stderr else ""
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert not out.exists()  # never a partial file under the final name
+    kept = covered(out)
+    assert 1 <= kept < 12
+
+    counted.clear()
+    again = restore(clip, "-o", out.parent, "--model", model2, *TORCH, *LOSSLESS)
+    assert again.exit_code == 0, again.stderr
+    [item] = items_of(again)
+    assert item["status"] == "ok" and item["video"]["frames"] == FRAMES and item["video"]["resumed"] == kept
+    assert len(counted) == FRAMES - kept  # only the frames no segment held were restored
+    resumed = frames_of(out)
+    assert [when for _, when, _ in resumed] == [when for _, when, _ in frames_of(clip)]
+    for (expected, _, _), (pixels, _, _) in zip(reference, resumed, strict=True):
+        np.testing.assert_array_equal(pixels, expected)
+    assert packets_of(out, "audio") == packets_of(clip, "audio")  # copied for the whole, once
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.mkv"]  # the parts removed after the join
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.webm"])
+def test_a_stopped_run_resumes_with_the_timestamps_and_sound_of_the_whole(tmp_path, model2, monkeypatch, counted,
+                                                                          name):
+    """MP4 (H.264 with B-frames, whose first frames of a segment decode before it) and WebM: the joined segments
+    show every frame at its time, the last one for as long as the input, and the sound is the input's."""
+    webm = name.endswith(".webm")
+    clip = make_video(tmp_path / name, "libvpx-vp9" if webm else "libx264", variable=True,
+                      audio="libopus" if webm else "aac", frames=FRAMES)
+    codec = ("--video-codec", "libvpx-vp9" if webm else "libx264")
+    kept = interrupted(clip, tmp_path / "out", model2, monkeypatch, 12, *codec)
+    counted.clear()
+    again = restore(clip, "-o", tmp_path / "out", "--model", model2, *TORCH, *codec)
+    assert again.exit_code == 0, again.stderr
+    assert items_of(again)[0]["video"]["resumed"] == kept and len(counted) == FRAMES - kept
+    out = tmp_path / "out" / name
+    assert [when for _, when, _ in frames_of(out)] == [when for _, when, _ in frames_of(clip)]
+    with av.open(str(clip)) as before, av.open(str(out)) as after:
+        assert after.duration == pytest.approx(before.duration, abs=11_000)  # microseconds: a muxer's rounding
+    assert packets_of(out, "audio") == packets_of(clip, "audio")
+
+
+def test_a_changed_input_other_settings_or_overwrite_start_again(tmp_path, model2, monkeypatch, counted):
+    clip = make_video(tmp_path / "clip.mkv", frames=FRAMES)
+    out = tmp_path / "out"
+
+    def rerun(*flags: str) -> dict:
+        counted.clear()
+        result = restore(clip, "-o", out, "--model", model2, *TORCH, *LOSSLESS, *flags)
+        assert result.exit_code == 0, result.stderr
+        [item] = items_of(result)
+        assert item["video"]["frames"] == FRAMES and len(counted) == FRAMES - item["video"]["resumed"]
+        return item
+
+    interrupted(clip, out, model2, monkeypatch, 12)
+    assert rerun("--overwrite")["video"]["resumed"] == 0
+
+    (out / "clip.mkv").unlink()
+    interrupted(clip, out, model2, monkeypatch, 12)
+    assert rerun("--outscale", "1")["video"]["resumed"] == 0  # other frames than the segments hold
+    assert frames_of(out / "clip.mkv")[0][0].shape[:2] == (48, 64)
+
+    (out / "clip.mkv").unlink()
+    interrupted(clip, out, model2, monkeypatch, 12)
+    stat = clip.stat()
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the input written again since
+    assert rerun()["video"]["resumed"] == 0
+    assert not (out / ".clip.mkv.parts").exists()
+
+
+def test_ctrl_c_before_the_first_segment_ends_leaves_no_parts_and_zero_restores_in_one_go(tmp_path, model2,
+                                                                                           monkeypatch, counted):
+    """The default segment (10 s of work) outlasts this short video: Ctrl-C leaves nothing; --segment-seconds 0
+    writes the video in one go, never making a parts folder."""
+    clip = make_video(tmp_path / "clip.mp4", frames=FRAMES)
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, "--segment-seconds", "0", *TORCH)
+    assert result.exit_code == 0, result.stderr
+    assert items_of(result)[0]["video"] == {**items_of(result)[0]["video"], "frames": FRAMES, "resumed": 0}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4"]
+    bad = invoke("restore", clip, "-o", tmp_path / "bad", "--segment-seconds", "-1")
+    assert bad.exit_code == 2 and "--segment-seconds" in bad.stderr
+
+
+def test_a_queued_video_given_back_mid_way_is_resumed_by_the_next_worker(tmp_path, model2, monkeypatch, counted):
+    """A worker told twice to stop (SIGTERM, then again: no grace) abandons the video in hand; the job goes back to
+    the queue with the segments finished so far, and the next worker restores only the rest."""
+    from restorecli.pipeline import Restorer
+
+    clip = make_video(tmp_path / "clip.mkv", variable=True, frames=FRAMES)
+    queue = tmp_path / "queue"
+    submitted = invoke("submit", clip, "--queue", queue, "--model", model2, "--device", "cpu", "--precision", "fp32",
+                       "--tile", "0", *SMALL, *LOSSLESS, "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+
+    real, calls = Restorer.restore_array, []
+
+    def signalled(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 12:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Restorer, "restore_array", signalled)
+        stopped = invoke("worker", "--queue", queue, "--once")
+    assert stopped.exit_code in (0, 130, 143), stopped.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "queued", status
+    [parts] = (queue / "jobs" / job_id / "work").glob("*/.clip.mkv.parts")
+    kept = covered(parts.parent / "clip.mkv")
+    assert 0 < kept < 12
+
+    counted.clear()
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed", status
+    assert len(counted) == FRAMES - kept
+    whole = restore(clip, "-o", tmp_path / "whole", "--model", model2, *TORCH, *LOSSLESS)
+    assert whole.exit_code == 0, whole.stderr
+    output = queue / status["results"][0]["output"]
+    for (expected, when, _), (pixels, shown, _) in zip(frames_of(tmp_path / "whole" / "clip.mkv"), frames_of(output),
+                                                       strict=True):
+        assert shown == when
+        np.testing.assert_array_equal(pixels, expected)
