@@ -237,3 +237,19 @@ def test_a_queued_video_given_back_mid_way_is_resumed_by_the_next_worker(tmp_pat
                                                        strict=True):
         assert shown == when
         np.testing.assert_array_equal(pixels, expected)
+
+
+def test_a_video_whose_segments_a_live_process_is_writing_is_refused(tmp_path, model2, monkeypatch):
+    """Two runs over one output: the second leaves the parts folder to the live process its manifest names."""
+    from restorecli.files import _host
+
+    clip = make_video(tmp_path / "clip.mkv", frames=FRAMES)
+    kept = interrupted(clip, tmp_path / "out", model2, monkeypatch, 12)
+    path = tmp_path / "out" / ".clip.mkv.parts" / "manifest.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "writer": f"{os.getppid()}@{_host()}"}))  # a process that runs
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, *TORCH, *LOSSLESS)
+    assert result.exit_code == 1
+    assert (f"{clip}: another restorecli process ({os.getppid()}@{_host()}) is restoring it into "
+            f"{tmp_path / 'out' / 'clip.mkv'}") in items_of(result)[0]["error"]
+    assert covered(tmp_path / "out" / "clip.mkv") == kept  # its segments left alone
