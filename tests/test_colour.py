@@ -307,3 +307,19 @@ def test_a_queued_job_colourises_and_its_results_say_so(inputs, weights, tmp_pat
     assert [result["colorized"] for result in recorded] == [True, False]
     coloured = _read(queue / status["results"][0]["output"])
     assert coloured.ndim == 3 and (coloured[:, :, 2].astype(int) - coloured[:, :, 0]).mean() > 8
+
+
+def test_the_ray_actor_colourises_and_says_so(inputs, weights):
+    """The Ray pool's actor, called in this process (tests/test_pool.py runs it so): its outcome, which the driver
+    turns into the image's result, says whether the image was colourised."""
+    from restorecli.distributed.actor import ImageTask, RestoreActor
+    from restorecli.options import RestoreOptions
+
+    options = RestoreOptions(model=str(weights / "up2.safetensors"), weights_dir=str(weights), colorize="auto",
+                             colorize_model="ddcolor-tiny", device="cpu", precision="fp32", backend="torch")
+    actor = RestoreActor()
+    gray, photo = (actor.restore(ImageTask(name, (inputs / name).read_bytes(), options, "png", name[:-4]))
+                   for name in ("gray.png", "photo.png"))
+    assert gray.error is None and gray.colorized is True and photo.colorized is False
+    coloured = cv2.imdecode(np.frombuffer(gray.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert coloured.ndim == 3 and (coloured[:, :, 2].astype(int) - coloured[:, :, 0]).mean() > 8

@@ -70,6 +70,7 @@ class ImageOutcome:
     failure: str | None = None
     ran: dict[str, str] | None = None  # the model, device and precision that ran (``Restorer.setup``)
     pid: int = 0  # the actor's process, which the driver names when it dies
+    colorized: bool | None = None  # whether --colorize colourised it (None: --colorize never)
 
 
 class RestoreActor:
@@ -107,7 +108,7 @@ class RestoreActor:
             done = enhanced.encode(task.fmt, task.options, task.faces_stem)  # beside the next image's model run
             return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
                                 round(time.perf_counter() - started, 3), crops=done.crops, ran=restorer.setup,
-                                pid=os.getpid())
+                                pid=os.getpid(), colorized=done.colorized)
         except ImageError as exc:
             error = str(exc)
         except RestoreCliError as exc:  # not the image's: the local worker retries the job for it too

@@ -287,7 +287,7 @@ class _Driver:
         self.report.actor_seconds += outcome.seconds
         self.report.image_seconds += seconds
         return ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size, round(seconds, 3),
-                          outcome.faces)
+                          outcome.faces, colorized=outcome.colorized)
 
     # ------------------------------------------------------------------ settling jobs
 
