@@ -323,3 +323,14 @@ def test_the_ray_actor_colourises_and_says_so(inputs, weights):
     assert gray.error is None and gray.colorized is True and photo.colorized is False
     coloured = cv2.imdecode(np.frombuffer(gray.data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert coloured.ndim == 3 and (coloured[:, :, 2].astype(int) - coloured[:, :, 0]).mean() > 8
+
+
+def test_an_animation_is_restored_without_colour_and_says_so(weights, tmp_path):
+    """Frames are not colourised (each would take its own guess, and the colours would flicker): the item says so."""
+    from test_animated import make_animation
+
+    source = make_animation(tmp_path / "clip.png")
+    result = _restore(source, tmp_path / "out", weights, "--colorize", "always")
+    assert result.exit_code == 0, result.stderr
+    (line,) = items_of(result)
+    assert line["status"] == "ok" and line["video"] and line["colorized"] is False

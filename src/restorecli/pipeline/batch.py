@@ -290,8 +290,9 @@ def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback,
         return failure(item, output, exc, None, ready.t0)
     except Exception as exc:  # a model or codec failure on this video, a full disk, or one nobody foresaw
         return failure(item, output, exc, None, ready.t0)
+    colorized = None if restorer.colouriser is None else False  # frames are not colourised (docs/restore.md)
     return ItemResult(item.source, str(output), "ok", None, done.in_size, done.out_size,
-                      round(time.perf_counter() - ready.t0, 3), video=done.facts()), None
+                      round(time.perf_counter() - ready.t0, 3), video=done.facts(), colorized=colorized), None
 
 
 def _restore_item(batch: _Batch, ready: _Ready, behind: WriteBehind, order: _InOrder, on_tile: TileProgress,
