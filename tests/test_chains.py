@@ -275,3 +275,23 @@ def test_an_animation_through_a_chain_has_the_chain_s_size(tmp_path, denoiser, m
     assert result.exit_code == 0, result.stderr
     written = Image.open(tmp_path / "out" / "blink.gif")
     assert written.size == (64, 48) and written.n_frames == 2  # 2x, then 1x
+
+
+def test_each_model_of_a_chain_keeps_its_own_precision_and_fallback(tmp_path, monkeypatch, model2):
+    """Under ``--precision auto`` on a CPU where bf16 is fast, the chain's SwinIR (which fails in bf16) falls back
+    to fp32 alone, named in the summary's ``precision_fallback``, while the Compact after it keeps bf16."""
+    from safetensors.torch import save_file
+
+    from restorecli.engine import device as engine_device
+    from test_precision import ARCHITECTURES
+
+    monkeypatch.setattr(engine_device, "cpu_bf16_speedup", lambda: 2.0)
+    torch.manual_seed(0)
+    swinir = tmp_path / "tiny-swinir.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in ARCHITECTURES["SwinIR"]().state_dict().items()}, str(swinir))
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "out", "--model", swinir, "--model",
+                    model2, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json_lines(result)[-1]
+    assert summary["chain"] == ["tiny-swinir", model2.stem] and summary["precision"] == "bf16"
+    assert summary["precision_fallback"].startswith("tiny-swinir: ") and "bf16" in summary["precision_fallback"]
