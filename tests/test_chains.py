@@ -80,9 +80,9 @@ def test_each_stage_of_a_chain_is_seam_free_under_tiling(denoiser, model2):
     chain = f"{denoiser},{model2}"
     tiled, whole = (Restorer.from_options(RestoreOptions(model=chain, device="cpu", precision="fp32", tile=tile))
                     for tile in (16, 0))
-    assert len(tiled.before) == 1 and tiled.before[0].engine.tile == 16 and tiled.engine.tile == 16
+    assert len(tiled.before.stages) == 1 and tiled.before.stages[0].engine.tile == 16 and tiled.engine.tile == 16
     image = np.asarray(Image.open(TEST_INPUTS / "rocket.jpg").convert("RGB"))
-    for tiled_stage, whole_stage in zip((*tiled.before, tiled), (*whole.before, whole)):
+    for tiled_stage, whole_stage in zip((*tiled.before.stages, tiled), (*whole.before.stages, whole)):
         tiled_planes = tiled_stage.run_stage(image, None, "rocket.jpg", None)[0]
         whole_planes = whole_stage.run_stage(image, None, "rocket.jpg", None)[0]
         assert psnr(tiled_planes, whole_planes) >= 45

@@ -5,7 +5,6 @@ function). Precision fallbacks (``--precision auto``) and the 16-bit copy of the
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, str
 from ..engine.faces.enhance import FacePlan, FaceReport, FaceStage
 from ..engine.precision import Notice, checked, is_precision_error
 from ..engine.tiling import TileProgress
-from ..errors import ImageError, PrecisionFallback, RestoreCliError
+from ..errors import ImageError, PrecisionFallback
 from ..images import (
     SIXTEEN_BIT_FORMATS,
     STRIP_WRITERS,
@@ -34,9 +33,9 @@ from ..images import (
     writes_planes_as_they_are,
 )
 from ..models.integrity import sha256_of
-from ..models.loading import (LoadedModel, load_colorizer, load_face_weights, load_model, ncnn_form,
-                              resolve_model_path, weights_dir)
+from ..models.loading import LoadedModel, load_colorizer, load_face_weights, load_model, ncnn_form, weights_dir
 from ..options import RestoreOptions, model_chain
+from .chain import EarlierModels, load_chain
 from .stages import Enhancement, Prepared, Restored, face_options
 
 T = TypeVar("T")
@@ -67,7 +66,7 @@ class Restorer:
         self.fallback: str | None = None  # why ``auto`` runs the model in fp32 after all
         self._reload: Callable[[torch.dtype], LoadedModel] | None = None  # the model again, from its file
         self.backend: BackendChoice | None = None  # the back-end ``from_options`` chose, and why
-        self.before: tuple[Restorer, ...] = ()  # a chain's earlier models, each a restorer of its own (``_chain``)
+        self.before = EarlierModels()  # a chain's earlier models, each a restorer of its own (``chain``)
         self.colouriser: Colouriser | None = None  # DDColor, with --colorize auto or always
 
     @classmethod
@@ -75,7 +74,7 @@ class Restorer:
         """The models of ``options`` loaded, on the back-end, device and precision they resolve to; first-run work
         (a probe, a conversion to ncnn) is said to ``notice`` as it starts."""
         if len(model_chain(options.model)) > 1:
-            return cls._chain(options, notice)
+            return load_chain(cls.from_options, options, notice)
         device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder)
@@ -121,25 +120,6 @@ class Restorer:
             restorer._note_fallback(fallback)
         return restorer
 
-    @classmethod
-    def _chain(cls, options: RestoreOptions, notice: Notice | None = None) -> "Restorer":
-        """A chain's models (``--model A --model B``) each loaded as a restorer of its own, with its own device,
-        precision (and fallback), 16-bit copy and tiles; the last one holds the face and colour stages and runs
-        the earlier ones, in order, before its own model."""
-        *earlier, last = chain = model_chain(options.model)
-        folder = weights_dir(options.weights_dir)
-        for place, name in enumerate(chain, 1):  # a bad model fails the run before any model loads
-            try:
-                resolve_model_path(name, folder)
-            except RestoreCliError as exc:
-                raise type(exc)(f"--model {name}, model {place} of the chain's {len(chain)}: {exc}") from None
-        # faces and colour act on the whole image once, after the last model
-        before = tuple(cls.from_options(replace(options, model=name, face_enhance=False, colorize="never"), notice)
-                       for name in earlier)
-        restorer = cls.from_options(replace(options, model=last), notice)
-        restorer.before, restorer.options = before, options
-        return restorer
-
     def run_stage(self, color: np.ndarray, alpha: np.ndarray | None, name: str, fmt: OutputFormat | None,
                   on_tile: TileProgress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """This restorer's model alone on the planes of image ``name``, whole in memory at the model's own scale
@@ -151,25 +131,9 @@ class Restorer:
 
         return self._guarded(name, run)
 
-    def _earlier(self, color: np.ndarray, alpha: np.ndarray | None, name: str, fmt: OutputFormat | None,
-                 on_tile: TileProgress | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The planes the last model of a chain takes: the image through each earlier model in turn."""
-        for stage in self.before:
-            color, alpha = stage.run_stage(color, alpha, name, fmt, on_tile)
-        return color, alpha
-
     def output_size(self, size: tuple[int, int], outscale: float | None) -> tuple[int, int]:
-        """The (w, h) of the result for an input of ``size``: through each model at its own scale, the last one
-        at what is left of ``outscale`` (the final scale, of the input; None: each model's own)."""
-        for stage in self.before:
-            size = target_size(stage.model, *size, None)
-        return target_size(self.model, *size, self._last_outscale(outscale))
-
-    def _last_outscale(self, outscale: float | None) -> float | None:
-        """The scale the last model of a chain resizes its result to, for a final ``outscale`` of the input."""
-        if outscale is None or not self.before:
-            return outscale
-        return outscale / math.prod(stage.model.spec.default_outscale for stage in self.before)
+        """The (w, h) of the result for an input of ``size`` at the final ``outscale`` (None: each model's own)."""
+        return target_size(self.model, *self.before.size(size), self.before.last_outscale(outscale))
 
     def _note_fallback(self, reason: str) -> None:
         """Say once that the model runs in fp32, and why; the setup (JSON summary, queue results) records it."""
@@ -229,19 +193,15 @@ class Restorer:
             setup["precision_16bit"] = precision_name(self._runner_16bit[1].dtype)
         if self.fallback:
             setup["precision_fallback"] = self.fallback
-        if self.before:  # a chain: every model, in order; an earlier one's fallback named with it
-            setup["chain"] = [stage.model.spec.name for stage in (*self.before, self)]
-            setup["model"] = ",".join(setup["chain"])
-            fallbacks = [f"{stage.model.spec.name}: {stage.fallback}" for stage in self.before if stage.fallback]
-            if fallbacks:
-                setup["precision_fallback"] = "; ".join([*fallbacks, *([self.fallback] if self.fallback else [])])
+        if self.before:
+            setup.update(self.before.setup(self))
         return setup
 
     def restore_array(self, color: np.ndarray, alpha: np.ndarray | None = None,
                       options: RestoreOptions | None = None) -> np.ndarray:
         """Upscale (and restore faces in) an H x W x C array; returns the colour planes. For callers that
         measure rather than write files."""
-        color, alpha = self._earlier(color, alpha, "the array", None, None)
+        color, alpha = self.before.run(color, alpha, "the array", None, None)
         return self._enhance(color, alpha, options or self.options)[0].color
 
     def _enhance(self, color: np.ndarray, alpha: np.ndarray | None, options: RestoreOptions,
@@ -251,7 +211,7 @@ class Restorer:
         """The whole result, with its faces restored (from ``faces``, their plan, where it was made ahead) and, with
         a ``colour`` plan, colourised."""
         model, engine = self._runner(color, fmt)
-        result = enhance(model, color, alpha, engine, self._last_outscale(options.outscale), on_tile)
+        result = enhance(model, color, alpha, engine, self.before.last_outscale(options.outscale), on_tile)
         report = None
         if self.faces is not None:
             if faces is None:
@@ -282,7 +242,7 @@ class Restorer:
     def _stages(self, faces: FacePlan | None) -> tuple[str, ...]:
         """What is done to an image, for its output's processing record: the model, then the face model where
         the image has faces to restore."""
-        stages = tuple(f"model:{stage.model.spec.name}" for stage in (*self.before, self))
+        stages = tuple(f"model:{stage.model.spec.name}" for stage in (*self.before.stages, self))
         return stages + ((f"faces:{self.faces.name}",) if self.faces is not None and faces and faces.faces else ())
 
     def enhance(self, prepared: Prepared, name: str, options: RestoreOptions, fmt: OutputFormat,
@@ -290,7 +250,7 @@ class Restorer:
         """The model's part for an image ``prepare`` made ready: the whole output in memory, its faces restored.
         ``on_tile(done, total)`` follows the tiles of each pass through the model."""
         decoded = prepared.decoded
-        color, alpha = self._earlier(decoded.color, decoded.alpha, name, fmt, on_tile)
+        color, alpha = self.before.run(decoded.color, decoded.alpha, name, fmt, on_tile)
 
         def run() -> Enhancement:
             result, report = self._enhance(color, alpha, options, on_tile, fmt, prepared.faces,
@@ -308,13 +268,13 @@ class Restorer:
         pass's face report (its crops)."""
         decoded, plan, planes = prepared.decoded, prepared.faces, prepared.decoded.color.shape[2]
 
-        color, alpha = self._earlier(decoded.color, decoded.alpha, name, fmt, on_tile)
+        color, alpha = self.before.run(decoded.color, decoded.alpha, name, fmt, on_tile)
 
         def run() -> FaceReport | None:
             out = ColourRows(strips, prepared.colour, planes) if prepared.colour is not None else strips
             sink = self.faces.rows(out, plan, planes) if plan is not None and plan.faces else out
             model, engine = self._runner(color, fmt)
-            enhance_rows(model, color, engine, sink, on_tile, self._last_outscale(options.outscale), alpha)
+            enhance_rows(model, color, engine, sink, on_tile, self.before.last_outscale(options.outscale), alpha)
             return sink.reports[-1] if sink is not out and sink.reports else None
 
         return self._guarded(name, run)
