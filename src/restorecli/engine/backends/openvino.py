@@ -121,12 +121,18 @@ def converted_path(model_hash: str) -> Path:
     return platformdirs.user_cache_path("restorecli") / "openvino" / f"{model_hash}-openvino-{version()}.xml"
 
 
-def convert(module: torch.nn.Module, channels: int, target: Path) -> None:
-    """Convert the fp32 ``module`` (``channels`` in) and save it at ``target`` (.xml and .bin), atomically: the
-    .xml, written last, exists only beside its whole .bin."""
+def window_side(model: LoadedModel, side: int) -> int:
+    """``side``, raised to the model's minimum input size and rounded up to its multiple."""
+    side = max(side, model.spec.minimum_size)
+    return side + -side % model.spec.multiple_of
+
+
+def convert(module: torch.nn.Module, channels: int, target: Path, side: int = 32) -> None:
+    """Convert the fp32 ``module`` (``channels`` in, traced on a ``side`` x ``side`` window) and save it at
+    ``target`` (.xml and .bin), atomically: the .xml, written last, exists only beside its whole .bin."""
     ov = _openvino()
     with torch.no_grad():
-        graph = ov.convert_model(module, example_input=torch.rand(1, channels, 32, 32),
+        graph = ov.convert_model(module, example_input=torch.rand(1, channels, side, side),
                                  input=[ov.PartialShape([-1, channels, -1, -1])])
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".converting-") as scratch:
@@ -147,8 +153,7 @@ def _fp32_module(model: LoadedModel) -> torch.nn.Module:
 
 def _check(compiled, model: LoadedModel, precision: str) -> str | None:
     """Why OpenVINO's result on a random window is too far from torch fp32's (None: it is close enough)."""
-    side = max(CHECK_SIDE, model.spec.minimum_size)
-    side += -side % model.spec.multiple_of
+    side = window_side(model, CHECK_SIDE)
     window = torch.rand(1, model.spec.input_channels, side, side, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = _fp32_module(model)(window).clamp(0, 1).numpy()
@@ -170,7 +175,7 @@ def _compile(model: LoadedModel, model_hash: str, device: str, precision: str):
         raise OpenVinoUnfit(f"OpenVINO cannot run {model.spec.name} in {precision}: {verdict['error']}")
     try:
         if not path.is_file():
-            convert(_fp32_module(model), model.spec.input_channels, path)
+            convert(_fp32_module(model), model.spec.input_channels, path, window_side(model, 32))
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
