@@ -154,6 +154,19 @@ def test_the_face_model_and_fidelity_are_sent_and_what_the_server_cannot_run_is_
     assert newest.options["face_fidelity"] == 0.25 and newest.options["face_enhance"] is False
 
 
+def test_a_preset_or_colourising_the_server_cannot_run_is_refused_before_an_upload(server, photos, tmp_path):
+    """Issue 32: --preset and --colorize are request fields; this server offers no preset's models and has no
+    DDColor, and the client says so without sending anything."""
+    before = jobs_in(server)
+    preset = remote(photos, "-o", tmp_path / "o", "--server", server.url, "--preset", "denoise")
+    assert preset.returncode == 2, preset.stderr.decode()
+    assert "preset 'denoise' is not offered by the server" in preset.stderr.decode()
+    colour = remote(photos, "-o", tmp_path / "o", "--server", server.url, "--colorize", "auto")
+    assert colour.returncode == 3, colour.stderr.decode()
+    assert "cannot colourise: colorize model ddcolor is not installed on this server" in colour.stderr.decode()
+    assert jobs_in(server) == before and not (tmp_path / "o").exists()
+
+
 def test_a_file_whose_name_and_content_disagree_is_written_as_its_name_says(server, photos, tmp_path):
     shutil.copy(photos / "rocket.jpg", photos / "jpeg.png")  # a local run writes a PNG: the name says so
     result = remote(photos, "-o", tmp_path / "o", "--server", server.url)

@@ -341,10 +341,11 @@ def test_api_key_is_asked_for_once_and_sent(tmp_path, make_model, browser):
         context.close()
 
 
-def test_the_face_model_and_fidelity_chosen_reach_the_job(tmp_path, make_model, browser):
+def test_the_face_preset_and_colour_choices_reach_the_job(tmp_path, make_model, browser):
     """Issue 32: the page offers the face models the server can run (not one whose weights it lacks), marks a
-    non-commercial licence, shows the fidelity slider only for a model that takes one, and the job gets what was
-    chosen. No worker: the job's options are what is checked."""
+    non-commercial licence, shows the fidelity slider only for a model that takes one, offers the presets whose
+    models the server offers and colourising where it can, and the job gets what was chosen. No worker: the job's
+    options are what is checked."""
     from playwright.sync_api import expect
 
     from restorecli.jobs.store import JobStore
@@ -352,10 +353,13 @@ def test_the_face_model_and_fidelity_chosen_reach_the_job(tmp_path, make_model, 
 
     weights = tmp_path / "weights"
     weights.mkdir()
-    for name in ("codeformer", "restoreformer", "retinaface-resnet50"):  # present: the server looks no further
+    for name in ("codeformer", "restoreformer", "retinaface-resnet50", "scunet-color-real-psnr", "realesrgan-x4plus",
+                 "ddcolor"):  # present: the server looks no further
         (weights / REGISTRY[name].filename).write_bytes(b"weights")
-    with LiveServer(tmp_path, "--model", str(make_model(2)), "--weights-dir", str(weights), "--allow-face-model",
-                    "codeformer", "--allow-face-model", "restoreformer", workers=0, env={"API_KEY": None}) as server:
+    allowed = ("--allow-face-model", "codeformer", "--allow-face-model", "restoreformer", "--allow-model",
+               "scunet-color-real-psnr", "--allow-model", "realesrgan-x4plus")
+    with LiveServer(tmp_path, "--model", str(make_model(2)), "--weights-dir", str(weights), *allowed, workers=0,
+                    env={"API_KEY": None}) as server:
         context, page, requests, errors = open_dashboard(browser, server)
         faces = page.get_by_label("Restore faces")
         expect(faces).to_be_enabled()
@@ -373,6 +377,13 @@ def test_the_face_model_and_fidelity_chosen_reach_the_job(tmp_path, make_model, 
             page.keyboard.press("ArrowRight")
         expect(page.locator("#fidelity-value")).to_have_text("0.8")
 
+        preset = page.get_by_label("Preset")
+        expect(preset.locator("option")).to_have_text(["None: the model chosen", "old-photo", "portrait", "denoise"])
+        preset.select_option("old-photo")
+        expect(page.locator("#preset-hint")).to_contain_text("Runs scunet-color-real-psnr, then realesrgan-x4plus.")
+        expect(page.get_by_label("Model", exact=True)).to_be_disabled()  # the preset chooses the models
+        page.get_by_label("Colourise").select_option("auto")
+
         drop_files(page, "#drop-zone", [("rocket.jpg", (TEST_INPUTS / "rocket.jpg").read_bytes())])
         page.get_by_role("button", name="Restore", exact=True).click()
         job = page.locator("#job")
@@ -383,6 +394,8 @@ def test_the_face_model_and_fidelity_chosen_reach_the_job(tmp_path, make_model, 
         finally:
             store.close()
         assert (options["face_enhance"], options["face_model"], options["face_fidelity"]) == (True, "codeformer", 0.8)
+        assert (options["preset"], options["model"], options["colorize"]) == (
+            "old-photo", "scunet-color-real-psnr,realesrgan-x4plus", "auto")
         assert_nothing_external(requests, server)
         assert errors == []
         context.close()

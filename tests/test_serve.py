@@ -446,7 +446,7 @@ def test_openapi_schema_and_docs_declare_the_key_and_the_form(server):
     assert enhance["security"] == [{"ApiKey": []}]
     form = enhance["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert set(form) == {"files", "face_enhance", "outscale", "format", "model", "face_weight", "face_model",
-                         "face_fidelity"}
+                         "face_fidelity", "colorize"}  # no preset: this server offers none's models
     assert form["format"]["enum"] == ["same", "png", "jpg", "webp", "tiff"] and form["face_weight"]["maximum"] == 1
     assert {"202", "413", "422"} <= set(enhance["responses"])
     assert client.get("/docs").status_code == 200
@@ -494,7 +494,8 @@ def test_health_and_models_say_what_the_server_can_do(server, model):
     assert model not in json.dumps(models)
     assert models["faces"]["available"] is False  # no face weights on this machine
     assert models["defaults"] == {"model": name, "outscale": None, "format": "same", "face_enhance": False,
-                                  "face_weight": 1.0, "face_model": "gfpgan-1.4", "face_fidelity": 0.5}
+                                  "face_weight": 1.0, "face_model": "gfpgan-1.4", "face_fidelity": 0.5,
+                                  "preset": None, "colorize": "never"}
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -473,6 +473,8 @@ def remote_options(server: Server, values: dict, given: set[str], **extra) -> tu
         raise ServerFault(f"the server at {server.url} answered GET /models with a document restorecli cannot read: "
                           "is it restorecli serve?")
     merged = {**values, **{name: defaults[name] for name in SENT_FIELDS if name not in given and name in defaults}}
+    if "preset" in given and "model" not in given:
+        merged.pop("model", None)  # the preset's models, not the server's default one
     try:
         options = from_given(merged, **extra)
     except (TypeError, ValueError):
@@ -482,6 +484,7 @@ def remote_options(server: Server, values: dict, given: set[str], **extra) -> tu
     if "model" in given and names and options.model not in names:
         raise UsageError(f"model '{options.model}' is not offered by the server at {server.url}; it offers: "
                          f"{', '.join(names)}")
+    _check_choices(options, offered, given, server.url)
     if "face_model" in given:
         _check_face_model(options, faces, server.url)
     elif options.face_enhance and faces.get("available") is False:
@@ -489,6 +492,19 @@ def remote_options(server: Server, values: dict, given: set[str], **extra) -> tu
                          f"{faces.get('detector')}) are not installed there (restorecli download-weights)")
     fields = {name: _as_text(merged[name]) for name in SENT_FIELDS if name in given and merged[name] is not None}
     return options, fields
+
+
+def _check_choices(options: RestoreOptions, offered: dict, given: set[str], url: str) -> None:
+    """Refuse, before anything is sent, a preset the server does not offer (``UsageError``) and colourising where
+    it cannot (``SetupError``, with its reason)."""
+    presets = [str(p.get("name")) for p in offered.get("presets") or [] if isinstance(p, dict)]
+    if "preset" in given and options.preset not in presets:
+        raise UsageError(f"preset '{options.preset}' is not offered by the server at {url} (it offers the presets "
+                         f"whose models it has: {', '.join(presets) or 'none'})")
+    colorize = offered.get("colorize")
+    if "colorize" in given and options.colorize != "never" and isinstance(colorize, dict) \
+            and colorize.get("available") is False:
+        raise SetupError(f"the server at {url} cannot colourise: {colorize.get('reason')}")
 
 
 def _check_face_model(options: RestoreOptions, faces: dict, url: str) -> None:

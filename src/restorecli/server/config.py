@@ -17,7 +17,8 @@ from .envfile import read_dotenv
 API_KEY_ENV = "API_KEY"
 API_KEY_HEADER = "X-API-Key"
 # The restore options a request may set (the rest are the server's: its device, tiles, weights)
-FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight", "face_model", "face_fidelity")
+FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight", "face_model", "face_fidelity", "preset",
+               "colorize")
 
 
 @dataclass(frozen=True)

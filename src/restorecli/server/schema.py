@@ -205,8 +205,24 @@ class Faces(BaseModel):
                                                     "first.")
 
 
+class PresetInfo(BaseModel):
+    name: str
+    description: str
+    models: list[str] = Field(description="The models it runs, in order.")
+    face_enhance: bool = Field(description="Whether it restores faces too.")
+
+
+class Colorize(BaseModel):
+    available: bool = Field(description="Whether a job may ask for colorize auto or always (else 422).")
+    model: str = Field(description="The server's colourisation model.")
+    reason: Optional[str] = Field(description="Why colorize is not available: its weights or package missing.")
+
+
 class Models(BaseModel):
     default: str
     models: list[ModelInfo]
     faces: Faces
+    presets: list[PresetInfo] = Field(description="The presets a job may name: those whose every model the server "
+                                                  "offers.")
+    colorize: Colorize
     defaults: dict

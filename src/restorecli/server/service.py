@@ -23,12 +23,13 @@ from ..errors import QueueUnavailable, UsageError
 from ..jobs.enqueue import Staging, job_options
 from ..jobs.store import DB_NAME, Job, JobStore
 from ..models.loading import weights_dir
+from ..models.presets import PRESETS
 from ..models.registry import REGISTRY
 from ..options import from_given, value_from_text
 from .config import FORM_FIELDS, ServeConfig
 from .uploads import Limits, MultipartUpload
-from .views import (SERVED_ID, Served, face_model_problem, input_file, job_document, missing_weights, models_document,
-                    public_model_name, result_file, result_files)
+from .views import (SERVED_ID, Served, input_file, job_document, missing_weights, model_problem, models_document,
+                    offered_presets, public_model_name, result_file, result_files)
 
 log = logging.getLogger("restorecli.serve")
 
@@ -100,13 +101,15 @@ def requested_options(config: ServeConfig, fields: dict[str, str]) -> dict:
             continue
         if name == "face_model":
             given[name] = offered_model(text.strip(), config.allowed_face_models, name)
-            problem = face_model_problem(given[name], weights_dir(given.get("weights_dir")))
+            problem = model_problem(given[name], weights_dir(given.get("weights_dir")))
             if problem is not None:  # asked for by name: refused even where faces are off
                 raise UsageError(f"this server cannot run the job: {problem}")
             continue
         if isinstance(given.get(name), bool) and text.strip().lower() not in ("true", "false"):
             raise UsageError(f"{name} '{text.strip()[:40]}' is not true or false")  # as the document declares
         given[name] = value_from_text(name, text)
+    if (fields.get("preset") or "").strip():
+        given["model"] = offered_preset(config, given["preset"], bool((fields.get("model") or "").strip()))
     options = job_options(from_given(given))
     missing = missing_weights(options)
     if missing is not None:  # a worker could only fail it: refused now, saying what the server lacks
@@ -124,6 +127,21 @@ def offered_model(text: str, offered: tuple[str, ...], field: str) -> str:
         raise UsageError(f"{field} '{text[:80]}' is not offered by this server{'' if known else ' (an unknown name)'}"
                          f"; it offers: {', '.join(names)}")
     return names[text]
+
+
+def offered_preset(config: ServeConfig, name: str, model_given: bool) -> str:
+    """The chain (``model``) of preset ``name``, where this server offers each of its models and the request does
+    not also name a model; ``UsageError`` saying which model it lacks, or that both choose the models."""
+    preset = PRESETS[name]
+    lacking = [model for model in preset.models if model not in config.allowed_models]
+    if lacking:
+        offered = ", ".join(p["name"] for p in offered_presets(config.allowed_models)) or "none"
+        raise UsageError(f"preset '{name}' runs {', '.join(preset.models)}, and this server does not offer "
+                         f"{', '.join(lacking)} (--allow-model); its presets: {offered}")
+    if model_given:
+        raise UsageError(f"preset '{name}' runs its own models ({', '.join(preset.models)}); the model field "
+                         "chooses others: give one of them")
+    return preset.chain
 
 
 def stored_inputs(upload: MultipartUpload) -> list[dict]:

@@ -15,7 +15,9 @@ from ..errors import ArchitectureMissing
 from ..images.formats import media_type_for
 from ..jobs.store import Job, JobStore
 from ..models.loading import embedded_param, installed_file, require_extra, weights_dir
+from ..models.presets import PRESETS
 from ..models.registry import REGISTRY
+from ..options import model_chain
 
 # Face architectures (the registry's names, spandrel's ids) that take a fidelity weight: engine.faces.enhance's
 # FIDELITY_KEYWORDS, whose module imports torch, which this process never does (tests/test_serve_faces.py keeps
@@ -234,12 +236,13 @@ def models_document(allowed: tuple[str, ...], defaults: dict, face_models: tuple
     faces = [face_model_info(name, directory) for name in face_models or (defaults["face_model"],)]
     detector = model_availability(defaults["face_detector"], directory)
     shown = {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance", "face_weight",
-                                            "face_model", "face_fidelity")}
+                                            "face_model", "face_fidelity", "preset", "colorize")}
     shown["model"], shown["face_model"] = public_model_name(shown["model"]), public_model_name(shown["face_model"])
     return {"default": public_model_name(allowed[0]), "models": models,
             "faces": {"available": faces[0]["runnable"] and detector != "missing", "model": faces[0]["name"],
                       "detector": public_model_name(defaults["face_detector"]),
                       "detector_installed": detector != "missing", "models": faces},
+            "presets": offered_presets(allowed), "colorize": colorize_document(defaults, directory),
             "defaults": shown}
 
 
@@ -249,7 +252,7 @@ def face_model_info(name: str, directory: Path) -> dict:
     loads it reads), and whether a job may ask for it (else ``reason`` says why not)."""
     entry = REGISTRY.get(name)
     status = model_availability(name, directory)
-    reason = face_model_problem(name, directory)
+    reason = model_problem(name, directory)
     return {"name": public_model_name(name),
             "description": entry.description if entry else "a face model checkpoint file on the server",
             "licence": entry.licence if entry else None, "non_commercial": bool(entry and entry.non_commercial),
@@ -257,36 +260,54 @@ def face_model_info(name: str, directory: Path) -> dict:
             "status": status, "runnable": reason is None, "reason": reason}
 
 
-def face_model_problem(name: str, directory: Path) -> str | None:
-    """Why a job could not run face model ``name`` on this server (its weights, or the package holding its
-    architecture, not installed), with what fixes it; None where it can."""
+def model_problem(name: str, directory: Path, what: str = "face model") -> str | None:
+    """Why a job could not run ``name`` (a ``what``: face model, colorize model) on this server (its weights, or
+    the package holding its architecture, not installed), with what fixes it; None where it can."""
     entry = REGISTRY.get(name)
     if model_availability(name, directory) == "missing":
         fix = f"restorecli download-weights {name}" if entry is not None else "put the file back"
-        return f"face model {public_model_name(name)} is not installed on this server ({fix})"
+        return f"{what} {public_model_name(name)} is not installed on this server ({fix})"
     try:
         if entry is not None:
             require_extra(entry)
     except ArchitectureMissing as exc:
-        return f"face model {name} cannot run on this server: {exc}"
+        return f"{what} {name} cannot run on this server: {exc}"
     return None
+
+
+def offered_presets(allowed: tuple[str, ...]) -> list[dict]:
+    """The presets whose every model the server offers (``allowed``), as ``GET /models`` lists them."""
+    return [{"name": preset.name, "description": preset.description, "models": list(preset.models),
+             "face_enhance": preset.face_enhance} for preset in PRESETS.values()
+            if all(model in allowed for model in preset.models)]
+
+
+def colorize_document(defaults: dict, directory: Path) -> dict:
+    """Whether jobs may ask for ``colorize`` (auto or always): the server's colorize model, installed with its
+    package, or the reason why not."""
+    problem = model_problem(defaults["colorize_model"], directory, "colorize model")
+    return {"available": problem is None, "model": public_model_name(defaults["colorize_model"]), "reason": problem}
 
 
 def missing_weights(options: dict) -> str | None:
     """What a job of ``options`` (as stored) needs that this server's weights folder lacks, and how to get it; None
     where everything it would load is there (or converted on first use). Hashes are the loading worker's to check."""
     directory = weights_dir(options.get("weights_dir"))
-    model = options["model"]
-    if model_availability(model, directory) == "missing":
-        fix = f"restorecli download-weights {model}" if model in REGISTRY else "put the file back"
-        return f"model {public_model_name(model)} is not installed on this server ({fix})"
+    for model in model_chain(options["model"]):
+        if model_availability(model, directory) == "missing":
+            fix = f"restorecli download-weights {model}" if model in REGISTRY else "put the file back"
+            return f"model {public_model_name(model)} is not installed on this server ({fix})"
     if options.get("face_enhance"):
         absent = [options[key] for key in ("face_model", "face_detector")
                   if model_availability(options[key], directory) == "missing"]
         if absent:
             return (f"face_enhance needs {' and '.join(public_model_name(a) for a in absent)}, not installed on this "
                     f"server (restorecli download-weights {' '.join(a for a in absent if a in REGISTRY)})")
-        problem = face_model_problem(options["face_model"], directory)  # its architecture's package
+        problem = model_problem(options["face_model"], directory)  # its architecture's package
         if problem is not None:
             return f"face_enhance: {problem}"
+    if options.get("colorize", "never") != "never":
+        problem = model_problem(options["colorize_model"], directory, "colorize model")
+        if problem is not None:
+            return f"colorize {options['colorize']}: {problem}"
     return None

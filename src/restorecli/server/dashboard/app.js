@@ -5,7 +5,9 @@
 // header; that is also why pictures and downloads are fetched into blob: URLs rather than linked directly.
 // Strings from the server are only ever set as textContent.
 
-import { appendFaceChoices, applyFaceChoices, setupFaceChoices } from "./choices.js";
+import {
+  appendFaceChoices, appendRestoreChoices, applyFaceChoices, applyRestoreChoices, setupRestoreChoices,
+} from "./choices.js";
 import { attachCompare, setDivider } from "./compare.js";
 
 const KEY_STORE = "restorecli.apiKey"; // sessionStorage: forgotten when the tab closes
@@ -322,9 +324,10 @@ async function submit(event) {
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
   appendFaceChoices(form);
+  appendRestoreChoices(form);
   if ($("outscale").value) form.append("outscale", $("outscale").value);
   form.append("format", $("format").value);
-  if (!$("model-field").hidden && $("model").value) form.append("model", $("model").value);
+  if (!$("model-field").hidden && $("model").value && !$("model").disabled) form.append("model", $("model").value);
 
   const button = $("restore");
   button.disabled = true;
@@ -812,11 +815,12 @@ function applyModels(models) {
   $("model-field").hidden = choices.length < 2;
 
   applyFaceChoices(models);
+  applyRestoreChoices(models);
 }
 
 async function start() {
   setupChoosing();
-  setupFaceChoices();
+  setupRestoreChoices();
   $("upload-form").addEventListener("submit", submit);
   $("download-zip").addEventListener("click", downloadZip);
   $("key-button").addEventListener("click", async () => {

@@ -1,6 +1,7 @@
-// The face choices of the upload form, from GET /models: whether faces can be restored, the face models this
-// server offers (only those it can run), and the fidelity slider, shown only for a face model that takes one.
-// Strings from the server are only ever set as textContent.
+// The choices of the upload form that GET /models decides: whether faces can be restored, the face models this
+// server offers (only those it can run), the fidelity slider (only for a face model that takes one), the presets
+// whose models the server offers, and colourising where the server can. Strings from the server are only ever
+// set as textContent.
 
 const $ = (id) => document.getElementById(id);
 
@@ -58,4 +59,46 @@ export function setupFaceChoices() {
     $(id).addEventListener("input", showFaceFields);
     $(id).addEventListener("change", showFaceFields);
   }
+}
+
+let presets = []; // GET /models' presets: each {name, description, models, face_enhance}
+
+// Fill the preset and colourise fields from the models document; each is shown only where the server offers it.
+export function applyRestoreChoices(models) {
+  const defaults = models.defaults || {};
+  presets = Array.isArray(models.presets) ? models.presets : [];
+  const select = $("preset");
+  select.replaceChildren(select.options[0], ...presets.map((preset) => {
+    const option = document.createElement("option");
+    option.value = preset.name;
+    option.textContent = preset.name;
+    option.selected = preset.name === defaults.preset;
+    return option;
+  }));
+  $("preset-field").hidden = presets.length === 0;
+  const colorize = models.colorize || {};
+  $("colorize-field").hidden = !colorize.available;
+  $("colorize").value = colorize.available && defaults.colorize ? defaults.colorize : "never";
+  $("colorize-hint").textContent = colorize.available
+    ? `With ${colorize.model}: the colours from the model, the detail from the restored image.` : "";
+  showPreset();
+}
+
+// A preset chooses the models itself: the model field is set aside while one is chosen.
+function showPreset() {
+  const chosen = presets.find((preset) => preset.name === $("preset").value);
+  $("model").disabled = Boolean(chosen);
+  const faces = chosen && chosen.face_enhance ? " Faces are restored too." : "";
+  $("preset-hint").textContent = chosen ? `${chosen.description} Runs ${chosen.models.join(", then ")}.${faces}` : "";
+}
+
+// Add the preset and colourise fields to an upload's form, where they are offered and chosen.
+export function appendRestoreChoices(form) {
+  if (!$("preset-field").hidden && $("preset").value) form.append("preset", $("preset").value);
+  if (!$("colorize-field").hidden) form.append("colorize", $("colorize").value);
+}
+
+export function setupRestoreChoices() {
+  setupFaceChoices();
+  $("preset").addEventListener("change", showPreset);
 }

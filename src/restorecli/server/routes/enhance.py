@@ -83,6 +83,13 @@ def form_schema(limits: Limits, offered: dict) -> dict:
     faces = [model["name"] for model in offered["faces"]["models"] if model["runnable"]]
     if faces:  # none installed: any name is refused (an empty enum is no schema)
         properties["face_model"]["enum"] = faces
+    presets = [preset["name"] for preset in offered["presets"]]
+    if presets:
+        properties["preset"]["enum"] = presets
+    else:  # none whose models this server offers: any is refused
+        del properties["preset"]
+    if not offered["colorize"]["available"]:
+        properties["colorize"]["enum"] = ["never"]
     if not offered["faces"]["available"]:
         properties["face_enhance"]["enum"] = [False]
     return {"required": True, "content": {"multipart/form-data": {"schema": {
