@@ -514,3 +514,66 @@ def test_a_video_whose_frames_cannot_be_written_is_refused_before_the_model_runs
     [item] = items_of(result)
     assert item["status"] == "error" and f"{clip}: {error}" in item["error"]
     assert ran == [] and not (tmp_path / "out" / "clip.mp4").exists()
+
+
+def make_avi(path: Path, codec: str = "libx264", drops: bool = False) -> tuple[Path, list[int]]:
+    """An AVI as cameras and old encoders write it: a tick per frame at 24 fps (with ``drops``, every fourth tick
+    left empty, a dropped frame, as AVI marks it), H.264 with B-frames by default (stored in decoding order: AVI
+    keeps no presentation times), 16-bit PCM sound. Returns the path and each frame's tick."""
+    out = av.open(str(path), "w")
+    video = out.add_stream(codec, rate=24)
+    video.width, video.height, video.pix_fmt = W, H, "bgr0" if codec == "ffv1" else "yuv420p"
+    sound = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+    ticks = [i + i // 3 if drops else i for i in range(FRAMES)]
+    for i, tick in enumerate(ticks):
+        frame = av.VideoFrame.from_ndarray(moving_frame(i), format="rgb24")
+        frame.pts = tick
+        out.mux(video.encode(frame))
+    out.mux(video.encode(None))
+    total = SAMPLE_RATE * (ticks[-1] + 1) // 24
+    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / SAMPLE_RATE) * 32767).astype(np.int16)
+    for start in range(0, total, 1024):
+        chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="s16", layout="mono")
+        chunk.sample_rate, chunk.pts = SAMPLE_RATE, start
+        out.mux(sound.encode(chunk))
+    out.mux(sound.encode(None))
+    out.close()
+    return path, ticks
+
+
+def ticks_read(path: Path) -> list[int]:
+    """Each frame's time as restorecli reads it (FFmpeg's own guess for H.264 in AVI is a frame late)."""
+    from restorecli.video.restore import open_video
+
+    with open_video(path) as video:
+        return [item.pts for item in video.items() if hasattr(item, "color")]
+
+
+@pytest.mark.parametrize(("codec", "drops"), [("libx264", False), ("ffv1", True)])
+def test_an_avi_keeps_its_container_frame_times_and_sound(tmp_path, model2, restorer, codec, drops):
+    """AVI holds decoding times only: the frames of an H.264 AVI with B-frames are read at their ticks, as are an
+    FFV1 AVI's with dropped frames (the gaps kept); the output is H.264 without B-frames (whose times AVI could not
+    tell apart) or the codec asked for, and the PCM sound is copied."""
+    clip, ticks = make_avi(tmp_path / "old.avi", codec, drops)
+    assert ticks_read(clip) == ticks
+    flags = ("--video-codec", "ffv1") if codec == "ffv1" else ()
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, *flags)
+    assert result.exit_code == 0, result.stderr
+    [item] = items_of(result)
+    out = tmp_path / "out" / "old.avi"
+    assert item["output"] == str(out) and item["video"]["codec"] == codec and item["video"]["frames"] == FRAMES
+    assert codec == "ffv1" or f"{clip}: video written with libx264 (the default for avi" in result.stderr
+    assert ticks_read(out) == ticks
+    restored = frames_of(out)
+    if codec == "ffv1":  # FFmpeg reads an AVI without reordered frames at its ticks too
+        assert [when for _, when, _ in restored] == [Fraction(tick, 24) for tick in ticks]
+    assert packets_of(out, "audio") == packets_of(clip, "audio")
+    with av.open(str(out)) as container:
+        assert container.format.name == "avi"
+        assert container.streams.video[0].codec_context.name == {"libx264": "h264"}.get(codec, codec)
+    for (pixels, _, _), (written, _, _) in zip(frames_of(clip), restored, strict=True):
+        expected = restorer.restore_array(pixels)
+        if codec == "ffv1":
+            np.testing.assert_array_equal(written, expected)
+        else:  # each frame in its place: near its own restoration
+            assert psnr(written, expected) > 26

@@ -12,8 +12,11 @@ from ..errors import ImageDecodeError, ImageError
 EXTRA = "restorecli[video]"
 
 # Suffix -> the FFmpeg muxer that writes it. The output keeps its input's container (and the suffix's spelling).
-# Not AVI yet: its index holds decoding times only, and H.264's reordered frames come back shifted by a frame.
-CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+                              ".avi": "avi"}
+# Containers whose index holds each frame's decoding time only: the frames are written in the order they are shown
+# (no B-frames), and a file read gets its frames' times from its packets, in the order the decoder shows them
+DECODING_TIMES_ONLY = frozenset({"avi"})
 VIDEO_SUFFIXES = frozenset(CONTAINERS)
 
 # Suffix -> the animated format a file so named is restored as, frame by frame, where its content holds more than
@@ -27,6 +30,7 @@ _H264_FIRST = ("libx264", "libopenh264", "h264", "mpeg4")
 DEFAULT_CODECS: dict[str, tuple[str, ...]] = {
     "mp4": _H264_FIRST, "mov": _H264_FIRST, "matroska": _H264_FIRST,
     "webm": ("libvpx-vp9", "libsvtav1", "libaom-av1", "libvpx"),
+    "avi": ("libx264", "mpeg4"),  # H.264 without B-frames (see DECODING_TIMES_ONLY), else MPEG-4 Part 2
 }
 
 

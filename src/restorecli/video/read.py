@@ -4,6 +4,7 @@ that are copied unchanged (audio, subtitles), in the file's order."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .formats import VideoDecodeError, load_av
+from .formats import DECODING_TIMES_ONLY, VideoDecodeError, load_av
 
 UNSPECIFIED = 2  # FFmpeg's AVCOL_*_UNSPECIFIED, the same value for primaries, transfer and matrix
 
@@ -133,6 +134,7 @@ class VideoInput:
         with it. Raises ``VideoDecodeError`` where the file is damaged or ends early."""
         av = load_av(self.name)
         index = 0
+        times = _ShownTimes(self.container.format.name in DECODING_TIMES_ONLY)
         start: Fraction | None = None  # seconds of the part's first frame
         waiting: list[Any] = []  # copied packets not yet known to lie inside the part
 
@@ -149,11 +151,13 @@ class VideoInput:
                     if packet.dts is not None or packet.pts is not None:  # not the demuxer's end-of-stream marker
                         waiting.append(packet)
                     continue
+                times.sent(packet)
                 for decoded in packet.decode():
-                    if decoded.pts is None:
+                    pts = times.shown(decoded)
+                    if pts is None:
                         raise VideoDecodeError(f"{self.name}: frame {index} has no timestamp")
                     base = decoded.time_base or self.video.time_base
-                    shown = Fraction(decoded.pts * base)
+                    shown = Fraction(pts * base)
                     if part.after(index, shown):
                         yield from settled(shown)
                         return
@@ -163,7 +167,7 @@ class VideoInput:
                         if start is None:
                             start = shown if part.cut else Fraction(0)
                         yield from settled(shown)
-                        yield Frame(index, decoded.to_ndarray(format="rgb24"), decoded.pts - round(start / base),
+                        yield Frame(index, decoded.to_ndarray(format="rgb24"), pts - round(start / base),
                                     base, int(decoded.rotation or 0), decoded.duration or None)
                     index += 1
         except av.FFmpegError as exc:
@@ -191,6 +195,26 @@ class VideoInput:
         if shortfalls and all(short for short, _ in shortfalls):
             raise VideoDecodeError(f"{self.name}: truncated or damaged: "
                                    f"{'; '.join(text for _, text in shortfalls)}")
+
+
+class _ShownTimes:
+    """Each decoded frame's presentation time: the decoder's, or, for a container that stores decoding times only
+    (AVI, one frame a tick), the earliest of its packets' ticks that no frame has taken yet: the decoder shows its
+    frames in order, but the demuxer's guess of a reordered frame's (a B-frame's) time is off by the decoder's
+    delay."""
+
+    def __init__(self, from_packets: bool):
+        self.from_packets = from_packets
+        self.pending: list[int] = []  # a heap
+
+    def sent(self, packet: Any) -> None:
+        if self.from_packets and packet.dts is not None:
+            heapq.heappush(self.pending, packet.dts)
+
+    def shown(self, decoded: Any) -> int | None:
+        if self.from_packets and self.pending:
+            return heapq.heappop(self.pending)
+        return decoded.pts
 
 
 def shown_for(frame: Any, facts: VideoFacts) -> Fraction:

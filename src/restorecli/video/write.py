@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .formats import DEFAULT_CODECS, VideoEncodeError, load_av
+from .formats import DECODING_TIMES_ONLY, DEFAULT_CODECS, VideoEncodeError, load_av
 from .read import UNSPECIFIED, Colour, VideoFacts
 
 # Pixel formats written where the codec takes them: lossless codecs keep RGB as it is, the others get 4:2:0
@@ -108,6 +108,8 @@ class VideoOutput:
         video.width, video.height, video.pix_fmt = width, height, choice.pix_fmt
         video.time_base = facts.time_base  # the input's timestamps are kept as they are (variable rate too)
         video.codec_context.time_base = facts.time_base
+        if self.container.format.name in DECODING_TIMES_ONLY:
+            video.codec_context.max_b_frames = 0  # a reordered frame's time would be lost
         _describe_colour(video.codec_context, facts.colour)
         if self.crf is not None:
             if choice.codec not in _CRF_CODECS:
