@@ -134,13 +134,19 @@ class Backend:
     cancel: Callable[[str], None] | None = None  # stop a spawned call (None: calls run on once their job is gone)
 
 
+def restore_parameters(options: dict) -> dict:
+    """The ``Restore`` class's parameters for a job (its stored options): what its container loads, the model (or
+    a preset's chain), the face stage and its face model, DDColor, the precision; jobs that agree share one."""
+    return {"model": options["model"], "face_enhance": bool(options["face_enhance"]),
+            "face_model": options["face_model"], "colorize": options.get("colorize") or "never",
+            "precision": options.get("precision") or "auto"}
+
+
 def modal_backend() -> Backend:
     """The deployed app's backend: the named Dicts and the files volume, and spawned calls of ``Restore``."""
 
     def start(job_id: str, options: dict) -> str:
-        worker = Restore(model=options["model"], face_enhance=bool(options["face_enhance"]),
-                         face_model=options["face_model"],
-                         precision=options.get("precision") or "auto")
+        worker = Restore(**restore_parameters(options))
         return worker.run_job.spawn(job_id).object_id
 
     def call_error(call_id: str) -> str | None:
@@ -473,6 +479,7 @@ class Restore:
     model: str = modal.parameter(default="realesrgan-x4plus")
     face_enhance: bool = modal.parameter(default=False)
     face_model: str = modal.parameter(default="gfpgan-1.4")  # a job's face_model: the face network it loads
+    colorize: str = modal.parameter(default="never")  # a job's colorize: whether it loads DDColor
     precision: str = modal.parameter(default="auto")  # the model's precision, as ``--precision``: one per container
 
     @modal.enter()
@@ -481,7 +488,8 @@ class Restore:
         from restorecli.pipeline import Restorer
 
         self.restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
-                                                             face_model=self.face_model, precision=self.precision))
+                                                             face_model=self.face_model, colorize=self.colorize,
+                                                             precision=self.precision))
         if not modal.is_local():
             weights_volume.commit()  # the embedded model, converted on first use, for the next containers
 
@@ -489,7 +497,7 @@ class Restore:
         """Restore one image's bytes with a job's options (``job_options``' dict; None: this container's).
         Returns ``{"data", "format", "in_size", "out_size", "faces"}``; an unreadable image raises ImageError."""
         chosen = restore_options({**(options or {}), "model": self.model, "face_enhance": self.face_enhance,
-                                  "face_model": self.face_model})
+                                  "face_model": self.face_model, "colorize": self.colorize})
         _, fmt = output_name(name, chosen)
         done = self.restorer.restore_bytes(data, name, chosen, fmt)
         return {"data": done.data, "format": fmt, "in_size": list(done.in_size), "out_size": list(done.out_size),

@@ -281,7 +281,7 @@ class FakeCalls:
     def run(self) -> list[str]:
         statuses = []
         for job_id, options in self.started:
-            restore = self.modal_app.Restore(model=options["model"], face_enhance=options["face_enhance"])
+            restore = self.modal_app.Restore(**self.modal_app.restore_parameters(options))
             statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore.local, job_id))
         self.started.clear()
         return statuses
@@ -382,6 +382,21 @@ def test_fields_and_limits_are_checked_as_serve_checks_them_and_nothing_is_queue
     answer = post(client, *files, **fields)
     assert answer.status_code == code and fragment in answer.json()["detail"]
     assert backend.records == {} and calls.started == []
+
+
+def test_a_job_s_container_loads_its_face_model_and_colour_stage(web, modal_app):
+    """Issue 32: a job's face model and colorize are parameters of the Restore class its call runs in, as its
+    model is (the container loads those networks); its fidelity is the call's own."""
+    client, backend, calls = web
+    answer = post(client, ("a.jpg", ROCKET), face_fidelity="0.3", colorize="never")
+    assert answer.status_code == 202, answer.text
+    _, options = calls.started[-1]
+    assert modal_app.restore_parameters(options) == {"model": options["model"], "face_enhance": False,
+                                                     "face_model": "gfpgan-1.4", "colorize": "never",
+                                                     "precision": "auto"}
+    assert options["face_fidelity"] == 0.3
+    chosen = modal_app.restore_parameters({**options, "colorize": "auto", "face_model": "codeformer"})
+    assert (chosen["colorize"], chosen["face_model"]) == ("auto", "codeformer")
 
 
 def test_the_key_is_required_and_unknown_jobs_are_404(web):
