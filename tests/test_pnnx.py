@@ -115,6 +115,17 @@ def test_auto_converts_only_where_allowed_and_without_pnnx_says_what_to_install(
     assert absent.graph is None and "pip install 'restorecli[ncnn]'" in absent.why_not
 
 
+def test_a_converter_stopped_for_its_time_is_not_recorded_and_is_tried_again(make_model, tmp_path):
+    model = _loaded(make_model(2, "compact", "pth"))
+    shape = pnnx.trace(model, tmp_path / "model.pt")
+    with pytest.raises(pnnx.ConversionFailed, match="stopped after 0 s") as stopped:
+        pnnx.run_pnnx(tmp_path / "model.pt", shape, tmp_path, pnnx.memory_limit(), timeout=0)
+    assert stopped.value.transient and not (tmp_path / "model.param").exists()
+    digest = sha256_of(model.spec.path)
+    pnnx.record_failure(digest, stopped.value)
+    assert pnnx.recorded_failure(digest) is None
+
+
 # --- the conversion through the CLI -----------------------------------------------------------------------------
 
 
@@ -171,6 +182,12 @@ def test_restore_backend_ncnn_without_pnnx_names_the_extra(make_model, photo16, 
     refused = invoke("restore", photo16, "-o", tmp_path / "o", "--model", make_model(2), "--backend", "ncnn")
     assert refused.exit_code == 3
     assert "needs pnnx: pip install 'restorecli[ncnn]'" in refused.stderr and "--backend torch" in refused.stderr
+
+
+def test_a_memory_limit_that_is_no_number_is_a_usage_error_naming_it(make_model, photo16, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTORECLI_PNNX_MEMORY_MB", "lots")
+    refused = invoke("restore", photo16, "-o", tmp_path / "o", "--model", make_model(2), "--backend", "ncnn")
+    assert refused.exit_code == 2 and "$RESTORECLI_PNNX_MEMORY_MB='lots' is not a number of MiB" in refused.stderr
 
 
 # --- first-run work said once (issue 30) ------------------------------------------------------------------------

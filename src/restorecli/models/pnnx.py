@@ -29,7 +29,7 @@ import torch
 from ..engine.backends.ncnn import NcnnBackend, NcnnGraph
 from ..engine.model import LoadedModel
 from ..engine.precision import Notice, recall, remember
-from ..errors import DeviceUnavailable
+from ..errors import DeviceUnavailable, UsageError
 from .ncnn import native_graph
 
 PNNX_INSTALL = "pip install 'restorecli[ncnn]'"  # the extra that brings pnnx (and ncnn)
@@ -42,12 +42,12 @@ _POLL_SECONDS = 0.02
 
 
 class ConversionFailed(Exception):
-    """pnnx could not convert a model, went past its memory limit (``limit``, bytes), or its graph failed the check
-    against torch."""
+    """pnnx could not convert a model, went past its memory limit (``limit``, bytes) or its time (``transient``: not
+    recorded, tried again next run), or its graph failed the check against torch."""
 
-    def __init__(self, message: str, limit: int | None = None):
+    def __init__(self, message: str, limit: int | None = None, transient: bool = False):
         super().__init__(message)
-        self.limit = limit
+        self.limit, self.transient = limit, transient
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def memory_limit() -> int:
     try:
         return int(float(text) * 1024**2) if text else DEFAULT_MEMORY_MB * 1024**2
     except ValueError:
-        raise ConversionFailed(f"${MEMORY_ENV}={text!r} is not a number of MiB") from None
+        raise UsageError(f"${MEMORY_ENV}={text!r} is not a number of MiB") from None
 
 
 def converts_under_auto() -> bool:
@@ -104,7 +104,10 @@ def cached_graph(weights_sha256: str) -> NcnnGraph | None:
 
 
 def record_failure(weights_sha256: str, failure: ConversionFailed) -> None:
-    """Record why the weights could not be converted, so later runs say it without trying again."""
+    """Record why the weights could not be converted, so later runs say it without trying again (not a failure
+    that may pass: a conversion stopped for its time on a busy machine)."""
+    if failure.transient:
+        return
     remember(failure_key(weights_sha256), {"reason": str(failure), "limit": failure.limit})
 
 
@@ -182,7 +185,7 @@ def run_pnnx(traced: Path, shape: tuple[int, ...], folder: Path, limit: int, tim
         raise ConversionFailed(f"pnnx was stopped at its memory limit ({limit // 1024**2} MiB, ${MEMORY_ENV}; "
                                f"it reached {mib})", limit)
     if stopped == "time":
-        raise ConversionFailed(f"pnnx was stopped after {timeout:.0f} s")
+        raise ConversionFailed(f"pnnx was stopped after {timeout:.0f} s", transient=True)
     if process.returncode != 0 or not (folder / "model.param").is_file():
         tail = " ".join(log.read_text(errors="replace").split()[-30:])
         raise ConversionFailed(f"pnnx could not convert it (exit status {process.returncode}: ...{tail[-300:]})")
