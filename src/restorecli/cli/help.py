@@ -84,7 +84,8 @@ def _joined(params: list[Any], args: list[str]) -> list[str]:
     """``args`` with the values of each ``JOINED`` option given more than once joined into its first place
     (``--model A -x --model B`` -> ``--model A,B -x``)."""
     for name, separator in JOINED.items():
-        given = [entry for entry in _option_values(params, args) if entry[0].name == name]
+        given = [entry for entry in _option_values(params, args)
+                 if entry[0].name == name and not getattr(entry[0], "multiple", False)]
         if len(given) < 2:
             continue
         dropped = {index for _param, _value, start, stop in given for index in range(start, stop)}
