@@ -66,11 +66,12 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def vulkan(session: nox.Session) -> None:
-    """The ncnn back-end on a Vulkan device (tests/test_backends.py, marker vulkan): a GPU's driver, or Mesa's
-    lavapipe on the CPU (Debian: mesa-vulkan-drivers and libvulkan1, which .ci/run installs); without a device the
-    tests skip and say why. Runs in the environment nox runs in (.ci/run's .venv), so torch is not installed again."""
+    """The ncnn back-end on a Vulkan device (tests/test_backends.py and tests/test_pnnx.py, marker vulkan): a GPU's
+    driver, or Mesa's lavapipe on the CPU (Debian: mesa-vulkan-drivers and libvulkan1, which .ci/run installs);
+    without a device the tests skip and say why. Runs in the environment nox runs in (.ci/run's .venv), so torch is
+    not installed again."""
     session.run(sys.executable, "-m", "pytest", "-m", "vulkan", "-p", "no:cacheprovider", "tests/test_backends.py",
-                *session.posargs, external=True)
+                "tests/test_pnnx.py", *session.posargs, external=True)
 
 
 @nox.session(python="3.11")

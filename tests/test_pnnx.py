@@ -235,3 +235,24 @@ def test_the_probes_tell_their_notice_only_when_they_measure(make_model):
                                 measure=_TimedProbe(), notice=said.append)
         assert chosen.candidate == Candidate("ncnn", "cpu", "fp32")
     assert len(said) == 2 and said[1].startswith(f"timing {model.spec.name} on torch on cpu in fp32, ncnn on cpu")
+
+
+@pytest.mark.vulkan
+def test_a_converted_torch_model_runs_on_a_vulkan_device_as_on_the_cpu(make_model, photo16, tmp_path):
+    """nox -s vulkan (Mesa's lavapipe where there is no GPU): the converted graph on vulkan:0 in fp16 storage, the
+    same conversion as the CPU's (converted once), within fp16's rounding of the CPU's result."""
+    from restorecli.engine.backends.ncnn import vulkan_devices
+
+    if not vulkan_devices():
+        pytest.skip("no Vulkan device found: install a GPU's Vulkan driver, or Mesa's lavapipe (Debian: "
+                    "mesa-vulkan-drivers and libvulkan1)")
+    tiny = make_model(2, "compact", "pth")
+    gpu = invoke("restore", photo16, "-o", tmp_path / "gpu", "--model", tiny, "--device", "vulkan", "--json")
+    assert gpu.exit_code == 0, gpu.stderr
+    assert (_summary(gpu)["backend"], _summary(gpu)["device"], _summary(gpu)["precision"]) == (
+        "ncnn", "vulkan:0", "fp16")
+    cpu = invoke("restore", photo16, "-o", tmp_path / "cpu", "--model", tiny, "--backend", "ncnn", "--device", "cpu",
+                 "--json")
+    assert cpu.exit_code == 0 and "converting" in gpu.stderr and "converting" not in cpu.stderr
+    ours, theirs = (cv2.imread(str(tmp_path / name / "photo.png"), cv2.IMREAD_UNCHANGED) for name in ("gpu", "cpu"))
+    assert ours.shape == theirs.shape and int(np.abs(ours.astype(int) - theirs).max()) <= 0.02 * 65535

@@ -219,7 +219,8 @@ def check(model: LoadedModel, graph: NcnnGraph, seed: int = 0) -> float:
         try:
             found = backend.run(tile)
         except RuntimeError as exc:
-            raise ConversionFailed(f"ncnn could not run its converted graph on a {width}x{height} tile ({exc})") from None
+            raise ConversionFailed(f"ncnn could not run its converted graph on a {width}x{height} tile "
+                                   f"({exc})") from None
         if found.shape != expected.shape:
             raise ConversionFailed(f"its ncnn graph gave {tuple(found.shape)} for a {width}x{height} tile, where "
                                    f"torch gives {tuple(expected.shape)}")
