@@ -1,7 +1,10 @@
-"""Back-ends side by side (issue 31): realesrgan-x4plus on the same photos through each back-end and precision that
-runs here, in one run: torch fp32 and bf16, ncnn on the CPU (fp32, its Winograd convolutions), ncnn on each Vulkan
-GPU (fp16; with ``--software``, Mesa's lavapipe too, which is the CPU again and slow), and what ``--backend auto``
-chose. For each:
+"""Back-ends side by side (issue 31): realesrgan-x4plus and realesr-animevideov3 on the same photos through each
+back-end and precision that runs here, in one run: torch fp32 and bf16, ncnn on the CPU (fp32, its Winograd
+convolutions), OpenVINO on the CPU (fp32, and bf16 where OpenVINO lists BF16 for the CPU; with the extra
+restorecli[openvino]), ncnn on each Vulkan GPU (fp16; with ``--software``, Mesa's lavapipe too, which is the CPU
+again and slow), and what ``--backend auto`` chose; and onnxruntime's CPU provider as a reference for the bare
+network (where ``onnxruntime`` and ``onnx`` are installed: ``pip install onnxruntime onnx``; the model exported by
+``torch.onnx`` with dynamic sizes; restorecli does not run it). For each:
 
 - *bare*: the back-end's own call on each whole photo as one window (``model.runner.run``, the network and
   nothing else), seconds per image, the median of ``--repeats`` passes after a warm-up;
@@ -10,14 +13,17 @@ chose. For each:
 - the PSNR of the back-end's result against torch fp32's on the first photo.
 
 The photos are crops of scikit-image's pictures, 96x85 like issue 31's. Writes the table into docs/performance.md
-between the backends markers (``--no-docs``: print only). A benchmark, not a test: nothing here is asserted.
+between the backends markers (``--no-docs``: print only). A benchmark, not a test: nothing here is asserted. The
+first OpenVINO run converts each model (x4plus: about half a minute) into the user cache; the figures are taken
+after it.
 
-    python benchmarks/backends.py [--images 4] [--repeats 3] [--software] [--no-docs]
+    python benchmarks/backends.py [--images 4] [--repeats 3] [--models NAME ...] [--software] [--no-docs]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
@@ -32,13 +38,13 @@ import numpy as np
 from common import embedded_weights, machine, markers, publish, psnr
 
 START, END = markers("backends")
-MODEL = "realesrgan-x4plus"
+MODELS = ("realesrgan-x4plus", "realesr-animevideov3")
 SIZE = (96, 85)  # width, height: issue 31's photo
 
 
 @dataclass(frozen=True)
 class Case:
-    backend: str  # auto, torch, ncnn
+    backend: str  # auto, torch, ncnn, openvino
     device: str
     precision: str
 
@@ -60,21 +66,24 @@ def photos(folder: Path, count: int) -> list[Path]:
 
 
 def cases(software: bool) -> list[Case]:
+    from restorecli.engine.backends import openvino
     from restorecli.engine.backends.ncnn import vulkan_devices
 
     found = [Case("torch", "cpu", "fp32"), Case("torch", "cpu", "bf16"), Case("ncnn", "cpu", "fp32")]
+    if openvino.available():
+        found += [Case("openvino", "cpu", precision) for precision in openvino.precisions_for("CPU")]
     found += [Case("ncnn", gpu.label, "fp16") for gpu in vulkan_devices() if software or gpu.kind != "cpu"]
     return found + [Case("auto", "cpu", "auto")]
 
 
-def measure(case: Case, inputs: list[Path], weights: Path, out: Path, repeats: int) -> dict:
+def measure(model: str, case: Case, inputs: list[Path], weights: Path, out: Path, repeats: int) -> dict:
     import torch
 
     from restorecli.engine.tiling import plan_grid, window_batch
     from restorecli.options import RestoreOptions
     from restorecli.pipeline import Restorer, restore_batch
 
-    options = RestoreOptions(output_dir=str(out), model=MODEL, backend=case.backend,  # type: ignore[arg-type]
+    options = RestoreOptions(output_dir=str(out), model=model, backend=case.backend,  # type: ignore[arg-type]
                              device=case.device, precision=case.precision,  # type: ignore[arg-type]
                              weights_dir=str(weights), overwrite=True, tile=0)
     restorer = Restorer.from_options(options)
@@ -109,32 +118,87 @@ def measure(case: Case, inputs: list[Path], weights: Path, out: Path, repeats: i
             "marginal_s": statistics.median(marginal), "marginal_all_s": marginal, "first": first}
 
 
-def render(rows: list[dict], images: int, repeats: int, command: str, load: tuple[float, float]) -> str:
+def onnxruntime_bare(model: str, inputs: list[Path], weights: Path, repeats: int) -> dict | None:
+    """The reference: the model exported to ONNX (dynamic sizes) and run by onnxruntime's CPU provider on each whole
+    photo, seconds per image (the median of ``repeats`` passes after a warm-up), and its first photo's output as
+    an 8-bit BGR picture; None where onnxruntime or onnx is not installed."""
+    try:
+        import onnx  # noqa: F401 - torch.onnx's exporter needs it
+        import onnxruntime
+    except ImportError:
+        return None
     import torch
 
+    from restorecli.models.loading import load_model
+
+    module = load_model(model, weights).module.float().eval()
+    exported = io.BytesIO()
+    torch.onnx.export(module, (torch.rand(1, 3, 32, 32),), exported, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(exported.getvalue(), options, providers=["CPUExecutionProvider"])
+    pictures = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in inputs]
+    arrays = [np.ascontiguousarray(p.transpose(2, 0, 1)[None], dtype=np.float32) / 255 for p in pictures]
+
+    def bare() -> float:
+        started = time.perf_counter()
+        for array in arrays:
+            session.run(None, {"x": array})
+        return (time.perf_counter() - started) / len(arrays)
+
+    bare()
+    bares = [bare() for _ in range(repeats)]
+    out = np.clip(session.run(None, {"x": arrays[0]})[0][0].transpose(1, 2, 0), 0, 1)
+    first = cv2.cvtColor((out * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+    return {"bare_s": statistics.median(bares), "bare_all_s": bares, "first": first,
+            "version": onnxruntime.__version__}
+
+
+def render(results: dict[str, tuple[list[dict], dict | None]], images: int, repeats: int, command: str,
+           load: tuple[float, float]) -> str:
+    """The block for docs/performance.md: one table per model (its rows, and onnxruntime's where it ran)."""
+    import torch
+
+    from restorecli.engine.backends import openvino
+
+    lines = [f"{' and '.join(results)} on {images} photos of 96x85, measured by `{command}` on "
+             f"{time.strftime('%Y-%m-%d')} ({machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+             f"ncnn {_ncnn_version()}, OpenVINO {openvino.version() or 'not installed'}); medians of {repeats} runs. "
+             "*Bare*: the back-end's own call on each whole photo, seconds per image. *Marginal*: restorecli's batch "
+             "over all the photos less over one, per extra photo (PNG in and out). PSNR: the first photo's output "
+             "against torch fp32's. The machine's load average was "
+             f"{load[0]:.1f} at the start and {load[1]:.1f} at the end (on these shared machines other work runs "
+             "beside a benchmark; ncnn's OpenMP threads slow down most when cores are taken)."]
+    for model, (rows, reference_run) in results.items():
+        lines += ["", f"**{model}**", ""] + _model_lines(rows, reference_run)
+    return "\n".join(lines)
+
+
+def _model_lines(rows: list[dict], onnx_run: dict | None) -> list[str]:
+    """One model's table, and what ``--backend auto`` chose for it and why."""
     reference = next(row["first"] for row in rows if row["setup"]["backend"] == "torch"
                      and row["setup"]["precision"] == "fp32" and row["case"].backend == "torch")
-    lines = [f"realesrgan-x4plus on {images} photos of 96x85, measured by `{command}` on {time.strftime('%Y-%m-%d')} "
-             f"({machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-             f"ncnn {_ncnn_version()}); medians of {repeats} runs. *Bare*: the back-end's own call on each whole "
-             "photo, seconds per image. *Marginal*: restorecli's batch over all the photos less over one, per "
-             "extra photo (PNG in and out). PSNR: the first photo's output against torch fp32's. The machine's "
-             f"load average was {load[0]:.1f} at the start and {load[1]:.1f} at the end (on these shared machines "
-             "other work runs beside a benchmark; ncnn's OpenMP threads slow down most when cores are taken).",
-             "", "| asked | ran | bare s/image | restorecli marginal s/image | marginal / bare | PSNR vs torch fp32 |",
+
+    def closeness(first) -> str:
+        db = psnr(first, reference)
+        return "same pixels" if db >= 99 else f"{db:.1f} dB"
+
+    lines = ["| asked | ran | bare s/image | restorecli marginal s/image | marginal / bare | PSNR vs torch fp32 |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         case, setup = row["case"], row["setup"]
         asked = f"--backend {case.backend} --device {case.device} --precision {case.precision}"
         ran = f"{setup['backend']} on {setup['device']}, {setup['precision']}"
-        db = psnr(row["first"], reference)
-        closeness = "same pixels" if db >= 99 else f"{db:.1f} dB"
         lines.append(f"| `{asked}` | {ran} | {row['bare_s']:.3f} | {row['marginal_s']:.3f} | "
-                     f"{row['marginal_s'] / row['bare_s']:.2f}x | {closeness} |")
+                     f"{row['marginal_s'] / row['bare_s']:.2f}x | {closeness(row['first'])} |")
+    if onnx_run is not None:
+        lines.append(f"| (reference, not in restorecli) | onnxruntime {onnx_run['version']} on cpu, fp32 | "
+                     f"{onnx_run['bare_s']:.3f} | - | - | {closeness(onnx_run['first'])} |")
     auto = next((row for row in rows if row["case"].backend == "auto"), None)
     if auto is not None and "backend_reason" in auto["setup"]:
         lines += ["", f"`--backend auto` chose {auto['setup']['backend']}: {auto['setup']['backend_reason']}."]
-    return "\n".join(lines)
+    return lines
 
 
 def _ncnn_version() -> str:
@@ -147,24 +211,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME", help="registry models to run")
     parser.add_argument("--software", action="store_true", help="also ncnn on a software Vulkan device (lavapipe)")
     parser.add_argument("--no-docs", action="store_true", help="print the figures; leave docs/performance.md as it is")
     args = parser.parse_args()
     if args.images < 2:
         parser.error("--images must be at least 2: the marginal time per image needs two batch sizes")
+    results, started = {}, os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        embedded_weights(folder / "weights", MODEL)  # its ncnn files are what both back-ends run
+        embedded_weights(folder / "weights", *args.models)  # their ncnn files are what both back-ends run
         (folder / "in").mkdir()
         inputs = photos(folder / "in", args.images)
-        rows, started = [], os.getloadavg()[0]
-        for case in cases(args.software):
-            row = measure(case, inputs, folder / "weights", folder / f"out-{len(rows)}", args.repeats)
-            print(f"{case}: bare {row['bare_s']:.3f} s, marginal {row['marginal_s']:.3f} s ({row['setup']})",
-                  flush=True)
-            rows.append(row)
+        for model in args.models:
+            rows = []
+            for case in cases(args.software):
+                row = measure(model, case, inputs, folder / "weights", folder / f"out-{model}-{len(rows)}",
+                              args.repeats)
+                print(f"{model} {case}: bare {row['bare_s']:.3f} s, marginal {row['marginal_s']:.3f} s "
+                      f"({row['setup']})", flush=True)
+                rows.append(row)
+            results[model] = (rows, onnxruntime_bare(model, inputs, folder / "weights", args.repeats))
     command = "python benchmarks/backends.py " + " ".join(sys.argv[1:])
-    text = render(rows, args.images, args.repeats, command.strip(), (started, os.getloadavg()[0]))
+    text = render(results, args.images, args.repeats, command.strip(), (started, os.getloadavg()[0]))
     publish(text, START, END, docs=not args.no_docs)
 
 
