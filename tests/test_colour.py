@@ -132,11 +132,21 @@ def test_auto_takes_a_gray_scan_saved_as_rgb_and_leaves_a_colour_photo_alone(run
     assert (scan[:, :, 2].astype(int) - scan[:, :, 0]).mean() > 8
 
 
-def test_always_colourises_a_colour_photo(inputs, weights, tmp_path, runs):
-    result = _restore(inputs / "photo.png", tmp_path, weights, "--colorize", "always")
+def test_always_colourises_a_colour_photo_but_not_an_animations_frames(inputs, weights, tmp_path, runs):
+    """Frames are not colourised (each would take its own guess, and the colours would flicker): the item says so."""
+    from test_animated import make_animation
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes((inputs / "photo.png").read_bytes())
+    make_animation(folder / "clip.png")
+    result = _restore(folder, tmp_path / "out", weights, "--colorize", "always")
     assert result.exit_code == 0, result.stderr
-    assert items_of(result)[0]["colorized"] is True
-    plain, coloured = _read(runs["never"][1] / "photo.png"), _read(tmp_path / "photo.png")
+    lines = _by_name(result)
+    assert lines["photo.png"]["colorized"] is True
+    clip = lines["clip.png"]
+    assert clip["status"] == "ok" and clip["video"] and clip["colorized"] is False
+    plain, coloured = _read(runs["never"][1] / "photo.png"), _read(tmp_path / "out" / "photo.png")
     assert not np.array_equal(plain, coloured)
     assert psnr(_lightness(coloured), _lightness(plain), peak=100.0) >= 40
 
@@ -325,17 +335,6 @@ def test_the_ray_actor_colourises_and_says_so(inputs, weights):
     assert coloured.ndim == 3 and (coloured[:, :, 2].astype(int) - coloured[:, :, 0]).mean() > 8
 
 
-def test_an_animation_is_restored_without_colour_and_says_so(weights, tmp_path):
-    """Frames are not colourised (each would take its own guess, and the colours would flicker): the item says so."""
-    from test_animated import make_animation
-
-    source = make_animation(tmp_path / "clip.png")
-    result = _restore(source, tmp_path / "out", weights, "--colorize", "always")
-    assert result.exit_code == 0, result.stderr
-    (line,) = items_of(result)
-    assert line["status"] == "ok" and line["video"] and line["colorized"] is False
-
-
 def test_the_colour_is_ddcolors_own_pipeline_at_the_models_size(restorer, monkeypatch):
     """On a gray image already DDColor's size (so no resize differs), colourising gives what piddnad/DDColor's own
     inference pipeline (``ColorizationPipeline.process``: OpenCV's float Lab conversions, written out here) gives
@@ -357,3 +356,14 @@ def test_the_colour_is_ddcolors_own_pipeline_at_the_models_size(restorer, monkey
     lab = np.concatenate((lightness, ab[0].numpy().transpose(1, 2, 0)), axis=2)
     theirs = (cv2.cvtColor(lab, cv2.COLOR_LAB2BGR) * 255.0).round()[:, :, ::-1]  # its BGR output, as RGB
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_a_tall_image_is_coloured_a_band_at_a_time_as_it_would_be_whole(monkeypatch):
+    """``colourise`` works a band of rows at a time (no full-size float temporaries): the bands join seamlessly."""
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 256, (70, 40, 1), dtype=np.uint8)
+    plan = colour.ColourPlan(rng.normal(0, 15, (2, 8, 8)).astype(np.float32), (40, 70))
+    whole = colour.colourise(rows, plan, 0)
+    monkeypatch.setattr(colour, "_BAND_ROWS", 16)
+    assert np.array_equal(colour.colourise(rows, plan, 0), whole)
+    assert np.array_equal(colour.colourise(rows[30:], plan, 30), whole[30:])

@@ -25,7 +25,7 @@ INPUT_SIZE = 512  # DDColor's inference size (its published pipeline's default f
 # How far apart an RGB image's channels may be and the image still count as gray, as a share of full white: a gray
 # scan saved as RGB, or through a JPEG's chroma planes, comes back with channels a level or two apart
 GRAY_TOLERANCE = 3 / 255
-_CHUNK_ROWS = 512  # rows compared at a time, so the check holds no full-size temporary
+_BAND_ROWS = 256  # rows compared or coloured at a time, so no temporary is the size of the whole image
 
 # sRGB (D65) <-> CIE XYZ, and the D65 white point: the constants of the sRGB standard and of CIE Lab
 _RGB_TO_Y = np.array([0.212671, 0.715160, 0.072169], np.float32)
@@ -42,9 +42,9 @@ def is_grayscale(color: np.ndarray, tolerance: float = GRAY_TOLERANCE) -> bool:
     if color.shape[2] == 1:
         return True
     limit = tolerance * full_scale(color.dtype)
-    for top in range(0, color.shape[0], _CHUNK_ROWS):
-        rows = color[top : top + _CHUNK_ROWS].astype(np.int32)
-        spread = rows.max(axis=2) - rows.min(axis=2)
+    for top in range(0, color.shape[0], _BAND_ROWS):
+        rows = color[top : top + _BAND_ROWS]
+        spread = rows.max(axis=2) - rows.min(axis=2)  # unsigned, never below zero
         if spread.max(initial=0) > limit:
             return False
     return True
@@ -106,8 +106,17 @@ class ColourPlan:
 
 
 def colourise(rows: np.ndarray, plan: ColourPlan, top: int) -> np.ndarray:
-    """Output rows ``top`` on (rows x W x 1|3, uint8/uint16) in colour: their own lightness, the plan's a and b.
-    Returns rows x W x 3 in the same dtype. Colours outside sRGB are clipped, which is all that moves lightness."""
+    """Output rows ``top`` on (rows x W x 1|3, uint8/uint16; the whole output, or a strip of it) in colour: their own
+    lightness, the plan's a and b. Returns rows x W x 3 in the same dtype, worked out a band of rows at a time.
+    Colours outside sRGB are clipped, which is all that moves lightness."""
+    out = np.empty((*rows.shape[:2], 3), rows.dtype)
+    for start in range(0, rows.shape[0], _BAND_ROWS):
+        band = rows[start : start + _BAND_ROWS]
+        out[start : start + len(band)] = _colourise_band(band, plan, top + start)
+    return out
+
+
+def _colourise_band(rows: np.ndarray, plan: ColourPlan, top: int) -> np.ndarray:
     y = luminance(rows)
     ab = plan.rows(top, top + rows.shape[0])
     fy = _lab_f(y)
