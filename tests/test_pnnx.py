@@ -115,15 +115,15 @@ def test_auto_converts_only_where_allowed_and_without_pnnx_says_what_to_install(
     assert absent.graph is None and "pip install 'restorecli[ncnn]'" in absent.why_not
 
 
-def test_a_converter_stopped_for_its_time_is_not_recorded_and_is_tried_again(make_model, tmp_path):
+def test_a_converter_stopped_for_its_time_is_recorded_so_no_run_waits_for_it_again(make_model, tmp_path):
     model = _loaded(make_model(2, "compact", "pth"))
     shape = pnnx.trace(model, tmp_path / "model.pt")
     with pytest.raises(pnnx.ConversionFailed, match="stopped after 0 s") as stopped:
         pnnx.run_pnnx(tmp_path / "model.pt", shape, tmp_path, pnnx.memory_limit(), timeout=0)
-    assert stopped.value.transient and not (tmp_path / "model.param").exists()
+    assert not (tmp_path / "model.param").exists()
     digest = sha256_of(model.spec.path)
     pnnx.record_failure(digest, stopped.value)
-    assert pnnx.recorded_failure(digest) is None
+    assert pnnx.recorded_failure(digest) == "pnnx was stopped after 0 s"
 
 
 # --- the conversion through the CLI -----------------------------------------------------------------------------

@@ -42,12 +42,12 @@ _POLL_SECONDS = 0.02
 
 
 class ConversionFailed(Exception):
-    """pnnx could not convert a model, went past its memory limit (``limit``, bytes) or its time (``transient``: not
-    recorded, tried again next run), or its graph failed the check against torch."""
+    """pnnx could not convert a model, went past its memory limit (``limit``, bytes) or its time, or its graph
+    failed the check against torch."""
 
-    def __init__(self, message: str, limit: int | None = None, transient: bool = False):
+    def __init__(self, message: str, limit: int | None = None):
         super().__init__(message)
-        self.limit, self.transient = limit, transient
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,8 @@ def cached_graph(weights_sha256: str) -> NcnnGraph | None:
 
 
 def record_failure(weights_sha256: str, failure: ConversionFailed) -> None:
-    """Record why the weights could not be converted, so later runs say it without trying again (not a failure
-    that may pass: a conversion stopped for its time on a busy machine)."""
-    if failure.transient:
-        return
+    """Record why the weights could not be converted, so later runs say it without trying again: a conversion
+    stopped for its time too, which would otherwise cost every run that time again."""
     remember(failure_key(weights_sha256), {"reason": str(failure), "limit": failure.limit})
 
 
@@ -154,7 +152,7 @@ def _peak_resident(pid: int) -> int:
     return 0
 
 
-def run_pnnx(traced: Path, shape: tuple[int, ...], folder: Path, limit: int, timeout: float = 900.0) -> ConverterRun:
+def run_pnnx(traced: Path, shape: tuple[int, ...], folder: Path, limit: int, timeout: float = 600.0) -> ConverterRun:
     """Run the pnnx binary on ``traced``, writing ``folder/model.param`` and ``model.bin`` only, its peak resident
     memory read every ``_POLL_SECONDS`` as it runs, and killed once past ``limit`` bytes (or ``timeout`` seconds).
     Raises ``ConversionFailed`` with the reason."""
@@ -185,7 +183,7 @@ def run_pnnx(traced: Path, shape: tuple[int, ...], folder: Path, limit: int, tim
         raise ConversionFailed(f"pnnx was stopped at its memory limit ({limit // 1024**2} MiB, ${MEMORY_ENV}; "
                                f"it reached {mib})", limit)
     if stopped == "time":
-        raise ConversionFailed(f"pnnx was stopped after {timeout:.0f} s", transient=True)
+        raise ConversionFailed(f"pnnx was stopped after {timeout:.0f} s")
     if process.returncode != 0 or not (folder / "model.param").is_file():
         tail = " ".join(log.read_text(errors="replace").split()[-30:])
         raise ConversionFailed(f"pnnx could not convert it (exit status {process.returncode}: ...{tail[-300:]})")
