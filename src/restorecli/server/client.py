@@ -497,7 +497,7 @@ def remote_options(server: Server, values: dict, given: set[str], **extra) -> tu
 def _check_choices(options: RestoreOptions, offered: dict, given: set[str], url: str) -> None:
     """Refuse, before anything is sent, a preset the server does not offer (``UsageError``) and colourising where
     it cannot (``SetupError``, with its reason)."""
-    presets = [str(p.get("name")) for p in offered.get("presets") or [] if isinstance(p, dict)]
+    presets = [str(p.get("name")) for p in _listed(offered.get("presets")) if isinstance(p, dict)]
     if "preset" in given and options.preset not in presets:
         raise UsageError(f"preset '{options.preset}' is not offered by the server at {url} (it offers the presets "
                          f"whose models it has: {', '.join(presets) or 'none'})")
@@ -510,7 +510,7 @@ def _check_choices(options: RestoreOptions, offered: dict, given: set[str], url:
 def _check_face_model(options: RestoreOptions, faces: dict, url: str) -> None:
     """Refuse, before anything is sent, a face model the server does not offer (``UsageError``), or one it offers
     but cannot run now, with the server's reason (``SetupError``)."""
-    offered = {str(face.get("name")): face for face in faces.get("models") or [] if isinstance(face, dict)}
+    offered = {str(face.get("name")): face for face in _listed(faces.get("models")) if isinstance(face, dict)}
     chosen = offered.get(options.face_model)
     if offered and chosen is None:
         raise UsageError(f"face model '{options.face_model}' is not offered by the server at {url}; it offers: "
@@ -518,6 +518,11 @@ def _check_face_model(options: RestoreOptions, faces: dict, url: str) -> None:
     if chosen is not None and chosen.get("runnable") is False:
         raise SetupError(f"the server at {url} cannot run face model '{options.face_model}': "
                          f"{chosen.get('reason') or 'it is not installed there'}")
+
+
+def _listed(value: object) -> list:
+    """A list the server's document holds, or none where it holds something else (an older server, or not one)."""
+    return value if isinstance(value, list) else []
 
 
 def _as_text(value: object) -> str:
