@@ -214,6 +214,20 @@ def test_a_checkpoint_that_is_not_ddcolor_is_refused(inputs, tmp_path, weights):
     assert "up2.safetensors: is a" in result.stderr and "not a DDColor colouriser" in " ".join(result.stderr.split())
 
 
+def test_download_weights_from_a_file_takes_ddcolor_and_refuses_another_network(weights, tmp_path):
+    """``ddcolor`` has no published hash: a local DDColor file is checked to be DDColor, then pinned."""
+    folder = tmp_path / "weights"
+    other = invoke("download-weights", "--from", weights / "up2.safetensors", "--name", "ddcolor", "--weights-dir",
+                   folder)
+    assert other.exit_code == 3 and "not a DDColor colouriser" in " ".join(other.stderr.split())
+    assert not (folder / "ddcolor_modelscope.pth").exists()
+    imported = invoke("download-weights", "--from", weights / "ddcolor_paper_tiny.pth", "--name", "ddcolor",
+                      "--weights-dir", folder)
+    assert imported.exit_code == 0, imported.stderr
+    listed = json.loads(invoke("models", "--weights-dir", folder, "--json").stdout)["models"]
+    assert {row["name"]: row["status"] for row in listed}["ddcolor"] == "installed"
+
+
 def test_a_wrong_mode_is_a_usage_error(inputs, tmp_path):
     result = invoke("restore", inputs / "gray.png", "-o", tmp_path, "--colorize", "sometimes")
     assert result.exit_code == 2
