@@ -170,6 +170,8 @@ def test_a_conversion_past_its_memory_limit_is_stopped_and_the_model_stays_on_to
     after = json.loads(invoke("models", "--weights-dir", weights, "--verbose", "--json").stdout)
     assert {row["name"]: row["ncnn"] for row in after["models"]}["tiny-test"].startswith(
         "stays on torch: pnnx was stopped at its memory limit (8 MiB")
+    text = invoke("models", "--weights-dir", weights, "--verbose")
+    assert "ncnn: tiny-test: stays on torch: pnnx was stopped at its memory limit" in text.stderr
     refused = invoke("restore", photo16, "-o", tmp_path / "b", *common, "--backend", "ncnn")
     assert refused.exit_code == 3 and "memory limit" in refused.stderr and "--backend torch" in refused.stderr
     monkeypatch.setenv("RESTORECLI_PNNX_MEMORY_MB", "2048")
