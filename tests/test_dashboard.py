@@ -360,6 +360,10 @@ def test_the_face_preset_and_colour_choices_reach_the_job(tmp_path, make_model, 
                "scunet-color-real-psnr", "--allow-model", "realesrgan-x4plus")
     with LiveServer(tmp_path, "--model", str(make_model(2)), "--weights-dir", str(weights), *allowed, workers=0,
                     env={"API_KEY": None}) as server:
+        said = server.output()  # serve says what it offers before its first request
+        assert "faces:    not available (gfpgan-1.4, retinaface-resnet50); jobs asking for them are refused (422) " \
+               "until: restorecli download-weights gfpgan-1.4; requests may also ask for codeformer" in said
+        assert "requests may also ask for codeformer, restoreformer" in said  # the detector is installed
         context, page, requests, errors = open_dashboard(browser, server)
         faces = page.get_by_label("Restore faces")
         expect(faces).to_be_enabled()

@@ -169,12 +169,7 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
         + (f"; requests may also ask for {', '.join(config.allowed_models[1:])}" if len(config.allowed_models) > 1
            else ""),
         f"  device:   {device}" + (" (each worker picks CUDA, then MPS, then the CPU)" if device == "auto" else ""),
-        f"  faces:    {'available' if faces['available'] else 'not available'} ({faces['model']}, "
-        f"{faces['detector']})" + ("" if faces["available"] else
-                                   f"; jobs asking for them are refused (422) until: restorecli download-weights "
-                                   f"{faces['model']} {faces['detector']}")
-        + (f"; requests may also ask for {', '.join(m['name'] for m in faces['models'][1:])}"
-           if len(faces["models"]) > 1 else ""),
+        _faces_line(faces),
         f"  workers:  {config.workers} (restarted if one dies)" if config.workers else
         f"  workers:  none here; jobs wait for: restorecli worker --queue {config.queue}",
         f"  janitor:  every {describe_age(config.prune_every)}, removes jobs finished more than "
@@ -192,3 +187,18 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
             lines.append(f"  warning:  {face['reason']}; jobs asking for it are refused (422)")
     for line in lines:
         render.say(escape(line))
+
+
+def _faces_line(faces: dict) -> str:
+    """What the announcement says of faces: whether the default face model and the detector can run (else what
+    to fetch), and the other face models requests may name."""
+    line = f"  faces:    {'available' if faces['available'] else 'not available'} ({faces['model']}, " \
+           f"{faces['detector']})"
+    if not faces["available"]:
+        missing = [face["name"] for face in faces["models"][:1] if face["status"] == "missing"]
+        missing += [] if faces["detector_installed"] else [faces["detector"]]
+        line += "; jobs asking for them are refused (422)" + (
+            f" until: restorecli download-weights {' '.join(missing)}" if missing else
+            f": {faces['models'][0]['reason']}")
+    others = [face["name"] for face in faces["models"][1:]]
+    return line + (f"; requests may also ask for {', '.join(others)}" if others else "")
