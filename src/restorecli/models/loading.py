@@ -504,7 +504,7 @@ def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, a
     except pnnx.ConversionFailed as exc:
         pnnx.record_failure(digest, exc)
         if notice is not None:
-            notice(f"{model.spec.name} stays on torch: {exc}")
+            notice(f"{model.spec.name} {'cannot run on ncnn' if asked else 'stays on torch'}: {exc}")
         return NcnnForm(None, str(exc), failed=True, asked=asked)
     return NcnnForm(graph, f"converted with pnnx, cached in {graph.param.parent}", asked=asked)
 
