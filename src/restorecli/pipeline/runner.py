@@ -77,7 +77,7 @@ class Restorer:
             return load_chain(cls.from_options, options, notice)
         device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
-        model = load_model(options.model, folder)
+        model = load_model(options.model, folder, notice)
         on_torch = runs_torch(options.backend, options.device)  # else torch's precision is not asked for
         dtype = choose_dtype(options.precision if on_torch else "fp32", device, model.spec)
         dtype_16bit = choose_dtype(options.precision if on_torch else "fp32", device, model.spec, depth=16)
