@@ -143,6 +143,13 @@ def test_a_dry_run_plans_an_animation_in_its_own_format(tmp_path, model2):
     [item] = items_of(result)
     assert item["status"] == "planned" and item["output"] == str(tmp_path / "out" / "anim.gif")
     assert not (tmp_path / "out").exists()
+    assert item["video"] == {"frames": 4, "duration": pytest.approx(0.65), "fps": pytest.approx(4 / 0.65, abs=1e-3)}
+    # the part test_start_and_duration_restore_the_frames_shown_in_a_span restores: its frames and seconds
+    part = invoke("restore", source, "-o", tmp_path / "out", "--model", model2, "--dry-run", "--json",
+                  "--outscale", "2", "--start", "0.1", "--duration", "0.25")
+    [item] = items_of(part)
+    assert item["out_size"] == [2 * s for s in item["in_size"]]
+    assert item["video"]["frames"] == 2 and item["video"]["duration"] == pytest.approx(0.25)  # the frames from 0.1 s
 
 
 @pytest.mark.parametrize("lossless", [True, False])

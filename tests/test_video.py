@@ -333,6 +333,30 @@ def test_a_dry_run_plans_a_video_and_writes_nothing(tmp_path, model2):
     [item] = items_of(result)
     assert item["status"] == "planned" and item["output"] == str(tmp_path / "out" / "clip.mp4")
     assert not (tmp_path / "out").exists()
+    # what the header tells: the frame size (the output's only where the scale is known without the model), the
+    # frames and seconds to restore; no size in bytes, which a constant quality leaves to the pictures
+    assert item["in_size"] == [W, H] and item["out_size"] is None
+    assert item["video"] == {"frames": FRAMES, "duration": pytest.approx(FRAMES / 24), "fps": 24.0}
+
+    def planned(*flags) -> dict:
+        result = invoke("restore", clip, "-o", tmp_path / "out", "--model", model2, "--dry-run", "--json",
+                        "--outscale", "2", *flags)
+        assert result.exit_code == 0, result.stderr
+        [item] = items_of(result)
+        assert item["status"] == "planned" and item["out_size"] == [2 * W, 2 * H], item
+        return item["video"]
+
+    assert planned("--frames", "5:15") == {"frames": 10, "duration": pytest.approx(10 / 24), "fps": 24.0}
+    assert planned("--start", "0.5") == {"frames": 12, "duration": pytest.approx(0.5), "fps": 24.0}
+    # a bit rate is what the encoder aims at: the video's share of the size, and the copied sound's as its header says
+    assert planned("--video-bitrate", "100k", "--no-audio")["estimated_bytes"] == round(100_000 * (FRAMES / 24) / 8)
+    with av.open(str(clip)) as container:
+        sound = container.streams.audio[0].bit_rate
+    assert sound and planned("--video-bitrate", "100k")["estimated_bytes"] == round((100_000 + sound) * FRAMES / 24 / 8)
+    assert not (tmp_path / "out").exists()
+    refused = invoke("restore", clip, "-o", tmp_path / "out", "--model", model2, "--dry-run", "--json",
+                     "--outscale", "2", "--max-output-pixels", "1000")
+    assert refused.exit_code == 1 and "its output would be 128x96 pixels" in items_of(refused)[0]["error"]
 
 
 def test_a_queued_video_is_restored_by_the_worker_into_its_container(tmp_path, model2):
@@ -577,3 +601,60 @@ def test_an_avi_keeps_its_container_frame_times_and_sound(tmp_path, model2, rest
             np.testing.assert_array_equal(written, expected)
         else:  # each frame in its place: near its own restoration
             assert psnr(written, expected) > 26
+
+
+def make_deep_video(path: Path, frames: int = 8) -> Path:
+    """A 10-bit H.264 video (yuv420p10le) of smooth 16-bit gradients, whose steps 8 bits would round away."""
+    out = av.open(str(path), "w")
+    video = out.add_stream("libx264", rate=24)
+    video.width, video.height, video.pix_fmt = W, H, "yuv420p10le"
+    yy, xx = np.mgrid[0:H, 0:W]
+    for i in range(frames):
+        planes = np.stack([xx * 1000 + i * 300, yy * 1300, (xx + yy) * 500 + i * 200], -1) % 65536
+        frame = av.VideoFrame.from_ndarray(planes.astype(np.uint16), format="rgb48le")
+        frame.pts = i
+        out.mux(video.encode(frame.reformat(format="yuv420p10le")))
+    out.mux(video.encode(None))
+    out.close()
+    return path
+
+
+def deep_frames(path: Path) -> tuple[str, list[np.ndarray]]:
+    """The video stream's pixel format and its frames decoded as 16-bit RGB."""
+    with av.open(str(path)) as container:
+        return (container.streams.video[0].codec_context.pix_fmt,
+                [frame.to_ndarray(format="rgb48le") for frame in container.decode(video=0)])
+
+
+def test_a_10_bit_video_stays_10_bit_and_its_frames_go_through_the_model_in_16_bits(tmp_path, model2, restorer):
+    clip = make_deep_video(tmp_path / "deep.mkv")
+    _, inputs = deep_frames(clip)
+    assert len({int(v) % 257 for v in np.unique(inputs[0])}) > 1  # not 8-bit values widened
+
+    default = restore(clip, "-o", tmp_path / "x264", "--model", model2)
+    assert default.exit_code == 0, default.stderr
+    assert "video written with libx264 (the default for matroska that this FFmpeg has, in yuv420p10le: the input " \
+           "has 10 bits a sample)" in " ".join(default.stderr.split())
+    pix_fmt, written = deep_frames(tmp_path / "x264" / "deep.mkv")
+    assert pix_fmt == "yuv420p10le" and len(written) == len(inputs)
+    for pixels, out in zip(inputs, written, strict=True):
+        expected = restorer.restore_array(pixels)
+        assert expected.dtype == np.uint16
+        mse = np.mean((out.astype(np.float64) - expected) ** 2)
+        assert 10 * np.log10(65535 ** 2 / mse) > 26  # within the codec's loss (4:2:0 of a random model's colours)
+
+    lossless = restore(clip, "-o", tmp_path / "ffv1", "--model", model2, "--video-codec", "ffv1")
+    assert lossless.exit_code == 0, lossless.stderr
+    pix_fmt, written = deep_frames(tmp_path / "ffv1" / "deep.mkv")
+    assert pix_fmt == "gbrp16le"
+    for pixels, out in zip(inputs, written, strict=True):  # the model's 16-bit output exactly: 16 bits all along
+        np.testing.assert_array_equal(out, restorer.restore_array(pixels))
+
+    eight = restore(clip, "-o", tmp_path / "eight", "--model", model2, "--pix-fmt", "yuv420p")
+    assert eight.exit_code == 0, eight.stderr
+    assert deep_frames(tmp_path / "eight" / "deep.mkv")[0] == "yuv420p"
+    assert "in yuv420p (--pix-fmt)" in " ".join(eight.stderr.split())
+    for bad in ("yuv420p16le", "nonsense"):
+        refused = restore(clip, "-o", tmp_path / "bad", "--model", model2, "--pix-fmt", bad)
+        assert refused.exit_code == 1
+        assert f"{clip}: --pix-fmt {bad}: libx264 writes yuv420p, " in items_of(refused)[0]["error"]

@@ -248,6 +248,9 @@ class RestoreOptions:
     duration: float | None = option(None, "Restore this long a part of each video (from --start, or the "
                                     "beginning), e.g. for a preview.", metavar="SECONDS|[HH:]MM:SS",
                                     parse=parse_duration, show_default=False, panel=_VIDEO)
+    pix_fmt: str | None = option(None, "Pixel format of restored videos, e.g. yuv420p or yuv420p10le [default: the "
+                                 "codec's 4:2:0 (RGB for a lossless one), in 10 bits where the input has more than 8 "
+                                 "and the codec can].", metavar="NAME", show_default=False, panel=_VIDEO)
     segment_seconds: float = option(10.0, "A whole video is restored in segments of about this many seconds of "
                                     "work, each kept as it is finished: a stopped run starts again at the first "
                                     "unfinished one (0: in one go, nothing kept).", metavar="SECONDS",

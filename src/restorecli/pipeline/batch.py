@@ -253,8 +253,30 @@ def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
         return _Ready(item, t0, error_result(item, None, f"{item.source}: a video is written into a folder, not to "
                                              "stdout; give -o DIR", None, t0))
     if batch.options.dry_run:
-        return _Ready(item, t0, ItemResult(item.source, str(planned.output), "planned"), planned=planned)
+        return _Ready(item, t0, _planned_video(batch, planned, t0), planned=planned)
     return _Ready(item, t0, planned=planned, video=True)
+
+
+def _planned_video(batch: _Batch, planned: PlannedOutput, t0: float) -> ItemResult:
+    """A dry run's result for a video or an animation: its output, frame sizes (the output's where the scale is
+    known without the model, and refused over --max-output-pixels as the run would), and the part's frames and
+    seconds from its header (``video.dry_run``)."""
+    from ..images.formats import check_output_pixels, output_size
+    from ..plan import planned_scale
+    from ..video.dry_run import plan_video
+    from ..video.restore import video_options
+
+    item, options = planned.item, batch.options
+    try:
+        seen = plan_video(Path(item.source), item.source, video_options(options).frames, options.keep_audio)
+        scale = planned_scale(options)
+        out_size = output_size(*seen.in_size, scale) if scale else None
+        if out_size is not None:
+            check_output_pixels(item.source, out_size, options.max_output_pixels)
+    except ImageError as exc:
+        return failure(item, planned.output, exc, None, t0)[0]
+    return ItemResult(item.source, str(planned.output), "planned", None, seen.in_size, out_size,
+                      video=seen.facts(options.video_bitrate))
 
 
 def _restore_video(batch: _Batch, ready: _Ready, notify: ProgressCallback,

@@ -99,6 +99,19 @@ def _seek(image: Image.Image, index: int, name: str) -> float:
     return float(image.info.get("duration") or 0)
 
 
+def frame_durations(source: Path, name: str) -> tuple[tuple[int, int], list[float]]:
+    """An animation's frame size and each frame's duration in milliseconds (for a dry run: its frames are decoded,
+    none restored). Raises ``VideoDecodeError`` naming ``name`` where it is damaged."""
+    kind = animation_format(source.name)
+    assert kind is not None
+    try:
+        image = _open(source, kind)
+    except Exception as exc:
+        raise VideoDecodeError(f"{name}: not a readable {kind} ({_reason(exc)})") from None
+    with image:
+        return image.size, [_seek(image, index, name) for index in range(getattr(image, "n_frames", 1))]
+
+
 def _pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """The frame ``_seek`` decoded: its colour (H x W x 3 uint8 RGB) and its alpha (None where it is opaque)."""
     rgba = np.asarray(image.convert("RGBA"))

@@ -1,5 +1,5 @@
 """Demux and decode a video with PyAV: its facts (size, frames, time base, colour), then its frames as the engine's
-arrays (H x W x 3 uint8 RGB), each with its presentation time and display rotation, and the packets of the streams
+arrays (H x W x 3 RGB, uint8 or, above 8 bits a sample, uint16), each with its presentation time and display rotation, and the packets of the streams
 that are copied unchanged (audio, subtitles), in the file's order."""
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ class VideoFacts:
     colour: Colour
     audio: int
     subtitles: int
+    bits: int = 8  # a sample's, in the decoded pixel format (10 for yuv420p10le): frames of more are read in 16
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded frame: its number in the file (from 0), its pixels (H x W x 3 uint8 RGB), its presentation
+    """One decoded frame: its number in the file (from 0), its pixels (H x W x 3 RGB: uint8, or uint16 for a video
+    of more than 8 bits a sample), its presentation
     time ``pts`` in units of ``time_base`` (shifted to start at 0 for a part, ``--frames``), and the display
     rotation the file gives it (degrees counter-clockwise, from the stream's display matrix); ``duration``: how long
     it is shown (``time_base`` units), where the file says."""
@@ -123,9 +125,11 @@ class VideoInput:
             duration = self.container.duration / 1_000_000  # AV_TIME_BASE; with other streams, theirs may be longer
         colour = Colour(int(context.color_primaries or UNSPECIFIED), int(context.color_trc or UNSPECIFIED),
                         int(context.colorspace or UNSPECIFIED), int(context.color_range or 0))
+        bits = max((c.bits for c in context.format.components), default=8) if context.format is not None else 8
         return VideoFacts(context.width, context.height, video.frames or None, video.time_base or Fraction(1, 90000),
                           video.average_rate, duration, context.name, colour,
-                          sum(s.type == "audio" for s in self.copied), sum(s.type == "subtitle" for s in self.copied))
+                          sum(s.type == "audio" for s in self.copied), sum(s.type == "subtitle" for s in self.copied),
+                          bits)
 
     def items(self, part: FrameRange = FrameRange()) -> Iterator[Frame | Any]:
         """The frames of ``part`` and the copied streams' packets that fall in its time, in the order they are
@@ -135,6 +139,7 @@ class VideoInput:
         av = load_av(self.name)
         index = 0
         times = _ShownTimes(self.container.format.name in DECODING_TIMES_ONLY)
+        planes = "rgb48le" if self.facts.bits > 8 else "rgb24"  # the model takes 16-bit planes as they are
         start: Fraction | None = None  # seconds of the part's first frame
         waiting: list[Any] = []  # copied packets not yet known to lie inside the part
 
@@ -167,7 +172,7 @@ class VideoInput:
                         if start is None:
                             start = shown if part.cut else Fraction(0)
                         yield from settled(shown)
-                        yield Frame(index, decoded.to_ndarray(format="rgb24"), pts - round(start / base),
+                        yield Frame(index, decoded.to_ndarray(format=planes), pts - round(start / base),
                                     base, int(decoded.rotation or 0), decoded.duration or None)
                     index += 1
         except av.FFmpegError as exc:

@@ -50,6 +50,7 @@ class VideoOptions:
     max_output_pixels: int | None = None  # per output frame
     output_size: Callable[[int, int], tuple[int, int]] | None = None  # a frame's restored (w, h), where known ahead
     bitrate: int | None = None  # bits per second (None: the codec's quality, or --crf's)
+    pix_fmt: str | None = None  # the output's pixel format (None: the codec's, 10-bit where the input is deeper)
     segment_seconds: float | None = None  # work kept as one resumable segment (None: the video written in one go)
     settings: dict[str, Any] | None = None  # what changes the frames, beside the codec: an earlier run's kept segments
     fresh: bool = False  # start again, dropping the segments an earlier run kept (--overwrite)
@@ -188,11 +189,11 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
     written; the model's own errors go up as they are."""
     started = time.perf_counter()
     name = name or str(source)
-    choice = choose_codec(container_for(output.name), options.codec, name)
-    if on_codec is not None:
-        on_codec(choice)
     with open_video(source, name, options.keep_audio) as video:
         facts = video.facts
+        choice = choose_codec(container_for(output.name), options.codec, name, options.pix_fmt, facts.bits)
+        if on_codec is not None:
+            on_codec(choice)
         _check_sizes(facts, options, choice, name)
         part = options.frames or FrameRange()
         if options.segment_seconds and part == FrameRange():
@@ -367,8 +368,9 @@ def video_options(options: RestoreOptions,
         ends = begins + Fraction(options.duration).limit_denominator(1_000_000) if options.duration else None
         part = FrameRange(begins=begins or None, ends=ends)
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
-                        options.max_output_pixels, output_size, options.video_bitrate, options.segment_seconds or None,
-                        frames_settings(options), options.overwrite)
+                        options.max_output_pixels, output_size, options.video_bitrate,
+                        segment_seconds=options.segment_seconds or None, settings=frames_settings(options),
+                        fresh=options.overwrite, pix_fmt=options.pix_fmt)
 
 
 # Options that leave a video's restored frames as they are (where they go, how the sound is copied, limits), or

@@ -15,6 +15,7 @@ from .read import UNSPECIFIED, Colour, VideoFacts
 # Pixel formats written where the codec takes them: lossless codecs keep RGB as it is, the others get 4:2:0
 # (what every player decodes), which needs even frame sides
 _LOSSLESS_RGB = {"ffv1": "bgr0", "libx264rgb": "bgr0", "png": "rgb24", "qtrle": "rgb24"}
+_LOSSLESS_RGB_DEEP = {"ffv1": "gbrp16le", "png": "rgb48be"}  # the same for an input of more than 8 bits a sample
 # Container tags the muxer writes for itself: copied, they would describe the input's muxer, not this file
 _MUXER_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}
 _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
@@ -30,19 +31,21 @@ class CodecChoice:
     reason: str
 
 
-def choose_codec(container: str, asked: str | None, name: str) -> CodecChoice:
+def choose_codec(container: str, asked: str | None, name: str, pix_fmt: str | None = None,
+                 bits: int = 8) -> CodecChoice:
     """The codec for a ``container`` output: ``asked`` (--video-codec) if the bundled FFmpeg can encode it into that
-    container, else the container's first default it has. Raises ``VideoEncodeError`` naming ``name``."""
+    container, else the container's first default it has; in ``pix_fmt`` (--pix-fmt), else the codec's own choice
+    for an input of ``bits`` a sample (see ``_pix_fmt``). Raises ``VideoEncodeError`` naming ``name``."""
     av = load_av(name)
     if asked is not None:
         codec = _encoder(av, asked)
         if codec is None:
             raise VideoEncodeError(f"{name}: --video-codec {asked}: the bundled FFmpeg has no such encoder")
-        return CodecChoice(codec.name, _pix_fmt(codec), "asked for (--video-codec)")
+        return _in_format(codec, "asked for (--video-codec)", pix_fmt, bits, name)
     for candidate in DEFAULT_CODECS.get(container, ()):
         codec = _encoder(av, candidate)
         if codec is not None:
-            return CodecChoice(codec.name, _pix_fmt(codec), f"the default for {container} that this FFmpeg has")
+            return _in_format(codec, f"the default for {container} that this FFmpeg has", pix_fmt, bits, name)
     raise VideoEncodeError(f"{name}: the bundled FFmpeg has none of the codecs {container} is written with "
                            f"({', '.join(DEFAULT_CODECS.get(container, ()))}); name one with --video-codec")
 
@@ -62,11 +65,47 @@ def _encoder(av: Any, name: str) -> Any | None:
     return codec if codec.type == "video" else None
 
 
-def _pix_fmt(codec: Any) -> str:
+def _in_format(codec: Any, reason: str, asked: str | None, bits: int, name: str) -> CodecChoice:
+    """``codec`` chosen for ``reason``, in the pixel format ``asked`` (--pix-fmt), which it must take, else in
+    ``_pix_fmt``'s; the reason says where an input of more than 8 bits keeps them."""
     formats = [f.name for f in codec.video_formats or ()]
-    if codec.name in _LOSSLESS_RGB and _LOSSLESS_RGB[codec.name] in formats:
-        return _LOSSLESS_RGB[codec.name]
+    if asked is None:
+        pix_fmt = _pix_fmt(codec.name, formats, bits)
+        if bits > 8:
+            reason += (f", in {pix_fmt}: the input has {bits} bits a sample" if sample_bits(pix_fmt) > 8 else
+                       f", in {pix_fmt}: the input has {bits} bits a sample, which {codec.name} cannot keep here")
+        return CodecChoice(codec.name, pix_fmt, reason)
+    if (formats and asked not in formats) or not _known(asked):
+        raise VideoEncodeError(f"{name}: --pix-fmt {asked}: {codec.name} writes "
+                               f"{', '.join(formats) or 'the pixel formats FFmpeg names'}")
+    return CodecChoice(codec.name, asked, f"{reason}, in {asked} (--pix-fmt)")
+
+
+def _pix_fmt(codec: str, formats: list[str], bits: int) -> str:
+    """The pixel format ``codec`` writes by default: a lossless codec RGB as it is, the others 4:2:0 (what every
+    player decodes); in 10 bits (16 for RGB) where the input has more than 8 bits a sample and the codec can."""
+    deep = bits > 8
+    for table in (_LOSSLESS_RGB_DEEP, _LOSSLESS_RGB) if deep else (_LOSSLESS_RGB,):
+        if table.get(codec) in formats:
+            return table[codec]
+    if deep and "yuv420p10le" in formats:
+        return "yuv420p10le"
     return "yuv420p" if "yuv420p" in formats or not formats else formats[0]
+
+
+def _known(pix_fmt: str) -> bool:
+    try:
+        sample_bits(pix_fmt)
+    except ValueError:
+        return False
+    return True
+
+
+def sample_bits(pix_fmt: str) -> int:
+    """Bits a sample of the pixel format named ``pix_fmt`` (its deepest component)."""
+    from av import VideoFormat
+
+    return max((component.bits for component in VideoFormat(pix_fmt).components), default=8)
 
 
 class VideoOutput:
@@ -135,14 +174,15 @@ class VideoOutput:
         self.container.mux(packet)
 
     def frame(self, color: np.ndarray, pts: int, rotation: int = 0, duration: int | None = None) -> None:
-        """Encode one restored frame (H x W x 3 uint8 RGB) shown at ``pts`` for ``duration`` (where known), both in
+        """Encode one restored frame (H x W x 3 RGB, uint8 or uint16) shown at ``pts`` for ``duration`` (where known), both in
         the input's time base."""
         if self.video is None:
             self._open(color.shape[1], color.shape[0], rotation)
             waiting, self._waiting = self._waiting, []
             for held in waiting:
                 self.packet(held)
-        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(color), format="rgb24")
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(color),
+                                                format="rgb48le" if color.dtype == np.uint16 else "rgb24")
         colour = self.facts.colour
         frame = frame.reformat(format=self.choice.pix_fmt,
                                dst_colorspace=colour.matrix if colour.matrix != UNSPECIFIED else None,
@@ -210,4 +250,4 @@ def _describe_colour(context: Any, colour: Colour) -> None:
         context.color_range = colour.range
 
 
-__all__ = ["CodecChoice", "VideoOutput", "add_container_extras", "check_frame_size", "choose_codec"]
+__all__ = ["CodecChoice", "VideoOutput", "add_container_extras", "check_frame_size", "choose_codec", "sample_bits"]
