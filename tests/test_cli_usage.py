@@ -109,7 +109,7 @@ def test_a_stop_before_the_first_image_counts_the_batch_like_a_later_one(monkeyp
         (tmp_path / name).write_bytes(b"not read: the stop comes first")
         inputs.append(str(tmp_path / name))
 
-    def loading(options):
+    def loading(options, notice=None):
         raise Interrupted(signal.SIGTERM)
 
     monkeypatch.setattr(pipeline.Restorer, "from_options", staticmethod(loading))

@@ -228,9 +228,9 @@ def test_a_re_run_with_every_output_in_place_loads_no_model(tmp_path, model, inp
     assert first.exit_code == 0, first.stderr
     real, loads = Restorer.from_options, []
 
-    def loading(options):
+    def loading(options, notice=None):
         loads.append(options.model)
-        return real(options)
+        return real(options, notice)
 
     monkeypatch.setattr(Restorer, "from_options", staticmethod(loading))
     again = invoke("restore", *photos, "-o", tmp_path / "out", "--model", model, *FP32, "--json")
