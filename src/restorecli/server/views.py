@@ -293,10 +293,10 @@ def missing_weights(options: dict) -> str | None:
     """What a job of ``options`` (as stored) needs that this server's weights folder lacks, and how to get it; None
     where everything it would load is there (or converted on first use). Hashes are the loading worker's to check."""
     directory = weights_dir(options.get("weights_dir"))
-    for model in model_chain(options["model"]):
-        if model_availability(model, directory) == "missing":
-            fix = f"restorecli download-weights {model}" if model in REGISTRY else "put the file back"
-            return f"model {public_model_name(model)} is not installed on this server ({fix})"
+    for model in model_chain(options["model"]):  # each model of a chain
+        problem = model_problem(model, directory, "model")
+        if problem is not None:
+            return problem
     if options.get("face_enhance"):
         absent = [options[key] for key in ("face_model", "face_detector")
                   if model_availability(options[key], directory) == "missing"]
