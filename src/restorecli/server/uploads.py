@@ -15,6 +15,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..images.formats import IMAGE_SUFFIXES, suffix_for_content
+from ..video.formats import VIDEO_SUFFIXES
 
 FILE_FIELD = "files"
 FIELD_BYTES = 1024  # a form field's value (a number, a word, a model name) is never longer
@@ -63,7 +64,7 @@ def display_name(raw: bytes | str | None, index: int) -> str:
 
 def _client_suffix(name: str) -> str:
     suffix = os.path.splitext(name.replace("\\", "/").rsplit("/", 1)[-1])[1].lower()
-    return suffix if suffix in IMAGE_SUFFIXES else ""
+    return suffix if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES else ""  # a video is told by its name
 
 
 class MultipartUpload:

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import ArchitectureMissing
 from ..images.formats import media_type_for
+from ..video.formats import video_media_type
 from ..jobs.store import Job, JobStore
 from ..models.loading import embedded_param, installed_file, require_extra, weights_dir
 from ..models.presets import PRESETS
@@ -37,7 +38,7 @@ class Served:
 
     @property
     def media_type(self) -> str:
-        return media_type_for(self.path.suffix) or "application/octet-stream"
+        return media_type_for(self.path.suffix) or video_media_type(self.path.suffix) or "application/octet-stream"
 
 
 def _result_file(store: JobStore, job: Job) -> dict | None:

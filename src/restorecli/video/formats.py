@@ -18,6 +18,9 @@ CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv
 # (no B-frames), and a file read gets its frames' times from its packets, in the order the decoder shows them
 DECODING_TIMES_ONLY = frozenset({"avi"})
 VIDEO_SUFFIXES = frozenset(CONTAINERS)
+# Suffix -> the content type a video so named is served with
+MEDIA_TYPES: dict[str, str] = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",
+                               ".mkv": "video/x-matroska", ".webm": "video/webm", ".avi": "video/x-msvideo"}
 
 # Suffix -> the animated format a file so named is restored as, frame by frame, where its content holds more than
 # one frame (``animated.is_animated_file``); a still GIF, PNG or WebP stays an image. Written back in that format.
@@ -50,6 +53,11 @@ class VideoEncodeError(ImageError):
 def is_video_name(name: str) -> bool:
     """Whether a file named ``name`` is taken as a video (by its suffix)."""
     return Path(name).suffix.lower() in VIDEO_SUFFIXES
+
+
+def video_media_type(suffix: str) -> str | None:
+    """The content type of a video file named with ``suffix``; None for any other suffix."""
+    return MEDIA_TYPES.get(suffix.lower())
 
 
 def container_for(name: str) -> str:
