@@ -16,6 +16,7 @@ import pytest
 from conftest import TEST_INPUTS
 from helpers.cli import invoke, items_of
 from live_server import LiveServer
+from remote_cli import remote
 from restorecli.cli.options import DEFAULTS
 from restorecli.errors import UsageError, WeightsNotFound
 from restorecli.jobs.store import JobStore
@@ -166,10 +167,10 @@ def test_the_server_s_fidelity_architectures_are_the_engine_s():
 # ----------------------------------------------------------------------------- a face through a live server
 
 
-@pytest.mark.slow  # GFPGAN's 512-pixel face runs twice (here and in the server's worker): 20-30 s on 2 cores
+@pytest.mark.slow  # GFPGAN's 512-pixel face twice (here, then in the server's worker): 111 s on 2 loaded cores
 def test_a_face_restored_through_the_live_server_is_the_local_restore(tmp_path, make_model, face_files):
-    """The operator offers a face model by its path (random weights in GFPGAN's official layout); a client names
-    it by its file name, and the server's result has the local run's face count and pixels."""
+    """The operator offers a face model by its path (random weights in GFPGAN's official layout); restore --server
+    names it by its file name, and writes the local run's pixels, the server's job having found the one face."""
     weights, detector = face_files
     face_model = tmp_path / "operator" / "my-gfpgan.pth"
     face_model.parent.mkdir()
@@ -187,17 +188,23 @@ def test_a_face_restored_through_the_live_server_is_the_local_restore(tmp_path, 
     assert items_of(local)[0]["faces"] == 1
     with LiveServer(tmp_path, "--model", model, *map(str, fixed), "--allow-face-model", str(face_model),
                     env={"API_KEY": None}) as server:
+        assert "requests may also ask for my-gfpgan.pth" in server.output()
         with server.client() as client:
             offered = client.get("/models").json()["faces"]["models"]
             assert [face["name"] for face in offered] == ["gfpgan-1.4", "my-gfpgan.pth"]
             assert offered[1]["runnable"] is True and offered[1]["fidelity"] is None
-            sent = client.post("/enhance", files=[("files", ("face.png", (folder / "face.png").read_bytes()))],
-                               data={"face_enhance": "true", "face_model": "my-gfpgan.pth"})
-            assert sent.status_code == 202, sent.text
-            done = server.wait_for(sent.json()["job_id"])
-            result = done["results"][0]
-            assert (done["status"], result["status"], result["faces"]) == ("completed", "ok", 1), done
-            served = client.get(result["url"]).content
+            # through the client, which names the face model as the server offers it
+            sent = remote(folder / "face.png", "-o", tmp_path / "remote", "--server", server.url, "--face-enhance",
+                          "--face-model", "my-gfpgan.pth")
+            assert sent.returncode == 0, sent.stderr.decode()
+            store = JobStore(server.queue)
+            try:
+                (job,) = store.jobs()
+            finally:
+                store.close()
+            assert (job.options["face_model"], job.options["face_enhance"]) == (str(face_model), True)
+            result = client.get(f"/status/{job.id}").json()["results"][0]
+            assert (result["status"], result["faces"]) == ("ok", 1), result
     expected = cv2.imread(str(tmp_path / "local" / "face.png"))
-    got = cv2.imdecode(np.frombuffer(served, np.uint8), cv2.IMREAD_COLOR)
+    got = cv2.imread(str(tmp_path / "remote" / "face.png"))
     assert got.shape == expected.shape and np.array_equal(got, expected)
