@@ -164,6 +164,16 @@ def test_sixteen_bit_stays_sixteen_bit_and_alpha_is_untouched(runs):
     assert (veiled[:, :, 2].astype(int) - veiled[:, :, 0]).mean() > 8
 
 
+def test_a_streamed_file_and_the_whole_image_on_stdout_are_the_same_pixels(inputs, weights, runs):
+    """The file of the ``auto`` run went a strip at a time to its PNG; ``-o -`` colours the whole image in memory."""
+    result = invoke("restore", inputs / "veiled.png", "-o", "-", "--model", weights / "up2.safetensors", "--weights-dir",
+                    weights, "--colorize", "auto", "--colorize-model", "ddcolor-tiny", "--device", "cpu", "--precision",
+                    "fp32", "--backend", "torch", "--format", "png")
+    assert result.exit_code == 0, result.stderr
+    whole = cv2.imdecode(np.frombuffer(result.stdout_bytes, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(whole, _read(runs["auto"][1] / "veiled.png"))
+
+
 def test_the_output_records_its_colourisation(runs):
     from restorecli.images import decode_image
     from restorecli.images.metadata import recorded_stages
