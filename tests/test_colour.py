@@ -166,9 +166,9 @@ def test_sixteen_bit_stays_sixteen_bit_and_alpha_is_untouched(runs):
 
 def test_a_streamed_file_and_the_whole_image_on_stdout_are_the_same_pixels(inputs, weights, runs):
     """The file of the ``auto`` run went a strip at a time to its PNG; ``-o -`` colours the whole image in memory."""
-    result = invoke("restore", inputs / "veiled.png", "-o", "-", "--model", weights / "up2.safetensors", "--weights-dir",
-                    weights, "--colorize", "auto", "--colorize-model", "ddcolor-tiny", "--device", "cpu", "--precision",
-                    "fp32", "--backend", "torch", "--format", "png")
+    result = invoke("restore", inputs / "veiled.png", "-o", "-", "--model", weights / "up2.safetensors",
+                    "--weights-dir", weights, "--colorize", "auto", "--colorize-model", "ddcolor-tiny", "--device",
+                    "cpu", "--precision", "fp32", "--backend", "torch", "--format", "png")
     assert result.exit_code == 0, result.stderr
     whole = cv2.imdecode(np.frombuffer(result.stdout_bytes, np.uint8), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(whole, _read(runs["auto"][1] / "veiled.png"))
