@@ -64,6 +64,9 @@ CONFIGS = (
                                                          shuffle_factor=2)),
     Config("ESRGAN x2 (no unshuffle)", "ESRGAN", "ESRGAN", dict(num_filters=64, num_blocks=6, scale=2)),
     Config("ESRGAN x4, 32 filters", "ESRGAN", "ESRGAN", dict(num_filters=32, num_blocks=6, scale=4)),
+    # 1x restoration models, run before an upscaler in a chain
+    Config("scunet-color-real-psnr", "SCUNet", "SCUNet", dict(in_nc=3, config=[4] * 7, dim=64)),
+    Config("fbcnn-color", "FBCNN", "FBCNN", dict(in_nc=3, out_nc=3, nc=[64, 128, 256, 512], nb=4)),
     Config("realesr-animevideov3", "Compact", "Compact", dict(num_feat=64, num_conv=16, upscale=4),
            LIGHT_SIDES),
     Config("realesr-animevideov3-x3", "Compact", "Compact", dict(num_feat=64, num_conv=16, upscale=3),

@@ -60,8 +60,9 @@ def test_every_registry_upscaler_has_a_measured_point_in_both_precisions():
     for entry in REGISTRY.values():
         if entry.kind != "sr":
             continue
-        variant = "shuffle_factor=2" if entry.name == "realesrgan-x2plus" else ""
-        point = _point(SPANDREL_ID[entry.architecture], variant, entry.scale)
+        variant = {"realesrgan-x2plus": "shuffle_factor=2"}.get(entry.name, "")
+        variant = "window_size=8" if entry.architecture == "SCUNet" else variant
+        point = _point(SPANDREL_ID.get(entry.architecture, entry.architecture), variant, entry.scale)
         assert point.fp32 > 0 and point.bf16 is not None and point.bf16 > 0, entry.name
     assert activation.MEASURED_WITH.count(";") >= 3  # machine; torch and spandrel; date; device
 

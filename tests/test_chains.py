@@ -295,3 +295,20 @@ def test_each_model_of_a_chain_keeps_its_own_precision_and_fallback(tmp_path, mo
     summary = json_lines(result)[-1]
     assert summary["chain"] == ["tiny-swinir", model2.stem] and summary["precision"] == "bf16"
     assert summary["precision_fallback"].startswith("tiny-swinir: ") and "bf16" in summary["precision_fallback"]
+
+
+def test_a_model_spandrel_discourages_tiling_runs_whole_unless_it_would_not_fit(tmp_path, monkeypatch):
+    """SCUNet (the presets' denoiser): with --tile auto, one tile whatever the CPU's fastest window, where memory
+    holds the whole image; tiles only where it would not (a large scan on the CPU, instead of running out)."""
+    from restorecli.engine.tiling import memory
+    from restorecli.models.loading import load_model
+
+    path = tmp_path / "scunet.pth"
+    torch.save(scunet_state(), path)
+    model = load_model(str(path), tmp_path)
+    assert model.spec.tileable and model.spec.tiles_only_to_fit
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1 << 40)
+    assert len(memory.auto_plan(model, 512, 512, device=cpu, dtype=torch.float32, pad=24, window=128).tiles) == 1
+    monkeypatch.setattr(memory, "available_memory", lambda device: 64 << 20)
+    assert len(memory.auto_plan(model, 512, 512, device=cpu, dtype=torch.float32, pad=24, window=128).tiles) > 1

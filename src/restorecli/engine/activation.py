@@ -157,6 +157,9 @@ MEASURED: tuple[Measured, ...] = (
     Measured('ESRGAN', 'shuffle_factor=2', 2, 64, 2263, 1540, 'realesrgan-x2plus'),
     Measured('ESRGAN', '', 2, 64, 3075, 2015, 'ESRGAN x2 (no unshuffle)'),
     Measured('ESRGAN', '', 4, 32, 4471, 2310, 'ESRGAN x4, 32 filters'),
+    # the 1x models of the chains, measured 2026-12-07 on the same machine and versions (--only SCUNet --only FBCNN)
+    Measured('SCUNet', 'window_size=8', 1, 512, 6714, 3158, 'scunet-color-real-psnr'),
+    Measured('FBCNN', '', 1, 512, 1538, 703, 'fbcnn-color'),
     Measured('Compact', '', 4, 64, 555, 268, 'realesr-animevideov3'),
     Measured('Compact', '', 3, 64, 552, 268, 'realesr-animevideov3-x3'),
     Measured('Compact', '', 2, 64, 549, 268, 'realesr-animevideov3-x2'),

@@ -31,6 +31,9 @@ class ModelSpec:
     square: bool
     tileable: bool
     max_features: int  # widest layer, used to estimate activation memory per pixel
+    # spandrel discourages tiling it (SCUNet, SwinIR: features that reach far): whole where memory allows, in tiles
+    # only where the whole image would not fit (never cut down to the CPU's fastest window)
+    tiles_only_to_fit: bool = False
 
 
 @dataclass

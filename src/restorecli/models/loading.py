@@ -442,7 +442,8 @@ def load_model(model: str, directory: Path, notice: Callable[[str], None] | None
         multiple_of=req.multiple_of,
         minimum_size=req.minimum,
         square=req.square,
-        tileable=descriptor.tiling == spandrel.ModelTiling.SUPPORTED,
+        tileable=descriptor.tiling != spandrel.ModelTiling.INTERNAL,
+        tiles_only_to_fit=descriptor.tiling == spandrel.ModelTiling.DISCOURAGED,
         max_features=_max_features(descriptor.model),
     )
     return LoadedModel(spec=spec, descriptor=descriptor)

@@ -15,12 +15,13 @@ def auto_plan(model: LoadedModel, height: int, width: int, *, device: torch.devi
               pad: int, window: int | None = None) -> TilePlan:
     """The plan ``upscale`` runs with automatic tiles: one tile for models that cannot be tiled or images that fit
     ``available_memory(device)`` at ``bytes_per_pixel``; else ``choose_grid``'s grid. ``window``: windows of no
-    more pixels than ``window`` x ``window`` either (the CPU's fastest size, ``speed.fastest_window``)."""
+    more pixels than ``window`` x ``window`` either (the CPU's fastest size, ``speed.fastest_window``), but for a
+    model that is tiled only to fit (``ModelSpec.tiles_only_to_fit``)."""
     if not model.spec.tileable:
         return plan_grid(height, width, 1, 1, pad)
     per_pixel = bytes_per_pixel(model, dtype)
     budget = memory_budget(model, device)
-    if window is not None:
+    if window is not None and not model.spec.tiles_only_to_fit:
         budget = min(budget, per_pixel * window * window)
     rows, cols = choose_grid(height, width, pad, per_pixel, budget, model.spec)
     return plan_grid(height, width, rows, cols, pad)
