@@ -15,7 +15,7 @@ import torch
 
 from safetensors.torch import save_file
 
-from conftest import TEST_INPUTS, read_rgb, tiny_compact_state, tiny_rrdb_state
+from conftest import TEST_INPUTS, read_rgb, tiny_rrdb_state
 from helpers.cli import invoke, json_lines
 from restorecli.engine.backends import choice
 from restorecli.engine.backends import openvino as ov_backend
@@ -43,11 +43,12 @@ def fresh_process(monkeypatch):
 
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """The tiny models the tests run, each written once with its OpenVINO form (by the back-end's own ``convert``):
-    name -> (weights, converted .xml). A conversion takes seconds; tests that are not about it start from these."""
+    """The tiny model the tests run (an ESRGAN, x4plus's architecture), written once with its OpenVINO form (by the
+    back-end's own ``convert``): name -> (weights, converted .xml). A conversion takes seconds; tests that are not
+    about it start from this one."""
     folder = tmp_path_factory.mktemp("openvino-models")
     found = {}
-    for name, state in (("rrdb-x4", tiny_rrdb_state(4)), ("compact-x2", tiny_compact_state(2))):
+    for name, state in (("rrdb-x4", tiny_rrdb_state(4)),):
         weights = folder / f"tiny-{name}.safetensors"
         save_file(state, str(weights))
         module = load_model(str(weights), folder).module
@@ -180,7 +181,7 @@ def test_a_result_too_far_from_torch_stays_on_torch(rrdb, monkeypatch):
 
 
 def test_restore_backend_openvino_runs_on_openvino_and_says_so(tiny, photo_file, tmp_path, conversions):
-    model = tiny("compact-x2")
+    model = tiny("rrdb-x4")
     pictures = {}
     for backend in ("openvino", "torch"):
         done = invoke("restore", photo_file, "-o", tmp_path / backend, "--model", model, "--backend", backend,
@@ -189,7 +190,7 @@ def test_restore_backend_openvino_runs_on_openvino_and_says_so(tiny, photo_file,
         summary = json_lines(done)[-1]
         assert (summary["backend"], summary["device"], summary["precision"]) == (backend, "cpu", "fp32")
         pictures[backend] = read_rgb(tmp_path / backend / "photo.png").astype(int)
-    assert pictures["openvino"].shape == (60, 82, 3)
+    assert pictures["openvino"].shape == (120, 164, 3)
     assert np.abs(pictures["openvino"] - pictures["torch"]).max() <= 1
     assert conversions == []  # the conversion an earlier run left in the user cache
 
@@ -260,7 +261,7 @@ def test_auto_records_openvino_s_time_and_reads_it_after(tmp_path):
 def test_restore_auto_measures_openvino_for_real_and_runs_what_was_fastest(tiny, photo_file, tmp_path):
     """The real speed probe (no time asserted): every candidate is timed, OpenVINO's result compared with torch's,
     and the JSON says what ran and why; the second run measures nothing (the record is read)."""
-    model = tiny("compact-x2")
+    model = tiny("rrdb-x4")
     done = invoke("restore", photo_file, "-o", tmp_path / "a", "--model", model, "--device", "cpu", "--precision",
                   "fp32", "--json")
     assert done.exit_code == 0, done.stderr
