@@ -80,14 +80,13 @@ def form_schema(limits: Limits, offered: dict) -> dict:
             properties[name] = prop
     # A model without its weights, or faces without theirs, is refused with 422: the document offers neither
     properties["model"]["enum"] = [model["name"] for model in offered["models"] if model["runnable"]]
-    faces = [model["name"] for model in offered["faces"]["models"] if model["runnable"]]
-    if faces:  # none installed: any name is refused (an empty enum is no schema)
-        properties["face_model"]["enum"] = faces
-    presets = [preset["name"] for preset in offered["presets"]]
-    if presets:
-        properties["preset"]["enum"] = presets
-    else:  # none whose models this server offers: any is refused
-        del properties["preset"]
+    # A field whose every value is refused here (no face model installed, no preset's models offered) is left out
+    for name, values in (("face_model", [m["name"] for m in offered["faces"]["models"] if m["runnable"]]),
+                         ("preset", [preset["name"] for preset in offered["presets"]])):
+        if values:
+            properties[name]["enum"] = values
+        else:
+            del properties[name]
     if not offered["colorize"]["available"]:
         properties["colorize"]["enum"] = ["never"]
     if not offered["faces"]["available"]:
