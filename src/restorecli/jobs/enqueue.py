@@ -55,7 +55,8 @@ def refuse_oversized(options: dict, inputs: list[tuple[str, Path]]) -> None:
     """Refuse (``UsageError``, naming the file and the limit) a job with an image (or a video's frame) whose output
     would be over its ``max_output_pixels``, read from the files' headers, before the job takes a worker's time. The
     scale is the job's ``outscale`` or its registry models' (a chain's multiplied); a checkpoint file's scale is known
-    once a worker loads it, which applies the same limit to each image. A file whose header cannot be read is left for the worker to name."""
+    once a worker loads it, which applies the same limit to each image. A file whose header cannot be read is left
+    for the worker to name."""
     limit = options.get("max_output_pixels")
     entries = [REGISTRY.get(model) for model in model_chain(options["model"])]
     known = None if None in entries else math.prod(entry.scale for entry in entries)  # type: ignore[union-attr]
