@@ -27,6 +27,7 @@ import importlib.metadata
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,10 @@ def convert(module: torch.nn.Module, channels: int, target: Path, side: int = 32
     """Convert the fp32 ``module`` (``channels`` in, traced on a ``side`` x ``side`` window) and save it at
     ``target`` (.xml and .bin), atomically: the .xml, written last, exists only beside its whole .bin."""
     ov = _openvino()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch calls the tracing OpenVINO's front end does deprecated: nothing a user can act on, and printed
+        # across the live progress bar of the run whose first probe converts
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecated", category=FutureWarning)
         graph = ov.convert_model(module, example_input=torch.rand(1, channels, side, side),
                                  input=[ov.PartialShape([-1, channels, -1, -1])])
     target.parent.mkdir(parents=True, exist_ok=True)
