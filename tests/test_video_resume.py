@@ -253,3 +253,47 @@ def test_a_video_whose_segments_a_live_process_is_writing_is_refused(tmp_path, m
     assert (f"{clip}: another restorecli process ({os.getppid()}@{_host()}) is restoring it into "
             f"{tmp_path / 'out' / 'clip.mkv'}") in items_of(result)[0]["error"]
     assert covered(tmp_path / "out" / "clip.mkv") == kept  # its segments left alone
+
+
+class Doubling:
+    """A stand-in model for the library-level tests: each pixel repeated twice each way; it stops (Ctrl-C) at its
+    ``stop_at``-th frame where given."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.calls, self.stop_at = 0, stop_at
+
+    def restore_array(self, color, alpha=None, options=None):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return color.repeat(2, 0).repeat(2, 1)
+
+
+def test_restore_video_keeps_its_segments_and_resumes_and_a_damaged_manifest_starts_again(tmp_path):
+    """The library's contract under the CLI's: ``restore_video`` with ``segment_seconds`` keeps each finished
+    segment, resumes after the last of them, reports the frames it resumed, and starts again where the manifest
+    cannot be read."""
+    from restorecli.video.restore import VideoOptions, restore_video
+
+    clip = make_video(tmp_path / "clip.mkv", variable=True, frames=FRAMES)
+    out = tmp_path / "out" / "clip.mkv"
+    options = VideoOptions(codec="ffv1", segment_seconds=0.001, settings={"model": "doubling"})
+    with pytest.raises(KeyboardInterrupt):
+        restore_video(clip, out, Doubling(stop_at=12), options)
+    kept = covered(out)
+    assert 0 < kept < 12 and not out.exists()
+
+    model = Doubling()
+    done = restore_video(clip, out, model, options)
+    assert (done.frames, done.resumed, model.calls) == (FRAMES, kept, FRAMES - kept)
+    assert [when for _, when, _ in frames_of(out)] == [when for _, when, _ in frames_of(clip)]
+    for (before, _, _), (after, _, _) in zip(frames_of(clip), frames_of(out), strict=True):
+        np.testing.assert_array_equal(after, before.repeat(2, 0).repeat(2, 1))
+    assert not (out.parent / ".clip.mkv.parts").exists()
+
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        restore_video(clip, out, Doubling(stop_at=12), options)
+    (out.parent / ".clip.mkv.parts" / "manifest.json").write_text('{"segments": [1, 2]')  # cut short
+    model = Doubling()
+    assert restore_video(clip, out, model, options).resumed == 0 and model.calls == FRAMES

@@ -73,7 +73,7 @@ class PartsFolder:
         writer = manifest.get("writer")
         if isinstance(writer, str) and writer != writer_tag() and live_writer(writer) is not None:
             raise VideoEncodeError(f"{name}: another restorecli process ({writer}) is restoring it into {output}")
-        kept = [Segment(**s) for s in manifest.get("segments", [])] if _same(manifest, identity) else []
+        kept = _segments(manifest) if _same(manifest, identity) else []
         if fresh or not kept or not all((folder / s.file).is_file() and _times_path(folder / s.file).is_file()
                                         for s in kept):
             shutil.rmtree(folder, ignore_errors=True)
@@ -112,6 +112,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
+
+
+def _segments(manifest: dict[str, Any]) -> list[Segment]:
+    """The finished segments a manifest lists; none where it lists them in another form (another version's)."""
+    try:
+        return [Segment(**segment) for segment in manifest.get("segments", [])]
+    except TypeError:
+        return []
 
 
 def _same(manifest: dict[str, Any], identity: dict[str, Any]) -> bool:
