@@ -248,11 +248,19 @@ def test_a_video_whose_segments_a_live_process_is_writing_is_refused(tmp_path, m
     path = tmp_path / "out" / ".clip.mkv.parts" / "manifest.json"
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "writer": f"{os.getppid()}@{_host()}"}))  # a process that runs
+    said = (f"{clip}: another restorecli process (pid {os.getppid()}) is restoring it into "
+            f"{tmp_path / 'out' / 'clip.mkv'}")
     result = restore(clip, "-o", tmp_path / "out", "--model", model2, *TORCH, *LOSSLESS)
-    assert result.exit_code == 1
-    assert (f"{clip}: another restorecli process ({os.getppid()}@{_host()}) is restoring it into "
-            f"{tmp_path / 'out' / 'clip.mkv'}") in items_of(result)[0]["error"]
+    assert result.exit_code == 1 and said in items_of(result)[0]["error"]
     assert covered(tmp_path / "out" / "clip.mkv") == kept  # its segments left alone
+
+    # a run that has kept no segment yet: the segment it is writing tells it
+    path.unlink()
+    writing = path.parent / f".segment-00000.mkv.restorecli-{os.getppid()}@{_host()}.a1b2c3d4.part"
+    writing.write_bytes(b"the first frames")
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2, *TORCH, *LOSSLESS)
+    assert result.exit_code == 1 and said in items_of(result)[0]["error"]
+    assert writing.exists()
 
 
 class Doubling:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_writer, live_writer, remove_abandoned_temporaries, write_atomic, writer_tag
+from ..files import LiveWriters, atomic_writer, live_writer, remove_abandoned_temporaries, write_atomic, writer_tag
 from .formats import VideoEncodeError, container_for, load_av
 from .read import VideoFacts, VideoInput
 from .write import CodecChoice, VideoOutput, add_container_extras
@@ -71,8 +71,12 @@ class PartsFolder:
         identity = {"version": _VERSION, "input": input_identity(source), "settings": settings}
         manifest = _read_manifest(folder / MANIFEST)
         writer = manifest.get("writer")
-        if isinstance(writer, str) and writer != writer_tag() and live_writer(writer) is not None:
-            raise VideoEncodeError(f"{name}: another restorecli process ({writer}) is restoring it into {output}")
+        busy = live_writer(writer) if isinstance(writer, str) and writer != writer_tag() else None
+        if busy is None:  # a run that has not kept a segment yet: the one it is writing
+            busy = LiveWriters().of(folder / f"segment-{len(_segments(manifest)):05d}{output.suffix}")
+        if busy is not None:
+            raise VideoEncodeError(f"{name}: another restorecli process (pid {busy}) is restoring it into "
+                                   f"{output}")
         kept = _segments(manifest) if _same(manifest, identity) else []
         if fresh or not kept or not all((folder / s.file).is_file() and _times_path(folder / s.file).is_file()
                                         for s in kept):
