@@ -288,3 +288,37 @@ def test_devices_lists_the_devices_openvino_finds(monkeypatch):
         {"device": "openvino:NPU", "backends": ["openvino"], "name": names["NPU"], "kind": "npu", "memory_mb": None}]
     text = invoke("devices")
     assert text.exit_code == 0 and "openvino:NPU\topenvino\tIntel(R) AI Boost" in text.stdout
+
+
+@pytest.mark.openvino_auto
+def test_sixteen_bit_images_run_in_fp32_where_auto_chose_openvino_bf16(tiny, tmp_path, monkeypatch):
+    """``auto`` never gives a 16-bit image a reduced precision: where it chose OpenVINO in bf16, a 16-bit PNG runs
+    on torch in fp32 instead, to the same pixels as ``--backend torch --precision fp32``."""
+    if "bf16" not in ov_backend.precisions_for("CPU"):
+        pytest.skip("OpenVINO lists no BF16 among this CPU's OPTIMIZATION_CAPABILITIES: auto cannot choose it")
+
+    class Probe:  # stands for the speed probe: OpenVINO bf16 measures fastest
+        def __init__(self, *args):
+            pass
+
+        def __call__(self, candidate: Candidate) -> Measurement:
+            fast = candidate.backend == "openvino" and candidate.precision == "bf16"
+            return Measurement(0.1 if fast else 1.0, None if candidate.backend == "torch" else 60.0)
+
+    monkeypatch.setattr(choice, "SpeedProbe", Probe)
+    model = tiny("rrdb-x4")
+    picture = tmp_path / "in" / "deep.png"
+    picture.parent.mkdir()
+    deep = cv2.imread(str(TEST_INPUTS / "chelsea_16bit.png"), cv2.IMREAD_UNCHANGED)[:24, :30]
+    assert deep.dtype == np.uint16
+    cv2.imwrite(str(picture), deep)
+    done = invoke("restore", picture, "-o", tmp_path / "auto", "--model", model, "--device", "cpu", "--json")
+    assert done.exit_code == 0, done.stderr
+    summary = json_lines(done)[-1]
+    assert (summary["backend"], summary["precision"], summary["precision_16bit"]) == ("openvino", "bf16", "fp32")
+    torch_fp32 = invoke("restore", picture, "-o", tmp_path / "torch", "--model", model, "--backend", "torch",
+                        "--device", "cpu", "--precision", "fp32", "--json")
+    assert torch_fp32.exit_code == 0, torch_fp32.stderr
+    ours = cv2.imread(str(tmp_path / "auto" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert ours.dtype == np.uint16 and np.array_equal(ours, cv2.imread(str(tmp_path / "torch" / "deep.png"),
+                                                                      cv2.IMREAD_UNCHANGED))

@@ -96,6 +96,9 @@ class Restorer:
         backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
                                  lambda: sha256_of(model.spec.path), no_graph=no_graph, notice=notice)
         backend, model.backend = realise(backend, model, graph, device, lambda: sha256_of(model.spec.path))
+        # 16-bit images never get a reduced precision from auto, on a back-end either: torch in fp32 runs them
+        reduced_backend = (model.backend is not None and options.precision == "auto"
+                           and backend.candidate.precision != "fp32")
         if model.backend is not None:  # ncnn and OpenVINO take float32 windows whatever precision they run in
             dtype = dtype_16bit = torch.float32
             fallback = None
@@ -110,7 +113,7 @@ class Restorer:
             faces = FaceStage.from_weights(load_face_weights(options.face_model, options.face_detector, folder),
                                            device)
         load_16bit = None
-        if dtype_16bit != dtype:
+        if dtype_16bit != dtype or reduced_backend:
             load_16bit = (lambda: place_model(load_model(options.model, folder), device, dtype_16bit), dtype_16bit)
         restorer = cls(model, engine, faces, options, load_16bit)
         restorer.backend = backend
