@@ -314,3 +314,19 @@ def test_a_model_spandrel_discourages_tiling_runs_whole_unless_it_would_not_fit(
     assert len(memory.auto_plan(model, 512, 512, device=cpu, dtype=torch.float32, pad=24, window=128).tiles) == 1
     monkeypatch.setattr(memory, "available_memory", lambda device: 64 << 20)
     assert len(memory.auto_plan(model, 512, 512, device=cpu, dtype=torch.float32, pad=24, window=128).tiles) > 1
+
+
+@pytest.mark.parametrize("name, channels, dtype", [("chelsea_16bit.png", 3, np.uint16),
+                                                   ("cameraman_gray.png", 1, np.uint8),
+                                                   ("coffee_alpha.png", 4, np.uint8)])
+def test_a_chain_keeps_an_image_s_depth_grey_and_alpha(tmp_path, denoiser, model2, name, channels, dtype):
+    """16 bits stay 16 bits from model to model, grey stays grey, alpha goes through each model with the colour."""
+    import cv2
+
+    result = invoke("restore", TEST_INPUTS / name, "-o", tmp_path, "--model", denoiser, "--model", model2,
+                    "--backend", "torch", "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    written = cv2.imread(str(tmp_path / name), cv2.IMREAD_UNCHANGED)
+    source = cv2.imread(str(TEST_INPUTS / name), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == dtype and (written.shape[2] if written.ndim == 3 else 1) == channels
+    assert written.shape[:2] == (source.shape[0] * 2, source.shape[1] * 2)
