@@ -148,7 +148,8 @@ def test_serve_help_reads_in_groups_with_the_restore_options_last():
     assert {"--workers", "--retention", "--prune-every", "--grace"} == set(sections["Queue and workers"])
     assert {"--max-file-mb", "--max-files", "--max-uploads", "--read-timeout", "--min-free-mb"} == set(
         sections["Uploads"])
-    assert {"--allow-model", "--cors-origin", "--allowed-host", "--no-auth"} == set(sections["Access"])
+    assert {"--allow-model", "--allow-face-model", "--cors-origin", "--allowed-host", "--no-auth"} == set(
+        sections["Access"])
     defaults = set(sections.pop("Jobs' defaults (the restore options)"))
     assert {"--model", "--tile", "--precision", "--face-enhance", "--format", "--frames"} <= defaults
     assert not defaults & {flag for flags in sections.values() for flag in flags}  # each flag in one group
