@@ -447,7 +447,7 @@ def test_openapi_schema_and_docs_declare_the_key_and_the_form(server):
     form = enhance["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert set(form) == {"files", "face_enhance", "outscale", "format", "model", "face_weight", "face_fidelity",
                          "colorize"}  # no face_model or preset: none installed, nor any preset's models offered
-    assert form["format"]["enum"] == ["same", "png", "jpg", "webp", "tiff"] and form["face_weight"]["maximum"] == 1
+    assert form["format"]["enum"] == ["same", "png", "jpg", "webp", "tiff", ""] and form["face_weight"]["maximum"] == 1
     assert {"202", "413", "422"} <= set(enhance["responses"])
     assert client.get("/docs").status_code == 200
 

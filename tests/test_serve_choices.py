@@ -68,8 +68,8 @@ def test_models_lists_the_presets_whose_models_the_server_offers(server):
     assert old_photo["models"] == ["scunet-color-real-psnr", "realesrgan-x4plus"] and old_photo["face_enhance"]
     form = client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["requestBody"]["content"][
         "multipart/form-data"]["schema"]["properties"]
-    assert form["preset"]["enum"] == ["old-photo", "portrait", "denoise", "anime"]
-    assert form["colorize"]["enum"] == ["never"]  # no DDColor here
+    assert form["preset"]["enum"] == ["old-photo", "portrait", "denoise", "anime", ""]  # "": none
+    assert form["colorize"]["enum"] == ["never", ""]  # no DDColor here; "": the server's default
 
 
 def test_a_preset_runs_its_chain_and_face_stage(server):

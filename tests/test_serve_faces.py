@@ -82,7 +82,7 @@ def test_the_form_schema_offers_the_runnable_face_models_and_fidelity_s_range(se
     client, _ = server
     form = client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["requestBody"]["content"][
         "multipart/form-data"]["schema"]["properties"]
-    assert form["face_model"]["enum"] == ["codeformer", "restoreformer"]
+    assert form["face_model"]["enum"] == ["codeformer", "restoreformer", ""]  # "": the default
     assert (form["face_fidelity"]["type"], form["face_fidelity"]["minimum"], form["face_fidelity"]["maximum"]) == (
         "number", 0, 1)
 

@@ -91,6 +91,9 @@ def form_schema(limits: Limits, offered: dict) -> dict:
         properties["colorize"]["enum"] = ["never"]
     if not offered["faces"]["available"]:
         properties["face_enhance"]["enum"] = [False]
+    for prop in properties.values():  # an empty field is taken, as the server's default (the descriptions say so)
+        if prop["type"] == "string" and "enum" in prop:
+            prop["enum"].append("")
     return {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [FILE_FIELD], "properties": properties, "additionalProperties": False}}}}
 
