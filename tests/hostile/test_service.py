@@ -139,7 +139,8 @@ def test_delete_stops_a_running_job_keeps_nothing_and_the_worker_goes_on(tmp_pat
         wait_until(lambda: httpx.get(f"{server.url}/status/{job}").status_code == 404, "the job to be dropped")
         progress = JobStore(server.queue)
         assert progress.get(job) is None and progress.counts()["processing"] == 0
-        assert not (server.queue / "jobs" / job).exists()
+        # the worker deletes the record, then the folder: the folder goes a moment after the status says 404
+        wait_until(lambda: not (server.queue / "jobs" / job).exists(), "the job's folder to be removed")
         after = post(server, ("rocket.jpg", PHOTO)).json()["job_id"]
         assert server.wait_for(after)["status"] == "completed"
 
