@@ -46,14 +46,15 @@ def isolated_user_dirs(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def openvino_left_out_of_auto(request, monkeypatch):
-    """``--backend auto`` weighs OpenVINO only in tests marked ``openvino_auto``: its first probe converts the model
-    (about 26 s for x4plus on 2 cores), which every auto restore of a real model would pay again in its own fresh
-    cache. ``--backend openvino`` itself is not affected."""
-    if request.node.get_closest_marker("openvino_auto") is None:
-        from restorecli.engine.backends import choice
+def openvino_in_auto_where_marked(request, monkeypatch):
+    """``$RESTORECLI_AUTO_CONVERT=0`` (above) leaves OpenVINO out of ``--backend auto`` too, in subprocesses as well:
+    its first probe converts the model (about 26 s for x4plus on 2 cores), which every auto restore of a real model
+    would pay again in its own fresh cache. Tests marked ``openvino_auto`` weigh it (ncnn's conversions stay off);
+    ``--backend openvino`` is not affected."""
+    if request.node.get_closest_marker("openvino_auto") is not None:
+        from restorecli.engine.backends import choice, openvino
 
-        monkeypatch.setattr(choice, "weighs_openvino", lambda: False)
+        monkeypatch.setattr(choice, "weighs_openvino", openvino.available)
 
 
 def tiny_compact_state(scale: int, channels: int = 3, num_conv: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import copy
 import functools
 import importlib.metadata
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
@@ -170,8 +171,11 @@ def candidates(backend: str, device: str, precision: str, torch_device: torch.de
 
 
 def weighs_openvino() -> bool:
-    """Whether ``auto`` weighs OpenVINO: where the package (the opt-in extra) is installed."""
-    return openvino.available()
+    """Whether ``auto`` weighs OpenVINO: where the package (the opt-in extra) is installed, unless
+    ``$RESTORECLI_AUTO_CONVERT`` is off (``models.pnnx.AUTO_ENV``, which keeps auto from converting models to ncnn
+    too): OpenVINO's first probe of a model converts it."""
+    setting = os.environ.get("RESTORECLI_AUTO_CONVERT", "1").strip().lower()
+    return openvino.available() and setting not in ("0", "no", "off", "false")
 
 
 def _openvino_asked(backend: str, device: str, precision: str, torch_device: torch.device) -> Candidate:
