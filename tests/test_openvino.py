@@ -322,3 +322,46 @@ def test_sixteen_bit_images_run_in_fp32_where_auto_chose_openvino_bf16(tiny, tmp
     ours = cv2.imread(str(tmp_path / "auto" / "deep.png"), cv2.IMREAD_UNCHANGED)
     assert ours.dtype == np.uint16 and np.array_equal(ours, cv2.imread(str(tmp_path / "torch" / "deep.png"),
                                                                       cv2.IMREAD_UNCHANGED))
+
+
+def test_models_verbose_says_how_each_model_stands_with_openvino(tiny, make_model, photo_file, tmp_path,
+                                                                 monkeypatch):
+    """``models --verbose`` says per model whether OpenVINO runs it: converted and checked (in which precisions),
+    not converted yet, why it stays on torch, whether ``auto`` weighs it, and the package's absence."""
+    from restorecli.models.registry import REGISTRY, ModelEntry
+
+    weights = tiny("rrdb-x4").parent
+    make_model(scale=2).rename(weights / "tiny-refused.safetensors")
+    for name, architecture, scale in (("tiny-ov", "ESRGAN", 4), ("tiny-refused", "SRVGGNetCompact", 2)):
+        file = "tiny-rrdb-x4.safetensors" if name == "tiny-ov" else "tiny-refused.safetensors"
+        monkeypatch.setitem(REGISTRY, name, ModelEntry(name, "sr", architecture, scale, file, (), "MIT", "a test"))
+
+    def statuses() -> dict[str, str]:
+        listed = invoke("models", "--weights-dir", weights, "--verbose", "--json")
+        assert listed.exit_code == 0, listed.stderr
+        return {row["name"]: row.get("openvino") for row in json.loads(listed.stdout)["models"]}
+
+    before = statuses()
+    converted = ov_backend.converted_path(sha256_of(weights / "tiny-rrdb-x4.safetensors"))
+    assert before["tiny-ov"].startswith(f"converted ({converted}), not checked against torch yet")
+    assert "--backend auto leaves OpenVINO out" in before["tiny-ov"]  # the suite runs with RESTORECLI_AUTO_CONVERT=0
+    assert before["tiny-refused"].startswith("not converted yet")
+    assert before["realesrgan-x4plus"] == "not installed" and before["gfpgan-1.4"].startswith("torch only")
+
+    def refuses(*args, **kwargs):
+        raise openvino.frontend.OpConversionFailure("Model wasn't fully converted: aten::frobnicate is not supported")
+
+    monkeypatch.setattr(openvino, "convert_model", refuses)
+    for name in ("tiny-ov", "tiny-refused"):
+        done = invoke("restore", photo_file, "-o", tmp_path / name, "--model", name, "--weights-dir", weights,
+                      "--backend", "openvino", "--precision", "fp32", "--json")
+        assert done.exit_code == 0, done.stderr
+    after = statuses()
+    assert after["tiny-ov"].startswith("converted (") and "runs in fp32 (checked against torch)" in after["tiny-ov"]
+    assert after["tiny-refused"].startswith("stays on torch in fp32: ") and "frobnicate" in after["tiny-refused"]
+    text = invoke("models", "--weights-dir", weights, "--verbose")
+    assert "openvino: tiny-refused: stays on torch in fp32:" in text.stderr
+    assert "ncnn: tiny-ov:" in text.stderr  # beside ncnn's line, as before
+
+    monkeypatch.setattr(ov_backend, "available", lambda: False)
+    assert statuses()["tiny-ov"] == f"not used: it needs the openvino package ({ov_backend.INSTALL})"

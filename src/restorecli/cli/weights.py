@@ -13,7 +13,8 @@ from rich.table import Table
 from ..errors import UsageError
 from ..models.download import (DownloadOptions, default_names, fetch, import_local, model_status,
                                unknown_model_message)
-from ..models.loading import choose_weights_dir, ncnn_status, weights_dir as resolve_weights_dir
+from ..models.integrity import sha256_of
+from ..models.loading import choose_weights_dir, installed_file, ncnn_status, weights_dir as resolve_weights_dir
 from ..models.presets import PRESETS
 from ..models.registry import REGISTRY, ModelEntry
 from . import render
@@ -33,8 +34,9 @@ def licence_note(entry: ModelEntry) -> str:
 
 
 def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False,
-           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also say how each model runs on the ncnn "
-                                                 "back-end: natively, converted, or why it stays on torch.")] = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also say how each model runs on the ncnn and "
+                                                 "OpenVINO back-ends: natively, converted, or why it stays on "
+                                                 "torch.")] = False,
            presets: Annotated[bool, typer.Option("--presets", help="List the presets (restore --preset NAME): their "
                                                  "models and whether their weights are installed.")] = False,
            ) -> None:
@@ -53,6 +55,7 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False,
                          "sha256": entry.sha256, "licence": entry.licence, "description": entry.description})
             if verbose:
                 rows[-1]["ncnn"] = ncnn_status(entry, directory)
+                rows[-1]["openvino"] = openvino_status(entry, directory)
     if json_output:
         render.out_json({"weights_dir": str(directory), "weights_dir_reason": choice.reason,
                          "weights_dir_explanation": choice.explanation, "models": rows}, indent=2)
@@ -68,8 +71,28 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False,
                       row["description"])
     # the licences that restrict use, whole, whatever the table's width
     notes = [f"note: {licence_note(entry)}" for entry in REGISTRY.values() if entry.non_commercial]
-    notes += [f"ncnn: {row['name']}: {escape(row['ncnn'])}" for row in rows if verbose and row["kind"] == "sr"]
+    notes += [f"{back_end}: {row['name']}: {escape(row[back_end])}"
+              for row in rows if verbose and row["kind"] == "sr" for back_end in ("ncnn", "openvino")]
     render.table_then_rows(table, (f"{row['name']}\t{row['status']}\t{row['path']}" for row in rows), notes)
+
+
+def openvino_status(entry: ModelEntry, directory: Path) -> str:
+    """How ``entry`` runs on the OpenVINO back-end, for ``models --verbose``: whether the package is there, whether
+    the model is converted and passed its check against torch in each precision, and whether ``--backend auto``
+    weighs it. Nothing is converted here."""
+    from ..engine.backends import choice, openvino
+
+    if entry.kind != "sr":
+        return "torch only (a helper model of the main one)"
+    if not openvino.available():
+        return f"not used: it needs the openvino package ({openvino.INSTALL})"
+    found = installed_file(entry, directory)
+    if found is None:
+        return "not installed"
+    status = openvino.model_status(sha256_of(found))
+    if not choice.weighs_openvino():
+        status += "; --backend auto leaves OpenVINO out ($RESTORECLI_AUTO_CONVERT is off): only --backend openvino"
+    return status
 
 
 def _presets(directory: Path, json_output: bool) -> None:

@@ -36,7 +36,8 @@ import torch
 from ...errors import DeviceMissing, DeviceUnavailable, UsageError
 from ..device import cpu_model
 from ..model import LoadedModel
-from ..precision import MIN_PSNR, _psnr, _short, recall, remember
+from ...progress import Step
+from ..precision import MIN_PSNR, _psnr, _short, parameter_millions, recall, remember
 from .base import Capabilities
 
 INSTALL = "pip install 'restorecli[openvino]'"
@@ -179,7 +180,10 @@ def _compile(model: LoadedModel, model_hash: str, device: str, precision: str):
         raise OpenVinoUnfit(f"OpenVINO cannot run {model.spec.name} in {precision}: {verdict['error']}")
     try:
         if not path.is_file():
-            convert(_fp32_module(model), model.spec.input_channels, path, window_side(model, 32))
+            with Step(f"converting {model.spec.name} to OpenVINO (first run only: the result is cached for later "
+                      "runs)", kind="openvino conversion", size=parameter_millions(model)) as step:
+                convert(_fp32_module(model), model.spec.input_channels, path, window_side(model, 32))
+                step.found = f"converted {model.spec.name} to OpenVINO, cached in {path.parent}"
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
@@ -192,6 +196,27 @@ def _compile(model: LoadedModel, model_hash: str, device: str, precision: str):
     if problem is not None:
         raise OpenVinoUnfit(f"OpenVINO cannot run {model.spec.name} in {precision}: {problem}")
     return compiled
+
+
+def model_status(model_hash: str) -> str:
+    """How the model whose weights hash to ``model_hash`` stands with OpenVINO on the CPU, for ``restorecli models
+    --verbose`` (the package installed): each precision whose conversion or check against torch failed, and why
+    (the model stays on torch in it), else converted and checked, or not converted or checked yet. Nothing is
+    converted here."""
+    passed, failed = [], []
+    for precision in precisions_for("CPU"):
+        verdict = recall(_verdict_key(model_hash, "CPU", precision))
+        if isinstance(verdict, dict) and verdict.get("error"):
+            failed.append(f"stays on torch in {precision}: {verdict['error']}")
+        elif isinstance(verdict, dict):
+            passed.append(precision)
+    path = converted_path(model_hash)
+    if failed or not path.is_file():
+        return "; ".join(failed or ["not converted yet: its first run on OpenVINO (--backend openvino, or auto's "
+                                    "probe) converts it"])
+    checked = (f"runs in {', '.join(passed)} (checked against torch)" if passed
+               else "not checked against torch yet (its first run checks it)")
+    return f"converted ({path}), {checked}"
 
 
 def compiled_model(model: LoadedModel, model_hash: str, device: str, precision: str):
