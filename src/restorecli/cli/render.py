@@ -36,6 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import ImageWarning
+from ..progress import Phase, Step, reporting
 
 if TYPE_CHECKING:  # the pipeline loads torch; the commands that render no batch do not need it
     from ..pipeline import BatchResult, ItemResult
@@ -179,6 +180,51 @@ class ImagesColumn(ProgressColumn):
         return Text(f"{task.fields['images']:{len(total)}d}/{total}", style="progress.download")
 
 
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: <1 s, 7 s, 1:02 (a minute and two seconds), 1:02:03."""
+    whole = int(seconds + 0.5)
+    if whole < 1:
+        return "<1 s"
+    if whole < 60:
+        return f"{whole} s"
+    if whole >= 3600:
+        return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+def step_line(step: Step) -> str:
+    """A running step as its live line shows it: what it does, its parts done, elapsed time and the time left."""
+    parts = f" [{step.done}/{step.parts}]" if step.parts else ""
+    left = step.remaining()
+    if left is None:
+        estimate = ""
+    elif left > 0:
+        estimate = f", about {duration(left)} left"
+    else:
+        estimate = ", taking longer than estimated"
+    return f"{step.text}{parts}: {duration(step.elapsed())} elapsed{estimate}"
+
+
+def step_end_line(step: Step) -> str:
+    """What a finished step says it found, and how long it took (or that it failed)."""
+    if step.failed:  # what went wrong is the error's to say; the step's own parenthesis (once per...) is left out
+        return f"{step.text.split(' (')[0]}: failed after {step.elapsed():.1f} s"
+    return f"{step.found or 'done'} ({step.elapsed():.1f} s)"
+
+
+class StepsProgress(Progress):
+    """The live display of a batch with its long steps: the tasks in their columns, and under them a line for each
+    running step (``step_line``), drawn afresh at every refresh so its elapsed time and estimate move alone."""
+
+    def get_renderables(self):
+        tasks = [task for task in self.tasks if "step" not in task.fields]
+        if tasks:
+            yield self.make_tasks_table(tasks)
+        for task in self.tasks:
+            if "step" in task.fields:
+                yield Text(step_line(task.fields["step"]), style="dim")
+
+
 class BatchRenderer:
     """Progress bar and per-item lines while a batch runs, summary at the end.
 
@@ -193,7 +239,7 @@ class BatchRenderer:
         # is_interactive: a terminal that is not dumb, where the live bar is drawn and redrawn in place
         self.results_above_bar = self.console.is_interactive and same_terminal(self.stdout, self.console.file)
         self.images_column = ImagesColumn()
-        self.progress = live_progress(
+        self.progress = StepsProgress(  # as ``live_progress`` makes its bars, with the steps' lines under them
             TextColumn("[bold]restoring"),
             BarColumn(),
             TaskProgressColumn(),
@@ -202,8 +248,10 @@ class BatchRenderer:
             TextColumn("eta"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[current]}"),
-            console=self.console,
+            console=self.console, transient=True, disable=not self.console.is_interactive,
         )
+        self.steps: dict[int, Any] = {}  # a running step's id -> its task in the live display
+        self._reporting = reporting(self.step)
         self.task = None
         self.current = ""
         self.total: int | None = None
@@ -214,10 +262,27 @@ class BatchRenderer:
 
     def __enter__(self) -> "BatchRenderer":
         self.progress.start()
+        self._reporting.__enter__()  # the long steps of the model's loading tell ``step``
         return self
 
     def __exit__(self, *exc) -> None:
+        self._reporting.__exit__(None, None, None)
         self.progress.stop()
+
+    def step(self, phase: Phase, step: Step) -> None:
+        """A long step (a probe, a conversion) on stderr, in every mode: on a terminal a live line with its elapsed
+        time and the time left, then what it found; elsewhere (a pipe, a log) a line as it starts and one as it
+        ends. Routine steps (a model's loading) show only live, on a terminal."""
+        live = self.console.is_interactive
+        if phase == "start" and live:
+            self.steps[id(step)] = self.progress.add_task(step.text, total=None, step=step)
+        elif phase == "start" and not step.routine:
+            self.progress.console.print(f"[dim]{escape(step.text)}[/]", soft_wrap=True)
+        elif phase == "end":
+            if id(step) in self.steps:
+                self.progress.remove_task(self.steps.pop(id(step)))
+            if not step.routine:
+                self.progress.console.print(f"[dim]{escape(step_end_line(step))}[/]", soft_wrap=True)
 
     def __call__(self, event: str, payload: object) -> None:
         if event == "start":

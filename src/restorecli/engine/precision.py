@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..files import write_atomic
+from ..progress import Step
 from .device import cpu_model, place_model, precision_name
 from .enhance import EngineOptions, enhance
 from .model import LoadedModel
@@ -109,6 +110,11 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
+def parameter_millions(model: LoadedModel) -> float:
+    """The model's size in millions of parameters: what a conversion's or a probe's time is estimated from."""
+    return sum(parameter.numel() for parameter in model.module.parameters()) / 1e6
+
+
 def device_kind(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
@@ -156,9 +162,11 @@ def checked(model: LoadedModel, device: torch.device, dtype: torch.dtype, model_
     entry = recall(key)
     if isinstance(entry, dict) and isinstance(entry.get("ok"), bool):
         return Verdict(entry["ok"], entry.get("psnr"), entry.get("error"))
-    if notice is not None:
-        notice(f"checking that {model.spec.name} runs in {precision_name(dtype)} on {device_kind(device)} "
-               "(once per model and machine)")
-    verdict = probe(model, device, dtype)
+    name = precision_name(dtype)
+    with Step(f"checking that {model.spec.name} runs in {name} on {device_kind(device)} (once per model and machine)",
+              kind="precision probe", size=parameter_millions(model), notice=notice) as step:
+        verdict = probe(model, device, dtype)
+        step.found = (f"{model.spec.name} runs in {name}" if verdict.ok else
+                      f"{model.spec.name} stays in fp32: {verdict.reason(dtype)}")
     remember(key, asdict(verdict))
     return verdict

