@@ -326,7 +326,8 @@ class ModalService:
         from restorecli.server.uploads import Limits
 
         self.backend, self.config = backend, config
-        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS)
+        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
+                             config.max_video_seconds)
 
     def refusal(self, length: int):
         return None  # Modal neither stops for a restart nor fills its volume's disk
@@ -438,7 +439,7 @@ class ModalService:
                 "auth_required": config.api_key is not None,
                 "workers": {"started": 0, "alive": 0, "seen": 0, "restarts": 0},
                 "worker_alive": True,  # Modal starts a GPU container for each spawned call
-                "limits": {"max_file_mb": config.max_file_mb, "max_files": config.max_files}}
+                "limits": config.limits_document}
 
     def models(self) -> dict:
         from restorecli.server.views import models_document

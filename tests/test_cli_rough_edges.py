@@ -146,8 +146,8 @@ def test_serve_help_reads_in_groups_with_the_restore_options_last():
                               "Jobs' defaults (the restore options)"]
     assert {"--host", "--port", "--queue", "--help"} <= set(sections["Options"])
     assert {"--workers", "--retention", "--prune-every", "--grace"} == set(sections["Queue and workers"])
-    assert {"--max-file-mb", "--max-files", "--max-uploads", "--read-timeout", "--min-free-mb"} == set(
-        sections["Uploads"])
+    assert {"--max-file-mb", "--max-files", "--max-video-mb", "--max-video-seconds", "--max-uploads",
+            "--read-timeout", "--min-free-mb"} == set(sections["Uploads"])
     assert {"--allow-model", "--allow-face-model", "--cors-origin", "--allowed-host", "--no-auth"} == set(
         sections["Access"])
     defaults = set(sections.pop("Jobs' defaults (the restore options)"))

@@ -70,7 +70,7 @@ def make_config(tmp_path: Path, model: str, **flags):
 def server(tmp_path, model, monkeypatch):
     """(client, config) for an app with no workers of its own; ``work()`` runs queued jobs in this process."""
     monkeypatch.delenv("API_KEY", raising=False)
-    config = make_config(tmp_path, model, max_files=4, max_file_mb=0.5)
+    config = make_config(tmp_path, model, max_files=4, max_file_mb=0.5, max_video_mb=0.5)  # no larger videos
     with TestClient(create_app(config), base_url="http://localhost") as client:
         yield client, config
 
@@ -726,7 +726,7 @@ def test_sixteen_clients_at_once_each_get_their_results_exactly_once(tmp_path, m
 
 def test_hostile_requests_to_a_live_server_get_their_errors_and_it_stays_up(tmp_path, model, monkeypatch):
     monkeypatch.delenv("API_KEY", raising=False)
-    with LiveServer(tmp_path, "--model", model, "--max-file-mb", "1", "--max-files", "2",
+    with LiveServer(tmp_path, "--model", model, "--max-file-mb", "1", "--max-files", "2", "--max-video-mb", "1",
                     env={"API_KEY": "key"}) as live, live.client() as client:
         key = {"X-API-Key": "key"}
         assert upload(client, ("rocket.jpg", ROCKET)).status_code == 401

@@ -29,6 +29,10 @@ Grace = Annotated[float, typer.Option(metavar="SECONDS", help="On SIGTERM/SIGINT
 MaxFileMb = Annotated[Optional[float], typer.Option(
     metavar="MB", help="Largest upload a file [default: $MAX_FILE_SIZE_MB, then 10].", show_default=False,
     rich_help_panel=_UPLOADS)]
+MaxVideoMb = Annotated[float, typer.Option(metavar="MB", help="Largest upload a video (told by its suffix).",
+                                           min=0.001, rich_help_panel=_UPLOADS)]
+MaxVideoSeconds = Annotated[float, typer.Option(metavar="SECONDS", help="Longest video an upload may hold (by its "
+                                                "header; 422 beyond).", min=0.001, rich_help_panel=_UPLOADS)]
 MaxFiles = Annotated[int, typer.Option(metavar="N", help="Most files in one request.", min=1,
                                        rich_help_panel=_UPLOADS)]
 MaxUploads = Annotated[int, typer.Option(metavar="N", help="Uploads read at once; more get 503.", min=1,
@@ -63,6 +67,8 @@ def serve(
     prune_every: PruneEvery = "30m",
     max_file_mb: MaxFileMb = None,
     max_files: MaxFiles = 20,
+    max_video_mb: MaxVideoMb = 500.0,
+    max_video_seconds: MaxVideoSeconds = 600.0,
     allow_model: AllowModel = None,
     allow_face_model: AllowFaceModel = None,
     cors_origin: CorsOrigin = None,
@@ -83,7 +89,8 @@ def serve(
                              prune_every=prune_every, max_file_mb=max_file_mb, max_files=max_files,
                              allow_model=allow_model or [], cors_origin=cors_origin,
                              allowed_host=allowed_host or [], max_uploads=max_uploads, read_timeout=read_timeout,
-                             min_free_mb=min_free_mb, allow_face_model=allow_face_model or [])
+                             min_free_mb=min_free_mb, allow_face_model=allow_face_model or [],
+                             max_video_mb=max_video_mb, max_video_seconds=max_video_seconds)
         check_exposure(config, no_auth)
         _check_serve_extra()
         sock = _listen(config.host, config.port)
@@ -174,7 +181,8 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
         f"  workers:  none here; jobs wait for: restorecli worker --queue {config.queue}",
         f"  janitor:  every {describe_age(config.prune_every)}, removes jobs finished more than "
         f"{describe_age(config.retention)} ago",
-        f"  uploads:  at most {config.max_files} files of {config.max_file_mb:g} MB each",
+        f"  uploads:  at most {config.max_files} files of {config.max_file_mb:g} MB each (a video "
+        f"{config.max_video_mb:g} MB, {config.max_video_seconds:g} seconds)",
         "  API key:  required (X-API-Key header)" if config.api_key else
         "  API key:  none: anyone who can reach the address can use it" + (" (--no-auth)" if no_auth else ""),
     ]

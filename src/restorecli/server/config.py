@@ -17,6 +17,8 @@ from .envfile import read_dotenv
 API_KEY_ENV = "API_KEY"
 API_KEY_HEADER = "X-API-Key"
 # The restore options a request may set (the rest are the server's: its device, tiles, weights)
+DEFAULT_MAX_VIDEO_MB = 500
+DEFAULT_MAX_VIDEO_SECONDS = 600.0
 FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight", "face_model", "face_fidelity", "preset",
                "colorize")
 
@@ -31,6 +33,8 @@ class ServeConfig:
     prune_every: float = 1800.0
     max_file_bytes: int = 10 * 1024 * 1024
     max_files: int = 20
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_MB * 1024 * 1024  # a video's upload limit (--max-video-mb)
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS  # the longest video an upload may hold, by its header
     api_key: str | None = None
     cors_origin: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the bound address and localhost (--allowed-host)
@@ -44,6 +48,16 @@ class ServeConfig:
     @property
     def max_file_mb(self) -> float:
         return self.max_file_bytes / (1024 * 1024)
+
+    @property
+    def max_video_mb(self) -> float:
+        return self.max_video_bytes / (1024 * 1024)
+
+    @property
+    def limits_document(self) -> dict:
+        """The upload limits as ``/health`` states them (``schema.Limits``)."""
+        return {"max_file_mb": self.max_file_mb, "max_files": self.max_files, "max_video_mb": self.max_video_mb,
+                "max_video_seconds": self.max_video_seconds}
 
 
 def setting(name: str, dotenv: dict[str, str]) -> str | None:
@@ -133,7 +147,8 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
                 max_files: int = 20, allow_model: list[str] = (), cors_origin: str | None = None,
                 allowed_host: list[str] = (), max_uploads: int = 32, read_timeout: float = 30.0,
                 min_free_mb: float = 256.0, dotenv: Path = Path(".env"),
-                allow_face_model: list[str] = ()) -> ServeConfig:
+                allow_face_model: list[str] = (), max_video_mb: float = DEFAULT_MAX_VIDEO_MB,
+                max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS) -> ServeConfig:
     """The server's configuration from its flags (``restore``: the declared restore options' values, the jobs'
     defaults), then the environment, then ``dotenv`` (``ServeEnvironment``; the key through ``api_key_setting``).
     Raises ``UsageError`` for a value that cannot be used."""
@@ -155,10 +170,14 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
         raise UsageError(f"--max-uploads {max_uploads}: must be at least 1")
     if not 0 < read_timeout < float("inf"):
         raise UsageError(f"--read-timeout {read_timeout}: must be more than 0 seconds")
+    if not 0 < max_video_seconds < float("inf"):
+        raise UsageError(f"--max-video-seconds {max_video_seconds}: must be more than 0 seconds")
     return ServeConfig(host=host, port=port, queue=environment.queue.absolute(), workers=workers,
                        retention=parse_age(retention, "--retention"),
                        prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=environment.max_file_bytes,
                        max_files=max_files, api_key=api_key_setting(values),
+                       max_video_bytes=parse_megabytes(str(max_video_mb), "--max-video-mb"),
+                       max_video_seconds=max_video_seconds,
                        cors_origin=parse_origin(cors_origin) if cors_origin is not None else None,
                        allowed_hosts=tuple(dict.fromkeys(parse_host_name(name) for name in allowed_host)),
                        max_uploads=max_uploads, read_timeout=read_timeout, min_free_mb=min_free_mb,

@@ -151,8 +151,13 @@ class Workers(BaseModel):
 
 
 class Limits(BaseModel):
-    max_file_mb: float
-    max_files: int
+    max_file_mb: float = Field(description="The largest image an upload may hold, in MB (--max-file-mb).")
+    max_files: int = Field(description="The most files in one request (--max-files).")
+    max_video_mb: Optional[float] = Field(None, description="The largest video an upload may hold, in MB "
+                                                            "(--max-video-mb); over it, 413.")
+    max_video_seconds: Optional[float] = Field(None, description="The longest video an upload may hold, by its "
+                                                                 "container's header (--max-video-seconds); over "
+                                                                 "it, 422.")
 
 
 class Disk(BaseModel):

@@ -156,7 +156,8 @@ class QueueService:
     def __init__(self, config: ServeConfig, pool=None):
         self.config = config
         self.pool = pool  # the worker processes this server started (None: in-process tests, --workers 0)
-        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS)
+        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
+                             config.max_video_seconds)
         self.draining = threading.Event()  # set on SIGTERM: no new uploads while the workers finish
         self._local = threading.local()
         # The API's own writes take turns here rather than in SQLite's busy handler, whose back-off sleeps can
@@ -303,7 +304,7 @@ def health_document(service: QueueService) -> dict:
             "workers": {"started": config.workers, "alive": managed, "seen": len(seen),
                         "restarts": pool.restarts if pool is not None else 0},
             "worker_alive": bool(managed or seen),
-            "limits": {"max_file_mb": config.max_file_mb, "max_files": config.max_files}}
+            "limits": config.limits_document}
 
 
 class Downloads:

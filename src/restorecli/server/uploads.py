@@ -15,7 +15,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..images.formats import IMAGE_SUFFIXES, suffix_for_content
-from ..video.formats import VIDEO_SUFFIXES
+from ..video.formats import (VIDEO_SUFFIXES, VideoDecodeError, VideoUnavailable, header_duration,
+                             is_video_name)
 
 FILE_FIELD = "files"
 FIELD_BYTES = 1024  # a form field's value (a number, a word, a model name) is never longer
@@ -24,6 +25,8 @@ PART_HEADER_BYTES = 8192  # one header line of a part (its Content-Disposition h
 PART_HEADERS = 16
 _BOUNDARY_BYTES = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 _NAME_CHARS = 255
+PART_ROOM = 16 * 1024  # a part's boundary and headers
+BODY_ROOM = 64 * 1024  # the form fields and the closing boundary
 
 
 class UploadRefused(Exception):
@@ -39,11 +42,23 @@ class Limits:
     max_file_bytes: int
     max_files: int
     fields: tuple[str, ...]  # the form fields besides ``files`` that may be given
+    max_video_bytes: int | None = None  # a video's limit (None: the same as an image's)
+    max_video_seconds: float | None = None  # the longest video, by its header (None: any)
+
+    @property
+    def video_bytes(self) -> int:
+        return self.max_file_bytes if self.max_video_bytes is None else self.max_video_bytes
 
     @property
     def body_bytes(self) -> int:
         """The most a body within the limits can be: every file at its largest, with room for headers and fields."""
-        return self.max_files * (self.max_file_bytes + 16 * 1024) + 64 * 1024
+        return self.max_files * (max(self.max_file_bytes, self.video_bytes) + PART_ROOM) + BODY_ROOM
+
+    def describe(self) -> str:
+        """The file limits in words, for a refusal."""
+        files = f"{self.max_files} files of {self.max_file_bytes / 1048576:g} MB"
+        return files if self.video_bytes == self.max_file_bytes else \
+            f"{files} (videos {self.video_bytes / 1048576:g} MB)"
 
 
 @dataclass
@@ -96,6 +111,7 @@ class MultipartUpload:
         self._value = bytearray()
         self._file: BinaryIO | None = None
         self._head = b""  # a file's first bytes, for the suffix its content says
+        self._video = False  # whether the file being read is named as a video
         self._parser = MultipartParser(boundary, {
             "on_part_begin": self._part_begin, "on_header_field": self._header_field,
             "on_header_value": self._header_value_data, "on_header_end": self._header_end,
@@ -108,13 +124,19 @@ class MultipartUpload:
     def feed(self, chunk: bytes) -> None:
         self._received += len(chunk)
         if self._received > self.limits.body_bytes:  # a chunked body, which declared no length to refuse it by
-            raise UploadRefused(413, f"request body over {self.limits.body_bytes:,} bytes, the most "
-                                     f"{self.limits.max_files} files of {self.limits.max_file_bytes / 1048576:g} MB "
-                                     "can take")
+            self._refuse_body()
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
             raise UploadRefused(400, f"malformed multipart body: {exc}") from None
+        # Besides its files (each within its own limit), a body holds little: an endless epilogue is cut off
+        # however large a video may be
+        if self._received - sum(f.size for f in self.files) > self.limits.max_files * PART_ROOM + BODY_ROOM:
+            self._refuse_body()
+
+    def _refuse_body(self) -> None:
+        raise UploadRefused(413, f"request body over {min(self._received, self.limits.body_bytes):,} bytes, more "
+                                 f"than {self.limits.describe()} can take")
 
     def finish(self) -> None:
         try:
@@ -179,6 +201,7 @@ class MultipartUpload:
             raise UploadRefused(413, f"more than {self.limits.max_files} files in one request")
         index = len(self.files) + 1
         self._part = StoredFile(display_name(filename, index), f"{index:03d}")
+        self._video = _client_suffix(self._part.original_filename) in VIDEO_SUFFIXES
         self.files.append(self._part)
         self.inputs.mkdir(parents=True, exist_ok=True)
         self._file = open(self.inputs / self._part.stored, "xb")
@@ -188,11 +211,14 @@ class MultipartUpload:
         chunk = data[start:end]
         if self._part is not None:
             self._part.size += len(chunk)
-            if self._part.size > self.limits.max_file_bytes:
-                raise UploadRefused(413, f"{self._part.original_filename}: over the limit of "
-                                         f"{self.limits.max_file_bytes / 1048576:g} MB a file")
             if len(self._head) < 16:
                 self._head += chunk[:16]
+            # A video is told by its name, unless its content says it is an image (a PNG named clip.mp4)
+            video = self._video and suffix_for_content(self._head) is None
+            limit = self.limits.video_bytes if video else self.limits.max_file_bytes
+            if self._part.size > limit:
+                raise UploadRefused(413, f"{self._part.original_filename}: over the limit of "
+                                         f"{limit / 1048576:g} MB a {'video' if video else 'file'}")
             assert self._file is not None
             self._file.write(chunk)
         elif self._field is not None:
@@ -217,3 +243,24 @@ class MultipartUpload:
 
     def _end(self) -> None:
         self._ended = True
+
+
+def refuse_long_videos(files: list[StoredFile], inputs: Path, limits: Limits) -> None:
+    """``UploadRefused`` (422, naming the file and the limit) for a stored video longer than ``max_video_seconds``,
+    or whose header states no duration, read from its container's header (``header_duration``: no frame decoded,
+    no numpy). A file PyAV cannot open is left for the worker to name, as the frame-size check leaves it."""
+    if limits.max_video_seconds is None:
+        return
+    for stored in files:
+        if not is_video_name(stored.stored):
+            continue
+        try:
+            seconds = header_duration(inputs / stored.stored)
+        except (VideoDecodeError, VideoUnavailable):
+            continue
+        if seconds is None:
+            raise UploadRefused(422, f"{stored.original_filename}: its header states no duration, and this server "
+                                     f"takes videos of at most {limits.max_video_seconds:g} seconds")
+        if seconds > limits.max_video_seconds:
+            raise UploadRefused(422, f"{stored.original_filename}: {seconds:,.1f} seconds long, over the limit of "
+                                     f"{limits.max_video_seconds:g} seconds a video")

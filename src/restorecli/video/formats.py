@@ -86,3 +86,22 @@ def frame_size(path: Path) -> tuple[int, int] | None:
             return (stream.codec_context.width, stream.codec_context.height) or None
     except Exception:  # no PyAV, no video stream, a damaged file: the worker names the problem
         return None
+
+
+def header_duration(path: Path) -> float | None:
+    """A video's duration in seconds as its container's header (else its video stream's) states it, read without
+    decoding a frame or importing numpy (the server refuses an upload too long by it); None where neither states
+    one. Raises ``VideoUnavailable`` without PyAV, ``VideoDecodeError`` where PyAV cannot open it as a video."""
+    av = load_av(path.name)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path.name}: no video stream")
+            if container.duration is not None and container.duration > 0:
+                return container.duration / 1_000_000  # AV_TIME_BASE: microseconds
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return None
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(f"{path.name}: not a video FFmpeg can open ({exc})") from None

@@ -14,7 +14,7 @@ from .. import schema
 from ..config import FORM_FIELDS, ServeConfig
 from ..guards import timed_chunks
 from ..service import JobService, Staged
-from ..uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused
+from ..uploads import FILE_FIELD, Limits, MultipartUpload, UploadRefused, refuse_long_videos
 from .deps import GUARDED, job_service, settings, upload_limits, upload_slot
 
 router = APIRouter()
@@ -28,8 +28,7 @@ async def enhance(request: Request, service: JobService = Depends(job_service),
     the job records its error and restores the others."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limits.body_bytes:
-        raise HTTPException(413, f"request of {int(length):,} bytes is over the most {limits.max_files} "
-                                 f"files of {limits.max_file_bytes / 1048576:g} MB can take")
+        raise HTTPException(413, f"request of {int(length):,} bytes is over the most {limits.describe()} can take")
     refusal = await run_in_threadpool(service.refusal, int(length) if length and length.isdigit() else 0)
     if refusal is not None:
         await _drain(request.stream(), limits.body_bytes)
@@ -42,6 +41,7 @@ async def enhance(request: Request, service: JobService = Depends(job_service),
         async for chunk in chunks:
             await run_in_threadpool(upload.feed, chunk)
         await run_in_threadpool(upload.finish)
+        await run_in_threadpool(refuse_long_videos, upload.files, staged.inputs, limits)
         return await run_in_threadpool(service.enqueue, staged, upload)
     except UploadRefused as exc:
         await run_in_threadpool(_abandon, staged, upload)
@@ -66,7 +66,10 @@ def form_schema(limits: Limits, offered: dict) -> dict:
     (``offered``: the ``/models`` document). ``schema.publish`` puts it on ``POST /enhance``."""
     properties: dict[str, dict] = {FILE_FIELD: {
         "type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": limits.max_files,
-        "description": f"One to {limits.max_files} images, each at most {limits.max_file_bytes / 1048576:g} MB."}}
+        "description": f"One to {limits.max_files} images or videos: an image at most "
+                       f"{limits.max_file_bytes / 1048576:g} MB, a video (told by its name's suffix) at most "
+                       f"{limits.video_bytes / 1048576:g} MB" + (f" and {limits.max_video_seconds:g} seconds long"
+                                                                 if limits.max_video_seconds else "") + "."}}
     kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
     for name, _default, spec in declared():
         if name in FORM_FIELDS:
