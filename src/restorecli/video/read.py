@@ -172,6 +172,13 @@ class VideoInput:
                         if start is None:
                             start = shown if part.cut else Fraction(0)
                         yield from settled(shown)
+                        if (decoded.width, decoded.height) != (self.facts.width, self.facts.height):
+                            # a later frame may be any size (MJPEG, a new H.264 SPS): --max-pixels and the output
+                            # size were checked against the stream's, so a larger one would slip past both
+                            raise VideoDecodeError(
+                                f"{self.name}: frame {index} is {decoded.width}x{decoded.height} pixels where the "
+                                f"video's frames are {self.facts.width}x{self.facts.height}; restorecli restores "
+                                "videos whose frames keep one size")
                         yield Frame(index, decoded.to_ndarray(format=planes), pts - round(start / base),
                                     base, int(decoded.rotation or 0), decoded.duration or None)
                     index += 1
