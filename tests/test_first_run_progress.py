@@ -103,7 +103,7 @@ def test_the_speed_probe_counts_its_candidates_as_parts(make_model):
     heard = []
     with reporting(lambda phase, step: heard.append((phase, step.done, step.parts, step.found))):
         choose_backend("auto", "cpu", "fp32", model, CPU, torch.float32, object(), lambda: digest, measure=measure)
-    steps = [entry for entry in heard if entry[2] is not None]  # the model's loading above is a step too
+    steps = [entry for entry in heard if entry[2] is not None]  # the one step with parts
     assert [entry[:3] for entry in steps] == [("start", 0, 2), ("update", 1, 2), ("update", 2, 2), ("end", 2, 2)]
     assert steps[-1][3] == f"{model.spec.name} runs fastest with ncnn on cpu in fp32"
 

@@ -347,13 +347,14 @@ def choose_backend(backend: str, device: str, precision: str, model: LoadedModel
     measured = {candidate: _recorded(speed_key(candidate, digest)) for candidate in found}
     unmeasured = [candidate for candidate, known in measured.items() if known is None]
     if unmeasured:  # each candidate a part of the step: the time left is told from those timed so far
-        with Step(f"timing {model.spec.name} on {', '.join(c.label for c in unmeasured)} to run it on the fastest "
+        name = model.spec.name if model is not None else "the model"  # a caller's own ``measure`` may need none
+        with Step(f"timing {name} on {', '.join(c.label for c in unmeasured)} to run it on the fastest "
                   "(once per model and machine)", parts=len(unmeasured), notice=notice) as step:
             for candidate in unmeasured:
                 measured[candidate] = measure(candidate)
                 remember(speed_key(candidate, digest), asdict(measured[candidate]))
                 step.advance()
-            step.found = f"{model.spec.name} runs fastest with {pick(measured)[0].label}"  # type: ignore[arg-type]
+            step.found = f"{name} runs fastest with {pick(measured)[0].label}"  # type: ignore[arg-type]
     best, reason = pick(measured)  # type: ignore[arg-type]
     return BackendChoice(best, reason, no_graph)
 
