@@ -3,9 +3,11 @@ in its container, and its result is downloaded whole."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from test_serve import make_config, upload, work
+from test_serve import make_config, small_png, upload, work
 from test_video import FRAMES, frames_of, make_video, packets_of
 
 av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
@@ -39,39 +41,100 @@ def test_an_uploaded_video_is_restored_in_its_container_and_served(tmp_path, mak
     assert packets_of(out, "audio") == packets_of(clip, "audio")
 
 
-def test_a_live_server_limits_videos_by_their_own_size_and_length_and_says_so(tmp_path, make_model, monkeypatch):
+# The live server's limits: a 24-frame clip (1 s, about 13 KB) is over the image limit and within the video's
+IMAGE_MB, VIDEO_MB, VIDEO_SECONDS = 0.005, 0.04, 1.5
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One ``restorecli serve`` with a worker, a tiny 2x model and small limits, for the tests that change nothing
+    about it."""
+    from conftest import tiny_compact_state
+    from live_server import LiveServer
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("video-serve")
+    model = folder / "tiny-x2.safetensors"
+    save_file(tiny_compact_state(2), str(model))
+    with LiveServer(folder, "--model", str(model), "--max-file-mb", str(IMAGE_MB), "--max-video-mb", str(VIDEO_MB),
+                    "--max-video-seconds", str(VIDEO_SECONDS), env={"API_KEY": None}) as server:
+        yield server
+
+
+def test_a_live_server_limits_videos_by_their_own_size_and_length_and_says_so(live, tmp_path):
     """``--max-video-mb`` is a video's upload limit (413), apart from the image limit; ``--max-video-seconds`` is
     read from the container's header (422); each refusal names the file and the limit, leaves nothing behind,
     and ``/health`` and the OpenAPI document state the limits."""
-    from live_server import LiveServer
-    from test_serve import small_png
-
-    monkeypatch.delenv("API_KEY", raising=False)
-    clips = {frames: make_video(tmp_path / f"clip{frames}.mp4", frames=frames).read_bytes() for frames in (12, 16, 48)}
-    image_mb, video_mb = (f"{int(mb * 1048576) / 1048576:g}" for mb in (0.005, 0.02))  # as bytes, then MB
-    assert len(clips[12]) > 0.005 * 1048576 and len(clips[48]) > 0.02 * 1048576 > len(clips[16])
-    with LiveServer(tmp_path, "--model", str(make_model(2)), "--max-file-mb", "0.005", "--max-video-mb", "0.02",
-                    "--max-video-seconds", "0.6", workers=0) as live, live.client() as client:
+    clips = {frames: make_video(tmp_path / f"clip{frames}.mp4", frames=frames).read_bytes() for frames in (24, 48, 96)}
+    image_mb, video_mb = (f"{int(mb * 1048576) / 1048576:g}" for mb in (IMAGE_MB, VIDEO_MB))  # as bytes, then MB
+    assert len(clips[24]) > IMAGE_MB * 1048576 and len(clips[96]) > VIDEO_MB * 1048576 > len(clips[48])
+    with live.client() as client:
         assert client.get("/health").json()["limits"] == pytest.approx(
-            {"max_file_mb": 0.005, "max_files": 20, "max_video_mb": 0.02, "max_video_seconds": 0.6}, rel=1e-3)
+            {"max_file_mb": IMAGE_MB, "max_files": 20, "max_video_mb": VIDEO_MB, "max_video_seconds": VIDEO_SECONDS},
+            rel=1e-3)
         files = client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["requestBody"]["content"][
             "multipart/form-data"]["schema"]["properties"]["files"]["description"]
-        assert f"an image at most {image_mb} MB" in files and f"at most {video_mb} MB and 0.6 seconds long" in files
-        accepted = upload(client, ("half a second.mp4", clips[12]))  # over the image limit, within the video's
+        assert f"an image at most {image_mb} MB" in files and f"at most {video_mb} MB and 1.5 seconds long" in files
+        accepted = upload(client, ("one second.mp4", clips[24]))  # over the image limit, within the video's
         assert accepted.status_code == 202, accepted.text
         refusals = [
-            (upload(client, ("two seconds.mp4", clips[48])), 413,
-             f"two seconds.mp4: over the limit of {video_mb} MB a video"),
-            (upload(client, ("long.mp4", clips[16])), 422,
-             "long.mp4: 0.7 seconds long, over the limit of 0.6 seconds a video"),
-            (upload(client, ("clip.png", clips[12])), 413, f"clip.png: over the limit of {image_mb} MB a file"),
+            (upload(client, ("four seconds.mp4", clips[96])), 413,
+             f"four seconds.mp4: over the limit of {video_mb} MB a video"),
+            (upload(client, ("long.mp4", clips[48])), 422,
+             "long.mp4: 2.0 seconds long, over the limit of 1.5 seconds a video"),
+            (upload(client, ("clip.png", clips[24])), 413, f"clip.png: over the limit of {image_mb} MB a file"),
             (upload(client, ("picture.mp4", small_png(64, 48))), 413,  # an image named as a video
              f"picture.mp4: over the limit of {image_mb} MB a file"),
         ]
         for response, status, detail in refusals:
             assert (response.status_code, response.json()) == (status, {"detail": detail})
-        # up, with the one accepted job waiting (this server runs no worker)
-        assert client.get("/health").json()["problems"] == ["1 job(s) wait and no worker is alive to take them"]
-        assert live.process.poll() is None
+        assert live.wait_for(accepted.json()["job_id"])["status"] == "completed"
+        assert client.get("/health").status_code == 200 and live.process.poll() is None
     assert not list((live.queue / "incoming").iterdir())
-    assert len(list((live.queue / "jobs").iterdir())) == 1
+
+
+def test_restore_server_uploads_a_video_and_downloads_it_restored_in_its_container(live, tmp_path):
+    """``restore --server URL clip.mp4``: a live server restores the video beside an image, and the client writes
+    it under its planned name once PyAV finds it whole (frame size, frame count); the sound is kept."""
+    from remote_cli import lines, remote
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    clip = make_video(inputs / "clip.mp4")
+    (inputs / "still.png").write_bytes(small_png(24, 16))
+    out = tmp_path / "out"
+    result = remote(inputs, "-o", out, "--server", live.url, "--json")  # the video is over the image limit
+    assert result.returncode == 0, result.stderr.decode()
+    done = {Path(line["input"]).name: line for line in lines(result) if line.get("type") != "summary"}
+    assert done["clip.mp4"]["status"] == "ok" and done["clip.mp4"]["output"] == str(out / "clip.mp4")
+    assert done["clip.mp4"]["out_size"] == [128, 96] and done["still.png"]["out_size"] == [48, 32]
+    restored = frames_of(out / "clip.mp4")
+    assert len(restored) == FRAMES and restored[0][0].shape == (96, 128, 3)
+    assert packets_of(out / "clip.mp4", "audio") == packets_of(clip, "audio")
+
+
+@pytest.mark.parametrize(("served", "said"), [
+    ("fewer frames", "a video of 12 frames, not the 24 of its input"),
+    ("another size", "a video of 64x48, not the 128x96 its status announced"),
+    ("an HTML page", "does not decode as a video"),
+])
+def test_a_downloaded_video_that_is_not_the_one_announced_is_refused(tmp_path, served, said):
+    """A (fake) server that sends a video cut short, of another size, or no video at all: the client says so
+    for that video and writes nothing under its name."""
+    from hostile.test_client import JOB, KEY, FakeServer, nothing_written, only_error, status_document
+    from remote_cli import remote
+
+    clip = make_video(tmp_path / "clip.mp4")
+    sent = {"fewer frames": make_video(tmp_path / "short.mp4", frames=12).read_bytes(),
+            "another size": clip.read_bytes(), "an HTML page": b"<html><body>Sign in</body></html>"}[served]
+    size = [64, 48] if served == "fewer frames" else [128, 96]
+    result_path = f"/processed/{JOB}/clip.mp4"
+    out = tmp_path / "out"
+    with FakeServer() as fake:
+        fake.routes[("GET", f"/status/{JOB}")] = lambda handler: handler.send_json(status_document(
+            original_filename="clip.mp4", url=result_path, in_size=[64, 48], out_size=size))
+        fake.routes[("GET", result_path)] = lambda handler: handler.send(200, sent, "video/mp4")
+        result = remote(clip, "-o", out, "--server", fake.url, "--json", key_env=KEY, timeout=120)
+    error = only_error(result)
+    assert error.startswith(f"{clip}: its result could not be downloaded: the server sent ") and said in error, error
+    assert nothing_written(out)

@@ -34,6 +34,7 @@ from ..models.registry import REGISTRY
 from ..options import RestoreOptions, from_given
 from ..plan import (BatchResult, InputItem, ItemResult, OutputPlanner, PlannedOutput, ProgressCallback,
                     decided_result, dry_run_result, named_format, output_format, run_items)
+from ..video.formats import is_video_name, load_av, video_media_type
 from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS, read_dotenv, setting
 
 # The restore options a request may set (the server's form fields); the server decides every other one, except
@@ -97,6 +98,7 @@ class _Refused(Exception):
 class Limits:
     max_files: int
     max_file_bytes: int
+    max_video_bytes: int  # a video's upload limit (an older server's: its file limit)
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,14 @@ class Part:
 
 @dataclass(frozen=True)
 class Expected:
-    """What a download must be: an image of ``format`` and ``size`` (width, height), in at most ``max_bytes``."""
+    """What a download must be: an image of ``format`` and ``size`` (width, height), in at most ``max_bytes``; or,
+    with ``frames``, a video of ``frames`` frames of ``size``, served as ``media_type``."""
 
     format: OutputFormat
     size: tuple[int, int]
     max_bytes: int
+    frames: int | None = None
+    media_type: str | None = None
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -258,10 +263,11 @@ class Server:
         found = self.document("/health").get("limits") or {}
         max_files = found.get("max_files", 20) if isinstance(found, dict) else None
         max_mb = found.get("max_file_mb", 10) if isinstance(found, dict) else None
-        if not _positive(max_files, int) or not _positive(max_mb, (int, float)):
+        video_mb = found.get("max_video_mb") or max_mb if isinstance(found, dict) else None
+        if not all((_positive(max_files, int), _positive(max_mb, (int, float)), _positive(video_mb, (int, float)))):
             raise ServerFault(f"the server at {self.url} gave limits restorecli cannot read in GET /health: "
                               f"{json.dumps(found)[:200]}")
-        return Limits(max_files, int(float(max_mb) * 1024 * 1024))
+        return Limits(max_files, int(float(max_mb) * 1024 * 1024), int(float(video_mb) * 1024 * 1024))
 
     def submit(self, fields: dict[str, str], parts: list[Part]) -> str:
         """Upload ``parts`` as one job with ``fields``; returns its id. Raises ``_Refused`` (413: over a limit),
@@ -284,12 +290,13 @@ class Server:
         return job_id
 
     def download(self, path: str, into: BinaryIO, expected: Expected, name: str) -> None:
-        """Write the image at the server's ``path`` into ``into`` (a new, empty file or buffer), a chunk at a time,
-        and check it is the image ``expected`` (``name``: the file's, for the decoder's messages). Raises
+        """Write the image (or video) at the server's ``path`` into ``into`` (a new, empty file or buffer), a chunk
+        at a time, and check it is the one ``expected`` (``name``: the file's, for the decoder's messages). Raises
         ``ServerFault`` where it is not: another status than 200, another content type, more bytes than
-        ``expected.max_bytes``, or content that does not decode as the format and size asked for; ``into`` then
-        holds what came, and is the caller's to drop."""
-        media_type = FORMATS[expected.format].media_type
+        ``expected.max_bytes``, or content that does not decode as the format and size asked for (a video: as
+        that many frames of that size); ``into`` then holds what came, and is the caller's to drop."""
+        video = expected.frames is not None
+        media_type = expected.media_type or FORMATS[expected.format].media_type
         with self.open("GET", path, headers={"Accept": media_type}) as response:
             if response.status_code != 200:
                 raise ServerFault(f"the server answered {response.status_code} instead of the file")
@@ -298,12 +305,15 @@ class Server:
                 raise ServerFault(f"the server sent {sent_as or 'something with no content type'}, not the "
                                   f"{media_type} asked for")
             head = b""
-            for chunk in _body(response, expected.max_bytes, self.url, "the image"):
-                if len(head) < 16:
+            for chunk in _body(response, expected.max_bytes, self.url, "the video" if video else "the image"):
+                if len(head) < 16 and not video:
                     head += chunk[:16 - len(head)]
                     if len(head) == 16:
                         _check_signature(head, expected.format)
                 into.write(chunk)
+        if video:
+            _check_video(into, expected, name)
+            return
         _check_signature(head, expected.format)
         _check_image(into, expected, name)
 
@@ -405,6 +415,52 @@ def _check_image(data: BinaryIO, expected: Expected, name: str) -> None:
         decode_image(content, name, max_pixels=width * height)
     except ImageError as exc:
         raise ServerFault(f"the server sent a file that does not decode as an image: {exc}") from None
+
+
+def _check_video(data: BinaryIO, expected: Expected, name: str) -> None:
+    """Refuse a download that is not the video ``expected``: PyAV must open it, its first video stream must have
+    the frame size announced, and it must decode to as many frames as the input has."""
+    from ..video.formats import load_av
+
+    av = load_av(name)
+    width, height = expected.size
+    data.seek(0)
+    try:
+        with av.open(data, "r") as container:
+            if not container.streams.video:
+                raise ServerFault("the server sent a file with no video stream, not the video asked for")
+            stream = container.streams.video[0]
+            size = (stream.codec_context.width, stream.codec_context.height)
+            if size != expected.size:
+                raise ServerFault(f"the server sent a video of {size[0]}x{size[1]}, not the {width}x{height} its "
+                                  "status announced")
+            frames = sum(1 for _ in container.decode(stream))
+    except av.FFmpegError as exc:
+        raise ServerFault(f"the server sent a file that does not decode as a video: {exc}") from None
+    if frames != expected.frames:
+        raise ServerFault(f"the server sent a video of {frames} frames, not the {expected.frames} of its input "
+                          "(cut short?)")
+
+
+def _video_frames(path: Path) -> int:
+    """How many frames the video at ``path`` decodes to (its restored video must have as many); ``ImageError``
+    subclasses naming it where it cannot be read."""
+    from ..video.formats import VideoDecodeError, load_av
+
+    av = load_av(str(path))
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path}: no video stream")
+            return sum(1 for _ in container.decode(container.streams.video[0]))
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(f"{path}: cannot be read as a video ({exc})") from None
+
+
+def _video_bytes(size: tuple[int, int], frames: int, source: Path) -> int:
+    """The most bytes a restored video can take: every frame uncompressed (8-bit RGBA), with its input's other
+    streams (copied) and room for the container's framing."""
+    return frames * size[0] * size[1] * 4 + source.stat().st_size + (1 << 20)
 
 
 def _encoded_bytes(size: tuple[int, int], limits: Limits) -> int:
@@ -542,6 +598,7 @@ class _Slot:
     fmt: str = "same"  # the format field it is sent with
     writes: OutputFormat = DEFAULT_FORMAT  # the format its output is written in, which its download must be
     data: bytes | None = None  # stdin's image
+    video: bool = False  # a video (by its name), written in its container
     started: float | None = None  # when the server was seen working on it
     finished: float | None = None  # when the server was seen done with it
     announced: bool = False  # its "item" event was sent
@@ -615,7 +672,11 @@ def _planned(planner: OutputPlanner, options: RestoreOptions, limits: Limits, sl
         slot.result = decided_result(slot.planned, None, t0)  # a skip or an error, as a local run decides it
         if slot.result is None:
             head = slot.data[:16] if slot.data is not None else _head(Path(item.source))
-            slot.fmt = _format_field(options, input_format, head)
+            slot.video = item.source != STDIO and is_video_name(item.source)
+            if slot.video:
+                load_av(item.source)  # without PyAV here, its download could not be checked: that video's error
+            # a video keeps its container whatever the format field says
+            slot.fmt = "same" if slot.video else _format_field(options, input_format, head)
             slot.writes = output_format(options, input_format)
             _check_size(slot, limits)
     except ImageError as exc:
@@ -639,9 +700,10 @@ def _read_ahead(slot: _Slot, options: RestoreOptions, stdin: BinaryIO | None) ->
 
 def _check_size(slot: _Slot, limits: Limits) -> None:
     size = len(slot.data) if slot.data is not None else Path(slot.item.source).stat().st_size
-    if size > limits.max_file_bytes:
+    limit = limits.max_video_bytes if slot.video else limits.max_file_bytes
+    if size > limit:
         raise ImageError(f"{slot.item.source}: {size:,} bytes is over the server's limit of "
-                         f"{limits.max_file_bytes / 1048576:g} MB a file")
+                         f"{limit / 1048576:g} MB a {'video' if slot.video else 'file'}")
 
 
 def _head(path: Path) -> bytes:
@@ -850,10 +912,10 @@ def _outcome(server: Server, slot: _Slot, entry: _Entry, seconds: float, stdout:
     if entry.out_size is None:
         return _error(slot, f"{slot.item.source}: the server finished it but did not say its size, by which its "
                             "download is checked", None, entry.in_size)
-    expected = Expected(slot.writes, entry.out_size, _encoded_bytes(entry.out_size, limits))
     output = slot.planned.output if slot.planned else None
     name = str(output) if output else slot.item.source
     try:
+        expected = _expected(slot, entry.out_size, limits, output)
         if output is None:  # stdout gets the whole image or nothing, as locally
             assert stdout is not None
             whole = io.BytesIO()
@@ -870,11 +932,23 @@ def _outcome(server: Server, slot: _Slot, entry: _Entry, seconds: float, stdout:
         raise  # the run's error, said once
     except (SetupError, _Refused) as exc:
         return _error(slot, f"{slot.item.source}: its result could not be downloaded: {exc}", None, entry.in_size)
+    except ImageError as exc:  # a video input that cannot be read here, to count the frames its result must have
+        return _error(slot, str(exc), None, entry.in_size)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         return _error(slot, f"{slot.item.source}: {exc.strerror or exc}{where}", None, entry.in_size)
     return ItemResult(slot.item.source, str(output) if output else STDIO, "ok", None, entry.in_size, entry.out_size,
                       seconds)
+
+
+def _expected(slot: _Slot, size: tuple[int, int], limits: Limits, output: Path | None) -> Expected:
+    """What the slot's download must be: an image of its format, or a video of its input's frame count."""
+    if not slot.video or output is None:
+        return Expected(slot.writes, size, _encoded_bytes(size, limits))
+    source = Path(slot.item.source)
+    frames = _video_frames(source)
+    return Expected(slot.writes, size, _video_bytes(size, frames, source), frames,
+                    video_media_type(output.suffix) or "application/octet-stream")
 
 
 def _local_error(slot: _Slot, entry: _Entry) -> str:
