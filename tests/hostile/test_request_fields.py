@@ -179,6 +179,16 @@ def test_odd_strings_in_the_new_fields_are_refused_in_words(operator, fields, st
     assert_bystander_untouched(config, bystander)
 
 
+@pytest.mark.parametrize("name", ["weights_dir", "save_faces", "face_detector", "colorize_model", "device",
+                                  "max_pixels", "max_output_pixels", "output_dir", "Model", "model "])
+def test_the_server_s_own_options_cannot_be_set_by_a_request(operator, name):
+    """The paths and limits a job runs with are the operator's: a field naming one is refused, whatever its value."""
+    client, config, paths, bystander = operator
+    detail = assert_refused(upload(client, **{name: paths["evil"]}))
+    assert detail.startswith("unknown field '") and "; the fields are files, face_enhance" in detail
+    assert_bystander_untouched(config, bystander)
+
+
 def test_invalid_utf8_and_repeated_new_fields_are_refused(operator):
     client, config, _, bystander = operator
     for name in ("model", "face_model", "preset", "colorize"):
@@ -311,3 +321,55 @@ def test_videos_that_are_not_what_their_names_say_fail_alone_in_words(video_serv
     assert not (tmp_path / "etc").exists()
     for result in status["results"]:
         assert "Traceback" not in (result["error"] or "") and "Error(" not in (result["error"] or "")
+
+
+# ----------------------------------------------------------------------------- a server whose own model is a chain
+
+
+def test_a_server_s_own_preset_is_listed_runnable_and_gives_way_to_a_model_a_request_names(tmp_path, make_model,
+                                                                                         monkeypatch):
+    """serve --preset old-photo: /models listed its chain as a missing checkpoint file (not runnable, no scale),
+    and a request naming an offered model got the preset's chain instead, silently (or, for a checkpoint, a 422
+    about --preset and --model, flags the client never gave)."""
+    monkeypatch.delenv("API_KEY", raising=False)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("scunet-color-real-psnr", "realesrgan-x4plus", "gfpgan-1.4", "retinaface-resnet50"):
+        (weights / REGISTRY[name].filename).write_bytes(b"weights")
+    tiny = make_model(2)
+    config = load_config({**DEFAULTS, "preset": "old-photo", "weights_dir": str(weights)},
+                         queue=str(tmp_path / "queue"), dotenv=tmp_path / "none.env",
+                         allow_model=["realesrgan-x4plus", str(tiny)])
+    chain = "scunet-color-real-psnr,realesrgan-x4plus"
+    with TestClient(create_app(config), base_url="http://localhost") as client:
+        document = client.get("/models").json()
+        assert document["default"] == chain
+        assert document["models"][0] == {
+            "name": chain, "scale": 4, "status": "installed", "runnable": True,
+            "description": "models run one after another: scunet-color-real-psnr, realesrgan-x4plus"}
+        form = client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["requestBody"]["content"][
+            "multipart/form-data"]["schema"]["properties"]
+        assert form["model"]["enum"][0] == chain
+        chosen = {}
+        for fields in ({}, {"model": chain}, {"model": "realesrgan-x4plus"}, {"model": tiny.name}):
+            options = queued_options(config, upload(client, **fields))
+            chosen[fields.get("model")] = (options["model"], options["preset"], options["face_enhance"])
+        assert chosen == {None: (chain, "old-photo", True), chain: (chain, None, True),
+                          "realesrgan-x4plus": ("realesrgan-x4plus", None, True), tiny.name: (str(tiny), None, True)}
+        (weights / REGISTRY["scunet-color-real-psnr"].filename).unlink()
+        assert client.get("/models").json()["models"][0]["runnable"] is False
+        assert "model scunet-color-real-psnr is not installed on this server" in assert_refused(upload(client))
+
+
+def test_a_chain_of_checkpoints_is_offered_by_all_its_file_names_not_its_last(tmp_path, make_model, monkeypatch):
+    """serve --model /x/a.safetensors,/x/b.safetensors was offered as 'b.safetensors' (the file name of the whole
+    text), so a request naming b alone got the chain, and --allow-model b was refused as sharing its name."""
+    monkeypatch.delenv("API_KEY", raising=False)
+    first, second = make_model(2, seed=0), make_model(2, seed=1)
+    config = load_config({**DEFAULTS, "model": f"{first},{second}"}, queue=str(tmp_path / "queue"),
+                         dotenv=tmp_path / "none.env", allow_model=[str(second)])
+    with TestClient(create_app(config), base_url="http://localhost") as client:
+        listed = [model["name"] for model in client.get("/models").json()["models"]]
+        assert listed == [f"{first.name},{second.name}", second.name]
+        assert queued_options(config, upload(client, model=second.name))["model"] == str(second)
+        assert queued_options(config, upload(client, model=listed[0]))["model"] == f"{first},{second}"

