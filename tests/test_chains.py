@@ -330,3 +330,35 @@ def test_a_chain_keeps_an_image_s_depth_grey_and_alpha(tmp_path, denoiser, model
     source = cv2.imread(str(TEST_INPUTS / name), cv2.IMREAD_UNCHANGED)
     assert written.dtype == dtype and (written.shape[2] if written.ndim == 3 else 1) == channels
     assert written.shape[:2] == (source.shape[0] * 2, source.shape[1] * 2)
+
+
+def test_fbcnn_in_the_released_layout_runs_by_name_first_in_a_chain(tmp_path, monkeypatch, model2):
+    """jpeg-photo's first model: a small random FBCNN saved under fbcnn-color's release file name (its registry hash
+    the file's own), loaded by name through the resolver a download goes through, then a 2x model: 1x x 2x."""
+    import dataclasses
+
+    from spandrel.architectures.FBCNN import FBCNN
+
+    from restorecli.images import decode_image
+    from restorecli.images.metadata import recorded_stages
+    from restorecli.models.integrity import sha256_of
+    from restorecli.models.registry import REGISTRY
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    path = weights / REGISTRY["fbcnn-color"].filename
+    torch.manual_seed(3)
+    # the narrowest FBCNN that runs: its quality-factor layers are 512 wide whatever nc says, so nc[3] is 512;
+    # nb=1 would fold the released file's key names
+    torch.save(FBCNN(nc=[8, 16, 32, 512], nb=2).state_dict(), path)
+    monkeypatch.setitem(REGISTRY, "fbcnn-color",
+                        dataclasses.replace(REGISTRY["fbcnn-color"], sha256=sha256_of(path), size=None))
+    result = invoke("restore", TEST_INPUTS / "rocket.jpg", "-o", tmp_path / "out", "--chain",
+                    f"fbcnn-color,{model2}", "--weights-dir", weights, "--format", "png", "--json",
+                    "--backend", "torch", "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    assert json_lines(result)[-1]["chain"] == ["fbcnn-color", model2.stem]
+    output = tmp_path / "out" / "rocket.png"
+    assert Image.open(output).size == (192, 128)  # 96x64, 1x then 2x
+    stages = recorded_stages(decode_image(output.read_bytes(), output.name).xmp)
+    assert stages[0] == "model:fbcnn-color" and stages[1].startswith(f"model:{model2.stem}")
