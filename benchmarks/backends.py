@@ -9,7 +9,8 @@ network (where ``onnxruntime`` and ``onnx`` are installed: ``pip install onnxrun
 - *bare*: the back-end's own call on each whole photo as one window (``model.runner.run``, the network and
   nothing else), seconds per image, the median of ``--repeats`` passes after a warm-up;
 - *marginal*: ``restore_batch`` over all the photos less over one, per extra photo (decoding, tiling, blending,
-  encoding and writing PNGs included, overlapped by the pipeline), the median of ``--repeats`` pairs;
+  encoding and writing PNGs included, overlapped by the pipeline), the median of ``--repeats`` pairs, each pair
+  run right after one bare pass;
 - the PSNR of the back-end's result against torch fp32's on the first photo.
 
 The photos are crops of scikit-image's pictures, 96x85 like issue 31's. Writes the table into docs/performance.md
@@ -18,6 +19,10 @@ first OpenVINO run converts each model (x4plus: about half a minute) into the us
 after it.
 
     python benchmarks/backends.py [--images 4] [--repeats 3] [--models NAME ...] [--software] [--no-docs]
+
+A quick run: ``--images 2 --repeats 1 --models realesr-animevideov3 --no-docs``. The peers of the other table
+on the performance page (RealESRGANer, the ncnn runtime called directly) are in ``bench.py``; RealESRGANer is
+not installable in the project's environment (it needs basicsr), only in ``nox -s bench``'s.
 """
 
 from __future__ import annotations
@@ -108,9 +113,9 @@ def measure(model: str, case: Case, inputs: list[Path], weights: Path, out: Path
 
     bare()
     batch_of(inputs[:1])  # warm-ups: kernels chosen, ncnn's pipelines built
-    bares = [bare() for _ in range(repeats)]
-    marginal = []
-    for _ in range(repeats):  # pairs next to each other in time, so that a busy spell hits both alike
+    bares, marginal = [], []
+    for _ in range(repeats):  # a bare pass beside each pair, all next to each other in time, so that a busy spell
+        bares.append(bare())  # hits bare and marginal alike (bare passes all first once put torch fp32's at 3x)
         one = batch_of(inputs[:1])
         marginal.append((batch_of(inputs) - one) / (len(inputs) - 1))
     first = cv2.imread(str(out / inputs[0].name))

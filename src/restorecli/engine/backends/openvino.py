@@ -246,7 +246,10 @@ class OpenVinoBackend:
         return Capabilities("openvino", self.label, precisions_for(self.device))
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
-        data = np.ascontiguousarray(batch.to(torch.float32).cpu().numpy())
-        self._request.infer({0: data})
-        result = np.array(self._request.get_output_tensor(0).data)  # a copy: the request reuses its buffer
-        return torch.from_numpy(result).clamp_(0, 1)  # as spandrel's torch models clamp their output
+        data = np.ascontiguousarray(batch.to(torch.float32).cpu().numpy())  # N x C x h x w
+        self._request.infer({0: data}, share_inputs=True)  # OpenVINO reads the array in place: no copy
+        output = self._request.get_output_tensor(0).data  # the request's own buffer, reused by its next call
+        # clamped as spandrel's torch models clamp their output, in one pass into an array of our own; in numpy,
+        # on this thread: a torch op here runs on torch's OpenMP threads, which then compete for the cores with
+        # the threads OpenVINO's next call runs on (measured: issue 31)
+        return torch.from_numpy(np.clip(output, 0, 1))
