@@ -99,6 +99,7 @@ def test_a_graph_that_fails_the_check_against_torch_stays_on_torch_saying_why(ma
     model = _loaded(make_model(2, "compact", "pth"))
     monkeypatch.setattr(pnnx, "TOLERANCE", -1.0)  # no difference is small enough
     monkeypatch.setenv("RESTORECLI_AUTO_CONVERT", "1")
+    monkeypatch.setattr(choice, "weighs_openvino", lambda: False)  # ncnn against torch here (test_openvino: OpenVINO)
     form = ncnn_form(model, asked=False)
     assert form.graph is None and form.failed and "from torch on a random tile" in form.why_not
     assert _conversions() == []  # nothing kept of it, not even its temporary folder
@@ -157,6 +158,7 @@ def test_a_conversion_past_its_memory_limit_is_stopped_and_the_model_stays_on_to
     monkeypatch.setitem(REGISTRY, "tiny-test", ModelEntry("tiny-test", "sr", "SRVGGNetCompact", 2, "tiny-test.pth",
                                                           (), "MIT", "a random model of the test's own"))
     monkeypatch.setenv("RESTORECLI_AUTO_CONVERT", "1")
+    monkeypatch.setattr(choice, "weighs_openvino", lambda: False)  # ncnn against torch here (test_openvino: OpenVINO)
     monkeypatch.setenv("RESTORECLI_PNNX_MEMORY_MB", "8")
     common = ("--model", "tiny-test", "--weights-dir", weights, "--device", "cpu", "--precision", "fp32", "--json")
     before = json.loads(invoke("models", "--weights-dir", weights, "--verbose", "--json").stdout)
@@ -211,6 +213,7 @@ def test_first_run_work_is_said_on_stderr_on_the_first_run_only(make_model, phot
     monkeypatch.setattr("restorecli.engine.device.cpu_has_fast_bf16", lambda: True)  # auto's bf16, to be probed
     monkeypatch.setattr(choice, "SpeedProbe", _TimedProbe)
     monkeypatch.setenv("RESTORECLI_AUTO_CONVERT", "1")
+    monkeypatch.setattr(choice, "weighs_openvino", lambda: False)  # ncnn against torch here (test_openvino: OpenVINO)
     tiny = make_model(2, "compact", "pth")
     first = invoke("restore", photo16, "-o", tmp_path / "a", "--model", tiny, "--device", "cpu", "--json")
     assert first.exit_code == 0, first.stderr
