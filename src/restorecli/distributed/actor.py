@@ -17,7 +17,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import ImageError, RestoreCliError, SetupError, UsageError
 from ..images.formats import OutputFormat
@@ -36,6 +37,18 @@ class ImageTask:
     options: RestoreOptions  # the job's options; their output folder is the driver's, unused here
     fmt: OutputFormat  # the format its output is written in
     faces_stem: str  # the output's stem, which --save-faces' crops are named after
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One video to restore whole, read from the file the driver names and written (by ``video.restore``,
+    atomically, with its segments' parts folder beside it, so a retried actor goes on from the last segment kept)
+    under ``output``: a temporary name in the job's work folder, which the driver renames into place. The actor
+    reads and writes these files itself: the queue's folder must be at the same path on the actor's node."""
+
+    source: str  # the input's path in the queue, as the local worker names it: errors name it so
+    output: str
+    options: RestoreOptions
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,7 @@ class ImageOutcome:
     ran: dict[str, str] | None = None  # the model, device and precision that ran (``Restorer.setup``)
     pid: int = 0  # the actor's process, which the driver names when it dies
     colorized: bool | None = None  # whether --colorize colourised it (None: --colorize never)
+    video: dict | None = None  # a video's frames, fps, duration, codec, ... (``VideoResult.facts``)
 
 
 class RestoreActor:
@@ -92,15 +106,8 @@ class RestoreActor:
 
     def restore(self, task: ImageTask) -> ImageOutcome:
         """Decode, restore and encode ``task``'s image; its failures come back as data, never raised."""
-        started = time.perf_counter()
-        try:
-            restorer = self._restorer(task.options)
-        except (SetupError, UsageError) as exc:
-            return ImageOutcome(setup=SetupFailure(str(exc), isinstance(exc, UsageError),
-                                                   getattr(exc, "of_this_machine", False)), pid=os.getpid())
-        from ..pipeline.item import failure_message
 
-        try:
+        def work(restorer: Restorer, started: float) -> ImageOutcome:
             with self._reading:
                 prepared = restorer.prepare(task.data, task.source, task.options, task.fmt)
             with self._model:
@@ -109,12 +116,44 @@ class RestoreActor:
             return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
                                 round(time.perf_counter() - started, 3), crops=done.crops, ran=restorer.setup,
                                 pid=os.getpid(), colorized=done.colorized)
+
+        return self._guarded(task.source, task.options, work)
+
+    def restore_video(self, task: VideoTask) -> ImageOutcome:
+        """Restore ``task``'s video whole into its ``output`` file (the driver sends it to an actor holding nothing
+        else); its failures come back as data, never raised."""
+        from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
+
+        def work(restorer: Restorer, started: float) -> ImageOutcome:
+            settings = video_options(task.options, lambda w, h: restorer.output_size((w, h), task.options.outscale))
+            with self._model:
+                done = restore_video(Path(task.source), Path(task.output), restorer, settings, name=task.source)
+            colorized = None if restorer.colouriser is None else False  # frames are not colourised, as locally
+            return ImageOutcome(None, done.in_size, done.out_size, None, round(time.perf_counter() - started, 3),
+                                ran=restorer.setup, pid=os.getpid(), colorized=colorized, video=done.facts())
+
+        return self._guarded(task.source, task.options, work)
+
+    def _guarded(self, source: str, options: RestoreOptions,
+                 work: Callable[[Restorer, float], ImageOutcome]) -> ImageOutcome:
+        """``work(restorer, started)`` with the job's models, its failures turned into the outcome's data: the
+        models' (``setup``), the file's own (``error``), or restorecli's that are no file's (``failure``)."""
+        started = time.perf_counter()
+        try:
+            restorer = self._restorer(options)
+        except (SetupError, UsageError) as exc:
+            return ImageOutcome(setup=SetupFailure(str(exc), isinstance(exc, UsageError),
+                                                   getattr(exc, "of_this_machine", False)), pid=os.getpid())
+        from ..pipeline.item import failure_message
+
+        try:
+            return work(restorer, started)
         except ImageError as exc:
             error = str(exc)
-        except RestoreCliError as exc:  # not the image's: the local worker retries the job for it too
+        except RestoreCliError as exc:  # not the file's: the local worker retries the job for it too
             return ImageOutcome(failure=f"{type(exc).__name__}: {exc}", pid=os.getpid())
-        except Exception as exc:  # a read, model, codec or memory failure on this image, or one nobody foresaw
-            error = failure_message(task.source, exc)
+        except Exception as exc:  # a read, model, codec or memory failure on this file, or one nobody foresaw
+            error = failure_message(source, exc)
         return ImageOutcome(error=error, seconds=round(time.perf_counter() - started, 3), ran=restorer.setup,
                             pid=os.getpid())
 

@@ -25,6 +25,7 @@ Ray is imported only when the first job is claimed: a worker on an empty queue s
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ from ..jobs.worker import Schedule, Stopping, WorkerOptions, WorkerReport, wait_
 from ..pipeline.item import Outputs, failure
 from ..plan import (InputItem, ItemResult, OutputPlanner, decided_result, error_result, named_format,
                     output_format)
-from .actor import ImageOutcome, ImageTask
+from ..video.formats import is_video_name
+from .actor import ImageOutcome, ImageTask, VideoTask
 from .cluster import StoppedWhileStarting, check_address, connect
 from .pool import ActorPool, PoolOptions, PoolShape, pool_shape, short_error
 
@@ -65,9 +67,13 @@ class _Image:
     index: int  # its place among the job's inputs
     item: InputItem
     output: Path
-    task: ImageTask
+    task: ImageTask | VideoTask
     started: float  # when the driver read it (perf_counter)
     tries: int = 0  # deaths of the actor it was in hand of
+
+    @property
+    def video(self) -> bool:
+        return isinstance(self.task, VideoTask)
 
 
 
@@ -168,6 +174,9 @@ class _Driver:
                 if self.claim():
                     continue
                 return
+            if image[1].video:  # restored whole, by an actor holding nothing else: sent as a retry is
+                image[0].retry.appendleft(image[1])
+                continue
             taken = pool.slots.take()
             assert taken is not None
             self.send(*image, taken)
@@ -191,6 +200,8 @@ class _Driver:
         started = time.perf_counter()
         original = run.original(item.source)
         run.working_on(original, starting=original)
+        if is_video_name(item.source):
+            return _plan_video(run, index, item, started)
         from ..images import read_input_file  # Pillow and OpenCV, once a job is in hand
 
         try:
@@ -215,7 +226,8 @@ class _Driver:
 
     def send(self, run: _Run, image: _Image, taken: tuple[int, int, int]) -> None:
         assert self.pool is not None
-        ref = self.pool.actors[taken[0]].restore.remote(image.task)
+        actor = self.pool.actors[taken[0]]
+        ref = (actor.restore_video if image.video else actor.restore).remote(image.task)
         self.flight[ref] = (run, image, taken)
         run.in_flight += 1
 
@@ -244,6 +256,8 @@ class _Driver:
             return
         self.pool.slots.back(*taken)
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
+            if image.video:  # the actor's file, never renamed into place
+                Path(image.task.output).unlink(missing_ok=True)  # type: ignore[union-attr]
             return
         if outcome.setup is not None:
             run.fail_setup(outcome.setup.error())
@@ -274,9 +288,12 @@ class _Driver:
         item, output = image.item, image.output
         if outcome.error is not None:
             return error_result(item, output, outcome.error, None, image.started)
-        assert outcome.data is not None
         try:
-            run.outputs.write(output, outcome.data, outcome.crops)
+            if isinstance(image.task, VideoTask):  # the actor wrote it whole: the driver puts it in place
+                os.replace(image.task.output, output)
+            else:
+                assert outcome.data is not None
+                run.outputs.write(output, outcome.data, outcome.crops)
         except OSError as exc:
             result, halted = failure(item, output, exc, None, image.started)  # as a local batch words it
             if halted:
@@ -287,7 +304,7 @@ class _Driver:
         self.report.actor_seconds += outcome.seconds
         self.report.image_seconds += seconds
         return ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size, round(seconds, 3),
-                          outcome.faces, colorized=outcome.colorized)
+                          outcome.faces, colorized=outcome.colorized, video=outcome.video)
 
     # ------------------------------------------------------------------ settling jobs
 
@@ -419,6 +436,24 @@ def _start_pool(driver: _Driver, pool: PoolOptions) -> Callable[[], None]:
                          "cpus": driver.report.shape.cpus, "gpus": driver.report.shape.gpus,
                          "images": pool.actor_images})
     return disconnect
+
+
+def _plan_video(run: _Run, index: int, item: InputItem, started: float) -> _Image | None:
+    """A video's plan, as a local batch makes it (its output keeps the container); the video to restore, or None
+    where its plan needs no model (its result is recorded here). The actor writes it under a hidden name beside
+    its output (the same on every try, so a retry finds the segments kept), which the driver renames."""
+    planned = run.planner.plan(item, None, own_format=True)
+    decided = decided_result(planned, None, started)
+    if decided is None and planned.output is None:
+        decided = error_result(item, None, f"{item.source}: a video is written into a folder, not to stdout", None,
+                               started)
+    if decided is not None:
+        run.finish(decided, index)
+        return None
+    output = planned.output
+    run.outputs.sweep(output.parent)  # what a killed actor's writer left there
+    return _Image(index, item, output, VideoTask(item.source, str(output.with_name(f".ray-{output.name}")),
+                                                 run.restore), started)
 
 
 def _failure_text(exc: BaseException) -> str:
