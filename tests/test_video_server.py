@@ -138,3 +138,22 @@ def test_a_downloaded_video_that_is_not_the_one_announced_is_refused(tmp_path, s
     error = only_error(result)
     assert error.startswith(f"{clip}: its result could not be downloaded: the server sent ") and said in error, error
     assert nothing_written(out)
+
+
+def test_a_video_over_the_server_s_video_limit_is_refused_before_any_upload(tmp_path):
+    """The client reads ``max_video_mb`` in ``/health``: a video over it is that video's error, and nothing is
+    sent; the image limit does not apply to it."""
+    from hostile.test_client import KEY, FakeServer, nothing_written, only_error
+    from remote_cli import remote
+
+    clip = make_video(tmp_path / "clip.mp4")  # about 13 KB
+    out = tmp_path / "out"
+    with FakeServer() as fake:
+        fake.routes[("GET", "/health")] = lambda handler: handler.send_json({
+            "status": "ok", "limits": {"max_files": 20, "max_file_mb": 10, "max_video_mb": 0.01}})
+        result = remote(clip, "-o", out, "--server", fake.url, "--json", key_env=KEY, timeout=120)
+        assert "/enhance" not in fake.paths()
+    error = only_error(result)
+    limit = f"{int(0.01 * 1048576) / 1048576:g}"  # the limit in bytes, said in MB
+    assert error == f"{clip}: {clip.stat().st_size:,} bytes is over the server's limit of {limit} MB a video", error
+    assert nothing_written(out)
