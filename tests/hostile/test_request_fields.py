@@ -242,10 +242,14 @@ def test_the_modal_endpoint_applies_the_same_allow_lists(web, tmp_path, fields):
 # ----------------------------------------------------------------------------- videos that are not what they say
 
 
+def av_module():
+    return pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
+
+
 def mjpeg_video(path: Path, sizes: list[tuple[int, int]]) -> Path:
     """A Matroska MJPEG video with one frame of each of ``sizes`` (w, h): its stream states the first size only,
     and FFmpeg decodes each JPEG at its own."""
-    av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
+    av = av_module()
     rng = np.random.default_rng(0)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mjpeg", rate=24)
@@ -373,3 +377,44 @@ def test_a_chain_of_checkpoints_is_offered_by_all_its_file_names_not_its_last(tm
         assert listed == [f"{first.name},{second.name}", second.name]
         assert queued_options(config, upload(client, model=second.name))["model"] == str(second)
         assert queued_options(config, upload(client, model=listed[0]))["model"] == f"{first},{second}"
+
+
+def animated_gif(path: Path) -> Path:
+    from PIL import Image
+
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "blue")]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def frame_size(path: Path) -> list[int]:
+    """The (w, h) of the first frame of the video or animation at ``path``."""
+    if path.suffix == ".gif":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return list(image.size)
+    with av_module().open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    return [frame.width, frame.height]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".gif"])
+def test_one_user_s_outscale_never_reaches_another_user_s_video(video_server, tmp_path, suffix):
+    """A worker keeps its loaded models for the next job that shares them; a video's (or an animation's) frames
+    were restored with the options of the job that loaded them (its outscale, face weight, fidelity), not with
+    their own job's."""
+    client, config = video_server
+    made = tmp_path / f"clip{suffix}"
+    clip = (mjpeg_video(made, [(64, 48)] * 2) if suffix == ".mkv" else animated_gif(made)).read_bytes()
+    first = upload(client, files=[(f"first{suffix}", clip)], outscale="3").json()["job_id"]
+    second = upload(client, files=[(f"second{suffix}", clip)]).json()["job_id"]
+    work(config)  # one worker, one loading of the model, both jobs
+    sizes = {}
+    for job_id in (first, second):
+        result = client.get(f"/status/{job_id}").json()["results"][0]
+        assert result["status"] == "ok", result
+        got = tmp_path / f"{job_id}{suffix}"
+        got.write_bytes(client.get(result["url"]).content)
+        sizes[job_id] = (result["out_size"], frame_size(got))
+    assert sizes == {first: ([192, 144], [192, 144]), second: ([128, 96], [128, 96])}

@@ -186,7 +186,7 @@ def _restore_frames(image: Image.Image, part: FrameRange, stop: int, count: int 
         duration = _seek(image, index, name)
         if not part.before(index, clock):
             color, alpha = _pixels(image)
-            color = restorer.restore_array(color)
+            color = restorer.restore_array(color, None, options.restore)
             size = (color.shape[1], color.shape[0])
             _check_output(size, count if count is not None else len(frames) + 1, kind, options, name)
             if alpha is not None:

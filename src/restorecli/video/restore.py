@@ -54,6 +54,9 @@ class VideoOptions:
     segment_seconds: float | None = None  # work kept as one resumable segment (None: the video written in one go)
     settings: dict[str, Any] | None = None  # what changes the frames, beside the codec: an earlier run's kept segments
     fresh: bool = False  # start again, dropping the segments an earlier run kept (--overwrite)
+    # each frame's RestoreOptions (outscale, face weight, fidelity): the restorer's own are those of whichever job
+    # loaded it, and a worker keeps it for later jobs that share its models
+    restore: Any = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ def _run_model(restorer: FrameRestorer, decoded: queue.Queue, restored: queue.Qu
         if isinstance(item, _Failed):
             raise item.exc
         if isinstance(item, Frame):
-            color = restorer.restore_array(item.color)
+            color = restorer.restore_array(item.color, None, options.restore)
             if frames == 0:
                 size = (color.shape[1], color.shape[0])
                 check_output_pixels(name, size, options.max_output_pixels)
@@ -370,7 +373,7 @@ def video_options(options: RestoreOptions,
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
                         options.max_output_pixels, output_size, options.video_bitrate,
                         segment_seconds=options.segment_seconds or None, settings=frames_settings(options),
-                        fresh=options.overwrite, pix_fmt=options.pix_fmt)
+                        fresh=options.overwrite, pix_fmt=options.pix_fmt, restore=options)
 
 
 # Options that leave a video's restored frames as they are (where they go, how the sound is copied, limits), or
