@@ -6,7 +6,9 @@ a tiny 2x model and a 12-frame 64x48 clip."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -15,8 +17,10 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed: pip install 'restorecli[ray]'")
 pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
 
+import ray_harness  # noqa: E402
 from conftest import TEST_INPUTS  # noqa: E402
 from helpers.cli import invoke as cli  # noqa: E402
+from helpers.wait import wait_until  # noqa: E402
 from test_ray import assert_clean, instances, joined, local_ray, start_pool  # noqa: E402,F401  (fixtures)
 from test_video import frames_of, make_video, packets_of  # noqa: E402
 
@@ -64,3 +68,31 @@ def test_a_video_is_restored_whole_by_one_actor_as_the_local_worker_restores_it(
         local_queue / local["rocket.jpg"]["output"]).read_bytes()
     assert_clean(ray_queue)
     assert not list(ray_queue.rglob(".ray-*"))  # the actor's file was renamed into place
+
+
+@pytest.mark.slow  # 18 s on a busy 2-core machine (Ray restarts the actor): nox -s slow runs it
+def test_an_actor_killed_mid_video_is_restarted_and_the_video_restored_on_its_next_try(tmp_path, local_ray,
+                                                                                       make_model):
+    """The actor restoring a video is SIGKILLed at its first frame's model run: Ray restarts it, the video goes
+    round again, and the job completes with the whole video under its name and no file of the killed try left."""
+    model = make_model(2, "compact", "safetensors")
+    queue = tmp_path / "queue"
+    job_id = submit_clip_and_photo(queue, model, tmp_path / "in")
+    hold = local_ray.harness / "hold"
+    hold.touch()  # the model waits at its first run: the video's, which the job lists first
+    stop = threading.Event()
+    thread, done = start_pool(queue, stop, actors=1, actor_cpus=0.5, actor_images=1)
+    try:
+        victim = wait_until(lambda: ray_harness.held(local_ray.harness), what="the video's first frame to wait")
+        os.kill(int(victim[0].name.split("-")[1]), signal.SIGKILL)
+    finally:
+        hold.unlink(missing_ok=True)
+    report = joined(thread, done, stop)
+
+    assert report.retried == 1 and report.jobs == [(job_id, "completed")]
+    results = json.loads((queue / "jobs" / job_id / "result.json").read_text())["results"]
+    assert [r["status"] for r in results] == ["ok", "ok"], results
+    restored = frames_of(queue / results[0]["output"])
+    assert len(restored) == FRAMES and restored[0][0].shape == (96, 128, 3)
+    assert_clean(queue)
+    assert not list(queue.rglob(".ray-*"))
