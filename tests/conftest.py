@@ -110,6 +110,14 @@ def restorer(model2):
 
 
 @pytest.fixture(scope="session")
+def ray_home(tmp_path_factory) -> Path:
+    """The HOME every in-process Ray instance of the run starts under (test_ray, test_video_ray): Ray writes its
+    authentication token to ~/.ray/auth_token once and caches it for the process, so a second instance started
+    under another HOME would find no token there and its GCS would not start."""
+    return tmp_path_factory.mktemp("ray")
+
+
+@pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     from restorecli.models.loading import embedded_models_dir
 

@@ -42,7 +42,7 @@ class RayInstances:
     def __init__(self, folder: Path):
         self.folder = folder  # the harness's folder, and the home the instance's token is written under
         self.harness = folder / "harness"
-        self.harness.mkdir()
+        self.harness.mkdir(exist_ok=True)  # the run's one Ray home (conftest's ray_home): a later module's too
 
     def local(self) -> Path:
         if not ray.is_initialized():
@@ -65,8 +65,8 @@ class RayInstances:
 
 
 @pytest.fixture(scope="module")
-def instances(tmp_path_factory):
-    found = RayInstances(tmp_path_factory.mktemp("ray"))
+def instances(ray_home):
+    found = RayInstances(ray_home)
     yield found
     ray.shutdown()
 
