@@ -853,7 +853,9 @@ def _peak_rss_of_restore(*args) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux only)")
-@pytest.mark.parametrize("fmt, outscale", [("png", None), ("png", "2"), ("png", "3"), ("png", "6"), ("jpg", None)])
+@pytest.mark.parametrize("fmt, outscale", [  # 11-14 s each on 2 cores: the model's own scale in the default suite
+    ("png", None), pytest.param("png", "2", marks=pytest.mark.slow), pytest.param("png", "3", marks=pytest.mark.slow),
+    pytest.param("png", "6", marks=pytest.mark.slow), pytest.param("jpg", None, marks=pytest.mark.slow)])
 def test_a_large_image_is_restored_without_holding_its_output(make_model, tmp_path, fmt, outscale):
     """1000x1000 -> 4000x4000 (a 48 MB uint8 output) as PNG or JPEG, or resized on the way to 2000x2000,
     3000x3000 or 6000x6000 (108 MB): the process peaks less than 3/4 of the model's result or of the output,

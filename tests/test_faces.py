@@ -311,6 +311,7 @@ def _items(result):
     return json_lines(result)
 
 
+@pytest.mark.slow  # 15 s on 2 cores (GFPGAN's 512-pixel face); test_faces' other end-to-end runs stay by default
 def test_face_enhance_end_to_end_with_gfpgan_in_the_official_layout(tmp_path, make_model, face_files):
     weights, detector_path = face_files
     model = make_model(2)
@@ -348,6 +349,7 @@ def test_face_enhance_end_to_end_with_gfpgan_in_the_official_layout(tmp_path, ma
     assert np.abs(middle - before).mean() == pytest.approx(np.abs(after - before).mean() / 2, rel=0.1)
 
 
+@pytest.mark.slow  # 15 s on 2 cores (three faces through GFPGAN)
 def test_v14_checkpoint_loads_by_path_and_faces_are_batched_in_one_call(tmp_path, make_model, face_files,
                                                                         gfpgan_checkpoint, monkeypatch):
     weights, detector_path = face_files

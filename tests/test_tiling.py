@@ -89,7 +89,9 @@ def test_rrdb_tiled_matches_untiled_at_every_scale(tmp_path, scale):
 
 
 @pytest.mark.real_weights
-@pytest.mark.parametrize("size,tile", [((72, 90), 32), ((96, 64), 40), ((61, 77), 24)])
+@pytest.mark.parametrize("size,tile", [  # 8-13 s each on 2 cores: one in the default suite, two in nox -s slow
+    pytest.param((72, 90), 32, marks=pytest.mark.slow), ((96, 64), 40),
+    pytest.param((61, 77), 24, marks=pytest.mark.slow)])
 def test_real_x4plus_tiled_matches_untiled_above_45_db(real_weights, size, tile):
     model = place_model(load_model("realesrgan-x4plus", real_weights), CPU, torch.float32)
     h, w = size

@@ -443,9 +443,12 @@ def test_download_weights_suggests_the_name_meant(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("lock", [
-    "[]", '"a string"', "null", '{"realesr-animevideov3.safetensors": 7}', '{"realesr-animevideov3.safetensors": {}}',
-    '{"realesr-animevideov3.safetensors": {"sha256": null}}', '{"realesr-animevideov3.safetensors": {"sha256": ""}}',
+@pytest.mark.parametrize("lock", [  # 7 s each on 2 cores: two shapes in the default suite, the rest in nox -s slow
+    "[]", pytest.param('"a string"', marks=pytest.mark.slow), pytest.param("null", marks=pytest.mark.slow),
+    pytest.param('{"realesr-animevideov3.safetensors": 7}', marks=pytest.mark.slow),
+    pytest.param('{"realesr-animevideov3.safetensors": {}}', marks=pytest.mark.slow),
+    '{"realesr-animevideov3.safetensors": {"sha256": null}}',
+    pytest.param('{"realesr-animevideov3.safetensors": {"sha256": ""}}', marks=pytest.mark.slow),
 ])
 def test_a_lock_file_of_the_wrong_shape_is_a_setup_error_naming_it(tmp_path, lock):
     """Valid JSON of the wrong shape crashed models, restore and download-weights with a traceback; an entry with
