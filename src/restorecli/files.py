@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
 import socket
@@ -214,6 +215,34 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     so ``path`` holds either nothing, its old content, or all of ``data`` (see ``atomic_writer``)."""
     with atomic_writer(path, durable) as handle:
         handle.write(data)
+
+
+def user_cache(*parts: str) -> Path:
+    """A path in restorecli's user cache folder (platformdirs'): converted models, and the findings measured once
+    per machine (``read_record``/``update_record``)."""
+    import platformdirs
+
+    return platformdirs.user_cache_path("restorecli").joinpath(*parts)
+
+
+def read_record(path: Path) -> dict:
+    """The JSON object a record of findings at ``path`` holds; empty where it is missing, unreadable or not one."""
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def update_record(path: Path, key: str, value: object) -> None:
+    """Set ``key`` to ``value`` (JSON) in the record at ``path`` beside its other findings, written atomically; a
+    read-only cache keeps nothing (later processes then measure again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({**read_record(path), key: value}, indent=2, sort_keys=True).encode(),
+                     durable=False)
+    except OSError:
+        pass
 
 
 def inside(path: Path, root: Path) -> bool:

@@ -12,7 +12,6 @@ ends; where none is installed (a queue worker, a library caller) it says its sta
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Literal
 
-from .files import write_atomic
+from .files import read_record, update_record, user_cache
 
 Phase = Literal["start", "update", "end"]
 Listener = Callable[[Phase, "Step"], None]
@@ -60,33 +59,18 @@ def time_left(elapsed: float, expected: float | None = None, done: int = 0, part
 
 
 def _record() -> Path:
-    import platformdirs
-
-    return platformdirs.user_cache_path("restorecli") / "step-seconds.json"
-
-
-def _rates() -> dict:
-    try:
-        known = json.loads(_record().read_text())
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
+    return user_cache("step-seconds.json")
 
 
 def recorded_rate(kind: str) -> float | None:
     """Seconds per unit this machine's last step of ``kind`` took, else the first guess for it (None: neither)."""
-    rate = _rates().get(kind)
+    rate = read_record(_record()).get(kind)
     return float(rate) if isinstance(rate, (int, float)) and rate > 0 else FIRST_RATES.get(kind)
 
 
 def record_rate(kind: str, rate: float) -> None:
     """Keep ``rate`` (seconds per unit) as the estimate of the next step of ``kind``; a read-only cache keeps none."""
-    try:
-        _record().parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(_record(), json.dumps({**_rates(), kind: round(rate, 6)}, indent=2, sort_keys=True).encode(),
-                     durable=False)
-    except OSError:
-        pass
+    update_record(_record(), kind, round(rate, 6))
 
 
 class Step:

@@ -116,8 +116,7 @@ class _Driver:
         self.emit, self.note, self.name = emit, note, name
         self.runs: list[_Run] = []  # in claim order: the oldest job's images go first
         self.flight: dict[Any, tuple[_Run, _Image, tuple[int, int, int]]] = {}  # ref -> run, image, Slots.take's
-        self.claimed = 0
-        self.beaten = 0.0
+        self.claimed, self.beaten = 0, 0.0  # jobs claimed; when the leases were last renewed
         self.pool: ActorPool | None = None
         self.abandon = threading.Event()  # set when the worker's grace period runs out
         self.set_aside = SetAside(options.setup_retry)  # jobs its actors lacked weights for, left to others

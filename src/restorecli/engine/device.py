@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DeviceMissing, DeviceUnavailable, SlowPrecision
-from ..files import write_atomic
+from ..files import read_record, update_record, user_cache
 from ..progress import Step
 from .model import LoadedModel, ModelSpec
 
@@ -84,9 +83,7 @@ def cpu_model() -> str:
 
 
 def _probe_record() -> Path:
-    import platformdirs
-
-    return platformdirs.user_cache_path("restorecli") / "cpu-bf16-speedup.json"
+    return user_cache("cpu-bf16-speedup.json")
 
 
 @functools.cache
@@ -100,12 +97,7 @@ def cpu_bf16_speedup() -> float:
         return 0.0  # no oneDNN: bf16 convolutions fall back to slow reference kernels
     record = _probe_record()
     key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
-    try:
-        known = json.loads(record.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
+    known = read_record(record)
     if isinstance(known.get(key), (int, float)) and known[key] > 0:
         return float(known[key])
     with Step("checking whether this CPU runs bf16 faster than fp32 (once per machine)", kind="bf16 check",
@@ -113,12 +105,7 @@ def cpu_bf16_speedup() -> float:
         speedup = _measure_bf16_speedup()
         step.found = (f"bf16 runs {speedup:.2f}x as fast as fp32 on this CPU: --precision auto "
                       f"{'may use bf16' if speedup >= BF16_MIN_SPEEDUP else 'keeps fp32'}")
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps({**known, key: round(speedup, 3)}, indent=2, sort_keys=True).encode(),
-                     durable=False)
-    except OSError:
-        pass  # a read-only cache: measure in every process, as before
+    update_record(record, key, round(speedup, 3))  # a read-only cache: measured in every process
     return speedup
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..files import write_atomic
+from ..files import read_record, update_record, user_cache
 from ..progress import Step
 from .device import cpu_model, place_model, precision_name
 from .enhance import EngineOptions, enhance
@@ -124,34 +123,18 @@ def device_kind(device: torch.device) -> str:
 
 
 def _record() -> Path:
-    import platformdirs
-
-    return platformdirs.user_cache_path("restorecli") / "precision-verdicts.json"
-
-
-def _known() -> dict:
-    try:
-        known = json.loads(_record().read_text())
-    except (OSError, ValueError):
-        known = {}
-    return known if isinstance(known, dict) else {}
+    return user_cache("precision-verdicts.json")
 
 
 def recall(key: str) -> object:
     """What a probe recorded under ``key`` in the user cache's record of model probes (None: nothing yet)."""
-    return _known().get(key)
+    return read_record(_record()).get(key)
 
 
 def remember(key: str, value: object) -> None:
     """Record a probe's finding ``value`` (JSON) under ``key``, beside the others, so no later process probes
     again; a read-only cache records nothing (every process then probes)."""
-    record = _record()
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps({**_known(), key: value}, indent=2, sort_keys=True).encode(),
-                     durable=False)
-    except OSError:
-        pass
+    update_record(_record(), key, value)
 
 
 def checked(model: LoadedModel, device: torch.device, dtype: torch.dtype, model_hash: str,

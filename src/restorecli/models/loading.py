@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from ..errors import ArchitectureMissing, UnsupportedModel, UsageError, WeightsNotFound, WeightsNotInstalled
 from ..engine.model import LoadedModel, ModelSpec
-from ..files import write_atomic
+from ..files import user_cache, write_atomic
 from ..progress import Step
 from .integrity import check_file, pin, sha256_of
 from .registry import REGISTRY, ModelEntry, converted_filename, did_you_mean
@@ -64,9 +64,7 @@ def choose_weights_dir(explicit: str | os.PathLike[str] | None = None) -> Weight
     local = Path("weights")
     if local.is_dir():
         return WeightsDirChoice(local, "local")
-    import platformdirs
-
-    return WeightsDirChoice(platformdirs.user_cache_path("restorecli") / "weights", "cache")
+    return WeightsDirChoice(user_cache("weights"), "cache")
 
 
 def weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

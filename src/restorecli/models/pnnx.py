@@ -31,6 +31,7 @@ from ..engine.model import LoadedModel
 from ..engine.precision import Notice, parameter_millions, recall, remember
 from ..progress import Step
 from ..errors import DeviceUnavailable, UsageError
+from ..files import user_cache
 from .ncnn import native_graph
 
 PNNX_INSTALL = "pip install 'restorecli[ncnn]'"  # the extra that brings pnnx (and ncnn)
@@ -86,10 +87,8 @@ def versions() -> str:
 
 def cache_folder(weights_sha256: str) -> Path:
     """Where the ncnn form of the weights hashing to ``weights_sha256`` is kept, for this pnnx and ncnn."""
-    import platformdirs
-
     tag = versions().replace(" | ", "-").replace(" ", "")
-    return platformdirs.user_cache_path("restorecli") / "ncnn" / f"{weights_sha256}-{tag}"
+    return user_cache("ncnn", f"{weights_sha256}-{tag}")
 
 
 def failure_key(weights_sha256: str) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ...errors import DeviceMissing, DeviceUnavailable, UsageError
+from ...files import user_cache
 from ..device import cpu_model
 from ..model import LoadedModel
 from ...progress import Step
@@ -118,9 +119,7 @@ def precisions_for(device: str) -> tuple[str, ...]:
 
 def converted_path(model_hash: str) -> Path:
     """Where the model whose weights hash to ``model_hash`` is kept in OpenVINO's form (the .xml; .bin beside)."""
-    import platformdirs
-
-    return platformdirs.user_cache_path("restorecli") / "openvino" / f"{model_hash}-openvino-{version()}.xml"
+    return user_cache("openvino", f"{model_hash}-openvino-{version()}.xml")
 
 
 def window_side(model: LoadedModel, side: int) -> int:
