@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import platformdirs
 import pytest
@@ -171,3 +172,20 @@ def _png() -> bytes:
 
     pixels = (np.arange(20 * 16 * 3).reshape(16, 20, 3) % 251).astype(np.uint8)
     return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+def test_evaluate_says_its_first_run_steps_too(make_model, monkeypatch, bf16_measured_anew):
+    """``evaluate`` loads models as ``restore`` does: its first run's bf16 check and precision probe are said on
+    stderr as they start and end (not left silent behind the evaluation's bar); a second run says neither."""
+    monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: 2.0)  # bf16 fast here: auto probes the model
+    tiny = make_model(2, "compact", "pth")
+    args = ("evaluate", "test_inputs/rocket.jpg", "--models", tiny, "--device", "cpu", "--json")
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    first = invoke(*args)
+    assert first.exit_code == 0, first.stderr
+    said = " ".join(first.stderr.split())
+    assert "checking whether this CPU runs bf16 faster than fp32 (once per machine)" in said
+    assert f"checking that {tiny.stem} runs in bf16 on cpu" in said and "bf16 runs 2.00x as fast" in said
+    device.cpu_bf16_speedup.cache_clear()
+    second = invoke(*args)
+    assert second.exit_code == 0 and "checking" not in second.stderr, second.stderr

@@ -212,6 +212,13 @@ def step_end_line(step: Step) -> str:
     return f"{step.found or 'done'} ({step.elapsed():.1f} s)"
 
 
+def say_step(console: Console, phase: Phase, step: Step) -> None:
+    """A long step's start or end as a line on ``console`` (stderr), where no live line shows it: its text as it
+    starts, what it found as it ends. A routine step (a model's loading) says nothing."""
+    if not step.routine:
+        console.print(f"[dim]{escape(step.text if phase == 'start' else step_end_line(step))}[/]", soft_wrap=True)
+
+
 class StepsProgress(Progress):
     """The live display of a batch with its long steps: the tasks in their columns, and under them a line for each
     running step (``step_line``), drawn afresh at every refresh so its elapsed time and estimate move alone."""
@@ -276,13 +283,12 @@ class BatchRenderer:
         live = self.console.is_interactive
         if phase == "start" and live:
             self.steps[id(step)] = self.progress.add_task(step.text, total=None, step=step)
-        elif phase == "start" and not step.routine:
-            self.progress.console.print(f"[dim]{escape(step.text)}[/]", soft_wrap=True)
+        elif phase == "start":
+            say_step(self.progress.console, phase, step)
         elif phase == "end":
             if id(step) in self.steps:
                 self.progress.remove_task(self.steps.pop(id(step)))
-            if not step.routine:
-                self.progress.console.print(f"[dim]{escape(step_end_line(step))}[/]", soft_wrap=True)
+            say_step(self.progress.console, phase, step)
 
     def __call__(self, event: str, payload: object) -> None:
         if event == "start":
@@ -461,4 +467,5 @@ def evaluation_progress() -> Iterator[Callable[[str, Any], None]]:
                 if payload.error:
                     progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
 
-        yield on_progress
+        with reporting(lambda phase, step: say_step(progress.console, phase, step)):  # probes as the models load
+            yield on_progress
