@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TEST_INPUTS, read_rgb
-from helpers.cli import invoke
+from helpers.cli import invoke, worked_once
 from restorecli.engine.backends import choice, ncnn as ncnn_backend
 from restorecli.engine.backends.choice import Candidate, Measurement, candidates, choose_backend, pick
 from restorecli.engine.backends.ncnn import NcnnBackend, VulkanDevice
@@ -300,10 +300,7 @@ def test_a_queued_job_runs_on_the_back_end_it_was_submitted_with(anime_x2, photo
     submitted = invoke("submit", photo_file, "--queue", queue, "--model", anime_x2, "--backend", "ncnn",
                        "--device", "cpu", "--json")
     assert submitted.exit_code == 0, submitted.stderr
-    job_id = json.loads(submitted.stdout)["job_id"]
-    worked = invoke("worker", "--queue", queue, "--once")
-    assert worked.exit_code == 0, worked.stderr
-    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    status = worked_once(queue, json.loads(submitted.stdout)["job_id"])
     assert status["status"] == "completed" and status["setup"]["backend"] == "ncnn"
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import psnr
-from helpers.cli import invoke, items_of, json_lines
+from helpers.cli import invoke, items_of, json_lines, worked_once
 from helpers.ddcolor import TONE, write_tiny_ddcolor
 from restorecli.engine import colour
 from restorecli.models.integrity import sha256_of
@@ -332,10 +332,7 @@ def test_a_queued_job_colourises_and_its_results_say_so(inputs, weights, tmp_pat
                        "--colorize-model", "ddcolor-tiny", "--device", "cpu", "--precision", "fp32", "--backend",
                        "torch", "--json")
     assert submitted.exit_code == 0, submitted.stderr
-    job = json.loads(submitted.stdout)["job_id"]
-    worked = invoke("worker", "--queue", queue, "--once")
-    assert worked.exit_code == 0, worked.stderr
-    status = json.loads(invoke("status", job, "--queue", queue, "--json").stdout)
+    status = worked_once(queue, json.loads(submitted.stdout)["job_id"])
     assert status["status"] == "completed" and status["setup"]["colorize_model"] == "ddcolor-tiny"
     recorded = json.loads((queue / "jobs" / status["job_id"] / "result.json").read_text())["results"]
     assert [result["colorized"] for result in recorded] == [True, False]

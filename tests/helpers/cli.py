@@ -32,3 +32,10 @@ def restore_exactly(*args) -> Result:
 def items_of(result) -> list[dict]:
     """The per-input lines of a ``--json`` run."""
     return [line for line in json_lines(result) if line["type"] == "item"]
+
+
+def worked_once(queue, job: str) -> dict:
+    """``restorecli worker --once`` over ``queue`` (it must exit 0), then job ``job``'s ``status --json``."""
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    return json.loads(invoke("status", job, "--queue", queue, "--json").stdout)
