@@ -91,7 +91,7 @@ def openvino_status(entry: ModelEntry, directory: Path) -> str:
         return "not installed"
     status = openvino.model_status(sha256_of(found))
     if not choice.weighs_openvino():
-        status += "; --backend auto leaves OpenVINO out ($RESTORECLI_AUTO_CONVERT is off): only --backend openvino"
+        status += f"; --backend auto leaves OpenVINO out (${choice.AUTO_CONVERT_ENV} is off): only --backend openvino"
     return status
 
 

@@ -495,12 +495,13 @@ class NcnnForm:
 def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, asked: bool = True) -> NcnnForm:
     """The ncnn graph of ``model`` (loaded on the CPU in fp32, as ``load_model`` gives it): its native one
     (``native_graph_for``), else its conversion with pnnx, from the user cache or made now (told to ``notice``;
-    where ncnn was not ``asked`` for by name, only if ``pnnx.converts_under_auto()``) and checked against torch. A
+    where ncnn was not ``asked`` for by name, only if ``choice.converts_under_auto()``) and checked against torch. A
     model pnnx cannot convert, or whose graph fails the check, has none, and the reason is recorded so that later
     runs say it without trying again."""
     native = native_graph_for(model.spec.name, model.spec.path)
     if native is not None:
         return NcnnForm(native, f"native: {native.param.name}", asked=asked)
+    from ..engine.backends.choice import AUTO_CONVERT_ENV, converts_under_auto
     from . import pnnx
 
     if not pnnx.available():
@@ -514,8 +515,9 @@ def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, a
     failed = pnnx.recorded_failure(digest)
     if failed is not None:
         return NcnnForm(None, failed, failed=True, asked=asked)
-    if not asked and not pnnx.converts_under_auto():
-        return NcnnForm(None, f"not converted yet (${pnnx.AUTO_ENV} is off; --backend ncnn converts it)", asked=asked)
+    if not asked and not converts_under_auto():
+        return NcnnForm(None, f"not converted yet (${AUTO_CONVERT_ENV} is off; --backend ncnn converts it)",
+                        asked=asked)
     try:
         graph = pnnx.convert(model, digest, notice)
     except pnnx.ConversionFailed as exc:

@@ -36,7 +36,6 @@ from .ncnn import native_graph
 
 PNNX_INSTALL = "pip install 'restorecli[ncnn]'"  # the extra that brings pnnx (and ncnn)
 MEMORY_ENV = "RESTORECLI_PNNX_MEMORY_MB"
-AUTO_ENV = "RESTORECLI_AUTO_CONVERT"  # 0: --backend auto weighs only conversions made already
 DEFAULT_MEMORY_MB = 4096  # x4plus converted at a peak well under this (docs/performance.md)
 TOLERANCE = 1e-4  # max abs difference from torch in fp32, on values in [0, 1]
 TRACE_SIDE = 32  # the traced input's side (rounded up to the model's size rules): small, any size runs after
@@ -72,12 +71,6 @@ def memory_limit() -> int:
         return int(float(text) * 1024**2) if text else DEFAULT_MEMORY_MB * 1024**2
     except ValueError:
         raise UsageError(f"${MEMORY_ENV}={text!r} is not a number of MiB") from None
-
-
-def converts_under_auto() -> bool:
-    """Whether ``--backend auto`` converts a model it has no ncnn form of yet (``$RESTORECLI_AUTO_CONVERT``, on by
-    default); where it does not, it weighs the conversions an earlier run made (``--backend ncnn`` always converts)."""
-    return os.environ.get(AUTO_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 def versions() -> str:

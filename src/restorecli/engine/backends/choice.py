@@ -171,12 +171,20 @@ def candidates(backend: str, device: str, precision: str, torch_device: torch.de
     return found
 
 
+AUTO_CONVERT_ENV = "RESTORECLI_AUTO_CONVERT"  # 0: --backend auto converts no model to another runtime's form
+
+
+def converts_under_auto() -> bool:
+    """Whether ``--backend auto`` may convert a model to another runtime's form on its first run
+    (``$RESTORECLI_AUTO_CONVERT``, on by default): to ncnn with pnnx (``models.pnnx``), to OpenVINO's. Where it may
+    not, auto weighs only conversions made already (``--backend ncnn``/``openvino`` always convert)."""
+    return os.environ.get(AUTO_CONVERT_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
+
+
 def weighs_openvino() -> bool:
-    """Whether ``auto`` weighs OpenVINO: where the package (the opt-in extra) is installed, unless
-    ``$RESTORECLI_AUTO_CONVERT`` is off (``models.pnnx.AUTO_ENV``, which keeps auto from converting models to ncnn
-    too): OpenVINO's first probe of a model converts it."""
-    setting = os.environ.get("RESTORECLI_AUTO_CONVERT", "1").strip().lower()
-    return openvino.available() and setting not in ("0", "no", "off", "false")
+    """Whether ``auto`` weighs OpenVINO: where the package (the opt-in extra) is installed and auto may convert
+    (``converts_under_auto``): OpenVINO's first probe of a model converts it."""
+    return openvino.available() and converts_under_auto()
 
 
 def _openvino_asked(backend: str, device: str, precision: str, torch_device: torch.device) -> Candidate:
