@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_INPUTS
+from conftest import TEST_INPUTS, psnr
 from helpers.cli import invoke, items_of
 from helpers.cli import restore_exactly as restore
 from restorecli.options import RestoreOptions
@@ -128,11 +128,6 @@ def stated_end(path: Path) -> float | None:
         return None
     return float((last_shown.pts + last_shown.duration) * stream.time_base)
 
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 @pytest.mark.parametrize(("name", "variable", "audio", "codec"), [

@@ -18,7 +18,7 @@ pytest.importorskip("ray", reason="Ray is not installed: pip install 'restorecli
 pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
 
 import ray_harness  # noqa: E402
-from conftest import TEST_INPUTS  # noqa: E402
+from conftest import TEST_INPUTS, psnr  # noqa: E402
 from helpers.cli import invoke as cli  # noqa: E402
 from helpers.wait import wait_until  # noqa: E402
 from test_ray import assert_clean, instances, joined, local_ray, start_pool  # noqa: E402,F401  (fixtures)
@@ -62,7 +62,13 @@ def test_a_video_is_restored_whole_by_one_actor_as_the_local_worker_restores_it(
     restored, expected = frames_of(ours), frames_of(theirs)
     assert len(restored) == FRAMES and restored[0][0].shape == (96, 128, 3)
     assert [when for _, when, _ in restored] == [when for _, when, _ in expected]
-    assert all((a == b).all() for (a, _, _), (b, _, _) in zip(restored, expected))  # the same encoder's output
+    # The same frames through the same encoder, but not always the same bytes: an actor's torch runs on its own
+    # thread count (Ray's CPU share), whose fp32 sums can differ in the last bit and round a pixel the other way,
+    # and x264 then decides differently. So each frame is within the codec's loss of the local worker's, and
+    # further from the next frame's (the frames move).
+    for i, ((ours_frame, _, _), (theirs_frame, _, _)) in enumerate(zip(restored, expected)):
+        alike = psnr(ours_frame, theirs_frame)
+        assert alike > 30 and alike > psnr(ours_frame, expected[(i + 1) % FRAMES][0]) + 6, (i, alike)
     assert packets_of(ours, "audio") == packets_of(tmp_path / "in-ray" / "clip.mp4", "audio")
     assert (ray_queue / results["rocket.jpg"]["output"]).read_bytes() == (
         local_queue / local["rocket.jpg"]["output"]).read_bytes()
