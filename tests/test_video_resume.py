@@ -72,6 +72,14 @@ def counted(monkeypatch):
     return calls
 
 
+def submitted(clip: Path, queue: Path, model: Path) -> str:
+    """The id of a job of ``clip`` alone, queued to be restored in small lossless segments, exactly."""
+    result = invoke("submit", clip, "--queue", queue, "--model", model, "--device", "cpu", "--precision", "fp32",
+                    "--tile", "0", *SMALL, *LOSSLESS, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)["job_id"]
+
+
 def interrupted(clip: Path, out: Path, model: Path, monkeypatch, at: int, *flags: str) -> int:
     """Ctrl-C on the model's ``at``-th frame of a small-segment run into ``out`` (``flags``: FFV1 where not
     given); returns the frames kept."""
@@ -200,10 +208,7 @@ def test_a_queued_video_given_back_mid_way_is_resumed_by_the_next_worker(tmp_pat
 
     clip = make_video(tmp_path / "clip.mkv", variable=True, frames=FRAMES)
     queue = tmp_path / "queue"
-    submitted = invoke("submit", clip, "--queue", queue, "--model", model2, "--device", "cpu", "--precision", "fp32",
-                       "--tile", "0", *SMALL, *LOSSLESS, "--json")
-    assert submitted.exit_code == 0, submitted.stderr
-    job_id = json.loads(submitted.stdout)["job_id"]
+    job_id = submitted(clip, queue, model2)
 
     real, calls = Restorer.restore_array, []
 
@@ -237,6 +242,73 @@ def test_a_queued_video_given_back_mid_way_is_resumed_by_the_next_worker(tmp_pat
                                                        strict=True):
         assert shown == when
         np.testing.assert_array_equal(pixels, expected)
+
+
+@pytest.mark.slow  # 16 s on a quiet 2-core machine (two worker processes, a lease to run out): nox -s slow runs it;
+# test_a_stalled_worker_s_segments_are_left_to_it_while_it_runs is its fast sibling
+def test_a_sigkilled_worker_s_finished_segments_are_taken_over_by_the_next_worker(tmp_path, model2, counted):
+    """A real ``worker`` process SIGKILLed mid-video (its model hangs at the 12th frame): once its lease runs out,
+    the next worker takes the finished segments over from the dead lease's folder and restores only the rest;
+    the video has every frame at its time, each the restored frame (within the codec's loss of an uninterrupted
+    run's and further from the next frame's: the killed process is another process), and the sound."""
+    from conftest import psnr
+
+    clip = make_video(tmp_path / "clip.mkv", variable=True, frames=FRAMES)
+    queue = tmp_path / "queue"
+    job_id = submitted(clip, queue, model2)
+    work = queue / "jobs" / job_id / "work"
+
+    def kept_by_the_killed() -> int:
+        return sum(covered(parts.parent / "clip.mkv") for parts in work.glob("*/.clip.mkv.parts"))
+
+    killed = subprocess.Popen([sys.executable, "-c", _STALLING, "12", "worker", "--queue", str(queue), "--once",
+                               "--lease", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: kept_by_the_killed() >= 1 or killed.poll() is not None, what="a finished segment")
+        assert killed.poll() is None, killed.stderr.read().decode() if killed.stderr else ""
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    kept = kept_by_the_killed()
+    assert 1 <= kept < 12
+    wait_until(lambda: all(run["stale"] for run in
+                           json.loads(invoke("status", "--queue", queue, "--json").stdout)["running"]),
+               what="the killed worker's lease to run out")
+
+    counted.clear()
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    status = json.loads(invoke("status", job_id, "--queue", queue, "--json").stdout)
+    assert status["status"] == "completed", status
+    assert len(counted) == FRAMES - kept  # only the frames no finished segment held
+    output = queue / status["results"][0]["output"]
+    whole = restore(clip, "-o", tmp_path / "whole", "--model", model2, *TORCH, *LOSSLESS)
+    assert whole.exit_code == 0, whole.stderr
+    expected, restored = frames_of(tmp_path / "whole" / "clip.mkv"), frames_of(output)
+    assert [when for _, when, _ in restored] == [when for _, when, _ in frames_of(clip)]
+    for i, ((pixels, _, _), (reference, _, _)) in enumerate(zip(restored, expected, strict=True)):
+        alike = psnr(pixels, reference)
+        assert alike > 30 and alike > psnr(pixels, expected[(i + 1) % FRAMES][0]) + 6, (i, alike)
+    assert packets_of(output, "audio") == packets_of(clip, "audio")
+    assert not work.exists() or list(work.iterdir()) == []  # the dead lease's folder removed
+
+
+def test_a_stalled_worker_s_segments_are_left_to_it_while_it_runs(tmp_path):
+    """A lease folder whose segments a live process of this host writes (a worker that stalled past its lease) is
+    neither taken over nor removed by the next owner; a dead owner's is taken over."""
+    from restorecli.files import _host
+    from restorecli.jobs.run import work_folder
+
+    job = tmp_path / "job"
+    stalled, dead = job / "work" / "stalled" / ".clip.mkv.parts", job / "work" / "dead" / "sub" / ".a.mp4.parts"
+    for parts, writer in ((stalled, f"{os.getppid()}@{_host()}"), (dead, f"{2 ** 22 + 1}@{_host()}")):
+        parts.mkdir(parents=True)
+        (parts / "manifest.json").write_text(json.dumps({"writer": writer, "segments": []}))
+        (parts / "segment-00000.mkv").write_bytes(b"frames")
+    work = work_folder(job, "next")
+    assert (stalled / "segment-00000.mkv").read_bytes() == b"frames"  # untouched
+    assert (work / "sub" / ".a.mp4.parts" / "segment-00000.mkv").read_bytes() == b"frames"
+    assert not (job / "work" / "dead").exists()
 
 
 def test_a_video_whose_segments_a_live_process_is_writing_is_refused(tmp_path, model2, monkeypatch):

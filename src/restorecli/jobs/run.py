@@ -304,14 +304,20 @@ def result_entry(item: ItemResult, original: str, job_dir: Path, work: Path, roo
 
 def work_folder(job_dir: Path, token: str) -> Path:
     """This lease's private folder for the job's outputs: the images a worker that stopped politely finished are
-    taken over; folders of owners whose lease expired are removed."""
+    taken over; of the folders of owners whose lease expired (killed, or stalled), the videos' finished segments
+    are taken over and the rest removed, unless a live process of this host still writes segments there (a
+    stalled owner): its folder is left to it, which drops it once it finds its lease lost."""
+    from ..video.segments import adopt_parts, parts_writer  # stdlib and numpy: only where a job is claimed
+
     work = job_dir / "work" / token
     resume = job_dir / "work" / "resume"
     if resume.is_dir() and not resume.is_symlink():
         os.rename(resume, work)
     for other in (job_dir / "work").glob("*") if (job_dir / "work").is_dir() else []:
-        if other != work:
-            shutil.rmtree(other, ignore_errors=True)
+        if other == work or other.is_symlink() or parts_writer(other) is not None:
+            continue
+        adopt_parts(other, work)
+        shutil.rmtree(other, ignore_errors=True)
     return work
 
 

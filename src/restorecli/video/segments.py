@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..files import LiveWriters, atomic_writer, live_writer, remove_abandoned_temporaries, write_atomic, writer_tag
+from ..files import (LiveWriters, atomic_writer, live_writer, remove_abandoned_temporaries, temporary_writer,
+                     write_atomic, writer_tag)
 from .formats import VideoEncodeError, container_for, load_av
-from .read import VideoFacts, VideoInput
+from .read import ResumeAt, VideoFacts, VideoInput
 from .write import CodecChoice, VideoOutput, add_container_extras
 
 MANIFEST = "manifest.json"
@@ -44,6 +46,41 @@ class Segment:
 def parts_folder(output: Path) -> Path:
     """The hidden folder that holds ``output``'s finished segments while it is restored."""
     return output.parent / f".{output.name}.parts"
+
+
+def parts_writer(folder: Path) -> int | None:
+    """The process id of a live process of this host that is restoring into a parts folder under ``folder`` (the
+    writer its manifest names, or one writing a segment there); None where none runs. Whether a process of
+    another host runs cannot be told from here: its lease is what says so."""
+    for parts in folder.rglob("*.parts"):
+        if not parts.is_dir() or parts.is_symlink():
+            continue
+        writer = _read_manifest(parts / MANIFEST).get("writer")
+        tags = [writer] if isinstance(writer, str) else []
+        tags += [tag for child in parts.iterdir() if (tag := temporary_writer(child.name)) is not None]
+        live = next((pid for tag in tags if (pid := live_writer(tag)) is not None), None)
+        if live is not None:
+            return live
+    return None
+
+
+def adopt_parts(old: Path, work: Path) -> list[Path]:
+    """Move the parts folders of the outputs under ``old`` (a dead owner's work folder) to the same places under
+    ``work``, where ``work`` has none of its own yet, so the finished segments they hold are resumed, not restored
+    again; returns the folders moved. The caller makes sure no live process writes into them (``parts_writer``)."""
+    moved = []
+    for parts in sorted(old.rglob("*.parts")):
+        if not parts.name.startswith(".") or not parts.is_dir() or parts.is_symlink():
+            continue
+        if any(parent.name.endswith(".parts") for parent in parts.relative_to(old).parents):
+            continue  # inside a parts folder moved already (a Ray pool's ranges)
+        target = work / parts.relative_to(old)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(parts, target)
+        moved.append(target)
+    return moved
 
 
 def input_identity(source: Path) -> dict[str, Any]:
@@ -90,6 +127,16 @@ class PartsFolder:
     def covered(self) -> int:
         """Frames the finished segments hold: the run restores the frames from this one on."""
         return sum(segment.frames for segment in self.segments)
+
+    def resume_at(self) -> ResumeAt | None:
+        """Where a run resumes: the first frame no segment holds, after the last one they hold, shown at the
+        greatest time its segment's times file gives (the input's, in its video stream's time base); None where no
+        segment is finished."""
+        if not self.segments:
+            return None
+        times = json.loads(_times_path(self.folder / self.segments[-1].file).read_text())
+        shown = [pts for pts, _, _ in times["packets"] if pts is not None]
+        return ResumeAt(self.covered, max(shown)) if shown else None
 
     def next_path(self) -> Path:
         """Where the next segment is written."""
@@ -295,5 +342,5 @@ def _rotation(container: Any) -> int:
     return 0
 
 
-__all__ = ["PartsFolder", "Segment", "SegmentedOutput", "VideoOutputSpec", "input_identity", "join_segments",
-           "parts_folder"]
+__all__ = ["PartsFolder", "Segment", "SegmentedOutput", "VideoOutputSpec", "adopt_parts", "input_identity",
+           "join_segments", "parts_folder", "parts_writer"]
