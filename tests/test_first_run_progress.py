@@ -176,7 +176,8 @@ def _png() -> bytes:
 
 def test_evaluate_says_its_first_run_steps_too(make_model, monkeypatch, bf16_measured_anew):
     """``evaluate`` loads models as ``restore`` does: its first run's bf16 check and precision probe are said on
-    stderr as they start and end (not left silent behind the evaluation's bar); a second run says neither."""
+    stderr as they start and end (not left silent behind the evaluation's bar), with ``--json`` as JSON lines
+    there; a second run says neither."""
     monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: 2.0)  # bf16 fast here: auto probes the model
     tiny = make_model(2, "compact", "pth")
     args = ("evaluate", "test_inputs/rocket.jpg", "--models", tiny, "--device", "cpu", "--json")
@@ -186,6 +187,102 @@ def test_evaluate_says_its_first_run_steps_too(make_model, monkeypatch, bf16_mea
     said = " ".join(first.stderr.split())
     assert "checking whether this CPU runs bf16 faster than fp32 (once per machine)" in said
     assert f"checking that {tiny.stem} runs in bf16 on cpu" in said and "bf16 runs 2.00x as fast" in said
+    bf16, probe = "checking whether this CPU runs bf16 faster than fp32", f"checking that {tiny.stem} runs in bf16 on cpu"
+    assert [(e["step"].startswith(bf16), e["step"].startswith(probe), e["state"]) for e in _step_events(first.stderr)] \
+        == [(True, False, "start"), (True, False, "end"), (False, True, "start"), (False, True, "end")], first.stderr
+    assert {json.loads(line)["type"] for line in first.stdout.splitlines()} == {"row", "summary"}
     device.cpu_bf16_speedup.cache_clear()
     second = invoke(*args)
     assert second.exit_code == 0 and "checking" not in second.stderr, second.stderr
+
+
+# --- machine-readable steps (--json) and the queue's worker ---------------------------------------------------
+
+
+def _step_events(stderr: str) -> list[dict]:
+    """The JSON step events among the lines of a ``--json`` run's stderr (the summary table is text beside them)."""
+    return [event for event in (json.loads(line) for line in stderr.splitlines() if line.startswith("{"))
+            if event.get("type") == "step"]
+
+
+def test_restore_json_gives_each_step_as_json_lines_on_stderr_and_stdout_stays_one_result_a_line(
+        make_model, tmp_path, monkeypatch, bf16_measured_anew):
+    """``restore --json`` on a fresh cache: each first-run step is a JSON line on stderr as it starts (with its
+    elapsed time and the estimate of the time left) and as it ends (its time, what it found); stdout keeps its
+    one line per image and the summary line, nothing else."""
+    monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: 2.0)
+    tiny = make_model(2, "compact", "pth")
+    photo = tmp_path / "in.png"
+    photo.write_bytes(_png())
+    done = invoke("restore", photo, "-o", tmp_path / "out", "--model", tiny, "--device", "cpu", "--backend", "torch",
+                  "--json")
+    assert done.exit_code == 0, done.stderr
+    assert [json.loads(line)["type"] for line in done.stdout.splitlines()] == ["item", "summary"], done.stdout
+    events = _step_events(done.stderr)
+    bf16 = [e for e in events if e["step"] == "checking whether this CPU runs bf16 faster than fp32 (once per machine)"]
+    assert [e["state"] for e in bf16] == ["start", "end"], done.stderr
+    start, end = bf16
+    assert start["elapsed"] >= 0 and start["left"] == pytest.approx(FIRST_RATES["bf16 check"], abs=0.1)
+    assert end["elapsed"] >= start["elapsed"] and end["left"] == 0 and end["failed"] is False
+    assert end["found"] == "bf16 runs 2.00x as fast as fp32 on this CPU: --precision auto may use bf16"
+    probe = [e["state"] for e in events if e["step"].startswith(f"checking that {tiny.stem} runs in bf16 on cpu")]
+    assert probe == ["start", "end"], done.stderr
+    assert "checking" not in "\n".join(line for line in done.stderr.splitlines() if not line.startswith("{"))
+
+
+def test_the_worker_says_its_steps_and_status_shows_the_step_its_job_waits_on(make_model, tmp_path, monkeypatch,
+                                                                              bf16_measured_anew):
+    """``worker`` on a fresh cache says its first job's steps on stderr as they start and end (with their time);
+    while the job waits on one, ``status JOB`` says ``preparing: STEP, N s`` and ``status JOB --json`` has the
+    step with its elapsed seconds (both asked from inside the bf16 check, while the worker is in it); once the
+    job is done, neither."""
+    queue = tmp_path / "queue"
+    tiny = make_model(2, "compact", "pth")
+    photo = tmp_path / "in.png"
+    photo.write_bytes(_png())
+    job = json.loads(invoke("submit", photo, "--queue", queue, "--model", tiny, "--device", "cpu", "--backend",
+                            "torch", "--json").stdout)["job_id"]
+    seen = {}
+
+    def measured_while_status_is_asked() -> float:
+        seen["text"] = invoke("status", job.rsplit("-", 1)[-1][:8], "--queue", queue)  # its short id
+        seen["json"] = invoke("status", job, "--queue", queue, "--json")
+        seen["queue"] = invoke("status", "--queue", queue, "--json")
+        return 2.0
+
+    monkeypatch.setattr(device, "_measure_bf16_speedup", measured_while_status_is_asked)
+    worked = invoke("worker", "--queue", queue, "--once")
+    assert worked.exit_code == 0, worked.stderr
+    lines = [" ".join(line.split()) for line in worked.stderr.splitlines()]
+    start = lines.index("checking whether this CPU runs bf16 faster than fp32 (once per machine)")
+    assert re.fullmatch(r"bf16 runs 2\.00x as fast as fp32 on this CPU: --precision auto may use bf16 \(\d+\.\d s\)",
+                        lines[start + 1]), worked.stderr
+    assert any(line.startswith(f"checking that {tiny.stem} runs in bf16 on cpu") for line in lines)
+    text = " ".join(seen["text"].stderr.split())
+    assert re.search(r"job \S+: processing, 0 of 1 image done preparing: checking whether this CPU runs bf16 "
+                     r"faster than fp32, (<1|\d+) s$", text), text
+    status = json.loads(seen["json"].stdout)
+    assert status["status"] == "processing" and status["step"]["text"] == ("checking whether this CPU runs bf16 "
+                                                                           "faster than fp32")
+    assert status["current"] == "preparing: " + status["step"]["text"] and status["step"]["elapsed"] >= 0
+    running = json.loads(seen["queue"].stdout)["running"]
+    assert [run["step"]["text"] for run in running] == [status["step"]["text"]]
+    after = json.loads(invoke("status", job, "--queue", queue, "--json").stdout)
+    assert after["status"] == "completed" and after["step"] is None and after["current"] is None
+
+
+def test_worker_json_gives_its_steps_as_json_lines_on_stderr_and_stdout_keeps_its_events(
+        make_model, tmp_path, monkeypatch, bf16_measured_anew):
+    """``worker --json``: the steps are JSON lines on stderr, as ``restore --json`` gives them; stdout keeps the
+    worker's own events, one a line."""
+    monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: 2.0)
+    queue = tmp_path / "queue"
+    photo = tmp_path / "in.png"
+    photo.write_bytes(_png())
+    assert invoke("submit", photo, "--queue", queue, "--model", make_model(2, "compact", "pth"), "--device", "cpu",
+                  "--backend", "torch").exit_code == 0
+    worked = invoke("worker", "--queue", queue, "--once", "--json")
+    assert worked.exit_code == 0, worked.stderr
+    assert [json.loads(line)["type"] for line in worked.stdout.splitlines()] == ["claimed", "image", "finished"]
+    bf16 = [e for e in _step_events(worked.stderr) if e["step"].startswith("checking whether this CPU runs bf16")]
+    assert [e["state"] for e in bf16] == ["start", "end"] and bf16[1]["found"].startswith("bf16 runs 2.00x")

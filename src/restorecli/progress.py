@@ -48,6 +48,21 @@ def reporting(listener: Listener) -> Iterator[None]:
             _listener = before
 
 
+@contextmanager
+def also_reporting(listener: Listener) -> Iterator[None]:
+    """As ``reporting``, while the listener installed before (a command's renderer) is still told, after
+    ``listener``: a queue worker records the step in its job while its command says it on stderr."""
+    before = _listener
+
+    def both(phase: Phase, step: "Step") -> None:
+        listener(phase, step)
+        if before is not None:
+            before(phase, step)
+
+    with reporting(both):
+        yield
+
+
 def time_left(elapsed: float, expected: float | None = None, done: int = 0, parts: int | None = None) -> float | None:
     """Seconds a step has left, ``elapsed`` seconds in: from its parts done so far (each as long as the mean of
     those done), else from the time it was ``expected`` to take (0 once past it); None where neither is known."""
@@ -94,6 +109,11 @@ class Step:
         self._notice, self._tell_end, self._clock = notice, tell_end, clock
         self._started, self._ended = 0.0, None
         self._listener: Listener | None = None
+
+    @property
+    def what(self) -> str:
+        """What the step does, without the parenthesis its text ends with (once per machine, first run only)."""
+        return self.text.split(" (")[0]
 
     def elapsed(self) -> float:
         return (self._clock() if self._ended is None else self._ended) - self._started

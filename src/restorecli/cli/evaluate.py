@@ -159,7 +159,7 @@ def evaluate(
                               face_enhance=face_enhance, tile=o.parse_tile(tile), tile_pad=tile_pad, device=device,
                               precision=o.check_choice("--precision", precision, o.PRECISIONS),
                               weights_dir=weights_dir, keep_pictures=report is not None)
-        with render.evaluation_progress() as on_progress:  # a failed image is named as it fails
+        with render.evaluation_progress(json_output) as on_progress:  # a failed image is named as it fails
             evaluation = run_evaluation(inputs or ["test_inputs"], options, on_progress)
         render.say(_table(evaluation))
         if json_output:

@@ -16,6 +16,7 @@ from ..errors import EXIT_SETUP, EXIT_SOME_FAILED, UsageError
 from ..jobs.prune import parse_age, prune as prune_target
 from ..jobs.status import job_status, queue_overview
 from ..jobs.store import queue_dir, queue_exists
+from ..progress import reporting
 from . import options as o
 from . import render
 from .exits import exit_on_error, worker_signals
@@ -103,7 +104,8 @@ def worker(
 
     stopping = Stopping()
     emit = render.worker_events(json_output)
-    with exit_on_error(), worker_signals(stopping, grace):
+    # its first job's long steps (a conversion, a probe) said on stderr as they start and end, as restore says them
+    with exit_on_error(), worker_signals(stopping, grace), reporting(render.step_teller(json_output)):
         if parent is not None:
             _stop_with_parent(parent, stopping.stop)
         options = WorkerOptions(once=once, max_jobs=max_jobs, max_seconds=max_seconds, lease=lease, poll=poll,
@@ -198,6 +200,10 @@ def _one_job(data: dict) -> None:
     if data.get("error"):
         label = "last try" if data["status"] == "queued" else "error"
         render.say(f"  {label}: {escape(str(data['error']))}")
+    if data.get("step"):  # its worker loads its models: a conversion or a probe, with the time it has taken
+        render.say(f"  preparing: {escape(data['step']['text'])}, {render.duration(data['step']['elapsed'])}")
+    elif data.get("current"):
+        render.say(f"  now: {escape(str(data['current']))}")
     for r in data["results"]:
         render.out(f"{r['status']}\t{r['original_filename']}\t{r['output'] or ''}\t{r['error'] or ''}")
 

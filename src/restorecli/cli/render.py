@@ -208,15 +208,43 @@ def step_line(step: Step) -> str:
 def step_end_line(step: Step) -> str:
     """What a finished step says it found, and how long it took (or that it failed)."""
     if step.failed:  # what went wrong is the error's to say; the step's own parenthesis (once per...) is left out
-        return f"{step.text.split(' (')[0]}: failed after {step.elapsed():.1f} s"
+        return f"{step.what}: failed after {step.elapsed():.1f} s"
     return f"{step.found or 'done'} ({step.elapsed():.1f} s)"
 
 
-def say_step(console: Console, phase: Phase, step: Step) -> None:
+def step_json(phase: Phase, step: Step) -> dict:
+    """A step's start or end for machines (``--json``): ``{"type": "step", "step", "state": "start"|"end",
+    "elapsed", "left"}`` (seconds; ``left`` the estimate, null where none, 0 once ended), its ``parts`` and
+    ``done`` where it has parts, and as it ends what it ``found`` (null: nothing to say) and whether it
+    ``failed``."""
+    left = step.remaining() if phase == "start" else None if step.failed else 0.0
+    data: dict[str, Any] = {"type": "step", "step": step.text, "state": phase, "elapsed": round(step.elapsed(), 3),
+                            "left": None if left is None else round(left, 1)}
+    if step.parts:
+        data.update(parts=step.parts, done=step.done)
+    if phase == "end":
+        data.update(found=step.found, failed=step.failed)
+    return data
+
+
+def say_step(console: Console, phase: Phase, step: Step, as_json: bool = False) -> None:
     """A long step's start or end as a line on ``console`` (stderr), where no live line shows it: its text as it
-    starts, what it found as it ends. A routine step (a model's loading) says nothing."""
-    if not step.routine:
+    starts, what it found as it ends; with ``as_json`` a ``step_json`` line instead. A routine step (a model's
+    loading) says nothing, nor does a step's moving on (``update``)."""
+    if step.routine or phase == "update":
+        return
+    if as_json:
+        console.out(json.dumps(step_json(phase, step)), highlight=False)
+    else:
         console.print(f"[dim]{escape(step.text if phase == 'start' else step_end_line(step))}[/]", soft_wrap=True)
+
+
+def step_teller(as_json: bool) -> Callable[[Phase, Step], None]:
+    """A listener for ``progress.reporting`` that says each long step on stderr as it starts and ends, as lines
+    of text or (``as_json``) as JSON lines: what a queue worker, whose log nobody watches live, says of its
+    first job's conversions and probes."""
+    console = stderr_console()
+    return lambda phase, step: say_step(console, phase, step, as_json)
 
 
 class StepsProgress(Progress):
@@ -279,16 +307,15 @@ class BatchRenderer:
     def step(self, phase: Phase, step: Step) -> None:
         """A long step (a probe, a conversion) on stderr, in every mode: on a terminal a live line with its elapsed
         time and the time left, then what it found; elsewhere (a pipe, a log) a line as it starts and one as it
-        ends. Routine steps (a model's loading) show only live, on a terminal."""
+        ends. With ``--json`` its start and end are JSON lines (``step_json``), the live line still drawn on a
+        terminal. Routine steps (a model's loading) show only live, on a terminal."""
         live = self.console.is_interactive
         if phase == "start" and live:
             self.steps[id(step)] = self.progress.add_task(step.text, total=None, step=step)
-        elif phase == "start":
-            say_step(self.progress.console, phase, step)
-        elif phase == "end":
-            if id(step) in self.steps:
-                self.progress.remove_task(self.steps.pop(id(step)))
-            say_step(self.progress.console, phase, step)
+        elif phase == "end" and id(step) in self.steps:
+            self.progress.remove_task(self.steps.pop(id(step)))
+        if phase == "end" or not live or self.as_json:
+            say_step(self.progress.console, phase, step, self.as_json)
 
     def __call__(self, event: str, payload: object) -> None:
         if event == "start":
@@ -451,8 +478,9 @@ def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
 
 
 @contextmanager
-def evaluation_progress() -> Iterator[Callable[[str, Any], None]]:
-    """The evaluation's bar; yields its ``on_progress(event, payload)``, which names a failed image as it fails."""
+def evaluation_progress(as_json: bool = False) -> Iterator[Callable[[str, Any], None]]:
+    """The evaluation's bar; yields its ``on_progress(event, payload)``, which names a failed image as it fails.
+    The models' long steps are said as ``say_step`` says them (``as_json``: as JSON lines)."""
     with live_progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                        TextColumn("{task.fields[current]}")) as progress:
         task = progress.add_task("evaluate", total=None, current="")
@@ -467,5 +495,5 @@ def evaluation_progress() -> Iterator[Callable[[str, Any], None]]:
                 if payload.error:
                     progress.console.print(f"[bold red]failed:[/] {escape(str(payload.error))}", soft_wrap=True)
 
-        with reporting(lambda phase, step: say_step(progress.console, phase, step)):  # probes as the models load
+        with reporting(lambda phase, step: say_step(progress.console, phase, step, as_json)):  # as models load
             yield on_progress

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 DB_NAME = "queue.db"
 # Columns added after the first release, added to an older queue's table when it is opened
-_ADDED_COLUMNS = {"progress": "TEXT", "cancel": "REAL"}  # cancel: when a cancel of the running job was asked
+# cancel: when a cancel of the running job was asked; step_started: when the long step in current began
+_ADDED_COLUMNS = {"progress": "TEXT", "cancel": "REAL", "step_started": "REAL"}
 
 
 class Database:

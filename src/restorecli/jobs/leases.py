@@ -16,6 +16,8 @@ from ..files import write_atomic
 from .database import Database
 from .records import Job, JobRecords, JobStatus, Lease
 
+PREPARING = "preparing"  # how ``current`` begins while a worker loads a job's models (``preparing: STEP``)
+
 
 class JobLeases(JobRecords):
     """The queue's records with the lease-fenced transitions of its jobs."""
@@ -71,6 +73,19 @@ class JobLeases(JobRecords):
                 "UPDATE jobs SET lease_until = ?, current = COALESCE(?, current) "
                 "WHERE id = ? AND owner = ? AND status = 'processing'",
                 (time.time() + lease_seconds, current, lease.job.id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+    def preparing(self, lease: Lease, lease_seconds: float, step: str | None, started: float | None) -> bool:
+        """Extend the lease, saying for status which long step (a conversion, a probe) the job waits on, since
+        ``started`` (``time.time()``): ``current`` becomes ``preparing: STEP``, or ``preparing`` where ``step`` is
+        None (between steps); False if another worker owns the job now."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_until = ?, current = ?, step_started = ? "
+                "WHERE id = ? AND owner = ? AND status = 'processing'",
+                (time.time() + lease_seconds, f"{PREPARING}: {step}" if step else PREPARING,
+                 started if step else None, lease.job.id, lease.token),
             )
             return cursor.rowcount == 1
 

@@ -39,6 +39,7 @@ class Job:
     last_error: str | None
     progress: list[dict] | None = None  # while it runs: one entry per finished input, in order
     cancel: float | None = None  # when someone asked to cancel it while it ran (its worker then drops it)
+    step_started: float | None = None  # when the long step its worker waits on (current: preparing: ...) began
 
     @property
     def done(self) -> int:

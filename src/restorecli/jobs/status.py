@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
+from .leases import PREPARING
 from .store import JOB_STATUSES, Job, JobStore, queue_exists
 
 SHORT_ID = 8  # hex digits of an id's random part the CLI shows, more where two jobs share them
@@ -54,6 +55,15 @@ def _done(job: Job) -> int:
     return len(job.inputs) if job.status in ("completed", "failed") else job.done
 
 
+def _step(job: Job, now: float) -> dict | None:
+    """The long step (a conversion, a probe) a running job's worker waits on before its images, ``{"text",
+    "elapsed"}`` (seconds since it began), else None."""
+    prefix, current = f"{PREPARING}: ", job.current or ""
+    if job.status != "processing" or job.step_started is None or not current.startswith(prefix):
+        return None
+    return {"text": current[len(prefix):], "elapsed": round(max(now - job.step_started, 0.0), 1)}
+
+
 def queue_overview(root: Path) -> dict:
     """Counts per status and, for each job in progress, which worker has it and what it is doing. A queue that
     does not exist yet is an empty one."""
@@ -66,7 +76,7 @@ def queue_overview(root: Path) -> dict:
         running = [
             {"job_id": job.id, "worker": job.worker, "current": job.current, "attempt": job.attempts,
              "lease_expires_in": round((job.lease_until or now) - now, 1),
-             "stale": bool(job.lease_until and job.lease_until < now)}
+             "stale": bool(job.lease_until and job.lease_until < now), "step": _step(job, now)}
             for job in store.jobs("processing")
         ]
         jobs = store.jobs()
@@ -102,6 +112,8 @@ def job_status(root: Path, job_id: str) -> dict:
                 # a queued job's error says why its last try did not finish it (a crash, a machine that lacked
                 # its weights or device)
                 "error": job.last_error if status in ("failed", "queued") else None, "setup": setup,
+                # what its worker does now (an image, or preparing: a step of loading its models), while it runs
+                "current": job.current if status == "processing" else None, "step": _step(job, time.time()),
                 "results": results}
     finally:
         store.close()

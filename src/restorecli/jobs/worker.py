@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import SetupError, UsageError
 from ..options import model_key
+from ..progress import Step, also_reporting
 from .run import Event, JobRun, SetAside, WorkerOptions, WorkerReport
 from .store import JobStore, queue_exists, worker_name
 
@@ -100,6 +101,28 @@ class _BatchProgress:
             self.run.finish(payload)  # type: ignore[arg-type]
 
 
+class _Preparing:
+    """A listener (``progress.also_reporting``) that records in the job in hand the long step (a conversion, a
+    probe, a model's loading) its models wait on, with when it began, so its status says what the worker does
+    before the first image; an inner step's end gives the outer one back. Only steps of the thread that loads
+    the models are recorded (the queue's connection is that thread's)."""
+
+    def __init__(self, run: JobRun):
+        self.run = run
+        self.thread = threading.current_thread()
+        self.running: list[tuple[int, str, float]] = []  # (the step's id, what it does, when it began)
+
+    def __call__(self, phase: str, step: Step) -> None:
+        if phase == "update" or threading.current_thread() is not self.thread:
+            return
+        if phase == "start":
+            self.running.append((id(step), step.what, time.time()))
+        else:
+            self.running = [entry for entry in self.running if entry[0] != id(step)]
+        _, what, started = self.running[-1] if self.running else (None, None, None)
+        self.run.store.preparing(self.run.lease, self.run.options.lease, what, started)
+
+
 def run_job(run: JobRun, restorers: dict[tuple, Restorer], halted: Callable[[], bool],
             abandon: threading.Event | None = None) -> str:
     """Restore the images of a job in hand and settle it; returns its outcome: completed, failed, released, lost,
@@ -111,7 +134,8 @@ def run_job(run: JobRun, restorers: dict[tuple, Restorer], halted: Callable[[], 
     key = model_key(run.restore)  # jobs that agree on it share one set of loaded networks
     try:
         if key not in restorers:
-            restorers[key] = Restorer.from_options(run.restore)
+            with also_reporting(_Preparing(run)):  # status says the first job's conversions and probes
+                restorers[key] = Restorer.from_options(run.restore)
     except (SetupError, UsageError) as exc:
         return run.fail_setup(exc)
     try:
