@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "restorecli"
 GPU = os.environ.get("RESTORECLI_MODAL_GPU", "L4")  # read when deploying: RESTORECLI_MODAL_GPU=A10G modal deploy ...
 WEIGHTS_DIR = "/weights"
+DETECTOR = "retinaface-resnet50"  # restore's --face-detector default, for jobs stored before they named theirs
 FILES_DIR = "/files"
 
 app = modal.App(APP_NAME)
@@ -136,10 +137,11 @@ class Backend:
 
 def restore_parameters(options: dict) -> dict:
     """The ``Restore`` class's parameters for a job (its stored options): what its container loads, the model (or
-    a preset's chain), the face stage and its face model, DDColor, the precision; jobs that agree share one."""
+    a preset's chain), the face stage with its face model and detector, DDColor, the precision; jobs that agree
+    share one."""
     return {"model": options["model"], "face_enhance": bool(options["face_enhance"]),
-            "face_model": options["face_model"], "colorize": options.get("colorize") or "never",
-            "precision": options.get("precision") or "auto"}
+            "face_model": options["face_model"], "face_detector": options.get("face_detector") or DETECTOR,
+            "colorize": options.get("colorize") or "never", "precision": options.get("precision") or "auto"}
 
 
 def modal_backend() -> Backend:
@@ -252,7 +254,8 @@ def _restore_input(backend: Backend, restore_one: RestoreOne, job_id: str, given
             raise ImageError(f"{given['stored']}: the upload is gone from the files volume")
         done = restore_one(data, given["stored"], stored_options)
         backend.files.write(job_id, {f"outputs/{name}": done["data"]})
-        entry.update(output=name, status="ok", in_size=done["in_size"], out_size=done["out_size"])
+        entry.update(output=name, status="ok", in_size=done["in_size"], out_size=done["out_size"],
+                     faces=done["faces"])
     except Exception as exc:  # the image's own (unreadable, a model, codec, memory or volume failure) is data
         if isinstance(exc, RestoreCliError) and not isinstance(exc, ImageError):
             raise  # the container's (weights, device): the call fails and Modal retries it
@@ -302,16 +305,18 @@ def web_config():
     """serve's configuration (``ServeConfig``) from the deployed environment: ``API_KEY`` (the restorecli-api-key
     secret), ``MAX_FILE_SIZE_MB`` and a ``.env`` file, read as serve reads them; ``RESTORECLI_MODEL`` and
     ``RESTORECLI_ALLOW_MODELS`` (comma-separated) in place of serve's ``--model`` and ``--allow-model``, and
-    ``RESTORECLI_FACE_MODEL`` and ``RESTORECLI_ALLOW_FACE_MODELS`` of ``--face-model`` and ``--allow-face-model``.
-    It answers to any host name (Modal's proxy gives it its own); the key guards it."""
+    ``RESTORECLI_FACE_MODEL``, ``RESTORECLI_ALLOW_FACE_MODELS`` and ``RESTORECLI_FACE_DETECTOR`` of ``--face-model``,
+    ``--allow-face-model`` and ``--face-detector``. It answers to any host name (Modal's proxy gives it its own); the
+    key guards it."""
     from restorecli.options import declared
     from restorecli.server.config import load_config
 
     restore = {name: default for name, default, _ in declared()}
     if os.environ.get("RESTORECLI_MODEL"):
         restore["model"] = os.environ["RESTORECLI_MODEL"]
-    if os.environ.get("RESTORECLI_FACE_MODEL"):
-        restore["face_model"] = os.environ["RESTORECLI_FACE_MODEL"]
+    for option in ("face_model", "face_detector"):
+        if os.environ.get(f"RESTORECLI_{option.upper()}"):
+            restore[option] = os.environ[f"RESTORECLI_{option.upper()}"]
     allowed, faces = ([m.strip() for m in os.environ.get(name, "").split(",") if m.strip()]
                       for name in ("RESTORECLI_ALLOW_MODELS", "RESTORECLI_ALLOW_FACE_MODELS"))
     return load_config(restore, host="0.0.0.0", allow_model=allowed, allow_face_model=faces)
@@ -480,6 +485,7 @@ class Restore:
     model: str = modal.parameter(default="realesrgan-x4plus")
     face_enhance: bool = modal.parameter(default=False)
     face_model: str = modal.parameter(default="gfpgan-1.4")  # a job's face_model: the face network it loads
+    face_detector: str = modal.parameter(default=DETECTOR)  # a job's face_detector: the detector it loads
     colorize: str = modal.parameter(default="never")  # a job's colorize: whether it loads DDColor
     precision: str = modal.parameter(default="auto")  # the model's precision, as ``--precision``: one per container
 
@@ -489,8 +495,9 @@ class Restore:
         from restorecli.pipeline import Restorer
 
         self.restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
-                                                             face_model=self.face_model, colorize=self.colorize,
-                                                             precision=self.precision))
+                                                             face_model=self.face_model,
+                                                             face_detector=self.face_detector,
+                                                             colorize=self.colorize, precision=self.precision))
         if not modal.is_local():
             weights_volume.commit()  # the embedded model, converted on first use, for the next containers
 
@@ -498,7 +505,8 @@ class Restore:
         """Restore one image's bytes with a job's options (``job_options``' dict; None: this container's).
         Returns ``{"data", "format", "in_size", "out_size", "faces"}``; an unreadable image raises ImageError."""
         chosen = restore_options({**(options or {}), "model": self.model, "face_enhance": self.face_enhance,
-                                  "face_model": self.face_model, "colorize": self.colorize})
+                                  "face_model": self.face_model, "face_detector": self.face_detector,
+                                  "colorize": self.colorize})
         _, fmt = output_name(name, chosen)
         done = self.restorer.restore_bytes(data, name, chosen, fmt)
         return {"data": done.data, "format": fmt, "in_size": list(done.in_size), "out_size": list(done.out_size),

@@ -339,6 +339,7 @@ def test_enhance_then_status_then_results_as_restorecli_serve_answers(web):
     assert finished.status == "completed" and finished.progress.done == finished.progress.total == 2
     assert [r.out_size for r in finished.results] == [[288, 192], [60, 36]]
     assert [r.original_filename for r in finished.results] == ["rocket.jpg", "noise.png"]
+    assert [r.faces for r in finished.results] == [None, None]  # no face stage asked for (a count where one is)
     result = client.get(finished.results[0].url)
     assert result.status_code == 200 and result.headers["content-type"] == "image/jpeg"
     assert decoded(result.content).shape[:2] == (192, 288)
@@ -385,18 +386,24 @@ def test_fields_and_limits_are_checked_as_serve_checks_them_and_nothing_is_queue
 
 
 def test_a_job_s_container_loads_its_face_model_and_colour_stage(web, modal_app):
-    """Issue 32: a job's face model and colorize are parameters of the Restore class its call runs in, as its
-    model is (the container loads those networks); its fidelity is the call's own."""
+    """Issue 32: a job's face model, face detector and colorize are parameters of the Restore class its call runs
+    in, as its model is (the container loads those networks); its fidelity is the call's own."""
     client, backend, calls = web
     answer = post(client, ("a.jpg", ROCKET), face_fidelity="0.3", colorize="never")
     assert answer.status_code == 202, answer.text
     _, options = calls.started[-1]
     assert modal_app.restore_parameters(options) == {"model": options["model"], "face_enhance": False,
-                                                     "face_model": "gfpgan-1.4", "colorize": "never",
+                                                     "face_model": "gfpgan-1.4",
+                                                     "face_detector": "retinaface-resnet50", "colorize": "never",
                                                      "precision": "auto"}
     assert options["face_fidelity"] == 0.3
     chosen = modal_app.restore_parameters({**options, "colorize": "auto", "face_model": "codeformer"})
     assert (chosen["colorize"], chosen["face_model"]) == ("auto", "codeformer")
+    stored_before = {key: value for key, value in options.items() if key != "face_detector"}
+    assert modal_app.restore_parameters(stored_before)["face_detector"] == "retinaface-resnet50"
+    from restorecli.options import declared
+
+    assert modal_app.DETECTOR == {name: default for name, default, _ in declared()}["face_detector"]  # restore's
 
 
 def test_the_key_is_required_and_unknown_jobs_are_404(web):
@@ -505,10 +512,12 @@ def test_the_endpoint_reads_its_environment_as_serve_reads_it(modal_app, worker,
     monkeypatch.setenv("RESTORECLI_ALLOW_MODELS", " realesr-animevideov3 ,")
     monkeypatch.setenv("RESTORECLI_FACE_MODEL", "gfpgan-1.3")
     monkeypatch.setenv("RESTORECLI_ALLOW_FACE_MODELS", "codeformer, restoreformer")
+    monkeypatch.setenv("RESTORECLI_FACE_DETECTOR", "retinaface-mobilenet0.25")
     (tmp_path / ".env").write_text("API_KEY=from-dotenv\nMAX_FILE_SIZE_MB=3\n")
     config = modal_app.web_config()
     assert config.allowed_models == (worker[1], "realesr-animevideov3") and config.defaults["model"] == worker[1]
     assert config.allowed_face_models == ("gfpgan-1.3", "codeformer", "restoreformer")
+    assert config.defaults["face_detector"] == "retinaface-mobilenet0.25"
     assert (config.api_key, config.max_file_mb, config.host) == ("from-dotenv", 3, "0.0.0.0")
     monkeypatch.setenv("API_KEY", " spaced ")
     with pytest.raises(UsageError, match="white space"):

@@ -7,6 +7,7 @@ retried after its container died goes on where it stopped."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -288,25 +289,16 @@ def test_an_image_s_seconds_are_its_own_work_not_its_wait_behind_the_image_befor
 def test_a_face_image_is_restored_alike_by_the_local_batch_the_worker_and_the_ray_pool(tmp_path, model, face_files,
                                                                                        runtime):
     """The face stage (detection, GFPGAN in its official layout with random weights, paste-back) runs where the
-    image does: the queue's worker and a Ray actor give the local batch's face count and pixels. (The server and
-    the Modal app load only the registry's face models, whose published hashes refuse random weights: no test
-    here can run faces through them.)"""
+    image does: the queue's worker and a Ray actor give the local batch's face count and pixels. (The Modal app,
+    which loads only the registry's face models, is compared below under entries whose hashes the test sets.)"""
     if runtime == "ray":
         pytest.importorskip("ray", reason="Ray is not installed: pip install 'restorecli[ray]'")
     weights, detector = face_files
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    framed = np.full((192, 160, 3), 128, np.uint8)
-    framed[32:160, 16:144] = cv2.cvtColor(cv2.imread(str(TEST_INPUTS / "astronaut_face.jpg")), cv2.COLOR_BGR2RGB)
-    cv2.imwrite(str(folder / "face.png"), cv2.cvtColor(framed, cv2.COLOR_RGB2BGR))
+    photo = face_photo(tmp_path / "faces")
     faces = ("--face-enhance", "--face-model", weights / "GFPGANv1.3.pth", "--face-detector", detector)
-    local = invoke("restore", folder / "face.png", "-o", tmp_path / "out", "--model", model, *FP32, *faces, "--json")
-    assert local.exit_code == 0, local.stderr
-    [item] = [i for i in json_lines(local) if i["type"] == "item"]
-    assert item["faces"] == 1
-    expected = pixels((tmp_path / "out" / "face.png").read_bytes())
+    expected = local_faces(tmp_path / "out", model, photo, *faces)
     queue = tmp_path / "queue"
-    submitted = invoke("submit", folder / "face.png", "--queue", queue, "--model", model, *FP32, *faces, "--json")
+    submitted = invoke("submit", photo, "--queue", queue, "--model", model, *FP32, *faces, "--json")
     assert submitted.exit_code == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["job_id"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)}
@@ -317,3 +309,101 @@ def test_a_face_image_is_restored_alike_by_the_local_batch_the_worker_and_the_ra
     [result] = json.loads((queue / "jobs" / job_id / "result.json").read_text())["results"]
     assert result["status"] == "ok" and result["faces"] == 1, result
     assert np.array_equal(pixels((queue / result["output"]).read_bytes()), expected)
+
+
+def face_photo(folder: Path) -> Path:
+    """``folder/face.png``: the test face (128 pixels) framed in grey, as a detector finds one face in it."""
+    folder.mkdir()
+    framed = np.full((192, 160, 3), 128, np.uint8)
+    framed[32:160, 16:144] = cv2.cvtColor(cv2.imread(str(TEST_INPUTS / "astronaut_face.jpg")), cv2.COLOR_BGR2RGB)
+    cv2.imwrite(str(folder / "face.png"), cv2.cvtColor(framed, cv2.COLOR_RGB2BGR))
+    return folder / "face.png"
+
+
+def local_faces(out: Path, model: Path, photo: Path, *faces) -> np.ndarray:
+    """The local batch's restore of ``photo`` with the face options ``faces``: one face found, the output's pixels."""
+    local = invoke("restore", photo, "-o", out, "--model", model, *FP32, *faces, "--json")
+    assert local.exit_code == 0, local.stderr
+    [item] = [i for i in json_lines(local) if i["type"] == "item"]
+    assert item["faces"] == 1
+    return pixels((out / photo.name).read_bytes())
+
+
+@pytest.fixture
+def registered_faces(tmp_path, gfpgan_checkpoint, monkeypatch):
+    """A weights folder, as the Modal app's weights volume holds one (``$RESTORECLI_WEIGHTS_DIR``), with the random
+    GFPGAN v1.3 and the small test detector under their registry entries' file names; the two entries, gfpgan-1.3
+    and retinaface-mobilenet0.25, hold those files' sha256 for this test (the published hash rightly refuses the
+    random file, and nothing a user can reach lifts it). Returns the two files, and the entries' published hashes."""
+    from conftest import DETECTOR
+
+    from restorecli.models.integrity import sha256_of
+    from restorecli.models.registry import REGISTRY
+
+    if not DETECTOR.is_file():
+        pytest.skip(f"{DETECTOR} is absent (the ../shared test data is not beside the clone)")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    files, published = [], {}
+    for name, source in (("gfpgan-1.3", gfpgan_checkpoint), ("retinaface-mobilenet0.25", DETECTOR)):
+        entry = published[name] = REGISTRY[name]
+        (weights / entry.filename).symlink_to(source)
+        monkeypatch.setitem(REGISTRY, name, dataclasses.replace(entry, sha256=sha256_of(weights / entry.filename),
+                                                                size=(weights / entry.filename).stat().st_size))
+        files.append(weights / entry.filename)
+    files[1].with_name(files[1].stem + ".anchors.json").write_text(
+        json.dumps({"min_sizes": [[10, 20], [32, 64], [128, 256]], "steps": [8, 16, 32]}))
+    monkeypatch.setenv("RESTORECLI_WEIGHTS_DIR", str(weights))
+    return files, {name: entry.sha256 for name, entry in published.items()}
+
+
+@pytest.mark.slow  # 13 s on 2 cores (GFPGAN's 512-pixel face twice); its fast sibling is the refusal below
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_a_face_image_through_the_modal_app_equals_the_local_batch(tmp_path, model, registered_faces, modal_app,
+                                                                   monkeypatch):  # noqa: F811
+    """A face photo sent to the Modal app's web endpoint (serve's API over a dict, a folder and calls run in this
+    process, as tests/test_deploy.py runs it) with face_enhance: the container it starts loads gfpgan-1.3 and the
+    detector by name from its weights folder, hash-checked, and gives the local batch's face count and pixels."""
+    from fastapi.testclient import TestClient
+    from test_deploy import KEY, FakeCalls, post, web_config
+
+    (gfpgan, detector), _ = registered_faces
+    photo = face_photo(tmp_path / "faces")
+    expected = local_faces(tmp_path / "out", model, photo, "--face-enhance", "--face-model", gfpgan,
+                           "--face-detector", detector)
+    monkeypatch.setenv("RESTORECLI_FACE_MODEL", "gfpgan-1.3")
+    monkeypatch.setenv("RESTORECLI_FACE_DETECTOR", "retinaface-mobilenet0.25")
+    config = web_config(modal_app, str(model), tmp_path)
+    config = dataclasses.replace(config, defaults={**config.defaults, "device": "cpu", "precision": "fp32"})
+    backend_ref: list = []
+    calls = FakeCalls(modal_app, backend_ref)
+    backend_ref.append(modal_app.Backend({}, modal_app.JobFiles(tmp_path / "files"), calls.start, calls.error))
+    with TestClient(modal_app.create_web_app(backend_ref[0], config)) as client:
+        client.headers["X-API-Key"] = KEY
+        answer = post(client, ("face.png", photo.read_bytes()), face_enhance="true")
+        assert answer.status_code == 202, answer.text
+        assert modal_app.restore_parameters(calls.started[0][1])["face_detector"] == "retinaface-mobilenet0.25"
+        assert calls.run() == ["completed"]
+        [result] = client.get(f"/status/{answer.json()['job_id']}").json()["results"]
+        assert result["status"] == "ok" and result["faces"] == 1, result
+        assert np.array_equal(pixels(client.get(result["url"]).content), expected)
+
+
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_the_modal_container_refuses_a_face_model_that_fails_its_registry_hash(tmp_path, model, registered_faces,
+                                                                              modal_app):  # noqa: F811
+    """The same weights folder with gfpgan-1.3's published hash back in its entry: the container refuses the
+    random file before loading it, naming the file and the hash (the call fails, and Modal retries it), so the test
+    above loaded its faces through the registry's hash check, not around it."""
+    from restorecli.errors import UnsupportedModel
+    from restorecli.models.integrity import sha256_of
+    from restorecli.models.registry import REGISTRY
+
+    (gfpgan, _), hashes = registered_faces
+    published = hashes["gfpgan-1.3"]
+    assert published and published != sha256_of(gfpgan)
+    REGISTRY["gfpgan-1.3"] = dataclasses.replace(REGISTRY["gfpgan-1.3"], sha256=published)  # undone by the fixture
+    restore = modal_app.Restore(model=str(model), face_enhance=True, face_model="gfpgan-1.3",
+                                face_detector="retinaface-mobilenet0.25", precision="fp32")
+    with pytest.raises(UnsupportedModel, match=f"{gfpgan}: sha256 .* does not match the published {published}"):
+        restore.restore.local((TEST_INPUTS / "rocket.jpg").read_bytes(), "001.jpg", {"device": "cpu"})
