@@ -49,6 +49,21 @@ def test_a_job_id_completes_from_the_queue(two_jobs, command):
     assert sorted(from_env["stdout"].split()) == sorted(ids)
 
 
+def test_a_job_id_completes_from_the_start_of_the_short_id_status_shows(two_jobs):
+    """Issue 30: status shows short ids (the start of an id's random part), which commands take; a TAB after the
+    start of one offered nothing, since it completed whole ids only (which begin with the date)."""
+    queue, ids = two_jobs
+    shown = {job["job_id"]: job["short_id"] for job in
+             json.loads(invoke("status", "--queue", queue, "--json").stdout)["jobs"]}
+    tails = [job_id.rsplit("-", 1)[-1] for job_id in ids]
+    # six digits or more of its own (fewer might also start the ids' date, 2026...: those whole ids come first)
+    own = next(tails[1][:n] for n in range(6, len(tails[1])) if not tails[0].startswith(tails[1][:n]))
+    assert _complete(f"restorecli status --queue {queue} {own}")["stdout"].split() == [shown[ids[1]]]
+    longer = tails[1][:len(shown[ids[1]]) + 2]  # more typed than the short id: the whole random part
+    assert _complete(f"restorecli cancel --queue {queue} {longer}")["stdout"].split() == [tails[1]]
+    assert invoke("status", shown[ids[1]], "--queue", queue).exit_code == 0  # what it offers names the job
+
+
 def test_a_job_id_completes_to_nothing_where_there_is_no_queue(tmp_path):
     found = _complete(f"restorecli status --queue {tmp_path / 'none'} ")
     assert found["exit_code"] == 0 and found["stdout"].split() == []

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import EXIT_SETUP, EXIT_SOME_FAILED, UsageError
 from ..jobs.prune import parse_age, prune as prune_target
-from ..jobs.status import job_status, queue_overview
+from ..jobs.status import job_status, queue_overview, short_ids
 from ..jobs.store import queue_dir, queue_exists
 from ..progress import reporting
 from . import options as o
@@ -158,20 +158,28 @@ LISTED_JOBS = 50  # jobs status lists in its table
 
 def _job_ids(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of a job id: the ids in the queue (``--queue`` where it is already on the line) that start
-    with what is typed. Nothing where there is no queue or it cannot be read: completion never fails."""
-    root = queue_dir(ctx.params.get("queue"))
-    if not queue_exists(root):
-        return []
-    from ..jobs.store import JobStore
-
+    with what is typed; else, where it is the start of the short id status shows, those short ids (the whole
+    random part once more is typed). Nothing where there is no queue or it cannot be read: completion never
+    fails."""
     try:
+        root = queue_dir(ctx.params.get("queue"))
+        if not queue_exists(root):
+            return []
+        from ..jobs.store import JobStore
+
         store = JobStore(root)
         try:
-            return sorted(job.id for job in store.jobs() if job.id.startswith(incomplete))
+            ids = [job.id for job in store.jobs()]
         finally:
             store.close()
     except Exception:  # noqa: BLE001  (a TAB offers nothing rather than a traceback in the shell)
         return []
+    whole = sorted(job_id for job_id in ids if job_id.startswith(incomplete))
+    if whole or not incomplete:
+        return whole
+    shown = [short if short.startswith(incomplete) else job_id.rsplit("-", 1)[-1]
+             for job_id, short in short_ids(ids).items()]
+    return sorted(name for name in shown if name.startswith(incomplete))
 
 
 def status(
