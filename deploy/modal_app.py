@@ -179,23 +179,22 @@ def new_record(job_id: str, options: dict, inputs: list[dict]) -> dict:
 
 
 def restore_options(stored: dict):
-    """A job's stored options (``job_options``' dict) as ``RestoreOptions``; fields another version stored and
-    this one does not know are dropped."""
-    from restorecli.options import RestoreOptions
+    """A job's stored options (``job_options``' dict) as ``RestoreOptions``, read as a queue's worker reads them
+    (fields another version stored and this one does not know are dropped); outputs go to the volume, not to a
+    folder of the options."""
+    from restorecli.jobs.run import job_restore_options
 
-    known = {f.name for f in dataclasses.fields(RestoreOptions)}
-    return RestoreOptions(**{k: v for k, v in stored.items() if k in known})
+    return job_restore_options({k: v for k, v in stored.items() if k != "output_dir"}, Path("outputs"), None)
 
 
 def output_name(stored: str, options) -> tuple[str, str]:
-    """The output file name for the input stored as ``stored`` (``001.jpg``), and its format."""
-    from restorecli.images.formats import FORMAT_SUFFIX, format_for_suffix
-    from restorecli.plan import output_format
+    """The output file name for the input stored as ``stored`` (``001.jpg``), and its format: named as the local
+    batch and the queue's worker name theirs (``plan.output_path_for``)."""
+    from restorecli.images.formats import format_for_suffix
+    from restorecli.plan import InputItem, output_format, output_path_for
 
-    suffix = Path(stored).suffix
-    fmt = output_format(options, format_for_suffix(suffix))
-    keep = options.format == "same" and format_for_suffix(suffix) == fmt
-    return Path(stored).stem + (suffix.lower() if keep else FORMAT_SUFFIX[fmt]), fmt
+    read_as = format_for_suffix(Path(stored).suffix)
+    return output_path_for(InputItem(stored, Path(stored)), options, read_as).name, output_format(options, read_as)
 
 
 RestoreOne = Callable[[bytes, str, dict], dict]  # (data, stored name, job options) -> restore()'s document

@@ -256,6 +256,34 @@ def test_the_restore_method_runs_locally_as_restorecli_restores(worker):
     assert decode_image(done["data"], "out.png", 10**8).size == (192, 128)
 
 
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_a_job_s_outputs_are_named_as_the_local_batch_names_them(worker, modal_app, tmp_path):
+    """The job's output names come from the local batch's planning (``plan.output_path_for``): its suffix, and the
+    input's own spelling of its format kept with format "same"."""
+    from helpers.cli import invoke, json_lines
+
+    restore, model = worker
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "shot.JPEG").write_bytes(ROCKET)
+    (tmp_path / "in" / "noise.png").write_bytes(png(20, 12))
+    local = invoke("restore", tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--suffix", "_x2", "--json")
+    assert local.exit_code == 0, local.stderr
+    expected = sorted(Path(i["output"]).name.replace("shot", "001").replace("noise", "002")
+                      for i in json_lines(local) if i["type"] == "item")
+    assert expected == ["001_x2.jpeg", "002_x2.png"]
+    files = modal_app.JobFiles(tmp_path / "files")
+    backend = modal_app.Backend({}, files, lambda job_id, options: "fc-1", lambda call: None)
+    job_id = "20261207-010203-" + "c" * 32
+    stored = [{"original_filename": "shot.JPEG", "stored": "001.JPEG"}, {"original_filename": "noise.png",
+                                                                           "stored": "002.png"}]
+    files.write(job_id, {"inputs/001.JPEG": ROCKET, "inputs/002.png": png(20, 12)})
+    backend.records[job_id] = modal_app.new_record(job_id, {"model": model, "format": "same", "suffix": "_x2"},
+                                                   stored)
+    assert modal_app.process_job(backend, restore.restore.local, job_id) == "completed"
+    assert sorted(r["output"] for r in backend.records[job_id]["results"]) == expected
+    assert sorted(path.name for path in (files.root / job_id / "outputs").iterdir()) == expected
+
+
 class FakeCalls:
     """Spawned calls kept in memory: ``start`` records them, ``run`` does them the way a Modal container would
     (``Restore(model=...).run_job``), ``fail`` makes one a call that died."""
