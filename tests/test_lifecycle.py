@@ -3,7 +3,8 @@
 worker, the Ray pool, the client of a live server (``restore --server``) and the Modal function (its ``.local()``
 path), with the same results (status, sizes, the error's words) and the same output pixels. An output already in
 place is skipped alike by the runtimes that plan against a folder (the local batch and the client), and a Modal call
-retried after its container died goes on where it stopped."""
+retried after its container died goes on where it stopped. A face image (GFPGAN with random weights) gives the local
+batch's face count and pixels through the worker, the Ray pool and the Modal app (slow: ``nox -s slow``)."""
 
 from __future__ import annotations
 
