@@ -168,6 +168,20 @@ def test_download_weights_from_a_file_of_another_architecture_is_refused_naming_
     assert (weights / "realesr-general-x4v3.safetensors").read_bytes() == compact.read_bytes()
 
 
+def test_download_weights_from_a_file_of_another_scale_is_refused_naming_both(tmp_path, make_model):
+    """The right architecture at another scale: refused naming the file, its scale, the name and the scale the
+    name's entry has; nothing installed."""
+    weights = tmp_path / "weights"
+    two_x = make_model(2, "compact", "safetensors")
+    done = invoke("download-weights", "--from", two_x, "--name", "realesr-general-x4v3", "--weights-dir", weights,
+                  prog_name="restorecli")
+    message = " ".join(done.stderr.split())
+    assert done.exit_code == 3, message
+    assert (f"{two_x}: is a 2x model, expected 4x for 'realesr-general-x4v3' (a SRVGGNetCompact model): these are "
+            "not its weights") in message
+    assert not weights.exists() or not any(weights.iterdir())
+
+
 def test_evaluate_states_the_settings_it_ran_with(tmp_path, make_model):
     """Issue 30: an evaluate report did not say what produced it (model, scale, precision, tile, device, faces,
     version), so two reports could not be told apart."""

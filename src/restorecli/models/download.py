@@ -89,7 +89,8 @@ def verify_kind(path: Path, entry: ModelEntry) -> None:
             raise UnsupportedModel(f"{path}: is a {found} model ({scale:g}x), but '{entry.name}' is a "
                                    f"{entry.architecture} model ({entry.scale}x): these are not its weights")
         if entry.kind == "sr" and scale != entry.scale:
-            raise UnsupportedModel(f"{path}: is a {scale:g}x model, expected {entry.scale}x")
+            raise UnsupportedModel(f"{path}: is a {scale:g}x model, expected {entry.scale}x for '{entry.name}' "
+                                   f"(a {entry.architecture} model): these are not its weights")
         return
     if entry.kind == "colorizer":
         colorizer_descriptor(state, path)
