@@ -13,23 +13,18 @@ import argparse
 import io
 import json
 import os
-import platform
 import struct
 import time
 import zlib
 
 import cv2
 import numpy as np
-from skimage import data
+from common import machine, photos
 
 from restorecli.images import png
 from restorecli.images.png import PngWriter, deflate_workers
 
 STRIP_ROWS = 256
-
-
-def photo(side: int) -> np.ndarray:
-    return cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_CUBIC)
 
 
 def single_stream(pixels: np.ndarray) -> bytes:
@@ -80,7 +75,7 @@ def measure(sizes: list[int], repeats: int) -> list[dict]:
     every = deflate_workers()
     rows = []
     for side in sizes:
-        pixels = photo(side)
+        [pixels] = photos(side, side, 1)  # the astronaut, enlarged with cv2's bicubic resize
         cases = [("one stream", lambda pixels=pixels: single_stream(pixels))]
         cases += [(f"segments, {n} worker{'s' * (n > 1)}", lambda n=n, pixels=pixels: segmented(pixels, n))
                   for n in sorted({1, 2, every})]
@@ -119,7 +114,7 @@ def main() -> None:
         png._SEGMENT_BYTES = args.segment_kib << 10
     rows = measure(args.sizes, args.repeats)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{platform.processor() or platform.machine()}, {cpus} CPUs; zlib {zlib.ZLIB_RUNTIME_VERSION}, "
+    print(f"{machine()}, {cpus} CPUs to use; zlib {zlib.ZLIB_RUNTIME_VERSION}, "
           f"segments of {png._SEGMENT_BYTES >> 10} KiB, strips of {STRIP_ROWS} rows, best of {args.repeats}")
     print(render(rows))
     if args.json:
