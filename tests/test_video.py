@@ -35,12 +35,13 @@ def moving_frame(i: int) -> np.ndarray:
 
 def make_video(path: Path, codec: str = "libx264", variable: bool = False, audio: str | None = "aac",
                subtitles: bool = False, rotation: int = 0, bt709: bool = False, frames: int = FRAMES,
-               faststart: bool = False) -> Path:
+               faststart: bool = False, gop: int | None = None, first_tick: int = 0) -> Path:
     """A ``frames``-frame 64x48 video at 24 fps (``variable``: every third frame shown twice as long), with a 440 Hz
     sine in ``audio`` and three subtitle lines where asked; the container is the suffix's. ``frames=0``: a second of
-    sound alone, no video stream. ``faststart``: an MP4's index before its frames, as web videos have it."""
+    sound alone, no video stream. ``faststart``: an MP4's index before its frames, as web videos have it. ``gop``: a
+    keyframe every that many frames (libx264); ``first_tick``: the first frame's time, in 1/600 s."""
     out = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
-    video = out.add_stream(codec, rate=24) if frames else None
+    video = out.add_stream(codec, rate=24, options={"g": str(gop)} if gop else None) if frames else None
     if video is not None:
         video.width, video.height = W, H
         video.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
@@ -57,7 +58,7 @@ def make_video(path: Path, codec: str = "libx264", variable: bool = False, audio
         out.metadata["title"] = "Holiday"
         out.set_chapters([{"id": n + 1, "start": n * 500, "end": n * 500 + 500, "time_base": Fraction(1, 1000),
                            "metadata": {"title": f"Part {n + 1}"}} for n in range(2)])
-    tick = 0
+    tick = first_tick
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(moving_frame(i), format="rgb24")
         if bt709:
@@ -653,3 +654,134 @@ def test_a_10_bit_video_stays_10_bit_and_its_frames_go_through_the_model_in_16_b
         refused = restore(clip, "-o", tmp_path / "bad", "--model", model2, "--pix-fmt", bad)
         assert refused.exit_code == 1
         assert f"{clip}: --pix-fmt {bad}: libx264 writes yuv420p, " in items_of(refused)[0]["error"]
+
+
+def make_superframe_webm(path: Path, pairs: int = 10) -> Path:
+    """A WebM that lies about its frames: each of its ``pairs`` packets is a VP9 superframe holding two shown 32x32
+    frames, so demuxing counts ``pairs`` frames and decoding gives twice as many (the pair shares one time)."""
+    plain = path.with_name(path.name + ".plain.webm")
+    with av.open(str(plain), "w") as out:
+        stream = out.add_stream("libvpx-vp9", rate=24, options={"lag-in-frames": "0", "auto-alt-ref": "0",
+                                                                "deadline": "realtime", "cpu-used": "8"})
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(pairs * 2):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 10 % 256, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(plain)) as source, av.open(str(path), "w") as out:
+        video = source.streams.video[0]
+        target = out.add_stream_from_template(video)
+        packets = [packet for packet in source.demux(video) if packet.size]
+        for first, second in zip(packets[::2], packets[1::2], strict=True):
+            marker = bytes([0b11000000 | (3 << 3) | 1])  # a superframe index: two frames, sizes in 4 bytes
+            sizes = len(bytes(first)).to_bytes(4, "little") + len(bytes(second)).to_bytes(4, "little")
+            joined = av.Packet(bytes(first) + bytes(second) + marker + sizes + marker)
+            joined.pts, joined.dts, joined.time_base, joined.stream = first.pts, first.dts, first.time_base, target
+            joined.is_keyframe = first.is_keyframe
+            out.mux(joined)
+    plain.unlink()
+    return path
+
+
+def test_count_video_packets_counts_by_demuxing_and_stops_past_its_bound(tmp_path):
+    """The server's frame count: the video stream's packets, never decoded (a superframe file counts its packets,
+    not its frames: the worker's decoded count is the second check); it stops one past ``stop_over``, and a file
+    with no video stream is a ``VideoDecodeError`` naming it."""
+    from restorecli.video.formats import VideoDecodeError
+    from restorecli.video.read import count_video_packets
+
+    clip = make_video(tmp_path / "clip.mp4")
+    assert count_video_packets(clip, "clip.mp4") == FRAMES
+    assert count_video_packets(clip, "clip.mp4", stop_over=5) == 6
+    assert count_video_packets(make_superframe_webm(tmp_path / "lying.webm"), "lying.webm") == 10
+    with pytest.raises(VideoDecodeError, match="^sound.mp4: the file holds no video stream$"):
+        count_video_packets(make_video(tmp_path / "sound.mp4", frames=0), "sound.mp4")
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 10)
+    with pytest.raises(VideoDecodeError, match="^junk.mp4: not a readable video"):
+        count_video_packets(tmp_path / "junk.mp4", "junk.mp4")
+
+
+@pytest.mark.parametrize("segments", [None, 0.001])
+def test_restore_video_stops_at_the_first_frame_over_max_frames_and_writes_nothing(tmp_path, segments):
+    """``max_frames`` counts decoded frames (a superframe file's too), in one go or in segments: the video's error,
+    no output and no parts folder left; within the limit it is restored whole."""
+    from test_video_resume import Doubling
+
+    from restorecli.video.read import TooManyFrames
+    from restorecli.video.restore import VideoOptions, restore_video
+
+    lying = make_superframe_webm(tmp_path / "lying.webm")
+    out = tmp_path / "out" / "lying.webm"
+    said = "^lying.webm: more than 15 frames, over the limit of 15 frames a video \\(--max-video-frames\\)$"
+    with pytest.raises(TooManyFrames, match=said):
+        restore_video(lying, out, Doubling(), VideoOptions(max_frames=15, segment_seconds=segments), name="lying.webm")
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+    assert restore_video(lying, out, Doubling(), VideoOptions(max_frames=20, segment_seconds=segments)).frames == 20
+
+
+def test_restore_max_video_frames_is_that_video_s_error_and_the_batch_goes_on(tmp_path, model2):
+    """``restore --max-video-frames N``: a video with more frames is that file's error (exit 1), nothing written for
+    it; the other inputs are restored. Without the option a local restore has no frame limit."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    clip = make_video(inputs / "clip.mp4")
+    from PIL import Image
+
+    Image.fromarray(moving_frame(0)).save(inputs / "still.png")
+    result = restore(inputs, "-o", tmp_path / "out", "--model", model2, "--max-video-frames", "10")
+    assert result.exit_code == 1, result.stderr
+    done = {Path(item["input"]).name: item for item in items_of(result)}
+    assert done["clip.mp4"]["error"] == f"{clip}: more than 10 frames, over the limit of 10 frames a video " \
+                                        "(--max-video-frames)"
+    assert not (tmp_path / "out" / "clip.mp4").exists()
+    assert done["still.png"]["status"] == "ok" and (tmp_path / "out" / "still.png").is_file()
+    bad = invoke("restore", clip, "-o", tmp_path / "bad", "--max-video-frames", "0")
+    assert bad.exit_code == 2 and "--max-video-frames" in bad.stderr
+
+
+@pytest.mark.parametrize(("name", "codec", "late"), [
+    ("intra.mkv", "ffv1", False),  # every frame a keyframe
+    ("gop.mp4", "libx264", False),  # a keyframe every 4 frames, B-frames, variable rate, the first frame at 0.5 s
+    ("gop.mp4", "libx264", True),  # a demuxer whose seek lands after the frame: read again from the start
+])
+def test_a_resumed_video_seeks_to_its_first_unfinished_segment_and_equals_an_uninterrupted_run(
+        tmp_path, monkeypatch, name, codec, late):
+    """A resumed run seeks to the keyframe at or before the last frame the kept segments hold and passes over only
+    the frames from there: fewer than the segments hold. Its lossless output equals the frames restored in one
+    go, at the input's times (variable rate, a first frame not at 0)."""
+    from test_video_resume import Doubling, covered
+
+    from restorecli.video import restore as video_restore
+    from restorecli.video.read import VideoInput
+    from restorecli.video.restore import VideoOptions, restore_video
+
+    frames = 48
+    clip = make_video(tmp_path / name, codec, variable=True, frames=frames, gop=4, first_tick=300, audio=None)
+    out = tmp_path / "out" / "clip.mkv"  # FFV1 in Matroska whatever the input: frames compared exactly
+    options = VideoOptions(codec="ffv1", segment_seconds=0.001, settings={"model": "doubling"})
+    with pytest.raises(KeyboardInterrupt):
+        restore_video(clip, out, Doubling(stop_at=36), options)
+    kept = covered(out)
+    assert 8 < kept < 36
+
+    opened: list[VideoInput] = []
+    real_open = video_restore.open_video
+    monkeypatch.setattr(video_restore, "open_video", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    if late:  # as a demuxer without an exact index may: past the frame asked for
+        real_seek = VideoInput._seek
+        monkeypatch.setattr(VideoInput, "_seek", lambda self, pts: real_seek(self, self.video.duration))
+    model = Doubling()
+    done = restore_video(clip, out, model, options)
+    assert (done.frames, done.resumed, model.calls) == (frames, kept, frames - kept)
+    passed_over = sum(video.decoded for video in opened) - (frames - kept)
+    # late: the frame it landed at, then every frame the segments hold, read from the start
+    assert passed_over == kept + 1 if late else 0 < passed_over < kept
+    expected = frames_of(clip)
+    written = frames_of(out)
+    assert expected[0][1] == Fraction(1, 2)
+    assert [float(when) for _, when, _ in written] == pytest.approx([float(when) for _, when, _ in expected],
+                                                                    abs=0.001)  # Matroska keeps milliseconds
+    for (before, _, _), (after, _, _) in zip(expected, written, strict=True):
+        np.testing.assert_array_equal(after, before.repeat(2, 0).repeat(2, 1))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from test_serve import make_config, small_png, upload, work
-from test_video import FRAMES, frames_of, make_video, packets_of
+from test_serve import leftovers, make_config, small_png, upload, work
+from test_video import FRAMES, frames_of, make_superframe_webm, make_video, packets_of
 
 av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
 
@@ -70,11 +71,12 @@ def test_a_live_server_limits_videos_by_their_own_size_and_length_and_says_so(li
     assert len(clips[24]) > IMAGE_MB * 1048576 and len(clips[96]) > VIDEO_MB * 1048576 > len(clips[48])
     with live.client() as client:
         assert client.get("/health").json()["limits"] == pytest.approx(
-            {"max_file_mb": IMAGE_MB, "max_files": 20, "max_video_mb": VIDEO_MB, "max_video_seconds": VIDEO_SECONDS},
-            rel=1e-3)
+            {"max_file_mb": IMAGE_MB, "max_files": 20, "max_video_mb": VIDEO_MB, "max_video_seconds": VIDEO_SECONDS,
+             "max_video_frames": 90}, rel=1e-3)  # without --max-video-frames: the duration limit at 60 fps
         files = client.get("/openapi.json").json()["paths"]["/enhance"]["post"]["requestBody"]["content"][
             "multipart/form-data"]["schema"]["properties"]["files"]["description"]
         assert f"an image at most {image_mb} MB" in files and f"at most {video_mb} MB and 1.5 seconds long" in files
+        assert "of at most 90 frames" in files
         accepted = upload(client, ("one second.mp4", clips[24]))  # over the image limit, within the video's
         assert accepted.status_code == 202, accepted.text
         refusals = [
@@ -157,3 +159,54 @@ def test_a_video_over_the_server_s_video_limit_is_refused_before_any_upload(tmp_
     limit = f"{int(0.01 * 1048576) / 1048576:g}"  # the limit in bytes, said in MB
     assert error == f"{clip}: {clip.stat().st_size:,} bytes is over the server's limit of {limit} MB a video", error
     assert nothing_written(out)
+
+
+def make_fast_clip(path: Path, frames: int, fps: int) -> Path:
+    """A ``frames``-frame 16x16 H.264 clip at ``fps`` frames a second, no sound: many frames in few seconds."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), i % 256, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_video_over_the_frame_limit_is_refused_at_upload_and_one_whose_packets_lie_by_its_worker(
+        tmp_path, make_model, monkeypatch):
+    """``serve --max-video-frames``: a 1000 fps clip within the duration limit but over the frame limit is refused
+    with 422 naming it, its frames and the limit, and nothing is kept; a file whose packets hold twice as many
+    frames as they count passes the upload and is stopped by the worker, which counts the decoded frames: that
+    file's error, no output for it, and the job's other file restored. ``/health`` states the limit."""
+    from fastapi.testclient import TestClient
+
+    from restorecli.cli.options import DEFAULTS
+    from restorecli.server.app import create_app
+    from restorecli.server.config import load_config
+
+    monkeypatch.delenv("API_KEY", raising=False)
+    config = load_config({**DEFAULTS, "model": str(make_model(2)), "max_video_frames": 15, "precision": "fp32",
+                          "backend": "torch"},
+                         queue=str(tmp_path / "queue"), dotenv=tmp_path / "none.env")
+    fast = make_fast_clip(tmp_path / "fast.mp4", frames=40, fps=1000)  # 0.04 s
+    lying = make_superframe_webm(tmp_path / "lying.webm")  # 10 packets, 20 frames
+    with TestClient(create_app(config), base_url="http://localhost") as client:
+        assert client.get("/health").json()["limits"]["max_video_frames"] == 15
+        refused = upload(client, ("fast clip.mp4", fast.read_bytes()))
+        assert (refused.status_code, refused.json()) == (
+            422, {"detail": "fast clip.mp4: 40 frames, over the limit of 15 frames a video"})
+        assert leftovers(config) == []
+        accepted = upload(client, ("lying.webm", lying.read_bytes()), ("still.png", small_png(24, 16)))
+        assert accepted.status_code == 202, accepted.text
+        work(config)
+        status = client.get(f"/status/{accepted.json()['job_id']}").json()
+    assert status["status"] == "completed", status
+    video, still = status["results"]
+    assert still["status"] == "ok" and still["out_size"] == [48, 32]
+    assert (video["status"], video["url"]) == ("error", None)
+    assert video["error"] == "lying.webm: more than 15 frames, over the limit of 15 frames a video " \
+                             "(--max-video-frames)"
+    assert not [path for path in leftovers(config) if path.endswith(".webm") and "/inputs/" not in path]

@@ -251,6 +251,10 @@ class RestoreOptions:
     pix_fmt: str | None = option(None, "Pixel format of restored videos, e.g. yuv420p or yuv420p10le [default: the "
                                  "codec's 4:2:0 (RGB for a lossless one), in 10 bits where the input has more than 8 "
                                  "and the codec can].", metavar="NAME", show_default=False, panel=_VIDEO)
+    max_video_frames: int | None = option(
+        None, "Refuse a video with more frames than this: the restore stops at the first frame over it, counted as "
+        "they are decoded, and writes nothing [default: no limit; for serve's jobs --max-video-seconds at 60 fps].",
+        metavar="N", given_as=int, minimum=1, show_default=False, panel=_VIDEO)
     segment_seconds: float = option(10.0, "A whole video is restored in segments of about this many seconds of "
                                     "work, each kept as it is finished: a stopped run starts again at the first "
                                     "unfinished one (0: in one go, nothing kept).", metavar="SECONDS",

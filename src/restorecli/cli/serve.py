@@ -182,7 +182,7 @@ def _announce(config, sock: socket.socket, no_auth: bool) -> None:
         f"  janitor:  every {describe_age(config.prune_every)}, removes jobs finished more than "
         f"{describe_age(config.retention)} ago",
         f"  uploads:  at most {config.max_files} files of {config.max_file_mb:g} MB each (a video "
-        f"{config.max_video_mb:g} MB, {config.max_video_seconds:g} seconds)",
+        f"{config.max_video_mb:g} MB, {config.max_video_seconds:g} seconds, {config.max_video_frames:,} frames)",
         "  API key:  required (X-API-Key header)" if config.api_key else
         "  API key:  none: anyone who can reach the address can use it" + (" (--no-auth)" if no_auth else ""),
     ]

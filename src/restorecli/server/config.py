@@ -19,6 +19,7 @@ API_KEY_HEADER = "X-API-Key"
 # The restore options a request may set (the rest are the server's: its device, tiles, weights)
 DEFAULT_MAX_VIDEO_MB = 500
 DEFAULT_MAX_VIDEO_SECONDS = 600.0
+DEFAULT_VIDEO_FPS = 60  # without --max-video-frames, a video's frames are bounded at its duration limit at this rate
 FORM_FIELDS = ("face_enhance", "outscale", "format", "model", "face_weight", "face_model", "face_fidelity", "preset",
                "colorize")
 
@@ -35,6 +36,8 @@ class ServeConfig:
     max_files: int = 20
     max_video_bytes: int = DEFAULT_MAX_VIDEO_MB * 1024 * 1024  # a video's upload limit (--max-video-mb)
     max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS  # the longest video an upload may hold, by its header
+    # the most frames a video may hold: its packets counted at upload, its frames as a worker decodes them
+    max_video_frames: int = round(DEFAULT_MAX_VIDEO_SECONDS * DEFAULT_VIDEO_FPS)
     api_key: str | None = None
     cors_origin: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the bound address and localhost (--allowed-host)
@@ -57,7 +60,7 @@ class ServeConfig:
     def limits_document(self) -> dict:
         """The upload limits as ``/health`` states them (``schema.Limits``)."""
         return {"max_file_mb": self.max_file_mb, "max_files": self.max_files, "max_video_mb": self.max_video_mb,
-                "max_video_seconds": self.max_video_seconds}
+                "max_video_seconds": self.max_video_seconds, "max_video_frames": self.max_video_frames}
 
 
 def setting(name: str, dotenv: dict[str, str]) -> str | None:
@@ -158,6 +161,11 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
     from ..options import from_given
     from .settings import MAX_FILE_ENV, ServeEnvironment, parse_megabytes
 
+    if not 0 < max_video_seconds < float("inf"):
+        raise UsageError(f"--max-video-seconds {max_video_seconds}: must be more than 0 seconds")
+    # --max-video-frames is a restore option, so each job carries it to the worker that decodes the frames
+    restore = {**restore, "max_video_frames": restore.get("max_video_frames")
+               or max(1, round(max_video_seconds * DEFAULT_VIDEO_FPS))}
     values = read_dotenv(Path(dotenv))  # for the key, read as it is set (a malformed line is refused here)
     flags = {MAX_FILE_ENV: parse_megabytes(str(max_file_mb), "--max-file-mb") if max_file_mb is not None else None,
              QUEUE_ENV: queue}
@@ -170,14 +178,12 @@ def load_config(restore: dict, *, host: str = "127.0.0.1", port: int = 8001, que
         raise UsageError(f"--max-uploads {max_uploads}: must be at least 1")
     if not 0 < read_timeout < float("inf"):
         raise UsageError(f"--read-timeout {read_timeout}: must be more than 0 seconds")
-    if not 0 < max_video_seconds < float("inf"):
-        raise UsageError(f"--max-video-seconds {max_video_seconds}: must be more than 0 seconds")
     return ServeConfig(host=host, port=port, queue=environment.queue.absolute(), workers=workers,
                        retention=parse_age(retention, "--retention"),
                        prune_every=parse_age(prune_every, "--prune-every"), max_file_bytes=environment.max_file_bytes,
                        max_files=max_files, api_key=api_key_setting(values),
                        max_video_bytes=parse_megabytes(str(max_video_mb), "--max-video-mb"),
-                       max_video_seconds=max_video_seconds,
+                       max_video_seconds=max_video_seconds, max_video_frames=options.max_video_frames,
                        cors_origin=parse_origin(cors_origin) if cors_origin is not None else None,
                        allowed_hosts=tuple(dict.fromkeys(parse_host_name(name) for name in allowed_host)),
                        max_uploads=max_uploads, read_timeout=read_timeout, min_free_mb=min_free_mb,

@@ -158,6 +158,9 @@ class Limits(BaseModel):
     max_video_seconds: Optional[float] = Field(None, description="The longest video an upload may hold, by its "
                                                                  "container's header (--max-video-seconds); over "
                                                                  "it, 422.")
+    max_video_frames: Optional[int] = Field(None, description="The most frames a video may hold (--max-video-frames): "
+                                                              "counted by its packets at upload (over it, 422), then "
+                                                              "as a worker decodes them (over it, that file's error).")
 
 
 class Disk(BaseModel):

@@ -159,7 +159,7 @@ class QueueService:
         self.config = config
         self.pool = pool  # the worker processes this server started (None: in-process tests, --workers 0)
         self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
-                             config.max_video_seconds)
+                             config.max_video_seconds, config.max_video_frames)
         self.draining = threading.Event()  # set on SIGTERM: no new uploads while the workers finish
         self._local = threading.local()
         # The API's own writes take turns here rather than in SQLite's busy handler, whose back-off sleeps can

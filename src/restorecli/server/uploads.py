@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from ..images.formats import IMAGE_SUFFIXES, suffix_for_content
 from ..video.formats import (VIDEO_SUFFIXES, VideoDecodeError, VideoUnavailable, header_duration,
                              is_video_name)
+from ..video.read import count_video_packets
 
 FILE_FIELD = "files"
 FIELD_BYTES = 1024  # a form field's value (a number, a word, a model name) is never longer
@@ -27,6 +28,7 @@ _BOUNDARY_BYTES = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN
 _NAME_CHARS = 255
 PART_ROOM = 16 * 1024  # a part's boundary and headers
 BODY_ROOM = 64 * 1024  # the form fields and the closing boundary
+_COUNTED_OVER = 4  # a video's packets are counted up to this many times its frame limit
 
 
 class UploadRefused(Exception):
@@ -44,6 +46,7 @@ class Limits:
     fields: tuple[str, ...]  # the form fields besides ``files`` that may be given
     max_video_bytes: int | None = None  # a video's limit (None: the same as an image's)
     max_video_seconds: float | None = None  # the longest video, by its header (None: any)
+    max_video_frames: int | None = None  # the most frames a video, by its packets (None: any)
 
     @property
     def video_bytes(self) -> int:
@@ -246,21 +249,33 @@ class MultipartUpload:
 
 
 def refuse_long_videos(files: list[StoredFile], inputs: Path, limits: Limits) -> None:
-    """``UploadRefused`` (422, naming the file and the limit) for a stored video longer than ``max_video_seconds``,
-    or whose header states no duration, read from its container's header (``header_duration``: no frame decoded,
-    no numpy). A file PyAV cannot open is left for the worker to name, as the frame-size check leaves it."""
-    if limits.max_video_seconds is None:
-        return
+    """``UploadRefused`` (422, naming the file and the limit) for a stored video longer than ``max_video_seconds``
+    by its container's header (``header_duration``), or whose header states no duration, or with more than
+    ``max_video_frames`` frames by its video stream's packets (``count_video_packets``: demuxed, never decoded, so
+    a high frame rate cannot hide them; the worker counts the decoded frames again). No numpy is imported. A file
+    PyAV cannot open is left for the worker to name, as the frame-size check leaves it."""
     for stored in files:
         if not is_video_name(stored.stored):
             continue
         try:
-            seconds = header_duration(inputs / stored.stored)
+            _refuse_long_video(inputs / stored.stored, stored.original_filename, limits)
         except (VideoDecodeError, VideoUnavailable):
             continue
+
+
+def _refuse_long_video(path: Path, name: str, limits: Limits) -> None:
+    if limits.max_video_seconds is not None:
+        seconds = header_duration(path)
         if seconds is None:
-            raise UploadRefused(422, f"{stored.original_filename}: its header states no duration, and this server "
-                                     f"takes videos of at most {limits.max_video_seconds:g} seconds")
+            raise UploadRefused(422, f"{name}: its header states no duration, and this server takes videos of at "
+                                     f"most {limits.max_video_seconds:g} seconds")
         if seconds > limits.max_video_seconds:
-            raise UploadRefused(422, f"{stored.original_filename}: {seconds:,.1f} seconds long, over the limit of "
+            raise UploadRefused(422, f"{name}: {seconds:,.1f} seconds long, over the limit of "
                                      f"{limits.max_video_seconds:g} seconds a video")
+    limit = limits.max_video_frames
+    if limit is not None:
+        counted = _COUNTED_OVER * limit  # a file of tiny packets is not counted to its end
+        frames = count_video_packets(path, name, stop_over=counted)
+        if frames > limit:
+            said = f"more than {counted:,}" if frames > counted else f"{frames:,}"
+            raise UploadRefused(422, f"{name}: {said} frames, over the limit of {limit:,} frames a video")

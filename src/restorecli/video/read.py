@@ -1,6 +1,7 @@
 """Demux and decode a video with PyAV: its facts (size, frames, time base, colour), then its frames as the engine's
 arrays (H x W x 3 RGB, uint8 or, above 8 bits a sample, uint16), each with its presentation time and display rotation, and the packets of the streams
-that are copied unchanged (audio, subtitles), in the file's order."""
+that are copied unchanged (audio, subtitles), in the file's order; and a video's frames counted by demuxing alone
+(``count_video_packets``). Imports no numpy where it runs: the server's process counts an upload's frames here."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from ..errors import ImageTooLarge
 from .formats import DECODING_TIMES_ONLY, VideoDecodeError, load_av
+
+if TYPE_CHECKING:
+    import numpy as np
 
 UNSPECIFIED = 2  # FFmpeg's AVCOL_*_UNSPECIFIED, the same value for primaries, transfer and matrix
 
@@ -85,6 +88,23 @@ class FrameRange:
         return bool(self.start or self.begins)
 
 
+@dataclass(frozen=True)
+class ResumeAt:
+    """Where a resumed run starts: at frame number ``first``, the one shown next after the frame an earlier run
+    restored last, shown at ``after`` (its pts, in the video stream's time base)."""
+
+    first: int
+    after: int
+
+
+class TooManyFrames(ImageTooLarge):
+    """A video with more frames than its limit (``--max-video-frames``), counted as they are decoded."""
+
+
+class SeekMissed(Exception):
+    """Seeking to resume landed after the frame asked for (a demuxer without an exact index): decode from the start."""
+
+
 class VideoInput:
     """An open video: ``facts``, then ``items()``: its frames and the copied streams' packets. A context manager;
     raises ``VideoDecodeError`` (naming ``name``) for a file with no video stream or that FFmpeg cannot read."""
@@ -92,6 +112,7 @@ class VideoInput:
     def __init__(self, path: Path, name: str, keep_audio: bool = True):
         av = load_av(name)
         self.name = name
+        self.decoded = 0  # frames the decoder gave, kept or passed over
         try:
             self.container = av.open(str(path), "r")
         except (av.FFmpegError, OSError) as exc:
@@ -131,14 +152,15 @@ class VideoInput:
                           sum(s.type == "audio" for s in self.copied), sum(s.type == "subtitle" for s in self.copied),
                           bits)
 
-    def items(self, part: FrameRange = FrameRange()) -> Iterator[Frame | Any]:
+    def items(self, part: FrameRange = FrameRange(), max_frames: int | None = None,
+              resume: ResumeAt | None = None) -> Iterator[Frame | Any]:
         """The frames of ``part`` and the copied streams' packets that fall in its time, in the order they are
         shown. Timestamps are shifted so that ``part`` starts where its first frame was (0 for the whole video).
         A copied packet waits until a frame shown after it is decoded, so a part's last packets are known to end
-        with it. Raises ``VideoDecodeError`` where the file is damaged or ends early."""
-        av = load_av(self.name)
-        index = 0
-        times = _ShownTimes(self.container.format.name in DECODING_TIMES_ONLY)
+        with it. With ``resume`` (the whole video only), the demuxer seeks to the keyframe at or before the frame
+        restored last, and the frames from the next one on come out, numbered from ``resume.first``. Raises
+        ``VideoDecodeError`` where the file is damaged or ends early, ``TooManyFrames`` at frame ``max_frames``
+        (counted from 0: one more than the limit), ``SeekMissed`` where seeking landed after the frame asked for."""
         planes = "rgb48le" if self.facts.bits > 8 else "rgb24"  # the model takes 16-bit planes as they are
         start: Fraction | None = None  # seconds of the part's first frame
         waiting: list[Any] = []  # copied packets not yet known to lie inside the part
@@ -150,46 +172,87 @@ class VideoInput:
             waiting = [p for p in waiting if until is not None and _seconds(p) >= until]
             return [moved for p in due if (moved := _shifted(p, start or Fraction(0))) is not None]
 
+        last: tuple[int, Any, Fraction] | None = None  # the last frame decoded: its number, itself, when shown
+        for entry in self._decoded(max_frames, resume):
+            if not isinstance(entry, tuple):
+                waiting.append(entry)
+                continue
+            index, decoded, pts, base = entry
+            shown = Fraction(pts * base)
+            last = (index, decoded, shown)
+            if part.after(index, shown):
+                yield from settled(shown)
+                return
+            if part.before(index, shown):
+                waiting = [p for p in waiting if _seconds(p) >= shown]  # before the part: never copied
+                continue
+            if start is None:
+                start = shown if part.cut else Fraction(0)
+            yield from settled(shown)
+            self._check_frame_size(decoded, index)
+            yield Frame(index, decoded.to_ndarray(format=planes), pts - round(start / base), base,
+                        int(decoded.rotation or 0), decoded.duration or None)
+        if last is None:
+            raise VideoDecodeError(f"{self.name}: no frame could be decoded (empty, truncated or damaged)")
+        self._check_whole(last[0] + 1, last[2] + shown_for(last[1], self.facts))
+        if start is not None:
+            yield from settled(None)
+
+    def _decoded(self, max_frames: int | None, resume: ResumeAt | None) -> Iterator[Any]:
+        """The video's decoded frames as (number, frame, pts, time base), and the copied streams' packets, in the
+        file's order; with ``resume``, from the frame after ``resume.after`` on (see ``items``)."""
+        av = load_av(self.name)
+        times = _ShownTimes(self.container.format.name in DECODING_TIMES_ONLY)
+        index, passed = (resume.first, resume.after) if resume is not None else (0, None)
+        if passed is not None:
+            self._seek(passed)
+        landed = passed is None  # whether the first frame after the seek is known to be at or before ``passed``
         try:
             for packet in self.container.demux(self.video, *self.copied):
                 if packet.stream.index != self.video.index:
                     if packet.dts is not None or packet.pts is not None:  # not the demuxer's end-of-stream marker
-                        waiting.append(packet)
+                        yield packet
                     continue
                 times.sent(packet)
                 for decoded in packet.decode():
+                    self.decoded += 1
                     pts = times.shown(decoded)
                     if pts is None:
                         raise VideoDecodeError(f"{self.name}: frame {index} has no timestamp")
-                    base = decoded.time_base or self.video.time_base
-                    shown = Fraction(pts * base)
-                    if part.after(index, shown):
-                        yield from settled(shown)
-                        return
-                    if part.before(index, shown):
-                        waiting = [p for p in waiting if _seconds(p) >= shown]  # before the part: never copied
-                    else:
-                        if start is None:
-                            start = shown if part.cut else Fraction(0)
-                        yield from settled(shown)
-                        if (decoded.width, decoded.height) != (self.facts.width, self.facts.height):
-                            # a later frame may be any size (MJPEG, a new H.264 SPS): --max-pixels and the output
-                            # size were checked against the stream's, so a larger one would slip past both
-                            raise VideoDecodeError(
-                                f"{self.name}: frame {index} is {decoded.width}x{decoded.height} pixels where the "
-                                f"video's frames are {self.facts.width}x{self.facts.height}; restorecli restores "
-                                "videos whose frames keep one size")
-                        yield Frame(index, decoded.to_ndarray(format=planes), pts - round(start / base),
-                                    base, int(decoded.rotation or 0), decoded.duration or None)
+                    if passed is not None:
+                        if not landed and pts > passed:  # the frames between would be lost
+                            raise SeekMissed(f"{self.name}: seeking landed at {pts}, after {passed}")
+                        landed = True
+                        if pts <= passed:
+                            continue  # restored by the earlier run
+                        passed = None
+                    if max_frames is not None and index >= max_frames:
+                        raise TooManyFrames(f"{self.name}: more than {max_frames:,} frames, over the limit of "
+                                            f"{max_frames:,} frames a video (--max-video-frames)")
+                    yield index, decoded, pts, decoded.time_base or self.video.time_base
                     index += 1
         except av.FFmpegError as exc:
             raise VideoDecodeError(f"{self.name}: damaged or truncated at frame {index} ({_reason(exc)})") from None
-        if index == 0:
-            raise VideoDecodeError(f"{self.name}: no frame could be decoded (empty, truncated or damaged)")
-        self._check_whole(index, shown + shown_for(decoded, self.facts))
-        if start is not None:
-            yield from settled(None)
 
+    def _seek(self, pts: int) -> None:
+        """Move the demuxer to the video's keyframe at or before ``pts`` (its stream's time base); ``SeekMissed``
+        where the container cannot seek, or stores decoding times only (AVI: the frames' times come from packets
+        counted from the start)."""
+        av = load_av(self.name)
+        if self.container.format.name in DECODING_TIMES_ONLY:
+            raise SeekMissed(f"{self.name}: an AVI is read from its start")
+        try:
+            self.container.seek(pts, backward=True, any_frame=False, stream=self.video)
+        except (av.FFmpegError, OSError) as exc:
+            raise SeekMissed(f"{self.name}: cannot seek ({_reason(exc)})") from None
+
+    def _check_frame_size(self, decoded: Any, index: int) -> None:
+        if (decoded.width, decoded.height) != (self.facts.width, self.facts.height):
+            # a later frame may be any size (MJPEG, a new H.264 SPS): --max-pixels and the output size were
+            # checked against the stream's, so a larger one would slip past both
+            raise VideoDecodeError(
+                f"{self.name}: frame {index} is {decoded.width}x{decoded.height} pixels where the video's frames "
+                f"are {self.facts.width}x{self.facts.height}; restorecli restores videos whose frames keep one size")
 
     def _check_whole(self, frames: int, end: Fraction) -> None:
         """Raise ``VideoDecodeError`` where the frames decoded, ``frames`` of them shown until ``end`` seconds, fall
@@ -207,6 +270,28 @@ class VideoInput:
         if shortfalls and all(short for short, _ in shortfalls):
             raise VideoDecodeError(f"{self.name}: truncated or damaged: "
                                    f"{'; '.join(text for _, text in shortfalls)}")
+
+
+def count_video_packets(path: Path, name: str, stop_over: int | None = None) -> int:
+    """How many frames the video at ``path`` holds by its (first) video stream's packets, counted by demuxing alone:
+    no frame decoded, so a large file is counted at the speed it is read; counting stops at ``stop_over`` + 1.
+    The container's header is not asked (it may say anything). Raises ``VideoUnavailable`` without PyAV,
+    ``VideoDecodeError`` (naming ``name``) where PyAV cannot open it as a video."""
+    av = load_av(name)
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{name}: the file holds no video stream")
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size:  # not the demuxer's end-of-stream marker
+                    count += 1
+                    if stop_over is not None and count > stop_over:
+                        break
+    except av.FFmpegError as exc:
+        if not count:
+            raise VideoDecodeError(f"{name}: not a readable video ({_reason(exc)})") from None
+    return count  # a file damaged further on: the packets before the damage
 
 
 class _ShownTimes:

@@ -21,7 +21,7 @@ from ..errors import ImageError, ImageTooLarge
 from ..files import atomic_writer
 from ..images.formats import check_output_pixels
 from .formats import VideoDecodeError, VideoEncodeError, container_for
-from .read import Frame, FrameRange, VideoFacts, VideoInput, shown_for
+from .read import Frame, FrameRange, ResumeAt, SeekMissed, TooManyFrames, VideoFacts, VideoInput, shown_for
 from .segments import PartsFolder, SegmentedOutput, VideoOutputSpec, join_segments
 from .write import CodecChoice, VideoOutput, check_frame_size, choose_codec
 
@@ -54,6 +54,7 @@ class VideoOptions:
     segment_seconds: float | None = None  # work kept as one resumable segment (None: the video written in one go)
     settings: dict[str, Any] | None = None  # what changes the frames, beside the codec: an earlier run's kept segments
     fresh: bool = False  # start again, dropping the segments an earlier run kept (--overwrite)
+    max_frames: int | None = None  # the most frames a video may hold, counted as decoded (--max-video-frames)
     # each frame's RestoreOptions (outscale, face weight, fidelity): the restorer's own are those of whichever job
     # loaded it, and a worker keeps it for later jobs that share its models
     restore: Any = None
@@ -206,8 +207,8 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
             whole = part == FrameRange()  # a part's times are not the chapters'
             sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf,
                                video.metadata, video.chapters if whole else None, bitrate=options.bitrate)
-            frames, out_size, last = _pipelined(video.items(part), _frames_in(facts, part), sink, restorer, started,
-                                                options, name, on_progress, in_flight)
+            frames, out_size, last = _pipelined(video.items(part, options.max_frames), _frames_in(facts, part), sink,
+                                                restorer, started, options, name, on_progress, in_flight)
             if frames == 0:
                 raise VideoDecodeError(f"{name}: {_described(part)} holds no frame: the video ends before "
                                        + (f"frame {part.start}" if part.begins is None else f"{float(part.begins):g} s"))
@@ -230,10 +231,13 @@ def _restore_in_segments(video: VideoInput, source: Path, output: Path, restorer
     sink = SegmentedOutput(parts, VideoOutputSpec(container_for(output.name), name, facts, choice, options.crf,
                                                   options.bitrate), options.segment_seconds or 0.0)
     frames_left = _frames_in(facts, FrameRange(resumed))
-    seen = _Remaining(video.items(), resumed)
+    seen = _Remaining(video, source, options.max_frames, resumed, parts.resume_at())
     try:
         frames, _, _ = _pipelined(iter(seen), frames_left, sink, restorer, started, options, name, on_progress,
                                   in_flight)
+    except TooManyFrames:
+        parts.remove()  # the same limit stops every rerun: nothing of the video is kept
+        raise
     except BaseException:
         parts.discard_if_empty()
         raise
@@ -248,25 +252,33 @@ def _restore_in_segments(video: VideoInput, source: Path, output: Path, restorer
 
 
 class _Remaining:
-    """A video's frames from number ``first`` on (the earlier ones an earlier run restored are decoded, to keep
-    their count, and passed over), without the copied streams' packets (the join copies them); ``last``: the
-    last frame decoded."""
+    """A video's frames from number ``first`` on, the first one no segment of an earlier run holds, without the
+    copied streams' packets (the join copies them); ``last``: the last frame decoded. The demuxer seeks to the
+    keyframe before it (``resume``); where that lands too late, or without ``resume``, the video is read from its
+    start and the frames the segments hold are decoded and passed over."""
 
-    def __init__(self, items: Iterator[Any], first: int):
-        self.items, self.first = items, first
+    def __init__(self, video: VideoInput, source: Path, max_frames: int | None, first: int,
+                 resume: ResumeAt | None):
+        self.video, self.source, self.max_frames, self.first, self.resume = video, source, max_frames, first, resume
         self.last: Frame | None = None
 
     def __iter__(self) -> Iterator[Frame]:
         try:
-            for item in self.items:
+            yield from self._frames(self.video, self.resume)
+        except SeekMissed:
+            with open_video(self.source, self.video.name, keep_audio=False) as again:
+                yield from self._frames(again, None)
+
+    def _frames(self, video: VideoInput, resume: ResumeAt | None) -> Iterator[Frame]:
+        items = video.items(max_frames=self.max_frames, resume=resume)
+        try:
+            for item in items:
                 if isinstance(item, Frame):
                     self.last = item
                     if item.index >= self.first:
                         yield item
         finally:
-            close = getattr(self.items, "close", None)
-            if close is not None:
-                close()
+            items.close()
 
 
 def _run_model(restorer: FrameRestorer, decoded: queue.Queue, restored: queue.Queue, stop: threading.Event,
@@ -373,14 +385,15 @@ def video_options(options: RestoreOptions,
     return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
                         options.max_output_pixels, output_size, options.video_bitrate,
                         segment_seconds=options.segment_seconds or None, settings=frames_settings(options),
-                        fresh=options.overwrite, pix_fmt=options.pix_fmt, restore=options)
+                        fresh=options.overwrite, pix_fmt=options.pix_fmt, restore=options,
+                        max_frames=options.max_video_frames)
 
 
 # Options that leave a video's restored frames as they are (where they go, how the sound is copied, limits), or
 # change them only in their last bit (the device, the tiling): segments kept under other values are taken as they are
 _SAME_FRAMES = frozenset({"output_dir", "overwrite", "dry_run", "keep_audio", "recursive", "suffix", "format",
                           "quality", "max_pixels", "max_output_pixels", "save_faces", "weights_dir", "device", "tile",
-                          "tile_pad", "segment_seconds", "frames", "start", "duration"})
+                          "tile_pad", "segment_seconds", "frames", "start", "duration", "max_video_frames"})
 
 
 def frames_settings(options: RestoreOptions) -> dict[str, Any]:

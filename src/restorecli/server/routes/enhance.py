@@ -69,7 +69,8 @@ def form_schema(limits: Limits, offered: dict) -> dict:
         "description": f"One to {limits.max_files} images or videos: an image at most "
                        f"{limits.max_file_bytes / 1048576:g} MB, a video (told by its name's suffix) at most "
                        f"{limits.video_bytes / 1048576:g} MB" + (f" and {limits.max_video_seconds:g} seconds long"
-                                                                 if limits.max_video_seconds else "") + "."}}
+                                                                 if limits.max_video_seconds else "")
+                       + (f", of at most {limits.max_video_frames:,} frames" if limits.max_video_frames else "") + "."}}
     kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
     for name, _default, spec in declared():
         if name in FORM_FIELDS:
