@@ -238,29 +238,32 @@ def _settled(backend: Backend, job_id: str, progress: list[dict]) -> list[dict]:
 
 def _restore_input(backend: Backend, restore_one: RestoreOne, job_id: str, given: dict, options,
                    stored_options: dict) -> dict:
-    """One input of a job restored and its output written to the volume: its progress entry. Its failure is
-    worded as a local batch words it (``pipeline.item``), naming the file the user sent."""
+    """One input of a job restored and its output written to the volume: its progress entry, made as the queue's
+    worker makes its (``jobs.run.result_entry``), from the result a local batch makes (``pipeline.item``: its
+    failure worded alike, then naming the file the user sent)."""
     from restorecli.errors import ImageError, RestoreCliError
-    from restorecli.pipeline.item import failure_message
+    from restorecli.jobs.run import result_entry
+    from restorecli.pipeline.item import failure, ok
+    from restorecli.pipeline.stages import Restored
+    from restorecli.plan import InputItem
 
     name, _ = output_name(given["stored"], options)
-    started = time.perf_counter()
-    entry = {"original_filename": given["original_filename"], "output": None, "status": "error", "error": None,
-             "in_size": None, "out_size": None, "seconds": None}
+    item, started = InputItem(given["stored"], Path(given["stored"])), time.perf_counter()
     try:
         data = backend.files.read(job_id, f"inputs/{given['stored']}")
         if data is None:
             raise ImageError(f"{given['stored']}: the upload is gone from the files volume")
         done = restore_one(data, given["stored"], stored_options)
         backend.files.write(job_id, {f"outputs/{name}": done["data"]})
-        entry.update(output=name, status="ok", in_size=done["in_size"], out_size=done["out_size"],
-                     faces=done["faces"])
+        restored = Restored(None, tuple(done["in_size"]), tuple(done["out_size"]), done["faces"],
+                            colorized=done.get("colorized"))
+        result = ok(item, name, restored, started)
     except Exception as exc:  # the image's own (unreadable, a model, codec, memory or volume failure) is data
         if isinstance(exc, RestoreCliError) and not isinstance(exc, ImageError):
             raise  # the container's (weights, device): the call fails and Modal retries it
-        entry["error"] = failure_message(given["stored"], exc).replace(given["stored"], given["original_filename"])
-    entry["seconds"] = round(time.perf_counter() - started, 3)
-    return entry
+        result = failure(item, None, exc, None, started)[0]
+    # result_entry names the output relative to the root of its job folders: here the job's own outputs/ folder
+    return result_entry(result, given["original_filename"], Path(), Path(), Path("outputs"))
 
 
 def job_view(record: dict):
@@ -502,14 +505,15 @@ class Restore:
 
     def restore_one(self, data: bytes, name: str, options: dict | None = None) -> dict:
         """Restore one image's bytes with a job's options (``job_options``' dict; None: this container's).
-        Returns ``{"data", "format", "in_size", "out_size", "faces"}``; an unreadable image raises ImageError."""
+        Returns ``{"data", "format", "in_size", "out_size", "faces", "colorized"}``; an unreadable image raises
+        ImageError."""
         chosen = restore_options({**(options or {}), "model": self.model, "face_enhance": self.face_enhance,
                                   "face_model": self.face_model, "face_detector": self.face_detector,
                                   "colorize": self.colorize})
         _, fmt = output_name(name, chosen)
         done = self.restorer.restore_bytes(data, name, chosen, fmt)
         return {"data": done.data, "format": fmt, "in_size": list(done.in_size), "out_size": list(done.out_size),
-                "faces": done.faces}
+                "faces": done.faces, "colorized": done.colorized}
 
     @modal.method()
     def restore(self, data: bytes, name: str, options: dict | None = None) -> dict:
