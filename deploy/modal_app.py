@@ -188,13 +188,15 @@ def restore_options(stored: dict):
 
 
 def output_name(stored: str, options) -> tuple[str, str]:
-    """The output file name for the input stored as ``stored`` (``001.jpg``), and its format: named as the local
-    batch and the queue's worker name theirs (``plan.output_path_for``)."""
+    """The output file name for the input stored as ``stored`` (``001.jpg``; or the name a caller of ``restore``
+    gives, a path too), and its format: named as the local batch and the queue's worker name theirs
+    (``plan.output_path_for``)."""
     from restorecli.images.formats import format_for_suffix
     from restorecli.plan import InputItem, output_format, output_path_for
 
     read_as = format_for_suffix(Path(stored).suffix)
-    return output_path_for(InputItem(stored, Path(stored)), options, read_as).name, output_format(options, read_as)
+    named = output_path_for(InputItem(stored, Path(Path(stored).name)), options, read_as)
+    return named.name, output_format(options, read_as)
 
 
 RestoreOne = Callable[[bytes, str, dict], dict]  # (data, stored name, job options) -> restore()'s document

@@ -254,6 +254,8 @@ def test_the_restore_method_runs_locally_as_restorecli_restores(worker):
     expected = Restorer.from_options(options).restore_bytes(ROCKET, "001.jpg", options, "png").data
     assert np.array_equal(decoded(done["data"]), decoded(expected))
     assert decode_image(done["data"], "out.png", 10**8).size == (192, 128)
+    named = restore.restore.local(ROCKET, "/home/someone/photos/rocket.jpg")  # a caller's own name: a path
+    assert named["format"] == "jpg" and named["out_size"] == [192, 128]
 
 
 @pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
