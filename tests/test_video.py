@@ -785,3 +785,22 @@ def test_a_resumed_video_seeks_to_its_first_unfinished_segment_and_equals_an_uni
                                                                     abs=0.001)  # Matroska keeps milliseconds
     for (before, _, _), (after, _, _) in zip(expected, written, strict=True):
         np.testing.assert_array_equal(after, before.repeat(2, 0).repeat(2, 1))
+
+
+def test_restore_animation_refuses_more_frames_than_max_frames_before_any_model_time(tmp_path):
+    """An animation's frames are counted by Pillow, which reads every frame's header: over ``max_frames``, its
+    error before the model runs and nothing written; at the limit it is restored."""
+    from PIL import Image
+    from test_video_resume import Doubling
+
+    from restorecli.video.animated import restore_animation
+    from restorecli.video.read import TooManyFrames
+    from restorecli.video.restore import VideoOptions
+
+    pictures = [Image.new("RGB", (1, 1), (i * 6, 0, 0)) for i in range(40)]
+    pictures[0].save(tmp_path / "many.gif", save_all=True, append_images=pictures[1:], duration=20, loop=0)
+    model, out = Doubling(), tmp_path / "out" / "many.gif"
+    with pytest.raises(TooManyFrames, match="^many.gif: 40 frames, over the limit of 39 frames an animation"):
+        restore_animation(tmp_path / "many.gif", out, model, VideoOptions(max_frames=39), name="many.gif")
+    assert model.calls == 0 and not out.exists()
+    assert restore_animation(tmp_path / "many.gif", out, model, VideoOptions(max_frames=40)).frames == 40

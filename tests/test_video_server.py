@@ -180,7 +180,10 @@ def test_a_video_over_the_frame_limit_is_refused_at_upload_and_one_whose_packets
     """``serve --max-video-frames``: a 1000 fps clip within the duration limit but over the frame limit is refused
     with 422 naming it, its frames and the limit, and nothing is kept; a file whose packets hold twice as many
     frames as they count passes the upload and is stopped by the worker, which counts the decoded frames: that
-    file's error, no output for it, and the job's other file restored. ``/health`` states the limit."""
+    file's error, no output for it, and the job's other file restored; so is an animated GIF of many 1x1 frames
+    (an image by its name, within the image limit, which no upload check counts). ``/health`` states the limit."""
+    from PIL import Image
+
     from fastapi.testclient import TestClient
 
     from restorecli.cli.options import DEFAULTS
@@ -193,20 +196,24 @@ def test_a_video_over_the_frame_limit_is_refused_at_upload_and_one_whose_packets
                          queue=str(tmp_path / "queue"), dotenv=tmp_path / "none.env")
     fast = make_fast_clip(tmp_path / "fast.mp4", frames=40, fps=1000)  # 0.04 s
     lying = make_superframe_webm(tmp_path / "lying.webm")  # 10 packets, 20 frames
+    pictures = [Image.new("RGB", (1, 1), (i * 6, 0, 0)) for i in range(40)]
+    pictures[0].save(tmp_path / "many.gif", save_all=True, append_images=pictures[1:], duration=20, loop=0)
     with TestClient(create_app(config), base_url="http://localhost") as client:
         assert client.get("/health").json()["limits"]["max_video_frames"] == 15
         refused = upload(client, ("fast clip.mp4", fast.read_bytes()))
         assert (refused.status_code, refused.json()) == (
             422, {"detail": "fast clip.mp4: 40 frames, over the limit of 15 frames a video"})
         assert leftovers(config) == []
-        accepted = upload(client, ("lying.webm", lying.read_bytes()), ("still.png", small_png(24, 16)))
+        accepted = upload(client, ("lying.webm", lying.read_bytes()), ("still.png", small_png(24, 16)),
+                          ("many.gif", (tmp_path / "many.gif").read_bytes()))
         assert accepted.status_code == 202, accepted.text
         work(config)
         status = client.get(f"/status/{accepted.json()['job_id']}").json()
     assert status["status"] == "completed", status
-    video, still = status["results"]
+    video, still, animation = status["results"]
     assert still["status"] == "ok" and still["out_size"] == [48, 32]
     assert (video["status"], video["url"]) == ("error", None)
     assert video["error"] == "lying.webm: more than 15 frames, over the limit of 15 frames a video " \
                              "(--max-video-frames)"
-    assert not [path for path in leftovers(config) if path.endswith(".webm") and "/inputs/" not in path]
+    assert animation["error"] == "many.gif: 40 frames, over the limit of 15 frames an animation (--max-video-frames)"
+    assert not [path for path in leftovers(config) if path.endswith((".webm", ".gif")) and "/inputs/" not in path]

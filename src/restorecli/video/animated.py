@@ -23,7 +23,7 @@ from ..errors import ImageError, ImageTooLarge
 from ..files import atomic_writer
 from ..images.formats import FORMATS, check_output_pixels
 from .formats import ANIMATED_SUFFIXES, AnimationFormat, VideoDecodeError, VideoEncodeError
-from .read import FrameRange
+from .read import FrameRange, TooManyFrames
 from .restore import FrameRestorer, VideoOptions, VideoProgress, VideoResult
 
 _PILLOW: dict[AnimationFormat, str] = {"gif": "GIF", "apng": "PNG", "webp": "WEBP"}  # Pillow's format names
@@ -149,6 +149,9 @@ def restore_animation(source: Path, output: Path, restorer: FrameRestorer, optio
             total = image.n_frames
         except Exception as exc:
             raise VideoDecodeError(f"{name}: damaged or truncated ({_reason(exc)})") from None
+        if options.max_frames is not None and total > options.max_frames:  # Pillow counted them: the file's own
+            raise TooManyFrames(f"{name}: {total:,} frames, over the limit of {options.max_frames:,} frames an "
+                                "animation (--max-video-frames)")
         stop = min(total, part.stop) if part.stop is not None else total
         timed = part.begins is not None or part.ends is not None
         count = None if timed else max(0, stop - part.start)  # the frames restored, where known ahead
