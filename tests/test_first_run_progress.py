@@ -12,7 +12,7 @@ import platformdirs
 import pytest
 import torch
 
-from helpers.cli import invoke
+from helpers.cli import invoke, step_events
 from restorecli.cli.render import step_end_line, step_line
 from restorecli.engine import device
 from restorecli.engine.backends.choice import Candidate, Measurement, choose_backend
@@ -188,7 +188,7 @@ def test_evaluate_says_its_first_run_steps_too(make_model, monkeypatch, bf16_mea
     assert "checking whether this CPU runs bf16 faster than fp32 (once per machine)" in said
     assert f"checking that {tiny.stem} runs in bf16 on cpu" in said and "bf16 runs 2.00x as fast" in said
     bf16, probe = "checking whether this CPU runs bf16 faster than fp32", f"checking that {tiny.stem} runs in bf16 on cpu"
-    assert [(e["step"].startswith(bf16), e["step"].startswith(probe), e["state"]) for e in _step_events(first.stderr)] \
+    assert [(e["step"].startswith(bf16), e["step"].startswith(probe), e["state"]) for e in step_events(first.stderr)] \
         == [(True, False, "start"), (True, False, "end"), (False, True, "start"), (False, True, "end")], first.stderr
     assert {json.loads(line)["type"] for line in first.stdout.splitlines()} == {"row", "summary"}
     device.cpu_bf16_speedup.cache_clear()
@@ -197,12 +197,6 @@ def test_evaluate_says_its_first_run_steps_too(make_model, monkeypatch, bf16_mea
 
 
 # --- machine-readable steps (--json) and the queue's worker ---------------------------------------------------
-
-
-def _step_events(stderr: str) -> list[dict]:
-    """The JSON step events among the lines of a ``--json`` run's stderr (the summary table is text beside them)."""
-    return [event for event in (json.loads(line) for line in stderr.splitlines() if line.startswith("{"))
-            if event.get("type") == "step"]
 
 
 def test_restore_json_gives_each_step_as_json_lines_on_stderr_and_stdout_stays_one_result_a_line(
@@ -218,7 +212,7 @@ def test_restore_json_gives_each_step_as_json_lines_on_stderr_and_stdout_stays_o
                   "--json")
     assert done.exit_code == 0, done.stderr
     assert [json.loads(line)["type"] for line in done.stdout.splitlines()] == ["item", "summary"], done.stdout
-    events = _step_events(done.stderr)
+    events = step_events(done.stderr)
     bf16 = [e for e in events if e["step"] == "checking whether this CPU runs bf16 faster than fp32 (once per machine)"]
     assert [e["state"] for e in bf16] == ["start", "end"], done.stderr
     start, end = bf16
@@ -284,5 +278,5 @@ def test_worker_json_gives_its_steps_as_json_lines_on_stderr_and_stdout_keeps_it
     worked = invoke("worker", "--queue", queue, "--once", "--json")
     assert worked.exit_code == 0, worked.stderr
     assert [json.loads(line)["type"] for line in worked.stdout.splitlines()] == ["claimed", "image", "finished"]
-    bf16 = [e for e in _step_events(worked.stderr) if e["step"].startswith("checking whether this CPU runs bf16")]
+    bf16 = [e for e in step_events(worked.stderr) if e["step"].startswith("checking whether this CPU runs bf16")]
     assert [e["state"] for e in bf16] == ["start", "end"] and bf16[1]["found"].startswith("bf16 runs 2.00x")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TEST_INPUTS, read_rgb
-from helpers.cli import invoke, json_lines
+from helpers.cli import invoke, json_lines, step_events
 from restorecli.engine.backends import choice
 from restorecli.engine.backends.choice import Candidate, Measurement, choose_backend
 from restorecli.engine.backends.ncnn import NcnnBackend
@@ -217,8 +217,9 @@ def test_first_run_work_is_said_on_stderr_on_the_first_run_only(make_model, phot
     tiny = make_model(2, "compact", "pth")
     first = invoke("restore", photo16, "-o", tmp_path / "a", "--model", tiny, "--device", "cpu", "--json")
     assert first.exit_code == 0, first.stderr
-    said = [line for line in first.stderr.splitlines() if "once per" in line or "first run only" in line]
-    assert [line.split(" ")[0] for line in said] == ["checking", "converting", "timing"], first.stderr
+    said = [event["step"] for event in step_events(first.stderr) if event["state"] == "start"]
+    assert [step.split(" ")[0] for step in said] == ["checking", "converting", "timing"], first.stderr
+    assert all("once per" in step or "first run only" in step for step in said)
     assert "runs in bf16" in said[0] and "ncnn on cpu in fp32" in said[2]
     assert [line["type"] for line in json_lines(first)] == ["item", "summary"]
     assert _summary(first)["backend"] == "ncnn"

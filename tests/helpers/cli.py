@@ -23,6 +23,12 @@ def json_lines(result) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def step_events(stderr: str) -> list[dict]:
+    """The JSON step events among the lines of a ``--json`` run's stderr (the summary table is text beside them)."""
+    return [event for event in (json.loads(line) for line in stderr.splitlines() if line.startswith("{"))
+            if event.get("type") == "step"]
+
+
 def restore_exactly(*args) -> Result:
     """``restorecli restore ARGS --json`` on the CPU in fp32, untiled: the runs the video and animation tests compare
     frame by frame with a ``Restorer`` of the same settings."""
