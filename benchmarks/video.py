@@ -122,6 +122,15 @@ def bicubic(frames, size: tuple[int, int]):
         yield cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC)
 
 
+def say_progress(run: str, done: int, total: int | None, started: float) -> None:
+    """A line at every tenth of ``total`` frames (every 24 where unknown), on stdout (the peer's C code prints on
+    stderr, which is silenced while it runs): the benchmark runs for long."""
+    step = max(1, (total or 240) // 10)
+    if done % step == 0 or done == total:
+        print(f"{run}: {done}/{total or '?'} frames, {(time.perf_counter() - started) / done:.2f} s a frame",
+              flush=True)
+
+
 def host_overhead(restorecli_s: float, bare_s: float) -> float:
     """restorecli's seconds a frame over the bare forward's, less 1 (0.08: 8% over the network's own time)."""
     return restorecli_s / bare_s - 1
@@ -156,8 +165,11 @@ def bare_forward(restorer, clip: Path) -> dict:
     run(frames[0])  # the worker threads start here
     python = {thread.native_id for thread in threading.enumerate()}
     workers = {int(task.name): WORKERS for task in Path("/proc/self/task").iterdir() if int(task.name) not in python}
+    seconds, started = 0.0, time.perf_counter()
     with ThreadCPU(named=workers) as cpu:
-        seconds = sum(run(frame) for frame in frames)
+        for index, frame in enumerate(frames):
+            seconds += run(frame)
+            say_progress("bare forward", index + 1, len(frames), started)
     return {"seconds": seconds, "frames": len(frames), "tiles": len(plan.tiles), "cpu": cpu.seconds,
             "workers": workers}
 
@@ -169,8 +181,13 @@ def restorecli_run(restorer, options, clip: Path, workers: dict[int, str]) -> di
     from restorecli.pipeline import restore_batch
 
     started = time.perf_counter()
+
+    def frames(event: str, payload) -> None:
+        if event == "frames":
+            say_progress("restorecli", payload[0], payload[1], started)
+
     with ThreadCPU(named=workers) as cpu:
-        result = restore_batch([str(clip)], options, restorer=restorer)
+        result = restore_batch([str(clip)], options, on_progress=frames, restorer=restorer)
     [item] = result.items
     if item.status != "ok" or item.video is None:
         sys.exit(f"{clip}: restorecli did not restore the video: {item.error or item.status}")
@@ -212,7 +229,7 @@ def peer_run(model: str, clip: Path, output: Path) -> dict | None:
         started = time.perf_counter()
         peer = Realesrgan(gpuid=-1, model=NCNN_PY_MODELS[model])
         with av.open(str(clip)) as source, av.open(str(output), "w") as out:
-            video = out.add_stream("libx264", rate=FPS)
+            video, total = out.add_stream("libx264", rate=FPS), source.streams.video[0].frames or None
             for frame in source.decode(video=0):
                 bgr = peer.process_cv2(frame.to_ndarray(format="bgr24"))
                 if frames == 0:
@@ -222,6 +239,7 @@ def peer_run(model: str, clip: Path, output: Path) -> dict | None:
                 restored.pts, restored.time_base = frames, Fraction(1, FPS)
                 out.mux(video.encode(restored))
                 frames += 1
+                say_progress("peer", frames, total, started)
             out.mux(video.encode(None))
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "frames": frames, "output": output, "cpu": cpu.seconds}
