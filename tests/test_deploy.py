@@ -5,6 +5,7 @@ The image itself is built and run by tests/container/ (``nox -s container``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -328,9 +329,10 @@ def web_config(modal_app, model: str, tmp_path):
         return dataclasses.replace(modal_app.web_config(), max_files=3)
 
 
-@pytest.fixture
-def web(modal_app, worker, tmp_path):
-    """(client, backend, calls): the web endpoint over a dict, a folder and in-memory calls."""
+@contextlib.contextmanager
+def modal_endpoint(modal_app, config, tmp_path):
+    """(client, backend, calls): the web endpoint configured by ``config`` (``web_config``) over a dict, a folder
+    and in-memory calls, the client sending the key."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
@@ -339,9 +341,16 @@ def web(modal_app, worker, tmp_path):
     backend = modal_app.Backend({}, modal_app.JobFiles(tmp_path / "files"), calls.start, calls.error, {},
                                 calls.cancel)
     backend_ref.append(backend)
-    with TestClient(modal_app.create_web_app(backend, web_config(modal_app, worker[1], tmp_path))) as client:
+    with TestClient(modal_app.create_web_app(backend, config)) as client:
         client.headers["X-API-Key"] = KEY
         yield client, backend, calls
+
+
+@pytest.fixture
+def web(modal_app, worker, tmp_path):
+    """(client, backend, calls): the web endpoint over a dict, a folder and in-memory calls."""
+    with modal_endpoint(modal_app, web_config(modal_app, worker[1], tmp_path), tmp_path) as endpoint:
+        yield endpoint
 
 
 def post(client, *files: tuple[str, bytes], **fields):

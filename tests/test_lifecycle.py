@@ -365,8 +365,7 @@ def test_a_face_image_through_the_modal_app_equals_the_local_batch(tmp_path, mod
     """A face photo sent to the Modal app's web endpoint (serve's API over a dict, a folder and calls run in this
     process, as tests/test_deploy.py runs it) with face_enhance: the container it starts loads gfpgan-1.3 and the
     detector by name from its weights folder, hash-checked, and gives the local batch's face count and pixels."""
-    from fastapi.testclient import TestClient
-    from test_deploy import KEY, FakeCalls, post, web_config
+    from test_deploy import modal_endpoint, post, web_config
 
     (gfpgan, detector), _ = registered_faces
     photo = face_photo(tmp_path / "faces")
@@ -376,11 +375,7 @@ def test_a_face_image_through_the_modal_app_equals_the_local_batch(tmp_path, mod
     monkeypatch.setenv("RESTORECLI_FACE_DETECTOR", "retinaface-mobilenet0.25")
     config = web_config(modal_app, str(model), tmp_path)
     config = dataclasses.replace(config, defaults={**config.defaults, "device": "cpu", "precision": "fp32"})
-    backend_ref: list = []
-    calls = FakeCalls(modal_app, backend_ref)
-    backend_ref.append(modal_app.Backend({}, modal_app.JobFiles(tmp_path / "files"), calls.start, calls.error))
-    with TestClient(modal_app.create_web_app(backend_ref[0], config)) as client:
-        client.headers["X-API-Key"] = KEY
+    with modal_endpoint(modal_app, config, tmp_path) as (client, _, calls):
         answer = post(client, ("face.png", photo.read_bytes()), face_enhance="true")
         assert answer.status_code == 202, answer.text
         assert modal_app.restore_parameters(calls.started[0][1])["face_detector"] == "retinaface-mobilenet0.25"
