@@ -41,13 +41,16 @@ try:
     code = 0
 except SystemExit as stop:
     code = stop.code
-print(json.dumps({"exit_code": code, "torch": "torch" in sys.modules}))
+print(json.dumps({"exit_code": code, "torch": "torch" in sys.modules,
+                  "loaders": sorted(m for m in ("restorecli.models.loading", "restorecli.jobs.store")
+                                    if m in sys.modules)}))
 """
 
 
 @pytest.mark.parametrize("args, message", [
     (["restore", "missing.png"], "no input matched: missing.png"),
     (["restore", "missing.png", "also-missing/"], "no input matched: missing.png also-missing/"),
+    (["restore", "a:smile:.png"], "no input matched: a:smile:.png"),  # a name as it is, not an emoji
     (["restore", "{photo}", "--tile", "abc"], "--tile 'abc' is not auto, 0 or a positive number of pixels"),
     (["restore", "{photo}", "--precision", "fp8"], "--precision 'fp8' is not one of auto, fp32, fp16, bf16"),
     (["restore", "{photo}", "--format", "bmp"], "--format 'bmp' is not one of"),
@@ -63,7 +66,9 @@ def test_a_usage_error_of_restore_answers_before_torch_is_imported(args, message
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.splitlines()[-1])
-    assert outcome == {"exit_code": 2, "torch": False}, done.stderr
+    # nor the queue's modules, nor the weights' loaders: what a usage error costs is Python, typer (which brings
+    # pydantic) and rich, then restorecli's own checks
+    assert outcome == {"exit_code": 2, "torch": False, "loaders": []}, done.stderr
     assert message in " ".join(done.stderr.split())
 
 

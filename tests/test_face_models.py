@@ -172,11 +172,11 @@ def test_download_weights_from_checks_the_architecture_against_the_name(tmp_path
 
 
 def test_download_weights_all_leaves_out_non_commercial_weights_unless_named(tmp_path, monkeypatch):
-    import restorecli.cli.weights as weights_cli
+    import restorecli.models.download as download
     from restorecli.models.download import FetchResult
 
-    asked = []
-    monkeypatch.setattr(weights_cli, "fetch", lambda name, *args: asked.append(name) or FetchResult(
+    asked = []  # download-weights imports fetch as it runs (not at the CLI's start): patched where it lives
+    monkeypatch.setattr(download, "fetch", lambda name, *args: asked.append(name) or FetchResult(
         name, "failed", None, message="not fetched in this test"))
     everything = _run("download-weights", "--all", "--weights-dir", tmp_path)
     assert "codeformer" not in asked and {"gfpgan-1.3", "gfpgan-1.4", "restoreformer"} <= set(asked)

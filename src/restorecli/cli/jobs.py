@@ -13,13 +13,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EXIT_SETUP, EXIT_SOME_FAILED, UsageError
-from ..jobs.prune import parse_age, prune as prune_target
-from ..jobs.status import job_status, queue_overview, short_ids
-from ..jobs.store import queue_dir, queue_exists
 from ..progress import reporting
 from . import options as o
 from . import render
 from .exits import exit_on_error, worker_signals
+
+
+def queue_dir(queue: str | None) -> Path:
+    """The queue folder: ``--queue``, else $RESTORECLI_QUEUE, else ./restorecli-queue. The queue's modules (SQLite
+    among them) are imported by the commands that use them, so a usage error of ``restore`` answers without them."""
+    from ..jobs.store import queue_dir as folder
+
+    return folder(queue)
 
 
 @o.with_restore_options
@@ -161,11 +166,13 @@ def _job_ids(ctx: typer.Context, incomplete: str) -> list[str]:
     with what is typed; else, where it is the start of the short id status shows, those short ids (the whole
     random part once more is typed). Nothing where there is no queue or it cannot be read: completion never
     fails."""
+    from ..jobs.status import short_ids
+    from ..jobs.store import JobStore, queue_exists
+
     try:
         root = queue_dir(ctx.params.get("queue"))
         if not queue_exists(root):
             return []
-        from ..jobs.store import JobStore
 
         store = JobStore(root)
         try:
@@ -190,6 +197,8 @@ def status(
     json_output: o.Json = False,
 ) -> None:
     """Show the queue (counts and running workers) or one job with its results."""
+    from ..jobs.status import job_status, queue_overview
+
     with exit_on_error():
         root = queue_dir(queue)
         data = job_status(root, job_id) if job_id else queue_overview(root)
@@ -273,6 +282,8 @@ def prune(
 ) -> None:
     """Delete finished jobs (in a plain folder, restorecli's abandoned temporary files) older than an age; never
     queued or running jobs, never anything else, never outside the root."""
+    from ..jobs.prune import parse_age, prune as prune_target
+
     with exit_on_error():
         if path is not None and queue is not None:
             raise UsageError("give either --queue DIR or PATH, not both")

@@ -45,7 +45,8 @@ STATUS_STYLE = {"ok": "green", "skipped": "yellow", "error": "bold red", "planne
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)  # log lines stay whole in cron logs
+    # soft_wrap: log lines stay whole in cron logs; emoji off: a name like a:smile:.png is printed as it is
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def same_terminal(a: TextIO, b: TextIO) -> bool:

@@ -11,10 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
-from ..models.download import (DownloadOptions, default_names, fetch, import_local, model_status,
-                               unknown_model_message)
-from ..models.integrity import sha256_of
-from ..models.loading import choose_weights_dir, installed_file, ncnn_status, weights_dir as resolve_weights_dir
 from ..models.presets import PRESETS
 from ..models.registry import REGISTRY, ModelEntry
 from . import render
@@ -41,6 +37,10 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False,
                                                  "models and whether their weights are installed.")] = False,
            ) -> None:
     """List every known model with its status: installed, missing, embedded or corrupt (--presets: the presets)."""
+    # the loaders are imported by the commands that use them: a usage error of restore answers without them
+    from ..models.download import model_status
+    from ..models.loading import choose_weights_dir, ncnn_status
+
     with exit_on_error():
         choice = choose_weights_dir(weights_dir)
         directory = choice.path
@@ -81,6 +81,8 @@ def openvino_status(entry: ModelEntry, directory: Path) -> str:
     the model is converted and passed its check against torch in each precision, and whether ``--backend auto``
     weighs it. Nothing is converted here."""
     from ..engine.backends import choice, openvino
+    from ..models.integrity import sha256_of
+    from ..models.loading import installed_file
 
     if entry.kind != "sr":
         return "torch only (a helper model of the main one)"
@@ -99,6 +101,7 @@ def _presets(directory: Path, json_output: bool) -> None:
     """``models --presets``: each preset's models in order, whether it restores faces (with the default face
     models), and which of the weights it needs are not installed in ``directory`` (``download-weights`` fetches
     them)."""
+    from ..models.download import model_status
     from ..options import RestoreOptions
 
     defaults = RestoreOptions()
@@ -146,6 +149,9 @@ def download_weights(
     json_output: JsonFlag = False,
 ) -> None:
     """Fetch model weights, verified by sha256 and resumable; offline, install embedded ones."""
+    from ..models.download import DownloadOptions, fetch, import_local
+    from ..models.loading import weights_dir as resolve_weights_dir
+
     with exit_on_error():
         directory = resolve_weights_dir(weights_dir)
         if from_path is not None:
@@ -168,6 +174,8 @@ def download_weights(
 def _wanted(names: list[str] | None, all_models: bool) -> list[str]:
     """The registry names to fetch: those named, every one with ``--all`` (but the non-commercial ones, which are
     fetched only when named: --all must not bring a licence nobody read), or what restore needs."""
+    from ..models.download import default_names, unknown_model_message
+
     if not all_models:
         wanted = names or default_names()
     else:

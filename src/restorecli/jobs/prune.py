@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import UsageError
 from ..files import live_writer, remove_tree, temporary_writer
-from .store import DB_NAME, JobStore, queue_exists
+from .database import DB_NAME
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -58,6 +58,8 @@ def prune_queue(root: Path, age: float, dry_run: bool = False,
     """Delete completed and failed jobs whose completion is older than ``age`` seconds, and abandoned submissions.
     ``keep(job_id)`` is asked just before a job would go: True keeps it this time (the server is sending its
     files)."""
+    from .store import JobStore  # SQLite's and the queue's modules: not for the CLI's start (serve's ages)
+
     report = PruneReport(dry_run=dry_run)
     real_root = Path(os.path.realpath(root))
     cutoff = time.time() - age
@@ -136,6 +138,8 @@ def _abandoned_temporary(name: str, mode: int) -> bool:
 def prune(target: Path, age: float, dry_run: bool = False, queue_mode: bool | None = None) -> PruneReport:
     """Prune a queue folder (it holds queue.db) or a plain folder (``prune_folder``). A queue (``queue_mode``)
     that does not exist yet has nothing to prune."""
+    from .store import queue_exists
+
     if queue_mode and not queue_exists(target):
         return PruneReport(dry_run=dry_run)
     if not target.is_dir():
