@@ -163,6 +163,13 @@ class Limits(BaseModel):
                                                               "as a worker decodes them (over it, that file's error).")
 
 
+class Formats(BaseModel):
+    images: list[str] = Field(description="The suffixes of the images an upload may hold (a file is read by its "
+                                          "content, so a suffix only helps a file picker).")
+    videos: list[str] = Field(description="The suffixes that make a file a video, held to the video limits.")
+    animated: list[str] = Field(description="The image suffixes restored frame by frame where the file is animated.")
+
+
 class Disk(BaseModel):
     free_mb: float
     min_free_mb: float
@@ -178,6 +185,7 @@ class Health(BaseModel):
     workers: Workers
     worker_alive: bool
     limits: Limits
+    formats: Optional[Formats] = Field(None, description="What an upload may hold, by file suffix")
 
 
 class ModelInfo(BaseModel):

@@ -15,8 +15,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..images.formats import IMAGE_SUFFIXES, suffix_for_content
-from ..video.formats import (VIDEO_SUFFIXES, VideoDecodeError, VideoUnavailable, header_duration,
-                             is_video_name)
+from ..video.formats import (ANIMATED_SUFFIXES, VIDEO_SUFFIXES, VideoDecodeError, VideoUnavailable,
+                             header_duration, is_video_name)
 from ..video.read import count_video_packets
 
 FILE_FIELD = "files"
@@ -78,6 +78,13 @@ def display_name(raw: bytes | str | None, index: int) -> str:
     text = unicodedata.normalize("NFC", text)
     text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")).strip()
     return text[:_NAME_CHARS] or f"upload-{index}"
+
+
+def accepted_formats() -> dict[str, list[str]]:
+    """The file suffixes an upload is taken under, for ``/health`` (the dashboard's file picker reads them): images,
+    videos (told by the suffix, within the video limits) and those of the images restored frame by frame where
+    their content is animated (GIF, APNG, WebP)."""
+    return {"images": sorted(IMAGE_SUFFIXES), "videos": sorted(VIDEO_SUFFIXES), "animated": sorted(ANIMATED_SUFFIXES)}
 
 
 def _client_suffix(name: str) -> str:

@@ -1,5 +1,6 @@
-// The restorecli dashboard: upload images to POST /enhance, follow the job through GET /events/{id} (or poll
-// GET /status/{id}), and show each result as a before/after slider. Plain ES2020, no dependencies.
+// The restorecli dashboard: upload images and videos to POST /enhance, follow the job through GET /events/{id}
+// (or poll GET /status/{id}), and show each result as a before/after slider (a video: two synchronised players).
+// Plain ES2020, no dependencies.
 //
 // Every request goes through fetch() so that the API key, when the server has one, travels in the X-API-Key
 // header; that is also why pictures and downloads are fetched into blob: URLs rather than linked directly.
@@ -9,6 +10,7 @@ import {
   appendFaceChoices, appendRestoreChoices, applyFaceChoices, applyRestoreChoices, setupRestoreChoices,
 } from "./choices.js";
 import { attachCompare, setDivider } from "./compare.js";
+import { attachVideoCompare, loadVideos } from "./video.js";
 
 const KEY_STORE = "restorecli.apiKey"; // sessionStorage: forgotten when the tab closes
 const RECENT_STORE = "restorecli.recentJobs"; // localStorage: this browser's jobs
@@ -24,7 +26,8 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   files: [], // File objects chosen and not yet sent
-  limits: null, // {max_file_mb, max_files} from /health
+  limits: null, // {max_file_mb, max_files, max_video_mb, max_video_seconds, ...} from /health
+  formats: null, // {images, videos, animated}: the suffixes an upload may hold, from /health
   authRequired: false,
   view: null, // the job on screen: {id, controller, urls, cards, zip, announced}
   alertFromConnection: false,
@@ -100,6 +103,16 @@ async function request(path, { method = "GET", body, signal, headers = {}, auth 
   }
 }
 
+// GET /health's document, also where the server answers 503 (degraded or stopping: the document says why, and
+// still states the limits).
+async function healthDocument() {
+  const response = await fetch(apiUrl("health"), { cache: "no-store" });
+  if (response.status !== 200 && response.status !== 503) {
+    throw new ApiError(response.status, await responseDetail(response));
+  }
+  return response.json();
+}
+
 async function getJson(path, options) {
   const response = await request(path, options);
   return response.json();
@@ -144,7 +157,7 @@ function explain(error, doing) {
     case 415:
       return sentence(`The server could not read the upload: ${detail}`);
     case 422:
-      return sentence(`The server could not use a setting: ${detail}`);
+      return sentence(`${doing} was refused: ${detail}`);
     default:
       return sentence(`${doing} failed${error.status >= 500 ? " on the server" : ""}: ${detail}`);
   }
@@ -226,6 +239,27 @@ function formatBytes(bytes) {
   return `${(bytes / 1048576).toFixed(1)} MB`;
 }
 
+// A limit in MB as the server says it (its bytes over 1048576, to six figures: 0.04, not 0.0399999...).
+function mbText(mb) {
+  return String(Number(Number(mb).toPrecision(6)));
+}
+
+// "1.5 seconds", "10 minutes": a duration limit in words.
+function durationText(seconds) {
+  if (seconds < 120 || seconds % 60) return `${Number(seconds.toFixed(2))} seconds`;
+  return seconds % 3600 ? `${seconds / 60} minutes` : plural(seconds / 3600, "hour");
+}
+
+function suffixOf(name) {
+  const match = /\.[^./\\]+$/.exec(String(name || ""));
+  return match ? match[0].toLowerCase() : "";
+}
+
+// Whether a file so named is a video to the server: it tells one by its name's suffix, as this does.
+function isVideoName(name) {
+  return Boolean(state.formats?.videos?.includes(suffixOf(name)));
+}
+
 function sizeText(size) {
   return Array.isArray(size) && size.length === 2 ? `${size[0]} × ${size[1]}` : "";
 }
@@ -266,15 +300,47 @@ function renderChosen() {
   $("restore").disabled = state.files.length === 0;
 }
 
-// The server checks these too; checking first spares uploading what it would refuse.
+// The server checks these too; checking first spares uploading what it would refuse. A video (by its name) has
+// its own size limit.
 function overLimits(files) {
   const limits = state.limits;
   if (!limits) return "";
   if (files.length > limits.max_files) {
     return `That is ${files.length} files; the server takes at most ${limits.max_files} at a time.`;
   }
-  const big = files.find((file) => file.size > limits.max_file_mb * 1048576);
-  return big ? `${big.name} is ${formatBytes(big.size)}; the server takes files of at most ${limits.max_file_mb} MB.` : "";
+  for (const file of files) {
+    const video = isVideoName(file.name) && limits.max_video_mb;
+    const mb = video ? limits.max_video_mb : limits.max_file_mb;
+    if (file.size > mb * 1048576) {
+      return `${file.name} is ${formatBytes(file.size)}; the server takes ${video ? "videos" : "files"} of at most `
+        + `${mbText(mb)} MB.`;
+    }
+  }
+  return "";
+}
+
+// The hint under the drop zone: how many files, how large, which videos, how long.
+function describeLimits(limits, formats) {
+  const images = `Up to ${plural(limits.max_files, "file")} at a time: images of at most ${mbText(limits.max_file_mb)} MB`;
+  const animated = formats?.animated?.length
+    ? ` (animated ${formats.animated.join(", ")} are restored frame by frame)` : "";
+  if (!formats?.videos?.length) return `${images}${animated}.`;
+  const bounds = [`${mbText(limits.max_video_mb ?? limits.max_file_mb)} MB`];
+  if (limits.max_video_seconds) bounds.push(durationText(limits.max_video_seconds));
+  if (limits.max_video_frames) bounds.push(plural(limits.max_video_frames, "frame"));
+  const last = bounds.pop();
+  const within = bounds.length ? `${bounds.join(", ")} and ${last}` : last;
+  return `${images}${animated}; videos (${formats.videos.join(", ")}) of at most ${within}.`;
+}
+
+// What the server takes: the picker offers those files, the hint says the limits.
+function applyUploadRules(health) {
+  state.limits = health.limits || null;
+  state.formats = health.formats || null;
+  if (state.formats) {
+    $("file-input").accept = [...(state.formats.images || []), ...(state.formats.videos || [])].join(",");
+  }
+  if (state.limits) $("limits").textContent = describeLimits(state.limits, state.formats);
 }
 
 function setupChoosing() {
@@ -379,11 +445,26 @@ function showJob(id, expectedFiles = 0) {
   follow(view);
 }
 
-function setProgress(done, total) {
+// ``detail``: what the file in hand is at (a video's frame), after the count of files.
+function setProgress(done, total, detail = "") {
   const bar = $("job-progress");
   bar.max = Math.max(total, 1);
   bar.value = done;
-  $("job-progress-label").textContent = total ? `${done} of ${plural(total, "file")} done` : "Waiting for the server";
+  const files = total ? `${done} of ${plural(total, "file")} done` : "Waiting for the server";
+  $("job-progress-label").textContent = detail ? `${files} · ${detail}` : files;
+}
+
+// A video's frames done and to do, where its entry in the status document says them ({done, total}); else null.
+function framesOf(result) {
+  const frames = result?.frames;
+  const done = Number(frames?.done);
+  if (!frames || !Number.isFinite(done)) return null;
+  const total = Number(frames.total);
+  return { done, total: Number.isFinite(total) && total > 0 ? total : null };
+}
+
+function framesText(frames) {
+  return frames.total ? `frame ${frames.done} of ${frames.total}` : `frame ${frames.done}`;
 }
 
 // Follow the job's events; where the stream cannot be had or breaks off, poll /status every second.
@@ -505,7 +586,8 @@ function render(view, doc) {
   $("job-state").textContent = stateText;
   const done = Number(doc.progress?.done) || 0;
   const total = Number(doc.progress?.total) || doc.results.length;
-  setProgress(done, total);
+  const running = doc.results.find((result) => result.status === "processing" && framesOf(result));
+  setProgress(done, total, running ? `${running.original_filename}: ${framesText(framesOf(running))}` : "");
   const note = $("job-error");
   note.textContent = doc.error ? (status === "failed" ? `The job failed: ${doc.error}` : `Last try: ${doc.error}`) : "";
   note.hidden = !doc.error;
@@ -539,8 +621,11 @@ function renderResult(view, result) {
     $("results").append(card.root);
   }
   card.result = result;
+  // a video keeps its container; asked at each render, as /health's formats may come after the first
+  card.root.dataset.kind = isVideoName(result.original_filename) || isVideoName(result.url) ? "video" : "image";
   card.root.dataset.state = result.status;
   card.state.textContent = FILE_TEXT[result.status] || result.status;
+  showFrames(card, result.status === "processing" ? framesOf(result) : null);
   const sizes = [sizeText(result.in_size), sizeText(result.out_size)].filter(Boolean);
   card.size.textContent = sizes.length === 2 ? `${sizes[0]} → ${sizes[1]} pixels` : "";
   if (result.status === "error") {
@@ -552,6 +637,20 @@ function renderResult(view, result) {
   if (result.status === "ok" && result.url && !card.loading) {
     card.loading = true;
     loadComparison(view, card);
+  }
+}
+
+// A video's progress on its card: "Restoring… frame 12 of 48" and a bar (without a total: a busy bar).
+function showFrames(card, frames) {
+  card.frames.hidden = !frames;
+  if (!frames) return;
+  card.state.textContent = `${FILE_TEXT.processing} ${framesText(frames)}`;
+  card.frames.setAttribute("aria-label", `${card.name}: ${framesText(frames)}`);
+  if (frames.total) {
+    card.frames.max = frames.total;
+    card.frames.value = frames.done;
+  } else {
+    card.frames.removeAttribute("value");
   }
 }
 
@@ -571,6 +670,7 @@ function makeCard(view, result) {
     size: root.querySelector(".result-size"),
     note: root.querySelector(".result-note"),
     download: root.querySelector(".download-one"),
+    frames: root.querySelector(".result-frames"),
     file: null, // {blob, name}: the result, once fetched
     loading: false,
   };
@@ -581,10 +681,15 @@ function makeCard(view, result) {
   card.download.textContent = `Download ${name}`;
   card.download.addEventListener("click", () => downloadResult(view, card));
   attachCompare(card, name);
+  attachVideoCompare(card, name);
   return card;
 }
 
 async function loadComparison(view, card) {
+  if (card.root.dataset.kind === "video") {
+    await loadVideoComparison(view, card);
+    return;
+  }
   const { signal } = view.controller;
   const result = card.result;
   try {
@@ -612,20 +717,55 @@ async function loadComparison(view, card) {
   }
 }
 
+// Where a player reads a file of the job: its URL, which the browser streams (and seeks in) by itself, except
+// where the server wants a key, which a player cannot send: then the file is fetched whole into a blob.
+async function mediaSource(view, path, signal) {
+  if (!memoryKey) return { src: apiUrl(path).href, file: null };
+  const fetched = await fetchBlob(path, signal);
+  return { src: objectUrl(view, fetched.blob), file: fetched };
+}
+
+// A video's result: both players, or where this browser cannot play the restored video, a note and its download.
+async function loadVideoComparison(view, card) {
+  const { signal } = view.controller;
+  const result = card.result;
+  try {
+    const [before, after] = await Promise.all([mediaSource(view, result.input_url, signal),
+                                               mediaSource(view, result.url, signal)]);
+    if (signal.aborted) return;
+    if (after.file) card.file = { blob: after.file.blob, name: after.file.name || fallbackName(result) };
+    const name = card.file?.name || fallbackName(result);
+    card.download.textContent = `Download ${name}`;
+    card.download.hidden = false;
+    const shown = await loadVideos(card, before.src, after.src);
+    if (signal.aborted) return;
+    const notes = {
+      none: `This browser cannot play ${name} (its container or codec); download it to watch it in a video player.`,
+      after: "This browser cannot play the uploaded video, so the restored one is shown alone.",
+    };
+    card.note.textContent = notes[shown] || "";
+    card.note.hidden = !notes[shown];
+  } catch (error) {
+    if (signal.aborted) return;
+    card.note.textContent = explain(error, "Loading the videos");
+    card.note.hidden = false;
+  }
+}
+
 function objectUrl(view, blob) {
   const url = URL.createObjectURL(blob);
   view.urls.push(url);
   return url;
 }
 
-// The name the server offers a result under is its input's stem with the output's suffix; this is it, for
-// when the header is missing.
+// The name the server offers a result under is its input's stem with the output's suffix (a URL without one:
+// the input's); this is it, for when the header is missing.
 function fallbackName(result) {
   const original = String(result.original_filename).split(/[/\\]/).pop() || "image";
   const dot = original.lastIndexOf(".");
   const stem = dot > 0 ? original.slice(0, dot) : original;
   const suffix = /\.[A-Za-z0-9]+$/.exec(String(result.url || ""));
-  return stem + (suffix ? suffix[0] : "");
+  return stem + (suffix ? suffix[0] : dot > 0 ? original.slice(dot) : "");
 }
 
 async function downloadResult(view, card) {
@@ -833,13 +973,10 @@ async function start() {
   renderRecent();
 
   try {
-    const health = await getJson("health", { auth: false });
-    state.limits = health.limits || null;
+    const health = await healthDocument();
+    applyUploadRules(health);
     state.authRequired = Boolean(health.auth_required);
     $("server-state").textContent = describeServer(health);
-    if (state.limits) {
-      $("limits").textContent = `Up to ${plural(state.limits.max_files, "image")} at a time, ${state.limits.max_file_mb} MB each.`;
-    }
     $("key-button").hidden = !state.authRequired;
     if (state.authRequired && !memoryKey) await askForKey("");
   } catch (error) {

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import schema
 from ..service import JobService
+from ..uploads import accepted_formats
 from .deps import job_service
 
 router = APIRouter()
@@ -17,6 +18,6 @@ router = APIRouter()
 def health(service: JobService = Depends(job_service)) -> Response:
     """Liveness, with the queue's counts and whether any worker is alive (no API key needed). 503 where the
     server cannot do its work (no worker taking waiting jobs, a worker stalled, the disk nearly full, the queue
-    database gone) or is stopping; ``problems`` says what."""
-    document = service.health()
+    database gone) or is stopping; ``problems`` says what. ``formats``: the file suffixes an upload may hold."""
+    document = {**service.health(), "formats": accepted_formats()}
     return JSONResponse(document, status_code=200 if document["status"] == "ok" else 503)
