@@ -95,6 +95,13 @@ def test_models_piped_still_gives_its_tsv_on_stdout(tmp_path):
     assert len(_model_names(CONTROL.sub(b"", received).decode(errors="replace"))) == 1  # the table, on the terminal
 
 
+def test_models_names_the_extra_a_licensed_model_needs_whole(tmp_path):
+    """Its note was read as markup, so ``pip install 'restorecli[codeformer]'`` lost its extra."""
+    listed = invoke("models", "--weights-dir", tmp_path / "w")
+    assert listed.exit_code == 0, listed.stderr
+    assert "it needs pip install 'restorecli[codeformer]'" in " ".join(listed.stderr.split())
+
+
 def test_the_json_summary_gives_wall_time_and_images_per_second(tmp_path, make_model):
     from conftest import TEST_INPUTS
 

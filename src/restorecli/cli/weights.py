@@ -70,7 +70,7 @@ def models(weights_dir: WeightsDir = None, json_output: JsonFlag = False,
         table.add_row(row["name"], row["kind"], f"[{style[row['status']]}]{row['status']}[/]", row["licence"],
                       row["description"])
     # the licences that restrict use, whole, whatever the table's width
-    notes = [f"note: {licence_note(entry)}" for entry in REGISTRY.values() if entry.non_commercial]
+    notes = [f"note: {escape(licence_note(entry))}" for entry in REGISTRY.values() if entry.non_commercial]
     notes += [f"{back_end}: {row['name']}: {escape(row[back_end])}"
               for row in rows if verbose and row["kind"] == "sr" for back_end in ("ncnn", "openvino")]
     render.table_then_rows(table, (f"{row['name']}\t{row['status']}\t{row['path']}" for row in rows), notes)
