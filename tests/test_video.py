@@ -804,3 +804,116 @@ def test_restore_animation_refuses_more_frames_than_max_frames_before_any_model_
         restore_animation(tmp_path / "many.gif", out, model, VideoOptions(max_frames=39), name="many.gif")
     assert model.calls == 0 and not out.exists()
     assert restore_animation(tmp_path / "many.gif", out, model, VideoOptions(max_frames=40)).frames == 40
+
+
+FILM_FRAMES = 6
+
+
+def make_thumbnail_first(path: Path) -> Path:
+    """A Matroska file whose first video stream is a one-frame 32x32 picture (a thumbnail) and whose second is the
+    film: ``FILM_FRAMES`` moving 64x48 frames."""
+    with av.open(str(path), "w") as out:
+        thumbnail = out.add_stream("mjpeg", rate=1)
+        thumbnail.width = thumbnail.height = 32
+        thumbnail.pix_fmt = "yuvj420p"
+        film = out.add_stream("libx264", rate=24)
+        film.width, film.height, film.pix_fmt = W, H, "yuv420p"
+        picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts = 0
+        out.mux(thumbnail.encode(picture))
+        out.mux(thumbnail.encode(None))
+        for i in range(FILM_FRAMES):
+            frame = av.VideoFrame.from_ndarray(moving_frame(i), format="rgb24")
+            frame.pts = i
+            out.mux(film.encode(frame))
+        out.mux(film.encode(None))
+    return path
+
+
+def test_of_two_video_streams_the_film_is_restored_not_the_first_stream(tmp_path, model2):
+    """A file with a thumbnail before its film: the stream restored, counted at upload and named in the header
+    checks is the one FFmpeg picks (as a player does), not a one-frame picture that would drop the film."""
+    from restorecli.video.formats import frame_size
+    from restorecli.video.read import count_video_packets
+
+    clip = make_thumbnail_first(tmp_path / "film.mkv")
+    assert count_video_packets(clip, "film.mkv") == FILM_FRAMES and frame_size(clip) == (W, H)
+    result = restore(clip, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 0, result.stderr
+    restored = frames_of(tmp_path / "out" / "film.mkv")
+    assert len(restored) == FILM_FRAMES and restored[0][0].shape == (2 * H, 2 * W, 3)
+
+
+def remuxed(source: Path, path: Path, declared: tuple[int, int] | None = None, frames: bool = True,
+            sound: Path | None = None) -> Path:
+    """``source``'s video stream copied into ``path`` unchanged, under a header that states ``declared`` as its frame
+    size where given (FFV1 keeps no size of its own: the header's is the decoder's); ``frames=False``: the stream
+    with none of its packets; ``sound``: that file's audio stream beside it."""
+    with av.open(str(source)) as film, av.open(str(path), "w") as out:
+        video = out.add_stream_from_template(film.streams.video[0])
+        if declared is not None:
+            video.codec_context.width, video.codec_context.height = declared
+        copies = [(film, film.streams.video[0], video)] if frames else []
+        opened = av.open(str(sound)) if sound is not None else None
+        if opened is not None:
+            copies.append((opened, opened.streams.audio[0], out.add_stream_from_template(opened.streams.audio[0])))
+        out.start_encoding()
+        for container, stream, target in copies:
+            for packet in container.demux(stream):
+                if packet.size:
+                    packet.stream = target
+                    out.mux(packet)
+        if opened is not None:
+            opened.close()
+    return path
+
+
+def make_resized(path: Path, sizes: list[tuple[int, int]]) -> Path:
+    """An MJPEG video whose frames have ``sizes`` (each JPEG states its own), its header stating the first."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_mux_stream("mjpeg", rate=24, width=sizes[0][0], height=sizes[0][1])
+        stream.time_base = Fraction(1, 24)
+        for i, (width, height) in enumerate(sizes):
+            encoder = av.CodecContext.create("mjpeg", "w")
+            encoder.width, encoder.height, encoder.pix_fmt, encoder.time_base = width, height, "yuvj420p", \
+                Fraction(1, 24)
+            picture = av.VideoFrame.from_ndarray(np.resize(moving_frame(i), (height, width, 3)), format="rgb24")
+            [packet] = encoder.encode(picture.reformat(format="yuvj420p"))
+            packet.stream, packet.pts, packet.dts = stream, i, i
+            out.mux(packet)
+    return path
+
+
+def hostile_videos(folder: Path, scratch: Path) -> dict[str, str]:
+    """Videos a hostile or broken source sends, written into ``folder``: name -> the error each must end as."""
+    scratch.mkdir(exist_ok=True)
+    ffv1 = make_video(scratch / "ffv1.mkv", "ffv1", frames=4, audio=None)
+    remuxed(ffv1, folder / "declared_huge.mkv", declared=(60000, 60000))
+    make_resized(folder / "resized.avi", [(W, H)] * 3 + [(2 * W, 2 * H)])
+    remuxed(ffv1, folder / "no_frames.mkv", frames=False, sound=make_video(scratch / "sound.mkv", frames=0))
+    return {"declared_huge.mkv": "declared_huge.mkv: its video stream states no frame size FFmpeg can take (none, or "
+                                 "one too large to decode)",
+            "resized.avi": f"resized.avi: frame 3 is {2 * W}x{2 * H} pixels where the video's frames are {W}x{H}; "
+                           "restorecli restores videos whose frames keep one size",
+            "no_frames.mkv": "no_frames.mkv: no frame could be decoded (empty, truncated or damaged)"}
+
+
+def test_hostile_videos_end_as_their_own_errors_and_the_batch_goes_on(tmp_path, model2):
+    """A header stating 60000x60000 (FFmpeg will not decode it), frames that grow mid-stream, a video stream with no
+    frames beside its sound: each is that file's error naming it and the problem, nothing written for it; the same
+    frames under an honest header are restored. The server's header check knows no size for the first."""
+    from restorecli.video.formats import frame_size
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    said = hostile_videos(inputs, tmp_path / "scratch")
+    remuxed(tmp_path / "scratch" / "ffv1.mkv", inputs / "honest.mkv")
+    assert frame_size(inputs / "declared_huge.mkv") is None and frame_size(inputs / "honest.mkv") == (W, H)
+    result = restore(inputs, "-o", tmp_path / "out", "--model", model2)
+    assert result.exit_code == 1, result.stderr
+    done = {Path(item["input"]).name: item for item in items_of(result)}
+    assert {name: item.get("error") for name, item in done.items() if name != "honest.mkv"} == {
+        name: text.replace(name, str(inputs / name), 1) for name, text in said.items()}  # the CLI names the path
+    assert done["honest.mkv"]["status"] == "ok"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["honest.mkv"]

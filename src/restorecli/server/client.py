@@ -445,14 +445,15 @@ def _check_video(data: BinaryIO, expected: Expected, name: str) -> None:
 def _video_frames(path: Path) -> int:
     """How many frames the video at ``path`` decodes to (its restored video must have as many); ``ImageError``
     subclasses naming it where it cannot be read."""
-    from ..video.formats import VideoDecodeError, load_av
+    from ..video.formats import VideoDecodeError, load_av, main_video_stream
 
     av = load_av(str(path))
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            stream = main_video_stream(container)  # the one the server restores
+            if stream is None:
                 raise VideoDecodeError(f"{path}: no video stream")
-            return sum(1 for _ in container.decode(container.streams.video[0]))
+            return sum(1 for _ in container.decode(stream))
     except av.FFmpegError as exc:
         raise VideoDecodeError(f"{path}: cannot be read as a video ({exc})") from None
 

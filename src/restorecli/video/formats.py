@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import ImageDecodeError, ImageError
 
@@ -75,6 +75,13 @@ def load_av(name: str) -> ModuleType:
     return av
 
 
+def main_video_stream(container: Any) -> Any | None:
+    """The video stream of an open PyAV ``container`` that restorecli restores (None: it has none): the one FFmpeg
+    picks, as a player does (``av_find_best_stream``: not cover art, the largest), which need not be the first; a
+    file's other video streams are not copied."""
+    return container.streams.best("video")
+
+
 def frame_size(path: Path) -> tuple[int, int] | None:
     """A video's frame size (w, h) from its header, without decoding a frame or importing numpy (the server's process
     reads it to refuse a job before a worker spends time on it); None where PyAV is absent or cannot tell."""
@@ -82,8 +89,9 @@ def frame_size(path: Path) -> tuple[int, int] | None:
         import av
 
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            return (stream.codec_context.width, stream.codec_context.height) or None
+            context = main_video_stream(container).codec_context
+            # 0 x 0 where the header states none, or one FFmpeg refuses (60000 x 60000): unknown, as unread
+            return (context.width, context.height) if context.width > 0 and context.height > 0 else None
     except Exception:  # no PyAV, no video stream, a damaged file: the worker names the problem
         return None
 
@@ -95,11 +103,11 @@ def header_duration(path: Path) -> float | None:
     av = load_av(path.name)
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            stream = main_video_stream(container)
+            if stream is None:
                 raise VideoDecodeError(f"{path.name}: no video stream")
             if container.duration is not None and container.duration > 0:
                 return container.duration / 1_000_000  # AV_TIME_BASE: microseconds
-            stream = container.streams.video[0]
             if stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
             return None

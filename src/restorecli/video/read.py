@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageTooLarge
-from .formats import DECODING_TIMES_ONLY, VideoDecodeError, load_av
+from .formats import DECODING_TIMES_ONLY, VideoDecodeError, load_av, main_video_stream
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,9 +118,9 @@ class VideoInput:
         except (av.FFmpegError, OSError) as exc:
             raise VideoDecodeError(f"{name}: not a readable video ({_reason(exc)})") from None
         try:
-            if not self.container.streams.video:
+            self.video = main_video_stream(self.container)
+            if self.video is None:
                 raise VideoDecodeError(f"{name}: the file holds no video stream")
-            self.video = self.container.streams.video[0]
             self.video.thread_type = "AUTO"  # frame and slice threads in FFmpeg's decoder, outside the GIL
             kinds = ("audio", "subtitle") if keep_audio else ()
             self.copied = [stream for stream in self.container.streams if stream.type in kinds]
@@ -140,7 +140,8 @@ class VideoInput:
     def _facts(self) -> VideoFacts:
         video, context = self.video, self.video.codec_context
         if context.width <= 0 or context.height <= 0:
-            raise VideoDecodeError(f"{self.name}: its video stream has no frame size")
+            raise VideoDecodeError(f"{self.name}: its video stream states no frame size FFmpeg can take (none, "
+                                   "or one too large to decode)")
         duration = _stream_seconds(video)
         if duration is None and self.container.duration is not None and len(self.container.streams) == 1:
             duration = self.container.duration / 1_000_000  # AV_TIME_BASE; with other streams, theirs may be longer
@@ -273,7 +274,7 @@ class VideoInput:
 
 
 def count_video_packets(path: Path, name: str, stop_over: int | None = None) -> int:
-    """How many frames the video at ``path`` holds by its (first) video stream's packets, counted by demuxing alone:
+    """How many frames the video at ``path`` holds by its (main) video stream's packets, counted by demuxing alone:
     no frame decoded, so a large file is counted at the speed it is read; counting stops at ``stop_over`` + 1.
     The container's header is not asked (it may say anything). Raises ``VideoUnavailable`` without PyAV,
     ``VideoDecodeError`` (naming ``name``) where PyAV cannot open it as a video."""
@@ -281,9 +282,10 @@ def count_video_packets(path: Path, name: str, stop_over: int | None = None) -> 
     count = 0
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            stream = main_video_stream(container)
+            if stream is None:
                 raise VideoDecodeError(f"{name}: the file holds no video stream")
-            for packet in container.demux(container.streams.video[0]):
+            for packet in container.demux(stream):
                 if packet.size:  # not the demuxer's end-of-stream marker
                     count += 1
                     if stop_over is not None and count > stop_over:
