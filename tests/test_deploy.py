@@ -282,7 +282,7 @@ def test_a_job_s_outputs_are_named_as_the_local_batch_names_them(worker, modal_a
     files.write(job_id, {"inputs/001.JPEG": ROCKET, "inputs/002.png": png(20, 12)})
     backend.records[job_id] = modal_app.new_record(job_id, {"model": model, "format": "same", "suffix": "_x2"},
                                                    stored)
-    assert modal_app.process_job(backend, restore.restore.local, job_id) == "completed"
+    assert modal_app.process_job(backend, restore.restore_items, job_id) == "completed"
     assert sorted(r["output"] for r in backend.records[job_id]["results"]) == expected
     assert sorted(path.name for path in (files.root / job_id / "outputs").iterdir()) == expected
 
@@ -313,7 +313,7 @@ class FakeCalls:
         statuses = []
         for job_id, options in self.started:
             restore = self.modal_app.Restore(**self.modal_app.restore_parameters(options))
-            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore.local, job_id))
+            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore_items, job_id))
         self.started.clear()
         return statuses
 
@@ -422,6 +422,22 @@ def test_fields_and_limits_are_checked_as_serve_checks_them_and_nothing_is_queue
     answer = post(client, *files, **fields)
     assert answer.status_code == code and fragment in answer.json()["detail"]
     assert backend.records == {} and calls.started == []
+
+
+def test_a_video_over_the_frame_limit_is_refused_as_serve_refuses_it(modal_app, worker, tmp_path):
+    """The endpoint's upload limits are serve's, the frame limit (``max_video_frames``) among them: a 1000 fps clip
+    within the duration limit but over the frame limit is refused with serve's 422 and words, nothing queued."""
+    pytest.importorskip("av", reason="PyAV reads videos: pip install 'restorecli[video]'")
+    from test_video_server import make_fast_clip
+
+    config = dataclasses.replace(web_config(modal_app, worker[1], tmp_path), max_video_frames=15)
+    fast = make_fast_clip(tmp_path / "fast.mp4", frames=40, fps=1000)  # 0.04 s
+    with modal_endpoint(modal_app, config, tmp_path) as (client, backend, calls):
+        assert client.get("/health").json()["limits"]["max_video_frames"] == 15
+        refused = post(client, ("fast clip.mp4", fast.read_bytes()))
+        assert (refused.status_code, refused.json()) == (
+            422, {"detail": "fast clip.mp4: 40 frames, over the limit of 15 frames a video"})
+        assert backend.records == {} and calls.started == []
 
 
 def test_a_job_s_container_loads_its_face_model_and_colour_stage(web, modal_app):
