@@ -282,7 +282,7 @@ def test_a_job_s_outputs_are_named_as_the_local_batch_names_them(worker, modal_a
     files.write(job_id, {"inputs/001.JPEG": ROCKET, "inputs/002.png": png(20, 12)})
     backend.records[job_id] = modal_app.new_record(job_id, {"model": model, "format": "same", "suffix": "_x2"},
                                                    stored)
-    assert modal_app.process_job(backend, restore.restore_items, job_id) == "completed"
+    assert modal_app.process_job(backend, restore.restore.local, job_id) == "completed"
     assert sorted(r["output"] for r in backend.records[job_id]["results"]) == expected
     assert sorted(path.name for path in (files.root / job_id / "outputs").iterdir()) == expected
 
@@ -313,7 +313,7 @@ class FakeCalls:
         statuses = []
         for job_id, options in self.started:
             restore = self.modal_app.Restore(**self.modal_app.restore_parameters(options))
-            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore_items, job_id))
+            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore.local, job_id))
         self.started.clear()
         return statuses
 
