@@ -150,6 +150,41 @@ def _cells(table: str, row: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
+def test_video_table_holds_each_run_and_the_overhead_of_its_own_numbers(video_bench):
+    """The fast sibling of the end-to-end run below: ``render`` on made-up runs, every figure checked."""
+    workers = video_bench.WORKERS
+    bare = {"seconds": 6.0, "frames": 6, "tiles": 1, "cpu": {"MainThread": 6.0, workers: 6.0}, "halves": (1.2, 0.8)}
+    setup = {"model": "realesr-animevideov3", "backend": "torch", "device": "cpu", "precision": "fp32"}
+    ours = {"video_s": 26.4, "frames": 24, "batch": 27.0, "load": 3.0, "codec": "libx264", "setup": setup,
+            "cpu": {"MainThread": 24.0, workers: 24.0, "restorecli-video-read": 1.2}}
+    peer = {"seconds": 12.0, "frames": 24, "cpu": {"MainThread": 20.0}}
+    flicker_of = {"bicubic": 20.0, "restorecli": 22.0, "peer": 21.0}
+    clip = {"width": 114, "height": 64, "seconds": 1, "out": "456x256"}
+    out = video_bench.render(clip, bare, ours, peer, flicker_of, "python benchmarks/video.py --seconds 1", (1.0, 2.0))
+    assert out.startswith("24 frames of 114x64 (1 s at 24 fps") and "`python benchmarks/video.py --seconds 1`" in out
+    assert "torch on cpu in fp32" in out and "load average was 1.0 at the start and 2.0 at the end" in out
+    assert _cells(out, "bare forward (torch, fp32)") == ["bare forward (torch, fp32)", "1.000", "1.0000", "-", "-"]
+    assert _cells(out, "restorecli restore, model loaded")[1:] == ["0.909", "1.1000", "22.00", "1.10x"]
+    assert _cells(out, "restorecli restore, whole")[1:] == ["0.800", "1.2500", "22.00", "1.10x"]
+    assert _cells(out, "peer: realesrgan-ncnn-py")[1:] == ["2.000", "0.5000", "21.00", "1.05x"]
+    assert _cells(out, "input enlarged with bicubic")[1:] == ["-", "-", "20.00", "1.00x"]
+    assert "- 1 = 10.0% (the goal: under 10%)" in out and "/ the bare forward's 2.000 - 1 = 2.5%" in out
+    assert "6 of the 24 frames (evenly spread)" in out and "1.2000 s and 0.8000 s a frame" in out
+    assert _cells(out, "all threads")[1:] == ["2.000", "2.050", "0.833"]  # CPU seconds a frame per run
+    assert _cells(out, "wall seconds a frame")[1:] == ["1.000", "1.100", "0.500"]
+    assert "| peer:" not in video_bench.render(clip, bare, ours, None, flicker_of, "c", (1.0, 2.0))
+
+
+def test_video_bare_forward_runs_on_a_spread_sample_half_before_and_half_after(video_bench):
+    before, after = video_bench.bare_sample(list(range(240)))
+    assert before == list(range(0, 240, 8)) and after == list(range(4, 240, 8))
+    assert video_bench.bare_sample([0, 1, 2]) == ([0, 2], [1])  # a clip too short to thin: every frame
+    halves = video_bench.joined({"seconds": 3.0, "frames": 2, "tiles": 1, "cpu": {"a": 1.0}},
+                                {"seconds": 3.0, "frames": 3, "tiles": 1, "cpu": {"a": 2.0, "b": 0.5}})
+    assert (halves["seconds"], halves["frames"], halves["cpu"]) == (6.0, 5, {"a": 3.0, "b": 0.5})
+    assert halves["halves"] == (1.5, 1.0)
+
+
 @pytest.mark.slow  # about 15 s on a quiet 2-core machine (three runs over 24 frames, two processes importing torch)
 def test_video_benchmark_runs_on_a_tiny_clip_and_prints_its_table(tmp_path):
     pytest.importorskip("av", reason="the video benchmark needs PyAV (restorecli[video])")
@@ -175,3 +210,4 @@ def test_video_benchmark_runs_on_a_tiny_clip_and_prints_its_table(tmp_path):
     else:
         assert float(_cells(out, "peer: realesrgan-ncnn-py")[1]) > 0
     assert float(_cells(out, "all threads")[2]) > 0  # restorecli's CPU seconds a frame
+    assert "The bare forward ran on 6 of the 24 frames (evenly spread)" in out
