@@ -107,6 +107,14 @@ PLAYERS = """(card) => {  // both players' state
 }"""
 
 
+def both(page, card, condition: str) -> None:
+    """Wait until ``condition`` holds of the card's players, ``b`` the input's and ``a`` the result's."""
+    page.wait_for_function(f"""(card) => {{
+        const [b, a] = ['video.video-before', 'video.video-after'].map((s) => card.querySelector(s));
+        return {condition};
+    }}""", arg=card.element_handle())
+
+
 def check_players(page, card, name: str, duration: float, sizes: tuple[list[int], list[int]]) -> None:
     """The view of a playable result: a <video> with controls of the result's duration and size beside the input;
     a seek, play, pause and speed on the result carry over to the input; "Play both" works from the keyboard;
@@ -126,20 +134,15 @@ def check_players(page, card, name: str, duration: float, sizes: tuple[list[int]
     expect(card.locator(".video-size")).to_contain_text(f"{duration:.2f} seconds")
 
     after.evaluate("(video) => { video.currentTime = 0.5; }")  # as the player's own seek bar does
-    page.wait_for_function("""(card) => {
-        const [b, a] = ['video.video-before', 'video.video-after'].map((s) => card.querySelector(s));
-        return !a.seeking && !b.seeking && a.currentTime === 0.5 && b.currentTime === 0.5;
-    }""", arg=card.element_handle())
+    both(page, card, "!a.seeking && !b.seeking && a.currentTime === 0.5 && b.currentTime === 0.5")
     after.evaluate("(video) => { video.playbackRate = 0.1; }")  # slow: the 1 s clip must not end under the test
     card.get_by_role("button", name=f"Play both: {name}").focus()
     page.keyboard.press("Enter")
-    playing = state()
-    assert not playing["after"]["paused"] and not playing["before"]["paused"], playing
-    assert playing["before"]["rate"] == 0.1, playing
-    page.wait_for_function("(video) => video.currentTime > 0.52", arg=after.element_handle())  # it plays
+    # the input follows on the result's play, pause and ratechange events, which the browser fires a task later
+    both(page, card, "!b.paused && !a.paused && b.playbackRate === 0.1 && a.currentTime > 0.52")  # they play
     card.get_by_role("button", name=f"Pause both: {name}").click()
+    both(page, card, "a.paused && b.paused && !b.seeking")
     paused = state()
-    assert paused["after"]["paused"] and paused["before"]["paused"], paused
     assert paused["after"]["time"] > 0.52, paused  # both at one moment (the media clock keeps microseconds)
     assert paused["before"]["time"] == pytest.approx(paused["after"]["time"], abs=1e-3), paused
 
