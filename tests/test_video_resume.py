@@ -377,3 +377,75 @@ def test_restore_video_keeps_its_segments_and_resumes_and_a_damaged_manifest_sta
     (out.parent / ".clip.mkv.parts" / "manifest.json").write_text('{"segments": [1, 2]')  # cut short
     model = Doubling()
     assert restore_video(clip, out, model, options).resumed == 0 and model.calls == FRAMES
+
+
+def test_ranges_restored_apart_and_joined_are_the_video_a_single_run_writes(tmp_path):
+    """``video.ranges`` (the Ray pool's actors restore a video's ranges at once): a 24-frame clip in three ranges,
+    the last to the end; one stopped mid-way is taken up again from its last finished segment, in whichever order
+    the ranges come; joined (``segments.join_ranges``), they are every frame at its time and the input's sound."""
+    from restorecli.video.ranges import plan_ranges, restore_range
+    from restorecli.video.restore import VideoOptions, open_video
+    from restorecli.video.segments import join_ranges, range_output
+
+    clip = make_video(tmp_path / "clip.mkv", variable=True, frames=FRAMES)
+    out = tmp_path / "out" / "clip.mkv"
+    # a segment at each frame (a segment ends once a frame comes after its time), however fast the machine
+    options = VideoOptions(codec="ffv1", segment_seconds=1e-9, settings={"model": "doubling"})
+    spans = plan_ranges(FRAMES, 10)
+    assert [(span.first, span.stop) for span in spans] == [(0, 10), (10, 20), (20, None)]
+
+    class Stopping(Doubling):
+        """Ctrl-C at the range's sixth frame, once the four segments before the fifth frame's are kept (frames wait
+        for the writer in a queue, which a stop empties)."""
+
+        def restore_array(self, color, alpha=None, options=None):
+            if self.calls == 5:
+                wait_until(lambda: covered(range_output(out, 10)) == 4, what="four segments kept")
+                raise KeyboardInterrupt
+            return super().restore_array(color, alpha, options)
+
+    with pytest.raises(KeyboardInterrupt):
+        restore_range(clip, out, spans[1], Stopping(), options)
+    model = Doubling()
+    done = [restore_range(clip, out, span, model, options) for span in reversed(spans)]
+    kept = done[1].resumed
+    assert kept == 4 and model.calls == FRAMES - kept  # the finished segments are not restored again
+    assert [result.frames for result in done] == [4, 10, 10] and not out.exists()
+    with open_video(clip) as video:
+        assert join_ranges(out, [span.first for span in spans], video) == (128, 96)
+    assert [when for _, when, _ in frames_of(out)] == [when for _, when, _ in frames_of(clip)]
+    for (before, _, _), (after, _, _) in zip(frames_of(clip), frames_of(out), strict=True):
+        np.testing.assert_array_equal(after, before.repeat(2, 0).repeat(2, 1))
+    assert packets_of(out, "audio") == packets_of(clip, "audio")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.mkv"]  # the parts folder removed
+
+
+def test_ranges_that_miss_frames_are_not_joined(tmp_path):
+    from restorecli.video.formats import VideoEncodeError
+    from restorecli.video.ranges import plan_ranges, restore_range
+    from restorecli.video.restore import VideoOptions, open_video
+    from restorecli.video.segments import join_ranges
+
+    clip = make_video(tmp_path / "clip.mkv", frames=FRAMES)
+    out = tmp_path / "out" / "clip.mkv"
+    spans = plan_ranges(FRAMES, 12)
+    restore_range(clip, out, spans[1], Doubling(), VideoOptions(codec="ffv1", segment_seconds=1e-9))
+    with open_video(clip) as video, pytest.raises(VideoEncodeError, match=r"clip.mkv: the restored ranges miss "
+                                                                         r"frames 0 to 11"):
+        join_ranges(out, [span.first for span in spans], video)
+    assert not out.exists()
+
+
+def test_a_range_is_bounded_by_max_video_frames_as_a_whole_video_is(tmp_path):
+    """A range decodes the frames before it to count them, so the last range (to the end, whatever the container
+    says) meets ``--max-video-frames`` at the same frame a whole video's run does; a range ending before it does not."""
+    from restorecli.video.ranges import FrameSpan, restore_range
+    from restorecli.video.read import TooManyFrames
+    from restorecli.video.restore import VideoOptions
+
+    clip = make_video(tmp_path / "clip.mkv", frames=FRAMES)
+    out = tmp_path / "out" / "clip.mkv"
+    options = VideoOptions(codec="ffv1", segment_seconds=1e-9, max_frames=FRAMES - 4)
+    assert restore_range(clip, out, FrameSpan(0, 10), Doubling(), options).frames == 10
+    with pytest.raises(TooManyFrames, match=rf"clip.mkv: more than {FRAMES - 4} frames, over the limit"):
+        restore_range(clip, out, FrameSpan(10, None), Doubling(), options)

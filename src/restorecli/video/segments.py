@@ -157,6 +157,35 @@ class PartsFolder:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def range_output(output: Path, first: int) -> Path:
+    """The name under which the frames of ``output`` from number ``first`` on are restored as a range of their own
+    (a video that several workers restore at once, each a range): its segments are kept in that name's parts
+    folder, inside ``output``'s."""
+    return parts_folder(output) / f"range-{first:08d}{output.suffix}"
+
+
+def join_ranges(output: Path, firsts: list[int], video: VideoInput) -> tuple[int, int]:
+    """Write ``output`` (see ``join_segments``) from the segments of its ranges beginning at the frames ``firsts``,
+    in order, then remove its parts folder; returns the frame size. Raises ``VideoEncodeError`` where the ranges'
+    segments do not hold every frame from 0 on, one after the other."""
+    folder = parts_folder(output)
+    segments, expected = [], 0
+    for first in firsts:
+        kept = parts_folder(range_output(output, first))
+        for segment in _segments(_read_manifest(kept / MANIFEST)):
+            if first + segment.first != expected:
+                raise VideoEncodeError(f"{video.name}: the restored ranges miss frames {expected} to "
+                                       f"{first + segment.first - 1}")
+            segments.append(Segment(f"{kept.name}/{segment.file}", expected, segment.frames))
+            expected += segment.frames
+    if not segments:
+        raise VideoEncodeError(f"{video.name}: no frame of it was restored")
+    whole = PartsFolder(folder, output.suffix, {}, segments)
+    size = join_segments(whole, video, output)
+    whole.remove()
+    return size
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
@@ -343,4 +372,4 @@ def _rotation(container: Any) -> int:
 
 
 __all__ = ["PartsFolder", "Segment", "SegmentedOutput", "VideoOutputSpec", "adopt_parts", "input_identity",
-           "join_segments", "parts_folder", "parts_writer"]
+           "join_ranges", "join_segments", "parts_folder", "parts_writer", "range_output"]
