@@ -144,6 +144,9 @@ def test_a_dry_run_reports_sizes_after_exif_orientation(tmp_path, orientation, u
     ("restorecli restore --model realesrgan-x", {"realesrgan-x4plus", "realesrgan-x2plus", "realesrgan-x4plus-anime"}),
     ("restorecli submit --face-model gfpgan", {"gfpgan-1.3", "gfpgan-1.4"}),
     ("restorecli serve --face-detector ", {"retinaface-resnet50", "retinaface-mobilenet0.25"}),
+    # evaluate's list: the name after the last comma, those before it kept
+    ("restorecli evaluate --models realesrgan-x4plus,realesr-general",
+     {"realesrgan-x4plus,realesr-general-x4v3", "realesrgan-x4plus,realesr-general-wdn-x4v3"}),
 ])
 def test_shell_completion_offers_option_values(words, offered):
     """Issue 30: TAB completed commands and flags, but no value: not the formats, precisions or model names."""

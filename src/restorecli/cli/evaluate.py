@@ -115,11 +115,18 @@ def _write_files(evaluation: Evaluation, csv_path: Path | None, report: Path | N
     return page
 
 
+def _model_list(incomplete: str) -> list[tuple[str, str]]:
+    """TAB on ``--models A,B``: the upscalers' registry names for the name after the last comma, those before it
+    kept as they are typed."""
+    typed, comma, last = incomplete.rpartition(",")
+    return [(typed + comma + name, about) for name, about in o.registry_names("sr", last)]
+
+
 def evaluate(
     inputs: Annotated[Optional[list[str]], typer.Argument(metavar="REFERENCE...",
                                                           help="Reference images or folders [default: test_inputs/].",
                                                           show_default=False)] = None,
-    models: Annotated[str, typer.Option(metavar="NAME|PATH,...",
+    models: Annotated[str, typer.Option(metavar="NAME|PATH,...", autocompletion=_model_list,
                                         help="Comma-separated model names or paths.")] = D["model"],
     degrade: Annotated[str, typer.Option(metavar="|".join(DEGRADATIONS),
                                          help="How references become low-resolution inputs.")] = "bicubic",

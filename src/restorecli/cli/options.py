@@ -12,11 +12,20 @@ import typer
 
 from ..options import FORMATS, PRECISIONS, check_choice, declared, from_given, parse_tile
 
-__all__ = ["PRECISIONS", "check_choice", "from_given", "parse_tile", "with_restore_options"]
+__all__ = ["PRECISIONS", "check_choice", "from_given", "parse_tile", "registry_names", "with_restore_options"]
 
 
 # The registry kind each model-naming option takes, for shell completion
 _MODEL_KINDS = {"model": "sr", "face_model": "face", "face_detector": "detector"}
+
+
+def registry_names(kind: str, incomplete: str) -> list[tuple[str, str]]:
+    """The registry's names of models of ``kind`` (sr, face, detector) that start with ``incomplete``, each with
+    its description: what TAB offers for an option that names a model."""
+    from ..models.registry import REGISTRY
+
+    return [(entry.name, entry.description) for entry in REGISTRY.values()
+            if entry.kind == kind and entry.name.startswith(incomplete)]
 
 
 def _completions(name: str, spec) -> Callable[[str], list[tuple[str, str]]] | None:
@@ -24,11 +33,8 @@ def _completions(name: str, spec) -> Callable[[str], list[tuple[str, str]]] | No
     their descriptions; or the literal words of a metavar such as ``auto|cpu|cuda[:N]|mps`` (auto, cpu, cuda, mps).
     None where there is nothing to offer but the shell's own file names."""
     if name in _MODEL_KINDS:
-        def models(incomplete: str) -> list[tuple[str, str]]:
-            from ..models.registry import REGISTRY
-
-            return [(entry.name, entry.description) for entry in REGISTRY.values()
-                    if entry.kind == _MODEL_KINDS[name] and entry.name.startswith(incomplete)]
+        def models(incomplete: str) -> list[tuple[str, str]]:  # typer reads the parameter's annotation
+            return registry_names(_MODEL_KINDS[name], incomplete)
 
         return models
     words = list(spec.choices or ())
