@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from test_serve import leftovers, make_config, small_png, upload, work
-from test_video import FRAMES, frames_of, make_superframe_webm, make_video, packets_of
+from test_video import (FILM_FRAMES, FRAMES, frames_of, hostile_videos, make_superframe_webm, make_thumbnail_first,
+                        make_video, packets_of)
 
 av = pytest.importorskip("av", reason="PyAV (restorecli[video]) is not installed: the video tests need it")
 
@@ -217,3 +218,53 @@ def test_a_video_over_the_frame_limit_is_refused_at_upload_and_one_whose_packets
                              "(--max-video-frames)"
     assert animation["error"] == "many.gif: 40 frames, over the limit of 15 frames an animation (--max-video-frames)"
     assert not [path for path in leftovers(config) if path.endswith((".webm", ".gif")) and "/inputs/" not in path]
+
+
+def test_hostile_videos_through_the_server_end_as_their_own_errors_and_the_server_stays_up(
+        tmp_path, make_model, monkeypatch):
+    """Uploaded in one job: a header stating 60000x60000, frames that grow mid-stream, a video stream without frames,
+    a Matroska file cut short, and a file whose thumbnail comes before its film. Each broken one is that file's
+    error naming it (never a crash or a hang of the worker or the server), the film is restored whole; an upload
+    whose body is cut inside its video is refused with 400 and leaves nothing; the server answers after all of it."""
+    from fastapi.testclient import TestClient
+
+    from restorecli.cli.options import DEFAULTS
+    from restorecli.server.app import create_app
+    from restorecli.server.config import load_config
+
+    monkeypatch.delenv("API_KEY", raising=False)
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    said = hostile_videos(folder, tmp_path / "scratch")
+    whole = make_video(tmp_path / "whole.mkv", frames=12, audio=None).read_bytes()
+    said["cut.mkv"] = "cut.mkv: truncated or damaged: its frames end at"
+    sent = [(name, (folder / name).read_bytes()) for name in said if name != "cut.mkv"]
+    sent += [("cut.mkv", whole[: len(whole) * 2 // 3]),
+             ("film.mkv", make_thumbnail_first(tmp_path / "film.mkv").read_bytes())]
+    config = load_config({**DEFAULTS, "model": str(make_model(2)), "precision": "fp32", "backend": "torch"},
+                         queue=str(tmp_path / "queue"), dotenv=tmp_path / "none.env")  # nothing probed or converted
+    with TestClient(create_app(config), base_url="http://localhost") as client:
+        boundary = "cut-here"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"cut.mkv\"\r\n"
+                "Content-Type: video/x-matroska\r\n\r\n").encode() + whole[: len(whole) // 2]
+        refused = client.post("/enhance", content=body,
+                              headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert (refused.status_code, refused.json()) == (
+            400, {"detail": "malformed multipart body: it ends before its closing boundary"})
+        assert leftovers(config) == []
+        accepted = upload(client, *sent)
+        assert accepted.status_code == 202, accepted.text
+        work(config)
+        status = client.get(f"/status/{accepted.json()['job_id']}").json()
+        assert status["status"] == "completed", status
+        results = {result["original_filename"]: result for result in status["results"]}
+        film = results.pop("film.mkv")
+        assert film["status"] == "ok" and film["out_size"] == [128, 96], film
+        (tmp_path / "got.mkv").write_bytes(client.get(film["url"]).content)
+        health = client.get("/health")  # 503 here only says that no worker runs (the test ran the job)
+        assert health.status_code in (200, 503) and health.json()["queue"]["failed"] == 0, health.text
+    assert {name: (result["status"], result["url"]) for name, result in results.items()} == {
+        name: ("error", None) for name in said}
+    for name, text in said.items():
+        assert results[name]["error"].startswith(text), results[name]["error"]
+    assert len(frames_of(tmp_path / "got.mkv")) == FILM_FRAMES
