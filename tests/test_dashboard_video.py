@@ -117,8 +117,8 @@ def both(page, card, condition: str) -> None:
 
 def check_players(page, card, name: str, duration: float, sizes: tuple[list[int], list[int]]) -> None:
     """The view of a playable result: a <video> with controls of the result's duration and size beside the input;
-    a seek, play, pause and speed on the result carry over to the input; "Play both" works from the keyboard;
-    "Input beside it" hides and shows the input."""
+    a seek, play, pause and speed on the result carry over to the input; "Play both" works from the keyboard; paused,
+    both show a picture side by side (``check_side_by_side``); "Input beside it" hides and shows the input."""
     from playwright.sync_api import expect
 
     if not page.evaluate("(type) => document.createElement('video').canPlayType(type)", H264):
@@ -143,6 +143,7 @@ def check_players(page, card, name: str, duration: float, sizes: tuple[list[int]
     card.get_by_role("button", name=f"Pause both: {name}").click()
     both(page, card, "a.paused && b.paused && !b.seeking")
     paused = state()
+    check_side_by_side(card, name, identical=sizes[0] == sizes[1])
     assert paused["after"]["time"] > 0.52, paused  # both at one moment (the media clock keeps microseconds)
     assert paused["before"]["time"] == pytest.approx(paused["after"]["time"], abs=1e-3), paused
 
@@ -153,6 +154,24 @@ def check_players(page, card, name: str, duration: float, sizes: tuple[list[int]
     beside.click()
     expect(card.get_by_label(f"Before: {name}", exact=True)).to_be_visible()
     expect(card.locator(".result-note")).to_be_hidden()
+
+
+def check_side_by_side(card, name: str, identical: bool) -> None:
+    """Screenshots of the two paused players: each shows a picture (not an empty box), the input left of the result
+    on one line, and where both play one file (``identical``), the same frame (both at one moment)."""
+    import cv2
+    import numpy as np
+
+    players = [card.get_by_label(f"{side}: {name}", exact=True) for side in ("Before", "After")]
+    players[1].scroll_into_view_if_needed()
+    before, after = boxes = [player.bounding_box() for player in players]  # in the viewport: before a scroll
+    shots = [cv2.imdecode(np.frombuffer(player.screenshot(animations="disabled"), np.uint8),
+                          cv2.IMREAD_COLOR).astype(np.float32) for player in players]
+    assert before["x"] + before["width"] <= after["x"] and abs(before["y"] - after["y"]) < 1, boxes
+    assert shots[0].std() > 10 and shots[1].std() > 10  # pictures, not an empty box
+    if identical:  # rows clear of the "Before"/"After" tags and of the result's controls (drawn over its bottom)
+        band = slice(shots[0].shape[0] // 10, shots[0].shape[0] * 4 // 10)
+        assert np.abs(shots[0][band] - shots[1][band]).mean() < 2  # a frame apart: the block 15 px away (11)
 
 
 def check_unplayable(page, card, name: str, expected: bytes) -> None:
