@@ -5,7 +5,8 @@
   (a test knows which process to SIGKILL, and that it has an image in hand); each decode first sleeps the seconds
   the folder's ``slow`` file holds, and leaves ``decoded-NAME`` once done; an input whose name holds ``poison`` kills
   its process with SIGKILL, as an out-of-memory kill or a broken decoder would, on every try. It wraps the model's
-  run too: while the folder's ``hold`` file exists, the model waits, leaving ``held-PID-THREAD`` meanwhile.
+  run too: while the folder's ``hold`` file exists, the model waits, leaving ``held-PID-THREAD`` meanwhile (each
+  process's first N runs go through first, where the file holds N); each run adds a byte to ``runs-PID``.
 - Run as a script, it is ``restorecli`` whose ``--ray`` connection carries that hook: it connects to Ray itself
   (``local``: a private 2-CPU instance) and the driver keeps the connection it finds.
 """
@@ -53,13 +54,18 @@ def install() -> None:
         finally:
             busy.unlink(missing_ok=True)
 
+    runs = []  # the model's runs in this process
+
     def held_enhance(*args, **kwargs):
-        if (folder / "hold").exists():
+        runs.append(1)
+        with open(folder / f"runs-{os.getpid()}", "ab") as counted:
+            counted.write(b".")
+        if _holding(folder / "hold", len(runs)):
             held = folder / f"held-{os.getpid()}-{threading.get_ident()}"
             held.touch()
             try:
                 end = time.monotonic() + 120
-                while (folder / "hold").exists() and time.monotonic() < end:
+                while _holding(folder / "hold", len(runs)) and time.monotonic() < end:
                     time.sleep(0.05)
             finally:
                 held.unlink(missing_ok=True)
@@ -69,9 +75,24 @@ def install() -> None:
     pipeline.enhance = held_enhance
 
 
+def _holding(hold: Path, run: int) -> bool:
+    """Whether the process's ``run``-th model run waits: while ``hold`` exists, past the runs it lets through (the
+    number it holds; none where it is empty)."""
+    try:
+        let_through = int(hold.read_text() or 0)
+    except (OSError, ValueError):
+        return False
+    return run > let_through
+
+
 def decoded(folder: Path) -> list[str]:
     """The names of the images decoded so far (since the test cleared them)."""
     return sorted(path.name.removeprefix("decoded-") for path in folder.glob("decoded-*"))
+
+
+def runs(folder: Path) -> dict[int, int]:
+    """The model's runs so far in each process (pid -> runs), since the test cleared them."""
+    return {int(path.name.split("-")[1]): path.stat().st_size for path in folder.glob("runs-*")}
 
 
 def held(folder: Path) -> list[Path]:

@@ -5,20 +5,22 @@ Its calls run on as many threads as the driver gives it images at once (``--acto
 time, the model one image at a time, and encoding beside them. So while the model runs one image, the next is
 decoded and the last encoded, and the model never waits for the host where there is an image to run.
 
-It writes no file: what it restores goes back to the driver as data (the output's bytes, and the face crops
-``--save-faces`` asks for, from ``pipeline.stages``), and the driver writes them (``pipeline.item.Outputs``). Neither Ray nor torch is imported here at import
-time: the driver applies ``ray.remote`` to ``RestoreActor`` when it builds the pool, and the actor imports the
-pipeline when it starts, so the driver can import the task and outcome types alone.
+It writes no image file: what it restores goes back to the driver as data (the output's bytes, and the face crops
+``--save-faces`` asks for, from ``pipeline.stages``), and the driver writes them (``pipeline.item.Outputs``); only
+videos and animations are read and written by the actor itself (``VideoTask``, ``RangeTask``). Neither Ray nor
+torch is imported here at import time: the driver applies ``ray.remote`` to ``RestoreActor`` when it builds the
+pool, and the actor imports the pipeline when it starts, so the driver can import the task and outcome types alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ImageError, RestoreCliError, SetupError, UsageError
 from ..images.formats import OutputFormat
@@ -41,14 +43,31 @@ class ImageTask:
 
 @dataclass(frozen=True)
 class VideoTask:
-    """One video to restore whole, read from the file the driver names and written (by ``video.restore``,
-    atomically, with its segments' parts folder beside it, so a retried actor goes on from the last segment kept)
+    """One video (or animated GIF, PNG or WebP) to restore whole, read from the file the driver names and written
+    (by ``video.restore``, or ``video.animated`` in the animation's own format; atomically, a video with its
+    segments' parts folder beside it, so a retried actor goes on from the last segment kept)
     under ``output``: a temporary name in the job's work folder, which the driver renames into place. The actor
     reads and writes these files itself: the queue's folder must be at the same path on the actor's node."""
 
     source: str  # the input's path in the queue, as the local worker names it: errors name it so
     output: str
     options: RestoreOptions
+    progress: str | None = None  # where the frames done so far are told (``tell_frames``), for the job's status
+
+
+@dataclass(frozen=True)
+class RangeTask:
+    """Frames ``first`` to ``stop`` (None: the end) of a video that several actors restore at once, each a range
+    (``video.ranges``): restored into segments kept in the parts folder of ``output`` (the video's planned output
+    in the job's work folder), which the driver joins once every range is in. A range taken up again after its
+    actor died goes on from its last finished segment. The actor reads and writes the queue's folder itself."""
+
+    source: str
+    output: str
+    options: RestoreOptions
+    first: int
+    stop: int | None
+    progress: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,27 @@ class ImageOutcome:
     video: dict | None = None  # a video's frames, fps, duration, codec, ... (``VideoResult.facts``)
 
 
+def tell_frames(path: str | None) -> Callable[[Any], None] | None:
+    """What tells a video's progress (``VideoProgress``: frames done, of how many) in the file ``path``, which the
+    driver reads into the job's status: each frame's, replacing the last (not made durable: it is read while the
+    video runs, and means nothing after)."""
+    if path is None:
+        return None
+    from ..files import write_atomic
+
+    def tell(progress: Any) -> None:
+        write_atomic(Path(path), json.dumps({"done": progress.done, "total": progress.total}).encode(), durable=False)
+
+    return tell
+
+
+def _video_outcome(restorer: Restorer, done: Any, started: float) -> ImageOutcome:
+    """What an actor made of a video or a range of one (``done``: a ``VideoResult``)."""
+    colorized = None if restorer.colouriser is None else False  # frames are not colourised, as locally
+    return ImageOutcome(None, done.in_size, done.out_size, None, round(time.perf_counter() - started, 3),
+                        ran=restorer.setup, pid=os.getpid(), colorized=colorized, video=done.facts())
+
+
 class RestoreActor:
     """Loads the models once per option set (``options.model_key``, the local worker's cache key) and keeps
     them for every later image that agrees on it."""
@@ -120,17 +160,37 @@ class RestoreActor:
         return self._guarded(task.source, task.options, work)
 
     def restore_video(self, task: VideoTask) -> ImageOutcome:
-        """Restore ``task``'s video whole into its ``output`` file (the driver sends it to an actor holding nothing
-        else); its failures come back as data, never raised."""
+        """Restore ``task``'s video (or animation) whole into its ``output`` file (the driver sends it to an actor
+        holding nothing else); its failures come back as data, never raised."""
+        from ..video.animated import restore_animation
+        from ..video.formats import is_video_name
         from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
 
         def work(restorer: Restorer, started: float) -> ImageOutcome:
             settings = video_options(task.options, lambda w, h: restorer.output_size((w, h), task.options.outscale))
+            source, output, told = Path(task.source), Path(task.output), tell_frames(task.progress)
             with self._model:
-                done = restore_video(Path(task.source), Path(task.output), restorer, settings, name=task.source)
-            colorized = None if restorer.colouriser is None else False  # frames are not colourised, as locally
-            return ImageOutcome(None, done.in_size, done.out_size, None, round(time.perf_counter() - started, 3),
-                                ran=restorer.setup, pid=os.getpid(), colorized=colorized, video=done.facts())
+                if is_video_name(task.source):
+                    done = restore_video(source, output, restorer, settings, name=task.source, on_progress=told)
+                else:  # an animated GIF, PNG or WebP, written back in its own format as a local batch writes it
+                    done = restore_animation(source, output, restorer, settings, name=task.source, on_progress=told,
+                                             quality=task.options.quality)
+            return _video_outcome(restorer, done, started)
+
+        return self._guarded(task.source, task.options, work)
+
+    def restore_range(self, task: RangeTask) -> ImageOutcome:
+        """Restore ``task``'s range of frames into its segments (the driver sends it to an actor holding nothing
+        else); its failures come back as data, never raised."""
+        from ..video.ranges import FrameSpan, restore_range
+        from ..video.restore import video_options
+
+        def work(restorer: Restorer, started: float) -> ImageOutcome:
+            settings = video_options(task.options, lambda w, h: restorer.output_size((w, h), task.options.outscale))
+            with self._model:
+                done = restore_range(Path(task.source), Path(task.output), FrameSpan(task.first, task.stop),
+                                     restorer, settings, task.source, tell_frames(task.progress))
+            return _video_outcome(restorer, done, started)
 
         return self._guarded(task.source, task.options, work)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -41,9 +42,10 @@ from ..pipeline.item import Outputs, failure
 from ..plan import (InputItem, ItemResult, OutputPlanner, decided_result, error_result, named_format,
                     output_format)
 from ..video.formats import is_video_name
-from .actor import ImageOutcome, ImageTask, VideoTask
+from .actor import ImageOutcome, ImageTask, RangeTask, VideoTask
 from .cluster import StoppedWhileStarting, check_address, connect
 from .pool import ActorPool, PoolOptions, PoolShape, pool_shape, short_error
+from .videos import VideoRanges, read_progress
 
 __all__ = ["PoolOptions", "PoolReport", "PoolShape", "pool_shape", "run_pool"]
 
@@ -67,13 +69,14 @@ class _Image:
     index: int  # its place among the job's inputs
     item: InputItem
     output: Path
-    task: ImageTask | VideoTask
+    task: ImageTask | VideoTask | RangeTask
     started: float  # when the driver read it (perf_counter)
     tries: int = 0  # deaths of the actor it was in hand of
+    ranges: VideoRanges | None = None  # the video a range belongs to (a RangeTask's)
 
     @property
     def video(self) -> bool:
-        return isinstance(self.task, VideoTask)
+        return isinstance(self.task, (VideoTask, RangeTask))
 
 
 
@@ -89,6 +92,81 @@ class _Run(JobRun):
         self.in_flight = 0  # once settled (``outcome``), the results of its images still in flight are dropped
         self.outputs = Outputs(self.restore.save_faces)  # where its outputs and face crops are written
         self.ran: dict[str, str] | None = None  # the model, device and precision its images ran with
+        # where its actors tell the frames of its videos done so far: beside the lease's work folder, removed when
+        # the job is settled (or by the next owner's claim, as an expired owner's folder)
+        self.progress_dir = self.job_dir / "work" / f".progress-{self.lease.token}"
+
+    def settle(self, outcome: str) -> str:
+        shutil.rmtree(self.progress_dir, ignore_errors=True)
+        return super().settle(outcome)
+
+    def drop_ranges(self, ranges: VideoRanges) -> None:
+        """A video failed: its ranges not yet sent are not sent (those in flight are ignored when they return)."""
+        ranges.failed = True
+        self.retry = collections.deque(image for image in self.retry if image.ranges is not ranges)
+
+    def range_in(self, image: _Image, outcome: ImageOutcome) -> bool:
+        """A range of a video came back (``outcome``): whether it was the last one, so the video is to be joined.
+        Its error is the video's (recorded here; its other ranges are dropped)."""
+        ranges = image.ranges
+        assert ranges is not None and isinstance(image.task, RangeTask)
+        if ranges.failed:  # another range's error is the video's
+            return False
+        if outcome.error is not None:
+            self.drop_ranges(ranges)
+            self.finish(error_result(image.item, image.output, outcome.error, None, ranges.started), image.index)
+            return False
+        assert outcome.video is not None
+        ranges.done[image.task.first] = outcome.video
+        return ranges.complete
+
+    def tell_frames(self, flight: list[_Image]) -> None:
+        """Say in the job's status the frames done so far of its videos in flight (``flight``), as their actors
+        tell them."""
+        told: set[int] = set()
+        for image in flight:
+            if image.ranges is not None and id(image.ranges) not in told:
+                told.add(id(image.ranges))
+                self.working_on_frames(self.original(image.item.source), image.ranges.frames_done(),
+                                       image.ranges.frames)
+            elif isinstance(image.task, VideoTask) and image.task.progress is not None:
+                progress = read_progress(Path(image.task.progress))
+                if progress is not None:
+                    self.working_on_frames(self.original(image.item.source), *progress)
+
+    def plan_next(self, workers: int, range_frames: int | None) -> _Image | None:
+        """Read and plan the job's next input, as a local batch does; returns the image to restore, or None where
+        its plan needs no model (skipped, an error: its result is recorded here) or where it is a video split into
+        ranges (queued in ``retry``)."""
+        index = self.planned
+        self.planned += 1
+        item = self.items[index]
+        started = time.perf_counter()
+        original = self.original(item.source)
+        self.working_on(original, starting=original)
+        if _frame_by_frame(item):  # ``workers`` actors share its ranges, of ``range_frames`` frames (None: a default)
+            return _plan_video(self, index, item, started, workers, range_frames)
+        from ..images import read_input_file  # Pillow and OpenCV, once a job is in hand
+
+        try:
+            data = read_input_file(Path(item.source), self.restore.max_pixels)
+        except ImageError as exc:  # an input that cannot be read claims no output
+            self.finish(error_result(item, None, str(exc), None, started), index)
+            return None
+        try:
+            planned = self.planner.plan(item, named_format(item))
+        except RestoreCliError as exc:  # an unsafe --suffix: as a local batch's, the job is tried again later
+            self.retry_later(_failure_text(exc))
+            return None
+        decided = decided_result(planned, None, started)  # a skip: its output is there already (resumed)
+        if decided is None and planned.output is None:  # a write to stdout, which no job's plan makes
+            decided = error_result(item, None, planned.reason or "", None, started)
+        if decided is not None:
+            self.finish(decided, index)
+            return None
+        fmt = output_format(self.restore, named_format(item))
+        return _Image(index, item, planned.output, ImageTask(item.source, data, self.restore, fmt,
+                                                             planned.output.stem), started)
 
     @property
     def complete(self) -> bool:
@@ -120,6 +198,7 @@ class _Driver:
         self.pool: ActorPool | None = None
         self.abandon = threading.Event()  # set when the worker's grace period runs out
         self.set_aside = SetAside(options.setup_retry)  # jobs its actors lacked weights for, left to others
+        self.range_frames: int | None = None  # a video's frames an actor takes at once (``PoolOptions``)
 
     # ------------------------------------------------------------------ claiming
 
@@ -169,6 +248,8 @@ class _Driver:
             if not pool.slots.any:
                 return
             image = self.next_image()
+            if image is None and any(run.retry for run in self.runs if run.outcome is None):
+                continue  # a video planned into ranges, which go as retries do
             if image is None:
                 if self.claim():
                     continue
@@ -185,48 +266,16 @@ class _Driver:
             if run.outcome is not None or run.gone:  # a job cancelled or taken over sends no more images
                 continue
             while run.planned < len(run.items) and run.outcome is None:
-                image = self.plan(run)
+                image = run.plan_next(self.report.shape.actors if self.report.shape else 1, self.range_frames)
                 if image is not None:
                     return run, image
         return None
 
-    def plan(self, run: _Run) -> _Image | None:
-        """Read and plan the job's next input, as a local batch does; returns the image to restore, or None where
-        its plan needs no model (skipped, an error: its result is recorded here)."""
-        index = run.planned
-        run.planned += 1
-        item = run.items[index]
-        started = time.perf_counter()
-        original = run.original(item.source)
-        run.working_on(original, starting=original)
-        if is_video_name(item.source):
-            return _plan_video(run, index, item, started)
-        from ..images import read_input_file  # Pillow and OpenCV, once a job is in hand
-
-        try:
-            data = read_input_file(Path(item.source), run.restore.max_pixels)
-        except ImageError as exc:  # an input that cannot be read claims no output
-            run.finish(error_result(item, None, str(exc), None, started), index)
-            return None
-        try:
-            planned = run.planner.plan(item, named_format(item))
-        except RestoreCliError as exc:  # an unsafe --suffix: as a local batch's, the job is tried again later
-            run.retry_later(_failure_text(exc))
-            return None
-        decided = decided_result(planned, None, started)  # a skip: its output is there already (resumed)
-        if decided is None and planned.output is None:  # a write to stdout, which no job's plan makes
-            decided = error_result(item, None, planned.reason or "", None, started)
-        if decided is not None:
-            run.finish(decided, index)
-            return None
-        fmt = output_format(run.restore, named_format(item))
-        return _Image(index, item, planned.output, ImageTask(item.source, data, run.restore, fmt,
-                                                             planned.output.stem), started)
-
     def send(self, run: _Run, image: _Image, taken: tuple[int, int, int]) -> None:
         assert self.pool is not None
         actor = self.pool.actors[taken[0]]
-        ref = (actor.restore_video if image.video else actor.restore).remote(image.task)
+        method = {RangeTask: actor.restore_range, VideoTask: actor.restore_video}.get(type(image.task), actor.restore)
+        ref = method.remote(image.task)
         self.flight[ref] = (run, image, taken)
         run.in_flight += 1
 
@@ -255,8 +304,8 @@ class _Driver:
             return
         self.pool.slots.back(*taken)
         if run.outcome is not None:  # settled meanwhile (its lease lost, its models unloadable)
-            if image.video:  # the actor's file, never renamed into place
-                Path(image.task.output).unlink(missing_ok=True)  # type: ignore[union-attr]
+            if isinstance(image.task, VideoTask):  # the actor's file, never renamed into place
+                Path(image.task.output).unlink(missing_ok=True)
             return
         if outcome.setup is not None:
             run.fail_setup(outcome.setup.error())
@@ -266,14 +315,19 @@ class _Driver:
             return
         if outcome.ran is not None:  # 16-bit images add the precision they ran at: the fullest one is kept
             run.ran = outcome.ran if run.ran is None or len(outcome.ran) >= len(run.ran) else run.ran
-        run.finish(self.write(run, image, outcome), image.index)
+        if image.ranges is None or run.range_in(image, outcome):  # a video's ranges: once every one is in
+            run.finish(self.write(run, image, outcome), image.index)
 
     def died(self, run: _Run, image: _Image, exc: BaseException) -> None:
+        if image.ranges is not None and image.ranges.failed:
+            return
         image.tries += 1
         original = run.original(image.item.source)
         if image.tries >= self.options.max_attempts:  # it kills whichever actor takes it: it fails alone
             message = (f"{image.item.source}: the Ray actor restoring it died on each of {image.tries} tries "
                        f"(killed, out of memory, or its node lost); last: {short_error(exc)}")
+            if image.ranges is not None:
+                run.drop_ranges(image.ranges)
             run.finish(error_result(image.item, image.output, message, None, image.started), image.index)
             return
         self.report.retried += 1
@@ -288,22 +342,27 @@ class _Driver:
         if outcome.error is not None:
             return error_result(item, output, outcome.error, None, image.started)
         try:
-            if isinstance(image.task, VideoTask):  # the actor wrote it whole: the driver puts it in place
-                os.replace(image.task.output, output)
+            if image.ranges is not None:  # every range is in: the driver joins them
+                result = image.ranges.joined_result(outcome.in_size, outcome.colorized)
             else:
-                assert outcome.data is not None
-                run.outputs.write(output, outcome.data, outcome.crops)
+                if isinstance(image.task, VideoTask):  # the actor wrote it whole: the driver puts it in place
+                    os.replace(image.task.output, output)
+                else:
+                    assert outcome.data is not None
+                    run.outputs.write(output, outcome.data, outcome.crops)
+                result = ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size,
+                                    round(time.perf_counter() - image.started, 3), outcome.faces,
+                                    colorized=outcome.colorized, video=outcome.video)
         except OSError as exc:
             result, halted = failure(item, output, exc, None, image.started)  # as a local batch words it
             if halted:
                 self.note("storage_error", {"job_id": run.job_id, "error": halted})
             return result
-        seconds = time.perf_counter() - image.started
-        self.report.images += 1
-        self.report.actor_seconds += outcome.seconds
-        self.report.image_seconds += seconds
-        return ItemResult(item.source, str(output), "ok", None, outcome.in_size, outcome.out_size, round(seconds, 3),
-                          outcome.faces, colorized=outcome.colorized, video=outcome.video)
+        if result.status == "ok":
+            self.report.images += 1
+            self.report.actor_seconds += image.ranges.actor_seconds if image.ranges is not None else outcome.seconds
+            self.report.image_seconds += result.seconds
+        return result
 
     # ------------------------------------------------------------------ settling jobs
 
@@ -333,6 +392,7 @@ class _Driver:
                 self.dispatch()
                 self.settle_done()  # jobs all of whose images were skipped
             self.beat()
+            self.tell_frames()
             self.report.driver_seconds += time.perf_counter() - started
             if not self.flight and not self.runs:
                 if self.stopping or not self.claim():  # nothing in hand: once more for work, or leave
@@ -350,6 +410,12 @@ class _Driver:
             self.report.driver_seconds += time.perf_counter() - started
         if self.pool.alive == 0 and not self.report.setup_error:
             self.report.setup_error = "every Ray actor is gone: " + "; ".join(sorted(set(self.pool.gone.values())))
+
+    def tell_frames(self) -> None:
+        """Each job's videos in flight: their frames done so far, in the job's status."""
+        for run in self.runs:
+            if run.outcome is None:
+                run.tell_frames([image for owner, image, _ in self.flight.values() if owner is run and image.video])
 
     def give_all_back(self, error: str | None = None) -> None:
         """After a failure of the driver itself: every job in hand queued again, resumable (``error`` says why)."""
@@ -378,6 +444,7 @@ def run_pool(root: Path, options: WorkerOptions, pool: PoolOptions, stop: thread
     name = worker_name()
     driver = _Driver(store, options, schedule, report, emit, report.noting(emit), name)
     driver.abandon = stopping.abandon
+    driver.range_frames = pool.range_frames
     disconnect: Callable[[], None] = lambda: None
     try:
         while not driver.claim():  # the first job, before Ray starts: an idle queue costs no Ray instance
@@ -437,10 +504,13 @@ def _start_pool(driver: _Driver, pool: PoolOptions) -> Callable[[], None]:
     return disconnect
 
 
-def _plan_video(run: _Run, index: int, item: InputItem, started: float) -> _Image | None:
-    """A video's plan, as a local batch makes it (its output keeps the container); the video to restore, or None
-    where its plan needs no model (its result is recorded here). The actor writes it under a hidden name beside
-    its output (the same on every try, so a retry finds the segments kept), which the driver renames."""
+def _plan_video(run: _Run, index: int, item: InputItem, started: float, workers: int,
+                range_frames: int | None) -> _Image | None:
+    """A video's plan, as a local batch makes it (its output keeps the container); the video to restore whole, or
+    None where its plan needs no model (its result is recorded here) or where it is split into ranges (``videos``),
+    which are queued as retries are, each for an actor of its own. A video restored whole is written by the actor
+    under a hidden name beside its output (the same on every try, so a retry finds the segments kept), which the
+    driver renames."""
     planned = run.planner.plan(item, None, own_format=True)
     decided = decided_result(planned, None, started)
     if decided is None and planned.output is None:
@@ -451,8 +521,48 @@ def _plan_video(run: _Run, index: int, item: InputItem, started: float) -> _Imag
         return None
     output = planned.output
     run.outputs.sweep(output.parent)  # what a killed actor's writer left there
-    return _Image(index, item, output, VideoTask(item.source, str(output.with_name(f".ray-{output.name}")),
-                                                 run.restore), started)
+    progress = run.progress_dir / str(index)  # the input's own: two outputs may have one name in two folders
+    progress.mkdir(parents=True, exist_ok=True)
+    ranges = _video_ranges(run, item, output, started, (workers, range_frames), progress)
+    if ranges is None:
+        return _Image(index, item, output, VideoTask(item.source, str(output.with_name(f".ray-{output.name}")),
+                                                     run.restore, str(progress / "whole.json")), started)
+    run.retry.extend(_Image(index, item, output, RangeTask(item.source, str(output), run.restore, span.first,
+                                                           span.stop, str(ranges.progress_file(span.first))),
+                            started, ranges=ranges)
+                     for span in ranges.spans)
+    return None
+
+
+def _video_ranges(run: _Run, item: InputItem, output: Path, started: float, split: tuple[int, int | None],
+                  progress: Path) -> VideoRanges | None:
+    """The ranges a video is split into (``split``: among so many actors, of so many frames each, where asked,
+    else ``video.ranges.range_size``), whose actors tell their frames in the folder ``progress``; None where it is
+    restored whole: a part of it, no segments, a single range, or a container that does not count its frames (or
+    that cannot be read here: the actor then says why)."""
+    from ..video.ranges import plan_ranges, range_size, video_frames
+
+    options = run.restore
+    if not is_video_name(item.source):  # an animation: its writer takes every frame at once
+        return None
+    if not options.segment_seconds or options.frames or options.start is not None or options.duration is not None:
+        return None
+    try:
+        frames = video_frames(Path(item.source), item.source)
+    except ImageError:
+        return None
+    if not frames:
+        return None
+    spans = plan_ranges(frames, range_size(frames, *split))
+    return VideoRanges(item, output, frames, spans, progress, started) if len(spans) > 1 else None
+
+
+def _frame_by_frame(item: InputItem) -> bool:
+    """Whether ``item`` is restored frame by frame, as a local batch takes it: a video by its name, an animated GIF,
+    PNG or WebP by its content (its header read)."""
+    from ..video.animated import is_animated_file
+
+    return is_video_name(item.source) or is_animated_file(Path(item.source))
 
 
 def _failure_text(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ class PoolOptions:
     actor_gpus: float | None = None  # GPUs per actor; default 1 on a cluster with GPUs, else 0
     actor_cpus: float | None = None  # CPUs per actor (fractions allowed); default 0.9 of an even share
     actor_images: int = 3  # images each actor holds at once: decoding, in the model, encoding; 1: one at a time
+    range_frames: int | None = None  # frames of a video each actor takes at once (None: ``video.ranges.range_size``)
 
 
 @dataclass(frozen=True)

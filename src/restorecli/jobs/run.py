@@ -146,6 +146,7 @@ class JobRun:
         self._index = {item.source: index for index, item in enumerate(self.items)}
         self.renewer = LeaseRenewer(store.root, lease, options.lease)
         self.outcome: str | None = None  # set once the job is settled
+        self._frames_told: tuple[float, tuple | None] = (0.0, None)  # when, and which frame, status was last told
 
     @classmethod
     def claim(cls, store: JobStore, options: WorkerOptions, worker: str, set_aside: SetAside,
@@ -193,6 +194,15 @@ class JobRun:
         self.store.renew(self.lease, self.options.lease, current=current)
         if starting is not None:
             self.emit("image", {"job_id": self.job_id, "input": starting})
+
+    def working_on_frames(self, name: str, done: int, total: int | None) -> None:
+        """Say which frame of the video ``name`` is in hand (``done`` of ``total``, where known), for status: at
+        most once a second (each is a database write), except the last frame, and only where it changed."""
+        told = (name, done, total)
+        if told == self._frames_told[1] or (time.monotonic() - self._frames_told[0] < 1.0 and done != total):
+            return
+        self._frames_told = (time.monotonic(), told)
+        self.working_on(f"{name} (frame {done}{f' of {total}' if total else ''})")
 
     def finish(self, item: ItemResult, index: int | None = None) -> None:
         """Record an image's result (the input at ``index``, by default the one it names, else the next without

@@ -80,7 +80,6 @@ class _BatchProgress:
         self.run = run
         self.model: str | None = None
         self.reading: str | None = None
-        self.told = 0.0  # when a video's frames were last told (at most once a second: each is a database write)
 
     def __call__(self, event: str, payload: object) -> None:
         if event in ("item", "reading"):  # recorded first, so a crash in its decoder or model names it
@@ -94,9 +93,7 @@ class _BatchProgress:
             self.run.working_on(current or name, starting=name if event == "item" else None)
         elif event == "frames" and self.model is not None:  # a video's: (done, total, fps)
             done, total, _fps = payload  # type: ignore[misc]
-            if time.monotonic() - self.told >= 1.0 or done == total:
-                self.told = time.monotonic()
-                self.run.working_on(f"{self.model} (frame {done}{f' of {total}' if total else ''})")
+            self.run.working_on_frames(self.model, done, total)
         elif event == "done":
             self.run.finish(payload)  # type: ignore[arg-type]
 
