@@ -1,7 +1,8 @@
 """Videos in the dashboard (issue 33), in Debian's chromium driven by Playwright against a real ``restorecli serve``
 with small video limits: the picker offers the server's formats (``/health``'s), the hint says the limits, a video
-over the size limit is refused in the page and one over the duration by the server (its 422 detail shown); a
-finished video plays beside its input, the input following the result's play, pause, seek and speed; a video this
+over the size limit is refused in the page and one over the duration by the server (its 422 detail shown, as is
+its 413); a finished video plays beside its input, the input following the result's play, pause, seek and speed
+(streamed from the server, or with an API key fetched with it into blob: URLs); a video this
 browser cannot play (AVI) is offered as a download instead of a broken player; a video's frames done and to do are
 shown while it runs.
 
@@ -102,7 +103,7 @@ def finished_with_inputs(document: dict) -> None:
 PLAYERS = """(card) => {  // both players' state
     const side = (video) => ({ready: video.readyState, time: video.currentTime, paused: video.paused,
                                duration: video.duration, size: [video.videoWidth, video.videoHeight],
-                               rate: video.playbackRate, seeking: video.seeking});
+                               rate: video.playbackRate, seeking: video.seeking, src: video.currentSrc});
     return {before: side(card.querySelector('video.video-before')), after: side(card.querySelector('video.video-after'))};
 }"""
 
@@ -130,6 +131,7 @@ def check_players(page, card, name: str, duration: float, sizes: tuple[list[int]
     shown = state()
     assert shown["after"]["ready"] >= 2 and shown["before"]["ready"] >= 2, shown
     assert (shown["before"]["size"], shown["after"]["size"]) == sizes, shown
+    assert shown["after"]["src"].startswith("http://127.0.0.1:"), shown  # no key: streamed from the server
     assert shown["after"]["duration"] == pytest.approx(duration, abs=0.05), (shown, duration)
     expect(card.locator(".video-size")).to_contain_text(f"{duration:.2f} seconds")
 
@@ -296,6 +298,28 @@ def test_a_finished_video_plays_beside_its_input_in_step(idle, browser):
     duration, size = video_facts(clips["clip.mp4"].read_bytes())
     check_players(page, page.locator(".result", has_text="clip.mp4"), "clip.mp4", duration, (size, size))
     assert_nothing_external(requests, server)
+    assert errors == []
+    context.close()
+
+
+def test_with_a_key_the_players_are_given_the_videos_fetched_with_it(idle, browser):
+    """A player cannot send the X-API-Key header: with a key in hand the page fetches each video with it and gives
+    the players blob: URLs (which the page's policy lets them play). The server here has no key and ignores the
+    one sent; that the page sends it, and plays what came back, is what is checked."""
+    from playwright.sync_api import expect
+
+    server, job_id, clips = idle
+    context, page, requests, errors = open_dashboard(browser, server)
+    page.evaluate("() => sessionStorage.setItem('restorecli.apiKey', 'the-key')")
+    show_as(page, server, job_id, finished_with_inputs)
+    card = page.locator(".result", has_text="clip.mp4")
+    expect(card.locator(".video-compare[data-ready=true]")).to_be_visible()
+    shown = card.evaluate(PLAYERS)
+    assert shown["before"]["src"].startswith("blob:") and shown["after"]["src"].startswith("blob:"), shown
+    duration, _ = video_facts(clips["clip.mp4"].read_bytes())
+    assert shown["after"]["duration"] == pytest.approx(duration, abs=0.05), shown
+    fetched = [sent for url, sent in requests if f"/jobs/{job_id}/inputs/" in url]
+    assert fetched and set(fetched) == {"the-key"}, requests
     assert errors == []
     context.close()
 
