@@ -70,6 +70,21 @@ def test_a_job_id_completes_to_nothing_where_there_is_no_queue(tmp_path):
     assert not (tmp_path / "none").exists()  # a TAB creates nothing
 
 
+def test_submit_names_the_short_id_status_takes(two_jobs):
+    """The id submit printed was the whole one only, while status lists and takes the short form."""
+    from conftest import TEST_INPUTS
+
+    queue, _ = two_jobs
+    said = invoke("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue)
+    assert said.exit_code == 0, said.stderr
+    job_id = said.stdout.strip()
+    short = json.loads(invoke("status", "--queue", queue, "--json").stdout)["jobs"][-1]["short_id"]
+    assert f"queued 1 image(s) in {queue} at position 3 as job {short}" in " ".join(said.stderr.split())
+    assert json.loads(invoke("status", short, "--queue", queue, "--json").stdout)["job_id"] == job_id
+    again = json.loads(invoke("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue, "--json").stdout)
+    assert again["short_id"] == json.loads(invoke("status", "--queue", queue, "--json").stdout)["jobs"][-1]["short_id"]
+
+
 def test_status_lists_every_job_with_its_short_id_state_and_images_done(two_jobs):
     queue, ids = two_jobs
     data = json.loads(invoke("status", "--queue", queue, "--json").stdout)

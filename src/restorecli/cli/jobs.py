@@ -42,11 +42,24 @@ def submit(
         options = o.from_given(restore)
         root = queue_dir(queue)
         job, position = submit_job(root, inputs, options, stdin=sys.stdin.buffer)
+        short = _short_ids(root)[job.id]
     if json_output:
-        render.out_json({"job_id": job.id, "status": "queued", "queue_position": position})
+        render.out_json({"job_id": job.id, "short_id": short, "status": "queued", "queue_position": position})
     else:
         render.out(job.id)
-        render.say(f"queued {len(job.inputs)} image(s) in {escape(str(root))} at position {position}")
+        render.say(f"queued {len(job.inputs)} image(s) in {escape(str(root))} at position {position} as job {short}")
+
+
+def _short_ids(root: Path) -> dict[str, str]:
+    """Every job id of the queue at ``root`` with the short form status shows (``jobs.status.short_ids``)."""
+    from ..jobs.status import short_ids
+    from ..jobs.store import JobStore
+
+    store = JobStore(root)
+    try:
+        return short_ids([job.id for job in store.jobs()])
+    finally:
+        store.close()
 
 
 _RAY = "Ray pool"  # the worker's options, each declared once here (its --help shows the Ray pool's in a group)
@@ -166,26 +179,20 @@ def _job_ids(ctx: typer.Context, incomplete: str) -> list[str]:
     with what is typed; else, where it is the start of the short id status shows, those short ids (the whole
     random part once more is typed). Nothing where there is no queue or it cannot be read: completion never
     fails."""
-    from ..jobs.status import short_ids
-    from ..jobs.store import JobStore, queue_exists
+    from ..jobs.store import queue_exists
 
     try:
         root = queue_dir(ctx.params.get("queue"))
         if not queue_exists(root):
             return []
-
-        store = JobStore(root)
-        try:
-            ids = [job.id for job in store.jobs()]
-        finally:
-            store.close()
+        shorts = _short_ids(root)
     except Exception:  # noqa: BLE001  (a TAB offers nothing rather than a traceback in the shell)
         return []
-    whole = sorted(job_id for job_id in ids if job_id.startswith(incomplete))
+    whole = sorted(job_id for job_id in shorts if job_id.startswith(incomplete))
     if whole or not incomplete:
         return whole
     shown = [short if short.startswith(incomplete) else job_id.rsplit("-", 1)[-1]
-             for job_id, short in short_ids(ids).items()]
+             for job_id, short in shorts.items()]
     return sorted(name for name in shown if name.startswith(incomplete))
 
 
