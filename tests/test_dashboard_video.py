@@ -119,7 +119,8 @@ def both(page, card, condition: str) -> None:
 def check_players(page, card, name: str, duration: float, sizes: tuple[list[int], list[int]]) -> None:
     """The view of a playable result: a <video> with controls of the result's duration and size beside the input;
     a seek, play, pause and speed on the result carry over to the input; "Play both" works from the keyboard; paused,
-    both show a picture side by side (``check_side_by_side``); "Input beside it" hides and shows the input."""
+    both show a picture side by side (``check_side_by_side``); "Input beside it" hides and shows the input; Tab
+    reaches the result's player."""
     from playwright.sync_api import expect
 
     if not page.evaluate("(type) => document.createElement('video').canPlayType(type)", H264):
@@ -155,6 +156,8 @@ def check_players(page, card, name: str, duration: float, sizes: tuple[list[int]
     expect(beside).to_have_attribute("aria-pressed", "false")
     beside.click()
     expect(card.get_by_label(f"Before: {name}", exact=True)).to_be_visible()
+    page.keyboard.press("Tab")  # from the pair's buttons to the result's player (the input has no controls)
+    expect(after).to_be_focused()
     expect(card.locator(".result-note")).to_be_hidden()
 
 
