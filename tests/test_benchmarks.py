@@ -52,6 +52,21 @@ def test_each_benchmark_is_a_script_with_help(script):
     assert done.stdout.startswith("usage: ") and f"{script}.py" in done.stdout.splitlines()[0]
 
 
+def test_no_benchmark_imports_torch_to_answer_help():
+    """``--help`` is answered without importing torch (the winograd experiment built its matrices at import and
+    took a torch import, seconds on a busy machine, to say its usage): every script's, in one process."""
+    program = ("import contextlib, io, runpy, sys\n"
+               f"for name in {SCRIPTS!r}:\n"
+               "    sys.argv = [name + '.py', '--help']\n"
+               "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+               "        runpy.run_path(name + '.py', run_name='__main__')\n"
+               "print(sorted(name for name in ('torch', 'restorecli.pipeline') if name in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          cwd=BENCHMARKS, env={**__import__("os").environ, "PYTHONPATH": str(BENCHMARKS)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
 def test_only_common_writes_the_performance_page():
     writers = [name for name, path in MODULES.items() if "PERFORMANCE.write_text" in path.read_text()
                or "performance.md\").write_text" in path.read_text()]
