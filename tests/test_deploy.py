@@ -235,6 +235,18 @@ def test_the_app_and_its_image_construct_with_no_token(modal_app, monkeypatch):
     assert isinstance(modal_app.job_records, modal.Dict)
 
 
+def test_the_modal_image_installs_what_its_endpoint_and_jobs_import(modal_app):
+    """The endpoint runs serve's application (the serve extra) and counts an uploaded video's frames with PyAV, and
+    a job's container restores videos and animations with PyAV (the video extra): the image installs both extras,
+    as pyproject defines them, in one pip command on the project's source."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith("fastapi") for requirement in extras["serve"])
+    assert any(requirement.startswith("av") for requirement in extras["video"])
+    assert modal_app.INSTALL[0] == "pip install '/opt/restorecli-src[serve,video]'"
+
+
 @pytest.fixture
 def worker(modal_app, make_model):
     """The GPU class run in this process on a tiny 2x model (``.local()`` runs its @modal.enter once)."""
@@ -282,7 +294,7 @@ def test_a_job_s_outputs_are_named_as_the_local_batch_names_them(worker, modal_a
     files.write(job_id, {"inputs/001.JPEG": ROCKET, "inputs/002.png": png(20, 12)})
     backend.records[job_id] = modal_app.new_record(job_id, {"model": model, "format": "same", "suffix": "_x2"},
                                                    stored)
-    assert modal_app.process_job(backend, restore.restore.local, job_id) == "completed"
+    assert modal_app.process_job(backend, restore.restore_items, job_id) == "completed"
     assert sorted(r["output"] for r in backend.records[job_id]["results"]) == expected
     assert sorted(path.name for path in (files.root / job_id / "outputs").iterdir()) == expected
 
@@ -313,7 +325,7 @@ class FakeCalls:
         statuses = []
         for job_id, options in self.started:
             restore = self.modal_app.Restore(**self.modal_app.restore_parameters(options))
-            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore.local, job_id))
+            statuses.append(self.modal_app.process_job(self.backend_ref[0], restore.restore_items, job_id))
         self.started.clear()
         return statuses
 
@@ -424,20 +436,37 @@ def test_fields_and_limits_are_checked_as_serve_checks_them_and_nothing_is_queue
     assert backend.records == {} and calls.started == []
 
 
-def test_a_video_over_the_frame_limit_is_refused_as_serve_refuses_it(modal_app, worker, tmp_path):
-    """The endpoint's upload limits are serve's, the frame limit (``max_video_frames``) among them: a 1000 fps clip
-    within the duration limit but over the frame limit is refused with serve's 422 and words, nothing queued."""
+@pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
+def test_a_video_and_an_animation_are_restored_in_their_own_formats_as_the_local_batch_does(modal_app, worker,
+                                                                                           tmp_path):
+    """A job's container runs the local batch (``restore_batch``) over the job's files on the volume: a video
+    comes back a video (every frame at its time, twice the size, the sound's packets untouched) and an animated
+    GIF an animated GIF of its frames, as ``restore`` and serve's worker make them (the container once read each
+    upload as one picture, and failed both)."""
     pytest.importorskip("av", reason="PyAV reads videos: pip install 'restorecli[video]'")
-    from test_video_server import make_fast_clip
+    from PIL import Image
+    from test_animated import H, W, make_animation
+    from test_video import frames_of, make_video, packets_of
 
-    config = dataclasses.replace(web_config(modal_app, worker[1], tmp_path), max_video_frames=15)
-    fast = make_fast_clip(tmp_path / "fast.mp4", frames=40, fps=1000)  # 0.04 s
-    with modal_endpoint(modal_app, config, tmp_path) as (client, backend, calls):
-        assert client.get("/health").json()["limits"]["max_video_frames"] == 15
-        refused = post(client, ("fast clip.mp4", fast.read_bytes()))
-        assert (refused.status_code, refused.json()) == (
-            422, {"detail": "fast clip.mp4: 40 frames, over the limit of 15 frames a video"})
-        assert backend.records == {} and calls.started == []
+    config = web_config(modal_app, worker[1], tmp_path)  # fp32 on the CPU: no precision probe to wait for
+    config = dataclasses.replace(config, defaults={**config.defaults, "device": "cpu", "precision": "fp32"})
+    clip, gif = make_video(tmp_path / "clip.mp4", frames=6), make_animation(tmp_path / "wave.gif")
+    with modal_endpoint(modal_app, config, tmp_path) as (client, _, calls):
+        answer = post(client, ("holiday clip.mp4", clip.read_bytes()), ("wave.gif", gif.read_bytes()))
+        assert calls.run() == ["completed"]
+        status = client.get(f"/status/{answer.json()['job_id']}").json()
+        video, animation = (client.get(r["url"]) for r in status["results"])
+    assert [(r["status"], r["in_size"], r["out_size"]) for r in status["results"]] == [
+        ("ok", [64, 48], [128, 96]), ("ok", [W, H], [2 * W, 2 * H])]
+    assert (video.headers["content-type"], animation.headers["content-type"]) == ("video/mp4", "image/gif")
+    (tmp_path / "got.mp4").write_bytes(video.content)
+    restored = frames_of(tmp_path / "got.mp4")
+    assert len(restored) == 6 and restored[0][0].shape == (96, 128, 3)
+    assert [when for _, when, _ in restored] == [when for _, when, _ in frames_of(clip)]
+    assert packets_of(tmp_path / "got.mp4", "audio") == packets_of(clip, "audio")
+    (tmp_path / "got.gif").write_bytes(animation.content)
+    with Image.open(tmp_path / "got.gif") as got, Image.open(gif) as sent:
+        assert (got.n_frames, got.size) == (sent.n_frames, (2 * W, 2 * H))
 
 
 def test_a_job_s_container_loads_its_face_model_and_colour_stage(web, modal_app):

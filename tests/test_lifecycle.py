@@ -125,7 +125,7 @@ def modal_run(tmp_path: Path, model: Path, inputs: Path, modal_app) -> dict:
     backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same", "device": "cpu",
                                                                  "precision": "fp32"}, stored)
     restore = modal_app.Restore(model=str(model), precision="fp32")
-    assert modal_app.process_job(backend, restore.restore.local, job_id) == "completed"
+    assert modal_app.process_job(backend, restore.restore_items, job_id) == "completed"
     results = backend.records[job_id]["results"]
     outputs = {r["original_filename"]: files.read(job_id, f"outputs/{r['output']}") for r in results
                if r["status"] == "ok"}
@@ -191,25 +191,30 @@ def test_a_retried_modal_call_goes_on_where_the_last_one_stopped(tmp_path, model
     stored = [{"original_filename": name, "stored": f"{n:03d}{Path(name).suffix}"} for n, name in enumerate(names, 1)]
     for entry in stored:
         files.write(job_id, {f"inputs/{entry['stored']}": (inputs / entry["original_filename"]).read_bytes()})
-    backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same"}, stored)
-    restore = modal_app.Restore(model=str(model))
+    backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same", "device": "cpu",
+                                                             "precision": "fp32"}, stored)
+    restore = modal_app.Restore(model=str(model), precision="fp32")  # no precision probe to wait for
 
-    def dies_on_the_third(data, name, options):
-        sent.append(name)
-        if len(sent) == 3:
-            raise SystemExit("the container died")  # as Modal sees a container lost mid-call
-        return restore.restore.local(data, name, options)
+    def noting(dies_at: int | None):
+        """The container's batch, each image's turn noted in ``sent``; the container dies at the ``dies_at``-th."""
+
+        def restore_items(items, options, on_progress):
+            def told(event, payload):
+                if event == "item":
+                    sent.append(Path(payload).name)
+                    if len(sent) == dies_at:
+                        raise SystemExit("the container died")  # as Modal sees a container lost mid-call
+                on_progress(event, payload)
+
+            return restore.restore_items(items, options, told)
+
+        return restore_items
 
     with pytest.raises(SystemExit):
-        modal_app.process_job(backend, dies_on_the_third, job_id)
+        modal_app.process_job(backend, noting(3), job_id)
     assert files.read(job_id, "outputs/001.jpg") is not None  # written as it finished, not at the job's end
     assert [r["status"] for r in backend.records[job_id]["progress"]] == ["ok", "error"]
-
-    def counting(data, name, options):
-        sent.append(name)
-        return restore.restore.local(data, name, options)
-
-    assert modal_app.process_job(backend, counting, job_id) == "completed"
+    assert modal_app.process_job(backend, noting(None), job_id) == "completed"
     assert sent == ["001.jpg", "002.png", "003.png", "003.png"]  # neither earlier image was tried again
     record = backend.records[job_id]
     assert [r["status"] for r in record["results"]] == ["ok", "error", "ok"]
