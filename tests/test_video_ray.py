@@ -246,6 +246,53 @@ def test_an_actor_killed_mid_range_leaves_its_finished_segments_to_whichever_act
     assert_clean(queue)
 
 
+@pytest.mark.slow  # 40-60 s on a busy 2-core machine (two pools, one after the other): nox -s slow runs it; its fast
+# sibling: test_video_resume's test_ranges_restored_apart_and_joined_are_the_video_a_single_run_writes
+def test_a_ray_driver_stopped_mid_video_leaves_its_finished_ranges_to_the_next_driver(tmp_path, local_ray,
+                                                                                      make_model):
+    """A 48-frame clip in four ranges of 12 frames over two actors: the driver is stopped while each actor holds a
+    range; it lets them finish those two ranges, sends no other, and gives the job back. The next driver restores
+    only the two ranges left (24 frames through the model), and joins all four into the whole video."""
+    model = make_model(2, "compact", "safetensors")
+    clip = make_video(tmp_path / "clip.mp4", frames=LONG)
+    queue = tmp_path / "ray"
+    job_id = submit_clip(queue, model, clip)
+    for counted in local_ray.harness.glob("runs-*"):
+        counted.unlink()
+    hold = local_ray.harness / "hold"
+    hold.write_text("3")
+    stop = threading.Event()
+    thread, done = start_pool(queue, stop, actors=2, actor_cpus=0.5, actor_images=1, range_frames=LONG // 4)
+    try:
+        wait_until(lambda: len({p.name.split("-")[1] for p in ray_harness.held(local_ray.harness)}) == 2,
+                   what="both actors to hold a range each")
+        stop.set()
+    finally:
+        hold.unlink(missing_ok=True)
+    first = joined(thread, done, stop)
+    assert first.jobs == [(job_id, "released")] and first.retried == 0
+    ran = ray_harness.runs(local_ray.harness)
+    assert sum(ran.values()) == LONG // 2  # the two ranges in hand, whole
+    # the ranges' manifests name their writers: the next pool's actors go on from them once these are gone
+    wait_until(lambda: not any(alive(pid) for pid in ran), what="the first pool's actors gone")
+    for counted in local_ray.harness.glob("runs-*"):
+        counted.unlink()
+
+    stop = threading.Event()
+    thread, done = start_pool(queue, stop, actors=2, actor_cpus=0.5, actor_images=1, range_frames=LONG // 4)
+    second = joined(thread, done, stop)
+
+    assert second.jobs == [(job_id, "completed")] and second.images == 1
+    assert sum(ray_harness.runs(local_ray.harness).values()) == LONG // 2  # only the two ranges left
+    [result] = json.loads((queue / "jobs" / job_id / "result.json").read_text())["results"]
+    assert result["status"] == "ok" and result["out_size"] == [128, 96], result
+    restored = frames_of(queue / result["output"])
+    assert [when for _, when, _ in restored] == [when for _, when, _ in frames_of(clip)]
+    assert packets_of(queue / result["output"], "audio") == packets_of(clip, "audio")
+    assert_clean(queue)
+    assert not list(queue.rglob("*.parts"))
+
+
 def test_an_actor_restores_an_animation_in_its_own_format_as_the_local_worker_does(tmp_path, make_model):
     """The pool's actor (``RestoreActor``, called in this process here) takes an animated GIF as a local batch
     does: every frame restored, written back as a GIF with its frame count, durations and loop count; its frames
