@@ -326,6 +326,8 @@ def test_an_actor_restores_an_animation_in_its_own_format_as_the_local_worker_do
 @pytest.mark.slow  # 15-25 s on a busy 2-core machine (a pool to start): nox -s slow runs it; its fast sibling is the
 # test above, the actor called in this process
 def test_a_queued_animation_goes_through_the_pool_in_its_own_format(tmp_path, local_ray, make_model):
+    """An animated WebP through the pool: restored frame by frame by an actor (the job's status naming the frame in
+    hand, as ``status JOB --json`` reads it), written back as an animated WebP with its durations and loop count."""
     from test_animated import make_animation, shown
 
     model = make_model(2, "compact", "safetensors")
@@ -333,8 +335,18 @@ def test_a_queued_animation_goes_through_the_pool_in_its_own_format(tmp_path, lo
     source = make_animation(tmp_path / "in" / "anim.webp", loop=5)
     queue = tmp_path / "ray"
     job_id = submit_clip(queue, model, source)
+    hold = local_ray.harness / "hold"
+    hold.write_text("1")  # the actor's second frame waits: status names the first one done
     stop = threading.Event()
     thread, done = start_pool(queue, stop, actors=1, actor_cpus=0.5)
+    try:
+        def current() -> str:
+            return json.loads(cli("status", job_id, "--queue", queue, "--json").stdout)["current"] or ""
+
+        wait_until(lambda: current() == f"{source} (frame 1 of 4)", what="the status to name the frame done",
+                   detail=current)
+    finally:
+        hold.unlink(missing_ok=True)
     report = joined(thread, done, stop)
 
     assert report.jobs == [(job_id, "completed")] and report.images == 1
