@@ -917,3 +917,24 @@ def test_hostile_videos_end_as_their_own_errors_and_the_batch_goes_on(tmp_path, 
         name: text.replace(name, str(inputs / name), 1) for name, text in said.items()}  # the CLI names the path
     assert done["honest.mkv"]["status"] == "ok"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["honest.mkv"]
+
+
+def test_a_list_of_other_files_or_itself_is_not_followed(tmp_path):
+    """An upload's content picks FFmpeg's demuxer, not its name: an ffconcat list named clip.mp4 would have its
+    files read (one naming itself: opened again and again until the process had no file descriptor left). It is
+    refused as not a readable video, by the reader, the server's counters and header checks alike, however it
+    names its files; a video beside it still opens."""
+    from restorecli.video.formats import VideoDecodeError, frame_size, header_duration
+    from restorecli.video.read import VideoInput, count_video_packets
+
+    make_video(tmp_path / "clip.mkv", frames=4, audio=None)
+    listed = tmp_path / "list.mp4"
+    listed.write_text("ffconcat version 1.0\nfile list.mp4\nfile clip.mkv\n")
+    said = "^list.mp4: not a readable video \\(.*a list of other files or a playlist, which restorecli does not follow\\)$"
+    for read in (lambda: VideoInput(listed, "list.mp4"), lambda: count_video_packets(listed, "list.mp4"),
+                 lambda: header_duration(listed)):
+        with pytest.raises(VideoDecodeError, match=said):
+            read()
+    assert frame_size(listed) is None
+    with VideoInput(tmp_path / "clip.mkv", "clip.mkv") as video:
+        assert (video.facts.width, video.facts.height) == (W, H)

@@ -222,10 +222,11 @@ def test_a_video_over_the_frame_limit_is_refused_at_upload_and_one_whose_packets
 
 def test_hostile_videos_through_the_server_end_as_their_own_errors_and_the_server_stays_up(
         tmp_path, make_model, monkeypatch):
-    """Uploaded in one job: a header stating 60000x60000, frames that grow mid-stream, a video stream without frames,
-    a Matroska file cut short, and a file whose thumbnail comes before its film. Each broken one is that file's
-    error naming it (never a crash or a hang of the worker or the server), the film is restored whole; an upload
-    whose body is cut inside its video is refused with 400 and leaves nothing; the server answers after all of it."""
+    """Uploaded in one job: an ffconcat list naming itself as it is stored (001.mp4), a header stating 60000x60000,
+    frames that grow mid-stream, a video stream without frames, a Matroska file cut short, and a file whose
+    thumbnail comes before its film. Each broken one is that file's error naming it (never a crash or a hang of the
+    worker or the server; the list is not followed), the film is restored whole; an upload whose body is cut
+    inside its video is refused with 400 and leaves nothing; the server answers after all of it."""
     from fastapi.testclient import TestClient
 
     from restorecli.cli.options import DEFAULTS
@@ -238,7 +239,10 @@ def test_hostile_videos_through_the_server_end_as_their_own_errors_and_the_serve
     said = hostile_videos(folder, tmp_path / "scratch")
     whole = make_video(tmp_path / "whole.mkv", frames=12, audio=None).read_bytes()
     said["cut.mkv"] = "cut.mkv: truncated or damaged: its frames end at"
-    sent = [(name, (folder / name).read_bytes()) for name in said if name != "cut.mkv"]
+    sent = [("list.mp4", b"ffconcat version 1.0\nfile 001.mp4\n")]  # the upload's first file is stored as 001
+    sent += [(name, (folder / name).read_bytes()) for name in said if name != "cut.mkv"]
+    said["list.mp4"] = "list.mp4: not a readable video (Invalid argument: a header FFmpeg refuses, or a list of " \
+                       "other files or a playlist, which restorecli does not follow)"
     sent += [("cut.mkv", whole[: len(whole) * 2 // 3]),
              ("film.mkv", make_thumbnail_first(tmp_path / "film.mkv").read_bytes())]
     config = load_config({**DEFAULTS, "model": str(make_model(2)), "precision": "fp32", "backend": "torch"},

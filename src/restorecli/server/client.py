@@ -445,11 +445,11 @@ def _check_video(data: BinaryIO, expected: Expected, name: str) -> None:
 def _video_frames(path: Path) -> int:
     """How many frames the video at ``path`` decodes to (its restored video must have as many); ``ImageError``
     subclasses naming it where it cannot be read."""
-    from ..video.formats import VideoDecodeError, load_av, main_video_stream
+    from ..video.formats import VideoDecodeError, load_av, main_video_stream, open_input
 
     av = load_av(str(path))
     try:
-        with av.open(str(path)) as container:
+        with open_input(path, str(path)) as container:
             stream = main_video_stream(container)  # the one the server restores
             if stream is None:
                 raise VideoDecodeError(f"{path}: no video stream")

@@ -3,6 +3,8 @@ planning (``plan``) asks here whether an input is a video without loading PyAV."
 
 from __future__ import annotations
 
+import errno
+import functools
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -35,6 +37,14 @@ DEFAULT_CODECS: dict[str, tuple[str, ...]] = {
     "webm": ("libvpx-vp9", "libsvtav1", "libaom-av1", "libvpx"),
     "avi": ("libx264", "mpeg4"),  # H.264 without B-frames (see DECODING_TIMES_ONLY), else MPEG-4 Part 2
 }
+
+
+# Demuxers that read other files or the network on a file's word: lists of files (concat, whose list may name the
+# file itself, opened again and again until the process has no file descriptor left), playlists and stream
+# descriptions (HLS, SDP, RTSP, SAP, a DASH manifest), numbered image files (image2) and filter graphs (lavfi). An
+# input restorecli opens is read alone; FFmpeg checks the list once it has probed a file, before reading its header.
+FOLLOWS_OTHER_FILES = frozenset({"concat", "hls", "image2", "lavfi", "rtp", "rtsp", "sap", "sdp",
+                                 "webm_dash_manifest"})
 
 
 class VideoUnavailable(ImageError):
@@ -75,6 +85,34 @@ def load_av(name: str) -> ModuleType:
     return av
 
 
+@functools.cache
+def _demuxers_read_alone(av: ModuleType) -> str:
+    """FFmpeg's ``format_whitelist``: every demuxer the bundled FFmpeg has but those in ``FOLLOWS_OTHER_FILES``."""
+    names = (name for name in av.formats_available if av.ContainerFormat(name).is_input)
+    return ",".join(sorted(name for name in names if name not in FOLLOWS_OTHER_FILES))
+
+
+def open_input(path: Path, name: str) -> Any:
+    """The file at ``path`` opened for reading with PyAV, by any demuxer but those that would open other files or
+    the network (``FOLLOWS_OTHER_FILES``). Raises ``VideoUnavailable`` without PyAV, ``VideoDecodeError`` naming
+    ``name`` where FFmpeg cannot open it."""
+    av = load_av(name)
+    try:
+        return av.open(str(path), "r", container_options={"format_whitelist": _demuxers_read_alone(av)})
+    except (av.FFmpegError, OSError) as exc:
+        said = ffmpeg_reason(exc)
+        if getattr(exc, "errno", None) == errno.EINVAL:  # what FFmpeg answers for a demuxer off the list, too
+            said += ": a header FFmpeg refuses, or a list of other files or a playlist, which restorecli does not " \
+                    "follow"
+        raise VideoDecodeError(f"{name}: not a readable video ({said})") from None
+
+
+def ffmpeg_reason(exc: BaseException) -> str:
+    """What an FFmpeg (or OS) error says, on one line and at most 200 characters."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return " ".join(str(text).split())[:200]
+
+
 def main_video_stream(container: Any) -> Any | None:
     """The video stream of an open PyAV ``container`` that restorecli restores (None: it has none): the one FFmpeg
     picks, as a player does (``av_find_best_stream``: not cover art, the largest), which need not be the first; a
@@ -86,9 +124,7 @@ def frame_size(path: Path) -> tuple[int, int] | None:
     """A video's frame size (w, h) from its header, without decoding a frame or importing numpy (the server's process
     reads it to refuse a job before a worker spends time on it); None where PyAV is absent or cannot tell."""
     try:
-        import av
-
-        with av.open(str(path)) as container:
+        with open_input(path, path.name) as container:
             context = main_video_stream(container).codec_context
             # 0 x 0 where the header states none, or one FFmpeg refuses (60000 x 60000): unknown, as unread
             return (context.width, context.height) if context.width > 0 and context.height > 0 else None
@@ -102,7 +138,7 @@ def header_duration(path: Path) -> float | None:
     one. Raises ``VideoUnavailable`` without PyAV, ``VideoDecodeError`` where PyAV cannot open it as a video."""
     av = load_av(path.name)
     try:
-        with av.open(str(path)) as container:
+        with open_input(path, path.name) as container:
             stream = main_video_stream(container)
             if stream is None:
                 raise VideoDecodeError(f"{path.name}: no video stream")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageTooLarge
-from .formats import DECODING_TIMES_ONLY, VideoDecodeError, load_av, main_video_stream
+from .formats import DECODING_TIMES_ONLY, VideoDecodeError, load_av, main_video_stream, open_input
+from .formats import ffmpeg_reason as _reason
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,13 +111,9 @@ class VideoInput:
     raises ``VideoDecodeError`` (naming ``name``) for a file with no video stream or that FFmpeg cannot read."""
 
     def __init__(self, path: Path, name: str, keep_audio: bool = True):
-        av = load_av(name)
         self.name = name
         self.decoded = 0  # frames the decoder gave, kept or passed over
-        try:
-            self.container = av.open(str(path), "r")
-        except (av.FFmpegError, OSError) as exc:
-            raise VideoDecodeError(f"{name}: not a readable video ({_reason(exc)})") from None
+        self.container = open_input(path, name)
         try:
             self.video = main_video_stream(self.container)
             if self.video is None:
@@ -281,7 +278,7 @@ def count_video_packets(path: Path, name: str, stop_over: int | None = None) -> 
     av = load_av(name)
     count = 0
     try:
-        with av.open(str(path)) as container:
+        with open_input(path, name) as container:
             stream = main_video_stream(container)
             if stream is None:
                 raise VideoDecodeError(f"{name}: the file holds no video stream")
@@ -354,8 +351,3 @@ def _shifted(packet: Any, start: Fraction) -> Any | None:
     if packet.dts is not None:
         packet.dts -= offset
     return packet
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return " ".join(str(text).split())[:200]
