@@ -106,7 +106,7 @@ def test_the_json_summary_gives_wall_time_and_images_per_second(tmp_path, make_m
     from conftest import TEST_INPUTS
 
     args = ["restore", str(TEST_INPUTS / "rocket.jpg"), str(TEST_INPUTS / "cameraman_gray.png"), "-o",
-            str(tmp_path / "out"), "--model", str(make_model(2)), "--device", "cpu", "--json"]
+            str(tmp_path / "out"), "--model", str(make_model(2)), "--device", "cpu", "--precision", "fp32", "--json"]
     first = invoke(*args, prog_name="restorecli")
     assert first.exit_code == 0, first.stderr
     summary = json.loads(first.stdout.splitlines()[-1])
