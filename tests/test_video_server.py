@@ -66,9 +66,10 @@ def live(tmp_path_factory):
 def test_a_live_server_limits_videos_by_their_own_size_and_length_and_says_so(live, tmp_path):
     """``--max-video-mb`` is a video's upload limit (413), apart from the image limit; ``--max-video-seconds`` is
     read from the container's header (422); each refusal names the file and the limit, leaves nothing behind,
-    and ``/health`` and the OpenAPI document state the limits."""
+    and ``/health``, the OpenAPI document and serve's start-up lines state the limits."""
     clips = {frames: make_video(tmp_path / f"clip{frames}.mp4", frames=frames).read_bytes() for frames in (24, 48, 96)}
     image_mb, video_mb = (f"{int(mb * 1048576) / 1048576:g}" for mb in (IMAGE_MB, VIDEO_MB))  # as bytes, then MB
+    assert f"(a video {video_mb} MB, 1.5 seconds, 90 frames)" in live.output()
     assert len(clips[24]) > IMAGE_MB * 1048576 and len(clips[96]) > VIDEO_MB * 1048576 > len(clips[48])
     with live.client() as client:
         assert client.get("/health").json()["limits"] == pytest.approx(
