@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,30 @@ def test_status_of_a_running_job_shows_the_images_its_worker_has_finished(tmp_pa
         ("pending", None, None), ("error", "it broke", None), ("pending", None, None)]
     overview = json.loads(invoke("status", "--queue", queue, "--json").stdout)
     assert [(job["status"], job["done"], job["total"]) for job in overview["jobs"]] == [("processing", 1, 3)]
+
+
+def test_status_of_a_job_whose_worker_loads_its_models_says_so(tmp_path):
+    """While a worker loads a job's models, status says the long step it waits on with its time, and between two
+    steps that it is loading them (it said ``now: preparing``)."""
+    from conftest import TEST_INPUTS
+
+    from restorecli.jobs.store import JobStore
+
+    queue = tmp_path / "queue"
+    assert invoke("submit", TEST_INPUTS / "rocket.jpg", "--queue", queue).exit_code == 0
+    store = JobStore(queue)
+    try:
+        lease = store.claim(60, 3, "test-worker")
+        assert store.preparing(lease, 60, None, None)
+        between = invoke("status", lease.job.id, "--queue", queue)
+        assert store.preparing(lease, 60, "converting tiny to ncnn with pnnx", time.time() - 12)
+        converting = invoke("status", lease.job.id, "--queue", queue)
+    finally:
+        store.close()
+    assert between.exit_code == 0 and "preparing: loading its models" in between.stderr, between.stderr
+    assert "now:" not in between.stderr
+    said = " ".join(converting.stderr.split())
+    assert re.search(r"preparing: converting tiny to ncnn with pnnx, (1[2-9]|[2-9]\d) s", said), said
 
 
 def _sections(help_text: str) -> dict[str, list[str]]:

@@ -218,6 +218,8 @@ def status(
 
 
 def _one_job(data: dict) -> None:
+    from ..jobs.leases import PREPARING  # already imported by jobs.status
+
     position = f", position {data['queue_position']}" if data["queue_position"] else ""
     images = "image" if data["total"] == 1 else "images"
     render.say(f"job {data['job_id']}: {data['status']}{position}, {data['done']} of {data['total']} {images} done")
@@ -226,6 +228,8 @@ def _one_job(data: dict) -> None:
         render.say(f"  {label}: {escape(str(data['error']))}")
     if data.get("step"):  # its worker loads its models: a conversion or a probe, with the time it has taken
         render.say(f"  preparing: {escape(data['step']['text'])}, {render.duration(data['step']['elapsed'])}")
+    elif data.get("current") == PREPARING:  # between two such steps, or before its first
+        render.say("  preparing: loading its models")
     elif data.get("current"):
         render.say(f"  now: {escape(str(data['current']))}")
     for r in data["results"]:
