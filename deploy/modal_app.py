@@ -227,12 +227,14 @@ def process_job(backend: Backend, restore_items: RestoreItems, job_id: str) -> s
     results = _settled(backend, job_id, record.get("progress") or [])
     record = {**record, "status": "processing", "progress": list(results)}
     backend.records[job_id] = record
+    setup = record.get("setup")
     if len(results) < len(record["inputs"]):
-        _restore_rest(backend, restore_items, record, results)
+        setup = _restore_rest(backend, restore_items, record, results)
     errors = [r["error"] for r in results if r["status"] == "error"]
     status = "failed" if results and len(errors) == len(results) else "completed"
     backend.records[job_id] = {**record, "progress": list(results), "status": status, "results": results,
-                               "finished": time.time(), "error": "; ".join(errors) if errors else None}
+                               "finished": time.time(), "error": "; ".join(errors) if errors else None,
+                               "setup": setup}
     return status
 
 
@@ -247,12 +249,13 @@ def _settled(backend: Backend, job_id: str, progress: list[dict]) -> list[dict]:
     return kept
 
 
-def _restore_rest(backend: Backend, restore_items: RestoreItems, record: dict, results: list[dict]) -> None:
+def _restore_rest(backend: Backend, restore_items: RestoreItems, record: dict, results: list[dict]) -> dict | None:
     """The job's inputs without a result, restored by the local batch's own code (``restore_batch``: planning,
     read-ahead, the model, write-behind, videos and animations frame by frame, failures worded) from the volume into
     the job's ``outputs/`` folder. Each result is appended to ``results`` and recorded, the volume committed, as its
     output is in place; its entry is the queue's worker's (``jobs.run.result_entry``), naming the file the user
-    sent. An output an earlier call wrote but did not record is made again (``overwrite``)."""
+    sent. An output an earlier call wrote but did not record is made again (``overwrite``). Returns what ran (the
+    model, device and precision: ``Restorer.setup``), for the job's status as serve's worker records it."""
     from restorecli.jobs.run import result_entry
     from restorecli.plan import InputItem
 
@@ -271,6 +274,7 @@ def _restore_rest(backend: Backend, restore_items: RestoreItems, record: dict, r
     done = restore_items(items, options, on_progress)
     if done.halted:  # the volume took no more: the call fails, and Modal's retry goes on from the last result
         raise OSError(f"{job_id}: the files volume took no more outputs: {done.halted}")
+    return done.setup
 
 
 def job_view(record: dict):
@@ -284,7 +288,7 @@ def job_view(record: dict):
         recorded = [{**entry, "output": entry["output"] if entry["status"] == "ok" else None}
                     for entry in record["results"]]
     return JobView(record["job_id"], record["status"], record["inputs"], record["progress"] or [], recorded,
-                   record["error"], record["created"], record["finished"], None)
+                   record["error"], record["created"], record["finished"], None, record.get("setup"))
 
 
 def remove_job(backend: Backend, job_id: str) -> None:

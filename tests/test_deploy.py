@@ -442,7 +442,7 @@ def test_a_video_and_an_animation_are_restored_in_their_own_formats_as_the_local
     """A job's container runs the local batch (``restore_batch``) over the job's files on the volume: a video
     comes back a video (every frame at its time, twice the size, the sound's packets untouched) and an animated
     GIF an animated GIF of its frames, as ``restore`` and serve's worker make them (the container once read each
-    upload as one picture, and failed both)."""
+    upload as one picture, and failed both); the status says what ran (``setup``), as serve's does."""
     pytest.importorskip("av", reason="PyAV reads videos: pip install 'restorecli[video]'")
     from PIL import Image
     from test_animated import H, W, make_animation
@@ -458,6 +458,7 @@ def test_a_video_and_an_animation_are_restored_in_their_own_formats_as_the_local
         video, animation = (client.get(r["url"]) for r in status["results"])
     assert [(r["status"], r["in_size"], r["out_size"]) for r in status["results"]] == [
         ("ok", [64, 48], [128, 96]), ("ok", [W, H], [2 * W, 2 * H])]
+    assert (status["setup"]["model"], status["setup"]["device"]) == (Path(worker[1]).stem, "cpu")  # what ran
     assert (video.headers["content-type"], animation.headers["content-type"]) == ("video/mp4", "image/gif")
     (tmp_path / "got.mp4").write_bytes(video.content)
     restored = frames_of(tmp_path / "got.mp4")
