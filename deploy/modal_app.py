@@ -345,7 +345,7 @@ class ModalService:
 
         self.backend, self.config = backend, config
         self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
-                             config.max_video_seconds)
+                             config.max_video_seconds, config.max_video_frames)
 
     def refusal(self, length: int):
         return None  # Modal neither stops for a restart nor fills its volume's disk
