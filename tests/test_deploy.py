@@ -249,9 +249,10 @@ def test_the_modal_image_installs_what_its_endpoint_and_jobs_import(modal_app):
 
 @pytest.fixture
 def worker(modal_app, make_model):
-    """The GPU class run in this process on a tiny 2x model (``.local()`` runs its @modal.enter once)."""
+    """The GPU class run in this process on a tiny 2x model (``.local()`` runs its @modal.enter once), in fp32: no
+    bf16 check or precision probe to wait for."""
     model = str(make_model(2))
-    return modal_app.Restore(model=model), model
+    return modal_app.Restore(model=model, precision="fp32"), model
 
 
 @pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
@@ -263,7 +264,7 @@ def test_the_restore_method_runs_locally_as_restorecli_restores(worker):
     restore, model = worker
     done = restore.restore.local(ROCKET, "001.jpg", {"format": "png"})
     assert done["format"] == "png" and done["in_size"] == [96, 64] and done["out_size"] == [192, 128]
-    options = RestoreOptions(model=model, format="png")
+    options = RestoreOptions(model=model, format="png", precision="fp32")
     expected = Restorer.from_options(options).restore_bytes(ROCKET, "001.jpg", options, "png").data
     assert np.array_equal(decoded(done["data"]), decoded(expected))
     assert decode_image(done["data"], "out.png", 10**8).size == (192, 128)
@@ -281,7 +282,8 @@ def test_a_job_s_outputs_are_named_as_the_local_batch_names_them(worker, modal_a
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "shot.JPEG").write_bytes(ROCKET)
     (tmp_path / "in" / "noise.png").write_bytes(png(20, 12))
-    local = invoke("restore", tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--suffix", "_x2", "--json")
+    local = invoke("restore", tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--suffix", "_x2",
+                   "--precision", "fp32", "--json")
     assert local.exit_code == 0, local.stderr
     expected = sorted(Path(i["output"]).name.replace("shot", "001").replace("noise", "002")
                       for i in json_lines(local) if i["type"] == "item")
@@ -339,6 +341,11 @@ def web_config(modal_app, model: str, tmp_path):
             patch.setenv(name, value)
         patch.chdir(tmp_path)  # no .env here
         return dataclasses.replace(modal_app.web_config(), max_files=3)
+
+
+def in_fp32(config):
+    """``config`` with its jobs run in fp32 on the CPU: no bf16 check or precision probe to wait for."""
+    return dataclasses.replace(config, defaults={**config.defaults, "device": "cpu", "precision": "fp32"})
 
 
 @contextlib.contextmanager
@@ -448,8 +455,7 @@ def test_a_video_and_an_animation_are_restored_in_their_own_formats_as_the_local
     from test_animated import H, W, make_animation
     from test_video import frames_of, make_video, packets_of
 
-    config = web_config(modal_app, worker[1], tmp_path)  # fp32 on the CPU: no precision probe to wait for
-    config = dataclasses.replace(config, defaults={**config.defaults, "device": "cpu", "precision": "fp32"})
+    config = in_fp32(web_config(modal_app, worker[1], tmp_path))
     clip, gif = make_video(tmp_path / "clip.mp4", frames=6), make_animation(tmp_path / "wave.gif")
     with modal_endpoint(modal_app, config, tmp_path) as (client, _, calls):
         answer = post(client, ("holiday clip.mp4", clip.read_bytes()), ("wave.gif", gif.read_bytes()))

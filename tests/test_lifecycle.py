@@ -370,7 +370,7 @@ def test_a_face_image_through_the_modal_app_equals_the_local_batch(tmp_path, mod
     """A face photo sent to the Modal app's web endpoint (serve's API over a dict, a folder and calls run in this
     process, as tests/test_deploy.py runs it) with face_enhance: the container it starts loads gfpgan-1.3 and the
     detector by name from its weights folder, hash-checked, and gives the local batch's face count and pixels."""
-    from test_deploy import modal_endpoint, post, web_config
+    from test_deploy import in_fp32, modal_endpoint, post, web_config
 
     (gfpgan, detector), _ = registered_faces
     photo = face_photo(tmp_path / "faces")
@@ -378,8 +378,7 @@ def test_a_face_image_through_the_modal_app_equals_the_local_batch(tmp_path, mod
                            "--face-detector", detector)
     monkeypatch.setenv("RESTORECLI_FACE_MODEL", "gfpgan-1.3")
     monkeypatch.setenv("RESTORECLI_FACE_DETECTOR", "retinaface-mobilenet0.25")
-    config = web_config(modal_app, str(model), tmp_path)
-    config = dataclasses.replace(config, defaults={**config.defaults, "device": "cpu", "precision": "fp32"})
+    config = in_fp32(web_config(modal_app, str(model), tmp_path))
     with modal_endpoint(modal_app, config, tmp_path) as (client, _, calls):
         answer = post(client, ("face.png", photo.read_bytes()), face_enhance="true")
         assert answer.status_code == 202, answer.text
