@@ -443,6 +443,22 @@ def test_fields_and_limits_are_checked_as_serve_checks_them_and_nothing_is_queue
     assert backend.records == {} and calls.started == []
 
 
+def test_a_video_over_the_frame_limit_is_refused_as_serve_refuses_it(modal_app, worker, tmp_path):
+    """The endpoint's upload limits are serve's, the frame limit (``max_video_frames``) among them: a 1000 fps clip
+    within the duration limit but over the frame limit is refused with serve's 422 and words, nothing queued."""
+    pytest.importorskip("av", reason="PyAV reads videos: pip install 'restorecli[video]'")
+    from test_video_server import make_fast_clip
+
+    config = dataclasses.replace(web_config(modal_app, worker[1], tmp_path), max_video_frames=15)
+    fast = make_fast_clip(tmp_path / "fast.mp4", frames=40, fps=1000)  # 0.04 s
+    with modal_endpoint(modal_app, config, tmp_path) as (client, backend, calls):
+        assert client.get("/health").json()["limits"]["max_video_frames"] == 15
+        refused = post(client, ("fast clip.mp4", fast.read_bytes()))
+        assert (refused.status_code, refused.json()) == (
+            422, {"detail": "fast clip.mp4: 40 frames, over the limit of 15 frames a video"})
+        assert backend.records == {} and calls.started == []
+
+
 @pytest.mark.filterwarnings("ignore:.*executing locally:UserWarning")
 def test_a_video_and_an_animation_are_restored_in_their_own_formats_as_the_local_batch_does(modal_app, worker,
                                                                                            tmp_path):
