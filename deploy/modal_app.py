@@ -340,12 +340,10 @@ class ModalService:
     files on a volume, each job restored by a spawned call. serve's routers answer through it."""
 
     def __init__(self, backend: Backend, config):
-        from restorecli.server.config import FORM_FIELDS
-        from restorecli.server.uploads import Limits
+        from restorecli.server.service import upload_limits_of
 
         self.backend, self.config = backend, config
-        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
-                             config.max_video_seconds, config.max_video_frames)
+        self.limits = upload_limits_of(config)  # serve's own reading of its limits
 
     def refusal(self, length: int):
         return None  # Modal neither stops for a restart nor fills its volume's disk

@@ -146,6 +146,13 @@ def offered_preset(config: ServeConfig, name: str, model_given: bool) -> str:
     return preset.chain
 
 
+def upload_limits_of(config: ServeConfig) -> Limits:
+    """What an upload may hold under ``config`` (files, their sizes, the form's fields, videos' size, length and
+    frames): one reading for every service behind serve's routes (the queue's, the Modal app's)."""
+    return Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
+                  config.max_video_seconds, config.max_video_frames)
+
+
 def stored_inputs(upload: MultipartUpload) -> list[dict]:
     """A job record's ``inputs``: each uploaded file's client name and the name it is stored under."""
     return [{"original_filename": f.original_filename, "stored": f.stored} for f in upload.files]
@@ -158,8 +165,7 @@ class QueueService:
     def __init__(self, config: ServeConfig, pool=None):
         self.config = config
         self.pool = pool  # the worker processes this server started (None: in-process tests, --workers 0)
-        self.limits = Limits(config.max_file_bytes, config.max_files, FORM_FIELDS, config.max_video_bytes,
-                             config.max_video_seconds, config.max_video_frames)
+        self.limits = upload_limits_of(config)
         self.draining = threading.Event()  # set on SIGTERM: no new uploads while the workers finish
         self._local = threading.local()
         # The API's own writes take turns here rather than in SQLite's busy handler, whose back-off sleeps can
