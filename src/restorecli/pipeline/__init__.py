@@ -9,8 +9,9 @@
 - ``batch``: the local run (``restore_batch``): read ahead, the model, write behind, results in order; the
   threads beside the model are ``overlap``'s.
 
-Every runtime uses these: the CLI and the queue's worker run ``restore_batch``; the Ray actor runs
-``prepare``/``enhance``/``encode`` and the driver writes with ``item``; the Modal function runs ``restore_bytes``.
+Every runtime uses these: the CLI, the queue's worker and the Modal app's job calls run ``restore_batch``; the Ray
+actor runs ``prepare``/``enhance``/``encode`` and the driver writes with ``item``; the Modal app's single-image
+``restore`` method runs ``restore_bytes``.
 """
 
 from importlib import import_module
