@@ -75,7 +75,8 @@ def instances(ray_home):
 def local_ray(instances):
     instances.local()
     instances.slow(0)
-    for marker in instances.harness.glob("decoded-*"):  # what an earlier test's actors decoded
+    # what an earlier test's actors decoded and ran, and the held markers of those it SIGKILLed while held
+    for marker in [path for kind in ("decoded", "runs", "held") for path in instances.harness.glob(f"{kind}-*")]:
         marker.unlink()
     yield instances
     instances.slow(0)

@@ -210,8 +210,6 @@ def test_an_actor_killed_mid_range_leaves_its_finished_segments_to_whichever_act
     clip = make_video(tmp_path / "clip.mp4", frames=LONG)
     queue = tmp_path / "ray"
     job_id = submit_clip(queue, model, clip, "--segment-seconds", "0.001")
-    for counted in local_ray.harness.glob("runs-*"):
-        counted.unlink()
     hold = local_ray.harness / "hold"
     hold.write_text("5")
     stop = threading.Event()
@@ -257,8 +255,6 @@ def test_a_ray_driver_stopped_mid_video_leaves_its_finished_ranges_to_the_next_d
     clip = make_video(tmp_path / "clip.mp4", frames=LONG)
     queue = tmp_path / "ray"
     job_id = submit_clip(queue, model, clip)
-    for counted in local_ray.harness.glob("runs-*"):
-        counted.unlink()
     hold = local_ray.harness / "hold"
     hold.write_text("3")
     stop = threading.Event()
