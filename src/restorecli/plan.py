@@ -210,6 +210,17 @@ def unforeseen_error(source: str, exc: Exception, in_size: tuple[int, int] | Non
     return f"{source}: {type(exc).__name__}: {text}" if text else f"{source}: {type(exc).__name__}"
 
 
+def failure_message(source: str, exc: BaseException, in_size: tuple[int, int] | None = None) -> str:
+    """What a person reads for an image that failed with ``exc``: an ``ImageError`` says it already; a read or a
+    write names the file or folder; anything else is worded by ``unforeseen_error`` (memory, overflow)."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
+        return f"{source}: {exc.strerror or exc}{where}"
+    return unforeseen_error(source, exc if isinstance(exc, Exception) else RuntimeError(str(exc)), in_size)
+
+
 def planned_scale(options: RestoreOptions) -> float | None:
     """The output's scale where it is known without loading the model (``--outscale``, or the registry's)."""
     if options.outscale is not None:
@@ -337,5 +348,5 @@ def plan_outputs(items: list[InputItem], options: RestoreOptions, facts: FileFac
 __all__ = [
     "BatchResult", "FileFacts", "FileIdentity", "InputItem", "ItemResult", "OutputPlanner", "PlanAction",
     "PlannedOutput", "ProgressCallback", "Status", "claim_name", "collect_inputs", "decided_result", "error_result",
-    "named_format", "output_format", "output_path_for", "plan_outputs",
+    "failure_message", "named_format", "output_format", "output_path_for", "plan_outputs",
 ]

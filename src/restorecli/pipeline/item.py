@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ImageError
 from ..files import STDIO, remove_abandoned_temporaries, write_atomic
-from ..plan import InputItem, ItemResult, error_result, named_format, unforeseen_error
+from ..plan import InputItem, ItemResult, error_result, failure_message, named_format
 
 if TYPE_CHECKING:  # the Ray driver and the client use this module without torch, Pillow or OpenCV
     from ..images import OutputFormat
@@ -41,17 +41,6 @@ def read_source(item: InputItem, stdin: BinaryIO | None,
     data = read_input_stream(stdin, "stdin", max_pixels)
     size, fmt = probe(data, "stdin", max_pixels)
     return data, size, fmt
-
-
-def failure_message(source: str, exc: BaseException, in_size: tuple[int, int] | None = None) -> str:
-    """What a person reads for an image that failed with ``exc``: an ``ImageError`` says it already; a read or a
-    write names the file or folder; anything else is worded by ``unforeseen_error`` (memory, overflow)."""
-    if isinstance(exc, ImageError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""  # which file or folder, read or written
-        return f"{source}: {exc.strerror or exc}{where}"
-    return unforeseen_error(source, exc if isinstance(exc, Exception) else RuntimeError(str(exc)), in_size)
 
 
 def failure(item: InputItem, output: Path | None, exc: BaseException, in_size: tuple[int, int] | None,

@@ -33,7 +33,7 @@ from ..images.formats import DEFAULT_FORMAT, FORMATS, OutputFormat, format_for_s
 from ..models.registry import REGISTRY
 from ..options import RestoreOptions, from_given
 from ..plan import (BatchResult, InputItem, ItemResult, OutputPlanner, PlannedOutput, ProgressCallback,
-                    decided_result, dry_run_result, named_format, output_format, run_items)
+                    decided_result, dry_run_result, error_result, failure_message, named_format, output_format, run_items)
 from ..video.formats import is_video_name, load_av, video_media_type
 from .config import API_KEY_ENV, API_KEY_HEADER, FORM_FIELDS, read_dotenv, setting
 
@@ -727,9 +727,9 @@ def _format_field(options: RestoreOptions, input_format: OutputFormat | None, he
 
 
 def _error(slot: _Slot, message: str, t0: float | None = None, in_size: tuple[int, int] | None = None) -> ItemResult:
-    output = slot.planned.output if slot.planned else None
-    seconds = round(time.perf_counter() - t0, 3) if t0 is not None else 0.0
-    return ItemResult(slot.item.source, str(output) if output else None, "error", message, in_size, None, seconds)
+    """The slot's error, as a local run words it (``t0``: when its own work began; None: it did none here)."""
+    return error_result(slot.item, slot.planned.output if slot.planned else None, message, in_size,
+                        time.perf_counter() if t0 is None else t0)
 
 
 def _dry_run(slot: _Slot, options: RestoreOptions) -> ItemResult:
@@ -933,11 +933,8 @@ def _outcome(server: Server, slot: _Slot, entry: _Entry, seconds: float, stdout:
         raise  # the run's error, said once
     except (SetupError, _Refused) as exc:
         return _error(slot, f"{slot.item.source}: its result could not be downloaded: {exc}", None, entry.in_size)
-    except ImageError as exc:  # a video input that cannot be read here, to count the frames its result must have
-        return _error(slot, str(exc), None, entry.in_size)
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        return _error(slot, f"{slot.item.source}: {exc.strerror or exc}{where}", None, entry.in_size)
+    except (ImageError, OSError) as exc:  # a video input that cannot be read here to count its result's frames; a
+        return _error(slot, failure_message(slot.item.source, exc), None, entry.in_size)  # write that failed
     return ItemResult(slot.item.source, str(output) if output else STDIO, "ok", None, entry.in_size, entry.out_size,
                       seconds)
 
