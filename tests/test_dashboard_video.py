@@ -271,8 +271,8 @@ def test_the_server_s_413_for_a_video_over_its_size_is_shown(idle, browser, tmp_
 
 def test_a_video_s_frames_are_shown_while_it_runs(idle, browser):
     """While a video is restored, its card and the job's progress say which frame it is at, from its entry's
-    ``frames`` ({done, total}) in the status document. The server's worker does not publish it yet (src/jobs), so
-    the status document here is the live job's with that entry added, as the page would receive it."""
+    ``frames`` ({done, total}) in the status document. The live job here waits for no worker, so its status
+    document is given that entry as a worker's telling makes it (test_video_server: the server's side)."""
     from playwright.sync_api import expect
 
     server, job_id, _ = idle

@@ -463,14 +463,21 @@ def test_a_cancelled_job_s_video_is_dropped_at_its_next_frame_and_its_status_nam
     assert batch.items == [] and len(asked) == 5  # dropped after its fifth frame, unreported
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
-    told = []
+    told, recorded = [], []
     real = JobRun.working_on
-    monkeypatch.setattr(JobRun, "working_on", lambda self, current, starting=None: told.append(current)
-                        or real(self, current, starting))
+
+    def working_on(self, current, starting=None, frames=None):
+        real(self, current, starting, frames)
+        told.append(current)
+        recorded.append(self.store.get(self.job_id).frames)  # what status and the server read
+
+    monkeypatch.setattr(JobRun, "working_on", working_on)
     queue = tmp_path / "queue"
     assert invoke("submit", clip, "--queue", queue, "--model", model2, "--device", "cpu").exit_code == 0
     assert invoke("worker", "--queue", queue, "--once").exit_code == 0
-    assert f"{clip} (frame {FRAMES} of {FRAMES})" in told, told  # the last frame is always told
+    last = told.index(f"{clip} (frame {FRAMES} of {FRAMES})")  # the last frame is always told
+    assert recorded[last] == {"input": str(clip), "done": FRAMES, "total": FRAMES}
+    assert recorded[0] is None  # before its first frame, the video's name alone
 
 
 def test_submit_refuses_a_video_whose_frames_would_be_over_the_output_limit(tmp_path, model2):

@@ -43,6 +43,66 @@ def test_an_uploaded_video_is_restored_in_its_container_and_served(tmp_path, mak
     assert packets_of(out, "audio") == packets_of(clip, "audio")
 
 
+def test_a_video_s_frames_done_are_in_its_status_and_each_change_is_an_event(tmp_path, make_model, monkeypatch):
+    """While a worker restores a video, the status document's entry for it says its frames done of its total (what
+    the worker's ``working_on_frames`` records, under the name it was uploaded as), the other entries none, and the
+    event stream sends a new event when that count moves, though nothing else changed."""
+    from fastapi.testclient import TestClient
+
+    from restorecli.jobs.run import JobRun, SetAside
+    from restorecli.jobs.store import JobStore
+    from restorecli.jobs.worker import WorkerOptions, WorkerReport
+    from restorecli.server.app import create_app
+
+    monkeypatch.delenv("API_KEY", raising=False)
+    clip = make_video(tmp_path / "clip.mp4")
+    config = make_config(tmp_path, str(make_model(2)))
+    with TestClient(create_app(config), base_url="http://localhost") as client:
+        job_id = upload(client, ("holiday clip.mp4", clip.read_bytes()), ("b.png", small_png())).json()["job_id"]
+        store = JobStore(config.queue)
+        run = JobRun.claim(store, WorkerOptions(lease=60.0), "test:1", SetAside(60.0), WorkerReport(),
+                           lambda *_: None)
+        assert run is not None and run.job_id == job_id
+        run.working_on_frames("holiday clip.mp4", 12, FRAMES)
+        status = client.get(f"/status/{job_id}").json()
+        assert [(r["status"], r["frames"]) for r in status["results"]] == [
+            ("processing", {"done": 12, "total": FRAMES}), ("pending", None)]
+        run.working_on_frames("holiday clip.mp4", FRAMES, FRAMES)  # the last frame is told at once
+        looks = [status, client.get(f"/status/{job_id}").json()]
+        told = [event["results"][0]["frames"] for event in _events_over(looks, monkeypatch)]
+        assert told == [{"done": 12, "total": FRAMES}, {"done": FRAMES, "total": FRAMES}]
+        run.working_on("b.png", starting="b.png")  # the next file in hand: the video's count is gone
+        assert all(r["frames"] is None for r in client.get(f"/status/{job_id}").json()["results"])
+        run.settle("released")
+        store.close()
+
+
+def _events_over(looks: list[dict], monkeypatch) -> list[dict]:
+    """The documents ``GET /events`` sends for a job whose status documents are ``looks``, one a look (the stream
+    ends here as when its client goes away, once every one was looked at)."""
+    import json
+
+    import anyio
+
+    from restorecli.server.routes import events
+
+    monkeypatch.setattr(events, "EVENT_POLL", 0.0)
+    left = list(looks[1:])
+
+    class Service:
+        def latest(self, job_id: str) -> dict:
+            return left.pop(0)
+
+    class Request:
+        async def is_disconnected(self) -> bool:
+            return not left
+
+    async def stream() -> list[str]:
+        return [chunk async for chunk in events._event_stream(Service(), Request(), looks[0])]
+
+    return [json.loads(chunk.split("data: ", 1)[1]) for chunk in anyio.run(stream) if chunk.startswith("event: ")]
+
+
 # The live server's limits: a 24-frame clip (1 s, about 13 KB) is over the image limit and within the video's
 IMAGE_MB, VIDEO_MB, VIDEO_SECONDS = 0.005, 0.04, 1.5
 

@@ -39,8 +39,9 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 DB_NAME = "queue.db"
 # Columns added after the first release, added to an older queue's table when it is opened
-# cancel: when a cancel of the running job was asked; step_started: when the long step in current began
-_ADDED_COLUMNS = {"progress": "TEXT", "cancel": "REAL", "step_started": "REAL"}
+# cancel: when a cancel of the running job was asked; step_started: when the long step in current began;
+# frames: the frames done of the video in current ({"input", "done", "total"}, JSON)
+_ADDED_COLUMNS = {"progress": "TEXT", "cancel": "REAL", "step_started": "REAL", "frames": "TEXT"}
 
 
 class Database:

@@ -59,20 +59,24 @@ class JobLeases(JobRecords):
                     continue
                 db.execute(
                     "UPDATE jobs SET status = 'processing', owner = ?, lease_until = ?, attempts = attempts + 1, "
-                    "started = ?, worker = ?, current = NULL, progress = NULL WHERE id = ?",
+                    "started = ?, worker = ?, current = NULL, frames = NULL, progress = NULL WHERE id = ?",
                     (token, now + lease_seconds, now, worker, job.id),
                 )
                 claimed = self.get(job.id)
                 assert claimed is not None
                 return Lease(claimed, token)
 
-    def renew(self, lease: Lease, lease_seconds: float, current: str | None = None) -> bool:
-        """Extend the lease; False if another worker owns the job now."""
+    def renew(self, lease: Lease, lease_seconds: float, current: str | None = None,
+              frames: dict | None = None) -> bool:
+        """Extend the lease, saying what is in hand where ``current`` is given (and ``frames``, the frames done
+        of the video it names: ``{"input", "done", "total"}``); False if another worker owns the job now."""
         with self.transaction() as db:
             cursor = db.execute(
-                "UPDATE jobs SET lease_until = ?, current = COALESCE(?, current) "
+                "UPDATE jobs SET lease_until = ?, current = COALESCE(?, current), "
+                "frames = CASE WHEN ? IS NULL THEN frames ELSE ? END "
                 "WHERE id = ? AND owner = ? AND status = 'processing'",
-                (time.time() + lease_seconds, current, lease.job.id, lease.token),
+                (time.time() + lease_seconds, current, current, json.dumps(frames) if frames else None,
+                 lease.job.id, lease.token),
             )
             return cursor.rowcount == 1
 
@@ -82,7 +86,7 @@ class JobLeases(JobRecords):
         None (between steps); False if another worker owns the job now."""
         with self.transaction() as db:
             cursor = db.execute(
-                "UPDATE jobs SET lease_until = ?, current = ?, step_started = ? "
+                "UPDATE jobs SET lease_until = ?, current = ?, step_started = ?, frames = NULL "
                 "WHERE id = ? AND owner = ? AND status = 'processing'",
                 (time.time() + lease_seconds, f"{PREPARING}: {step}" if step else PREPARING,
                  started if step else None, lease.job.id, lease.token),
@@ -106,7 +110,7 @@ class JobLeases(JobRecords):
             self._keep_for_resume(lease, work)
             db.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
-                "current = NULL, progress = NULL, attempts = attempts - 1, last_error = COALESCE(?, last_error) WHERE id = ?",
+                "current = NULL, frames = NULL, progress = NULL, attempts = attempts - 1, last_error = COALESCE(?, last_error) WHERE id = ?",
                 (error, lease.job.id),
             )
             return True
@@ -142,7 +146,7 @@ class JobLeases(JobRecords):
             _write_json(job_dir / "result.json", {"job_id": lease.job.id, "status": status, "error": error,
                                                   "setup": setup, "results": results})
             db.execute(
-                "UPDATE jobs SET status = ?, finished = ?, owner = NULL, lease_until = NULL, current = NULL, "
+                "UPDATE jobs SET status = ?, finished = ?, owner = NULL, lease_until = NULL, current = NULL, frames = NULL, "
                 "last_error = ? WHERE id = ?",
                 (status, time.time(), error, lease.job.id),
             )
@@ -213,7 +217,7 @@ class JobLeases(JobRecords):
                     self._mark_failed(db, job, f"gave up after {job.attempts} attempts: {why}{_in_hand(job)}")
                 else:
                     db.execute("UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, worker = NULL, "
-                               "current = NULL, progress = NULL, attempts = attempts - ?, last_error = ? WHERE id = ?",
+                               "current = NULL, frames = NULL, progress = NULL, attempts = attempts - ?, last_error = ? WHERE id = ?",
                                (0 if counted else 1, f"{why}{_in_hand(job)}", job.id))
             db.execute("DELETE FROM workers WHERE name = ?", (worker,))
         for job_id in dropped:

@@ -40,6 +40,7 @@ class Job:
     progress: list[dict] | None = None  # while it runs: one entry per finished input, in order
     cancel: float | None = None  # when someone asked to cancel it while it ran (its worker then drops it)
     step_started: float | None = None  # when the long step its worker waits on (current: preparing: ...) began
+    frames: dict | None = None  # the video in current: {"input": its name, "done", "total" (None: not known)}
 
     @property
     def done(self) -> int:
@@ -107,6 +108,7 @@ class JobRecords:
         data["options"] = json.loads(data["options"])
         data["inputs"] = json.loads(data["inputs"])
         data["progress"] = json.loads(data["progress"]) if data.get("progress") else None
+        data["frames"] = json.loads(data["frames"]) if data.get("frames") else None
         return Job(**data)
 
     def get(self, job_id: str) -> Job | None:

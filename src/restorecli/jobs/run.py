@@ -188,10 +188,10 @@ class JobRun:
 
     # ------------------------------------------------------------------ progress
 
-    def working_on(self, current: str, starting: str | None = None) -> None:
-        """Say what is in hand (``current``, for status), renewing the lease; ``starting``: an image whose turn
-        has come, told as an ``image`` event."""
-        self.store.renew(self.lease, self.options.lease, current=current)
+    def working_on(self, current: str, starting: str | None = None, frames: dict | None = None) -> None:
+        """Say what is in hand (``current``, for status; ``frames``: the frames done of the video it is), renewing
+        the lease; ``starting``: an image whose turn has come, told as an ``image`` event."""
+        self.store.renew(self.lease, self.options.lease, current=current, frames=frames)
         if starting is not None:
             self.emit("image", {"job_id": self.job_id, "input": starting})
 
@@ -202,7 +202,8 @@ class JobRun:
         if told == self._frames_told[1] or (time.monotonic() - self._frames_told[0] < 1.0 and done != total):
             return
         self._frames_told = (time.monotonic(), told)
-        self.working_on(f"{name} (frame {done}{f' of {total}' if total else ''})")
+        self.working_on(f"{name} (frame {done}{f' of {total}' if total else ''})",
+                        frames={"input": name, "done": done, "total": total})
 
     def finish(self, item: ItemResult, index: int | None = None) -> None:
         """Record an image's result (the input at ``index``, by default the one it names, else the next without

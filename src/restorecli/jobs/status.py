@@ -114,6 +114,8 @@ def job_status(root: Path, job_id: str) -> dict:
                 "error": job.last_error if status in ("failed", "queued") else None, "setup": setup,
                 # what its worker does now (an image, or preparing: a step of loading its models), while it runs
                 "current": job.current if status == "processing" else None, "step": _step(job, time.time()),
+                # the video in hand: {"input": its name, "done", "total"}
+                "frames": job.frames if status == "processing" else None,
                 "results": results}
     finally:
         store.close()

@@ -111,6 +111,11 @@ class Progress(BaseModel):
     total: int
 
 
+class FramesDone(BaseModel):
+    done: int = Field(description="Frames restored so far.")
+    total: Optional[int] = Field(description="The video's frames (null: its header does not say).")
+
+
 class Result(BaseModel):
     index: int
     original_filename: str = Field(description="The client's file name, as display text.")
@@ -122,6 +127,7 @@ class Result(BaseModel):
     out_size: Optional[list[int]] = Field(description="[width, height] of the result.")
     seconds: Optional[float] = Field(None, description="How long the worker took over this file.")
     faces: Optional[int] = Field(None, description="Faces restored (null: face enhancement off).")
+    frames: Optional[FramesDone] = Field(None, description="A video's frames while the worker restores it.")
 
 
 class JobStatus(BaseModel):

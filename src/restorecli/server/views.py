@@ -84,6 +84,7 @@ class JobView:
     finished: float | None
     queue_position: int | None
     setup: dict | None = None
+    frames: dict | None = None  # while it runs, the video in hand: {"input": its name, "done", "total"}
 
 
 def job_document(store: JobStore, job: Job) -> dict:
@@ -93,19 +94,21 @@ def job_document(store: JobStore, job: Job) -> dict:
     if finished is not None:
         recorded = [{**entry, "output": output_name(job, entry)} for entry in finished["results"]]
     return status_document(JobView(job.id, job.status, job.inputs, job.progress or [], recorded, job.last_error,
-                                   job.created, job.finished, store.position(job), (finished or {}).get("setup")))
+                                   job.created, job.finished, store.position(job), (finished or {}).get("setup"),
+                                   job.frames if job.status == "processing" else None))
 
 
 def status_document(view: JobView) -> dict:
     """``GET /status/{id}``: the job's state, its progress, and one result per input, in the order submitted."""
     results = []
+    in_hand = _video_in_hand(view)
     for index, given in enumerate(view.inputs):
         entry = view.recorded[index] if view.recorded is not None and index < len(view.recorded) else None
         if entry is None and view.status == "processing" and index < len(view.progress):
             entry = {**view.progress[index], "output": None}  # finished, published with the job
         if entry is not None:
             status = entry["status"]
-        elif view.status == "processing" and index == len(view.progress):
+        elif view.status == "processing" and (index == len(view.progress) or index == in_hand):
             status = "processing"
         elif view.status == "failed":
             status = "error"
@@ -119,6 +122,8 @@ def status_document(view: JobView) -> dict:
             "error": (entry or {}).get("error") or (view.error if status == "error" else None),
             "in_size": (entry or {}).get("in_size"), "out_size": (entry or {}).get("out_size"),
             "seconds": (entry or {}).get("seconds"), "faces": (entry or {}).get("faces"),
+            "frames": ({"done": view.frames["done"], "total": view.frames["total"]}
+                       if index == in_hand and view.frames else None),
         })
     finished = view.status in ("completed", "failed")
     return {"job_id": view.job_id, "status": view.status, "queue_position": view.queue_position,
@@ -126,6 +131,17 @@ def status_document(view: JobView) -> dict:
             "error": view.error if view.status in ("failed", "queued") else None,
             "created": view.created, "finished": view.finished, "results": results, "setup": view.setup,
             "download_url": f"/jobs/{view.job_id}/download" if view.recorded else None}
+
+
+def _video_in_hand(view: JobView) -> int | None:
+    """The index of the input whose frames the worker tells (``view.frames``): the first unfinished input of
+    that name (None: no video in hand)."""
+    if not view.frames or view.status != "processing":
+        return None
+    name = view.frames.get("input")
+    finished = sum(1 for entry in view.progress if entry.get("original_filename") == name)
+    named = [index for index, given in enumerate(view.inputs) if given["original_filename"] == name]
+    return named[finished] if finished < len(named) else None
 
 
 def download_names(inputs: list[dict], outputs: list[str | None]) -> dict[str, str]:

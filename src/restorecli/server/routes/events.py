@@ -32,12 +32,13 @@ async def events(job_id: str, request: Request, service: JobService = Depends(jo
 
 
 async def _event_stream(service: JobService, request: Request, document: dict) -> AsyncIterator[str]:
-    """One event a change (status, progress or queue position), named by the status; a comment now and then
+    """One event a change (status, progress, a video's frames done or queue position), named by the status; a comment now and then
     keeps proxies from closing a quiet stream. Ends when the job finishes or is deleted."""
     last = None
     quiet = 0.0
     while True:
-        key = (document["status"], document["progress"]["done"], document["queue_position"])
+        frames = [(result["index"], result["frames"]["done"]) for result in document["results"] if result.get("frames")]
+        key = (document["status"], document["progress"]["done"], document["queue_position"], frames)
         if key != last:
             yield f"event: {document['status']}\ndata: {json.dumps(document)}\n\n"
             last, quiet = key, 0.0
