@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from ..engine.enhance import target_size
+from ..engine.model import LoadedModel
 from ..engine.tiling import TileProgress
 from ..errors import RestoreCliError
 from ..images import OutputFormat
 from ..models.loading import resolve_model_path, weights_dir
 from ..options import RestoreOptions, model_chain
 
-if TYPE_CHECKING:
-    from .runner import Restorer
+class Restorer(Protocol):
+    """What a chain asks of each of its models' restorers (``runner.Restorer``, which holds the chain: so this
+    module needs no import of it)."""
+
+    model: LoadedModel
+    fallback: str | None  # why ``auto`` runs the model in fp32 after all
+    before: EarlierModels
+    options: RestoreOptions
+
+    def run_stage(self, color: np.ndarray, alpha: np.ndarray | None, name: str, fmt: OutputFormat | None,
+                  on_tile: TileProgress | None) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 @dataclass(frozen=True)
