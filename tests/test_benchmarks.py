@@ -190,6 +190,13 @@ def test_video_table_holds_each_run_and_the_overhead_of_its_own_numbers(video_be
     assert "| peer:" not in video_bench.render(clip, bare, ours, None, flicker_of, "c", (1.0, 2.0))
 
 
+def test_video_block_has_its_place_and_its_command_in_the_performance_page(video_bench):
+    text = (ROOT / "docs" / "performance.md").read_text()
+    assert text.count(video_bench.START) == 1 and text.count(video_bench.END) == 1
+    assert text.index("## Video") < text.index(video_bench.START) < text.index(video_bench.END)
+    assert "| `python benchmarks/video.py` |" in text  # in the Re-measuring table, with the block it writes
+
+
 def test_video_bare_forward_runs_on_a_spread_sample_half_before_and_half_after(video_bench):
     before, after = video_bench.bare_sample(list(range(240)))
     assert before == list(range(0, 240, 8)) and after == list(range(4, 240, 8))
