@@ -17,9 +17,9 @@ from typing import Any
 
 # restore's stages and checks, shared with a whole video's run rather than written twice
 from .formats import container_for
-from .read import Frame, FrameRange, shown_for
+from .read import Frame, FrameRange
 from .restore import (IN_FLIGHT, FrameRestorer, VideoOptions, VideoProgress, VideoResult, _check_sizes, _frames_in,
-                      _pipelined, open_video)
+                      _pipelined, open_video, video_result)
 from .segments import PartsFolder, SegmentedOutput, VideoOutputSpec, range_output
 from .write import choose_codec
 
@@ -81,11 +81,7 @@ def restore_range(source: Path, output: Path, span: FrameSpan, restorer: FrameRe
         except BaseException:
             parts.discard_if_empty()
             raise
-    last = frames.last
-    duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
-    return VideoResult(resumed + done, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
-                       choice.reason, (facts.width, facts.height), out_size, len(video.copied),
-                       round(time.perf_counter() - started, 3), resumed)
+    return video_result(facts, choice, frames.last, resumed, done, out_size, len(video.copied), started)
 
 
 class _From:

@@ -244,10 +244,16 @@ def _restore_in_segments(video: VideoInput, source: Path, output: Path, restorer
     with open_video(source, name, options.keep_audio) as again:  # the copied streams, read from their start
         out_size = join_segments(parts, again, output)
     parts.remove()
-    last = seen.last
+    return video_result(facts, choice, seen.last, resumed, frames, out_size, len(again.copied), started)
+
+
+def video_result(facts: Any, choice: Any, last: Any, resumed: int, frames: int, out_size: tuple[int, int],
+                 copied: int, started: float) -> VideoResult:
+    """A restored video's result: ``resumed`` frames an earlier run's segments held and ``frames`` restored now,
+    its duration up to the end of its ``last`` frame decoded, ``copied`` streams, the seconds since ``started``."""
     duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
     return VideoResult(resumed + frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
-                       choice.reason, (facts.width, facts.height), out_size, len(again.copied),
+                       choice.reason, (facts.width, facts.height), out_size, copied,
                        round(time.perf_counter() - started, 3), resumed)
 
 
