@@ -181,24 +181,27 @@ def test_restore_server_uploads_a_video_and_downloads_it_restored_in_its_contain
     ("fewer frames", "a video of 12 frames, not the 24 of its input"),
     ("another size", "a video of 64x48, not the 128x96 its status announced"),
     ("an HTML page", "does not decode as a video"),
+    ("a list of the client's files", "does not decode as a video"),
 ])
 def test_a_downloaded_video_that_is_not_the_one_announced_is_refused(tmp_path, served, said):
-    """A (fake) server that sends a video cut short, of another size, or no video at all: the client says so
-    for that video and writes nothing under its name."""
+    """A (fake) server that sends a video cut short, of another size, no video at all, or a list naming a file of
+    the client's (FFmpeg's concat demuxer would read the input itself, in the client's folder, as the video
+    announced): the client says so for that video and writes nothing under its name."""
     from hostile.test_client import JOB, KEY, FakeServer, nothing_written, only_error, status_document
     from remote_cli import remote
 
     clip = make_video(tmp_path / "clip.mp4")
     sent = {"fewer frames": make_video(tmp_path / "short.mp4", frames=12).read_bytes(),
-            "another size": clip.read_bytes(), "an HTML page": b"<html><body>Sign in</body></html>"}[served]
-    size = [64, 48] if served == "fewer frames" else [128, 96]
+            "another size": clip.read_bytes(), "an HTML page": b"<html><body>Sign in</body></html>",
+            "a list of the client's files": b"ffconcat version 1.0\nfile clip.mp4\n"}[served]
+    size = [64, 48] if served in ("fewer frames", "a list of the client's files") else [128, 96]
     result_path = f"/processed/{JOB}/clip.mp4"
     out = tmp_path / "out"
     with FakeServer() as fake:
         fake.routes[("GET", f"/status/{JOB}")] = lambda handler: handler.send_json(status_document(
             original_filename="clip.mp4", url=result_path, in_size=[64, 48], out_size=size))
         fake.routes[("GET", result_path)] = lambda handler: handler.send(200, sent, "video/mp4")
-        result = remote(clip, "-o", out, "--server", fake.url, "--json", key_env=KEY, timeout=120)
+        result = remote(clip, "-o", out, "--server", fake.url, "--json", key_env=KEY, timeout=120, cwd=tmp_path)
     error = only_error(result)
     assert error.startswith(f"{clip}: its result could not be downloaded: the server sent ") and said in error, error
     assert nothing_written(out)

@@ -418,15 +418,16 @@ def _check_image(data: BinaryIO, expected: Expected, name: str) -> None:
 
 
 def _check_video(data: BinaryIO, expected: Expected, name: str) -> None:
-    """Refuse a download that is not the video ``expected``: PyAV must open it, its first video stream must have
-    the frame size announced, and it must decode to as many frames as the input has."""
-    from ..video.formats import load_av
+    """Refuse a download that is not the video ``expected``: PyAV must open it as a video of its own (not a list
+    naming other files, which would be read from here), its first video stream must have the frame size announced,
+    and it must decode to as many frames as the input has."""
+    from ..video.formats import VideoDecodeError, load_av, open_input
 
     av = load_av(name)
     width, height = expected.size
     data.seek(0)
     try:
-        with av.open(data, "r") as container:
+        with open_input(data, name) as container:
             if not container.streams.video:
                 raise ServerFault("the server sent a file with no video stream, not the video asked for")
             stream = container.streams.video[0]
@@ -435,7 +436,7 @@ def _check_video(data: BinaryIO, expected: Expected, name: str) -> None:
                 raise ServerFault(f"the server sent a video of {size[0]}x{size[1]}, not the {width}x{height} its "
                                   "status announced")
             frames = sum(1 for _ in container.decode(stream))
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, VideoDecodeError) as exc:
         raise ServerFault(f"the server sent a file that does not decode as a video: {exc}") from None
     if frames != expected.frames:
         raise ServerFault(f"the server sent a video of {frames} frames, not the {expected.frames} of its input "

@@ -7,7 +7,7 @@ import errno
 import functools
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from ..errors import ImageDecodeError, ImageError
 
@@ -92,13 +92,14 @@ def _demuxers_read_alone(av: ModuleType) -> str:
     return ",".join(sorted(name for name in names if name not in FOLLOWS_OTHER_FILES))
 
 
-def open_input(path: Path, name: str) -> Any:
-    """The file at ``path`` opened for reading with PyAV, by any demuxer but those that would open other files or
-    the network (``FOLLOWS_OTHER_FILES``). Raises ``VideoUnavailable`` without PyAV, ``VideoDecodeError`` naming
-    ``name`` where FFmpeg cannot open it."""
+def open_input(path: Path | BinaryIO, name: str) -> Any:
+    """The file at ``path`` (or a file object: a download in memory) opened for reading with PyAV, by any demuxer
+    but those that would open other files or the network (``FOLLOWS_OTHER_FILES``). Raises ``VideoUnavailable``
+    without PyAV, ``VideoDecodeError`` naming ``name`` where FFmpeg cannot open it."""
     av = load_av(name)
     try:
-        return av.open(str(path), "r", container_options={"format_whitelist": _demuxers_read_alone(av)})
+        return av.open(str(path) if isinstance(path, Path) else path, "r",
+                       container_options={"format_whitelist": _demuxers_read_alone(av)})
     except (av.FFmpegError, OSError) as exc:
         said = ffmpeg_reason(exc)
         if getattr(exc, "errno", None) == errno.EINVAL:  # what FFmpeg answers for a demuxer off the list, too
