@@ -37,7 +37,7 @@ def docs(session: nox.Session) -> None:
     the nav fails it. The command reference is generated from the CLI first (scripts/cli_reference.py, which the
     build also runs as a mkdocs hook). The CLI imports no torch to print its help, so restorecli goes in without its
     dependencies, beside only what its start-up imports: the session installs in seconds, not a torch build."""
-    session.install("typer>=0.12", "rich>=13", "platformdirs>=3", "mkdocs>=1.6", "mkdocs-material>=9.5")
+    session.install("typer>=0.12,<0.29", "rich>=13", "platformdirs>=3", "mkdocs>=1.6", "mkdocs-material>=9.5")
     session.install("--no-deps", "-e", ".")
     session.run("python", "scripts/cli_reference.py", "build/reference.md")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
