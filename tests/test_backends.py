@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import TEST_INPUTS, read_rgb
-from helpers.cli import invoke, worked_once
+from helpers.cli import invoke, step_events, worked_once
+from helpers.probes import FixedProbe
 from restorecli.engine.backends import choice, ncnn as ncnn_backend
 from restorecli.engine.backends.choice import Candidate, Measurement, candidates, choose_backend, pick
 from restorecli.engine.backends.ncnn import NcnnBackend, VulkanDevice
@@ -171,19 +172,20 @@ def test_pick_takes_the_fastest_usable_candidate():
     assert failed == TORCH and "boom" in why
 
 
-class _Timings:
+class _Timings(FixedProbe):
     """A measure that answers given seconds and counts what it was asked."""
 
     def __init__(self, seconds: dict[Candidate, float]):
-        self.seconds, self.asked = seconds, []
+        super().__init__()
+        self.seconds = seconds
 
-    def __call__(self, candidate: Candidate) -> Measurement:
-        self.asked.append(candidate)
+    def one(self, candidate: Candidate) -> Measurement:
         return Measurement(self.seconds[candidate], None if candidate.backend == "torch" else 70.0)
 
 
-def _choose(measure, graph=GRAPH, backend="auto"):
-    return choose_backend(backend, "cpu", "auto", None, CPU, torch.float32, graph, lambda: "hash-of-the-file", measure)
+def _choose(measure, graph=GRAPH, backend="auto", load=lambda: 0.4):
+    return choose_backend(backend, "cpu", "auto", None, CPU, torch.float32, graph, lambda: "hash-of-the-file", measure,
+                          load=load)
 
 
 def test_auto_measures_once_per_machine_and_reads_the_record_after(gpus, monkeypatch):
@@ -219,6 +221,111 @@ def test_an_unreadable_record_is_measured_again(gpus):
     assert _choose(again).candidate == TORCH and len(again.asked) == 2
 
 
+class _Clock:
+    """Seconds as a test says they pass: its runs move ``now`` on."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rounds_run_every_candidate_in_turn_and_each_counts_its_fastest_round():
+    clock, order = _Clock(), []
+    durations = {"torch": [0.30, 0.10, 0.20], "ncnn": [0.05, 0.40, 0.25], "openvino": [0.50, 0.45, 0.15]}
+
+    def run(name):
+        def once():
+            order.append(name)
+            clock.now += durations[name][order.count(name) - 1]
+        return once
+
+    best = choice.time_in_rounds({name: run(name) for name in durations}, rounds=(3, 3), budget=0.0, clock=clock)
+    assert order == ["torch", "ncnn", "openvino"] * 3  # round robin: a load that comes and goes falls on all
+    assert best == pytest.approx({"torch": 0.10, "ncnn": 0.05, "openvino": 0.15})  # each its fastest round
+
+
+def test_rounds_go_on_to_the_most_while_within_their_time_and_stop_after_it():
+    clock, ran = _Clock(), []
+
+    def once():
+        ran.append(clock.now)
+        clock.now += 0.25
+
+    choice.time_in_rounds({"a": once, "b": once}, rounds=(2, 5), budget=1.0, clock=clock)
+    assert len(ran) == 2 * 2  # two rounds took 1.0 s, the budget: no third
+    ran.clear()
+    choice.time_in_rounds({"a": once, "b": once}, rounds=(2, 5), budget=100.0, clock=clock)
+    assert len(ran) == 2 * 5  # a fast model: the most rounds
+    ran.clear()
+    choice.time_in_rounds({"a": once}, rounds=(3, 5), budget=0.0, clock=clock)
+    assert len(ran) == 3  # never fewer than the least, however slow
+
+
+def test_the_load_is_the_load_average_per_cpu_this_process_may_use(monkeypatch):
+    from restorecli.engine import device
+
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (6.0, 4.0, 2.0))
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert device.load_per_core() == 1.5  # the last minute's, over the 4 CPUs it may run on
+
+    def none():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(device.os, "getloadavg", none)
+    assert device.load_per_core() is None
+
+
+def _loads(*values):
+    """A load average per CPU that reads ``values`` in turn, then the last for ever."""
+    left = list(values)
+    return lambda: left.pop(0) if len(left) > 1 else left[0]
+
+
+def test_a_choice_measured_under_load_is_measured_again_once_the_machine_is_quieter(gpus):
+    busy = _Timings({TORCH: 1.0, NCNN: 2.0})  # ncnn's OpenMP threads slowed most by the others' work
+    assert _choose(busy, load=_loads(3.2, 4.1)).candidate == TORCH and busy.asked == [TORCH, NCNN]
+    from restorecli.engine import precision
+
+    record = json.loads(precision._record().read_text())
+    assert sorted(entry["load"] for key, entry in record.items() if key.startswith("speed")) == [4.1, 4.1]
+    still_busy = _Timings({TORCH: 1.0, NCNN: 0.5})
+    assert _choose(still_busy, load=lambda: 2.0).candidate == TORCH and still_busy.asked == []  # nothing gained
+    quiet = _Timings({TORCH: 1.0, NCNN: 0.5})
+    chosen = _choose(quiet, load=lambda: 0.3)
+    assert chosen.candidate == NCNN and quiet.asked == [TORCH, NCNN]  # every candidate again, together
+    assert chosen.reason.startswith("measured fastest on a 64x64 probe (load 0.3 per CPU; measured again: the "
+                                    "times recorded were taken under load 4.1 per CPU, 0.3 now): ncnn on cpu")
+    after = _Timings({TORCH: 0.1, NCNN: 9.0})
+    assert _choose(after, load=lambda: 0.1).candidate == NCNN and after.asked == []  # the quiet record stands
+
+
+def test_a_choice_measured_on_a_quiet_machine_stands_whatever_the_load_later(gpus):
+    first = _Timings({TORCH: 2.0, NCNN: 1.5})
+    assert _choose(first, load=lambda: 1.2).candidate == NCNN  # the probe's own threads: under LOADED
+    for later in (0.0, 1.0, 6.0):
+        again = _Timings({TORCH: 0.1, NCNN: 9.0})
+        chosen = _choose(again, load=lambda: later)
+        assert chosen.candidate == NCNN and again.asked == [] and "measured again" not in chosen.reason
+        assert "(load 1.2 per CPU)" in chosen.reason
+
+
+def test_a_record_without_a_load_from_an_earlier_version_is_read_and_stands(gpus):
+    from restorecli.engine import precision
+
+    for candidate, seconds in ((TORCH, 2.0), (NCNN, 1.5)):  # as the version before loads were recorded wrote it
+        precision.remember(choice.speed_key(candidate, "hash-of-the-file"),
+                           {"seconds": seconds, "psnr": None if candidate == TORCH else 70.0, "error": None})
+    never = _Timings({TORCH: 0.1, NCNN: 9.0})
+    chosen = _choose(never, load=lambda: 0.1)
+    assert chosen.candidate == NCNN and never.asked == []
+    assert chosen.reason == ("measured fastest on a 64x64 probe: ncnn on cpu in fp32 1.500 s, torch on cpu in fp32 "
+                             "2.000 s")
+    assert choice.measure_again([choice.Measurement(1.0, load=None)], 0.1) is None
+    assert choice.measure_again([choice.Measurement(1.0, load=3.0)], None) is None  # no load here: it stands
+
+
 # --- through the command line -------------------------------------------------------------------------------------
 
 
@@ -239,16 +346,13 @@ def test_restore_backend_ncnn_and_torch_give_the_same_picture(anime_x2, photo_fi
     assert results["ncnn"].shape == (40, 56, 3) and np.abs(results["ncnn"] - results["torch"]).max() <= 1
 
 
-class _FakeProbe:
+class _FakeProbe(FixedProbe):
     """Stands for ``SpeedProbe`` in a whole restore: ncnn measures ``ncnn`` seconds, torch 1 s."""
 
     ncnn = 0.5
     calls = 0
 
-    def __init__(self, *args):
-        pass
-
-    def __call__(self, candidate: Candidate) -> Measurement:
+    def one(self, candidate: Candidate) -> Measurement:
         type(self).calls += 1
         return Measurement(self.ncnn if candidate.backend == "ncnn" else 1.0, 60.0 if candidate.backend == "ncnn"
                            else None)
@@ -266,10 +370,36 @@ def test_restore_auto_runs_what_measured_fastest_and_says_why(anime_x2, photo_fi
     assert _summary(second)["backend"] == "ncnn" and _FakeProbe.calls == measured  # recorded: not measured again
 
 
+def test_restore_auto_measures_again_a_choice_made_under_load_once_the_machine_is_quieter(anime_x2, photo_file,
+                                                                                          tmp_path, monkeypatch, gpus):
+    """A first restore on a busy machine (ncnn slowed most) runs torch; the next, on a quiet one, measures again,
+    runs ncnn and says why; the one after reads that record."""
+    monkeypatch.setattr(choice, "SpeedProbe", _FakeProbe)
+    monkeypatch.setattr(_FakeProbe, "calls", 0)
+    monkeypatch.setattr(_FakeProbe, "ncnn", 2.0)
+    monkeypatch.setattr(choice, "load_per_core", lambda: 3.5)
+    common = ("--model", anime_x2, "--device", "cpu", "--precision", "fp32", "--json")
+    busy = invoke("restore", photo_file, "-o", tmp_path / "a", *common)
+    assert busy.exit_code == 0, busy.stderr
+    assert _summary(busy)["backend"] == "torch" and "(load 3.5 per CPU)" in _summary(busy)["backend_reason"]
+    assert _FakeProbe.calls == 2
+    monkeypatch.setattr(_FakeProbe, "ncnn", 0.5)
+    monkeypatch.setattr(choice, "load_per_core", lambda: 0.4)
+    quiet = invoke("restore", photo_file, "-o", tmp_path / "b", *common)
+    assert quiet.exit_code == 0, quiet.stderr
+    why = "the times recorded were taken under load 3.5 per CPU, 0.4 now"
+    assert _summary(quiet)["backend"] == "ncnn" and f"measured again: {why}" in _summary(quiet)["backend_reason"]
+    started = [event["step"] for event in step_events(quiet.stderr) if event["state"] == "start"]
+    assert any(step.startswith("timing") and step.endswith(f"(again: {why})") for step in started), started
+    assert _FakeProbe.calls == 4
+    after = invoke("restore", photo_file, "-o", tmp_path / "c", *common)
+    assert _summary(after)["backend"] == "ncnn" and _FakeProbe.calls == 4 and "timing" not in after.stderr
+
+
 def test_restore_auto_keeps_torch_fp32_where_it_measured_faster_than_bf16(anime_x2, photo_file, tmp_path,
                                                                           monkeypatch, gpus):
     class Probe(_FakeProbe):
-        def __call__(self, candidate: Candidate) -> Measurement:
+        def one(self, candidate: Candidate) -> Measurement:
             seconds = {"ncnn": 3.0, "bf16": 2.0, "fp32": 1.0}
             return Measurement(seconds["ncnn" if candidate.backend == "ncnn" else candidate.precision], 60.0)
 
@@ -361,13 +491,23 @@ def test_restore_on_a_vulkan_device_and_devices_lists_it(vulkan, anime_x2, photo
                   - read_rgb(tmp_path / "cpu" / "photo.png")).max() <= 8
 
 
-def test_the_speed_probe_times_each_candidate_and_compares_it_with_torch(anime_x2, tmp_path):
-    """The real probe (no time asserted): every candidate runs, and those other than the reference are compared
-    with torch's result at the precision auto picked."""
+def test_the_speed_probe_times_each_candidate_and_compares_it_with_torch(anime_x2, tmp_path, monkeypatch):
+    """The real probe (no time asserted): every candidate is warmed, then timed in rounds that run each in turn,
+    and those other than the reference are compared with torch's result at the precision auto picked."""
     model = place_model(load_model(str(anime_x2), tmp_path), CPU, torch.bfloat16)
     probe = choice.SpeedProbe(model, native_graph(anime_x2), CPU, torch.bfloat16)
-    found = {c: probe(c) for c in (Candidate("ncnn", "cpu", "fp32"), Candidate("torch", "cpu", "bf16"),
-                                   Candidate("torch", "cpu", "fp32"))}
+    asked = [Candidate("ncnn", "cpu", "fp32"), Candidate("torch", "cpu", "bf16"), Candidate("torch", "cpu", "fp32")]
+    timed, in_rounds = [], choice.time_in_rounds
+
+    def recording(runs):  # the runs timed, in the order they ran
+        return in_rounds({c: (lambda c=c, run=run: timed.append(c) or run()) for c, run in runs.items()})
+
+    monkeypatch.setattr(choice, "time_in_rounds", recording)
+    parts = []
+    found = probe(asked, lambda: parts.append(len(timed)))
+    rounds = len(timed) // len(asked)
+    assert list(found) == asked and timed == asked * rounds and 3 <= rounds <= 5  # each round runs each in turn
+    assert parts == [0, 0, 0, len(timed)]  # a part as each is warmed, then the rounds
     assert all(m.usable and m.seconds > 0 for m in found.values()), found
     assert found[Candidate("torch", "cpu", "bf16")].psnr is None
     assert found[Candidate("ncnn", "cpu", "fp32")].psnr > 30 and found[Candidate("torch", "cpu", "fp32")].psnr > 30

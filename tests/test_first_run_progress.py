@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers.cli import invoke, step_events
+from helpers.probes import fixed_probe
 from restorecli.cli.render import step_end_line, step_line
 from restorecli.engine import device
 from restorecli.engine.backends.choice import Candidate, Measurement, choose_backend
@@ -94,18 +95,20 @@ def test_a_step_tells_the_installed_listener_else_its_notice():
 
 
 def test_the_speed_probe_counts_its_candidates_as_parts(make_model):
-    """The probe knows how many candidates it times: each one timed moves its step on by a part."""
+    """The probe knows how many candidates it times: each one warmed moves its step on by a part, and the rounds
+    that time them all together by the last."""
     model = place_model(load_model(str(make_model(2, "compact", "pth")), CPU), CPU, torch.float32)
     digest = sha256_of(model.spec.path)
 
-    def measure(candidate: Candidate) -> Measurement:
-        return Measurement({"ncnn": 0.5, "torch": 1.0}[candidate.backend], 60.0)
+    measure = fixed_probe(lambda candidate: Measurement({"ncnn": 0.5, "torch": 1.0}[candidate.backend], 60.0))
 
     heard = []
     with reporting(lambda phase, step: heard.append((phase, step.done, step.parts, step.found))):
         choose_backend("auto", "cpu", "fp32", model, CPU, torch.float32, object(), lambda: digest, measure=measure)
-    steps = [entry for entry in heard if entry[2] is not None]  # the one step with parts
-    assert [entry[:3] for entry in steps] == [("start", 0, 2), ("update", 1, 2), ("update", 2, 2), ("end", 2, 2)]
+    steps = [entry for entry in heard if entry[2] is not None]  # the one step with parts: a candidate warmed each,
+    # then the rounds timing them all
+    assert [entry[:3] for entry in steps] == [("start", 0, 3), ("update", 1, 3), ("update", 2, 3), ("update", 3, 3),
+                                              ("end", 3, 3)]
     assert steps[-1][3] == f"{model.spec.name} runs fastest with ncnn on cpu in fp32"
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from conftest import TEST_INPUTS, read_rgb, tiny_rrdb_state
 from helpers.cli import invoke, json_lines
+from helpers.probes import FixedProbe
 from restorecli.engine.backends import choice
 from restorecli.engine.backends import openvino as ov_backend
 from restorecli.engine.backends.choice import Candidate, Measurement, candidates, choose_backend
@@ -231,12 +232,12 @@ def test_auto_weighs_openvino_on_the_cpu_in_each_precision_it_runs():
         candidates("openvino", "cuda", "auto", torch.device("cuda"), "fp16", None)
 
 
-class _Timings:
+class _Timings(FixedProbe):
     def __init__(self, seconds: dict[str, float]):
-        self.seconds, self.asked = seconds, []
+        super().__init__()
+        self.seconds = seconds
 
-    def __call__(self, candidate: Candidate) -> Measurement:
-        self.asked.append(candidate)
+    def one(self, candidate: Candidate) -> Measurement:
         return Measurement(self.seconds.get(f"{candidate.backend} {candidate.precision}", 5.0),
                            None if candidate.backend == "torch" else 60.0)
 
@@ -297,11 +298,8 @@ def test_sixteen_bit_images_run_in_fp32_where_auto_chose_openvino_bf16(tiny, tmp
     if "bf16" not in ov_backend.precisions_for("CPU"):
         pytest.skip("OpenVINO lists no BF16 among this CPU's OPTIMIZATION_CAPABILITIES: auto cannot choose it")
 
-    class Probe:  # stands for the speed probe: OpenVINO bf16 measures fastest
-        def __init__(self, *args):
-            pass
-
-        def __call__(self, candidate: Candidate) -> Measurement:
+    class Probe(FixedProbe):  # stands for the speed probe: OpenVINO bf16 measures fastest
+        def one(self, candidate: Candidate) -> Measurement:
             fast = candidate.backend == "openvino" and candidate.precision == "bf16"
             return Measurement(0.1 if fast else 1.0, None if candidate.backend == "torch" else 60.0)
 

@@ -14,6 +14,7 @@ import torch
 
 from conftest import TEST_INPUTS, read_rgb
 from helpers.cli import invoke, json_lines, step_events
+from helpers.probes import FixedProbe
 from restorecli.engine.backends import choice
 from restorecli.engine.backends.choice import Candidate, Measurement, choose_backend
 from restorecli.engine.backends.ncnn import NcnnBackend
@@ -197,13 +198,10 @@ def test_a_memory_limit_that_is_no_number_is_a_usage_error_naming_it(make_model,
 # --- first-run work said once (issue 30) ------------------------------------------------------------------------
 
 
-class _TimedProbe:
+class _TimedProbe(FixedProbe):
     """Times for the speed probe as a test says they are (no assertion here depends on wall-clock time)."""
 
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, candidate: Candidate) -> Measurement:
+    def one(self, candidate: Candidate) -> Measurement:
         return Measurement({"ncnn": 0.5, "torch": 1.0}[candidate.backend] + (candidate.precision == "bf16"), 60.0)
 
 

@@ -82,6 +82,17 @@ def cpu_model() -> str:
     return cpu_info().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
+def load_per_core() -> float | None:
+    """The machine's load average over the last minute per CPU this process may run on (1.0: as many runnable
+    tasks as CPUs), or None where the system keeps none (Windows)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return load / max(cpus, 1)
+
+
 def _probe_record() -> Path:
     return user_cache("cpu-bf16-speedup.json")
 

@@ -10,6 +10,13 @@ the precision verdicts in the user cache (``precision.recall`` and ``remember``)
 thread count or the GPU's name, so only the first run on a machine pays. A back-end other than torch counts only
 if its result came within ``MIN_PSNR`` of torch's, the bound the precision probe holds a reduced precision to.
 Where one back-end can run the model, nothing is measured.
+
+The candidates are timed together: each is warmed once (its conversion, kernels and pipelines made), then they run
+in rounds, each round every candidate once in turn, and each counts its fastest round (``time_in_rounds``). A load
+that comes or goes while they are timed then falls on all of them, rather than on whichever ran at that moment.
+Each time is recorded with the machine's load average per CPU at the time (the higher of before and after); a
+record taken above ``LOADED`` is measured again on a later run that finds the machine below it, saying so, so a
+choice made on a busy machine does not stand for ever (a record without a load, from an earlier version, stands).
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ import importlib.metadata
 import math
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from ...errors import DeviceUnavailable, UsageError
-from ..device import choose_dtype, cpu_model, place_model, precision_name
+from ..device import choose_dtype, cpu_model, load_per_core, place_model, precision_name
 from ..enhance import EngineOptions, enhance
 from ..model import LoadedModel
 from ...progress import Step
@@ -40,6 +48,13 @@ from .openvino import OpenVinoBackend, OpenVinoUnfit, openvino_device, openvino_
 # options.BACKENDS, where --backend is declared
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn", "openvino")
 PROBE_SIDE = 64  # the probe picture's side: a few tenths of a second of x4plus on 2 cores per back-end
+# The timing rounds: at least the first, at most the second, and none begun once the rounds took ROUNDS_SECONDS
+# (x4plus's five candidates take about 2.7 s a round on 2 cores: three rounds; animevideov3's about 0.1 s: five)
+ROUNDS = (3, 5)
+ROUNDS_SECONDS = 2.0
+# Load average per CPU above which a probe's times are measured again once the machine is quieter: the probe's
+# own threads (one per CPU) make up to about 1.0 of it, so this is others' work on half the CPUs or more
+LOADED = 1.5
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class Measurement:
     seconds: float
     psnr: float | None = None
     error: str | None = None
+    load: float | None = None  # the load average per CPU it was measured under (None: not known)
 
     @property
     def usable(self) -> bool:
@@ -221,8 +237,10 @@ def _openvino_weighed(device: str, precision: str, torch_device: torch.device) -
     return found
 
 
-def pick(measured: dict[Candidate, Measurement]) -> tuple[Candidate, str]:
-    """The fastest usable candidate (torch where times are equal), and why, from measurements of each."""
+def pick(measured: dict[Candidate, Measurement], again: str | None = None) -> tuple[Candidate, str]:
+    """The fastest usable candidate (torch where times are equal), and why, from measurements of each: their
+    times, the load they were measured under where known, and ``again``, why they were measured again, if they
+    were."""
     usable = {candidate: m for candidate, m in measured.items() if m.usable}
     if not usable:
         raise DeviceUnavailable("no back-end could run this model: " + "; ".join(
@@ -230,7 +248,20 @@ def pick(measured: dict[Candidate, Measurement]) -> tuple[Candidate, str]:
     best = min(usable, key=lambda c: (usable[c].seconds, c.backend != "torch"))
     times = ", ".join(f"{c.label} {m.seconds:.3f} s" + ("" if m.usable else f" (not used: {_why_not(m)})")
                       for c, m in sorted(measured.items(), key=lambda item: item[1].seconds))
-    return best, f"measured fastest on a {PROBE_SIDE}x{PROBE_SIDE} probe: {times}"
+    loads = [m.load for m in measured.values() if m.load is not None]
+    under = [f"load {max(loads):.1f} per CPU"] if loads else []
+    notes = "; ".join(under + ([f"measured again: {again}"] if again else []))
+    return best, f"measured fastest on a {PROBE_SIDE}x{PROBE_SIDE} probe{f' ({notes})' if notes else ''}: {times}"
+
+
+def measure_again(recorded: Iterable[Measurement | None], now: float | None) -> str | None:
+    """Why recorded measurements are to be taken again, or None where they stand: the highest load they were taken
+    under (per CPU) was above ``LOADED`` and the load ``now`` is below it. Records with no load (an earlier
+    version's, or a system without a load average) stand, as does any record where ``now`` is not known."""
+    loads = [m.load for m in recorded if m is not None and m.load is not None]
+    if not loads or now is None or max(loads) <= LOADED or now >= LOADED:
+        return None
+    return f"the times recorded were taken under load {max(loads):.1f} per CPU, {now:.1f} now"
 
 
 def _why_not(measurement: Measurement) -> str:
@@ -275,9 +306,33 @@ def build_backend(candidate: Candidate, graph: NcnnGraph | None, model: LoadedMo
     return NcnnBackend(graph, precision=candidate.precision, gpu=parse_vulkan(candidate.device))
 
 
+Key = TypeVar("Key")
+# Candidates measured together: the candidates, and a callable told as each part of the work is done (each warmed,
+# then the rounds); their measurements back (``SpeedProbe`` times them, a test answers its own)
+Measure = Callable[[Sequence[Candidate], Callable[[], None]], dict[Candidate, Measurement]]
+
+
+def time_in_rounds(runs: Mapping[Key, Callable[[], object]], rounds: tuple[int, int] = ROUNDS,
+                   budget: float = ROUNDS_SECONDS, clock: Callable[[], float] = time.perf_counter) -> dict[Key, float]:
+    """Each run's fastest time, seconds, over rounds that each call every run once, in the order given (round
+    robin), so that a load which changes meanwhile falls on every run alike: at least ``rounds[0]`` rounds, at most
+    ``rounds[1]``, and none begun once the rounds took ``budget`` seconds. ``clock``: seconds, monotonic."""
+    best = dict.fromkeys(runs, math.inf)
+    began = clock()
+    for done in range(rounds[1]):
+        if done >= rounds[0] and clock() - began >= budget:
+            break
+        for key, run in runs.items():
+            start = clock()
+            run()
+            best[key] = min(best[key], clock() - start)
+    return best
+
+
 class SpeedProbe:
-    """Times candidates on one small picture, each warmed once and then run twice (the faster run counts), and
-    compares each result with torch's (run once for that, if torch's own time was recorded earlier)."""
+    """Times candidates together on one small picture (``Measure``): each warmed once, then timed in rounds
+    (``time_in_rounds``), and each result compared with torch's at the model's precision (run for that where torch
+    is not among the candidates)."""
 
     def __init__(self, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
                  torch_dtype: torch.dtype, model_hash: Callable[[], str] | None = None):
@@ -291,38 +346,46 @@ class SpeedProbe:
 
         return cv2.resize(_probe_picture(), (PROBE_SIDE, PROBE_SIDE), interpolation=cv2.INTER_AREA)
 
-    def _run(self, model: LoadedModel, dtype: torch.dtype) -> tuple[float, np.ndarray]:
+    def _runner(self, model: LoadedModel, dtype: torch.dtype) -> Callable[[], np.ndarray]:
         options = EngineOptions(device=self.device, dtype=dtype, tile=0)
-        out = enhance(model, self.picture, None, options).color  # warms it: kernels chosen, pipelines built
-        best = math.inf
-        for _ in range(2):
-            start = time.perf_counter()
-            out = enhance(model, self.picture, None, options).color
-            best = min(best, time.perf_counter() - start)
-        return best, out
+        return lambda: enhance(model, self.picture, None, options).color
 
     def reference(self) -> np.ndarray:
         if self._reference is None:
-            self._reference = enhance(self.model, self.picture, None,
-                                      EngineOptions(device=self.device, dtype=self.dtype, tile=0)).color
+            self._reference = self._runner(self.model, self.dtype)()
         return self._reference
 
-    def __call__(self, candidate: Candidate) -> Measurement:
+    def warm(self, candidate: Candidate) -> tuple[Callable[[], np.ndarray], float | None]:
+        """``candidate`` ready to time: its run on the probe picture, run once (converted, kernels chosen,
+        pipelines built), and how far that result is from torch's (PSNR, dB; None for torch at the model's own
+        precision). A back-end other than torch that fails raises; the model itself is left as it was."""
         if candidate.backend == "torch" and candidate.precision == precision_name(self.dtype):
-            seconds, self._reference = self._run(self.model, self.dtype)
-            return Measurement(round(seconds, 4))
+            run = self._runner(self.model, self.dtype)
+            self._reference = run()
+            return run, None
         if candidate.backend == "torch":  # fp32 beside the reduced precision: a copy (its weights only timed)
             dtype = choose_dtype(candidate.precision, self.device, self.model.spec)  # type: ignore[arg-type]
             trial = place_model(LoadedModel(self.model.spec, copy.deepcopy(self.model.descriptor)), self.device, dtype)
-            seconds, out = self._run(trial, dtype)
-            return Measurement(round(seconds, 4), round(_psnr(self.reference(), out), 1))
-        try:
+            run = self._runner(trial, dtype)
+        else:
             backend = build_backend(candidate, self.graph, self.model, self.model_hash)
-            trial = LoadedModel(self.model.spec, self.model.descriptor, backend)
-            seconds, out = self._run(trial, torch.float32)
-        except Exception as exc:  # noqa: BLE001 - a back-end that fails here is not used, and says why
-            return Measurement(math.inf, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        return Measurement(round(seconds, 4), round(_psnr(self.reference(), out), 1))
+            run = self._runner(LoadedModel(self.model.spec, self.model.descriptor, backend), torch.float32)
+        return run, round(_psnr(self.reference(), run()), 1)
+
+    def __call__(self, found: Sequence[Candidate], advance: Callable[[], None] = lambda: None
+                 ) -> dict[Candidate, Measurement]:
+        runs, psnr, failed = {}, {}, {}
+        for candidate in found:
+            try:
+                runs[candidate], psnr[candidate] = self.warm(candidate)
+            except Exception as exc:  # noqa: BLE001 - a back-end that fails here is not used, and says why
+                if candidate.backend == "torch":
+                    raise
+                failed[candidate] = Measurement(math.inf, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            advance()
+        seconds = time_in_rounds(runs)
+        advance()
+        return {c: failed[c] if c in failed else Measurement(round(seconds[c], 4), psnr[c]) for c in found}
 
 
 def realise(chosen: BackendChoice, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
@@ -339,31 +402,41 @@ def realise(chosen: BackendChoice, model: LoadedModel, graph: NcnnGraph | None, 
 
 def choose_backend(backend: str, device: str, precision: str, model: LoadedModel, torch_device: torch.device,
                    torch_dtype: torch.dtype, graph: NcnnGraph | None, model_hash: Callable[[], str],
-                   measure: Callable[[Candidate], Measurement] | None = None, no_graph: str | None = None,
-                   notice: Notice | None = None) -> BackendChoice:
+                   measure: Measure | None = None, no_graph: str | None = None,
+                   notice: Notice | None = None, load: Callable[[], float | None] | None = None) -> BackendChoice:
     """The back-end for ``--backend``/``--device``/``--precision``: the one candidate where there is one, else
     the fastest by ``measure`` (default: ``SpeedProbe`` on ``model``, placed on ``torch_device`` in
     ``torch_dtype``), each candidate's measurement recorded in the user cache under ``speed_key`` with
-    ``model_hash()`` (called only when something is measured), and said to ``notice`` before it is measured.
-    ``no_graph``: why the model has no ncnn form, told with the choice (and in the error where ncnn is asked for)."""
+    ``model_hash()`` (called only where candidates are weighed) and the load it was measured under (``load``,
+    default ``load_per_core``), and said to ``notice`` before it is measured. All the candidates are measured
+    together where one has no record, or where the records were taken under load and the machine is quieter now
+    (``measure_again``). ``no_graph``: why the model has no ncnn form, told with the choice (and in the error where
+    ncnn is asked for)."""
     found = candidates(backend, device, precision, torch_device, precision_name(torch_dtype), graph, no_graph)
     if len(found) == 1:
         why = "asked for" if backend != "auto" else "the only back-end for this model and device"
         return BackendChoice(found[0], why + (f" (ncnn: {no_graph})" if no_graph else ""), no_graph)
-    measure = measure or SpeedProbe(model, graph, torch_device, torch_dtype, model_hash)
+    load = load or load_per_core
     digest = model_hash()
-    measured = {candidate: _recorded(speed_key(candidate, digest)) for candidate in found}
-    unmeasured = [candidate for candidate, known in measured.items() if known is None]
-    if unmeasured:  # each candidate a part of the step: the time left is told from those timed so far
-        name = model.spec.name if model is not None else "the model"  # a caller's own ``measure`` may need none
-        with Step(f"timing {name} on {', '.join(c.label for c in unmeasured)} to run it on the fastest "
-                  "(once per model and machine)", parts=len(unmeasured), notice=notice) as step:
-            for candidate in unmeasured:
-                measured[candidate] = measure(candidate)
-                remember(speed_key(candidate, digest), asdict(measured[candidate]))
-                step.advance()
-            step.found = f"{name} runs fastest with {pick(measured)[0].label}"  # type: ignore[arg-type]
-    best, reason = pick(measured)  # type: ignore[arg-type]
+    recorded = {candidate: _recorded(speed_key(candidate, digest)) for candidate in found}
+    now = load()
+    again = measure_again(recorded.values(), now)
+    if again is None and all(known is not None for known in recorded.values()):
+        return BackendChoice(*pick(recorded), no_graph)  # type: ignore[arg-type]
+    measure = measure or SpeedProbe(model, graph, torch_device, torch_dtype, model_hash)
+    name = model.spec.name if model is not None else "the model"  # a caller's own ``measure`` may need none
+    when = f"again: {again}" if again else "once per model and machine"
+    # each candidate's warming a part of the step, and the rounds that time them all the last: the time left is
+    # told from the parts done so far
+    with Step(f"timing {name} on {', '.join(c.label for c in found)} to run it on the fastest ({when})",
+              parts=len(found) + 1, notice=notice) as step:
+        measured = measure(found, step.advance)
+        under = max((round(x, 2) for x in (now, load()) if x is not None), default=None)
+        measured = {candidate: replace(measured[candidate], load=under) for candidate in found}
+        for candidate in found:
+            remember(speed_key(candidate, digest), asdict(measured[candidate]))
+        step.found = f"{name} runs fastest with {pick(measured)[0].label}"
+    best, reason = pick(measured, again)
     return BackendChoice(best, reason, no_graph)
 
 
@@ -371,5 +444,7 @@ def _recorded(key: str) -> Measurement | None:
     """A measurement recorded under ``key`` by an earlier run, or None."""
     entry = recall(key)
     if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float)):
-        return Measurement(float(entry["seconds"]), entry.get("psnr"), entry.get("error"))
+        load = entry.get("load")  # absent from an earlier version's records
+        return Measurement(float(entry["seconds"]), entry.get("psnr"), entry.get("error"),
+                           float(load) if isinstance(load, (int, float)) else None)
     return None
