@@ -613,6 +613,31 @@ def test_quantising_gives_the_reference_pixels(dtype, depth, monkeypatch):
     assert not rows[:5].any() and not rows[:, :9].any()
 
 
+@pytest.mark.parametrize("layout", ["planes", "channels_last", "window"])
+def test_eight_bit_pixels_from_float32_on_the_host_round_as_torch_at_every_boundary(layout):
+    """The host's 8-bit path (OpenCV's one pass) gives torch's bytes on every value near each rounding boundary
+    k + 0.5 and each level k, 64 float32 steps either side, and on values out of range and infinite."""
+    from restorecli.engine.tiling import pixels
+
+    levels = np.arange(256, dtype=np.float64)
+    centres = np.concatenate([(levels[:-1] + 0.5) / 255, levels / 255]).astype(np.float32)
+    steps = np.arange(-64, 65, dtype=np.int32)
+    near = (centres.view(np.int32)[:, None] + steps[None, :]).view(np.float32).ravel()
+    near = near[np.isfinite(near)]  # below 0.0's bits lie NaNs
+    extremes = np.array([-np.inf, -1.0, -1e-9, 1.0000001, 2.0, np.inf], np.float32)
+    flat = np.concatenate([near, extremes, np.zeros((-(near.size + extremes.size)) % 96, np.float32)])
+    values = torch.from_numpy(flat.reshape(3, -1, 32))
+    if layout == "channels_last":
+        values = values.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+    elif layout == "window":
+        values = torch.nn.functional.pad(values, (2, 3, 1, 1))[:, 1:-1, 2:-3]
+    expected = np.round(np.clip(values.permute(1, 2, 0).numpy(), 0, 1) * np.float32(255)).astype(np.uint8)
+    out = np.zeros(expected.shape, np.uint8)
+    pixels.quantise(values.clone() if layout != "window" else values, pixels.tensor_of(out), 255.0)
+    np.testing.assert_array_equal(out, expected)
+    assert expected.max() == 255 and expected.min() == 0 and len(np.unique(expected)) == 256
+
+
 def test_sixteen_bit_pixels_on_a_torch_without_uint16_go_through_int16_bits(monkeypatch):
     from restorecli.engine.tiling import pixels
 

@@ -178,5 +178,6 @@ class NcnnBackend:
             status, result = extractor.extract(self.graph.output_blob)
             if status != 0:
                 raise RuntimeError(f"ncnn failed on a {data.shape[2]}x{data.shape[1]} window (status {status})")
-            outputs.append(torch.from_numpy(np.array(result)))
-        return torch.stack(outputs).clamp_(0, 1)  # as spandrel's torch models clamp their output
+            outputs.append(torch.from_numpy(np.asarray(result)))  # the Mat's own memory, not a copy of it
+        batch_out = outputs[0].unsqueeze(0) if len(outputs) == 1 else torch.stack(outputs)
+        return batch_out.clamp_(0, 1)  # as spandrel's torch models clamp their output
