@@ -24,7 +24,7 @@ from ..files import atomic_writer
 from ..images.formats import FORMATS, check_output_pixels
 from .formats import ANIMATED_SUFFIXES, AnimationFormat, VideoDecodeError, VideoEncodeError
 from .read import FrameRange, TooManyFrames
-from .restore import FrameRestorer, VideoOptions, VideoProgress, VideoResult
+from .options import FrameRestorer, VideoOptions, VideoProgress, VideoResult
 
 _PILLOW: dict[AnimationFormat, str] = {"gif": "GIF", "apng": "PNG", "webp": "WEBP"}  # Pillow's format names
 _MAX_SIDE: dict[AnimationFormat, int | None] = {"gif": 65535, "apng": None, "webp": FORMATS["webp"].max_side}

@@ -18,8 +18,9 @@ from typing import Any
 # restore's stages and checks, shared with a whole video's run rather than written twice
 from .formats import container_for
 from .read import Frame, FrameRange
-from .restore import (IN_FLIGHT, FrameRestorer, VideoOptions, VideoProgress, VideoResult, _check_sizes, _frames_in,
-                      _pipelined, open_video, video_result)
+from .flow import IN_FLIGHT, check_sizes, frames_in, pipelined
+from .options import FrameRestorer, VideoOptions, VideoProgress, VideoResult
+from .restore import open_video, video_result
 from .segments import PartsFolder, SegmentedOutput, VideoOutputSpec, range_output
 from .write import choose_codec
 
@@ -37,7 +38,7 @@ class FrameSpan:
 def video_frames(source: Path, name: str) -> int | None:
     """How many frames the video ``source`` holds, as its container says (None where it does not)."""
     with open_video(source, name, keep_audio=False) as video:
-        return _frames_in(video.facts, FrameRange())
+        return frames_in(video.facts, FrameRange())
 
 
 def plan_ranges(frames: int, size: int) -> list[FrameSpan]:
@@ -68,7 +69,7 @@ def restore_range(source: Path, output: Path, span: FrameSpan, restorer: FrameRe
     with open_video(source, name, keep_audio=False) as video:
         facts = video.facts
         choice = choose_codec(container_for(output.name), options.codec, name, options.pix_fmt, facts.bits)
-        _check_sizes(facts, options, choice, name)
+        check_sizes(facts, options, choice, name)
         settings = {**(options.settings or {}), "codec": choice.codec, "pix_fmt": choice.pix_fmt}
         parts = PartsFolder.open(range_output(output, span.first), source, settings, False, name)
         resumed = parts.covered
@@ -76,7 +77,7 @@ def restore_range(source: Path, output: Path, span: FrameSpan, restorer: FrameRe
         sink = SegmentedOutput(parts, spec, options.segment_seconds or math.inf)
         frames = _From(video.items(FrameRange(0, span.stop), options.max_frames), span.first + resumed)
         try:
-            done, out_size, _ = _pipelined(iter(frames), _frames_in(facts, FrameRange(span.first + resumed, span.stop)),
+            done, out_size, _ = pipelined(iter(frames), frames_in(facts, FrameRange(span.first + resumed, span.stop)),
                                            sink, restorer, started, options, name, on_progress, IN_FLIGHT)
         except BaseException:
             parts.discard_if_empty()
