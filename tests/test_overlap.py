@@ -18,7 +18,7 @@ import restorecli.pipeline.batch as pipeline_batch
 import restorecli.pipeline.runner as pipeline
 from helpers.wait import wait_until
 from restorecli.images import encode_image
-from restorecli.pipeline.overlap import Halted, ReadAhead, WriteBehind
+from restorecli.pipeline.overlap import Feed, Halted, ReadAhead, WriteBehind
 from restorecli.pipeline import Restorer, RestoreOptions, restore_batch
 
 WAIT = 30.0  # seconds a test waits for the other thread before it counts as never coming
@@ -186,6 +186,65 @@ def test_read_ahead_raises_an_items_error_at_its_turn():
         assert ahead.take() == 0
         with pytest.raises(RuntimeError, match="item 1"):
             ahead.take()
+
+
+def test_read_ahead_over_a_feed_waits_for_items_on_its_thread_and_ends_when_the_feed_is_closed():
+    """A feed's items come as other threads put them (a Ray actor's calls): the reader thread waits for the next,
+    never the caller, which takes each prepared in the order put; closing the feed ends the items."""
+    feed: Feed[int] = Feed()
+    began, threads = [], set()
+
+    def prepare(i):
+        threads.add(threading.current_thread().name)
+        return i * 10
+
+    with ReadAhead(feed, prepare, on_start=began.append) as ahead:
+        taking = iter(ahead)
+        feed.put(1)
+        assert next(taking) == 10  # the caller has item 1 while the reader waits for item 2, which has not come
+        assert began == [1]
+        feed.put(2)
+        feed.put(3)
+        assert next(taking) == 20 and next(taking) == 30
+        feed.close()
+        assert list(taking) == []
+    assert began == [1, 2, 3] and threads == {"restorecli-read"}
+
+
+def test_leaving_a_read_ahead_over_a_feed_nobody_closed_does_not_wait_for_an_item_that_never_comes():
+    feed: Feed[int] = Feed()
+    left, taken = threading.Event(), []
+
+    def run() -> None:
+        with ReadAhead(feed, lambda i: i) as ahead:
+            feed.put(1)
+            taken.append(ahead.take())  # the reader now waits for item 2, which never comes
+        left.set()  # leaving closed the feed, which ended the reader's wait
+
+    threading.Thread(target=run, daemon=True).start()
+    assert left.wait(WAIT) and taken == [1]
+
+
+def test_write_behind_hands_back_what_it_encoded_in_the_order_given():
+    """``encoded``: the bytes for a caller to send on (the Ray actor's reply), encoded on the writer thread in turn
+    with the outputs before it; an encoder's error is its own output's."""
+    order = []
+
+    def encode(name: str):
+        def run() -> bytes:
+            order.append((name, threading.current_thread().name))
+            if name == "bad":
+                raise ValueError("the encoder failed")
+            return name.encode()
+
+        return run
+
+    with WriteBehind() as behind:
+        futures = [behind.encoded(encode(name), 10) for name in ("a", "bad", "c")]
+        assert futures[0].result(WAIT) == b"a" and futures[2].result(WAIT) == b"c"
+        with pytest.raises(ValueError, match="encoder failed"):
+            futures[1].result(WAIT)
+    assert order == [("a", "restorecli-write"), ("bad", "restorecli-write"), ("c", "restorecli-write")]
 
 
 # ------------------------------------------------------------------ the batch

@@ -1,10 +1,12 @@
 """The threads that keep the model busy: the next image read and decoded ahead, the last one encoded and written
 behind, each in the batch's order and each holding at most one image.
 
-``ReadAhead`` prepares item i+1 on a thread while the caller runs the model on item i. ``WriteBehind`` owns one
-writer thread: outputs are handed to it as strips of rows (``StripOutput``, a row sink) or as files encoded whole,
-written in the order given, each to a temporary file renamed when complete (``files.atomic_writer``). The codecs
-(zlib, libjpeg, libtiff, libwebp, OpenCV) release the GIL, so these threads run beside the model's.
+``ReadAhead`` prepares item i+1 on a thread while the caller runs the model on item i: the items of a batch, or
+those other threads put into a ``Feed`` (a Ray actor's calls). ``WriteBehind`` owns one writer thread: outputs are
+handed to it as strips of rows (``StripOutput``, a row sink), as files encoded whole, or as bytes encoded for the
+caller to send on (``encoded``), in the order given, each file written to a temporary file renamed when complete
+(``files.atomic_writer``). The codecs (zlib, libjpeg, libtiff, libwebp, OpenCV) release the GIL, so these threads
+run beside the model's. The model's loop between them is ``flow``'s.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
+from queue import SimpleQueue
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -24,6 +27,7 @@ from ..files import atomic_writer, write_atomic
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E")
 
 DEFAULT_BUDGET = 4 << 20  # bytes of finished rows waiting for the writer before the model waits for it: a few
 # strips, enough to smooth the two threads' pace; more would not help a writer slower than the model
@@ -39,18 +43,60 @@ class _Discarded(Exception):
     """Thrown into an output's temporary file to remove it: the image was abandoned."""
 
 
+class _End:
+    """Past the last item of a ``ReadAhead``'s source."""
+
+
+END = _End()
+
+
+class Feed(Generic[T]):
+    """An open-ended source for ``ReadAhead``: items that other threads put (a Ray actor's calls), taken in the order
+    they were put, the taker waiting for the next; ``close`` ends it once what was put is taken."""
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def put(self, item: T) -> None:
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the feed is closed: nothing put now would be taken")
+            self._items.append(item)
+            self._changed.notify()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def get(self) -> T | _End:
+        """The next item, waiting for it; ``END`` once the feed is closed and empty."""
+        with self._changed:
+            while not self._items and not self._closed:
+                self._changed.wait()
+            return self._items.popleft() if self._items else END
+
+
 class ReadAhead(Generic[T, R]):
     """``prepare(item)`` for each of ``items`` in order, one item ahead of the caller, on one thread: taking item
-    i starts item i+1, so at most one prepared item waits. ``on_start(item)`` is called in the caller's thread as
-    each item's preparation is handed to the thread (a worker records what it reads ahead, to name it if a decoder
-    crashes the process). An exception ``prepare`` raises is raised by ``take`` at that item's turn. Use as a
-    context manager; leaving it waits for the item in preparation."""
+    i starts item i+1, so at most one prepared item waits. ``items`` is a sequence, or a ``Feed`` that other threads
+    put into while it is read (the next item is then waited for on the reader thread, never by the caller).
+    ``on_start(item)`` is called as each item's preparation begins: for a sequence in the caller's thread as it is
+    handed to the thread (a worker records what it reads ahead, to name it if a decoder crashes the process), for a
+    feed on the reader thread once the item came. An exception ``prepare`` raises is raised by ``take`` at that
+    item's turn. Use as a context manager; leaving it waits for the item in preparation (and closes a feed). The
+    thread is a daemon: a feed nobody closes never holds the process's exit up."""
 
-    def __init__(self, items: Sequence[T], prepare: Callable[[T], R], on_start: Callable[[T], None] | None = None):
+    def __init__(self, items: Sequence[T] | Feed[T], prepare: Callable[[T], R],
+                 on_start: Callable[[T], None] | None = None):
         self._items, self._prepare, self._on_start = items, prepare, on_start
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="restorecli-read")
-        self._taken = 0
-        self._ahead: Future[R] | None = None
+        self._jobs: SimpleQueue[tuple[Future, Callable[[], object]] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="restorecli-read", daemon=True)
+        self._thread.start()
+        self._started = 0  # items of a sequence handed to the thread
+        self._ahead: Future | None = None
 
     def __enter__(self) -> "ReadAhead[T, R]":
         return self
@@ -58,25 +104,67 @@ class ReadAhead(Generic[T, R]):
     def __exit__(self, *exc) -> None:
         if self._ahead is not None:
             self._ahead.cancel()  # not started: never started
-        self._pool.shutdown(wait=True)
-
-    def _submit(self, index: int) -> Future[R] | None:
-        if index >= len(self._items):
-            return None
-        if self._on_start is not None:
-            self._on_start(self._items[index])
-        return self._pool.submit(self._prepare, self._items[index])
+        if isinstance(self._items, Feed):
+            self._items.close()  # a reader waiting for the next item gets none
+        self._jobs.put(None)
+        self._thread.join()
 
     def take(self) -> R:
-        """The next item, prepared (waiting for it where it is not yet); the one after it starts then."""
-        current = self._ahead if self._ahead is not None else self._submit(self._taken)
-        if current is None:
+        """The next item, prepared (waiting for it where it is not yet); the one after it starts then. Raises
+        ``IndexError`` once every item was taken (a feed's: once it is closed)."""
+        value = self._take()
+        if isinstance(value, _End):
             raise IndexError("every item was taken")
-        self._taken += 1
+        return value
+
+    def __iter__(self) -> Iterator[R]:
+        """Each item prepared, in order, to the last one (a feed's: until it is closed)."""
+        while not isinstance(value := self._take(), _End):
+            yield value
+
+    def _take(self) -> R | _End:
+        current = self._ahead if self._ahead is not None else self._start()
         self._ahead = None
-        result = current.result()
-        self._ahead = self._submit(self._taken)
-        return result
+        value = current.result()
+        if not isinstance(value, _End):
+            self._ahead = self._start()
+        return value
+
+    def _start(self) -> Future:
+        """Hand the next item's preparation to the thread: the future of the item prepared, or of ``END``."""
+        future: Future = Future()
+        if isinstance(self._items, Feed):
+            self._jobs.put((future, self._from_feed))
+            return future
+        if self._started >= len(self._items):
+            future.set_result(END)
+            return future
+        item = self._items[self._started]
+        self._started += 1
+        if self._on_start is not None:
+            self._on_start(item)
+        self._jobs.put((future, lambda: self._prepare(item)))
+        return future
+
+    def _from_feed(self) -> R | _End:
+        assert isinstance(self._items, Feed)
+        item = self._items.get()
+        if isinstance(item, _End):
+            return item
+        if self._on_start is not None:
+            self._on_start(item)
+        return self._prepare(item)
+
+    def _serve(self) -> None:
+        """The reader thread: each preparation handed to it, in order, its value or error into its future."""
+        while (job := self._jobs.get()) is not None:
+            future, run = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled before it began
+            try:
+                future.set_result(run())
+            except BaseException as exc:  # the item's, raised by ``take`` at its turn
+                future.set_exception(exc)
 
 
 class StripWriterLike(Protocol):
@@ -184,22 +272,33 @@ class WriteBehind:
         """Write ``encode()`` to ``path`` atomically in the writer thread, then run ``then``. ``size``: the bytes the
         closure holds, counted against the budget. Returns a future of the time the file was complete, or of the
         error that lost it."""
-        future: Future[float] = Future()
 
-        def write() -> None:
+        def write() -> float:
+            write_atomic(path, encode())
+            if then is not None:
+                then()
+            return time.perf_counter()
+
+        return self.encoded(write, size)
+
+    def encoded(self, encode: Callable[[], E], size: int) -> Future[E]:
+        """Run ``encode()`` in the writer thread, in turn with the outputs handed over before it, for a runtime that
+        sends the bytes on rather than writing them (the Ray actor's reply). ``size``: the bytes the closure holds,
+        counted against the budget. Returns a future of its value, or of its error."""
+        future: Future[E] = Future()
+
+        def run() -> None:
             try:
                 if self.stopped is not None:
                     raise Halted(str(self.stopped))
-                write_atomic(path, encode())
-                if then is not None:
-                    then()
+                value = encode()
             except BaseException as exc:
                 self._failed(exc)
                 future.set_exception(exc)
             else:
-                future.set_result(time.perf_counter())
+                future.set_result(value)
 
-        self._put(None, write, size)
+        self._put(None, run, size)
         return future
 
     def close(self) -> None:
