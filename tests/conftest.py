@@ -59,10 +59,15 @@ def openvino_in_auto_where_marked(request, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def machine_load_not_known(monkeypatch):
-    """``--backend auto`` measures again a speed record taken under load once the machine is quieter: on these
-    shared cores the load could cross that line between a test's two runs, so no test sees the real load (records
-    carry none, as on a system without a load average); tests of that rule give their own loads."""
-    monkeypatch.setattr("restorecli.engine.backends.choice.load_per_core", lambda: None)
+    """``--backend auto``'s probe and the bf16 check measure again a speed recorded under load once the machine is
+    quieter: on these shared cores the load could cross that line between a test's two runs, so no test sees the
+    real load: the load average is not known to them (records carry none, as on a system without one); tests of
+    that rule give their own."""
+
+    def no_load_average():
+        raise OSError("no load average in tests")
+
+    monkeypatch.setattr("os.getloadavg", no_load_average)
 
 
 def tiny_compact_state(scale: int, channels: int = 3, num_conv: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:

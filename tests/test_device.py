@@ -92,7 +92,40 @@ def test_the_bf16_probe_runs_once_per_machine_and_is_recorded(monkeypatch):
         device.cpu_bf16_speedup.cache_clear()
         assert device.cpu_bf16_speedup() == 0.8 and len(calls) == 3
         ((rewritten, value),) = json.loads(device._probe_record().read_text()).items()
-        assert "| 64 threads |" in rewritten and value == 0.8
+        assert "| 64 threads |" in rewritten and value == {"speedup": 0.8, "load": None}  # no load known here
+    finally:
+        device.cpu_bf16_speedup.cache_clear()
+
+
+def test_a_bf16_check_made_under_load_is_made_again_once_the_machine_is_quieter(monkeypatch):
+    """Its record keeps the load it was measured under: one above ``LOADED`` per CPU is measured again by a later
+    process that finds the machine quieter, and says why; one measured quietly, or with no load known (an earlier
+    version's bare number), stands whatever the load later."""
+    import json
+
+    from restorecli import progress
+    from restorecli.engine import device
+
+    readings, loads = iter([0.9, 2.1, 1.3]), iter([3.2, 3.6, 0.4, 0.5, 3.0, 0.2])
+    steps = []
+    calls = []
+    monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: calls.append(1) or next(readings))
+    monkeypatch.setattr(device, "load_per_core", lambda: next(loads))
+    device.cpu_bf16_speedup.cache_clear()
+    try:
+        assert device.cpu_bf16_speedup() == 0.9  # measured on a busy machine (3.2, then 3.6 after it)
+        ((key, value),) = json.loads(device._probe_record().read_text()).items()
+        assert value == {"speedup": 0.9, "load": 3.6}
+        device.cpu_bf16_speedup.cache_clear()
+        with progress.reporting(lambda phase, step: steps.append(step.text)):
+            assert device.cpu_bf16_speedup() == 2.1 and len(calls) == 2  # quiet now (0.4): measured again
+        assert "(again: the last check was taken under load 3.6 per CPU, 0.4 now)" in steps[0]
+        assert json.loads(device._probe_record().read_text())[key] == {"speedup": 2.1, "load": 0.5}
+        device.cpu_bf16_speedup.cache_clear()
+        assert device.cpu_bf16_speedup() == 2.1 and len(calls) == 2  # measured quietly: stands under load 3.0
+        device._probe_record().write_text(json.dumps({key: 1.7}))  # an earlier version's record: no load
+        device.cpu_bf16_speedup.cache_clear()
+        assert device.cpu_bf16_speedup() == 1.7 and len(calls) == 2  # stands, even at 0.2
     finally:
         device.cpu_bf16_speedup.cache_clear()
 

@@ -93,6 +93,21 @@ def load_per_core() -> float | None:
     return load / max(cpus, 1)
 
 
+# Load average per CPU above which a speed measured on this machine (the bf16 check, ``--backend auto``'s probe) is
+# measured again once the machine is quieter: the measurement's own threads (one per CPU) make up to about 1.0 of
+# it, so this is others' work on half the CPUs or more
+LOADED = 1.5
+
+
+def busy_then(then: float | None, now: float | None) -> str | None:
+    """Why a speed measured under load ``then`` (per CPU) is to be measured again, or None where it stands: it was
+    above ``LOADED`` and the load ``now`` is below it. A measurement with no load (an earlier version's, or a
+    system without a load average) stands, as does any where ``now`` is not known."""
+    if then is None or now is None or then <= LOADED or now >= LOADED:
+        return None
+    return f"taken under load {then:.1f} per CPU, {now:.1f} now"
+
+
 def _probe_record() -> Path:
     return user_cache("cpu-bf16-speedup.json")
 
@@ -102,21 +117,30 @@ def cpu_bf16_speedup() -> float:
     """How many times faster this CPU runs a small dense block in bf16 than in fp32. Measured once per machine:
     the first process records it in the user cache (``cpu-bf16-speedup.json``, keyed by CPU model, thread
     count and torch version), and later ones read it there, so every run on a machine makes the same choice,
-    whatever load it meets (a probe timed beside other work can read either side of the threshold). Delete the
-    file to measure again."""
+    whatever load it meets (a probe timed beside other work can read either side of the threshold), with the
+    load average it was measured under: one measured above ``LOADED`` is measured again by a later run that finds
+    the machine quieter. Delete the file to measure again."""
     if not torch.backends.mkldnn.is_available():
         return 0.0  # no oneDNN: bf16 convolutions fall back to slow reference kernels
     record = _probe_record()
     key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
-    known = read_record(record)
-    if isinstance(known.get(key), (int, float)) and known[key] > 0:
-        return float(known[key])
-    with Step("checking whether this CPU runs bf16 faster than fp32 (once per machine)", kind="bf16 check",
-              size=1) as step:
+    known, now = read_record(record).get(key), load_per_core()
+    if isinstance(known, (int, float)) and known > 0:  # an earlier version's record, with no load: it stands
+        return float(known)
+    again = None
+    if isinstance(known, dict) and isinstance(known.get("speedup"), (int, float)) and known["speedup"] > 0:
+        again = busy_then(known.get("load"), now)
+        if again is None:
+            return float(known["speedup"])
+    title = "checking whether this CPU runs bf16 faster than fp32 (" + (
+        f"again: the last check was {again})" if again else "once per machine)")
+    with Step(title, kind="bf16 check", size=1) as step:
         speedup = _measure_bf16_speedup()
         step.found = (f"bf16 runs {speedup:.2f}x as fast as fp32 on this CPU: --precision auto "
                       f"{'may use bf16' if speedup >= BF16_MIN_SPEEDUP else 'keeps fp32'}")
-    update_record(record, key, round(speedup, 3))  # a read-only cache: measured in every process
+    loads = [load for load in (now, load_per_core()) if load is not None]
+    # a read-only cache: measured in every process
+    update_record(record, key, {"speedup": round(speedup, 3), "load": round(max(loads), 2) if loads else None})
     return speedup
 
 

@@ -15,8 +15,9 @@ The candidates are timed together: each is warmed once (its conversion, kernels 
 in rounds, each round every candidate once in turn, and each counts its fastest round (``time_in_rounds``). A load
 that comes or goes while they are timed then falls on all of them, rather than on whichever ran at that moment.
 Each time is recorded with the machine's load average per CPU at the time (the higher of before and after); a
-record taken above ``LOADED`` is measured again on a later run that finds the machine below it, saying so, so a
-choice made on a busy machine does not stand for ever (a record without a load, from an earlier version, stands).
+record taken above ``device.LOADED`` is measured again on a later run that finds the machine below it, saying so,
+so a choice made on a busy machine does not stand for ever (a record without a load, from an earlier version,
+stands).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from ...errors import DeviceUnavailable, UsageError
-from ..device import choose_dtype, cpu_model, load_per_core, place_model, precision_name
+from ..device import busy_then, choose_dtype, cpu_model, load_per_core, place_model, precision_name
 from ..enhance import EngineOptions, enhance
 from ..model import LoadedModel
 from ...progress import Step
@@ -52,9 +53,6 @@ PROBE_SIDE = 64  # the probe picture's side: a few tenths of a second of x4plus 
 # (x4plus's five candidates take about 2.7 s a round on 2 cores: three rounds; animevideov3's about 0.1 s: five)
 ROUNDS = (3, 5)
 ROUNDS_SECONDS = 2.0
-# Load average per CPU above which a probe's times are measured again once the machine is quieter: the probe's
-# own threads (one per CPU) make up to about 1.0 of it, so this is others' work on half the CPUs or more
-LOADED = 1.5
 
 
 @dataclass(frozen=True)
@@ -259,9 +257,8 @@ def measure_again(recorded: Iterable[Measurement | None], now: float | None) -> 
     under (per CPU) was above ``LOADED`` and the load ``now`` is below it. Records with no load (an earlier
     version's, or a system without a load average) stand, as does any record where ``now`` is not known."""
     loads = [m.load for m in recorded if m is not None and m.load is not None]
-    if not loads or now is None or max(loads) <= LOADED or now >= LOADED:
-        return None
-    return f"the times recorded were taken under load {max(loads):.1f} per CPU, {now:.1f} now"
+    why = busy_then(max(loads), now) if loads else None
+    return f"the times recorded were {why}" if why else None
 
 
 def _why_not(measurement: Measurement) -> str:
