@@ -1,9 +1,10 @@
 """The pool's Ray actor: a process that holds loaded models and restores one image a call, bytes in, bytes out.
 
 Its calls run on as many threads as the driver gives it images at once (``--actor-images``, Ray's
-``max_concurrency``), in three stages as a local batch's images go: decoding (and finding faces) one image at a
-time, the model one image at a time, and encoding beside them. So while the model runs one image, the next is
-decoded and the last encoded, and the model never waits for the host where there is an image to run.
+``max_concurrency``); each puts its image into the loop a local batch runs (``pipeline.flow.Served``) and waits for
+its answer: the image is decoded (and its faces found) on the reader thread, run by the model on the model thread
+and encoded on the writer thread, so while the model runs one image, the next is decoded and the last encoded, and
+the model never waits for the host where there is an image to run.
 
 It writes no image file: what it restores goes back to the driver as data (the output's bytes, and the face crops
 ``--save-faces`` asks for, from ``pipeline.stages``), and the driver writes them (``pipeline.item.Outputs``); only
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -27,7 +27,12 @@ from ..images.formats import OutputFormat
 from ..options import RestoreOptions, model_key
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from ..pipeline import Restorer
+    from ..pipeline.flow import Clock
+    from ..pipeline.overlap import WriteBehind
+    from ..pipeline.stages import Prepared, Restored
 
 
 @dataclass(frozen=True)
@@ -120,11 +125,25 @@ def tell_frames(path: str | None) -> Callable[[Any], None] | None:
     return tell
 
 
-def _video_outcome(restorer: Restorer, done: Any, started: float) -> ImageOutcome:
+def _video_outcome(restorer: Restorer, done: Any, clock: Clock) -> ImageOutcome:
     """What an actor made of a video or a range of one (``done``: a ``VideoResult``)."""
     colorized = None if restorer.colouriser is None else False  # frames are not colourised, as locally
-    return ImageOutcome(None, done.in_size, done.out_size, None, round(time.perf_counter() - started, 3),
+    return ImageOutcome(None, done.in_size, done.out_size, None, clock.seconds,
                         ran=restorer.setup, pid=os.getpid(), colorized=colorized, video=done.facts())
+
+
+@dataclass(frozen=True)
+class _Image:
+    """An image task on its way through the actor's loop, with the models its options loaded."""
+
+    task: ImageTask
+    restorer: Restorer
+
+
+def _prepare(image: _Image) -> Prepared:
+    """The reader thread's part of an image: decoded, sized and its faces found."""
+    task = image.task
+    return image.restorer.prepare(task.data, task.source, task.options, task.fmt)
 
 
 class RestoreActor:
@@ -136,28 +155,40 @@ class RestoreActor:
 
         if threads:  # Ray sets OMP_NUM_THREADS to the CPUs reserved, rounded down (1 below one)
             torch.set_num_threads(threads)
+        from ..pipeline.flow import Served
+
         self._restorers: dict[tuple, Restorer] = {}
-        self._reading = threading.Lock()  # decoding and finding faces: one image at a time, beside the model
-        self._model = threading.Lock()  # loading models and running them: one image at a time
+        self._model = threading.Lock()  # loading models and running them (an image's, a video's): one at a time
+        self._images: Served[_Image, Prepared, Restored] = Served(_prepare, self._run)  # its thread: at the first
+
+    def close(self) -> None:
+        """End the threads of its images' loop once the images sent are answered (a process that goes on after its
+        actor, as a test's; in an actor's own process they end with it)."""
+        self._images.close()
 
     def pid(self) -> int:
         """The actor's process id; answering at all says it is up (the driver's readiness probe)."""
         return os.getpid()
 
     def restore(self, task: ImageTask) -> ImageOutcome:
-        """Decode, restore and encode ``task``'s image; its failures come back as data, never raised."""
+        """Decode, restore and encode ``task``'s image; its failures come back as data, never raised. Its
+        ``seconds`` are its own work (loading its models where they were not, decoding, the model, encoding), not
+        its waits behind the images of the calls beside it."""
 
-        def work(restorer: Restorer, started: float) -> ImageOutcome:
-            with self._reading:
-                prepared = restorer.prepare(task.data, task.source, task.options, task.fmt)
-            with self._model:
-                enhanced = restorer.enhance(prepared, task.source, task.options, task.fmt)
-            done = enhanced.encode(task.fmt, task.options, task.faces_stem)  # beside the next image's model run
-            return ImageOutcome(done.data, done.in_size, done.out_size, done.faces,
-                                round(time.perf_counter() - started, 3), crops=done.crops, ran=restorer.setup,
-                                pid=os.getpid(), colorized=done.colorized)
+        def work(restorer: Restorer, clock: Clock) -> ImageOutcome:
+            done = self._images.call(_Image(task, restorer), clock)
+            return ImageOutcome(done.data, done.in_size, done.out_size, done.faces, clock.seconds, crops=done.crops,
+                                ran=restorer.setup, pid=os.getpid(), colorized=done.colorized)
 
         return self._guarded(task.source, task.options, work)
+
+    def _run(self, image: _Image, prepared: Prepared, behind: WriteBehind) -> Future[Restored]:
+        """The model thread's part of an image: the model (beside no loading), then its encoding handed to the
+        writer thread, which the next image's model run does not wait for."""
+        task = image.task
+        with self._model:
+            enhanced = image.restorer.enhance(prepared, task.source, task.options, task.fmt)
+        return behind.encoded(lambda: enhanced.encode(task.fmt, task.options, task.faces_stem), enhanced.nbytes)
 
     def restore_video(self, task: VideoTask) -> ImageOutcome:
         """Restore ``task``'s video (or animation) whole into its ``output`` file (the driver sends it to an actor
@@ -166,7 +197,7 @@ class RestoreActor:
         from ..video.formats import is_video_name
         from ..video.restore import restore_video, video_options  # PyAV only where a video is restored
 
-        def work(restorer: Restorer, started: float) -> ImageOutcome:
+        def work(restorer: Restorer, clock: Clock) -> ImageOutcome:
             settings = video_options(task.options, lambda w, h: restorer.output_size((w, h), task.options.outscale))
             source, output, told = Path(task.source), Path(task.output), tell_frames(task.progress)
             with self._model:
@@ -175,7 +206,7 @@ class RestoreActor:
                 else:  # an animated GIF, PNG or WebP, written back in its own format as a local batch writes it
                     done = restore_animation(source, output, restorer, settings, name=task.source, on_progress=told,
                                              quality=task.options.quality)
-            return _video_outcome(restorer, done, started)
+            return _video_outcome(restorer, done, clock)
 
         return self._guarded(task.source, task.options, work)
 
@@ -185,37 +216,38 @@ class RestoreActor:
         from ..video.ranges import FrameSpan, restore_range
         from ..video.restore import video_options
 
-        def work(restorer: Restorer, started: float) -> ImageOutcome:
+        def work(restorer: Restorer, clock: Clock) -> ImageOutcome:
             settings = video_options(task.options, lambda w, h: restorer.output_size((w, h), task.options.outscale))
             with self._model:
                 done = restore_range(Path(task.source), Path(task.output), FrameSpan(task.first, task.stop),
                                      restorer, settings, task.source, tell_frames(task.progress))
-            return _video_outcome(restorer, done, started)
+            return _video_outcome(restorer, done, clock)
 
         return self._guarded(task.source, task.options, work)
 
     def _guarded(self, source: str, options: RestoreOptions,
-                 work: Callable[[Restorer, float], ImageOutcome]) -> ImageOutcome:
-        """``work(restorer, started)`` with the job's models, its failures turned into the outcome's data: the
-        models' (``setup``), the file's own (``error``), or restorecli's that are no file's (``failure``)."""
-        started = time.perf_counter()
+                 work: Callable[[Restorer, Clock], ImageOutcome]) -> ImageOutcome:
+        """``work(restorer, clock)`` with the job's models, its failures turned into the outcome's data: the
+        models' (``setup``), the file's own (``error``), or restorecli's that are no file's (``failure``). The clock
+        runs from now (the models' loading counts), and ``work`` stops it while the file waits for a thread."""
+        from ..pipeline.flow import Clock
+        from ..pipeline.item import failure_message
+
+        clock = Clock()
         try:
             restorer = self._restorer(options)
         except (SetupError, UsageError) as exc:
             return ImageOutcome(setup=SetupFailure(str(exc), isinstance(exc, UsageError),
                                                    getattr(exc, "of_this_machine", False)), pid=os.getpid())
-        from ..pipeline.item import failure_message
-
         try:
-            return work(restorer, started)
+            return work(restorer, clock)
         except ImageError as exc:
             error = str(exc)
         except RestoreCliError as exc:  # not the file's: the local worker retries the job for it too
             return ImageOutcome(failure=f"{type(exc).__name__}: {exc}", pid=os.getpid())
         except Exception as exc:  # a read, model, codec or memory failure on this file, or one nobody foresaw
             error = failure_message(source, exc)
-        return ImageOutcome(error=error, seconds=round(time.perf_counter() - started, 3), ran=restorer.setup,
-                            pid=os.getpid())
+        return ImageOutcome(error=error, seconds=clock.seconds, ran=restorer.setup, pid=os.getpid())
 
     def _restorer(self, options: RestoreOptions) -> Restorer:
         from ..pipeline import Restorer

@@ -7,11 +7,11 @@
 - ``stages``: the data between the stages (``Prepared``, ``Enhancement``, ``Restored`` with face crops as bytes).
 - ``item``: one image's lifecycle around the model, shared by every runtime (results, failures, atomic writes).
 - ``batch``: the local run (``restore_batch``): read ahead, the model, write behind, results in order; the
-  threads beside the model are ``overlap``'s.
+  model's loop is ``flow``'s, the threads beside the model are ``overlap``'s.
 
 Every runtime uses these: the CLI, the queue's worker and the Modal app's job calls run ``restore_batch``; the Ray
-actor runs ``prepare``/``enhance``/``encode`` and the driver writes with ``item``; the Modal app's single-image
-``restore`` method runs ``restore_bytes``.
+actor runs ``prepare``/``enhance``/``encode`` in ``flow``'s loop, as the batch does, and the driver writes with
+``item``; the Modal app's single-image ``restore`` method runs ``restore_bytes``.
 """
 
 from importlib import import_module

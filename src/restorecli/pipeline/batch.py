@@ -2,8 +2,9 @@
 results. A failed item is data (``status="error"`` with its reason); the batch goes on.
 
 The model never waits for the host: while it runs on image i, image i+1 is read, decoded and its faces found on a
-reader thread (``ReadAhead``), and image i-1 is encoded and written on a writer thread (``WriteBehind``). The queue's
-worker runs a job as such a batch; the Ray pool spreads the same per-image steps (``item``) over actors.
+reader thread (``ReadAhead``), and image i-1 is encoded and written on a writer thread (``WriteBehind``): the loop
+of ``flow``, which the Ray actor runs too. The queue's worker runs a job as such a batch; the Ray pool spreads the
+same per-image steps (``item``) over actors.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from ..errors import ImageError, RestoreCliError
 from ..files import STDIO, check_output_folder
 from ..images import OutputFormat, strip_writer
 from ..options import RestoreOptions
-from .overlap import Halted, ReadAhead, WriteBehind
+from .flow import run_flow
+from .overlap import Halted, WriteBehind
 from ..plan import (
     BatchResult,
     InputItem,
@@ -179,40 +181,37 @@ def _frame_by_frame(item: InputItem) -> bool:
 
 def _run(batch: _Batch, items: list[InputItem], order: _InOrder, should_stop: Callable[[], bool],
          should_abandon: Callable[[], bool]) -> None:
-    """The batch's loop: each image taken from the reader thread at its turn, run, and handed to the writer."""
+    """The batch's loop (``flow.run_flow``): each image taken from the reader thread at its turn, run, and handed to
+    the writer."""
     notify = order.notify
-    reading = ReadAhead(items, lambda item: _prepare(batch, item), lambda item: notify("reading", item.source))
-    with WriteBehind(stops=storage_full) as behind, reading as ahead:
 
-        def checkpoint() -> None:
-            """Between tiles (and a video's frames): the image before reported once written; the run ended where
-            its disk is full or its job was abandoned (cancelled)."""
-            order.report()
-            if order.halted is not None:
-                raise Halted(order.halted)
-            if should_abandon():
-                raise Halted(None)
+    def checkpoint() -> None:
+        """Between tiles (and a video's frames): the image before reported once written; the run ended where its
+        disk is full or its job was abandoned (cancelled)."""
+        order.report()
+        if order.halted is not None:
+            raise Halted(order.halted)
+        if should_abandon():
+            raise Halted(None)
 
-        def on_tile(done: int, total: int) -> None:
-            notify("tiles", (done, total))
-            checkpoint()
+    def on_tile(done: int, total: int) -> None:
+        notify("tiles", (done, total))
+        checkpoint()
 
-        try:
-            for _ in items:
-                if should_stop():
-                    break
-                ready = ahead.take().at_its_turn()
-                if should_stop():  # asked while it was read: before its model time
-                    break
-                notify("item", ready.item.source)
-                _restore_item(batch, ready, behind, order, on_tile, checkpoint)
-                order.report()
-                if order.halted is not None:
-                    break
-        except Halted:
-            pass  # an earlier output's disk is full: its result, reported below, says so
-        finally:  # on a signal too: what was finished is written and reported; the image in hand was dropped
-            order.report(wait=True)
+    def restore(ready: _Ready, behind: WriteBehind) -> bool:
+        ready = ready.at_its_turn()
+        notify("item", ready.item.source)
+        _restore_item(batch, ready, behind, order, on_tile, checkpoint)
+        order.report()
+        return order.halted is None
+
+    try:
+        run_flow(items, lambda item: _prepare(batch, item), restore, should_stop=should_stop, stops=storage_full,
+                 on_start=lambda item: notify("reading", item.source))
+    except Halted:
+        pass  # an earlier output's disk is full: its result, reported below, says so
+    finally:  # on a signal too: what was finished is written and reported; the image in hand was dropped
+        order.report(wait=True)
 
 
 def _prepare(batch: _Batch, item: InputItem) -> _Ready:
