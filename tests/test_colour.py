@@ -349,8 +349,11 @@ def test_the_ray_actor_colourises_and_says_so(inputs, weights):
     options = RestoreOptions(model=str(weights / "up2.safetensors"), weights_dir=str(weights), colorize="auto",
                              colorize_model="ddcolor-tiny", device="cpu", precision="fp32", backend="torch")
     actor = RestoreActor()
-    gray, photo = (actor.restore(ImageTask(name, (inputs / name).read_bytes(), options, "png", name[:-4]))
-                   for name in ("gray.png", "photo.png"))
+    try:
+        gray, photo = (actor.restore(ImageTask(name, (inputs / name).read_bytes(), options, "png", name[:-4]))
+                       for name in ("gray.png", "photo.png"))
+    finally:
+        actor.close()  # its loop's threads end with the test, as they would with an actor's process
     assert gray.error is None and gray.colorized is True and photo.colorized is False
     coloured = cv2.imdecode(np.frombuffer(gray.data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert coloured.ndim == 3 and (coloured[:, :, 2].astype(int) - coloured[:, :, 0]).mean() > 8
