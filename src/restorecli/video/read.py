@@ -98,6 +98,11 @@ class ResumeAt:
     after: int
 
 
+# How many times the pixels its stream states a decoded frame may hold before FFmpeg refuses to decode it; a frame of
+# any other size is refused by restorecli after it (``_check_frame_size``), with the sizes named
+GROWTH = 4
+
+
 class TooManyFrames(ImageTooLarge):
     """A video with more frames than its limit (``--max-video-frames``), counted as they are decoded."""
 
@@ -122,6 +127,10 @@ class VideoInput:
             kinds = ("audio", "subtitle") if keep_audio else ()
             self.copied = [stream for stream in self.container.streams if stream.type in kinds]
             self.facts = self._facts()
+            # FFmpeg allocates a frame as large as its packet says before restorecli sees it: a frame that grows
+            # mid-stream (MJPEG, a new H.264 SPS) is refused by the decoder past GROWTH times the stated pixels
+            self.video.codec_context.options = {
+                **self.video.codec_context.options, "max_pixels": str(GROWTH * self.facts.width * self.facts.height)}
             self.metadata: dict[str, str] = dict(self.container.metadata)  # the container's title, dates, ...
             self.chapters: list[dict[str, Any]] = self.container.chapters()
         except BaseException:
@@ -230,7 +239,10 @@ class VideoInput:
                     yield index, decoded, pts, decoded.time_base or self.video.time_base
                     index += 1
         except av.FFmpegError as exc:
-            raise VideoDecodeError(f"{self.name}: damaged or truncated at frame {index} ({_reason(exc)})") from None
+            larger = (f", or a frame there over {GROWTH}x the video's {self.facts.width}x{self.facts.height} pixels"
+                      if isinstance(exc, av.ArgumentError) else "")  # the decoder's refusal past max_pixels
+            raise VideoDecodeError(f"{self.name}: damaged or truncated at frame {index}{larger} "
+                                   f"({_reason(exc)})") from None
 
     def _seek(self, pts: int) -> None:
         """Move the demuxer to the video's keyframe at or before ``pts`` (its stream's time base); ``SeekMissed``
