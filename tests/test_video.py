@@ -898,20 +898,20 @@ def hostile_videos(folder: Path, scratch: Path) -> dict[str, str]:
     ffv1 = make_video(scratch / "ffv1.mkv", "ffv1", frames=4, audio=None)
     remuxed(ffv1, folder / "declared_huge.mkv", declared=(60000, 60000))
     make_resized(folder / "resized.avi", [(W, H)] * 3 + [(2 * W, 2 * H)])
-    make_resized(folder / "exploding.avi", [(W, H)] * 3 + [(8 * W, 8 * H)])  # over GROWTH: FFmpeg allocates none
+    make_resized(folder / "exploding.avi", [(W, H)] * 3 + [(16 * W, 16 * H)])  # over GROWTH: FFmpeg allocates none
     remuxed(ffv1, folder / "no_frames.mkv", frames=False, sound=make_video(scratch / "sound.mkv", frames=0))
     return {"declared_huge.mkv": "declared_huge.mkv: its video stream states no frame size FFmpeg can take (none, or "
                                  "one too large to decode)",
             "resized.avi": f"resized.avi: frame 3 is {2 * W}x{2 * H} pixels where the video's frames are {W}x{H}; "
                            "restorecli restores videos whose frames keep one size",
-            "exploding.avi": f"exploding.avi: damaged or truncated at frame 3, or a frame there over 4x the video's "
+            "exploding.avi": f"exploding.avi: damaged or truncated at frame 3, or a frame there over 64x the video's "
                              f"{W}x{H} pixels (Invalid argument)",
             "no_frames.mkv": "no_frames.mkv: no frame could be decoded (empty, truncated or damaged)"}
 
 
 def test_hostile_videos_end_as_their_own_errors_and_the_batch_goes_on(tmp_path, model2):
     """A header stating 60000x60000 (FFmpeg will not decode it), frames that grow mid-stream (twice the stated size:
-    refused by restorecli, sizes named; eight times: refused by the decoder before it allocates the frame), a video
+    refused by restorecli, sizes named; 16 times: refused by the decoder before it allocates the frame), a video
     stream with no frames beside its sound: each is that file's error naming it and the problem, nothing written for
     it; the same frames under an honest header are restored. The server's header check knows no size for the first."""
     from restorecli.video.formats import frame_size

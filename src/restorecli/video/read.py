@@ -98,9 +98,10 @@ class ResumeAt:
     after: int
 
 
-# How many times the pixels its stream states a decoded frame may hold before FFmpeg refuses to decode it; a frame of
-# any other size is refused by restorecli after it (``_check_frame_size``), with the sizes named
-GROWTH = 4
+# How many times the pixels its stream states a decoded frame may hold before FFmpeg refuses to decode it (a bound on
+# what one hostile frame can make it allocate: 64 frames' worth); a frame of any other size is refused by
+# restorecli after it (``_check_frame_size``), with the sizes named
+GROWTH = 64
 
 
 class TooManyFrames(ImageTooLarge):
