@@ -55,10 +55,7 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
             if frames == 0:
                 raise VideoDecodeError(f"{name}: {_described(part)} holds no frame: the video ends before "
                                        + (f"frame {part.start}" if part.begins is None else f"{float(part.begins):g} s"))
-    duration = float(last.pts * last.time_base + shown_for(last, facts)) if last is not None else 0.0
-    return VideoResult(frames, float(facts.rate) if facts.rate else None, round(duration, 6), choice.codec,
-                       choice.reason, (facts.width, facts.height), out_size, len(video.copied),
-                       round(time.perf_counter() - started, 3))
+    return video_result(facts, choice, last, 0, frames, out_size, len(video.copied), started)
 
 
 def _restore_in_segments(video: VideoInput, source: Path, output: Path, restorer: FrameRestorer,
