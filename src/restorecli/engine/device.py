@@ -99,6 +99,12 @@ def load_per_core() -> float | None:
 LOADED = 1.5
 
 
+def highest_load(*loads: float | None) -> float | None:
+    """The highest of ``loads`` known (per CPU, read before and after a measurement), to hundredths: the load a
+    measurement is recorded under. None where none is known."""
+    return max((round(load, 2) for load in loads if load is not None), default=None)
+
+
 def busy_then(then: float | None, now: float | None) -> str | None:
     """Why a speed measured under load ``then`` (per CPU) is to be measured again, or None where it stands: it was
     above ``LOADED`` and the load ``now`` is below it. A measurement with no load (an earlier version's, or a
@@ -138,9 +144,8 @@ def cpu_bf16_speedup() -> float:
         speedup = _measure_bf16_speedup()
         step.found = (f"bf16 runs {speedup:.2f}x as fast as fp32 on this CPU: --precision auto "
                       f"{'may use bf16' if speedup >= BF16_MIN_SPEEDUP else 'keeps fp32'}")
-    loads = [load for load in (now, load_per_core()) if load is not None]
     # a read-only cache: measured in every process
-    update_record(record, key, {"speedup": round(speedup, 3), "load": round(max(loads), 2) if loads else None})
+    update_record(record, key, {"speedup": round(speedup, 3), "load": highest_load(now, load_per_core())})
     return speedup
 
 

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from ...errors import DeviceUnavailable, UsageError
-from ..device import busy_then, choose_dtype, cpu_model, load_per_core, place_model, precision_name
+from ..device import (busy_then, choose_dtype, cpu_model, highest_load, load_per_core, place_model,
+                      precision_name)
 from ..enhance import EngineOptions, enhance
 from ..model import LoadedModel
 from ...progress import Step
@@ -428,7 +429,7 @@ def choose_backend(backend: str, device: str, precision: str, model: LoadedModel
     with Step(f"timing {name} on {', '.join(c.label for c in found)} to run it on the fastest ({when})",
               parts=len(found) + 1, notice=notice) as step:
         measured = measure(found, step.advance)
-        under = max((round(x, 2) for x in (now, load()) if x is not None), default=None)
+        under = highest_load(now, load())
         measured = {candidate: replace(measured[candidate], load=under) for candidate in found}
         for candidate in found:
             remember(speed_key(candidate, digest), asdict(measured[candidate]))
