@@ -311,19 +311,31 @@ def test_a_choice_measured_on_a_quiet_machine_stands_whatever_the_load_later(gpu
         assert "(load 1.2 per CPU)" in chosen.reason
 
 
-def test_a_record_without_a_load_from_an_earlier_version_is_read_and_stands(gpus):
+def test_records_without_a_load_from_an_earlier_version_stand_while_busy_and_are_measured_again_once_quiet(gpus):
+    """The version before loads were recorded timed the candidates one after another: its records are read and
+    stand while the machine is busy, and are measured again in rounds, once, by the first run that finds it quiet."""
     from restorecli.engine import precision
 
     for candidate, seconds in ((TORCH, 2.0), (NCNN, 1.5)):  # as the version before loads were recorded wrote it
         precision.remember(choice.speed_key(candidate, "hash-of-the-file"),
                            {"seconds": seconds, "psnr": None if candidate == TORCH else 70.0, "error": None})
     never = _Timings({TORCH: 0.1, NCNN: 9.0})
-    chosen = _choose(never, load=lambda: 0.1)
+    chosen = _choose(never, load=lambda: 2.0)
     assert chosen.candidate == NCNN and never.asked == []
     assert chosen.reason == ("measured fastest on a 64x64 probe: ncnn on cpu in fp32 1.500 s, torch on cpu in fp32 "
                              "2.000 s")
-    assert choice.measure_again([choice.Measurement(1.0, load=None)], 0.1) is None
+    timings = _Timings({TORCH: 0.1, NCNN: 9.0})
+    chosen = _choose(timings, load=lambda: 0.3)
+    assert chosen.candidate == TORCH and timings.asked == [TORCH, NCNN]
+    assert chosen.reason.startswith("measured fastest on a 64x64 probe (load 0.3 per CPU; measured again: the times "
+                                    "recorded were taken by an earlier version under a load not recorded, 0.3 per "
+                                    "CPU now): torch on cpu in fp32 0.100 s")
+    later = _Timings({TORCH: 5.0, NCNN: 0.1})
+    assert _choose(later, load=lambda: 0.2).candidate == TORCH and later.asked == []  # recorded with a load now
+    assert choice.measure_again([choice.Measurement(1.0, load=None)], 0.1) is not None
+    assert choice.measure_again([choice.Measurement(1.0, load=None), None], 2.0) is None
     assert choice.measure_again([choice.Measurement(1.0, load=3.0)], None) is None  # no load here: it stands
+    assert choice.measure_again([None, None], 0.1) is None
 
 
 # --- through the command line -------------------------------------------------------------------------------------

@@ -99,14 +99,15 @@ def test_the_bf16_probe_runs_once_per_machine_and_is_recorded(monkeypatch):
 
 def test_a_bf16_check_made_under_load_is_made_again_once_the_machine_is_quieter(monkeypatch):
     """Its record keeps the load it was measured under: one above ``LOADED`` per CPU is measured again by a later
-    process that finds the machine quieter, and says why; one measured quietly, or with no load known (an earlier
-    version's bare number), stands whatever the load later."""
+    process that finds the machine quieter, and says why; one measured quietly stands whatever the load later; an
+    earlier version's bare number (no load known) stands while the machine is busy and is measured again, once,
+    when it is quiet."""
     import json
 
     from restorecli import progress
     from restorecli.engine import device
 
-    readings, loads = iter([0.9, 2.1, 1.3]), iter([3.2, 3.6, 0.4, 0.5, 3.0, 0.2])
+    readings, loads = iter([0.9, 2.1, 1.3]), iter([3.2, 3.6, 0.4, 0.5, 3.0, 2.5, 0.2, 0.3, 0.1])
     steps = []
     calls = []
     monkeypatch.setattr(device, "_measure_bf16_speedup", lambda: calls.append(1) or next(readings))
@@ -125,7 +126,15 @@ def test_a_bf16_check_made_under_load_is_made_again_once_the_machine_is_quieter(
         assert device.cpu_bf16_speedup() == 2.1 and len(calls) == 2  # measured quietly: stands under load 3.0
         device._probe_record().write_text(json.dumps({key: 1.7}))  # an earlier version's record: no load
         device.cpu_bf16_speedup.cache_clear()
-        assert device.cpu_bf16_speedup() == 1.7 and len(calls) == 2  # stands, even at 0.2
+        assert device.cpu_bf16_speedup() == 1.7 and len(calls) == 2  # stands while the machine is busy (2.5)
+        device.cpu_bf16_speedup.cache_clear()
+        steps.clear()
+        with progress.reporting(lambda phase, step: steps.append(step.text)):
+            assert device.cpu_bf16_speedup() == 1.3 and len(calls) == 3  # quiet (0.2): measured again
+        assert "(again: the last check was taken by an earlier version under a load not recorded, 0.2" in steps[0]
+        assert json.loads(device._probe_record().read_text())[key] == {"speedup": 1.3, "load": 0.3}
+        device.cpu_bf16_speedup.cache_clear()
+        assert device.cpu_bf16_speedup() == 1.3 and len(calls) == 3  # and now stands (0.1)
     finally:
         device.cpu_bf16_speedup.cache_clear()
 

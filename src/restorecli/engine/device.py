@@ -107,10 +107,13 @@ def highest_load(*loads: float | None) -> float | None:
 
 def busy_then(then: float | None, now: float | None) -> str | None:
     """Why a speed measured under load ``then`` (per CPU) is to be measured again, or None where it stands: it was
-    above ``LOADED`` and the load ``now`` is below it. A measurement with no load (an earlier version's, or a
-    system without a load average) stands, as does any where ``now`` is not known."""
-    if then is None or now is None or then <= LOADED or now >= LOADED:
+    above ``LOADED``, or not recorded (an earlier version's measurement, under a load nobody knows), and the load
+    ``now`` is below ``LOADED``. Nothing is measured again where ``now`` is not known (a system without a load
+    average, which records none either)."""
+    if now is None or now >= LOADED or (then is not None and then <= LOADED):
         return None
+    if then is None:
+        return f"taken by an earlier version under a load not recorded, {now:.1f} per CPU now"
     return f"taken under load {then:.1f} per CPU, {now:.1f} now"
 
 
@@ -124,18 +127,19 @@ def cpu_bf16_speedup() -> float:
     the first process records it in the user cache (``cpu-bf16-speedup.json``, keyed by CPU model, thread
     count and torch version), and later ones read it there, so every run on a machine makes the same choice,
     whatever load it meets (a probe timed beside other work can read either side of the threshold), with the
-    load average it was measured under: one measured above ``LOADED`` is measured again by a later run that finds
-    the machine quieter. Delete the file to measure again."""
+    load average it was measured under: one measured above ``LOADED`` (or by an earlier version, which recorded no
+    load) is measured again by a later run that finds the machine quieter. Delete the file to measure again."""
     if not torch.backends.mkldnn.is_available():
         return 0.0  # no oneDNN: bf16 convolutions fall back to slow reference kernels
     record = _probe_record()
     key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
     known, now = read_record(record).get(key), load_per_core()
-    if isinstance(known, (int, float)) and known > 0:  # an earlier version's record, with no load: it stands
-        return float(known)
+    if isinstance(known, (int, float)):  # an earlier version's record: a bare number, with no load
+        known = {"speedup": known}
     again = None
     if isinstance(known, dict) and isinstance(known.get("speedup"), (int, float)) and known["speedup"] > 0:
-        again = busy_then(known.get("load"), now)
+        load = known.get("load")
+        again = busy_then(load if isinstance(load, (int, float)) else None, now)
         if again is None:
             return float(known["speedup"])
     title = "checking whether this CPU runs bf16 faster than fp32 (" + (

@@ -16,8 +16,9 @@ in rounds, each round every candidate once in turn, and each counts its fastest 
 that comes or goes while they are timed then falls on all of them, rather than on whichever ran at that moment.
 Each time is recorded with the machine's load average per CPU at the time (the higher of before and after); a
 record taken above ``device.LOADED`` is measured again on a later run that finds the machine below it, saying so,
-so a choice made on a busy machine does not stand for ever (a record without a load, from an earlier version,
-stands).
+so a choice made on a busy machine does not stand for ever. A record without a load, from an earlier version
+(whose probe timed the candidates one after another, not in rounds), is measured again the same way, once, by the
+first run that finds the machine quiet.
 """
 
 from __future__ import annotations
@@ -255,10 +256,13 @@ def pick(measured: dict[Candidate, Measurement], again: str | None = None) -> tu
 
 def measure_again(recorded: Iterable[Measurement | None], now: float | None) -> str | None:
     """Why recorded measurements are to be taken again, or None where they stand: the highest load they were taken
-    under (per CPU) was above ``LOADED`` and the load ``now`` is below it. Records with no load (an earlier
-    version's, or a system without a load average) stand, as does any record where ``now`` is not known."""
-    loads = [m.load for m in recorded if m is not None and m.load is not None]
-    why = busy_then(max(loads), now) if loads else None
+    under (per CPU) was above ``LOADED``, or one has no load (an earlier version's), and the load ``now`` is below
+    it (``device.busy_then``). Where ``now`` is not known (no load average here), they stand."""
+    known = [m for m in recorded if m is not None]
+    loads = [m.load for m in known]
+    if not known:
+        return None
+    why = busy_then(None if None in loads else max(loads), now)
     return f"the times recorded were {why}" if why else None
 
 
