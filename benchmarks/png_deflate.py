@@ -1,6 +1,7 @@
-"""PNG encode time of restorecli's strip writer: one zlib stream (the writer before the parallel deflate) beside the
-segmented stream deflated by 1, 2 and all worker threads, on photo-like RGB images (skimage's astronaut, upscaled
-with cv2's bicubic resize) fed in strips of 256 rows as the engine hands them over. Reports the best of
+"""PNG encode time of restorecli's strip writer: one zlib stream at OpenCV's settings (level 1, RLE: the writer
+before the parallel deflate and ISA-L) and OpenCV's own ``cv2.imencode`` beside the writer's segmented stream
+(``images/deflate.py``: ISA-L's level 1) deflated by 1, 2 and all worker threads, on photo-like RGB images
+(skimage's astronaut, upscaled with cv2's bicubic resize) fed in strips of 256 rows as the engine hands them over. Reports the best of
 ``--repeats`` runs (these machines are shared, so single runs move) in wall seconds and process CPU seconds, the
 speed-up over one stream, and the file sizes.
 
@@ -16,6 +17,7 @@ import os
 import struct
 import time
 import zlib
+from importlib.metadata import version
 
 import cv2
 import numpy as np
@@ -28,7 +30,8 @@ STRIP_ROWS = 256
 
 
 def single_stream(pixels: np.ndarray) -> bytes:
-    """What the writer did before segments: the same filter, one zlib stream, the same IDAT chunks."""
+    """What the writer did before segments and ISA-L: the same filter, one zlib stream at OpenCV's settings, the
+    same IDAT chunks."""
     height, width, channels = pixels.shape
     out = io.BytesIO()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -76,7 +79,8 @@ def measure(sizes: list[int], repeats: int) -> list[dict]:
     rows = []
     for side in sizes:
         [pixels] = photos(side, side, 1)  # the astronaut, enlarged with cv2's bicubic resize
-        cases = [("one stream", lambda pixels=pixels: single_stream(pixels))]
+        cases = [("one zlib stream", lambda pixels=pixels: single_stream(pixels)),
+                 ("OpenCV's imencode", lambda pixels=pixels: cv2.imencode(".png", pixels[:, :, ::-1])[1].tobytes())]
         cases += [(f"segments, {n} worker{'s' * (n > 1)}", lambda n=n, pixels=pixels: segmented(pixels, n))
                   for n in sorted({1, 2, every})]
         base_wall = base_bytes = None
@@ -93,7 +97,7 @@ def measure(sizes: list[int], repeats: int) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["| image | encoder | wall s | CPU s | speed-up | bytes | vs one stream |",
+    lines = ["| image | encoder | wall s | CPU s | speed-up | bytes | vs one zlib stream |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         share = 100 * row["bytes_vs_one_stream"] / (row["bytes"] - row["bytes_vs_one_stream"])
@@ -114,12 +118,12 @@ def main() -> None:
         png._SEGMENT_BYTES = args.segment_kib << 10
     rows = measure(args.sizes, args.repeats)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{machine()}, {cpus} CPUs to use; zlib {zlib.ZLIB_RUNTIME_VERSION}, "
+    print(f"{machine()}, {cpus} CPUs to use; zlib {zlib.ZLIB_RUNTIME_VERSION}, isal {version('isal')}, "
           f"segments of {png._SEGMENT_BYTES >> 10} KiB, strips of {STRIP_ROWS} rows, best of {args.repeats}")
     print(render(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"cpus": cpus, "zlib": zlib.ZLIB_RUNTIME_VERSION, "rows": rows}, handle, indent=2)
+            json.dump({"cpus": cpus, "zlib": zlib.ZLIB_RUNTIME_VERSION, "isal": version("isal"), "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":
