@@ -106,7 +106,8 @@ def measured_bytes_per_pixel(model: LoadedModel, dtype: torch.dtype) -> float | 
     import torch
 
     spec = model.spec
-    points = [p for p in MEASURED if p.architecture == architecture_id(model) and p.variant == variant_of(model.module)]
+    architecture, variant = architecture_id(model), variant_of(model.module)  # once, not once a row of the table
+    points = [p for p in MEASURED if p.architecture == architecture and p.variant == variant]
     if not points:
         return None
     half = dtype in (torch.bfloat16, torch.float16)
