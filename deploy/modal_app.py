@@ -499,6 +499,8 @@ class Restore:
     face_detector: str = modal.parameter(default=DETECTOR)  # a job's face_detector: the detector it loads
     colorize: str = modal.parameter(default="never")  # a job's colorize: whether it loads DDColor
     precision: str = modal.parameter(default="auto")  # the model's precision, as ``--precision``: one per container
+    # what runs the model, as ``--backend``: auto (measured fastest in the container) unless whoever spawns it pins one
+    backend: str = modal.parameter(default="auto")
 
     _restorer = None  # the models, loaded once (``models``)
 
@@ -518,7 +520,8 @@ class Restore:
             self._restorer = Restorer.from_options(RestoreOptions(model=self.model, face_enhance=self.face_enhance,
                                                                   face_model=self.face_model,
                                                                   face_detector=self.face_detector,
-                                                                  colorize=self.colorize, precision=self.precision))
+                                                                  colorize=self.colorize, precision=self.precision,
+                                                                  backend=self.backend))
         return self._restorer
 
     def chosen(self, options):

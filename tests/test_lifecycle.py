@@ -27,9 +27,11 @@ from test_deploy import modal_app  # noqa: F401  (the fixture: deploy/modal_app.
 
 NAMES = ["rocket.jpg", "cameraman_gray.png", "coffee_alpha.png", "chelsea_16bit.png", "broken.png"]
 RUNTIMES = ["local", "worker", "ray", "client", "modal"]
-# bf16 (what auto runs on a CPU with bf16 units) rounds differently with the threads a runtime gives torch: the
-# comparison is of the lifecycle, so every runtime runs the model in fp32 on the CPU
-FP32 = ("--device", "cpu", "--precision", "fp32")
+# bf16 (what auto runs on a CPU with bf16 units) rounds differently with the threads a runtime gives torch, and
+# --backend auto may choose ncnn or OpenVINO in one runtime and torch in another (the tiny test model takes a
+# millisecond or two on each, too close to tell apart), whose fp32 results differ in the last bit of a 16-bit
+# output: the comparison is of the lifecycle, so every runtime runs the model with torch in fp32 on the CPU
+FP32 = ("--device", "cpu", "--precision", "fp32", "--backend", "torch")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def modal_run(tmp_path: Path, model: Path, inputs: Path, modal_app) -> dict:
         stored.append({"original_filename": path.name, "stored": name})
     backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same", "device": "cpu",
                                                                  "precision": "fp32"}, stored)
-    restore = modal_app.Restore(model=str(model), precision="fp32")
+    restore = modal_app.Restore(model=str(model), precision="fp32", backend="torch")
     assert modal_app.process_job(backend, restore.restore_items, job_id) == "completed"
     results = backend.records[job_id]["results"]
     outputs = {r["original_filename"]: files.read(job_id, f"outputs/{r['output']}") for r in results
@@ -193,7 +195,7 @@ def test_a_retried_modal_call_goes_on_where_the_last_one_stopped(tmp_path, model
         files.write(job_id, {f"inputs/{entry['stored']}": (inputs / entry["original_filename"]).read_bytes()})
     backend.records[job_id] = modal_app.new_record(job_id, {"model": str(model), "format": "same", "device": "cpu",
                                                              "precision": "fp32"}, stored)
-    restore = modal_app.Restore(model=str(model), precision="fp32")  # no precision probe to wait for
+    restore = modal_app.Restore(model=str(model), precision="fp32", backend="torch")  # no probe to wait for
 
     def noting(dies_at: int | None):
         """The container's batch, each image's turn noted in ``sent``; the container dies at the ``dies_at``-th."""
