@@ -51,11 +51,18 @@ def server(tmp_path_factory, model):
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory, model):
-    """A server with an API key, one file a request and 20 KB a file, whose worker takes a second an image."""
+def held(tmp_path_factory) -> Path:
+    """While this file exists, the ``guarded`` server's worker holds each image before decoding it."""
+    return tmp_path_factory.mktemp("hold") / "hold"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, model, held):
+    """A server with an API key, one file a request and 20 KB a file, whose worker takes a second an image, and
+    holds it while ``held`` exists."""
     with LiveServer(tmp_path_factory.mktemp("serve-key"), "--model", str(model), "--max-files", "1",
                     "--max-file-mb", "0.02", env={**_home(tmp_path_factory), "API_KEY": "k",
-                                                   "HARNESS_SLOW": "1"}) as live:
+                                                   "HARNESS_SLOW": "1", "HARNESS_HOLD": str(held)}) as live:
         yield live
 
 
@@ -239,19 +246,24 @@ def test_uploads_keep_to_the_server_s_limits(guarded, photos, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["cameraman_gray.png", "rocket.jpg"]
 
 
-def test_a_stop_signal_leaves_the_job_to_the_server(guarded, photos, tmp_path):
+def test_a_stop_signal_leaves_the_job_to_the_server(guarded, held, photos, tmp_path):
     before = jobs_in(guarded)
     env = {**{k: v for k, v in os.environ.items() if k != "MYKEY"}, "API_KEY": "k"}
     said = tmp_path / "client.err"
-    with open(said, "wb") as stderr_file:
-        client = subprocess.Popen(client_command(photos / "rocket.jpg", "-o", tmp_path / "o", "--server", guarded.url,
-                                                 say_when_following=True), env=env, stdout=subprocess.PIPE,
-                                  stderr=stderr_file)
-    # the job is queued and its id reached the client, which now follows it (the worker takes a second an image)
-    wait_until(lambda: FOLLOWING in said.read_text() or client.poll() is not None, what="the client to hold its job")
-    assert jobs_in(guarded) == before + 1
-    client.send_signal(signal.SIGINT)
-    client.communicate(timeout=60)
+    held.touch()  # the worker holds the job's image until the client was stopped, however slow the machine
+    try:
+        with open(said, "wb") as stderr_file:
+            client = subprocess.Popen(client_command(photos / "rocket.jpg", "-o", tmp_path / "o", "--server",
+                                                     guarded.url, say_when_following=True), env=env,
+                                      stdout=subprocess.PIPE, stderr=stderr_file)
+        # the job is queued and its id reached the client, which now follows it
+        wait_until(lambda: FOLLOWING in said.read_text() or client.poll() is not None,
+                   what="the client to hold its job")
+        assert jobs_in(guarded) == before + 1
+        client.send_signal(signal.SIGINT)
+        client.communicate(timeout=60)
+    finally:
+        held.unlink()
     stderr = said.read_text()
     assert client.returncode == 130, stderr
     left = JOB_ID.findall(stderr)
