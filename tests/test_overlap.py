@@ -163,16 +163,16 @@ def test_read_ahead_prepares_one_item_ahead_in_order():
 
     release[0].set()
     with ReadAhead([0, 1, 2], prepare, on_start=started.append) as ahead:
-        assert ahead.take() == 0
+        items = iter(ahead)
+        assert next(items) == 0
         # item 1 is being read while the caller works on item 0
         wait_until(lambda: ("prepare", 1) in events, "item 1 to be read ahead", WAIT)
         assert ("prepare", 2) not in events and started == [0, 1]  # no more than one ahead
         release[1].set()
-        assert ahead.take() == 10
+        assert next(items) == 10
         release[2].set()
-        assert ahead.take() == 20
-        with pytest.raises(IndexError):
-            ahead.take()
+        assert next(items) == 20
+        assert next(items, "none left") == "none left"
     assert started == [0, 1, 2]
 
 
@@ -183,9 +183,10 @@ def test_read_ahead_raises_an_items_error_at_its_turn():
         return i
 
     with ReadAhead([0, 1, 2], prepare) as ahead:
-        assert ahead.take() == 0
+        items = iter(ahead)
+        assert next(items) == 0
         with pytest.raises(RuntimeError, match="item 1"):
-            ahead.take()
+            next(items)
 
 
 def test_read_ahead_over_a_feed_waits_for_items_on_its_thread_and_ends_when_the_feed_is_closed():
@@ -218,7 +219,7 @@ def test_leaving_a_read_ahead_over_a_feed_nobody_closed_does_not_wait_for_an_ite
     def run() -> None:
         with ReadAhead(feed, lambda i: i) as ahead:
             feed.put(1)
-            taken.append(ahead.take())  # the reader now waits for item 2, which never comes
+            taken.append(next(iter(ahead)))  # the reader now waits for item 2, which never comes
         left.set()  # leaving closed the feed, which ended the reader's wait
 
     threading.Thread(target=run, daemon=True).start()

@@ -85,8 +85,8 @@ class ReadAhead(Generic[T, R]):
     put into while it is read (the next item is then waited for on the reader thread, never by the caller).
     ``on_start(item)`` is called as each item's preparation begins: for a sequence in the caller's thread as it is
     handed to the thread (a worker records what it reads ahead, to name it if a decoder crashes the process), for a
-    feed on the reader thread once the item came. An exception ``prepare`` raises is raised by ``take`` at that
-    item's turn. Use as a context manager; leaving it waits for the item in preparation (and closes a feed). The
+    feed on the reader thread once the item came. An exception ``prepare`` raises is raised by the iteration at
+    that item's turn. Use as a context manager; leaving it waits for the item in preparation (and closes a feed). The
     thread is a daemon: a feed nobody closes never holds the process's exit up."""
 
     def __init__(self, items: Sequence[T] | Feed[T], prepare: Callable[[T], R],
@@ -109,16 +109,9 @@ class ReadAhead(Generic[T, R]):
         self._jobs.put(None)
         self._thread.join()
 
-    def take(self) -> R:
-        """The next item, prepared (waiting for it where it is not yet); the one after it starts then. Raises
-        ``IndexError`` once every item was taken (a feed's: once it is closed)."""
-        value = self._take()
-        if isinstance(value, _End):
-            raise IndexError("every item was taken")
-        return value
-
     def __iter__(self) -> Iterator[R]:
-        """Each item prepared, in order, to the last one (a feed's: until it is closed)."""
+        """Each item prepared, in order, to the last one (a feed's: until it is closed): the next waited for where
+        it is not ready yet, and the one after it started as it is handed over."""
         while not isinstance(value := self._take(), _End):
             yield value
 
@@ -163,7 +156,7 @@ class ReadAhead(Generic[T, R]):
                 continue  # cancelled before it began
             try:
                 future.set_result(run())
-            except BaseException as exc:  # the item's, raised by ``take`` at its turn
+            except BaseException as exc:  # the item's, raised by the iteration at its turn
                 future.set_exception(exc)
 
 
