@@ -424,6 +424,61 @@ def test_video_bitrate_sets_the_rate_the_encoder_aims_at(tmp_path, model2):
         assert bad.exit_code == 2 and said in bad.stderr, bad.stderr
 
 
+def _x264_settings(path: Path) -> str:
+    """The settings x264 writes into its first frame (an SEI message: ``... options: cabac=1 ref=3 ...``)."""
+    first = packets_of(path, "video")[0][0]
+    return first[first.index(b"options: "):].split(b"\x00")[0].decode("ascii", "replace")
+
+
+def test_video_preset_sets_the_encoder_s_speed_and_a_codec_without_it_is_that_file_s_error(tmp_path, model2):
+    """--video-preset: x264's speed names reach x264 (its own record of its settings in the stream says so), SVT-AV1
+    takes its numbers; a codec without presets, or a preset of another codec's kind, is the file's error, named;
+    a word no encoder knows is a usage error; and a video's kept segments are not reused under another preset."""
+    from restorecli.options import from_given
+    from restorecli.video.options import frames_settings
+
+    clip = make_video(tmp_path / "clip.mp4")
+    made = {}
+    for preset in ("ultrafast", None):
+        out = tmp_path / (preset or "default")
+        result = restore(clip, "-o", out, "--model", model2, *(["--video-preset", preset] if preset else []))
+        assert result.exit_code == 0, result.stderr
+        assert len(frames_of(out / "clip.mp4")) == FRAMES
+        assert packets_of(out / "clip.mp4", "audio") == packets_of(clip, "audio")
+        made[preset] = _x264_settings(out / "clip.mp4")
+    # ultrafast's diamond search and no sub-pixel refinement, against medium's (x264's default) hexagon and 7
+    assert " me=dia " in made["ultrafast"] and " subme=0 " in made["ultrafast"], made["ultrafast"]
+    assert " me=hex " in made[None] and " subme=7 " in made[None], made[None]
+
+    av1 = restore(clip, "-o", tmp_path / "av1", "--model", model2, "--video-codec", "libsvtav1", "--video-preset",
+                  "12")
+    assert av1.exit_code == 0, av1.stderr
+    assert items_of(av1)[0]["video"]["codec"] == "libsvtav1" and len(frames_of(tmp_path / "av1" / "clip.mp4")) == FRAMES
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.mkv", "b.mkv"):
+        (folder / name).write_bytes(make_video(tmp_path / name).read_bytes())
+    for args, said in ((["--video-codec", "ffv1", "--video-preset", "fast"],
+                        ": --video-preset is for libx264, libx265 and libsvtav1, not ffv1"),
+                       (["--video-codec", "libsvtav1", "--video-preset", "fast"],
+                        ": --video-preset fast is not one of libsvtav1's: it takes a number from -1 (slowest) to "
+                        "13 (fastest)"),
+                       (["--video-preset", "5"],
+                        ": --video-preset 5 is not one of libx264's: it takes a speed from ultrafast to veryslow")):
+        wrong = restore(folder, "-o", tmp_path / "wrong", "--model", model2, *args)
+        assert wrong.exit_code == 1, wrong.stderr
+        items = items_of(wrong)
+        assert [i["status"] for i in items] == ["error", "error"], items  # each file its own error, the batch on
+        errors = [i["error"] for i in items]
+        assert errors == [f"{folder / n}{said}" for n in ("a.mkv", "b.mkv")], errors
+        assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").iterdir())
+
+    bad = invoke("restore", clip, "-o", tmp_path / "bad", "--video-preset", "turbo")
+    assert bad.exit_code == 2 and "--video-preset 'turbo' is not an encoder speed: ultrafast, " in bad.stderr
+    assert frames_settings(from_given({"video_preset": "fast"})) != frames_settings(from_given({}))
+
+
 def test_a_full_disk_under_a_video_ends_the_batch_as_for_an_image(tmp_path, model2, disk_fills):
     """Out of space while a video is finished, every later input would fail alike after its model time: the batch
     stops there, says why, and leaves no temporary file; the same command again restores what is left."""

@@ -122,6 +122,20 @@ def parse_bitrate(value: str | int | None) -> int | None:
     return int(rate)
 
 
+def parse_video_preset(value: str | int | None) -> str | None:
+    """``--video-preset``: one of x264's and x265's speed names, or SVT-AV1's number; ``UsageError`` otherwise.
+    Whether the codec written takes it is checked as the video is written (the codec may be chosen per file)."""
+    if value is None:
+        return None
+    from .video.formats import SVT_AV1_PRESETS, X26X_PRESETS  # names only: no FFmpeg loaded
+
+    text = str(value).strip().lower()
+    if text in X26X_PRESETS or (text.lstrip("-").isdigit() and int(text) in SVT_AV1_PRESETS):
+        return str(int(text)) if text[-1:].isdigit() else text
+    raise UsageError(f"--video-preset '{value}' is not an encoder speed: {', '.join(X26X_PRESETS)} (x264, x265), "
+                     f"or {SVT_AV1_PRESETS[0]} to {SVT_AV1_PRESETS[-1]} (SVT-AV1)")
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How an option is given from outside: the command line's spelling and help, the form a value arrives in."""
@@ -237,6 +251,10 @@ class RestoreOptions:
     video_bitrate: int | None = option(None, "Video bit rate, e.g. 2M or 800k: a file size known ahead, instead of "
                                        "--crf's constant quality.", metavar="RATE", parse=parse_bitrate,
                                        show_default=False, panel=_VIDEO)
+    video_preset: str | None = option(None, "Encoder speed of restored videos: x264's and x265's ultrafast to "
+                                      "veryslow, or SVT-AV1's -1 (slowest) to 13; faster: less CPU, a larger file at "
+                                      "the same --crf [default: the codec's: medium; 10].", metavar="NAME|N",
+                                      parse=parse_video_preset, show_default=False, panel=_VIDEO)
     keep_audio: bool = option(True, "Copy a video's audio and subtitle streams unchanged.", given_as=bool,
                               flags=("--keep-audio/--no-audio",), panel=_VIDEO)
     frames: str | None = option(None, "Restore only frames A to B of each video (from 0, B excluded; A: or :B), "

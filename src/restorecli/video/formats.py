@@ -19,6 +19,12 @@ CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv
 # Containers whose index holds each frame's decoding time only: the frames are written in the order they are shown
 # (no B-frames), and a file read gets its frames' times from its packets, in the order the decoder shows them
 DECODING_TIMES_ONLY = frozenset({"avi"})
+# --video-preset: x264's and x265's speed presets, fastest first (FFmpeg's default: medium), and SVT-AV1's, a number
+# from -1 (slowest) to 13 (fastest; FFmpeg's default: the library's, 10 in SVT-AV1 4)
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+X26X_CODECS = frozenset({"libx264", "libx264rgb", "libx265"})
+SVT_AV1_PRESETS = range(-1, 14)
 VIDEO_SUFFIXES = frozenset(CONTAINERS)
 # Suffix -> the content type a video so named is served with
 MEDIA_TYPES: dict[str, str] = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .read import FrameRange
+from .write import Encoding
 
 if TYPE_CHECKING:
     from ..options import RestoreOptions
@@ -28,17 +29,17 @@ class FrameRestorer(Protocol):
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """How a video is written: the codec (None: the container's default), its CRF (None: the codec's default),
-    whether audio and subtitle streams are copied, and the part of the frames restored (None: all)."""
+    """How a video is written: the codec (None: the container's default), its quality and speed (``encoding``:
+    the codec's own where not given), whether audio and subtitle streams are copied, and the part of the frames
+    restored (None: all)."""
 
     codec: str | None = None
-    crf: int | None = None
+    encoding: Encoding = Encoding()
     keep_audio: bool = True
     frames: FrameRange | None = None
     max_pixels: int | None = None  # per input frame
     max_output_pixels: int | None = None  # per output frame
     output_size: Callable[[int, int], tuple[int, int]] | None = None  # a frame's restored (w, h), where known ahead
-    bitrate: int | None = None  # bits per second (None: the codec's quality, or --crf's)
     pix_fmt: str | None = None  # the output's pixel format (None: the codec's, 10-bit where the input is deeper)
     segment_seconds: float | None = None  # work kept as one resumable segment (None: the video written in one go)
     settings: dict[str, Any] | None = None  # what changes the frames, beside the codec: an earlier run's kept segments
@@ -83,8 +84,8 @@ class VideoResult:
 def video_options(options: RestoreOptions,
                   output_size: Callable[[int, int], tuple[int, int]] | None = None) -> VideoOptions:
     """The ``VideoOptions`` of a batch's ``RestoreOptions`` (its --video-codec, --crf or --video-bitrate,
-    --keep-audio, --frames or --start/--duration, and pixel limits), with what gives a frame's restored size
-    (``output_size(w, h)``) where the caller knows it."""
+    --video-preset, --keep-audio, --frames or --start/--duration, and pixel limits), with what gives a frame's
+    restored size (``output_size(w, h)``) where the caller knows it."""
     part = None
     if options.frames:
         start, _, stop = options.frames.partition(":")
@@ -93,8 +94,9 @@ def video_options(options: RestoreOptions,
         begins = Fraction(options.start or 0).limit_denominator(1_000_000)
         ends = begins + Fraction(options.duration).limit_denominator(1_000_000) if options.duration else None
         part = FrameRange(begins=begins or None, ends=ends)
-    return VideoOptions(options.video_codec, options.crf, options.keep_audio, part, options.max_pixels,
-                        options.max_output_pixels, output_size, options.video_bitrate,
+    encoding = Encoding(options.crf, options.video_bitrate, options.video_preset)
+    return VideoOptions(options.video_codec, encoding, options.keep_audio, part, options.max_pixels,
+                        options.max_output_pixels, output_size,
                         segment_seconds=options.segment_seconds or None, settings=frames_settings(options),
                         fresh=options.overwrite, pix_fmt=options.pix_fmt, restore=options,
                         max_frames=options.max_video_frames)

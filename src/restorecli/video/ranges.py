@@ -73,7 +73,7 @@ def restore_range(source: Path, output: Path, span: FrameSpan, restorer: FrameRe
         settings = {**(options.settings or {}), "codec": choice.codec, "pix_fmt": choice.pix_fmt}
         parts = PartsFolder.open(range_output(output, span.first), source, settings, False, name)
         resumed = parts.covered
-        spec = VideoOutputSpec(container_for(output.name), name, facts, choice, options.crf, options.bitrate)
+        spec = VideoOutputSpec(container_for(output.name), name, facts, choice, options.encoding)
         sink = SegmentedOutput(parts, spec, options.segment_seconds or math.inf)
         frames = _From(video.items(FrameRange(0, span.stop), options.max_frames), span.first + resumed)
         try:

@@ -48,8 +48,8 @@ def restore_video(source: Path, output: Path, restorer: FrameRestorer, options: 
                                         in_flight)
         with atomic_writer(output) as handle:
             whole = part == FrameRange()  # a part's times are not the chapters'
-            sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.crf,
-                               video.metadata, video.chapters if whole else None, bitrate=options.bitrate)
+            sink = VideoOutput(handle, container_for(output.name), name, facts, video.copied, choice, options.encoding,
+                               video.metadata, video.chapters if whole else None)
             frames, out_size, last = pipelined(video.items(part, options.max_frames), frames_in(facts, part), sink,
                                                 restorer, started, options, name, on_progress, in_flight)
             if frames == 0:
@@ -68,8 +68,8 @@ def _restore_in_segments(video: VideoInput, source: Path, output: Path, restorer
     settings = {**(options.settings or {}), "codec": choice.codec, "pix_fmt": choice.pix_fmt}
     parts = PartsFolder.open(output, source, settings, options.fresh, name)
     resumed = parts.covered
-    sink = SegmentedOutput(parts, VideoOutputSpec(container_for(output.name), name, facts, choice, options.crf,
-                                                  options.bitrate), options.segment_seconds or 0.0)
+    sink = SegmentedOutput(parts, VideoOutputSpec(container_for(output.name), name, facts, choice, options.encoding),
+                           options.segment_seconds or 0.0)
     frames_left = frames_in(facts, FrameRange(resumed))
     seen = _Remaining(video, source, options.max_frames, resumed, parts.resume_at())
     try:

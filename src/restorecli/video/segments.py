@@ -27,7 +27,7 @@ from ..files import (LiveWriters, atomic_writer, live_writer, remove_abandoned_t
                      write_atomic, writer_tag)
 from .formats import VideoEncodeError, container_for, load_av
 from .read import ResumeAt, VideoFacts, VideoInput
-from .write import CodecChoice, VideoOutput, add_container_extras
+from .write import CodecChoice, Encoding, VideoOutput, add_container_extras
 
 MANIFEST = "manifest.json"
 _VERSION = 1
@@ -256,7 +256,7 @@ class SegmentedOutput:
         spec = self.spec
         self._times = []
         self._current = VideoOutput(self._writer.__enter__(), spec.container, spec.name, spec.facts, [], spec.choice,
-                                    spec.crf, bitrate=spec.bitrate, on_packet=self._note)
+                                    spec.encoding, on_packet=self._note)
         self._began, self._count = time.perf_counter(), 0
 
     def _note(self, packet: Any) -> None:
@@ -278,14 +278,13 @@ class _Abandoned(Exception):
 
 @dataclass(frozen=True)
 class VideoOutputSpec:
-    """How each segment is encoded: the container and codec, the input's facts, the quality asked for."""
+    """How each segment is encoded: the container and codec, the input's facts, the quality and speed asked for."""
 
     container: str
     name: str
     facts: VideoFacts
     choice: CodecChoice
-    crf: int | None = None
-    bitrate: int | None = None
+    encoding: Encoding = Encoding()
 
 
 def join_segments(parts: PartsFolder, video: VideoInput, output: Path) -> tuple[int, int]:
@@ -298,7 +297,9 @@ def join_segments(parts: PartsFolder, video: VideoInput, output: Path) -> tuple[
         try:
             with av.open(str(parts.folder / parts.segments[0].file)) as first:
                 template = first.streams.video[0]
-                stream = joined.add_stream_from_template(template)
+                # opaque: the segment's own codec object, its decoder's; PyAV would otherwise look an encoder up by
+                # the decoder's name, and AV1's decoder here, libdav1d, names no encoder (nothing is encoded again)
+                stream = joined.add_stream_from_template(template, opaque=True)
                 stream.time_base = template.time_base
                 if video.facts.rate:  # a muxer's default frame duration (Matroska's) comes from the stream's rate
                     stream.codec_context.framerate = video.facts.rate

@@ -9,7 +9,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .formats import DECODING_TIMES_ONLY, DEFAULT_CODECS, VideoEncodeError, load_av
+from .formats import (DECODING_TIMES_ONLY, DEFAULT_CODECS, SVT_AV1_PRESETS, X26X_CODECS, X26X_PRESETS,
+                      VideoEncodeError, load_av)
 from .read import UNSPECIFIED, Colour, VideoFacts
 
 # Pixel formats written where the codec takes them: lossless codecs keep RGB as it is, the others get 4:2:0
@@ -20,6 +21,48 @@ _LOSSLESS_RGB_DEEP = {"ffv1": "gbrp16le", "png": "rgb48be"}  # the same for an i
 _MUXER_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands"}
 _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
 _LOSSLESS_CODECS = {"ffv1", "huffyuv", "ffvhuff", "utvideo", "png", "qtrle", "rawvideo"}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What the encoder is asked for beside its codec: a constant quality (``crf``, --crf) or a bit rate
+    (``bitrate``, --video-bitrate, bits a second), and its speed (``preset``, --video-preset); None: the codec's
+    own."""
+
+    crf: int | None = None
+    bitrate: int | None = None
+    preset: str | None = None
+
+    def apply(self, context: Any, codec: str, name: str) -> None:
+        """Set these on the codec ``context`` of a ``codec`` stream before it opens; ``VideoEncodeError`` naming
+        ``name`` where the codec has no such setting."""
+        options: dict[str, str] = {}
+        if self.crf is not None:
+            if codec not in _CRF_CODECS:
+                raise VideoEncodeError(f"{name}: --crf is for {', '.join(sorted(_CRF_CODECS))}, not {codec}")
+            options |= {"crf": str(self.crf), **({"b": "0"} if "vpx" in codec else {})}
+        if self.preset is not None:
+            options["preset"] = self._preset_for(codec, name)
+        if options:
+            context.options = options
+        if self.bitrate is not None:
+            if codec in _LOSSLESS_CODECS:
+                raise VideoEncodeError(f"{name}: {codec} is lossless: --video-bitrate is for the codecs that lose "
+                                       "detail to meet it")
+            context.bit_rate = self.bitrate
+
+    def _preset_for(self, codec: str, name: str) -> str:
+        preset = str(self.preset)
+        numbered = preset.lstrip("-").isdigit()
+        if codec in X26X_CODECS and not numbered:
+            return preset
+        if codec == "libsvtav1" and numbered:
+            return preset
+        if codec in X26X_CODECS or codec == "libsvtav1":
+            takes = (f"a speed from {X26X_PRESETS[0]} to {X26X_PRESETS[-2]}" if codec in X26X_CODECS else
+                     f"a number from {SVT_AV1_PRESETS[0]} (slowest) to {SVT_AV1_PRESETS[-1]} (fastest)")
+            raise VideoEncodeError(f"{name}: --video-preset {preset} is not one of {codec}'s: it takes {takes}")
+        raise VideoEncodeError(f"{name}: --video-preset is for libx264, libx265 and libsvtav1, not {codec}")
 
 
 @dataclass(frozen=True)
@@ -116,11 +159,10 @@ class VideoOutput:
     arrays are encoded at the timestamps given. Not thread-safe: one thread writes."""
 
     def __init__(self, handle: BinaryIO, container: str, name: str, facts: VideoFacts, copied: list[Any],
-                 choice: CodecChoice, crf: int | None = None, metadata: dict[str, str] | None = None,
-                 chapters: list[dict[str, Any]] | None = None, bitrate: int | None = None,
-                 on_packet: Callable[[Any], None] | None = None):
+                 choice: CodecChoice, encoding: Encoding = Encoding(), metadata: dict[str, str] | None = None,
+                 chapters: list[dict[str, Any]] | None = None, on_packet: Callable[[Any], None] | None = None):
         self.av = load_av(name)
-        self.name, self.facts, self.choice, self.crf, self.bitrate = name, facts, choice, crf, bitrate
+        self.name, self.facts, self.choice, self.encoding = name, facts, choice, encoding
         try:
             self.container = self.av.open(handle, "w", format=container)
         except (self.av.FFmpegError, ValueError) as exc:
@@ -150,16 +192,7 @@ class VideoOutput:
         if self.container.format.name in DECODING_TIMES_ONLY:
             video.codec_context.max_b_frames = 0  # a reordered frame's time would be lost
         _describe_colour(video.codec_context, facts.colour)
-        if self.crf is not None:
-            if choice.codec not in _CRF_CODECS:
-                raise VideoEncodeError(f"{self.name}: --crf is for {', '.join(sorted(_CRF_CODECS))}, not "
-                                       f"{choice.codec}")
-            video.codec_context.options = {"crf": str(self.crf), **({"b": "0"} if "vpx" in choice.codec else {})}
-        if self.bitrate is not None:
-            if choice.codec in _LOSSLESS_CODECS:
-                raise VideoEncodeError(f"{self.name}: {choice.codec} is lossless: --video-bitrate is for the codecs "
-                                       "that lose detail to meet it")
-            video.codec_context.bit_rate = self.bitrate
+        self.encoding.apply(video.codec_context, choice.codec, self.name)
         if rotation:
             video.set_display_rotation(rotation)
         self._streams = add_container_extras(self.container, self.name, self._metadata, self._chapters, self._copied)
@@ -229,7 +262,7 @@ def add_container_extras(container: Any, name: str, metadata: dict[str, str], ch
     streams = {}
     for stream in copied:
         try:
-            streams[stream.index] = container.add_stream_from_template(stream)
+            streams[stream.index] = container.add_stream_from_template(stream, opaque=True)  # as join_segments
         except (av.FFmpegError, ValueError) as exc:
             raise VideoEncodeError(f"{name}: its {stream.type} stream {stream.index} ({stream.codec_context.name}) "
                                    f"cannot be copied into {container.format.name} ({exc}); restore it with "
