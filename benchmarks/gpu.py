@@ -287,8 +287,10 @@ def _restore(case: Case, plan: Plan, weights: Path, rgb, inputs: list[Path], out
     from restorecli.options import RestoreOptions
     from restorecli.pipeline import Restorer
 
+    # torch, as the forward it is held against: auto could run OpenVINO or ncnn instead (the ncnn rows are their own)
     options = RestoreOptions(output_dir=str(out), model=case.model, precision=case.precision,  # type: ignore[arg-type]
-                             device=plan.device, weights_dir=str(weights), overwrite=True, tile=plan.tile)
+                             device=plan.device, weights_dir=str(weights), overwrite=True, tile=plan.tile,
+                             backend="torch")
     restorer = Restorer.from_options(options)
     tile_plan, tiles = _tiles(restorer, case)
     tiles["forward_ms"] = None
