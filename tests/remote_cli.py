@@ -26,8 +26,12 @@ FOLLOWING = "harness: the client asks the server for its job's status"
 # Put before CLIENT, it says FOLLOWING on stderr once, when the client first asks for a job's status: it holds the
 # job's id from then on (a test that interrupts it waits for this line instead of guessing how long that takes).
 SAY_WHEN_FOLLOWING = f"""
+import signal
 import sys
 import httpx
+# Ctrl-C as at a terminal: a test run started in the background (``cmd &`` in a script) ignores SIGINT, and a
+# child inherits that, so the client would never hear the test's SIGINT
+signal.signal(signal.SIGINT, signal.default_int_handler)
 _send = httpx.Client.send
 def _saying(self, request, **kwargs):
     if request.url.path.startswith("/status/") and not getattr(_saying, "said", False):
