@@ -1,9 +1,9 @@
 """PNG encode time of restorecli's strip writer: one zlib stream at OpenCV's settings (level 1, RLE: the writer
 before the parallel deflate and ISA-L) and OpenCV's own ``cv2.imencode`` beside the writer's segmented stream
 (``images/deflate.py``: ISA-L's level 1) deflated by 1, 2 and all worker threads, on photo-like RGB images
-(skimage's astronaut, upscaled with cv2's bicubic resize) fed in strips of 256 rows as the engine hands them over. Reports the best of
-``--repeats`` runs (these machines are shared, so single runs move) in wall seconds and process CPU seconds, the
-speed-up over one stream, and the file sizes.
+(skimage's astronaut, upscaled with cv2's bicubic resize) fed in strips of 256 rows as the engine hands them over.
+Reports the best of ``--repeats`` runs (these machines are shared, so single runs move) in wall seconds and
+process CPU seconds, the speed-up over one stream, and the file sizes.
 
     python benchmarks/png_deflate.py [--sizes 2048 4096] [--repeats 5] [--segment-kib N] [--json out.json]
 """
@@ -123,7 +123,8 @@ def main() -> None:
     print(render(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"cpus": cpus, "zlib": zlib.ZLIB_RUNTIME_VERSION, "isal": version("isal"), "rows": rows}, handle, indent=2)
+            json.dump({"cpus": cpus, "zlib": zlib.ZLIB_RUNTIME_VERSION, "isal": version("isal"), "rows": rows}, handle,
+                      indent=2)
 
 
 if __name__ == "__main__":

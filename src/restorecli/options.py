@@ -127,11 +127,12 @@ def parse_video_preset(value: str | int | None) -> str | None:
     Whether the codec written takes it is checked as the video is written (the codec may be chosen per file)."""
     if value is None:
         return None
-    from .video.formats import SVT_AV1_PRESETS, X26X_PRESETS  # names only: no FFmpeg loaded
+    from .video.formats import SVT_AV1_PRESETS, X26X_PRESETS, preset_family  # names only: no FFmpeg loaded
 
     text = str(value).strip().lower()
-    if text in X26X_PRESETS or (text.lstrip("-").isdigit() and int(text) in SVT_AV1_PRESETS):
-        return str(int(text)) if text[-1:].isdigit() else text
+    family = preset_family(text)
+    if family is not None:
+        return str(int(text)) if family == "svt-av1" else text
     raise UsageError(f"--video-preset '{value}' is not an encoder speed: {', '.join(X26X_PRESETS)} (x264, x265), "
                      f"or {SVT_AV1_PRESETS[0]} to {SVT_AV1_PRESETS[-1]} (SVT-AV1)")
 

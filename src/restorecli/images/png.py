@@ -2,8 +2,8 @@
 
 It writes the Sub filter on every row, as OpenCV does, deflated fast (``deflate``: ISA-L's level 1, the size of
 OpenCV's zlib level 1 with the RLE strategy in a quarter of its time, and within a few per cent of the smallest size
-on photographs), plus what OpenCV cannot write: the ICC profile (iCCP), EXIF (eXIf) and XMP (an iTXt chunk, as Adobe's XMP specification
-places it) chunks, before the image data.
+on photographs), plus what OpenCV cannot write: the ICC profile (iCCP), EXIF (eXIf) and XMP (an iTXt chunk, as
+Adobe's XMP specification places it) chunks, before the image data.
 
 The rows are deflated in parallel, the way pigz does it: the image is cut into segments of a fixed number
 of rows (set by a row's length in bytes), each deflated on its own as a raw deflate stream ended with a sync flush
@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .deflate import adler32, deflate_raw
+from .deflate import ZLIB_HEADER, adler32, deflate_raw
 from .strips import StripWriter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +31,6 @@ _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RG
 _SUB_FILTER = 1
 _IDAT_BYTES = 1 << 20  # compressed bytes in each IDAT chunk
 _SEGMENT_BYTES = 1 << 21  # filtered bytes deflated as one segment, rounded down to whole rows (at least one)
-_ZLIB_HEADER = b"\x78\x5e"  # deflate, 32 KiB window, "fast" (what ISA-L writes for its level 1; readers ignore it)
 # Eight threads would deflate a 4096x4096 RGB output in about 55 ms (if they scale as the two here do), near a
 # GPU model's time for it, with 32 MiB in flight; more would take cores the rest of the batch needs
 _MAX_WORKERS = 8
@@ -179,7 +178,7 @@ class PngWriter(StripWriter):
         self._filled = 0
         self._spare: np.ndarray | None = None
         self.handle.write(self._head)
-        self._emit(_ZLIB_HEADER)
+        self._emit(ZLIB_HEADER)
 
     def _append(self, rows: np.ndarray) -> None:
         try:

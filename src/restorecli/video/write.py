@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .formats import (DECODING_TIMES_ONLY, DEFAULT_CODECS, SVT_AV1_PRESETS, X26X_CODECS, X26X_PRESETS,
-                      VideoEncodeError, load_av)
+                      VideoEncodeError, load_av, preset_family)
 from .read import UNSPECIFIED, Colour, VideoFacts
 
 # Pixel formats written where the codec takes them: lossless codecs keep RGB as it is, the others get 4:2:0
@@ -53,16 +53,16 @@ class Encoding:
 
     def _preset_for(self, codec: str, name: str) -> str:
         preset = str(self.preset)
-        numbered = preset.lstrip("-").isdigit()
-        if codec in X26X_CODECS and not numbered:
-            return preset
-        if codec == "libsvtav1" and numbered:
-            return preset
-        if codec in X26X_CODECS or codec == "libsvtav1":
-            takes = (f"a speed from {X26X_PRESETS[0]} to {X26X_PRESETS[-2]}" if codec in X26X_CODECS else
-                     f"a number from {SVT_AV1_PRESETS[0]} (slowest) to {SVT_AV1_PRESETS[-1]} (fastest)")
+        if codec in X26X_CODECS:
+            family, takes = "x26x", f"a speed from {X26X_PRESETS[0]} to {X26X_PRESETS[-2]}"
+        elif codec == "libsvtav1":
+            family = "svt-av1"
+            takes = f"a number from {SVT_AV1_PRESETS[0]} (slowest) to {SVT_AV1_PRESETS[-1]} (fastest)"
+        else:
+            raise VideoEncodeError(f"{name}: --video-preset is for libx264, libx265 and libsvtav1, not {codec}")
+        if preset_family(preset) != family:
             raise VideoEncodeError(f"{name}: --video-preset {preset} is not one of {codec}'s: it takes {takes}")
-        raise VideoEncodeError(f"{name}: --video-preset is for libx264, libx265 and libsvtav1, not {codec}")
+        return preset
 
 
 @dataclass(frozen=True)

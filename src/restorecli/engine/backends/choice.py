@@ -259,9 +259,9 @@ def measure_again(recorded: Iterable[Measurement | None], now: float | None) -> 
     under (per CPU) was above ``LOADED``, or one has no load (an earlier version's), and the load ``now`` is below
     it (``device.busy_then``). Where ``now`` is not known (no load average here), they stand."""
     known = [m for m in recorded if m is not None]
-    loads = [m.load for m in known]
     if not known:
         return None
+    loads = [m.load for m in known]
     why = busy_then(None if None in loads else max(loads), now)
     return f"the times recorded were {why}" if why else None
 
