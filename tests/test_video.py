@@ -124,10 +124,11 @@ def stated_end(path: Path) -> float | None:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         packets = [p for p in container.demux(stream) if p.pts is not None]
+        time_base = stream.time_base  # PyAV 18.1.1 refuses a stream's fields once its file is closed
     last_shown = max(packets, key=lambda p: p.pts)
     if packets[-1] is not last_shown:  # a file holds its packets in decoding order
         return None
-    return float((last_shown.pts + last_shown.duration) * stream.time_base)
+    return float((last_shown.pts + last_shown.duration) * time_base)
 
 
 
