@@ -16,7 +16,8 @@ reduced precision; the verdict is recorded beside the precision verdicts, and a 
 the check raises ``OpenVinoUnfit`` saying why (``choice`` then keeps it on torch). Compiled models are kept per
 process.
 
-``openvino`` is imported only when a back-end is made or its devices are listed.
+``openvino`` is imported only when a back-end is made or its devices are listed, and without its usage statistics
+(``_openvino``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -65,7 +67,18 @@ def version() -> str | None:
         return None
 
 
+TELEMETRY = "openvino_telemetry"
+
+
 def _openvino():
+    """The ``openvino`` module, imported with its converter's usage statistics left out. Its converter
+    (``convert_model``) sends each conversion to Google Analytics unless the user declined with OpenVINO's own
+    opt-in script, and sends it from a process it forks off a worker thread: restorecli would report its users'
+    conversions without asking, and the fork copies a process whose other threads hold locks (FFmpeg's, decoding a
+    video), so the forked copy can hang for good, and the interpreter, which waits for it at exit, with it. Where the
+    ``openvino_telemetry`` package cannot be imported, OpenVINO's converter uses its own stub that sends nothing; it
+    is marked so here unless something in the process imported it first."""
+    sys.modules.setdefault(TELEMETRY, None)  # type: ignore[arg-type]
     try:
         import openvino
     except ImportError:
