@@ -311,31 +311,41 @@ def test_a_choice_measured_on_a_quiet_machine_stands_whatever_the_load_later(gpu
         assert "(load 1.2 per CPU)" in chosen.reason
 
 
-def test_records_without_a_load_from_an_earlier_version_stand_while_busy_and_are_measured_again_once_quiet(gpus):
-    """The version before loads were recorded timed the candidates one after another: its records are read and
-    stand while the machine is busy, and are measured again in rounds, once, by the first run that finds it quiet."""
+def test_records_from_earlier_versions_are_measured_again_on_a_picture_sized_to_the_model(gpus):
+    """Earlier versions timed every model on 64x64 pixels and recorded no side (the first without a load either):
+    their records are measured again by the next run, busy or not (a busy one's record is measured again once the
+    machine is quiet, as any), and the new records, which have a side, stand."""
     from restorecli.engine import precision
 
-    for candidate, seconds in ((TORCH, 2.0), (NCNN, 1.5)):  # as the version before loads were recorded wrote it
-        precision.remember(choice.speed_key(candidate, "hash-of-the-file"),
-                           {"seconds": seconds, "psnr": None if candidate == TORCH else 70.0, "error": None})
-    never = _Timings({TORCH: 0.1, NCNN: 9.0})
-    chosen = _choose(never, load=lambda: 2.0)
-    assert chosen.candidate == NCNN and never.asked == []
-    assert chosen.reason == ("measured fastest on a 64x64 probe: ncnn on cpu in fp32 1.500 s, torch on cpu in fp32 "
-                             "2.000 s")
-    timings = _Timings({TORCH: 0.1, NCNN: 9.0})
-    chosen = _choose(timings, load=lambda: 0.3)
-    assert chosen.candidate == TORCH and timings.asked == [TORCH, NCNN]
-    assert chosen.reason.startswith("measured fastest on a 64x64 probe (load 0.3 per CPU; measured again: the times "
-                                    "recorded were taken by an earlier version under a load not recorded, 0.3 per "
-                                    "CPU now): torch on cpu in fp32 0.100 s")
+    for load, now in ((None, 2.0), (0.4, 0.3)):  # the two earlier versions' records, read on a busy and a quiet run
+        for candidate, seconds in ((TORCH, 2.0), (NCNN, 1.5)):
+            record = {"seconds": seconds, "psnr": None if candidate == TORCH else 70.0, "error": None}
+            precision.remember(choice.speed_key(candidate, "hash-of-the-file"),
+                               record if load is None else {**record, "load": load})
+        timings = _Timings({TORCH: 0.1, NCNN: 9.0})
+        chosen = _choose(timings, load=lambda: now)
+        assert chosen.candidate == TORCH and timings.asked == [TORCH, NCNN]
+        assert f"measured again: the times recorded were taken by an earlier version on a 64x64 picture whatever " \
+               f"the model, where a compact model ranks otherwise than on the windows it runs on): torch on cpu" \
+               in chosen.reason
+        assert chosen.reason.startswith(f"measured fastest on a 64x64 probe (load {now:.1f} per CPU;")  # _Timings'
     later = _Timings({TORCH: 5.0, NCNN: 0.1})
-    assert _choose(later, load=lambda: 0.2).candidate == TORCH and later.asked == []  # recorded with a load now
-    assert choice.measure_again([choice.Measurement(1.0, load=None)], 0.1) is not None
-    assert choice.measure_again([choice.Measurement(1.0, load=None), None], 2.0) is None
-    assert choice.measure_again([choice.Measurement(1.0, load=3.0)], None) is None  # no load here: it stands
+    assert _choose(later, load=lambda: 0.2).candidate == TORCH and later.asked == []  # recorded with a side now
+    stored = json.loads(precision._record().read_text())
+    assert {entry.get("side") for key, entry in stored.items() if key.startswith("speed")} == {64}
+    assert choice.measure_again([choice.Measurement(1.0, load=None)], 2.0) is not None  # no side: an earlier one
+    assert choice.measure_again([choice.Measurement(1.0, load=None, side=64), None], 0.1) is None  # no load here
+    assert choice.measure_again([choice.Measurement(1.0, load=3.0, side=256)], None) is None  # nor now: it stands
+    assert choice.measure_again([choice.Measurement(1.0, load=3.0, side=256)], 0.1) is not None
     assert choice.measure_again([None, None], 0.1) is None
+
+
+def test_the_probe_picture_is_sized_so_the_fastest_run_takes_about_the_target_time():
+    assert choice.probe_side(1.0) == choice.probe_side(choice.PROBE_TARGET) == 64  # long enough already
+    assert choice.probe_side(0.35) == 96  # x4plus on 2 cores: 64 * sqrt(2.3) = 96.8, to a multiple of 32
+    assert choice.probe_side(0.012) == 512  # realesr-animevideov3 on 2 cores: 12 ms at 64x64, capped
+    assert choice.probe_side(0.05) == 256  # 64 * sqrt(16) = 256
+    assert choice.probe_side(0.0) == choice.probe_side(float("inf")) == 64
 
 
 # --- through the command line -------------------------------------------------------------------------------------
@@ -504,21 +514,29 @@ def test_restore_on_a_vulkan_device_and_devices_lists_it(vulkan, anime_x2, photo
 
 
 def test_the_speed_probe_times_each_candidate_and_compares_it_with_torch(anime_x2, tmp_path, monkeypatch):
-    """The real probe (no time asserted): every candidate is warmed, then timed in rounds that run each in turn,
-    and those other than the reference are compared with torch's result at the precision auto picked."""
+    """The real probe (no time asserted): every candidate is warmed, timed once on 64x64 pixels to size the
+    picture, then timed in rounds (at least two there) that run each in turn on the picture sized (this tiny model
+    runs in milliseconds there: a larger one), and those other than the reference are compared with torch's result at the precision auto
+    picked."""
     model = place_model(load_model(str(anime_x2), tmp_path), CPU, torch.bfloat16)
     probe = choice.SpeedProbe(model, native_graph(anime_x2), CPU, torch.bfloat16)
     asked = [Candidate("ncnn", "cpu", "fp32"), Candidate("torch", "cpu", "bf16"), Candidate("torch", "cpu", "fp32")]
-    timed, in_rounds = [], choice.time_in_rounds
+    timed, in_rounds, sides, results = [], choice.time_in_rounds, [], []
 
-    def recording(runs):  # the runs timed, in the order they ran
-        return in_rounds({c: (lambda c=c, run=run: timed.append(c) or run()) for c, run in runs.items()})
+    def recording(runs, **limits):  # the runs timed, in the order they ran, the picture's side and the times
+        sides.append(probe.side)
+        results.append(in_rounds({c: (lambda c=c, run=run: timed.append(c) or run()) for c, run in runs.items()},
+                                 **limits))
+        return results[-1]
 
     monkeypatch.setattr(choice, "time_in_rounds", recording)
     parts = []
     found = probe(asked, lambda: parts.append(len(timed)))
-    rounds = len(timed) // len(asked)
-    assert list(found) == asked and timed == asked * rounds and 3 <= rounds <= 5  # each round runs each in turn
+    rounds = len(timed) // len(asked) - 1
+    assert list(found) == asked and timed == asked * (1 + rounds) and 2 <= rounds <= 5  # each round runs each in turn
+    sized = choice.probe_side(min(results[0].values()))  # from the round on 64x64: hundreds here, by its time
+    assert sides == [64, sized] and {m.side for m in found.values()} == {sized} and sized > 64
+    assert probe.picture.shape == (sized, sized, 3)
     assert parts == [0, 0, 0, len(timed)]  # a part as each is warmed, then the rounds
     assert all(m.usable and m.seconds > 0 for m in found.values()), found
     assert found[Candidate("torch", "cpu", "bf16")].psnr is None

@@ -14,11 +14,20 @@ Where one back-end can run the model, nothing is measured.
 The candidates are timed together: each is warmed once (its conversion, kernels and pipelines made), then they run
 in rounds, each round every candidate once in turn, and each counts its fastest round (``time_in_rounds``). A load
 that comes or goes while they are timed then falls on all of them, rather than on whichever ran at that moment.
-Each time is recorded with the machine's load average per CPU at the time (the higher of before and after); a
-record taken above ``device.LOADED`` is measured again on a later run that finds the machine below it, saying so,
-so a choice made on a busy machine does not stand for ever. A record without a load, from an earlier version
-(whose probe timed the candidates one after another, not in rounds), is measured again the same way, once, by the
-first run that finds the machine quiet.
+
+The probe picture is sized to the model (``probe_side``): after one round on ``PROBE_SIDE`` pixels square, the
+candidates are timed on the square (up to ``PROBE_LARGEST``) where the fastest run takes about ``PROBE_TARGET``
+seconds: 96 pixels for x4plus on 2 cores, 512 for a compact model such as realesr-animevideov3, whose run on 64x64
+takes milliseconds. On a small picture the cost of a call and the caches it fits in decide, not the throughput the
+model has on the windows it really runs: measured on a 2-core AVX-512/bf16 EPYC, realesr-animevideov3 ran fastest on
+ncnn at 64x64 (OpenVINO bf16 1.08x slower), on OpenVINO bf16 from 128x128 on, tied with torch bf16 up to 384x384,
+and at 512x512 and on 854x480 frames torch bf16 took 1.22x-1.38x and ncnn 1.23x-1.57x OpenVINO bf16's time; x4plus
+ranked the same at every size tried (64-192).
+
+Each time is recorded with the machine's load average per CPU at the time (the higher of before and after) and the
+probe's side; a record taken above ``device.LOADED`` is measured again on a later run that finds the machine below
+it, saying so, so a choice made on a busy machine does not stand for ever. Records without a side, from earlier
+versions (which timed every model on 64x64 pixels), are measured again on the next run that weighs them.
 """
 
 from __future__ import annotations
@@ -50,7 +59,10 @@ from .openvino import OpenVinoBackend, OpenVinoUnfit, openvino_device, openvino_
 
 # options.BACKENDS, where --backend is declared
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn", "openvino")
-PROBE_SIDE = 64  # the probe picture's side: a few tenths of a second of x4plus on 2 cores per back-end
+PROBE_SIDE = 64  # the probe picture's smallest side: a few tenths of a second of x4plus on 2 cores per back-end
+PROBE_LARGEST = 512  # its largest: as large as the tiler's CPU windows mostly are, so that caches weigh as there
+PROBE_TARGET = 0.8  # seconds the fastest candidate's run is sized to take (realesr-animevideov3: 512 on 2 cores)
+SIZED_ROUNDS = (2, 5)  # the rounds on a larger picture, each run there taking up to seconds (x4plus: 96 on 2 cores)
 # The timing rounds: at least the first, at most the second, and none begun once the rounds took ROUNDS_SECONDS
 # (x4plus's five candidates take about 2.7 s a round on 2 cores: three rounds; animevideov3's about 0.1 s: five)
 ROUNDS = (3, 5)
@@ -79,6 +91,7 @@ class Measurement:
     psnr: float | None = None
     error: str | None = None
     load: float | None = None  # the load average per CPU it was measured under (None: not known)
+    side: int | None = None  # the probe picture's side (None: an earlier version's record, on 64x64)
 
     @property
     def usable(self) -> bool:
@@ -251,18 +264,33 @@ def pick(measured: dict[Candidate, Measurement], again: str | None = None) -> tu
     loads = [m.load for m in measured.values() if m.load is not None]
     under = [f"load {max(loads):.1f} per CPU"] if loads else []
     notes = "; ".join(under + ([f"measured again: {again}"] if again else []))
-    return best, f"measured fastest on a {PROBE_SIDE}x{PROBE_SIDE} probe{f' ({notes})' if notes else ''}: {times}"
+    side = max((m.side for m in measured.values() if m.side), default=PROBE_SIDE)
+    return best, f"measured fastest on a {side}x{side} probe{f' ({notes})' if notes else ''}: {times}"
+
+
+def probe_side(seconds: float, smallest: int = PROBE_SIDE) -> int:
+    """The side of the square picture candidates are timed on, given the fastest one's ``seconds`` on ``smallest``
+    pixels square: the side (a multiple of 32) at which it would take about ``PROBE_TARGET`` seconds, the time per
+    pixel taken as constant, within ``smallest`` and ``PROBE_LARGEST``."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return smallest
+    side = int(smallest * math.sqrt(PROBE_TARGET / seconds)) // 32 * 32
+    return max(smallest, min(PROBE_LARGEST, side))
 
 
 def measure_again(recorded: Iterable[Measurement | None], now: float | None) -> str | None:
-    """Why recorded measurements are to be taken again, or None where they stand: the highest load they were taken
-    under (per CPU) was above ``LOADED``, or one has no load (an earlier version's), and the load ``now`` is below
-    it (``device.busy_then``). Where ``now`` is not known (no load average here), they stand."""
+    """Why recorded measurements are to be taken again, or None where they stand: one was taken by an earlier
+    version, on 64x64 pixels whatever the model (no side recorded), or the highest load they were taken under (per
+    CPU) was above ``LOADED`` and the load ``now`` is below it (``device.busy_then``; where ``now`` is not known,
+    no load average here, they stand)."""
     known = [m for m in recorded if m is not None]
     if not known:
         return None
-    loads = [m.load for m in known]
-    why = busy_then(None if None in loads else max(loads), now)
+    if any(m.side is None for m in known):
+        return (f"the times recorded were taken by an earlier version on a {PROBE_SIDE}x{PROBE_SIDE} picture "
+                "whatever the model, where a compact model ranks otherwise than on the windows it runs on")
+    loads = [m.load for m in known if m.load is not None]  # none on a system without a load average
+    why = busy_then(max(loads), now) if loads else None
     return f"the times recorded were {why}" if why else None
 
 
@@ -332,21 +360,21 @@ def time_in_rounds(runs: Mapping[Key, Callable[[], object]], rounds: tuple[int, 
 
 
 class SpeedProbe:
-    """Times candidates together on one small picture (``Measure``): each warmed once, then timed in rounds
-    (``time_in_rounds``), and each result compared with torch's at the model's precision (run for that where torch
-    is not among the candidates)."""
+    """Times candidates together on one picture sized to the model (``Measure``): each warmed and compared with
+    torch's result at the model's precision (run for that where torch is not among the candidates) on
+    ``PROBE_SIDE`` pixels square, timed once there to size the picture (``probe_side``), then, on a larger picture
+    run once first, timed in rounds (``time_in_rounds``)."""
 
     def __init__(self, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
                  torch_dtype: torch.dtype, model_hash: Callable[[], str] | None = None):
         self.model, self.graph, self.device, self.dtype = model, graph, torch_device, torch_dtype
         self.model_hash = model_hash
         self._reference: np.ndarray | None = None
+        self.side = PROBE_SIDE  # the side the candidates run on now
 
-    @functools.cached_property
+    @property
     def picture(self) -> np.ndarray:
-        import cv2
-
-        return cv2.resize(_probe_picture(), (PROBE_SIDE, PROBE_SIDE), interpolation=cv2.INTER_AREA)
+        return _probe_square(self.side)
 
     def _runner(self, model: LoadedModel, dtype: torch.dtype) -> Callable[[], np.ndarray]:
         options = EngineOptions(device=self.device, dtype=dtype, tile=0)
@@ -385,9 +413,24 @@ class SpeedProbe:
                     raise
                 failed[candidate] = Measurement(math.inf, error=f"{type(exc).__name__}: {str(exc)[:200]}")
             advance()
-        seconds = time_in_rounds(runs)
+        if runs:
+            first = time_in_rounds(runs, rounds=(1, 1))
+            self.side = probe_side(min(first.values()))
+            if self.side != PROBE_SIDE:
+                for run in runs.values():  # warmed at the new size: a runtime may plan each input shape once
+                    run()
+        seconds = time_in_rounds(runs, rounds=ROUNDS if self.side == PROBE_SIDE else SIZED_ROUNDS)
         advance()
-        return {c: failed[c] if c in failed else Measurement(round(seconds[c], 4), psnr[c]) for c in found}
+        return {c: failed[c] if c in failed else Measurement(round(seconds[c], 4), psnr[c], side=self.side)
+                for c in found}
+
+
+@functools.cache
+def _probe_square(side: int) -> np.ndarray:
+    """The probe picture (``precision``'s photo) resized to ``side`` pixels square."""
+    import cv2
+
+    return cv2.resize(_probe_picture(), (side, side), interpolation=cv2.INTER_AREA)
 
 
 def realise(chosen: BackendChoice, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
@@ -434,7 +477,8 @@ def choose_backend(backend: str, device: str, precision: str, model: LoadedModel
               parts=len(found) + 1, notice=notice) as step:
         measured = measure(found, step.advance)
         under = highest_load(now, load())
-        measured = {candidate: replace(measured[candidate], load=under) for candidate in found}
+        measured = {candidate: replace(measured[candidate], load=under, side=measured[candidate].side or PROBE_SIDE)
+                    for candidate in found}
         for candidate in found:
             remember(speed_key(candidate, digest), asdict(measured[candidate]))
         step.found = f"{name} runs fastest with {pick(measured)[0].label}"
@@ -446,7 +490,8 @@ def _recorded(key: str) -> Measurement | None:
     """A measurement recorded under ``key`` by an earlier run, or None."""
     entry = recall(key)
     if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float)):
-        load = entry.get("load")  # absent from an earlier version's records
+        load, side = entry.get("load"), entry.get("side")  # absent from earlier versions' records
         return Measurement(float(entry["seconds"]), entry.get("psnr"), entry.get("error"),
-                           float(load) if isinstance(load, (int, float)) else None)
+                           float(load) if isinstance(load, (int, float)) else None,
+                           int(side) if isinstance(side, int) else None)
     return None
