@@ -147,7 +147,7 @@ def test_the_conversion_is_cached_and_a_second_load_converts_nothing(make_model,
     assert len(conversions) == 1
     saved = ov_backend.converted_path(digest)
     assert saved.is_file() and saved.with_suffix(".bin").is_file()
-    assert saved.name == f"{digest}-openvino-{ov_backend.version()}.xml"  # the weights' hash, OpenVINO's version
+    assert saved.name == f"{digest}-fp32-openvino-{ov_backend.version()}.xml"  # the weights' hash, OpenVINO's version
     ov_backend._COMPILED.clear()  # another process: it reads the converted model and the recorded check
     again = _openvino(model)
     assert len(conversions) == 1 and not list(saved.parent.glob(".converting-*"))
@@ -252,6 +252,37 @@ def test_openvino_devices_are_refused_where_they_cannot_run(make_model, photo_fi
 
 
 # --- the choice -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.openvino_auto
+def test_auto_converts_from_the_fp32_weights_before_it_places_the_model_in_bf16(make_model, conversions, monkeypatch):
+    """An earlier version converted the model inside auto's probe, after torch's copy was placed in bf16: the
+    "fp32" conversion held bf16-rounded weights (x4plus: 57 dB from torch fp32 instead of 92), passed its check
+    against the same rounded weights, and was cached for good. The conversion and its fp32 check are now made
+    before the model is placed, earlier versions' files are not read, and a conversion from reduced weights is
+    refused."""
+    path = make_model(kind="rrdb")
+    model, digest = load_model(str(path), path.parent), sha256_of(path)
+    window = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact = model.module(window).clamp(0, 1)
+    earlier = ov_backend.converted_path(digest).with_name(f"{digest}-openvino-{ov_backend.version()}.xml")
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_text("<net/>")  # an earlier version's conversion, maybe from rounded weights
+    for backend, dtype in (("torch", torch.bfloat16), ("auto", torch.float32)):  # nothing to convert ahead for
+        choice.prepare_openvino(backend, "cpu", CPU, dtype, model, lambda: digest)
+    assert conversions == [] and earlier.exists()
+    choice.prepare_openvino("auto", "cpu", CPU, torch.bfloat16, model, lambda: digest)
+    assert conversions == [ov_backend.converted_path(digest)] and not earlier.exists()
+    place_model(model, CPU, torch.bfloat16)
+    fp32 = ov_backend.OpenVinoBackend(model, digest, precision="fp32")  # the converted file, checked already
+    assert float((fp32.run(window) - exact).abs().max()) <= ov_backend.F32_TOLERANCE
+    if "bf16" in ov_backend.precisions_for("CPU"):  # its check (in dB) needs no fp32 weights
+        assert float((ov_backend.OpenVinoBackend(model, digest, precision="bf16").run(window) - exact).abs().max()) < 0.1
+    ov_backend.converted_path(digest).unlink()
+    monkeypatch.setattr(ov_backend, "_COMPILED", {})
+    with pytest.raises(ov_backend.OpenVinoUnfit, match="weights are torch.bfloat16 here: OpenVINO converts"):
+        ov_backend.OpenVinoBackend(model, digest, precision="fp32")
 
 
 @pytest.mark.openvino_auto

@@ -13,8 +13,8 @@ from typing import Callable, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ..engine.backends.choice import (BackendChoice, choose_backend, host_device, may_run_ncnn, realise,
-                                      runs_torch)
+from ..engine.backends.choice import (BackendChoice, choose_backend, host_device, may_run_ncnn, prepare_openvino,
+                                      realise, runs_torch)
 from ..engine.colour import ColourPlan, ColourRows, Colouriser, colourise, wants_colour
 from ..engine.device import choose_device, choose_dtype, place_model, precision_name
 from ..engine.enhance import EngineOptions, Enhanced, enhance, enhance_rows, streamable, target_size
@@ -92,6 +92,7 @@ class Restorer:
         asked = not runs_torch(options.backend, options.device)
         form = ncnn_form(model, notice, asked) if may_run_ncnn(options.backend, options.device, device) else None
         graph, no_graph = (form.graph, form.why_not) if form is not None else (None, None)
+        prepare_openvino(options.backend, options.device, device, dtype, model, lambda: sha256_of(model.spec.path))
         place_model(model, device, dtype)
         backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
                                  lambda: sha256_of(model.spec.path), no_graph=no_graph, notice=notice)

@@ -125,6 +125,16 @@ def may_run_ncnn(backend: str, device: str, torch_device: torch.device) -> bool:
     return backend == "auto" and torch_device.type == "cpu" and available() and parse_openvino(device) is None
 
 
+def prepare_openvino(backend: str, device: str, torch_device: torch.device, dtype: torch.dtype, model: LoadedModel,
+                     model_hash: Callable[[], str]) -> None:
+    """Where ``auto`` will weigh OpenVINO on the CPU beside torch in a reduced precision (``dtype``), the model's
+    conversion and fp32 check are made now, while its weights are still fp32 as loaded (``openvino.prepare``): once
+    torch's copy is placed in bf16 an fp32 conversion would hold its weights rounded."""
+    if (backend == "auto" and torch_device.type == "cpu" and parse_openvino(device) is None
+            and dtype != torch.float32 and weighs_openvino()):
+        openvino.prepare(model, model_hash())
+
+
 def runs_torch(backend: str, device: str) -> bool:
     """Whether torch may run the model for ``--backend`` and ``--device``: not when ncnn or OpenVINO is asked
     for, and not on a Vulkan or OpenVINO device."""

@@ -7,9 +7,10 @@ The conversion is ``openvino.convert_model`` on the torch module itself (OpenVIN
 one example window), with the input declared N x C x ? x ? so that any batch of any tile size runs. Not through
 ONNX, as issue 31 first planned: torch 2.14's ONNX exporter needs the onnx and onnxscript packages, which nothing
 else here needs, while the PyTorch front end reads the same graph offline with nothing more (tried on x4plus: within
-3e-6 of torch in fp32). The converted model holds fp32 weights and is saved in the user cache
-(``openvino/<sha256 of the weights>-openvino-<version>.xml`` and ``.bin``), so a model converts once per machine and
-OpenVINO release (x4plus: about 26 s on 2 cores); the precision is a compile-time hint (INFERENCE_PRECISION_HINT),
+3e-6 of torch in fp32). The converted model holds fp32 weights, converted from the weights as loaded (under
+``auto`` before torch's copy is placed in bf16: ``prepare``), and is saved in the user cache
+(``openvino/<sha256 of the weights>-fp32-openvino-<version>.xml`` and ``.bin``), so a model converts once per
+machine and OpenVINO release (x4plus: about 26 s on 2 cores); the precision is a compile-time hint (INFERENCE_PRECISION_HINT),
 so one file serves fp32 and bf16. Each (model, OpenVINO version, device, precision) is checked once against torch
 fp32 on a random window: at most ``F32_TOLERANCE`` max abs in fp32, within the precision probe's ``MIN_PSNR`` in a
 reduced precision; the verdict is recorded beside the precision verdicts, and a model that fails the conversion or
@@ -131,8 +132,16 @@ def precisions_for(device: str) -> tuple[str, ...]:
 
 
 def converted_path(model_hash: str) -> Path:
-    """Where the model whose weights hash to ``model_hash`` is kept in OpenVINO's form (the .xml; .bin beside)."""
-    return user_cache("openvino", f"{model_hash}-openvino-{version()}.xml")
+    """Where the model whose weights hash to ``model_hash`` is kept in OpenVINO's form (the .xml; .bin beside),
+    converted from its fp32 weights. Earlier versions' files (``<hash>-openvino-<version>.xml``) may hold weights
+    rounded to bf16 (converted after ``auto`` had placed the model in bf16) and are not read."""
+    return user_cache("openvino", f"{model_hash}-fp32-openvino-{version()}.xml")
+
+
+def _stale(model_hash: str) -> list[Path]:
+    """Earlier versions' conversions of the model whose weights hash to ``model_hash`` (see ``converted_path``)."""
+    folder = converted_path(model_hash).parent
+    return sorted(folder.glob(f"{model_hash}-openvino-*.xml")) + sorted(folder.glob(f"{model_hash}-openvino-*.bin"))
 
 
 def window_side(model: LoadedModel, side: int) -> int:
@@ -160,11 +169,17 @@ def convert(module: torch.nn.Module, channels: int, target: Path, side: int = 32
 
 def _verdict_key(model_hash: str, device: str, precision: str) -> str:
     where = f"cpu: {cpu_model()}" if device.startswith("CPU") else f"{device}: {device_name(device)}"
-    return f"openvino | {model_hash} | {where} | openvino {version()} | {precision}"
+    return f"openvino | {model_hash} | {where} | openvino {version()} | {precision} | from fp32 weights"
 
 
-def _fp32_module(model: LoadedModel) -> torch.nn.Module:
-    """A copy of the model's network in fp32 on the CPU (the loaded one may be placed in bf16, or on a GPU)."""
+def _fp32_module(model: LoadedModel, exact: bool = True) -> torch.nn.Module:
+    """A copy of the model's network in fp32 on the CPU (the loaded one may be on a GPU). Where its weights are in a
+    reduced precision (``auto`` placed it in bf16), an fp32 copy would only hold them rounded: that raises, unless
+    the caller needs no ``exact`` fp32 (the check of a reduced precision, held to ``MIN_PSNR``)."""
+    reduced = {str(p.dtype) for p in model.module.parameters() if p.dtype != torch.float32}
+    if exact and reduced:
+        raise OpenVinoUnfit(f"{model.spec.name}'s weights are {', '.join(sorted(reduced))} here: OpenVINO converts and "
+                            "checks in fp32 only from fp32 weights (prepare converts it before they are placed)")
     return copy.deepcopy(model.module).float().cpu().eval()
 
 
@@ -173,7 +188,7 @@ def _check(compiled, model: LoadedModel, precision: str) -> str | None:
     side = window_side(model, CHECK_SIDE)
     window = torch.rand(1, model.spec.input_channels, side, side, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = _fp32_module(model)(window).clamp(0, 1).numpy()
+        expected = _fp32_module(model, exact=precision == "fp32")(window).clamp(0, 1).numpy()
     got = np.clip(compiled(window.numpy())[0], 0, 1)
     if got.shape != expected.shape:
         return f"OpenVINO's output is {got.shape}, torch's {expected.shape}"
@@ -196,6 +211,8 @@ def _compile(model: LoadedModel, model_hash: str, device: str, precision: str):
                       "runs)", kind="openvino conversion", size=parameter_millions(model)) as step:
                 convert(_fp32_module(model), model.spec.input_channels, path, window_side(model, 32))
                 step.found = f"converted {model.spec.name} to OpenVINO, cached in {path.parent}"
+            for old in _stale(model_hash):
+                old.unlink(missing_ok=True)
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
@@ -229,6 +246,19 @@ def model_status(model_hash: str) -> str:
     checked = (f"runs in {', '.join(passed)} (checked against torch)" if passed
                else "not checked against torch yet (its first run checks it)")
     return f"converted ({path}), {checked}"
+
+
+def prepare(model: LoadedModel, model_hash: str) -> None:
+    """Convert ``model`` (its weights hashing to ``model_hash``) and check it in fp32 on the CPU, where that was not
+    done on this machine yet: called while its weights are fp32 as loaded, before ``auto`` places it in a reduced
+    precision, after which neither could be done exactly (``_fp32_module``). A model OpenVINO cannot run is
+    recorded so, and ``OpenVinoBackend`` says why when asked for it."""
+    if converted_path(model_hash).is_file() and recall(_verdict_key(model_hash, "CPU", "fp32")) is not None:
+        return
+    try:
+        compiled_model(model, model_hash, "CPU", "fp32")
+    except OpenVinoUnfit:
+        pass  # recorded: the choice of back-end reads it
 
 
 def compiled_model(model: LoadedModel, model_hash: str, device: str, precision: str):
