@@ -341,10 +341,10 @@ def test_records_from_earlier_versions_are_measured_again_on_a_picture_sized_to_
 
 
 def test_the_probe_picture_is_sized_so_the_fastest_run_takes_about_the_target_time():
-    assert choice.probe_side(1.0) == choice.probe_side(choice.PROBE_TARGET) == 64  # long enough already
-    assert choice.probe_side(0.35) == 96  # x4plus on 2 cores: 64 * sqrt(2.3) = 96.8, to a multiple of 32
-    assert choice.probe_side(0.012) == 512  # realesr-animevideov3 on 2 cores: 12 ms at 64x64, capped
-    assert choice.probe_side(0.05) == 256  # 64 * sqrt(16) = 256
+    assert choice.probe_side(1.5) == choice.probe_side(choice.PROBE_TARGET) == 64  # long enough already
+    assert choice.probe_side(0.38) == 96  # x4plus on 2 cores: 64 * sqrt(3.2) = 113.7, to a multiple of 32
+    assert choice.probe_side(0.014) == 576  # realesr-animevideov3 on 2 cores: 14 ms at 64x64, 592.5, capped
+    assert choice.probe_side(0.075) == 256  # 64 * sqrt(16) = 256
     assert choice.probe_side(0.0) == choice.probe_side(float("inf")) == 64
 
 

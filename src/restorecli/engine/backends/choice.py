@@ -17,12 +17,12 @@ that comes or goes while they are timed then falls on all of them, rather than o
 
 The probe picture is sized to the model (``probe_side``): after one round on ``PROBE_SIDE`` pixels square, the
 candidates are timed on the square (up to ``PROBE_LARGEST``) where the fastest run takes about ``PROBE_TARGET``
-seconds: 96 pixels for x4plus on 2 cores, 512 for a compact model such as realesr-animevideov3, whose run on 64x64
+seconds: 96 pixels for x4plus on 2 cores, 576 for a compact model such as realesr-animevideov3, whose run on 64x64
 takes milliseconds. On a small picture the cost of a call and the caches it fits in decide, not the throughput the
 model has on the windows it really runs: measured on a 2-core AVX-512/bf16 EPYC, realesr-animevideov3 ran fastest on
-ncnn at 64x64 (OpenVINO bf16 1.08x slower), on OpenVINO bf16 from 128x128 on, tied with torch bf16 up to 384x384,
-and at 512x512 and on 854x480 frames torch bf16 took 1.22x-1.38x and ncnn 1.23x-1.57x OpenVINO bf16's time; x4plus
-ranked the same at every size tried (64-192).
+ncnn at 64x64 (OpenVINO bf16 1.08x slower), on OpenVINO bf16 from 128x128 on, with torch bf16 within 1.14x of it up
+to 480x480 (tied there in a probe) and 1.46x-1.49x slower from 512x512 on and on 854x480 frames, ncnn 1.25x-1.58x
+there; x4plus ranked the same at every size tried (64-192).
 
 Each time is recorded with the machine's load average per CPU at the time (the higher of before and after) and the
 probe's side; a record taken above ``device.LOADED`` is measured again on a later run that finds the machine below
@@ -60,8 +60,8 @@ from .openvino import OpenVinoBackend, OpenVinoUnfit, openvino_device, openvino_
 # options.BACKENDS, where --backend is declared
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "ncnn", "openvino")
 PROBE_SIDE = 64  # the probe picture's smallest side: a few tenths of a second of x4plus on 2 cores per back-end
-PROBE_LARGEST = 512  # its largest: as large as the tiler's CPU windows mostly are, so that caches weigh as there
-PROBE_TARGET = 0.8  # seconds the fastest candidate's run is sized to take (realesr-animevideov3: 512 on 2 cores)
+PROBE_LARGEST = 576  # its largest: past the sizes where caches still hold a compact model's work (see above)
+PROBE_TARGET = 1.2  # seconds the fastest candidate's run is sized to take (realesr-animevideov3: 576 on 2 cores)
 SIZED_ROUNDS = (2, 5)  # the rounds on a larger picture, each run there taking up to seconds (x4plus: 96 on 2 cores)
 # The timing rounds: at least the first, at most the second, and none begun once the rounds took ROUNDS_SECONDS
 # (x4plus's five candidates take about 2.7 s a round on 2 cores: three rounds; animevideov3's about 0.1 s: five)
