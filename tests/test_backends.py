@@ -542,3 +542,25 @@ def test_the_speed_probe_times_each_candidate_and_compares_it_with_torch(anime_x
     assert found[Candidate("torch", "cpu", "bf16")].psnr is None
     assert found[Candidate("ncnn", "cpu", "fp32")].psnr > 30 and found[Candidate("torch", "cpu", "fp32")].psnr > 30
     assert next(model.module.parameters()).dtype == torch.bfloat16  # the model itself is left as it was
+
+
+def test_where_the_picture_stays_small_the_round_that_sized_it_counts_among_its_rounds(anime_x2, tmp_path,
+                                                                                         monkeypatch):
+    """A heavy model (x4plus: tenths of a second on 64x64) keeps the small picture: the round run to size it is the
+    first of its three to five rounds, not one more."""
+    model = place_model(load_model(str(anime_x2), tmp_path), CPU, torch.float32)
+    probe = choice.SpeedProbe(model, native_graph(anime_x2), CPU, torch.float32)
+    asked = [Candidate("torch", "cpu", "fp32"), Candidate("ncnn", "cpu", "fp32")]
+    monkeypatch.setattr(choice, "probe_side", lambda seconds: choice.PROBE_SIDE)  # as a heavy model's sizing says
+    timed, in_rounds, limits = [], choice.time_in_rounds, []
+
+    def recording(runs, **given):
+        limits.append(given.get("rounds"))
+        return in_rounds({c: (lambda c=c, run=run: timed.append(c) or run()) for c, run in runs.items()}, **given)
+
+    monkeypatch.setattr(choice, "time_in_rounds", recording)
+    found = probe(asked, lambda: None)
+    rounds = len(timed) // len(asked)
+    assert timed == asked * rounds and choice.ROUNDS[0] <= rounds <= choice.ROUNDS[1], timed
+    assert limits == [(1, 1), (choice.ROUNDS[0] - 1, choice.ROUNDS[1] - 1)]
+    assert {m.side for m in found.values()} == {choice.PROBE_SIDE} and probe.picture.shape == (64, 64, 3)

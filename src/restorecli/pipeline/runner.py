@@ -5,6 +5,7 @@ function). Precision fallbacks (``--precision auto``) and the 16-bit copy of the
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -78,12 +79,14 @@ class Restorer:
         device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder, notice)
+        # the weights file's sha256, read once whichever of the precision probe, OpenVINO and auto asks first
+        model_hash = functools.cache(lambda: sha256_of(model.spec.path))
         on_torch = runs_torch(options.backend, options.device)  # else torch's precision is not asked for
         dtype = choose_dtype(options.precision if on_torch else "fp32", device, model.spec)
         dtype_16bit = choose_dtype(options.precision if on_torch else "fp32", device, model.spec, depth=16)
         fallback = None
         if options.precision == "auto" and dtype != torch.float32:  # is the reduced precision really usable?
-            verdict = checked(model, device, dtype, sha256_of(model.spec.path), notice)
+            verdict = checked(model, device, dtype, model_hash(), notice)
             if not verdict.ok:
                 fallback = verdict.reason(dtype)
                 dtype_16bit = torch.float32 if dtype_16bit == dtype else dtype_16bit
@@ -92,11 +95,11 @@ class Restorer:
         asked = not runs_torch(options.backend, options.device)
         form = ncnn_form(model, notice, asked) if may_run_ncnn(options.backend, options.device, device) else None
         graph, no_graph = (form.graph, form.why_not) if form is not None else (None, None)
-        prepare_openvino(options.backend, options.device, device, dtype, model, lambda: sha256_of(model.spec.path))
+        prepare_openvino(options.backend, options.device, device, dtype, model, model_hash)
         place_model(model, device, dtype)
         backend = choose_backend(options.backend, options.device, options.precision, model, device, dtype, graph,
-                                 lambda: sha256_of(model.spec.path), no_graph=no_graph, notice=notice)
-        backend, model.backend = realise(backend, model, graph, device, lambda: sha256_of(model.spec.path))
+                                 model_hash, no_graph=no_graph, notice=notice)
+        backend, model.backend = realise(backend, model, graph, device, model_hash)
         # 16-bit images never get a reduced precision from auto, on a back-end either: torch in fp32 runs them
         reduced_backend = (model.backend is not None and options.precision == "auto"
                            and backend.candidate.precision != "fp32")

@@ -25,16 +25,6 @@ X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "placebo")
 X26X_CODECS = frozenset({"libx264", "libx264rgb", "libx265"})
 SVT_AV1_PRESETS = range(-1, 14)
-
-
-def preset_family(preset: str) -> str | None:
-    """Whose speed preset ``preset`` (lower case) is: ``"x26x"`` for x264's and x265's names, ``"svt-av1"`` for
-    SVT-AV1's numbers; None for neither."""
-    if preset in X26X_PRESETS:
-        return "x26x"
-    if preset.lstrip("-").isdigit() and int(preset) in SVT_AV1_PRESETS:
-        return "svt-av1"
-    return None
 VIDEO_SUFFIXES = frozenset(CONTAINERS)
 # Suffix -> the content type a video so named is served with
 MEDIA_TYPES: dict[str, str] = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",
@@ -89,6 +79,16 @@ def video_media_type(suffix: str) -> str | None:
 def container_for(name: str) -> str:
     """The FFmpeg muxer that writes a file named ``name`` (a video suffix)."""
     return CONTAINERS[Path(name).suffix.lower()]
+
+
+def preset_family(preset: str) -> str | None:
+    """Whose speed preset ``preset`` (lower case) is: ``"x26x"`` for x264's and x265's names, ``"svt-av1"`` for
+    SVT-AV1's numbers; None for neither."""
+    if preset in X26X_PRESETS:
+        return "x26x"
+    if preset.lstrip("-").isdigit() and int(preset) in SVT_AV1_PRESETS:
+        return "svt-av1"
+    return None
 
 
 def load_av(name: str) -> ModuleType:

@@ -372,8 +372,8 @@ def time_in_rounds(runs: Mapping[Key, Callable[[], object]], rounds: tuple[int, 
 class SpeedProbe:
     """Times candidates together on one picture sized to the model (``Measure``): each warmed and compared with
     torch's result at the model's precision (run for that where torch is not among the candidates) on
-    ``PROBE_SIDE`` pixels square, timed once there to size the picture (``probe_side``), then, on a larger picture
-    run once first, timed in rounds (``time_in_rounds``)."""
+    ``PROBE_SIDE`` pixels square, timed once there to size the picture (``probe_side``), then timed in rounds
+    (``time_in_rounds``): on a larger picture, run once first, or on the same one, that first round counting."""
 
     def __init__(self, model: LoadedModel, graph: NcnnGraph | None, torch_device: torch.device,
                  torch_dtype: torch.dtype, model_hash: Callable[[], str] | None = None):
@@ -423,13 +423,16 @@ class SpeedProbe:
                     raise
                 failed[candidate] = Measurement(math.inf, error=f"{type(exc).__name__}: {str(exc)[:200]}")
             advance()
-        if runs:
-            first = time_in_rounds(runs, rounds=(1, 1))
-            self.side = probe_side(min(first.values()))
-            if self.side != PROBE_SIDE:
-                for run in runs.values():  # warmed at the new size: a runtime may plan each input shape once
-                    run()
-        seconds = time_in_rounds(runs, rounds=ROUNDS if self.side == PROBE_SIDE else SIZED_ROUNDS)
+        first = time_in_rounds(runs, rounds=(1, 1)) if runs else {}
+        self.side = probe_side(min(first.values())) if first else PROBE_SIDE
+        if self.side == PROBE_SIDE:  # the round that sized the picture is the first of its rounds
+            later = time_in_rounds(runs, rounds=(ROUNDS[0] - 1, ROUNDS[1] - 1),
+                                   budget=max(0.0, ROUNDS_SECONDS - sum(first.values())))
+            seconds = {key: min(first[key], later[key]) for key in runs}
+        else:
+            for run in runs.values():  # warmed at the new size: a runtime may plan each input shape once
+                run()
+            seconds = time_in_rounds(runs, rounds=SIZED_ROUNDS)
         advance()
         return {c: failed[c] if c in failed else Measurement(round(seconds[c], 4), psnr[c], side=self.side)
                 for c in found}

@@ -140,8 +140,7 @@ def converted_path(model_hash: str) -> Path:
 
 def _stale(model_hash: str) -> list[Path]:
     """Earlier versions' conversions of the model whose weights hash to ``model_hash`` (see ``converted_path``)."""
-    folder = converted_path(model_hash).parent
-    return sorted(folder.glob(f"{model_hash}-openvino-*.xml")) + sorted(folder.glob(f"{model_hash}-openvino-*.bin"))
+    return sorted(converted_path(model_hash).parent.glob(f"{model_hash}-openvino-*"))  # .xml and .bin
 
 
 def window_side(model: LoadedModel, side: int) -> int:
