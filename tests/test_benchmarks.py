@@ -4,6 +4,7 @@ one function writes their figures into docs/performance.md. Nothing here measure
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,41 @@ def test_a_block_without_its_markers_is_refused_naming_them(common):
     assert common.PERFORMANCE.read_text() == before
 
 
+@pytest.mark.parametrize(("flags", "expected", "words"), [
+    ("fpu sse2 avx avx2 fma amx_bf16 amx_tile avx512f avx512_bf16", "amx", "AMX"),
+    ("fpu sse2 avx avx2 fma avx512f avx512_bf16", "avx512-bf16", "AVX-512 with BF16, no AMX"),
+    ("fpu sse2 avx avx2 fma avx512f", "avx512", "AVX-512 without BF16"),
+    ("fpu sse2 avx avx2 fma", "avx2", "AVX2 only, no AVX-512"),
+])
+def test_a_block_whose_figures_rank_by_the_cpu_goes_under_that_cpu_s_class(common, monkeypatch, flags, expected,
+                                                                           words):
+    from restorecli.engine import device
+
+    monkeypatch.setattr(device, "cpu_info", lambda: {"model name": "AMD EPYC", "flags": flags})
+    assert common.cpu_class() == expected
+    assert common.class_markers("backends") == (f"<!-- backends-{expected}:start -->",
+                                                f"<!-- backends-{expected}:end -->")
+    assert common.machine().endswith(f"cores, {words}") and common.machine().startswith("AMD EPYC, ")
+
+
+def test_a_cpu_of_none_of_the_classes_is_named_by_its_architecture(common, monkeypatch):
+    import platform
+
+    from restorecli.engine import device
+
+    monkeypatch.setattr(device, "cpu_info", lambda: {"flags": "fp asimd"})
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert common.cpu_class() == "aarch64" and common.class_markers("video")[0] == "<!-- video-aarch64:start -->"
+
+
+def test_the_performance_page_holds_a_block_for_each_class_measured():
+    page = (BENCHMARKS.parent / "docs" / "performance.md").read_text()
+    for name in ("backends", "video"):
+        measured = sorted(set(re.findall(rf"<!-- {name}-([a-z0-9-]+):start -->", page)))
+        assert {"avx2", "avx512-bf16"} <= set(measured), (name, measured)
+        assert f"<!-- {name}:start -->" not in page
+
+
 @pytest.fixture
 def video_bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -190,11 +226,13 @@ def test_video_table_holds_each_run_and_the_overhead_of_its_own_numbers(video_be
     assert "| peer:" not in video_bench.render(clip, bare, ours, None, flicker_of, "c", (1.0, 2.0))
 
 
-def test_video_block_has_its_place_and_its_command_in_the_performance_page(video_bench):
+def test_video_blocks_have_their_place_and_their_command_in_the_performance_page():
     text = (ROOT / "docs" / "performance.md").read_text()
-    assert text.count(video_bench.START) == 1 and text.count(video_bench.END) == 1
-    assert text.index("## Video") < text.index(video_bench.START) < text.index(video_bench.END)
-    assert "| `python benchmarks/video.py` |" in text  # in the Re-measuring table, with the block it writes
+    for cpu in ("avx2", "avx512-bf16"):
+        start, end = f"<!-- video-{cpu}:start -->", f"<!-- video-{cpu}:end -->"
+        assert text.count(start) == 1 and text.count(end) == 1
+        assert text.index("## Video") < text.index(start) < text.index(end) < text.index("## Tile size on the CPU")
+    assert "| `python benchmarks/video.py` |" in text  # in the Re-measuring table, with the blocks it writes
 
 
 def test_video_bare_forward_runs_on_a_spread_sample_half_before_and_half_after(video_bench):

@@ -285,6 +285,38 @@ def test_auto_converts_from_the_fp32_weights_before_it_places_the_model_in_bf16(
         ov_backend.OpenVinoBackend(model, digest, precision="fp32")
 
 
+def test_the_copies_compiled_for_the_candidates_not_chosen_are_let_go(rrdb):
+    """auto's probe and prepare compile OpenVINO copies of the model for candidates it may not choose; each held
+    the model's weights and buffers for the process's life (a server's, a worker's). Once the choice is made only
+    the one chosen is kept, and another model's copies are left alone."""
+    digest = sha256_of(rrdb.spec.path)
+    for precision in ov_backend.precisions_for("CPU"):
+        ov_backend.compiled_model(rrdb, digest, "CPU", precision)
+    ov_backend._COMPILED[("another model", "CPU", "fp32")] = object()
+    kept = set(ov_backend._COMPILED)
+
+    chosen = choice.BackendChoice(Candidate("openvino", "cpu", "fp32"), "measured fastest")
+    ran, backend = choice.realise(chosen, rrdb, None, CPU, lambda: digest)
+    assert ran == chosen and isinstance(backend, ov_backend.OpenVinoBackend)
+    assert set(ov_backend._COMPILED) == {(digest, "CPU", "fp32"), ("another model", "CPU", "fp32")} <= kept
+    window = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert backend.run(window).shape == (1, 3, 64, 64)
+
+    ran, on_torch = choice.realise(choice.BackendChoice(Candidate("torch", "cpu", "fp32"), "measured fastest"),
+                                   rrdb, None, CPU, lambda: digest)
+    assert on_torch is None and set(ov_backend._COMPILED) == {("another model", "CPU", "fp32")}
+    assert torch.equal(backend.run(window), backend.run(window))  # a back-end built before keeps its copy
+
+
+def test_a_choice_where_nothing_was_compiled_does_not_hash_the_weights(rrdb):
+    def unasked() -> str:
+        raise AssertionError("the weights were hashed")
+
+    ran, backend = choice.realise(choice.BackendChoice(Candidate("torch", "cpu", "fp32"), "asked for"),
+                                  rrdb, None, CPU, unasked)
+    assert backend is None and ran.candidate == Candidate("torch", "cpu", "fp32")
+
+
 @pytest.mark.openvino_auto
 def test_auto_weighs_openvino_on_the_cpu_in_each_precision_it_runs():
     cpu_precisions = ov_backend.precisions_for("CPU")

@@ -444,3 +444,25 @@ def test_the_batch_holds_no_more_images_however_long_it_is(tmp_path, make_model)
         tracemalloc.stop()
         assert len(list(out.iterdir())) == count
     assert peaks[6] < peaks[2] * 1.3, peaks
+
+
+def test_an_item_s_clock_counts_its_own_work_and_starts_where_an_unpaused_one_would_have(monkeypatch):
+    """The one clock of an item's seconds (a batch's image read ahead, an actor's call): paused while it waits,
+    running while it is worked on, and ``started`` is now less what it counted, where a result counts from."""
+    from restorecli.pipeline.flow import Clock
+
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    clock = Clock()
+    now[0] = 101.5  # read and prepared: 1.5 s of its own
+    clock.pause()
+    now[0] = 104.0  # waited 2.5 s for the image before it
+    assert clock.seconds == 1.5
+    clock.resume()
+    assert clock.started == 102.5  # as if it had begun 1.5 s ago, without the wait
+    now[0] = 105.0
+    assert (clock.seconds, clock.started) == (2.5, 102.5)
+    with clock.running():  # running for the block (it was already), paused after it
+        now[0] = 105.5
+    now[0] = 107.0
+    assert clock.seconds == 3.0 and Clock(running=False).seconds == 0.0

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from concurrent import futures
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -23,7 +23,7 @@ from ..errors import ImageError, RestoreCliError
 from ..files import STDIO, check_output_folder
 from ..images import OutputFormat, strip_writer
 from ..options import RestoreOptions
-from .flow import run_flow
+from .flow import Clock, run_flow
 from .overlap import Halted, WriteBehind
 from ..plan import (
     BatchResult,
@@ -72,19 +72,24 @@ class _Ready:
     ``prepared`` for the model with its plan."""
 
     item: InputItem
-    t0: float
+    clock: Clock  # its own work: paused once it is prepared, until its turn comes
     result: ItemResult | None = None
     halted: str | None = None
     planned: PlannedOutput | None = None
     fmt: OutputFormat | None = None
     prepared: Prepared | None = None
     video: bool = False  # a video, restored frame by frame at its turn (read then, not ahead)
-    spent: float | None = None  # seconds its reading and preparing took (``prepared``'s), before its turn came
+
+    @property
+    def t0(self) -> float:
+        """When its result's seconds count from (``Clock.started``)."""
+        return self.clock.started
 
     def at_its_turn(self) -> _Ready:
-        """Its clock moved to now, less what its reading took: an image's seconds count its own work, not the time
-        it waited, read ahead, for the model to finish the image before it."""
-        return replace(self, t0=time.perf_counter() - self.spent) if self.spent is not None else self
+        """Its clock running again: an image's seconds count its own work, not the time it waited, read ahead, for
+        the model to finish the image before it."""
+        self.clock.resume()
+        return self
 
 
 class _InOrder:
@@ -219,7 +224,8 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
     thread's work, an image ahead of the model)."""
     if _frame_by_frame(item):
         return _prepare_video(batch, item)  # an animated GIF, PNG or WebP too, by its content
-    t0 = time.perf_counter()
+    clock = Clock()
+    t0 = clock.started
     planned: PlannedOutput | None = None
     in_size = None
     try:
@@ -227,33 +233,35 @@ def _prepare(batch: _Batch, item: InputItem) -> _Ready:
         planned = batch.planner.plan(item, input_format)
         decided = decided_result(planned, in_size, t0)
         if decided is not None:
-            return _Ready(item, t0, decided)
+            return _Ready(item, clock, decided)
         if batch.options.dry_run:
-            return _Ready(item, t0, dry_run_result(planned, data, batch.options), planned=planned)
+            return _Ready(item, clock, dry_run_result(planned, data, batch.options), planned=planned)
         fmt = output_format(batch.options, input_format)
         prepared = batch.models().prepare(data, item.source, batch.options, fmt)
-        return _Ready(item, t0, planned=planned, fmt=fmt, prepared=prepared, spent=time.perf_counter() - t0)
+        clock.pause()  # until its turn
+        return _Ready(item, clock, planned=planned, fmt=fmt, prepared=prepared)
     except ImageError as exc:
-        return _Ready(item, t0, *failure(item, planned.output if planned else None, exc, in_size, t0))
+        return _Ready(item, clock, *failure(item, planned.output if planned else None, exc, in_size, t0))
     except RestoreCliError:
         raise
     except Exception as exc:  # a codec or memory failure on this image, or one nobody foresaw
-        return _Ready(item, t0, *failure(item, planned.output if planned else None, exc, in_size, t0))
+        return _Ready(item, clock, *failure(item, planned.output if planned else None, exc, in_size, t0))
 
 
 def _prepare_video(batch: _Batch, item: InputItem) -> _Ready:
     """A video's plan: its output keeps the container. Its frames are read as it is restored (``_restore_video``)."""
-    t0 = time.perf_counter()
+    clock = Clock()
+    t0 = clock.started
     planned = batch.planner.plan(item, None, own_format=True)
     decided = decided_result(planned, None, t0)
     if decided is not None:
-        return _Ready(item, t0, decided)
+        return _Ready(item, clock, decided)
     if planned.output is None:  # -o -
-        return _Ready(item, t0, error_result(item, None, f"{item.source}: a video is written into a folder, not to "
-                                             "stdout; give -o DIR", None, t0))
+        return _Ready(item, clock, error_result(item, None, f"{item.source}: a video is written into a folder, not "
+                                                "to stdout; give -o DIR", None, t0))
     if batch.options.dry_run:
-        return _Ready(item, t0, _planned_video(batch, planned, t0), planned=planned)
-    return _Ready(item, t0, planned=planned, video=True)
+        return _Ready(item, clock, _planned_video(batch, planned, t0), planned=planned)
+    return _Ready(item, clock, planned=planned, video=True)
 
 
 def _planned_video(batch: _Batch, planned: PlannedOutput, t0: float) -> ItemResult:

@@ -65,10 +65,18 @@ class Clock:
         finally:
             self.pause()
 
+    def _counted(self) -> float:
+        return self._spent + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
     @property
     def seconds(self) -> float:
-        running = time.perf_counter() - self._since if self._since is not None else 0.0
-        return round(self._spent + running, 3)
+        return round(self._counted(), 3)
+
+    @property
+    def started(self) -> float:
+        """When, on ``time.perf_counter``'s scale, a clock that had never paused would have started: now less the
+        seconds counted. An item's result counts its seconds from it."""
+        return time.perf_counter() - self._counted()
 
 
 class _Call(Generic[T, A]):

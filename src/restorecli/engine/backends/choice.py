@@ -450,12 +450,16 @@ def realise(chosen: BackendChoice, model: LoadedModel, graph: NcnnGraph | None, 
             model_hash: Callable[[], str]) -> tuple[BackendChoice, Backend | None]:
     """The back-end object for ``chosen`` (None: torch runs the model's descriptor) and the choice as it stands:
     where OpenVINO cannot run the model (its conversion or its check against torch failed), torch in fp32, saying
-    why."""
+    why. The OpenVINO copies compiled for the candidates not chosen (the probe's, ``prepare``'s) are let go."""
     try:
-        return chosen, build_backend(chosen.candidate, graph, model, model_hash)
+        built = chosen, build_backend(chosen.candidate, graph, model, model_hash)
     except OpenVinoUnfit as exc:
         torch_fp32 = Candidate("torch", str(torch_device), "fp32")
-        return replace(chosen, candidate=torch_fp32, reason=f"{exc}; torch runs it", fell_back=True), None
+        built = replace(chosen, candidate=torch_fp32, reason=f"{exc}; torch runs it", fell_back=True), None
+    runs = built[0].candidate
+    kept = (openvino_device(runs.device), runs.precision) if runs.backend == "openvino" else None
+    openvino.release(model_hash, kept)
+    return built
 
 
 def choose_backend(backend: str, device: str, precision: str, model: LoadedModel, torch_device: torch.device,

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +268,18 @@ def compiled_model(model: LoadedModel, model_hash: str, device: str, precision: 
     if key not in _COMPILED:
         _COMPILED[key] = _compile(model, model_hash, device, precision)
     return _COMPILED[key]
+
+
+def release(model_hash: Callable[[], str], keep: tuple[str, str] | None = None) -> None:
+    """Forget this process's compiled copies of the model whose weights hash to ``model_hash()`` but the one for
+    ``keep`` (OpenVINO device, precision; None: every copy): those ``auto``'s probe and ``prepare`` compiled for
+    the candidates it did not choose, each holding the model's weights and buffers for the process's life. A
+    back-end built from a forgotten copy keeps it; a later one compiles it again (the conversion stays cached)."""
+    if not _COMPILED:
+        return  # nothing compiled: the weights need not be hashed
+    digest = model_hash()
+    for key in [key for key in _COMPILED if key[0] == digest and key[1:] != keep]:
+        del _COMPILED[key]
 
 
 class OpenVinoBackend:
