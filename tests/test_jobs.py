@@ -260,6 +260,31 @@ def test_overlapping_cron_runs_do_not_steal_in_flight_jobs(tmp_path, queue, mode
     assert job(queue, quick_job).finished < job(queue, slow_job).finished  # the runs really overlapped
 
 
+def test_status_never_names_the_image_read_ahead_as_the_one_in_hand():
+    """The reader starts the second image as the model's thread takes the first, before that thread says "item":
+    in that moment status said "b.jpg", as if the model had it (a SIGTERM sent then, on a loaded machine, found
+    the first image in hand, not the second). The image read before is the one in hand."""
+    from restorecli.jobs.worker import _BatchProgress
+
+    class Run:
+        def __init__(self):
+            self.said: list[str] = []
+
+        def original(self, name: str) -> str:
+            return name
+
+        def working_on(self, current: str, starting: str | None = None) -> None:
+            self.said.append(current)
+
+    run = Run()
+    progress = _BatchProgress(run)  # type: ignore[arg-type]
+    for event, name in (("reading", "a.jpg"), ("reading", "b.jpg"), ("item", "a.jpg"), ("item", "b.jpg"),
+                        ("reading", "c.jpg"), ("item", "c.jpg")):
+        progress(event, name)
+    assert run.said == ["a.jpg", "a.jpg (reading b.jpg ahead)", "a.jpg (reading b.jpg ahead)", "b.jpg",
+                        "b.jpg (reading c.jpg ahead)", "c.jpg"]
+
+
 def test_sigterm_finishes_the_image_in_hand_and_leaves_the_job_resumable(tmp_path, queue, model):
     job_id = submit(queue, model, *photos(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]))["job_id"]
     hold = tmp_path / "hold"

@@ -87,6 +87,8 @@ class _BatchProgress:
             if event == "item":
                 self.model = name
             else:
+                if self.model is None and self.reading is not None:  # the second image's reading starts as the
+                    self.model = self.reading  # model's thread takes the first, before its "item": it has the first
                 self.reading = name
             model, ahead = self.model, self.reading
             current = model if ahead in (None, model) else f"{model} (reading {ahead} ahead)" if model else ahead
