@@ -513,6 +513,7 @@ def test_restore_on_a_vulkan_device_and_devices_lists_it(vulkan, anime_x2, photo
                   - read_rgb(tmp_path / "cpu" / "photo.png")).max() <= 8
 
 
+@pytest.mark.slow  # the real probe of every candidate on a real model: 40-65 s on a 2-core AVX2 CPU
 def test_the_speed_probe_times_each_candidate_and_compares_it_with_torch(anime_x2, tmp_path, monkeypatch):
     """The real probe (no time asserted): every candidate is warmed, timed once on 64x64 pixels to size the
     picture, then timed in rounds (at least two there) that run each in turn on the picture sized (this tiny model

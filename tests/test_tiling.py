@@ -253,6 +253,7 @@ def test_wrong_channel_count_is_refused(tmp_path):
         upscale(model, np.zeros((8, 8, 1), np.uint8), device=CPU)
 
 
+@pytest.mark.slow  # x4plus in bf16: about 5 s where the CPU has bf16, 30-45 s where it is emulated (AVX2 only)
 @pytest.mark.real_weights
 def test_bf16_fast_path_matches_fp32_above_45_db_on_real_weights(real_weights):
     """bf16 is what --precision auto picks on CPUs where it measures faster; it must give the fp32 pixels
