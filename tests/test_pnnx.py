@@ -22,7 +22,7 @@ from restorecli.engine.device import place_model
 from restorecli.engine.model import LoadedModel
 from restorecli.engine.precision import checked
 from restorecli.engine.tiling import upscale
-from restorecli.models import pnnx
+from restorecli.models import loading, pnnx
 from restorecli.models.integrity import sha256_of
 from restorecli.models.loading import load_model, ncnn_form
 from restorecli.models.ncnn import native_graph
@@ -94,6 +94,10 @@ def test_ncnn_form_converts_once_and_then_reads_the_cache(make_model, monkeypatc
     monkeypatch.setattr(pnnx, "run_pnnx", lambda *a, **k: pytest.fail("pnnx was run again"))
     again = ncnn_form(model, said.append)
     assert again.graph == first.graph and len(said) == 2
+    # given the hash the caller keeps (the runner's, read once a start), the weights are not read again for it
+    digest = sha256_of(model.spec.path)
+    monkeypatch.setattr(loading, "sha256_of", lambda path: pytest.fail(f"{path} was hashed again"))
+    assert ncnn_form(model, said.append, model_hash=lambda: digest).graph == first.graph
 
 
 def test_a_graph_that_fails_the_check_against_torch_stays_on_torch_saying_why(make_model, monkeypatch):

@@ -492,12 +492,13 @@ class NcnnForm:
         return self.note if self.graph is None and (self.failed or self.asked) else None
 
 
-def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, asked: bool = True) -> NcnnForm:
+def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, asked: bool = True,
+              model_hash: Callable[[], str] | None = None) -> NcnnForm:
     """The ncnn graph of ``model`` (loaded on the CPU in fp32, as ``load_model`` gives it): its native one
     (``native_graph_for``), else its conversion with pnnx, from the user cache or made now (told to ``notice``;
     where ncnn was not ``asked`` for by name, only if ``choice.converts_under_auto()``) and checked against torch. A
     model pnnx cannot convert, or whose graph fails the check, has none, and the reason is recorded so that later
-    runs say it without trying again."""
+    runs say it without trying again. ``model_hash``: the weights' sha256 where the caller keeps it (else read)."""
     native = native_graph_for(model.spec.name, model.spec.path)
     if native is not None:
         return NcnnForm(native, f"native: {native.param.name}", asked=asked)
@@ -508,7 +509,7 @@ def ncnn_form(model: LoadedModel, notice: Callable[[str], None] | None = None, a
         return NcnnForm(None, f"converting a torch model to ncnn needs pnnx: {pnnx.PNNX_INSTALL}", asked=asked)
     if importlib.util.find_spec("ncnn") is None:
         return NcnnForm(None, f"the ncnn back-end needs the ncnn package: {pnnx.PNNX_INSTALL}", asked=asked)
-    digest = sha256_of(model.spec.path)
+    digest = model_hash() if model_hash is not None else sha256_of(model.spec.path)
     cached = pnnx.cached_graph(digest)
     if cached is not None:
         return NcnnForm(cached, f"converted with pnnx, cached in {cached.param.parent}", asked=asked)

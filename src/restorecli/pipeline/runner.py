@@ -79,7 +79,8 @@ class Restorer:
         device = choose_device(host_device(options.device, options.backend))  # the tiler's: the CPU for ncnn
         folder = weights_dir(options.weights_dir)
         model = load_model(options.model, folder, notice)
-        # the weights file's sha256, read once whichever of the precision probe, OpenVINO and auto asks first
+        # the weights file's sha256, read once whichever of the precision probe, pnnx's cache, OpenVINO and auto
+        # asks first
         model_hash = functools.cache(lambda: sha256_of(model.spec.path))
         on_torch = runs_torch(options.backend, options.device)  # else torch's precision is not asked for
         dtype = choose_dtype(options.precision if on_torch else "fp32", device, model.spec)
@@ -93,7 +94,8 @@ class Restorer:
                 dtype = torch.float32
         # found (converted) while its weights are fp32 on the CPU, as loaded
         asked = not runs_torch(options.backend, options.device)
-        form = ncnn_form(model, notice, asked) if may_run_ncnn(options.backend, options.device, device) else None
+        form = (ncnn_form(model, notice, asked, model_hash)
+                if may_run_ncnn(options.backend, options.device, device) else None)
         graph, no_graph = (form.graph, form.why_not) if form is not None else (None, None)
         prepare_openvino(options.backend, options.device, device, dtype, model, model_hash)
         place_model(model, device, dtype)
